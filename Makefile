@@ -1,0 +1,48 @@
+# beambridge: one command runs the demo, one runs every test. Both install what is missing.
+#   make demo   - Elixir writes a 64 MiB frame into a region, Python reads it in place
+#   make test   - pytest, ExUnit and the cross-language tests
+#   make lint   - formatting, warnings as errors, ruff, mypy, C with -Werror
+SHELL := /bin/bash
+export MIX_ENV ?= test
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup build test test-python test-elixir test-cross lint demo vectors clean
+
+setup:
+	@bash .ci/setup
+
+build: setup
+	mix compile
+
+test: build
+	$(PY) -m pytest tests/python -q
+	mix test
+	$(PY) -m pytest tests/cross -q
+	@bash .ci/check-shm-clean
+
+test-python: build
+	$(PY) -m pytest tests/python -q
+
+test-elixir: build
+	mix test
+
+test-cross: build
+	$(PY) -m pytest tests/cross -q
+
+lint: setup
+	mix format --check-formatted
+	mix compile --force --warnings-as-errors
+	$(MAKE) -s -C shm lint
+	$(VENV)/bin/ruff check python tests protocol bench
+	$(VENV)/bin/ruff format --check python tests protocol bench
+	$(VENV)/bin/mypy
+
+demo: build
+	mix run bench/demo.exs
+
+vectors: setup
+	$(PY) protocol/gen_vectors.py
+
+clean:
+	rm -rf _build deps $(VENV) python/beambridge/*.so shm/*.o
