@@ -1,0 +1,74 @@
+"""Reaping regions whose owner died (protocol/SPEC.md §1.5).
+
+>>> reap_stale(prefix="bbdoc")
+[]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+
+import posix_ipc
+
+from .control import CB_SIZE, check_prefix, parse_control_block, parse_name, process_start_time
+from .errors import RegionError
+
+__all__ = ["reap_stale"]
+
+_MAX_PID = 2**31 - 1
+
+
+def reap_stale(prefix: str = "bb", *, shm_dir: str = "/dev/shm") -> list[str]:
+    """Unlink every region of ``prefix`` whose owner process is dead; return their names.
+
+    A region is reaped when its owner pid (from the name) does not exist (``ESRCH``), or
+    exists but started at another time than the control block's ``owner_start_time``
+    says (the pid was reused). Regions of this process, of live owners, with an invalid
+    control block, and names that do not match the region pattern are left alone.
+    """
+    check_prefix(prefix)
+    me = os.getpid()
+    reaped = []
+    for entry in sorted(os.listdir(shm_dir)):
+        parsed = parse_name("/" + entry)
+        if parsed is None or parsed[0] != prefix:
+            continue
+        pid = parsed[1]
+        if pid == me or not 0 < pid <= _MAX_PID:
+            continue
+        if _owner_dead(os.path.join(shm_dir, entry), pid):
+            with contextlib.suppress(posix_ipc.ExistentialError):
+                posix_ipc.unlink_shared_memory("/" + entry)
+                reaped.append("/" + entry)
+    return reaped
+
+
+def _owner_dead(path: str, pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass  # it exists, owned by someone else
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        st = os.fstat(fd)
+        raw = os.pread(fd, CB_SIZE, 0) if stat.S_ISREG(st.st_mode) else b""
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    try:
+        cb = parse_control_block(raw, st.st_size)
+    except RegionError:
+        return False
+    if cb.owner_start_time == 0:
+        return False
+    actual = process_start_time(pid)
+    # 0: /proc says nothing (gone this instant, or no procfs): judge again next start
+    return actual != 0 and actual != cb.owner_start_time

@@ -1,0 +1,26 @@
+"""Suite-wide fixtures: the Python suite must leave /dev/shm exactly as it found it."""
+
+from __future__ import annotations
+
+import gc
+import os
+from collections.abc import Iterator
+
+import pytest
+
+SHM_DIR = "/dev/shm"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shm_left_clean() -> Iterator[None]:
+    """Snapshot /dev/shm at session start; fail the session if it differs at the end."""
+    before = set(os.listdir(SHM_DIR))
+    yield
+    gc.collect()  # run the finalizers of regions a test dropped without closing
+    after = set(os.listdir(SHM_DIR))
+    added, removed = sorted(after - before), sorted(before - after)
+    if added or removed:
+        pytest.fail(
+            f"the test session changed {SHM_DIR}: left behind {added}, removed {removed}",
+            pytrace=False,
+        )
