@@ -26,7 +26,8 @@ def reap_stale(prefix: str = "bb", *, shm_dir: str = "/dev/shm") -> list[str]:
     A region is reaped when its owner pid (from the name) does not exist (``ESRCH``), or
     exists but started at another time than the control block's ``owner_start_time``
     says (the pid was reused). Regions of this process, of live owners, with an invalid
-    control block, and names that do not match the region pattern are left alone.
+    control block, objects owned by another uid, and names that do not match the region
+    pattern are left alone.
     """
     check_prefix(prefix)
     me = os.getpid()
@@ -47,18 +48,20 @@ def reap_stale(prefix: str = "bb", *, shm_dir: str = "/dev/shm") -> list[str]:
 
 def _owner_dead(path: str, pid: int) -> bool:
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        pass  # it exists, owned by someone else
-    try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
         return False
     try:
         st = os.fstat(fd)
-        raw = os.pread(fd, CB_SIZE, 0) if stat.S_ISREG(st.st_mode) else b""
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+            return False  # not ours to judge (as root: another user's region)
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            pass  # it exists, owned by someone else
+        raw = os.pread(fd, CB_SIZE, 0)
     except OSError:
         return False
     finally:

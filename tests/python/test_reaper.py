@@ -102,3 +102,25 @@ def test_never_touches_names_outside_the_pattern() -> None:
         for other in others:
             os.unlink(shm_path("/" + other))
         unlink(good)
+
+
+def test_leaves_another_users_region_alone() -> None:
+    """As root the reaper sees every user's objects; a dead pid in another uid's
+    region name does not make it ours to remove."""
+    if os.geteuid() != 0:
+        import pytest
+
+        pytest.skip("needs root to give a region to another uid")
+    dead = subprocess.run(["sh", "-c", "echo $$"], capture_output=True, text=True, check=True)
+    pid = int(dead.stdout)
+    name = f"/{REAP}-{pid}-{'5' * 16}"
+    make_raw_object(name, pack_control_block(owner_pid=pid, owner_start_time=1,
+                                             region_size=4096) + bytes(4032))  # fmt: skip
+    try:
+        os.chown(shm_path(name), 65534, 65534)
+        assert reap_stale(prefix=REAP) == []
+        assert exists(name)
+        os.chown(shm_path(name), 0, 0)
+        assert reap_stale(prefix=REAP) == [name]  # the same region, now ours: reaped
+    finally:
+        unlink(name)
