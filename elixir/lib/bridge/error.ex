@@ -1,0 +1,176 @@
+defmodule Bridge.Error do
+  @moduledoc """
+  The one error type of beambridge (protocol/SPEC.md §5).
+
+  Every failure a caller can meet is returned as `{:error, %Bridge.Error{}}`;
+  the bang variants raise the same struct.
+
+    * `kind` — the category: `:bad_frame` (header and payload validation, SPEC §4),
+      `:region` (creation, attach, bounds, OS errors) or `:lease` (the lease
+      protocol, SPEC §2.2).
+    * `reason` — an atom, the same word the Python side uses (`:bad_magic`,
+      `:no_space`, `:leased`, …). OS errors without a protocol name are the
+      lowercase errno name (`:eacces`).
+    * `field` — the header, control-block or argument field at fault, or `nil`.
+    * `value` — the offending value, or `nil`.
+    * `limit` — the bound it broke, or `nil`.
+  """
+
+  @type kind :: :bad_frame | :region | :lease
+  @type t :: %__MODULE__{
+          kind: kind(),
+          reason: atom(),
+          field: atom() | nil,
+          value: term(),
+          limit: term(),
+          message: String.t() | nil
+        }
+
+  defexception [:kind, :reason, :field, :value, :limit, :message]
+
+  @doc """
+  Builds an error and fills in its message.
+
+  ## Examples
+
+      iex> e = Bridge.Error.new(:bad_frame, :bad_magic, field: :magic, value: "XXXX", limit: "BBFH")
+      iex> {e.kind, e.reason, e.field}
+      {:bad_frame, :bad_magic, :magic}
+      iex> e.message
+      ~s[bad frame: bad_magic: field magic is "XXXX", expected "BBFH" (not a beambridge frame header)]
+  """
+  @spec new(kind(), atom(), keyword()) :: t()
+  def new(kind, reason, opts \\ []) do
+    error = %__MODULE__{
+      kind: kind,
+      reason: reason,
+      field: Keyword.get(opts, :field),
+      value: Keyword.get(opts, :value),
+      limit: Keyword.get(opts, :limit)
+    }
+
+    %{error | message: Keyword.get(opts, :message) || build_message(error)}
+  end
+
+  @impl true
+  def exception(opts) when is_list(opts) do
+    new(Keyword.fetch!(opts, :kind), Keyword.fetch!(opts, :reason), opts)
+  end
+
+  @doc """
+  The human-readable message: names the field and the values, and says what to
+  do where there is something to do.
+
+  ## Examples
+
+      iex> Bridge.Error.message(Bridge.Error.new(:lease, :leased, field: :reader_leases, value: 1, limit: 0))
+      "lease error: leased: field reader_leases is 1, expected 0 (a reader still holds a lease on this region; drop the payload binaries of the last frame read from it or write into another region)"
+  """
+  @spec message(t()) :: String.t()
+  @impl true
+  def message(%__MODULE__{message: message}) when is_binary(message), do: message
+  def message(%__MODULE__{} = error), do: build_message(error)
+
+  @doc """
+  Turns an error atom returned by the NIF into a `:region` error, mapping OS
+  errors to protocol reasons. This is the one place where that mapping lives.
+
+  ## Examples
+
+      iex> Bridge.Error.from_nif(:enospc, field: :size, value: 8).reason
+      :no_space
+      iex> Bridge.Error.from_nif(:enoent).reason
+      :not_found
+      iex> Bridge.Error.from_nif(:eacces).reason
+      :eacces
+  """
+  @spec from_nif(atom(), keyword()) :: t()
+  def from_nif(reason, opts \\ []) when is_atom(reason) do
+    new(:region, nif_reason(reason), opts)
+  end
+
+  defp nif_reason(:enospc), do: :no_space
+  defp nif_reason(:enoent), do: :not_found
+  defp nif_reason(:eexist), do: :name_collision
+  defp nif_reason(:enametoolong), do: :bad_name
+  defp nif_reason(:state_mismatch), do: :not_published
+  defp nif_reason(other), do: other
+
+  defp build_message(%__MODULE__{} = e) do
+    head = "#{kind_text(e.kind)}: #{e.reason}"
+
+    detail =
+      case {e.field, e.value, e.limit} do
+        {nil, nil, nil} ->
+          ""
+
+        {field, value, nil} ->
+          ": field #{field} is #{inspect(value)}"
+
+        {field, value, limit} ->
+          ": field #{field} is #{inspect(value)}, #{limit_text(e.reason, limit)}"
+      end
+
+    case hint(e.reason) do
+      nil -> head <> detail
+      hint -> head <> detail <> " (" <> hint <> ")"
+    end
+  end
+
+  defp kind_text(:bad_frame), do: "bad frame"
+  defp kind_text(:region), do: "region error"
+  defp kind_text(:lease), do: "lease error"
+  defp kind_text(other), do: "#{other} error"
+
+  @exact [
+    :bad_magic,
+    :unsupported_version,
+    :bad_header_size,
+    :bad_decoded_length,
+    :header_checksum_mismatch,
+    :checksum_mismatch,
+    :stale_generation,
+    :bad_control_block,
+    :leased,
+    :misaligned_payload,
+    :not_published
+  ]
+
+  defp limit_text(reason, limit) when reason in @exact, do: "expected #{inspect(limit)}"
+  defp limit_text(:payload_overlaps_metadata, limit), do: "must be at least #{inspect(limit)}"
+  defp limit_text(:region_too_small, limit), do: "must be at least #{inspect(limit)}"
+  defp limit_text(_reason, limit), do: "limit #{inspect(limit)}"
+
+  defp hint(:bad_magic), do: "not a beambridge frame header"
+  defp hint(:unsupported_version), do: "the peer speaks another major version of the protocol"
+
+  defp hint(:header_checksum_mismatch),
+    do: "the header or metadata was modified or torn; re-read after the writer publishes"
+
+  defp hint(:checksum_mismatch),
+    do: "the payload was modified outside the lease protocol; re-read or copy the data"
+
+  defp hint(:stale_generation), do: "the frame was rewritten while being read; read it again"
+  defp hint(:unknown_flags), do: "the frame needs a newer reader"
+  defp hint(:unknown_format), do: "the frame needs a newer reader"
+  defp hint(:unknown_codec), do: "the frame needs a newer reader"
+  defp hint(:decoded_too_large), do: "raise :max_decoded_length if this size is expected"
+
+  defp hint(:leased),
+    do:
+      "a reader still holds a lease on this region; drop the payload binaries of the last frame read from it or write into another region"
+
+  defp hint(:not_published), do: "no frame has been published in this region yet"
+  defp hint(:busy), do: "another process is writing into this region"
+  defp hint(:no_space), do: "/dev/shm is full; free space or use a smaller region"
+  defp hint(:name_collision), do: "16 random names were all taken; check /dev/shm"
+  defp hint(:not_found), do: "no region of that name; its owner may have closed it"
+  defp hint(:bad_permissions), do: "the region must be a regular file owned by you with mode 0600"
+  defp hint(:closed), do: "the region handle was closed"
+  defp hint(:not_owner), do: "only the process that created a region unlinks it"
+
+  defp hint(:bad_name),
+    do: "names look like /<prefix>-<pid>-<16 hex digits>, prefix [a-z0-9]{1,16}"
+
+  defp hint(_), do: nil
+end

@@ -1,0 +1,660 @@
+defmodule Bridge.Header do
+  @moduledoc """
+  The 128-byte frame header (protocol/SPEC.md §3.1) and its validation (§4).
+
+  All integers are little-endian. `format` and `codec` are kept as the integer
+  codes of the spec; `format_name/1` and `codec_name/1` give their names.
+
+  Validation works on a binary the caller has copied into private memory
+  (`Bridge.Region` copies header and metadata out of the shared mapping before
+  calling `parse/3`), so a peer rewriting shared memory cannot change a value
+  between its check and its use.
+  """
+
+  import Bitwise
+
+  alias Bridge.{Error, Frame, NIF}
+
+  @header_size 128
+  @checksum_span 120
+  @max_metadata 1_048_576
+  @default_max_decoded 1 <<< 32
+  @flag_payload_checksum 1
+  @known_required_flags @flag_payload_checksum
+  @two64 1 <<< 64
+
+  @formats %{raw: 0, tensor: 1, arrow_stream: 2, etf: 3, custom: 4}
+  @codecs %{none: 0, lz4_frame: 1, zstd: 2}
+
+  defstruct magic: "BBFH",
+            version_major: 1,
+            version_minor: 0,
+            header_size: @header_size,
+            format: 0,
+            codec: 0,
+            flags: @flag_payload_checksum,
+            generation: 0,
+            schema_id: 0,
+            schema_version: 0,
+            metadata_length: 0,
+            payload_offset: @header_size,
+            payload_length: 0,
+            decoded_length: 0,
+            payload_checksum: 0,
+            header_checksum: 0
+
+  @type t :: %__MODULE__{
+          magic: <<_::32>>,
+          version_major: non_neg_integer(),
+          version_minor: non_neg_integer(),
+          header_size: non_neg_integer(),
+          format: non_neg_integer(),
+          codec: non_neg_integer(),
+          flags: non_neg_integer(),
+          generation: non_neg_integer(),
+          schema_id: non_neg_integer(),
+          schema_version: non_neg_integer(),
+          metadata_length: non_neg_integer(),
+          payload_offset: non_neg_integer(),
+          payload_length: non_neg_integer(),
+          decoded_length: non_neg_integer(),
+          payload_checksum: non_neg_integer(),
+          header_checksum: non_neg_integer()
+        }
+
+  @typedoc "A format as its spec code or name."
+  @type format :: non_neg_integer() | :raw | :tensor | :arrow_stream | :etf | :custom
+  @typedoc "A codec as its spec code or name."
+  @type codec :: non_neg_integer() | :none | :lz4_frame | :zstd
+
+  # {field, bit width} in header order, reserved bytes excluded.
+  @widths [
+    version_major: 16,
+    version_minor: 16,
+    header_size: 16,
+    format: 8,
+    codec: 8,
+    flags: 32,
+    generation: 64,
+    schema_id: 64,
+    schema_version: 32,
+    metadata_length: 32,
+    payload_offset: 64,
+    payload_length: 64,
+    decoded_length: 64,
+    payload_checksum: 64,
+    header_checksum: 64
+  ]
+
+  @doc """
+  The header size in bytes, 128.
+
+  ## Examples
+
+      iex> Bridge.Header.size()
+      128
+  """
+  @spec size() :: 128
+  def size, do: @header_size
+
+  @doc """
+  The largest metadata a frame may carry, 1048576 bytes.
+
+  ## Examples
+
+      iex> Bridge.Header.max_metadata()
+      1048576
+  """
+  @spec max_metadata() :: pos_integer()
+  def max_metadata, do: @max_metadata
+
+  @doc """
+  Where a writer puts the payload: the smallest multiple of 64 that is at least
+  `128 + metadata_length` (SPEC §3.1).
+
+  ## Examples
+
+      iex> Bridge.Header.payload_offset_for(0)
+      128
+      iex> Bridge.Header.payload_offset_for(40)
+      192
+      iex> Bridge.Header.payload_offset_for(64)
+      192
+  """
+  @spec payload_offset_for(non_neg_integer()) :: non_neg_integer()
+  def payload_offset_for(metadata_length)
+      when is_integer(metadata_length) and metadata_length >= 0 do
+    @header_size + metadata_length + 63 &&& bnot(63)
+  end
+
+  @doc """
+  The name of a format code, or `:unknown`.
+
+  ## Examples
+
+      iex> Bridge.Header.format_name(1)
+      :tensor
+      iex> Bridge.Header.format_name(9)
+      :unknown
+  """
+  @spec format_name(non_neg_integer()) :: atom()
+  def format_name(code), do: name_of(@formats, code)
+
+  @doc """
+  The name of a codec code, or `:unknown`.
+
+  ## Examples
+
+      iex> Bridge.Header.codec_name(2)
+      :zstd
+  """
+  @spec codec_name(non_neg_integer()) :: atom()
+  def codec_name(code), do: name_of(@codecs, code)
+
+  defp name_of(map, code) do
+    Enum.find_value(map, :unknown, fn {name, c} -> if c == code, do: name end)
+  end
+
+  @doc """
+  Builds the header a writer puts in front of `payload`.
+
+  Options:
+
+    * `:format` — code or name (default `:raw`)
+    * `:codec` — code or name (default `:none`)
+    * `:metadata` — metadata bytes (default `""`)
+    * `:checksum` — compute the payload checksum and set `PAYLOAD_CHECKSUM` (default `true`)
+    * `:flags` — extra flag bits (default `0`)
+    * `:generation`, `:schema_id`, `:schema_version` — default `0`
+    * `:decoded_length` — default `byte_size(payload)`; required to differ only with a codec
+    * `:payload_offset` — default `payload_offset_for(byte_size(metadata))`
+
+  The header checksum is filled in by `encode/2`.
+
+  ## Examples
+
+      iex> {:ok, h} = Bridge.Header.build("abc", format: :tensor, metadata: "m")
+      iex> {h.format, h.flags, h.metadata_length, h.payload_offset, h.payload_length}
+      {1, 1, 1, 192, 3}
+      iex> {:error, e} = Bridge.Header.build("abc", format: 7)
+      iex> {e.reason, e.field}
+      {:unknown_format, :format}
+  """
+  @spec build(binary(), keyword()) :: {:ok, t()} | {:error, Error.t()}
+  def build(payload, opts \\ [])
+
+  def build(payload, opts) when is_binary(payload) and is_list(opts) do
+    with :ok <- check_opts(opts),
+         {:ok, metadata} <- opt_metadata(opts),
+         {:ok, format} <- opt_code(opts, :format, @formats, 0, :unknown_format),
+         {:ok, codec} <- opt_code(opts, :codec, @codecs, 0, :unknown_codec),
+         {:ok, checksum?} <- opt_bool(opts, :checksum, true),
+         {:ok, extra_flags} <- opt_int(opts, :flags, 0, 32),
+         {:ok, generation} <- opt_int(opts, :generation, 0, 64),
+         {:ok, schema_id} <- opt_int(opts, :schema_id, 0, 64),
+         {:ok, schema_version} <- opt_int(opts, :schema_version, 0, 32),
+         {:ok, decoded_length} <- opt_int(opts, :decoded_length, byte_size(payload), 64),
+         default_offset = payload_offset_for(byte_size(metadata)),
+         {:ok, payload_offset} <- opt_int(opts, :payload_offset, default_offset, 64),
+         {:ok, payload_checksum} <- payload_checksum(payload, checksum?) do
+      flags = if checksum?, do: extra_flags ||| @flag_payload_checksum, else: extra_flags
+
+      header = %__MODULE__{
+        format: format,
+        codec: codec,
+        flags: flags,
+        generation: generation,
+        schema_id: schema_id,
+        schema_version: schema_version,
+        metadata_length: byte_size(metadata),
+        payload_offset: payload_offset,
+        payload_length: byte_size(payload),
+        decoded_length: decoded_length,
+        payload_checksum: payload_checksum
+      }
+
+      check_writable(header)
+    end
+  end
+
+  def build(payload, opts), do: {:error, badarg(:payload, {payload, opts})}
+
+  # A writer refuses to produce what a reader would refuse (checks 7, 10, 11, 14).
+  defp check_writable(%__MODULE__{} = h) do
+    cond do
+      (h.flags &&& 0xFFFF &&& bnot(@known_required_flags)) != 0 ->
+        {:error, frame_error(:unknown_flags, :flags, h.flags, @known_required_flags)}
+
+      rem(h.payload_offset, 64) != 0 ->
+        {:error, frame_error(:misaligned_payload, :payload_offset, h.payload_offset, 64)}
+
+      h.payload_offset < @header_size + h.metadata_length ->
+        {:error,
+         frame_error(
+           :payload_overlaps_metadata,
+           :payload_offset,
+           h.payload_offset,
+           @header_size + h.metadata_length
+         )}
+
+      h.payload_offset + h.payload_length >= @two64 ->
+        {:error, frame_error(:length_overflow, :payload_length, h.payload_length, @two64)}
+
+      h.codec == 0 and h.decoded_length != h.payload_length ->
+        {:error,
+         frame_error(:bad_decoded_length, :decoded_length, h.decoded_length, h.payload_length)}
+
+      true ->
+        {:ok, h}
+    end
+  end
+
+  defp payload_checksum(_payload, false), do: {:ok, 0}
+  defp payload_checksum(payload, true), do: xxh3(payload)
+
+  defp check_opts(opts) do
+    if Keyword.keyword?(opts), do: :ok, else: {:error, badarg(:opts, opts)}
+  end
+
+  defp opt_metadata(opts) do
+    case Keyword.get(opts, :metadata, "") do
+      m when is_binary(m) and byte_size(m) <= @max_metadata ->
+        {:ok, m}
+
+      m when is_binary(m) ->
+        {:error, frame_error(:metadata_too_large, :metadata_length, byte_size(m), @max_metadata)}
+
+      other ->
+        {:error, badarg(:metadata, other)}
+    end
+  end
+
+  defp opt_code(opts, key, names, default, reason) do
+    max = map_size(names) - 1
+
+    case Keyword.get(opts, key, default) do
+      code when is_integer(code) and code in 0..max -> {:ok, code}
+      code when is_integer(code) -> {:error, frame_error(reason, key, code, max)}
+      name when is_map_key(names, name) -> {:ok, Map.fetch!(names, name)}
+      other -> {:error, badarg(key, other)}
+    end
+  end
+
+  defp opt_bool(opts, key, default) do
+    case Keyword.get(opts, key, default) do
+      b when is_boolean(b) -> {:ok, b}
+      other -> {:error, badarg(key, other)}
+    end
+  end
+
+  defp opt_int(opts, key, default, bits) do
+    case Keyword.get(opts, key, default) do
+      i when is_integer(i) and i >= 0 and i < 1 <<< bits -> {:ok, i}
+      other -> {:error, badarg(key, other, (1 <<< bits) - 1)}
+    end
+  end
+
+  @doc """
+  Encodes `header` and computes its checksum over `header[0:120] ++ metadata`.
+
+  Field values are written as they are (so tests can build invalid headers);
+  only their widths are checked. `header_checksum` in the struct is ignored.
+
+  ## Examples
+
+      iex> {:ok, bin} = Bridge.Header.encode(%Bridge.Header{}, "")
+      iex> {byte_size(bin), binary_part(bin, 0, 4)}
+      {128, "BBFH"}
+      iex> {:error, e} = Bridge.Header.encode(%Bridge.Header{format: 256}, "")
+      iex> {e.reason, e.field}
+      {:badarg, :format}
+  """
+  @spec encode(t(), binary()) :: {:ok, <<_::1024>>} | {:error, Error.t()}
+  def encode(%__MODULE__{magic: <<_::binary-size(4)>>} = h, metadata) when is_binary(metadata) do
+    with :ok <- check_widths(h) do
+      first =
+        <<h.magic::binary, h.version_major::little-16, h.version_minor::little-16,
+          h.header_size::little-16, h.format::8, h.codec::8, h.flags::little-32,
+          h.generation::little-64, h.schema_id::little-64, h.schema_version::little-32,
+          h.metadata_length::little-32, h.payload_offset::little-64, h.payload_length::little-64,
+          h.decoded_length::little-64, h.payload_checksum::little-64, 0::size(48)-unit(8)>>
+
+      with {:ok, checksum} <- xxh3(first <> metadata) do
+        {:ok, <<first::binary, checksum::little-64>>}
+      end
+    end
+  end
+
+  def encode(%__MODULE__{magic: magic}, metadata) when is_binary(metadata),
+    do: {:error, badarg(:magic, magic)}
+
+  def encode(header, metadata), do: {:error, badarg(:header, {header, metadata})}
+
+  @doc """
+  Like `encode/2` but returns the binary or raises `Bridge.Error`.
+
+  ## Examples
+
+      iex> byte_size(Bridge.Header.encode!(%Bridge.Header{}, "meta"))
+      128
+  """
+  @spec encode!(t(), binary()) :: <<_::1024>>
+  def encode!(header, metadata), do: bang(encode(header, metadata))
+
+  defp check_widths(h) do
+    Enum.reduce_while(@widths, :ok, fn {field, bits}, :ok ->
+      case Map.fetch!(h, field) do
+        v when is_integer(v) and v >= 0 and v < 1 <<< bits -> {:cont, :ok}
+        v -> {:halt, {:error, badarg(field, v, (1 <<< bits) - 1)}}
+      end
+    end)
+  end
+
+  @doc """
+  Validates a header (SPEC §4, checks 1–16, in that order; the first failure
+  is the error).
+
+  `binary` holds the header followed by at least `metadata_length` bytes of
+  metadata (a whole frame will do); `frame_size` is the size of the frame area
+  the offsets are checked against. Pass a private copy, never a view of shared
+  memory.
+
+  Options: `:max_decoded_length` (default 2^32).
+
+  ## Examples
+
+      iex> {:ok, frame} = Bridge.Header.encode_frame("hello", metadata: "m")
+      iex> {:ok, h} = Bridge.Header.parse(frame, byte_size(frame))
+      iex> {h.payload_offset, h.payload_length, h.metadata_length}
+      {192, 5, 1}
+      iex> {:error, e} = Bridge.Header.parse("BBFH", 4)
+      iex> {e.reason, e.field}
+      {:truncated_header, :header}
+      iex> {:error, e} = Bridge.Header.parse(frame, 196)
+      iex> {e.reason, e.field, e.value, e.limit}
+      {:payload_out_of_bounds, :payload_length, 5, 4}
+  """
+  @spec parse(binary(), non_neg_integer(), keyword()) :: {:ok, t()} | {:error, Error.t()}
+  def parse(binary, frame_size, opts \\ [])
+
+  def parse(binary, frame_size, opts)
+      when is_binary(binary) and is_integer(frame_size) and frame_size >= 0 and is_list(opts) do
+    with :ok <- check_opts(opts),
+         {:ok, max_decoded} <- opt_int(opts, :max_decoded_length, @default_max_decoded, 64) do
+      do_parse(binary, frame_size, max_decoded)
+    end
+  end
+
+  def parse(binary, frame_size, _opts) when not is_binary(binary),
+    do: {:error, badarg(:binary, frame_size)}
+
+  def parse(_binary, frame_size, opts) when is_list(opts),
+    do: {:error, badarg(:frame_size, frame_size)}
+
+  def parse(_binary, _frame_size, opts), do: {:error, badarg(:opts, opts)}
+
+  # 1
+  defp do_parse(_binary, frame_size, _max) when frame_size < @header_size,
+    do: {:error, frame_error(:truncated_header, :header, frame_size, @header_size)}
+
+  defp do_parse(binary, _frame_size, _max) when byte_size(binary) < @header_size,
+    do: {:error, frame_error(:truncated_header, :header, byte_size(binary), @header_size)}
+
+  defp do_parse(
+         <<first::binary-size(@checksum_span), header_checksum::little-64, rest::binary>>,
+         frame_size,
+         max_decoded
+       ) do
+    <<magic::binary-size(4), version_major::little-16, version_minor::little-16,
+      header_size::little-16, format::8, codec::8, flags::little-32, generation::little-64,
+      schema_id::little-64, schema_version::little-32, metadata_length::little-32,
+      payload_offset::little-64, payload_length::little-64, decoded_length::little-64,
+      payload_checksum::little-64, _reserved::binary-size(48)>> = first
+
+    h = %__MODULE__{
+      magic: magic,
+      version_major: version_major,
+      version_minor: version_minor,
+      header_size: header_size,
+      format: format,
+      codec: codec,
+      flags: flags,
+      generation: generation,
+      schema_id: schema_id,
+      schema_version: schema_version,
+      metadata_length: metadata_length,
+      payload_offset: payload_offset,
+      payload_length: payload_length,
+      decoded_length: decoded_length,
+      payload_checksum: payload_checksum,
+      header_checksum: header_checksum
+    }
+
+    end_of_payload = payload_offset + payload_length
+    end_of_metadata = @header_size + metadata_length
+
+    cond do
+      magic != "BBFH" ->
+        {:error, frame_error(:bad_magic, :magic, magic, "BBFH")}
+
+      version_major != 1 ->
+        {:error, frame_error(:unsupported_version, :version_major, version_major, 1)}
+
+      header_size != @header_size ->
+        {:error, frame_error(:bad_header_size, :header_size, header_size, @header_size)}
+
+      format > 4 ->
+        {:error, frame_error(:unknown_format, :format, format, 4)}
+
+      codec > 2 ->
+        {:error, frame_error(:unknown_codec, :codec, codec, 2)}
+
+      (flags &&& 0xFFFF &&& bnot(@known_required_flags)) != 0 ->
+        {:error, frame_error(:unknown_flags, :flags, flags, @known_required_flags)}
+
+      metadata_length > @max_metadata ->
+        {:error,
+         frame_error(:metadata_too_large, :metadata_length, metadata_length, @max_metadata)}
+
+      end_of_metadata > frame_size ->
+        {:error,
+         frame_error(
+           :metadata_out_of_bounds,
+           :metadata_length,
+           metadata_length,
+           frame_size - @header_size
+         )}
+
+      rem(payload_offset, 64) != 0 ->
+        {:error, frame_error(:misaligned_payload, :payload_offset, payload_offset, 64)}
+
+      payload_offset < end_of_metadata ->
+        {:error,
+         frame_error(:payload_overlaps_metadata, :payload_offset, payload_offset, end_of_metadata)}
+
+      end_of_payload >= @two64 ->
+        {:error, frame_error(:length_overflow, :payload_length, payload_length, @two64)}
+
+      end_of_payload > frame_size ->
+        {:error,
+         frame_error(
+           :payload_out_of_bounds,
+           :payload_length,
+           payload_length,
+           max(frame_size - payload_offset, 0)
+         )}
+
+      codec == 0 and decoded_length != payload_length ->
+        {:error,
+         frame_error(:bad_decoded_length, :decoded_length, decoded_length, payload_length)}
+
+      codec != 0 and decoded_length > max_decoded ->
+        {:error, frame_error(:decoded_too_large, :decoded_length, decoded_length, max_decoded)}
+
+      byte_size(rest) < metadata_length ->
+        # The caller passed less metadata than the header announces.
+        {:error,
+         frame_error(:metadata_out_of_bounds, :metadata_length, metadata_length, byte_size(rest))}
+
+      true ->
+        check_header_checksum(h, first, binary_part(rest, 0, metadata_length))
+    end
+  end
+
+  # 16
+  defp check_header_checksum(h, first, metadata) do
+    with {:ok, computed} <- xxh3(first <> metadata) do
+      if computed == h.header_checksum do
+        {:ok, h}
+      else
+        {:error,
+         frame_error(:header_checksum_mismatch, :header_checksum, h.header_checksum, computed)}
+      end
+    end
+  end
+
+  @doc """
+  Like `parse/3` but returns the header or raises `Bridge.Error`.
+
+  ## Examples
+
+      iex> frame = Bridge.Header.encode_frame!("x")
+      iex> Bridge.Header.parse!(frame, byte_size(frame)).payload_length
+      1
+  """
+  @spec parse!(binary(), non_neg_integer(), keyword()) :: t()
+  def parse!(binary, frame_size, opts \\ []), do: bang(parse(binary, frame_size, opts))
+
+  @doc """
+  Checks the payload checksum (SPEC §4 check 17) when `PAYLOAD_CHECKSUM` is set.
+
+  ## Examples
+
+      iex> frame = Bridge.Header.encode_frame!("x")
+      iex> h = Bridge.Header.parse!(frame, byte_size(frame))
+      iex> Bridge.Header.verify_payload(h, "x")
+      :ok
+      iex> {:error, e} = Bridge.Header.verify_payload(h, "y")
+      iex> {e.reason, e.field}
+      {:checksum_mismatch, :payload_checksum}
+  """
+  @spec verify_payload(t(), binary()) :: :ok | {:error, Error.t()}
+  def verify_payload(%__MODULE__{} = h, payload) when is_binary(payload) do
+    if (h.flags &&& @flag_payload_checksum) == 0 do
+      :ok
+    else
+      with {:ok, computed} <- xxh3(payload), do: checksum_result(h, computed)
+    end
+  end
+
+  @doc false
+  # Check 17 given an already computed xxh3_64 of the payload (used by Bridge.Region).
+  @spec checksum_result(t(), non_neg_integer()) :: :ok | {:error, Error.t()}
+  def checksum_result(%__MODULE__{} = h, computed) do
+    if (h.flags &&& @flag_payload_checksum) == 0 or computed == h.payload_checksum do
+      :ok
+    else
+      {:error, frame_error(:checksum_mismatch, :payload_checksum, h.payload_checksum, computed)}
+    end
+  end
+
+  @doc """
+  Encodes a whole frame: header, metadata, zero padding, payload. Takes the
+  options of `build/2`.
+
+  ## Examples
+
+      iex> {:ok, frame} = Bridge.Header.encode_frame("payload", metadata: "meta")
+      iex> byte_size(frame)
+      199
+      iex> binary_part(frame, 192, 7)
+      "payload"
+  """
+  @spec encode_frame(binary(), keyword()) :: {:ok, binary()} | {:error, Error.t()}
+  def encode_frame(payload, opts \\ [])
+
+  def encode_frame(payload, opts) when is_binary(payload) and is_list(opts) do
+    with {:ok, h} <- build(payload, opts),
+         metadata = Keyword.get(opts, :metadata, ""),
+         {:ok, header} <- encode(h, metadata) do
+      padding = h.payload_offset - @header_size - h.metadata_length
+      {:ok, IO.iodata_to_binary([header, metadata, :binary.copy(<<0>>, padding), payload])}
+    end
+  end
+
+  def encode_frame(payload, opts), do: {:error, badarg(:payload, {payload, opts})}
+
+  @doc """
+  Like `encode_frame/2` but returns the binary or raises `Bridge.Error`.
+
+  ## Examples
+
+      iex> byte_size(Bridge.Header.encode_frame!(""))
+      128
+  """
+  @spec encode_frame!(binary(), keyword()) :: binary()
+  def encode_frame!(payload, opts \\ []), do: bang(encode_frame(payload, opts))
+
+  @doc """
+  Decodes a whole frame binary: header validation (checks 1–16) then, unless
+  `verify: false`, the payload checksum (check 17).
+
+  `metadata` and `payload` are sub-binaries of `frame`.
+
+  Options: `:verify` (default `true`), `:max_decoded_length` (default 2^32).
+
+  ## Examples
+
+      iex> frame = Bridge.Header.encode_frame!("data", metadata: "m", format: :etf)
+      iex> {:ok, f} = Bridge.Header.decode_frame(frame)
+      iex> {f.header.format, f.metadata, f.payload}
+      {3, "m", "data"}
+      iex> corrupt = binary_part(frame, 0, byte_size(frame) - 1) <> "X"
+      iex> {:error, e} = Bridge.Header.decode_frame(corrupt)
+      iex> e.reason
+      :checksum_mismatch
+      iex> {:ok, _} = Bridge.Header.decode_frame(corrupt, verify: false)
+  """
+  @spec decode_frame(binary(), keyword()) :: {:ok, Frame.t()} | {:error, Error.t()}
+  def decode_frame(frame, opts \\ [])
+
+  def decode_frame(frame, opts) when is_binary(frame) and is_list(opts) do
+    with :ok <- check_opts(opts),
+         {:ok, verify?} <- opt_bool(opts, :verify, true),
+         {:ok, h} <- parse(frame, byte_size(frame), opts),
+         payload = binary_part(frame, h.payload_offset, h.payload_length),
+         :ok <- if(verify?, do: verify_payload(h, payload), else: :ok) do
+      metadata = binary_part(frame, @header_size, h.metadata_length)
+      {:ok, %Frame{header: h, metadata: metadata, payload: payload}}
+    end
+  end
+
+  def decode_frame(frame, opts), do: {:error, badarg(:frame, {frame, opts})}
+
+  @doc """
+  Like `decode_frame/2` but returns the frame or raises `Bridge.Error`.
+
+  ## Examples
+
+      iex> Bridge.Header.decode_frame!(Bridge.Header.encode_frame!("abc")).payload
+      "abc"
+  """
+  @spec decode_frame!(binary(), keyword()) :: Frame.t()
+  def decode_frame!(frame, opts \\ []), do: bang(decode_frame(frame, opts))
+
+  defp xxh3(binary) do
+    case NIF.xxh3_64(binary) do
+      {:ok, h} -> {:ok, h}
+      {:error, reason} -> {:error, Error.from_nif(reason)}
+    end
+  end
+
+  defp frame_error(reason, field, value, limit),
+    do: Error.new(:bad_frame, reason, field: field, value: value, limit: limit)
+
+  defp badarg(field, value, limit \\ nil),
+    do: Error.new(:bad_frame, :badarg, field: field, value: value, limit: limit)
+
+  defp bang({:ok, value}), do: value
+  defp bang({:error, %Error{} = e}), do: raise(e)
+end

@@ -1,0 +1,43 @@
+defmodule Bridge.NIF do
+  @moduledoc false
+  # Stubs for shm/beambridge_nif.c. Every function returns {:ok, value} | :ok |
+  # {:error, atom}; wrong argument types are {:error, :badarg}, never a raise.
+  # Offsets and lengths are region offsets in bytes.
+
+  @on_load :load_nif
+
+  def load_nif do
+    path = :filename.join(:code.priv_dir(:beambridge), ~c"beambridge_nif")
+    :erlang.load_nif(path, 0)
+  end
+
+  defp not_loaded, do: :erlang.nif_error(:nif_not_loaded)
+
+  def create(_name, _size), do: not_loaded()
+  def attach(_name), do: not_loaded()
+  def unlink(_name), do: not_loaded()
+  def region_unlink(_region), do: not_loaded()
+  def close(_region), do: not_loaded()
+  def closed?(_region), do: not_loaded()
+  def owner?(_region), do: not_loaded()
+  def euid, do: not_loaded()
+  def size(_region), do: not_loaded()
+  def name(_region), do: not_loaded()
+  def address(_region), do: not_loaded()
+  def binary_address(_binary), do: not_loaded()
+  def read_copy(_region, _off, _len), do: not_loaded()
+  def write(_region, _off, _binary), do: not_loaded()
+  def xxh3_64(_binary), do: not_loaded()
+  def xxh3_64_region(_region, _off, _len), do: not_loaded()
+  def load_u32(_region, _off), do: not_loaded()
+  def load_u64(_region, _off), do: not_loaded()
+  def store_u32(_region, _off, _value), do: not_loaded()
+  def store_u64(_region, _off, _value), do: not_loaded()
+  def cas_u32(_region, _off, _expected, _desired), do: not_loaded()
+  def cas_u64(_region, _off, _expected, _desired), do: not_loaded()
+  def fetch_add_u32(_region, _off, _delta), do: not_loaded()
+  def fetch_add_u64(_region, _off, _delta), do: not_loaded()
+  def lease_acquire(_region, _count_off, _state_off, _expected_state), do: not_loaded()
+  def lease_binary(_lease, _off, _len), do: not_loaded()
+  def lease_release(_lease), do: not_loaded()
+end

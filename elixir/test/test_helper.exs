@@ -1,0 +1,42 @@
+# /dev/shm must look the same after the suite as before it (SPEC §1.5: a clean
+# shutdown leaves nothing). Only names this run can have made are compared —
+# this OS pid's regions and the forged names of the test prefixes — so regions
+# of a Python test run on the same host at the same time do not fail the run;
+# any other change is printed as a note.
+shm_before = MapSet.new(File.ls!("/dev/shm"))
+own_pid = System.pid()
+
+ours? = fn name ->
+  String.contains?(name, "-#{own_pid}-") or String.starts_with?(name, ["bbt", "bbdoc"])
+end
+
+ExUnit.after_suite(fn _result ->
+  # Let dropped region handles reach their destructors first.
+  Enum.each(Process.list(), &:erlang.garbage_collect/1)
+  Process.sleep(50)
+
+  shm_after = MapSet.new(File.ls!("/dev/shm"))
+  added = MapSet.difference(shm_after, shm_before) |> Enum.sort()
+  removed = MapSet.difference(shm_before, shm_after) |> Enum.sort()
+  {our_added, other_added} = Enum.split_with(added, ours?)
+  {our_removed, other_removed} = Enum.split_with(removed, ours?)
+
+  if other_added != [] or other_removed != [] do
+    IO.puts(
+      "note: /dev/shm changed outside this test run: added #{inspect(other_added)}, " <>
+        "removed #{inspect(other_removed)}"
+    )
+  end
+
+  if our_added != [] or our_removed != [] do
+    IO.puts(
+      :stderr,
+      "\n/dev/shm differs after the suite: left behind #{inspect(our_added)}, " <>
+        "removed #{inspect(our_removed)}"
+    )
+
+    System.halt(1)
+  end
+end)
+
+ExUnit.start()

@@ -1,0 +1,92 @@
+defmodule Mix.Tasks.Compile.BridgeNif do
+  @moduledoc false
+  # Builds shm/beambridge_nif.c with `make -C shm` into the app's priv dir.
+  # make decides what is out of date; a failing build fails `mix compile`
+  # with make's output.
+  use Mix.Task.Compiler
+
+  @impl Mix.Task.Compiler
+  def run(_args) do
+    priv_dir = Path.join(Mix.Project.app_path(), "priv")
+    File.mkdir_p!(priv_dir)
+
+    erts_include =
+      Path.join([
+        List.to_string(:code.root_dir()),
+        "erts-#{:erlang.system_info(:version)}",
+        "include"
+      ])
+
+    args = [
+      "--no-print-directory",
+      "-C",
+      "shm",
+      "ERTS_INCLUDE_DIR=#{erts_include}",
+      "PRIV_DIR=#{priv_dir}"
+    ]
+
+    {output, status} = System.cmd("make", args, stderr_to_stdout: true)
+
+    cond do
+      status != 0 ->
+        Mix.shell().error(output)
+
+        diagnostic = %Mix.Task.Compiler.Diagnostic{
+          compiler_name: "bridge_nif",
+          file: Path.expand("shm/beambridge_nif.c"),
+          message: "make -C shm failed with exit status #{status}:\n" <> output,
+          position: nil,
+          severity: :error
+        }
+
+        {:error, [diagnostic]}
+
+      output =~ "Nothing to be done" or output =~ "is up to date" ->
+        {:noop, []}
+
+      true ->
+        Mix.shell().info(String.trim_trailing(output))
+        {:ok, []}
+    end
+  end
+
+  @impl Mix.Task.Compiler
+  def clean do
+    System.cmd("make", [
+      "--no-print-directory",
+      "-C",
+      "shm",
+      "clean",
+      "PRIV_DIR=#{Path.join(Mix.Project.app_path(), "priv")}"
+    ])
+
+    :ok
+  end
+end
+
+defmodule Beambridge.MixProject do
+  use Mix.Project
+
+  def project do
+    [
+      app: :beambridge,
+      version: "0.1.0",
+      elixir: "~> 1.14",
+      compilers: [:bridge_nif] ++ Mix.compilers(),
+      elixirc_paths: elixirc_paths(Mix.env()),
+      test_paths: ["elixir/test"],
+      start_permanent: Mix.env() == :prod,
+      deps: []
+    ]
+  end
+
+  def application do
+    [
+      mod: {Bridge.Application, []},
+      extra_applications: [:logger, :crypto]
+    ]
+  end
+
+  defp elixirc_paths(:test), do: ["elixir/lib", "elixir/test/support"]
+  defp elixirc_paths(_), do: ["elixir/lib"]
+end
