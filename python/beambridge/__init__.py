@@ -10,7 +10,8 @@ b'abc'
 """
 
 from .control import ControlBlock, WriterState
-from .errors import BridgeError, ChecksumError, HeaderError, LeaseError, RegionError
+from .errors import BridgeError, ChecksumError, EtfError, HeaderError, LeaseError, RegionError
+from .etf import Atom
 from .frame import Frame
 from .header import (
     DEFAULT_MAX_DECODED_LENGTH,
@@ -36,10 +37,12 @@ __all__ = [
     "HEADER_SIZE",
     "MAGIC",
     "MAX_METADATA",
+    "Atom",
     "BridgeError",
     "ChecksumError",
     "Codec",
     "ControlBlock",
+    "EtfError",
     "Format",
     "Frame",
     "Header",

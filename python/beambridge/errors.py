@@ -19,6 +19,7 @@ from typing import Any
 __all__ = [
     "BridgeError",
     "ChecksumError",
+    "EtfError",
     "HeaderError",
     "LeaseError",
     "RegionError",
@@ -78,6 +79,15 @@ class ChecksumError(HeaderError):
         message: str | None = None,
     ) -> None:
         super().__init__(reason, field, value, limit, message)
+
+
+class EtfError(BridgeError, ValueError):
+    """An ETF term from the peer was refused (§7.2): a tag outside the allowed set, a
+    length running past the frame, nesting too deep, an oversized big integer, an
+    improper list, or a value Python cannot represent. ``reason`` is ``bad_term``,
+    ``field`` names what was wrong (``tag``, ``length``, ``depth``...) and ``value``
+    holds the offending value; the message gives the byte offset.
+    """
 
 
 class LeaseError(BridgeError):

@@ -23,11 +23,11 @@ _MAX_PID = 2**31 - 1
 def reap_stale(prefix: str = "bb", *, shm_dir: str = "/dev/shm") -> list[str]:
     """Unlink every region of ``prefix`` whose owner process is dead; return their names.
 
-    A region is reaped when its owner pid (from the name) does not exist (``ESRCH``), or
-    exists but started at another time than the control block's ``owner_start_time``
-    says (the pid was reused). Regions of this process, of live owners, with an invalid
-    control block, objects owned by another uid, and names that do not match the region
-    pattern are left alone.
+    A region is reaped when its owner pid (from the name) does not exist (``ESRCH``), is a
+    zombie (exited, not yet waited for by its parent), or exists but started at another
+    time than the control block's ``owner_start_time`` says (the pid was reused). Regions
+    of this process, of live owners, with an invalid control block, objects owned by
+    another uid, and names that do not match the region pattern are left alone.
     """
     check_prefix(prefix)
     me = os.getpid()
@@ -46,6 +46,17 @@ def reap_stale(prefix: str = "bb", *, shm_dir: str = "/dev/shm") -> list[str]:
     return reaped
 
 
+def _is_zombie(pid: int) -> bool:
+    """True when ``/proc/<pid>/stat`` shows state ``Z`` (dead, not yet reaped by its
+    parent: ``kill(pid, 0)`` still succeeds)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat_line = f.read()
+        return stat_line[stat_line.rindex(b")") + 2 : stat_line.rindex(b")") + 3] == b"Z"
+    except (OSError, ValueError):
+        return False
+
+
 def _owner_dead(path: str, pid: int) -> bool:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -61,6 +72,8 @@ def _owner_dead(path: str, pid: int) -> bool:
             return True
         except PermissionError:
             pass  # it exists, owned by someone else
+        if _is_zombie(pid):
+            return True  # exited, not yet waited for: it will never use a region again
         raw = os.pread(fd, CB_SIZE, 0)
     except OSError:
         return False

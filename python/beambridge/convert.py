@@ -1,0 +1,522 @@
+"""Data terms (protocol/SPEC.md §7.4, §8) to Python values and back.
+
+Arguments: the tagged terms ``{:"$bb_buffer", b}``, ``{:"$bb_tensor", dtype, shape, b}``
+and ``{:"$bb_region", kind, name, generation}`` become a read-only ``memoryview``, a
+read-only ``numpy.ndarray``, or the same types read in place from a region (`Arguments`).
+A region payload read as ``bytes`` is copied and its lease ends at once; a ``memoryview``
+or ``ndarray`` keeps the lease for exactly as long as it (or anything made from it)
+lives, so the type a handler gets never depends on the size (invariant 7).
+
+Results: `ResultEncoder` sends ``bytes``/``bytearray``/``memoryview`` as binaries and
+``ndarray`` as tensors; at or above the threshold it writes them into a region of the
+worker's `ResultRegions` pool and sends a ``{:"$bb_region", kind, name, generation}``
+handle instead.
+
+>>> import numpy as np
+>>> args = Arguments(Attachments())
+>>> tensor = (TAG_TENSOR, b"<i2", [2], b"\\x01\\x00\\x02\\x00")
+>>> view, arr = args.convert([(TAG_BUFFER, b"ab"), tensor])
+>>> bytes(view), view.readonly, arr.tolist(), arr.flags.writeable
+(b'ab', True, [1, 2], False)
+>>> from beambridge.etf import decode, encode_parts
+>>> decode(b"".join(encode_parts(np.arange(3, dtype=np.uint8), ResultEncoder())))
+(Atom('$bb_tensor'), b'|u1', [3], b'\\x00\\x01\\x02')
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import math
+import os
+import re
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from .control import CB_SIZE
+from .errors import BridgeError, EtfError, HeaderError, LeaseError, RegionError
+from .etf import Atom, Encoder, decode, encode, encode_binary
+from .header import Codec, Format, payload_offset_for
+from .region import Region
+
+__all__ = [
+    "DEFAULT_REGION_LIMIT",
+    "DEFAULT_THRESHOLD",
+    "TAG_BUFFER",
+    "TAG_REGION",
+    "TAG_TENSOR",
+    "Arguments",
+    "Attachments",
+    "ResultEncoder",
+    "ResultRegions",
+    "check_dtype",
+    "make_tensor",
+]
+
+#: Payloads of at least this many bytes travel in regions (§8; env BEAMBRIDGE_THRESHOLD).
+DEFAULT_THRESHOLD = 65536
+#: Bytes of result regions a worker keeps (env BEAMBRIDGE_REGION_LIMIT).
+DEFAULT_REGION_LIMIT = 1 << 30
+
+TAG_BUFFER = Atom("$bb_buffer")
+TAG_TENSOR = Atom("$bb_tensor")
+TAG_REGION = Atom("$bb_region")
+KIND_BINARY = Atom("binary")
+KIND_BUFFER = Atom("buffer")
+KIND_TENSOR = Atom("tensor")
+_KINDS = (KIND_BINARY, KIND_BUFFER, KIND_TENSOR)
+
+#: Fixed-size numeric dtypes that cross the bridge: kind letter -> allowed item sizes.
+_DTYPE_SIZES = {"i": (1, 2, 4, 8), "u": (1, 2, 4, 8), "f": (2, 4, 8), "c": (8, 16)}
+_DTYPE_PATTERN = re.compile(r"([<|])([iufc])([0-9]{1,2})")
+#: Most dimensions a tensor may have (NumPy 1.x's limit).
+MAX_NDIM = 32
+
+
+def _bad(field: str, value: Any, message: str) -> EtfError:
+    return EtfError("bad_term", field, value, None, f"bad_term: {message}")
+
+
+# ---- tensors ---------------------------------------------------------------------------
+
+
+def check_dtype(text: Any) -> np.dtype[Any]:
+    """The NumPy dtype for a tensor dtype string of §7.4, or `EtfError` ``bad_term``.
+
+    Only fixed-size numeric types: ``<i1`` ... ``<i8``, ``<u1`` ... ``<u8``, ``<f2``,
+    ``<f4``, ``<f8``, ``<c8``, ``<c16``, little-endian (``|`` for one-byte types).
+    Object, void, string, datetime and big-endian dtypes are refused.
+
+    >>> check_dtype(b"<f4"), check_dtype(b"|u1")
+    (dtype('float32'), dtype('uint8'))
+    >>> check_dtype(b"|O")
+    Traceback (most recent call last):
+    ...
+    beambridge.errors.EtfError: bad_term: tensor dtype b'|O' is not one of ...
+    """
+    raw = text.encode("ascii", "replace") if isinstance(text, str) else text
+    m = _DTYPE_PATTERN.fullmatch(raw.decode("ascii", "replace")) if type(raw) is bytes else None
+    if m is not None:
+        order, kind, size = m.group(1), m.group(2), int(m.group(3))
+        if size in _DTYPE_SIZES[kind] and (order == "<" or size == 1):
+            return np.dtype(f"{'<' if size > 1 else '|'}{kind}{size}")
+    raise _bad(
+        "dtype",
+        text,
+        f"tensor dtype {text!r} is not one of the fixed-size little-endian numeric dtypes "
+        "(<i1..<i8, <u1..<u8, <f2, <f4, <f8, <c8, <c16; '|' for one byte)",
+    )
+
+
+def _check_shape(shape: Any) -> list[int]:
+    if type(shape) is not list or len(shape) > MAX_NDIM:
+        raise _bad("shape", shape, f"tensor shape must be a list of at most {MAX_NDIM} "
+                   f"non-negative integers, got {shape!r}")  # fmt: skip
+    for dim in shape:
+        if type(dim) is not int or dim < 0:
+            raise _bad("shape", shape, f"tensor shape {shape!r} holds {dim!r}, "
+                       "not a non-negative integer")  # fmt: skip
+    return shape
+
+
+def make_tensor(dtype: Any, shape: Any, data: Any) -> np.ndarray[Any, Any]:
+    """A read-only C-order ndarray over ``data`` (no copy), after checking ``dtype``,
+    ``shape`` and that ``data`` holds exactly ``itemsize * prod(shape)`` bytes.
+
+    >>> make_tensor(b"<u2", [2, 1], b"\\x01\\x00\\x02\\x00").tolist()
+    [[1], [2]]
+    """
+    dt = check_dtype(dtype)
+    dims = _check_shape(shape)
+    expected = dt.itemsize * math.prod(dims)  # Python ints: no overflow
+    nbytes = memoryview(data).nbytes
+    if nbytes != expected:
+        raise EtfError(
+            "bad_term",
+            "data",
+            nbytes,
+            expected,
+            f"bad_term: a {dt.str} tensor of shape {dims} needs {expected} bytes of data, "
+            f"got {nbytes}",
+        )
+    arr = np.frombuffer(data, dtype=dt).reshape(dims)
+    arr.flags.writeable = False
+    return arr
+
+
+def result_dtype(dtype: np.dtype[Any]) -> np.dtype[Any]:
+    """The little-endian dtype a result array travels as, or TypeError with advice."""
+    kind, size = dtype.kind, dtype.itemsize
+    if kind in _DTYPE_SIZES and size in _DTYPE_SIZES[kind] and dtype.fields is None:
+        return dtype.newbyteorder("<") if size > 1 else dtype
+    advice = {
+        "b": "cast it with .astype(np.uint8)",
+        "f": "cast it with .astype(np.float64)",
+        "c": "cast it with .astype(np.complex128)",
+        "M": "send .view(np.int64) (and the unit) instead",
+        "m": "send .view(np.int64) (and the unit) instead",
+        "U": "encode the strings, or send .tolist()",
+        "S": "send .tobytes() or .tolist()",
+        "O": "send .tolist(), or cast to a numeric dtype",
+        "V": "send each field as its own array",
+    }.get(kind, "cast it to a numeric dtype")
+    raise TypeError(
+        f"cannot send an ndarray of dtype {dtype} ({dtype.str}) to Elixir: tensors carry "
+        f"int8-64, uint8-64, float16/32/64 and complex64/128 only; {advice}"
+    )
+
+
+# ---- arguments ---------------------------------------------------------------------------
+
+
+class Attachments:
+    """The worker's cache of attached BEAM-owned regions, name -> `Region`, at most
+    ``capacity`` of them (least recently used dropped first)."""
+
+    def __init__(self, capacity: int = 64) -> None:
+        self._regions: collections.OrderedDict[str, Region] = collections.OrderedDict()
+        self._capacity = capacity
+
+    def get(self, name: str) -> Region:
+        region = self._regions.get(name)
+        if region is None:
+            region = Region.attach(name)
+            self._regions[name] = region
+            while len(self._regions) > self._capacity:
+                _close_attachment(self._regions.popitem(last=False)[1])
+        else:
+            self._regions.move_to_end(name)
+        return region
+
+    def detach(self, names: list[Any]) -> None:
+        """Drop the attachments of ``names`` (str or bytes); unknown names are ignored.
+
+        A region with a live argument view stays mapped until that view is gone (its
+        lease is ended then); only the cache entry goes now.
+        """
+        for raw in names:
+            name = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+            region = self._regions.pop(name, None)
+            if region is not None:
+                _close_attachment(region)
+
+    def __len__(self) -> int:
+        return len(self._regions)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._regions
+
+
+def _close_attachment(region: Region) -> None:
+    # LeaseError: a handler still holds a view; the mapping stays alive with it and the
+    # lease ends when it is collected
+    with contextlib.suppress(LeaseError):
+        region.close()
+
+
+class Arguments:
+    """Turns the data terms of a call's arguments into Python values (§7.4).
+
+    Errors are `BridgeError` subclasses whose ``reason`` the worker sends back in a
+    ``{:bad_call, reason, message}``: ``bad_term`` for a malformed tagged term, a
+    region reason (``not_found``, ``bad_name``...), a lease reason (``not_published``)
+    or a §4 reason (``stale_generation``, ``checksum_mismatch``...).
+    """
+
+    def __init__(self, attachments: Attachments, *, verify: bool = True) -> None:
+        self.attachments = attachments
+        self.verify = verify
+
+    def convert(self, value: Any) -> Any:
+        """``value`` with every tagged term replaced (containers rebuilt only if needed)."""
+        t = type(value)
+        if t is tuple:
+            if value and type(value[0]) is Atom and value[0].startswith("$bb_"):
+                return self.tagged(value)
+            items = [self.convert(v) for v in value]
+            return tuple(items)
+        if t is list:
+            return [self.convert(v) for v in value]
+        if t is dict:
+            return {self.convert(k): self.convert(v) for k, v in value.items()}
+        return value
+
+    def tagged(self, term: tuple[Any, ...]) -> Any:
+        tag = term[0]
+        if tag == TAG_BUFFER and len(term) == 2 and type(term[1]) is bytes:
+            return memoryview(term[1])
+        if tag == TAG_TENSOR and len(term) == 4 and type(term[3]) is bytes:
+            return make_tensor(term[1], term[2], term[3])
+        if tag == TAG_REGION and len(term) == 4:
+            return self.region(term[1], term[2], term[3])
+        raise _bad("tag", tag, f"malformed or unknown tagged term {_short(term)} (§7.4)")
+
+    def region(self, kind: Any, name: Any, generation: Any) -> Any:
+        if kind not in _KINDS or type(kind) is not Atom:
+            raise _bad("kind", kind, f"region handle kind {kind!r} is not binary, buffer "
+                       "or tensor")  # fmt: skip
+        if type(name) is not bytes or type(generation) is not int or generation < 0:
+            raise _bad("handle", (name, generation), "a region handle is {:\"$bb_region\", "
+                       "kind, name :: binary, generation :: non-negative integer}")  # fmt: skip
+        region = self.attachments.get(name.decode("utf-8", "replace"))
+        frame = region.read_frame(verify=self.verify)
+        done = False
+        try:
+            header = frame.header
+            if header.generation != generation:
+                raise HeaderError(
+                    "stale_generation",
+                    "generation",
+                    header.generation,
+                    generation,
+                    f"stale_generation: the handle names generation {generation} of region "
+                    f"{region.name} but its frame is generation {header.generation}",
+                )
+            if header.codec != Codec.NONE:
+                raise HeaderError(
+                    "unknown_codec",
+                    "codec",
+                    int(header.codec),
+                    int(Codec.NONE),
+                    f"unknown_codec: region {region.name} holds a {Codec(header.codec).name} "
+                    "payload; this worker reads uncompressed argument regions only",
+                )
+            want = Format.TENSOR if kind == KIND_TENSOR else Format.RAW
+            if header.format != want:
+                raise _bad("format", int(header.format), f"a {kind} handle needs a frame of "
+                           f"format {want.name}, region {region.name} holds format "
+                           f"{header.format}")  # fmt: skip
+            value: Any
+            if kind == KIND_BINARY:
+                value = bytes(frame.payload)
+            elif kind == KIND_BUFFER:
+                value = frame.payload
+            else:
+                meta = decode(frame.metadata, max_depth=4)
+                if type(meta) is not tuple or len(meta) != 2:
+                    raise _bad("metadata", meta, f"tensor metadata of region {region.name} "
+                               "is not {dtype, shape}")  # fmt: skip
+                value = make_tensor(meta[0], meta[1], frame.payload)
+            done = True
+            return value
+        finally:
+            if kind == KIND_BINARY or not done:
+                with contextlib.suppress(LeaseError):
+                    frame.release()
+            # else the Frame object goes with this function: the payload view (and what
+            # is made from it) alone holds the private mapping, and with it the lease
+
+
+def _short(term: Any) -> str:
+    text = repr(term)
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
+# ---- results -----------------------------------------------------------------------------
+
+
+def _pow2_at_least(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
+
+
+class ResultRegions:
+    """The worker's own result regions, pooled by size class and reused warm.
+
+    A region is rewritten only when its ``reader_leases`` is 0 (`Region.write_frame`
+    refuses otherwise, and the next region of the class is tried); the total size of the
+    pool stays at or below ``limit`` bytes (idle regions of other classes are closed to
+    make room). ``write`` returns ``None`` when no region can take the payload: the
+    caller then sends the value inline.
+    """
+
+    #: Smallest payload capacity of a region.
+    MIN_CAPACITY = 64 * 1024
+    #: Metadata room every region leaves before its payload.
+    METADATA_ROOM = 960  # payload_offset_for(960) == 1088
+
+    def __init__(self, prefix: str = "bb", limit: int = DEFAULT_REGION_LIMIT) -> None:
+        self.prefix = prefix
+        self.limit = limit
+        self._classes: dict[int, list[Region]] = {}
+        self._total = 0
+        self._busy: set[int] = set()
+
+    @property
+    def total(self) -> int:
+        """Bytes of regions the pool holds."""
+        return self._total
+
+    def regions(self) -> list[Region]:
+        """Every region of the pool (a snapshot: safe while another thread adds one)."""
+        return [r for rs in list(self._classes.values()) for r in list(rs)]
+
+    def begin_result(self) -> None:
+        """Start a new result: regions written for the previous one may be reused."""
+        self._busy.clear()
+
+    def size_for(self, nbytes: int, metadata_length: int) -> int:
+        capacity = _pow2_at_least(max(nbytes, self.MIN_CAPACITY))
+        return CB_SIZE + payload_offset_for(max(metadata_length, self.METADATA_ROOM)) + capacity
+
+    def write(
+        self,
+        nbytes: int,
+        fill: Callable[[memoryview], None],
+        *,
+        metadata: bytes = b"",
+        format: Format = Format.RAW,
+    ) -> tuple[str, int] | None:
+        """Publish a frame of ``nbytes`` payload bytes, written by ``fill(area)``, in a
+        free region; return ``(name, generation)`` or ``None`` (no room)."""
+        size = self.size_for(nbytes, len(metadata))
+        for region in self._classes.get(size, ()):
+            if id(region) in self._busy:
+                continue
+            try:
+                return self._publish(region, nbytes, fill, metadata, format)
+            except LeaseError:
+                continue  # the BEAM still holds binaries over it: try the next one
+        if self._total + size > self.limit:
+            self._evict(self._total + size - self.limit)
+            if self._total + size > self.limit:
+                return None
+        try:
+            region = Region.create(size, prefix=self.prefix)
+        except RegionError as err:
+            _warn(f"cannot create a result region of {size} bytes: {err}")
+            return None
+        self._classes.setdefault(size, []).append(region)
+        self._total += size
+        return self._publish(region, nbytes, fill, metadata, format)
+
+    def _publish(
+        self,
+        region: Region,
+        nbytes: int,
+        fill: Callable[[memoryview], None],
+        metadata: bytes,
+        format: Format,
+    ) -> tuple[str, int]:
+        with region.write_frame_into(nbytes, metadata=metadata, format=format) as area:
+            fill(area)
+        self._busy.add(id(region))
+        return region.name, region._last_header.generation
+
+    def _evict(self, wanted: int) -> None:
+        """Close idle regions (no lease, not used by the result being built), biggest
+        first, until ``wanted`` bytes are freed or none is left."""
+        idle = [
+            r
+            for r in sorted(self.regions(), key=lambda r: -r.size)
+            if id(r) not in self._busy and r.control_block().reader_leases == 0
+        ]
+        for region in idle:
+            if wanted <= 0:
+                break
+            self._classes[region.size].remove(region)
+            self._total -= region.size
+            wanted -= region.size
+            region.close()
+
+    def unlink_all(self) -> None:
+        """Remove every region's name (safe from any thread or a signal handler)."""
+        for region in self.regions():
+            with contextlib.suppress(BridgeError, OSError):
+                region.unlink()
+
+    def close_all(self) -> None:
+        """Unmap and unlink every region."""
+        for region in self.regions():
+            with contextlib.suppress(BridgeError, OSError):
+                region.close()
+        self._classes.clear()
+        self._total = 0
+
+
+_last_warning = 0.0
+
+
+def _warn(text: str) -> None:
+    global _last_warning
+    now = time.monotonic()
+    if now - _last_warning >= 1.0:  # at most one a second
+        _last_warning = now
+        who = os.environ.get("BEAMBRIDGE_WORKER_ID", str(os.getpid()))
+        print(f"beambridge worker {who}: warning: {text}", file=sys.stderr, flush=True)
+
+
+class ResultEncoder(Encoder):
+    """Encodes a handler's result: bytes-likes as binaries, ndarrays as tensors, each of
+    them as a region handle when its payload is at least ``threshold`` bytes and the
+    ``regions`` pool has room (else inline, same type, and a warning on stderr)."""
+
+    def __init__(
+        self, regions: ResultRegions | None = None, threshold: int = DEFAULT_THRESHOLD
+    ) -> None:
+        self.regions = regions
+        self.threshold = threshold
+
+    def binary(self, v: Any, parts: list[Any]) -> None:
+        if type(v) is bytes:
+            if len(v) < self.threshold or self.regions is None:
+                encode_binary(v, parts)
+                return
+            view = memoryview(v)
+        else:
+            view = memoryview(v)
+            if view.nbytes < self.threshold or self.regions is None:
+                encode_binary(view, parts)
+                return
+        if not view.c_contiguous:
+            view = memoryview(view.tobytes())
+        flat = view.cast("B") if view.format != "B" or view.ndim != 1 else view
+
+        def fill(area: memoryview) -> None:
+            area[:] = flat
+
+        placed = self.regions.write(flat.nbytes, fill, format=Format.RAW)
+        if placed is None:
+            _warn(f"result region limit {self.regions.limit} reached; sending "
+                  f"{flat.nbytes} bytes inline")  # fmt: skip
+            encode_binary(flat, parts)
+        else:
+            self.encode_into((TAG_REGION, KIND_BINARY, placed[0].encode(), placed[1]), parts)
+
+    def other(self, v: Any, parts: list[Any], depth: int) -> None:
+        if isinstance(v, np.ndarray):
+            self.tensor(v, parts)
+        elif isinstance(v, np.generic) and v.dtype.kind in "biuf":
+            # NumPy scalars (arr.sum(), arr[0]) are the same number as a Python one
+            self.encode_into(v.item(), parts, depth)
+        else:
+            super().other(v, parts, depth)
+
+    def tensor(self, arr: np.ndarray[Any, Any], parts: list[Any]) -> None:
+        dtype = result_dtype(arr.dtype)
+        shape = list(arr.shape)
+        nbytes = arr.size * dtype.itemsize
+        dtype_str = dtype.str.encode()
+        if nbytes >= self.threshold and self.regions is not None:
+            metadata = encode((dtype_str, shape))
+
+            def fill(area: memoryview) -> None:
+                dst = np.frombuffer(area, dtype=dtype).reshape(shape)
+                np.copyto(dst, arr, casting="equiv")
+                del dst
+
+            placed = self.regions.write(nbytes, fill, metadata=metadata, format=Format.TENSOR)
+            if placed is not None:
+                self.encode_into((TAG_REGION, KIND_TENSOR, placed[0].encode(), placed[1]), parts)
+                return
+            _warn(f"result region limit {self.regions.limit} reached; sending a "
+                  f"{nbytes}-byte tensor inline")  # fmt: skip
+        flat = np.ascontiguousarray(arr, dtype=dtype).reshape(-1).view(np.uint8)
+        parts.append(b"h\x04")  # {:"$bb_tensor", dtype, shape, data}
+        self.encode_into(TAG_TENSOR, parts)
+        encode_binary(dtype_str, parts)
+        self.encode_into(shape, parts)
+        encode_binary(flat.data, parts)

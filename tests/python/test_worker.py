@@ -1,0 +1,269 @@
+"""The real worker process and the control protocol (protocol/SPEC.md §7.1-§7.3, §8)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from beambridge import Atom
+from beambridge.etf import encode
+from test_etf import canon
+from worker_harness import CALL, MOD, WorkerProcess, regions_of
+
+BAD_CALL = Atom("bad_call")
+
+
+@pytest.fixture(scope="module")
+def worker() -> Iterator[WorkerProcess]:
+    w = WorkerProcess().start()
+    yield w
+    assert w.stop() == 0
+
+
+def test_ready_handshake(worker: WorkerProcess) -> None:
+    assert worker.ready == (Atom("ready"), worker.pid, (1, 0))
+
+
+def test_add(worker: WorkerProcess) -> None:
+    assert worker.call("add", 2, 4) == ("ok", 6)
+    assert worker.call("add", 2**70, 1) == ("ok", 2**70 + 1)
+    assert worker.call("add", [1], [2]) == ("ok", [1, 2])
+
+
+VALUES: list[Any] = [
+    0, 255, 256, -1, 2**31 - 1, -(2**31), 2**31, 2**64, -(2**64), 2**2100, -(2**2100),
+    0.0, -1.5, 1e308, 5e-324,
+    True, False, None, Atom("ok"), Atom("日本"), Atom(""),
+    b"", b"bytes", bytes(range(256)),
+    [], [1, 2, 3], [1, Atom("a"), b"b", [2.5]], (), (1,), tuple(range(300)),
+    {}, {Atom("a"): 1, b"b": [2]}, {(1, 2): {Atom("nested"): (None, True)}},
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("value", VALUES, ids=lambda v: f"{type(v).__name__}:{v!r:.30}")
+def test_identity_round_trip(worker: WorkerProcess, value: Any) -> None:
+    status, result = worker.call("echo", value)
+    assert status == "ok"
+    assert canon(result) == canon(value)
+
+
+@pytest.mark.parametrize(
+    ("value", "python_type"),
+    [(1, "int"), (2**100, "int"), (1.5, "float"), (True, "bool"), (None, "NoneType"),
+     (Atom("x"), "Atom"), (b"x", "bytes"), ([1], "list"), ((1,), "tuple"), ({1: 2}, "dict")],
+)  # fmt: skip
+def test_handlers_get_the_python_types_of_section_8(
+    worker: WorkerProcess, value: Any, python_type: str
+) -> None:
+    kind = worker.ok("describe", value)[0]
+    assert kind == python_type.encode()
+
+
+def test_str_results_are_binaries(worker: WorkerProcess) -> None:
+    assert worker.ok("echo", "héllo") == "héllo".encode()  # a str arg is a binary already
+    assert worker.ok("make_bytearray", 3) == b"bbb"
+    assert worker.ok("make_memoryview", 2) == b"mm"
+
+
+def test_module_and_function_as_binaries(worker: WorkerProcess) -> None:
+    call_id = 999
+    worker.send((CALL, call_id, b"bbtest_handlers", b"add", [1, 2]))
+    assert worker.recv() == (Atom("ok"), call_id, 3)
+
+
+def test_python_exception_with_traceback(worker: WorkerProcess) -> None:
+    status, (kind, type_name, message, tb) = worker.call("fail", b"boom")
+    assert (status, kind, type_name, message) == ("error", "python_exception", b"ValueError",
+                                                  b"b'boom'")  # fmt: skip
+    assert tb.startswith(b"Traceback (most recent call last):")
+    assert b"bbtest_handlers.py" in tb and b"raise ValueError(message)" in tb
+    assert b"beambridge/worker.py" not in tb  # the worker's own frame is left out
+    status, (kind, type_name, message, _) = worker.call("fail_custom")
+    assert type_name == b"bbtest_handlers.CustomError" and message == b"custom"
+    # the worker goes on
+    assert worker.call("add", 1, 1) == ("ok", 2)
+
+
+def test_wrong_arity_is_a_python_exception(worker: WorkerProcess) -> None:
+    status, (kind, type_name, message, _) = worker.call("add", 1)
+    assert (status, kind, type_name) == ("error", "python_exception", b"TypeError")
+    assert b"missing 1 required positional argument" in message
+
+
+def test_no_such_module(worker: WorkerProcess) -> None:
+    status, (kind, reason, message) = worker.call("f", module=Atom("no_such_module_here"))
+    assert (status, kind, reason) == ("error", BAD_CALL, "no_module")
+    assert b"No module named 'no_such_module_here'" in message
+
+
+def test_no_such_function(worker: WorkerProcess) -> None:
+    status, (kind, reason, message) = worker.call("no_such_function")
+    assert (status, kind, reason) == ("error", BAD_CALL, "no_function")
+    assert b"no_such_function" in message
+    status, (kind, reason, message) = worker.call("not_callable")
+    assert reason == "no_function" and b"non-callable int" in message
+
+
+def test_a_module_that_fails_to_import(worker: WorkerProcess) -> None:
+    status, (kind, reason, message) = worker.call("f", module=Atom("bbtest_broken"))
+    assert (status, kind, reason) == ("error", BAD_CALL, "no_module")
+    assert b"ZeroDivisionError" in message and b"Traceback" in message
+
+
+def test_args_must_be_a_list(worker: WorkerProcess) -> None:
+    worker.send((CALL, 77, MOD, Atom("add"), (1, 2)))
+    reply = worker.recv()
+    assert reply[:2] == (Atom("error"), 77) and reply[2][:2] == (BAD_CALL, "bad_term")
+
+
+def test_args_the_codec_refuses_get_bad_term_with_the_call_id(worker: WorkerProcess) -> None:
+    # {:call, 78, :bbtest_handlers, :echo, [<pid>]}: the frame decodes only up to the pid
+    pid = b"X\x64\x00\x0dnonode@nohost\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00\x00\x00"
+    head = encode((CALL, 78, MOD, Atom("echo")))[3:]  # without 131, SMALL_TUPLE, 4
+    body = b"\x83h\x05" + head + b"l\x00\x00\x00\x01" + pid + b"j"
+    worker.send_raw(len(body).to_bytes(4, "big") + body)
+    reply = worker.recv()
+    assert reply[:2] == (Atom("error"), 78)
+    assert reply[2][:2] == (BAD_CALL, "bad_term") and b"NEW_PID" in reply[2][2]
+    assert worker.call("add", 1, 2) == ("ok", 3)
+
+
+def test_results_that_cannot_be_sent(worker: WorkerProcess) -> None:
+    status, (kind, reason, message) = worker.call("unsupported")
+    assert (status, kind, reason) == ("error", BAD_CALL, "bad_term")
+    assert b"cannot send <class 'set'> to Elixir" in message
+    status, (kind, reason, message) = worker.call("nan")
+    assert reason == "bad_term" and b"NaN" in message
+    status, (kind, reason, message) = worker.call("bool_array")
+    assert reason == "bad_term" and b"dtype bool" in message and b"astype(np.uint8)" in message
+
+
+def test_numpy_scalars_are_numbers(worker: WorkerProcess) -> None:
+    assert worker.ok("numpy_scalars") == [7, 1.5, True, 3]
+
+
+def test_prints_arrive_as_log_frames(worker: WorkerProcess) -> None:
+    worker.logs.clear()
+    assert worker.call("chatty", 5) == ("ok", 5)
+    # everything the handler wrote arrived before its answer
+    assert worker.log_text("stdout") == b"to stdout 5\nraw fd 1\nno newline"
+    # a printed line is written at once, not piece by piece
+    assert any(s == "stdout" and d.startswith(b"to stdout 5\n") for s, d in worker.logs)
+    assert worker.log_text("stderr") == b"to stderr 5\n"
+    assert worker.call("add", 1, 2) == ("ok", 3)
+
+
+def test_a_megabyte_of_output_does_not_block_or_corrupt(worker: WorkerProcess) -> None:
+    worker.logs.clear()
+    assert worker.call("big_print", 1 << 20) == ("ok", 1 << 20)
+    assert worker.log_text("stdout") == b"x" * (1 << 20)
+    assert all(len(data) <= 65536 for _, data in worker.logs)
+
+
+def test_many_calls_in_order(worker: WorkerProcess) -> None:
+    for i in range(500):
+        assert worker.call("add", i, i) == ("ok", 2 * i)
+
+
+# ---- lifetimes and exit statuses ------------------------------------------------------------
+
+
+def test_eof_exits_0_and_leaves_no_region() -> None:
+    w = WorkerProcess(BEAMBRIDGE_THRESHOLD="1024").start()
+    handle = w.ok("make_bytes", 5000)
+    assert handle[0] == Atom("$bb_region") and regions_of(w.pid)
+    assert w.stop() == 0
+    assert regions_of(w.pid) == []
+
+
+def test_shutdown_exits_0_and_leaves_no_region() -> None:
+    w = WorkerProcess(BEAMBRIDGE_THRESHOLD="1024").start()
+    w.ok("make_bytes", 5000)
+    w.send(Atom("shutdown"))
+    assert w.wait() == 0
+    assert regions_of(w.pid) == []
+    w.cleanup()
+
+
+def test_sigterm_exits_0_and_leaves_no_region() -> None:
+    w = WorkerProcess(BEAMBRIDGE_THRESHOLD="1024").start()
+    w.ok("make_bytes", 5000)
+    os.kill(w.pid, signal.SIGTERM)
+    assert w.wait() == 0
+    assert regions_of(w.pid) == []
+    w.cleanup()
+
+
+def test_a_frame_over_64_mib_exits_3() -> None:
+    w = WorkerProcess().start()
+    w.send_raw((64 * 1024 * 1024 + 1).to_bytes(4, "big"))
+    assert w.wait() == 3
+    with pytest.raises(EOFError):
+        w.recv()
+    assert b"over the limit" in w.log_text("stderr")
+    w.cleanup()
+
+
+def test_an_unknown_message_exits_3() -> None:
+    w = WorkerProcess().start()
+    w.send((Atom("what"), 1))
+    assert w.wait() == 3
+    w.cleanup()
+
+
+def test_sys_exit_in_a_handler_ends_the_worker_cleanly() -> None:
+    w = WorkerProcess(BEAMBRIDGE_THRESHOLD="1024").start()
+    w.ok("make_bytes", 5000)
+    w.send((CALL, 1, MOD, Atom("sys_exit"), [7]))
+    assert w.wait() == 7
+    assert regions_of(w.pid) == []
+    w.cleanup()
+
+
+def test_os_exit_in_a_handler_ends_the_worker() -> None:
+    w = WorkerProcess().start()
+    w.send((CALL, 1, MOD, Atom("exit_now"), [9]))
+    assert w.wait() == 9
+    w.cleanup()
+
+
+def test_fds_3_and_4_are_required() -> None:
+    import subprocess
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "beambridge.worker"],
+        capture_output=True,
+        timeout=30,
+        close_fds=True,
+    )
+    assert proc.returncode == 2
+    assert b"fds 3 and 4" in proc.stderr
+
+
+def test_a_bad_prefix_is_refused_at_start() -> None:
+    w = WorkerProcess(BEAMBRIDGE_SHM_PREFIX="Not-Valid")
+    try:
+        with pytest.raises(EOFError):
+            w.recv()
+        assert w.wait() == 2
+        assert b"BEAMBRIDGE_SHM_PREFIX" in w.log_text("stderr")
+    finally:
+        w.cleanup()
+
+
+def test_a_failed_start_says_why_over_the_channel(tmp_path: Any) -> None:
+    (tmp_path / "numpy").mkdir()
+    (tmp_path / "numpy" / "__init__.py").write_text("raise ImportError('numpy is broken')\n")
+    w = WorkerProcess(PYTHONPATH=str(tmp_path))
+    try:
+        with pytest.raises(EOFError):
+            w.recv()
+        assert w.wait() == 1
+        assert b"cannot start" in w.log_text("stderr")
+        assert b"ImportError: numpy is broken" in w.log_text("stderr")
+    finally:
+        w.cleanup()
