@@ -23,9 +23,11 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/types.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
@@ -480,6 +482,33 @@ static ERL_NIF_TERM nif_closed(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv
     return ok_tuple(env, __atomic_load_n(&r->closed, __ATOMIC_SEQ_CST) ? ATOM_TRUE : ATOM_FALSE);
 }
 
+/*
+ * kill(OsPid, Signal) -> ok | {error, Reason}: sends SIGTERM (term) or SIGKILL
+ * (kill) to one worker process. OsPid must be an integer > 1 that fits in
+ * pid_t: 0, -1 and negative values (process groups, "every process") and
+ * pid 1 are refused with badarg, as is any other signal name.
+ */
+static ERL_NIF_TERM nif_kill(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
+{
+    ErlNifSInt64 pid;
+    char sig_name[8];
+    int sig;
+    (void)argc;
+    if (!enif_get_int64(env, argv[0], &pid) || pid <= 1 || pid > INT_MAX)
+        return error_tuple(env, ATOM_BADARG);
+    if (enif_get_atom(env, argv[1], sig_name, sizeof sig_name, ERL_NIF_LATIN1) <= 0)
+        return error_tuple(env, ATOM_BADARG);
+    if (strcmp(sig_name, "term") == 0)
+        sig = SIGTERM;
+    else if (strcmp(sig_name, "kill") == 0)
+        sig = SIGKILL;
+    else
+        return error_tuple(env, ATOM_BADARG);
+    if (kill((pid_t)pid, sig) != 0)
+        return errno_error(env, errno);
+    return ATOM_OK;
+}
+
 /* The reaper only judges objects owned by this uid (SPEC §1.5 step 0). */
 static ERL_NIF_TERM nif_euid(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
 {
@@ -888,6 +917,7 @@ static ErlNifFunc nif_funcs[] = {
     {"closed?", 1, nif_closed, 0},
     {"owner?", 1, nif_owner, 0},
     {"euid", 0, nif_euid, 0},
+    {"kill", 2, nif_kill, 0},
     {"size", 1, nif_size, 0},
     {"name", 1, nif_name, 0},
     {"address", 1, nif_address, 0},

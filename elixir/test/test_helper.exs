@@ -1,9 +1,14 @@
 # /dev/shm must look the same after the suite as before it (SPEC §1.5: a clean
 # shutdown leaves nothing). Only names this run can have made are compared —
-# this OS pid's regions and the forged names of the test prefixes — so regions
+# this OS pid's regions and the names of the test prefixes ("bbt…": the Bridge
+# tests' workers own regions named with their own pids) — so regions
 # of a Python test run on the same host at the same time do not fail the run;
 # any other change is printed as a note.
 shm_before = MapSet.new(File.ls!("/dev/shm"))
+# Bridge tests start Python workers (OS processes below this BEAM) and Ports
+# (fds); both must be back where they started after the suite.
+procs_before = Enum.sort(Bridge.Test.BridgeCase.descendants())
+fds_before = Bridge.Test.BridgeCase.open_fds()
 own_pid = System.pid()
 
 ours? = fn name ->
@@ -14,6 +19,28 @@ ExUnit.after_suite(fn _result ->
   # Let dropped region handles reach their destructors first.
   Enum.each(Process.list(), &:erlang.garbage_collect/1)
   Process.sleep(50)
+
+  # Workers of stopped bridges are gone by now; give stragglers a moment.
+  wait_procs = fn wait_procs, tries ->
+    procs = Enum.sort(Bridge.Test.BridgeCase.descendants())
+
+    if procs == procs_before or tries == 0,
+      do: procs,
+      else: Process.sleep(50) && wait_procs.(wait_procs, tries - 1)
+  end
+
+  procs_after = wait_procs.(wait_procs, 40)
+  fds_after = Bridge.Test.BridgeCase.open_fds()
+
+  if procs_after != procs_before or fds_after > fds_before do
+    IO.puts(
+      :stderr,
+      "\nprocesses or fds differ after the suite: processes #{inspect(procs_before)} -> " <>
+        "#{inspect(procs_after)}, open fds #{fds_before} -> #{fds_after}"
+    )
+
+    System.halt(1)
+  end
 
   shm_after = MapSet.new(File.ls!("/dev/shm"))
   added = MapSet.difference(shm_after, shm_before) |> Enum.sort()

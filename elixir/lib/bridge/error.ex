@@ -5,28 +5,47 @@ defmodule Bridge.Error do
   Every failure a caller can meet is returned as `{:error, %Bridge.Error{}}`;
   the bang variants raise the same struct.
 
-    * `kind` — the category: `:bad_frame` (header and payload validation, SPEC §4),
-      `:region` (creation, attach, bounds, OS errors) or `:lease` (the lease
-      protocol, SPEC §2.2).
+    * `kind` — the category: `:bad_frame` (header and payload validation, SPEC §4,
+      and control frames that break SPEC §7), `:region` (creation, attach, bounds,
+      OS errors) or `:lease` (the lease protocol, SPEC §2.2); for `Bridge.call/3`
+      also `:python_exception` (the handler raised), `:timeout`, `:worker_died`,
+      `:overloaded` (the pool's queue is full), `:bad_call` (the call itself was
+      wrong: unknown module or function, arguments that cannot cross) and
+      `:start_failed` (the interpreter could not start a worker).
     * `reason` — an atom, the same word the Python side uses (`:bad_magic`,
       `:no_space`, `:leased`, …). OS errors without a protocol name are the
       lowercase errno name (`:eacces`).
     * `field` — the header, control-block or argument field at fault, or `nil`.
     * `value` — the offending value, or `nil`.
     * `limit` — the bound it broke, or `nil`.
+    * `python_type` — for `:python_exception`, the exception's qualified class
+      name (`"ValueError"`, `"mymod.MyError"`); otherwise `nil`.
+    * `traceback` — for `:python_exception`, Python's formatted traceback;
+      otherwise `nil`.
   """
 
-  @type kind :: :bad_frame | :region | :lease
+  @type kind ::
+          :bad_frame
+          | :region
+          | :lease
+          | :python_exception
+          | :timeout
+          | :worker_died
+          | :overloaded
+          | :bad_call
+          | :start_failed
   @type t :: %__MODULE__{
           kind: kind(),
           reason: atom(),
           field: atom() | nil,
           value: term(),
           limit: term(),
-          message: String.t() | nil
+          message: String.t() | nil,
+          python_type: String.t() | nil,
+          traceback: String.t() | nil
         }
 
-  defexception [:kind, :reason, :field, :value, :limit, :message]
+  defexception [:kind, :reason, :field, :value, :limit, :message, :python_type, :traceback]
 
   @doc """
   Builds an error and fills in its message.
@@ -46,7 +65,9 @@ defmodule Bridge.Error do
       reason: reason,
       field: Keyword.get(opts, :field),
       value: Keyword.get(opts, :value),
-      limit: Keyword.get(opts, :limit)
+      limit: Keyword.get(opts, :limit),
+      python_type: Keyword.get(opts, :python_type),
+      traceback: Keyword.get(opts, :traceback)
     }
 
     %{error | message: Keyword.get(opts, :message) || build_message(error)}
@@ -70,6 +91,30 @@ defmodule Bridge.Error do
   @impl true
   def message(%__MODULE__{message: message}) when is_binary(message), do: message
   def message(%__MODULE__{} = error), do: build_message(error)
+
+  @doc """
+  The error for an exception a Python handler raised: `type` is the qualified
+  class name, `traceback` Python's formatted traceback. The message names the
+  type and the message and ends with the traceback.
+
+  ## Examples
+
+      iex> e = Bridge.Error.python_exception("ValueError", "bad input", "Traceback ...")
+      iex> {e.kind, e.reason, e.python_type}
+      {:python_exception, :python_exception, "ValueError"}
+      iex> e.message
+      "python exception: ValueError: bad input\\nTraceback ..."
+  """
+  @spec python_exception(String.t(), String.t(), String.t()) :: t()
+  def python_exception(type, message, traceback) do
+    %__MODULE__{
+      kind: :python_exception,
+      reason: :python_exception,
+      python_type: type,
+      traceback: traceback,
+      message: String.trim_trailing("python exception: #{type}: #{message}\n#{traceback}")
+    }
+  end
 
   @doc """
   Turns an error atom returned by the NIF into a `:region` error, mapping OS
@@ -120,6 +165,12 @@ defmodule Bridge.Error do
   defp kind_text(:bad_frame), do: "bad frame"
   defp kind_text(:region), do: "region error"
   defp kind_text(:lease), do: "lease error"
+  defp kind_text(:python_exception), do: "python exception"
+  defp kind_text(:timeout), do: "timeout"
+  defp kind_text(:worker_died), do: "worker died"
+  defp kind_text(:overloaded), do: "overloaded"
+  defp kind_text(:bad_call), do: "bad call"
+  defp kind_text(:start_failed), do: "worker start failed"
   defp kind_text(other), do: "#{other} error"
 
   @exact [
@@ -137,6 +188,7 @@ defmodule Bridge.Error do
   ]
 
   defp limit_text(reason, limit) when reason in @exact, do: "expected #{inspect(limit)}"
+  defp limit_text(_reason, limit) when is_binary(limit), do: "expected #{limit}"
   defp limit_text(:payload_overlaps_metadata, limit), do: "must be at least #{inspect(limit)}"
   defp limit_text(:region_too_small, limit), do: "must be at least #{inspect(limit)}"
   defp limit_text(_reason, limit), do: "limit #{inspect(limit)}"

@@ -21,6 +21,7 @@ defmodule Bridge.NIF do
   def closed?(_region), do: not_loaded()
   def owner?(_region), do: not_loaded()
   def euid, do: not_loaded()
+  def kill(_os_pid, _signal), do: not_loaded()
   def size(_region), do: not_loaded()
   def name(_region), do: not_loaded()
   def address(_region), do: not_loaded()

@@ -1,0 +1,310 @@
+defmodule Bridge do
+  @moduledoc """
+  Call Python functions from Elixir; large data travels through shared memory.
+
+  A `Bridge` is a supervisor running a pool of Python worker processes
+  (`python -m beambridge.worker`, protocol/SPEC.md §7). Put it in your
+  supervision tree:
+
+      children = [
+        {Bridge, name: Bridge, python: "/path/to/python", python_path: ["priv/python"], pool_size: 2}
+      ]
+
+  and call plain Python functions found on `python_path` — no decorator, no
+  registration:
+
+      # priv/python/arith.py:  def add(a, b): return a + b
+      {:ok, 6} = Bridge.call({:arith, :add}, [2, 4])
+      {:ok, t} = Bridge.call({:stats, :normalize}, [tensor], timeout: 10_000, pool: Bridge)
+      6 = Bridge.call!({:arith, :add}, [2, 4])
+
+  ## Types (protocol/SPEC.md §8)
+
+  | Elixir | Python receives | Python returns | Elixir receives |
+  |---|---|---|---|
+  | integer (any size) | `int` | `int` | integer |
+  | float | `float` | `float` (not NaN/±inf) | float |
+  | `true` / `false` | `True` / `False` | `bool` | boolean |
+  | `nil` | `None` | `None` | `nil` |
+  | other atom | `beambridge.Atom` (a `str`) | `beambridge.Atom` | atom (must exist already) |
+  | binary | `bytes` | `bytes` / `bytearray` / `memoryview` | binary |
+  | — | — | `str` | binary (UTF-8) |
+  | list | `list` | `list` | list |
+  | tuple | `tuple` | `tuple` | tuple |
+  | map | `dict` | `dict` | map |
+  | `%Bridge.Buffer{}` | read-only `memoryview` | — | — |
+  | `%Bridge.Tensor{}` | read-only `numpy.ndarray` | `numpy.ndarray` | `%Bridge.Tensor{}` |
+
+  Binaries, buffers and tensor data of at least `:threshold` bytes travel as
+  handles to shared-memory regions instead of inside the control frame; the
+  Python type is the same either way. Results at or above the threshold come
+  back as zero-copy binaries over the worker's region: the worker does not
+  rewrite that region while any such binary (or sub-binary) is alive. Keep a
+  `:binary.copy/1` instead if you hold a small slice of a large result for a
+  long time.
+
+  Pids, references, ports, funs, bit-strings, improper lists and atoms that
+  start with `$bb_` cannot cross: the call returns a `:bad_call` error.
+
+  ## Errors
+
+  Every failure is `{:error, %Bridge.Error{kind: kind}}` (`call!/3` raises it):
+  `:python_exception` (with `python_type`, the message and `traceback`),
+  `:timeout`, `:worker_died`, `:overloaded`, `:bad_frame` (the worker broke
+  the protocol; it is restarted), `:bad_call` (no such module or function,
+  arguments that cannot cross, no such bridge) and `:start_failed` (from
+  `start_link/1`).
+
+  ## Options
+
+    * `:name` — the name callers pass as `:pool` (default `Bridge`).
+    * `:python` — the interpreter (default: env `BEAMBRIDGE_PYTHON`, else
+      `"python3"` looked up in `PATH`). It must be able to
+      `import beambridge`; `start_link/1` checks that first and fails with a
+      `:start_failed` error carrying Python's output.
+    * `:python_path` — directories put first on the workers' `PYTHONPATH`
+      (default `[]`).
+    * `:pool_size` — number of workers (default `System.schedulers_online()`).
+    * `:max_queue` — callers that may wait for a worker (default `1_000`);
+      beyond that a call returns `:overloaded` at once.
+    * `:timeout` — default per-call timeout in ms, queueing included (default
+      `5_000`). A call that runs out of time returns `:timeout`; its worker's
+      interpreter is killed and replaced, so no late answer reaches anyone.
+      `:infinity` is accepted when given explicitly.
+    * `:threshold` — bytes; binaries, buffers and tensors at or above it travel
+      through regions (default `65_536`, chosen by measurement: see README).
+    * `:region_limit` — bytes of argument regions per worker, and of result
+      regions each worker may keep (default 1 GiB). Past it a value is sent
+      inline, with a warning.
+    * `:shm_prefix` — region name prefix, `[a-z0-9]{1,16}` (default `"bb"`).
+    * `:start_timeout` — ms a worker may take to become ready (default
+      `10_000`).
+    * `:verify` — verify payload checksums (xxh3) of region frames on read, on
+      both sides: result regions here, argument regions in the worker (default
+      `true`; SPEC §4 check 17).
+
+  Unknown or ill-typed options are refused:
+
+      iex> {:error, e} = Bridge.start_link(pool_size: 0)
+      iex> {e.kind, e.reason, e.field}
+      {:bad_call, :bad_option, :pool_size}
+      iex> {:error, e} = Bridge.start_link(timeout: -1)
+      iex> e.field
+      :timeout
+  """
+
+  use Supervisor
+
+  alias Bridge.{Config, Error, Pool, Worker}
+
+  @typedoc "A Python module and function, as atoms or binaries: `{:arith, :add}`."
+  @type function_ref :: {atom() | String.t(), atom() | String.t()}
+
+  @call_margin 5_000
+
+  @doc """
+  A child specification; `opts` are the options of `start_link/1`. The child
+  id is the bridge's name, so several bridges can share a supervisor.
+
+  ## Examples
+
+      iex> Bridge.child_spec(name: MyBridge, pool_size: 1).id
+      MyBridge
+  """
+  @spec child_spec(keyword()) :: Supervisor.child_spec()
+  def child_spec(opts) do
+    %{
+      id: Keyword.get(opts, :name, Bridge),
+      start: {__MODULE__, :start_link, [opts]},
+      type: :supervisor
+    }
+  end
+
+  @doc """
+  Starts a bridge: checks the interpreter, then starts `:pool_size` workers
+  and waits until each is ready. See "Options".
+
+  Returns `{:error, %Bridge.Error{kind: :start_failed}}` when the interpreter
+  is missing, cannot `import beambridge`, or a worker does not become ready.
+
+  ## Examples
+
+      iex> {:error, e} = Bridge.start_link(name: NoPython, python: "/nonexistent/python3")
+      iex> e.kind
+      :start_failed
+      iex> e.message =~ "/nonexistent/python3"
+      true
+  """
+  @spec start_link(keyword()) :: Supervisor.on_start() | {:error, Error.t()}
+  def start_link(opts \\ []) do
+    with {:ok, config} <- Config.new(opts),
+         {:ok, python} <- Bridge.Python.check(config) do
+      # Regions of this prefix left by dead owners (a BEAM that halted, a
+      # worker killed with its BEAM) go now (SPEC §1.5).
+      _ = Bridge.Region.reap_stale(prefix: config.shm_prefix)
+
+      case Supervisor.start_link(__MODULE__, %{config | python: python}) do
+        {:error, reason} -> {:error, unwrap(reason)}
+        other -> other
+      end
+    end
+  end
+
+  defp unwrap({:shutdown, {:failed_to_start_child, _id, reason}}), do: unwrap(reason)
+  defp unwrap(reason), do: reason
+
+  @impl true
+  def init(%Config{} = config) do
+    workers =
+      for index <- 1..config.pool_size do
+        Supervisor.child_spec({Worker, {config, index}}, id: {Worker, index})
+      end
+
+    children = [
+      {Pool, config},
+      %{
+        id: :workers,
+        type: :supervisor,
+        start: {Supervisor, :start_link, [workers, [strategy: :one_for_one]]}
+      }
+    ]
+
+    Supervisor.init(children, strategy: :rest_for_one)
+  end
+
+  @doc """
+  Calls `module.function(*args)` in a Python worker of the bridge `:pool`.
+
+  Options: `:pool` (the bridge's name, default `Bridge`), `:timeout` (ms,
+  default the bridge's `:timeout`).
+
+  ## Examples
+
+      iex> {:error, e} = Bridge.call({:arith, :add}, [1, 2], pool: NoSuchBridge)
+      iex> {e.kind, e.reason}
+      {:bad_call, :no_pool}
+      iex> {:error, e} = Bridge.call({:arith, 42}, [])
+      iex> {e.kind, e.field}
+      {:bad_call, :function}
+  """
+  @spec call(function_ref(), list(), keyword()) :: {:ok, term()} | {:error, Error.t()}
+  def call(function_ref, args, opts \\ [])
+
+  def call({module, function}, args, opts) when is_list(args) and is_list(opts) do
+    pool = Keyword.get(opts, :pool, Bridge)
+
+    with :ok <- check_name(:module, module),
+         :ok <- check_name(:function, function),
+         {:ok, config} <- config(pool),
+         {:ok, timeout} <- timeout(opts, config) do
+      request = {module, function, args}
+
+      try do
+        GenServer.call(pool, {:call, request, timeout}, wait(timeout))
+      catch
+        :exit, {:timeout, _} ->
+          {:error, Error.new(:timeout, :timeout, field: :timeout, value: timeout)}
+
+        :exit, {reason, _} when reason in [:noproc, :normal, :shutdown] ->
+          {:error, no_pool(pool)}
+
+        :exit, {reason, _} ->
+          {:error,
+           Error.new(:worker_died, :pool_died,
+             message: "worker died: the pool #{inspect(pool)} exited: #{inspect(reason)}"
+           )}
+      end
+    end
+  end
+
+  def call(function_ref, args, _opts) do
+    {:error,
+     Error.new(:bad_call, :badarg,
+       field: :call,
+       value: {function_ref, args},
+       message:
+         "bad call: badarg: expected {module, function} and a list of arguments, got " <>
+           "#{inspect(function_ref)} and #{inspect(args, limit: 5)}"
+     )}
+  end
+
+  @doc """
+  Like `call/3` but returns the result or raises `Bridge.Error`.
+
+  ## Examples
+
+      iex> Bridge.call!({:arith, :add}, [1, 2], pool: NoSuchBridge)
+      ** (Bridge.Error) bad call: no_pool: no bridge named NoSuchBridge is running
+  """
+  @spec call!(function_ref(), list(), keyword()) :: term()
+  def call!(function_ref, args, opts \\ []) do
+    case call(function_ref, args, opts) do
+      {:ok, value} -> value
+      {:error, error} -> raise error
+    end
+  end
+
+  @doc """
+  The workers of a bridge: id, Erlang pid, the interpreter's OS pid and phase
+  (`:starting`, `:ready`, `:busy`, `:killing`, `:down`), argument regions and
+  attached result regions.
+
+  ## Examples
+
+      iex> Bridge.workers(NoSuchBridge)
+      []
+  """
+  @spec workers(atom()) :: [map()]
+  def workers(pool \\ Bridge) do
+    pool
+    |> Pool.workers()
+    |> Enum.sort()
+    |> Enum.map(&Worker.info/1)
+    |> Enum.sort_by(& &1.id)
+  catch
+    :exit, _ -> []
+  end
+
+  defp check_name(_field, name) when is_atom(name) and name not in [nil, true, false], do: :ok
+  defp check_name(_field, name) when is_binary(name) and name != "", do: :ok
+
+  defp check_name(field, name) do
+    {:error,
+     Error.new(:bad_call, :badarg, field: field, value: name, limit: "an atom or a binary")}
+  end
+
+  defp config(pool) do
+    case Config.get(pool) do
+      %Config{} = config -> {:ok, config}
+      nil -> {:error, no_pool(pool)}
+    end
+  end
+
+  defp timeout(opts, config) do
+    case Keyword.get(opts, :timeout, config.timeout) do
+      t when (is_integer(t) and t > 0) or t == :infinity ->
+        {:ok, t}
+
+      t ->
+        {:error,
+         Error.new(:bad_call, :badarg,
+           field: :timeout,
+           value: t,
+           limit: "a positive integer (milliseconds) or :infinity"
+         )}
+    end
+  end
+
+  # The pool and the worker enforce the timeout; this margin only covers
+  # encoding and reading large values after the worker's deadline fired.
+  defp wait(:infinity), do: :infinity
+  defp wait(timeout), do: timeout + @call_margin
+
+  defp no_pool(pool) do
+    Error.new(:bad_call, :no_pool,
+      field: :pool,
+      value: pool,
+      message: "bad call: no_pool: no bridge named #{inspect(pool)} is running"
+    )
+  end
+end

@@ -1,0 +1,284 @@
+defmodule Bridge.Codec do
+  @moduledoc false
+  # Data terms across the control channel (SPEC §7.4, §8).
+  #
+  # Arguments: binaries, Buffers and Tensors at or above the threshold are
+  # written into this worker's argument regions and replaced by
+  # {:"$bb_region", kind, name, generation}; smaller ones go inline (a plain
+  # binary, {:"$bb_buffer", bin}, {:"$bb_tensor", dtype, shape, data}), so the
+  # Python type never depends on the size (invariant 7). Terms that cannot
+  # cross (pids, funs, references, ports, bit-strings, improper lists, atoms
+  # starting with "$bb_") are a :bad_call error before anything is sent.
+  #
+  # Results: region handles are read from the worker's result regions as
+  # zero-copy binaries under a reader lease; anything else that is not plain
+  # data is a :bad_frame error.
+
+  require Logger
+
+  alias Bridge.{ArgRegions, Buffer, Error, Region, ResultRegions, Tensor}
+
+  @type encode_ctx :: %{regions: ArgRegions.t(), threshold: non_neg_integer(), evicted: list()}
+
+  @spec encode_args(list(), ArgRegions.t(), non_neg_integer()) ::
+          {:ok, list(), ArgRegions.t(), [Region.t()]}
+          | {:error, Error.t(), ArgRegions.t(), [Region.t()]}
+  def encode_args(args, regions, threshold) when is_list(args) do
+    ctx = %{regions: regions, threshold: threshold, evicted: []}
+
+    try do
+      {term, ctx} = enc_list(args, ctx, [])
+      {:ok, term, ctx.regions, ctx.evicted}
+    catch
+      {:bad_arg, error, ctx} -> {:error, error, ctx.regions, ctx.evicted}
+    end
+  end
+
+  defp enc(term, ctx) when is_integer(term) or is_float(term), do: {term, ctx}
+
+  defp enc(term, ctx) when is_atom(term) do
+    if reserved?(term),
+      do: bad_arg(term, ctx, "an atom not starting with $bb_"),
+      else: {term, ctx}
+  end
+
+  defp enc(term, ctx) when is_binary(term) do
+    if byte_size(term) >= ctx.threshold and byte_size(term) > 0,
+      do: region(:binary, term, [format: :raw], term, ctx),
+      else: {term, ctx}
+  end
+
+  defp enc(term, ctx) when is_list(term), do: enc_list(term, ctx, [])
+
+  defp enc(term, ctx) when is_tuple(term) do
+    {list, ctx} = enc_list(Tuple.to_list(term), ctx, [])
+    {List.to_tuple(list), ctx}
+  end
+
+  defp enc(%Buffer{data: data}, ctx) when is_binary(data) do
+    if byte_size(data) >= ctx.threshold and byte_size(data) > 0,
+      do: region(:buffer, data, [format: :raw], {:"$bb_buffer", data}, ctx),
+      else: {{:"$bb_buffer", data}, ctx}
+  end
+
+  defp enc(%Tensor{} = t, ctx) do
+    case Tensor.validate(t) do
+      :ok ->
+        dtype = Tensor.numpy_dtype(t.dtype)
+        shape = Tuple.to_list(t.shape)
+        inline = {:"$bb_tensor", dtype, shape, t.data}
+
+        if byte_size(t.data) >= ctx.threshold and byte_size(t.data) > 0 do
+          meta = :erlang.term_to_binary({dtype, shape})
+          region(:tensor, t.data, [format: :tensor, metadata: meta], inline, ctx)
+        else
+          {inline, ctx}
+        end
+
+      {:error, error} ->
+        throw({:bad_arg, error, ctx})
+    end
+  end
+
+  defp enc(%Buffer{} = b, ctx), do: bad_arg(b, ctx, "a %Bridge.Buffer{} holding a binary")
+
+  defp enc(%{} = map, ctx) do
+    {pairs, ctx} =
+      Enum.reduce(map, {[], ctx}, fn {k, v}, {acc, ctx} ->
+        {k, ctx} = enc(k, ctx)
+        {v, ctx} = enc(v, ctx)
+        {[{k, v} | acc], ctx}
+      end)
+
+    {Map.new(pairs), ctx}
+  end
+
+  defp enc(term, ctx), do: bad_arg(term, ctx, "plain data (see Bridge's type mapping)")
+
+  defp enc_list([], ctx, acc), do: {Enum.reverse(acc), ctx}
+
+  defp enc_list([h | t], ctx, acc) do
+    {h, ctx} = enc(h, ctx)
+    enc_list(t, ctx, [h | acc])
+  end
+
+  defp enc_list(tail, ctx, _acc), do: bad_arg(tail, ctx, "a proper list")
+
+  defp region(kind, payload, frame_opts, inline, ctx) do
+    case ArgRegions.put(ctx.regions, payload, frame_opts) do
+      {:ok, {name, generation}, regions, evicted} ->
+        {{:"$bb_region", kind, name, generation},
+         %{ctx | regions: regions, evicted: evicted ++ ctx.evicted}}
+
+      {:inline, reason, regions, evicted} ->
+        Logger.warning(
+          "beambridge: #{byte_size(payload)}-byte argument sent inline over the Port, " <>
+            "not through a region: #{describe(reason)}"
+        )
+
+        {inline, %{ctx | regions: regions, evicted: evicted ++ ctx.evicted}}
+    end
+  end
+
+  defp describe({:region_limit, need, limit}),
+    do: "region_limit #{limit} bytes reached (would need #{need})"
+
+  defp describe(%Error{} = e), do: Exception.message(e)
+  defp describe(other), do: inspect(other)
+
+  defp bad_arg(term, ctx, expected) do
+    error =
+      Error.new(:bad_call, :bad_term,
+        field: :args,
+        value: term,
+        limit: expected,
+        message:
+          "bad call: bad_term: #{inspect(term, limit: 5)} cannot be sent to Python (expected #{expected})"
+      )
+
+    throw({:bad_arg, error, ctx})
+  end
+
+  defp reserved?(atom), do: String.starts_with?(Atom.to_string(atom), "$bb_")
+
+  ## Results
+
+  @type decode_ctx :: %{
+          cache: ResultRegions.t(),
+          owner_prefix: String.t(),
+          verify: boolean()
+        }
+
+  @doc false
+  # `owner_prefix` is "/<shm_prefix>-<worker os pid>-": a result handle must
+  # name a region of this worker.
+  @spec decode_result(term(), ResultRegions.t(), String.t(), boolean()) ::
+          {:ok, term(), ResultRegions.t()} | {:error, Error.t(), ResultRegions.t()}
+  def decode_result(term, cache, owner_prefix, verify) do
+    ctx = %{cache: cache, owner_prefix: owner_prefix, verify: verify}
+
+    try do
+      {value, ctx} = dec(term, ctx)
+      {:ok, value, ctx.cache}
+    catch
+      {:bad_result, error, ctx} -> {:error, error, ctx.cache}
+    end
+  end
+
+  defp dec(term, ctx) when is_integer(term) or is_float(term) or is_binary(term), do: {term, ctx}
+
+  defp dec(term, ctx) when is_atom(term) do
+    if reserved?(term), do: bad_result(:bad_term, term, ctx), else: {term, ctx}
+  end
+
+  defp dec({:"$bb_region", kind, name, generation}, ctx)
+       when kind in [:binary, :buffer, :tensor] and is_binary(name) and is_integer(generation) do
+    read_region(kind, name, generation, ctx)
+  end
+
+  defp dec({:"$bb_tensor", dtype, shape, data}, ctx) when is_binary(data) do
+    case Tensor.from_wire(dtype, shape, data) do
+      {:ok, t} -> {t, ctx}
+      {:error, e} -> throw({:bad_result, %{e | kind: :bad_frame}, ctx})
+    end
+  end
+
+  defp dec({:"$bb_buffer", data}, ctx) when is_binary(data), do: {data, ctx}
+
+  defp dec(term, ctx) when is_tuple(term) do
+    if tuple_size(term) > 0 and is_atom(elem(term, 0)) and reserved?(elem(term, 0)) do
+      bad_result(:bad_term, term, ctx)
+    else
+      {list, ctx} = dec_list(Tuple.to_list(term), ctx, [])
+      {List.to_tuple(list), ctx}
+    end
+  end
+
+  defp dec(term, ctx) when is_list(term), do: dec_list(term, ctx, [])
+
+  defp dec(%{} = map, ctx) do
+    {pairs, ctx} =
+      Enum.reduce(map, {[], ctx}, fn {k, v}, {acc, ctx} ->
+        {k, ctx} = dec(k, ctx)
+        {v, ctx} = dec(v, ctx)
+        {[{k, v} | acc], ctx}
+      end)
+
+    {Map.new(pairs), ctx}
+  end
+
+  defp dec(term, ctx), do: bad_result(:bad_term, term, ctx)
+
+  defp dec_list([], ctx, acc), do: {Enum.reverse(acc), ctx}
+
+  defp dec_list([h | t], ctx, acc) do
+    {h, ctx} = dec(h, ctx)
+    dec_list(t, ctx, [h | acc])
+  end
+
+  defp dec_list(tail, ctx, _acc), do: bad_result(:bad_term, tail, ctx)
+
+  defp read_region(kind, name, generation, ctx) do
+    unless String.starts_with?(name, ctx.owner_prefix) do
+      bad_result(:bad_name, name, ctx, "a region of this worker (#{ctx.owner_prefix}...)")
+    end
+
+    with {:ok, region, cache} <- ResultRegions.attach(ctx.cache, name),
+         ctx = %{ctx | cache: cache},
+         {:ok, frame} <- Region.read_frame(region, verify: ctx.verify) do
+      h = frame.header
+
+      cond do
+        h.generation != generation ->
+          throw(
+            {:bad_result,
+             Error.new(:bad_frame, :stale_generation,
+               field: :generation,
+               value: generation,
+               limit: h.generation
+             ), ctx}
+          )
+
+        kind == :tensor ->
+          tensor_from_frame(frame, ctx)
+
+        true ->
+          {frame.payload, ctx}
+      end
+    else
+      {:error, %Error{} = e, cache} -> throw({:bad_result, e, %{ctx | cache: cache}})
+      {:error, %Error{} = e} -> throw({:bad_result, e, ctx})
+    end
+  end
+
+  defp tensor_from_frame(frame, ctx) do
+    meta =
+      try do
+        :erlang.binary_to_term(frame.metadata, [:safe])
+      rescue
+        ArgumentError -> nil
+      end
+
+    with {dtype, shape} <- meta,
+         {:ok, t} <- Tensor.from_wire(dtype, shape, frame.payload) do
+      {t, ctx}
+    else
+      {:error, e} -> throw({:bad_result, %{e | kind: :bad_frame}, ctx})
+      _ -> bad_result(:bad_metadata, frame.metadata, ctx, "term_to_binary({dtype, shape})")
+    end
+  end
+
+  defp bad_result(reason, term, ctx, expected \\ "plain data (SPEC §7.4)") do
+    error =
+      Error.new(:bad_frame, reason,
+        field: :result,
+        value: term,
+        limit: expected,
+        message:
+          "bad frame: #{reason}: the worker sent #{inspect(term, limit: 5, printable_limit: 80)} " <>
+            "(expected #{expected})"
+      )
+
+    throw({:bad_result, error, ctx})
+  end
+end

@@ -1,0 +1,109 @@
+defmodule Bridge.Config do
+  @moduledoc false
+  # The validated options of one Bridge (see `Bridge` "## Options"). Stored in
+  # :persistent_term under {Bridge.Config, name} so callers find the default
+  # timeout without a message to the pool.
+
+  alias Bridge.Error
+
+  @gib 1024 * 1024 * 1024
+
+  defstruct name: Bridge,
+            python: nil,
+            python_path: [],
+            pool_size: 1,
+            max_queue: 1_000,
+            timeout: 5_000,
+            threshold: 65_536,
+            region_limit: @gib,
+            shm_prefix: "bb",
+            start_timeout: 10_000,
+            verify: true
+
+  @type t :: %__MODULE__{}
+
+  @keys [
+    :name,
+    :python,
+    :python_path,
+    :pool_size,
+    :max_queue,
+    :timeout,
+    :threshold,
+    :region_limit,
+    :shm_prefix,
+    :start_timeout,
+    :verify
+  ]
+
+  @spec new(keyword()) :: {:ok, t()} | {:error, Error.t()}
+  def new(opts) when is_list(opts) do
+    if Keyword.keyword?(opts) do
+      defaults = %__MODULE__{
+        python: System.get_env("BEAMBRIDGE_PYTHON") || "python3",
+        pool_size: System.schedulers_online()
+      }
+
+      Enum.reduce_while(opts, {:ok, defaults}, fn {key, value}, {:ok, config} ->
+        case check(key, value) do
+          :ok -> {:cont, {:ok, Map.put(config, key, value)}}
+          {:error, _} = error -> {:halt, error}
+        end
+      end)
+    else
+      {:error, bad(:opts, opts, "a keyword list")}
+    end
+  end
+
+  def new(opts), do: {:error, bad(:opts, opts, "a keyword list")}
+
+  @spec put(t()) :: :ok
+  def put(%__MODULE__{name: name} = config), do: :persistent_term.put({__MODULE__, name}, config)
+
+  @spec get(atom()) :: t() | nil
+  def get(name), do: :persistent_term.get({__MODULE__, name}, nil)
+
+  @spec erase(atom()) :: :ok
+  def erase(name) do
+    _ = :persistent_term.erase({__MODULE__, name})
+    :ok
+  end
+
+  defp check(:name, v) when is_atom(v) and v != nil, do: :ok
+  defp check(:python, v) when is_binary(v) and v != "", do: :ok
+  defp check(:python_path, v) when is_list(v), do: check_paths(v)
+  defp check(:pool_size, v) when is_integer(v) and v >= 1, do: :ok
+  defp check(:max_queue, v) when is_integer(v) and v >= 0, do: :ok
+  defp check(:timeout, v) when (is_integer(v) and v > 0) or v == :infinity, do: :ok
+  defp check(:threshold, v) when is_integer(v) and v >= 0, do: :ok
+  defp check(:region_limit, v) when is_integer(v) and v >= 0, do: :ok
+  defp check(:start_timeout, v) when is_integer(v) and v > 0, do: :ok
+  defp check(:verify, v) when is_boolean(v), do: :ok
+
+  defp check(:shm_prefix, v) when is_binary(v) do
+    if Regex.match?(~r/\A[a-z0-9]{1,16}\z/, v), do: :ok, else: {:error, bad(:shm_prefix, v)}
+  end
+
+  defp check(key, v) when key in @keys, do: {:error, bad(key, v)}
+  defp check(key, v), do: {:error, bad(key, v, "one of #{inspect(@keys)}")}
+
+  defp check_paths(paths) do
+    if Enum.all?(paths, &(is_binary(&1) and &1 != "")),
+      do: :ok,
+      else: {:error, bad(:python_path, paths, "a list of directory names")}
+  end
+
+  defp bad(field, value, expected \\ nil) do
+    expected = expected || expectation(field)
+    Error.new(:bad_call, :bad_option, field: field, value: value, limit: expected)
+  end
+
+  defp expectation(:name), do: "an atom"
+  defp expectation(:python), do: "the path or name of a Python interpreter"
+  defp expectation(:shm_prefix), do: "[a-z0-9]{1,16}"
+  defp expectation(:timeout), do: "a positive integer (milliseconds) or :infinity"
+  defp expectation(:verify), do: "a boolean"
+  defp expectation(:pool_size), do: "a positive integer"
+  defp expectation(:start_timeout), do: "a positive integer (milliseconds)"
+  defp expectation(_), do: "a non-negative integer"
+end

@@ -1,0 +1,63 @@
+defmodule Bridge.Python do
+  @moduledoc false
+  # Finds the interpreter and checks, once per bridge, that it can import the
+  # worker, so a wrong path or a missing package is a :start_failed error with
+  # Python's own output instead of a worker that never becomes ready.
+
+  alias Bridge.{Config, Error}
+
+  @spec check(Config.t()) :: {:ok, String.t()} | {:error, Error.t()}
+  def check(%Config{python: python} = config) do
+    with {:ok, path} <- resolve(python) do
+      try do
+        case System.cmd(path, ["-c", "import beambridge, beambridge.worker"],
+               stderr_to_stdout: true,
+               env: [{"PYTHONPATH", pythonpath(config)}]
+             ) do
+          {_, 0} ->
+            {:ok, path}
+
+          {output, status} ->
+            {:error,
+             failed(
+               python,
+               "#{path} cannot import beambridge.worker (exit status #{status}):\n" <>
+                 String.trim_trailing(output)
+             )}
+        end
+      rescue
+        e in ErlangError ->
+          {:error, failed(python, "#{path} cannot run: #{Exception.message(e)}")}
+      end
+    end
+  end
+
+  @spec pythonpath(Config.t()) :: String.t()
+  def pythonpath(%Config{python_path: paths}) do
+    (Enum.map(paths, &Path.expand/1) ++ List.wrap(System.get_env("PYTHONPATH")))
+    |> Enum.join(":")
+  end
+
+  defp resolve(python) do
+    path =
+      if String.contains?(python, "/"),
+        do: Path.expand(python),
+        else: System.find_executable(python)
+
+    cond do
+      path == nil -> {:error, failed(python, "#{python} is not in PATH")}
+      not File.regular?(path) -> {:error, failed(python, "#{path} does not exist")}
+      true -> {:ok, path}
+    end
+  end
+
+  defp failed(python, why) do
+    Error.new(:start_failed, :start_failed,
+      field: :python,
+      value: python,
+      message:
+        "worker start failed: #{why} (set the :python option or BEAMBRIDGE_PYTHON to an " <>
+          "interpreter where `import beambridge` works)"
+    )
+  end
+end

@@ -1,0 +1,7 @@
+defmodule Bridge.DoctestTest do
+  use ExUnit.Case, async: true
+
+  doctest Bridge
+  doctest Bridge.Tensor
+  doctest Bridge.Buffer
+end

@@ -1,0 +1,232 @@
+defmodule Bridge.PoolTest do
+  # The pool and the worker's life (SPEC §7): concurrency, backpressure,
+  # exceptions, timeouts, crashes, logs.
+  use ExUnit.Case, async: false
+
+  import Bridge.Test.BridgeCase
+  import ExUnit.CaptureLog
+
+  @moduletag timeout: 120_000
+  @prefix "bbtpool"
+
+  setup do
+    start_supervised!({Bridge, bridge_opts(Pool2, @prefix, pool_size: 2)})
+    :ok
+  end
+
+  defp call(fun, args, opts \\ []),
+    do: Bridge.call({:bbt_handlers, fun}, args, [pool: Pool2] ++ opts)
+
+  test "200 concurrent callers over a pool of 2 all get their own result" do
+    results =
+      1..200
+      |> Task.async_stream(fn i -> {i, call(:add, [i, 1_000_000])} end,
+        max_concurrency: 200,
+        timeout: 30_000
+      )
+      |> Enum.map(fn {:ok, r} -> r end)
+
+    for {i, result} <- results, do: assert(result == {:ok, i + 1_000_000})
+    assert length(results) == 200
+  end
+
+  test "past max_queue, callers get :overloaded at once" do
+    start_supervised!(
+      {Bridge, bridge_opts(Tiny, @prefix, pool_size: 1, max_queue: 2)},
+      id: :tiny
+    )
+
+    slow =
+      for i <- 1..3,
+          do: Task.async(fn -> Bridge.call({:bbt_handlers, :sleep}, [0.5, i], pool: Tiny) end)
+
+    # one running, two queued
+    eventually(fn -> :sys.get_state(Tiny).waiting |> map_size() == 2 end)
+
+    {elapsed, result} =
+      :timer.tc(fn -> Bridge.call({:bbt_handlers, :add}, [1, 2], pool: Tiny) end)
+
+    assert {:error, %Bridge.Error{kind: :overloaded}} = result
+    assert elapsed < 50_000
+
+    assert Enum.map(slow, &Task.await/1) == [{:ok, 1}, {:ok, 2}, {:ok, 3}]
+    assert {:ok, 3} = Bridge.call({:bbt_handlers, :add}, [1, 2], pool: Tiny)
+  end
+
+  test "a queued caller that dies is dropped; a caller that dies mid-call does not wedge the worker" do
+    start_supervised!({Bridge, bridge_opts(One, @prefix, pool_size: 1)}, id: :one)
+
+    busy = Task.async(fn -> Bridge.call({:bbt_handlers, :sleep}, [0.3, :first], pool: One) end)
+    eventually(fn -> Enum.any?(Bridge.workers(One), &(&1.phase == :busy)) end)
+
+    queued = spawn(fn -> Bridge.call({:bbt_handlers, :sleep}, [5, :never], pool: One) end)
+    eventually(fn -> :sys.get_state(One).waiting |> map_size() == 1 end)
+    Process.exit(queued, :kill)
+    eventually(fn -> :sys.get_state(One).waiting |> map_size() == 0 end)
+
+    assert Task.await(busy) == {:ok, :first}
+
+    # dies mid-call
+    mid = spawn(fn -> Bridge.call({:bbt_handlers, :sleep}, [0.2, :lost], pool: One) end)
+    eventually(fn -> Enum.any?(Bridge.workers(One), &(&1.phase == :busy)) end)
+    Process.exit(mid, :kill)
+    assert {:ok, :next} = Bridge.call({:bbt_handlers, :sleep}, [0, :next], pool: One)
+  end
+
+  test "a Python exception comes back with type, message and a traceback naming the handler" do
+    assert {:error, %Bridge.Error{kind: :python_exception} = e} = call(:fail, ["it broke"])
+    assert e.python_type == "ValueError"
+    assert e.message =~ "ValueError: it broke"
+    assert e.traceback =~ "bbt_handlers.py"
+    assert e.traceback =~ ~r/line \d+, in inner/
+    assert e.traceback =~ ~r/line \d+, in fail/
+
+    assert_raise Bridge.Error, ~r/ValueError: it broke/, fn ->
+      Bridge.call!({:bbt_handlers, :fail}, ["it broke"], pool: Pool2)
+    end
+
+    assert Bridge.call!({:bbt_handlers, :add}, [2, 4], pool: Pool2) == 6
+  end
+
+  test "unknown modules and functions are :bad_call errors" do
+    assert {:error, %Bridge.Error{kind: :bad_call, reason: :no_module}} =
+             Bridge.call({:bbt_no_such_module, :f}, [], pool: Pool2)
+
+    assert {:error, %Bridge.Error{kind: :bad_call, reason: :no_function}} =
+             Bridge.call({:bbt_handlers, :no_such_function}, [], pool: Pool2)
+
+    assert {:ok, 3} = Bridge.call({"bbt_handlers", "add"}, [1, 2], pool: Pool2)
+  end
+
+  test "a timeout kills and replaces the worker; the late answer reaches nobody" do
+    start_supervised!({Bridge, bridge_opts(Solo, @prefix, pool_size: 1)}, id: :solo)
+    [before] = worker_os_pids(Solo)
+
+    log =
+      capture_log(fn ->
+        {elapsed, result} =
+          :timer.tc(fn ->
+            Bridge.call({:bbt_handlers, :sleep}, [1.0, :late], pool: Solo, timeout: 200)
+          end)
+
+        assert {:error, %Bridge.Error{kind: :timeout}} = result
+        assert elapsed < 600_000
+
+        # the next call on the (only) worker gets its own answer, never :late
+        assert {:ok, :mine} = Bridge.call({:bbt_handlers, :sleep}, [0, :mine], pool: Solo)
+      end)
+
+    assert log =~ "timed out"
+    [after_] = worker_os_pids(Solo)
+    assert after_ != before
+    refute alive?(before)
+    Process.sleep(1_200)
+    refute_received _
+    assert {:ok, 7} = Bridge.call({:bbt_handlers, :add}, [3, 4], pool: Solo)
+  end
+
+  test "a call waiting in the queue past its timeout gets :timeout" do
+    start_supervised!({Bridge, bridge_opts(Q1, @prefix, pool_size: 1)}, id: :q1)
+    busy = Task.async(fn -> Bridge.call({:bbt_handlers, :sleep}, [0.5, :a], pool: Q1) end)
+    eventually(fn -> Enum.any?(Bridge.workers(Q1), &(&1.phase == :busy)) end)
+
+    assert {:error, %Bridge.Error{kind: :timeout}} =
+             Bridge.call({:bbt_handlers, :add}, [1, 1], pool: Q1, timeout: 100)
+
+    assert Task.await(busy) == {:ok, :a}
+  end
+
+  test "kill -9 of a worker mid-call: :worker_died, regions reclaimed, the pool recovers" do
+    # a large result first, so the worker owns a result region
+    {:ok, big} = call(:make_bytes, [1_000_000, 3])
+    assert byte_size(big) == 1_000_000
+    pids = worker_os_pids(Pool2)
+
+    capture_log(fn ->
+      task = Task.async(fn -> call(:sleep, [5, :never]) end)
+      victim = eventually(fn -> Enum.find(Bridge.workers(Pool2), &(&1.phase == :busy)) end)
+      System.cmd("kill", ["-9", Integer.to_string(victim.os_pid)])
+
+      assert {:error, %Bridge.Error{kind: :worker_died}} = Task.await(task)
+      all_ready(Pool2)
+
+      # the dead worker's regions are gone from /dev/shm
+      refute Enum.any?(shm_names(@prefix), &String.contains?(&1, "-#{victim.os_pid}-"))
+    end)
+
+    assert Enum.sort(worker_os_pids(Pool2)) != Enum.sort(pids)
+    # binaries read from the dead worker's region stay valid
+    assert big == :binary.copy(<<3>>, 1_000_000)
+    for i <- 1..20, do: assert({:ok, ^i} = call(:add, [i, 0]))
+  end
+
+  test "os._exit in a handler: :worker_died, then later calls work" do
+    capture_log(fn ->
+      assert {:error, %Bridge.Error{kind: :worker_died} = e} = call(:exit_now, [7])
+      assert e.message =~ "status 7"
+      all_ready(Pool2)
+    end)
+
+    assert {:ok, 5} = call(:add, [2, 3])
+  end
+
+  for kind <- ["garbage", "unknown_atom", "wrong_id"] do
+    test "a control frame that breaks SPEC §7 (#{kind}) is :bad_frame and the worker is replaced" do
+      [w1, w2] = worker_os_pids(Pool2)
+
+      log =
+        capture_log(fn ->
+          assert {:error, %Bridge.Error{kind: :bad_frame}} = call(:forge, [unquote(kind)])
+          all_ready(Pool2)
+        end)
+
+      assert log =~ "killing it"
+      assert length(Enum.uniq([w1, w2] ++ worker_os_pids(Pool2))) == 3
+      assert {:ok, 3} = call(:add, [1, 2])
+    end
+  end
+
+  test "a result atom the BEAM does not know is :bad_frame (SPEC §8: atoms must exist)" do
+    capture_log(fn ->
+      assert {:error, %Bridge.Error{kind: :bad_frame}} = call(:returns_new_atom, [])
+      all_ready(Pool2)
+    end)
+
+    assert {:ok, 3} = call(:add, [1, 2])
+  end
+
+  test "a handler's stdout and stderr are logged with the worker id" do
+    log = capture_log(fn -> assert {:ok, "done"} = call(:chatty, ["hello"]) end)
+
+    assert log =~
+             ~r/beambridge worker Bridge\.PoolTest\.Pool2\.\d stdout: stdout says hello|Pool2\.\d stdout: stdout says hello/
+
+    assert log =~ ~r/Pool2\.\d stderr: stderr says hello/
+  end
+
+  test "start_link fails with :start_failed for a missing interpreter or one without beambridge" do
+    assert {:error, %Bridge.Error{kind: :start_failed} = e} =
+             Bridge.start_link(bridge_opts(Missing, @prefix, python: "/nonexistent/bin/python3"))
+
+    assert e.message =~ "/nonexistent/bin/python3"
+
+    # the system interpreter outside the venv cannot import beambridge
+    system_python = System.find_executable("python3")
+
+    if system_python &&
+         match?(
+           {_, 1},
+           System.cmd(system_python, ["-c", "import beambridge"],
+             stderr_to_stdout: true,
+             env: [{"PYTHONPATH", ""}]
+           )
+         ) do
+      {elapsed, {:error, %Bridge.Error{kind: :start_failed} = e}} =
+        :timer.tc(fn -> Bridge.start_link(bridge_opts(NoPkg, @prefix, python: system_python)) end)
+
+      assert e.message =~ system_python
+      assert e.message =~ "No module named 'beambridge'"
+      assert elapsed < 5_000_000
+    end
+  end
+end

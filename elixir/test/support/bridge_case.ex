@@ -1,0 +1,122 @@
+defmodule Bridge.Test.BridgeCase do
+  @moduledoc false
+  # Helpers for the end-to-end tests: real Python workers over real Ports.
+
+  import ExUnit.Assertions
+
+  @handlers Path.expand("../handlers", __DIR__)
+
+  def python, do: System.get_env("BEAMBRIDGE_PYTHON") || Path.expand(".venv/bin/python")
+  def handlers_dir, do: @handlers
+
+  # Options for a bridge named `name` whose regions use `prefix` (a "bbt..."
+  # prefix, which test_helper.exs counts as ours).
+  def bridge_opts(name, prefix, extra \\ []) do
+    Keyword.merge(
+      [
+        name: name,
+        python: python(),
+        python_path: [@handlers],
+        pool_size: 2,
+        shm_prefix: prefix
+      ],
+      extra
+    )
+  end
+
+  def shm_names(prefix) do
+    "/dev/shm"
+    |> File.ls!()
+    |> Enum.filter(&String.starts_with?(&1, prefix <> "-"))
+    |> Enum.sort()
+  end
+
+  def open_fds, do: length(File.ls!("/proc/self/fd"))
+
+  # OS processes below this BEAM (port programs are children of erl_child_setup).
+  def descendants(pid \\ String.to_integer(System.pid())) do
+    children =
+      for entry <- File.ls!("/proc"),
+          Regex.match?(~r/\A\d+\z/, entry),
+          ppid(entry) == pid,
+          do: String.to_integer(entry)
+
+    children ++ Enum.flat_map(children, &descendants/1)
+  end
+
+  defp ppid(pid) do
+    case File.read("/proc/#{pid}/stat") do
+      {:ok, stat} ->
+        # pid (comm) state ppid ...; comm may contain spaces and parentheses
+        [_, rest] = String.split(stat, ") ", parts: 2)
+        rest |> String.split(" ") |> Enum.at(1) |> String.to_integer()
+
+      _ ->
+        nil
+    end
+  end
+
+  def alive?(os_pid) do
+    case File.read("/proc/#{os_pid}/stat") do
+      {:ok, stat} ->
+        [_, rest] = String.split(stat, ") ", parts: 2)
+        not String.starts_with?(rest, ["Z", "X"])
+
+      _ ->
+        false
+    end
+  end
+
+  def worker_os_pids(bridge), do: bridge |> Bridge.workers() |> Enum.map(& &1.os_pid)
+
+  # Waits until `fun` returns a truthy value, polling every 20 ms.
+  def eventually(fun, timeout \\ 5_000) do
+    deadline = System.monotonic_time(:millisecond) + timeout
+    do_eventually(fun, deadline)
+  end
+
+  defp do_eventually(fun, deadline) do
+    case fun.() do
+      result when result not in [nil, false] ->
+        result
+
+      _ ->
+        if System.monotonic_time(:millisecond) > deadline do
+          flunk("condition not met in time")
+        else
+          Process.sleep(20)
+          do_eventually(fun, deadline)
+        end
+    end
+  end
+
+  # Waits until every worker of `bridge` is ready again.
+  def all_ready(bridge, size \\ 2) do
+    eventually(fn ->
+      workers = Bridge.workers(bridge)
+      length(workers) == size and Enum.all?(workers, &(&1.phase == :ready))
+    end)
+  end
+
+  # The mapping of /proc/self/maps that contains `address`, or nil.
+  def mapping_of(address) do
+    "/proc/self/maps"
+    |> File.read!()
+    |> String.split("\n", trim: true)
+    |> Enum.find_value(fn line ->
+      [range | rest] = String.split(line, " ", parts: 2)
+      [lo, hi] = range |> String.split("-") |> Enum.map(&String.to_integer(&1, 16))
+
+      if address >= lo and address < hi,
+        do: String.trim(List.last(String.split(hd(rest), " ", parts: 5)))
+    end)
+  end
+
+  # Asserts `bin` is a zero-copy binary over a shared-memory region of `prefix`.
+  def assert_region_binary(bin, prefix) do
+    {:ok, address} = Bridge.NIF.binary_address(bin)
+    mapping = mapping_of(address)
+    assert mapping =~ "/dev/shm/#{prefix}-", "binary at #{address} is in #{inspect(mapping)}"
+    mapping
+  end
+end
