@@ -308,7 +308,7 @@ class Arguments:
                 with contextlib.suppress(LeaseError):
                     frame.release()
             # else the Frame object goes with this function: the payload view (and what
-            # is made from it) alone holds the private mapping, and with it the lease
+            # is made from it) alone keeps the payload's array alive, and with it the lease
 
 
 def _short(term: Any) -> str:
@@ -338,9 +338,13 @@ class ResultRegions:
     #: Metadata room every region leaves before its payload.
     METADATA_ROOM = 960  # payload_offset_for(960) == 1088
 
-    def __init__(self, prefix: str = "bb", limit: int = DEFAULT_REGION_LIMIT) -> None:
+    def __init__(
+        self, prefix: str = "bb", limit: int = DEFAULT_REGION_LIMIT, *, checksum: bool = True
+    ) -> None:
         self.prefix = prefix
         self.limit = limit
+        # Hash result payloads only when the BEAM will verify them (BEAMBRIDGE_VERIFY).
+        self.checksum = checksum
         self._classes: dict[int, list[Region]] = {}
         self._total = 0
         self._busy: set[int] = set()
@@ -365,13 +369,15 @@ class ResultRegions:
     def write(
         self,
         nbytes: int,
-        fill: Callable[[memoryview], None],
+        fill: Callable[[memoryview], None] | memoryview,
         *,
         metadata: bytes = b"",
         format: Format = Format.RAW,
     ) -> tuple[str, int] | None:
-        """Publish a frame of ``nbytes`` payload bytes, written by ``fill(area)``, in a
-        free region; return ``(name, generation)`` or ``None`` (no room)."""
+        """Publish a frame of ``nbytes`` payload bytes in a free region; return ``(name,
+        generation)`` or ``None`` (no room). ``fill`` is either the payload itself (a
+        C-contiguous byte view: copied in by `Region.write_frame`) or a function that
+        writes the payload into the area it is given (`Region.write_frame_into`)."""
         size = self.size_for(nbytes, len(metadata))
         for region in self._classes.get(size, ()):
             if id(region) in self._busy:
@@ -397,14 +403,22 @@ class ResultRegions:
         self,
         region: Region,
         nbytes: int,
-        fill: Callable[[memoryview], None],
+        fill: Callable[[memoryview], None] | memoryview,
         metadata: bytes,
         format: Format,
     ) -> tuple[str, int]:
-        with region.write_frame_into(nbytes, metadata=metadata, format=format) as area:
-            fill(area)
+        if isinstance(fill, memoryview):
+            generation = region.write_frame(
+                fill, metadata=metadata, format=format, checksum=self.checksum
+            ).generation
+        else:
+            with region.write_frame_into(
+                nbytes, metadata=metadata, format=format, checksum=self.checksum
+            ) as area:
+                fill(area)
+            generation = region._last_header.generation
         self._busy.add(id(region))
-        return region.name, region._last_header.generation
+        return region.name, generation
 
     def _evict(self, wanted: int) -> None:
         """Close idle regions (no lease, not used by the result being built), biggest
@@ -474,11 +488,7 @@ class ResultEncoder(Encoder):
         if not view.c_contiguous:
             view = memoryview(view.tobytes())
         flat = view.cast("B") if view.format != "B" or view.ndim != 1 else view
-
-        def fill(area: memoryview) -> None:
-            area[:] = flat
-
-        placed = self.regions.write(flat.nbytes, fill, format=Format.RAW)
+        placed = self.regions.write(flat.nbytes, flat, format=Format.RAW)
         if placed is None:
             _warn(f"result region limit {self.regions.limit} reached; sending "
                   f"{flat.nbytes} bytes inline")  # fmt: skip
@@ -502,13 +512,18 @@ class ResultEncoder(Encoder):
         dtype_str = dtype.str.encode()
         if nbytes >= self.threshold and self.regions is not None:
             metadata = encode((dtype_str, shape))
+            payload: Callable[[memoryview], None] | memoryview
+            if arr.dtype == dtype and arr.flags.c_contiguous:
+                # already the bytes to send: copied in (and hashed) in one pass
+                payload = arr.reshape(-1).view(np.uint8).data
+            else:
 
-            def fill(area: memoryview) -> None:
-                dst = np.frombuffer(area, dtype=dtype).reshape(shape)
-                np.copyto(dst, arr, casting="equiv")
-                del dst
+                def payload(area: memoryview) -> None:
+                    dst = np.frombuffer(area, dtype=dtype).reshape(shape)
+                    np.copyto(dst, arr, casting="equiv")
+                    del dst
 
-            placed = self.regions.write(nbytes, fill, metadata=metadata, format=Format.TENSOR)
+            placed = self.regions.write(nbytes, payload, metadata=metadata, format=Format.TENSOR)
             if placed is not None:
                 self.encode_into((TAG_REGION, KIND_TENSOR, placed[0].encode(), placed[1]), parts)
                 return

@@ -1,15 +1,19 @@
 """`Frame`: a frame read from a region, holding a reader lease (protocol/SPEC.md §2.2).
 
-The payload is a read-only memoryview straight into shared memory: each frame maps the
-payload's pages once more, read-only (``PROT_READ``), so nothing can write through it,
-and so that the lease can follow the exact lifetime of every view made from it. The
-lease ends (``reader_leases`` is decremented, exactly once) when that private mapping
-goes away:
+The payload is a read-only memoryview straight into the region's own (already mapped,
+already warm) shared memory, no copy and no second mapping. It is a view of a private
+NumPy array made for this frame over a read-only view of the region's mapping, so
+nothing can write through it (the array's ``writeable`` flag cannot be turned back on),
+and every view made from the payload (memoryview slices, ``numpy.frombuffer``, arrays
+made from those) keeps that array alive. The lease ends (``reader_leases`` is
+decremented, exactly once) when that array goes away:
 
 * `Frame.release` or the end of a ``with`` block, if no view made from the payload is
   still alive (else it raises `LeaseError` and keeps the lease), or
 * the moment the last object pointing into it (the frame, ``frame.payload``, memoryview
   slices, NumPy arrays made with ``numpy.frombuffer``) is garbage-collected.
+
+A frame with an empty payload points into nothing: its lease ends with the frame.
 
 While the lease lives, the writer refuses to rewrite the region (``leased``), so the
 bytes under any view cannot change.
@@ -20,6 +24,7 @@ from __future__ import annotations
 import mmap
 import weakref
 from types import TracebackType
+from typing import Any
 
 from . import _atomic
 from .control import OFF_READER_LEASES
@@ -48,7 +53,7 @@ class Frame:
     (b'abc', True)
     """
 
-    __slots__ = ("__weakref__", "_lease", "_mapping", "_payload", "header", "metadata")
+    __slots__ = ("__weakref__", "_lease", "_on_frame", "_payload", "header", "metadata")
 
     header: Header
     metadata: bytes
@@ -58,19 +63,18 @@ class Frame:
         control: mmap.mmap,
         header: Header,
         metadata: bytes,
-        mapping: mmap.mmap | None,
+        array: Any,
         payload: memoryview,
     ) -> None:
         self.header = header
         self.metadata = metadata
-        self._mapping = mapping
-        self._payload = payload
-        # Exactly once: when `mapping` is collected (its last view is gone), or on
-        # release(), or at interpreter exit. `control` is the region's own mapping, which
-        # holds the lease word.
-        self._lease = weakref.finalize(
-            mapping if mapping is not None else self, _end_lease, control
-        )
+        self._payload = payload  # memoryview(array): it alone keeps the array alive
+        self._on_frame = array is None
+        # Exactly once: when `array` is collected (the last view made from the payload is
+        # gone), or at interpreter exit; for an empty payload (no array) when the frame
+        # is released or collected. `control` is the region's own mapping, which holds
+        # the lease word.
+        self._lease = weakref.finalize(self if array is None else array, _end_lease, control)
 
     @property
     def payload(self) -> memoryview:
@@ -93,10 +97,14 @@ class Frame:
         if not self._lease.alive:
             return
         try:
-            self._payload.release()
-            if self._mapping is not None:
-                self._mapping.close()
-        except BufferError:
+            self._payload.release()  # drops the frame's reference to the array
+            released = True
+        except BufferError:  # a C consumer still holds the payload's buffer
+            released = False
+        if self._on_frame and released:
+            self._lease()
+        elif self._lease.alive:
+            # the array lives on: views made from the payload still point into it
             raise LeaseError(
                 "leased",
                 "payload",
@@ -105,8 +113,7 @@ class Frame:
                 "leased: cannot release the frame yet: views made from its payload "
                 "(memoryview slices, numpy arrays) are still alive; the lease ends "
                 "when they are garbage-collected",
-            ) from None
-        self._lease()
+            )
 
     def __enter__(self) -> Frame:
         return self

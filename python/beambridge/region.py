@@ -26,6 +26,7 @@ import stat
 import weakref
 from collections.abc import Iterator
 from types import TracebackType
+from typing import TYPE_CHECKING, Any
 
 import posix_ipc
 import xxhash
@@ -62,15 +63,16 @@ from .header import (
     verify_payload,
 )
 
+if TYPE_CHECKING:
+    import numpy as np
+
 __all__ = ["SHM_DIR", "Region"]
 
 SHM_DIR = "/dev/shm"
 NAME_ATTEMPTS = 16
-#: Payload mappings of at least this many bytes are made with ``MAP_POPULATE``: the
-#: kernel fills the page tables in one go instead of one fault per touched page (see
-#: `Region._map`; measured in the worker notes: a 64 MiB read).
-POPULATE_MIN = 1 << 20
-_MAP_POPULATE: int = getattr(mmap, "MAP_POPULATE", 0)
+#: `Region.write_frame` copies a payload in and hashes it in chunks of this many bytes,
+#: each hashed right after it is copied, while it is still in the CPU's cache.
+COPY_CHUNK = 256 * 1024
 
 
 def _free_bytes() -> int:
@@ -117,7 +119,12 @@ class Region:
         self._size = size
         self._owner = owner
         self._closed = False
-        self._frames: weakref.WeakSet[mmap.mmap] = weakref.WeakSet()
+        # the read-only view of the whole mapping every payload is read through (lazy)
+        self._ro: memoryview | None = None
+        # payload arrays of live frames, to count them in close()'s error
+        self._frames: weakref.WeakValueDictionary[int, np.ndarray[Any, Any]] = (
+            weakref.WeakValueDictionary()
+        )
         self._writing = False
         self._last_header = Header()
         self._unlinker = weakref.finalize(self, _unlink_quietly, name) if owner else None
@@ -292,18 +299,31 @@ class Region:
         ...     region.write_frame(b"hi", format=Format.RAW).generation
         1
         """
-        data = memoryview(payload).cast("B")  # type: ignore[arg-type]
-        with self.write_frame_into(
-            data.nbytes,
-            metadata=metadata,
-            format=format,
-            codec=codec,
-            schema_id=schema_id,
-            schema_version=schema_version,
-            checksum=checksum,
-            decoded_length=decoded_length,
-        ) as area:
-            area[:] = data
+        metadata = bytes(metadata)
+        with memoryview(payload) as view, view.cast("B") as data:  # type: ignore[arg-type]
+            length = data.nbytes
+            draft = self._prepare_write(length, metadata, format, codec, schema_id,
+                                        schema_version, checksum, decoded_length)  # fmt: skip
+            start, generation = self._begin_frame(draft, metadata)
+            published = False
+            try:
+                mm = self._mm
+                if not checksum:
+                    mm[start : start + length] = data
+                    digest = 0
+                else:
+                    # copy and hash chunk by chunk: each chunk is hashed from the source
+                    # while it is still in cache (one pass over memory, not two)
+                    hasher = xxhash.xxh3_64()
+                    for lo in range(0, length, COPY_CHUNK):
+                        with data[lo : lo + COPY_CHUNK] as chunk:
+                            mm[start + lo : start + lo + chunk.nbytes] = chunk
+                            hasher.update(chunk)
+                    digest = hasher.intdigest()
+                self._publish(draft, generation, digest, metadata)
+                published = True
+            finally:
+                self._end_write(published)
         return self._last_header
 
     @contextlib.contextmanager
@@ -333,6 +353,66 @@ class Region:
         ...         bytes(frame.payload)
         b'abcd'
         """
+        metadata = bytes(metadata)
+        draft = self._prepare_write(payload_length, metadata, format, codec, schema_id,
+                                    schema_version, checksum, decoded_length)  # fmt: skip
+        start, generation = self._begin_frame(draft, metadata)
+        published = False
+        try:
+            if payload_length == 0:
+                yield memoryview(bytearray())
+                digest = xxhash.xxh3_64_intdigest(b"") if checksum else 0
+            else:
+                # The yielded view sits on a private array over the region's own mapping:
+                # views made from it (slices, numpy.frombuffer) keep that array alive, so
+                # whether it outlives the block tells whether the caller left any.
+                import numpy as np  # not at module level: the worker reports a broken NumPy
+
+                with memoryview(self._mm) as whole:
+                    arr = np.frombuffer(whole, dtype=np.uint8, count=payload_length,
+                                        offset=start)  # fmt: skip
+                area = arr.data  # memoryview(arr)
+                alive = weakref.ref(arr)
+                del arr
+                try:
+                    yield area
+                except BaseException:
+                    with contextlib.suppress(BufferError):
+                        area.release()
+                    raise
+                digest = xxhash.xxh3_64_intdigest(area) if checksum else 0
+                try:
+                    area.release()
+                    held = alive() is not None
+                except BufferError:  # a C consumer still holds the buffer
+                    held = True
+                if held:
+                    raise LeaseError(
+                        "leased",
+                        "payload",
+                        None,
+                        None,
+                        "leased: views made from the payload area are still alive at the "
+                        "end of write_frame_into; drop them inside the block (nothing was "
+                        "published)",
+                    )
+            self._publish(draft, generation, digest, metadata)
+            published = True
+        finally:
+            self._end_write(published)
+
+    def _prepare_write(
+        self,
+        payload_length: int,
+        metadata: bytes,
+        format: Format | int,
+        codec: Codec | int,
+        schema_id: int,
+        schema_version: int,
+        checksum: bool,
+        decoded_length: int | None,
+    ) -> Header:
+        """The checks before a write (nothing touched yet): the draft header."""
         self._check_open()
         if not self._owner:
             raise RegionError(
@@ -346,7 +426,6 @@ class Region:
         if self._writing:
             raise LeaseError("leased", "writer_state", int(WriterState.WRITING), None,
                              "leased: a write into this region is already under way")  # fmt: skip
-        metadata = bytes(metadata)
         draft = build_header(
             payload_length,
             0,
@@ -369,50 +448,40 @@ class Region:
                 f"{payload_length}) does not fit the frame area of {self.frame_size} bytes "
                 f"of region {self._name}; create a bigger region",
             )
+        return draft
+
+    def _begin_frame(self, draft: Header, metadata: bytes) -> tuple[int, int]:
+        """Writer steps 1-3, then the metadata and its padding: returns the payload's
+        offset in the mapping and the new generation. The caller must `_end_write`."""
         generation = self._begin_write()
         self._writing = True
         mm = self._mm
-        base = CB_SIZE
-        published = False
         try:
-            meta_start = base + HEADER_SIZE
+            meta_start = CB_SIZE + HEADER_SIZE
             mm[meta_start : meta_start + len(metadata)] = metadata
             pad_start = meta_start + len(metadata)
-            mm[pad_start : base + draft.payload_offset] = bytes(
-                base + draft.payload_offset - pad_start
-            )
-            mapping, area = self._map(base + draft.payload_offset, payload_length, write=True)
-            try:
-                yield area
-            except BaseException:
-                _close_quietly(mapping, area)
-                raise
-            digest = xxhash.xxh3_64_intdigest(area) if checksum else 0
-            try:
-                area.release()
-                if mapping is not None:
-                    mapping.close()
-            except BufferError:
-                raise LeaseError(
-                    "leased",
-                    "payload",
-                    None,
-                    None,
-                    "leased: views made from the payload area are still alive at the end of "
-                    "write_frame_into; drop them inside the block (nothing was published)",
-                ) from None
-            header = dataclasses.replace(draft, generation=generation, payload_checksum=digest)
-            raw = pack_header(header, metadata)
-            mm[base : base + HEADER_SIZE] = raw
-            _atomic.store_u32(mm, OFF_WRITER_STATE, WriterState.PUBLISHED)
-            published = True
-            self._last_header = dataclasses.replace(
-                header, header_checksum=int.from_bytes(raw[120:], "little")
-            )
-        finally:
-            self._writing = False
-            if not published:
-                _atomic.store_u32(mm, OFF_WRITER_STATE, WriterState.EMPTY)
+            payload_start = CB_SIZE + draft.payload_offset
+            mm[pad_start:payload_start] = bytes(payload_start - pad_start)
+        except BaseException:
+            self._end_write(False)
+            raise
+        return payload_start, generation
+
+    def _publish(self, draft: Header, generation: int, digest: int, metadata: bytes) -> None:
+        """Writer step 4 (the header) and 5 (``PUBLISHED``)."""
+        mm = self._mm
+        header = dataclasses.replace(draft, generation=generation, payload_checksum=digest)
+        raw = pack_header(header, metadata)
+        mm[CB_SIZE : CB_SIZE + HEADER_SIZE] = raw
+        _atomic.store_u32(mm, OFF_WRITER_STATE, WriterState.PUBLISHED)
+        self._last_header = dataclasses.replace(
+            header, header_checksum=int.from_bytes(raw[120:], "little")
+        )
+
+    def _end_write(self, published: bool) -> None:
+        self._writing = False
+        if not published:
+            _atomic.store_u32(self._mm, OFF_WRITER_STATE, WriterState.EMPTY)
 
     def _begin_write(self) -> int:
         """Steps 1-3 of the writer side: returns the new generation or raises leased."""
@@ -449,6 +518,8 @@ class Region:
         """
         self._check_open()
         mm = self._mm
+        arr: np.ndarray[Any, Any] | None = None
+        payload: memoryview | None = None
         _atomic.fetch_add_u32(mm, OFF_READER_LEASES, 1)
         try:
             state = _atomic.load_u32(mm, OFF_WRITER_STATE)
@@ -476,45 +547,39 @@ class Region:
                     f"stale_generation: field generation is {header.generation} but the "
                     f"writer is at generation {generation}",
                 )
-            mapping, payload = self._map_payload(header)
+            if header.payload_length == 0:
+                payload = memoryview(b"")
+            else:
+                import numpy as np  # not at module level: the worker reports a broken NumPy
+
+                # an array over the region's read-only view: its base is read-only, so
+                # its `writeable` flag cannot be turned back on; every view made from
+                # the payload keeps it alive, and the lease ends when it dies
+                arr = np.frombuffer(self._readonly_view(), dtype=np.uint8,
+                                    count=header.payload_length,
+                                    offset=CB_SIZE + header.payload_offset)  # fmt: skip
+                payload = arr.data  # memoryview(arr): .obj is arr
             if verify:
-                try:
-                    verify_payload(header, payload)
-                except BaseException:
-                    payload.release()
-                    if mapping is not None:
-                        mapping.close()
-                    raise
+                verify_payload(header, payload)
         except BaseException:
             _atomic.fetch_sub_u32(mm, OFF_READER_LEASES, 1)
+            # the traceback keeps this frame's locals: they must not pin the mapping
+            if payload is not None:
+                with contextlib.suppress(BufferError):
+                    payload.release()
+            arr = payload = None
             raise
-        if mapping is not None:
-            self._frames.add(mapping)
-        return Frame(mm, header, metadata, mapping, payload)
+        if arr is not None:
+            self._frames[id(arr)] = arr
+        return Frame(mm, header, metadata, arr, payload)
 
-    def _map_payload(self, header: Header) -> tuple[mmap.mmap | None, memoryview]:
-        return self._map(CB_SIZE + header.payload_offset, header.payload_length, write=False)
-
-    def _map(self, start: int, length: int, *, write: bool) -> tuple[mmap.mmap | None, memoryview]:
-        """A private mapping of the pages holding region bytes [start, start+length) and a
-        view of exactly those bytes. Closing the mapping fails (BufferError) while any view
-        made from it lives, which is how leases and writes track their views."""
-        if length == 0:
-            return None, memoryview(bytearray() if write else b"")
-        page_start = start - start % mmap.ALLOCATIONGRANULARITY
-        size = start + length - page_start
-        if length >= POPULATE_MIN and _MAP_POPULATE:
-            # prot without PROT_WRITE makes the mmap object (and its views) read-only,
-            # exactly like ACCESS_READ
-            prot = mmap.PROT_READ | (mmap.PROT_WRITE if write else 0)
-            flags = mmap.MAP_SHARED | _MAP_POPULATE
-            mapping = mmap.mmap(self._fd, size, flags=flags, prot=prot, offset=page_start)
-        else:
-            access = mmap.ACCESS_WRITE if write else mmap.ACCESS_READ
-            mapping = mmap.mmap(self._fd, size, access=access, offset=page_start)
-        with memoryview(mapping) as whole:
-            view = whole[start - page_start :]
-        return mapping, view
+    def _readonly_view(self) -> memoryview:
+        """The read-only view of the whole mapping (made once, released by close)."""
+        ro = self._ro
+        if ro is None:
+            with memoryview(self._mm) as whole:
+                ro = self._ro = whole.toreadonly()
+        return ro
 
     # ---- closing -----------------------------------------------------------------------
 
@@ -532,16 +597,19 @@ class Region:
         """
         if self._closed:
             return
-        live = [m for m in self._frames if not m.closed]
+        live = len(self._frames)
         try:
             if live:
                 raise BufferError
+            if self._ro is not None:
+                self._ro.release()
+                self._ro = None
             self._mm.close()
         except BufferError:
             raise LeaseError(
                 "leased",
                 "views",
-                len(live),
+                live,
                 0,
                 f"leased: cannot close region {self._name}: frames read from it or views "
                 "of its mapping are still alive; release them first",
@@ -582,13 +650,6 @@ class Region:
         role = "owner" if self._owner else "attached"
         state = "closed" if self._closed else "open"
         return f"<Region {self._name} {self._size}B {role} {state}>"
-
-
-def _close_quietly(mapping: mmap.mmap | None, view: memoryview) -> None:
-    with contextlib.suppress(BufferError):
-        view.release()
-        if mapping is not None:
-            mapping.close()
 
 
 def _check_attach_stat(name: str, st: os.stat_result) -> None:

@@ -15,7 +15,8 @@ Messages (§7.3)::
 Environment: ``BEAMBRIDGE_WORKER_ID`` (in the worker's own log lines),
 ``BEAMBRIDGE_SHM_PREFIX`` (default ``bb``), ``BEAMBRIDGE_THRESHOLD`` (bytes, default
 65536), ``BEAMBRIDGE_REGION_LIMIT`` (bytes, default 1 GiB), ``BEAMBRIDGE_VERIFY``
-(``0`` skips the xxh3 check of argument payloads; default ``1``).
+(``1`` checksums result payloads and verifies argument payloads; default ``0``, as on
+the BEAM side).
 
 Exit status: 0 after EOF on fd 3, ``:shutdown``, SIGTERM or the parent's death (all
 leave no region of the worker's behind); 3 on a protocol violation (a frame over
@@ -135,10 +136,10 @@ class Worker:
         self.prefix = os.environ.get("BEAMBRIDGE_SHM_PREFIX", "bb") or "bb"
         self.threshold = _env_int("BEAMBRIDGE_THRESHOLD", DEFAULT_THRESHOLD)
         limit = _env_int("BEAMBRIDGE_REGION_LIMIT", DEFAULT_REGION_LIMIT)
-        verify = os.environ.get("BEAMBRIDGE_VERIFY", "1").strip() not in ("0", "false", "no")
+        verify = os.environ.get("BEAMBRIDGE_VERIFY", "0").strip() not in ("0", "false", "no")
         self.attachments = Attachments()
         self.arguments = Arguments(self.attachments, verify=verify)
-        self.results = ResultRegions(self.prefix, limit)
+        self.results = ResultRegions(self.prefix, limit, checksum=verify)
         self.encoder = ResultEncoder(self.results, self.threshold)
         self.functions: dict[tuple[Any, Any], Callable[..., Any]] = {}
         self.parent = parent  # the BEAM, or OTP's erl_child_setup that spawned us for it

@@ -10,6 +10,7 @@ import stat
 
 import numpy as np
 import pytest
+import xxhash
 from beambridge import (
     ChecksumError,
     Format,
@@ -22,6 +23,7 @@ from beambridge import (
 )
 from beambridge.control import OFF_WRITER_GENERATION, pack_control_block, process_start_time
 from beambridge.errors import region_error
+from beambridge.region import COPY_CHUNK
 from helpers import PREFIX, exists, make_raw_object, shm_path, unlink
 
 NAME_RE = re.compile(r"^/bbpy-([0-9]{1,10})-([0-9a-f]{16})$")
@@ -231,25 +233,22 @@ def test_payload_is_read_only_and_zero_copy(region: Region) -> None:
     assert not arr.flags.writeable
     with pytest.raises(ValueError):
         arr.setflags(write=True)
-    # the array's bytes are inside the frame's own mapping of the region ...
-    mapping = np.frombuffer(frame._mapping, dtype=np.uint8)  # type: ignore[arg-type]
+    # the array's bytes are inside the peer's one mapping of the region (no second
+    # mapping per frame), at the payload's offset ...
+    with memoryview(peer._mm) as whole:
+        mapping = np.frombuffer(whole, dtype=np.uint8)
     base = mapping.ctypes.data
     assert base <= arr.ctypes.data < base + mapping.size
-    assert (arr.ctypes.data - base) == (64 + header.payload_offset) % mmap_page()
+    assert arr.ctypes.data - base == 64 + header.payload_offset
+    assert arr.ctypes.data + arr.size <= base + mapping.size
     assert arr.ctypes.data % 64 == 0  # 64-byte aligned payload
     # ... which is the shared memory itself: a store through the owner's mapping shows
     start = 64 + header.payload_offset
     region._mm[start] = 0xAB
-    assert arr[0] == 0xAB and frame.payload[0] == 0xAB
+    assert arr[0] == 0xAB and frame.payload[0] == 0xAB and mapping[start] == 0xAB
     del arr, mapping
     frame.release()
     peer.close()
-
-
-def mmap_page() -> int:
-    import mmap
-
-    return mmap.ALLOCATIONGRANULARITY
 
 
 def test_empty_payload(region: Region) -> None:
@@ -339,6 +338,104 @@ def test_views_made_from_the_payload_keep_the_lease(region: Region) -> None:
     gc.collect()
     assert region.control_block().reader_leases == 0
     region.write_frame(b"z")
+
+
+def test_the_lease_follows_a_numpy_view_exactly(region: Region) -> None:
+    # no gc.collect() anywhere: the lease ends the moment the last view is dropped
+    region.write_frame(b"0123456789")
+    peer = Region.attach(region.name)
+    frame = peer.read_frame()
+    view = np.frombuffer(frame.payload, dtype=np.uint8)[2:6]
+    with pytest.raises(LeaseError) as info:
+        frame.release()
+    assert info.value.reason == "leased"
+    with pytest.raises(LeaseError):
+        frame.release()  # still held: still refused, the lease is not ended twice
+    del frame
+    assert region.control_block().reader_leases == 1
+    with pytest.raises(LeaseError) as info:
+        region.write_frame(b"y")
+    assert info.value.reason == "leased"
+    with pytest.raises(LeaseError):
+        peer.close()  # the view points into the peer's mapping
+    assert bytes(view) == b"2345"
+    del view
+    assert region.control_block().reader_leases == 0
+    assert region.write_frame(b"y").generation == 2
+    peer.close()
+
+
+def test_payload_cannot_be_made_writable(region: Region) -> None:
+    region.write_frame(b"abc")
+    with region.read_frame() as frame:
+        arr = frame.payload.obj
+        assert isinstance(arr, np.ndarray) and not arr.flags.writeable
+        with pytest.raises(ValueError):
+            arr.setflags(write=True)
+        del arr
+
+
+def test_a_failed_read_leaves_nothing_mapped() -> None:
+    r = Region.create(4096, prefix=PREFIX)
+    header = r.write_frame(b"abcdef")
+    r._mm[64 + header.payload_offset] ^= 1
+    with pytest.raises(ChecksumError) as info:
+        r.read_frame()
+    # the exception (and its traceback) is alive, yet it pins neither lease nor mapping
+    assert info.value.reason == "checksum_mismatch"
+    assert r.control_block().reader_leases == 0
+    r.close()
+    assert r.closed
+
+
+def test_many_frames_share_one_mapping(region: Region) -> None:
+    region.write_frame(bytes(range(200)))
+    frames = [region.read_frame() for _ in range(3)]
+    assert region.control_block().reader_leases == 3
+    assert {np.frombuffer(f.payload, dtype=np.uint8).ctypes.data for f in frames} == {
+        np.frombuffer(frames[0].payload, dtype=np.uint8).ctypes.data
+    }
+    for f in frames:
+        f.release()
+    assert region.control_block().reader_leases == 0
+    with region.read_frame() as frame:
+        assert bytes(frame.payload) == bytes(range(200))
+
+
+@pytest.mark.parametrize("length", [1, 255, COPY_CHUNK, 3 * COPY_CHUNK + 17])
+def test_write_frame_checksum_is_xxh3_of_the_whole_payload(length: int) -> None:
+    data = np.random.default_rng(length).integers(0, 256, length, dtype=np.uint8)
+    with Region.create_for_frame(length, prefix=PREFIX) as r:
+        header = r.write_frame(data)
+        assert header.payload_checksum == xxhash.xxh3_64_intdigest(data.tobytes())
+        with r.read_frame() as frame:  # verified
+            assert bytes(frame.payload) == data.tobytes()
+        assert r.write_frame(data[::-1].copy(), checksum=False).payload_checksum == 0
+        with r.read_frame() as frame:
+            assert bytes(frame.payload) == data[::-1].tobytes()
+
+
+def test_write_frame_takes_any_contiguous_bytes_like(region: Region) -> None:
+    region.write_frame(np.arange(4, dtype="<u2"))
+    with region.read_frame() as frame:
+        assert bytes(frame.payload) == b"\x00\x00\x01\x00\x02\x00\x03\x00"
+    with pytest.raises(TypeError):
+        region.write_frame(np.arange(8, dtype=np.uint8)[::2])
+    assert region.control_block().writer_state == WriterState.PUBLISHED  # untouched
+
+
+def test_write_frame_into_refuses_with_a_slice_alive(region: Region) -> None:
+    kept = []
+    with pytest.raises(LeaseError) as info, region.write_frame_into(4) as area:
+        area[:] = b"abcd"
+        kept.append(area[1:])
+    assert info.value.reason == "leased"
+    assert region.control_block().writer_state == WriterState.EMPTY
+    kept.clear()
+    with region.write_frame_into(4) as area:
+        area[:] = b"wxyz"
+    with region.read_frame() as frame:
+        assert bytes(frame.payload) == b"wxyz"
 
 
 def test_reader_refuses_until_published_and_while_writing(region: Region) -> None:
