@@ -336,6 +336,7 @@ defmodule Bridge.FuzzTest do
     binary_address: [:binary],
     read_copy: [:region, :int, :int],
     write: [:region, :int, :binary],
+    write_hashed: [:region, :int, :binary],
     xxh3_64: [:binary],
     xxh3_64_region: [:region, :int, :int],
     load_u32: [:region, :int],

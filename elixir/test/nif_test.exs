@@ -24,6 +24,22 @@ defmodule Bridge.NIFTest do
     assert NIF.xxh3_64(:not_a_binary) == {:error, :badarg}
   end
 
+  test "write_hashed copies like write and returns xxh3_64 of what it wrote", %{ref: ref} do
+    # sizes around the dirty-scheduler threshold and the 64 KiB hashing chunk
+    {:ok, r} = NIF.create("/bbtnif-#{System.pid()}-#{Bridge.Test.Shm.rand_hex()}", 1_000_000)
+
+    for size <- [0, 1, 65_535, 65_536, 65_537, 300_001] do
+      data = :crypto.strong_rand_bytes(size)
+      assert {:ok, hash} = NIF.write_hashed(r, 64, data)
+      assert {:ok, ^hash} = NIF.xxh3_64(data)
+      assert NIF.read_copy(r, 64, size) == {:ok, data}
+    end
+
+    assert :ok = NIF.region_unlink(r)
+    assert {:error, :out_of_bounds} = NIF.write_hashed(ref, 4091, "123456")
+    assert {:error, :badarg} = NIF.write_hashed(ref, 0, [1, 2])
+  end
+
   test "read_copy and write check bounds without overflow", %{ref: ref} do
     assert :ok = NIF.write(ref, 4090, "123456")
     assert {:ok, "123456"} = NIF.read_copy(ref, 4090, 6)

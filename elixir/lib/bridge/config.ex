@@ -18,7 +18,7 @@ defmodule Bridge.Config do
             region_limit: @gib,
             shm_prefix: "bb",
             start_timeout: 10_000,
-            verify: true
+            verify: false
 
   @type t :: %__MODULE__{}
 

@@ -128,6 +128,15 @@ defmodule Bridge.Header do
   end
 
   @doc """
+  The `PAYLOAD_CHECKSUM` flag bit (SPEC §3.2).
+
+      iex> Bridge.Header.flag_payload_checksum()
+      1
+  """
+  @spec flag_payload_checksum() :: 1
+  def flag_payload_checksum, do: @flag_payload_checksum
+
+  @doc """
   The name of a format code, or `:unknown`.
 
   ## Examples

@@ -28,6 +28,7 @@ defmodule Bridge.NIF do
   def binary_address(_binary), do: not_loaded()
   def read_copy(_region, _off, _len), do: not_loaded()
   def write(_region, _off, _binary), do: not_loaded()
+  def write_hashed(_region, _off, _binary), do: not_loaded()
   def xxh3_64(_binary), do: not_loaded()
   def xxh3_64_region(_region, _off, _len), do: not_loaded()
   def load_u32(_region, _off), do: not_loaded()

@@ -302,12 +302,14 @@ defmodule Bridge.Region do
 
   def write_frame(%__MODULE__{ref: ref}, payload, opts)
       when is_binary(payload) and is_list(opts) do
+    {checksum?, build_opts} = defer_checksum(opts)
+
     with {:ok, size} <- real_size(ref),
          :ok <- check_owner(ref),
-         {:ok, h} <- Header.build(payload, opts),
+         {:ok, h} <- Header.build(payload, build_opts),
          :ok <- check_fits(h, size - @cb_size),
          {:ok, previous} <- begin_write(ref) do
-      publish(ref, h, Keyword.get(opts, :metadata, ""), payload, previous)
+      publish(ref, h, Keyword.get(opts, :metadata, ""), payload, checksum?, previous)
     end
   end
 
@@ -318,6 +320,19 @@ defmodule Bridge.Region do
     do: {:error, region_error(:badarg, :opts, opts)}
 
   def write_frame(region, _payload, _opts), do: {:error, region_error(:badarg, :region, region)}
+
+  # The payload checksum is computed while the payload is copied into the region
+  # (NIF.write_hashed: one pass over memory instead of two), so the header is built
+  # without it and completed in publish/6. A :checksum option that is not a boolean is
+  # left for Header.build to refuse.
+  defp defer_checksum(opts) do
+    with true <- Keyword.keyword?(opts),
+         checksum? when is_boolean(checksum?) <- Keyword.get(opts, :checksum, true) do
+      {checksum?, Keyword.put(opts, :checksum, false)}
+    else
+      _ -> {false, opts}
+    end
+  end
 
   defp check_fits(h, frame_size) do
     if h.payload_offset + h.payload_length <= frame_size do
@@ -365,19 +380,18 @@ defmodule Bridge.Region do
   end
 
   # Steps 3-5.
-  defp publish(ref, h, metadata, payload, _previous) do
+  defp publish(ref, h, metadata, payload, checksum?, _previous) do
     gen_off = ControlBlock.writer_generation_off()
 
     result =
       with {:ok, generation} <- nif(NIF.load_u64(ref, gen_off)),
            g = band(generation + 1, (1 <<< 64) - 1),
            :ok <- nif(NIF.store_u64(ref, gen_off, g)),
-           h = %{h | generation: g},
+           {:ok, h} <- write_payload(ref, %{h | generation: g}, payload, checksum?),
            {:ok, header} <- Header.encode(h, metadata),
            padding = :binary.copy(<<0>>, h.payload_offset - 128 - byte_size(metadata)),
            :ok <-
              nif(NIF.write(ref, @cb_size, [header, metadata, padding] |> IO.iodata_to_binary())),
-           :ok <- nif(NIF.write(ref, @cb_size + h.payload_offset, payload)),
            {:ok, checksum} <- header_checksum(header) do
         {:ok, %{h | header_checksum: checksum}}
       end
@@ -390,6 +404,16 @@ defmodule Bridge.Region do
 
     _ = NIF.store_u32(ref, ControlBlock.writer_state_off(), state)
     result
+  end
+
+  defp write_payload(ref, h, payload, false) do
+    with :ok <- nif(NIF.write(ref, @cb_size + h.payload_offset, payload)), do: {:ok, h}
+  end
+
+  defp write_payload(ref, h, payload, true) do
+    with {:ok, xxh3} <- nif(NIF.write_hashed(ref, @cb_size + h.payload_offset, payload)) do
+      {:ok, %{h | flags: h.flags ||| Header.flag_payload_checksum(), payload_checksum: xxh3}}
+    end
   end
 
   defp header_checksum(<<_::binary-size(120), checksum::little-64>>), do: {:ok, checksum}
