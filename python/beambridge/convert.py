@@ -494,7 +494,16 @@ class ResultEncoder(Encoder):
                   f"{flat.nbytes} bytes inline")  # fmt: skip
             encode_binary(flat, parts)
         else:
-            self.encode_into((TAG_REGION, KIND_BINARY, placed[0].encode(), placed[1]), parts)
+            self.handle(KIND_BINARY, placed, parts)
+
+    def handle(self, kind: Atom, placed: tuple[str, int], parts: list[Any]) -> None:
+        """``{:"$bb_region", kind, name, generation}``. The name goes out as a plain
+        binary: it is never itself a candidate for a region, whatever the threshold."""
+        parts.append(b"h\x04")
+        self.encode_into(TAG_REGION, parts)
+        self.encode_into(kind, parts)
+        encode_binary(placed[0].encode(), parts)
+        self.encode_into(placed[1], parts)
 
     def other(self, v: Any, parts: list[Any], depth: int) -> None:
         if isinstance(v, np.ndarray):
@@ -525,7 +534,7 @@ class ResultEncoder(Encoder):
 
             placed = self.regions.write(nbytes, payload, metadata=metadata, format=Format.TENSOR)
             if placed is not None:
-                self.encode_into((TAG_REGION, KIND_TENSOR, placed[0].encode(), placed[1]), parts)
+                self.handle(KIND_TENSOR, placed, parts)
                 return
             _warn(f"result region limit {self.regions.limit} reached; sending a "
                   f"{nbytes}-byte tensor inline")  # fmt: skip

@@ -365,3 +365,21 @@ def test_echo_of_a_big_buffer_comes_back_through_a_result_region(worker: WorkerP
         result_region, frame = read_result(result)
         with result_region, frame:
             assert bytes(frame.payload) == payload
+
+
+@pytest.mark.parametrize("maker", ["make_bytes", "make_array"])
+def test_threshold_one_sends_every_payload_through_a_region(maker: str) -> None:
+    """With threshold 1 even a 2-byte result travels in a region, and the handle's own
+    fields (the region name is a binary too) stay inline: no region for the handle."""
+    w = WorkerProcess(BEAMBRIDGE_THRESHOLD="1").start()
+    try:
+        args: list[Any] = [2] if maker == "make_bytes" else [b"|u1", [2]]
+        result = w.ok(maker, *args)
+        kind = Atom("binary" if maker == "make_bytes" else "tensor")
+        assert result[:2] == (TAG_REGION, kind) and type(result[2]) is bytes
+        region, frame = read_result(result)
+        with region, frame:
+            assert len(frame.payload) == 2
+    finally:
+        assert w.stop() == 0
+    assert regions_of(w.pid) == []
