@@ -41,6 +41,25 @@ defmodule Bridge.RoundtripTest do
     end
   end
 
+  test "with threshold 1 every payload travels through a region, in both directions" do
+    start_supervised!(
+      {Bridge, bridge_opts(RT1, "bbtrt1", pool_size: 1, threshold: 1)},
+      id: :threshold_one
+    )
+
+    data = "ab"
+    assert {:ok, ^data} = Bridge.call({:bbt_handlers, :identity}, [data], pool: RT1)
+    assert {:ok, {"bytes", 2}} = Bridge.call({:bbt_handlers, :describe}, [data], pool: RT1)
+    assert {:ok, result} = Bridge.call({:bbt_handlers, :make_bytes}, [2, 7], pool: RT1)
+    assert result == <<7, 7>>
+    assert_region_binary(result, "bbtrt1")
+
+    t = Bridge.Tensor.new!(<<1, 2, 3>>, {:u, 8}, {3})
+
+    assert {:ok, %Bridge.Tensor{data: <<1, 2, 3>>, shape: {3}}} =
+             Bridge.call({:bbt_handlers, :identity}, [t], pool: RT1)
+  end
+
   test "results at or above the threshold are zero-copy binaries over a worker region" do
     {:ok, small} = call(:make_bytes, [@threshold - 1, 1])
     {:ok, big} = call(:make_bytes, [@threshold, 2])

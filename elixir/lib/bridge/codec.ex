@@ -152,14 +152,16 @@ defmodule Bridge.Codec do
   @doc false
   # `owner_prefix` is "/<shm_prefix>-<worker os pid>-": a result handle must
   # name a region of this worker.
+  # The fourth element of the :ok tuple says whether the value holds zero-copy
+  # binaries over result regions (each holds a reader lease until collected).
   @spec decode_result(term(), ResultRegions.t(), String.t(), boolean()) ::
-          {:ok, term(), ResultRegions.t()} | {:error, Error.t(), ResultRegions.t()}
+          {:ok, term(), ResultRegions.t(), boolean()} | {:error, Error.t(), ResultRegions.t()}
   def decode_result(term, cache, owner_prefix, verify) do
-    ctx = %{cache: cache, owner_prefix: owner_prefix, verify: verify}
+    ctx = %{cache: cache, owner_prefix: owner_prefix, verify: verify, leased?: false}
 
     try do
       {value, ctx} = dec(term, ctx)
-      {:ok, value, ctx.cache}
+      {:ok, value, ctx.cache, ctx.leased?}
     catch
       {:bad_result, error, ctx} -> {:error, error, ctx.cache}
     end
@@ -224,7 +226,7 @@ defmodule Bridge.Codec do
     end
 
     with {:ok, region, cache} <- ResultRegions.attach(ctx.cache, name),
-         ctx = %{ctx | cache: cache},
+         ctx = %{ctx | cache: cache, leased?: true},
          {:ok, frame} <- Region.read_frame(region, verify: ctx.verify) do
       h = frame.header
 

@@ -315,6 +315,11 @@ defmodule Bridge.Worker do
     end
   end
 
+  def handle_info(:drop_result_refs, state) do
+    :erlang.garbage_collect()
+    {:noreply, state}
+  end
+
   # While the interpreter is being killed its frames (a late answer) are dropped.
   def handle_info({port, {:data, _}}, %{port: port} = state), do: {:noreply, state}
 
@@ -379,7 +384,11 @@ defmodule Bridge.Worker do
     prefix = "/#{state.config.shm_prefix}-#{List.first(state.os_pids)}-"
 
     case Codec.decode_result(result, state.results, prefix, state.config.verify) do
-      {:ok, value, results} ->
+      {:ok, value, results, leased?} ->
+        # This process held the zero-copy result binaries on their way to the caller;
+        # once the caller drops them, they must not stay leased (and the worker's
+        # region busy) until this quiet process happens to collect garbage.
+        if leased?, do: send(self(), :drop_result_refs)
         finish_call(%{state | results: results}, {:ok, value})
 
       {:error, error, results} ->
