@@ -16,6 +16,20 @@ defmodule Bridge.LeasesTest do
 
   defp call(fun, args), do: Bridge.call({:bbt_handlers, fun}, args, pool: Lease1)
 
+  test "once the caller drops a result, its region is free for the next one" do
+    # The Worker process handled the zero-copy binary too; it must not keep the
+    # region leased after the caller has let go.
+    for i <- 1..20 do
+      {:ok, result} = call(:make_counter_bytes, [@threshold, i])
+      assert binary_part(result, 0, 8) == <<i::little-64>>
+      :erlang.garbage_collect()
+    end
+
+    [worker] = Bridge.workers(Lease1)
+    result_regions = Enum.filter(shm_names(@prefix), &String.contains?(&1, "-#{worker.os_pid}-"))
+    assert length(result_regions) == 1, inspect(result_regions)
+  end
+
   test "a held zero-copy result stays byte-identical while 1,000 further calls reuse result regions" do
     size = 2 * @threshold
     {:ok, held} = call(:make_counter_bytes, [size, 0])
