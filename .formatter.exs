@@ -1,3 +1,9 @@
 [
-  inputs: ["mix.exs", ".formatter.exs", "elixir/**/*.{ex,exs}", "tests/**/*.exs"]
+  inputs: [
+    "mix.exs",
+    ".formatter.exs",
+    "elixir/**/*.{ex,exs}",
+    "tests/**/*.exs",
+    "bench/**/*.exs"
+  ]
 ]

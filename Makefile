@@ -1,13 +1,15 @@
-# beambridge: one command runs the demo, one runs every test. Both install what is missing.
-#   make demo   - Elixir writes a 64 MiB frame into a region, Python reads it in place
+# beambridge: one command runs the benchmark, one runs every test. Both install what is
+# missing.
+#   make bench  - Bridge.call against ETF over a Port, memcpy and the raw Port floor
 #   make test   - pytest, ExUnit and the cross-language tests
+#   make demo   - Elixir writes a 64 MiB frame into a region, Python reads it in place
 #   make lint   - formatting, warnings as errors, ruff, mypy, C with -Werror
 SHELL := /bin/bash
 export MIX_ENV ?= test
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup build test test-python test-elixir test-cross lint demo vectors clean
+.PHONY: setup build test test-python test-elixir test-cross lint bench demo vectors clean
 
 setup:
 	@bash .ci/setup
@@ -38,6 +40,9 @@ lint: setup
 	$(VENV)/bin/ruff check python tests protocol bench
 	$(VENV)/bin/ruff format --check python tests protocol bench
 	$(VENV)/bin/mypy
+
+bench: build
+	mix run bench/run.exs
 
 demo: build
 	mix run bench/demo.exs

@@ -6,16 +6,18 @@
 #   MIX_ENV=test mix run bench/demo.exs [MiB]
 alias Bridge.Region
 
-mib = case System.argv() do
-  [n] -> String.to_integer(n)
-  [] -> 64
-end
+mib =
+  case System.argv() do
+    [n] -> String.to_integer(n)
+    [] -> 64
+  end
 
 size = mib * 1024 * 1024
 python = Path.expand(".venv/bin/python")
 payload = :binary.copy(<<0::8, 1, 2, 3, 4, 5, 6, 7>>, div(size, 8))
 
 {create_us, region} = :timer.tc(fn -> Region.create_for_frame!(size, metadata_length: 11) end)
+
 {write_us, header} =
   :timer.tc(fn -> Region.write_frame!(region, payload, metadata: "demo v1 raw") end)
 

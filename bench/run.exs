@@ -1,0 +1,459 @@
+# The benchmark harness (the README's main job): `make bench`, or
+#   MIX_ENV=test mix run bench/run.exs [--quick]
+#
+# Every figure is measured in this one run, next to its baseline, and reported as a
+# ratio: timings on a shared 2-core machine are noisy, ratios much less so.
+#
+#   * round trip of an echo call, 1 KiB .. 256 MiB: Bridge.call vs the same payload as
+#     ETF over a Port to a Python process decoding it with erlang-py (ErlPort-style),
+#     and vs two memcpys of the payload (NumPy, warm buffers)
+#   * a small call (two integers): Bridge.call p50 vs a raw Port round trip of a
+#     20-byte frame with no decoding at all (the floor)
+#   * a CPU-bound handler: throughput of a pool of 2 vs a pool of 1
+#
+# Writes bench/results/latest.json and bench/results/latest.png.
+defmodule Bench do
+  @python Path.expand(".venv/bin/python")
+  @handlers Path.expand("bench/handlers")
+  @kib 1024
+  @mib 1024 * 1024
+
+  def main(argv) do
+    quick? = "--quick" in argv
+
+    sizes =
+      if quick?,
+        do: [@kib, 64 * @kib, @mib, 64 * @mib],
+        else: [
+          @kib,
+          16 * @kib,
+          64 * @kib,
+          256 * @kib,
+          @mib,
+          4 * @mib,
+          16 * @mib,
+          64 * @mib,
+          256 * @mib
+        ]
+
+    info(
+      "beambridge benchmark — #{System.schedulers_online()} cores, OTP #{System.otp_release()}, Elixir #{System.version()}"
+    )
+
+    memcpy = memcpy_times(sizes)
+
+    {:ok, sup} =
+      Bridge.start_link(
+        name: BenchBridge,
+        python: @python,
+        python_path: [@handlers],
+        pool_size: 1,
+        timeout: 120_000
+      )
+
+    echo_rows = Enum.map(sizes, &echo_row(&1, memcpy))
+    small = small_call()
+    Supervisor.stop(sup)
+
+    throughput = pool_throughput(if(quick?, do: 8, else: 24))
+
+    sweep =
+      threshold_sweep(
+        if(quick?,
+          do: [4 * @kib, 64 * @kib],
+          else: [4 * @kib, 16 * @kib, 32 * @kib, 64 * @kib, 128 * @kib, 256 * @kib]
+        )
+      )
+
+    results = %{
+      "machine" => %{
+        "cores" => System.schedulers_online(),
+        "otp" => System.otp_release(),
+        "elixir" => System.version()
+      },
+      "echo" => echo_rows,
+      "small_call" => small,
+      "throughput" => throughput,
+      "threshold_sweep" => sweep
+    }
+
+    print_table(echo_rows, small, throughput)
+    print_sweep(sweep)
+    File.mkdir_p!("bench/results")
+    File.write!("bench/results/latest.json", Bench.JSON.encode(results) <> "\n")
+
+    {out, status} =
+      System.cmd(
+        @python,
+        ["bench/plot.py", "bench/results/latest.json", "bench/results/latest.png"],
+        stderr_to_stdout: true
+      )
+
+    IO.write(out)
+    if status != 0, do: info("plot failed (status #{status})")
+    info("wrote bench/results/latest.json and bench/results/latest.png")
+  end
+
+  # ---- echo round trips -------------------------------------------------------------
+
+  defp echo_row(size, memcpy) do
+    payload = payload(size)
+    reps = reps(size)
+    # The same echo twice: the argument as a plain binary (the handler gets a bytes
+    # copy) and as a Bridge.Buffer (the handler gets a zero-copy memoryview, SPEC §8).
+    bridge = echo_median(payload, reps)
+    bridge_buffer = echo_median(Bridge.Buffer.new(payload), reps)
+
+    baseline =
+      with_port(@python, ["bench/etf_echo.py"], fn port ->
+        median_us(max(div(reps, 2), 3), fn -> etf_echo(port, payload) end)
+      end)
+
+    two_memcpy = 2 * Map.fetch!(memcpy, size)
+
+    row = %{
+      "size" => size,
+      "bridge_us" => bridge,
+      "bridge_buffer_us" => bridge_buffer,
+      "etf_port_us" => baseline,
+      "two_memcpy_us" => two_memcpy,
+      "speedup_vs_etf_port" => ratio(baseline, bridge),
+      "buffer_speedup_vs_etf_port" => ratio(baseline, bridge_buffer),
+      "bridge_over_two_memcpy" => ratio(bridge, two_memcpy),
+      "buffer_over_two_memcpy" => ratio(bridge_buffer, two_memcpy)
+    }
+
+    info(
+      "  #{human(size)}: bridge #{fmt_us(bridge)} (Buffer #{fmt_us(bridge_buffer)}), " <>
+        "ETF over Port #{fmt_us(baseline)}, 2x memcpy #{fmt_us(two_memcpy)}"
+    )
+
+    :erlang.garbage_collect()
+    row
+  end
+
+  defp echo_median(arg, reps, pool \\ BenchBridge) do
+    expected = with %Bridge.Buffer{data: data} <- arg, do: data
+
+    call = fn ->
+      Bridge.call({:bench_handlers, :echo}, [arg], pool: pool, timeout: 120_000)
+    end
+
+    # correctness once, outside the timing
+    {:ok, ^expected} = call.()
+    # Between calls (untimed) the caller lets go of the result, as a request process
+    # does when it ends: a zero-copy result holds a lease on the worker's region until
+    # it is garbage-collected, and a caller that keeps it makes the worker write the
+    # next result into another region.
+    samples =
+      for _ <- 1..reps do
+        {us, {:ok, _}} = :timer.tc(call)
+        :erlang.garbage_collect()
+        us
+      end
+
+    percentile(samples, 50)
+  end
+
+  defp etf_echo(port, payload) do
+    send(port, {self(), {:command, :erlang.term_to_binary({:echo, payload})}})
+
+    receive do
+      {^port, {:data, data}} -> {:ok, ^payload} = :erlang.binary_to_term(data)
+    after
+      300_000 -> raise "ETF echo baseline timed out"
+    end
+  end
+
+  # ---- small calls ---------------------------------------------------------------------
+
+  defp small_call do
+    n = 2_000
+    call = fn -> {:ok, 3} = Bridge.call({:bench_handlers, :add}, [1, 2], pool: BenchBridge) end
+    Enum.each(1..200, fn _ -> call.() end)
+    bridge = samples_us(n, call)
+
+    frame = :binary.copy(<<7>>, 20)
+
+    floor =
+      with_port(@python, ["bench/raw_echo.py"], fn port ->
+        ping = fn ->
+          send(port, {self(), {:command, frame}})
+          receive do: ({^port, {:data, ^frame}} -> :ok)
+        end
+
+        Enum.each(1..200, fn _ -> ping.() end)
+        samples_us(n, ping)
+      end)
+
+    %{
+      "calls" => n,
+      "bridge_p50_us" => percentile(bridge, 50),
+      "bridge_p99_us" => percentile(bridge, 99),
+      "raw_port_p50_us" => percentile(floor, 50),
+      "raw_port_p99_us" => percentile(floor, 99),
+      "bridge_over_raw_port_p50" => ratio(percentile(bridge, 50), percentile(floor, 50))
+    }
+  end
+
+  # ---- pool throughput -------------------------------------------------------------------
+
+  defp pool_throughput(calls) do
+    spin = 400_000
+
+    [one, two] =
+      for pool_size <- [1, 2] do
+        name = :"BenchPool#{pool_size}"
+
+        {:ok, sup} =
+          Bridge.start_link(
+            name: name,
+            python: @python,
+            python_path: [@handlers],
+            pool_size: pool_size,
+            timeout: 120_000
+          )
+
+        # warm every worker
+        1..(2 * pool_size)
+        |> Task.async_stream(fn _ ->
+          Bridge.call!({:bench_handlers, :spin}, [1_000], pool: name)
+        end)
+        |> Stream.run()
+
+        {us, _} =
+          :timer.tc(fn ->
+            1..calls
+            |> Task.async_stream(
+              fn _ ->
+                Bridge.call!({:bench_handlers, :spin}, [spin], pool: name, timeout: 120_000)
+              end,
+              max_concurrency: 2 * pool_size + 2,
+              timeout: :infinity
+            )
+            |> Stream.run()
+          end)
+
+        Supervisor.stop(sup)
+        calls / (us / 1_000_000)
+      end
+
+    %{
+      "calls" => calls,
+      "spin" => spin,
+      "pool1_calls_per_s" => one,
+      "pool2_calls_per_s" => two,
+      "pool2_over_pool1" => ratio(two, one)
+    }
+  end
+
+  # ---- where regions start to pay -------------------------------------------------------
+
+  # The same echo with every payload inline (threshold above it) and with every payload
+  # in a region (threshold 1), to place the default threshold where regions start to win.
+  defp threshold_sweep(sizes) do
+    bridges =
+      for {mode, threshold} <- [inline: 1_099_511_627_776, region: 1] do
+        name = :"BenchSweep_#{mode}"
+
+        {:ok, sup} =
+          Bridge.start_link(
+            name: name,
+            python: @python,
+            python_path: [@handlers],
+            pool_size: 1,
+            threshold: threshold,
+            timeout: 120_000
+          )
+
+        {mode, {name, sup}}
+      end
+
+    rows =
+      for size <- sizes do
+        payload = payload(size)
+
+        times =
+          for {mode, {name, _}} <- bridges, into: %{} do
+            Enum.each(1..20, fn _ -> echo_median(payload, 1, name) end)
+            {Atom.to_string(mode) <> "_us", echo_median(payload, 200, name)}
+          end
+
+        Map.put(times, "size", size)
+      end
+
+    Enum.each(bridges, fn {_, {_, sup}} -> Supervisor.stop(sup) end)
+    rows
+  end
+
+  defp print_sweep(rows) do
+    IO.puts("Threshold sweep (echo, median): every payload inline vs every payload in a region")
+
+    for r <- rows do
+      IO.puts(
+        "  #{String.pad_trailing(human(r["size"]), 8)} inline #{String.pad_leading(fmt_us(r["inline_us"]), 8)}   region #{String.pad_leading(fmt_us(r["region_us"]), 8)}"
+      )
+    end
+
+    IO.puts("")
+  end
+
+  # ---- memcpy reference --------------------------------------------------------------------
+
+  defp memcpy_times(sizes) do
+    {out, 0} = System.cmd(@python, ["bench/memcpy.py" | Enum.map(sizes, &Integer.to_string/1)])
+
+    for line <- String.split(out, "\n", trim: true), into: %{} do
+      [size, secs] = String.split(line)
+      {String.to_integer(size), String.to_float(secs) * 1_000_000}
+    end
+  end
+
+  # ---- helpers ---------------------------------------------------------------------------
+
+  defp with_port(python, args, fun) do
+    port =
+      Port.open({:spawn_executable, python}, [
+        :binary,
+        {:packet, 4},
+        :nouse_stdio,
+        :exit_status,
+        args: args
+      ])
+
+    try do
+      fun.(port)
+    after
+      Port.close(port)
+    end
+  end
+
+  defp payload(size), do: :binary.copy(<<0, 1, 2, 3, 4, 5, 6, 7>>, div(size, 8))
+
+  defp reps(size) when size <= 256 * 1024, do: 200
+  defp reps(size) when size <= 4 * 1024 * 1024, do: 40
+  defp reps(size) when size <= 64 * 1024 * 1024, do: 10
+  defp reps(_size), do: 4
+
+  defp samples_us(n, fun) do
+    for _ <- 1..n do
+      {us, _} = :timer.tc(fun)
+      us
+    end
+  end
+
+  defp median_us(n, fun), do: percentile(samples_us(n, fun), 50)
+
+  defp percentile(samples, p) do
+    sorted = Enum.sort(samples)
+    Enum.at(sorted, min(length(sorted) - 1, div(length(sorted) * p, 100)))
+  end
+
+  defp ratio(a, b) when b > 0, do: Float.round(a / b, 2)
+  defp ratio(_, _), do: nil
+
+  defp human(size) when size >= @mib, do: "#{div(size, @mib)} MiB"
+  defp human(size), do: "#{div(size, @kib)} KiB"
+
+  defp fmt_us(us) when us >= 1000, do: "#{Float.round(us / 1000, 1)} ms"
+  defp fmt_us(us), do: "#{round(us)} µs"
+
+  defp info(msg), do: IO.puts(msg)
+
+  defp print_table(rows, small, tp) do
+    IO.puts(
+      "\nEcho round trip, median (bytes: the handler gets a bytes copy; " <>
+        "Buffer: a zero-copy memoryview)"
+    )
+
+    cols = [{"payload", 9}, {"bytes", 10}, {"Buffer", 10}, {"ETF/Port", 11}]
+    cols = cols ++ [{"speed-up b/B", 16}, {"2x memcpy", 11}, {"vs 2x memcpy b/B", 18}]
+    IO.puts(Enum.map_join(cols, fn {h, w} -> String.pad_leading(h, w) end))
+
+    for r <- rows do
+      cells = [
+        human(r["size"]),
+        fmt_us(r["bridge_us"]),
+        fmt_us(r["bridge_buffer_us"]),
+        fmt_us(r["etf_port_us"]),
+        "#{r["speedup_vs_etf_port"]}x / #{r["buffer_speedup_vs_etf_port"]}x",
+        fmt_us(r["two_memcpy_us"]),
+        "#{r["bridge_over_two_memcpy"]}x / #{r["buffer_over_two_memcpy"]}x"
+      ]
+
+      IO.puts(Enum.zip_with(cells, cols, fn c, {_, w} -> String.pad_leading(c, w) end))
+    end
+
+    IO.puts("""
+
+    Small call {:bench_handlers, :add}, [1, 2] over #{small["calls"]} calls
+      Bridge.call p50 #{fmt_us(small["bridge_p50_us"])} (p99 #{fmt_us(small["bridge_p99_us"])}), raw Port round trip p50 #{fmt_us(small["raw_port_p50_us"])} (p99 #{fmt_us(small["raw_port_p99_us"])}): #{small["bridge_over_raw_port_p50"]}x the floor
+
+    CPU-bound handler, #{tp["calls"]} calls: pool of 1 #{Float.round(tp["pool1_calls_per_s"], 1)}/s, pool of 2 #{Float.round(tp["pool2_calls_per_s"], 1)}/s: #{tp["pool2_over_pool1"]}x
+    """)
+
+    print_targets(rows, small, tp)
+  end
+
+  # The issue's targets, each a ratio measured in this run.
+  defp print_targets(rows, small, tp) do
+    with %{} = r <- Enum.find(rows, &(&1["size"] == 64 * @mib)) do
+      bytes = r["speedup_vs_etf_port"]
+      buffer = r["buffer_speedup_vs_etf_port"]
+      target("64 MiB echo >= 30x faster than ETF over a Port", bytes, buffer, &(&1 >= 30))
+      bytes = r["bridge_over_two_memcpy"]
+      buffer = r["buffer_over_two_memcpy"]
+      target("64 MiB echo within 4x of two memcpys", bytes, buffer, &(&1 <= 4))
+    end
+
+    target(
+      "small call p50 within 1.5x of the raw Port floor",
+      small["bridge_over_raw_port_p50"],
+      nil,
+      &(&1 <= 1.5)
+    )
+
+    target(
+      "CPU-bound handler: pool of 2 >= 1.6x pool of 1",
+      tp["pool2_over_pool1"],
+      nil,
+      &(&1 >= 1.6)
+    )
+  end
+
+  defp target(what, figure, buffer_figure, ok?) do
+    verdict =
+      cond do
+        ok?.(figure) -> "met"
+        buffer_figure != nil and ok?.(buffer_figure) -> "met with Buffer, missed with bytes"
+        true -> "MISSED"
+      end
+
+    shown =
+      if buffer_figure, do: "#{figure}x (bytes) / #{buffer_figure}x (Buffer)", else: "#{figure}x"
+
+    IO.puts("target: #{what}: #{shown} -> #{verdict}")
+  end
+end
+
+defmodule Bench.JSON do
+  @moduledoc false
+  # Just enough JSON for the results file (no hex packages here, so no Jason).
+  def encode(map) when is_map(map) do
+    inner =
+      map
+      |> Enum.sort()
+      |> Enum.map_join(", ", fn {k, v} -> encode(to_string(k)) <> ": " <> encode(v) end)
+
+    "{" <> inner <> "}"
+  end
+
+  def encode(list) when is_list(list), do: "[" <> Enum.map_join(list, ", ", &encode/1) <> "]"
+  def encode(nil), do: "null"
+  def encode(b) when is_boolean(b), do: to_string(b)
+  def encode(n) when is_integer(n), do: Integer.to_string(n)
+  def encode(f) when is_float(f), do: :erlang.float_to_binary(f, [:short])
+  def encode(s) when is_binary(s), do: inspect(s)
+end
+
+Bench.main(System.argv())
