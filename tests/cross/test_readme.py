@@ -1,7 +1,10 @@
-"""The README's "A region from each side" example, run as written.
+"""The README's examples, run as written against a real BEAM and real Python.
 
-The Elixir block runs in a real BEAM (its `region.name  #=> ...` line prints the name
-instead); the Python block then runs with the example's name replaced by the real one.
+* "Calling Python": the Python block becomes the handler module it names, the Elixir
+  block runs in `mix run` with the placeholder interpreter and path filled in.
+* "A region from each side": the Elixir block runs in a real BEAM (its
+  `region.name  #=> ...` line prints the name instead); the Python block then runs
+  with the example's name replaced by the real one.
 """
 
 from __future__ import annotations
@@ -12,17 +15,55 @@ import subprocess
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+PYTHON = ROOT / ".venv" / "bin" / "python"
 EXAMPLE_NAME = re.compile(r'"(/bb-4242-[0-9a-f]{16})"')
 
 
-def blocks(lang: str) -> list[str]:
+def section(title: str) -> str:
     text = (ROOT / "README.md").read_text()
-    return re.findall(rf"```{lang}\n(.*?)```", text, flags=re.S)
+    start = text.index(f"\n## {title}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end != -1 else len(text)]
+
+
+def blocks(title: str, lang: str) -> list[str]:
+    return re.findall(rf"```{lang}\n(.*?)```", section(title), flags=re.S)
+
+
+def mix_run(script: str, name: str, **kwargs: object) -> subprocess.Popen[str]:
+    path = ROOT / "_build" / name
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(script)
+    return subprocess.Popen(
+        ["mix", "run", str(path)],
+        cwd=ROOT,
+        env=dict(os.environ, MIX_ENV="test"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def test_readme_calling_python_example_runs(tmp_path: Path) -> None:
+    [handler] = blocks("Calling Python", "python")
+    [elixir] = blocks("Calling Python", "elixir")
+    module_path = re.match(r"# priv/python/(\w+\.py)\n", handler)
+    assert module_path, "the handler block no longer starts with its file name"
+    (tmp_path / module_path.group(1)).write_text(handler)
+
+    assert '"/path/to/python"' in elixir and '["priv/python"]' in elixir
+    script = elixir.replace('"/path/to/python"', f'"{PYTHON}"')
+    script = script.replace('["priv/python"]', f'["{tmp_path}"]')
+    proc = mix_run(script + '\nIO.puts("README OK")\n', "readme_calling.exs")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out + err
+    assert "README OK" in out
 
 
 def test_readme_region_example_runs() -> None:
-    [elixir] = blocks("elixir")
-    [python] = blocks("python")
+    [elixir] = blocks("A region from each side", "elixir")
+    [python] = blocks("A region from each side", "python")
     example_name = EXAMPLE_NAME.search(python)
     assert example_name, "the Python example no longer names the example region"
 
@@ -31,28 +72,15 @@ def test_readme_region_example_runs() -> None:
         r"^region\.name\s+#=>.*$", 'IO.puts("NAME " <> region.name)', elixir, flags=re.M
     )
     script += '\n_ = IO.gets("")\nBridge.Region.close!(region)\n'
-    path = ROOT / "_build" / "readme_example.exs"
-    path.parent.mkdir(exist_ok=True)
-    path.write_text(script)
-
-    beam = subprocess.Popen(
-        ["mix", "run", str(path)],
-        cwd=ROOT,
-        env=dict(os.environ, MIX_ENV="test"),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    beam = mix_run(script, "readme_region.exs", stdin=subprocess.PIPE)
     assert beam.stdout is not None and beam.stdin is not None
+    name = ""
     try:
         line = beam.stdout.readline()
         assert line.startswith("NAME /bb-"), line + (beam.stderr.read() if beam.stderr else "")
         name = line.split()[1]
         code = python.replace(example_name.group(1), name)
-        run = subprocess.run(
-            [str(ROOT / ".venv/bin/python"), "-c", code], capture_output=True, text=True
-        )
+        run = subprocess.run([str(PYTHON), "-c", code], capture_output=True, text=True)
         assert run.returncode == 0, run.stderr
     finally:
         _, err = beam.communicate("done\n", timeout=60)
