@@ -186,13 +186,14 @@ defmodule Bridge.PoolTest do
     end
   end
 
-  test "a result atom the BEAM does not know is :bad_frame (SPEC §8: atoms must exist)" do
-    capture_log(fn ->
-      assert {:error, %Bridge.Error{kind: :bad_frame}} = call(:returns_new_atom, [])
-      all_ready(Pool2)
-    end)
+  test "a result atom the BEAM does not know is a :bad_call; the worker is kept (SPEC §8)" do
+    pids = worker_os_pids(Pool2)
+
+    assert {:error, %Bridge.Error{kind: :bad_call, reason: :unknown_atom}} =
+             call(:returns_new_atom, [])
 
     assert {:ok, 3} = call(:add, [1, 2])
+    assert Enum.sort(worker_os_pids(Pool2)) == Enum.sort(pids)
   end
 
   test "a handler's stdout and stderr are logged with the worker id" do

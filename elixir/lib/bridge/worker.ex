@@ -311,7 +311,7 @@ defmodule Bridge.Worker do
         {:noreply, handle_message(message, state)}
 
       {:error, error} ->
-        {:noreply, violation(state, error)}
+        {:noreply, undecodable(state, bin, error)}
     end
   end
 
@@ -441,6 +441,36 @@ defmodule Bridge.Worker do
   defp describe_phase(%{phase: phase}), do: "#{phase}"
 
   # A frame that breaks SPEC §7: fail the call in flight and kill the worker.
+  # A frame [:safe] refused. If it is a well-formed answer to the call in flight
+  # whose only problem is atoms this VM does not have, that is the handler's mistake:
+  # the caller gets a :bad_call saying so and the worker carries on. Anything else is
+  # a broken peer.
+  defp undecodable(%{phase: :busy, call: %{id: id}} = state, bin, error)
+       when byte_size(bin) <= @max_frame do
+    case Bridge.ETF.classify(bin) do
+      {:unknown_atoms, names, {:ok, ^id}} ->
+        finish_call(state, {:error, unknown_atoms_error(names)})
+
+      _ ->
+        violation(state, error)
+    end
+  end
+
+  defp undecodable(state, _bin, error), do: violation(state, error)
+
+  defp unknown_atoms_error(names) do
+    shown = Enum.map_join(names, ", ", &(":" <> &1))
+
+    Error.new(:bad_call, :unknown_atom,
+      field: :result,
+      value: names,
+      message:
+        "bad call: the result names atoms that do not exist in this VM (#{shown}); " <>
+          "return them as str (they arrive as binaries), or make sure the atoms exist " <>
+          "on the BEAM before the call (the bridge never creates atoms for a peer)"
+    )
+  end
+
   defp violation(state, error) do
     Logger.error("beambridge worker #{state.id}: #{Exception.message(error)}; killing it")
 
