@@ -11,6 +11,7 @@ b'abc'
 
 from .control import ControlBlock, WriterState
 from .errors import BridgeError, ChecksumError, EtfError, HeaderError, LeaseError, RegionError
+from .errors import FormatError as FormatError
 from .etf import Atom
 from .frame import Frame
 from .header import (

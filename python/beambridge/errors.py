@@ -20,6 +20,7 @@ __all__ = [
     "BridgeError",
     "ChecksumError",
     "EtfError",
+    "FormatError",
     "HeaderError",
     "LeaseError",
     "RegionError",
@@ -87,6 +88,14 @@ class EtfError(BridgeError, ValueError):
     improper list, or a value Python cannot represent. ``reason`` is ``bad_term``,
     ``field`` names what was wrong (``tag``, ``length``, ``depth``...) and ``value``
     holds the offending value; the message gives the byte offset.
+    """
+
+
+class FormatError(BridgeError, ValueError):
+    """A payload does not hold what its frame's ``format`` says, so a format reader
+    (`beambridge.formats`) refuses it: ``wrong_format`` (another format code),
+    ``unsupported_codec``, ``bad_metadata`` (the format's descriptor), or a
+    format-specific reason such as ``bad_arrow_stream``. ``field`` names what failed.
     """
 
 
