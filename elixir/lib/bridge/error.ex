@@ -34,6 +34,7 @@ defmodule Bridge.Error do
           | :overloaded
           | :bad_call
           | :start_failed
+          | :arrow
   @type t :: %__MODULE__{
           kind: kind(),
           reason: atom(),
