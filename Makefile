@@ -37,8 +37,8 @@ lint: setup
 	mix compile --force --warnings-as-errors
 	$(MAKE) -s -C shm lint
 	cc -O2 -Wall -Wextra -Werror -fsyntax-only -I"$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["include"])')" python/beambridge/_atomic.c
-	$(VENV)/bin/ruff check python tests protocol bench
-	$(VENV)/bin/ruff format --check python tests protocol bench
+	$(VENV)/bin/ruff check python tests protocol bench elixir/test/handlers
+	$(VENV)/bin/ruff format --check python tests protocol bench elixir/test/handlers
 	$(VENV)/bin/mypy
 
 bench: build

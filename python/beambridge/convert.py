@@ -7,10 +7,15 @@ A region payload read as ``bytes`` is copied and its lease ends at once; a ``mem
 or ``ndarray`` keeps the lease for exactly as long as it (or anything made from it)
 lives, so the type a handler gets never depends on the size (invariant 7).
 
+Tensors, bundles and COO arrays follow protocol/formats/tensor.md (module
+`beambridge.formats.tensor`): any fixed-size dtype, C or Fortran order, byte order kept;
+``{:"$bb_tensor", descriptor, data}``, ``{:"$bb_tensor_bundle", entries}`` and
+``{:"$bb_sparse_coo", shape, entries}`` besides SPEC §7.4's original 4-tuple.
+
 Results: `ResultEncoder` sends ``bytes``/``bytearray``/``memoryview`` as binaries and
-``ndarray`` as tensors; at or above the threshold it writes them into a region of the
-worker's `ResultRegions` pool and sends a ``{:"$bb_region", kind, name, generation}``
-handle instead.
+``ndarray`` (``Bundle``, ``COO``) as tensors; at or above the threshold it writes them
+into a region of the worker's `ResultRegions` pool and sends a
+``{:"$bb_region", kind, name, generation}`` handle instead.
 
 >>> import numpy as np
 >>> args = Arguments(Attachments())
@@ -39,7 +44,8 @@ import numpy as np
 
 from .control import CB_SIZE
 from .errors import BridgeError, EtfError, HeaderError, LeaseError, RegionError
-from .etf import Atom, Encoder, decode, encode, encode_binary
+from .etf import Atom, Encoder, encode_binary
+from .formats import tensor as tensor_format
 from .header import Codec, Format, payload_offset_for
 from .region import Region
 
@@ -48,7 +54,9 @@ __all__ = [
     "DEFAULT_THRESHOLD",
     "TAG_BUFFER",
     "TAG_REGION",
+    "TAG_SPARSE_COO",
     "TAG_TENSOR",
+    "TAG_TENSOR_BUNDLE",
     "Arguments",
     "Attachments",
     "ResultEncoder",
@@ -65,10 +73,20 @@ DEFAULT_REGION_LIMIT = 1 << 30
 TAG_BUFFER = Atom("$bb_buffer")
 TAG_TENSOR = Atom("$bb_tensor")
 TAG_REGION = Atom("$bb_region")
+TAG_TENSOR_BUNDLE = Atom("$bb_tensor_bundle")
+TAG_SPARSE_COO = Atom("$bb_sparse_coo")
 KIND_BINARY = Atom("binary")
 KIND_BUFFER = Atom("buffer")
 KIND_TENSOR = Atom("tensor")
-_KINDS = (KIND_BINARY, KIND_BUFFER, KIND_TENSOR)
+KIND_TENSOR_BUNDLE = Atom("tensor_bundle")
+KIND_SPARSE_COO = Atom("sparse_coo")
+_KINDS = (KIND_BINARY, KIND_BUFFER, KIND_TENSOR, KIND_TENSOR_BUNDLE, KIND_SPARSE_COO)
+#: Tensor frame schema (protocol/formats/tensor.md) each tensor-like handle kind reads.
+_KIND_SCHEMAS = {
+    KIND_TENSOR: (tensor_format.SCHEMA_LEGACY, tensor_format.SCHEMA_TENSOR),
+    KIND_TENSOR_BUNDLE: (tensor_format.SCHEMA_BUNDLE,),
+    KIND_SPARSE_COO: (tensor_format.SCHEMA_COO,),
+}
 
 #: Fixed-size numeric dtypes that cross the bridge: kind letter -> allowed item sizes.
 _DTYPE_SIZES = {"i": (1, 2, 4, 8), "u": (1, 2, 4, 8), "f": (2, 4, 8), "c": (8, 16)}
@@ -146,28 +164,6 @@ def make_tensor(dtype: Any, shape: Any, data: Any) -> np.ndarray[Any, Any]:
     arr = np.frombuffer(data, dtype=dt).reshape(dims)
     arr.flags.writeable = False
     return arr
-
-
-def result_dtype(dtype: np.dtype[Any]) -> np.dtype[Any]:
-    """The little-endian dtype a result array travels as, or TypeError with advice."""
-    kind, size = dtype.kind, dtype.itemsize
-    if kind in _DTYPE_SIZES and size in _DTYPE_SIZES[kind] and dtype.fields is None:
-        return dtype.newbyteorder("<") if size > 1 else dtype
-    advice = {
-        "b": "cast it with .astype(np.uint8)",
-        "f": "cast it with .astype(np.float64)",
-        "c": "cast it with .astype(np.complex128)",
-        "M": "send .view(np.int64) (and the unit) instead",
-        "m": "send .view(np.int64) (and the unit) instead",
-        "U": "encode the strings, or send .tolist()",
-        "S": "send .tobytes() or .tolist()",
-        "O": "send .tolist(), or cast to a numeric dtype",
-        "V": "send each field as its own array",
-    }.get(kind, "cast it to a numeric dtype")
-    raise TypeError(
-        f"cannot send an ndarray of dtype {dtype} ({dtype.str}) to Elixir: tensors carry "
-        f"int8-64, uint8-64, float16/32/64 and complex64/128 only; {advice}"
-    )
 
 
 # ---- arguments ---------------------------------------------------------------------------
@@ -251,14 +247,23 @@ class Arguments:
             return memoryview(term[1])
         if tag == TAG_TENSOR and len(term) == 4 and type(term[3]) is bytes:
             return make_tensor(term[1], term[2], term[3])
+        if tag == TAG_TENSOR and len(term) == 3 and type(term[2]) is bytes:
+            # {:"$bb_tensor", descriptor, data} (protocol/formats/tensor.md)
+            return tensor_format.from_inline(term[1], term[2])
+        if tag == TAG_TENSOR_BUNDLE and len(term) == 2:
+            return tensor_format.Bundle(tensor_format.from_inline_entries(term[1]))
+        if tag == TAG_SPARSE_COO and len(term) == 3:
+            shape = tuple(tensor_format._check_dims(term[1], "shape"))
+            parts = tensor_format.from_inline_entries(term[2], ("indices", "values"))
+            return tensor_format.coo_from_parts(parts["indices"], parts["values"], shape)
         if tag == TAG_REGION and len(term) == 4:
             return self.region(term[1], term[2], term[3])
         raise _bad("tag", tag, f"malformed or unknown tagged term {_short(term)} (§7.4)")
 
     def region(self, kind: Any, name: Any, generation: Any) -> Any:
         if kind not in _KINDS or type(kind) is not Atom:
-            raise _bad("kind", kind, f"region handle kind {kind!r} is not binary, buffer "
-                       "or tensor")  # fmt: skip
+            raise _bad("kind", kind, f"region handle kind {kind!r} is not binary, buffer, "
+                       "tensor, tensor_bundle or sparse_coo")  # fmt: skip
         if type(name) is not bytes or type(generation) is not int or generation < 0:
             raise _bad("handle", (name, generation), "a region handle is {:\"$bb_region\", "
                        "kind, name :: binary, generation :: non-negative integer}")  # fmt: skip
@@ -285,7 +290,7 @@ class Arguments:
                     f"unknown_codec: region {region.name} holds a {Codec(header.codec).name} "
                     "payload; this worker reads uncompressed argument regions only",
                 )
-            want = Format.TENSOR if kind == KIND_TENSOR else Format.RAW
+            want = Format.TENSOR if kind in _KIND_SCHEMAS else Format.RAW
             if header.format != want:
                 raise _bad("format", int(header.format), f"a {kind} handle needs a frame of "
                            f"format {want.name}, region {region.name} holds format "
@@ -296,11 +301,11 @@ class Arguments:
             elif kind == KIND_BUFFER:
                 value = frame.payload
             else:
-                meta = decode(frame.metadata, max_depth=4)
-                if type(meta) is not tuple or len(meta) != 2:
-                    raise _bad("metadata", meta, f"tensor metadata of region {region.name} "
-                               "is not {dtype, shape}")  # fmt: skip
-                value = make_tensor(meta[0], meta[1], frame.payload)
+                if header.schema_id not in _KIND_SCHEMAS[kind]:
+                    raise _bad("schema_id", header.schema_id, f"a {kind} handle needs a tensor "
+                               f"frame of schema {list(_KIND_SCHEMAS[kind])}, region "
+                               f"{region.name} holds schema {header.schema_id}")  # fmt: skip
+                value = tensor_format.read(frame)
             done = True
             return value
         finally:
@@ -373,6 +378,8 @@ class ResultRegions:
         *,
         metadata: bytes = b"",
         format: Format = Format.RAW,
+        schema_id: int = 0,
+        schema_version: int = 0,
     ) -> tuple[str, int] | None:
         """Publish a frame of ``nbytes`` payload bytes in a free region; return ``(name,
         generation)`` or ``None`` (no room). ``fill`` is either the payload itself (a
@@ -383,7 +390,8 @@ class ResultRegions:
             if id(region) in self._busy:
                 continue
             try:
-                return self._publish(region, nbytes, fill, metadata, format)
+                return self._publish(region, nbytes, fill, metadata, format,
+                                     (schema_id, schema_version))  # fmt: skip
             except LeaseError:
                 continue  # the BEAM still holds binaries over it: try the next one
         if self._total + size > self.limit:
@@ -397,7 +405,7 @@ class ResultRegions:
             return None
         self._classes.setdefault(size, []).append(region)
         self._total += size
-        return self._publish(region, nbytes, fill, metadata, format)
+        return self._publish(region, nbytes, fill, metadata, format, (schema_id, schema_version))
 
     def _publish(
         self,
@@ -406,15 +414,18 @@ class ResultRegions:
         fill: Callable[[memoryview], None] | memoryview,
         metadata: bytes,
         format: Format,
+        schema: tuple[int, int] = (0, 0),
     ) -> tuple[str, int]:
         if isinstance(fill, memoryview):
             generation = region.write_frame(
-                fill, metadata=metadata, format=format, checksum=self.checksum
-            ).generation
+                fill, metadata=metadata, format=format, checksum=self.checksum,
+                schema_id=schema[0], schema_version=schema[1],
+            ).generation  # fmt: skip
         else:
             with region.write_frame_into(
-                nbytes, metadata=metadata, format=format, checksum=self.checksum
-            ) as area:
+                nbytes, metadata=metadata, format=format, checksum=self.checksum,
+                schema_id=schema[0], schema_version=schema[1],
+            ) as area:  # fmt: skip
                 fill(area)
             generation = region._last_header.generation
         self._busy.add(id(region))
@@ -463,6 +474,10 @@ def _warn(text: str) -> None:
         print(f"beambridge worker {who}: warning: {text}", file=sys.stderr, flush=True)
 
 
+#: Encodes descriptors and names: plain ETF, never a region handle.
+_PLAIN = Encoder()
+
+
 class ResultEncoder(Encoder):
     """Encodes a handler's result: bytes-likes as binaries, ndarrays as tensors, each of
     them as a region handle when its payload is at least ``threshold`` bytes and the
@@ -508,39 +523,89 @@ class ResultEncoder(Encoder):
     def other(self, v: Any, parts: list[Any], depth: int) -> None:
         if isinstance(v, np.ndarray):
             self.tensor(v, parts)
+        elif isinstance(v, tensor_format.Bundle):
+            self.tensor_bundle(v, parts)
+        elif isinstance(v, tensor_format.COO):
+            self.sparse_coo(v, parts)
         elif isinstance(v, np.generic) and v.dtype.kind in "biuf":
             # NumPy scalars (arr.sum(), arr[0]) are the same number as a Python one
             self.encode_into(v.item(), parts, depth)
         else:
             super().other(v, parts, depth)
 
-    def tensor(self, arr: np.ndarray[Any, Any], parts: list[Any]) -> None:
-        dtype = result_dtype(arr.dtype)
-        shape = list(arr.shape)
-        nbytes = arr.size * dtype.itemsize
-        dtype_str = dtype.str.encode()
-        if nbytes >= self.threshold and self.regions is not None:
-            metadata = encode((dtype_str, shape))
-            payload: Callable[[memoryview], None] | memoryview
-            if arr.dtype == dtype and arr.flags.c_contiguous:
-                # already the bytes to send: copied in (and hashed) in one pass
-                payload = arr.reshape(-1).view(np.uint8).data
-            else:
-
-                def payload(area: memoryview) -> None:
-                    dst = np.frombuffer(area, dtype=dtype).reshape(shape)
-                    np.copyto(dst, arr, casting="equiv")
-                    del dst
-
-            placed = self.regions.write(nbytes, payload, metadata=metadata, format=Format.TENSOR)
-            if placed is not None:
-                self.handle(KIND_TENSOR, placed, parts)
-                return
+    def _in_region(self, value: Any, kind: Atom, parts: list[Any]) -> bool:
+        """Write ``value`` (ndarray, Bundle, COO) as one tensor frame and append its
+        handle when its payload reaches the threshold and a region has room."""
+        if self.regions is None:
+            return False
+        plan = tensor_format.plan(value)
+        if plan.nbytes < self.threshold or plan.nbytes == 0:
+            return False
+        fill: Callable[[memoryview], None] | memoryview = plan.fill
+        if (
+            len(plan.parts) == 1
+            and plan.parts[0][0].flags.c_contiguous
+            and (plan.parts[0][1] == "C")
+        ):
+            # already the bytes to send: copied in (and hashed) in one pass
+            fill = tensor_format._raw(plan.parts[0][0], "C").data
+        placed = self.regions.write(plan.nbytes, fill, metadata=plan.metadata,
+                                    format=Format.TENSOR, schema_id=plan.schema_id,
+                                    schema_version=plan.schema_version)  # fmt: skip
+        if placed is None:
             _warn(f"result region limit {self.regions.limit} reached; sending a "
-                  f"{nbytes}-byte tensor inline")  # fmt: skip
-        flat = np.ascontiguousarray(arr, dtype=dtype).reshape(-1).view(np.uint8)
-        parts.append(b"h\x04")  # {:"$bb_tensor", dtype, shape, data}
+                  f"{plan.nbytes}-byte {kind} inline")  # fmt: skip
+            return False
+        self.handle(kind, placed, parts)
+        return True
+
+    def tensor(self, arr: np.ndarray[Any, Any], parts: list[Any]) -> None:
+        """An ndarray: dtype, byte order and C/Fortran order as they are
+        (protocol/formats/tensor.md); SPEC §7.4's original 4-tuple when it fits."""
+        tensor_format.dtype_to_descr(arr.dtype)  # refuse what cannot go, either way
+        if self._in_region(arr, KIND_TENSOR, parts):
+            return
+        if tensor_format.is_legacy(arr):
+            parts.append(b"h\x04")  # {:"$bb_tensor", dtype, shape, data}
+            self.encode_into(TAG_TENSOR, parts)
+            encode_binary(arr.dtype.str.encode(), parts)
+            self.encode_into([int(d) for d in arr.shape], parts)
+            encode_binary(tensor_format._raw(arr, "C").data, parts)
+            return
+        desc = tensor_format.descriptor(arr)
+        parts.append(b"h\x03")  # {:"$bb_tensor", descriptor, data}
         self.encode_into(TAG_TENSOR, parts)
-        encode_binary(dtype_str, parts)
-        self.encode_into(shape, parts)
-        encode_binary(flat.data, parts)
+        _PLAIN.encode_into(desc, parts)  # never region handles inside a descriptor
+        encode_binary(tensor_format._raw(arr, desc[b"order"].decode()).data, parts)
+
+    @staticmethod
+    def _entries(items: list[tuple[str, np.ndarray[Any, Any]]], parts: list[Any]) -> None:
+        """``[{name, descriptor, data}]``, every part inline."""
+        entries = tensor_format.inline_entries(items)
+        if entries:
+            parts.append(b"l" + len(entries).to_bytes(4, "big"))
+            for name, desc, data in entries:
+                parts.append(b"h\x03")
+                encode_binary(name, parts)
+                _PLAIN.encode_into(desc, parts)
+                encode_binary(data, parts)
+        parts.append(b"j")
+
+    def tensor_bundle(self, bundle: tensor_format.Bundle, parts: list[Any]) -> None:
+        """A `Bundle`: ``{:"$bb_tensor_bundle", [{name, descriptor, data}]}`` or one
+        region of schema 2."""
+        if self._in_region(bundle, KIND_TENSOR_BUNDLE, parts):
+            return
+        parts.append(b"h\x02")
+        self.encode_into(TAG_TENSOR_BUNDLE, parts)
+        self._entries(list(bundle.items()), parts)
+
+    def sparse_coo(self, coo: tensor_format.COO, parts: list[Any]) -> None:
+        """A `COO`: ``{:"$bb_sparse_coo", shape, [indices, values]}`` or one region of
+        schema 3."""
+        if self._in_region(coo, KIND_SPARSE_COO, parts):
+            return
+        parts.append(b"h\x03")
+        self.encode_into(TAG_SPARSE_COO, parts)
+        _PLAIN.encode_into([int(d) for d in coo.shape], parts)
+        self._entries([("indices", coo.indices), ("values", coo.values)], parts)

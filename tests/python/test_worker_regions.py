@@ -214,29 +214,42 @@ def test_bytes_like_results_inline_below_threshold_region_at_or_above(
 
 @pytest.mark.parametrize("order", ["c", "fortran", "big_endian"])
 @pytest.mark.parametrize("n", [4, 100_000])
-def test_tensor_results_are_c_order_little_endian(
+def test_tensor_results_keep_their_order_and_byte_order(
     worker: WorkerProcess, order: str, n: int
 ) -> None:
+    """C-order little-endian arrays of the original dtypes keep SPEC §7.4's original form
+    (4-tuple, ``{dtype, shape}`` metadata); Fortran order and big-endian arrays travel as
+    they are, with a version-1 descriptor (protocol/formats/tensor.md)."""
     function = {"c": "make_array", "fortran": "make_fortran", "big_endian": "make_big_endian"}
     args: list[Any] = [b"<f4", [n, 3]] if order == "c" else [n]
     expected = {
         "c": (np.arange(n * 3) % 100).astype("<f4").reshape(n, 3),
-        "fortran": np.arange(n * 3, dtype="<i4").reshape(n, 3),
-        "big_endian": np.arange(n, dtype="<f8"),
+        "fortran": np.asfortranarray(np.arange(n * 3, dtype="<i4").reshape(n, 3)),
+        "big_endian": np.arange(n, dtype=">f8"),
     }[order]
     result = worker.ok(function[order], *args)
     if expected.nbytes < THRESHOLD:
-        tag, dtype, shape, data = result
-        assert tag == TAG_TENSOR
+        assert result[0] == TAG_TENSOR
+        if order == "c":
+            _, dtype, shape, data = result
+            desc = {b"dtype": dtype, b"shape": shape, b"order": b"C"}
+        else:
+            _, desc, data = result
     else:
         assert result[:2] == (TAG_REGION, Atom("tensor"))
         region, frame = read_result(result)
         with region, frame:
             assert frame.header.format == Format.TENSOR
-            dtype, shape = decode(frame.metadata)
+            meta = decode(frame.metadata)
+            assert frame.header.schema_id == (0 if order == "c" else 1)
+            desc = {b"dtype": meta[0], b"shape": meta[1], b"order": b"C"} if order == "c" else meta
             data = bytes(frame.payload)
-    assert (dtype, shape) == (expected.dtype.str.encode(), list(expected.shape))
-    assert data == expected.tobytes()
+    assert desc == {
+        b"dtype": expected.dtype.str.encode(),
+        b"shape": list(expected.shape),
+        b"order": b"F" if order == "fortran" else b"C",
+    }
+    assert data == expected.tobytes(order="A")
 
 
 def test_result_regions_are_reused_only_without_leases(worker: WorkerProcess) -> None:

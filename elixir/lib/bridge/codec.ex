@@ -6,7 +6,9 @@ defmodule Bridge.Codec do
   # written into this worker's argument regions and replaced by
   # {:"$bb_region", kind, name, generation}; smaller ones go inline (a plain
   # binary, {:"$bb_buffer", bin}, {:"$bb_tensor", dtype, shape, data}), so the
-  # Python type never depends on the size (invariant 7). Terms that cannot
+  # Python type never depends on the size (invariant 7). Tensor.Bundle and
+  # Tensor.COO, and tensors of any NumPy dtype/order, use the forms of
+  # protocol/formats/tensor.md (Bridge.Tensor.Wire). Terms that cannot
   # cross (pids, funs, references, ports, bit-strings, improper lists, atoms
   # starting with "$bb_") are a :bad_call error before anything is sent.
   #
@@ -17,6 +19,7 @@ defmodule Bridge.Codec do
   require Logger
 
   alias Bridge.{ArgRegions, Buffer, Error, Region, ResultRegions, Tensor}
+  alias Bridge.Tensor.{Bundle, COO, Wire}
 
   @type encode_ctx :: %{regions: ArgRegions.t(), threshold: non_neg_integer(), evicted: list()}
 
@@ -61,16 +64,17 @@ defmodule Bridge.Codec do
       else: {{:"$bb_buffer", data}, ctx}
   end
 
-  defp enc(%Tensor{} = t, ctx) do
-    case Tensor.validate(t) do
+  # Tensors, bundles and COO arrays: protocol/formats/tensor.md. The inline term
+  # and the region frame give Python the same value (invariant 7).
+  defp enc(%struct{} = value, ctx) when struct in [Tensor, Bundle, COO] do
+    case struct.validate(value) do
       :ok ->
-        dtype = Tensor.numpy_dtype(t.dtype)
-        shape = Tuple.to_list(t.shape)
-        inline = {:"$bb_tensor", dtype, shape, t.data}
+        inline = Wire.inline(value)
+        size = Wire.payload_size(value)
 
-        if byte_size(t.data) >= ctx.threshold and byte_size(t.data) > 0 do
-          meta = :erlang.term_to_binary({dtype, shape})
-          region(:tensor, t.data, [format: :tensor, metadata: meta], inline, ctx)
+        if size >= ctx.threshold and size > 0 do
+          {payload, frame_opts} = Wire.frame(value)
+          region(Wire.kind(value), payload, frame_opts, inline, ctx)
         else
           {inline, ctx}
         end
@@ -174,16 +178,22 @@ defmodule Bridge.Codec do
   end
 
   defp dec({:"$bb_region", kind, name, generation}, ctx)
-       when kind in [:binary, :buffer, :tensor] and is_binary(name) and is_integer(generation) do
+       when kind in [:binary, :buffer, :tensor, :tensor_bundle, :sparse_coo] and is_binary(name) and
+              is_integer(generation) do
     read_region(kind, name, generation, ctx)
   end
 
-  defp dec({:"$bb_tensor", dtype, shape, data}, ctx) when is_binary(data) do
-    case Tensor.from_wire(dtype, shape, data) do
-      {:ok, t} -> {t, ctx}
-      {:error, e} -> throw({:bad_result, %{e | kind: :bad_frame}, ctx})
-    end
-  end
+  defp dec({:"$bb_tensor", dtype, shape, data}, ctx) when is_binary(data),
+    do: tensor_result(Wire.from_legacy(dtype, shape, data), ctx)
+
+  defp dec({:"$bb_tensor", desc, data}, ctx) when is_binary(data),
+    do: tensor_result(Wire.from_inline(desc, data), ctx)
+
+  defp dec({:"$bb_tensor_bundle", entries}, ctx),
+    do: tensor_result(Wire.from_inline_bundle(entries), ctx)
+
+  defp dec({:"$bb_sparse_coo", shape, entries}, ctx),
+    do: tensor_result(Wire.from_inline_coo(shape, entries), ctx)
 
   defp dec({:"$bb_buffer", data}, ctx) when is_binary(data), do: {data, ctx}
 
@@ -241,8 +251,8 @@ defmodule Bridge.Codec do
              ), ctx}
           )
 
-        kind == :tensor ->
-          tensor_from_frame(frame, ctx)
+        kind in [:tensor, :tensor_bundle, :sparse_coo] ->
+          tensor_result(Wire.from_frame(kind, frame), ctx)
 
         true ->
           {frame.payload, ctx}
@@ -253,22 +263,8 @@ defmodule Bridge.Codec do
     end
   end
 
-  defp tensor_from_frame(frame, ctx) do
-    meta =
-      try do
-        :erlang.binary_to_term(frame.metadata, [:safe])
-      rescue
-        ArgumentError -> nil
-      end
-
-    with {dtype, shape} <- meta,
-         {:ok, t} <- Tensor.from_wire(dtype, shape, frame.payload) do
-      {t, ctx}
-    else
-      {:error, e} -> throw({:bad_result, %{e | kind: :bad_frame}, ctx})
-      _ -> bad_result(:bad_metadata, frame.metadata, ctx, "term_to_binary({dtype, shape})")
-    end
-  end
+  defp tensor_result({:ok, value}, ctx), do: {value, ctx}
+  defp tensor_result({:error, %Error{} = e}, ctx), do: throw({:bad_result, e, ctx})
 
   defp bad_result(reason, term, ctx, expected \\ "plain data (SPEC §7.4)") do
     error =

@@ -73,7 +73,11 @@ def make_counter_bytes(n, seed):
 
 def make_tensor(dtype, shape):
     n = int(np.prod(shape)) if shape else 1
-    return (np.arange(n) % 120).astype(np.dtype(dtype.decode() if isinstance(dtype, bytes) else dtype)).reshape(shape)
+    return (
+        (np.arange(n) % 120)
+        .astype(np.dtype(dtype.decode() if isinstance(dtype, bytes) else dtype))
+        .reshape(shape)
+    )
 
 
 def returns(kind):
@@ -171,3 +175,117 @@ def forge(kind):
     with worker.lock:
         os.write(worker.out_fd, len(body).to_bytes(4, "big") + body)
     return b"forged"
+
+
+# ---- tensor format (elixir/test/bridge_tensor_test.exs) -------------------------------------
+
+
+def _order(x):
+    return "F" if x.flags.f_contiguous and not x.flags.c_contiguous else "C"
+
+
+def tensor_info(x):
+    """What the handler sees of a tensor-like argument: its Python type, dtype descriptor,
+    shape, order, writeable flag and a digest of its bytes in storage order."""
+    from beambridge.formats import tensor as tf
+
+    if isinstance(x, tf.Bundle):
+        return ("Bundle", {k.encode(): tensor_info(v) for k, v in x.items()})
+    if isinstance(x, tf.COO):
+        dense = x.todense()
+        return (
+            "COO",
+            list(x.shape),
+            tensor_info(x.indices),
+            tensor_info(x.values),
+            hashlib.sha256(dense.tobytes()).hexdigest(),
+        )
+    if isinstance(x, np.ndarray):
+        # storage order: what Bridge.Tensor's data holds
+        raw = x.view(np.dtype((np.void, x.dtype.itemsize))).tobytes(order="A")
+        return (
+            "ndarray",
+            tf.dtype_to_descr(x.dtype),
+            list(x.shape),
+            _order(x),
+            bool(x.flags.writeable),
+            hashlib.sha256(raw).hexdigest(),
+        )
+    return (type(x).__name__,)
+
+
+_RECORD = np.dtype([("x", "<f8"), ("n", ">i2", (2,)), ("s", "S3")], align=True)
+
+
+def make_numpy(case, n=6):
+    """Arrays of every kind the tensor format carries, n elements each (bytes 0, 1...)."""
+    case = case.decode() if isinstance(case, bytes) else str(case)
+    specs = {
+        "bool": "|b1",
+        "big_i4": ">i4",
+        "big_f8": ">f8",
+        "datetime": "<M8[ns]",
+        "timedelta": ">m8[10ms]",
+        "bytes": "|S5",
+        "unicode": "<U3",
+        "void": "|V4",
+        "record": _RECORD,
+        "f4": "<f4",
+        "u2": "<u2",
+        "c16": "<c16",
+    }
+    dt = np.dtype(specs[case.removesuffix("_F").removesuffix("_0d").removesuffix("_empty")])
+    raw = (np.arange(n * dt.itemsize) % 251).astype(np.uint8)
+    if dt.kind == "b":
+        raw = raw % 2
+    if dt.kind == "U":
+        raw = np.zeros(n * dt.itemsize, np.uint8)
+        raw[::4] = 97 + np.arange(n * dt.itemsize // 4) % 26
+    arr = raw.view(dt)
+    if case.endswith("_0d"):
+        return arr[:1].reshape(())
+    if case.endswith("_empty"):
+        return arr[:0].reshape(0, 3)
+    arr = arr.reshape(2, n // 2)
+    return np.asfortranarray(arr) if case.endswith("_F") else arr
+
+
+def make_big_fortran(rows, cols):
+    return np.asfortranarray(np.arange(rows * cols, dtype=">f8").reshape(rows, cols))
+
+
+def make_bundle(n):
+    from beambridge.formats import tensor as tf
+
+    return tf.Bundle(
+        {
+            "layer.weight": (np.arange(n * 4) % 7).astype("<f4").reshape(n, 4),
+            "layer.bias": np.arange(4, dtype="<f4"),
+            "mask": np.arange(n) % 2 == 0,
+            "when": np.arange(3).astype("<M8[s]"),
+        }
+    )
+
+
+def make_plain_dict_of_arrays():
+    return {"a": np.arange(3, dtype="<i4")}
+
+
+def make_coo(n):
+    from beambridge.formats import tensor as tf
+
+    dense = np.zeros((n, 5), dtype=">f4")
+    dense[np.arange(n), np.arange(n) % 5] = np.arange(n) + 1
+    return tf.COO.from_dense(dense)
+
+
+def coo_dense(coo):
+    return coo.todense()
+
+
+def make_object_array():
+    return np.array([object(), 1], dtype=object)
+
+
+def bundle_names(b):
+    return sorted(b.keys())

@@ -1,0 +1,472 @@
+"""The tensor format (protocol/formats/tensor.md): single tensors, bundles and COO arrays
+through real regions, inline and region forms giving the same Python value (invariant 7),
+and the refusals (object dtypes, malformed descriptors)."""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+from collections.abc import Iterator
+from typing import Any
+
+import hypothesis.extra.numpy as hnp
+import numpy as np
+import pytest
+from beambridge import Atom, Format, LeaseError, Region
+from beambridge.convert import (
+    TAG_REGION,
+    TAG_SPARSE_COO,
+    TAG_TENSOR,
+    TAG_TENSOR_BUNDLE,
+    Arguments,
+    Attachments,
+    ResultEncoder,
+    ResultRegions,
+)
+from beambridge.errors import EtfError
+from beambridge.etf import decode, encode, encode_parts
+from beambridge.formats import tensor as tf
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+PREFIX = "bbpyt"
+
+# ---- strategies ----------------------------------------------------------------------------
+
+scalar_dtypes = st.one_of(
+    hnp.boolean_dtypes(),
+    hnp.integer_dtypes(endianness="?"),
+    hnp.unsigned_integer_dtypes(endianness="?"),
+    hnp.floating_dtypes(endianness="?", sizes=(16, 32, 64)),
+    hnp.complex_number_dtypes(endianness="?", sizes=(64, 128)),
+    hnp.datetime64_dtypes(endianness="?"),
+    hnp.timedelta64_dtypes(endianness="?"),
+    hnp.byte_string_dtypes(endianness="?", min_len=1, max_len=8),
+    hnp.unicode_string_dtypes(endianness="?", min_len=1, max_len=5),
+)
+record_dtypes = hnp.array_dtypes(scalar_dtypes, min_size=1, max_size=4, allow_subarrays=True)
+nested_records = hnp.array_dtypes(st.one_of(scalar_dtypes, record_dtypes), min_size=1, max_size=3)
+aligned_records = st.lists(st.sampled_from(["u1", "<i4", ">f8", "<c8", "S3"]), min_size=1,
+                           max_size=4).map(
+    lambda fs: np.dtype([(f"f{i}", f) for i, f in enumerate(fs)], align=True)
+)  # fmt: skip
+all_dtypes = st.one_of(scalar_dtypes, record_dtypes, nested_records, aligned_records)
+shapes = hnp.array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=5)
+layouts = st.sampled_from(["C", "F", "strided", "transposed"])
+
+
+@st.composite
+def arrays(draw: Any, dtypes: Any = all_dtypes) -> np.ndarray[Any, Any]:
+    dtype = draw(dtypes)
+    base = draw(hnp.arrays(dtype, draw(shapes)))
+    layout = draw(layouts)
+    if layout == "F":
+        return np.asfortranarray(base)
+    if layout == "strided" and base.ndim:
+        return base[..., ::2]
+    if layout == "transposed":
+        return base.T
+    return base
+
+
+def raw(a: np.ndarray[Any, Any]) -> bytes:
+    """The array's elements, row-major, as bytes (NaN payloads and all)."""
+    return np.ascontiguousarray(a.view(np.dtype((np.void, a.dtype.itemsize)))).tobytes()
+
+
+def mapping_range(name: str) -> tuple[int, int]:
+    with open("/proc/self/maps") as f:
+        for line in f:
+            if line.rstrip().endswith("/dev/shm" + name):
+                lo, hi = line.split()[0].split("-")
+                return int(lo, 16), int(hi, 16)
+    raise AssertionError(f"{name} is not mapped")
+
+
+def address(a: np.ndarray[Any, Any]) -> int:
+    return int(a.__array_interface__["data"][0])
+
+
+def assert_view_in(a: np.ndarray[Any, Any], region: Region) -> None:
+    assert not a.flags.writeable and not a.flags.owndata
+    if a.nbytes:
+        lo, hi = mapping_range(region.name)
+        assert lo <= address(a) and address(a) + a.nbytes <= hi
+        assert address(a) % tf.ALIGN == 0
+
+
+def assert_same_array(back: np.ndarray[Any, Any], arr: np.ndarray[Any, Any]) -> None:
+    assert type(back) is np.ndarray
+    assert back.dtype == arr.dtype and tf.dtype_to_descr(back.dtype) == tf.dtype_to_descr(arr.dtype)
+    assert back.dtype.str == arr.dtype.str and back.dtype.itemsize == arr.dtype.itemsize
+    assert back.shape == arr.shape
+    assert raw(back) == raw(arr)
+    if arr.flags.f_contiguous and not arr.flags.c_contiguous:
+        assert back.flags.f_contiguous
+    else:
+        assert back.flags.c_contiguous
+
+
+@contextlib.contextmanager
+def region_for(value: Any) -> Iterator[Region]:
+    p = tf.plan(value)
+    region = Region.create_for_frame(p.nbytes, len(p.metadata), prefix=PREFIX)
+    try:
+        yield region
+    finally:
+        gc.collect()
+        with contextlib.suppress(LeaseError):  # a failing test's traceback holds views
+            region.close()
+
+
+# ---- single tensors through regions -------------------------------------------------------
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(arrays())
+def test_a_tensor_round_trips_through_a_region_as_a_read_only_view(
+    arr: np.ndarray[Any, Any],
+) -> None:
+    with region_for(arr) as region:
+        header = tf.write_tensor(region, arr)
+        assert header.format == Format.TENSOR
+        assert header.schema_id == (tf.SCHEMA_LEGACY if tf.is_legacy(arr) else tf.SCHEMA_TENSOR)
+        frame = region.read_frame()
+        back = tf.read_tensor(frame)
+        del frame
+        assert_same_array(back, arr)
+        assert_view_in(back, region)
+        # the lease follows the array: still held while it lives, gone with it
+        if back.nbytes:
+            assert region.control_block().reader_leases == 1
+        del back
+        gc.collect()
+        assert region.control_block().reader_leases == 0
+
+
+def test_every_kind_of_dtype_is_preserved_exactly() -> None:
+    dtypes = ["|b1", "|i1", ">i2", "<i8", "|u1", ">u4", "<f2", ">f4", "<f8", ">c8", "<c16",
+              "<M8[ns]", ">M8[D]", "<m8[10ms]", "<M8", "|S5", "<U3", ">U2", "|V4",
+              np.dtype([("x", "<f4"), ("y", ">i2", (2, 2)), ("s", "S2")]),
+              np.dtype([("a", "u1"), ("b", "<i8")], align=True),
+              np.dtype([("p", [("q", "<u2"), ("r", "|b1")]), ("t", "<M8[s]")]),
+              np.dtype({"names": ["a", "b"], "formats": ["<i4", "<i4"], "offsets": [8, 0],
+                        "itemsize": 16})]  # fmt: skip
+    for spec in dtypes:
+        dt = np.dtype(spec)
+        arr = np.frombuffer(bytes(range(256)) * dt.itemsize, dtype=dt)[:6].reshape(2, 3)
+        for a in (arr, np.asfortranarray(arr), arr[:, ::2], arr[0, 0, ...]):
+            with region_for(a) as region:
+                tf.write_tensor(region, a)
+                with contextlib.ExitStack():
+                    back = tf.read_tensor(region.read_frame())
+                    assert_same_array(back, a)
+                    assert back.dtype.fields == a.dtype.fields
+                    assert back.dtype.itemsize == a.dtype.itemsize
+                    del back
+
+
+def test_empty_and_zero_dimensional_tensors() -> None:
+    for a in [np.zeros((0,), "<f4"), np.zeros((3, 0, 2), ">i2", order="F"), np.array(5, ">u8"),
+              np.array(b"ab"), np.zeros((0,), np.dtype([("a", "<i4")]))]:  # fmt: skip
+        with region_for(a) as region:
+            tf.write_tensor(region, a)
+            back = tf.read_tensor(region.read_frame())
+            assert_same_array(back, a)
+            assert not back.flags.writeable
+            del back
+
+
+def test_legacy_metadata_stays_readable() -> None:
+    data = np.arange(6, dtype="<i4").tobytes()
+    with Region.create_for_frame(len(data), 64, prefix=PREFIX) as region:
+        region.write_frame(data, metadata=encode((b"<i4", [2, 3])), format=Format.TENSOR)
+        back = tf.read_tensor(region.read_frame())
+        assert back.tolist() == [[0, 1, 2], [3, 4, 5]] and not back.flags.writeable
+        del back
+        gc.collect()
+        # schema 0 holds only the original dtypes
+        region.write_frame(data[:6], metadata=encode((b"|b1", [6])), format=Format.TENSOR)
+        with pytest.raises(EtfError) as info:
+            tf.read_tensor(region.read_frame())
+        assert info.value.field == "dtype"
+        del info
+        gc.collect()
+
+
+def test_a_non_contiguous_input_is_copied_once_in_the_order_recorded() -> None:
+    base = np.arange(40, dtype=">f8").reshape(5, 8)
+    view = base[::2, 1::3]
+    p = tf.plan(view)
+    assert decode(p.metadata) == (b">f8", [3, 3]) or decode(p.metadata)[b"order"] == b"C"
+    with region_for(view) as region:
+        tf.write_tensor(region, view)
+        back = tf.read_tensor(region.read_frame())
+        assert back.flags.c_contiguous and back.tolist() == view.tolist()
+        del back
+
+
+# ---- bundles and COO ---------------------------------------------------------------------
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.dictionaries(st.text(min_size=1, max_size=8), arrays(), max_size=5))
+def test_a_bundle_round_trips_in_one_region_each_tensor_aligned(
+    tensors: dict[str, np.ndarray[Any, Any]],
+) -> None:
+    bundle = tf.Bundle(tensors)
+    with region_for(bundle) as region:
+        header = tf.write_bundle(region, bundle)
+        assert header.schema_id == tf.SCHEMA_BUNDLE and header.schema_version == 1
+        back = tf.read_bundle(region.read_frame())
+        assert type(back) is tf.Bundle and list(back) == list(tensors)
+        for name, arr in tensors.items():
+            assert_same_array(back[name], arr)
+            assert_view_in(back[name], region)
+        del back
+
+
+def test_a_state_dict_bundle() -> None:
+    state = {"layer1.weight": np.random.default_rng(1).standard_normal((64, 33), np.float32),
+             "layer1.bias": np.zeros(33, np.float32), "step": np.array(7, np.int64),
+             "mask": np.ones((3, 3), bool)}  # fmt: skip
+    with region_for(state) as region:
+        tf.write_bundle(region, state)
+        back = tf.read(region.read_frame())
+        assert isinstance(back, tf.Bundle)
+        offsets = [address(back[n]) - address(back["layer1.weight"]) for n in state]
+        assert all(o % 64 == 0 for o in offsets) and offsets == sorted(offsets)
+        for name in state:
+            assert_same_array(back[name], state[name])
+        del back
+
+
+@settings(max_examples=100, deadline=None)
+@given(hnp.arrays(st.sampled_from(["<f8", ">i4", "|b1", "<c8"]), hnp.array_shapes(min_dims=1,
+       max_dims=3, max_side=6)))  # fmt: skip
+def test_coo_round_trips(dense: np.ndarray[Any, Any]) -> None:
+    coo = tf.COO.from_dense(dense)
+    with region_for(coo) as region:
+        header = tf.write_coo(region, coo)
+        assert header.schema_id == tf.SCHEMA_COO
+        back = tf.read_coo(region.read_frame())
+        assert back.shape == dense.shape and back.nnz == coo.nnz
+        assert_same_array(back.indices, coo.indices)
+        assert_same_array(back.values, coo.values)
+        np.testing.assert_array_equal(back.todense(), dense)
+        del back
+
+
+def test_coo_checks_its_parts() -> None:
+    with pytest.raises(ValueError, match="outside"):
+        tf.COO(np.array([[0, 3]]), np.array([1.0, 2.0]), (3,))
+    with pytest.raises(ValueError, match="integer"):
+        tf.COO(np.array([[0.0]]), np.array([1.0]), (3,))
+    with pytest.raises(ValueError, match="one value per index"):
+        tf.COO(np.array([[0, 1]]), np.array([1.0]), (3,))
+
+
+# ---- refusals ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "arr",
+    [np.array([object(), 1], dtype=object), np.zeros(2, np.dtype([("a", "O"), ("b", "<i4")])),
+     np.zeros(2, np.longdouble), np.array(["a"], dtype=np.dtypes.StringDType()),
+     np.zeros(1, np.dtype({"names": ["a"], "formats": ["<i4"], "titles": [3]}))],
+)  # fmt: skip
+def test_dtypes_that_would_need_pickle_or_have_no_fixed_layout_are_refused(
+    arr: np.ndarray[Any, Any],
+) -> None:
+    with pytest.raises(tf.UnsupportedDtypeError) as info:
+        tf.plan(arr)
+    err = info.value
+    assert isinstance(err, TypeError) and err.reason == "unsupported_dtype"
+    assert str(arr.dtype) in str(err) and ";" in str(err)  # names the dtype, says what to do
+    # the result encoder refuses it the same way, inline or not (the worker's bad_call)
+    for threshold in (0, 1 << 30):
+        with pytest.raises(TypeError, match="unsupported_dtype"):
+            encode_parts(arr, ResultEncoder(ResultRegions(PREFIX), threshold))
+    with pytest.raises(TypeError, match="pickle"):
+        tf.plan(np.array([None]))
+
+
+def frame_with(metadata: Any, payload: bytes, schema: int = 1, version: int = 1) -> Region:
+    meta = encode(metadata)
+    region = Region.create_for_frame(max(len(payload), 8), len(meta), prefix=PREFIX)
+    region.write_frame(payload, metadata=meta, format=Format.TENSOR, schema_id=schema,
+                       schema_version=version)  # fmt: skip
+    return region
+
+
+D = {b"dtype": b"<f4", b"shape": [2], b"order": b"C"}
+
+
+@pytest.mark.parametrize(
+    ("metadata", "payload", "schema", "version", "field"),
+    [
+        ({**D, b"dtype": b"|O"}, b"\0" * 8, 1, 1, "dtype"),
+        ({**D, b"dtype": b"|i4"}, b"\0" * 8, 1, 1, "dtype"),
+        ({**D, b"dtype": b"<M8[1ms]"}, b"\0" * 8, 1, 1, "dtype"),
+        ({**D, b"dtype": b"<f4,<f4"}, b"\0" * 8, 1, 1, "dtype"),
+        ({**D, b"dtype": (b"struct", 4, [(b"a", b"<f8", 0)])}, b"\0" * 8, 1, 1, "dtype"),
+        ({**D, b"dtype": (b"struct", 8, [(b"a", b"<f4", 0), (b"a", b"<f4", 4)])}, b"\0" * 8,
+         1, 1, "dtype"),
+        ({**D, b"dtype": (b"pickle", b"...")}, b"\0" * 8, 1, 1, "dtype"),
+        ({**D, b"shape": [3]}, b"\0" * 8, 1, 1, "payload_length"),
+        ({**D, b"shape": [-1]}, b"\0" * 8, 1, 1, "shape"),
+        ({**D, b"shape": [2**40, 2**40]}, b"\0" * 8, 1, 1, "payload_length"),
+        ({**D, b"shape": [1] * 33}, b"\0" * 4, 1, 1, "shape"),
+        ({**D, b"order": b"K"}, b"\0" * 8, 1, 1, "order"),
+        ({b"shape": [2]}, b"\0" * 8, 1, 1, "descriptor"),
+        (D, b"\0" * 8, 9, 1, "schema_id"),
+        (D, b"\0" * 8, 1, 2, "schema_version"),
+        ({b"tensors": [{b"name": b"a", **D, b"offset": 8}]}, b"\0" * 16, 2, 1, "offset"),
+        ({b"tensors": [{b"name": b"a", **D, b"offset": 0}, {b"name": b"a", **D, b"offset": 64}]},
+         b"\0" * 72, 2, 1, "name"),
+        ({b"tensors": [{b"name": b"a", **D, b"offset": 0}]}, b"\0" * 4, 2, 1, "shape"),
+        ({b"shape": [3], b"tensors": [{b"name": b"indices", b"dtype": b"<i8", b"shape": [1, 1],
+          b"order": b"C", b"offset": 0}, {b"name": b"values", **D, b"shape": [1],
+          b"offset": 64}]}, (5).to_bytes(8, "little") + bytes(60), 3, 1, "coo"),
+    ],
+)  # fmt: skip
+def test_malformed_descriptors_are_refused(
+    metadata: Any, payload: bytes, schema: int, version: int, field: str
+) -> None:
+    region = frame_with(metadata, payload, schema, version)
+    try:
+        with pytest.raises(EtfError) as info:
+            tf.read(region.read_frame())
+        assert info.value.reason == "bad_term" and info.value.field == field, info.value
+        del info
+        gc.collect()
+        assert region.control_block().reader_leases == 0
+    finally:
+        region.close()
+
+
+def test_descriptor_errors_never_escape_as_other_exceptions() -> None:
+    junk: list[Any] = [b"", b"<", b"<f", b"<f3", b"|b2", b"<i16", b"<U0", b"|S99999999999",
+                       b"<m8[xs]", b"<f4[s]", b"\xff", 1, None, [], (b"struct",),
+                       (b"struct", 0, []), (b"struct", 4, [(b"", b"<i4", 0)]),
+                       (b"struct", 4, [(b"a", (b"subarray", b"<i4", [2]), 0)]),
+                       (b"struct", 4, [(b"a", b"<i4", -1)])]  # fmt: skip
+    for descr in junk:
+        with pytest.raises(EtfError):
+            tf.dtype_from_descr(descr)
+
+
+# ---- the bridge's terms: inline and region forms give the same value (invariant 7) --------
+
+
+def through(value: Any, threshold: int) -> tuple[Any, Any]:
+    """Encode ``value`` as a result (inline or region by ``threshold``), then decode that
+    term as an argument, as the other side would: returns (term, value read)."""
+    results = ResultRegions(PREFIX, checksum=True)
+    term = decode(b"".join(encode_parts(value, ResultEncoder(results, threshold))))
+    args = Arguments(Attachments(), verify=True)
+    out = args.convert(term)
+    return term, (out, results, args)
+
+
+def describe(v: Any) -> Any:
+    if isinstance(v, np.ndarray):
+        return (type(v), v.dtype.str, tf.dtype_to_descr(v.dtype), v.shape, v.flags.writeable,
+                v.flags.c_contiguous, v.flags.f_contiguous, raw(v))  # fmt: skip
+    if isinstance(v, tf.Bundle):
+        return (type(v), [(k, describe(a)) for k, a in v.items()])
+    if isinstance(v, tf.COO):
+        return (type(v), v.shape, describe(v.indices), describe(v.values))
+    raise AssertionError(type(v))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(arrays(), st.dictionaries(st.text(min_size=1, max_size=4), arrays(), max_size=3)
+                 .map(tf.Bundle), hnp.arrays("<f4", (3, 4)).map(tf.COO.from_dense)))  # fmt: skip
+def test_inline_and_region_forms_give_the_same_python_value(value: Any) -> None:
+    inline_term, (inline, r1, _a1) = through(value, 1 << 40)
+    region_term, (in_region, r2, a2) = through(value, 1)
+    assert inline_term[0] in (TAG_TENSOR, TAG_TENSOR_BUNDLE, TAG_SPARSE_COO)
+    payload = tf.plan(value).nbytes
+    assert (region_term[0] == TAG_REGION) == (payload > 0)
+    assert describe(inline) == describe(in_region)
+    for got in (inline, in_region):
+        if isinstance(value, np.ndarray):
+            assert_same_array(got, value)
+            assert not got.flags.writeable
+        elif isinstance(value, tf.COO):
+            assert got.shape == value.shape
+            assert_same_array(got.indices, value.indices)
+            assert_same_array(got.values, value.values)
+        else:
+            assert list(got) == list(value)
+            for name in value:
+                assert_same_array(got[name], value[name])
+    del inline, in_region
+    gc.collect()
+    a2.attachments.detach([n.encode() for n in list(a2.attachments._regions)])
+    r1.close_all()
+    r2.close_all()
+
+
+def test_a_region_argument_is_a_view_in_the_mapping_and_keeps_its_lease() -> None:
+    arr = np.asfortranarray(np.arange(20000, dtype=">i4").reshape(100, 200))
+    results = ResultRegions(PREFIX)
+    term = decode(b"".join(encode_parts(arr, ResultEncoder(results, 1024))))
+    assert term[:2] == (TAG_REGION, Atom("tensor"))
+    args = Arguments(Attachments(), verify=True)
+    back = args.convert(term)
+    (region,) = results.regions()
+    assert_view_in(back, region)
+    assert back.flags.f_contiguous and back.dtype.str == ">i4"
+    assert region.control_block().reader_leases == 1
+    del back
+    gc.collect()
+    assert region.control_block().reader_leases == 0
+    args.attachments.detach([term[2]])
+    results.close_all()
+
+
+def test_a_handle_kind_must_match_the_frame_schema() -> None:
+    results = ResultRegions(PREFIX)
+    term = decode(b"".join(encode_parts(np.zeros(4096, ">f4"), ResultEncoder(results, 16))))
+    args = Arguments(Attachments())
+    for kind in ("tensor_bundle", "sparse_coo"):
+        with pytest.raises(EtfError) as info:
+            args.convert((TAG_REGION, Atom(kind), term[2], term[3]))
+        assert info.value.field == "schema_id"
+        del info
+    gc.collect()
+    args.attachments.detach([term[2]])
+    results.close_all()
+
+
+def test_inline_terms_from_the_peer_are_checked() -> None:
+    args = Arguments(Attachments())
+    good = (TAG_TENSOR, {b"dtype": b">u2", b"shape": [2], b"order": b"F"}, b"\x00\x01\x00\x02")
+    assert args.convert(good).tolist() == [1, 2]
+    for bad in [
+        (TAG_TENSOR, {b"dtype": b">u2", b"shape": [3]}, b"\x00\x01\x00\x02"),
+        (TAG_TENSOR, {b"dtype": b"|O", b"shape": [1]}, b"\x00" * 8),
+        (TAG_TENSOR, [b">u2", [2]], b"\x00" * 4),
+        (TAG_TENSOR_BUNDLE, [(b"a", good[1], good[2]), (b"a", good[1], good[2])]),
+        (TAG_TENSOR_BUNDLE, [(b"\xff", good[1], good[2])]),
+        (TAG_TENSOR_BUNDLE, {b"a": good}),
+        (TAG_SPARSE_COO, [2], [(b"values", good[1], good[2])]),
+        (TAG_SPARSE_COO, [1], [(b"indices", {b"dtype": b"<i8", b"shape": [1, 1]},
+                               (1).to_bytes(8, "little")),
+                               (b"values", {b"dtype": b"|u1", b"shape": [1]}, b"\x07")]),
+    ]:  # fmt: skip
+        with pytest.raises(EtfError):
+            args.convert(bad)
+    coo = args.convert((TAG_SPARSE_COO, [2], [
+        (b"indices", {b"dtype": b"<i8", b"shape": [1, 1]}, (1).to_bytes(8, "little")),
+        (b"values", {b"dtype": b"|u1", b"shape": [1]}, b"\x07")]))  # fmt: skip
+    assert isinstance(coo, tf.COO) and coo.todense().tolist() == [0, 7]
+
+
+def test_the_module_examples_run() -> None:
+    import doctest
+
+    result = doctest.testmod(tf, optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0 and result.attempted > 0
