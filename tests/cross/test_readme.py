@@ -2,6 +2,8 @@
 
 * "Calling Python": the Python block becomes the handler module it names, the Elixir
   block runs in `mix run` with the placeholder interpreter and path filled in.
+* "Data formats": the Elixir block runs as written (its pattern matches are the
+  assertions).
 * "A region from each side": the Elixir block runs in a real BEAM (its
   `region.name  #=> ...` line prints the name instead); the Python block then runs
   with the example's name replaced by the real one.
@@ -56,6 +58,14 @@ def test_readme_calling_python_example_runs(tmp_path: Path) -> None:
     script = elixir.replace('"/path/to/python"', f'"{PYTHON}"')
     script = script.replace('["priv/python"]', f'["{tmp_path}"]')
     proc = mix_run(script + '\nIO.puts("README OK")\n', "readme_calling.exs")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out + err
+    assert "README OK" in out
+
+
+def test_readme_data_formats_example_runs() -> None:
+    [elixir] = blocks("Data formats", "elixir")
+    proc = mix_run(elixir + '\nIO.puts("README OK")\n', "readme_formats.exs")
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, out + err
     assert "README OK" in out
