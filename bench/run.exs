@@ -57,6 +57,8 @@ defmodule Bench do
 
     throughput = pool_throughput(if(quick?, do: 8, else: 24))
 
+    tensor_open = tensor_open()
+
     sweep =
       threshold_sweep(
         if(quick?,
@@ -74,11 +76,13 @@ defmodule Bench do
       "echo" => echo_rows,
       "small_call" => small,
       "throughput" => throughput,
-      "threshold_sweep" => sweep
+      "threshold_sweep" => sweep,
+      "tensor_open" => tensor_open
     }
 
     print_table(echo_rows, small, throughput)
     print_sweep(sweep)
+    print_tensor_open(tensor_open)
     File.mkdir_p!("bench/results")
     File.write!("bench/results/latest.json", Bench.JSON.encode(results) <> "\n")
 
@@ -295,6 +299,36 @@ defmodule Bench do
       )
     end
 
+    IO.puts("")
+  end
+
+  # ---- tensor open: zero-copy means size-independent ----------------------------------
+
+  defp tensor_open do
+    {out, 0} = System.cmd(@python, ["bench/tensor_open.py", "1"])
+
+    [small, large] =
+      for line <- String.split(out, "\n", trim: true) do
+        [size, secs] = String.split(line)
+        {String.to_integer(size), String.to_float(secs) * 1_000_000}
+      end
+
+    %{
+      "small_bytes" => elem(small, 0),
+      "small_us" => elem(small, 1),
+      "large_bytes" => elem(large, 0),
+      "large_us" => elem(large, 1),
+      "large_over_small" => ratio(elem(large, 1), elem(small, 1))
+    }
+  end
+
+  defp print_tensor_open(t) do
+    IO.puts(
+      "Tensor open in Python (attach + read_frame + ndarray view), median: " <>
+        "1 KiB #{fmt_us(t["small_us"])}, 1 GiB #{fmt_us(t["large_us"])}: #{t["large_over_small"]}x"
+    )
+
+    target("1 GiB tensor open within 3x of a 1 KiB one", t["large_over_small"], nil, &(&1 <= 3))
     IO.puts("")
   end
 
