@@ -3,9 +3,10 @@
  *
  * System calls (shm_open, posix_fallocate, mmap, shm_unlink), bounded copies
  * in and out of a mapping, sequentially consistent atomics on control-block
- * words, reader leases whose release is driven by a resource destructor, and
- * xxh3_64. Header parsing and policy live in Elixir (Bridge.Header,
- * Bridge.Region); see protocol/SPEC.md.
+ * words, reader leases whose release is driven by a resource destructor,
+ * xxh3_64, and zstd decompression of Arrow body buffers (bounded by the size
+ * the stream declares, invariant 5). Header parsing and policy live in Elixir
+ * (Bridge.Header, Bridge.Region); see protocol/SPEC.md.
  *
  * Safety rules kept throughout this file:
  *   - every argument is checked; user-reachable input never raises badarg and
@@ -14,7 +15,8 @@
  *     on its region, and zero-copy binaries hold a reference on their lease,
  *     so the mapping outlives every binary pointing into it (invariant 1);
  *   - destructors never block;
- *   - copies and hashes above DIRTY_THRESHOLD run on dirty CPU schedulers.
+ *   - copies, hashes and decompression above DIRTY_THRESHOLD run on dirty CPU
+ *     schedulers.
  */
 #define _GNU_SOURCE
 #include <erl_nif.h>
@@ -33,12 +35,15 @@
 #include <sys/statvfs.h>
 #include <unistd.h>
 #include <xxhash.h>
+#include <zstd.h>
 
 #define CB_SIZE 64u
 #define MIN_REGION_SIZE 192u
 #define MAX_REGION_SIZE (((uint64_t)1) << 48)
 #define DIRTY_THRESHOLD (64u * 1024u)
 #define MAX_NAME_LEN 255u
+/* zstd_decompress never makes a binary larger than this (Arrow's max_decompressed default). */
+#define MAX_DECOMPRESSED (((uint64_t)1) << 32)
 
 #ifdef DEBUG
 #define DBG(...) fprintf(stderr, "beambridge_nif: " __VA_ARGS__)
@@ -73,7 +78,8 @@ static ErlNifResourceType *LEASE_RT;
 static ERL_NIF_TERM ATOM_OK, ATOM_ERROR, ATOM_BADARG, ATOM_OUT_OF_BOUNDS,
     ATOM_MISALIGNED, ATOM_CLOSED, ATOM_BAD_NAME, ATOM_REGION_TOO_SMALL,
     ATOM_REGION_TOO_LARGE, ATOM_STATE_MISMATCH, ATOM_IN_USE, ATOM_RELEASED,
-    ATOM_NOT_OWNER, ATOM_ENOMEM, ATOM_TRUE, ATOM_FALSE;
+    ATOM_NOT_OWNER, ATOM_ENOMEM, ATOM_TRUE, ATOM_FALSE, ATOM_TOO_LARGE, ATOM_SIZE_MISMATCH,
+    ATOM_BAD_COMPRESSED_DATA;
 
 static void region_dtor(ErlNifEnv *env, void *obj)
 {
@@ -695,6 +701,109 @@ static ERL_NIF_TERM nif_xxh3_64_region(ErlNifEnv *env, int argc, const ERL_NIF_T
 }
 
 /* ------------------------------------------------------------------------ */
+/* zstd (Arrow BodyCompression ZSTD)                                        */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * Checks zstd_decompress's arguments and the frame header, without allocating
+ * (invariant 5): Frame must be a binary and ExpectedSize an integer in
+ * [0, MAX_DECOMPRESSED]; a frame header that cannot be read is
+ * bad_compressed_data; a frame that declares its content size must declare
+ * exactly ExpectedSize when it is the only frame (at most ExpectedSize when
+ * more frames follow), else size_mismatch.
+ */
+static int get_zstd_args(ErlNifEnv *env, const ERL_NIF_TERM argv[], ErlNifBinary *in,
+                         uint64_t *expected, ERL_NIF_TERM *err)
+{
+    ErlNifUInt64 v;
+    unsigned long long declared;
+    size_t first;
+    if (!enif_inspect_binary(env, argv[0], in)) {
+        *err = error_tuple(env, ATOM_BADARG);
+        return 0;
+    }
+    if (!enif_get_uint64(env, argv[1], &v)) {
+        /* Not an integer, or a negative one: badarg. A positive bignum: too_large. */
+        int positive = enif_term_type(env, argv[1]) == ERL_NIF_TERM_TYPE_INTEGER &&
+                       enif_compare(argv[1], enif_make_int(env, 0)) > 0;
+        *err = error_tuple(env, positive ? ATOM_TOO_LARGE : ATOM_BADARG);
+        return 0;
+    }
+    if ((uint64_t)v > MAX_DECOMPRESSED || (uint64_t)v > (uint64_t)SIZE_MAX) {
+        *err = error_tuple(env, ATOM_TOO_LARGE);
+        return 0;
+    }
+    *expected = (uint64_t)v;
+    declared = ZSTD_getFrameContentSize(in->data, in->size);
+    if (declared == ZSTD_CONTENTSIZE_ERROR) {
+        *err = error_tuple(env, ATOM_BAD_COMPRESSED_DATA);
+        return 0;
+    }
+    if (declared != ZSTD_CONTENTSIZE_UNKNOWN) {
+        first = ZSTD_findFrameCompressedSize(in->data, in->size);
+        if (ZSTD_isError(first)) {
+            *err = error_tuple(env, ATOM_BAD_COMPRESSED_DATA);
+            return 0;
+        }
+        if (first == in->size ? (uint64_t)declared != *expected : (uint64_t)declared > *expected) {
+            *err = error_tuple(env, ATOM_SIZE_MISMATCH);
+            return 0;
+        }
+    }
+    return 1;
+}
+
+static ERL_NIF_TERM zstd_decompress_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
+{
+    ErlNifBinary in, out;
+    uint64_t expected;
+    ERL_NIF_TERM err;
+    ZSTD_DCtx *dctx;
+    size_t n;
+    (void)argc;
+    if (!get_zstd_args(env, argv, &in, &expected, &err))
+        return err;
+    dctx = ZSTD_createDCtx();
+    if (dctx == NULL)
+        return error_tuple(env, ATOM_ENOMEM);
+    if (!enif_alloc_binary((size_t)expected, &out)) {
+        ZSTD_freeDCtx(dctx);
+        return error_tuple(env, ATOM_ENOMEM);
+    }
+    /* The output buffer is exactly ExpectedSize: zstd stops (dstSize_tooSmall)
+     * rather than write past it, whatever the frame says. */
+    n = ZSTD_decompressDCtx(dctx, out.data, out.size, in.data, in.size);
+    ZSTD_freeDCtx(dctx);
+    if (ZSTD_isError(n) || (uint64_t)n != expected) {
+        DBG("zstd_decompress: %s\n", ZSTD_isError(n) ? ZSTD_getErrorName(n) : "short output");
+        enif_release_binary(&out);
+        return error_tuple(env, ATOM_BAD_COMPRESSED_DATA);
+    }
+    return ok_tuple(env, enif_make_binary(env, &out));
+}
+
+/*
+ * zstd_decompress(Frame, ExpectedSize) -> {ok, Binary} | {error, Reason}
+ * Decompresses zstd data (one frame, as Arrow writes it) into a new binary of
+ * exactly ExpectedSize bytes. Reasons: badarg (not a binary; not an integer
+ * or negative), too_large (above 2^32), size_mismatch (the frame declares
+ * another content size; checked before allocating), bad_compressed_data (no
+ * frame header, corrupt data, or output of another length), enomem.
+ */
+static ERL_NIF_TERM nif_zstd_decompress(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
+{
+    ErlNifBinary in;
+    uint64_t expected;
+    ERL_NIF_TERM err;
+    if (!get_zstd_args(env, argv, &in, &expected, &err))
+        return err;
+    if (in.size > DIRTY_THRESHOLD || expected > DIRTY_THRESHOLD)
+        return enif_schedule_nif(env, "zstd_decompress_dirty", ERL_NIF_DIRTY_JOB_CPU_BOUND,
+                                 zstd_decompress_impl, argc, argv);
+    return zstd_decompress_impl(env, argc, argv);
+}
+
+/* ------------------------------------------------------------------------ */
 /* Atomics on control-block words (sequentially consistent)                 */
 /* ------------------------------------------------------------------------ */
 
@@ -947,6 +1056,9 @@ static int load(ErlNifEnv *env, void **priv, ERL_NIF_TERM info)
     ATOM_ENOMEM = enif_make_atom(env, "enomem");
     ATOM_TRUE = enif_make_atom(env, "true");
     ATOM_FALSE = enif_make_atom(env, "false");
+    ATOM_TOO_LARGE = enif_make_atom(env, "too_large");
+    ATOM_SIZE_MISMATCH = enif_make_atom(env, "size_mismatch");
+    ATOM_BAD_COMPRESSED_DATA = enif_make_atom(env, "bad_compressed_data");
     return open_resources(env) ? 0 : 1;
 }
 
@@ -975,6 +1087,7 @@ static ErlNifFunc nif_funcs[] = {
     {"write_hashed", 3, nif_write_hashed, 0},
     {"xxh3_64", 1, nif_xxh3_64, 0},
     {"xxh3_64_region", 3, nif_xxh3_64_region, 0},
+    {"zstd_decompress", 2, nif_zstd_decompress, 0},
     {"load_u32", 2, nif_load_u32, 0},
     {"load_u64", 2, nif_load_u64, 0},
     {"store_u32", 3, nif_store_u32, 0},

@@ -254,9 +254,40 @@ defmodule Bridge.ArrowCodecTest do
                Arrow.decode(Base.decode64!(@lz4_sequences), max_decompressed: 100)
     end
 
-    test "zstd bodies give a typed error naming the codec" do
-      assert {:error, %Error{kind: :arrow, reason: :unsupported_compression, value: :zstd}} =
-               Arrow.decode(Base.decode64!(@zstd))
+    test "zstd bodies are decompressed and equal the lz4 and uncompressed decodes" do
+      {:ok, t} = Arrow.decode(Base.decode64!(@zstd))
+      {:ok, lz4} = Arrow.decode(Base.decode64!(@lz4))
+      {:ok, legacy} = Arrow.decode(Base.decode64!(@legacy))
+      assert Table.to_columns(t) == %{"x" => [1, 2, 3], "s" => ["p", nil, "r"]}
+      assert Table.to_columns(t) == Table.to_columns(lz4)
+      assert Table.to_columns(t) == Table.to_columns(legacy)
+      assert t.schema == legacy.schema
+      assert Table.to_rows(round_trip(t)) == Table.to_rows(t)
+    end
+
+    test "zstd: the max_decompressed limit applies before the NIF is called" do
+      assert {:error, %Error{reason: :decompressed_too_large}} =
+               Arrow.decode(Base.decode64!(@zstd), max_decompressed: 4)
+    end
+
+    test "corrupt zstd data is a typed error" do
+      stream = Base.decode64!(@zstd)
+      # Every zstd frame in the body: corrupt each of its bytes in turn.
+      for {at, _} <- :binary.matches(stream, <<0x28, 0xB5, 0x2F, 0xFD>>), i <- 0..20 do
+        <<pre::binary-size(at + i), byte, post::binary>> = stream
+
+        case Arrow.decode(pre <> <<Bitwise.bxor(byte, 0x5A)>> <> post) do
+          {:ok, %Table{}} -> :ok
+          {:error, %Error{kind: :arrow}} -> :ok
+        end
+      end
+
+      # A buffer whose recorded uncompressed length disagrees with its frame.
+      {at, _} = :binary.match(stream, <<0x28, 0xB5, 0x2F, 0xFD>>)
+      <<pre::binary-size(at - 8), len::little-signed-64, post::binary>> = stream
+
+      assert {:error, %Error{kind: :arrow, reason: :bad_compressed_data, field: :zstd_frame}} =
+               Arrow.decode(pre <> <<len + 1::little-signed-64>> <> post)
     end
 
     test "corrupt lz4 data is a typed error" do

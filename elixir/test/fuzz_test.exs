@@ -339,6 +339,7 @@ defmodule Bridge.FuzzTest do
     write_hashed: [:region, :int, :binary],
     xxh3_64: [:binary],
     xxh3_64_region: [:region, :int, :int],
+    zstd_decompress: [:binary, :int],
     load_u32: [:region, :int],
     load_u64: [:region, :int],
     store_u32: [:region, :int, :int],

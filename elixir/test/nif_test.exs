@@ -135,4 +135,105 @@ defmodule Bridge.NIFTest do
     assert :ok = NIF.region_unlink(r)
     assert {:error, :enoent} = NIF.unlink(name)
   end
+
+  describe "zstd_decompress" do
+    # Golden frames made once with the Python zstandard package (level 3):
+    #   zstandard.ZstdCompressor(level=3, **kw).compress(data)
+    # @sized: b"hello zstd " * 10 (110 bytes), content size in the header.
+    @sized "KLUv/SBulQAAWGhlbGxvIHpzdGQgAQDAafEC"
+    # @unsized: the same data with write_content_size=False.
+    @unsized "KLUv/QAAlQAAWGhlbGxvIHpzdGQgAQDAafEC"
+    # @empty: b"".
+    @empty "KLUv/SAAAQAA"
+    # @big: b"abc" * 50_000 (150 000 bytes, the dirty-scheduler path), write_checksum=True.
+    @big "KLUv/aTwSQIAXAAAGGFiYwEA+v/mbghFAAAIYwEA7MkOhJlF0Jo="
+    # @checksummed: bytes(range(256)), write_checksum=True.
+    @checksummed "KLUv/WQAAAEIAAABAgMEBQYHCAkKCwwNDg8QERITFBUWFxgZGhscHR4fICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj9AQUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVpbXF1eX2BhYmNkZWZnaGlqa2xtbm9wcXJzdHV2d3h5ent8fX5/gIGCg4SFhoeIiYqLjI2Oj5CRkpOUlZaXmJmam5ydnp+goaKjpKWmp6ipqqusra6vsLGys7S1tre4ubq7vL2+v8DBwsPExcbHyMnKy8zNzs/Q0dLT1NXW19jZ2tvc3d7f4OHi4+Tl5ufo6err7O3u7/Dx8vP09fb3+Pn6+/z9/v9LkM0G"
+
+    @hello :binary.copy("hello zstd ", 10)
+
+    test "golden frames decompress to exactly the expected bytes" do
+      assert NIF.zstd_decompress(Base.decode64!(@sized), 110) == {:ok, @hello}
+      assert NIF.zstd_decompress(Base.decode64!(@unsized), 110) == {:ok, @hello}
+      assert NIF.zstd_decompress(Base.decode64!(@empty), 0) == {:ok, ""}
+
+      assert NIF.zstd_decompress(Base.decode64!(@big), 150_000) ==
+               {:ok, :binary.copy("abc", 50_000)}
+
+      assert NIF.zstd_decompress(Base.decode64!(@checksummed), 256) ==
+               {:ok, :binary.list_to_bin(Enum.to_list(0..255))}
+
+      # Two frames back to back decode as their concatenation.
+      two = Base.decode64!(@sized) <> Base.decode64!(@unsized)
+      assert NIF.zstd_decompress(two, 220) == {:ok, @hello <> @hello}
+      assert NIF.zstd_decompress(two, 219) == {:error, :bad_compressed_data}
+    end
+
+    test "a declared content size other than expected_size is refused before allocating" do
+      sized = Base.decode64!(@sized)
+
+      for n <- [0, 1, 109, 111, 1 <<< 20, 1 <<< 32] do
+        assert NIF.zstd_decompress(sized, n) == {:error, :size_mismatch}, "expected #{n}"
+      end
+
+      assert NIF.zstd_decompress(Base.decode64!(@empty), 1) == {:error, :size_mismatch}
+      assert NIF.zstd_decompress(Base.decode64!(@big), 149_999) == {:error, :size_mismatch}
+    end
+
+    test "a frame without a declared size that decodes to another length is bad data" do
+      unsized = Base.decode64!(@unsized)
+
+      for n <- [0, 1, 109, 111, 100_000] do
+        assert NIF.zstd_decompress(unsized, n) == {:error, :bad_compressed_data}, "expected #{n}"
+      end
+    end
+
+    test "truncated, corrupted and garbage frames are typed errors" do
+      for frame <- [@sized, @unsized, @checksummed, @big], frame = Base.decode64!(frame) do
+        size = byte_size(frame)
+
+        for n <- 0..(size - 1) do
+          assert {:error, reason} = NIF.zstd_decompress(binary_part(frame, 0, n), 110)
+          assert reason in [:bad_compressed_data, :size_mismatch], "truncated to #{n}"
+        end
+
+        for i <- 0..(size - 1), flip <- [0x01, 0x80, 0xFF] do
+          <<pre::binary-size(i), byte, post::binary>> = frame
+          mutated = pre <> <<Bitwise.bxor(byte, flip)>> <> post
+
+          case NIF.zstd_decompress(mutated, 256) do
+            {:ok, out} -> assert byte_size(out) == 256
+            {:error, reason} -> assert reason in [:bad_compressed_data, :size_mismatch]
+          end
+        end
+      end
+
+      # The checksum of @checksummed is its last 4 bytes: a wrong one is caught.
+      frame = Base.decode64!(@checksummed)
+      <<body::binary-size(byte_size(frame) - 4), sum::little-32>> = frame
+
+      assert NIF.zstd_decompress(body <> <<sum + 1::little-32>>, 256) ==
+               {:error, :bad_compressed_data}
+
+      for garbage <- ["", "x", "not a zstd frame at all", :crypto.strong_rand_bytes(100_000)] do
+        assert NIF.zstd_decompress(garbage, 10) == {:error, :bad_compressed_data}
+      end
+    end
+
+    test "wrong types and out-of-range sizes are typed errors, never a raise" do
+      sized = Base.decode64!(@sized)
+      assert NIF.zstd_decompress(~c"abc", 3) == {:error, :badarg}
+      assert NIF.zstd_decompress(:sized, 110) == {:error, :badarg}
+      assert NIF.zstd_decompress(<<1::3>>, 0) == {:error, :badarg}
+      assert NIF.zstd_decompress(sized, 110.0) == {:error, :badarg}
+      assert NIF.zstd_decompress(sized, "110") == {:error, :badarg}
+      assert NIF.zstd_decompress(sized, -1) == {:error, :badarg}
+      assert NIF.zstd_decompress(sized, -(1 <<< 70)) == {:error, :badarg}
+      assert NIF.zstd_decompress(sized, (1 <<< 32) + 1) == {:error, :too_large}
+      assert NIF.zstd_decompress(sized, (1 <<< 64) - 1) == {:error, :too_large}
+      assert NIF.zstd_decompress(sized, 1 <<< 200) == {:error, :too_large}
+      # An unsized frame with a huge expected size: refused by the cap, nothing allocated.
+      assert NIF.zstd_decompress(Base.decode64!(@unsized), 1 <<< 40) == {:error, :too_large}
+    end
+  end
 end

@@ -12,8 +12,8 @@ defmodule Bridge.Arrow do
   Arrow ≥ 0.15 (and the older framing without the continuation marker); it
   checks every length and offset against the input before use and returns a
   typed error for anything malformed or unsupported. Bodies compressed with
-  LZ4_FRAME are decompressed (in Elixir); ZSTD bodies are refused with
-  `:unsupported_compression`. Decoded fixed-width
+  LZ4_FRAME are decompressed in Elixir, bodies compressed with ZSTD by
+  libzstd in the NIF (`Bridge.NIF.zstd_decompress/2`). Decoded fixed-width
   buffers are sub-binaries of the input: no copy is made until values are
   asked for (`Bridge.Table.to_rows/2`).
 

@@ -31,6 +31,10 @@ defmodule Bridge.NIF do
   def write_hashed(_region, _off, _binary), do: not_loaded()
   def xxh3_64(_binary), do: not_loaded()
   def xxh3_64_region(_region, _off, _len), do: not_loaded()
+  # One zstd frame into a binary of exactly expected_size bytes (<= 2^32); the
+  # frame's declared content size is checked before allocating. Errors: :badarg,
+  # :too_large, :size_mismatch, :bad_compressed_data, :enomem.
+  def zstd_decompress(_frame, _expected_size), do: not_loaded()
   def load_u32(_region, _off), do: not_loaded()
   def load_u64(_region, _off), do: not_loaded()
   def store_u32(_region, _off, _value), do: not_loaded()

@@ -61,7 +61,7 @@ defmodule Bridge.Arrow.Errors do
 
   defp hint(:unsupported_compression),
     do:
-      "write the stream uncompressed or with lz4 (pyarrow: IpcWriteOptions(compression=\"lz4\"))"
+      "write the stream uncompressed, with lz4 or with zstd (pyarrow: IpcWriteOptions(compression=\"lz4\"))"
 
   defp hint(:missing_schema), do: "an Arrow IPC stream starts with a Schema message"
   defp hint(:big_endian), do: "only little-endian Arrow data is supported"
