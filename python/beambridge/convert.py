@@ -12,6 +12,13 @@ Tensors, bundles and COO arrays follow protocol/formats/tensor.md (module
 ``{:"$bb_tensor", descriptor, data}``, ``{:"$bb_tensor_bundle", entries}`` and
 ``{:"$bb_sparse_coo", shape, entries}`` besides SPEC §7.4's original 4-tuple.
 
+Tables follow protocol/formats/arrow.md ("On the call path"): ``{:"$bb_arrow", stream}``
+inline or a region of kind ``arrow`` (format ``arrow_stream``) both become a fully
+validated ``pyarrow.Table`` (in place: its buffers lie in the bytes or the region, and a
+region's lease follows the table); a result that is a ``pyarrow.Table``,
+``pyarrow.RecordBatch`` or ``pandas.DataFrame`` goes back as an Arrow stream, the same
+two ways. pyarrow is imported only when a table is seen.
+
 Results: `ResultEncoder` sends ``bytes``/``bytearray``/``memoryview`` as binaries and
 ``ndarray`` (``Bundle``, ``COO``) as tensors; at or above the threshold it writes them
 into a region of the worker's `ResultRegions` pool and sends a
@@ -43,7 +50,7 @@ from typing import Any
 import numpy as np
 
 from .control import CB_SIZE
-from .errors import BridgeError, EtfError, HeaderError, LeaseError, RegionError
+from .errors import BridgeError, EtfError, FormatError, HeaderError, LeaseError, RegionError
 from .etf import Atom, Encoder, encode_binary
 from .formats import tensor as tensor_format
 from .header import Codec, Format, payload_offset_for
@@ -52,6 +59,7 @@ from .region import Region
 __all__ = [
     "DEFAULT_REGION_LIMIT",
     "DEFAULT_THRESHOLD",
+    "TAG_ARROW",
     "TAG_BUFFER",
     "TAG_REGION",
     "TAG_SPARSE_COO",
@@ -75,12 +83,14 @@ TAG_TENSOR = Atom("$bb_tensor")
 TAG_REGION = Atom("$bb_region")
 TAG_TENSOR_BUNDLE = Atom("$bb_tensor_bundle")
 TAG_SPARSE_COO = Atom("$bb_sparse_coo")
+TAG_ARROW = Atom("$bb_arrow")
 KIND_BINARY = Atom("binary")
 KIND_BUFFER = Atom("buffer")
 KIND_TENSOR = Atom("tensor")
 KIND_TENSOR_BUNDLE = Atom("tensor_bundle")
 KIND_SPARSE_COO = Atom("sparse_coo")
-_KINDS = (KIND_BINARY, KIND_BUFFER, KIND_TENSOR, KIND_TENSOR_BUNDLE, KIND_SPARSE_COO)
+KIND_ARROW = Atom("arrow")
+_KINDS = (KIND_BINARY, KIND_BUFFER, KIND_TENSOR, KIND_TENSOR_BUNDLE, KIND_SPARSE_COO, KIND_ARROW)
 #: Tensor frame schema (protocol/formats/tensor.md) each tensor-like handle kind reads.
 _KIND_SCHEMAS = {
     KIND_TENSOR: (tensor_format.SCHEMA_LEGACY, tensor_format.SCHEMA_TENSOR),
@@ -256,6 +266,13 @@ class Arguments:
             shape = tuple(tensor_format._check_dims(term[1], "shape"))
             parts = tensor_format.from_inline_entries(term[2], ("indices", "values"))
             return tensor_format.coo_from_parts(parts["indices"], parts["values"], shape)
+        if tag == TAG_ARROW and len(term) == 2 and type(term[1]) is bytes:
+            from .formats.arrow import read_arrow_stream
+
+            try:
+                return read_arrow_stream(term[1])
+            except FormatError as err:
+                raise _bad("arrow", None, f'{{:"$bb_arrow", stream}}: {err}') from None
         if tag == TAG_REGION and len(term) == 4:
             return self.region(term[1], term[2], term[3])
         raise _bad("tag", tag, f"malformed or unknown tagged term {_short(term)} (§7.4)")
@@ -263,7 +280,7 @@ class Arguments:
     def region(self, kind: Any, name: Any, generation: Any) -> Any:
         if kind not in _KINDS or type(kind) is not Atom:
             raise _bad("kind", kind, f"region handle kind {kind!r} is not binary, buffer, "
-                       "tensor, tensor_bundle or sparse_coo")  # fmt: skip
+                       "tensor, tensor_bundle, sparse_coo or arrow")  # fmt: skip
         if type(name) is not bytes or type(generation) is not int or generation < 0:
             raise _bad("handle", (name, generation), "a region handle is {:\"$bb_region\", "
                        "kind, name :: binary, generation :: non-negative integer}")  # fmt: skip
@@ -290,7 +307,13 @@ class Arguments:
                     f"unknown_codec: region {region.name} holds a {Codec(header.codec).name} "
                     "payload; this worker reads uncompressed argument regions only",
                 )
-            want = Format.TENSOR if kind in _KIND_SCHEMAS else Format.RAW
+            want = (
+                Format.TENSOR
+                if kind in _KIND_SCHEMAS
+                else Format.ARROW_STREAM
+                if kind == KIND_ARROW
+                else Format.RAW
+            )
             if header.format != want:
                 raise _bad("format", int(header.format), f"a {kind} handle needs a frame of "
                            f"format {want.name}, region {region.name} holds format "
@@ -300,6 +323,13 @@ class Arguments:
                 value = bytes(frame.payload)
             elif kind == KIND_BUFFER:
                 value = frame.payload
+            elif kind == KIND_ARROW:
+                from .formats.arrow import read_arrow
+
+                try:
+                    value = read_arrow(frame)  # in place: the lease follows the table
+                except FormatError as err:
+                    raise _bad("arrow", None, f"region {region.name}: {err}") from None
             else:
                 if header.schema_id not in _KIND_SCHEMAS[kind]:
                     raise _bad("schema_id", header.schema_id, f"a {kind} handle needs a tensor "
@@ -406,6 +436,23 @@ class ResultRegions:
         self._classes.setdefault(size, []).append(region)
         self._total += size
         return self._publish(region, nbytes, fill, metadata, format, (schema_id, schema_version))
+
+    def write_arrow(self, data: Any, plan: Any = None) -> tuple[str, int] | None:
+        """Publish ``data`` (a ``pyarrow.Table``, ``RecordBatch`` or ``pandas.DataFrame``)
+        as one ``arrow_stream`` frame with its descriptor (protocol/formats/arrow.md),
+        written by pyarrow straight into a free region sized by the stream's exact size;
+        ``plan`` is the sizing pass's result when the caller already made it. Returns
+        ``(name, generation)`` or ``None`` (no room), as `write` does."""
+        from .formats import arrow as arrow_format
+
+        if plan is None:
+            plan = arrow_format._plan(data, None, False)
+        return self.write(
+            plan.size,
+            lambda area: arrow_format._write_into(area, plan),
+            metadata=plan.metadata,
+            format=Format.ARROW_STREAM,
+        )
 
     def _publish(
         self,
@@ -523,6 +570,8 @@ class ResultEncoder(Encoder):
     def other(self, v: Any, parts: list[Any], depth: int) -> None:
         if isinstance(v, np.ndarray):
             self.tensor(v, parts)
+        elif _is_table(v):
+            self.arrow(v, parts)
         elif isinstance(v, tensor_format.Bundle):
             self.tensor_bundle(v, parts)
         elif isinstance(v, tensor_format.COO):
@@ -609,3 +658,35 @@ class ResultEncoder(Encoder):
         self.encode_into(TAG_SPARSE_COO, parts)
         _PLAIN.encode_into([int(d) for d in coo.shape], parts)
         self._entries([("indices", coo.indices), ("values", coo.values)], parts)
+
+    def arrow(self, data: Any, parts: list[Any]) -> None:
+        """A ``pyarrow.Table``, ``RecordBatch`` or ``pandas.DataFrame`` (index dropped):
+        one Arrow IPC stream, in a region of kind ``arrow`` when it reaches the threshold
+        and a region has room, else ``{:"$bb_arrow", stream}``."""
+        import pyarrow as pa
+
+        from .formats import arrow as arrow_format
+
+        plan = arrow_format._plan(data, None, False)
+        if self.regions is not None and plan.size >= self.threshold:
+            placed = self.regions.write_arrow(data, plan)
+            if placed is not None:
+                self.handle(KIND_ARROW, placed, parts)
+                return
+            _warn(f"result region limit {self.regions.limit} reached; sending a "
+                  f"{plan.size}-byte Arrow stream inline")  # fmt: skip
+        sink = pa.BufferOutputStream()
+        arrow_format._write_stream(sink, plan.data, plan.schema)
+        parts.append(b"h\x02")
+        self.encode_into(TAG_ARROW, parts)
+        encode_binary(memoryview(sink.getvalue()), parts)
+
+
+def _is_table(v: Any) -> bool:
+    """A ``pyarrow.Table``/``RecordBatch`` or ``pandas.DataFrame``, without importing
+    either library: a value of theirs means they are imported already."""
+    pa = sys.modules.get("pyarrow")
+    if pa is not None and isinstance(v, (pa.Table, pa.RecordBatch)):
+        return True
+    pd = sys.modules.get("pandas")
+    return pd is not None and isinstance(v, pd.DataFrame)

@@ -8,17 +8,22 @@ defmodule Bridge.Codec do
   # binary, {:"$bb_buffer", bin}, {:"$bb_tensor", dtype, shape, data}), so the
   # Python type never depends on the size (invariant 7). Tensor.Bundle and
   # Tensor.COO, and tensors of any NumPy dtype/order, use the forms of
-  # protocol/formats/tensor.md (Bridge.Tensor.Wire). Terms that cannot
+  # protocol/formats/tensor.md (Bridge.Tensor.Wire). A %Bridge.Table{} goes as
+  # its Arrow IPC stream (Bridge.Arrow.encode): {:"$bb_arrow", stream} inline,
+  # or a region of kind :arrow (format arrow_stream, descriptor metadata;
+  # protocol/formats/arrow.md "On the call path"). Terms that cannot
   # cross (pids, funs, references, ports, bit-strings, improper lists, atoms
   # starting with "$bb_") are a :bad_call error before anything is sent.
   #
   # Results: region handles are read from the worker's result regions as
-  # zero-copy binaries under a reader lease; anything else that is not plain
-  # data is a :bad_frame error.
+  # zero-copy binaries under a reader lease; Arrow streams (inline or region)
+  # decode to %Bridge.Table{} whose fixed-width columns are sub-binaries of
+  # them; anything else that is not plain data, or a stream that does not
+  # decode, is a :bad_frame error.
 
   require Logger
 
-  alias Bridge.{ArgRegions, Buffer, Error, Region, ResultRegions, Tensor}
+  alias Bridge.{ArgRegions, Arrow, Buffer, Error, Header, Region, ResultRegions, Table, Tensor}
   alias Bridge.Tensor.{Bundle, COO, Wire}
 
   @type encode_ctx :: %{regions: ArgRegions.t(), threshold: non_neg_integer(), evicted: list()}
@@ -84,6 +89,27 @@ defmodule Bridge.Codec do
     end
   end
 
+  # Tables: an Arrow IPC stream (protocol/formats/arrow.md); Python gets a
+  # pyarrow.Table either way (invariant 7).
+  defp enc(%Table{} = table, ctx) do
+    stream =
+      try do
+        Arrow.encode(table)
+      rescue
+        e in Error -> throw({:bad_arg, e, ctx})
+        _ -> bad_arg(table, ctx, "a %Bridge.Table{} built with Bridge.Table or Bridge.Arrow")
+      end
+
+    inline = {:"$bb_arrow", stream}
+
+    if byte_size(stream) >= ctx.threshold do
+      opts = [format: :arrow_stream, metadata: arrow_descriptor(table)]
+      region(:arrow, stream, opts, inline, ctx)
+    else
+      {inline, ctx}
+    end
+  end
+
   defp enc(%Buffer{} = b, ctx), do: bad_arg(b, ctx, "a %Bridge.Buffer{} holding a binary")
 
   defp enc(%{} = map, ctx) do
@@ -98,6 +124,26 @@ defmodule Bridge.Codec do
   end
 
   defp enc(term, ctx), do: bad_arg(term, ctx, "plain data (see Bridge's type mapping)")
+
+  # The frame metadata descriptor of protocol/formats/arrow.md.
+  defp arrow_descriptor(%Table{schema: schema, columns: columns, num_rows: n}) do
+    fields = for f <- schema.fields, do: {f.name, Arrow.Type.describe(f.type), f.nullable == true}
+    fields = if byte_size(:erlang.term_to_binary(fields)) > 65_536, do: nil, else: fields
+
+    batches =
+      case columns do
+        [] -> if n == 0, do: 0, else: 1
+        [chunks | _] -> length(chunks)
+      end
+
+    :erlang.term_to_binary(%{
+      "version" => 1,
+      "num_rows" => n,
+      "num_columns" => length(schema.fields),
+      "num_batches" => batches,
+      "fields" => fields
+    })
+  end
 
   defp enc_list([], ctx, acc), do: {Enum.reverse(acc), ctx}
 
@@ -178,8 +224,8 @@ defmodule Bridge.Codec do
   end
 
   defp dec({:"$bb_region", kind, name, generation}, ctx)
-       when kind in [:binary, :buffer, :tensor, :tensor_bundle, :sparse_coo] and is_binary(name) and
-              is_integer(generation) do
+       when kind in [:binary, :buffer, :tensor, :tensor_bundle, :sparse_coo, :arrow] and
+              is_binary(name) and is_integer(generation) do
     read_region(kind, name, generation, ctx)
   end
 
@@ -196,6 +242,9 @@ defmodule Bridge.Codec do
     do: tensor_result(Wire.from_inline_coo(shape, entries), ctx)
 
   defp dec({:"$bb_buffer", data}, ctx) when is_binary(data), do: {data, ctx}
+
+  defp dec({:"$bb_arrow", stream}, ctx) when is_binary(stream),
+    do: arrow_result(Arrow.decode(stream), "", ctx)
 
   defp dec(term, ctx) when is_tuple(term) do
     if tuple_size(term) > 0 and is_atom(elem(term, 0)) and reserved?(elem(term, 0)) do
@@ -254,6 +303,12 @@ defmodule Bridge.Codec do
         kind in [:tensor, :tensor_bundle, :sparse_coo] ->
           tensor_result(Wire.from_frame(kind, frame), ctx)
 
+        kind == :arrow and Header.format_name(h.format) != :arrow_stream ->
+          bad_result(:unknown_format, h.format, ctx, "an arrow_stream (2) frame for kind :arrow")
+
+        kind == :arrow ->
+          arrow_result(Arrow.decode(frame.payload), frame.metadata, ctx)
+
         true ->
           {frame.payload, ctx}
       end
@@ -261,6 +316,52 @@ defmodule Bridge.Codec do
       {:error, %Error{} = e, cache} -> throw({:bad_result, e, %{ctx | cache: cache}})
       {:error, %Error{} = e} -> throw({:bad_result, e, ctx})
     end
+  end
+
+  # A decoded stream; `metadata` is the region frame's descriptor ("" inline),
+  # whose counts must match the stream when present.
+  defp arrow_result({:ok, %Table{} = table}, metadata, ctx) do
+    case arrow_counts(metadata) do
+      :none ->
+        {table, ctx}
+
+      {rows, cols} when rows == table.num_rows and cols == length(table.schema.fields) ->
+        {table, ctx}
+
+      other ->
+        bad_result(
+          :bad_metadata,
+          other,
+          ctx,
+          "a descriptor matching the stream " <>
+            "(#{table.num_rows} rows x #{length(table.schema.fields)} columns)"
+        )
+    end
+  end
+
+  defp arrow_result({:error, %Error{} = e}, _metadata, ctx) do
+    error =
+      Error.new(:bad_frame, e.reason,
+        field: :result,
+        value: e.value,
+        limit: e.limit,
+        message:
+          "bad frame: the worker's Arrow result stream does not decode: " <>
+            Exception.message(e)
+      )
+
+    throw({:bad_result, error, ctx})
+  end
+
+  defp arrow_counts(""), do: :none
+
+  defp arrow_counts(metadata) do
+    case :erlang.binary_to_term(metadata, [:safe]) do
+      %{"num_rows" => rows, "num_columns" => cols} -> {rows, cols}
+      other -> {:not_a_descriptor, other}
+    end
+  rescue
+    ArgumentError -> {:not_etf, byte_size(metadata)}
   end
 
   defp tensor_result({:ok, value}, ctx), do: {value, ctx}

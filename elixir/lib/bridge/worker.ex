@@ -55,7 +55,7 @@ defmodule Bridge.Worker do
     length_overflow payload_out_of_bounds bad_decoded_length decoded_too_large
     header_checksum_mismatch checksum_mismatch stale_generation no_space name_collision
     not_found bad_name bad_permissions region_too_small bad_control_block out_of_bounds closed
-    not_owner region_too_large badarg leased not_published busy)a
+    not_owner region_too_large badarg leased not_published busy arrow $bb_arrow)a
 
   @doc false
   @spec protocol_atoms() :: [atom()]

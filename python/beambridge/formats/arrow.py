@@ -96,6 +96,7 @@ __all__ = [
     "arrow_stream_size",
     "read_arrow",
     "read_arrow_pandas",
+    "read_arrow_stream",
     "write_arrow",
     "write_arrow_into_new_region",
 ]
@@ -564,6 +565,26 @@ def read_arrow(frame: Frame) -> pa.Table:
             f"the descriptor says {descriptor.num_rows} rows x {descriptor.num_columns} "
             f"columns, the stream holds {shape[0]} x {shape[1]}",
         )
+    return table
+
+
+def read_arrow_stream(data: bytes | memoryview) -> pa.Table:
+    """The ``pyarrow.Table`` of a bare Arrow IPC stream (no frame): the inline form
+    ``{:"$bb_arrow", stream}`` of the call path. The same checks as `read_arrow`
+    (message headers, no bytes after the stream, ``validate(full=True)``, fields);
+    the table's buffers lie inside ``data``, which it keeps alive.
+
+    Raises `beambridge.FormatError` ``bad_arrow_stream``, never another exception.
+
+    >>> read_arrow_stream(b"junk")
+    Traceback (most recent call last):
+    ...
+    beambridge.errors.FormatError: bad_arrow_stream: ...
+    """
+    table, error = _open(memoryview(data))
+    if error is not None:
+        raise error
+    assert table is not None
     return table
 
 
