@@ -51,21 +51,8 @@ defmodule Bridge.Tensor do
   @type order :: :c | :f
   @type t :: %__MODULE__{dtype: dtype(), shape: tuple(), data: binary(), order: order()}
 
-  @dtypes [
-    {{:s, 8}, "|i1"},
-    {{:s, 16}, "<i2"},
-    {{:s, 32}, "<i4"},
-    {{:s, 64}, "<i8"},
-    {{:u, 8}, "|u1"},
-    {{:u, 16}, "<u2"},
-    {{:u, 32}, "<u4"},
-    {{:u, 64}, "<u8"},
-    {{:f, 16}, "<f2"},
-    {{:f, 32}, "<f4"},
-    {{:f, 64}, "<f8"},
-    {{:c, 64}, "<c8"},
-    {{:c, 128}, "<c16"}
-  ]
+  # The Nx dtypes and their NumPy spellings: one table, in Bridge.Tensor.Dtype.
+  @dtypes Dtype.nx_table()
 
   @doc """
   Builds a tensor, checking that `data` holds exactly the elements of `shape`.
