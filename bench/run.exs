@@ -53,6 +53,7 @@ defmodule Bench do
 
     echo_rows = Enum.map(sizes, &echo_row(&1, memcpy))
     small = small_call()
+    tables = table_transfer(if(quick?, do: 100_000, else: 1_000_000))
     Supervisor.stop(sup)
 
     throughput = pool_throughput(if(quick?, do: 8, else: 24))
@@ -77,12 +78,14 @@ defmodule Bench do
       "small_call" => small,
       "throughput" => throughput,
       "threshold_sweep" => sweep,
-      "tensor_open" => tensor_open
+      "tensor_open" => tensor_open,
+      "tables" => tables
     }
 
     print_table(echo_rows, small, throughput)
     print_sweep(sweep)
     print_tensor_open(tensor_open)
+    print_tables(tables)
     File.mkdir_p!("bench/results")
     File.write!("bench/results/latest.json", Bench.JSON.encode(results) <> "\n")
 
@@ -299,6 +302,81 @@ defmodule Bench do
       )
     end
 
+    IO.puts("")
+  end
+
+  # ---- tables: Arrow through the bridge vs an ETF list of maps over a Port -------------
+
+  # Python -> Elixir: n rows x 4 columns (int64, float64, bool, utf8). The bridge call
+  # returns a %Bridge.Table{} (columnar, fixed-width columns over the region); the
+  # baseline returns the same rows as an ETF list of maps encoded by erlang-py. Both
+  # Python sides build their data once per n.
+  defp table_transfer(n) do
+    call = fn ->
+      Bridge.call({:bench_handlers, :table}, [n], pool: BenchBridge, timeout: 300_000)
+    end
+
+    {:ok, %Bridge.Table{num_rows: ^n}} = call.()
+
+    samples =
+      for _ <- 1..5 do
+        {us, {:ok, _}} = :timer.tc(call)
+        :erlang.garbage_collect()
+        us
+      end
+
+    {to_rows_us, ^n} =
+      :timer.tc(fn ->
+        {:ok, table} = call.()
+        length(Bridge.Table.to_rows(table))
+      end)
+
+    etf =
+      with_port(@python, ["bench/etf_rows.py"], fn port ->
+        get = fn ->
+          send(port, {self(), {:command, :erlang.term_to_binary(n)}})
+          receive do: ({^port, {:data, data}} -> length(:erlang.binary_to_term(data)))
+        end
+
+        ^n = get.()
+
+        samples =
+          for _ <- 1..3 do
+            {us, ^n} = :timer.tc(get)
+            :erlang.garbage_collect()
+            us
+          end
+
+        percentile(samples, 50)
+      end)
+
+    bridge = percentile(samples, 50)
+
+    %{
+      "rows" => n,
+      "bridge_table_us" => bridge,
+      "bridge_table_then_to_rows_us" => to_rows_us,
+      "etf_list_of_maps_us" => etf,
+      "speedup" => ratio(etf, bridge),
+      "speedup_with_to_rows" => ratio(etf, to_rows_us)
+    }
+  end
+
+  defp print_tables(t) do
+    IO.puts(
+      "Table, #{t["rows"]} rows x 4 columns, Python -> Elixir: Bridge.call -> %Bridge.Table{} " <>
+        "#{fmt_us(t["bridge_table_us"])} (then to_rows: #{fmt_us(t["bridge_table_then_to_rows_us"])} in all), " <>
+        "ETF list of maps over a Port #{fmt_us(t["etf_list_of_maps_us"])}"
+    )
+
+    target(
+      "Arrow table >= 10x faster than an ETF list of maps",
+      t["speedup"],
+      nil,
+      &(&1 >= 10)
+    )
+
+    IO.puts("  (as rows, to_rows included: #{t["speedup_with_to_rows"]}x)")
     IO.puts("")
   end
 

@@ -18,3 +18,23 @@ def spin(n: int) -> int:
     for i in range(n):
         acc = (acc * 31 + i) & 0xFFFFFFFF
     return acc
+
+
+_tables: dict[int, object] = {}
+
+
+def table(n: int) -> object:
+    """n rows x 4 columns (int64, float64, bool, utf8) as a pyarrow.Table, built once per
+    n so that the round trip measures the bridge, not the table's construction."""
+    if n not in _tables:
+        import pyarrow as pa
+
+        _tables[n] = pa.table(
+            {
+                "id": pa.array(range(n), type=pa.int64()),
+                "x": pa.array([i * 0.5 for i in range(n)], type=pa.float64()),
+                "flag": pa.array([i % 3 == 0 for i in range(n)], type=pa.bool_()),
+                "name": pa.array([f"name-{i}" for i in range(n)], type=pa.string()),
+            }
+        )
+    return _tables[n]
