@@ -443,6 +443,11 @@ class Encoder:
                 for item in v:
                     self.encode_into(item, parts, depth)
         elif t is list:
+            if 0 < len(v) <= 0xFFFF and _all_bytes(v):
+                # a list of small integers: one byte each (STRING_EXT), as Erlang's own
+                # term_to_binary writes it; the BEAM reads back the same list
+                parts.append(bytes((STRING,)) + len(v).to_bytes(2, "big") + bytes(v))
+                return
             if v:
                 depth = self.deeper(depth)
                 parts.append(_pack_u32(LIST, len(v)))
@@ -506,6 +511,11 @@ class Encoder:
 
 _ENCODER = Encoder()
 _VERSION_PART = bytes((VERSION,))
+
+
+def _all_bytes(items: list[Any]) -> bool:
+    """Every item an ``int`` (not a ``bool``) in 0..255."""
+    return all(type(x) is int and 0 <= x <= 255 for x in items)
 
 
 def encode_parts(value: Any, encoder: Encoder = _ENCODER) -> list[Any]:

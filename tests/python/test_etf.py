@@ -480,3 +480,20 @@ def test_doctests(name: str) -> None:
 
     result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
     assert result.failed == 0 and result.attempted > 0
+
+
+def test_a_list_of_small_ints_costs_one_byte_each() -> None:
+    """Like Erlang's term_to_binary: 0..255 ints in a list of at most 65535 go out as
+    STRING_EXT, one byte each; the BEAM reads the same list back. Bools (ints in
+    Python) and anything else keep the general list encoding."""
+    from beambridge.etf import decode, encode
+
+    small = list(range(256)) * 100
+    wire = encode(small)
+    assert wire[:4] == b"\x83k" + len(small).to_bytes(2, "big")
+    assert len(wire) == 4 + len(small)
+    assert decode(wire) == small
+    for general in ([True, False], [1, 256], [-1], [1.0], list(range(256)) * 256):
+        wire = encode(general)
+        assert wire[1] == 108  # LIST_EXT
+        assert decode(wire) == general
