@@ -49,7 +49,8 @@ from typing import Any
 
 import numpy as np
 
-from .control import CB_SIZE
+from . import _atomic
+from .control import CB_SIZE, OFF_READER_LEASES
 from .errors import BridgeError, EtfError, FormatError, HeaderError, LeaseError, RegionError
 from .etf import Atom, Encoder, encode_binary
 from .formats import tensor as tensor_format
@@ -418,6 +419,12 @@ class ResultRegions:
         size = self.size_for(nbytes, len(metadata))
         for region in self._classes.get(size, ()):
             if id(region) in self._busy:
+                continue
+            # A region the BEAM still holds binaries over is skipped with one atomic
+            # load instead of a refused write (an exception each): a caller that keeps
+            # many results leases many regions. A stale 0 read is harmless: the write
+            # itself runs the real check of the lease protocol (§2.2).
+            if _atomic.load_u32(region._mm, OFF_READER_LEASES) != 0:
                 continue
             try:
                 return self._publish(region, nbytes, fill, metadata, format,

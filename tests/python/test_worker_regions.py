@@ -396,3 +396,38 @@ def test_threshold_one_sends_every_payload_through_a_region(maker: str) -> None:
     finally:
         assert w.stop() == 0
     assert regions_of(w.pid) == []
+
+
+def test_leased_result_regions_are_skipped_without_a_write_attempt(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A caller that keeps many results leases many regions; the pool skips each with
+    one atomic load instead of a write the lease protocol refuses (an exception)."""
+    from beambridge import _atomic
+    from beambridge.control import OFF_READER_LEASES
+    from beambridge.convert import ResultRegions
+
+    pool = ResultRegions(PREFIX, 1 << 30, checksum=False)
+    try:
+        data = memoryview(b"r" * 4096)
+        for _ in range(5):  # five results the "BEAM" keeps
+            pool.begin_result()
+            name, _gen = pool.write(4096, data)
+            region = next(r for r in pool.regions() if r.name == name)
+            _atomic.fetch_add_u32(region._mm, OFF_READER_LEASES, 1)
+        attempts = []
+        original = Region.write_frame
+
+        def counting(self: Region, *args: Any, **kwargs: Any) -> Any:
+            attempts.append(self.name)
+            return original(self, *args, **kwargs)
+
+        monkeypatch.setattr(Region, "write_frame", counting)
+        pool.begin_result()
+        name, _gen = pool.write(4096, data)
+        assert attempts == [name]  # straight to a free (new) region
+        assert len(pool.regions()) == 6
+    finally:
+        for region in pool.regions():
+            _atomic.store_u32(region._mm, OFF_READER_LEASES, 0)
+        pool.close_all()
