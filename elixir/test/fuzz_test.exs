@@ -17,18 +17,11 @@ defmodule Bridge.FuzzTest do
   @api_runs 5_000
 
   setup_all do
-    seed =
-      case System.get_env("BB_FUZZ_SEED") do
-        nil -> :rand.uniform(1_000_000_000)
-        s -> String.to_integer(s)
-      end
-
-    IO.puts("\nBridge.FuzzTest seed: #{seed} (replay with BB_FUZZ_SEED=#{seed})")
-    %{seed: seed}
+    %{seed: Bridge.Test.Seed.run_seed(__MODULE__)}
   end
 
   setup %{seed: seed} = context do
-    :rand.seed(:exsss, {seed, :erlang.phash2(context.test), 42})
+    Bridge.Test.Seed.seed_test(seed, context.test, 42)
     :ok
   end
 
