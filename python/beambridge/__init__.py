@@ -9,6 +9,7 @@ memory, zero-copy. This package is the Python side; ``protocol/SPEC.md`` is the 
 b'abc'
 """
 
+from . import codecs as codecs
 from .control import ControlBlock, WriterState
 from .errors import BridgeError, ChecksumError, EtfError, HeaderError, LeaseError, RegionError
 from .errors import FormatError as FormatError
@@ -52,6 +53,7 @@ __all__ = [
     "Region",
     "RegionError",
     "WriterState",
+    "codecs",
     "decode_frame",
     "encode_frame",
     "pack_header",

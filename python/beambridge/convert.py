@@ -24,6 +24,15 @@ Results: `ResultEncoder` sends ``bytes``/``bytearray``/``memoryview`` as binarie
 into a region of the worker's `ResultRegions` pool and sends a
 ``{:"$bb_region", kind, name, generation}`` handle instead.
 
+Format selection (SPEC §8.1, `beambridge.formats.records`): under the call's policy
+(``auto`` by default, ``etf``, ``packed``, ``arrow``) a result's number lists go packed
+and its record lists and column maps as records (Arrow), inline or in a region by size;
+arguments in those forms (``{:"$bb_packed", dtype, data}``, ``{:"$bb_records", layout,
+stream}``, region kinds ``packed`` and ``records``) become the plain ``list``/``dict``
+ETF would give. Values of a class with a registered codec (`beambridge.codecs`) travel
+as ``{:"$bb_custom", name, version, data}`` or a ``custom`` region, both ways.
+`format_stats` counts every decision.
+
 >>> import numpy as np
 >>> args = Arguments(Attachments())
 >>> tensor = (TAG_TENSOR, b"<i2", [2], b"\\x01\\x00\\x02\\x00")
@@ -39,6 +48,9 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
+import itertools
+import logging
 import math
 import os
 import re
@@ -50,28 +62,56 @@ from typing import Any
 import numpy as np
 
 from . import _atomic
+from . import codecs as codec_registry
 from .control import CB_SIZE, OFF_READER_LEASES
 from .errors import BridgeError, EtfError, FormatError, HeaderError, LeaseError, RegionError
-from .etf import Atom, Encoder, encode_binary
+from .etf import (
+    _FALSE,
+    _NIL_ATOM,
+    _TRUE,
+    LIST,
+    MAP,
+    SMALL_TUPLE,
+    STRING,
+    Atom,
+    Encoder,
+    _all_bytes,
+    _encode_atom,
+    _encode_float,
+    _encode_int,
+    _pack_u32,
+    encode_binary,
+)
+from .etf import LARGE_TUPLE as _LARGE_TUPLE
+from .etf import encode as etf_encode
+from .formats import records as records_format
 from .formats import tensor as tensor_format
+from .formats.records import format_stats, reset_format_stats
 from .header import Codec, Format, payload_offset_for
 from .region import Region
 
 __all__ = [
     "DEFAULT_REGION_LIMIT",
     "DEFAULT_THRESHOLD",
+    "POLICIES",
     "TAG_ARROW",
     "TAG_BUFFER",
+    "TAG_CUSTOM",
+    "TAG_PACKED",
+    "TAG_RECORDS",
     "TAG_REGION",
     "TAG_SPARSE_COO",
     "TAG_TENSOR",
     "TAG_TENSOR_BUNDLE",
     "Arguments",
     "Attachments",
+    "FormatUnsuitableError",
     "ResultEncoder",
     "ResultRegions",
     "check_dtype",
+    "format_stats",
     "make_tensor",
+    "reset_format_stats",
 ]
 
 #: Payloads of at least this many bytes travel in regions (§8; env BEAMBRIDGE_THRESHOLD).
@@ -85,13 +125,36 @@ TAG_REGION = Atom("$bb_region")
 TAG_TENSOR_BUNDLE = Atom("$bb_tensor_bundle")
 TAG_SPARSE_COO = Atom("$bb_sparse_coo")
 TAG_ARROW = Atom("$bb_arrow")
+TAG_PACKED = Atom("$bb_packed")
+TAG_RECORDS = Atom("$bb_records")
+TAG_CUSTOM = Atom("$bb_custom")
 KIND_BINARY = Atom("binary")
 KIND_BUFFER = Atom("buffer")
 KIND_TENSOR = Atom("tensor")
 KIND_TENSOR_BUNDLE = Atom("tensor_bundle")
 KIND_SPARSE_COO = Atom("sparse_coo")
 KIND_ARROW = Atom("arrow")
-_KINDS = (KIND_BINARY, KIND_BUFFER, KIND_TENSOR, KIND_TENSOR_BUNDLE, KIND_SPARSE_COO, KIND_ARROW)
+KIND_PACKED = Atom("packed")
+KIND_RECORDS = Atom("records")
+KIND_CUSTOM = Atom("custom")
+LAYOUT_ROWS, LAYOUT_COLUMNS = Atom("rows"), Atom("columns")
+#: The frame format each region handle kind reads (§7.4, §8.1, custom.md).
+_KIND_FORMATS = {
+    KIND_BINARY: Format.RAW,
+    KIND_BUFFER: Format.RAW,
+    KIND_TENSOR: Format.TENSOR,
+    KIND_TENSOR_BUNDLE: Format.TENSOR,
+    KIND_SPARSE_COO: Format.TENSOR,
+    KIND_ARROW: Format.ARROW_STREAM,
+    KIND_PACKED: Format.TENSOR,
+    KIND_RECORDS: Format.ARROW_STREAM,
+    KIND_CUSTOM: Format.CUSTOM,
+}
+_KINDS = tuple(_KIND_FORMATS)
+#: Kinds whose value is copied out of the region: the lease ends with the conversion.
+_COPIED_KINDS = (KIND_BINARY, KIND_PACKED, KIND_RECORDS, KIND_CUSTOM)
+#: Result format policies (the ``"format"`` call option, SPEC §7.3, §8.1).
+POLICIES = ("auto", "etf", "packed", "arrow")
 #: Tensor frame schema (protocol/formats/tensor.md) each tensor-like handle kind reads.
 _KIND_SCHEMAS = {
     KIND_TENSOR: (tensor_format.SCHEMA_LEGACY, tensor_format.SCHEMA_TENSOR),
@@ -229,9 +292,12 @@ class Arguments:
     """Turns the data terms of a call's arguments into Python values (§7.4).
 
     Errors are `BridgeError` subclasses whose ``reason`` the worker sends back in a
-    ``{:bad_call, reason, message}``: ``bad_term`` for a malformed tagged term, a
-    region reason (``not_found``, ``bad_name``...), a lease reason (``not_published``)
-    or a §4 reason (``stale_generation``, ``checksum_mismatch``...).
+    ``{:bad_call, reason, message}``: ``bad_term`` for a malformed tagged term (packed
+    data or a records stream included), a region reason (``not_found``,
+    ``bad_name``...), a lease reason (``not_published``), a §4 reason
+    (``stale_generation``, ``checksum_mismatch``...), ``bad_metadata`` for a custom
+    frame whose metadata disagrees with its header, or a `beambridge.codecs.CodecError`
+    (``unknown_type``, ``unsupported_version``, ``codec_failed``).
     """
 
     def __init__(self, attachments: Attachments, *, verify: bool = True) -> None:
@@ -274,14 +340,37 @@ class Arguments:
                 return read_arrow_stream(term[1])
             except FormatError as err:
                 raise _bad("arrow", None, f'{{:"$bb_arrow", stream}}: {err}') from None
+        if tag == TAG_PACKED and len(term) == 3:
+            values = records_format.unpack(term[1], term[2])
+            records_format.note("from_elixir", "packed", "inline", len(term[2]),
+                                f"{len(values)} elements {term[1].decode()}")  # fmt: skip
+            return values
+        if tag == TAG_RECORDS and len(term) == 3:
+            layout = term[1]
+            if type(layout) is not Atom or layout not in (LAYOUT_ROWS, LAYOUT_COLUMNS):
+                raise _bad("layout", layout, f"records layout {_short(layout)} is not the "
+                           "atom rows or columns")  # fmt: skip
+            if type(term[2]) is not bytes:
+                raise _bad("stream", _short(term[2]), "a records stream is a binary")
+            value = records_format.records_from_stream(term[2], str(layout))
+            records_format.note("from_elixir", "records", "inline", len(term[2]), str(layout))
+            return value
+        if tag == TAG_CUSTOM and len(term) == 4:
+            name, version = _custom_parts(term[1], term[2])
+            data = term[3]
+            if type(data) is not bytes:
+                raise _bad("data", _short(data), "custom data is a binary")
+            value = codec_registry.decode_payload(name, version, data)
+            records_format.note("from_elixir", "custom", "inline", len(data), name.decode())
+            return value
         if tag == TAG_REGION and len(term) == 4:
             return self.region(term[1], term[2], term[3])
         raise _bad("tag", tag, f"malformed or unknown tagged term {_short(term)} (§7.4)")
 
     def region(self, kind: Any, name: Any, generation: Any) -> Any:
         if kind not in _KINDS or type(kind) is not Atom:
-            raise _bad("kind", kind, f"region handle kind {kind!r} is not binary, buffer, "
-                       "tensor, tensor_bundle, sparse_coo or arrow")  # fmt: skip
+            raise _bad("kind", kind, f"region handle kind {kind!r} is not one of "
+                       f"{', '.join(_KINDS)}")  # fmt: skip
         if type(name) is not bytes or type(generation) is not int or generation < 0:
             raise _bad("handle", (name, generation), "a region handle is {:\"$bb_region\", "
                        "kind, name :: binary, generation :: non-negative integer}")  # fmt: skip
@@ -308,13 +397,7 @@ class Arguments:
                     f"unknown_codec: region {region.name} holds a {Codec(header.codec).name} "
                     "payload; this worker reads uncompressed argument regions only",
                 )
-            want = (
-                Format.TENSOR
-                if kind in _KIND_SCHEMAS
-                else Format.ARROW_STREAM
-                if kind == KIND_ARROW
-                else Format.RAW
-            )
+            want = _KIND_FORMATS[kind]
             if header.format != want:
                 raise _bad("format", int(header.format), f"a {kind} handle needs a frame of "
                            f"format {want.name}, region {region.name} holds format "
@@ -331,6 +414,22 @@ class Arguments:
                     value = read_arrow(frame)  # in place: the lease follows the table
                 except FormatError as err:
                     raise _bad("arrow", None, f"region {region.name}: {err}") from None
+            elif kind == KIND_PACKED:
+                value = records_format.read_packed(frame)  # copied out
+                records_format.note("from_elixir", "packed", "region", header.payload_length,
+                                    f"{len(value)} elements")  # fmt: skip
+            elif kind == KIND_RECORDS:
+                layout, rows, columns = records_format.parse_records_metadata(frame.metadata)
+                value = records_format.records_from_stream(frame.payload, layout, (rows, columns))
+                records_format.note("from_elixir", "records", "region", header.payload_length,
+                                    f"{layout}, {rows} x {columns}")  # fmt: skip
+            elif kind == KIND_CUSTOM:
+                name, version = _custom_metadata(frame.metadata, header.schema_id,
+                                                 header.schema_version, region.name)  # fmt: skip
+                data = bytes(frame.payload)
+                frame.release()  # the codec gets a private copy: the lease ends now
+                value = codec_registry.decode_payload(name, version, data)
+                records_format.note("from_elixir", "custom", "region", len(data), name.decode())
             else:
                 if header.schema_id not in _KIND_SCHEMAS[kind]:
                     raise _bad("schema_id", header.schema_id, f"a {kind} handle needs a tensor "
@@ -340,7 +439,7 @@ class Arguments:
             done = True
             return value
         finally:
-            if kind == KIND_BINARY or not done:
+            if kind in _COPIED_KINDS or not done:
                 with contextlib.suppress(LeaseError):
                     frame.release()
             # else the Frame object goes with this function: the payload view (and what
@@ -350,6 +449,54 @@ class Arguments:
 def _short(term: Any) -> str:
     text = repr(term)
     return text if len(text) <= 200 else text[:200] + "..."
+
+
+def _custom_parts(name: Any, version: Any) -> tuple[bytes, int]:
+    """Check a custom payload's type name (1..255 UTF-8 bytes) and version
+    (1..2**32-1), as the peer sent them; `EtfError` ``bad_term`` otherwise."""
+    ok = type(name) is bytes and 1 <= len(name) <= codec_registry.MAX_NAME_BYTES
+    if ok:
+        try:
+            name.decode("utf-8")
+        except UnicodeDecodeError:
+            ok = False
+    if not ok:
+        raise _bad("name", _short(name), "a custom type name is a binary of 1 to "
+                   f"{codec_registry.MAX_NAME_BYTES} UTF-8 bytes")  # fmt: skip
+    if type(version) is not int or not 1 <= version <= codec_registry.MAX_VERSION:
+        raise _bad("version", _short(version), "a custom type version is an integer in "
+                   f"1..{codec_registry.MAX_VERSION}")  # fmt: skip
+    return name, version
+
+
+def _custom_metadata(metadata: bytes, schema_id: int, schema_version: int,
+                     region: str) -> tuple[bytes, int]:  # fmt: skip
+    """The ``{type_name, version}`` of a custom frame's metadata, checked against the
+    header's ``schema_id`` (``xxh3_64(type_name)``) and ``schema_version``
+    (custom.md "Forms"); `FormatError` ``bad_metadata`` otherwise."""
+    from .etf import decode
+
+    try:
+        term = decode(metadata, max_depth=2)
+    except EtfError:
+        term = None
+    if type(term) is not tuple or len(term) != 2:
+        raise FormatError("bad_metadata", "metadata", _short(term), None,
+                          f"bad_metadata: the custom frame of region {region} has metadata "
+                          f"{_short(term)}, not {{type_name, version}}")  # fmt: skip
+    try:
+        name, version = _custom_parts(term[0], term[1])
+    except EtfError as err:
+        raise FormatError("bad_metadata", "metadata", _short(term), None,
+                          f"bad_metadata: region {region}: {err}") from None  # fmt: skip
+    if schema_id != codec_registry.schema_id(name) or schema_version != version:
+        raise FormatError("bad_metadata", "schema_id", (schema_id, schema_version),
+                          (codec_registry.schema_id(name), version),
+                          f"bad_metadata: the custom frame of region {region} names type "
+                          f"{name.decode()!r} version {version} in its metadata, but its "
+                          f"header has schema_id {schema_id} and schema_version "
+                          f"{schema_version}")  # fmt: skip
+    return name, version
 
 
 # ---- results -----------------------------------------------------------------------------
@@ -532,16 +679,366 @@ def _warn(text: str) -> None:
 _PLAIN = Encoder()
 
 
+class FormatUnsuitableError(BridgeError, ValueError):
+    """A forced format (``format: arrow``) met a list of maps or a map of lists that is
+    not a record list / column map (§8.1): reason ``format_unsuitable``, ``field``
+    ``format``, ``limit`` the code of the first reason (``different_keys``...);
+    the message names the first reason and says to use ``format: auto`` or convert the
+    value. The worker answers the call with a ``bad_call``."""
+
+
+#: Warnings about failing custom codecs: at most one per codec name per second.
+_codec_warned: dict[str, float] = {}
+_codec_log = logging.getLogger("beambridge.codecs")
+
+
 class ResultEncoder(Encoder):
     """Encodes a handler's result: bytes-likes as binaries, ndarrays as tensors, each of
     them as a region handle when its payload is at least ``threshold`` bytes and the
-    ``regions`` pool has room (else inline, same type, and a warning on stderr)."""
+    ``regions`` pool has room (else inline, same type, and a warning on stderr).
+
+    ``policy`` (one of `POLICIES`, set per call by the worker from the ``"format"`` call
+    option) selects the forms of §8.1: under ``auto`` a number list of at least
+    ``packed_min`` elements goes packed (except a list of at most 65535 ints in 0..255,
+    which ETF already writes one byte each) and a record list or column map of at least
+    ``records_min`` cells goes as records; ``etf`` sends every list and map as ETF;
+    ``packed`` packs every number list, ``arrow`` sends every record list and column map
+    as records (and a list of maps or map of lists that does not qualify raises
+    `FormatUnsuitableError`), each leaving the other kind of candidate to ``auto``.
+    Values of a class with a registered codec go as custom payloads whatever the policy.
+
+    >>> from beambridge.etf import decode, encode_parts
+    >>> enc = ResultEncoder(policy="packed")
+    >>> decode(b"".join(encode_parts([1, 2, 300], enc)))
+    (Atom('$bb_packed'), b'<i2', b'\\x01\\x00\\x02\\x00,\\x01')
+    >>> enc.policy = "etf"
+    >>> decode(b"".join(encode_parts([1, 2, 300], enc)))
+    [1, 2, 300]
+    """
 
     def __init__(
-        self, regions: ResultRegions | None = None, threshold: int = DEFAULT_THRESHOLD
+        self,
+        regions: ResultRegions | None = None,
+        threshold: int = DEFAULT_THRESHOLD,
+        *,
+        policy: str = "auto",
+        packed_min: int = records_format.DEFAULT_PACKED_MIN,
+        records_min: int = records_format.DEFAULT_RECORDS_MIN,
     ) -> None:
         self.regions = regions
         self.threshold = threshold
+        self._packed_min = packed_min
+        self._records_min = records_min
+        self.policy = policy
+
+    @property
+    def policy(self) -> str:
+        """The format policy: ``auto``, ``etf``, ``packed`` or ``arrow``."""
+        return self._policy
+
+    @policy.setter
+    def policy(self, value: str) -> None:
+        if value not in POLICIES:
+            raise ValueError(f"format policy {value!r} is not one of {', '.join(POLICIES)}")
+        self._policy = value
+        self._select = value != "etf"
+        # lists shorter than this, and record lists / column maps of fewer cells (by
+        # their first row / first column), are never examined: ETF whatever they hold
+        self._list_min = 2 if value == "packed" else max(2, self._packed_min)
+        self._cells_min = 0 if value == "arrow" else self._records_min
+
+    @property
+    def records_min(self) -> int:
+        """Auto policy: the fewest cells (rows x columns) of a record list or column map
+        that goes as records."""
+        return self._records_min
+
+    @records_min.setter
+    def records_min(self, value: int) -> None:
+        self._records_min = value
+        self.policy = self._policy
+
+    @property
+    def packed_min(self) -> int:
+        """Auto policy: the fewest elements of a number list that goes packed."""
+        return self._packed_min
+
+    @packed_min.setter
+    def packed_min(self, value: int) -> None:
+        self._packed_min = value
+        self.policy = self._policy
+
+    # ---- the dispatch: Encoder.encode_into with the §8.1 candidates looked at ----------
+
+    def encode_into(self, v: Any, parts: list[Any], depth: int = 0) -> None:
+        """`Encoder.encode_into`, plus format selection for lists and dicts (the same
+        dispatch, written out again so that plain values cost no extra call)."""
+        t = type(v)
+        if t is int:
+            _encode_int(v, parts)
+        elif t is Atom:
+            _encode_atom(v, parts)
+        elif t is bytes:
+            self.binary(v, parts)
+        elif t is list:
+            if v and self._select:
+                first = type(v[0])
+                decision: str | bool = False
+                if first is int or first is float:
+                    if len(v) >= self._list_min:
+                        decision = self._numbers(v, parts)
+                elif first is dict and len(v) * len(v[0]) >= self._cells_min:
+                    decision = self._rows(v, parts)
+                if decision is not False and self._selected(decision, v, parts, depth):
+                    return
+            if 0 < len(v) <= 0xFFFF and _all_bytes(v):
+                parts.append(bytes((STRING,)) + len(v).to_bytes(2, "big") + bytes(v))
+            else:
+                if v:
+                    depth = self.deeper(depth)
+                    parts.append(_pack_u32(LIST, len(v)))
+                    for item in v:
+                        self.encode_into(item, parts, depth)
+                parts.append(b"j")
+        elif t is tuple:
+            n = len(v)
+            parts.append(bytes((SMALL_TUPLE, n)) if n <= 255 else _pack_u32(_LARGE_TUPLE, n))
+            if n:
+                depth = self.deeper(depth)
+                for item in v:
+                    self.encode_into(item, parts, depth)
+        elif t is float:
+            _encode_float(v, parts)
+        elif v is True:
+            parts.append(_TRUE)
+        elif v is False:
+            parts.append(_FALSE)
+        elif v is None:
+            parts.append(_NIL_ATOM)
+        elif t is str:
+            encode_binary(v.encode("utf-8"), parts)
+        elif t is dict:
+            if v and self._select:
+                first_value = next(iter(v.values()))
+                if (
+                    type(first_value) is list
+                    and len(first_value) * len(v) >= self._cells_min
+                    and self._selected(self._columns(v, parts), v, parts, depth)
+                ):
+                    return
+            depth = self.deeper(depth)
+            parts.append(_pack_u32(MAP, len(v)))
+            for key, value in v.items():
+                self.encode_into(key, parts, depth)
+                self.encode_into(value, parts, depth)
+        else:
+            self.other(v, parts, depth)
+
+    def _selected(self, decision: str | bool, v: Any, parts: list[Any], depth: int) -> bool:
+        """After a candidate's check: True when it was sent in its form, or when it was
+        sent here as ETF and counted (``decision`` names why); False: not a candidate,
+        the caller encodes it."""
+        if decision is True or decision is False:
+            return decision
+        start = len(parts)
+        Encoder.encode_into(self, v, parts, depth)  # this very value as ETF, once
+        # every part is bytes or a 1-D byte view (encode_binary casts to "B"): len is size
+        size = sum(map(len, itertools.islice(parts, start, None)))
+        records_format.note("to_elixir", "etf", decision, size, f"{len(v)} elements")
+        return True
+
+    # ---- number lists ------------------------------------------------------------------
+
+    def _numbers(self, v: list[Any], parts: list[Any]) -> str | bool:
+        """Send a list of at least ``_list_min`` elements whose first is a number packed
+        when it is a number list (True); else the reason it stays ETF."""
+        numbers = records_format.classify_numbers(v)
+        if isinstance(numbers, records_format.Unsuitable):
+            return numbers.code
+        forced = self._policy == "packed"
+        if numbers.byte_list and not forced:
+            return "small_ints"  # STRING_EXT: one byte each already
+        self.packed(records_format.pack(v, numbers.dtype), parts, "forced" if forced else "auto")
+        return True
+
+    def packed(self, arr: np.ndarray[Any, Any], parts: list[Any], reason: str = "auto") -> None:
+        """A 1-D array of one of the packed dtypes as ``{:"$bb_packed", dtype, data}``, or
+        a region of kind ``packed`` (a schema-0 tensor frame) at or above the threshold."""
+        data = memoryview(arr.data).cast("B")
+        dtype = arr.dtype.str
+        where = "inline"
+        if self.regions is not None and data.nbytes >= self.threshold:
+            placed = self.regions.write(
+                data.nbytes, data, metadata=records_format.packed_metadata(dtype, len(arr)),
+                format=Format.TENSOR, schema_id=tensor_format.SCHEMA_LEGACY, schema_version=0,
+            )  # fmt: skip
+            if placed is not None:
+                self.handle(KIND_PACKED, placed, parts)
+                where = "region"
+            else:
+                _warn(f"result region limit {self.regions.limit} reached; sending a "
+                      f"{data.nbytes}-byte packed list inline")  # fmt: skip
+        if where == "inline":
+            parts.append(b"h\x03")
+            self.encode_into(TAG_PACKED, parts)
+            encode_binary(dtype.encode(), parts)
+            encode_binary(data, parts)
+        records_format.note("to_elixir", "packed", reason, data.nbytes,
+                            f"{len(arr)} elements {dtype}, {where}")  # fmt: skip
+
+    # ---- record lists and column maps ----------------------------------------------------
+
+    def _rows(self, v: list[Any], parts: list[Any]) -> str | bool:
+        """A list whose first element is a dict: records when it is a record list big
+        enough (or the policy is ``arrow``)."""
+        forced = self._policy == "arrow"
+        plan = records_format.plan_rows(v)
+        return self._records_or_reason(plan, "list of maps", forced, parts)
+
+    def _columns(self, v: dict[Any, Any], parts: list[Any]) -> str | bool:
+        """A dict whose first value is a list: records when it is a column map big
+        enough (or the policy is ``arrow``)."""
+        forced = self._policy == "arrow"
+        plan = records_format.plan_columns(v)
+        return self._records_or_reason(plan, "map of lists", forced, parts)
+
+    def _records_or_reason(
+        self,
+        plan: records_format.RecordsPlan | records_format.Unsuitable,
+        what: str,
+        forced: bool,
+        parts: list[Any],
+    ) -> str | bool:
+        if isinstance(plan, records_format.RecordsPlan):
+            try:
+                self.records(plan, parts, "forced" if forced else "auto")
+                return True
+            except ValueError as exc:  # pyarrow refused a value the checks let through
+                plan = records_format.Unsuitable("unsupported_value", str(exc))
+        if plan.code in ("not_maps", "not_lists", "empty"):
+            return False  # not a list of maps / map of lists at all: not a candidate
+        if forced:
+            raise FormatUnsuitableError(
+                "format_unsuitable",
+                "format",
+                self._policy,
+                plan.code,
+                f"format_unsuitable: format: {self._policy} cannot send this {what} as records "
+                f"({plan.code}): {plan.message}; pass format: :auto (or :etf) to send it "
+                "as it is, or convert the value into a record list / column map",
+            )
+        return plan.code
+
+    def records(self, plan: records_format.RecordsPlan, parts: list[Any], reason: str) -> None:
+        """A checked record list / column map as ``{:"$bb_records", layout, stream}``, or
+        a region of kind ``records`` (an ``arrow_stream`` frame) at or above the
+        threshold. ``ValueError`` (nothing appended) if pyarrow refuses a value."""
+        import pyarrow as pa
+
+        from .formats import arrow as arrow_format
+
+        table = records_format.to_table(plan)
+        layout = LAYOUT_ROWS if plan.layout == "rows" else LAYOUT_COLUMNS
+        what = f"{plan.layout}, {plan.num_rows} x {len(plan.names)}"
+        if self.regions is not None:
+            counter = pa.MockOutputStream()
+            arrow_format._write_stream(counter, table, table.schema)
+            size = counter.size()
+            if size >= self.threshold:
+                metadata = records_format.records_metadata(plan.layout, plan.num_rows,
+                                                           len(plan.names))  # fmt: skip
+                stream_plan = arrow_format._Plan(table, table.schema, size, metadata)
+                placed = self.regions.write(
+                    size, lambda area: arrow_format._write_into(area, stream_plan),
+                    metadata=metadata, format=Format.ARROW_STREAM,
+                )  # fmt: skip
+                if placed is not None:
+                    self.handle(KIND_RECORDS, placed, parts)
+                    records_format.note("to_elixir", "records", reason, size, what + ", region")
+                    return
+                _warn(f"result region limit {self.regions.limit} reached; sending a "
+                      f"{size}-byte records stream inline")  # fmt: skip
+        sink = pa.BufferOutputStream()
+        arrow_format._write_stream(sink, table, table.schema)
+        stream = sink.getvalue()
+        parts.append(b"h\x03")
+        self.encode_into(TAG_RECORDS, parts)
+        self.encode_into(layout, parts)
+        encode_binary(memoryview(stream), parts)
+        records_format.note("to_elixir", "records", reason, stream.size, what + ", inline")
+
+    # ---- custom types ----------------------------------------------------------------------
+
+    def custom(self, v: Any, codec: codec_registry.TypeCodec, parts: list[Any], depth: int) -> None:
+        """A value of a registered class: ``{:"$bb_custom", name, version, data}``, or a
+        ``custom`` region at or above the threshold (custom.md). A codec that raises or
+        returns no bytes-like object: the value's standard form, and a warning."""
+        try:
+            data = codec_registry.encode_value(codec, v)
+        except Exception as exc:
+            self._standard_form(v, codec, exc, parts, depth)
+            return
+        nbytes = data.nbytes
+        where = "inline"
+        if self.regions is not None and nbytes >= self.threshold:
+            placed = self.regions.write(
+                nbytes, data, metadata=etf_encode((codec.name_bytes, codec.version)),
+                format=Format.CUSTOM, schema_id=codec.schema_id, schema_version=codec.version,
+            )  # fmt: skip
+            if placed is not None:
+                self.handle(KIND_CUSTOM, placed, parts)
+                where = "region"
+            else:
+                _warn(f"result region limit {self.regions.limit} reached; sending a "
+                      f"{nbytes}-byte {codec.name} inline")  # fmt: skip
+        if where == "inline":
+            parts.append(b"h\x04")
+            self.encode_into(TAG_CUSTOM, parts)
+            encode_binary(codec.name_bytes, parts)
+            _encode_int(codec.version, parts)
+            encode_binary(data, parts)
+        records_format.note("to_elixir", "custom", "registered", nbytes,
+                            f"{codec.name} v{codec.version}, {where}")  # fmt: skip
+
+    def _standard_form(
+        self,
+        v: Any,
+        codec: codec_registry.TypeCodec,
+        error: Exception,
+        parts: list[Any],
+        depth: int,
+    ) -> None:
+        """custom.md "Writing": the dict of a dataclass's fields, the plain value of a
+        subclass of a §8 type, or ``vars(obj)``; else the usual ``TypeError``."""
+        kind = type(v)
+        described = f"{kind.__module__}.{kind.__qualname__}"
+        standard: Any
+        if dataclasses.is_dataclass(v) and not isinstance(v, type):
+            standard = {f.name: getattr(v, f.name) for f in dataclasses.fields(v)}
+        elif isinstance(v, (int, float, str, bytes, bytearray, memoryview, list, tuple, dict)):
+            standard = None  # Encoder.other turns it into the plain value
+        else:
+            try:
+                standard = dict(vars(v))
+            except TypeError:
+                raise TypeError(
+                    f"cannot send {kind} to Elixir: its codec {codec.name!r} failed "
+                    f"({type(error).__name__}: {error}) and it has neither dataclass fields "
+                    "nor a __dict__ to send instead"
+                ) from error
+        now = time.monotonic()
+        if now - _codec_warned.get(codec.name, -2.0) >= 1.0:  # at most one a second
+            _codec_warned[codec.name] = now
+            _codec_log.warning(
+                "custom codec %r for %s failed (%s: %s); sending the value in its standard "
+                "form (%s) instead", codec.name, described, type(error).__name__, error,
+                "a dict" if standard is not None else "a plain value",
+            )  # fmt: skip
+        records_format.note("to_elixir", "standard", "codec_failed", 0, described)
+        if standard is None:
+            super().other(v, parts, depth)
+        else:
+            self.encode_into(standard, parts, self.deeper(depth))
 
     def binary(self, v: Any, parts: list[Any]) -> None:
         if type(v) is bytes:
@@ -575,6 +1072,11 @@ class ResultEncoder(Encoder):
         self.encode_into(placed[1], parts)
 
     def other(self, v: Any, parts: list[Any], depth: int) -> None:
+        if codec_registry.has_codecs():
+            codec = codec_registry.lookup(type(v))
+            if codec is not None:
+                self.custom(v, codec, parts, depth)
+                return
         if isinstance(v, np.ndarray):
             self.tensor(v, parts)
         elif _is_table(v):

@@ -7,10 +7,16 @@ fds 1 and 2 at pipes of its own and forwards what arrives there as
 
 Messages (§7.3)::
 
-    BEAM -> worker   {:call, id, module, function, args} | {:detach, [name]} | :shutdown
+    BEAM -> worker   {:call, id, module, function, args}
+                     | {:call, id, module, function, args, opts} | {:detach, [name]}
+                     | :shutdown
     worker -> BEAM   {:ready, os_pid, {1, 0}} | {:ok, id, result}
                      | {:error, id, {:python_exception, type, message, traceback}}
                      | {:error, id, {:bad_call, reason, message}} | {:log, stream, data}
+
+``opts`` is a map of call options with binary keys; ``"format"`` (``"auto"``, ``"etf"``,
+``"packed"`` or ``"arrow"``) is the format policy of the result (§8.1); other keys are
+ignored.
 
 Environment: ``BEAMBRIDGE_WORKER_ID`` (in the worker's own log lines),
 ``BEAMBRIDGE_SHM_PREFIX`` (default ``bb``), ``BEAMBRIDGE_THRESHOLD`` (bytes, default
@@ -76,7 +82,7 @@ _REASONS = """truncated_header bad_magic unsupported_version bad_header_size unk
     decoded_too_large header_checksum_mismatch checksum_mismatch stale_generation no_space
     name_collision not_found bad_name bad_permissions region_too_small bad_control_block
     out_of_bounds closed not_owner region_too_large badarg leased not_published busy
-    no_module no_function bad_term"""
+    no_module no_function bad_term bad_metadata unknown_type codec_failed format_unsuitable"""
 KNOWN_REASONS = frozenset(_REASONS.split())
 
 
@@ -295,7 +301,7 @@ class Worker:
                     self.violation(f"an undecodable control frame: {err}")
                 self.reply_bad_call(call_id, _BadCall("bad_term", f"the call frame: {err}"))
                 continue
-            if type(message) is tuple and len(message) == 5 and message[0] == A_CALL:
+            if type(message) is tuple and len(message) in (5, 6) and message[0] == A_CALL:
                 self.call(message)
             elif type(message) is tuple and len(message) == 2 and message[0] == A_DETACH:
                 if type(message[1]) is list:
@@ -340,10 +346,11 @@ class Worker:
         return fn
 
     def call(self, message: tuple[Any, ...]) -> None:
-        _, call_id, module, function, args = message
+        _, call_id, module, function, args = message[:5]
         if type(call_id) is not int or call_id <= 0:
             self.violation(f"a call id that is not a positive integer: {call_id!r:.100}")
         try:
+            policy = _policy(message[5]) if len(message) == 6 else "auto"
             fn = self.lookup(module, function)
             if type(args) is not list:
                 raise _BadCall("bad_term", f"args must be a list, got {args!r:.200}")
@@ -375,11 +382,15 @@ class Worker:
         del args  # the worker's references to argument views end here (leases, §7.4)
         self.flush_handler_output()
         self.results.begin_result()
+        self.encoder.policy = policy
         try:
             parts = encode_parts((A_OK, call_id, result), self.encoder)
         except (TypeError, ValueError) as exc:
             del result
-            self.reply_bad_call(call_id, _BadCall("bad_term", f"the result: {exc}"))
+            # format_unsuitable (a forced format) goes as itself; the rest as bad_term
+            reason = getattr(exc, "reason", None) if isinstance(exc, BridgeError) else None
+            reason = reason if reason in KNOWN_REASONS else "bad_term"
+            self.reply_bad_call(call_id, _BadCall(reason, f"the result: {exc}"))
             return
         del result
         body = b"".join(parts)
@@ -417,12 +428,27 @@ def _name(value: Any) -> str | None:
     return None
 
 
+_FORMATS = {"auto", "etf", "packed", "arrow"}  # beambridge.convert.POLICIES
+
+
+def _policy(opts: Any) -> str:
+    """The result format policy of a call's options (§7.3): ``opts["format"]``."""
+    if type(opts) is not dict:
+        raise _BadCall("bad_term", f"call options must be a map, got {opts!r:.200}")
+    value = opts.get(b"format", "auto")
+    text = value.decode("utf-8", "replace") if type(value) is bytes else value
+    if not isinstance(text, str) or text not in _FORMATS:
+        raise _BadCall("bad_term", f"call option format is {value!r:.100}, not one of "
+                       "auto, etf, packed, arrow")  # fmt: skip
+    return str(text)
+
+
 def _peek_call_id(frame: bytes) -> int | None:
-    """The id of a call frame whose arguments did not decode, or None: ``131, 104, 5``,
-    the atom ``call``, then a small integer or INTEGER id."""
-    prefix = b"\x83h\x05w\x04call"
-    alt = b"\x83h\x05d\x00\x04call"
-    for p in (prefix, alt):
+    """The id of a call frame whose arguments did not decode, or None: ``131, 104, 5``
+    (or 6, with call options), the atom ``call``, then a small integer or INTEGER id."""
+    prefixes = [b"\x83h" + bytes((n,)) + atom for n in (5, 6)
+                for atom in (b"w\x04call", b"d\x00\x04call")]  # fmt: skip
+    for p in prefixes:
         if frame.startswith(p):
             rest = frame[len(p) :]
             if rest[:1] == b"a" and len(rest) >= 2:

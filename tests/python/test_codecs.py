@@ -1,0 +1,472 @@
+"""Custom-type codecs (protocol/formats/custom.md): the `beambridge.codecs` registry, the
+``{:"$bb_custom", name, version, data}`` term and ``custom`` regions both ways, the
+reading errors (``unknown_type``, ``unsupported_version``, ``codec_failed``,
+``bad_metadata``), the writer's fallback to a value's standard form, and all of it
+through the real worker."""
+
+from __future__ import annotations
+
+import doctest
+import logging
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import beambridge
+import pytest
+import xxhash
+from beambridge import Atom, EtfError, Format, FormatError, Region
+from beambridge import codecs as registry
+from beambridge.codecs import (
+    CodecError,
+    CodecFailedError,
+    UnknownTypeError,
+    UnsupportedVersionError,
+)
+from beambridge.convert import (
+    TAG_CUSTOM,
+    TAG_REGION,
+    Arguments,
+    Attachments,
+    ResultEncoder,
+    ResultRegions,
+    format_stats,
+    reset_format_stats,
+)
+from beambridge.etf import decode, encode, encode_parts
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from worker_harness import CALL, PREFIX, WorkerProcess, read_result, regions_of
+
+FORMATS = Atom("bbtest_formats")
+BAD_CALL = Atom("bad_call")
+KIND_CUSTOM = Atom("custom")
+
+
+@dataclass
+class Vec:
+    x: float
+    y: float
+
+
+class VecChild(Vec):
+    pass
+
+
+def encode_vec(v: Vec) -> bytes:
+    return struct.pack("<dd", v.x, v.y)
+
+
+def decode_vec(data: bytes, version: int) -> Vec:
+    if version == 1:
+        return Vec(struct.unpack("<d", data)[0], 0.0)
+    return Vec(*struct.unpack("<dd", data))
+
+
+@pytest.fixture
+def vec() -> Iterator[registry.TypeCodec]:
+    codec = registry.register(Vec, "test.Vec", version=2, reads=[1], encode=encode_vec,
+                              decode=decode_vec)  # fmt: skip
+    reset_format_stats()
+    yield codec
+    registry.unregister(Vec)
+
+
+def to_bytes(value: Any, encoder: ResultEncoder | None = None) -> Any:
+    """The term a result becomes, decoded as the BEAM would see it."""
+    return decode(b"".join(encode_parts(value, encoder or ResultEncoder())))
+
+
+def test_doctests() -> None:
+    result = doctest.testmod(registry, optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0 and result.attempted > 5
+
+
+def test_the_package_exports_the_registry() -> None:
+    assert beambridge.codecs is registry
+    assert "codecs" in beambridge.__all__
+
+
+# ---- the registry ------------------------------------------------------------------------
+
+
+def test_register_and_look_up(vec: registry.TypeCodec) -> None:
+    assert (vec.name, vec.version, vec.reads) == ("test.Vec", 2, frozenset({1, 2}))
+    assert vec.schema_id == xxhash.xxh3_64_intdigest(b"test.Vec") and vec.name_bytes == b"test.Vec"
+    assert registry.lookup(Vec) is vec
+    assert registry.lookup(VecChild) is vec  # MRO walk
+    assert registry.lookup(int) is None
+    assert registry.lookup_name("test.Vec") is vec and registry.lookup_name(b"test.Vec") is vec
+    assert registry.lookup_name(b"\xff") is None
+    assert registry.registered()["test.Vec"] is vec
+    assert "test.Vec" in repr(vec)
+
+
+def test_a_subclass_codec_wins_over_its_base(vec: registry.TypeCodec) -> None:
+    child = registry.register(VecChild, "test.VecChild", encode=encode_vec, decode=decode_vec)
+    try:
+        assert registry.lookup(VecChild) is child and registry.lookup(Vec) is vec
+    finally:
+        registry.unregister("test.VecChild")
+    assert registry.lookup(VecChild) is vec
+
+
+def test_registering_again_replaces(vec: registry.TypeCodec) -> None:
+    again = registry.register(Vec, "test.Vec2", version=3, encode=encode_vec, decode=decode_vec)
+    assert registry.lookup(Vec) is again and registry.lookup_name("test.Vec") is None
+    assert again.reads == frozenset({3})
+
+
+def test_a_name_of_another_class_is_refused(vec: registry.TypeCodec) -> None:
+    class Other:
+        pass
+
+    with pytest.raises(ValueError, match="already registered"):
+        registry.register(Other, "test.Vec", encode=encode_vec, decode=decode_vec)
+    assert registry.lookup_name("test.Vec") is vec
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        ((int, "x"), ValueError),
+        ((Atom, "x"), ValueError),
+        ((object, "x"), ValueError),
+        ((dict, "x"), ValueError),
+        ((Vec, ""), ValueError),
+        ((Vec, "x" * 256), ValueError),
+        ((Vec, "\udc80"), ValueError),
+        ((Vec, b"x"), TypeError),
+        ((Vec(1, 2), "x"), TypeError),
+    ],
+)
+def test_bad_registrations(args: tuple[Any, Any], error: type[Exception]) -> None:
+    with pytest.raises(error):
+        registry.register(*args, encode=encode_vec, decode=decode_vec)
+
+
+@pytest.mark.parametrize("version", [0, -1, 2**32, 1.0, True])
+def test_bad_versions(version: Any) -> None:
+    with pytest.raises(ValueError):
+        registry.register(Vec, "test.Vec", version=version, encode=encode_vec, decode=decode_vec)
+    with pytest.raises(ValueError):
+        registry.register(Vec, "test.Vec", reads=[version], encode=encode_vec, decode=decode_vec)
+    assert registry.lookup(Vec) is None
+
+
+def test_unregister_unknown() -> None:
+    assert registry.unregister("no.such") is None and registry.unregister(Vec) is None
+
+
+# ---- results -------------------------------------------------------------------------------
+
+
+def test_result_inline(vec: registry.TypeCodec) -> None:
+    term = to_bytes([Vec(1.5, -2.0), VecChild(3.0, 4.0)])
+    assert term == [
+        (TAG_CUSTOM, b"test.Vec", 2, struct.pack("<dd", 1.5, -2.0)),
+        (TAG_CUSTOM, b"test.Vec", 2, struct.pack("<dd", 3.0, 4.0)),
+    ]
+    assert format_stats()[("to_elixir", "custom", "registered")] == {"count": 2, "bytes": 32}
+
+
+def test_result_region_and_back(vec: registry.TypeCodec) -> None:
+    pool = ResultRegions(prefix=PREFIX)
+    try:
+        term = to_bytes(Vec(1.0, 2.0), ResultEncoder(pool, threshold=16))
+        assert term[:2] == (TAG_REGION, KIND_CUSTOM)
+        region, frame = read_result(term)
+        with region:
+            h = frame.header
+            assert (h.format, h.schema_id, h.schema_version) == (Format.CUSTOM, vec.schema_id, 2)
+            assert decode(frame.metadata) == (b"test.Vec", 2)
+            assert bytes(frame.payload) == struct.pack("<dd", 1.0, 2.0)
+            frame.release()
+            # the worker's Arguments read the same region back (invariant 7)
+            args = Arguments(Attachments())
+            assert args.convert(term) == Vec(1.0, 2.0)
+            assert region.control_block().reader_leases == 0  # copied out: lease ended
+            args.attachments.detach([term[2]])
+    finally:
+        pool.close_all()
+
+
+@given(st.binary(max_size=300))
+@settings(max_examples=50, deadline=None)
+def test_any_payload_round_trips(data: bytes) -> None:
+    class Raw:
+        def __init__(self, data: bytes) -> None:
+            self.data = data
+
+    registry.register(Raw, "test.Raw", encode=lambda r: bytearray(r.data),
+                      decode=lambda d, v: Raw(d))  # fmt: skip
+    try:
+        term = to_bytes(Raw(data))
+        assert term == (TAG_CUSTOM, b"test.Raw", 1, data)
+        assert Arguments(Attachments()).convert(term).data == data
+    finally:
+        registry.unregister(Raw)
+
+
+def test_a_failing_codec_sends_the_dataclass_fields(
+    vec: registry.TypeCodec, caplog: pytest.LogCaptureFixture
+) -> None:
+    registry.register(Vec, "test.Vec", encode=lambda v: 1 / 0, decode=decode_vec)
+    with caplog.at_level(logging.WARNING, logger="beambridge.codecs"):
+        assert to_bytes(Vec(1.0, 2.0)) == {b"x": 1.0, b"y": 2.0}
+    assert "test.Vec" in caplog.text and "ZeroDivisionError" in caplog.text
+    assert "test_codecs.Vec" in caplog.text
+    assert format_stats()[("to_elixir", "standard", "codec_failed")]["count"] == 1
+
+
+@pytest.mark.parametrize("returned", ["text", 12, None, [1, 2]])
+def test_a_codec_returning_no_bytes_falls_back(returned: Any) -> None:
+    class Plain:
+        def __init__(self) -> None:
+            self.a = 1
+            self.b = [Atom("x")]
+
+    registry.register(Plain, "test.Plain", encode=lambda p: returned, decode=decode_vec)
+    try:
+        assert to_bytes(Plain()) == {b"a": 1, b"b": [Atom("x")]}  # vars(obj)
+    finally:
+        registry.unregister(Plain)
+
+
+def test_a_failing_codec_of_a_builtin_subclass_sends_the_plain_value() -> None:
+    class Tag(int):
+        pass
+
+    registry.register(Tag, "test.Tag", encode=lambda t: 1 / 0, decode=decode_vec)
+    try:
+        assert to_bytes([Tag(5)]) == [5]
+    finally:
+        registry.unregister(Tag)
+
+
+def test_a_failing_codec_without_a_standard_form_is_a_type_error() -> None:
+    class Slotted:
+        __slots__ = ("a",)
+
+    registry.register(Slotted, "test.Slotted", encode=lambda s: 1 / 0, decode=decode_vec)
+    try:
+        with pytest.raises(TypeError, match="neither dataclass fields nor a __dict__"):
+            to_bytes(Slotted())
+    finally:
+        registry.unregister(Slotted)
+
+
+def test_without_a_codec_an_object_is_a_type_error() -> None:
+    with pytest.raises(TypeError, match="cannot send"):
+        to_bytes(Vec(1.0, 2.0))
+
+
+# ---- arguments ------------------------------------------------------------------------------
+
+
+def test_argument_inline(vec: registry.TypeCodec) -> None:
+    args = Arguments(Attachments())
+    got = args.convert([(TAG_CUSTOM, b"test.Vec", 2, struct.pack("<dd", 1.0, 2.0)),
+                        (TAG_CUSTOM, b"test.Vec", 1, struct.pack("<d", 7.0))])  # fmt: skip
+    assert got == [Vec(1.0, 2.0), Vec(7.0, 0.0)]
+    assert format_stats()[("from_elixir", "custom", "inline")] == {"count": 2, "bytes": 24}
+
+
+def test_unknown_type(vec: registry.TypeCodec) -> None:
+    with pytest.raises(UnknownTypeError) as info:
+        Arguments(Attachments()).convert((TAG_CUSTOM, b"geo.Point", 3, b""))
+    err = info.value
+    assert isinstance(err, CodecError) and isinstance(err, beambridge.BridgeError)
+    assert err.reason == "unknown_type" and err.value == "geo.Point"
+    assert "geo.Point" in str(err) and "version 3" in str(err)
+    assert "beambridge.codecs.register" in str(err)
+
+
+def test_unsupported_version(vec: registry.TypeCodec) -> None:
+    with pytest.raises(UnsupportedVersionError) as info:
+        Arguments(Attachments()).convert((TAG_CUSTOM, b"test.Vec", 3, b""))
+    err = info.value
+    assert err.reason == "unsupported_version" and err.value == 3 and err.limit == [1, 2]
+    assert "version 3" in str(err) and "[1, 2]" in str(err)
+
+
+def test_codec_failed(vec: registry.TypeCodec) -> None:
+    with pytest.raises(CodecFailedError) as info:
+        Arguments(Attachments()).convert((TAG_CUSTOM, b"test.Vec", 2, b"short"))
+    assert info.value.reason == "codec_failed" and "struct.error" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "term",
+    [
+        (TAG_CUSTOM, "test.Vec", 2, b""),
+        (TAG_CUSTOM, b"", 2, b""),
+        (TAG_CUSTOM, b"x" * 256, 2, b""),
+        (TAG_CUSTOM, b"\xff", 2, b""),
+        (TAG_CUSTOM, b"test.Vec", 0, b""),
+        (TAG_CUSTOM, b"test.Vec", 2**32, b""),
+        (TAG_CUSTOM, b"test.Vec", True, b""),
+        (TAG_CUSTOM, b"test.Vec", 2, [1]),
+        (TAG_CUSTOM, b"test.Vec", 2),
+    ],
+)
+def test_malformed_custom_terms_are_bad_term(vec: registry.TypeCodec, term: Any) -> None:
+    with pytest.raises(EtfError) as info:
+        Arguments(Attachments()).convert(term)
+    assert info.value.reason == "bad_term"
+
+
+def custom_region(data: bytes, name: bytes, version: int, **header: Any) -> Region:
+    region = Region.create_for_frame(max(len(data), 64), 64, prefix=PREFIX)
+    kw: dict[str, Any] = {
+        "metadata": encode((name, version)),
+        "format": Format.CUSTOM,
+        "schema_id": xxhash.xxh3_64_intdigest(name),
+        "schema_version": version,
+    }
+    kw.update(header)
+    region.write_frame(data, **kw)
+    return region
+
+
+def handle(region: Region, kind: Atom = KIND_CUSTOM) -> tuple[Any, ...]:
+    return (TAG_REGION, kind, region.name.encode(), region.control_block().writer_generation)
+
+
+def test_argument_region(vec: registry.TypeCodec) -> None:
+    with custom_region(struct.pack("<dd", 5.0, 6.0), b"test.Vec", 2) as region:
+        args = Arguments(Attachments())
+        assert args.convert(handle(region)) == Vec(5.0, 6.0)
+        assert region.control_block().reader_leases == 0
+        args.attachments.detach([region.name])
+    assert format_stats()[("from_elixir", "custom", "region")] == {"count": 1, "bytes": 16}
+
+
+@pytest.mark.parametrize(
+    ("header", "field"),
+    [
+        ({"schema_id": 1}, "schema_id"),
+        ({"schema_version": 1}, "schema_id"),
+        ({"metadata": encode(b"test.Vec")}, "metadata"),
+        ({"metadata": b""}, "metadata"),
+        ({"metadata": encode((b"test.Vec", 0))}, "metadata"),
+        ({"metadata": encode(("test.Vec", 2, 3))}, "metadata"),
+    ],
+)
+def test_region_metadata_must_agree_with_the_header(
+    vec: registry.TypeCodec, header: dict[str, Any], field: str
+) -> None:
+    with custom_region(b"x" * 16, b"test.Vec", 2, **header) as region:
+        args = Arguments(Attachments())
+        with pytest.raises(FormatError) as info:
+            args.convert(handle(region))
+        assert info.value.reason == "bad_metadata" and info.value.field == field
+        assert region.control_block().reader_leases == 0
+        args.attachments.detach([region.name])
+
+
+def test_region_errors_end_the_lease(vec: registry.TypeCodec) -> None:
+    cases: list[tuple[bytes, int, type[Exception]]] = [
+        (b"geo.Point", 1, UnknownTypeError),
+        (b"test.Vec", 7, UnsupportedVersionError),
+    ]
+    for name, version, error in cases:
+        with custom_region(b"x" * 16, name, version) as region:
+            args = Arguments(Attachments())
+            with pytest.raises(error):
+                args.convert(handle(region))
+            assert region.control_block().reader_leases == 0
+            args.attachments.detach([region.name])
+    with custom_region(b"short", b"test.Vec", 2) as region:
+        args = Arguments(Attachments())
+        with pytest.raises(CodecFailedError):
+            args.convert(handle(region))
+        assert region.control_block().reader_leases == 0
+        args.attachments.detach([region.name])
+
+
+def test_a_custom_handle_to_another_format_is_bad_term(vec: registry.TypeCodec) -> None:
+    with Region.create_for_frame(64, prefix=PREFIX) as region:
+        region.write_frame(b"x" * 16, format=Format.RAW)
+        args = Arguments(Attachments())
+        with pytest.raises(EtfError, match="format"):
+            args.convert(handle(region))
+        args.attachments.detach([region.name])
+
+
+# ---- through the real worker ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def worker() -> Iterator[WorkerProcess]:
+    w = WorkerProcess(BEAMBRIDGE_THRESHOLD="1024").start()
+    yield w
+    assert w.stop() == 0
+    assert regions_of(w.pid) == []
+
+
+def call(w: WorkerProcess, function: str, *args: Any) -> tuple[str, Any]:
+    return w.call(function, *args, module=FORMATS)
+
+
+def test_worker_results(worker: WorkerProcess) -> None:
+    status, term = call(worker, "point", 1.5, 2.5)
+    assert (status, term) == ("ok", (TAG_CUSTOM, b"bbtest.Point", 2, struct.pack("<dd", 1.5, 2.5)))
+    status, term = call(worker, "blob", 5000)
+    assert status == "ok" and term[:2] == (TAG_REGION, KIND_CUSTOM)
+    region, frame = read_result(term)
+    with region, frame:
+        assert frame.header.format == Format.CUSTOM
+        assert frame.header.schema_id == xxhash.xxh3_64_intdigest(b"bbtest.Blob")
+        assert decode(frame.metadata) == (b"bbtest.Blob", 1)
+        assert frame.payload.nbytes == 5000
+
+
+def test_worker_falls_back_and_warns(worker: WorkerProcess) -> None:
+    assert call(worker, "broken", 7) == ("ok", {b"n": 7})
+    assert call(worker, "value", 1) == ("ok", 1)  # the warning went before this answer
+    text = worker.log_text(Atom("stderr")).decode()
+    assert "bbtest.Broken" in text and "RuntimeError" in text and "standard form" in text
+
+
+def test_worker_arguments(worker: WorkerProcess) -> None:
+    v2 = (TAG_CUSTOM, b"bbtest.Point", 2, struct.pack("<dd", 1.0, 2.0))
+    v1 = (TAG_CUSTOM, b"bbtest.Point", 1, struct.pack("<d", 3.0))
+    assert call(worker, "canon", [v2, v1]) == ("ok", b"[Point(1.0,2.0),Point(3.0,0.0)]")
+    data = bytes(range(256)) * 20
+    with custom_region(data, b"bbtest.Blob", 1) as region:
+        assert call(worker, "canon", handle(region)) == ("ok", b"Blob(5120)")
+        assert region.control_block().reader_leases == 0
+
+
+@pytest.mark.parametrize(
+    ("term", "reason", "text"),
+    [
+        ((TAG_CUSTOM, b"geo.Nope", 1, b""), "unknown_type", b"geo.Nope"),
+        ((TAG_CUSTOM, b"bbtest.Point", 9, b""), "unsupported_version", b"version 9"),
+        ((TAG_CUSTOM, b"bbtest.Point", 2, b"bad"), "codec_failed", b"struct.error"),
+        ((TAG_CUSTOM, b"bbtest.Broken", 1, b""), "codec_failed", b"exploded"),
+        ((TAG_CUSTOM, b"bbtest.Point", 0, b""), "bad_term", b"version"),
+    ],
+)
+def test_worker_argument_errors(worker: WorkerProcess, term: Any, reason: str, text: bytes) -> None:
+    status, (kind, got, message) = call(worker, "canon", term)
+    assert (status, kind, got) == ("error", BAD_CALL, reason)
+    assert text in message
+    assert call(worker, "value", 1) == ("ok", 1)  # the worker carries on
+
+
+def test_worker_region_bad_metadata(worker: WorkerProcess) -> None:
+    with custom_region(b"x" * 16, b"bbtest.Point", 2, schema_version=1) as region:
+        status, (kind, reason, message) = call(worker, "canon", handle(region))
+        assert (status, kind, reason) == ("error", BAD_CALL, "bad_metadata")
+        assert b"schema_version 1" in message
+        assert region.control_block().reader_leases == 0
+
+
+def test_worker_six_tuple_call(worker: WorkerProcess) -> None:
+    worker.send((CALL, 4242, FORMATS, Atom("point"), [1.0, 2.0], {b"format": b"etf"}))
+    reply = worker.recv()
+    assert reply == (Atom("ok"), 4242, (TAG_CUSTOM, b"bbtest.Point", 2,
+                                        struct.pack("<dd", 1.0, 2.0)))  # fmt: skip
