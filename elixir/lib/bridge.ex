@@ -34,6 +34,23 @@ defmodule Bridge do
   | map | `dict` | `dict` | map |
   | `%Bridge.Buffer{}` | read-only `memoryview` | — | — |
   | `%Bridge.Tensor{}` | read-only `numpy.ndarray` | `numpy.ndarray` | `%Bridge.Tensor{}` |
+  | `%Bridge.Table{}` | `pyarrow.Table` | `pyarrow.Table`, `RecordBatch`, `pandas.DataFrame` | `%Bridge.Table{}` |
+  | struct of a registered type | the registered class | an object of a registered class | the struct |
+  | other struct | `dict` (its map, `__struct__` included) | — | — |
+
+  Structs of your own types cross with a serializer registered on both sides
+  (`Bridge.Serializer`, protocol/formats/custom.md).
+
+  ## Formats (protocol/SPEC.md §8.1)
+
+  How a value travels never changes what the other side gets. Lists of
+  numbers (at least 256 elements) go *packed*, as one array of the narrowest
+  integer type or of doubles, instead of one term per element; lists of maps
+  with the same keys and maps of equal-length lists (at least 4096 cells) go
+  as Arrow *records*. Python still gets a `list`, a `list` of `dict`s or a
+  `dict` of `list`s, and results come back the same way. The call option
+  `format:` (`:auto`, `:etf`, `:packed`, `:arrow`) overrides the choice; see
+  `Bridge.Format`. `format_stats/0` counts the decisions.
 
   Binaries, buffers and tensor data of at least `:threshold` bytes travel as
   handles to shared-memory regions instead of inside the control frame; the
@@ -182,7 +199,11 @@ defmodule Bridge do
   Calls `module.function(*args)` in a Python worker of the bridge `:pool`.
 
   Options: `:pool` (the bridge's name, default `Bridge`), `:timeout` (ms,
-  default the bridge's `:timeout`).
+  default the bridge's `:timeout`), `:format` (`:auto` (default), `:etf`,
+  `:packed` or `:arrow`: how number lists, record lists and column maps
+  travel, both ways; see `Bridge.Format`). With `:arrow` a list of maps or a
+  map of lists that cannot go as records is a `:bad_call` error, reason
+  `:format_unsuitable`.
 
   ## Examples
 
@@ -202,8 +223,9 @@ defmodule Bridge do
     with :ok <- check_name(:module, module),
          :ok <- check_name(:function, function),
          {:ok, config} <- config(pool),
-         {:ok, timeout} <- timeout(opts, config) do
-      request = {module, function, args}
+         {:ok, timeout} <- timeout(opts, config),
+         {:ok, format} <- Bridge.Format.check_policy(Keyword.get(opts, :format, :auto)) do
+      request = {module, function, args, %{format: format}}
 
       try do
         GenServer.call(pool, {:call, request, timeout}, wait(timeout))
@@ -233,6 +255,46 @@ defmodule Bridge do
            "#{inspect(function_ref)} and #{inspect(args, limit: 5)}"
      )}
   end
+
+  @doc """
+  The format decisions made so far on this node, by every bridge: one map per
+  `{direction, form, reason}` with how many values took that way and their
+  bytes (SPEC §8.1).
+
+    * `direction` — `:to_python` (arguments) or `:from_python` (results);
+    * `form` — `:etf`, `:raw`, `:buffer`, `:tensor`, `:arrow`, `:packed`,
+      `:records` or `:custom`, with a `_region` suffix (`:packed_region`) when
+      the value went through a shared-memory region;
+    * `reason` — for arguments: `:auto` (big enough to pack or send as
+      records), `:forced` (the `format:` option), `:below_min` (too small:
+      ETF), `:small_ints` (integers 0..255: ETF is as compact), `:policy`
+      (`format: :etf`), `:below_threshold` / `:threshold` (inline or region,
+      for binaries, buffers, tensors, tables and custom types),
+      `:region_limit` (a region was due but none could be had: inline),
+      `:encode_failed` (a serializer failed: the struct went as its map);
+      for results always `:received`. Inline binaries and ETF values in
+      results are not counted.
+
+  ## Examples
+
+      iex> stats = Bridge.format_stats()
+      iex> Enum.all?(stats, &match?(%{direction: _, form: _, reason: _, count: _, bytes: _}, &1))
+      true
+  """
+  @spec format_stats() :: [
+          %{
+            direction: :to_python | :from_python,
+            form: atom(),
+            reason: atom(),
+            count: non_neg_integer(),
+            bytes: non_neg_integer()
+          }
+        ]
+  def format_stats, do: Bridge.FormatStats.all()
+
+  @doc "Clears the counts of `format_stats/0` (for tests and benchmarks)."
+  @spec reset_format_stats() :: :ok
+  def reset_format_stats, do: Bridge.FormatStats.reset()
 
   @doc """
   Like `call/3` but returns the result or raises `Bridge.Error`.

@@ -66,4 +66,7 @@ ExUnit.after_suite(fn _result ->
   end
 end)
 
+# Format decisions are logged at debug level (one line per argument); tests that
+# check those lines raise the level themselves.
+Logger.configure(level: :info)
 ExUnit.start()

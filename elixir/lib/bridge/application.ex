@@ -2,7 +2,8 @@ defmodule Bridge.Application do
   @moduledoc false
   # Starts :beambridge. At start it reaps regions of the default prefix whose
   # owner is dead (SPEC §1.5) and logs what it removed; Bridge.OwnedRegions
-  # unlinks what is still ours when it stops.
+  # unlinks what is still ours when it stops. Bridge.FormatStats owns the table
+  # of format decisions (Bridge.format_stats/0) shared by every bridge.
 
   use Application
 
@@ -11,7 +12,11 @@ defmodule Bridge.Application do
   @impl true
   def start(_type, _args) do
     reap()
-    Supervisor.start_link([Bridge.OwnedRegions], strategy: :one_for_one, name: Bridge.Supervisor)
+
+    Supervisor.start_link([Bridge.FormatStats, Bridge.OwnedRegions],
+      strategy: :one_for_one,
+      name: Bridge.Supervisor
+    )
   end
 
   defp reap do

@@ -11,36 +11,97 @@ defmodule Bridge.Codec do
   # protocol/formats/tensor.md (Bridge.Tensor.Wire). A %Bridge.Table{} goes as
   # its Arrow IPC stream (Bridge.Arrow.encode): {:"$bb_arrow", stream} inline,
   # or a region of kind :arrow (format arrow_stream, descriptor metadata;
-  # protocol/formats/arrow.md "On the call path"). Terms that cannot
-  # cross (pids, funs, references, ports, bit-strings, improper lists, atoms
-  # starting with "$bb_") are a :bad_call error before anything is sent.
+  # protocol/formats/arrow.md "On the call path"). Format selection (SPEC
+  # §8.1, Bridge.Format) under the call's policy: number lists go packed
+  # ({:"$bb_packed", dtype, data} or a region of kind :packed holding a
+  # schema-0 tensor frame), record lists and column maps as records
+  # ({:"$bb_records", layout, stream} or a region of kind :records); structs
+  # with a Bridge.Serializer go as {:"$bb_custom", name, version, data} or a
+  # region of kind :custom (protocol/formats/custom.md); other structs as
+  # their map. Terms that cannot cross (pids, funs, references, ports,
+  # bit-strings, improper lists, atoms starting with "$bb_") are a :bad_call
+  # error before anything is sent. Every decision is counted
+  # (Bridge.format_stats/0) once per call.
   #
   # Results: region handles are read from the worker's result regions as
   # zero-copy binaries under a reader lease; Arrow streams (inline or region)
   # decode to %Bridge.Table{} whose fixed-width columns are sub-binaries of
-  # them; anything else that is not plain data, or a stream that does not
-  # decode, is a :bad_frame error.
+  # them; packed lists, records and custom payloads become the list, the
+  # maps or the struct. Anything else that is not plain data, or a stream
+  # that does not decode, is a :bad_frame error (the worker is restarted);
+  # records that do not rebuild and custom payloads without a usable
+  # serializer are :bad_call errors (the frame was well formed: the worker is
+  # kept).
 
   require Logger
 
-  alias Bridge.{ArgRegions, Arrow, Buffer, Error, Header, Region, ResultRegions, Table, Tensor}
+  alias Bridge.{
+    ArgRegions,
+    Arrow,
+    Buffer,
+    Error,
+    Format,
+    Header,
+    Region,
+    ResultRegions,
+    Serializer,
+    Table,
+    Tensor
+  }
+
   alias Bridge.Tensor.{Bundle, COO, Wire}
 
-  @type encode_ctx :: %{regions: ArgRegions.t(), threshold: non_neg_integer(), evicted: list()}
+  @type encode_ctx :: %{
+          regions: ArgRegions.t(),
+          threshold: non_neg_integer(),
+          evicted: list(),
+          policy: Format.policy(),
+          tally: map(),
+          raw: non_neg_integer(),
+          raw_bytes: non_neg_integer(),
+          short: non_neg_integer(),
+          short_bytes: non_neg_integer()
+        }
 
-  @spec encode_args(list(), ArgRegions.t(), non_neg_integer()) ::
+  @builtin [Tensor, Bundle, COO, Table, Buffer]
+
+  @doc false
+  # Options: `format:` — the policy of SPEC §8.1 (default :auto).
+  @spec encode_args(list(), ArgRegions.t(), non_neg_integer(), keyword()) ::
           {:ok, list(), ArgRegions.t(), [Region.t()]}
           | {:error, Error.t(), ArgRegions.t(), [Region.t()]}
-  def encode_args(args, regions, threshold) when is_list(args) do
-    ctx = %{regions: regions, threshold: threshold, evicted: []}
+  def encode_args(args, regions, threshold, opts \\ []) when is_list(args) do
+    ctx = %{
+      regions: regions,
+      threshold: threshold,
+      evicted: [],
+      policy: Keyword.get(opts, :format, :auto),
+      tally: %{},
+      # inline binaries, the most frequent decision, counted apart (cheaper)
+      raw: 0,
+      raw_bytes: 0,
+      short: 0,
+      short_bytes: 0
+    }
 
     try do
       {term, ctx} = enc_list(args, ctx, [])
+
+      ctx.tally
+      |> add({:to_python, :raw, :below_threshold}, ctx.raw, ctx.raw_bytes)
+      |> add({:to_python, :etf, :below_min}, ctx.short, ctx.short_bytes)
+      |> Format.flush()
+
       {:ok, term, ctx.regions, ctx.evicted}
     catch
       {:bad_arg, error, ctx} -> {:error, error, ctx.regions, ctx.evicted}
     end
   end
+
+  defp add(tally, _key, 0, _bytes), do: tally
+
+  defp add(tally, key, n, bytes),
+    do: Map.update(tally, key, {n, bytes}, fn {c, b} -> {c + n, b + bytes} end)
 
   defp enc(term, ctx) when is_integer(term) or is_float(term), do: {term, ctx}
 
@@ -51,12 +112,36 @@ defmodule Bridge.Codec do
   end
 
   defp enc(term, ctx) when is_binary(term) do
-    if byte_size(term) >= ctx.threshold and byte_size(term) > 0,
-      do: region(:binary, term, [format: :raw], term, ctx),
-      else: {term, ctx}
+    size = byte_size(term)
+
+    if size >= ctx.threshold and size > 0,
+      do: region(:binary, term, [format: :raw], term, ctx, {:raw, :threshold, "a binary"}),
+      else: {term, %{ctx | raw: ctx.raw + 1, raw_bytes: ctx.raw_bytes + size}}
   end
 
-  defp enc(term, ctx) when is_list(term), do: enc_list(term, ctx, [])
+  # Lists: number lists may go packed, record lists as records (SPEC §8.1).
+  defp enc(term, ctx) when is_list(term) do
+    case Format.select_list(term, ctx.policy) do
+      :none ->
+        enc_list(term, ctx, [])
+
+      {:etf, :below_min, :number_list, _n} ->
+        # Plain numbers: nothing inside needs encoding. Short lists are many:
+        # counted apart, like inline binaries.
+        {term,
+         %{ctx | short: ctx.short + 1, short_bytes: ctx.short_bytes + :erlang.external_size(term)}}
+
+      {:etf, reason, :number_list, n} ->
+        {term, note(ctx, :etf, reason, :erlang.external_size(term), {:number_list, n})}
+
+      {:etf, reason, what, cells} ->
+        ctx = note(ctx, :etf, reason, :erlang.external_size(term), {what, cells})
+        enc_list(term, ctx, [])
+
+      decision ->
+        selected(decision, ctx)
+    end
+  end
 
   defp enc(term, ctx) when is_tuple(term) do
     {list, ctx} = enc_list(Tuple.to_list(term), ctx, [])
@@ -64,9 +149,12 @@ defmodule Bridge.Codec do
   end
 
   defp enc(%Buffer{data: data}, ctx) when is_binary(data) do
-    if byte_size(data) >= ctx.threshold and byte_size(data) > 0,
-      do: region(:buffer, data, [format: :raw], {:"$bb_buffer", data}, ctx),
-      else: {{:"$bb_buffer", data}, ctx}
+    inline = {:"$bb_buffer", data}
+    size = byte_size(data)
+
+    if size >= ctx.threshold and size > 0,
+      do: region(:buffer, data, [format: :raw], inline, ctx, {:buffer, :threshold, "a buffer"}),
+      else: {inline, note(ctx, :buffer, :below_threshold, size, "a buffer")}
   end
 
   # Tensors, bundles and COO arrays: protocol/formats/tensor.md. The inline term
@@ -76,12 +164,13 @@ defmodule Bridge.Codec do
       :ok ->
         inline = Wire.inline(value)
         size = Wire.payload_size(value)
+        what = {:struct, struct}
 
         if size >= ctx.threshold and size > 0 do
           {payload, frame_opts} = Wire.frame(value)
-          region(Wire.kind(value), payload, frame_opts, inline, ctx)
+          region(Wire.kind(value), payload, frame_opts, inline, ctx, {:tensor, :threshold, what})
         else
-          {inline, ctx}
+          {inline, note(ctx, :tensor, :below_threshold, size, what)}
         end
 
       {:error, error} ->
@@ -101,29 +190,113 @@ defmodule Bridge.Codec do
       end
 
     inline = {:"$bb_arrow", stream}
+    what = {:struct, Table}
 
     if byte_size(stream) >= ctx.threshold do
       opts = [format: :arrow_stream, metadata: arrow_descriptor(table)]
-      region(:arrow, stream, opts, inline, ctx)
+      region(:arrow, stream, opts, inline, ctx, {:arrow, :threshold, what})
     else
-      {inline, ctx}
+      {inline, note(ctx, :arrow, :below_threshold, byte_size(stream), what)}
     end
   end
 
   defp enc(%Buffer{} = b, ctx), do: bad_arg(b, ctx, "a %Bridge.Buffer{} holding a binary")
 
+  # Structs of registered custom types: protocol/formats/custom.md. Other
+  # structs, and those whose encode fails, go as their plain map (ETF).
+  defp enc(%struct{} = value, ctx) when struct not in @builtin do
+    case Serializer.encode_struct(value) do
+      {:ok, entry, data} ->
+        inline = {:"$bb_custom", entry.name, entry.version, data}
+        what = {:custom, entry.name}
+
+        if byte_size(data) >= ctx.threshold and byte_size(data) > 0 do
+          opts = [
+            format: :custom,
+            schema_id: entry.schema_id,
+            schema_version: entry.version,
+            metadata: :erlang.term_to_binary({entry.name, entry.version})
+          ]
+
+          region(:custom, data, opts, inline, ctx, {:custom, :threshold, what})
+        else
+          {inline, note(ctx, :custom, :below_threshold, byte_size(data), what)}
+        end
+
+      {:fallback, _entry, _why} ->
+        ctx = note(ctx, :etf, :encode_failed, :erlang.external_size(value), {:struct, struct})
+        enc_map(value, ctx)
+
+      :none ->
+        enc_map(value, ctx)
+    end
+  end
+
+  # Maps: a column map may go as records (SPEC §8.1).
   defp enc(%{} = map, ctx) do
+    case Format.select_map(map, ctx.policy) do
+      :none ->
+        enc_map(map, ctx)
+
+      {:etf, reason, what, cells} ->
+        enc_map(map, note(ctx, :etf, reason, :erlang.external_size(map), {what, cells}))
+
+      decision ->
+        selected(decision, ctx)
+    end
+  end
+
+  defp enc(term, ctx), do: bad_arg(term, ctx, "plain data (see Bridge's type mapping)")
+
+  # Works for structs too (their plain map, __struct__ included).
+  defp enc_map(map, ctx) do
     {pairs, ctx} =
-      Enum.reduce(map, {[], ctx}, fn {k, v}, {acc, ctx} ->
+      map
+      |> :maps.to_list()
+      |> Enum.reduce({[], ctx}, fn {k, v}, {acc, ctx} ->
         {k, ctx} = enc(k, ctx)
         {v, ctx} = enc(v, ctx)
         {[{k, v} | acc], ctx}
       end)
 
-    {Map.new(pairs), ctx}
+    {:maps.from_list(pairs), ctx}
   end
 
-  defp enc(term, ctx), do: bad_arg(term, ctx, "plain data (see Bridge's type mapping)")
+  defp selected({:packed, reason, dtype, data, n}, ctx) do
+    inline = {:"$bb_packed", dtype, data}
+    what = {:number_list, n}
+
+    if byte_size(data) >= ctx.threshold do
+      opts = [
+        format: :tensor,
+        schema_id: 0,
+        schema_version: 0,
+        metadata: :erlang.term_to_binary({dtype, [n]})
+      ]
+
+      region(:packed, data, opts, inline, ctx, {:packed, reason, what})
+    else
+      {inline, note(ctx, :packed, reason, byte_size(data), what)}
+    end
+  end
+
+  defp selected({:records, reason, layout, stream, rows, cols}, ctx) do
+    inline = {:"$bb_records", layout, stream}
+    what = {:records, layout, rows, cols}
+
+    if byte_size(stream) >= ctx.threshold do
+      meta = %{"layout" => Atom.to_string(layout), "num_rows" => rows, "num_columns" => cols}
+      opts = [format: :arrow_stream, metadata: :erlang.term_to_binary(meta)]
+      region(:records, stream, opts, inline, ctx, {:records, reason, what})
+    else
+      {inline, note(ctx, :records, reason, byte_size(stream), what)}
+    end
+  end
+
+  defp selected({:error, %Error{} = error}, ctx), do: throw({:bad_arg, error, ctx})
+
+  defp note(ctx, form, reason, bytes, what),
+    do: %{ctx | tally: Format.decided(ctx.tally, :to_python, form, reason, bytes, what)}
 
   # The frame metadata descriptor of protocol/formats/arrow.md.
   defp arrow_descriptor(%Table{schema: schema, columns: columns, num_rows: n}) do
@@ -154,21 +327,37 @@ defmodule Bridge.Codec do
 
   defp enc_list(tail, ctx, _acc), do: bad_arg(tail, ctx, "a proper list")
 
-  defp region(kind, payload, frame_opts, inline, ctx) do
+  # `{form, reason, what}`: the decision to count — `form` in a region
+  # (form_region, reason), or inline (form, :region_limit) when no region could
+  # take the payload.
+  defp region(kind, payload, frame_opts, inline, ctx, {form, reason, what}) do
+    size = byte_size(payload)
+
     case ArgRegions.put(ctx.regions, payload, frame_opts) do
       {:ok, {name, generation}, regions, evicted} ->
-        {{:"$bb_region", kind, name, generation},
-         %{ctx | regions: regions, evicted: evicted ++ ctx.evicted}}
+        ctx = %{ctx | regions: regions, evicted: evicted ++ ctx.evicted}
 
-      {:inline, reason, regions, evicted} ->
+        {{:"$bb_region", kind, name, generation},
+         note(ctx, region_form(form), reason, size, what)}
+
+      {:inline, why, regions, evicted} ->
         Logger.warning(
-          "beambridge: #{byte_size(payload)}-byte argument sent inline over the Port, " <>
-            "not through a region: #{describe(reason)}"
+          "beambridge: #{size}-byte argument sent inline over the Port, " <>
+            "not through a region: #{describe(why)}"
         )
 
-        {inline, %{ctx | regions: regions, evicted: evicted ++ ctx.evicted}}
+        ctx = %{ctx | regions: regions, evicted: evicted ++ ctx.evicted}
+        {inline, note(ctx, form, :region_limit, size, what)}
     end
   end
+
+  defp region_form(:raw), do: :raw_region
+  defp region_form(:buffer), do: :buffer_region
+  defp region_form(:tensor), do: :tensor_region
+  defp region_form(:arrow), do: :arrow_region
+  defp region_form(:packed), do: :packed_region
+  defp region_form(:records), do: :records_region
+  defp region_form(:custom), do: :custom_region
 
   defp describe({:region_limit, need, limit}),
     do: "region_limit #{limit} bytes reached (would need #{need})"
@@ -196,24 +385,44 @@ defmodule Bridge.Codec do
   @type decode_ctx :: %{
           cache: ResultRegions.t(),
           owner_prefix: String.t(),
-          verify: boolean()
+          verify: boolean(),
+          leased?: boolean(),
+          tally: map()
         }
+
+  @region_kinds [
+    :binary,
+    :buffer,
+    :tensor,
+    :tensor_bundle,
+    :sparse_coo,
+    :arrow,
+    :packed,
+    :records,
+    :custom
+  ]
 
   @doc false
   # `owner_prefix` is "/<shm_prefix>-<worker os pid>-": a result handle must
   # name a region of this worker.
   # The fourth element of the :ok tuple says whether the value holds zero-copy
   # binaries over result regions (each holds a reader lease until collected).
+  # Errors of kind :bad_call (records that do not rebuild, custom types without
+  # a serializer, ...) come from well-formed frames: the worker is kept. Any
+  # other error means the worker broke the protocol.
   @spec decode_result(term(), ResultRegions.t(), String.t(), boolean()) ::
           {:ok, term(), ResultRegions.t(), boolean()} | {:error, Error.t(), ResultRegions.t()}
   def decode_result(term, cache, owner_prefix, verify) do
-    ctx = %{cache: cache, owner_prefix: owner_prefix, verify: verify, leased?: false}
+    ctx = %{cache: cache, owner_prefix: owner_prefix, verify: verify, leased?: false, tally: %{}}
 
     try do
       {value, ctx} = dec(term, ctx)
+      Format.flush(ctx.tally)
       {:ok, value, ctx.cache, ctx.leased?}
     catch
-      {:bad_result, error, ctx} -> {:error, error, ctx.cache}
+      {:bad_result, error, ctx} ->
+        Format.flush(ctx.tally)
+        {:error, error, ctx.cache}
     end
   end
 
@@ -224,27 +433,65 @@ defmodule Bridge.Codec do
   end
 
   defp dec({:"$bb_region", kind, name, generation}, ctx)
-       when kind in [:binary, :buffer, :tensor, :tensor_bundle, :sparse_coo, :arrow] and
-              is_binary(name) and is_integer(generation) do
+       when kind in @region_kinds and is_binary(name) and is_integer(generation) do
     read_region(kind, name, generation, ctx)
   end
 
-  defp dec({:"$bb_tensor", dtype, shape, data}, ctx) when is_binary(data),
-    do: tensor_result(Wire.from_legacy(dtype, shape, data), ctx)
+  defp dec({:"$bb_tensor", dtype, shape, data}, ctx) when is_binary(data) do
+    ctx = received(ctx, :tensor, byte_size(data))
+    tensor_result(Wire.from_legacy(dtype, shape, data), ctx)
+  end
 
-  defp dec({:"$bb_tensor", desc, data}, ctx) when is_binary(data),
-    do: tensor_result(Wire.from_inline(desc, data), ctx)
+  defp dec({:"$bb_tensor", desc, data}, ctx) when is_binary(data) do
+    ctx = received(ctx, :tensor, byte_size(data))
+    tensor_result(Wire.from_inline(desc, data), ctx)
+  end
 
-  defp dec({:"$bb_tensor_bundle", entries}, ctx),
-    do: tensor_result(Wire.from_inline_bundle(entries), ctx)
+  defp dec({:"$bb_tensor_bundle", entries}, ctx) do
+    ctx = received(ctx, :tensor, 0)
+    tensor_result(Wire.from_inline_bundle(entries), ctx)
+  end
 
-  defp dec({:"$bb_sparse_coo", shape, entries}, ctx),
-    do: tensor_result(Wire.from_inline_coo(shape, entries), ctx)
+  defp dec({:"$bb_sparse_coo", shape, entries}, ctx) do
+    ctx = received(ctx, :tensor, 0)
+    tensor_result(Wire.from_inline_coo(shape, entries), ctx)
+  end
 
-  defp dec({:"$bb_buffer", data}, ctx) when is_binary(data), do: {data, ctx}
+  defp dec({:"$bb_buffer", data}, ctx) when is_binary(data),
+    do: {data, received(ctx, :buffer, byte_size(data))}
 
-  defp dec({:"$bb_arrow", stream}, ctx) when is_binary(stream),
-    do: arrow_result(Arrow.decode(stream), "", ctx)
+  defp dec({:"$bb_arrow", stream}, ctx) when is_binary(stream) do
+    ctx = received(ctx, :arrow, byte_size(stream))
+    arrow_result(Arrow.decode(stream), "", ctx)
+  end
+
+  # SPEC §8.1: a number list packed as a 1-D array.
+  defp dec({:"$bb_packed", dtype, data} = t, ctx) do
+    ctx = received(ctx, :packed, if(is_binary(data), do: byte_size(data), else: 0))
+
+    case Format.unpack(dtype, data) do
+      {:ok, list} -> {list, ctx}
+      {:error, why} -> bad_result(:bad_term, t, ctx, "a packed number list (#{why})")
+    end
+  end
+
+  # SPEC §8.1: a record list or a column map as an Arrow stream.
+  defp dec({:"$bb_records", layout, stream}, ctx)
+       when layout in [:rows, :columns] and is_binary(stream) do
+    ctx = received(ctx, :records, byte_size(stream))
+
+    case Format.decode_records(layout, stream) do
+      {:ok, value, _table} -> {value, ctx}
+      {:error, error} -> throw({:bad_result, error, ctx})
+    end
+  end
+
+  # protocol/formats/custom.md: a value of a registered type.
+  defp dec({:"$bb_custom", name, version, data}, ctx)
+       when is_binary(name) and is_integer(version) and is_binary(data) do
+    ctx = received(ctx, :custom, byte_size(data))
+    custom_result(name, version, data, ctx)
+  end
 
   defp dec(term, ctx) when is_tuple(term) do
     if tuple_size(term) > 0 and is_atom(elem(term, 0)) and reserved?(elem(term, 0)) do
@@ -289,6 +536,8 @@ defmodule Bridge.Codec do
          {:ok, frame} <- Region.read_frame(region, verify: ctx.verify) do
       h = frame.header
 
+      ctx = received(ctx, region_kind_form(kind), h.payload_length)
+
       cond do
         h.generation != generation ->
           throw(
@@ -303,11 +552,31 @@ defmodule Bridge.Codec do
         kind in [:tensor, :tensor_bundle, :sparse_coo] ->
           tensor_result(Wire.from_frame(kind, frame), ctx)
 
-        kind == :arrow and Header.format_name(h.format) != :arrow_stream ->
-          bad_result(:unknown_format, h.format, ctx, "an arrow_stream (2) frame for kind :arrow")
+        kind in [:arrow, :records] and Header.format_name(h.format) != :arrow_stream ->
+          bad_result(
+            :unknown_format,
+            h.format,
+            ctx,
+            "an arrow_stream (2) frame for kind #{inspect(kind)}"
+          )
 
         kind == :arrow ->
           arrow_result(Arrow.decode(frame.payload), frame.metadata, ctx)
+
+        kind == :packed ->
+          case Format.unpack_frame(frame) do
+            {:ok, list} ->
+              {list, ctx}
+
+            {:error, why} ->
+              bad_result(:bad_term, {kind, name}, ctx, "a packed number list frame (#{why})")
+          end
+
+        kind == :records ->
+          records_region(frame, ctx)
+
+        kind == :custom ->
+          custom_region(frame, ctx)
 
         true ->
           {frame.payload, ctx}
@@ -317,6 +586,74 @@ defmodule Bridge.Codec do
       {:error, %Error{} = e} -> throw({:bad_result, e, ctx})
     end
   end
+
+  # The frame's metadata says the layout and the counts (SPEC §8.1); a
+  # metadata that disagrees with the stream is a malformed frame.
+  defp records_region(frame, ctx) do
+    with {:ok, %{"layout" => layout, "num_rows" => rows, "num_columns" => cols}}
+         when layout in ["rows", "columns"] <- Format.safe_term(frame.metadata) do
+      case Format.decode_records(String.to_existing_atom(layout), frame.payload) do
+        {:ok, value, table} ->
+          if rows == table.num_rows and cols == length(table.schema.fields),
+            do: {value, ctx},
+            else:
+              bad_result(
+                :bad_metadata,
+                {rows, cols},
+                ctx,
+                "counts matching the stream (#{table.num_rows} rows x " <>
+                  "#{length(table.schema.fields)} columns)"
+              )
+
+        {:error, error} ->
+          throw({:bad_result, error, ctx})
+      end
+    else
+      other ->
+        bad_result(
+          :bad_metadata,
+          other,
+          ctx,
+          ~s(%{"layout" => "rows" | "columns", "num_rows" => n, "num_columns" => c})
+        )
+    end
+  end
+
+  # protocol/formats/custom.md: format custom, metadata {name, version} agreeing
+  # with schema_id = xxh3_64(name) and schema_version.
+  defp custom_region(%{header: h} = frame, ctx) do
+    if Header.format_name(h.format) != :custom or h.codec != 0,
+      do: bad_result(:unknown_format, h.format, ctx, "a custom (4) frame for kind :custom")
+
+    with {:ok, {name, version}} when is_binary(name) and is_integer(version) <-
+           Format.safe_term(frame.metadata),
+         {:ok, id} <- Bridge.NIF.xxh3_64(name),
+         true <- id == h.schema_id and version == h.schema_version do
+      custom_result(name, version, frame.payload, ctx)
+    else
+      _ ->
+        bad_result(
+          :bad_metadata,
+          {h.schema_id, h.schema_version},
+          ctx,
+          "metadata {name, version} agreeing with schema_id = xxh3_64(name) and schema_version"
+        )
+    end
+  end
+
+  defp custom_result(name, version, data, ctx) do
+    case Serializer.decode_payload(name, version, data) do
+      {:ok, value} -> {value, ctx}
+      {:error, error} -> throw({:bad_result, error, ctx})
+    end
+  end
+
+  defp region_kind_form(:binary), do: :raw_region
+  defp region_kind_form(kind) when kind in [:tensor_bundle, :sparse_coo], do: :tensor_region
+  defp region_kind_form(kind), do: region_form(kind)
+
+  defp received(ctx, form, bytes),
+    do: %{ctx | tally: Format.decided(ctx.tally, :from_python, form, :received, bytes, nil)}
 
   # A decoded stream; `metadata` is the region frame's descriptor ("" inline),
   # whose counts must match the stream when present.

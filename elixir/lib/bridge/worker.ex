@@ -55,7 +55,10 @@ defmodule Bridge.Worker do
     length_overflow payload_out_of_bounds bad_decoded_length decoded_too_large
     header_checksum_mismatch checksum_mismatch stale_generation no_space name_collision
     not_found bad_name bad_permissions region_too_small bad_control_block out_of_bounds closed
-    not_owner region_too_large badarg leased not_published busy arrow $bb_arrow)a
+    not_owner region_too_large badarg leased not_published busy arrow $bb_arrow packed records
+    custom $bb_packed $bb_records $bb_custom rows columns tensor_bundle sparse_coo
+    $bb_tensor_bundle $bb_sparse_coo unknown_type codec_failed bad_metadata format_unsuitable
+    unknown_atom unsupported_type duplicate_column unsupported_value bad_option)a
 
   @doc false
   @spec protocol_atoms() :: [atom()]
@@ -72,7 +75,8 @@ defmodule Bridge.Worker do
   def start_link(arg), do: GenServer.start_link(__MODULE__, arg)
 
   @doc false
-  # Asks the worker to run `request` ({module, function, args}) and answer
+  # Asks the worker to run `request` ({module, function, args} or
+  # {module, function, args, %{format: policy}}) and answer
   # `from` before the monotonic `deadline` (ms or :infinity).
   @spec run(pid(), tuple(), GenServer.from(), integer() | :infinity) :: :ok
   def run(worker, request, from, deadline),
@@ -238,12 +242,17 @@ defmodule Bridge.Worker do
     {:noreply, %{state | available?: false}}
   end
 
-  defp start_call(state, {module, function, args}, from, deadline) do
-    case Codec.encode_args(args, state.args, state.config.threshold) do
+  defp start_call(state, {module, function, args}, from, deadline),
+    do: start_call(state, {module, function, args, %{}}, from, deadline)
+
+  defp start_call(state, {module, function, args, opts}, from, deadline) do
+    policy = Map.get(opts, :format, :auto)
+
+    case Codec.encode_args(args, state.args, state.config.threshold, format: policy) do
       {:ok, encoded, regions, evicted} ->
         state = detach(%{state | args: regions}, evicted)
         id = state.next_id
-        frame = :erlang.term_to_binary({:call, id, module, function, encoded})
+        frame = :erlang.term_to_binary(call_message(id, module, function, encoded, policy))
 
         if byte_size(frame) > @max_frame do
           error =
@@ -271,6 +280,13 @@ defmodule Bridge.Worker do
         become_ready(state)
     end
   end
+
+  # SPEC §7.3: the 6-tuple carries the result's format policy; :auto, the
+  # worker's default, goes as the 5-tuple every worker reads.
+  defp call_message(id, module, function, args, :auto), do: {:call, id, module, function, args}
+
+  defp call_message(id, module, function, args, policy),
+    do: {:call, id, module, function, args, %{"format" => Atom.to_string(policy)}}
 
   defp call_timer(id, deadline),
     do: Process.send_after(self(), {:call_timeout, id}, max(deadline - now(), 0))
@@ -390,6 +406,13 @@ defmodule Bridge.Worker do
         # region busy) until this quiet process happens to collect garbage.
         if leased?, do: send(self(), :drop_result_refs)
         finish_call(%{state | results: results}, {:ok, value})
+
+      # Well-formed frames whose value cannot be rebuilt here (records with
+      # unknown atom keys, custom types without a serializer, ...): the
+      # caller's error, the worker is kept (SPEC §8.1, formats/custom.md).
+      {:error, %Error{kind: :bad_call} = error, results} ->
+        send(self(), :drop_result_refs)
+        finish_call(%{state | results: results}, {:error, error})
 
       {:error, error, results} ->
         violation(%{state | results: results}, error)
