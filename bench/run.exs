@@ -10,6 +10,8 @@
 #   * a small call (two integers): Bridge.call p50 vs a raw Port round trip of a
 #     20-byte frame with no decoding at all (the floor)
 #   * a CPU-bound handler: throughput of a pool of 2 vs a pool of 1
+#   * 1M-row table Python -> Elixir as Arrow vs an ETF list of maps; 1 GiB vs 1 KiB
+#     tensor open; lists and rows as ETF vs packed/records (bench/formats.exs)
 #
 # Writes bench/results/latest.json and bench/results/latest.png.
 defmodule Bench do
@@ -54,6 +56,7 @@ defmodule Bench do
     echo_rows = Enum.map(sizes, &echo_row(&1, memcpy))
     small = small_call()
     tables = table_transfer(if(quick?, do: 100_000, else: 1_000_000))
+    formats = BenchFormats.run(BenchBridge, quick?)
     Supervisor.stop(sup)
 
     throughput = pool_throughput(if(quick?, do: 8, else: 24))
@@ -79,13 +82,15 @@ defmodule Bench do
       "throughput" => throughput,
       "threshold_sweep" => sweep,
       "tensor_open" => tensor_open,
-      "tables" => tables
+      "tables" => tables,
+      "formats" => formats
     }
 
     print_table(echo_rows, small, throughput)
     print_sweep(sweep)
     print_tensor_open(tensor_open)
     print_tables(tables)
+    BenchFormats.print(formats)
     File.mkdir_p!("bench/results")
     File.write!("bench/results/latest.json", Bench.JSON.encode(results) <> "\n")
 
@@ -548,24 +553,7 @@ defmodule Bench do
   end
 end
 
-defmodule Bench.JSON do
-  @moduledoc false
-  # Just enough JSON for the results file (no hex packages here, so no Jason).
-  def encode(map) when is_map(map) do
-    inner =
-      map
-      |> Enum.sort()
-      |> Enum.map_join(", ", fn {k, v} -> encode(to_string(k)) <> ": " <> encode(v) end)
-
-    "{" <> inner <> "}"
-  end
-
-  def encode(list) when is_list(list), do: "[" <> Enum.map_join(list, ", ", &encode/1) <> "]"
-  def encode(nil), do: "null"
-  def encode(b) when is_boolean(b), do: to_string(b)
-  def encode(n) when is_integer(n), do: Integer.to_string(n)
-  def encode(f) when is_float(f), do: :erlang.float_to_binary(f, [:short])
-  def encode(s) when is_binary(s), do: inspect(s)
-end
-
+Code.require_file("json.exs", __DIR__)
+Process.put(:bench_formats_as_lib, true)
+Code.require_file("formats.exs", __DIR__)
 Bench.main(System.argv())

@@ -38,3 +38,32 @@ def table(n: int) -> object:
             }
         )
     return _tables[n]
+
+
+def size_of(value: object) -> int:
+    """How many elements/rows arrived: the argument's transfer is what is measured."""
+    return len(value)  # type: ignore[arg-type]
+
+
+_values: dict[tuple[str, int], object] = {}
+
+
+def make(kind: bytes, n: int) -> object:
+    """A cached value of ``kind`` (the same shapes bench/formats.exs sends): built once
+    per (kind, n) so that the call measures the transfer, not the construction."""
+    key = (kind.decode(), n)
+    if key not in _values:
+        _values[key] = _build(key[0], n)
+    return _values[key]
+
+
+def _build(kind: str, n: int) -> object:
+    if kind == "ints":
+        return [(i * 7919) % (1 << 31) - (1 << 30) for i in range(n)]
+    if kind == "bytes":
+        return [i % 256 for i in range(n)]
+    if kind == "floats":
+        return [i * 0.25 for i in range(n)]
+    if kind == "rows":
+        return [{"id": i, "x": i * 0.5, "flag": i % 3 == 0, "name": f"name-{i}"} for i in range(n)]
+    raise ValueError(f"unknown kind {kind!r}")

@@ -32,12 +32,14 @@ def blocks(title: str, lang: str) -> list[str]:
     return re.findall(rf"```{lang}\n(.*?)```", section(title), flags=re.S)
 
 
-def mix_run(script: str, name: str, **kwargs: object) -> subprocess.Popen[str]:
+def mix_run(
+    script: str, name: str, *, require: tuple[Path, ...] = (), **kwargs: object
+) -> subprocess.Popen[str]:
     path = ROOT / "_build" / name
     path.parent.mkdir(exist_ok=True)
     path.write_text(script)
     return subprocess.Popen(
-        ["mix", "run", str(path)],
+        ["mix", "run", *(arg for r in require for arg in ("-r", str(r))), str(path)],
         cwd=ROOT,
         env=dict(os.environ, MIX_ENV="test"),
         stdout=subprocess.PIPE,
@@ -96,3 +98,26 @@ def test_readme_region_example_runs() -> None:
         _, err = beam.communicate("done\n", timeout=60)
     assert beam.returncode == 0, err
     assert not Path("/dev/shm", name.lstrip("/")).exists()
+
+
+def test_readme_formats_and_custom_types_example_runs(tmp_path: Path) -> None:
+    [handler] = blocks("Choosing formats, custom types", "python")
+    [struct, elixir] = blocks("Choosing formats, custom types", "elixir")
+    struct_path = re.match(r"# lib/(\w+\.ex)\n", struct)
+    assert struct_path, "the struct block no longer starts with its file name"
+    (tmp_path / struct_path.group(1)).write_text(struct)
+    module_path = re.match(r"# priv/python/(\w+\.py)\n", handler)
+    assert module_path, "the handler block no longer starts with its file name"
+    (tmp_path / module_path.group(1)).write_text(handler)
+
+    assert '"/path/to/python"' in elixir and '["priv/python"]' in elixir
+    script = elixir.replace('"/path/to/python"', f'"{PYTHON}"')
+    script = script.replace('["priv/python"]', f'["{tmp_path}"]')
+    proc = mix_run(
+        script + '\nIO.puts("README OK")\n',
+        "readme_choosing.exs",
+        require=(tmp_path / struct_path.group(1),),
+    )
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out + err
+    assert "README OK" in out
