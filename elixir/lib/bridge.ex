@@ -46,7 +46,7 @@ defmodule Bridge do
   How a value travels never changes what the other side gets. Lists of
   numbers (at least 256 elements) go *packed*, as one array of the narrowest
   integer type or of doubles, instead of one term per element; lists of maps
-  with the same keys and maps of equal-length lists (at least 4096 cells) go
+  with the same keys and maps of equal-length lists (at least 256 cells) go
   as Arrow *records*. Python still gets a `list`, a `list` of `dict`s or a
   `dict` of `list`s, and results come back the same way. The call option
   `format:` (`:auto`, `:etf`, `:packed`, `:arrow`) overrides the choice; see
@@ -267,7 +267,7 @@ defmodule Bridge do
       the value went through a shared-memory region;
     * `reason` — for arguments: `:auto` (big enough to pack or send as
       records), `:forced` (the `format:` option), `:below_min` (too small:
-      ETF), `:small_ints` (integers 0..255: ETF is as compact), `:policy`
+      ETF), `:policy`
       (`format: :etf`), `:below_threshold` / `:threshold` (inline or region,
       for binaries, buffers, tensors, tables and custom types),
       `:region_limit` (a region was due but none could be had: inline),

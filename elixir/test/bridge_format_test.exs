@@ -88,11 +88,11 @@ defmodule Bridge.FormatBridgeTest do
       {Enum.map(0..299, &(@u64_max - &1)), :packed, "list[int]"},
       {Enum.map(1..500, &(&1 / 3)), :packed, "list[float]"},
       {Enum.to_list(1..255), :etf, "list[int]"},
-      {for(i <- 1..5000, do: rem(i, 256)), :etf, "list[int]"},
+      {for(i <- 1..5000, do: rem(i, 256)), :packed, "list[int]"},
       {[1, 2.5, 3], :etf, "list[float|int]"},
       {rows(700, @atom_key), :records, nil},
       {rows(700, @bin_key), :records, nil},
-      {rows(600, @atom_key), :etf, nil},
+      {rows(42, @atom_key), :etf, nil},
       {columns(700, @atom_key), :records, nil},
       {columns(10, @bin_key), :etf, nil},
       {%{"nested" => [Enum.to_list(1..400), rows(3, @bin_key)]}, :packed, nil}
@@ -187,11 +187,11 @@ defmodule Bridge.FormatBridgeTest do
       {:huge_ints, [300], Enum.map(0..299, &(@u64_max - &1)), :packed},
       {:floats, [400], Enum.map(0..399, &(&1 / 7)), :packed},
       {:ints, [255, 0, 1], ints(255, 0, 1), :etf},
-      {:ints, [1000, 0, 0], List.duplicate(0, 1000), :etf},
+      {:ints, [1000, 0, 0], List.duplicate(0, 1000), :packed},
       {:rows, [683, "string"], rows(683, @bin_key), :records},
       {:rows, [683, "atom"], rows(683, @atom_key), :records},
       {:rows, [683, "binary"], rows(683, @bin_key), :records},
-      {:rows, [682, "string"], rows(682, @bin_key), :etf},
+      {:rows, [42, "string"], rows(42, @bin_key), :etf},
       {:columns, [700, "atom"], columns(700, @atom_key), :records},
       {:columns, [10, "string"], columns(10, @bin_key), :etf}
     ]

@@ -140,9 +140,12 @@ defmodule Bridge.FormatTest do
     assert {:etf, :below_min, :number_list, 2} = Format.select_list([1.5, 2.5], :auto)
   end
 
-  test "lists of at most 65535 integers in 0..255 stay ETF under :auto" do
+  test "lists of integers in 0..255 go packed from packed_min, like any number list" do
+    # ETF's STRING_EXT is one byte each too, but measured slower end to end
+    # (bench/formats.exs, "bytes")
     bytes = for i <- 1..65_535, do: rem(i, 256)
-    assert {:etf, :small_ints, :number_list, 65_535} = Format.select_list(bytes, :auto)
+    assert {:packed, :auto, "|u1", _, 65_535} = Format.select_list(bytes, :auto)
+    assert {:etf, :below_min, :number_list, 255} = Format.select_list(Enum.take(bytes, 255), :auto)
     assert {:packed, :auto, "|u1", _, 65_536} = Format.select_list([0 | bytes], :auto)
     # one negative element: not a byte list any more
     assert {:packed, :auto, "|i1", _, 300} =
@@ -226,7 +229,6 @@ defmodule Bridge.FormatTest do
       case Format.select_list(list, :auto) do
         {:packed, :auto, ^dtype, ^data, ^n} -> assert n >= 256
         {:etf, :below_min, :number_list, ^n} -> assert n < 256
-        {:etf, :small_ints, :number_list, ^n} -> assert min >= 0 and max <= 255
       end
     end
 
@@ -253,10 +255,11 @@ defmodule Bridge.FormatTest do
     end
   end
 
-  test ":auto sends record lists of at least 4096 cells as records" do
-    # 682 rows x 6 columns = 4092 cells; 683 x 6 = 4098
-    assert {:etf, :below_min, :record_list, 4092} = Format.select_list(rows(682), :auto)
-    assert {:records, :auto, :rows, stream, 683, 6} = Format.select_list(rows(683), :auto)
+  test ":auto sends record lists of at least 256 cells as records" do
+    assert Format.records_min() == 256
+    # 42 rows x 6 columns = 252 cells; 43 x 6 = 258
+    assert {:etf, :below_min, :record_list, 252} = Format.select_list(rows(42), :auto)
+    assert {:records, :auto, :rows, stream, 43, 6} = Format.select_list(rows(43), :auto)
 
     assert {:ok, table} = Arrow.decode(stream)
     assert Schema.names(table.schema) == ~w(id name none ok raw x)
@@ -265,16 +268,16 @@ defmodule Bridge.FormatTest do
              [{:s, 64}, :binary, :null, :bool, :binary, {:f, 64}]
 
     assert table.schema.metadata == [{"beambridge.keys", "atom"}]
-    expected = rows(683)
+    expected = rows(43)
     assert {:ok, ^expected, _} = Format.decode_records(:rows, stream)
   end
 
-  test ":auto sends column maps of at least 4096 cells as records" do
-    small = %{"a" => Enum.to_list(1..2047), "b" => List.duplicate("x", 2047)}
-    assert {:etf, :below_min, :column_map, 4094} = Format.select_map(small, :auto)
+  test ":auto sends column maps of at least 256 cells as records" do
+    small = %{"a" => Enum.to_list(1..127), "b" => List.duplicate("x", 127)}
+    assert {:etf, :below_min, :column_map, 254} = Format.select_map(small, :auto)
 
-    big = %{"a" => Enum.to_list(1..2048), "b" => List.duplicate(<<0, 1>>, 2048)}
-    assert {:records, :auto, :columns, stream, 2048, 2} = Format.select_map(big, :auto)
+    big = %{"a" => Enum.to_list(1..128), "b" => List.duplicate(<<0, 1>>, 128)}
+    assert {:records, :auto, :columns, stream, 128, 2} = Format.select_map(big, :auto)
     assert {:ok, table} = Arrow.decode(stream)
     assert table.schema.metadata == [{"beambridge.keys", "binary"}]
     assert {:ok, ^big, _} = Format.decode_records(:columns, stream)
@@ -690,8 +693,8 @@ defmodule Bridge.FormatTest do
     Bridge.reset_format_stats()
 
     # 1..1000 packed (2000 bytes); [1, 2] ETF (too short); 1000 rows as records;
-    # "bin" raw inline; the map of one 300-element list is too small for records,
-    # its list is packed (600 bytes); 0..255 stays ETF
+    # "bin" raw inline; the map of one 300-element list as records (300 cells);
+    # 0..255 packed (256 bytes)
     args = [
       Enum.to_list(1..1000),
       [1, 2],
@@ -704,11 +707,10 @@ defmodule Bridge.FormatTest do
     assert {:ok, _, _} = encode(args)
     assert {:ok, _, _} = encode([Enum.to_list(1..1000)], [], 1)
 
-    assert {2, 2600} = stat(:to_python, :packed, :auto)
+    assert {2, 2256} = stat(:to_python, :packed, :auto)
     assert {1, 2000} = stat(:to_python, :packed_region, :auto)
-    assert {2, _} = stat(:to_python, :etf, :below_min)
-    assert {1, _} = stat(:to_python, :etf, :small_ints)
-    assert {1, records_bytes} = stat(:to_python, :records, :auto)
+    assert {1, _} = stat(:to_python, :etf, :below_min)
+    assert {2, records_bytes} = stat(:to_python, :records, :auto)
     assert records_bytes > 1000
     assert {1, 3} = stat(:to_python, :raw, :below_threshold)
 

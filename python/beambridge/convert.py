@@ -699,8 +699,7 @@ class ResultEncoder(Encoder):
 
     ``policy`` (one of `POLICIES`, set per call by the worker from the ``"format"`` call
     option) selects the forms of §8.1: under ``auto`` a number list of at least
-    ``packed_min`` elements goes packed (except a list of at most 65535 ints in 0..255,
-    which ETF already writes one byte each) and a record list or column map of at least
+    ``packed_min`` elements goes packed and a record list or column map of at least
     ``records_min`` cells goes as records; ``etf`` sends every list and map as ETF;
     ``packed`` packs every number list, ``arrow`` sends every record list and column map
     as records (and a list of maps or map of lists that does not qualify raises
@@ -856,8 +855,6 @@ class ResultEncoder(Encoder):
         if isinstance(numbers, records_format.Unsuitable):
             return numbers.code
         forced = self._policy == "packed"
-        if numbers.byte_list and not forced:
-            return "small_ints"  # STRING_EXT: one byte each already
         self.packed(records_format.pack(v, numbers.dtype), parts, "forced" if forced else "auto")
         return True
 

@@ -19,9 +19,8 @@ defmodule Bridge.Format do
 
   The call option `format:` (`Bridge.call/3`) picks the policy:
 
-    * `:auto` (default) — packed from 256 elements, records from 4096
-      cells (rows × columns); a list of at most 65535 integers in 0..255 stays
-      ETF (the external term format already spends one byte per element);
+    * `:auto` (default) — packed from 256 elements, records from 256
+      cells (rows × columns): the crossovers `bench/formats.exs` measured;
     * `:etf` — number lists, record lists and column maps as ETF;
     * `:packed` — every number list packed, whatever its length (a list of
       integers mixed with floats, or of integers out of range, is not a number
@@ -64,8 +63,7 @@ defmodule Bridge.Format do
 
   @policies [:auto, :etf, :packed, :arrow]
   @packed_min 256
-  @records_min 4096
-  @small_ints_max 65_535
+  @records_min 256
   @i64_min Bitwise.bsl(-1, 63)
   @i64_max (1 <<< 63) - 1
   @u64_max (1 <<< 64) - 1
@@ -142,7 +140,6 @@ defmodule Bridge.Format do
           policy == :etf -> {:etf, :policy, :number_list, n}
           policy == :packed -> pack_ints(list, lo, hi, n, :forced)
           n < @packed_min -> {:etf, :below_min, :number_list, n}
-          lo >= 0 and hi <= 255 and n <= @small_ints_max -> {:etf, :small_ints, :number_list, n}
           true -> pack_ints(list, lo, hi, n, :auto)
         end
 
@@ -743,7 +740,7 @@ defmodule Bridge.Format do
   ## Counting and logging
 
   @small_forms [:raw, :etf]
-  @small_reasons [:below_threshold, :below_min, :small_ints]
+  @small_reasons [:below_threshold, :below_min]
 
   @doc false
   # Adds one decision to a call's tally and logs it at debug level; decisions

@@ -21,8 +21,8 @@ writers (`pack`, `to_table`) and the readers (`unpack`, `read_packed`,
 only when records are built or read.
 
 >>> c = classify_numbers([1, 2, 300])
->>> c.dtype, c.byte_list
-('<i2', False)
+>>> c.dtype
+'<i2'
 >>> unpack(b"<i2", pack([1, 2, 300], c.dtype).tobytes())
 [1, 2, 300]
 >>> classify_numbers([1, 2.5]).code
@@ -57,7 +57,6 @@ __all__ = [
     "DEFAULT_PACKED_MIN",
     "DEFAULT_RECORDS_MIN",
     "KEYS_METADATA",
-    "MAX_STRING_EXT",
     "PACKED_DTYPES",
     "Numbers",
     "RecordsPlan",
@@ -82,10 +81,7 @@ __all__ = [
 #: Auto policy: a number list of at least this many elements goes packed.
 DEFAULT_PACKED_MIN = 256
 #: Auto policy: a record list or column map of at least this many cells goes as records.
-DEFAULT_RECORDS_MIN = 4096
-#: Longest list ETF writes as STRING_EXT (one byte per element): such a list of ints
-#: 0..255 stays ETF under the auto policy.
-MAX_STRING_EXT = 65535
+DEFAULT_RECORDS_MIN = 256
 #: The nine dtypes of the packed form.
 PACKED_DTYPES = (b"|i1", b"|u1", b"<i2", b"<u2", b"<i4", b"<u4", b"<i8", b"<u8", b"<f8")
 #: Schema metadata key of a records stream: how keys are rebuilt.
@@ -141,7 +137,7 @@ def format_stats() -> dict[tuple[str, str, str], dict[str, int]]:
     list that looked like one, sent as ETF) or ``"standard"`` (a custom type sent in its
     standard form because its codec failed); ``reason`` why: ``"auto"`` (the auto
     policy's minimum was reached), ``"forced"`` (``format: packed``/``arrow``),
-    ``"small_ints"``, ``"registered"``, ``"codec_failed"``, the code of what made a list
+    ``"registered"``, ``"codec_failed"``, the code of what made a list
     unsuitable (``"mixed_numbers"``, ``"different_keys"``...), or for arguments
     ``"inline"``/``"region"``. ``bytes``: the payload (packed data, Arrow stream, codec
     bytes; the ETF size for ``"etf"``).
@@ -168,11 +164,9 @@ class Unsuitable:
 
 @dataclass(frozen=True)
 class Numbers:
-    """A number list: its packed ``dtype``, and whether it is a list of at most
-    `MAX_STRING_EXT` ints in 0..255 (``byte_list``: ETF writes it one byte each)."""
+    """A number list: its packed ``dtype``."""
 
     dtype: str
-    byte_list: bool
 
 
 def classify_numbers(values: list[Any]) -> Numbers | Unsuitable:
@@ -196,13 +190,13 @@ def classify_numbers(values: list[Any]) -> Numbers | Unsuitable:
         lo, hi = min(values), max(values)
         for dtype, dlo, dhi in _INT_DTYPES:
             if dlo <= lo and hi <= dhi:
-                return Numbers(dtype, lo >= 0 and hi <= 255 and len(values) <= MAX_STRING_EXT)
+                return Numbers(dtype)
         return Unsuitable("integer_range", f"its integers {lo}..{hi} fit neither int64 nor uint64")
     if kind is float:
         if not np.isfinite(np.array(values, dtype="<f8")).all():
             bad = next(v for v in values if not math.isfinite(v))
             return Unsuitable("not_finite", f"it holds the float {bad}")
-        return Numbers("<f8", False)
+        return Numbers("<f8")
     return Unsuitable("not_numbers", f"its elements are {kind.__name__}, not int or float")
 
 
