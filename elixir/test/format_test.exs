@@ -145,7 +145,10 @@ defmodule Bridge.FormatTest do
     # (bench/formats.exs, "bytes")
     bytes = for i <- 1..65_535, do: rem(i, 256)
     assert {:packed, :auto, "|u1", _, 65_535} = Format.select_list(bytes, :auto)
-    assert {:etf, :below_min, :number_list, 255} = Format.select_list(Enum.take(bytes, 255), :auto)
+
+    assert {:etf, :below_min, :number_list, 255} =
+             Format.select_list(Enum.take(bytes, 255), :auto)
+
     assert {:packed, :auto, "|u1", _, 65_536} = Format.select_list([0 | bytes], :auto)
     # one negative element: not a byte list any more
     assert {:packed, :auto, "|i1", _, 300} =
