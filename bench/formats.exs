@@ -8,6 +8,10 @@
 # (`:packed` / `:arrow`), medians, in one run. The receiver's value is the same either
 # way (that is the point of the forms), so this measures transport only. The smallest
 # size from which the form stays faster is the crossover the defaults are set from.
+# Format decisions are logged at debug level, one line per argument: measure the
+# bridge, not the console.
+Logger.configure(level: :info)
+
 defmodule BenchFormats do
   import Bitwise
 

@@ -14,6 +14,10 @@
 #     tensor open; lists and rows as ETF vs packed/records (bench/formats.exs)
 #
 # Writes bench/results/latest.json and bench/results/latest.png.
+# Format decisions are logged at debug level, one line per argument: measure the
+# bridge, not the console.
+Logger.configure(level: :info)
+
 defmodule Bench do
   @python Path.expand(".venv/bin/python")
   @handlers Path.expand("bench/handlers")

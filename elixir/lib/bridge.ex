@@ -44,7 +44,7 @@ defmodule Bridge do
   ## Formats (protocol/SPEC.md §8.1)
 
   How a value travels never changes what the other side gets. Lists of
-  numbers (at least 256 elements) go *packed*, as one array of the narrowest
+  numbers (at least 128 elements) go *packed*, as one array of the narrowest
   integer type or of doubles, instead of one term per element; lists of maps
   with the same keys and maps of equal-length lists (at least 256 cells) go
   as Arrow *records*. Python still gets a `list`, a `list` of `dict`s or a

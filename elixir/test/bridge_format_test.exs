@@ -87,7 +87,7 @@ defmodule Bridge.FormatBridgeTest do
       {Enum.map(1..1000, &(&1 * 70_000)), :packed, "list[int]"},
       {Enum.map(0..299, &(@u64_max - &1)), :packed, "list[int]"},
       {Enum.map(1..500, &(&1 / 3)), :packed, "list[float]"},
-      {Enum.to_list(1..255), :etf, "list[int]"},
+      {Enum.to_list(1..127), :etf, "list[int]"},
       {for(i <- 1..5000, do: rem(i, 256)), :packed, "list[int]"},
       {[1, 2.5, 3], :etf, "list[float|int]"},
       {rows(700, @atom_key), :records, nil},
@@ -135,8 +135,8 @@ defmodule Bridge.FormatBridgeTest do
 
   test "arguments: forced formats pack small values too, Python still gets lists and dicts" do
     for pool <- [@inl, @reg] do
-      # 200 elements (below the :auto minimum), 800 bytes as <i4
-      small = Enum.map(1..200, &(&1 * 100_000))
+      # 100 elements (below the :auto minimum), 800 bytes as <i8
+      small = Enum.map(1..100, &(&1 * 10_000_000_000))
       {:ok, etf} = call(pool, :received, [small], :etf)
       assert {:ok, ^etf} = call(pool, :received, [small], :auto)
       refute Enum.any?(forms(:to_python), &(&1 in [:packed, :packed_region]))

@@ -124,14 +124,16 @@ defmodule Bridge.FormatTest do
     end
   end
 
-  test ":auto packs number lists of at least 256 elements" do
-    assert {:etf, :below_min, :number_list, 255} =
-             Format.select_list(Enum.to_list(1000..1254), :auto)
+  test ":auto packs number lists of at least 128 elements" do
+    assert Format.packed_min() == 128
 
-    assert {:packed, :auto, "<i2", data, 256} =
-             Format.select_list(Enum.to_list(1000..1255), :auto)
+    assert {:etf, :below_min, :number_list, 127} =
+             Format.select_list(Enum.to_list(1000..1126), :auto)
 
-    assert data == for(x <- 1000..1255, into: <<>>, do: <<x::little-16>>)
+    assert {:packed, :auto, "<i2", data, 128} =
+             Format.select_list(Enum.to_list(1000..1127), :auto)
+
+    assert data == for(x <- 1000..1127, into: <<>>, do: <<x::little-16>>)
 
     floats = Enum.map(1..300, &(&1 / 7))
     assert {:packed, :auto, "<f8", fdata, 300} = Format.select_list(floats, :auto)
@@ -146,8 +148,8 @@ defmodule Bridge.FormatTest do
     bytes = for i <- 1..65_535, do: rem(i, 256)
     assert {:packed, :auto, "|u1", _, 65_535} = Format.select_list(bytes, :auto)
 
-    assert {:etf, :below_min, :number_list, 255} =
-             Format.select_list(Enum.take(bytes, 255), :auto)
+    assert {:etf, :below_min, :number_list, 127} =
+             Format.select_list(Enum.take(bytes, 127), :auto)
 
     assert {:packed, :auto, "|u1", _, 65_536} = Format.select_list([0 | bytes], :auto)
     # one negative element: not a byte list any more
@@ -230,8 +232,8 @@ defmodule Bridge.FormatTest do
       assert Format.unpack(dtype, data) == {:ok, list}
 
       case Format.select_list(list, :auto) do
-        {:packed, :auto, ^dtype, ^data, ^n} -> assert n >= 256
-        {:etf, :below_min, :number_list, ^n} -> assert n < 256
+        {:packed, :auto, ^dtype, ^data, ^n} -> assert n >= Format.packed_min()
+        {:etf, :below_min, :number_list, ^n} -> assert n < Format.packed_min()
       end
     end
 

@@ -275,10 +275,10 @@ def test_edge_shapes() -> None:
 
 
 def test_auto_sends_records_from_records_min() -> None:
-    assert ResultEncoder().records_min == 256
-    rows = [{"a": i, "b": float(i)} for i in range(128)]  # 256 cells
+    assert ResultEncoder().records_min == 1024
+    rows = [{"a": i, "b": float(i)} for i in range(512)]  # 1024 cells
     assert wire(rows)[:2] == (TAG_RECORDS, ROWS)
-    assert type(wire(rows[:-1])) is list  # 254 cells: ETF
+    assert type(wire(rows[:-1])) is list  # 1022 cells: ETF
     cols = {"a": list(range(1024)), "b": [1.5] * 1024, "c": ["x"] * 1024, "d": [None] * 1024}
     assert wire(cols)[:2] == (TAG_RECORDS, COLUMNS)
     as_etf = wire(cols, records_min=4097)

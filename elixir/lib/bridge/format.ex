@@ -19,8 +19,10 @@ defmodule Bridge.Format do
 
   The call option `format:` (`Bridge.call/3`) picks the policy:
 
-    * `:auto` (default) — packed from 256 elements, records from 256
-      cells (rows × columns): the crossovers `bench/formats.exs` measured;
+    * `:auto` (default) — packed from 128 elements, records from 256
+      cells (rows × columns): where `bench/formats.exs` measured these forms
+      faster than ETF from Elixir to Python (the worker sending results uses
+      its own crossovers, 256 elements and 1024 cells);
     * `:etf` — number lists, record lists and column maps as ETF;
     * `:packed` — every number list packed, whatever its length (a list of
       integers mixed with floats, or of integers out of range, is not a number
@@ -62,7 +64,7 @@ defmodule Bridge.Format do
   alias Bridge.Arrow.{Builder, Field, Schema, Values}
 
   @policies [:auto, :etf, :packed, :arrow]
-  @packed_min 256
+  @packed_min 128
   @records_min 256
   @i64_min Bitwise.bsl(-1, 63)
   @i64_max (1 <<< 63) - 1

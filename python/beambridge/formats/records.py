@@ -78,10 +78,13 @@ __all__ = [
     "unpack",
 ]
 
-#: Auto policy: a number list of at least this many elements goes packed.
+#: Auto policy: a number list of at least this many elements goes packed. Results only:
+#: where bench/formats.exs measured packing faster than ETF from Python to Elixir (the
+#: BEAM, sending arguments, packs from 128).
 DEFAULT_PACKED_MIN = 256
-#: Auto policy: a record list or column map of at least this many cells goes as records.
-DEFAULT_RECORDS_MIN = 256
+#: Auto policy: a record list or column map of at least this many cells goes as records
+#: (measured like DEFAULT_PACKED_MIN; the BEAM sends records from 256 cells).
+DEFAULT_RECORDS_MIN = 1024
 #: The nine dtypes of the packed form.
 PACKED_DTYPES = (b"|i1", b"|u1", b"<i2", b"<u2", b"<i4", b"<u4", b"<i8", b"<u8", b"<f8")
 #: Schema metadata key of a records stream: how keys are rebuilt.
