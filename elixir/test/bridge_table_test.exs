@@ -202,12 +202,23 @@ defmodule Bridge.TableBridgeTest do
       assert Table.to_columns(back) == @small_values
     end
 
-    test "a result that claims to be an Arrow stream and is not one is :bad_frame" do
-      assert {:error, %Bridge.Error{kind: :bad_frame}} =
+    test "a result that claims to be an Arrow stream and is not one is :bad_call, worker kept" do
+      [%{os_pid: os_pid}] = Bridge.workers(BTabInl)
+
+      assert {:error, %Bridge.Error{kind: :bad_call, reason: :truncated}} =
                call(BTabInl, :forged_arrow, ["not a stream"])
 
-      all_ready(BTabInl, 1)
       assert {:ok, %Table{}} = call(BTabInl, :make_table, [2])
+      assert [%{os_pid: ^os_pid}] = Bridge.workers(BTabInl)
+    end
+
+    test "a table with a column Bridge.Arrow cannot read fails in the worker, with the cast to use" do
+      [%{os_pid: os_pid}] = Bridge.workers(BTabInl)
+      assert {:error, %Bridge.Error{kind: :bad_call} = e} = call(BTabInl, :decimal_table, [])
+      assert e.message =~ "column 'd' of type decimal128(5, 2)"
+      assert e.message =~ "pa.float64()"
+      assert {:ok, %Table{}} = call(BTabInl, :make_table, [2])
+      assert [%{os_pid: ^os_pid}] = Bridge.workers(BTabInl)
     end
   end
 end

@@ -1174,6 +1174,7 @@ class ResultEncoder(Encoder):
         from .formats import arrow as arrow_format
 
         plan = arrow_format._plan(data, None, False)
+        arrow_format.check_elixir_readable(plan.schema)
         if self.regions is not None and plan.size >= self.threshold:
             placed = self.regions.write_arrow(data, plan)
             if placed is not None:

@@ -144,3 +144,24 @@ def test_a_dataframe_result_drops_its_index() -> None:
     df = pd.DataFrame({"x": [1, 2]}, index=[10, 20])
     term = frames(df, ResultEncoder())
     assert pa.ipc.open_stream(term[1]).read_all().column_names == ["x"]
+
+
+@pytest.mark.parametrize(
+    ("column", "advice"),
+    [
+        (pa.array([1], type=pa.decimal128(5, 2)), "pa.float64()"),
+        (pa.array([1], type=pa.time32("s")), "pa.int64()"),
+        (pa.array([{"a": 1}]), "cast or flatten"),
+        (pa.array([[1]], type=pa.list_(pa.decimal128(5, 2))), "cast or flatten"),
+    ],
+)
+def test_a_result_column_elixir_cannot_read_is_refused_with_the_cast(
+    column: pa.Array, advice: str
+) -> None:
+    table = pa.table({"c": column, "ok": pa.array([1])})
+    with pytest.raises(TypeError, match=rf"column 'c' of type .* to Elixir: .*{advice}"):
+        encode_parts(table, ResultEncoder())
+    # every type Bridge.Arrow reads passes
+    readable = pa.table({"d": pa.array([[1]], type=pa.large_list(pa.int8())),
+                         "e": pa.array(["x"]).dictionary_encode()})  # fmt: skip
+    assert decode(b"".join(encode_parts(readable, ResultEncoder())))[0] == TAG_ARROW

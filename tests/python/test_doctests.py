@@ -8,7 +8,9 @@ import importlib
 import pytest
 
 MODULES = ["beambridge", "beambridge.errors", "beambridge.header", "beambridge.control",
-           "beambridge.region", "beambridge.frame", "beambridge.reaper"]  # fmt: skip
+           "beambridge.region", "beambridge.frame", "beambridge.reaper", "beambridge.etf",
+           "beambridge.convert", "beambridge.codecs", "beambridge.formats.tensor",
+           "beambridge.formats.arrow", "beambridge.formats.records"]  # fmt: skip
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -676,14 +676,17 @@ defmodule Bridge.Codec do
     end
   end
 
+  # A stream that does not decode inside a well-formed frame (a type this codec
+  # does not read, a stream a handler forged) is the call's error; the worker is
+  # kept, as for records and custom types.
   defp arrow_result({:error, %Error{} = e}, _metadata, ctx) do
     error =
-      Error.new(:bad_frame, e.reason,
+      Error.new(:bad_call, e.reason,
         field: :result,
         value: e.value,
         limit: e.limit,
         message:
-          "bad frame: the worker's Arrow result stream does not decode: " <>
+          "bad call: the worker's Arrow result stream does not decode: " <>
             Exception.message(e)
       )
 

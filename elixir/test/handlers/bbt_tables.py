@@ -69,6 +69,13 @@ def forged_arrow(data):
     return (Atom("$bb_arrow"), data)
 
 
+def decimal_table():
+    """A table with a column type Bridge.Arrow does not read."""
+    import decimal
+
+    return pa.table({"d": pa.array([decimal.Decimal("1.50")], type=pa.decimal128(5, 2))})
+
+
 def collect():
     gc.collect()
     return True

@@ -94,6 +94,7 @@ __all__ = [
     "arrow_descriptor",
     "arrow_frame_lengths",
     "arrow_stream_size",
+    "check_elixir_readable",
     "read_arrow",
     "read_arrow_pandas",
     "read_arrow_stream",
@@ -504,6 +505,58 @@ def _check_field(field: pa.Field) -> None:
         _check_field(pa.field("values", kind.value_type))
     for i in range(kind.num_fields):
         _check_field(kind.field(i))
+
+
+#: What to cast a column to, for types the Elixir codec does not read.
+_CAST_ADVICE = (
+    (pa.types.is_decimal, "pa.float64() (or pa.string() to keep every digit)"),
+    (pa.types.is_time, "pa.int64() (the time of day as a count of its unit) or pa.string()"),
+    (pa.types.is_duration, "pa.int64()"),
+    (pa.types.is_interval, "pa.string()"),
+    (pa.types.is_fixed_size_binary, "pa.binary()"),
+    (pa.types.is_fixed_size_list, "pa.list_(<its value type>)"),
+)
+
+
+def _elixir_readable(kind: pa.DataType) -> bool:
+    """Whether ``Bridge.Arrow`` reads ``kind`` (protocol/formats/arrow.md "Types")."""
+    t = pa.types
+    if (t.is_null(kind) or t.is_boolean(kind) or t.is_integer(kind) or t.is_floating(kind)
+            or t.is_string(kind) or t.is_large_string(kind) or t.is_binary(kind)
+            or t.is_large_binary(kind) or t.is_date(kind) or t.is_timestamp(kind)):  # fmt: skip
+        return True
+    if t.is_list(kind) or t.is_large_list(kind):
+        return _elixir_readable(kind.value_type)
+    if t.is_dictionary(kind):
+        return t.is_integer(kind.index_type) and _elixir_readable(kind.value_type)
+    return False
+
+
+def check_elixir_readable(schema: pa.Schema) -> None:
+    """Raise ``TypeError`` naming the first column whose type the Elixir side cannot
+    read (``Bridge.Arrow``: ints, floats, bool, utf8, binary, dates, timestamps, null,
+    lists and dictionaries of those), with the cast that would make it readable. A
+    result is checked before it is written, so the call fails with that advice instead
+    of the BEAM refusing the stream.
+
+    >>> check_elixir_readable(pa.schema([("d", pa.decimal128(5, 2))]))
+    Traceback (most recent call last):
+    ...
+    TypeError: cannot send column 'd' of type decimal128(5, 2) to Elixir: ...
+    """
+    for field in schema:
+        if not _elixir_readable(field.type):
+            advice = next((a for test, a in _CAST_ADVICE if test(field.type)), None)
+            fix = (
+                f"cast it first, e.g. table.cast(...) with {field.name!r} as {advice}"
+                if advice
+                else "cast or flatten it to one of those types first"
+            )
+            raise TypeError(
+                f"cannot send column {field.name!r} of type {field.type} to Elixir: "
+                "Bridge.Arrow reads ints, floats, bool, utf8, binary, dates, timestamps, "
+                f"null, and lists and dictionaries of those; {fix}"
+            )
 
 
 def _open(payload: memoryview) -> tuple[pa.Table | None, FormatError | None]:
