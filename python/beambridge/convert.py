@@ -66,23 +66,11 @@ from . import codecs as codec_registry
 from .control import CB_SIZE, OFF_READER_LEASES
 from .errors import BridgeError, EtfError, FormatError, HeaderError, LeaseError, RegionError
 from .etf import (
-    _FALSE,
-    _NIL_ATOM,
-    _TRUE,
-    LIST,
-    MAP,
-    SMALL_TUPLE,
-    STRING,
     Atom,
     Encoder,
-    _all_bytes,
-    _encode_atom,
-    _encode_float,
     _encode_int,
-    _pack_u32,
     encode_binary,
 )
-from .etf import LARGE_TUPLE as _LARGE_TUPLE
 from .etf import encode as etf_encode
 from .formats import records as records_format
 from .formats import tensor as tensor_format
@@ -767,71 +755,42 @@ class ResultEncoder(Encoder):
         self._packed_min = value
         self.policy = self._policy
 
-    # ---- the dispatch: Encoder.encode_into with the §8.1 candidates looked at ----------
+    # ---- the §8.1 candidates: lists and dicts ------------------------------------------
 
-    def encode_into(self, v: Any, parts: list[Any], depth: int = 0) -> None:
-        """`Encoder.encode_into`, plus format selection for lists and dicts (the same
-        dispatch, written out again so that plain values cost no extra call)."""
-        t = type(v)
-        if t is int:
-            _encode_int(v, parts)
-        elif t is Atom:
-            _encode_atom(v, parts)
-        elif t is bytes:
-            self.binary(v, parts)
-        elif t is list:
-            if v and self._select:
-                first = type(v[0])
-                decision: str | bool = False
-                if first is int or first is float:
-                    if len(v) >= self._list_min:
-                        decision = self._numbers(v, parts)
-                elif first is dict and len(v) * len(v[0]) >= self._cells_min:
-                    decision = self._rows(v, parts)
-                if decision is not False and self._selected(decision, v, parts, depth):
-                    return
-            if 0 < len(v) <= 0xFFFF and _all_bytes(v):
-                parts.append(bytes((STRING,)) + len(v).to_bytes(2, "big") + bytes(v))
-            else:
-                if v:
-                    depth = self.deeper(depth)
-                    parts.append(_pack_u32(LIST, len(v)))
-                    for item in v:
-                        self.encode_into(item, parts, depth)
-                parts.append(b"j")
-        elif t is tuple:
-            n = len(v)
-            parts.append(bytes((SMALL_TUPLE, n)) if n <= 255 else _pack_u32(_LARGE_TUPLE, n))
-            if n:
-                depth = self.deeper(depth)
-                for item in v:
-                    self.encode_into(item, parts, depth)
-        elif t is float:
-            _encode_float(v, parts)
-        elif v is True:
-            parts.append(_TRUE)
-        elif v is False:
-            parts.append(_FALSE)
-        elif v is None:
-            parts.append(_NIL_ATOM)
-        elif t is str:
-            encode_binary(v.encode("utf-8"), parts)
-        elif t is dict:
-            if v and self._select:
-                first_value = next(iter(v.values()))
-                if (
-                    type(first_value) is list
-                    and len(first_value) * len(v) >= self._cells_min
-                    and self._selected(self._columns(v, parts), v, parts, depth)
-                ):
-                    return
-            depth = self.deeper(depth)
-            parts.append(_pack_u32(MAP, len(v)))
-            for key, value in v.items():
-                self.encode_into(key, parts, depth)
-                self.encode_into(value, parts, depth)
-        else:
-            self.other(v, parts, depth)
+    hooks = True
+
+    #: The value `_selected` is sending as ETF right now: the hooks pass it over once.
+    _as_etf: Any = None
+
+    def list_hook(self, v: list[Any], parts: list[Any], depth: int) -> bool:
+        """Send a list packed or as records when it is a candidate the policy selects."""
+        if v is self._as_etf:
+            self._as_etf = None
+            return False
+        if v and self._select:
+            first = type(v[0])
+            decision: str | bool = False
+            if first is int or first is float:
+                if len(v) >= self._list_min:
+                    decision = self._numbers(v, parts)
+            elif first is dict and len(v) * len(v[0]) >= self._cells_min:
+                decision = self._rows(v, parts)
+            return decision is not False and self._selected(decision, v, parts, depth)
+        return False
+
+    def dict_hook(self, v: dict[Any, Any], parts: list[Any], depth: int) -> bool:
+        """Send a dict as records when it is a column map the policy selects."""
+        if v is self._as_etf:
+            self._as_etf = None
+            return False
+        if v and self._select:
+            first_value = next(iter(v.values()))
+            return (
+                type(first_value) is list
+                and len(first_value) * len(v) >= self._cells_min
+                and self._selected(self._columns(v, parts), v, parts, depth)
+            )
+        return False
 
     def _selected(self, decision: str | bool, v: Any, parts: list[Any], depth: int) -> bool:
         """After a candidate's check: True when it was sent in its form, or when it was
@@ -840,7 +799,8 @@ class ResultEncoder(Encoder):
         if decision is True or decision is False:
             return decision
         start = len(parts)
-        Encoder.encode_into(self, v, parts, depth)  # this very value as ETF, once
+        self._as_etf = v  # this very value as ETF (its items may still be candidates)
+        self.encode_into(v, parts, depth)
         # every part is bytes or a 1-D byte view (encode_binary casts to "B"): len is size
         size = sum(map(len, itertools.islice(parts, start, None)))
         records_format.note("to_elixir", "etf", decision, size, f"{len(v)} elements")

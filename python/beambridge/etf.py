@@ -443,6 +443,8 @@ class Encoder:
                 for item in v:
                     self.encode_into(item, parts, depth)
         elif t is list:
+            if self.hooks and self.list_hook(v, parts, depth):
+                return
             if 0 < len(v) <= 0xFFFF and _all_bytes(v):
                 # a list of small integers: one byte each (STRING_EXT), as Erlang's own
                 # term_to_binary writes it; the BEAM reads back the same list
@@ -465,6 +467,8 @@ class Encoder:
         elif t is str:
             encode_binary(v.encode("utf-8"), parts)
         elif t is dict:
+            if self.hooks and self.dict_hook(v, parts, depth):
+                return
             depth = self.deeper(depth)
             parts.append(_pack_u32(MAP, len(v)))
             for key, value in v.items():
@@ -472,6 +476,20 @@ class Encoder:
                 self.encode_into(value, parts, depth)
         else:
             self.other(v, parts, depth)
+
+    #: Whether `list_hook` and `dict_hook` are called (a subclass that overrides them
+    #: sets it; the plain encoder pays one attribute check per list or dict).
+    hooks = False
+
+    def list_hook(self, v: list[Any], parts: list[Any], depth: int) -> bool:
+        """Encode ``v`` some other way and return True, or return False for ETF.
+        (`beambridge.convert` sends some lists packed; the hook returns before the
+        items are encoded, so nesting costs one stack frame per level either way.)"""
+        return False
+
+    def dict_hook(self, v: dict[Any, Any], parts: list[Any], depth: int) -> bool:
+        """As `list_hook`, for a ``dict`` (`beambridge.convert`: records)."""
+        return False
 
     def binary(self, v: Any, parts: list[Any]) -> None:
         """bytes, bytearray and memoryview go here."""
