@@ -39,13 +39,13 @@ defmodule Bridge.ArgRegions do
   # evicted} or {:inline, reason, state, evicted}; `evicted` are regions no
   # longer tracked, which the caller destroys (Region.close/1) after telling
   # the worker to detach them.
-  @spec put(t(), binary(), keyword()) ::
+  @spec put(t(), iodata(), keyword()) ::
           {:ok, {String.t(), pos_integer()}, t(), [Region.t()]}
           | {:inline, term(), t(), [Region.t()]}
   def put(state, payload, frame_opts) do
     frame_opts = Keyword.put(frame_opts, :checksum, state.checksum)
     metadata = Keyword.get(frame_opts, :metadata, "")
-    need = Header.payload_offset_for(byte_size(metadata)) + byte_size(payload)
+    need = Header.payload_offset_for(byte_size(metadata)) + IO.iodata_length(payload)
 
     case write_free(state, need, payload, frame_opts) do
       {:ok, handle, state} ->
@@ -130,7 +130,7 @@ defmodule Bridge.ArgRegions do
   end
 
   defp create_and_write(state, need, metadata, payload, frame_opts) do
-    size = region_size(byte_size(metadata), byte_size(payload))
+    size = region_size(byte_size(metadata), IO.iodata_length(payload))
 
     if size > state.limit do
       {:inline, {:region_limit, size, state.limit}, state, []}

@@ -331,7 +331,7 @@ defmodule Bridge.Codec do
   # (form_region, reason), or inline (form, :region_limit) when no region could
   # take the payload.
   defp region(kind, payload, frame_opts, inline, ctx, {form, reason, what}) do
-    size = byte_size(payload)
+    size = IO.iodata_length(payload)
 
     case ArgRegions.put(ctx.regions, payload, frame_opts) do
       {:ok, {name, generation}, regions, evicted} ->

@@ -178,7 +178,9 @@ defmodule Bridge.Header do
     * `:decoded_length` — default `byte_size(payload)`; required to differ only with a codec
     * `:payload_offset` — default `payload_offset_for(byte_size(metadata))`
 
-  The header checksum is filled in by `encode/2`.
+  The header checksum is filled in by `encode/2`. The payload may be iodata (a
+  list of binaries, as `Bridge.Region.write_frame/3` takes it): only its size
+  is needed, and its bytes when `:checksum` is true.
 
   ## Examples
 
@@ -189,10 +191,27 @@ defmodule Bridge.Header do
       iex> {e.reason, e.field}
       {:unknown_format, :format}
   """
-  @spec build(binary(), keyword()) :: {:ok, t()} | {:error, Error.t()}
+  @spec build(iodata(), keyword()) :: {:ok, t()} | {:error, Error.t()}
   def build(payload, opts \\ [])
 
-  def build(payload, opts) when is_binary(payload) and is_list(opts) do
+  def build(payload, opts) when (is_binary(payload) or is_list(payload)) and is_list(opts) do
+    case payload_size(payload) do
+      {:ok, size} -> build_sized(payload, size, opts)
+      :error -> {:error, badarg(:payload, {payload, opts})}
+    end
+  end
+
+  def build(payload, opts), do: {:error, badarg(:payload, {payload, opts})}
+
+  defp payload_size(payload) when is_binary(payload), do: {:ok, byte_size(payload)}
+
+  defp payload_size(payload) do
+    {:ok, IO.iodata_length(payload)}
+  rescue
+    ArgumentError -> :error
+  end
+
+  defp build_sized(payload, size, opts) do
     with :ok <- check_opts(opts),
          {:ok, metadata} <- opt_metadata(opts),
          {:ok, format} <- opt_code(opts, :format, @formats, 0, :unknown_format),
@@ -202,7 +221,7 @@ defmodule Bridge.Header do
          {:ok, generation} <- opt_int(opts, :generation, 0, 64),
          {:ok, schema_id} <- opt_int(opts, :schema_id, 0, 64),
          {:ok, schema_version} <- opt_int(opts, :schema_version, 0, 32),
-         {:ok, decoded_length} <- opt_int(opts, :decoded_length, byte_size(payload), 64),
+         {:ok, decoded_length} <- opt_int(opts, :decoded_length, size, 64),
          default_offset = payload_offset_for(byte_size(metadata)),
          {:ok, payload_offset} <- opt_int(opts, :payload_offset, default_offset, 64),
          {:ok, payload_checksum} <- payload_checksum(payload, checksum?) do
@@ -217,7 +236,7 @@ defmodule Bridge.Header do
         schema_version: schema_version,
         metadata_length: byte_size(metadata),
         payload_offset: payload_offset,
-        payload_length: byte_size(payload),
+        payload_length: size,
         decoded_length: decoded_length,
         payload_checksum: payload_checksum
       }
@@ -225,8 +244,6 @@ defmodule Bridge.Header do
       check_writable(header)
     end
   end
-
-  def build(payload, opts), do: {:error, badarg(:payload, {payload, opts})}
 
   # A writer refuses to produce what a reader would refuse (checks 7, 10, 11, 14).
   defp check_writable(%__MODULE__{} = h) do
@@ -259,7 +276,8 @@ defmodule Bridge.Header do
   end
 
   defp payload_checksum(_payload, false), do: {:ok, 0}
-  defp payload_checksum(payload, true), do: xxh3(payload)
+  defp payload_checksum(payload, true) when is_binary(payload), do: xxh3(payload)
+  defp payload_checksum(payload, true), do: xxh3(IO.iodata_to_binary(payload))
 
   defp check_opts(opts) do
     if Keyword.keyword?(opts), do: :ok, else: {:error, badarg(:opts, opts)}

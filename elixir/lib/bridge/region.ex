@@ -297,11 +297,39 @@ defmodule Bridge.Region do
       iex> Bridge.Region.close(r)
       :ok
   """
-  @spec write_frame(t(), binary(), keyword()) :: {:ok, Header.t()} | {:error, Error.t()}
+  @spec write_frame(t(), iodata(), keyword()) :: {:ok, Header.t()} | {:error, Error.t()}
   def write_frame(region, payload, opts \\ [])
 
+  # iodata (a bundle's tensors and their padding) is copied part by part straight
+  # into the region, never joined into one binary first.
   def write_frame(%__MODULE__{ref: ref}, payload, opts)
-      when is_binary(payload) and is_list(opts) do
+      when is_list(payload) and is_list(opts) do
+    iovec =
+      try do
+        :erlang.iolist_to_iovec(payload)
+      rescue
+        ArgumentError -> :bad
+      end
+
+    if iovec == :bad,
+      do: {:error, region_error(:badarg, :payload, payload)},
+      else: write_parts(ref, iovec, opts)
+  end
+
+  def write_frame(%__MODULE__{ref: ref}, payload, opts)
+      when is_binary(payload) and is_list(opts),
+      do: write_parts(ref, payload, opts)
+
+  def write_frame(%__MODULE__{}, payload, opts) when is_list(opts),
+    do: {:error, region_error(:badarg, :payload, payload)}
+
+  def write_frame(%__MODULE__{}, _payload, opts),
+    do: {:error, region_error(:badarg, :opts, opts)}
+
+  def write_frame(region, _payload, _opts), do: {:error, region_error(:badarg, :region, region)}
+
+  # `payload` is a binary or an iovec (a list of binaries).
+  defp write_parts(ref, payload, opts) do
     {checksum?, build_opts} = defer_checksum(opts)
 
     with {:ok, size} <- real_size(ref),
@@ -312,14 +340,6 @@ defmodule Bridge.Region do
       publish(ref, h, Keyword.get(opts, :metadata, ""), payload, checksum?, previous)
     end
   end
-
-  def write_frame(%__MODULE__{}, payload, opts) when is_list(opts),
-    do: {:error, region_error(:badarg, :payload, payload)}
-
-  def write_frame(%__MODULE__{}, _payload, opts),
-    do: {:error, region_error(:badarg, :opts, opts)}
-
-  def write_frame(region, _payload, _opts), do: {:error, region_error(:badarg, :region, region)}
 
   # The payload checksum is computed while the payload is copied into the region
   # (NIF.write_hashed: one pass over memory instead of two), so the header is built
@@ -406,13 +426,37 @@ defmodule Bridge.Region do
     result
   end
 
-  defp write_payload(ref, h, payload, false) do
+  defp write_payload(ref, h, payload, false) when is_binary(payload) do
     with :ok <- nif(NIF.write(ref, @cb_size + h.payload_offset, payload)), do: {:ok, h}
   end
 
-  defp write_payload(ref, h, payload, true) do
+  defp write_payload(ref, h, payload, true) when is_binary(payload) do
     with {:ok, xxh3} <- nif(NIF.write_hashed(ref, @cb_size + h.payload_offset, payload)) do
       {:ok, %{h | flags: h.flags ||| Header.flag_payload_checksum(), payload_checksum: xxh3}}
+    end
+  end
+
+  # An iovec: each binary at its offset, then (checksum) one hashing pass over the
+  # payload as it lies in the region.
+  defp write_payload(ref, h, parts, checksum?) when is_list(parts) do
+    start = @cb_size + h.payload_offset
+
+    written =
+      Enum.reduce_while(parts, {:ok, start}, fn part, {:ok, at} ->
+        case nif(NIF.write(ref, at, part)) do
+          :ok -> {:cont, {:ok, at + byte_size(part)}}
+          error -> {:halt, error}
+        end
+      end)
+
+    with {:ok, _end} <- written do
+      if checksum? do
+        with {:ok, xxh3} <- nif(NIF.xxh3_64_region(ref, start, h.payload_length)) do
+          {:ok, %{h | flags: h.flags ||| Header.flag_payload_checksum(), payload_checksum: xxh3}}
+        end
+      else
+        {:ok, h}
+      end
     end
   end
 

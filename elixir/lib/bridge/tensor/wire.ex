@@ -73,7 +73,7 @@ defmodule Bridge.Tensor.Wire do
   def payload_size(%COO{indices: i, values: v}), do: layout_end([i, v])
 
   # {payload, frame options} of the tensor frame holding the value.
-  @spec frame(Tensor.t() | Bundle.t() | COO.t()) :: {binary(), keyword()}
+  @spec frame(Tensor.t() | Bundle.t() | COO.t()) :: {iodata(), keyword()}
   def frame(%Tensor{} = t) do
     if legacy?(t) do
       meta = :erlang.term_to_binary({Dtype.to_descr(t.dtype), Tuple.to_list(t.shape)})
@@ -107,7 +107,8 @@ defmodule Bridge.Tensor.Wire do
         {[entry | entries], [io, pad, t.data], offset + byte_size(t.data)}
       end)
 
-    {Enum.reverse(entries), IO.iodata_to_binary(iodata)}
+    # iodata: Region.write_frame/3 copies each tensor into the region as it is
+    {Enum.reverse(entries), iodata}
   end
 
   defp layout_end(tensors) do
