@@ -15,6 +15,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 from enum import IntEnum
+from typing import Any
 
 import xxhash
 
@@ -38,6 +39,7 @@ __all__ = [
     "pack_header",
     "payload_offset_for",
     "validate_header",
+    "with_fields",
 ]
 
 MAGIC = b"BBFH"
@@ -162,6 +164,20 @@ def pack_header(header: Header, metadata: bytes = b"") -> bytes:
     return draft[:_CHECKSUMMED] + struct.pack("<Q", header_checksum(draft, metadata))
 
 
+def with_fields(header: Header, **changes: Any) -> Header:
+    """``dataclasses.replace(header, **changes)`` without its cost (about 5 µs, twice per
+    frame written): the copy is made by filling a new instance's ``__dict__``. Only for
+    field names of `Header` (it has no ``__post_init__`` to skip).
+
+    >>> with_fields(Header(), generation=7).generation
+    7
+    """
+    new = object.__new__(Header)
+    new.__dict__.update(header.__dict__)
+    new.__dict__.update(changes)
+    return new
+
+
 def _unpack(raw: bytes) -> tuple[bytes, Header]:
     (
         magic,
@@ -182,7 +198,8 @@ def _unpack(raw: bytes) -> tuple[bytes, Header]:
         reserved,
         checksum,
     ) = _LAYOUT.unpack(raw)
-    header = Header(
+    header = object.__new__(Header)  # as Header(...) does, at a fifth of the cost
+    header.__dict__.update(
         format=fmt,
         codec=codec,
         flags=flags,
@@ -241,10 +258,10 @@ def validate_header(
             raise HeaderError("unsupported_version", "version_major", h.version_major, 1)
         if h.header_size != HEADER_SIZE:
             raise HeaderError("bad_header_size", "header_size", h.header_size, HEADER_SIZE)
-        if h.format > max(Format):
-            raise HeaderError("unknown_format", "format", h.format, int(max(Format)))
-        if h.codec > max(Codec):
-            raise HeaderError("unknown_codec", "codec", h.codec, int(max(Codec)))
+        if h.format > _MAX_FORMAT:
+            raise HeaderError("unknown_format", "format", h.format, _MAX_FORMAT)
+        if h.codec > _MAX_CODEC:
+            raise HeaderError("unknown_codec", "codec", h.codec, _MAX_CODEC)
         unknown = h.flags & REQUIRED_FLAGS_MASK & ~KNOWN_REQUIRED_FLAGS
         if unknown:
             raise HeaderError(
@@ -312,26 +329,17 @@ def validate_header(
     return _typed(h), metadata
 
 
+#: The highest format and codec codes this reader knows (checks 5 and 6).
+_MAX_FORMAT = int(max(Format))
+_MAX_CODEC = int(max(Codec))
+
+
 def _typed(h: Header) -> Header:
-    # after checks 5 and 6 the codes are known: hand out the enums
-    return Header(
-        format=Format(h.format),
-        codec=Codec(h.codec),
-        flags=h.flags,
-        generation=h.generation,
-        schema_id=h.schema_id,
-        schema_version=h.schema_version,
-        metadata_length=h.metadata_length,
-        payload_offset=h.payload_offset,
-        payload_length=h.payload_length,
-        decoded_length=h.decoded_length,
-        payload_checksum=h.payload_checksum,
-        header_checksum=h.header_checksum,
-        version_major=h.version_major,
-        version_minor=h.version_minor,
-        header_size=h.header_size,
-        reserved=h.reserved,
-    )
+    # after checks 5 and 6 the codes are known: hand out the enums. `h` was made by
+    # _unpack for this call and nobody else holds it yet, so it is completed in place
+    # (a second frozen-dataclass construction cost more than the rest of the checks).
+    h.__dict__.update(format=Format(h.format), codec=Codec(h.codec))
+    return h
 
 
 def verify_payload(header: Header, payload: object) -> None:

@@ -61,6 +61,7 @@ from .header import (
     payload_offset_for,
     validate_header,
     verify_payload,
+    with_fields,
 )
 
 if TYPE_CHECKING:
@@ -470,13 +471,11 @@ class Region:
     def _publish(self, draft: Header, generation: int, digest: int, metadata: bytes) -> None:
         """Writer step 4 (the header) and 5 (``PUBLISHED``)."""
         mm = self._mm
-        header = dataclasses.replace(draft, generation=generation, payload_checksum=digest)
+        header = with_fields(draft, generation=generation, payload_checksum=digest)
         raw = pack_header(header, metadata)
         mm[CB_SIZE : CB_SIZE + HEADER_SIZE] = raw
         _atomic.store_u32(mm, OFF_WRITER_STATE, WriterState.PUBLISHED)
-        self._last_header = dataclasses.replace(
-            header, header_checksum=int.from_bytes(raw[120:], "little")
-        )
+        self._last_header = with_fields(header, header_checksum=int.from_bytes(raw[120:], "little"))
 
     def _end_write(self, published: bool) -> None:
         self._writing = False
