@@ -285,7 +285,7 @@ defmodule Bridge.FormatBridgeTest do
     end
   end
 
-  test "argument decisions are logged at debug level; result forms are counted" do
+  test "decisions are logged at debug level and counted, arguments and results" do
     level = Logger.level()
     Logger.configure(level: :debug)
 
@@ -299,6 +299,7 @@ defmodule Bridge.FormatBridgeTest do
       end
 
     assert log =~ "to_python a number list of 1000 elements -> packed_region (auto), 2000 bytes"
+    assert log =~ "from_python a result -> packed_region (received), 2000 bytes"
     assert stat(:from_python, :packed_region, :received) == 1
   end
 end

@@ -748,11 +748,10 @@ defmodule Bridge.Format do
   # Adds one decision to a call's tally and logs it at debug level; decisions
   # about small values (inline binaries, short lists as ETF) are logged once per
   # call and form by flush/1 instead of one line each. Forms results arrive in
-  # (direction :from_python) are counted only.
+  # (direction :from_python) are logged as they arrive: the worker chose them.
   @spec decided(map(), atom(), atom(), atom(), non_neg_integer(), term()) :: map()
   def decided(tally, direction, form, reason, bytes, what) do
-    # Results are counted, not logged: the worker logs its own decisions.
-    unless direction == :from_python or (form in @small_forms and reason in @small_reasons) do
+    unless form in @small_forms and reason in @small_reasons do
       Logger.debug(fn ->
         "beambridge format: #{direction} #{describe(what)} -> #{form} (#{reason}), #{bytes} bytes"
       end)
@@ -788,6 +787,7 @@ defmodule Bridge.Format do
   defp describe({:records, layout, rows, cols}), do: "#{layout} records (#{rows} x #{cols})"
   defp describe({:custom, name}), do: "a custom #{inspect(name)}"
   defp describe({:struct, module}), do: "a #{inspect(module)}"
+  defp describe(nil), do: "a result"
   defp describe(what) when is_binary(what), do: what
   defp describe(what) when is_function(what, 0), do: what.()
   defp describe(what), do: inspect(what)
