@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import gc
 import os
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 SHM_DIR = "/dev/shm"
+
+# tests/python holds helpers the cross-language tests share (strategies.py); the Python
+# tests find it as their own directory, tests/cross needs it on the path.
+sys.path.insert(0, str(Path(__file__).parent / "python"))
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -9,8 +9,10 @@
 #   * Python -> Elixir: load(i) with format: :etf and with format: forced; the two
 #     values must be exactly equal (=:=);
 #   * Elixir -> Python: canon(value) with format: :etf and with format: forced, where
-#     canon is Python's canonical text of what the handler received.
-# Prints "EX i SAME|DIFF <canon etf, hex> <canon forced, hex>" (or "EX i ERROR ...")
+#     canon is Python's canonical text of what the handler received, and expected(i),
+#     that text for the value the type mapping predicts.
+# Prints "EX i SAME|DIFF <etf> <forced> <expected>" (canonical texts in hex; or
+# "EX i ERROR ...")
 # per example, then "STATS form count" for every form results and arguments used,
 # then "DONE".
 defmodule FormatsPeer do
@@ -19,7 +21,7 @@ defmodule FormatsPeer do
       Bridge.start_link(
         name: FormatsPeerBridge,
         python: Path.expand(".venv/bin/python"),
-        python_path: [dir],
+        python_path: [dir, Path.expand("tests/python/handlers")],
         threshold: String.to_integer(threshold),
         pool_size: 1,
         timeout: 60_000
@@ -51,9 +53,10 @@ defmodule FormatsPeer do
     with {:ok, a} <- call(:load, [i], :etf),
          {:ok, b} <- call(:load, [i], forced),
          {:ok, ca} <- call(:canon, [a], :etf),
-         {:ok, cb} <- call(:canon, [a], forced) do
+         {:ok, cb} <- call(:canon, [a], forced),
+         {:ok, expected} <- call(:expected, [i], :etf) do
       same = if a === b, do: "SAME", else: "DIFF"
-      "EX #{i} #{same} #{Base.encode16(ca)} #{Base.encode16(cb)}"
+      "EX #{i} #{same} #{Base.encode16(ca)} #{Base.encode16(cb)} #{Base.encode16(expected)}"
     else
       {:error, e} -> "EX #{i} ERROR #{inspect(Exception.message(e))}"
     end
