@@ -149,12 +149,9 @@ defmodule Bridge.Codec do
   end
 
   defp enc(%Buffer{data: data}, ctx) when is_binary(data) do
-    inline = {:"$bb_buffer", data}
-    size = byte_size(data)
-
-    if size >= ctx.threshold and size > 0,
-      do: region(:buffer, data, [format: :raw], inline, ctx, {:buffer, :threshold, "a buffer"}),
-      else: {inline, note(ctx, :buffer, :below_threshold, size, "a buffer")}
+    frame = fn -> {:buffer, data, [format: :raw]} end
+    what = {:buffer, "a buffer"}
+    place({:"$bb_buffer", data}, byte_size(data), ctx, what, :below_threshold, frame)
   end
 
   # Tensors, bundles and COO arrays: protocol/formats/tensor.md. The inline term
@@ -162,16 +159,12 @@ defmodule Bridge.Codec do
   defp enc(%struct{} = value, ctx) when struct in [Tensor, Bundle, COO] do
     case struct.validate(value) do
       :ok ->
-        inline = Wire.inline(value)
         size = Wire.payload_size(value)
-        what = {:struct, struct}
 
-        if size >= ctx.threshold and size > 0 do
+        place(Wire.inline(value), size, ctx, {:tensor, {:struct, struct}}, :below_threshold, fn ->
           {payload, frame_opts} = Wire.frame(value)
-          region(Wire.kind(value), payload, frame_opts, inline, ctx, {:tensor, :threshold, what})
-        else
-          {inline, note(ctx, :tensor, :below_threshold, size, what)}
-        end
+          {Wire.kind(value), payload, frame_opts}
+        end)
 
       {:error, error} ->
         throw({:bad_arg, error, ctx})
@@ -190,14 +183,10 @@ defmodule Bridge.Codec do
       end
 
     inline = {:"$bb_arrow", stream}
-    what = {:struct, Table}
 
-    if byte_size(stream) >= ctx.threshold do
-      opts = [format: :arrow_stream, metadata: arrow_descriptor(table)]
-      region(:arrow, stream, opts, inline, ctx, {:arrow, :threshold, what})
-    else
-      {inline, note(ctx, :arrow, :below_threshold, byte_size(stream), what)}
-    end
+    place(inline, byte_size(stream), ctx, {:arrow, {:struct, Table}}, :below_threshold, fn ->
+      {:arrow, stream, [format: :arrow_stream, metadata: arrow_descriptor(table)]}
+    end)
   end
 
   defp enc(%Buffer{} = b, ctx), do: bad_arg(b, ctx, "a %Bridge.Buffer{} holding a binary")
@@ -210,7 +199,7 @@ defmodule Bridge.Codec do
         inline = {:"$bb_custom", entry.name, entry.version, data}
         what = {:custom, entry.name}
 
-        if byte_size(data) >= ctx.threshold and byte_size(data) > 0 do
+        place(inline, byte_size(data), ctx, {:custom, what}, :below_threshold, fn ->
           opts = [
             format: :custom,
             schema_id: entry.schema_id,
@@ -218,10 +207,8 @@ defmodule Bridge.Codec do
             metadata: :erlang.term_to_binary({entry.name, entry.version})
           ]
 
-          region(:custom, data, opts, inline, ctx, {:custom, :threshold, what})
-        else
-          {inline, note(ctx, :custom, :below_threshold, byte_size(data), what)}
-        end
+          {:custom, data, opts}
+        end)
 
       {:fallback, _entry, _why} ->
         ctx = note(ctx, :etf, :encode_failed, :erlang.external_size(value), {:struct, struct})
@@ -264,9 +251,8 @@ defmodule Bridge.Codec do
 
   defp selected({:packed, reason, dtype, data, n}, ctx) do
     inline = {:"$bb_packed", dtype, data}
-    what = {:number_list, n}
 
-    if byte_size(data) >= ctx.threshold do
+    place(inline, byte_size(data), ctx, {:packed, {:number_list, n}}, reason, fn ->
       opts = [
         format: :tensor,
         schema_id: 0,
@@ -274,26 +260,42 @@ defmodule Bridge.Codec do
         metadata: :erlang.term_to_binary({dtype, [n]})
       ]
 
-      region(:packed, data, opts, inline, ctx, {:packed, reason, what})
-    else
-      {inline, note(ctx, :packed, reason, byte_size(data), what)}
-    end
+      {:packed, data, opts}
+    end)
   end
 
   defp selected({:records, reason, layout, stream, rows, cols}, ctx) do
     inline = {:"$bb_records", layout, stream}
-    what = {:records, layout, rows, cols}
 
-    if byte_size(stream) >= ctx.threshold do
-      meta = %{"layout" => Atom.to_string(layout), "num_rows" => rows, "num_columns" => cols}
-      opts = [format: :arrow_stream, metadata: :erlang.term_to_binary(meta)]
-      region(:records, stream, opts, inline, ctx, {:records, reason, what})
-    else
-      {inline, note(ctx, :records, reason, byte_size(stream), what)}
-    end
+    place(
+      inline,
+      byte_size(stream),
+      ctx,
+      {:records, {:records, layout, rows, cols}},
+      reason,
+      fn ->
+        meta = %{"layout" => Atom.to_string(layout), "num_rows" => rows, "num_columns" => cols}
+        {:records, stream, [format: :arrow_stream, metadata: :erlang.term_to_binary(meta)]}
+      end
+    )
   end
 
   defp selected({:error, %Error{} = error}, ctx), do: throw({:bad_arg, error, ctx})
+
+  # A value of `size` payload bytes: `inline` below the threshold (counted with
+  # `reason`), else a region handle; `frame` gives {handle kind, payload, frame
+  # options} and runs only then (building a bundle's payload or a descriptor costs).
+  # A region is counted `reason` for the forms the policy chose (packed, records),
+  # `:threshold` for the others, whose form only the threshold decides.
+  defp place(inline, size, ctx, {form, what}, reason, frame) do
+    if size >= ctx.threshold and size > 0 do
+      {kind, payload, opts} = frame.()
+      region_reason = if reason == :below_threshold, do: :threshold, else: reason
+      region(kind, payload, opts, inline, ctx, {form, region_reason, what})
+    else
+      {inline, note(ctx, form, reason, size, what)}
+    end
+  end
 
   defp note(ctx, form, reason, bytes, what),
     do: %{ctx | tally: Format.decided(ctx.tally, :to_python, form, reason, bytes, what)}
