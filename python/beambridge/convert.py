@@ -823,19 +823,16 @@ class ResultEncoder(Encoder):
         a region of kind ``packed`` (a schema-0 tensor frame) at or above the threshold."""
         data = memoryview(arr.data).cast("B")
         dtype = arr.dtype.str
-        where = "inline"
-        if self.regions is not None and data.nbytes >= self.threshold:
-            placed = self.regions.write(
+        in_region = self._placed(
+            KIND_PACKED, data.nbytes, f"a {data.nbytes}-byte packed list",
+            lambda regions: regions.write(
                 data.nbytes, data, metadata=records_format.packed_metadata(dtype, len(arr)),
                 format=Format.TENSOR, schema_id=tensor_format.SCHEMA_LEGACY, schema_version=0,
-            )  # fmt: skip
-            if placed is not None:
-                self.handle(KIND_PACKED, placed, parts)
-                where = "region"
-            else:
-                _warn(f"result region limit {self.regions.limit} reached; sending a "
-                      f"{data.nbytes}-byte packed list inline")  # fmt: skip
-        if where == "inline":
+            ),
+            parts,
+        )  # fmt: skip
+        where = "region" if in_region else "inline"
+        if not in_region:
             parts.append(b"h\x03")
             self.encode_into(TAG_PACKED, parts)
             encode_binary(dtype.encode(), parts)
@@ -901,20 +898,19 @@ class ResultEncoder(Encoder):
             counter = pa.MockOutputStream()
             arrow_format._write_stream(counter, table, table.schema)
             size = counter.size()
-            if size >= self.threshold:
+
+            def write(regions: ResultRegions) -> tuple[str, int] | None:
                 metadata = records_format.records_metadata(plan.layout, plan.num_rows,
                                                            len(plan.names))  # fmt: skip
                 stream_plan = arrow_format._Plan(table, table.schema, size, metadata)
-                placed = self.regions.write(
+                return regions.write(
                     size, lambda area: arrow_format._write_into(area, stream_plan),
                     metadata=metadata, format=Format.ARROW_STREAM,
                 )  # fmt: skip
-                if placed is not None:
-                    self.handle(KIND_RECORDS, placed, parts)
-                    records_format.note("to_elixir", "records", reason, size, what + ", region")
-                    return
-                _warn(f"result region limit {self.regions.limit} reached; sending a "
-                      f"{size}-byte records stream inline")  # fmt: skip
+
+            if self._placed(KIND_RECORDS, size, f"a {size}-byte records stream", write, parts):
+                records_format.note("to_elixir", "records", reason, size, what + ", region")
+                return
         sink = pa.BufferOutputStream()
         arrow_format._write_stream(sink, table, table.schema)
         stream = sink.getvalue()
@@ -936,19 +932,16 @@ class ResultEncoder(Encoder):
             self._standard_form(v, codec, exc, parts, depth)
             return
         nbytes = data.nbytes
-        where = "inline"
-        if self.regions is not None and nbytes >= self.threshold:
-            placed = self.regions.write(
+        in_region = self._placed(
+            KIND_CUSTOM, nbytes, f"a {nbytes}-byte {codec.name}",
+            lambda regions: regions.write(
                 nbytes, data, metadata=etf_encode((codec.name_bytes, codec.version)),
                 format=Format.CUSTOM, schema_id=codec.schema_id, schema_version=codec.version,
-            )  # fmt: skip
-            if placed is not None:
-                self.handle(KIND_CUSTOM, placed, parts)
-                where = "region"
-            else:
-                _warn(f"result region limit {self.regions.limit} reached; sending a "
-                      f"{nbytes}-byte {codec.name} inline")  # fmt: skip
-        if where == "inline":
+            ),
+            parts,
+        )  # fmt: skip
+        where = "region" if in_region else "inline"
+        if not in_region:
             parts.append(b"h\x04")
             self.encode_into(TAG_CUSTOM, parts)
             encode_binary(codec.name_bytes, parts)
@@ -1011,13 +1004,32 @@ class ResultEncoder(Encoder):
         if not view.c_contiguous:
             view = memoryview(view.tobytes())
         flat = view.cast("B") if view.format != "B" or view.ndim != 1 else view
-        placed = self.regions.write(flat.nbytes, flat, format=Format.RAW)
-        if placed is None:
-            _warn(f"result region limit {self.regions.limit} reached; sending "
-                  f"{flat.nbytes} bytes inline")  # fmt: skip
+        if not self._placed(
+            KIND_BINARY, flat.nbytes, f"{flat.nbytes} bytes",
+            lambda regions: regions.write(flat.nbytes, flat, format=Format.RAW), parts,
+        ):  # fmt: skip
             encode_binary(flat, parts)
-        else:
-            self.handle(KIND_BINARY, placed, parts)
+
+    def _placed(
+        self,
+        kind: Atom,
+        nbytes: int,
+        what: str,
+        write: Callable[[ResultRegions], tuple[str, int] | None],
+        parts: list[Any],
+    ) -> bool:
+        """Write a payload of ``nbytes`` into a result region with ``write`` and append its
+        handle (True), or leave it to be sent inline (False): below the threshold, no
+        pool, or no room in the pool (then with a warning naming ``what``)."""
+        regions = self.regions
+        if regions is None or nbytes < self.threshold:
+            return False
+        placed = write(regions)
+        if placed is None:
+            _warn(f"result region limit {regions.limit} reached; sending {what} inline")
+            return False
+        self.handle(kind, placed, parts)
+        return True
 
     def handle(self, kind: Atom, placed: tuple[str, int], parts: list[Any]) -> None:
         """``{:"$bb_region", kind, name, generation}``. The name goes out as a plain
@@ -1064,15 +1076,13 @@ class ResultEncoder(Encoder):
         ):
             # already the bytes to send: copied in (and hashed) in one pass
             fill = tensor_format._raw(plan.parts[0][0], "C").data
-        placed = self.regions.write(plan.nbytes, fill, metadata=plan.metadata,
-                                    format=Format.TENSOR, schema_id=plan.schema_id,
-                                    schema_version=plan.schema_version)  # fmt: skip
-        if placed is None:
-            _warn(f"result region limit {self.regions.limit} reached; sending a "
-                  f"{plan.nbytes}-byte {kind} inline")  # fmt: skip
-            return False
-        self.handle(kind, placed, parts)
-        return True
+        return self._placed(
+            kind, plan.nbytes, f"a {plan.nbytes}-byte {kind}",
+            lambda regions: regions.write(plan.nbytes, fill, metadata=plan.metadata,
+                                          format=Format.TENSOR, schema_id=plan.schema_id,
+                                          schema_version=plan.schema_version),
+            parts,
+        )  # fmt: skip
 
     def tensor(self, arr: np.ndarray[Any, Any], parts: list[Any]) -> None:
         """An ndarray: dtype, byte order and C/Fortran order as they are
@@ -1135,13 +1145,11 @@ class ResultEncoder(Encoder):
 
         plan = arrow_format._plan(data, None, False)
         arrow_format.check_elixir_readable(plan.schema)
-        if self.regions is not None and plan.size >= self.threshold:
-            placed = self.regions.write_arrow(data, plan)
-            if placed is not None:
-                self.handle(KIND_ARROW, placed, parts)
-                return
-            _warn(f"result region limit {self.regions.limit} reached; sending a "
-                  f"{plan.size}-byte Arrow stream inline")  # fmt: skip
+        if self._placed(
+            KIND_ARROW, plan.size, f"a {plan.size}-byte Arrow stream",
+            lambda regions: regions.write_arrow(data, plan), parts,
+        ):  # fmt: skip
+            return
         sink = pa.BufferOutputStream()
         arrow_format._write_stream(sink, plan.data, plan.schema)
         parts.append(b"h\x02")
