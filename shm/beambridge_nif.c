@@ -19,7 +19,7 @@
  *     schedulers.
  */
 #define _GNU_SOURCE
-#include <erl_nif.h>
+#include "nif_common.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -40,16 +40,10 @@
 #define CB_SIZE 64u
 #define MIN_REGION_SIZE 192u
 #define MAX_REGION_SIZE (((uint64_t)1) << 48)
-#define DIRTY_THRESHOLD (64u * 1024u)
 #define MAX_NAME_LEN 255u
 /* zstd_decompress never makes a binary larger than this (Arrow's max_decompressed default). */
 #define MAX_DECOMPRESSED (((uint64_t)1) << 32)
 
-#ifdef DEBUG
-#define DBG(...) fprintf(stderr, "beambridge_nif: " __VA_ARGS__)
-#else
-#define DBG(...) ((void)0)
-#endif
 
 /* ------------------------------------------------------------------------ */
 /* Resource types                                                           */
@@ -75,11 +69,10 @@ typedef struct {
 static ErlNifResourceType *REGION_RT;
 static ErlNifResourceType *LEASE_RT;
 
-static ERL_NIF_TERM ATOM_OK, ATOM_ERROR, ATOM_BADARG, ATOM_OUT_OF_BOUNDS,
-    ATOM_MISALIGNED, ATOM_CLOSED, ATOM_BAD_NAME, ATOM_REGION_TOO_SMALL,
-    ATOM_REGION_TOO_LARGE, ATOM_STATE_MISMATCH, ATOM_IN_USE, ATOM_RELEASED,
-    ATOM_NOT_OWNER, ATOM_ENOMEM, ATOM_TRUE, ATOM_FALSE, ATOM_TOO_LARGE, ATOM_SIZE_MISMATCH,
-    ATOM_BAD_COMPRESSED_DATA;
+ERL_NIF_TERM ATOM_OK, ATOM_ERROR, ATOM_BADARG, ATOM_OUT_OF_BOUNDS, ATOM_CLOSED, ATOM_IN_USE,
+    ATOM_RELEASED, ATOM_ENOMEM, ATOM_TRUE, ATOM_FALSE, ATOM_TOO_LARGE, ATOM_SIZE_MISMATCH;
+static ERL_NIF_TERM ATOM_MISALIGNED, ATOM_BAD_NAME, ATOM_REGION_TOO_SMALL, ATOM_REGION_TOO_LARGE,
+    ATOM_STATE_MISMATCH, ATOM_NOT_OWNER, ATOM_BAD_COMPRESSED_DATA;
 
 static void region_dtor(ErlNifEnv *env, void *obj)
 {
@@ -114,18 +107,18 @@ static void lease_dtor(ErlNifEnv *env, void *obj)
 /* Helpers                                                                  */
 /* ------------------------------------------------------------------------ */
 
-static ERL_NIF_TERM error_tuple(ErlNifEnv *env, ERL_NIF_TERM reason)
+ERL_NIF_TERM error_tuple(ErlNifEnv *env, ERL_NIF_TERM reason)
 {
     return enif_make_tuple2(env, ATOM_ERROR, reason);
 }
 
-static ERL_NIF_TERM ok_tuple(ErlNifEnv *env, ERL_NIF_TERM value)
+ERL_NIF_TERM ok_tuple(ErlNifEnv *env, ERL_NIF_TERM value)
 {
     return enif_make_tuple2(env, ATOM_OK, value);
 }
 
 /* {error, eNAME} for an errno value, e.g. enospc; unknown values -> errno_<n>. */
-static ERL_NIF_TERM errno_error(ErlNifEnv *env, int err)
+ERL_NIF_TERM errno_error(ErlNifEnv *env, int err)
 {
     char buf[64];
     const char *name = strerrorname_np(err);
@@ -145,7 +138,7 @@ static ERL_NIF_TERM errno_error(ErlNifEnv *env, int err)
  * Not an integer -> badarg; an integer that is negative or >= 2^64 ->
  * out_of_bounds.
  */
-static int get_u64(ErlNifEnv *env, ERL_NIF_TERM t, uint64_t *out, ERL_NIF_TERM *err)
+int get_u64(ErlNifEnv *env, ERL_NIF_TERM t, uint64_t *out, ERL_NIF_TERM *err)
 {
     ErlNifUInt64 v;
     if (enif_get_uint64(env, t, &v)) {
@@ -1059,7 +1052,7 @@ static int load(ErlNifEnv *env, void **priv, ERL_NIF_TERM info)
     ATOM_TOO_LARGE = enif_make_atom(env, "too_large");
     ATOM_SIZE_MISMATCH = enif_make_atom(env, "size_mismatch");
     ATOM_BAD_COMPRESSED_DATA = enif_make_atom(env, "bad_compressed_data");
-    return open_resources(env) ? 0 : 1;
+    return open_resources(env) && arena_load(env) ? 0 : 1;
 }
 
 static int upgrade(ErlNifEnv *env, void **priv, void **old_priv, ERL_NIF_TERM info)
@@ -1099,6 +1092,7 @@ static ErlNifFunc nif_funcs[] = {
     {"lease_acquire", 4, nif_lease_acquire, 0},
     {"lease_binary", 3, nif_lease_binary, 0},
     {"lease_release", 1, nif_lease_release, 0},
+    ARENA_NIF_FUNCS,
 };
 
 ERL_NIF_INIT(Elixir.Bridge.NIF, nif_funcs, load, NULL, upgrade, NULL)

@@ -17,6 +17,7 @@ import os
 from typing import Any
 
 __all__ = [
+    "ArenaError",
     "BridgeError",
     "ChecksumError",
     "EtfError",
@@ -103,11 +104,9 @@ class LeaseError(BridgeError):
     """The lease protocol refused an operation (§2.2): ``leased`` or ``not_published``."""
 
 
-class RegionError(BridgeError, OSError):
-    """Creating, attaching, using or closing a region failed.
-
-    ``errno`` holds the OS error number when an OS call failed, else ``None``.
-    """
+class _OSFailure(BridgeError, OSError):
+    """A failure that may come from an OS call: ``errno`` holds its number, else
+    ``None``."""
 
     def __init__(
         self,
@@ -126,6 +125,22 @@ class RegionError(BridgeError, OSError):
             self.__class__,
             (self.reason, self.field, self.value, self.limit, self.message, self.errno),
         )
+
+
+class RegionError(_OSFailure):
+    """Creating, attaching, using or closing a region failed.
+
+    ``errno`` holds the OS error number when an OS call failed, else ``None``.
+    """
+
+
+class ArenaError(_OSFailure):
+    """A shared object of transport v2 (protocol/transport-v2.md) could not be made,
+    opened or used: ``too_large`` and ``arena_full`` (the limits of §3), ``no_space``,
+    ``peer_open_failed``, ``size_mismatch``, ``not_sealed``, ``bad_object`` (§2),
+    ``slice_out_of_bounds``, ``no_tickets``. ``errno`` holds the OS error number when an
+    OS call failed, else ``None``.
+    """
 
 
 def _default_message(reason: str, field: str | None, value: Any, limit: Any) -> str:

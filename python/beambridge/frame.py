@@ -21,22 +21,15 @@ bytes under any view cannot change.
 
 from __future__ import annotations
 
-import mmap
 import weakref
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
-from . import _atomic
-from .control import OFF_READER_LEASES
 from .errors import LeaseError
 from .header import Header
 
 __all__ = ["Frame"]
-
-
-def _end_lease(control: mmap.mmap) -> None:
-    if not control.closed:
-        _atomic.fetch_sub_u32(control, OFF_READER_LEASES, 1)
 
 
 class Frame:
@@ -60,7 +53,7 @@ class Frame:
 
     def __init__(
         self,
-        control: mmap.mmap,
+        end_lease: Callable[[], None],
         header: Header,
         metadata: bytes,
         array: Any,
@@ -72,9 +65,9 @@ class Frame:
         self._on_frame = array is None
         # Exactly once: when `array` is collected (the last view made from the payload is
         # gone), or at interpreter exit; for an empty payload (no array) when the frame
-        # is released or collected. `control` is the region's own mapping, which holds
-        # the lease word.
-        self._lease = weakref.finalize(self if array is None else array, _end_lease, control)
+        # is released or collected. `end_lease` tells the owner (a region's lease word,
+        # or the worker's list of released slices).
+        self._lease = weakref.finalize(self if array is None else array, end_lease)
 
     @property
     def payload(self) -> memoryview:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import functools
 import mmap
 import os
 import stat
@@ -101,6 +102,11 @@ def _open_shm(name: str, flags: int, op: str, mode: int = 0o600) -> posix_ipc.Sh
         raise region_error(errno.EACCES, name=name, op=op) from None
     except OSError as exc:
         raise region_error(exc.errno or errno.EIO, name=name, op=op) from exc
+
+
+def _end_lease(control: mmap.mmap) -> None:
+    if not control.closed:
+        _atomic.fetch_sub_u32(control, OFF_READER_LEASES, 1)
 
 
 def _unlink_quietly(name: str) -> None:
@@ -570,7 +576,7 @@ class Region:
             raise
         if arr is not None:
             self._frames[id(arr)] = arr
-        return Frame(mm, header, metadata, arr, payload)
+        return Frame(functools.partial(_end_lease, mm), header, metadata, arr, payload)
 
     def _readonly_view(self) -> memoryview:
         """The read-only view of the whole mapping (made once, released by close)."""

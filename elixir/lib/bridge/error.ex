@@ -7,7 +7,8 @@ defmodule Bridge.Error do
 
     * `kind` — the category: `:bad_frame` (header and payload validation, SPEC §4,
       and control frames that break SPEC §7), `:region` (creation, attach, bounds,
-      OS errors) or `:lease` (the lease protocol, SPEC §2.2); for `Bridge.call/3`
+      OS errors), `:lease` (the lease protocol, SPEC §2.2) or `:arena` (shared
+      objects of transport v2: limits, sealing, opening a peer's object); for `Bridge.call/3`
       also `:python_exception` (the handler raised), `:timeout`, `:worker_died`,
       `:overloaded` (the pool's queue is full), `:bad_call` (the call itself was
       wrong: unknown module or function, arguments that cannot cross) and
@@ -35,6 +36,7 @@ defmodule Bridge.Error do
           | :bad_call
           | :start_failed
           | :arrow
+          | :arena
   @type t :: %__MODULE__{
           kind: kind(),
           reason: atom(),
@@ -172,6 +174,7 @@ defmodule Bridge.Error do
   defp kind_text(:overloaded), do: "overloaded"
   defp kind_text(:bad_call), do: "bad call"
   defp kind_text(:start_failed), do: "worker start failed"
+  defp kind_text(:arena), do: "arena error"
   defp kind_text(other), do: "#{other} error"
 
   @exact [
@@ -225,5 +228,10 @@ defmodule Bridge.Error do
   defp hint(:bad_name),
     do: "names look like /<prefix>-<pid>-<16 hex digits>, prefix [a-z0-9]{1,16}"
 
+  defp hint(:not_sealed),
+    do: "the peer's object is not sealed against resizing (or writing); refused to map it"
+
+  defp hint(:bad_object), do: "the object's header does not match its announcement"
+  defp hint(:slice_out_of_bounds), do: "the handle names bytes outside the peer's object"
   defp hint(_), do: nil
 end

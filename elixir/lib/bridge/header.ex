@@ -338,17 +338,10 @@ defmodule Bridge.Header do
   """
   @spec encode(t(), binary()) :: {:ok, <<_::1024>>} | {:error, Error.t()}
   def encode(%__MODULE__{magic: <<_::binary-size(4)>>} = h, metadata) when is_binary(metadata) do
-    with :ok <- check_widths(h) do
-      first =
-        <<h.magic::binary, h.version_major::little-16, h.version_minor::little-16,
-          h.header_size::little-16, h.format::8, h.codec::8, h.flags::little-32,
-          h.generation::little-64, h.schema_id::little-64, h.schema_version::little-32,
-          h.metadata_length::little-32, h.payload_offset::little-64, h.payload_length::little-64,
-          h.decoded_length::little-64, h.payload_checksum::little-64, 0::size(48)-unit(8)>>
-
-      with {:ok, checksum} <- xxh3(first <> metadata) do
-        {:ok, <<first::binary, checksum::little-64>>}
-      end
+    with :ok <- check_widths(h),
+         first = pack_fields(h),
+         {:ok, checksum} <- xxh3(first <> metadata) do
+      {:ok, <<first::binary, checksum::little-64>>}
     end
   end
 
@@ -356,6 +349,23 @@ defmodule Bridge.Header do
     do: {:error, badarg(:magic, magic)}
 
   def encode(header, metadata), do: {:error, badarg(:header, {header, metadata})}
+
+  @doc false
+  # The 128 header bytes with header_checksum 0, for a writer that computes the
+  # checksum itself while it writes (Bridge.Arena, through the NIF). Widths are
+  # checked as in encode/2.
+  @spec pack(t()) :: {:ok, <<_::1024>>} | {:error, Error.t()}
+  def pack(%__MODULE__{magic: <<_::binary-size(4)>>} = h) do
+    with :ok <- check_widths(h), do: {:ok, <<pack_fields(h)::binary, 0::little-64>>}
+  end
+
+  defp pack_fields(h) do
+    <<h.magic::binary, h.version_major::little-16, h.version_minor::little-16,
+      h.header_size::little-16, h.format::8, h.codec::8, h.flags::little-32,
+      h.generation::little-64, h.schema_id::little-64, h.schema_version::little-32,
+      h.metadata_length::little-32, h.payload_offset::little-64, h.payload_length::little-64,
+      h.decoded_length::little-64, h.payload_checksum::little-64, 0::size(48)-unit(8)>>
+  end
 
   @doc """
   Like `encode/2` but returns the binary or raises `Bridge.Error`.
