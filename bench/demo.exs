@@ -1,10 +1,10 @@
-# The main job until the call path exists (issue 3 replaces it): Elixir creates a region,
-# writes a 64 MiB frame into it, and a Python process attaches and reads the payload in
-# place (no copy), verifying its xxh3-64 checksum.
+# `make demo`: Elixir writes a 64 MiB frame into a slice of an arena (sealed,
+# anonymous shared memory), and a Python process opens that arena read-only through
+# /proc/<pid>/fd and reads the payload in place (no copy), verifying its xxh3-64.
 #
 #   make demo                                  # sets everything up, then runs this
 #   MIX_ENV=test mix run bench/demo.exs [MiB]
-alias Bridge.Region
+alias Bridge.Arena
 
 mib =
   case System.argv() do
@@ -15,19 +15,33 @@ mib =
 size = mib * 1024 * 1024
 python = Path.expand(".venv/bin/python")
 payload = :binary.copy(<<0::8, 1, 2, 3, 4, 5, 6, 7>>, div(size, 8))
+{:ok, arena} = Arena.new(limit: size + 16 * 1024 * 1024)
 
-{create_us, region} = :timer.tc(fn -> Region.create_for_frame!(size, metadata_length: 11) end)
+{write_us, {:ok, slice}} =
+  :timer.tc(fn -> Arena.put(arena, payload, metadata: "demo v2 raw", checksum: true) end)
 
-{write_us, header} =
-  :timer.tc(fn -> Region.write_frame!(region, payload, metadata: "demo v1 raw") end)
+{:ok, {:object, :arena, pid, fd, id, arena_size, nonce}} =
+  Arena.announcement(arena, slice.arena_id)
 
 IO.puts("""
-Elixir: created #{region.name} (#{region.size} bytes, pages reserved) in #{div(create_us, 1000)} ms
-Elixir: wrote a #{mib} MiB frame (generation #{header.generation}, xxh3 #{Integer.to_string(header.payload_checksum, 16)}) in #{div(write_us, 1000)} ms
+Elixir: wrote a #{mib} MiB frame into slice #{slice.offset}+#{slice.length} of arena #{id} \
+(#{arena_size} bytes, fd #{fd}, generation #{slice.generation}) in #{div(write_us, 1000)} ms, \
+arena created and its pages reserved on the way\
 """)
 
-{out, status} = System.cmd(python, ["bench/demo_read.py", region.name], stderr_to_stdout: true)
+args =
+  Enum.map(
+    [pid, fd, id, arena_size, nonce, slice.offset, slice.length, slice.generation],
+    &to_string/1
+  )
+
+{out, status} = System.cmd(python, ["bench/demo_read.py" | args], stderr_to_stdout: true)
 IO.write(out)
-Region.close!(region)
-IO.puts("Elixir: closed and unlinked #{region.name}")
+Arena.release(slice)
+Arena.close(arena)
+
+IO.puts(
+  "Elixir: released the slice and closed the arena (the kernel frees it: nothing was named)"
+)
+
 if status != 0, do: System.halt(status)

@@ -103,10 +103,12 @@ typedef struct {
 } table_t;
 
 typedef struct {
-    uint8_t *addr;
+    uint8_t *addr;  /* unmapped once closed and no lease is left, or in the destructor */
     uint64_t size;
     uint32_t id;
     int kind;
+    int leases;     /* atomic: live leases on its slices */
+    int closed;     /* atomic: peer_close was called */
 } peer_t;
 
 typedef struct {
@@ -1046,12 +1048,25 @@ ERL_NIF_TERM nif_lease_table_word(ErlNifEnv *env, int argc, const ERL_NIF_TERM a
 /* Peer objects (spec §2) and leases on their slices                        */
 /* ------------------------------------------------------------------------ */
 
+static void peer_unmap(peer_t *p)
+{
+    uint8_t *addr = __atomic_exchange_n(&p->addr, NULL, __ATOMIC_SEQ_CST);
+    if (addr != NULL)
+        munmap(addr, (size_t)p->size);
+}
+
 static void peer_dtor(ErlNifEnv *env, void *obj)
 {
-    peer_t *p = (peer_t *)obj;
     (void)env;
-    if (p->addr != NULL)
-        munmap(p->addr, (size_t)p->size);
+    peer_unmap((peer_t *)obj);
+}
+
+/* One lease fewer; a closed peer with none left is unmapped now, not at the next GC. */
+static void peer_drop_lease(peer_t *p)
+{
+    if (__atomic_sub_fetch(&p->leases, 1, __ATOMIC_SEQ_CST) == 0 &&
+        __atomic_load_n(&p->closed, __ATOMIC_SEQ_CST))
+        peer_unmap(p);
 }
 
 static ERL_NIF_TERM bad_object(ErlNifEnv *env, const char *field)
@@ -1142,9 +1157,29 @@ ERL_NIF_TERM nif_peer_open(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
     p->size = size;
     p->id = id;
     p->kind = (int)kind;
+    p->leases = 0;
+    p->closed = 0;
     term = enif_make_resource(env, p);
     enif_release_resource(p);
     return ok_tuple(env, term);
+}
+
+/*
+ * peer_close(Peer) -> ok: the owner dropped the object (or died). The mapping goes
+ * as soon as no lease on it is left: now, or when the last lease ends. A stale
+ * reference to Peer in some process heap no longer keeps the memory.
+ */
+ERL_NIF_TERM nif_peer_close(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
+{
+    peer_t *p;
+    (void)argc;
+    if (!enif_get_resource(env, argv[0], PEER_RT, (void **)&p))
+        return error_tuple(env, ATOM_BADARG);
+    /* One pseudo-lease while closing, so a lease ending meanwhile cannot race us. */
+    __atomic_add_fetch(&p->leases, 1, __ATOMIC_SEQ_CST);
+    __atomic_store_n(&p->closed, 1, __ATOMIC_SEQ_CST);
+    peer_drop_lease(p);
+    return ATOM_OK;
 }
 
 /* peer_info(Peer) -> {ok, {Id, Kind, Size}} */
@@ -1177,6 +1212,7 @@ static void plea_dtor(ErlNifEnv *env, void *obj)
         plea_end(l);
     if (l->table != NULL)
         enif_release_resource(l->table);
+    peer_drop_lease(l->peer);
     enif_release_resource(l->peer);
     l->peer = NULL;
 }
@@ -1217,6 +1253,14 @@ ERL_NIF_TERM nif_peer_lease(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
     l = enif_alloc_resource(PLEASE_RT, sizeof(plea_t));
     if (l == NULL)
         return error_tuple(env, ATOM_ENOMEM);
+    __atomic_add_fetch(&p->leases, 1, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&p->closed, __ATOMIC_SEQ_CST)) {
+        /* no new leases on a closed peer (its mapping may be going) */
+        peer_drop_lease(p);
+        l->peer = NULL;
+        enif_release_resource(l);
+        return error_tuple(env, ATOM_CLOSED);
+    }
     enif_keep_resource(p);
     if (t != NULL)
         enif_keep_resource(t);

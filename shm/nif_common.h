@@ -56,6 +56,7 @@ int arena_load(ErlNifEnv *env);
         {"lease_table_word", 2, nif_lease_table_word, 0},                       \
         {"peer_open", 6, nif_peer_open, ERL_NIF_DIRTY_JOB_IO_BOUND},            \
         {"peer_info", 1, nif_peer_info, 0},                                     \
+        {"peer_close", 1, nif_peer_close, 0},                                   \
         {"peer_lease", 5, nif_peer_lease, 0},                                   \
         {"peer_lease_read", 3, nif_peer_lease_read, 0},                         \
         {"peer_lease_binary", 3, nif_peer_lease_binary, 0},                     \
@@ -84,6 +85,7 @@ DECLARE_NIF(nif_lease_table_info);
 DECLARE_NIF(nif_lease_table_word);
 DECLARE_NIF(nif_peer_open);
 DECLARE_NIF(nif_peer_info);
+DECLARE_NIF(nif_peer_close);
 DECLARE_NIF(nif_peer_lease);
 DECLARE_NIF(nif_peer_lease_read);
 DECLARE_NIF(nif_peer_lease_binary);

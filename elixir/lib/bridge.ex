@@ -52,13 +52,16 @@ defmodule Bridge do
   `format:` (`:auto`, `:etf`, `:packed`, `:arrow`) overrides the choice; see
   `Bridge.Format`. `format_stats/0` counts the decisions.
 
-  Binaries, buffers and tensor data of at least `:threshold` bytes travel as
-  handles to shared-memory regions instead of inside the control frame; the
-  Python type is the same either way. Results at or above the threshold come
-  back as zero-copy binaries over the worker's region: the worker does not
-  rewrite that region while any such binary (or sub-binary) is alive. Keep a
-  `:binary.copy/1` instead if you hold a small slice of a large result for a
-  long time.
+  Binaries, buffers, tensors and the other bulk forms of at least
+  `:threshold` bytes travel through shared memory instead of inside the control
+  frame: the calling process writes them straight into a *slice* of the bridge's
+  arenas (sealed anonymous shared memory, protocol/transport-v2.md) and the
+  worker reads them in place; the Python type is the same either way. Results at
+  or above the threshold come back as zero-copy binaries over a slice of the
+  worker's arenas, which the worker does not reuse while any such binary (or
+  sub-binary) is alive. Keep a `:binary.copy/1` instead if you hold a small slice
+  of a large result for a long time. A handler that returns (a slice of) the
+  `memoryview` it was given sends it back without a copy.
 
   Pids, references, ports, funs, bit-strings, improper lists and atoms that
   start with `$bb_` cannot cross: the call returns a `:bad_call` error.
@@ -89,15 +92,26 @@ defmodule Bridge do
       interpreter is killed and replaced, so no late answer reaches anyone.
       `:infinity` is accepted when given explicitly.
     * `:threshold` — bytes; binaries, buffers and tensors at or above it travel
-      through regions (default `65_536`, chosen by measurement: see README).
-    * `:region_limit` — bytes of argument regions per worker, and of result
-      regions each worker may keep (default 1 GiB). Past it a value is sent
-      inline, with a warning.
-    * `:shm_prefix` — region name prefix, `[a-z0-9]{1,16}` (default `"bb"`).
+      through shared memory (default `65_536`, chosen by measurement: see README).
+    * `:arena_limit` — bytes of shared memory the bridge may hold for arguments,
+      and each worker for its results (default 1 GiB). A value that can never
+      fit is refused at once (a `:bad_call` error, reason `:too_large`, field
+      `:arena_limit`) unless a control frame (64 MiB) can carry it inline; when
+      the arenas are full of values still in use, values go inline (counted in
+      `format_stats/0` as `:arena_full`, and logged). Arenas grow under load up
+      to the limit and shrink back after a few idle seconds.
+    * `:min_arena` — bytes of the first arena, and of the one kept warm when
+      idle (default 8 MiB).
+    * `:untrusted` — make every result the BEAM holds kernel-immutable: each
+      large result travels in a shared object of its own that the worker seals
+      against writes before the BEAM maps it (default `false`; the cost is in the
+      README). Without it a handler, which runs as your user, can rewrite the bytes
+      of a result it returned while you hold it; it can never resize shared
+      memory or make the VM read outside it.
     * `:start_timeout` — ms a worker may take to become ready (default
       `10_000`).
-    * `:verify` — checksum region payloads (xxh3) when writing them and verify
-      them on read, on both sides: result regions here, argument regions in the
+    * `:verify` — checksum slice payloads (xxh3) when writing them and verify
+      them on read, on both sides: results here, arguments in the
       worker (default `false`; SPEC §4 check 17). Headers are always validated
       and their checksums always checked. Payload checksums are off by default
       on the call path because they cost more than they protect there: the lease
@@ -118,7 +132,7 @@ defmodule Bridge do
 
   use Supervisor
 
-  alias Bridge.{Config, Error, Pool, Worker}
+  alias Bridge.{Arena, Config, Control, Decoder, Encoder, Error, Pool, Worker}
 
   @typedoc "A Python module and function, as atoms or binaries: `{:arith, :add}`."
   @type function_ref :: {atom() | String.t(), atom() | String.t()}
@@ -162,10 +176,6 @@ defmodule Bridge do
   def start_link(opts \\ []) do
     with {:ok, config} <- Config.new(opts),
          {:ok, python} <- Bridge.Python.check(config) do
-      # Regions of this prefix left by dead owners (a BEAM that halted, a
-      # worker killed with its BEAM) go now (SPEC §1.5).
-      _ = Bridge.Region.reap_stale(prefix: config.shm_prefix)
-
       case Supervisor.start_link(__MODULE__, %{config | python: python}) do
         {:error, reason} -> {:error, unwrap(reason)}
         other -> other
@@ -224,23 +234,14 @@ defmodule Bridge do
          :ok <- check_name(:function, function),
          {:ok, config} <- config(pool),
          {:ok, timeout} <- timeout(opts, config),
-         {:ok, format} <- Bridge.Format.check_policy(Keyword.get(opts, :format, :auto)) do
-      request = {module, function, args, %{format: format}}
-
+         {:ok, format} <- Bridge.Format.check_policy(Keyword.get(opts, :format, :auto)),
+         {:ok, term, slices} <-
+           Encoder.encode_args(args, config.arena, config.threshold, format: format) do
+      # The slices are this process's until the call is over, whatever happens.
       try do
-        GenServer.call(pool, {:call, request, timeout}, wait(timeout))
-      catch
-        :exit, {:timeout, _} ->
-          {:error, Error.new(:timeout, :timeout, field: :timeout, value: timeout)}
-
-        :exit, {reason, _} when reason in [:noproc, :normal, :shutdown] ->
-          {:error, no_pool(pool)}
-
-        :exit, {reason, _} ->
-          {:error,
-           Error.new(:worker_died, :pool_died,
-             message: "worker died: the pool #{inspect(pool)} exited: #{inspect(reason)}"
-           )}
+        request(pool, config, {module, function}, term, slices, format, timeout)
+      after
+        Enum.each(slices, &Arena.release/1)
       end
     end
   end
@@ -263,14 +264,15 @@ defmodule Bridge do
 
     * `direction` — `:to_python` (arguments) or `:from_python` (results);
     * `form` — `:etf`, `:raw`, `:buffer`, `:tensor`, `:arrow`, `:packed`,
-      `:records` or `:custom`, with a `_region` suffix (`:packed_region`) when
-      the value went through a shared-memory region;
+      `:records` or `:custom`, with a `_slice` suffix (`:packed_slice`) when
+      the value went through shared memory;
     * `reason` — for arguments: `:auto` (big enough to pack or send as
       records), `:forced` (the `format:` option), `:below_min` (too small:
       ETF), `:policy`
-      (`format: :etf`), `:below_threshold` / `:threshold` (inline or region,
+      (`format: :etf`), `:below_threshold` / `:threshold` (inline or slice,
       for binaries, buffers, tensors, tables and custom types),
-      `:region_limit` (a region was due but none could be had: inline),
+      `:arena_full` / `:too_large` (a slice was due but none could be had:
+      inline),
       `:encode_failed` (a serializer failed: the struct went as its map);
       for results always `:received`. Inline binaries and ETF values in
       results are not counted.
@@ -314,8 +316,9 @@ defmodule Bridge do
 
   @doc """
   The workers of a bridge: id, Erlang pid, the interpreter's OS pid and phase
-  (`:starting`, `:ready`, `:busy`, `:killing`, `:down`), argument regions and
-  attached result regions.
+  (`:starting`, `:ready`, `:busy`, `:killing`, `:down`), how many of the
+  bridge's slices it holds (`lent_slices`) and how many of its arenas are mapped
+  here (`worker_arenas`).
 
   ## Examples
 
@@ -331,6 +334,69 @@ defmodule Bridge do
     |> Enum.sort_by(& &1.id)
   catch
     :exit, _ -> []
+  end
+
+  defp request(pool, config, {module, function}, term, slices, format, timeout) do
+    body = :erlang.term_to_binary(term)
+    id = :erlang.unique_integer([:positive])
+    opts = if format == :auto, do: %{}, else: %{"format" => Atom.to_string(format)}
+    frame = Control.call_frame(id, module, function, opts, Encoder.entries(slices), body)
+    request = %{id: id, frame: frame, slices: slices, module: module, function: function}
+
+    with :ok <- check_frame(frame) do
+      case GenServer.call(pool, {:call, request, timeout}, wait(timeout)) do
+        {:ok, {body, resolved, worker}} -> decode(body, resolved, worker, config)
+        {:error, _} = error -> error
+      end
+    end
+  catch
+    :exit, {:timeout, _} ->
+      {:error, Error.new(:timeout, :timeout, field: :timeout, value: timeout)}
+
+    :exit, {reason, _} when reason in [:noproc, :normal, :shutdown] ->
+      {:error, no_pool(pool)}
+
+    :exit, {reason, _} ->
+      {:error,
+       Error.new(:worker_died, :pool_died,
+         message: "worker died: the pool #{inspect(pool)} exited: #{inspect(reason)}"
+       )}
+  end
+
+  defp check_frame(frame) do
+    size = IO.iodata_length(frame)
+
+    if size <= Control.max_frame() do
+      :ok
+    else
+      {:error,
+       Error.new(:bad_call, :frame_too_large,
+         field: :args,
+         value: size,
+         limit: Control.max_frame(),
+         message:
+           "bad call: frame_too_large: the call's inline part is #{size} bytes, over the " <>
+             "control frame limit of #{Control.max_frame()}; lower :threshold so more values " <>
+             "travel in shared memory (many small values add up), or raise :arena_limit"
+       )}
+    end
+  end
+
+  # The body is decoded here, in the caller. A body or slice that does not decode
+  # is the worker's fault (it is replaced); a well-formed value that cannot be
+  # rebuilt here (unknown atoms, custom types without a serializer) is the call's.
+  defp decode(body, resolved, worker, config) do
+    with {:ok, term} <- Control.decode_body(body),
+         {:ok, value} <- Decoder.decode_result(term, resolved, config.verify) do
+      {:ok, value}
+    else
+      {:error, %Error{kind: :bad_call}} = error ->
+        error
+
+      {:error, error} ->
+        Worker.bad_answer(worker, error)
+        {:error, error}
+    end
   end
 
   defp check_name(_field, name) when is_atom(name) and name not in [nil, true, false], do: :ok

@@ -196,6 +196,27 @@ defmodule Bridge.ArenaTest do
     :binary.copy(frame.payload)
   end
 
+  test "a closed peer mapping goes when its last lease ends, whoever still refers to it" do
+    arena = arena!()
+    {:ok, s} = Arena.put(arena, "closing", [])
+    before = mappings()
+    peer = peer!(arena, s.arena_id)
+    assert mappings() == before + 1
+    assert read_after_close(peer, s) == "closing"
+    # the lease is gone (collected): the mapping goes although `peer` is still here
+    gc_and_wait(fn -> mappings() == before end)
+    assert {:error, %{reason: :closed}} = Peer.lease(peer, s.offset, s.length, nil, nil)
+  end
+
+  defp read_after_close(peer, s) do
+    {:ok, lease} = Peer.lease(peer, s.offset, s.length, nil, nil)
+    :ok = Peer.close(peer)
+    assert {:error, %{reason: :closed}} = Peer.lease(peer, s.offset, s.length, nil, nil)
+    # the lease still reads; the mapping stays while it lives
+    {:ok, frame} = Peer.read_frame(lease, s.length, s.generation)
+    :binary.copy(frame.payload)
+  end
+
   test "trim drops empty idle arenas beyond what it keeps" do
     arena = arena!(limit: 64 * @mib, min_arena: 1 * @mib)
 

@@ -24,11 +24,11 @@ defmodule Bridge.FormatBridgeTest do
 
   setup_all do
     start_supervised!(
-      {Bridge, bridge_opts(@inl, "bbtfi", pool_size: 1, threshold: 1_099_511_627_776)},
+      {Bridge, bridge_opts(@inl, pool_size: 1, threshold: 1_099_511_627_776)},
       id: :inl
     )
 
-    start_supervised!({Bridge, bridge_opts(@reg, "bbtfr", pool_size: 1, threshold: 512)},
+    start_supervised!({Bridge, bridge_opts(@reg, pool_size: 1, threshold: 512)},
       id: :reg
     )
 
@@ -54,7 +54,7 @@ defmodule Bridge.FormatBridgeTest do
     for %{direction: ^direction, form: form} <- Bridge.format_stats(), uniq: true, do: form
   end
 
-  defp region(@reg, form), do: :"#{form}_region"
+  defp region(@reg, form), do: :"#{form}_slice"
   defp region(@inl, form), do: form
 
   defp rows(n, key) do
@@ -108,7 +108,7 @@ defmodule Bridge.FormatBridgeTest do
       # ETF forms only: the policy kept every list and map as it is
       refute Enum.any?(
                forms(:to_python),
-               &(&1 in [:packed, :packed_region, :records, :records_region])
+               &(&1 in [:packed, :packed_slice, :records, :records_slice])
              )
 
       assert {:ok, ^etf} = call(pool, :received, [value], :auto),
@@ -118,7 +118,7 @@ defmodule Bridge.FormatBridgeTest do
         :etf ->
           refute Enum.any?(
                    forms(:to_python),
-                   &(&1 in [:packed, :packed_region, :records, :records_region])
+                   &(&1 in [:packed, :packed_slice, :records, :records_slice])
                  )
 
         form ->
@@ -139,7 +139,7 @@ defmodule Bridge.FormatBridgeTest do
       small = Enum.map(1..100, &(&1 * 10_000_000_000))
       {:ok, etf} = call(pool, :received, [small], :etf)
       assert {:ok, ^etf} = call(pool, :received, [small], :auto)
-      refute Enum.any?(forms(:to_python), &(&1 in [:packed, :packed_region]))
+      refute Enum.any?(forms(:to_python), &(&1 in [:packed, :packed_slice]))
       assert {:ok, ^etf} = call(pool, :received, [small], :packed)
       assert stat(:to_python, region(pool, :packed), :forced) == 1
 
@@ -205,7 +205,7 @@ defmodule Bridge.FormatBridgeTest do
 
       refute Enum.any?(
                forms(:from_python),
-               &(&1 in [:packed, :packed_region, :records, :records_region])
+               &(&1 in [:packed, :packed_slice, :records, :records_slice])
              )
 
       assert {:ok, auto} = call(pool, fun, args, :auto)
@@ -215,7 +215,7 @@ defmodule Bridge.FormatBridgeTest do
         :etf ->
           refute Enum.any?(
                    forms(:from_python),
-                   &(&1 in [:packed, :packed_region, :records, :records_region])
+                   &(&1 in [:packed, :packed_slice, :records, :records_slice])
                  )
 
         form ->
@@ -298,8 +298,8 @@ defmodule Bridge.FormatBridgeTest do
         Logger.configure(level: level)
       end
 
-    assert log =~ "to_python a number list of 1000 elements -> packed_region (auto), 2000 bytes"
-    assert log =~ "from_python a result -> packed_region (received), 2000 bytes"
-    assert stat(:from_python, :packed_region, :received) == 1
+    assert log =~ "to_python a number list of 1000 elements -> packed_slice (auto), 2000 bytes"
+    assert log =~ "from_python a result -> packed_slice (received), 2000 bytes"
+    assert stat(:from_python, :packed_slice, :received) == 1
   end
 end

@@ -1,65 +1,59 @@
 defmodule Bridge.LeasesTest do
-  # Invariant 1 (a BEAM binary never changes) and argument-region quarantine
-  # (a handler that keeps a view of its argument never sees it change).
+  # Invariant 1 (a BEAM binary never changes) and leases on slices
+  # (protocol/transport-v2.md §4): a result slice is reused only after the caller
+  # let go of it; a handler that keeps a view of its argument never sees it
+  # change; the bounds of :arena_limit.
   use ExUnit.Case, async: false
 
   import Bridge.Test.BridgeCase
 
   @moduletag timeout: 120_000
-  @prefix "bbtlease"
   @threshold 65_536
 
   setup do
-    start_supervised!({Bridge, bridge_opts(Lease1, @prefix, pool_size: 1)})
+    start_supervised!({Bridge, bridge_opts(Lease1, pool_size: 1)})
     :ok
   end
 
   defp call(fun, args), do: Bridge.call({:bbt_handlers, fun}, args, pool: Lease1)
 
-  test "once the caller drops a result, its region is free for the next one" do
-    # The Worker process handled the zero-copy binary too; it must not keep the
-    # region leased after the caller has let go.
-    for i <- 1..20 do
+  defp worker_arenas, do: memfd_mappings(hd(worker_os_pids(Lease1)))
+
+  test "once the caller drops a result, its slice is reused: the worker's arenas do not grow" do
+    for i <- 1..200 do
       {:ok, result} = call(:make_counter_bytes, [@threshold, i])
       assert binary_part(result, 0, 8) == <<i::little-64>>
-      :erlang.garbage_collect()
     end
 
-    [worker] = Bridge.workers(Lease1)
-    result_regions = Enum.filter(shm_names(@prefix), &String.contains?(&1, "-#{worker.os_pid}-"))
-    assert length(result_regions) == 1, inspect(result_regions)
+    # 200 results of 64 KiB, none kept: far less than 200 slices' worth of arenas
+    assert worker_arenas() <= 2
+    [%{worker_arenas: mapped}] = Bridge.workers(Lease1)
+    assert mapped <= 2
   end
 
-  test "a held zero-copy result stays byte-identical while 1,000 further calls reuse result regions" do
+  test "a held zero-copy result stays byte-identical while 1,000 further calls run" do
     size = 2 * @threshold
     {:ok, held} = call(:make_counter_bytes, [size, 0])
     copy = :binary.copy(held)
-    assert_region_binary(held, @prefix)
-    [worker] = Bridge.workers(Lease1)
+    assert_shared_binary(held)
 
     for i <- 1..1_000 do
       {:ok, result} = call(:make_counter_bytes, [size, i])
-      # every call really produced new bytes in a region
       assert binary_part(result, 0, 8) == <<i::little-64>>
-      if rem(i, 100) == 0, do: :erlang.garbage_collect()
     end
 
     assert held == copy
     assert binary_part(held, 0, 8) == <<0::little-64>>
-
-    # regions were reused warm, not one per call
-    result_regions = Enum.filter(shm_names(@prefix), &String.contains?(&1, "-#{worker.os_pid}-"))
-    assert length(result_regions) in 1..8, inspect(result_regions)
+    assert worker_arenas() <= 4
   end
 
-  test "a handler that keeps its memoryview argument never sees it change: the region is quarantined" do
+  test "a handler that keeps its memoryview argument never sees it change: the slice stays lent" do
     size = 4 * @threshold
     first = :binary.copy(<<1>>, size)
     {:ok, digest} = call(:keep, [Bridge.Buffer.new(first)])
     assert digest == Base.encode16(:crypto.hash(:sha256, first), case: :lower)
-    [%{argument_regions: [kept_region]}] = Bridge.workers(Lease1)
+    [%{lent_slices: 1}] = Bridge.workers(Lease1)
 
-    # later calls of the same size class would reuse that argument region
     for i <- 2..20 do
       data = :binary.copy(<<i>>, size)
       assert {:ok, ^data} = call(:identity, [Bridge.Buffer.new(data)])
@@ -67,18 +61,12 @@ defmodule Bridge.LeasesTest do
       assert {:ok, ^digest} = call(:kept_digest, [0])
     end
 
-    [%{argument_regions: regions}] = Bridge.workers(Lease1)
-    assert kept_region in regions
-    assert length(regions) >= 2
+    [%{lent_slices: 1}] = Bridge.workers(Lease1)
 
-    # when the handler lets go, the region can be written again
+    # when the handler lets go, the lease ends with that call's answer
     assert {:ok, 0} = call(:drop_kept, [])
-
-    for i <- 1..5,
-        do: assert({:ok, _} = call(:identity, [Bridge.Buffer.new(:binary.copy(<<i>>, size))]))
-
-    [%{argument_regions: after_drop}] = Bridge.workers(Lease1)
-    assert length(after_drop) <= length(regions)
+    eventually(fn -> match?([%{lent_slices: 0}], Bridge.workers(Lease1)) end)
+    {:ok, %{live: 0}} = Bridge.Arena.stats(Bridge.Config.get(Lease1).arena)
   end
 
   test "a kept ndarray view is protected the same way" do
@@ -95,28 +83,49 @@ defmodule Bridge.LeasesTest do
     assert {:ok, 0} = call(:drop_kept, [])
   end
 
-  test "argument regions stay within region_limit; past it values go inline with a warning" do
+  test "a memoryview the handler returns comes back as a view of the argument, no copy" do
+    data = :crypto.strong_rand_bytes(4 * @threshold)
+    {:ok, back} = call(:identity, [Bridge.Buffer.new(data)])
+    assert back == data
+    # over this node's own arena (read-write here), not a worker's
+    {:ok, address} = Bridge.NIF.binary_address(back)
+    assert mapping_of(address) =~ "/memfd:beambridge"
+    assert mapping_flags(address) =~ ~r/^rw-s/
+    # the slice lives as long as the binary does, and not longer
+    {:ok, %{live: 1}} = Bridge.Arena.stats(Bridge.Config.get(Lease1).arena)
+    assert :binary.last(back) == :binary.last(data)
+    :erlang.garbage_collect()
+
+    eventually(fn ->
+      match?({:ok, %{live: 0}}, Bridge.Arena.stats(Bridge.Config.get(Lease1).arena))
+    end)
+  end
+
+  test "past :arena_limit values go inline with a warning, counted; too big for a frame: refused" do
     start_supervised!(
-      {Bridge, bridge_opts(Limited, @prefix, pool_size: 1, region_limit: 300_000)},
+      {Bridge, bridge_opts(Limited, pool_size: 1, arena_limit: 2_097_152, min_arena: 1_048_576)},
       id: :limited
     )
 
-    big = :binary.copy("L", 200_000)
+    Bridge.reset_format_stats()
+    big = :binary.copy("L", 3_000_000)
 
     log =
       ExUnit.CaptureLog.capture_log(fn ->
-        # 200_000 bytes need a 256 KiB class region (> the rest of the limit after a 64 KiB one)
         assert {:ok, ^big} = Bridge.call({:bbt_handlers, :identity}, [big], pool: Limited)
-
-        assert {:ok, "bytes"} =
-                 Bridge.call({:bbt_handlers, :type_name}, [:binary.copy("x", 400_000)],
-                   pool: Limited
-                 )
       end)
 
-    assert log =~ "inline"
-    [%{argument_regions: regions}] = Bridge.workers(Limited)
-    total = regions |> Enum.map(&File.stat!("/dev/shm" <> &1).size) |> Enum.sum()
-    assert total <= 300_000
+    assert log =~ "went inline" and log =~ "too_large" and log =~ ":arena_limit"
+
+    assert Enum.any?(
+             Bridge.format_stats(),
+             &match?(%{direction: :to_python, form: :raw, reason: :too_large, count: 1}, &1)
+           )
+
+    {:error, e} =
+      Bridge.call({:bbt_handlers, :identity}, [:binary.copy("x", 70_000_000)], pool: Limited)
+
+    assert {e.kind, e.reason, e.field} == {:bad_call, :too_large, :arena_limit}
+    assert {:ok, 3} = Bridge.call({:bbt_handlers, :add}, [1, 2], pool: Limited)
   end
 end

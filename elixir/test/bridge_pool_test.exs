@@ -7,10 +7,9 @@ defmodule Bridge.PoolTest do
   import ExUnit.CaptureLog
 
   @moduletag timeout: 120_000
-  @prefix "bbtpool"
 
   setup do
-    start_supervised!({Bridge, bridge_opts(Pool2, @prefix, pool_size: 2)})
+    start_supervised!({Bridge, bridge_opts(Pool2, pool_size: 2)})
     :ok
   end
 
@@ -32,7 +31,7 @@ defmodule Bridge.PoolTest do
 
   test "past max_queue, callers get :overloaded at once" do
     start_supervised!(
-      {Bridge, bridge_opts(Tiny, @prefix, pool_size: 1, max_queue: 2)},
+      {Bridge, bridge_opts(Tiny, pool_size: 1, max_queue: 2)},
       id: :tiny
     )
 
@@ -54,7 +53,7 @@ defmodule Bridge.PoolTest do
   end
 
   test "a queued caller that dies is dropped; a caller that dies mid-call does not wedge the worker" do
-    start_supervised!({Bridge, bridge_opts(One, @prefix, pool_size: 1)}, id: :one)
+    start_supervised!({Bridge, bridge_opts(One, pool_size: 1)}, id: :one)
 
     busy = Task.async(fn -> Bridge.call({:bbt_handlers, :sleep}, [0.3, :first], pool: One) end)
     eventually(fn -> Enum.any?(Bridge.workers(One), &(&1.phase == :busy)) end)
@@ -99,7 +98,7 @@ defmodule Bridge.PoolTest do
   end
 
   test "a timeout kills and replaces the worker; the late answer reaches nobody" do
-    start_supervised!({Bridge, bridge_opts(Solo, @prefix, pool_size: 1)}, id: :solo)
+    start_supervised!({Bridge, bridge_opts(Solo, pool_size: 1)}, id: :solo)
     [before] = worker_os_pids(Solo)
 
     log =
@@ -126,7 +125,7 @@ defmodule Bridge.PoolTest do
   end
 
   test "a call waiting in the queue past its timeout gets :timeout" do
-    start_supervised!({Bridge, bridge_opts(Q1, @prefix, pool_size: 1)}, id: :q1)
+    start_supervised!({Bridge, bridge_opts(Q1, pool_size: 1)}, id: :q1)
     busy = Task.async(fn -> Bridge.call({:bbt_handlers, :sleep}, [0.5, :a], pool: Q1) end)
     eventually(fn -> Enum.any?(Bridge.workers(Q1), &(&1.phase == :busy)) end)
 
@@ -137,7 +136,7 @@ defmodule Bridge.PoolTest do
   end
 
   test "kill -9 of a worker mid-call: :worker_died, regions reclaimed, the pool recovers" do
-    # a large result first, so the worker owns a result region
+    # a large result first, so the worker has an arena
     {:ok, big} = call(:make_bytes, [1_000_000, 3])
     assert byte_size(big) == 1_000_000
     pids = worker_os_pids(Pool2)
@@ -149,13 +148,10 @@ defmodule Bridge.PoolTest do
 
       assert {:error, %Bridge.Error{kind: :worker_died}} = Task.await(task)
       all_ready(Pool2)
-
-      # the dead worker's regions are gone from /dev/shm
-      refute Enum.any?(shm_names(@prefix), &String.contains?(&1, "-#{victim.os_pid}-"))
     end)
 
     assert Enum.sort(worker_os_pids(Pool2)) != Enum.sort(pids)
-    # binaries read from the dead worker's region stay valid
+    # binaries read from the dead worker's arena stay valid
     assert big == :binary.copy(<<3>>, 1_000_000)
     for i <- 1..20, do: assert({:ok, ^i} = call(:add, [i, 0]))
   end
@@ -207,7 +203,7 @@ defmodule Bridge.PoolTest do
 
   test "start_link fails with :start_failed for a missing interpreter or one without beambridge" do
     assert {:error, %Bridge.Error{kind: :start_failed} = e} =
-             Bridge.start_link(bridge_opts(Missing, @prefix, python: "/nonexistent/bin/python3"))
+             Bridge.start_link(bridge_opts(Missing, python: "/nonexistent/bin/python3"))
 
     assert e.message =~ "/nonexistent/bin/python3"
 
@@ -223,7 +219,7 @@ defmodule Bridge.PoolTest do
            )
          ) do
       {elapsed, {:error, %Bridge.Error{kind: :start_failed} = e}} =
-        :timer.tc(fn -> Bridge.start_link(bridge_opts(NoPkg, @prefix, python: system_python)) end)
+        :timer.tc(fn -> Bridge.start_link(bridge_opts(NoPkg, python: system_python)) end)
 
       assert e.message =~ system_python
       assert e.message =~ "No module named 'beambridge'"

@@ -7,12 +7,11 @@ defmodule Bridge.RoundtripTest do
   import Bridge.Test.BridgeCase
 
   @moduletag timeout: 300_000
-  @prefix "bbtrt"
   @threshold 65_536
   @mib 1024 * 1024
 
   setup_all do
-    start_supervised!({Bridge, bridge_opts(RT, @prefix, pool_size: 2, timeout: 60_000)})
+    start_supervised!({Bridge, bridge_opts(RT, pool_size: 2, timeout: 60_000)})
     :ok
   end
 
@@ -35,7 +34,7 @@ defmodule Bridge.RoundtripTest do
         assert {:ok, result} = call(:identity, [data])
         assert byte_size(result) == size
         assert result == data
-        assert_region_binary(result, @prefix)
+        assert_shared_binary(result)
         assert {:ok, {"bytes", ^size}} = call(:describe, [data])
       end
     end
@@ -43,7 +42,7 @@ defmodule Bridge.RoundtripTest do
 
   test "with threshold 1 every payload travels through a region, in both directions" do
     start_supervised!(
-      {Bridge, bridge_opts(RT1, "bbtrt1", pool_size: 1, threshold: 1)},
+      {Bridge, bridge_opts(RT1, pool_size: 1, threshold: 1)},
       id: :threshold_one
     )
 
@@ -52,7 +51,7 @@ defmodule Bridge.RoundtripTest do
     assert {:ok, {"bytes", 2}} = Bridge.call({:bbt_handlers, :describe}, [data], pool: RT1)
     assert {:ok, result} = Bridge.call({:bbt_handlers, :make_bytes}, [2, 7], pool: RT1)
     assert result == <<7, 7>>
-    assert_region_binary(result, "bbtrt1")
+    assert_shared_binary(result)
 
     t = Bridge.Tensor.new!(<<1, 2, 3>>, {:u, 8}, {3})
 
@@ -60,15 +59,16 @@ defmodule Bridge.RoundtripTest do
              Bridge.call({:bbt_handlers, :identity}, [t], pool: RT1)
   end
 
-  test "results at or above the threshold are zero-copy binaries over a worker region" do
+  test "results at or above the threshold are zero-copy binaries over a worker slice" do
     {:ok, small} = call(:make_bytes, [@threshold - 1, 1])
     {:ok, big} = call(:make_bytes, [@threshold, 2])
     assert byte_size(small) == @threshold - 1
     assert big == :binary.copy(<<2>>, @threshold)
-    refute mapping_of(elem(Bridge.NIF.binary_address(small), 1)) =~ "/dev/shm/"
-    mapping = assert_region_binary(big, @prefix)
-    # The region belongs to a worker (its OS pid is in the name), not to the BEAM.
-    assert Enum.any?(worker_os_pids(RT), &(mapping =~ "#{@prefix}-#{&1}-"))
+    refute mapping_of(elem(Bridge.NIF.binary_address(small), 1)) =~ "memfd:"
+    assert_shared_binary(big)
+    # The mapping is read-only here: the arena belongs to a worker, not to the BEAM.
+    {:ok, address} = Bridge.NIF.binary_address(big)
+    assert mapping_flags(address) =~ ~r/^r--s/
   end
 
   describe "tensors" do
@@ -103,7 +103,7 @@ defmodule Bridge.RoundtripTest do
 
         if byte_size(data) >= @threshold do
           {:ok, back} = call(:identity, [tensor])
-          assert_region_binary(back.data, @prefix)
+          assert_shared_binary(back.data)
         end
       end
     end
@@ -120,7 +120,7 @@ defmodule Bridge.RoundtripTest do
 
       {:ok, big} = call(:make_tensor, ["<f8", [100, 100]])
       assert big.shape == {100, 100} and big.dtype == {:f, 64}
-      assert_region_binary(big.data, @prefix)
+      assert_shared_binary(big.data)
     end
 
     test "an invalid tensor is refused before it is sent" do
@@ -216,7 +216,7 @@ defmodule Bridge.RoundtripTest do
             fn -> 1 end,
             <<1::3>>,
             [1 | 2],
-            :"$bb_region",
+            :"$bb_slice",
             {:"$bb_x", 1}
           ] do
         assert {:error, %Bridge.Error{kind: :bad_call, reason: :bad_term}} =

@@ -11,20 +11,18 @@ defmodule Bridge.TableBridgeTest do
 
   @moduletag timeout: 300_000
 
-  @prefix "bbttab"
-
   setup_all do
     # REG: every table through a region; INL: every table inline; DEF: 64 KiB
-    start_supervised!({Bridge, bridge_opts(BTabReg, "bbttar", pool_size: 1, threshold: 1)},
+    start_supervised!({Bridge, bridge_opts(BTabReg, pool_size: 1, threshold: 1)},
       id: :reg
     )
 
     start_supervised!(
-      {Bridge, bridge_opts(BTabInl, "bbttai", pool_size: 1, threshold: 1_099_511_627_776)},
+      {Bridge, bridge_opts(BTabInl, pool_size: 1, threshold: 1_099_511_627_776)},
       id: :inl
     )
 
-    start_supervised!({Bridge, bridge_opts(BTabDef, @prefix, pool_size: 1)}, id: :def)
+    start_supervised!({Bridge, bridge_opts(BTabDef, pool_size: 1)}, id: :def)
     :ok
   end
 
@@ -90,14 +88,14 @@ defmodule Bridge.TableBridgeTest do
     end
 
     test "tables below and above the threshold arrive as the same type" do
-      start_supervised!({Bridge, bridge_opts(BTabThr, "bbttth", pool_size: 1)}, id: :thr)
+      start_supervised!({Bridge, bridge_opts(BTabThr, pool_size: 1)}, id: :thr)
       small = Table.from_columns!(v: [1, 2, 3])
       assert byte_size(Bridge.Arrow.encode(small)) < 65_536
 
       assert {:ok, {"Table", 3, [{"v", "int64", true}], %{"v" => [1, 2, 3]}}} =
                call(BTabThr, :summary, [small])
 
-      assert [%{argument_regions: []}] = Bridge.workers(BTabThr)
+      assert arena_allocs(BTabThr) == 0
 
       n = 200_000
       large = large_table(n)
@@ -112,8 +110,8 @@ defmodule Bridge.TableBridgeTest do
       assert sums["s"] ==
                Enum.sum(for i <- 0..(n - 1), rem(i, 7) != 0, do: byte_size("row#{i}"))
 
-      # it went through a region of this bridge
-      assert [%{argument_regions: [_ | _]}] = Bridge.workers(BTabThr)
+      # it went through a slice of this bridge's arenas
+      assert arena_allocs(BTabThr) > 0
     end
 
     test "tables nested in other arguments, and empty tables" do
@@ -175,7 +173,7 @@ defmodule Bridge.TableBridgeTest do
         for name <- ["i", "f"] do
           [chunk | _] = Table.chunks(t, name)
           assert byte_size(chunk.data) == 8 * chunk.length
-          assert_region_binary(chunk.data, @prefix)
+          assert_shared_binary(chunk.data)
         end
       end
     end

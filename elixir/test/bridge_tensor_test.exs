@@ -14,16 +14,16 @@ defmodule Bridge.TensorBridgeTest do
 
   setup_all do
     # REG: every non-empty payload through a region; INL: everything inline
-    start_supervised!({Bridge, bridge_opts(BTReg, "bbtten", pool_size: 1, threshold: 1)},
+    start_supervised!({Bridge, bridge_opts(BTReg, pool_size: 1, threshold: 1)},
       id: :reg
     )
 
     start_supervised!(
-      {Bridge, bridge_opts(BTInl, "bbttin", pool_size: 1, threshold: 1_099_511_627_776)},
+      {Bridge, bridge_opts(BTInl, pool_size: 1, threshold: 1_099_511_627_776)},
       id: :inl
     )
 
-    start_supervised!({Bridge, bridge_opts(BTDef, "bbttdf", pool_size: 1)}, id: :def)
+    start_supervised!({Bridge, bridge_opts(BTDef, pool_size: 1)}, id: :def)
     :ok
   end
 
@@ -147,7 +147,7 @@ defmodule Bridge.TensorBridgeTest do
           assert info == info(t)
 
           if pool == BTReg and byte_size(t.data) > 0,
-            do: assert_region_binary(t.data, "bbtten")
+            do: assert_shared_binary(t.data)
         end
       end
     end
@@ -166,7 +166,7 @@ defmodule Bridge.TensorBridgeTest do
     test "a big Fortran-ordered big-endian array crosses the default threshold zero-copy" do
       assert {:ok, t} = call(BTDef, :make_big_fortran, [300, 200])
       assert {t.dtype, t.shape, t.order} == {{:numpy, ">f8"}, {300, 200}, :f}
-      assert_region_binary(t.data, "bbttdf")
+      assert_shared_binary(t.data)
       assert Enum.take(Tensor.to_list(t), 3) == [0.0, 1.0, 2.0]
       assert {:ok, info} = call(BTDef, :tensor_info, [t])
       assert info == info(t)
@@ -212,7 +212,7 @@ defmodule Bridge.TensorBridgeTest do
           mappings =
             for {_, t} <- tensors,
                 byte_size(t.data) > 64,
-                do: assert_region_binary(t.data, if(pool == BTReg, do: "bbtten", else: "bbttdf"))
+                do: assert_shared_binary(t.data)
 
           assert length(Enum.uniq(mappings)) <= 1 and (n == 2 or mappings != [])
         end

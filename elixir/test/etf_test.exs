@@ -61,7 +61,7 @@ defmodule Bridge.ETFTest do
 
   describe "through a real worker" do
     setup do
-      start_supervised!({Bridge, bridge_opts(ETFBridge, "bbtetf", pool_size: 1)})
+      start_supervised!({Bridge, bridge_opts(ETFBridge, pool_size: 1)})
       :ok
     end
 

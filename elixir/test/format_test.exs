@@ -11,14 +11,14 @@ defmodule Bridge.FormatTest do
 
   require Logger
 
-  alias Bridge.{ArgRegions, Arrow, Codec, Error, Format, Region, ResultRegions, Table}
+  alias Bridge.{Arrow, Error, Format, Table}
+  alias Bridge.Test.Wire
   alias Bridge.Arrow.{Array, Field, Schema}
 
   doctest Bridge.Format
 
   @moduletag :capture_log
 
-  @prefix "bbtfmt"
   @i64_min Bitwise.bsl(-1, 63)
   @i64_max (1 <<< 63) - 1
   @u64_max (1 <<< 64) - 1
@@ -35,38 +35,11 @@ defmodule Bridge.FormatTest do
 
   ## Helpers
 
-  # Encodes `args` with a fresh set of argument regions; returns the terms and
-  # what each region holds ({kind, header, metadata term, payload copy}), then
-  # closes the regions.
-  defp encode(args, opts \\ [], threshold \\ @big) do
-    regions = ArgRegions.new(@prefix, 1 <<< 30, false)
+  # Encodes `args` as a caller would; returns the terms and what each slice
+  # holds ({header, metadata, payload copy}), by handle index.
+  defp encode(args, opts \\ [], threshold \\ @big), do: Wire.encode(args, opts, threshold)
 
-    case Codec.encode_args(args, regions, threshold, opts) do
-      {:ok, terms, regions, []} ->
-        frames =
-          for name <- ArgRegions.names(regions), into: %{} do
-            {:ok, r} = Region.attach(name)
-            {:ok, f} = Region.read_frame(r)
-            frame = {f.header, f.metadata, :binary.copy(f.payload)}
-            Region.close(r)
-            {name, frame}
-          end
-
-        ArgRegions.close_all(regions)
-        {:ok, terms, frames}
-
-      {:error, error, regions, _} ->
-        ArgRegions.close_all(regions)
-        {:error, error}
-    end
-  end
-
-  defp decode(term) do
-    case Codec.decode_result(term, ResultRegions.new(), "/#{@prefix}-0-", false) do
-      {:ok, value, _cache, _leased?} -> {:ok, value}
-      {:error, error, _cache} -> {:error, error}
-    end
-  end
+  defp decode(term), do: Wire.decode(term)
 
   defp stat(direction, form, reason) do
     Enum.find_value(Bridge.format_stats(), {0, 0}, fn
@@ -478,15 +451,15 @@ defmodule Bridge.FormatTest do
     assert {:"$bb_records", :columns, cstream} = c
     assert {:ok, ^columns, _} = Format.decode_records(:columns, cstream)
 
-    # the same values through regions (threshold 1 byte)
+    # the same values through slices (threshold 1 byte)
     assert {:ok, [p, r, c, _], frames} = encode(args, [], 1)
-    assert {:"$bb_region", :packed, pname, _} = p
+    assert {:"$bb_slice", :packed, pname} = p
     {h, meta, payload} = frames[pname]
     assert {h.format, h.schema_id, h.schema_version} == {1, 0, 0}
     assert :erlang.binary_to_term(meta) == {"<i2", [1000]}
     assert payload == data
 
-    assert {:"$bb_region", :records, rname, _} = r
+    assert {:"$bb_slice", :records, rname} = r
     {h, meta, payload} = frames[rname]
     assert h.format == 2
 
@@ -498,7 +471,7 @@ defmodule Bridge.FormatTest do
 
     assert {:ok, ^rows, _} = Format.decode_records(:rows, payload)
 
-    assert {:"$bb_region", :records, cname, _} = c
+    assert {:"$bb_slice", :records, cname} = c
     {_h, meta, _payload} = frames[cname]
 
     assert :erlang.binary_to_term(meta) == %{
@@ -565,32 +538,13 @@ defmodule Bridge.FormatTest do
              decode({:"$bb_custom", "bbt.NoSuchType", 1, "x"})
   end
 
-  # A result handle to a region this test writes (as the worker would).
-  defp decode_region(kind, payload, frame_opts) do
-    region = Region.create_for_frame!(byte_size(payload), prefix: @prefix, metadata_length: 4096)
-    {:ok, h} = Region.write_frame(region, payload, frame_opts)
-    handle = {:"$bb_region", kind, region.name, h.generation}
-    owner = "/#{@prefix}-#{System.pid()}-"
+  # A result handle to a slice this test writes (as the worker would).
+  defp decode_slice(kind, payload, frame_opts), do: Wire.decode_slice(kind, payload, frame_opts)
 
-    try do
-      case Codec.decode_result(handle, ResultRegions.new(), owner, false) do
-        {:ok, value, cache, _} ->
-          ResultRegions.close_all(cache)
-          {:ok, value}
-
-        {:error, error, cache} ->
-          ResultRegions.close_all(cache)
-          {:error, error}
-      end
-    after
-      Region.close(region)
-    end
-  end
-
-  test "results from regions: packed, records and custom frames, and malformed ones" do
+  test "results from slices: packed, records and custom frames, and malformed ones" do
     data = for x <- [1, -2, 300], into: <<>>, do: <<x::little-16>>
     packed = [format: :tensor, metadata: :erlang.term_to_binary({"<i2", [3]})]
-    assert {:ok, [1, -2, 300]} = decode_region(:packed, data, packed)
+    assert {:ok, [1, -2, 300]} = decode_slice(:packed, data, packed)
 
     for {opts, why} <- [
           {[format: :tensor, metadata: :erlang.term_to_binary({"<i2", [4]})], "3 elements"},
@@ -599,7 +553,7 @@ defmodule Bridge.FormatTest do
           {[format: :raw, metadata: :erlang.term_to_binary({"<i2", [3]})], "tensor"}
         ] do
       assert {:error, %Error{kind: :bad_frame, reason: :bad_term} = e} =
-               decode_region(:packed, data, opts),
+               decode_slice(:packed, data, opts),
              why
 
       assert e.message =~ "packed"
@@ -613,29 +567,29 @@ defmodule Bridge.FormatTest do
     end
 
     assert {:ok, ^rows} =
-             decode_region(:records, stream, format: :arrow_stream, metadata: meta.("rows", 10, 6))
+             decode_slice(:records, stream, format: :arrow_stream, metadata: meta.("rows", 10, 6))
 
     columns = Map.new([:id, :x], fn k -> {k, Enum.map(rows, & &1[k])} end)
     {:records, _, :columns, cstream, 10, 2} = Format.select_map(columns, :arrow)
 
     assert {:ok, ^columns} =
-             decode_region(:records, cstream,
+             decode_slice(:records, cstream,
                format: :arrow_stream,
                metadata: meta.("columns", 10, 2)
              )
 
     assert {:error, %Error{kind: :bad_frame, reason: :bad_metadata}} =
-             decode_region(:records, stream, format: :arrow_stream, metadata: meta.("rows", 11, 6))
+             decode_slice(:records, stream, format: :arrow_stream, metadata: meta.("rows", 11, 6))
 
     assert {:error, %Error{kind: :bad_frame, reason: :bad_metadata}} =
-             decode_region(:records, stream, format: :arrow_stream, metadata: "")
+             decode_slice(:records, stream, format: :arrow_stream, metadata: "")
 
     assert {:error, %Error{kind: :bad_frame, reason: :unknown_format}} =
-             decode_region(:records, stream, format: :raw, metadata: meta.("rows", 10, 6))
+             decode_slice(:records, stream, format: :raw, metadata: meta.("rows", 10, 6))
 
     # a well-formed frame whose stream does not rebuild: the caller's error
     assert {:error, %Error{kind: :bad_call, reason: :truncated}} =
-             decode_region(:records, "nonsense",
+             decode_slice(:records, "nonsense",
                format: :arrow_stream,
                metadata: meta.("rows", 1, 1)
              )
@@ -663,7 +617,7 @@ defmodule Bridge.FormatTest do
       uri = URI.parse("http://example.org/x")
 
       assert {:ok, ^uri} =
-               decode_region(:custom, "http://example.org/x", custom.(id, 3, {"bbt.URI", 3}))
+               decode_slice(:custom, "http://example.org/x", custom.(id, 3, {"bbt.URI", 3}))
 
       for opts <- [
             custom.(id + 1, 3, {"bbt.URI", 3}),
@@ -673,11 +627,11 @@ defmodule Bridge.FormatTest do
             custom.(id, 3, "bbt.URI")
           ] do
         assert {:error, %Error{kind: :bad_frame, reason: :bad_metadata}} =
-                 decode_region(:custom, "x", opts)
+                 decode_slice(:custom, "x", opts)
       end
 
       assert {:error, %Error{kind: :bad_frame, reason: :unknown_format}} =
-               decode_region(
+               decode_slice(
                  :custom,
                  "x",
                  Keyword.put(custom.(id, 3, {"bbt.URI", 3}), :format, :raw)
@@ -686,7 +640,7 @@ defmodule Bridge.FormatTest do
       {:ok, other} = Bridge.NIF.xxh3_64("bbt.Other")
 
       assert {:error, %Error{kind: :bad_call, reason: :unknown_type}} =
-               decode_region(:custom, "x", custom.(other, 1, {"bbt.Other", 1}))
+               decode_slice(:custom, "x", custom.(other, 1, {"bbt.Other", 1}))
     after
       Bridge.Serializer.unregister(URI)
     end
@@ -713,7 +667,7 @@ defmodule Bridge.FormatTest do
     assert {:ok, _, _} = encode([Enum.to_list(1..1000)], [], 1)
 
     assert {2, 2256} = stat(:to_python, :packed, :auto)
-    assert {1, 2000} = stat(:to_python, :packed_region, :auto)
+    assert {1, 2000} = stat(:to_python, :packed_slice, :auto)
     assert {1, _} = stat(:to_python, :etf, :below_min)
     assert {2, records_bytes} = stat(:to_python, :records, :auto)
     assert records_bytes > 1000
@@ -756,8 +710,8 @@ defmodule Bridge.FormatTest do
         Logger.configure(level: level)
       end
 
-    assert log =~ "number list of 1000 elements -> packed_region (auto)"
-    assert log =~ "rows records (1000 x 6) -> records_region (auto)"
+    assert log =~ "number list of 1000 elements -> packed_slice (auto)"
+    assert log =~ "rows records (1000 x 6) -> records_slice (auto)"
     assert log =~ "small value(s) -> raw (below_threshold)"
   end
 end

@@ -31,7 +31,7 @@ defmodule Bridge.SerializerTest do
   import Bridge.Test.BridgeCase
   import ExUnit.CaptureLog
 
-  alias Bridge.{ArgRegions, Codec, Error, Region, ResultRegions, Serializer}
+  alias Bridge.{Error, Serializer}
   alias Bridge.SerializerTest.{Blob, Fragile, Point, Unknown}
 
   doctest Bridge.Serializer
@@ -44,11 +44,11 @@ defmodule Bridge.SerializerTest do
 
   setup_all do
     start_supervised!(
-      {Bridge, bridge_opts(@inl, "bbtsi", pool_size: 1, threshold: 1_099_511_627_776)},
+      {Bridge, bridge_opts(@inl, pool_size: 1, threshold: 1_099_511_627_776)},
       id: :inl
     )
 
-    start_supervised!({Bridge, bridge_opts(@reg, "bbtsr", pool_size: 1, threshold: 1)}, id: :reg)
+    start_supervised!({Bridge, bridge_opts(@reg, pool_size: 1, threshold: 1)}, id: :reg)
     :ok
   end
 
@@ -128,7 +128,7 @@ defmodule Bridge.SerializerTest do
     end)
   end
 
-  defp region(@reg, form), do: :"#{form}_region"
+  defp region(@reg, form), do: :"#{form}_slice"
   defp region(@inl, form), do: form
 
   ## The registry
@@ -194,37 +194,20 @@ defmodule Bridge.SerializerTest do
   ## The wire forms (no Python)
 
   defp encode(args, threshold) do
-    regions = ArgRegions.new("bbtsu", 1 <<< 30, false)
-    {:ok, terms, regions, []} = Codec.encode_args(args, regions, threshold)
-
-    frames =
-      for name <- ArgRegions.names(regions), into: %{} do
-        {:ok, r} = Region.attach(name)
-        {:ok, f} = Region.read_frame(r)
-        frame = {f.header, f.metadata, :binary.copy(f.payload)}
-        Region.close(r)
-        {name, frame}
-      end
-
-    ArgRegions.close_all(regions)
+    {:ok, terms, frames} = Bridge.Test.Wire.encode(args, [], threshold)
     {terms, frames}
   end
 
-  defp decode(term) do
-    case Codec.decode_result(term, ResultRegions.new(), "/bbtsu-0-", false) do
-      {:ok, value, _, _} -> {:ok, value}
-      {:error, error, _} -> {:error, error}
-    end
-  end
+  defp decode(term), do: Bridge.Test.Wire.decode(term)
 
-  test "a registered struct goes as $bb_custom inline, a custom frame in a region" do
+  test "a registered struct goes as $bb_custom inline, a custom frame in a slice" do
     p = %Point{x: 1.5, y: -2.0}
     data = <<1.5::float-little-64, -2.0::float-little-64>>
 
     assert {[{:"$bb_custom", "bbt.Point", 2, ^data}, [%{p: {:"$bb_custom", _, _, _}}]], %{}} =
              encode([p, [%{p: p}]], 1 <<< 40)
 
-    assert {[{:"$bb_region", :custom, name, _}], frames} = encode([p], 1)
+    assert {[{:"$bb_slice", :custom, name}], frames} = encode([p], 1)
     {h, meta, payload} = frames[name]
     {:ok, id} = Bridge.NIF.xxh3_64("bbt.Point")
     assert {h.format, h.codec, h.schema_id, h.schema_version} == {4, 0, id, 2}

@@ -182,12 +182,24 @@ defmodule Bridge.TensorTest do
   end
 
   describe "wire forms (protocol/formats/tensor.md)" do
-    test "Nx types in C order keep SPEC §7.4's original forms" do
+    test "every tensor uses the descriptor forms; schema 0 is not a tensor schema" do
       t = Tensor.from_list!([1, 2], {:s, 32}, {2})
-      assert Wire.inline(t) == {:"$bb_tensor", "<i4", [2], t.data}
+      desc = %{"dtype" => "<i4", "shape" => [2], "order" => "C"}
+      assert Wire.inline(t) == {:"$bb_tensor", desc, t.data}
       {payload, opts} = Wire.frame(t)
       assert payload == t.data
-      assert opts[:schema_id] == 0 and :erlang.binary_to_term(opts[:metadata]) == {"<i4", [2]}
+      assert {opts[:schema_id], opts[:schema_version]} == {1, 1}
+      assert :erlang.binary_to_term(opts[:metadata]) == desc
+
+      # a schema-0 frame (the removed v1 form) is refused for a tensor handle
+      frame = %Bridge.Frame{
+        header: %Bridge.Header{format: 1, schema_id: 0, schema_version: 0},
+        metadata: :erlang.term_to_binary({"<i4", [2]}),
+        payload: t.data
+      }
+
+      assert {:error, %Bridge.Error{kind: :bad_frame, field: :schema_id}} =
+               Wire.from_frame(:tensor, frame)
     end
 
     test "other dtypes and Fortran order use the version-1 descriptor" do

@@ -1,65 +1,86 @@
-"""beambridge: call Python from Elixir and move data between them through POSIX shared
-memory, zero-copy. This package is the Python side; ``protocol/SPEC.md`` is the contract.
+"""beambridge: call Python from Elixir and move data between them through shared memory,
+zero-copy. This package is the Python side; ``protocol/SPEC.md`` and
+``protocol/transport-v2.md`` are the contract.
+
+What a handler author uses is here: `Atom` (an Erlang atom), `Bundle` and `COO` (named
+tensors and sparse arrays), `register` / `unregister` (custom types, see
+`beambridge.codecs`), `format_stats`, and the error classes. The protocol's machinery
+(frames, shared objects, the control channel) stays in its own modules.
 
 >>> import beambridge
->>> with beambridge.Region.create_for_frame(3, prefix="bbdoc") as region:
-...     _ = region.write_frame(b"abc", format=beambridge.Format.RAW)
-...     with region.read_frame() as frame:
-...         bytes(frame.payload)
-b'abc'
+>>> beambridge.Atom("ok") == "ok", isinstance(beambridge.Atom("ok"), str)
+(True, True)
+>>> import numpy as np
+>>> sorted(beambridge.Bundle({"w": np.ones(2), "b": np.zeros(2)}))
+['b', 'w']
+>>> issubclass(beambridge.TensorError, beambridge.EtfError)
+True
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+# Nothing here imports NumPy: ``python -m beambridge.worker`` imports this package before
+# it takes fds 1 and 2, and NumPy's import-time warnings must reach the BEAM's Logger.
 from . import codecs as codecs
-from .control import ControlBlock, WriterState
-from .errors import BridgeError, ChecksumError, EtfError, HeaderError, LeaseError, RegionError
-from .errors import FormatError as FormatError
-from .etf import Atom
-from .frame import Frame
-from .header import (
-    DEFAULT_MAX_DECODED_LENGTH,
-    FLAG_PAYLOAD_CHECKSUM,
-    HEADER_SIZE,
-    MAGIC,
-    MAX_METADATA,
-    Codec,
-    Format,
-    Header,
-    decode_frame,
-    encode_frame,
-    pack_header,
-    payload_offset_for,
-    validate_header,
+from .codecs import (
+    CodecError,
+    CodecFailedError,
+    UnknownTypeError,
+    UnsupportedVersionError,
+    register,
+    unregister,
 )
-from .reaper import reap_stale
-from .region import Region
+from .errors import (
+    ArenaError,
+    BridgeError,
+    ChecksumError,
+    EtfError,
+    FormatError,
+    FormatUnsuitableError,
+    HeaderError,
+)
+from .etf import Atom
+from .stats import format_stats, reset_format_stats
+
+if TYPE_CHECKING:
+    from .formats.tensor import COO, Bundle, TensorError, UnsupportedDtypeError
 
 __all__ = [
-    "DEFAULT_MAX_DECODED_LENGTH",
-    "FLAG_PAYLOAD_CHECKSUM",
-    "HEADER_SIZE",
-    "MAGIC",
-    "MAX_METADATA",
+    "COO",
+    "ArenaError",
     "Atom",
     "BridgeError",
+    "Bundle",
     "ChecksumError",
-    "Codec",
-    "ControlBlock",
+    "CodecError",
+    "CodecFailedError",
     "EtfError",
-    "Format",
-    "Frame",
-    "Header",
+    "FormatError",
+    "FormatUnsuitableError",
     "HeaderError",
-    "LeaseError",
-    "Region",
-    "RegionError",
-    "WriterState",
+    "TensorError",
+    "UnknownTypeError",
+    "UnsupportedDtypeError",
+    "UnsupportedVersionError",
+    "__version__",
     "codecs",
-    "decode_frame",
-    "encode_frame",
-    "pack_header",
-    "payload_offset_for",
-    "reap_stale",
-    "validate_header",
+    "format_stats",
+    "register",
+    "reset_format_stats",
+    "unregister",
 ]
 
 __version__ = "0.1.0"
+
+#: Names that need NumPy, imported on first use.
+_TENSOR_NAMES = frozenset({"COO", "Bundle", "TensorError", "UnsupportedDtypeError"})
+
+
+def __getattr__(name: str) -> Any:
+    if name in _TENSOR_NAMES:
+        from .formats import tensor
+
+        return getattr(tensor, name)
+    raise AttributeError(f"module 'beambridge' has no attribute {name!r}")

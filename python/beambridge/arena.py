@@ -1,11 +1,10 @@
-"""Transport v2 shared objects on the Python side (protocol/transport-v2.md).
+"""Arenas, slices and leases of transport v2 (protocol/transport-v2.md §3-§4).
 
-`SharedObject` is an object this process owns: a sealed ``memfd`` with its 64-byte
-header, mapped read-write. `PeerObject` is a peer's object mapped read-only from a
-read-only descriptor (``/proc/<pid>/fd/<n>``), after its seals and header are checked.
-`ArenaSet` sub-allocates owned arenas into slices, each holding one frame, and gives
-every slice it lends a ticket whose word in the peer's lease table says when the
-lease has ended.
+`ArenaSet` sub-allocates owned arenas (`beambridge.objects.SharedObject` of kind
+``arena``) into slices, each holding one frame, and gives every slice it lends a
+ticket whose word in the peer's lease table says when the lease has ended. The shared
+objects themselves, owned and peer, are `beambridge.objects`; their names are
+re-exported here.
 
 >>> arenas = ArenaSet(limit=1 << 20, min_arena=1 << 16)
 >>> s = arenas.put(b"hello", metadata=b"m")
@@ -19,32 +18,27 @@ lease has ended.
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
-import itertools
-import mmap
-import os
-import struct
 import time
-import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import xxhash
-
-from .errors import ArenaError, HeaderError
-from .frame import Frame
-from .header import (
-    DEFAULT_MAX_DECODED_LENGTH,
-    HEADER_SIZE,
-    Codec,
-    Format,
-    build_header,
-    pack_header,
-    validate_header,
-    verify_payload,
-    with_fields,
+from .errors import ArenaError
+from .header import HEADER_SIZE, Codec, Format, payload_offset_for
+from .objects import (
+    ALIGN,
+    KIND_ARENA,
+    KIND_LEASE_TABLE,
+    KIND_SEALED,
+    KINDS,
+    OBJECT_HEADER,
+    PAGE,
+    PeerObject,
+    SharedObject,
+    fd_count,
+    next_generation,
+    round_up,
+    write_frame,
 )
 
 __all__ = [
@@ -52,6 +46,7 @@ __all__ = [
     "KIND_ARENA",
     "KIND_LEASE_TABLE",
     "KIND_SEALED",
+    "MAX_ARENAS",
     "OBJECT_HEADER",
     "ArenaSet",
     "PeerObject",
@@ -60,281 +55,8 @@ __all__ = [
     "fd_count",
 ]
 
-OBJECT_HEADER = 64
-MAGIC = b"BBAR"
-LAYOUT_VERSION = 1
-KIND_ARENA, KIND_SEALED, KIND_LEASE_TABLE = 0, 1, 2
-#: Kind codes by the names control messages use (§5).
-KINDS = {"arena": KIND_ARENA, "sealed": KIND_SEALED, "lease_table": KIND_LEASE_TABLE}
-PAGE = 4096
-ALIGN = 64
-MAX_OBJECT = 1 << 40
 MAX_ARENAS = 16
 _MIB = 1 << 20
-#: magic, layout_version, header_size, owner_pid, object_id, object_size, nonce, kind,
-#: entries, 24 reserved bytes (§1.1)
-_OBJECT = struct.Struct("<4sHHIIQQII24x")
-_SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
-#: One counter per OS process for object ids and one for slice generations (§1.1, §3).
-_object_ids = itertools.count(1)
-_generations = itertools.count(1)
-
-
-def _round_up(n: int, to: int) -> int:
-    return (n + to - 1) // to * to
-
-
-def fd_count() -> int:
-    """Open descriptors of this process."""
-    return len(os.listdir("/proc/self/fd")) - 1
-
-
-class SharedObject:
-    """An object this process owns (§1): created, page-reserved, sealed against
-    resizing, mapped read-write, its header written. ``fd`` stays open while it lives,
-    since the peer opens the object through it."""
-
-    def __init__(self, size: int, kind: int, entries: int = 0) -> None:
-        if size % PAGE or not PAGE <= size <= MAX_OBJECT:
-            raise ValueError(f"an object size is a multiple of {PAGE} in {PAGE}..2**40")
-        fd = os.memfd_create("beambridge", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
-        try:
-            try:
-                os.posix_fallocate(fd, 0, size)
-            except OSError as exc:
-                no_space = exc.errno in (errno.ENOSPC, errno.ENOMEM)
-                raise ArenaError(
-                    "no_space" if no_space else errno.errorcode.get(exc.errno or 0, "eio").lower(),
-                    "object_size",
-                    size,
-                    None,
-                    f"cannot reserve {size} bytes of shared memory: {exc.strerror}; "
-                    "lower the arena limit or give the process more memory",
-                    exc.errno,
-                ) from None
-            seals = _SEALS | (0 if kind == KIND_SEALED else fcntl.F_SEAL_SEAL)
-            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals)
-            self.mm = mmap.mmap(fd, size, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0))
-        except BaseException:
-            os.close(fd)
-            raise
-        self.fd = fd
-        self.size = size
-        self.kind = kind
-        self.object_id = next(_object_ids)
-        self.nonce = int.from_bytes(os.urandom(8), "little")
-        self.mm[:OBJECT_HEADER] = _OBJECT.pack(
-            MAGIC,
-            LAYOUT_VERSION,
-            OBJECT_HEADER,
-            os.getpid(),
-            self.object_id,
-            size,
-            self.nonce,
-            kind,
-            entries,
-        )
-        self._closer = weakref.finalize(self, _close_object, self.mm, fd)
-
-    def announcement(self) -> tuple[str, int, int, int, int, int]:
-        """``(kind name, owner_pid, fd, object_id, object_size, nonce)`` (§5)."""
-        name = next(k for k, v in KINDS.items() if v == self.kind)
-        return (name, os.getpid(), self.fd, self.object_id, self.size, self.nonce)
-
-    @property
-    def closed(self) -> bool:
-        return not self._closer.alive
-
-    def close(self) -> None:
-        """Unmap and close the descriptor (the memory goes when the peer lets go too)."""
-        self._closer()
-
-
-def _close_object(mm: mmap.mmap, fd: int) -> None:
-    with contextlib.suppress(BufferError, ValueError):
-        mm.close()
-    with contextlib.suppress(OSError):
-        os.close(fd)
-
-
-def _bad_object(field: str, value: Any, expected: Any) -> ArenaError:
-    return ArenaError(
-        "bad_object",
-        field,
-        value,
-        expected,
-        f"bad_object: the object's {field} is {value!r}, its announcement said {expected!r}",
-    )
-
-
-class PeerObject:
-    """A peer's object mapped read-only (§2): nothing in this process, ctypes and
-    ``memoryview.obj`` tricks included, can write through the mapping, and nothing the
-    owner does can make a read fault (the object is sealed against resizing)."""
-
-    def __init__(self, mm: mmap.mmap, size: int, object_id: int, kind: int) -> None:
-        self.mm = mm
-        self.size = size
-        self.object_id = object_id
-        self.kind = kind
-        self._view: memoryview | None = None
-
-    @classmethod
-    def open(
-        cls, kind: str, owner_pid: int, fd: int, object_id: int, size: int, nonce: int
-    ) -> PeerObject:
-        """Open ``/proc/<owner_pid>/fd/<fd>`` read-only and map it after the checks of
-        §2; `ArenaError` (``peer_open_failed``, ``size_mismatch``, ``not_sealed``,
-        ``bad_object`` naming the field) otherwise."""
-        code = KINDS.get(kind)
-        if code is None or size % PAGE or not PAGE <= size <= MAX_OBJECT:
-            raise ArenaError(
-                "bad_object",
-                "kind" if code is None else "object_size",
-                (kind, size),
-                None,
-                f"bad_object: cannot map a {kind!r} object of {size} bytes",
-            )
-        path = f"/proc/{owner_pid}/fd/{fd}"
-        try:
-            pfd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-        except OSError as exc:
-            raise ArenaError(
-                "peer_open_failed",
-                "fd",
-                exc.errno,
-                None,
-                f"peer_open_failed: cannot open {path}: {exc.strerror}; both "
-                "sides must run as one user that can read the other's /proc "
-                "entries",
-                exc.errno,
-            ) from None
-        try:
-            st = os.fstat(pfd)
-            if st.st_size != size or not (st.st_mode & 0o170000 == 0o100000):
-                raise ArenaError(
-                    "size_mismatch",
-                    "object_size",
-                    st.st_size,
-                    size,
-                    f"size_mismatch: {path} has {st.st_size} bytes, its announcement said {size}",
-                )
-            want = _SEALS | (fcntl.F_SEAL_WRITE if code == KIND_SEALED else 0)
-            try:
-                seals = fcntl.fcntl(pfd, fcntl.F_GET_SEALS)
-            except OSError:
-                seals = 0
-            if seals & want != want:
-                raise ArenaError(
-                    "not_sealed",
-                    "seals",
-                    seals,
-                    want,
-                    f"not_sealed: {path} is not sealed as a {kind} must be "
-                    f"(seals {seals:#x}, need {want:#x}); refused to map it",
-                )
-            raw = os.pread(pfd, OBJECT_HEADER, 0)
-            if len(raw) != OBJECT_HEADER:
-                raise _bad_object("header", len(raw), OBJECT_HEADER)
-            magic, layout, hsize, pid, oid, osize, ononce, okind, _ = _OBJECT.unpack(raw)
-            for field, value, expected in (
-                ("magic", magic, MAGIC),
-                ("layout_version", layout, LAYOUT_VERSION),
-                ("header_size", hsize, OBJECT_HEADER),
-                ("owner_pid", pid, owner_pid),
-                ("object_id", oid, object_id),
-                ("object_size", osize, size),
-                ("nonce", ononce, nonce),
-                ("kind", okind, code),
-            ):
-                if value != expected:
-                    raise _bad_object(field, value, expected)
-            mm = mmap.mmap(pfd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
-        finally:
-            os.close(pfd)
-        return cls(mm, size, object_id, code)
-
-    def view(self) -> memoryview:
-        """A read-only view of the whole mapping (made once)."""
-        if self._view is None:
-            self._view = memoryview(self.mm)
-        return self._view
-
-    def check_slice(self, offset: int, length: int) -> None:
-        """`ArenaError` ``slice_out_of_bounds`` unless the slice lies in the object (§3)."""
-        if (
-            type(offset) is not int
-            or type(length) is not int
-            or offset < OBJECT_HEADER
-            or offset % ALIGN
-            or length < HEADER_SIZE
-            or offset + length > self.size
-        ):
-            raise ArenaError(
-                "slice_out_of_bounds",
-                "slice",
-                (offset, length),
-                self.size,
-                f"slice_out_of_bounds: a slice at {offset!r} of {length!r} bytes "
-                f"is not a 64-aligned slice inside object {self.object_id} "
-                f"({self.size} bytes)",
-            )
-
-    def read_frame(
-        self,
-        offset: int,
-        length: int,
-        generation: int,
-        *,
-        verify: bool = False,
-        on_release: Callable[[], None] | None = None,
-        max_decoded_length: int = DEFAULT_MAX_DECODED_LENGTH,
-    ) -> Frame:
-        """The frame at the start of the slice ``[offset, offset + length)``: header and
-        metadata copied and validated (SPEC §4, the slice length as the frame size), the
-        payload a read-only view into the mapping. ``on_release`` runs once, when the
-        payload and every view made from it are gone (or at `Frame.release`)."""
-        self.check_slice(offset, length)
-        with self.view()[offset : offset + length] as area:
-            header, metadata = validate_header(area, length, max_decoded_length=max_decoded_length)
-        if header.generation != generation:
-            raise HeaderError(
-                "stale_generation",
-                "generation",
-                header.generation,
-                generation,
-                f"stale_generation: the handle names generation {generation}, "
-                f"the slice holds generation {header.generation}",
-            )
-        arr = None
-        if header.payload_length == 0:
-            payload = memoryview(b"")
-        else:
-            import numpy as np
-
-            arr = np.frombuffer(
-                self.mm,
-                dtype=np.uint8,
-                count=header.payload_length,
-                offset=offset + header.payload_offset,
-            )
-            payload = arr.data
-        if verify:
-            verify_payload(header, payload)
-        return Frame(on_release or _nothing, header, metadata, arr, payload)
-
-    def close(self) -> None:
-        """Unmap (once nothing made from the mapping is alive; else it stays mapped until
-        the last view goes)."""
-        if self._view is not None:
-            with contextlib.suppress(BufferError):
-                self._view.release()
-        with contextlib.suppress(BufferError):
-            self.mm.close()
-
-
-def _nothing() -> None:
-    return None
 
 
 @dataclass
@@ -410,7 +132,7 @@ class ArenaSet:
         self, limit: int = 1 << 30, min_arena: int = 8 * _MIB, *, checksum: bool = False
     ) -> None:
         self.limit = limit
-        self.min_arena = _round_up(max(min_arena, PAGE), PAGE)
+        self.min_arena = round_up(max(min_arena, PAGE), PAGE)
         self.checksum = checksum
         self._arenas: dict[int, _Arena] = {}
         self._table: Any = None  # the peer's lease table words (numpy view), once known
@@ -421,10 +143,12 @@ class ArenaSet:
 
     # ---- the lease table -------------------------------------------------------------
 
-    def set_lease_table(self, table: PeerObject, entries: int) -> None:
-        """Use the peer's lease table (§4) for the tickets of lent slices."""
+    def set_lease_table(self, table: PeerObject, entries: int | None = None) -> None:
+        """Use the peer's lease table (§4) for the tickets of lent slices; ``entries``
+        defaults to the table's own header."""
         import numpy as np
 
+        entries = table.entries if entries is None else entries
         if table.kind != KIND_LEASE_TABLE or OBJECT_HEADER + 8 * entries > table.size:
             raise ArenaError(
                 "bad_object",
@@ -450,13 +174,13 @@ class ArenaSet:
 
     @staticmethod
     def _arena_size_for(frame_len: int) -> int:
-        return _round_up(OBJECT_HEADER + _round_up(max(frame_len, HEADER_SIZE), ALIGN), PAGE)
+        return round_up(OBJECT_HEADER + round_up(max(frame_len, HEADER_SIZE), ALIGN), PAGE)
 
     def alloc(self, frame_len: int) -> Slice:
         """A slice for a frame of ``frame_len`` bytes: from the smallest arena with room,
         else after reclaiming returned slices, else in a new arena. `ArenaError`
         ``too_large`` (never fits ``limit``) or ``arena_full`` (not now)."""
-        length = _round_up(max(frame_len, HEADER_SIZE), ALIGN)
+        length = round_up(max(frame_len, HEADER_SIZE), ALIGN)
         if not self.fits(frame_len):
             raise ArenaError(
                 "too_large",
@@ -476,7 +200,7 @@ class ArenaSet:
             raise ArenaError("arena_full", "arena_limit", frame_len, self.limit)
         arena, offset = found
         self.stats["allocs"] += 1
-        return Slice(arena.obj.object_id, offset, length, next(_generations))
+        return Slice(arena.obj.object_id, offset, length, next_generation())
 
     def _take(self, length: int) -> tuple[_Arena, int] | None:
         for arena in sorted(self._arenas.values(), key=lambda a: a.obj.size):
@@ -487,11 +211,11 @@ class ArenaSet:
         return None
 
     def _grow(self, length: int) -> None:
-        need = _round_up(OBJECT_HEADER + length, PAGE)
+        need = round_up(OBJECT_HEADER + length, PAGE)
         largest = max((a.obj.size for a in self._arenas.values()), default=0)
         # a value as big as the arenas gets one of its own size; small ones grow the
         # set geometrically, so 16 arenas reach any limit
-        size = max(self.min_arena, _round_up(need, _MIB) if 2 * need > largest else 2 * largest)
+        size = max(self.min_arena, round_up(need, _MIB) if 2 * need > largest else 2 * largest)
         while True:
             room = (self.limit - self.total) // PAGE * PAGE
             size = max(min(size, room), need)
@@ -574,32 +298,23 @@ class ArenaSet:
         for a producer (NumPy, pyarrow) to fill; the header goes in when the block ends.
         On an exception the slice is freed."""
         checksum = self.checksum if checksum is None else checksum
-        metadata = bytes(metadata)
-        draft = build_header(
-            payload_length,
-            0,
-            metadata=metadata,
-            format=format,
-            codec=codec,
-            schema_id=schema_id,
-            schema_version=schema_version,
-            checksum=False,
-        )
-        s = self.alloc(draft.payload_offset + payload_length)
+        s = self.alloc(payload_offset_for(len(metadata)) + payload_length)
         try:
-            with self.area(s) as whole:
-                start = draft.payload_offset
-                end_of_metadata = HEADER_SIZE + len(metadata)
-                whole[HEADER_SIZE:end_of_metadata] = metadata
-                whole[end_of_metadata:start] = bytes(start - end_of_metadata)
-                with whole[start : start + payload_length] as area:
-                    yield s, area
-                    digest = xxhash.xxh3_64_intdigest(area) if checksum else 0
-                flags = draft.flags | (1 if checksum else 0)
-                header = with_fields(
-                    draft, generation=s.generation, flags=flags, payload_checksum=digest
-                )
-                whole[:HEADER_SIZE] = pack_header(header, metadata)
+            with (
+                self.area(s) as whole,
+                write_frame(
+                    whole,
+                    payload_length,
+                    generation=s.generation,
+                    metadata=metadata,
+                    format=format,
+                    codec=codec,
+                    schema_id=schema_id,
+                    schema_version=schema_version,
+                    checksum=checksum,
+                ) as area,
+            ):
+                yield s, area
         except BaseException:
             self.free(s)
             raise
@@ -633,6 +348,15 @@ class ArenaSet:
         self._lent[ticket] = s
         return ticket
 
+    def recall(self, s: Slice) -> None:
+        """Take back a lent slice whose handle never reached the peer (the answer that
+        named it failed): its ticket and its bytes are free again at once."""
+        if self._lent.get(s.ticket) is s:
+            del self._lent[s.ticket]
+            self._free_tickets.append(s.ticket)
+        s.ticket = -1
+        self.free(s)
+
     def reclaim(self) -> int:
         """Free every lent slice whose lease the peer has ended; returns how many."""
         table = self._table
@@ -654,20 +378,23 @@ class ArenaSet:
     # ---- shrinking -------------------------------------------------------------------
 
     def trim(self, idle_seconds: float, keep_bytes: int) -> list[int]:
-        """Drop arenas empty for at least ``idle_seconds``, largest first, until the empty
-        ones left hold at most ``keep_bytes``; returns the ids dropped."""
+        """Drop arenas empty for at least ``idle_seconds``, largest first, until those
+        left hold at most ``keep_bytes``; returns the ids dropped. (An arena empty for
+        less long counts for nothing, so a small warm arena is not dropped to make up
+        for a big one that is not idle yet.)"""
         self.reclaim()
         now = time.monotonic()
-        empty = [a for a in self._arenas.values() if a.live == 0]
-        left = sum(a.obj.size for a in empty)
+        idle = [
+            a for a in self._arenas.values() if a.live == 0 and now - a.idle_since >= idle_seconds
+        ]
+        left = sum(a.obj.size for a in idle)
         dropped = []
-        for arena in sorted(empty, key=lambda a: -a.obj.size):
+        for arena in sorted(idle, key=lambda a: -a.obj.size):
             if left <= keep_bytes:
                 break
-            if now - arena.idle_since >= idle_seconds:
-                left -= arena.obj.size
-                dropped.append(arena.obj.object_id)
-                self._drop(arena)
+            left -= arena.obj.size
+            dropped.append(arena.obj.object_id)
+            self._drop(arena)
         return dropped
 
     def _drop(self, arena: _Arena) -> None:

@@ -1,148 +1,449 @@
-"""The 64-byte control block at the start of every region (protocol/SPEC.md §2), region
-names (§1.1) and the owner's process start time.
+"""The control channel, version 2 (protocol/transport-v2.md §5): frames, message atoms,
+and a function that builds and one that checks each message.
 
->>> cb = pack_control_block(owner_pid=42, owner_start_time=7, region_size=256)
->>> parse_control_block(cb, 256).owner_pid
-42
+A frame (the bytes of one ``{packet, 4}`` packet) is ``envelope_size`` (u32
+big-endian), the *envelope* (an ETF term saying what the frame is) and, for the
+messages that carry data, the *body* (an ETF term: a call's argument list, a result).
+`join` makes the parts of a frame, `split` takes one apart. `from_beam` and
+`from_worker` check an envelope and return the message it is, as one of the
+dataclasses below; anything else is a `ProtocolError` (the BEAM kills a worker that
+sends one, ``:bad_frame``; a worker exits with status 3).
+
+>>> parts = join(ok(7, [worker_slice(3, 64, 128, 9, 0)], []), [b"\\x83a\\x01"])
+>>> envelope, body = split(b"".join(parts))
+>>> from_worker(envelope, body is not None)
+Answer(call_id=7, ok=True, slices=[(Atom('worker'), 3, 64, 128, 9, 0)], error=None, released=[])
+>>> bytes(body)
+b'\\x83a\\x01'
+>>> from_beam((Atom("object_dropped"), 4), False)
+ObjectDropped(object_id=4)
+>>> from_beam((Atom("object_dropped"), -4), False)
+Traceback (most recent call last):
+...
+beambridge.control.ProtocolError: bad_term: not a message of transport-v2 §5.2: ...
 """
 
 from __future__ import annotations
 
-import os
-import re
-import struct
 from dataclasses import dataclass
-from enum import IntEnum
+from typing import Any
 
-from .errors import RegionError
+from .errors import BridgeError, EtfError
+from .etf import Atom, decode, encode
 
 __all__ = [
-    "CB_MAGIC",
-    "CB_SIZE",
-    "LAYOUT_VERSION",
-    "MAX_REGION_SIZE",
-    "MIN_REGION_SIZE",
-    "NAME_PATTERN",
-    "OFF_READER_LEASES",
-    "OFF_WRITER_GENERATION",
-    "OFF_WRITER_STATE",
-    "ControlBlock",
-    "WriterState",
-    "make_name",
-    "pack_control_block",
-    "parse_control_block",
-    "parse_name",
-    "process_start_time",
+    "KNOWN_REASONS",
+    "MAX_CONTROL_FRAME",
+    "PROTOCOL_VERSION",
+    "SHUTDOWN",
+    "Answer",
+    "BeamMessage",
+    "Call",
+    "Log",
+    "ObjectAnnouncement",
+    "ObjectDropped",
+    "ProtocolError",
+    "Ready",
+    "Released",
+    "SealedMapped",
+    "Shutdown",
+    "WorkerMessage",
+    "bad_call",
+    "beam_slice",
+    "call",
+    "error",
+    "from_beam",
+    "from_worker",
+    "join",
+    "log",
+    "object_announcement",
+    "object_dropped",
+    "ok",
+    "python_exception",
+    "ready",
+    "released",
+    "released_entries",
+    "sealed_mapped",
+    "sealed_slice",
+    "slice_refs",
+    "split",
+    "worker_slice",
 ]
 
-CB_MAGIC = b"BBCB"
-LAYOUT_VERSION = 1
-CB_SIZE = 64
-MIN_REGION_SIZE = CB_SIZE + 128
-MAX_REGION_SIZE = 2**48
-OFF_WRITER_STATE = 32
-OFF_READER_LEASES = 36
-OFF_WRITER_GENERATION = 40
+#: Largest frame either side accepts (§5.1); a longer one ends the worker (status 3).
+MAX_CONTROL_FRAME = 64 * 1024 * 1024
+#: The version the worker announces in ``{:ready, os_pid, version}``.
+PROTOCOL_VERSION = (2, 0)
 
-PREFIX_PATTERN = re.compile(r"[a-z0-9]{1,16}")
-NAME_PATTERN = re.compile(r"/([a-z0-9]{1,16})-([0-9]{1,10})-([0-9a-f]{16})")
+A_OBJECT, A_OBJECT_DROPPED, A_CALL = Atom("object"), Atom("object_dropped"), Atom("call")
+A_SEALED_MAPPED, A_SHUTDOWN = Atom("sealed_mapped"), Atom("shutdown")
+A_READY, A_OK, A_ERROR, A_RELEASED = Atom("ready"), Atom("ok"), Atom("error"), Atom("released")
+A_LOG, A_STDOUT, A_STDERR = Atom("log"), Atom("stdout"), Atom("stderr")
+A_PYTHON_EXCEPTION, A_BAD_CALL = Atom("python_exception"), Atom("bad_call")
+#: Object kinds (§1.1) and the owners of answer slices (§5.2).
+A_ARENA, A_SEALED, A_LEASE_TABLE = Atom("arena"), Atom("sealed"), Atom("lease_table")
+A_WORKER, A_BEAM = Atom("worker"), Atom("beam")
+SHUTDOWN = A_SHUTDOWN
 
-# cb_magic, layout_version, cb_size, owner_pid, reserved, owner_start_time, region_size,
-# writer_state, reader_leases, writer_generation, reserved
-_LAYOUT = struct.Struct("<4sHHIIQQIIQ16s")
-assert _LAYOUT.size == CB_SIZE
+#: Reasons a ``bad_call`` may carry (SPEC §4, §5, §7.3, transport-v2 §3, §5.3): atoms the
+#: BEAM is sure to know. Anything else (an errno name) goes as ``badarg``, named in the
+#: message.
+KNOWN_REASONS = frozenset(
+    [
+        "truncated_header",
+        "bad_magic",
+        "unsupported_version",
+        "bad_header_size",
+        "unknown_format",
+        "unknown_codec",
+        "unknown_flags",
+        "metadata_too_large",
+        "metadata_out_of_bounds",
+        "misaligned_payload",
+        "payload_overlaps_metadata",
+        "length_overflow",
+        "payload_out_of_bounds",
+        "bad_decoded_length",
+        "decoded_too_large",
+        "header_checksum_mismatch",
+        "checksum_mismatch",
+        "stale_generation",
+        "no_space",
+        "badarg",
+        "no_module",
+        "no_function",
+        "bad_term",
+        "bad_metadata",
+        "unknown_type",
+        "codec_failed",
+        "format_unsuitable",
+        "unsupported_dtype",
+        "too_large",
+        "arena_full",
+        "no_tickets",
+        "slice_out_of_bounds",
+        "peer_open_failed",
+        "size_mismatch",
+        "not_sealed",
+        "bad_object",
+    ]
+)
+
+_U32 = 2**32
+_U64 = 2**64
 
 
-class WriterState(IntEnum):
-    """Values of the ``writer_state`` word."""
+class ProtocolError(BridgeError, ValueError):
+    """A frame that is not a message of §5.2: its size fields run past it, its envelope
+    does not decode or is no message the receiver knows. ``reason`` ``bad_term``; the
+    channel cannot go on (the BEAM's ``:bad_frame``, the worker's exit status 3)."""
 
-    EMPTY = 0
-    WRITING = 1
-    PUBLISHED = 2
+
+def _violation(what: str, term: Any = None) -> ProtocolError:
+    shown = "" if term is None else f": {term!r:.200}"
+    return ProtocolError("bad_term", "envelope", None, None, f"bad_term: {what}{shown}")
+
+
+# ---- frames -----------------------------------------------------------------------------
+
+
+def join(envelope: Any, body: list[Any] | None = None) -> list[Any]:
+    """The parts of a frame (bytes-like, to be written in order): ``envelope_size``,
+    the envelope's ETF, then ``body``, the parts of the body's ETF (`encode_parts`),
+    when the message has one."""
+    head = encode(envelope)
+    return [len(head).to_bytes(4, "big"), head, *(body or ())]
+
+
+def split(frame: bytes | bytearray | memoryview) -> tuple[Any, memoryview | None]:
+    """``(envelope term, body bytes or None)`` of one frame; `ProtocolError` when the
+    size field runs past the frame or the envelope does not decode (§5.1)."""
+    view = memoryview(frame)
+    if view.nbytes < 4:
+        raise _violation(f"a frame of {view.nbytes} bytes has no envelope_size")
+    size = int.from_bytes(view[:4], "big")
+    if 4 + size > view.nbytes:
+        raise _violation(f"envelope_size {size} runs past the frame of {view.nbytes} bytes")
+    try:
+        envelope = decode(view[4 : 4 + size], max_depth=8)
+    except EtfError as err:
+        raise _violation(f"the envelope does not decode ({err})") from None
+    body = view[4 + size :]
+    return envelope, (body if body.nbytes else None)
+
+
+# ---- BEAM -> worker ------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class ControlBlock:
-    """A snapshot of a control block (the mutable words may change right after)."""
+class ObjectAnnouncement:
+    """``{:object, kind, owner_pid, fd, object_id, size, nonce}`` (§2, §5.2): ``kind``
+    ``"arena"``, ``"lease_table"`` (from the BEAM) or ``"arena"``, ``"sealed"`` (from
+    a worker). `args` is what `beambridge.objects.PeerObject.open` takes."""
 
+    kind: str
     owner_pid: int
-    owner_start_time: int
-    region_size: int
-    writer_state: int
-    reader_leases: int
-    writer_generation: int
+    fd: int
+    object_id: int
+    size: int
+    nonce: int
+
+    def args(self) -> tuple[str, int, int, int, int, int]:
+        return (self.kind, self.owner_pid, self.fd, self.object_id, self.size, self.nonce)
 
 
-def pack_control_block(*, owner_pid: int, owner_start_time: int, region_size: int) -> bytes:
-    """The control block a fresh region starts with (state EMPTY, no leases, gen 0)."""
-    return _LAYOUT.pack(
-        CB_MAGIC, LAYOUT_VERSION, CB_SIZE, owner_pid, 0, owner_start_time, region_size,
-        WriterState.EMPTY, 0, 0, bytes(16),
-    )  # fmt: skip
+@dataclass(frozen=True)
+class ObjectDropped:
+    """``{:object_dropped, object_id}``: the sender dropped this arena."""
+
+    object_id: int
 
 
-def parse_control_block(raw: bytes, real_size: int) -> ControlBlock:
-    """Check §2.1 on ``raw`` (64 bytes) against the object's real size.
+@dataclass(frozen=True)
+class Call:
+    """``{:call, id, module, function, opts, slices}`` + the argument list. ``id`` is
+    checked here; ``module``, ``function``, ``opts`` and ``slices`` are checked by the
+    worker, which answers a wrong one with a ``bad_call`` (`slice_refs`)."""
 
-    Raises `RegionError` ``bad_control_block`` naming the first bad field.
-    """
-    if len(raw) < CB_SIZE:
-        raise RegionError("bad_control_block", "cb_size", len(raw), CB_SIZE)
-    magic, layout, cb_size, pid, _, start, size, state, leases, gen, _ = _LAYOUT.unpack(
-        raw[:CB_SIZE]
-    )
-    for field, value, expected in (
-        ("cb_magic", magic, CB_MAGIC),
-        ("layout_version", layout, LAYOUT_VERSION),
-        ("cb_size", cb_size, CB_SIZE),
-        ("region_size", size, real_size),
+    call_id: int
+    module: Any
+    function: Any
+    opts: Any
+    slices: Any
+    has_body: bool
+
+
+@dataclass(frozen=True)
+class SealedMapped:
+    """``{:sealed_mapped, [object_id]}``: the BEAM mapped these sealed objects (§6)."""
+
+    object_ids: list[int]
+
+
+@dataclass(frozen=True)
+class Shutdown:
+    """``:shutdown``: finish, exit 0."""
+
+
+def object_announcement(
+    kind: str, owner_pid: int, fd: int, object_id: int, size: int, nonce: int
+) -> tuple[Any, ...]:
+    """``{:object, kind, owner_pid, fd, object_id, size, nonce}``."""
+    return (A_OBJECT, Atom(kind), owner_pid, fd, object_id, size, nonce)
+
+
+def object_dropped(object_id: int) -> tuple[Any, ...]:
+    return (A_OBJECT_DROPPED, object_id)
+
+
+def call(
+    call_id: int, module: Any, function: Any, opts: dict[Any, Any], slices: list[Any]
+) -> tuple[Any, ...]:
+    """``{:call, id, module, function, opts, slices}``; ``slices`` entries are
+    ``(object_id, offset, length, generation)``."""
+    return (A_CALL, call_id, module, function, opts, slices)
+
+
+def sealed_mapped(object_ids: list[int]) -> tuple[Any, ...]:
+    return (A_SEALED_MAPPED, list(object_ids))
+
+
+def _uint(value: Any, bits: int = 64) -> bool:
+    return type(value) is int and 0 <= value < 2**bits
+
+
+def _announcement(term: tuple[Any, ...], kinds: tuple[str, ...]) -> ObjectAnnouncement:
+    sizes = (32, 32, 32, 64, 64)  # owner_pid, fd, object_id, size, nonce
+    if (
+        len(term) == 7
+        and type(term[1]) is Atom
+        and term[1] in kinds
+        and all(_uint(v, b) for v, b in zip(term[2:], sizes, strict=True))
     ):
-        if value != expected:
-            raise RegionError(
-                "bad_control_block",
-                field,
-                value,
-                expected,
-                f"bad_control_block: field {field} is {value!r}, expected {expected!r} "
-                "(not a beambridge region, another layout version, or torn)",
-            )
-    return ControlBlock(pid, start, size, state, leases, gen)
+        return ObjectAnnouncement(str(term[1]), *term[2:])
+    raise _violation("not a message of transport-v2 §5.2", term)
 
 
-def make_name(prefix: str, pid: int | None = None) -> str:
-    """A fresh region name ``/<prefix>-<pid>-<16 hex digits from os.urandom>``.
-
-    >>> bool(NAME_PATTERN.fullmatch(make_name("bb")))
-    True
-    """
-    check_prefix(prefix)
-    return f"/{prefix}-{os.getpid() if pid is None else pid}-{os.urandom(8).hex()}"
+BeamMessage = ObjectAnnouncement | ObjectDropped | Call | SealedMapped | Shutdown
 
 
-def check_prefix(prefix: str) -> None:
-    """Raise ValueError unless ``prefix`` matches ``[a-z0-9]{1,16}``."""
-    if not PREFIX_PATTERN.fullmatch(prefix):
-        raise ValueError(f"prefix {prefix!r} must match [a-z0-9]{{1,16}}")
+def from_beam(envelope: Any, has_body: bool) -> BeamMessage:
+    """The BEAM's message of ``envelope`` (`ProtocolError` when it is none of §5.2's;
+    only a call has a body)."""
+    if envelope == A_SHUTDOWN and not has_body:
+        return Shutdown()
+    if type(envelope) is tuple and envelope and (not has_body or envelope[0] == A_CALL):
+        tag = envelope[0]
+        if tag == A_OBJECT:
+            return _announcement(envelope, ("arena", "lease_table"))
+        if tag == A_OBJECT_DROPPED and len(envelope) == 2 and _uint(envelope[1], 32):
+            return ObjectDropped(envelope[1])
+        if tag == A_CALL and len(envelope) == 6 and _uint(envelope[1]) and envelope[1] > 0:
+            return Call(envelope[1], *envelope[2:], has_body=has_body)
+        ids = envelope[1] if len(envelope) == 2 else None
+        if tag == A_SEALED_MAPPED and type(ids) is list and all(_uint(i, 32) for i in ids):
+            return SealedMapped(ids)
+    raise _violation("not a message of transport-v2 §5.2", envelope)
 
 
-def parse_name(name: str) -> tuple[str, int] | None:
-    """``(prefix, pid)`` of a valid region name, else None.
+def slice_refs(slices: Any) -> tuple[list[tuple[int, int, int, int]], EtfError | None]:
+    """A call's ``slices`` checked: its well-formed ``{object_id, offset, length,
+    generation}`` entries (non-negative integers), and the error of the call (``bad_term``,
+    not of the channel) when the list or an entry is malformed, else None. The
+    well-formed entries are returned either way: the BEAM lent them, so they are
+    released either way."""
+    entries = slices if type(slices) is list else []
+    refs = [e for e in entries if type(e) is tuple and len(e) == 4 and all(map(_uint, e))]
+    if type(slices) is list and len(refs) == len(entries):
+        return refs, None
+    return refs, EtfError(
+        "bad_term",
+        "slices",
+        None,
+        None,
+        f"bad_term: a call's slices are a list of {{object_id, offset, length, generation}} "
+        f"of non-negative integers, got {slices!r:.200}",
+    )
 
-    >>> parse_name("/bb-12-0123456789abcdef"), parse_name("/bb-12-xyz")
-    (('bb', 12), None)
-    """
-    m = NAME_PATTERN.fullmatch(name)
-    return None if m is None else (m.group(1), int(m.group(2)))
+
+# ---- worker -> BEAM ------------------------------------------------------------------------
 
 
-def process_start_time(pid: int | str = "self") -> int:
-    """Field 22 of ``/proc/<pid>/stat`` (start time in clock ticks since boot); 0 if
-    unknown. Raises nothing."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-        # field 2 (comm) may contain spaces and parentheses: split after the last ')'
-        fields = stat[stat.rindex(b")") + 2 :].split()
-        return int(fields[22 - 3])
-    except (OSError, ValueError, IndexError):
-        return 0
+@dataclass(frozen=True)
+class Ready:
+    """``{:ready, os_pid, {major, minor}}``: the worker's first frame."""
+
+    os_pid: int
+    version: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class Answer:
+    """``{:ok, id, slices, released}`` + the result, or ``{:error, id, error,
+    released}``. ``slices`` entries: `worker_slice`, `sealed_slice`, `beam_slice`."""
+
+    call_id: int
+    ok: bool
+    slices: list[tuple[Any, ...]]
+    error: Any
+    released: list[tuple[int, int, int]]
+
+
+@dataclass(frozen=True)
+class Released:
+    """``{:released, [{object_id, offset, generation}]}``."""
+
+    entries: list[tuple[int, int, int]]
+
+
+@dataclass(frozen=True)
+class Log:
+    """``{:log, :stdout | :stderr, data}``."""
+
+    stream: str
+    data: bytes
+
+
+def ready(os_pid: int) -> tuple[Any, ...]:
+    return (A_READY, os_pid, PROTOCOL_VERSION)
+
+
+def ok(call_id: int, slices: list[Any], released: list[Any]) -> tuple[Any, ...]:
+    """``{:ok, id, slices, released}`` (the result goes in the body)."""
+    return (A_OK, call_id, slices, released)
+
+
+def error(call_id: int, detail: Any, released: list[Any]) -> tuple[Any, ...]:
+    """``{:error, id, error, released}``; ``detail`` from `python_exception` or
+    `bad_call`."""
+    return (A_ERROR, call_id, detail, released)
+
+
+def python_exception(type_name: bytes, message: bytes, traceback: bytes) -> tuple[Any, ...]:
+    return (A_PYTHON_EXCEPTION, type_name, message, traceback)
+
+
+def bad_call(reason: str, message: bytes) -> tuple[Any, ...]:
+    """``{:bad_call, reason, message}``; a reason outside `KNOWN_REASONS` goes as
+    ``badarg`` (the BEAM would refuse an atom it does not know)."""
+    return (A_BAD_CALL, Atom(reason if reason in KNOWN_REASONS else "badarg"), message)
+
+
+def released(entries: list[tuple[int, int, int]]) -> tuple[Any, ...]:
+    return (A_RELEASED, entries)
+
+
+def log(stream: Atom, data: bytes) -> tuple[Any, ...]:
+    return (A_LOG, stream, data)
+
+
+def worker_slice(
+    object_id: int, offset: int, length: int, generation: int, ticket: int
+) -> tuple[Any, ...]:
+    """``{:worker, object_id, offset, length, generation, ticket}``: a worker slice lent
+    under ``ticket`` (§4)."""
+    return (A_WORKER, object_id, offset, length, generation, ticket)
+
+
+def sealed_slice(object_id: int, offset: int, length: int, generation: int) -> tuple[Any, ...]:
+    """``{:sealed, object_id, offset, length, generation}``: the frame of a sealed
+    object (§6)."""
+    return (A_SEALED, object_id, offset, length, generation)
+
+
+def beam_slice(
+    object_id: int, offset: int, generation: int, start: int, length: int
+) -> tuple[Any, ...]:
+    """``{:beam, object_id, offset, generation, start, length}``: bytes ``[start, start +
+    length)`` (from the slice's first byte) of a BEAM slice the worker holds."""
+    return (A_BEAM, object_id, offset, generation, start, length)
+
+
+def _entry(term: Any) -> bool:
+    if type(term) is not tuple or not term:
+        return False
+    sizes = {A_WORKER: 6, A_SEALED: 5, A_BEAM: 6}
+    return sizes.get(term[0]) == len(term) and all(_uint(v) for v in term[1:])
+
+
+def released_entries(term: Any) -> list[tuple[int, int, int]]:
+    """A ``released`` list, checked (`ProtocolError` otherwise)."""
+    if type(term) is list and all(
+        type(e) is tuple and len(e) == 3 and all(_uint(v) for v in e) for e in term
+    ):
+        return term
+    raise _violation("a released list is [{object_id, offset, generation}]", term)
+
+
+WorkerMessage = Ready | ObjectAnnouncement | ObjectDropped | Answer | Released | Log
+
+
+def from_worker(envelope: Any, has_body: bool) -> WorkerMessage:
+    """The worker's message of ``envelope`` (`ProtocolError` when it is none of §5.2's;
+    only ``ok`` has a body)."""
+    if type(envelope) is tuple and envelope and (not has_body or envelope[0] == A_OK):
+        tag, n = envelope[0], len(envelope)
+        if tag == A_READY and n == 3 and _uint(envelope[1], 32):
+            version = envelope[2]
+            if type(version) is tuple and len(version) == 2 and all(map(_uint, version)):
+                return Ready(envelope[1], version)
+        if tag == A_OBJECT:
+            return _announcement(envelope, ("arena", "sealed"))
+        if tag == A_OBJECT_DROPPED and n == 2 and _uint(envelope[1], 32):
+            return ObjectDropped(envelope[1])
+        if tag == A_OK and n == 4 and _uint(envelope[1]) and has_body:
+            slices = envelope[2]
+            if type(slices) is list and all(map(_entry, slices)):
+                return Answer(envelope[1], True, slices, None, released_entries(envelope[3]))
+        if tag == A_ERROR and n == 4 and _uint(envelope[1]) and type(envelope[2]) is tuple:
+            return Answer(envelope[1], False, [], envelope[2], released_entries(envelope[3]))
+        if tag == A_RELEASED and n == 2:
+            return Released(released_entries(envelope[1]))
+        if (
+            tag == A_LOG
+            and n == 3
+            and envelope[1] in (A_STDOUT, A_STDERR)
+            and (type(envelope[2]) is bytes)
+        ):
+            return Log(str(envelope[1]), envelope[2])
+    raise _violation("not a message of transport-v2 §5.2", envelope)

@@ -22,6 +22,7 @@ __all__ = [
     "ChecksumError",
     "EtfError",
     "FormatError",
+    "FormatUnsuitableError",
     "HeaderError",
     "LeaseError",
     "RegionError",
@@ -98,6 +99,14 @@ class FormatError(BridgeError, ValueError):
     ``unsupported_codec``, ``bad_metadata`` (the format's descriptor), or a
     format-specific reason such as ``bad_arrow_stream``. ``field`` names what failed.
     """
+
+
+class FormatUnsuitableError(FormatError):
+    """A forced format (``format: arrow``) met a list of maps or a map of lists that is
+    not a record list / column map (SPEC §8.1): reason ``format_unsuitable``, ``field``
+    ``format``, ``limit`` the code of the first reason (``different_keys``...); the
+    message names the first reason and says to use ``format: auto`` or convert the
+    value. The worker answers the call with a ``bad_call``."""
 
 
 class LeaseError(BridgeError):

@@ -28,8 +28,11 @@ __all__ = [
     "MAX_DEPTH",
     "VERSION",
     "Atom",
+    "Encoder",
     "decode",
     "encode",
+    "encode_binary",
+    "encode_int",
     "encode_parts",
 ]
 
@@ -370,7 +373,9 @@ _pack_u32 = struct.Struct(">BI").pack
 _MAX_U32 = 2**32 - 1
 
 
-def _encode_int(v: int, parts: list[Any]) -> None:
+def encode_int(v: int, parts: list[Any]) -> None:
+    """Append the INTEGER / SMALL_BIG / LARGE_BIG of ``v`` (``ValueError`` past 8 KiB of
+    digits)."""
     if 0 <= v <= 255:
         parts.append(_SMALL_INTS[v])
     elif -(2**31) <= v < 2**31:
@@ -422,15 +427,15 @@ def encode_binary(data: Any, parts: list[Any]) -> None:
 
 
 class Encoder:
-    """The encoder behind `encode`. `beambridge.convert` subclasses it to send large
-    binaries and arrays as region handles; ``other`` is the hook for types outside §8.
+    """The encoder behind `encode`. `beambridge.encoder` subclasses it to send large
+    binaries and arrays as slice handles; ``other`` is the hook for types outside §8.
     """
 
     def encode_into(self, v: Any, parts: list[Any], depth: int = 0) -> None:
         """Append the ETF of ``v`` (without the version byte) to ``parts``."""
         t = type(v)
         if t is int:
-            _encode_int(v, parts)
+            encode_int(v, parts)
         elif t is Atom:
             _encode_atom(v, parts)
         elif t is bytes:
@@ -483,12 +488,12 @@ class Encoder:
 
     def list_hook(self, v: list[Any], parts: list[Any], depth: int) -> bool:
         """Encode ``v`` some other way and return True, or return False for ETF.
-        (`beambridge.convert` sends some lists packed; the hook returns before the
+        (`beambridge.encoder` sends some lists packed; the hook returns before the
         items are encoded, so nesting costs one stack frame per level either way.)"""
         return False
 
     def dict_hook(self, v: dict[Any, Any], parts: list[Any], depth: int) -> bool:
-        """As `list_hook`, for a ``dict`` (`beambridge.convert`: records)."""
+        """As `list_hook`, for a ``dict`` (`beambridge.encoder`: records)."""
         return False
 
     def binary(self, v: Any, parts: list[Any]) -> None:
@@ -500,7 +505,7 @@ class Encoder:
         if isinstance(v, bool):
             parts.append(_TRUE if v else _FALSE)
         elif isinstance(v, int):
-            _encode_int(int(v), parts)
+            encode_int(int(v), parts)
         elif isinstance(v, float):
             _encode_float(float(v), parts)
         elif isinstance(v, Atom):

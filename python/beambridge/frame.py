@@ -1,4 +1,6 @@
-"""`Frame`: a frame read from a region, holding a reader lease (protocol/SPEC.md §2.2).
+"""`Frame`: a frame read in place, holding a lease: from a peer's slice
+(protocol/transport-v2.md §4, `beambridge.objects.PeerObject.read_frame`) or from a v1
+region (protocol/SPEC.md §2.2, `beambridge.region.Region.read_frame`).
 
 The payload is a read-only memoryview straight into the region's own (already mapped,
 already warm) shared memory, no copy and no second mapping. It is a view of a private
@@ -6,7 +8,7 @@ NumPy array made for this frame over a read-only view of the region's mapping, s
 nothing can write through it (the array's ``writeable`` flag cannot be turned back on),
 and every view made from the payload (memoryview slices, ``numpy.frombuffer``, arrays
 made from those) keeps that array alive. The lease ends (``reader_leases`` is
-decremented, exactly once) when that array goes away:
+decremented, or the slice reported released, exactly once) when that array goes away:
 
 * `Frame.release` or the end of a ``with`` block, if no view made from the payload is
   still alive (else it raises `LeaseError` and keeps the lease), or
@@ -15,8 +17,8 @@ decremented, exactly once) when that array goes away:
 
 A frame with an empty payload points into nothing: its lease ends with the frame.
 
-While the lease lives, the writer refuses to rewrite the region (``leased``), so the
-bytes under any view cannot change.
+While the lease lives, the owner does not rewrite the region or slice, so the bytes
+under any view cannot change.
 """
 
 from __future__ import annotations
@@ -36,9 +38,10 @@ class Frame:
     """A published frame: ``header``, ``metadata`` (private bytes) and ``payload`` (a
     read-only memoryview into shared memory, no copy).
 
-    Made by `beambridge.Region.read_frame`; not constructed directly.
+    Made by `beambridge.objects.PeerObject.read_frame` or
+    `beambridge.region.Region.read_frame`; not constructed directly.
 
-    >>> from beambridge import Region
+    >>> from beambridge.region import Region
     >>> with Region.create_for_frame(3) as region:
     ...     _ = region.write_frame(b"abc")
     ...     with region.read_frame() as frame:

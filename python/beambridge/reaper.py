@@ -12,7 +12,13 @@ import stat
 
 import posix_ipc
 
-from .control import CB_SIZE, check_prefix, parse_control_block, parse_name, process_start_time
+from .control_block import (
+    CB_SIZE,
+    check_prefix,
+    parse_control_block,
+    parse_name,
+    process_start_time,
+)
 from .errors import RegionError
 
 __all__ = ["reap_stale"]

@@ -33,7 +33,7 @@ import posix_ipc
 import xxhash
 
 from . import _atomic
-from .control import (
+from .control_block import (
     CB_SIZE,
     MAX_REGION_SIZE,
     MIN_REGION_SIZE,
@@ -136,6 +136,12 @@ class Region:
         self._last_header = Header()
         self._unlinker = weakref.finalize(self, _unlink_quietly, name) if owner else None
         self._fd_closer = weakref.finalize(self, os.close, fd)
+
+    @property
+    def last_header(self) -> Header:
+        """The header this handle published last (`write_frame` returns it too;
+        `write_frame_into` yields the area, so a writer through it reads it here)."""
+        return self._last_header
 
     # ---- creation and attach -------------------------------------------------------
 

@@ -148,7 +148,7 @@ def test_forms_give_the_values_etf_gives(
 
     stats: dict[str, int] = {}
     for p in (line.split(" ") for line in lines):
-        if p[0] == "STATS":  # "packed" inline, "packed_region" in a region
-            form = p[1].removesuffix("_region")
+        if p[0] == "STATS":  # "packed" inline, "packed_slice" in shared memory
+            form = p[1].removesuffix("_slice")
             stats[form] = stats.get(form, 0) + int(p[2])
     assert stats.get("packed", 0) > 0 and stats.get("records", 0) > 0, stats

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from beambridge import Format, Region
+from beambridge.header import Format
+from beambridge.region import Region
 
 ROOT = Path(__file__).resolve().parents[2]
 SIZES = [0, 1, 63, 64, 65, 1 << 20, 256 << 20]
@@ -114,7 +115,7 @@ def test_elixir_writes_python_reads() -> None:
 def test_python_writer_cannot_rewrite_under_a_live_beam_binary() -> None:
     """Invariant 1 across processes: while the BEAM holds a zero-copy payload of a
     Python-owned region, the Python writer is refused; once the BEAM lets go, it may."""
-    from beambridge import LeaseError
+    from beambridge.errors import LeaseError
 
     n = 4096
     region = Region.create_for_frame(n)

@@ -4,9 +4,9 @@
   block runs in `mix run` with the placeholder interpreter and path filled in.
 * "Data formats": the Elixir block runs as written (its pattern matches are the
   assertions).
-* "A region from each side": the Elixir block runs in a real BEAM (its
-  `region.name  #=> ...` line prints the name instead); the Python block then runs
-  with the example's name replaced by the real one.
+* "An arena from each side": the Elixir block runs in a real BEAM (its `#=> ...`
+  line prints the real announcement and slice instead); the Python block then runs
+  with the example's numbers replaced by the real ones.
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = ROOT / ".venv" / "bin" / "python"
-EXAMPLE_NAME = re.compile(r'"(/bb-4242-[0-9a-f]{16})"')
+EXAMPLE = re.compile(
+    r"#=> \{\{:object, :arena, (\d+), (\d+), (\d+), (\d+), (\d+)\}, (\d+), (\d+), (\d+)\}"
+)
 
 
 def section(title: str) -> str:
@@ -73,31 +75,37 @@ def test_readme_data_formats_example_runs() -> None:
     assert "README OK" in out
 
 
-def test_readme_region_example_runs() -> None:
-    [elixir] = blocks("A region from each side", "elixir")
-    [python] = blocks("A region from each side", "python")
-    example_name = EXAMPLE_NAME.search(python)
-    assert example_name, "the Python example no longer names the example region"
+def test_readme_arena_example_runs() -> None:
+    [elixir] = blocks("An arena from each side", "elixir")
+    [python] = blocks("An arena from each side", "python")
+    example = EXAMPLE.search(elixir)
+    assert example, "the Elixir example no longer shows its announcement and slice"
+    pid, fd, oid, size, nonce, off, length, gen = example.groups()
+    assert f'PeerObject.open("arena", {pid}, {fd}, {oid}, {size}, {nonce})' in python
+    assert f"read_frame({off}, {length}, {gen})" in python
 
-    # Show the name, keep the region alive until told, then close it.
-    script = re.sub(
-        r"^region\.name\s+#=>.*$", 'IO.puts("NAME " <> region.name)', elixir, flags=re.M
+    # Print the real values, keep the arena alive until told, then close it.
+    script = elixir.replace(
+        example.group(0),
+        "|> then(fn {{:object, :arena, p, f, i, s, n}, o, l, g} -> "
+        'IO.puts(Enum.join(["VALUES", p, f, i, s, n, o, l, g], " ")) end)',
     )
-    script += '\n_ = IO.gets("")\nBridge.Region.close!(region)\n'
-    beam = mix_run(script, "readme_region.exs", stdin=subprocess.PIPE)
+    script += '\n_ = IO.gets("")\nBridge.Arena.close(arena)\n'
+    beam = mix_run(script, "readme_arena.exs", stdin=subprocess.PIPE)
     assert beam.stdout is not None and beam.stdin is not None
-    name = ""
     try:
         line = beam.stdout.readline()
-        assert line.startswith("NAME /bb-"), line + (beam.stderr.read() if beam.stderr else "")
-        name = line.split()[1]
-        code = python.replace(example_name.group(1), name)
+        assert line.startswith("VALUES "), line + (beam.stderr.read() if beam.stderr else "")
+        rp, rf, ri, rs, rn, ro, rl, rg = line.split()[1:]
+        code = python.replace(
+            f'PeerObject.open("arena", {pid}, {fd}, {oid}, {size}, {nonce})',
+            f'PeerObject.open("arena", {rp}, {rf}, {ri}, {rs}, {rn})',
+        ).replace(f"read_frame({off}, {length}, {gen})", f"read_frame({ro}, {rl}, {rg})")
         run = subprocess.run([str(PYTHON), "-c", code], capture_output=True, text=True)
         assert run.returncode == 0, run.stderr
     finally:
         _, err = beam.communicate("done\n", timeout=60)
     assert beam.returncode == 0, err
-    assert not Path("/dev/shm", name.lstrip("/")).exists()
 
 
 def test_readme_formats_and_custom_types_example_runs(tmp_path: Path) -> None:

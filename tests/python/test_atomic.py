@@ -5,7 +5,8 @@ from __future__ import annotations
 import mmap
 
 import pytest
-from beambridge import Region, _atomic
+from beambridge import _atomic
+from beambridge.region import Region
 from helpers import PREFIX, python_child
 
 
@@ -69,7 +70,8 @@ def test_fetch_add_is_atomic_across_processes() -> None:
     n = 20000
     with Region.create(4096, prefix=PREFIX) as region:
         code = f"""
-            from beambridge import Region, _atomic
+            from beambridge import _atomic
+            from beambridge.region import Region
             r = Region.attach({region.name!r})
             for _ in range({n}):
                 _atomic.fetch_add_u64(r._mm, 128, 1)

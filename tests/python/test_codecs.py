@@ -1,5 +1,5 @@
 """Custom-type codecs (protocol/formats/custom.md): the `beambridge.codecs` registry, the
-``{:"$bb_custom", name, version, data}`` term and ``custom`` regions both ways, the
+``{:"$bb_custom", name, version, data}`` term and ``custom`` slices both ways, the
 reading errors (``unknown_type``, ``unsupported_version``, ``codec_failed``,
 ``bad_metadata``), the writer's fallback to a value's standard form, and all of it
 through the real worker."""
@@ -16,7 +16,7 @@ from typing import Any
 import beambridge
 import pytest
 import xxhash
-from beambridge import Atom, EtfError, Format, FormatError, Region
+from beambridge import Atom, EtfError, FormatError, format_stats, reset_format_stats
 from beambridge import codecs as registry
 from beambridge.codecs import (
     CodecError,
@@ -24,23 +24,16 @@ from beambridge.codecs import (
     UnknownTypeError,
     UnsupportedVersionError,
 )
-from beambridge.convert import (
-    TAG_CUSTOM,
-    TAG_REGION,
-    Arguments,
-    Attachments,
-    ResultEncoder,
-    ResultRegions,
-    format_stats,
-    reset_format_stats,
-)
+from beambridge.decoder import Decoder
+from beambridge.encoder import ResultEncoder
 from beambridge.etf import decode, encode, encode_parts
+from beambridge.header import Format
+from beambridge.terms import TAG_CUSTOM, TAG_SLICE
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from worker_harness import CALL, PREFIX, WorkerProcess, read_result, regions_of
+from worker_harness import BAD_CALL, BeamArg, Loopback, WorkerProcess, running
 
 FORMATS = Atom("bbtest_formats")
-BAD_CALL = Atom("bad_call")
 KIND_CUSTOM = Atom("custom")
 
 
@@ -85,7 +78,8 @@ def test_doctests() -> None:
 
 def test_the_package_exports_the_registry() -> None:
     assert beambridge.codecs is registry
-    assert "codecs" in beambridge.__all__
+    assert beambridge.register is registry.register
+    assert {"codecs", "register", "unregister"} <= set(beambridge.__all__)
 
 
 # ---- the registry ------------------------------------------------------------------------
@@ -171,25 +165,23 @@ def test_result_inline(vec: registry.TypeCodec) -> None:
     assert format_stats()[("to_elixir", "custom", "registered")] == {"count": 2, "bytes": 32}
 
 
-def test_result_region_and_back(vec: registry.TypeCodec) -> None:
-    pool = ResultRegions(prefix=PREFIX)
+def test_result_slice_and_back(vec: registry.TypeCodec) -> None:
+    loop = Loopback(threshold=16)
     try:
-        term = to_bytes(Vec(1.0, 2.0), ResultEncoder(pool, threshold=16))
-        assert term[:2] == (TAG_REGION, KIND_CUSTOM)
-        region, frame = read_result(term)
-        with region:
-            h = frame.header
-            assert (h.format, h.schema_id, h.schema_version) == (Format.CUSTOM, vec.schema_id, 2)
-            assert decode(frame.metadata) == (b"test.Vec", 2)
-            assert bytes(frame.payload) == struct.pack("<dd", 1.0, 2.0)
-            frame.release()
-            # the worker's Arguments read the same region back (invariant 7)
-            args = Arguments(Attachments())
-            assert args.convert(term) == Vec(1.0, 2.0)
-            assert region.control_block().reader_leases == 0  # copied out: lease ended
-            args.attachments.detach([term[2]])
+        term = loop.result(Vec(1.0, 2.0))
+        assert term[:2] == (TAG_SLICE, KIND_CUSTOM)
+        _, object_id, offset, length, generation, _ = loop.entries[term[2]]
+        frame = loop.beam.peers.get(object_id).read_frame(offset, length, generation)
+        h = frame.header
+        assert (h.format, h.schema_id, h.schema_version) == (Format.CUSTOM, vec.schema_id, 2)
+        assert decode(frame.metadata) == (b"test.Vec", 2)
+        assert bytes(frame.payload) == struct.pack("<dd", 1.0, 2.0)
+        frame.release()
+        # a decoder reads the same slice back (invariant 7), and the lease ends with it
+        assert loop.back(term) == Vec(1.0, 2.0)
+        assert loop.beam.tickets == {}
     finally:
-        pool.close_all()
+        loop.close()
 
 
 @given(st.binary(max_size=300))
@@ -204,7 +196,7 @@ def test_any_payload_round_trips(data: bytes) -> None:
     try:
         term = to_bytes(Raw(data))
         assert term == (TAG_CUSTOM, b"test.Raw", 1, data)
-        assert Arguments(Attachments()).convert(term).data == data
+        assert Decoder().decode(term).data == data
     finally:
         registry.unregister(Raw)
 
@@ -266,8 +258,8 @@ def test_without_a_codec_an_object_is_a_type_error() -> None:
 
 
 def test_argument_inline(vec: registry.TypeCodec) -> None:
-    args = Arguments(Attachments())
-    got = args.convert([(TAG_CUSTOM, b"test.Vec", 2, struct.pack("<dd", 1.0, 2.0)),
+    args = Decoder()
+    got = args.decode([(TAG_CUSTOM, b"test.Vec", 2, struct.pack("<dd", 1.0, 2.0)),
                         (TAG_CUSTOM, b"test.Vec", 1, struct.pack("<d", 7.0))])  # fmt: skip
     assert got == [Vec(1.0, 2.0), Vec(7.0, 0.0)]
     assert format_stats()[("from_elixir", "custom", "inline")] == {"count": 2, "bytes": 24}
@@ -275,7 +267,7 @@ def test_argument_inline(vec: registry.TypeCodec) -> None:
 
 def test_unknown_type(vec: registry.TypeCodec) -> None:
     with pytest.raises(UnknownTypeError) as info:
-        Arguments(Attachments()).convert((TAG_CUSTOM, b"geo.Point", 3, b""))
+        Decoder().decode((TAG_CUSTOM, b"geo.Point", 3, b""))
     err = info.value
     assert isinstance(err, CodecError) and isinstance(err, beambridge.BridgeError)
     assert err.reason == "unknown_type" and err.value == "geo.Point"
@@ -285,7 +277,7 @@ def test_unknown_type(vec: registry.TypeCodec) -> None:
 
 def test_unsupported_version(vec: registry.TypeCodec) -> None:
     with pytest.raises(UnsupportedVersionError) as info:
-        Arguments(Attachments()).convert((TAG_CUSTOM, b"test.Vec", 3, b""))
+        Decoder().decode((TAG_CUSTOM, b"test.Vec", 3, b""))
     err = info.value
     assert err.reason == "unsupported_version" and err.value == 3 and err.limit == [1, 2]
     assert "version 3" in str(err) and "[1, 2]" in str(err)
@@ -293,7 +285,7 @@ def test_unsupported_version(vec: registry.TypeCodec) -> None:
 
 def test_codec_failed(vec: registry.TypeCodec) -> None:
     with pytest.raises(CodecFailedError) as info:
-        Arguments(Attachments()).convert((TAG_CUSTOM, b"test.Vec", 2, b"short"))
+        Decoder().decode((TAG_CUSTOM, b"test.Vec", 2, b"short"))
     assert info.value.reason == "codec_failed" and "struct.error" in str(info.value)
 
 
@@ -313,34 +305,34 @@ def test_codec_failed(vec: registry.TypeCodec) -> None:
 )
 def test_malformed_custom_terms_are_bad_term(vec: registry.TypeCodec, term: Any) -> None:
     with pytest.raises(EtfError) as info:
-        Arguments(Attachments()).convert(term)
+        Decoder().decode(term)
     assert info.value.reason == "bad_term"
 
 
-def custom_region(data: bytes, name: bytes, version: int, **header: Any) -> Region:
-    region = Region.create_for_frame(max(len(data), 64), 64, prefix=PREFIX)
-    kw: dict[str, Any] = {
+@pytest.fixture
+def loop() -> Iterator[Loopback]:
+    lb = Loopback()
+    yield lb
+    lb.close()
+    assert lb.beam.lent == {}  # every slice released, read or refused
+
+
+def custom_slice(loop: Loopback, data: bytes, name: bytes, version: int, **header: Any) -> BeamArg:
+    frame: dict[str, Any] = {
         "metadata": encode((name, version)),
         "format": Format.CUSTOM,
         "schema_id": xxhash.xxh3_64_intdigest(name),
         "schema_version": version,
     }
-    kw.update(header)
-    region.write_frame(data, **kw)
-    return region
+    frame.update(header)
+    return loop.beam.slice("custom", data, **frame)
 
 
-def handle(region: Region, kind: Atom = KIND_CUSTOM) -> tuple[Any, ...]:
-    return (TAG_REGION, kind, region.name.encode(), region.control_block().writer_generation)
-
-
-def test_argument_region(vec: registry.TypeCodec) -> None:
-    with custom_region(struct.pack("<dd", 5.0, 6.0), b"test.Vec", 2) as region:
-        args = Arguments(Attachments())
-        assert args.convert(handle(region)) == Vec(5.0, 6.0)
-        assert region.control_block().reader_leases == 0
-        args.attachments.detach([region.name])
-    assert format_stats()[("from_elixir", "custom", "region")] == {"count": 1, "bytes": 16}
+def test_argument_slice(vec: registry.TypeCodec, loop: Loopback) -> None:
+    arg = custom_slice(loop, struct.pack("<dd", 5.0, 6.0), b"test.Vec", 2)
+    assert loop.argument(arg) == Vec(5.0, 6.0)
+    assert loop.beam.lent == {}  # copied out: released at once
+    assert format_stats()[("from_elixir", "custom", "slice")] == {"count": 1, "bytes": 16}
 
 
 @pytest.mark.parametrize(
@@ -354,45 +346,34 @@ def test_argument_region(vec: registry.TypeCodec) -> None:
         ({"metadata": encode(("test.Vec", 2, 3))}, "metadata"),
     ],
 )
-def test_region_metadata_must_agree_with_the_header(
-    vec: registry.TypeCodec, header: dict[str, Any], field: str
+def test_slice_metadata_must_agree_with_the_header(
+    vec: registry.TypeCodec, loop: Loopback, header: dict[str, Any], field: str
 ) -> None:
-    with custom_region(b"x" * 16, b"test.Vec", 2, **header) as region:
-        args = Arguments(Attachments())
-        with pytest.raises(FormatError) as info:
-            args.convert(handle(region))
-        assert info.value.reason == "bad_metadata" and info.value.field == field
-        assert region.control_block().reader_leases == 0
-        args.attachments.detach([region.name])
+    arg = custom_slice(loop, b"x" * 16, b"test.Vec", 2, **header)
+    with pytest.raises(FormatError) as info:
+        loop.argument(arg)
+    assert info.value.reason == "bad_metadata" and info.value.field == field
 
 
-def test_region_errors_end_the_lease(vec: registry.TypeCodec) -> None:
-    cases: list[tuple[bytes, int, type[Exception]]] = [
-        (b"geo.Point", 1, UnknownTypeError),
-        (b"test.Vec", 7, UnsupportedVersionError),
+def test_slice_errors_end_the_lease(vec: registry.TypeCodec, loop: Loopback) -> None:
+    cases: list[tuple[bytes, int, bytes, type[Exception]]] = [
+        (b"geo.Point", 1, b"x" * 16, UnknownTypeError),
+        (b"test.Vec", 7, b"x" * 16, UnsupportedVersionError),
+        (b"test.Vec", 2, b"short", CodecFailedError),
     ]
-    for name, version, error in cases:
-        with custom_region(b"x" * 16, name, version) as region:
-            args = Arguments(Attachments())
-            with pytest.raises(error):
-                args.convert(handle(region))
-            assert region.control_block().reader_leases == 0
-            args.attachments.detach([region.name])
-    with custom_region(b"short", b"test.Vec", 2) as region:
-        args = Arguments(Attachments())
-        with pytest.raises(CodecFailedError):
-            args.convert(handle(region))
-        assert region.control_block().reader_leases == 0
-        args.attachments.detach([region.name])
+    for name, version, data, error in cases:
+        arg = custom_slice(loop, data, name, version)
+        with pytest.raises(error):
+            loop.argument(arg)
+        assert loop.beam.lent == {}
 
 
-def test_a_custom_handle_to_another_format_is_bad_term(vec: registry.TypeCodec) -> None:
-    with Region.create_for_frame(64, prefix=PREFIX) as region:
-        region.write_frame(b"x" * 16, format=Format.RAW)
-        args = Arguments(Attachments())
-        with pytest.raises(EtfError, match="format"):
-            args.convert(handle(region))
-        args.attachments.detach([region.name])
+def test_a_custom_handle_to_another_format_is_bad_term(
+    vec: registry.TypeCodec, loop: Loopback
+) -> None:
+    arg = loop.beam.slice("custom", b"x" * 16, format=Format.RAW)
+    with pytest.raises(EtfError, match="format"):
+        loop.argument(arg)
 
 
 # ---- through the real worker ------------------------------------------------------------------
@@ -400,33 +381,33 @@ def test_a_custom_handle_to_another_format_is_bad_term(vec: registry.TypeCodec) 
 
 @pytest.fixture(scope="module")
 def worker() -> Iterator[WorkerProcess]:
-    w = WorkerProcess(BEAMBRIDGE_THRESHOLD="1024").start()
-    yield w
-    assert w.stop() == 0
-    assert regions_of(w.pid) == []
+    with running(BEAMBRIDGE_THRESHOLD="1024") as w:
+        yield w
+        assert w.beam.lent == {}
 
 
-def call(w: WorkerProcess, function: str, *args: Any) -> tuple[str, Any]:
-    return w.call(function, *args, module=FORMATS)
+def call(w: WorkerProcess, function: str, *args: Any, **kw: Any) -> tuple[str, Any]:
+    return w.call(function, *args, module=FORMATS, **kw)
 
 
 def test_worker_results(worker: WorkerProcess) -> None:
     status, term = call(worker, "point", 1.5, 2.5)
     assert (status, term) == ("ok", (TAG_CUSTOM, b"bbtest.Point", 2, struct.pack("<dd", 1.5, 2.5)))
     status, term = call(worker, "blob", 5000)
-    assert status == "ok" and term[:2] == (TAG_REGION, KIND_CUSTOM)
-    region, frame = read_result(term)
-    with region, frame:
-        assert frame.header.format == Format.CUSTOM
-        assert frame.header.schema_id == xxhash.xxh3_64_intdigest(b"bbtest.Blob")
-        assert decode(frame.metadata) == (b"bbtest.Blob", 1)
-        assert frame.payload.nbytes == 5000
+    assert status == "ok" and term[:2] == (TAG_SLICE, KIND_CUSTOM)
+    _, object_id, offset, length, generation, _ = worker.entry(term)
+    frame = worker.beam.peers.get(object_id).read_frame(offset, length, generation)
+    assert frame.header.format == Format.CUSTOM
+    assert frame.header.schema_id == xxhash.xxh3_64_intdigest(b"bbtest.Blob")
+    assert decode(frame.metadata) == (b"bbtest.Blob", 1)
+    assert frame.payload.nbytes == 5000
+    frame.release()
 
 
 def test_worker_falls_back_and_warns(worker: WorkerProcess) -> None:
     assert call(worker, "broken", 7) == ("ok", {b"n": 7})
     assert call(worker, "value", 1) == ("ok", 1)  # the warning went before this answer
-    text = worker.log_text(Atom("stderr")).decode()
+    text = worker.log_text("stderr").decode()
     assert "bbtest.Broken" in text and "RuntimeError" in text and "standard form" in text
 
 
@@ -435,9 +416,15 @@ def test_worker_arguments(worker: WorkerProcess) -> None:
     v1 = (TAG_CUSTOM, b"bbtest.Point", 1, struct.pack("<d", 3.0))
     assert call(worker, "canon", [v2, v1]) == ("ok", b"[Point(1.0,2.0),Point(3.0,0.0)]")
     data = bytes(range(256)) * 20
-    with custom_region(data, b"bbtest.Blob", 1) as region:
-        assert call(worker, "canon", handle(region)) == ("ok", b"Blob(5120)")
-        assert region.control_block().reader_leases == 0
+    arg = worker.beam.slice(
+        "custom",
+        data,
+        metadata=encode((b"bbtest.Blob", 1)),
+        schema_id=xxhash.xxh3_64_intdigest(b"bbtest.Blob"),
+        schema_version=1,
+    )
+    assert call(worker, "canon", arg) == ("ok", b"Blob(5120)")
+    assert worker.beam.lent == {}
 
 
 @pytest.mark.parametrize(
@@ -457,16 +444,21 @@ def test_worker_argument_errors(worker: WorkerProcess, term: Any, reason: str, t
     assert call(worker, "value", 1) == ("ok", 1)  # the worker carries on
 
 
-def test_worker_region_bad_metadata(worker: WorkerProcess) -> None:
-    with custom_region(b"x" * 16, b"bbtest.Point", 2, schema_version=1) as region:
-        status, (kind, reason, message) = call(worker, "canon", handle(region))
-        assert (status, kind, reason) == ("error", BAD_CALL, "bad_metadata")
-        assert b"schema_version 1" in message
-        assert region.control_block().reader_leases == 0
+def test_worker_slice_bad_metadata(worker: WorkerProcess) -> None:
+    name = b"bbtest.Point"
+    arg = worker.beam.slice(
+        "custom",
+        b"x" * 16,
+        metadata=encode((name, 2)),
+        schema_id=xxhash.xxh3_64_intdigest(name),
+        schema_version=1,
+    )
+    status, (kind, reason, message) = call(worker, "canon", arg)
+    assert (status, kind, reason) == ("error", BAD_CALL, "bad_metadata")
+    assert b"schema_version 1" in message
+    assert worker.beam.lent == {}
 
 
-def test_worker_six_tuple_call(worker: WorkerProcess) -> None:
-    worker.send((CALL, 4242, FORMATS, Atom("point"), [1.0, 2.0], {b"format": b"etf"}))
-    reply = worker.recv()
-    assert reply == (Atom("ok"), 4242, (TAG_CUSTOM, b"bbtest.Point", 2,
-                                        struct.pack("<dd", 1.0, 2.0)))  # fmt: skip
+def test_worker_call_options(worker: WorkerProcess) -> None:
+    status, term = call(worker, "point", 1.0, 2.0, opts={b"format": b"etf"})
+    assert (status, term) == ("ok", (TAG_CUSTOM, b"bbtest.Point", 2, struct.pack("<dd", 1.0, 2.0)))

@@ -1,7 +1,7 @@
 """Arrow tables on the call path (protocol/formats/arrow.md "On the call path"):
-`Arguments` turns ``{:"$bb_arrow", stream}`` and ``arrow`` region handles into a
+`Decoder` turns ``{:"$bb_arrow", stream}`` and ``arrow`` slice handles into a
 ``pyarrow.Table``; `ResultEncoder` sends Tables, RecordBatches and DataFrames back as
-Arrow streams, inline below the threshold and through a `ResultRegions` region above."""
+Arrow streams, inline below the threshold and through a slice above."""
 
 from __future__ import annotations
 
@@ -11,19 +11,15 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 import pytest
-from beambridge import Atom, EtfError, Format, Region
-from beambridge.convert import (
-    TAG_ARROW,
-    TAG_REGION,
-    Arguments,
-    Attachments,
-    ResultEncoder,
-    ResultRegions,
-)
+from beambridge import Atom, EtfError
+from beambridge.decoder import Decoder
+from beambridge.encoder import ResultEncoder
 from beambridge.etf import decode, encode_parts
-from beambridge.formats.arrow import read_arrow, write_arrow_into_new_region
+from beambridge.formats.arrow import plan_stream
+from beambridge.header import Format
+from beambridge.terms import TAG_ARROW, TAG_SLICE
+from worker_harness import Loopback
 
-PREFIX = "bbcva"
 KIND_ARROW = Atom("arrow")
 
 
@@ -45,22 +41,23 @@ def sample(n: int = 5) -> pa.Table:
 
 
 @pytest.fixture
-def regions() -> Iterator[ResultRegions]:
-    pool = ResultRegions(prefix=PREFIX)
-    yield pool
-    pool.close_all()
+def loop() -> Iterator[Loopback]:
+    lb = Loopback(threshold=1)
+    yield lb
+    lb.close()
+    assert lb.beam.lent == {}
 
 
 def test_inline_argument_is_a_validated_table() -> None:
     table = sample()
-    [got] = Arguments(Attachments()).convert([(TAG_ARROW, stream_of(table))])
+    [got] = Decoder().decode([(TAG_ARROW, stream_of(table))])
     assert isinstance(got, pa.Table) and got.equals(table)
 
 
 @pytest.mark.parametrize("data", [b"", b"junk", b"\xff\xff\xff\xff" + b"\x00" * 4])
 def test_malformed_inline_argument_is_bad_term(data: bytes) -> None:
     with pytest.raises(EtfError) as info:
-        Arguments(Attachments()).convert((TAG_ARROW, data))
+        Decoder().decode((TAG_ARROW, data))
     assert info.value.reason == "bad_term"
     assert "bad_arrow_stream" in str(info.value)
 
@@ -71,37 +68,32 @@ def test_corrupted_offsets_are_refused_inline() -> None:
     at = raw.rfind((4).to_bytes(4, "little"))
     raw[at : at + 4] = (4000).to_bytes(4, "little")
     with pytest.raises(EtfError, match="bad_arrow_stream"):
-        Arguments(Attachments()).convert((TAG_ARROW, bytes(raw)))
+        Decoder().decode((TAG_ARROW, bytes(raw)))
 
 
-def test_region_argument_is_read_in_place_and_keeps_the_lease() -> None:
+def test_slice_argument_is_read_in_place_and_keeps_the_lease(loop: Loopback) -> None:
     table = sample(1000)
-    region, header = write_arrow_into_new_region(table, prefix=PREFIX)
-    try:
-        args = Arguments(Attachments())
-        got = args.convert((TAG_REGION, KIND_ARROW, region.name.encode(), header.generation))
-        assert isinstance(got, pa.Table) and got.equals(table)
-        assert region.control_block().reader_leases == 1
-        del got
-        assert region.control_block().reader_leases == 0
-    finally:
-        region.close()
+    plan = plan_stream(table, None, False)
+    arg = loop.beam.slice("arrow", stream_of(table), metadata=plan.metadata)
+    got = loop.argument(arg)
+    assert isinstance(got, pa.Table) and got.equals(table)
+    assert arg.key in loop.beam.lent  # the table's buffers lie in the slice
+    del got
+    loop.settle()
+    assert loop.beam.lent == {}
 
 
-def test_region_argument_of_another_format_or_malformed_is_bad_term() -> None:
-    region = Region.create_for_frame(4096, 0, prefix=PREFIX)
-    try:
-        args = Arguments(Attachments())
-        gen = region.write_frame(stream_of(sample()), format=Format.RAW).generation
-        with pytest.raises(EtfError, match="needs a frame of format ARROW_STREAM"):
-            args.convert((TAG_REGION, KIND_ARROW, region.name.encode(), gen))
-        gen = region.write_frame(b"junk" * 20, format=Format.ARROW_STREAM).generation
-        with pytest.raises(EtfError, match="bad_arrow_stream") as info:
-            args.convert((TAG_REGION, KIND_ARROW, region.name.encode(), gen))
-        assert info.value.reason == "bad_term"
-        assert region.control_block().reader_leases == 0
-    finally:
-        region.close()
+def test_slice_argument_of_another_format_or_malformed_is_bad_term(loop: Loopback) -> None:
+    arg = loop.beam.slice("arrow", stream_of(sample()), format=Format.RAW)
+    with pytest.raises(EtfError, match="needs a frame of format ARROW_STREAM"):
+        loop.argument(arg)
+    arg = loop.beam.slice("arrow", b"junk" * 20)
+    with pytest.raises(EtfError, match="bad_arrow_stream") as info:
+        loop.argument(arg)
+    assert info.value.reason == "bad_term"
+    del info
+    loop.settle()
+    assert loop.beam.lent == {}
 
 
 def frames(value: Any, encoder: ResultEncoder) -> Any:
@@ -109,9 +101,7 @@ def frames(value: Any, encoder: ResultEncoder) -> Any:
 
 
 @pytest.mark.parametrize("make", ["table", "batch", "dataframe"])
-def test_results_inline_below_threshold_region_at_or_above(
-    regions: ResultRegions, make: str
-) -> None:
+def test_results_inline_below_threshold_slice_at_or_above(loop: Loopback, make: str) -> None:
     for n, threshold in ((4, 1 << 30), (4, 1)):
         table = sample(n)
         value: Any = {
@@ -119,25 +109,16 @@ def test_results_inline_below_threshold_region_at_or_above(
             "batch": table.to_batches()[0] if n else table,
             "dataframe": table.to_pandas(),
         }[make]
-        term = frames(value, ResultEncoder(regions, threshold))
+        term = loop.result(value, threshold=threshold)
         if threshold > 1:
             assert term[0] == TAG_ARROW and type(term[1]) is bytes
             back = pa.ipc.open_stream(term[1]).read_all()
         else:
-            assert term[:2] == (TAG_REGION, KIND_ARROW)
-            region = Region.attach(term[2].decode())
-            try:
-                frame = region.read_frame()
-                assert frame.header.format == Format.ARROW_STREAM
-                assert frame.header.generation == term[3]
-                back = read_arrow(frame)
-                got = back.select(table.column_names)
-                assert got.to_pydict() == table.to_pydict()
-                del back, got, frame
-            finally:
-                region.close()
-            continue
+            assert term[:2] == (TAG_SLICE, KIND_ARROW)
+            assert loop.entries[0][0] == Atom("worker")
+            back = loop.back(term)
         assert back.select(table.column_names).to_pydict() == table.to_pydict()
+        del back
 
 
 def test_a_dataframe_result_drops_its_index() -> None:

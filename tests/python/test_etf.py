@@ -473,7 +473,7 @@ def test_cross_check_with_the_beam(tmp_path: Path) -> None:
             decode(bytes.fromhex(erlang_hex))
 
 
-@pytest.mark.parametrize("name", ["beambridge.etf", "beambridge.convert"])
+@pytest.mark.parametrize("name", ["beambridge.etf", "beambridge.encoder", "beambridge.decoder"])
 def test_doctests(name: str) -> None:
     import doctest
     import importlib

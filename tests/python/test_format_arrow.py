@@ -19,17 +19,16 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.ipc as ipc
 import pytest
-from beambridge import (
-    Codec,
-    Format,
+from beambridge import etf
+from beambridge.control_block import WriterState
+from beambridge.errors import (
+    BridgeError,
+    ChecksumError,
+    FormatError,
     HeaderError,
     LeaseError,
-    Region,
     RegionError,
-    WriterState,
-    etf,
 )
-from beambridge.errors import BridgeError, ChecksumError, FormatError
 from beambridge.formats import arrow
 from beambridge.formats.arrow import (
     ArrowDescriptor,
@@ -41,6 +40,8 @@ from beambridge.formats.arrow import (
     write_arrow,
     write_arrow_into_new_region,
 )
+from beambridge.header import Codec, Format
+from beambridge.region import Region
 from helpers import PREFIX
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
@@ -659,7 +660,7 @@ def test_types_pyarrow_cannot_wrap_are_refused() -> None:
 
 
 def test_truncated_everywhere() -> None:
-    meta = arrow._encode_descriptor(GOOD.schema, GOOD.num_rows * 3, 3)
+    meta = arrow.encode_descriptor(GOOD.schema, GOOD.num_rows * 3, 3)
     for cut in range(len(GOOD_STREAM)):
         if cut >= len(GOOD_STREAM) - 8:
             continue  # the end-of-stream marker is optional: these are still the table
@@ -712,13 +713,13 @@ def test_wrong_format_and_codec() -> None:
 
 
 def test_metadata_descriptor() -> None:
-    meta = arrow._encode_descriptor(GOOD.schema, 12, 3)
+    meta = arrow.encode_descriptor(GOOD.schema, 12, 3)
     desc = arrow_descriptor(meta)
     assert desc.num_rows == 12 and desc.num_columns == 7 and desc.num_batches == 3
     assert desc.fields is not None and desc.fields[5] == ("ts", "timestamp[ms, tz=UTC]", True)
     assert etf.decode(meta)[b"fields"][0] == (b"i", b"int32", True)
     read_bytes(GOOD_STREAM, meta)
-    wrong = arrow._encode_descriptor(GOOD.schema, 11, 3)
+    wrong = arrow.encode_descriptor(GOOD.schema, 11, 3)
     err = expect_bad(GOOD_STREAM, "metadata", wrong)
     assert err.reason == "bad_metadata"
     bad: list[Any] = [
@@ -777,7 +778,7 @@ def test_mutated_streams_are_typed_errors(edits: list[tuple[int, int]], with_met
     for pos, byte in edits:
         data[pos] = byte
     assume(bytes(data) != GOOD_STREAM)
-    meta = arrow._encode_descriptor(GOOD.schema, 12, 3) if with_meta else b""
+    meta = arrow.encode_descriptor(GOOD.schema, 12, 3) if with_meta else b""
     try:
         read_bytes(bytes(data), meta)  # a table that comes out is valid and in place
     except FormatError as err:
@@ -789,7 +790,7 @@ def test_mutated_streams_are_typed_errors(edits: list[tuple[int, int]], with_met
 def test_truncated_random_tables(table: pa.Table, data: st.DataObject) -> None:
     stream = stream_bytes(table)
     cut = data.draw(st.integers(0, len(stream) - 9))
-    meta = arrow._encode_descriptor(table.schema, table.num_rows, len(table.to_batches()))
+    meta = arrow.encode_descriptor(table.schema, table.num_rows, len(table.to_batches()))
     try:
         read_bytes(stream[:cut], meta)
     except FormatError:
@@ -837,7 +838,7 @@ def test_failed_write_leaves_no_view_and_publishes_nothing(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     table = pa.table({"x": list(range(100))})
-    real = arrow._write_stream
+    real = arrow.write_stream
 
     def failing(sink: Any, data: Any, schema: pa.Schema) -> Any:
         if isinstance(sink, pa.FixedSizeBufferWriter):
@@ -847,13 +848,13 @@ def test_failed_write_leaves_no_view_and_publishes_nothing(
 
     with region_for(table) as region:
         write_arrow(region, table)
-        monkeypatch.setattr(arrow, "_write_stream", failing)
+        monkeypatch.setattr(arrow, "write_stream", failing)
         with pytest.raises(RuntimeError, match="boom"):
             write_arrow(region, table)
         assert region.control_block().writer_state == WriterState.EMPTY
         with pytest.raises(LeaseError, match="not_published"):
             region.read_frame()
-        monkeypatch.setattr(arrow, "_write_stream", real)
+        monkeypatch.setattr(arrow, "write_stream", real)
         write_arrow(region, table)  # the region is usable again (close() below too)
 
 

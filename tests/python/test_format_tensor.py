@@ -1,6 +1,7 @@
 """The tensor format (protocol/formats/tensor.md): single tensors, bundles and COO arrays
-through real regions, inline and region forms giving the same Python value (invariant 7),
-and the refusals (object dtypes, malformed descriptors)."""
+written into frames (the format's own writers use a v1 region as the frame's container)
+and read back in place; inline and slice forms of the bridge's terms giving the same
+Python value (invariant 7); the refusals (object dtypes, malformed descriptors)."""
 
 from __future__ import annotations
 
@@ -12,22 +13,18 @@ from typing import Any
 import hypothesis.extra.numpy as hnp
 import numpy as np
 import pytest
-from beambridge import Atom, Format, LeaseError, Region
-from beambridge.convert import (
-    TAG_REGION,
-    TAG_SPARSE_COO,
-    TAG_TENSOR,
-    TAG_TENSOR_BUNDLE,
-    Arguments,
-    Attachments,
-    ResultEncoder,
-    ResultRegions,
-)
-from beambridge.errors import EtfError
+from beambridge import Atom
+from beambridge.decoder import Decoder
+from beambridge.encoder import ResultEncoder
+from beambridge.errors import EtfError, LeaseError
 from beambridge.etf import decode, encode, encode_parts
 from beambridge.formats import tensor as tf
+from beambridge.header import Format
+from beambridge.region import Region
+from beambridge.terms import TAG_SLICE, TAG_SPARSE_COO, TAG_TENSOR, TAG_TENSOR_BUNDLE
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from worker_harness import Loopback
 
 PREFIX = "bbpyt"
 
@@ -130,7 +127,7 @@ def test_a_tensor_round_trips_through_a_region_as_a_read_only_view(
     with region_for(arr) as region:
         header = tf.write_tensor(region, arr)
         assert header.format == Format.TENSOR
-        assert header.schema_id == (tf.SCHEMA_LEGACY if tf.is_legacy(arr) else tf.SCHEMA_TENSOR)
+        assert header.schema_id == tf.SCHEMA_TENSOR  # every tensor: a descriptor map
         frame = region.read_frame()
         back = tf.read_tensor(frame)
         del frame
@@ -177,20 +174,16 @@ def test_empty_and_zero_dimensional_tensors() -> None:
             del back
 
 
-def test_legacy_metadata_stays_readable() -> None:
+def test_schema_0_is_not_a_tensor_schema() -> None:
+    """``{dtype, shape}`` (schema 0) is only the layout of packed frames now."""
     data = np.arange(6, dtype="<i4").tobytes()
     with Region.create_for_frame(len(data), 64, prefix=PREFIX) as region:
         region.write_frame(data, metadata=encode((b"<i4", [2, 3])), format=Format.TENSOR)
-        back = tf.read_tensor(region.read_frame())
-        assert back.tolist() == [[0, 1, 2], [3, 4, 5]] and not back.flags.writeable
-        del back
-        gc.collect()
-        # schema 0 holds only the original dtypes
-        region.write_frame(data[:6], metadata=encode((b"|b1", [6])), format=Format.TENSOR)
-        with pytest.raises(EtfError) as info:
-            tf.read_tensor(region.read_frame())
-        assert info.value.field == "dtype"
-        del info
+        for read in (tf.read_tensor, tf.read):
+            with pytest.raises(EtfError) as info:
+                read(region.read_frame())
+            assert info.value.field == "schema_id"
+            del info
         gc.collect()
 
 
@@ -284,9 +277,13 @@ def test_dtypes_that_would_need_pickle_or_have_no_fixed_layout_are_refused(
     assert isinstance(err, TypeError) and err.reason == "unsupported_dtype"
     assert str(arr.dtype) in str(err) and ";" in str(err)  # names the dtype, says what to do
     # the result encoder refuses it the same way, inline or not (the worker's bad_call)
+    loop = Loopback()
     for threshold in (0, 1 << 30):
         with pytest.raises(TypeError, match="unsupported_dtype"):
-            encode_parts(arr, ResultEncoder(ResultRegions(PREFIX), threshold))
+            loop.result(arr, threshold=threshold)
+    loop.close()
+    with pytest.raises(TypeError, match="unsupported_dtype"):
+        encode_parts(arr, ResultEncoder())
     with pytest.raises(TypeError, match="pickle"):
         tf.plan(np.array([None]))
 
@@ -356,17 +353,7 @@ def test_descriptor_errors_never_escape_as_other_exceptions() -> None:
             tf.dtype_from_descr(descr)
 
 
-# ---- the bridge's terms: inline and region forms give the same value (invariant 7) --------
-
-
-def through(value: Any, threshold: int) -> tuple[Any, Any]:
-    """Encode ``value`` as a result (inline or region by ``threshold``), then decode that
-    term as an argument, as the other side would: returns (term, value read)."""
-    results = ResultRegions(PREFIX, checksum=True)
-    term = decode(b"".join(encode_parts(value, ResultEncoder(results, threshold))))
-    args = Arguments(Attachments(), verify=True)
-    out = args.convert(term)
-    return term, (out, results, args)
+# ---- the bridge's terms: inline and slice forms give the same value (invariant 7) ---------
 
 
 def describe(v: Any) -> Any:
@@ -380,72 +367,83 @@ def describe(v: Any) -> Any:
     raise AssertionError(type(v))
 
 
+def assert_view_in_slice(a: np.ndarray[Any, Any], loop: Loopback, entry: Any) -> None:
+    """``a`` lies in the payload of the slice ``entry`` names, in the BEAM's mapping."""
+    assert not a.flags.writeable and not a.flags.owndata
+    _, object_id, offset, length, _generation, _ticket = entry
+    start = loop.beam.peers.base(object_id) + offset
+    assert start < address(a) and address(a) + a.nbytes <= start + length
+    assert address(a) % tf.ALIGN == 0
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.one_of(arrays(), st.dictionaries(st.text(min_size=1, max_size=4), arrays(), max_size=3)
                  .map(tf.Bundle), hnp.arrays("<f4", (3, 4)).map(tf.COO.from_dense)))  # fmt: skip
-def test_inline_and_region_forms_give_the_same_python_value(value: Any) -> None:
-    inline_term, (inline, r1, _a1) = through(value, 1 << 40)
-    region_term, (in_region, r2, a2) = through(value, 1)
-    assert inline_term[0] in (TAG_TENSOR, TAG_TENSOR_BUNDLE, TAG_SPARSE_COO)
-    payload = tf.plan(value).nbytes
-    assert (region_term[0] == TAG_REGION) == (payload > 0)
-    assert describe(inline) == describe(in_region)
-    for got in (inline, in_region):
-        if isinstance(value, np.ndarray):
-            assert_same_array(got, value)
-            assert not got.flags.writeable
-        elif isinstance(value, tf.COO):
-            assert got.shape == value.shape
-            assert_same_array(got.indices, value.indices)
-            assert_same_array(got.values, value.values)
-        else:
-            assert list(got) == list(value)
-            for name in value:
-                assert_same_array(got[name], value[name])
-    del inline, in_region
-    gc.collect()
-    a2.attachments.detach([n.encode() for n in list(a2.attachments._regions)])
-    r1.close_all()
-    r2.close_all()
+def test_inline_and_slice_forms_give_the_same_python_value(value: Any) -> None:
+    inline_loop, slice_loop = Loopback(1 << 40), Loopback(1)
+    try:
+        inline_term = inline_loop.result(value)
+        slice_term = slice_loop.result(value)
+        assert inline_term[0] in (TAG_TENSOR, TAG_TENSOR_BUNDLE, TAG_SPARSE_COO)
+        payload = tf.plan(value).nbytes
+        assert (slice_term[0] == TAG_SLICE) == (payload > 0)
+        inline, in_slice = inline_loop.back(inline_term), slice_loop.back(slice_term)
+        assert describe(inline) == describe(in_slice)
+        for got in (inline, in_slice):
+            if isinstance(value, np.ndarray):
+                assert_same_array(got, value)
+                assert not got.flags.writeable
+            elif isinstance(value, tf.COO):
+                assert got.shape == value.shape
+                assert_same_array(got.indices, value.indices)
+                assert_same_array(got.values, value.values)
+            else:
+                assert list(got) == list(value)
+                for name in value:
+                    assert_same_array(got[name], value[name])
+        del inline, in_slice, got
+        gc.collect()
+        slice_loop.beam.end_leases()
+        assert slice_loop.beam.tickets == {}  # every lease ended once the values went
+    finally:
+        inline_loop.close()
+        slice_loop.close()
 
 
-def test_a_region_argument_is_a_view_in_the_mapping_and_keeps_its_lease() -> None:
+def test_a_slice_argument_is_a_view_in_the_mapping_and_keeps_its_lease() -> None:
     arr = np.asfortranarray(np.arange(20000, dtype=">i4").reshape(100, 200))
-    results = ResultRegions(PREFIX)
-    term = decode(b"".join(encode_parts(arr, ResultEncoder(results, 1024))))
-    assert term[:2] == (TAG_REGION, Atom("tensor"))
-    args = Arguments(Attachments(), verify=True)
-    back = args.convert(term)
-    (region,) = results.regions()
-    assert_view_in(back, region)
+    loop = Loopback(1024)
+    term = loop.result(arr)
+    assert term[:2] == (TAG_SLICE, Atom("tensor"))
+    back = loop.back(term)
+    assert_view_in_slice(back, loop, loop.entries[0])
     assert back.flags.f_contiguous and back.dtype.str == ">i4"
-    assert region.control_block().reader_leases == 1
+    assert len(loop.beam.tickets) == 1  # the lease follows the array
     del back
     gc.collect()
-    assert region.control_block().reader_leases == 0
-    args.attachments.detach([term[2]])
-    results.close_all()
+    loop.beam.end_leases()
+    assert loop.beam.tickets == {}
+    loop.close()
 
 
 def test_a_handle_kind_must_match_the_frame_schema() -> None:
-    results = ResultRegions(PREFIX)
-    term = decode(b"".join(encode_parts(np.zeros(4096, ">f4"), ResultEncoder(results, 16))))
-    args = Arguments(Attachments())
+    loop = Loopback(16)
+    term = loop.result(np.zeros(4096, ">f4"))
     for kind in ("tensor_bundle", "sparse_coo"):
         with pytest.raises(EtfError) as info:
-            args.convert((TAG_REGION, Atom(kind), term[2], term[3]))
+            loop.back((TAG_SLICE, Atom(kind), term[2]))
         assert info.value.field == "schema_id"
         del info
     gc.collect()
-    args.attachments.detach([term[2]])
-    results.close_all()
+    loop.close()
 
 
 def test_inline_terms_from_the_peer_are_checked() -> None:
-    args = Arguments(Attachments())
+    args = Decoder()
     good = (TAG_TENSOR, {b"dtype": b">u2", b"shape": [2], b"order": b"F"}, b"\x00\x01\x00\x02")
-    assert args.convert(good).tolist() == [1, 2]
+    assert args.decode(good).tolist() == [1, 2]
     for bad in [
+        (TAG_TENSOR, b"<u2", [2], b"\x00\x01\x00\x02"),  # the legacy 4-tuple: gone
         (TAG_TENSOR, {b"dtype": b">u2", b"shape": [3]}, b"\x00\x01\x00\x02"),
         (TAG_TENSOR, {b"dtype": b"|O", b"shape": [1]}, b"\x00" * 8),
         (TAG_TENSOR, [b">u2", [2]], b"\x00" * 4),
@@ -458,8 +456,8 @@ def test_inline_terms_from_the_peer_are_checked() -> None:
                                (b"values", {b"dtype": b"|u1", b"shape": [1]}, b"\x07")]),
     ]:  # fmt: skip
         with pytest.raises(EtfError):
-            args.convert(bad)
-    coo = args.convert((TAG_SPARSE_COO, [2], [
+            args.decode(bad)
+    coo = args.decode((TAG_SPARSE_COO, [2], [
         (b"indices", {b"dtype": b"<i8", b"shape": [1, 1]}, (1).to_bytes(8, "little")),
         (b"values", {b"dtype": b"|u1", b"shape": [1]}, b"\x07")]))  # fmt: skip
     assert isinstance(coo, tf.COO) and coo.todense().tolist() == [0, 7]

@@ -7,18 +7,17 @@ import struct
 
 import pytest
 import xxhash
-from beambridge import (
-    ChecksumError,
+from beambridge.errors import ChecksumError, HeaderError
+from beambridge.header import (
     Codec,
     Format,
-    HeaderError,
+    Header,
     decode_frame,
     encode_frame,
     pack_header,
     payload_offset_for,
     validate_header,
 )
-from beambridge.header import Header
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

@@ -44,7 +44,8 @@ def in_small_shm(code: str) -> dict[str, object]:
 PRELUDE = """
     import json, os
     import beambridge.region
-    from beambridge import Region, RegionError
+    from beambridge.errors import RegionError
+    from beambridge.region import Region
     def attempt(size):
         try:
             Region.create(size)

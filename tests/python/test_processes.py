@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 
 import xxhash
-from beambridge import Format, LeaseError, Region
+from beambridge.errors import LeaseError
+from beambridge.header import Format
+from beambridge.region import Region
 from helpers import PREFIX, exists, python_child
 
 READER = """
     import json, sys, xxhash
     import numpy as np
-    from beambridge import Region
+    from beambridge.region import Region
     peer = Region.attach(sys.argv[1] if len(sys.argv) > 1 else {name!r})
     frame = peer.read_frame()
     arr = np.frombuffer(frame.payload, dtype=np.uint8)
@@ -58,7 +60,7 @@ def test_python_writes_another_process_reads_and_holds_a_lease() -> None:
 
 WRITER = f"""
     import sys
-    from beambridge import Region
+    from beambridge.region import Region
     region = Region.create_for_frame(1 << 20, 10, prefix={PREFIX!r})
     region.write_frame(b"z" * (1 << 20), metadata=b"from child")
     print(region.name)

@@ -6,15 +6,16 @@ import os
 import signal
 import subprocess
 
-from beambridge import Region, reap_stale
-from beambridge.control import pack_control_block, process_start_time
+from beambridge.control_block import pack_control_block, process_start_time
+from beambridge.reaper import reap_stale
+from beambridge.region import Region
 from helpers import exists, make_raw_object, python_child, shm_path, unlink
 
 REAP = "bbreap"
 
 OWNER = f"""
     import sys
-    from beambridge import Region
+    from beambridge.region import Region
     region = Region.create(4096, prefix={REAP!r})
     print(region.name)
     sys.stdin.readline()

@@ -11,19 +11,16 @@ import stat
 import numpy as np
 import pytest
 import xxhash
-from beambridge import (
-    ChecksumError,
-    Format,
-    HeaderError,
-    LeaseError,
-    Region,
-    RegionError,
+from beambridge import _atomic
+from beambridge.control_block import (
+    OFF_WRITER_GENERATION,
     WriterState,
-    _atomic,
+    pack_control_block,
+    process_start_time,
 )
-from beambridge.control import OFF_WRITER_GENERATION, pack_control_block, process_start_time
-from beambridge.errors import region_error
-from beambridge.region import COPY_CHUNK
+from beambridge.errors import ChecksumError, HeaderError, LeaseError, RegionError, region_error
+from beambridge.header import Format
+from beambridge.region import COPY_CHUNK, Region
 from helpers import PREFIX, exists, make_raw_object, shm_path, unlink
 
 NAME_RE = re.compile(r"^/bbpy-([0-9]{1,10})-([0-9a-f]{16})$")

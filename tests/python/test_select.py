@@ -1,10 +1,9 @@
 """Format selection (protocol/SPEC.md §8.1): number lists packed, record lists and column
 maps as records, under the policies auto / etf / packed / arrow, inline and through
-regions, both ways; the receiver always gets the value plain ETF gives."""
+slices, both ways; the receiver always gets the value plain ETF gives."""
 
 from __future__ import annotations
 
-import contextlib
 import doctest
 import logging
 import math
@@ -15,32 +14,22 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pytest
-from beambridge import Atom, EtfError, Format, Region
-from beambridge.convert import (
-    TAG_PACKED,
-    TAG_RECORDS,
-    TAG_REGION,
-    Arguments,
-    Attachments,
-    FormatUnsuitableError,
-    ResultEncoder,
-    ResultRegions,
-    format_stats,
-    reset_format_stats,
-)
+from beambridge import Atom, EtfError, FormatUnsuitableError, format_stats, reset_format_stats
+from beambridge.decoder import Decoder
+from beambridge.encoder import ResultEncoder
 from beambridge.etf import decode, encode, encode_parts
 from beambridge.formats import records as records_format
-from beambridge.worker import _peek_call_id
+from beambridge.header import Format
+from beambridge.terms import TAG_PACKED, TAG_RECORDS, TAG_SLICE
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from strategies import INT64, number_lists, records
 from test_etf import canon
-from worker_harness import CALL, PREFIX, WorkerProcess, read_result, regions_of
+from worker_harness import BAD_CALL, Loopback, WorkerProcess, running
 
 ROWS, COLUMNS = Atom("rows"), Atom("columns")
 KIND_PACKED, KIND_RECORDS = Atom("packed"), Atom("records")
 FORMATS = Atom("bbtest_formats")
-BAD_CALL = Atom("bad_call")
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
 
 
@@ -56,7 +45,7 @@ def wire(value: Any, encoder: ResultEncoder | None = None, **kw: Any) -> Any:
 
 def received(term: Any) -> Any:
     """What a handler gets for that term as an argument."""
-    return Arguments(Attachments()).convert(term)
+    return Decoder().decode(term)
 
 
 def etf_value(value: Any) -> Any:
@@ -80,9 +69,10 @@ def stream_of(table: pa.Table) -> bytes:
 
 
 def test_doctests() -> None:
-    import beambridge.convert
+    import beambridge.decoder
+    import beambridge.encoder
 
-    for module in (records_format, beambridge.convert):
+    for module in (records_format, beambridge.decoder, beambridge.encoder):
         result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
         assert result.failed == 0 and result.attempted > 0
 
@@ -421,101 +411,74 @@ def test_packed_arguments_of_any_length() -> None:
     assert received((TAG_PACKED, b"|u1", b"\x07")) == [7]
 
 
-# ---- regions ---------------------------------------------------------------------------------
+# ---- slices ---------------------------------------------------------------------------------
 
 
 @pytest.fixture
-def pool() -> Iterator[ResultRegions]:
-    p = ResultRegions(prefix=PREFIX)
-    yield p
-    p.close_all()
+def loop() -> Iterator[Loopback]:
+    lb = Loopback(threshold=4096)
+    yield lb
+    lb.close()
+    assert lb.beam.lent == {}
 
 
-def read_back(term: Any) -> Any:
-    """Read a result region handle the way a handler's argument would be (the region is
-    attached by name), then check the lease ended."""
-    args = Arguments(Attachments())
-    try:
-        value = args.convert(term)
-        region = args.attachments.get(term[2].decode())
-        assert region.control_block().reader_leases == 0
-        return value
-    finally:
-        args.attachments.detach([term[2]])
+def result_frame(loop: Loopback, term: Any) -> Any:
+    """The frame of a result handle, read as the BEAM reads it (release it after)."""
+    _, object_id, offset, length, generation, _ = loop.entries[term[2]]
+    return loop.beam.peers.get(object_id).read_frame(offset, length, generation)
 
 
-def test_packed_in_a_region(pool: ResultRegions) -> None:
+def test_packed_in_a_slice(loop: Loopback) -> None:
     values = list(range(-5000, 5000))
-    term = wire(values, ResultEncoder(pool, threshold=4096))
-    assert term[:2] == (TAG_REGION, KIND_PACKED)
-    region, frame = read_result(term)
-    with region, frame:
-        h = frame.header
-        assert (h.format, h.schema_id, h.schema_version) == (Format.TENSOR, 0, 0)
-        assert decode(frame.metadata) == (b"<i2", [10000])
-        assert bytes(frame.payload) == np.array(values, "<i2").tobytes()
-    assert read_back(term) == values
+    term = loop.result(values)
+    assert term[:2] == (TAG_SLICE, KIND_PACKED)
+    frame = result_frame(loop, term)
+    h = frame.header
+    assert (h.format, h.schema_id, h.schema_version) == (Format.TENSOR, 0, 0)
+    assert decode(frame.metadata) == (b"<i2", [10000])
+    assert bytes(frame.payload) == np.array(values, "<i2").tobytes()
+    frame.release()
+    assert loop.back(term) == values  # a decoder reads the same slice back
     stats = format_stats()
     assert stats[("to_elixir", "packed", "auto")] == {"count": 1, "bytes": 20000}
-    assert stats[("from_elixir", "packed", "region")] == {"count": 1, "bytes": 20000}
+    assert stats[("from_elixir", "packed", "slice")] == {"count": 1, "bytes": 20000}
 
 
-def test_records_in_a_region(pool: ResultRegions) -> None:
+def test_records_in_a_slice(loop: Loopback) -> None:
     rows = [{"id": i, "name": f"n{i}", "v": None if i % 3 else i / 3} for i in range(3000)]
-    term = wire(rows, ResultEncoder(pool, threshold=4096))
-    assert term[:2] == (TAG_REGION, KIND_RECORDS)
-    region, frame = read_result(term)
-    with region, frame:
-        assert frame.header.format == Format.ARROW_STREAM
-        assert decode(frame.metadata) == {b"layout": b"rows", b"num_rows": 3000,
-                                          b"num_columns": 3}  # fmt: skip
-    assert canon(read_back(term)) == canon(etf_value(rows))
+    term = loop.result(rows)
+    assert term[:2] == (TAG_SLICE, KIND_RECORDS)
+    frame = result_frame(loop, term)
+    assert frame.header.format == Format.ARROW_STREAM
+    assert decode(frame.metadata) == {b"layout": b"rows", b"num_rows": 3000, b"num_columns": 3}
+    frame.release()
+    assert canon(loop.back(term)) == canon(etf_value(rows))
     assert ("to_elixir", "records", "auto") in format_stats()
 
 
-def test_below_the_threshold_stays_inline(pool: ResultRegions) -> None:
-    enc = ResultEncoder(pool, threshold=1 << 20)
-    assert wire(list(range(300)), enc)[0] == TAG_PACKED
-    assert wire([{"a": i} for i in range(5000)], enc)[0] == TAG_RECORDS
-    assert pool.total == 0
-
-
-@contextlib.contextmanager
-def beam_region(payload: bytes, metadata: bytes, fmt: Format, **kw: Any) -> Iterator[Region]:
-    region = Region.create_for_frame(max(len(payload), 64), max(len(metadata), 64), prefix=PREFIX)
-    try:
-        region.write_frame(payload, metadata=metadata, format=fmt, **kw)
-        yield region
-    finally:
-        region.close()
-
-
-def handle(kind: Atom, region: Region) -> Any:
-    return (TAG_REGION, kind, region.name.encode(), region.control_block().writer_generation)
-
-
-def convert_region(term: Any, region: Region) -> Any:
-    args = Arguments(Attachments())
-    try:
-        return args.convert(term)
-    finally:
-        assert region.control_block().reader_leases == 0  # copied out, or refused
-        args.attachments.detach([region.name])
+def test_below_the_threshold_stays_inline() -> None:
+    lb = Loopback(threshold=1 << 20)
+    assert lb.result(list(range(300)))[0] == TAG_PACKED
+    assert lb.result([{"a": i} for i in range(5000)])[0] == TAG_RECORDS
+    assert lb.slices.arenas is not None and lb.slices.arenas.total == 0
+    lb.close()
 
 
 def records_meta(layout: str = "rows", rows: int = 2, columns: int = 1) -> bytes:
     return encode({b"layout": layout.encode(), b"num_rows": rows, b"num_columns": columns})
 
 
-def test_beam_region_arguments() -> None:
+def test_beam_slice_arguments(loop: Loopback) -> None:
     data = np.array([1, -2, 3], "<i4").tobytes()
-    with beam_region(data, encode((b"<i4", [3])), Format.TENSOR) as region:
-        assert convert_region(handle(KIND_PACKED, region), region) == [1, -2, 3]
+    arg = loop.beam.slice("packed", data, metadata=encode((b"<i4", [3])))
+    assert loop.argument(arg) == [1, -2, 3]
+    assert loop.beam.lent == {}  # copied out: released at once
     stream = beam_stream({"a": pa.array([1, 2])})
-    with beam_region(stream, records_meta(), Format.ARROW_STREAM) as region:
-        assert convert_region(handle(KIND_RECORDS, region), region) == [{b"a": 1}, {b"a": 2}]
-    with beam_region(stream, records_meta("columns"), Format.ARROW_STREAM) as region:
-        assert convert_region(handle(KIND_RECORDS, region), region) == {b"a": [1, 2]}
+    arg = loop.beam.slice("records", stream, metadata=records_meta())
+    assert loop.argument(arg) == [{b"a": 1}, {b"a": 2}]
+    arg = loop.beam.slice("records", stream, metadata=records_meta("columns"))
+    assert loop.argument(arg) == {b"a": [1, 2]}
+    assert loop.beam.lent == {}
 
 
 @pytest.mark.parametrize(
@@ -526,18 +489,24 @@ def test_beam_region_arguments() -> None:
         (b"\x00" * 8, encode((b"<i4", [])), Format.TENSOR, {}, "1-D"),
         (b"\x00" * 8, encode((b"<f4", [2])), Format.TENSOR, {}, "<f4"),
         (b"\x00" * 8, encode((b"<i4", [3])), Format.TENSOR, {}, "need 12 bytes"),
-        (b"\x00" * 8, encode({b"dtype": b"<i4", b"shape": [2]}), Format.TENSOR,
-         {"schema_id": 1, "schema_version": 1}, "schema"),
+        (
+            b"\x00" * 8,
+            encode({b"dtype": b"<i4", b"shape": [2]}),
+            Format.TENSOR,
+            {"schema_id": 1, "schema_version": 1},
+            "schema",
+        ),
         (b"\x00" * 8, b"junk", Format.TENSOR, {}, "metadata"),
     ],
-)  # fmt: skip
-def test_bad_packed_regions(
-    payload: bytes, metadata: bytes, fmt: Format, header: dict[str, Any], text: str
+)
+def test_bad_packed_slices(
+    loop: Loopback, payload: bytes, metadata: bytes, fmt: Format, header: dict[str, Any], text: str
 ) -> None:
-    with beam_region(payload, metadata, fmt, **header) as region:
-        with pytest.raises(EtfError) as info:
-            convert_region(handle(KIND_PACKED, region), region)
-        assert info.value.reason == "bad_term" and text in str(info.value)
+    arg = loop.beam.slice("packed", payload, metadata=metadata, format=fmt, **header)
+    with pytest.raises(EtfError) as info:
+        loop.argument(arg)
+    assert info.value.reason == "bad_term" and text in str(info.value)
+    assert loop.beam.lent == {}  # refused: released all the same
 
 
 @pytest.mark.parametrize(
@@ -552,27 +521,26 @@ def test_bad_packed_regions(
         (records_meta(columns=2), "2 columns"),
     ],
 )
-def test_bad_records_region_metadata(metadata: bytes, text: str) -> None:
+def test_bad_records_slice_metadata(loop: Loopback, metadata: bytes, text: str) -> None:
     stream = beam_stream({"a": pa.array([1, 2])})
-    with beam_region(stream, metadata, Format.ARROW_STREAM) as region:
-        with pytest.raises(EtfError) as info:
-            convert_region(handle(KIND_RECORDS, region), region)
-        assert info.value.reason == "bad_term" and text in str(info.value)
+    arg = loop.beam.slice("records", stream, metadata=metadata)
+    with pytest.raises(EtfError) as info:
+        loop.argument(arg)
+    assert info.value.reason == "bad_term" and text in str(info.value)
+    assert loop.beam.lent == {}
 
 
-def test_bad_records_region_streams_end_the_lease() -> None:
+def test_bad_records_slice_streams_end_the_lease(loop: Loopback) -> None:
     for stream, text in ((b"x" * 100, "bad_arrow_stream"),
                          (beam_stream({"a": pa.array([1, 2], pa.int8())}), "int8")):  # fmt: skip
-        with (
-            beam_region(stream, records_meta(), Format.ARROW_STREAM) as region,
-            pytest.raises(EtfError, match=text),
-        ):
-            convert_region(handle(KIND_RECORDS, region), region)
-    with (
-        beam_region(b"\x00" * 16, records_meta(), Format.RAW) as region,
-        pytest.raises(EtfError, match="format"),
-    ):
-        convert_region(handle(KIND_RECORDS, region), region)
+        arg = loop.beam.slice("records", stream, metadata=records_meta())
+        with pytest.raises(EtfError, match=text):
+            loop.argument(arg)
+        assert loop.beam.lent == {}
+    arg = loop.beam.slice("records", b"\x00" * 16, metadata=records_meta(), format=Format.RAW)
+    with pytest.raises(EtfError, match="format"):
+        loop.argument(arg)
+    assert loop.beam.lent == {}
 
 
 # ---- counting and logging ----------------------------------------------------------------------
@@ -607,20 +575,12 @@ def test_a_bad_policy_is_refused() -> None:
 
 @pytest.fixture(scope="module")
 def worker() -> Iterator[WorkerProcess]:
-    w = WorkerProcess(BEAMBRIDGE_THRESHOLD="8192").start()
-    yield w
-    assert w.stop() == 0
-    assert regions_of(w.pid) == []
+    with running(BEAMBRIDGE_THRESHOLD="8192") as w:
+        yield w
 
 
 def call(w: WorkerProcess, function: str, *args: Any, opts: Any = None) -> tuple[str, Any]:
-    call_id = w.next_id
-    w.next_id += 1
-    message = (CALL, call_id, FORMATS, Atom(function), list(args))
-    w.send(message if opts is None else (*message, opts))
-    reply = w.recv()
-    assert reply[1] == call_id, reply
-    return (str(reply[0]), reply[2])
+    return w.call(function, *args, module=FORMATS, opts=opts)
 
 
 def fmt(policy: str) -> dict[bytes, bytes]:
@@ -628,12 +588,12 @@ def fmt(policy: str) -> dict[bytes, bytes]:
 
 
 def test_worker_policies(worker: WorkerProcess) -> None:
-    assert call(worker, "ints", 300) == ("ok", (TAG_PACKED, b"<i2", np.arange(300, dtype="<i2")
-                                                .tobytes()))  # fmt: skip
+    packed = (TAG_PACKED, b"<i2", np.arange(300, dtype="<i2").tobytes())
+    assert call(worker, "ints", 300) == ("ok", packed)
     assert call(worker, "ints", 300, opts=fmt("auto"))[1][0] == TAG_PACKED
     assert call(worker, "ints", 300, opts=fmt("etf")) == ("ok", list(range(300)))
-    assert call(worker, "ints", 3, -1, opts=fmt("packed")) == ("ok", (TAG_PACKED, b"|i1",
-                                                                      b"\xff\x00\x01"))  # fmt: skip
+    packed = (TAG_PACKED, b"|i1", b"\xff\x00\x01")
+    assert call(worker, "ints", 3, -1, opts=fmt("packed")) == ("ok", packed)
     assert call(worker, "ints", 3, opts={b"other": 1}) == ("ok", [0, 1, 2])  # unknown keys
     status, term = call(worker, "rows", 10, opts=fmt("arrow"))
     assert status == "ok" and term[:2] == (TAG_RECORDS, ROWS)
@@ -648,22 +608,21 @@ def worker_rows(n: int) -> list[dict[str, Any]]:
              "raw": bytes([i % 256]) if i % 2 else None} for i in range(n)]  # fmt: skip
 
 
-def test_worker_regions(worker: WorkerProcess) -> None:
+def test_worker_slices(worker: WorkerProcess) -> None:
     status, term = call(worker, "floats", 5000)
-    assert status == "ok" and term[:2] == (TAG_REGION, KIND_PACKED)
-    region, frame = read_result(term)
-    with region, frame:
-        assert decode(frame.metadata) == (b"<f8", [5000])
-        assert records_format.read_packed(frame) == [i * 0.25 - 3.0 for i in range(5000)]
+    assert status == "ok" and term[:2] == (TAG_SLICE, KIND_PACKED)
+    _, object_id, offset, length, generation, _ = worker.entry(term)
+    frame = worker.beam.peers.get(object_id).read_frame(offset, length, generation)
+    assert decode(frame.metadata) == (b"<f8", [5000])
+    frame.release()
+    assert worker.read(term) == [i * 0.25 - 3.0 for i in range(5000)]
     status, term = call(worker, "rows", 2000)
-    assert status == "ok" and term[:2] == (TAG_REGION, KIND_RECORDS)
-    region, frame = read_result(term)
-    with region:
-        layout, rows, columns = records_format.parse_records_metadata(frame.metadata)
-        assert (layout, rows, columns) == ("rows", 2000, 5)
-        value = records_format.records_from_stream(frame.payload, layout, (rows, columns))
-        frame.release()
-    assert canon(value) == canon(etf_value(worker_rows(2000)))
+    assert status == "ok" and term[:2] == (TAG_SLICE, KIND_RECORDS)
+    _, object_id, offset, length, generation, _ = worker.entry(term)
+    frame = worker.beam.peers.get(object_id).read_frame(offset, length, generation)
+    assert records_format.parse_records_metadata(frame.metadata) == ("rows", 2000, 5)
+    frame.release()
+    assert canon(worker.read(term)) == canon(etf_value(worker_rows(2000)))
 
 
 def test_worker_forced_format_error(worker: WorkerProcess) -> None:
@@ -687,22 +646,19 @@ def test_worker_arguments_in_every_form(worker: WorkerProcess) -> None:
     stream = beam_stream({"a": pa.array([1, None]), "b": pa.array([b"x", b"y"])})
     assert call(worker, "canon", (TAG_RECORDS, ROWS, stream)) == (
         "ok", b"[{bb'a':i1,bb'b':bb'x'},{bb'a':None,bb'b':bb'y'}]")  # fmt: skip
-    with beam_region(np.array(values, "<u8").tobytes(), encode((b"<u8", [3])),
-                     Format.TENSOR) as region:  # fmt: skip
-        got = call(worker, "canon", handle(KIND_PACKED, region))
-        assert got == ("ok", b"[i9223372036854775808,i0,i5]")
-        assert region.control_block().reader_leases == 0
-    with beam_region(stream, records_meta("columns", 2, 2), Format.ARROW_STREAM) as region:
-        got = call(worker, "canon", handle(KIND_RECORDS, region))
-        assert got == ("ok", b"{bb'a':[i1,None],bb'b':[bb'x',bb'y']}")
-        assert region.control_block().reader_leases == 0
+    data = np.array(values, "<u8").tobytes()
+    arg = worker.beam.slice("packed", data, metadata=encode((b"<u8", [3])))
+    assert call(worker, "canon", arg) == ("ok", b"[i9223372036854775808,i0,i5]")
+    arg = worker.beam.slice("records", stream, metadata=records_meta("columns", 2, 2))
+    assert call(worker, "canon", arg) == ("ok", b"{bb'a':[i1,None],bb'b':[bb'x',bb'y']}")
+    assert worker.beam.lent == {}  # both copied out: released by their answers
     _, counts = call(worker, "stats")
     forms = {(d.decode(), f.decode(), r.decode()) for d, f, r, _, _ in counts}
     assert {
         ("from_elixir", "packed", "inline"),
         ("from_elixir", "records", "inline"),
-        ("from_elixir", "packed", "region"),
-        ("from_elixir", "records", "region"),
+        ("from_elixir", "packed", "slice"),
+        ("from_elixir", "records", "slice"),
         ("to_elixir", "packed", "auto"),
         ("to_elixir", "records", "forced"),
     } <= forms
@@ -723,12 +679,11 @@ def test_worker_bad_arguments(worker: WorkerProcess, term: Any, text: bytes) -> 
     assert call(worker, "ints", 2) == ("ok", [0, 1])
 
 
-def test_worker_answers_an_undecodable_six_tuple_call(worker: WorkerProcess) -> None:
-    body = encode((CALL, 777, FORMATS, Atom("ints"), [1], fmt("etf")))
-    body = body[: -len(encode([1])[1:]) - len(encode(fmt("etf"))[1:])]  # cut after function
-    body += b"l\x00\x00\x00\x01q" + b"\x00" * 8 + b"j" + encode(fmt("etf"))[1:]  # EXPORT: refused
-    assert _peek_call_id(body) == 777
-    worker.send_raw(len(body).to_bytes(4, "big") + body)
-    reply = worker.recv()
-    assert reply[:2] == (Atom("error"), 777) and reply[2][:2] == (BAD_CALL, "bad_term")
+def test_worker_answers_a_call_whose_body_does_not_decode(worker: WorkerProcess) -> None:
+    from beambridge import control
+
+    body = b"\x83l\x00\x00\x00\x01q" + b"\x00" * 8 + b"j"  # [EXPORT]: refused
+    worker.send(control.call(777, FORMATS, Atom("ints"), fmt("etf"), []), raw_body=body)
+    answer = worker.recv()
+    assert answer.call_id == 777 and answer.error[:2] == (BAD_CALL, "bad_term")
     assert call(worker, "ints", 2) == ("ok", [0, 1])

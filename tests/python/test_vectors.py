@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 import xxhash
-from beambridge import ChecksumError, HeaderError, Region, decode_frame
-from beambridge.control import OFF_WRITER_GENERATION, OFF_WRITER_STATE, WriterState
-from beambridge.header import Header
+from beambridge.control_block import OFF_WRITER_GENERATION, OFF_WRITER_STATE, WriterState
+from beambridge.errors import ChecksumError, HeaderError
+from beambridge.header import Header, decode_frame
+from beambridge.region import Region
 from helpers import PREFIX
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,20 +1,20 @@
-"""The real worker process and the control protocol (protocol/SPEC.md §7.1-§7.3, §8)."""
+"""The real worker process and the control channel (protocol/transport-v2.md §5, SPEC.md
+§7.2, §8): messages, handlers, logs, exit statuses, protocol violations."""
 
 from __future__ import annotations
 
 import os
 import signal
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from beambridge import Atom
+from beambridge import Atom, control
 from beambridge.etf import encode
 from test_etf import canon
-from worker_harness import CALL, MOD, WorkerProcess, regions_of
-
-BAD_CALL = Atom("bad_call")
+from worker_harness import BAD_CALL, MOD, WorkerProcess
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,7 @@ def worker() -> Iterator[WorkerProcess]:
 
 
 def test_ready_handshake(worker: WorkerProcess) -> None:
-    assert worker.ready == (Atom("ready"), worker.pid, (1, 0))
+    assert worker.ready == control.Ready(worker.pid, (2, 0))
 
 
 def test_add(worker: WorkerProcess) -> None:
@@ -70,9 +70,9 @@ def test_str_results_are_binaries(worker: WorkerProcess) -> None:
 
 
 def test_module_and_function_as_binaries(worker: WorkerProcess) -> None:
-    call_id = 999
-    worker.send((CALL, call_id, b"bbtest_handlers", b"add", [1, 2]))
-    assert worker.recv() == (Atom("ok"), call_id, 3)
+    worker.send(control.call(999, b"bbtest_handlers", b"add", {}, []), [1, 2])
+    assert worker.recv() == control.Answer(999, True, [], None, [])
+    assert worker.body == 3
 
 
 def test_python_exception_with_traceback(worker: WorkerProcess) -> None:
@@ -114,21 +114,51 @@ def test_a_module_that_fails_to_import(worker: WorkerProcess) -> None:
     assert b"ZeroDivisionError" in message and b"Traceback" in message
 
 
+def answer_to(worker: WorkerProcess, call_id: int) -> control.Answer:
+    answer = worker.recv()
+    assert isinstance(answer, control.Answer) and answer.call_id == call_id, answer
+    return answer
+
+
 def test_args_must_be_a_list(worker: WorkerProcess) -> None:
-    worker.send((CALL, 77, MOD, Atom("add"), (1, 2)))
-    reply = worker.recv()
-    assert reply[:2] == (Atom("error"), 77) and reply[2][:2] == (BAD_CALL, "bad_term")
+    worker.send(control.call(77, MOD, Atom("add"), {}, []), (1, 2))
+    answer = answer_to(worker, 77)
+    assert not answer.ok and answer.error[:2] == (BAD_CALL, "bad_term")
+
+
+def test_a_call_without_a_body_is_a_bad_call(worker: WorkerProcess) -> None:
+    worker.send(control.call(79, MOD, Atom("add"), {}, []))
+    answer = answer_to(worker, 79)
+    assert answer.error[:2] == (BAD_CALL, "bad_term") and b"argument list" in answer.error[2]
+    assert worker.call("add", 1, 2) == ("ok", 3)
 
 
 def test_args_the_codec_refuses_get_bad_term_with_the_call_id(worker: WorkerProcess) -> None:
-    # {:call, 78, :bbtest_handlers, :echo, [<pid>]}: the frame decodes only up to the pid
+    # the body [<pid>] does not decode; the envelope names the call all the same
     pid = b"X\x64\x00\x0dnonode@nohost\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00\x00\x00"
-    head = encode((CALL, 78, MOD, Atom("echo")))[3:]  # without 131, SMALL_TUPLE, 4
-    body = b"\x83h\x05" + head + b"l\x00\x00\x00\x01" + pid + b"j"
-    worker.send_raw(len(body).to_bytes(4, "big") + body)
-    reply = worker.recv()
-    assert reply[:2] == (Atom("error"), 78)
-    assert reply[2][:2] == (BAD_CALL, "bad_term") and b"NEW_PID" in reply[2][2]
+    body = b"\x83l\x00\x00\x00\x01" + pid + b"j"
+    worker.send(control.call(78, MOD, Atom("echo"), {}, []), raw_body=body)
+    answer = answer_to(worker, 78)
+    assert answer.error[:2] == (BAD_CALL, "bad_term") and b"NEW_PID" in answer.error[2]
+    assert worker.call("add", 1, 2) == ("ok", 3)
+
+
+@pytest.mark.parametrize(
+    "envelope",
+    [
+        control.call(80, MOD, Atom("add"), {}, [(1, 64)]),
+        control.call(80, MOD, Atom("add"), {}, (1, 64, 128, 1)),
+        control.call(80, MOD, Atom("add"), {}, [(1, 64, 128, -1)]),
+        control.call(80, MOD, Atom("add"), [], []),
+    ],
+    ids=["short_entry", "not_a_list", "negative", "opts"],
+)
+def test_a_malformed_call_envelope_is_a_bad_call(worker: WorkerProcess, envelope: Any) -> None:
+    """An envelope that decodes and names a call, but whose slices or options are not
+    the shapes of §5.2: an error of that call (bad_term); the worker carries on."""
+    worker.send(envelope, [1, 2])
+    answer = answer_to(worker, 80)
+    assert answer.error[:2] == (BAD_CALL, "bad_term"), answer
     assert worker.call("add", 1, 2) == ("ok", 3)
 
 
@@ -142,6 +172,10 @@ def test_results_that_cannot_be_sent(worker: WorkerProcess) -> None:
     # object arrays are refused (tests/python/test_format_tensor.py)
     desc = {b"dtype": b"|b1", b"shape": [2], b"order": b"C"}
     assert worker.ok("bool_array") == (Atom("$bb_tensor"), desc, b"\x01\x00")
+    # C-order arrays of the original dtypes too: one form for every tensor
+    desc = {b"dtype": b"<i8", b"shape": [2, 1], b"order": b"C"}
+    got = worker.ok("make_array", b"<i8", [2, 1])
+    assert got == (Atom("$bb_tensor"), desc, bytes(8) + (1).to_bytes(8, "little"))
 
 
 def test_numpy_scalars_are_numbers(worker: WorkerProcess) -> None:
@@ -174,29 +208,27 @@ def test_many_calls_in_order(worker: WorkerProcess) -> None:
 # ---- lifetimes and exit statuses ------------------------------------------------------------
 
 
-def test_eof_exits_0_and_leaves_no_region() -> None:
+def test_eof_exits_0_promptly() -> None:
     w = WorkerProcess(BEAMBRIDGE_THRESHOLD="1024").start()
-    handle = w.ok("make_bytes", 5000)
-    assert handle[0] == Atom("$bb_region") and regions_of(w.pid)
+    assert w.ok("make_bytes", 5000)[0] == Atom("$bb_slice")
+    start = time.monotonic()
     assert w.stop() == 0
-    assert regions_of(w.pid) == []
+    assert time.monotonic() - start < 2.0
 
 
-def test_shutdown_exits_0_and_leaves_no_region() -> None:
+def test_shutdown_exits_0() -> None:
     w = WorkerProcess(BEAMBRIDGE_THRESHOLD="1024").start()
     w.ok("make_bytes", 5000)
-    w.send(Atom("shutdown"))
+    w.send(control.SHUTDOWN)
     assert w.wait() == 0
-    assert regions_of(w.pid) == []
     w.cleanup()
 
 
-def test_sigterm_exits_0_and_leaves_no_region() -> None:
+def test_sigterm_exits_0() -> None:
     w = WorkerProcess(BEAMBRIDGE_THRESHOLD="1024").start()
     w.ok("make_bytes", 5000)
     os.kill(w.pid, signal.SIGTERM)
     assert w.wait() == 0
-    assert regions_of(w.pid) == []
     w.cleanup()
 
 
@@ -210,25 +242,48 @@ def test_a_frame_over_64_mib_exits_3() -> None:
     w.cleanup()
 
 
-def test_an_unknown_message_exits_3() -> None:
+@pytest.mark.parametrize(
+    "frame",
+    [
+        b"".join(control.join((Atom("what"), 1))),  # an envelope that is no message
+        b"\x00\x00\x00\x09" + encode(1),  # envelope_size past the frame
+        b"\x00\x00\x00\x03xyz",  # an envelope that does not decode
+        b"\x00\x00",  # no envelope_size at all
+        b"".join(control.join(control.object_dropped(1), [encode(1)])),  # a stray body
+        b"".join(control.join((Atom("call"), 0, MOD, Atom("add"), {}, []), [encode([])])),
+    ],
+    ids=["unknown", "size_past_frame", "undecodable", "short", "stray_body", "call_id_0"],
+)
+def test_a_frame_that_is_no_message_exits_3(frame: bytes) -> None:
+    """§5.1: an envelope that does not decode, or size fields that run past the frame, is
+    a protocol violation; so is an envelope that is not a message of §5.2."""
     w = WorkerProcess().start()
-    w.send((Atom("what"), 1))
+    w.send_frame([frame])
     assert w.wait() == 3
+    assert b"protocol violation" in b"".join(d for _, d in drain(w))
     w.cleanup()
+
+
+def drain(w: WorkerProcess) -> list[tuple[str, bytes]]:
+    try:
+        while True:
+            w.recv_any(5)
+    except (EOFError, TimeoutError):
+        pass
+    return w.logs
 
 
 def test_sys_exit_in_a_handler_ends_the_worker_cleanly() -> None:
     w = WorkerProcess(BEAMBRIDGE_THRESHOLD="1024").start()
     w.ok("make_bytes", 5000)
-    w.send((CALL, 1, MOD, Atom("sys_exit"), [7]))
+    w.send(control.call(1, MOD, Atom("sys_exit"), {}, []), [7])
     assert w.wait() == 7
-    assert regions_of(w.pid) == []
     w.cleanup()
 
 
 def test_os_exit_in_a_handler_ends_the_worker() -> None:
     w = WorkerProcess().start()
-    w.send((CALL, 1, MOD, Atom("exit_now"), [9]))
+    w.send(control.call(1, MOD, Atom("exit_now"), {}, []), [9])
     assert w.wait() == 9
     w.cleanup()
 
@@ -246,17 +301,6 @@ def test_fds_3_and_4_are_required() -> None:
     assert b"fds 3 and 4" in proc.stderr
 
 
-def test_a_bad_prefix_is_refused_at_start() -> None:
-    w = WorkerProcess(BEAMBRIDGE_SHM_PREFIX="Not-Valid")
-    try:
-        with pytest.raises(EOFError):
-            w.recv()
-        assert w.wait() == 2
-        assert b"BEAMBRIDGE_SHM_PREFIX" in w.log_text("stderr")
-    finally:
-        w.cleanup()
-
-
 def test_a_failed_start_says_why_over_the_channel(tmp_path: Any) -> None:
     (tmp_path / "numpy").mkdir()
     (tmp_path / "numpy" / "__init__.py").write_text("raise ImportError('numpy is broken')\n")
@@ -269,3 +313,19 @@ def test_a_failed_start_says_why_over_the_channel(tmp_path: Any) -> None:
         assert b"ImportError: numpy is broken" in w.log_text("stderr")
     finally:
         w.cleanup()
+
+
+def test_the_worker_path_uses_no_module_of_transport_1(worker: WorkerProcess) -> None:
+    modules = {m.decode() for m in worker.ok("loaded", b"beambridge")}
+    assert {"beambridge.calls", "beambridge.control", "beambridge.decoder"} <= modules
+    assert not modules & {"beambridge.region", "beambridge.control_block", "beambridge.reaper"}
+
+
+def test_importing_the_package_does_not_import_numpy() -> None:
+    """``python -m beambridge.worker`` imports the package before it takes fds 1 and 2:
+    NumPy's import-time output must come after, to be forwarded."""
+    import subprocess
+
+    code = "import sys, beambridge; print('numpy' in sys.modules, beambridge.Bundle.__name__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "Bundle"]

@@ -206,6 +206,11 @@ defmodule Bridge.Arena do
     end
   end
 
+  @doc false
+  # The error for a value whose frame can never fit the set's limit.
+  @spec too_large(t(), non_neg_integer()) :: Error.t()
+  def too_large(arena, frame_len), do: limit_error(:too_large, arena, frame_len)
+
   defp limit_error(:no_room, arena, frame_len), do: limit_error(:arena_full, arena, frame_len)
 
   defp limit_error(reason, arena, frame_len) when reason in [:too_large, :arena_full] do
@@ -241,6 +246,18 @@ defmodule Bridge.Arena do
   @doc "The peer's lease on `slice` ended (idempotent)."
   @spec return(Slice.t()) :: :ok
   def return(%Slice{ref: ref}), do: NIF.slice_return(ref)
+
+  @doc """
+  Keeps `slice` allocated until `unhold/1`, whoever else lets go meanwhile (a
+  step between two processes: the worker's process holds an argument slice a
+  result names until the caller's binary over it exists).
+  """
+  @spec hold(Slice.t()) :: :ok | {:error, Error.t()}
+  def hold(%Slice{ref: ref}), do: nif(NIF.slice_hold(ref))
+
+  @doc "Ends a `hold/1`."
+  @spec unhold(Slice.t()) :: :ok | {:error, Error.t()}
+  def unhold(%Slice{ref: ref}), do: nif(NIF.slice_unhold(ref))
 
   @doc """
   A zero-copy binary over `len` bytes of the slice from `off` (slice

@@ -1,8 +1,11 @@
 defmodule Bridge.Config do
   @moduledoc false
   # The validated options of one Bridge (see `Bridge` "## Options"). Stored in
-  # :persistent_term under {Bridge.Config, name} so callers find the default
-  # timeout without a message to the pool.
+  # :persistent_term under {Bridge.Config, name} by the pool, together with the
+  # bridge's arena set (`arena`), so callers find them without a message to the
+  # pool: callers encode their arguments into the arenas themselves.
+
+  import Bitwise
 
   alias Bridge.Error
 
@@ -15,10 +18,12 @@ defmodule Bridge.Config do
             max_queue: 1_000,
             timeout: 5_000,
             threshold: 65_536,
-            region_limit: @gib,
-            shm_prefix: "bb",
+            arena_limit: @gib,
+            min_arena: 8 * 1024 * 1024,
+            untrusted: false,
             start_timeout: 10_000,
-            verify: false
+            verify: false,
+            arena: nil
 
   @type t :: %__MODULE__{}
 
@@ -30,8 +35,9 @@ defmodule Bridge.Config do
     :max_queue,
     :timeout,
     :threshold,
-    :region_limit,
-    :shm_prefix,
+    :arena_limit,
+    :min_arena,
+    :untrusted,
     :start_timeout,
     :verify
   ]
@@ -76,13 +82,11 @@ defmodule Bridge.Config do
   defp check(:max_queue, v) when is_integer(v) and v >= 0, do: :ok
   defp check(:timeout, v) when (is_integer(v) and v > 0) or v == :infinity, do: :ok
   defp check(:threshold, v) when is_integer(v) and v >= 0, do: :ok
-  defp check(:region_limit, v) when is_integer(v) and v >= 0, do: :ok
+  defp check(:arena_limit, v) when is_integer(v) and v >= 0, do: :ok
+  defp check(:min_arena, v) when is_integer(v) and v >= 4096 and v <= 1 <<< 40, do: :ok
+  defp check(:untrusted, v) when is_boolean(v), do: :ok
   defp check(:start_timeout, v) when is_integer(v) and v > 0, do: :ok
   defp check(:verify, v) when is_boolean(v), do: :ok
-
-  defp check(:shm_prefix, v) when is_binary(v) do
-    if Regex.match?(~r/\A[a-z0-9]{1,16}\z/, v), do: :ok, else: {:error, bad(:shm_prefix, v)}
-  end
 
   defp check(key, v) when key in @keys, do: {:error, bad(key, v)}
   defp check(key, v), do: {:error, bad(key, v, "one of #{inspect(@keys)}")}
@@ -100,7 +104,8 @@ defmodule Bridge.Config do
 
   defp expectation(:name), do: "an atom"
   defp expectation(:python), do: "the path or name of a Python interpreter"
-  defp expectation(:shm_prefix), do: "[a-z0-9]{1,16}"
+  defp expectation(:min_arena), do: "an integer from 4096 to 2^40 (bytes)"
+  defp expectation(:untrusted), do: "a boolean"
   defp expectation(:timeout), do: "a positive integer (milliseconds) or :infinity"
   defp expectation(:verify), do: "a boolean"
   defp expectation(:pool_size), do: "a positive integer"

@@ -7,7 +7,10 @@ defmodule Bridge.FormatStats do
 
   use GenServer
 
+  require Logger
+
   @table __MODULE__
+  @warned Bridge.FormatStats.Warned
 
   @spec start_link(term()) :: GenServer.on_start()
   def start_link(_arg), do: GenServer.start_link(__MODULE__, nil, name: __MODULE__)
@@ -15,6 +18,7 @@ defmodule Bridge.FormatStats do
   @impl true
   def init(nil) do
     :ets.new(@table, [:named_table, :public, :set, write_concurrency: true])
+    :ets.new(@warned, [:named_table, :public, :set, write_concurrency: true])
     {:ok, nil}
   end
 
@@ -49,5 +53,26 @@ defmodule Bridge.FormatStats do
     :ok
   rescue
     ArgumentError -> :ok
+  end
+
+  @doc false
+  # Logs a warning about a slow path (a fallback), at most once a second for each
+  # distinct `cause`: the first time a cause happens it is always logged.
+  @spec warn(term(), (() -> String.t())) :: :ok
+  def warn(cause, message) do
+    now = System.monotonic_time(:millisecond)
+
+    logged? =
+      try do
+        case :ets.lookup(@warned, cause) do
+          [{_, last}] when now - last < 1_000 -> false
+          _ -> :ets.insert(@warned, {cause, now})
+        end
+      rescue
+        ArgumentError -> true
+      end
+
+    if logged?, do: Logger.warning(message)
+    :ok
   end
 end

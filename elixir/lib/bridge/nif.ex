@@ -71,6 +71,7 @@ defmodule Bridge.NIF do
   # A peer's objects, mapped read-only, and leases on their slices:
   def peer_open(_owner_pid, _fd, _kind, _id, _size, _nonce), do: not_loaded()
   def peer_info(_peer), do: not_loaded()
+  def peer_close(_peer), do: not_loaded()
   def peer_lease(_peer, _offset, _length, _table, _ticket_generation), do: not_loaded()
   def peer_lease_read(_lease, _off, _len), do: not_loaded()
   def peer_lease_binary(_lease, _off, _len), do: not_loaded()

@@ -153,6 +153,14 @@ defmodule Bridge.Peer do
 
   defp copy(lease, off, len), do: nif(NIF.peer_lease_read(lease, off, len))
 
+  @doc """
+  The owner dropped the object (or died): the mapping goes as soon as no lease
+  on it is left, now or when the last one ends, whoever still refers to `peer`.
+  No new lease can be taken.
+  """
+  @spec close(t()) :: :ok
+  def close(peer), do: NIF.peer_close(peer)
+
   @doc "Ends a lease no binary was made from (else the binaries' collection ends it)."
   @spec release(lease()) :: :ok | {:error, Error.t()}
   def release(lease), do: nif(NIF.peer_lease_release(lease))

@@ -8,12 +8,29 @@ defmodule Bridge.Pool do
   # announces itself with {:available, pid} whenever it can take a call and
   # {:unavailable, pid} when its interpreter died while idle; a worker that got
   # a call it cannot run hands it back with {:requeue, ...}.
+  #
+  # The pool owns the bridge's arena set (Bridge.Arena): it makes it at start,
+  # stores it with the config so callers write their arguments into it, drops
+  # arenas that stayed empty for a while (every @trim_every ms: those idle for
+  # @trim_idle ms, keeping one first-size arena warm) and tells the workers, and
+  # closes it when the bridge stops. A queued request whose caller died has its
+  # slices released here.
 
   use GenServer
 
-  alias Bridge.{Config, Error, Worker}
+  alias Bridge.{Arena, Config, Error, Worker}
 
-  defstruct name: nil, workers: %{}, idle: [], queue: :queue.new(), waiting: %{}, max_queue: 0
+  @trim_every 1_000
+  @trim_idle 2_000
+
+  defstruct name: nil,
+            workers: %{},
+            idle: [],
+            queue: :queue.new(),
+            waiting: %{},
+            max_queue: 0,
+            arena: nil,
+            keep: 0
 
   @spec start_link(Config.t()) :: GenServer.on_start()
   def start_link(%Config{name: name} = config),
@@ -25,13 +42,26 @@ defmodule Bridge.Pool do
   @impl true
   def init(%Config{} = config) do
     Process.flag(:trap_exit, true)
-    Config.put(config)
-    {:ok, %__MODULE__{name: config.name, max_queue: config.max_queue}}
+
+    {:ok, arena} =
+      Arena.new(limit: config.arena_limit, min_arena: config.min_arena, checksum: config.verify)
+
+    Config.put(%{config | arena: arena})
+    Process.send_after(self(), :trim, @trim_every)
+
+    {:ok,
+     %__MODULE__{
+       name: config.name,
+       max_queue: config.max_queue,
+       arena: arena,
+       keep: config.min_arena
+     }}
   end
 
   @impl true
   def terminate(_reason, state) do
     Config.erase(state.name)
+    Arena.close(state.arena)
 
     # Callers still queued learn the bridge is gone instead of waiting out their timeout.
     for {_mref, {from, _req, _deadline, timer}} <- state.waiting do
@@ -83,9 +113,12 @@ defmodule Bridge.Pool do
     do: {:noreply, %{state | idle: List.delete(state.idle, worker)}}
 
   def handle_cast({:requeue, request, {pid, _} = from, deadline}, state) do
-    if Process.alive?(pid),
-      do: {:noreply, state |> enqueue(request, from, deadline, :front) |> dispatch()},
-      else: {:noreply, state}
+    if Process.alive?(pid) do
+      {:noreply, state |> enqueue(request, from, deadline, :front) |> dispatch()}
+    else
+      drop(request)
+      {:noreply, state}
+    end
   end
 
   @impl true
@@ -108,6 +141,16 @@ defmodule Bridge.Pool do
     end
   end
 
+  def handle_info(:trim, state) do
+    case Arena.trim(state.arena, @trim_idle, state.keep) do
+      {:ok, []} -> :ok
+      {:ok, ids} -> Enum.each(Map.keys(state.workers), &Worker.arenas_dropped(&1, ids))
+    end
+
+    Process.send_after(self(), :trim, @trim_every)
+    {:noreply, state}
+  end
+
   def handle_info({:DOWN, mref, :process, pid, _reason}, state) do
     case Map.pop(state.workers, pid) do
       {^mref, workers} ->
@@ -116,8 +159,9 @@ defmodule Bridge.Pool do
       _ ->
         # A queued caller died: drop its request (the queue skips missing refs).
         case Map.pop(state.waiting, mref) do
-          {{_from, _req, _deadline, timer}, waiting} ->
+          {{_from, req, _deadline, timer}, waiting} ->
             cancel(timer)
+            drop(req)
             {:noreply, %{state | waiting: waiting}}
 
           {nil, _} ->
@@ -201,6 +245,11 @@ defmodule Bridge.Pool do
       Error.new(:worker_died, :stopped,
         message: "worker died: the bridge stopped while the call was queued"
       )
+
+  # The request of a caller that died: its arguments' slices go now (this
+  # process would otherwise keep them until its next garbage collection).
+  defp drop(%{slices: slices}), do: Enum.each(slices, &Arena.release/1)
+  defp drop(_request), do: :ok
 
   defp cancel(nil), do: :ok
   defp cancel(ref), do: Process.cancel_timer(ref)

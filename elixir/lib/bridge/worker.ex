@@ -1,13 +1,17 @@
 defmodule Bridge.Worker do
   @moduledoc false
-  # One Python worker process behind one Port (SPEC §7). The GenServer outlives
-  # the OS process: when Python dies it fails the call in flight with
-  # :worker_died, reclaims regions (its own argument regions, the dead
-  # worker's result regions via the reaper) and starts a new interpreter with
-  # exponential backoff. It runs one call at a time and enforces the call's
-  # deadline itself: on timeout it answers the caller, kills the interpreter
-  # (SIGTERM, SIGKILL after a grace period) and starts a fresh one, so a late
-  # answer never reaches anyone.
+  # One Python worker process behind one Port (SPEC §7, protocol/transport-v2.md
+  # §5). The GenServer outlives the OS process: when Python dies it fails the
+  # call in flight with :worker_died, ends every lease the worker held on this
+  # node's slices and starts a new interpreter with exponential backoff. It runs
+  # one call at a time and enforces the call's deadline itself: on timeout it
+  # answers the caller, kills the interpreter (SIGTERM, SIGKILL after a grace
+  # period) and starts a fresh one, so a late answer never reaches anyone.
+  #
+  # It only routes: callers encode their arguments into the bridge's arenas and
+  # build the call frame (Bridge.call/3), and decode the answer's body; this
+  # process lends the call's slices, sends the frame, reads the answer's envelope
+  # and hands the body to the caller. The shared objects are Bridge.Worker.Objects.
   #
   # phase: :starting (port open, waiting for {:ready, ...}) | :ready | :busy
   #        | :killing (signals sent, waiting for the exit status) | :down
@@ -17,9 +21,9 @@ defmodule Bridge.Worker do
 
   require Logger
 
-  alias Bridge.{ArgRegions, Codec, Config, Error, Region, ResultRegions}
+  alias Bridge.{Config, Control, Error}
+  alias Bridge.Worker.Objects
 
-  @max_frame 64 * 1024 * 1024
   @term_grace 500
   @kill_grace 2_000
   @shutdown_wait 1_000
@@ -39,17 +43,15 @@ defmodule Bridge.Worker do
     os_pids: [],
     phase: :down,
     available?: false,
-    next_id: 1,
-    args: nil,
-    results: nil,
+    objects: %Objects{},
     backoff: @backoff_min
   ]
 
-  # Atoms a worker may send (SPEC §4, §5, §7.3, §7.4). binary_to_term(_, [:safe])
-  # refuses atoms that do not exist yet, so they are named here to be sure
-  # they exist whenever this module is loaded.
+  # Atoms a worker may send (SPEC §4, §5, §7.3, transport-v2.md §5).
+  # binary_to_term(_, [:safe]) refuses atoms that do not exist yet, so they are
+  # named here to be sure they exist whenever this module is loaded.
   @protocol_atoms ~w(ready ok error log stdout stderr python_exception bad_call no_module
-    no_function bad_term binary buffer tensor $bb_region $bb_tensor $bb_buffer truncated_header
+    no_function bad_term binary buffer tensor truncated_header
     bad_magic unsupported_version bad_header_size unknown_format unknown_codec unknown_flags
     metadata_too_large metadata_out_of_bounds misaligned_payload payload_overlaps_metadata
     length_overflow payload_out_of_bounds bad_decoded_length decoded_too_large
@@ -58,7 +60,10 @@ defmodule Bridge.Worker do
     not_owner region_too_large badarg leased not_published busy arrow $bb_arrow packed records
     custom $bb_packed $bb_records $bb_custom rows columns tensor_bundle sparse_coo
     $bb_tensor_bundle $bb_sparse_coo unknown_type codec_failed bad_metadata format_unsuitable
-    unknown_atom unsupported_type duplicate_column unsupported_value bad_option)a
+    unknown_atom unsupported_type duplicate_column unsupported_value bad_option
+    $bb_slice $bb_tensor $bb_buffer object object_dropped released arena sealed lease_table
+    worker beam too_large arena_full no_tickets peer_open_failed size_mismatch not_sealed
+    bad_object slice_out_of_bounds unsupported_dtype)a
 
   @doc false
   @spec protocol_atoms() :: [atom()]
@@ -75,12 +80,22 @@ defmodule Bridge.Worker do
   def start_link(arg), do: GenServer.start_link(__MODULE__, arg)
 
   @doc false
-  # Asks the worker to run `request` ({module, function, args} or
-  # {module, function, args, %{format: policy}}) and answer
-  # `from` before the monotonic `deadline` (ms or :infinity).
-  @spec run(pid(), tuple(), GenServer.from(), integer() | :infinity) :: :ok
+  # Asks the worker to run `request` (%{id, frame, slices, module, function},
+  # built by the caller) and answer `from` before the monotonic `deadline`.
+  @spec run(pid(), map(), GenServer.from(), integer() | :infinity) :: :ok
   def run(worker, request, from, deadline),
     do: GenServer.cast(worker, {:run, request, from, deadline})
+
+  @doc false
+  # A caller found the body of the answer to call `id` malformed: the worker broke
+  # the protocol and is replaced.
+  @spec bad_answer(pid(), Error.t()) :: :ok
+  def bad_answer(worker, error), do: GenServer.cast(worker, {:bad_answer, error})
+
+  @doc false
+  # The bridge dropped these arenas (Bridge.Pool's trim).
+  @spec arenas_dropped(pid(), [pos_integer()]) :: :ok
+  def arenas_dropped(worker, ids), do: GenServer.cast(worker, {:arenas_dropped, ids})
 
   @spec info(pid()) :: map()
   def info(worker), do: GenServer.call(worker, :info)
@@ -90,15 +105,9 @@ defmodule Bridge.Worker do
   @impl true
   def init({%Config{} = config, index}) do
     Process.flag(:trap_exit, true)
-
-    state = %__MODULE__{
-      config: config,
-      index: index,
-      id: "#{inspect(config.name)}.#{index}",
-      args: ArgRegions.new(config.shm_prefix, config.region_limit, config.verify),
-      results: ResultRegions.new()
-    }
-
+    # The pool put the bridge's arenas into the stored config.
+    config = Config.get(config.name) || config
+    state = %__MODULE__{config: config, index: index, id: "#{inspect(config.name)}.#{index}"}
     Logger.metadata(worker: state.id)
 
     case start_sync(state) do
@@ -111,27 +120,23 @@ defmodule Bridge.Worker do
   # module fails Bridge.start_link with :start_failed instead of looping.
   defp start_sync(state) do
     case open_port(state) do
-      {:ok, state} ->
-        deadline = now() + state.config.start_timeout
-        wait_ready(state, deadline, [])
-
-      {:error, _} = error ->
-        error
+      {:ok, state} -> wait_ready(state, now() + state.config.start_timeout, [])
+      {:error, _} = error -> error
     end
   end
 
   defp wait_ready(%{port: port} = state, deadline, output) do
     receive do
       {^port, {:data, bin}} ->
-        case decode_control(bin) do
-          {:ok, {:ready, os_pid, {1, _minor}}} when is_integer(os_pid) ->
+        case Control.split(bin) do
+          {:ok, {:ready, os_pid, {2, _minor}}, _} when is_integer(os_pid) ->
             {:ok, ready(state, os_pid)}
 
-          {:ok, {:log, stream, data} = log} when is_binary(data) ->
+          {:ok, {:log, stream, data} = log, _} when is_binary(data) ->
             log(state, log)
             wait_ready(state, deadline, [output, "#{stream}: ", data])
 
-          {:ok, other} ->
+          {:ok, other, _} ->
             stop_port(state)
 
             {:error,
@@ -182,13 +187,19 @@ defmodule Bridge.Worker do
       {:env, env(state)}
     ]
 
-    try do
-      port = Port.open({:spawn_executable, config.python}, opts)
-      os_pid = with {:os_pid, pid} <- Port.info(port, :os_pid), do: pid
-      {:ok, %{state | port: port, phase: :starting, os_pids: List.wrap(os_pid)}}
-    rescue
-      e in [ArgumentError, ErlangError] ->
-        {:error, start_failed(state, "the port could not be opened: #{Exception.message(e)}", "")}
+    with {:ok, objects, announcement} <- Objects.start() do
+      try do
+        port = Port.open({:spawn_executable, config.python}, opts)
+        os_pid = with {:os_pid, pid} <- Port.info(port, :os_pid), do: pid
+        state = %{state | port: port, phase: :starting, os_pids: List.wrap(os_pid)}
+        # the lease table comes before the first call (transport-v2.md §5.2)
+        send_frame(state, announcement)
+        {:ok, %{state | objects: objects}}
+      rescue
+        e in [ArgumentError, ErlangError] ->
+          {:error,
+           start_failed(state, "the port could not be opened: #{Exception.message(e)}", "")}
+      end
     end
   end
 
@@ -197,10 +208,11 @@ defmodule Bridge.Worker do
       {"PYTHONPATH", Bridge.Python.pythonpath(config)},
       {"PYTHONUNBUFFERED", "1"},
       {"BEAMBRIDGE_WORKER_ID", id},
-      {"BEAMBRIDGE_SHM_PREFIX", config.shm_prefix},
       {"BEAMBRIDGE_THRESHOLD", Integer.to_string(config.threshold)},
-      {"BEAMBRIDGE_REGION_LIMIT", Integer.to_string(config.region_limit)},
-      {"BEAMBRIDGE_VERIFY", if(config.verify, do: "1", else: "0")}
+      {"BEAMBRIDGE_ARENA_LIMIT", Integer.to_string(config.arena_limit)},
+      {"BEAMBRIDGE_MIN_ARENA", Integer.to_string(config.min_arena)},
+      {"BEAMBRIDGE_VERIFY", if(config.verify, do: "1", else: "0")},
+      {"BEAMBRIDGE_UNTRUSTED", if(config.untrusted, do: "1", else: "0")}
     ]
     |> Enum.map(fn {k, v} -> {String.to_charlist(k), String.to_charlist(v)} end)
   end
@@ -242,63 +254,47 @@ defmodule Bridge.Worker do
     {:noreply, %{state | available?: false}}
   end
 
-  defp start_call(state, {module, function, args}, from, deadline),
-    do: start_call(state, {module, function, args, %{}}, from, deadline)
+  def handle_cast({:bad_answer, error}, %{phase: phase} = state)
+      when phase in [:ready, :busy] do
+    Logger.error("beambridge worker #{state.id}: #{Exception.message(error)}; killing it")
+    {:noreply, kill(state, :restart_backoff)}
+  end
 
-  defp start_call(state, {module, function, args, opts}, from, deadline) do
-    policy = Map.get(opts, :format, :auto)
+  def handle_cast({:bad_answer, _error}, state), do: {:noreply, state}
 
-    case Codec.encode_args(args, state.args, state.config.threshold, format: policy) do
-      {:ok, encoded, regions, evicted} ->
-        state = detach(%{state | args: regions}, evicted)
-        id = state.next_id
-        frame = :erlang.term_to_binary(call_message(id, module, function, encoded, policy))
+  def handle_cast({:arenas_dropped, ids}, %{port: port} = state) when port != nil do
+    {objects, frames} = Objects.dropped(state.objects, ids)
+    Enum.each(frames, &send_frame(state, &1))
+    {:noreply, %{state | objects: objects}}
+  end
 
-        if byte_size(frame) > @max_frame do
-          error =
-            Error.new(:bad_call, :frame_too_large,
-              field: :args,
-              value: byte_size(frame),
-              limit: @max_frame,
-              message:
-                "bad call: frame_too_large: the call's control frame is #{byte_size(frame)} bytes, " <>
-                  "limit #{@max_frame} (lower :threshold so large values travel in regions)"
-            )
+  def handle_cast({:arenas_dropped, _ids}, state), do: {:noreply, state}
 
-          GenServer.reply(from, {:error, error})
-          become_ready(%{state | args: ArgRegions.release(state.args)})
-        else
-          send_frame(state, frame)
-          timer = if deadline == :infinity, do: nil, else: call_timer(id, deadline)
-          call = %{id: id, from: from, module: module, function: function}
-          %{state | phase: :busy, call: call, timer: timer, next_id: id + 1}
-        end
+  def handle_cast({:sealed_mapped, port, ids}, %{port: port} = state) do
+    send_frame(state, Control.frame({:sealed_mapped, ids}))
+    {:noreply, state}
+  end
 
-      {:error, error, regions, evicted} ->
-        state = detach(%{state | args: ArgRegions.release(regions)}, evicted)
+  def handle_cast({:sealed_mapped, _port, _ids}, state), do: {:noreply, state}
+
+  defp start_call(state, %{id: id, frame: frame, slices: slices} = request, from, deadline) do
+    case Objects.lend(state.objects, state.config.arena, slices) do
+      {:ok, objects, announcements} ->
+        Enum.each(announcements, &send_frame(state, &1))
+        send_frame(state, frame)
+        timer = if deadline == :infinity, do: nil, else: call_timer(id, deadline)
+        call = %{id: id, from: from, module: request.module, function: request.function}
+        %{state | phase: :busy, call: call, timer: timer, objects: objects}
+
+      {:error, error} ->
+        # The caller gave its slices up: it is gone, or past its deadline.
         GenServer.reply(from, {:error, error})
         become_ready(state)
     end
   end
 
-  # SPEC §7.3: the 6-tuple carries the result's format policy; :auto, the
-  # worker's default, goes as the 5-tuple every worker reads.
-  defp call_message(id, module, function, args, :auto), do: {:call, id, module, function, args}
-
-  defp call_message(id, module, function, args, policy),
-    do: {:call, id, module, function, args, %{"format" => Atom.to_string(policy)}}
-
   defp call_timer(id, deadline),
     do: Process.send_after(self(), {:call_timeout, id}, max(deadline - now(), 0))
-
-  # Tell the worker to drop attachments, then destroy the regions (SPEC §7.3).
-  defp detach(state, []), do: state
-
-  defp detach(state, regions) do
-    send_frame(state, :erlang.term_to_binary({:detach, Enum.map(regions, & &1.name)}))
-    Enum.each(regions, &Region.close/1)
-    state
-  end
 
   # A closed port raises; its exit status is on the way and fails the call.
   defp send_frame(%{port: port}, frame) do
@@ -309,8 +305,12 @@ defmodule Bridge.Worker do
 
   defp finish_call(state, reply) do
     GenServer.reply(state.call.from, reply)
+    done(state)
+  end
+
+  defp done(state) do
     cancel(state.timer)
-    become_ready(%{state | call: nil, timer: nil, args: ArgRegions.release(state.args)})
+    become_ready(%{state | call: nil, timer: nil})
   end
 
   ## Port messages
@@ -318,22 +318,18 @@ defmodule Bridge.Worker do
   @impl true
   def handle_info({port, {:data, bin}}, %{port: port, phase: phase} = state)
       when phase in [:starting, :ready, :busy] do
-    case decode_control(bin) do
-      {:ok, {:log, stream, data} = log} when stream in [:stdout, :stderr] and is_binary(data) ->
+    case Control.split(bin) do
+      {:ok, {:log, stream, data} = log, _}
+      when stream in [:stdout, :stderr] and is_binary(data) ->
         log(state, log)
         {:noreply, state}
 
-      {:ok, message} ->
-        {:noreply, handle_message(message, state)}
+      {:ok, envelope, body} ->
+        {:noreply, handle_message(envelope, body, state)}
 
       {:error, error} ->
-        {:noreply, undecodable(state, bin, error)}
+        {:noreply, violation(state, error)}
     end
-  end
-
-  def handle_info(:drop_result_refs, state) do
-    :erlang.garbage_collect()
-    {:noreply, state}
   end
 
   # While the interpreter is being killed its frames (a late answer) are dropped.
@@ -383,71 +379,101 @@ defmodule Bridge.Worker do
       pid: self(),
       os_pid: List.first(state.os_pids),
       phase: state.phase,
-      argument_regions: ArgRegions.names(state.args),
-      result_attachments: ResultRegions.size(state.results)
+      lent_slices: map_size(state.objects.lent),
+      worker_arenas: map_size(state.objects.peers)
     }
 
     {:reply, info, state}
   end
 
-  defp handle_message({:ready, os_pid, {1, _minor}}, %{phase: :starting} = state)
+  defp handle_message({:ready, os_pid, {2, _minor}}, _body, %{phase: :starting} = state)
        when is_integer(os_pid) do
     Logger.debug("beambridge worker #{state.id}: ready, os pid #{os_pid}")
     become_ready(ready(state, os_pid))
   end
 
-  defp handle_message({:ok, id, result}, %{phase: :busy, call: %{id: id}} = state) do
-    prefix = "/#{state.config.shm_prefix}-#{List.first(state.os_pids)}-"
+  defp handle_message({:object, _, _, _, _, _, _} = announcement, _body, state) do
+    case Objects.object(state.objects, announcement, List.first(state.os_pids)) do
+      {:ok, objects} -> %{state | objects: objects}
+      {:error, error} -> violation(state, error)
+    end
+  end
 
-    case Codec.decode_result(result, state.results, prefix, state.config.verify) do
-      {:ok, value, results, leased?} ->
-        # This process held the zero-copy result binaries on their way to the caller;
-        # once the caller drops them, they must not stay leased (and the worker's
-        # region busy) until this quiet process happens to collect garbage.
-        if leased?, do: send(self(), :drop_result_refs)
-        finish_call(%{state | results: results}, {:ok, value})
+  defp handle_message({:object_dropped, id}, _body, state) when is_integer(id),
+    do: %{state | objects: Objects.drop(state.objects, id)}
 
-      # Well-formed frames whose value cannot be rebuilt here (records with
-      # unknown atom keys, custom types without a serializer, ...): the
-      # caller's error, the worker is kept (SPEC §8.1, formats/custom.md).
-      {:error, %Error{kind: :bad_call} = error, results} ->
-        send(self(), :drop_result_refs)
-        finish_call(%{state | results: results}, {:error, error})
+  defp handle_message({:released, list}, _body, state) when is_list(list),
+    do: %{state | objects: Objects.released(state.objects, list)}
 
-      {:error, error, results} ->
-        violation(%{state | results: results}, error)
+  defp handle_message(
+         {:ok, id, entries, released},
+         body,
+         %{phase: :busy, call: %{id: id}} = state
+       ) do
+    case Objects.plan(state.objects, entries, state.config.untrusted) do
+      {:ok, plan, objects} ->
+        state = %{state | objects: Objects.released(objects, released)}
+        answer(state, body, plan)
+        done(state)
+
+      {:error, error} ->
+        violation(state, error)
     end
   end
 
   defp handle_message(
-         {:error, id, {:python_exception, type, message, tb}},
-         %{
-           phase: :busy,
-           call: %{id: id}
-         } = state
+         {:error, id, error, released},
+         _body,
+         %{phase: :busy, call: %{id: id}} = state
        ) do
-    finish_call(state, {:error, Error.python_exception(text(type), text(message), text(tb))})
+    state = %{state | objects: Objects.released(state.objects, released)}
+
+    case error do
+      {:python_exception, type, message, tb} ->
+        finish_call(state, {:error, Error.python_exception(text(type), text(message), text(tb))})
+
+      {:bad_call, reason, message} when is_atom(reason) ->
+        error =
+          Error.new(:bad_call, reason,
+            field: :call,
+            value: {state.call.module, state.call.function},
+            message: "bad call: #{reason}: #{text(message)}"
+          )
+
+        finish_call(state, {:error, error})
+
+      other ->
+        unexpected(state, {:error, id, other, released})
+    end
   end
 
-  defp handle_message(
-         {:error, id, {:bad_call, reason, message}},
-         %{
-           phase: :busy,
-           call: %{id: id}
-         } = state
-       )
-       when is_atom(reason) do
-    error =
-      Error.new(:bad_call, reason,
-        field: :call,
-        value: {state.call.module, state.call.function},
-        message: "bad call: #{reason}: #{text(message)}"
-      )
+  defp handle_message(other, _body, state), do: unexpected(state, other)
 
-    finish_call(state, {:error, error})
+  # The answer goes to the caller with its body and its slices resolved. Leases
+  # and binaries over slices are made by a process of their own, which ends right
+  # after replying: no long-lived heap keeps them (and the memory under them).
+  defp answer(state, body, []),
+    do: GenServer.reply(state.call.from, {:ok, {body, {}, self()}})
+
+  defp answer(state, body, plan) do
+    from = state.call.from
+    worker = self()
+    port = state.port
+
+    spawn(fn ->
+      case Objects.resolve(plan) do
+        {:ok, resolved, sealed} ->
+          if sealed != [], do: GenServer.cast(worker, {:sealed_mapped, port, sealed})
+          GenServer.reply(from, {:ok, {body, resolved, worker}})
+
+        {:error, error} ->
+          GenServer.reply(from, {:error, error})
+          bad_answer(worker, error)
+      end
+    end)
   end
 
-  defp handle_message(other, state) do
+  defp unexpected(state, other) do
     error =
       Error.new(:bad_frame, :unexpected_message,
         field: :control_frame,
@@ -463,37 +489,7 @@ defmodule Bridge.Worker do
   defp describe_phase(%{phase: :busy, call: %{id: id}}), do: "call #{id} was in flight"
   defp describe_phase(%{phase: phase}), do: "#{phase}"
 
-  # A frame that breaks SPEC §7: fail the call in flight and kill the worker.
-  # A frame [:safe] refused. If it is a well-formed answer to the call in flight
-  # whose only problem is atoms this VM does not have, that is the handler's mistake:
-  # the caller gets a :bad_call saying so and the worker carries on. Anything else is
-  # a broken peer.
-  defp undecodable(%{phase: :busy, call: %{id: id}} = state, bin, error)
-       when byte_size(bin) <= @max_frame do
-    case Bridge.ETF.classify(bin) do
-      {:unknown_atoms, names, {:ok, ^id}} ->
-        finish_call(state, {:error, unknown_atoms_error(names)})
-
-      _ ->
-        violation(state, error)
-    end
-  end
-
-  defp undecodable(state, _bin, error), do: violation(state, error)
-
-  defp unknown_atoms_error(names) do
-    shown = Enum.map_join(names, ", ", &(":" <> &1))
-
-    Error.new(:bad_call, :unknown_atom,
-      field: :result,
-      value: names,
-      message:
-        "bad call: the result names atoms that do not exist in this VM (#{shown}); " <>
-          "return them as str (they arrive as binaries), or make sure the atoms exist " <>
-          "on the BEAM before the call (the bridge never creates atoms for a peer)"
-    )
-  end
-
+  # A frame that breaks the protocol: fail the call in flight and kill the worker.
   defp violation(state, error) do
     Logger.error("beambridge worker #{state.id}: #{Exception.message(error)}; killing it")
 
@@ -543,13 +539,17 @@ defmodule Bridge.Worker do
     end
   end
 
-  # SPEC §7.5: the BEAM's argument regions are closed (unlinked), cached
-  # attachments dropped, and the dead worker's result regions reaped.
+  # Every lease the dead worker held on this node's slices ends; its own objects
+  # went with it (the kernel frees them once the last mapping here is gone).
   defp reclaim(state) do
-    {_names, args} = ArgRegions.close_all(state.args)
-    results = ResultRegions.close_all(state.results)
-    _ = Region.reap_stale(prefix: state.config.shm_prefix)
-    %{state | args: args, results: results, port: nil, os_pids: [], phase: :down, timer: nil}
+    %{
+      state
+      | objects: Objects.return_all(state.objects),
+        port: nil,
+        os_pids: [],
+        phase: :down,
+        timer: nil
+    }
   end
 
   defp schedule_restart(state) do
@@ -592,7 +592,7 @@ defmodule Bridge.Worker do
     end
 
     if state.port && state.phase != :down do
-      if state.phase == :ready, do: send_frame(state, :erlang.term_to_binary(:shutdown))
+      if state.phase == :ready, do: send_frame(state, Control.frame(:shutdown))
 
       with :timeout <-
              wait_exit(state.port, if(state.phase == :ready, do: @shutdown_wait, else: 0)),
@@ -618,30 +618,6 @@ defmodule Bridge.Worker do
   end
 
   ## Helpers
-
-  # SPEC §7.1/§7.2: a size cap, then the safe decoder (no new atoms, no funs).
-  defp decode_control(bin) when byte_size(bin) > @max_frame do
-    {:error,
-     Error.new(:bad_frame, :frame_too_large,
-       field: :control_frame,
-       value: byte_size(bin),
-       limit: @max_frame
-     )}
-  end
-
-  defp decode_control(bin) do
-    {:ok, :erlang.binary_to_term(bin, [:safe])}
-  rescue
-    ArgumentError ->
-      {:error,
-       Error.new(:bad_frame, :bad_term,
-         field: :control_frame,
-         value: byte_size(bin),
-         message:
-           "bad frame: bad_term: a #{byte_size(bin)}-byte control frame is not a safe ETF term " <>
-             "(unknown atoms, funs or malformed data)"
-       )}
-  end
 
   defp log(state, {:log, stream, data}) do
     text = "beambridge worker #{state.id} #{stream}: #{String.trim_trailing(data, "\n")}"

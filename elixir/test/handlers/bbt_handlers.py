@@ -157,23 +157,26 @@ def drop_kept():
 
 
 def forge(kind):
-    """Make the worker send a control frame that breaks SPEC §7 (for the BEAM's
-    :bad_frame handling), then return normally."""
+    """Make the worker send a control frame that breaks the protocol
+    (protocol/transport-v2.md §5; for the BEAM's :bad_frame handling), then return
+    normally."""
     import gc
 
     worker_class = sys.modules["__main__"].Worker  # python -m beambridge.worker
     worker = next(o for o in gc.get_objects() if isinstance(o, worker_class))
     kind = kind.decode()
     if kind == "garbage":
-        body = b"\x83\xff\x00"
+        envelope, body = b"\x83\xff\x00", b""
     elif kind == "unknown_atom":
-        body = b"\x83w\x1fbbt_never_seen_atom_4f2a_9c1d_x"
+        envelope, body = b"\x83w\x1fbbt_never_seen_atom_4f2a_9c1d_x", b""
     elif kind == "wrong_id":
-        body = b"\x83h\x03w\x02okb\x00\x0f\x42\x3fa\x01"  # {:ok, 999999, 1}
+        envelope = b"\x83h\x04w\x02okb\x00\x0f\x42\x3fjj"  # {:ok, 999999, [], []}
+        body = b"\x83a\x01"
     else:
         raise ValueError(kind)
+    frame = len(envelope).to_bytes(4, "big") + envelope + body
     with worker.lock:
-        os.write(worker.out_fd, len(body).to_bytes(4, "big") + body)
+        os.write(worker.out_fd, len(frame).to_bytes(4, "big") + frame)
     return b"forged"
 
 

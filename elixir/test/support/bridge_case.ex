@@ -9,26 +9,39 @@ defmodule Bridge.Test.BridgeCase do
   def python, do: System.get_env("BEAMBRIDGE_PYTHON") || Path.expand(".venv/bin/python")
   def handlers_dir, do: @handlers
 
-  # Options for a bridge named `name` whose regions use `prefix` (a "bbt..."
-  # prefix, which test_helper.exs counts as ours).
-  def bridge_opts(name, prefix, extra \\ []) do
+  # Options for a bridge named `name` running the test handlers. Arenas start at
+  # 1 MiB here (8 MiB by default) to keep the suite's memory small.
+  def bridge_opts(name, extra \\ []) do
     Keyword.merge(
       [
         name: name,
         python: python(),
         python_path: [@handlers],
         pool_size: 2,
-        shm_prefix: prefix
+        min_arena: 1024 * 1024
       ],
       extra
     )
   end
 
-  def shm_names(prefix) do
-    "/dev/shm"
-    |> File.ls!()
-    |> Enum.filter(&String.starts_with?(&1, prefix <> "-"))
-    |> Enum.sort()
+  # Mappings of shared objects (memfds) in an OS process (default: this BEAM).
+  def memfd_mappings(os_pid \\ "self") do
+    case File.read("/proc/#{os_pid}/maps") do
+      {:ok, maps} -> maps |> String.split("\n") |> Enum.count(&(&1 =~ "/memfd:beambridge"))
+      _ -> 0
+    end
+  end
+
+  # Open descriptors of an OS process.
+  def fd_count(os_pid), do: length(File.ls!("/proc/#{os_pid}/fd"))
+
+  # Shared memory in use on the host (/proc/meminfo Shmem, bytes): memfd pages
+  # count here until the last process lets go of them.
+  def shmem_bytes do
+    [kb] =
+      Regex.run(~r/^Shmem:\s+(\d+) kB/m, File.read!("/proc/meminfo"), capture: :all_but_first)
+
+    String.to_integer(kb) * 1024
   end
 
   def open_fds, do: length(File.ls!("/proc/self/fd"))
@@ -65,6 +78,12 @@ defmodule Bridge.Test.BridgeCase do
       _ ->
         false
     end
+  end
+
+  # Slices the bridge's callers have allocated so far.
+  def arena_allocs(bridge) do
+    {:ok, stats} = Bridge.Arena.stats(Bridge.Config.get(bridge).arena)
+    stats.allocs
   end
 
   def worker_os_pids(bridge), do: bridge |> Bridge.workers() |> Enum.map(& &1.os_pid)
@@ -112,11 +131,23 @@ defmodule Bridge.Test.BridgeCase do
     end)
   end
 
-  # Asserts `bin` is a zero-copy binary over a shared-memory region of `prefix`.
-  def assert_region_binary(bin, prefix) do
+  # The permission flags ("r--s", "rw-s"...) of the mapping that contains `address`.
+  def mapping_flags(address) do
+    "/proc/self/maps"
+    |> File.read!()
+    |> String.split("\n", trim: true)
+    |> Enum.find_value(fn line ->
+      [range, flags | _] = String.split(line, " ", parts: 3)
+      [lo, hi] = range |> String.split("-") |> Enum.map(&String.to_integer(&1, 16))
+      if address >= lo and address < hi, do: flags
+    end)
+  end
+
+  # Asserts `bin` is a zero-copy binary over a shared object (an arena slice).
+  def assert_shared_binary(bin) do
     {:ok, address} = Bridge.NIF.binary_address(bin)
     mapping = mapping_of(address)
-    assert mapping =~ "/dev/shm/#{prefix}-", "binary at #{address} is in #{inspect(mapping)}"
+    assert mapping =~ "/memfd:beambridge", "binary at #{address} is in #{inspect(mapping)}"
     mapping
   end
 end

@@ -4,7 +4,7 @@ pyarrow straight into a region, read back in place.
 Writing: `write_arrow` sizes the IPC *stream* first with a counting sink
 (``pyarrow.MockOutputStream``: nothing is materialised), then lets pyarrow write it
 through a ``pyarrow.FixedSizeBufferWriter`` over the region's payload area
-(`beambridge.Region.write_frame_into`). The payload is never held in a private ``bytes``;
+(`beambridge.region.Region.write_frame_into`). The payload is never held in a private ``bytes``;
 the column data is copied once, from the table into shared memory.
 
 Reading: `read_arrow` opens the stream over the frame's read-only payload view, so every
@@ -12,7 +12,7 @@ column buffer of the returned ``pyarrow.Table`` lies inside the region's mapping
 (zero-copy), and validates it fully before handing it out (invariant 5). The reader
 lease follows the table: pyarrow's buffers keep the payload view alive (``py_buffer``
 holds it as its base), so while the table, or any array, buffer, NumPy view or pandas
-column made from it, is alive, the writer gets `beambridge.LeaseError` ``leased``;
+column made from it, is alive, the writer gets `beambridge.errors.LeaseError` ``leased``;
 once they are all gone the region can be rewritten.
 
 Because of that, a table that outlives its frame is read without a ``with`` block
@@ -55,7 +55,7 @@ memory, of a size the stream declares), and dictionary deltas (concatenation). T
 Python writer produces none of these.
 
 >>> import pyarrow as pa
->>> from beambridge import Region
+>>> from beambridge.region import Region
 >>> table = pa.table({"id": [1, 2, 3], "name": ["a", "b", None]})
 >>> with Region.create_for_frame(*arrow_frame_lengths(table), prefix="bbdoc") as region:
 ...     header = write_arrow(region, table)
@@ -82,24 +82,30 @@ from .. import etf
 from ..errors import EtfError, FormatError
 from ..frame import Frame
 from ..header import Codec, Format, Header
-from ..region import Region
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from ..region import Region
 
 __all__ = [
     "DESCRIPTOR_VERSION",
     "MAX_FIELDS_BYTES",
     "ArrowDescriptor",
+    "StreamPlan",
     "arrow_descriptor",
     "arrow_frame_lengths",
     "arrow_stream_size",
     "check_elixir_readable",
+    "encode_descriptor",
+    "plan_stream",
     "read_arrow",
     "read_arrow_pandas",
     "read_arrow_stream",
     "write_arrow",
     "write_arrow_into_new_region",
+    "write_stream",
+    "write_stream_into",
 ]
 
 #: ``"version"`` of the metadata descriptor this module writes and reads.
@@ -130,7 +136,8 @@ class ArrowDescriptor:
     fields: tuple[tuple[str, str, bool], ...] | None
 
 
-def _encode_descriptor(schema: pa.Schema, num_rows: int, num_batches: int) -> bytes:
+def encode_descriptor(schema: pa.Schema, num_rows: int, num_batches: int) -> bytes:
+    """The frame metadata descriptor (see the module docstring) of a stream."""
     fields: list[tuple[str, str, bool]] | None = [
         (f.name, str(f.type), bool(f.nullable)) for f in schema
     ]
@@ -207,7 +214,7 @@ def arrow_descriptor(metadata: bytes) -> ArrowDescriptor:
 
 
 @dataclass(frozen=True)
-class _Plan:
+class StreamPlan:
     """What a write needs, from one sizing pass: the data, its schema, the exact
     stream size and the descriptor."""
 
@@ -251,7 +258,7 @@ def _as_arrow(
     )
 
 
-def _write_stream(sink: Any, data: pa.Table | list[pa.RecordBatch], schema: pa.Schema) -> Any:
+def write_stream(sink: Any, data: pa.Table | list[pa.RecordBatch], schema: pa.Schema) -> Any:
     """Write the stream of ``data`` to ``sink``; return the writer's statistics."""
     with ipc.new_stream(sink, schema) as writer:
         if isinstance(data, pa.Table):
@@ -262,13 +269,15 @@ def _write_stream(sink: Any, data: pa.Table | list[pa.RecordBatch], schema: pa.S
     return writer.stats
 
 
-def _plan(data: object, schema: pa.Schema | None, preserve_index: bool) -> _Plan:
+def plan_stream(data: object, schema: pa.Schema | None, preserve_index: bool) -> StreamPlan:
+    """One sizing pass over ``data`` (what `write_arrow` takes): its exact stream size
+    and descriptor, counted without materialising the stream."""
     arrow, schema = _as_arrow(data, schema, preserve_index)
     counter = pa.MockOutputStream()
-    stats = _write_stream(counter, arrow, schema)
+    stats = write_stream(counter, arrow, schema)
     num_rows = arrow.num_rows if isinstance(arrow, pa.Table) else sum(b.num_rows for b in arrow)
-    metadata = _encode_descriptor(schema, num_rows, stats.num_record_batches)
-    return _Plan(arrow, schema, counter.size(), metadata)
+    metadata = encode_descriptor(schema, num_rows, stats.num_record_batches)
+    return StreamPlan(arrow, schema, counter.size(), metadata)
 
 
 def arrow_stream_size(
@@ -281,15 +290,15 @@ def arrow_stream_size(
     >>> arrow_stream_size(pa.table({"x": [1, 2, 3]}))
     304
     """
-    return _plan(data, schema, preserve_index).size
+    return plan_stream(data, schema, preserve_index).size
 
 
 def arrow_frame_lengths(
     data: object, *, schema: pa.Schema | None = None, preserve_index: bool = False
 ) -> tuple[int, int]:
     """``(payload_length, metadata_length)`` of the frame `write_arrow` writes, for
-    `beambridge.Region.create_for_frame`."""
-    plan = _plan(data, schema, preserve_index)
+    `beambridge.region.Region.create_for_frame`."""
+    plan = plan_stream(data, schema, preserve_index)
     return plan.size, len(plan.metadata)
 
 
@@ -312,13 +321,13 @@ def write_arrow(
     the region's payload area; the frame metadata is the descriptor of the module
     docstring.
 
-    Raises what `beambridge.Region.write_frame_into` raises, before anything is
-    written: `beambridge.RegionError` ``out_of_bounds`` when the region is too small
+    Raises what `beambridge.region.Region.write_frame_into` raises, before anything is
+    written: `beambridge.errors.RegionError` ``out_of_bounds`` when the region is too small
     (size it with `arrow_frame_lengths`; its previous frame stays published),
-    `beambridge.LeaseError` ``leased`` while a reader holds a lease. ``TypeError`` /
+    `beambridge.errors.LeaseError` ``leased`` while a reader holds a lease. ``TypeError`` /
     ``ValueError`` for data it cannot write.
     """
-    plan = _plan(data, schema, preserve_index)
+    plan = plan_stream(data, schema, preserve_index)
     with region.write_frame_into(
         plan.size,
         metadata=plan.metadata,
@@ -327,17 +336,11 @@ def write_arrow(
         schema_id=schema_id,
         schema_version=schema_version,
     ) as area:
-        _write_into(area, plan)
-    return _last_header(region)
+        write_stream_into(area, plan)
+    return region.last_header
 
 
-def _last_header(region: Region) -> Header:
-    """The header `Region.write_frame_into` just published (it yields the area, not the
-    header; `Region.write_frame` returns this same value)."""
-    return region._last_header
-
-
-def _write_into(area: memoryview, plan: _Plan) -> None:
+def write_stream_into(area: memoryview, plan: StreamPlan) -> None:
     """pyarrow writes the stream into ``area``. Every pyarrow object holding the area's
     buffer is dropped before this returns, on success and on failure, so that
     `write_frame_into` sees no view left over."""
@@ -345,7 +348,7 @@ def _write_into(area: memoryview, plan: _Plan) -> None:
     try:
         buffer = pa.py_buffer(area)
         sink = pa.FixedSizeBufferWriter(buffer)
-        _write_stream(sink, plan.data, plan.schema)
+        write_stream(sink, plan.data, plan.schema)
         written = sink.tell()
         sink.close()
     finally:
@@ -373,17 +376,19 @@ def write_arrow_into_new_region(
     (<Format.ARROW_STREAM: 2>, 280)
     >>> region.close()
     """
-    plan = _plan(data, schema, preserve_index)
+    plan = plan_stream(data, schema, preserve_index)
+    from ..region import Region
+
     region = Region.create_for_frame(plan.size, len(plan.metadata), prefix=prefix)
     try:
         with region.write_frame_into(
             plan.size, metadata=plan.metadata, format=Format.ARROW_STREAM, checksum=checksum
         ) as area:
-            _write_into(area, plan)
+            write_stream_into(area, plan)
     except BaseException:
         region.close()
         raise
-    return region, _last_header(region)
+    return region, region.last_header
 
 
 # ---- reading ---------------------------------------------------------------------------

@@ -6,13 +6,13 @@ form changes a type).
 
 * A **number list** (at least 2 elements, all ``int`` in one of the int64/uint64
   ranges, or all finite ``float``) goes **packed**: ``{:"$bb_packed", dtype, data}``
-  with the narrowest of the nine dtypes of `PACKED_DTYPES`, or a region of kind
+  with the narrowest of the nine dtypes of `PACKED_DTYPES`, or a slice of kind
   ``packed`` holding a schema-0 tensor frame ``{dtype, [length]}``.
 * A **record list** (a list of dicts with one key set) or a **column map** (a dict of
   lists of one length), keys all ``str``, all `Atom` or all UTF-8 ``bytes``, each column
   of one kind (int64, float64, bool, binary, utf8, or only ``None``) goes as
   **records**: ``{:"$bb_records", layout, stream}`` with an Arrow IPC stream whose
-  schema metadata ``beambridge.keys`` says how keys are rebuilt, or a region of kind
+  schema metadata ``beambridge.keys`` says how keys are rebuilt, or a slice of kind
   ``records`` (an ``arrow_stream`` frame with the metadata of `records_metadata`).
 
 This module holds the checks (`classify_numbers`, `plan_rows`, `plan_columns`), the
@@ -36,7 +36,6 @@ only when records are built or read.
 
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import dataclass
 from operator import itemgetter
@@ -49,6 +48,7 @@ from ..errors import BridgeError, EtfError, FormatError
 from ..etf import Atom
 from ..frame import Frame
 from ..header import Format
+from ..stats import format_stats, note, reset_format_stats
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -101,8 +101,6 @@ _INT_DTYPES = [
 ]  # fmt: skip
 _NONE = type(None)
 
-log = logging.getLogger("beambridge.formats")
-
 
 def _bad(field: str, value: Any, message: str) -> EtfError:
     return EtfError("bad_term", field, value, None, f"bad_term: {message}")
@@ -111,46 +109,6 @@ def _bad(field: str, value: Any, message: str) -> EtfError:
 def _short(value: Any, n: int = 80) -> str:
     text = repr(value)
     return text if len(text) <= n else text[:n] + "..."
-
-
-# ---- counting --------------------------------------------------------------------------
-
-_stats: dict[tuple[str, str, str], dict[str, int]] = {}
-
-
-def note(direction: str, form: str, reason: str, nbytes: int, what: str = "") -> None:
-    """Count one decision (``direction`` ``to_elixir`` for results, ``from_elixir`` for
-    arguments) and log it at debug level on the ``beambridge.formats`` logger."""
-    key = (direction, form, reason)
-    entry = _stats.get(key)
-    if entry is None:
-        entry = _stats[key] = {"count": 0, "bytes": 0}
-    entry["count"] += 1
-    entry["bytes"] += nbytes
-    if log.isEnabledFor(logging.DEBUG):
-        log.debug("%s: %s (%s), %d bytes%s", direction, form, reason, nbytes,
-                  f": {what}" if what else "")  # fmt: skip
-
-
-def format_stats() -> dict[tuple[str, str, str], dict[str, int]]:
-    """Decisions so far: ``{(direction, form, reason): {"count": n, "bytes": b}}``.
-
-    ``direction`` is ``"to_elixir"`` (results) or ``"from_elixir"`` (arguments);
-    ``form`` ``"packed"``, ``"records"``, ``"custom"``, ``"etf"`` (a candidate, or a
-    list that looked like one, sent as ETF) or ``"standard"`` (a custom type sent in its
-    standard form because its codec failed); ``reason`` why: ``"auto"`` (the auto
-    policy's minimum was reached), ``"forced"`` (``format: packed``/``arrow``),
-    ``"registered"``, ``"codec_failed"``, the code of what made a list
-    unsuitable (``"mixed_numbers"``, ``"different_keys"``...), or for arguments
-    ``"inline"``/``"region"``. ``bytes``: the payload (packed data, Arrow stream, codec
-    bytes; the ETF size for ``"etf"``).
-    """
-    return {key: dict(entry) for key, entry in _stats.items()}
-
-
-def reset_format_stats() -> None:
-    """Forget every count (tests)."""
-    _stats.clear()
 
 
 # ---- number lists ------------------------------------------------------------------------
@@ -209,7 +167,7 @@ def pack(values: list[Any], dtype: str) -> np.ndarray[Any, Any]:
 
 
 def packed_metadata(dtype: str, length: int) -> bytes:
-    """The schema-0 tensor metadata ``{dtype, [length]}`` of a ``packed`` region."""
+    """The schema-0 tensor metadata ``{dtype, [length]}`` of a ``packed`` slice."""
     return etf.encode((dtype.encode(), [length]))
 
 
@@ -244,19 +202,19 @@ def unpack(dtype: Any, data: Any) -> list[Any]:
 
 
 def read_packed(frame: Frame) -> list[Any]:
-    """The list of a ``packed`` region's frame: a tensor frame of schema 0,
+    """The list of a ``packed`` slice's frame: a tensor frame of schema 0,
     ``{dtype, [length]}``, dtype one of the nine. The payload is copied into the list
     (the caller may release the frame at once). `EtfError` ``bad_term`` otherwise."""
     h = frame.header
     if h.format != Format.TENSOR or h.schema_id != 0 or h.schema_version != 0:
         raise _bad("format", (int(h.format), h.schema_id, h.schema_version),
-                   "a packed region holds a tensor frame of schema 0 (format 1, schema_id 0, "
+                   "a packed slice holds a tensor frame of schema 0 (format 1, schema_id 0, "
                    f"schema_version 0), not format {int(h.format)} schema {h.schema_id} "
                    f"version {h.schema_version}")  # fmt: skip
     try:
         meta = etf.decode(frame.metadata, max_depth=4)
     except EtfError as exc:
-        raise _bad("metadata", None, f"packed region metadata: {exc}") from None
+        raise _bad("metadata", None, f"packed slice metadata: {exc}") from None
     if (
         type(meta) is not tuple
         or len(meta) != 2
@@ -265,7 +223,7 @@ def read_packed(frame: Frame) -> list[Any]:
         or type(meta[1][0]) is not int
         or meta[1][0] < 0
     ):
-        raise _bad("metadata", _short(meta), "packed region metadata is {dtype, [length]} "
+        raise _bad("metadata", _short(meta), "packed slice metadata is {dtype, [length]} "
                    "(a 1-D tensor)")  # fmt: skip
     dt = _packed_dtype(meta[0])
     expected = dt.itemsize * meta[1][0]
@@ -501,7 +459,7 @@ def to_table(plan: RecordsPlan) -> pa.Table:
 
 
 def records_metadata(layout: str, num_rows: int, num_columns: int) -> bytes:
-    """The metadata of a ``records`` region's frame: ETF of ``%{"layout" => layout,
+    """The metadata of a ``records`` slice's frame: ETF of ``%{"layout" => layout,
     "num_rows" => n, "num_columns" => c}``.
 
     >>> etf.decode(records_metadata("rows", 3, 2))[b"layout"]
@@ -518,18 +476,18 @@ def parse_records_metadata(metadata: bytes) -> tuple[str, int, int]:
     """``(layout, num_rows, num_columns)`` of a ``records`` frame's metadata, or
     `EtfError` ``bad_term`` (empty, not ETF, not such a map)."""
     if not metadata:
-        raise _bad("metadata", None, "a records region's frame needs its metadata "
+        raise _bad("metadata", None, "a records slice's frame needs its metadata "
                    '%{"layout", "num_rows", "num_columns"}; this one has none')  # fmt: skip
     try:
         term = etf.decode(metadata, max_depth=4)
     except EtfError as exc:
-        raise _bad("metadata", None, f"records region metadata: {exc}") from None
+        raise _bad("metadata", None, f"records slice metadata: {exc}") from None
     if type(term) is not dict:
-        raise _bad("metadata", _short(term), "records region metadata is a map")
+        raise _bad("metadata", _short(term), "records slice metadata is a map")
     layout = term.get(b"layout")
     counts = [term.get(b"num_rows"), term.get(b"num_columns")]
     if layout not in (b"rows", b"columns") or any(type(c) is not int or c < 0 for c in counts):
-        raise _bad("metadata", _short(term), 'records region metadata is %{"layout" => '
+        raise _bad("metadata", _short(term), 'records slice metadata is %{"layout" => '
                    '"rows" | "columns", "num_rows" => n, "num_columns" => c}, got '
                    f"{_short(term, 200)}")  # fmt: skip
     rows, columns = counts
@@ -590,10 +548,10 @@ def rebuild(table: pa.Table, layout: str) -> list[Any] | dict[Any, Any]:
 def records_from_stream(
     data: Any, layout: str, expect: tuple[int, int] | None = None
 ) -> list[Any] | dict[Any, Any]:
-    """Read the Arrow stream ``data`` (bytes, or a region payload read in place),
+    """Read the Arrow stream ``data`` (bytes, or a slice payload read in place),
     rebuild its value (`rebuild`) and return it; ``expect`` ``(num_rows,
-    num_columns)`` from a region's metadata must match the stream. Nothing made from
-    ``data`` outlives the call, on success or error (so a region frame can be released
+    num_columns)`` from a slice's metadata must match the stream. Nothing made from
+    ``data`` outlives the call, on success or error (so a slice frame can be released
     at once). `EtfError` ``bad_term`` for anything malformed."""
     from .arrow import read_arrow_stream
 

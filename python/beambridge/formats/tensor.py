@@ -1,5 +1,6 @@
 """The tensor format (``format`` 1): NumPy arrays, named bundles of them and sparse COO
-arrays written once into a region and read back as read-only views in place.
+arrays written once into a frame (an arena slice, a sealed object, or a region) and
+read back as read-only views in place.
 
 protocol/formats/tensor.md is the contract; this module is its Python side. A frame's
 ``schema_id`` says what it holds (``schema_version`` the descriptor version):
@@ -7,15 +8,15 @@ protocol/formats/tensor.md is the contract; this module is its Python side. A fr
 ====================  =========  ====================================================
 ``schema_id``         version    metadata (ETF) and value
 ====================  =========  ====================================================
-0 ``SCHEMA_LEGACY``   0          ``{dtype, shape}``: one C-order tensor of a legacy
-                                 dtype (SPEC §7.4); still read, and still written
-                                 when a tensor fits it
 1 ``SCHEMA_TENSOR``   1          a descriptor map: one tensor, any supported dtype,
                                  C or Fortran order
 2 ``SCHEMA_BUNDLE``   1          ``{"tensors" => [entry]}``: a `Bundle`, name -> array
 3 ``SCHEMA_COO``      1          ``{"shape" => dims, "tensors" => [indices, values]}``:
                                  a `COO` sparse array
 ====================  =========  ====================================================
+
+Schema 0 (`SCHEMA_PACKED`, ``{dtype, [length]}``) is not a tensor schema: it is only the
+layout of ``packed`` frames (SPEC §8.1, `beambridge.formats.records`).
 
 Descriptors are plain ETF terms decoded by the restricted decoder (no pickle, no eval);
 dtype strings are checked against a grammar before NumPy sees them, then must be
@@ -24,7 +25,7 @@ refused on the way out with `UnsupportedDtypeError` (a ``TypeError``) that says 
 do instead.
 
 >>> import numpy as np
->>> from beambridge import Region
+>>> from beambridge.region import Region
 >>> arr = np.arange(6, dtype=">i2").reshape(2, 3).T        # big-endian, Fortran order
 >>> with Region.create(4096, prefix="bbdoc") as region:
 ...     _ = write_tensor(region, arr)
@@ -42,7 +43,7 @@ import math
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -50,16 +51,17 @@ from ..errors import BridgeError, EtfError
 from ..etf import decode, encode
 from ..frame import Frame
 from ..header import Format, Header
-from ..region import Region
+
+if TYPE_CHECKING:
+    from ..region import Region
 
 __all__ = [
     "ALIGN",
     "COO",
-    "LEGACY_DTYPES",
     "MAX_NDIM",
     "SCHEMA_BUNDLE",
     "SCHEMA_COO",
-    "SCHEMA_LEGACY",
+    "SCHEMA_PACKED",
     "SCHEMA_TENSOR",
     "SCHEMA_VERSION",
     "Bundle",
@@ -67,10 +69,16 @@ __all__ = [
     "TensorError",
     "UnsupportedDtypeError",
     "array_from_buffer",
+    "check_dims",
+    "coo_from_parts",
     "descriptor",
     "dtype_from_descr",
     "dtype_to_descr",
+    "from_inline",
+    "from_inline_entries",
+    "inline_entries",
     "plan",
+    "raw_bytes",
     "read",
     "read_bundle",
     "read_coo",
@@ -81,7 +89,8 @@ __all__ = [
     "write_tensor",
 ]
 
-SCHEMA_LEGACY = 0
+#: ``{dtype, [length]}``: the layout of ``packed`` frames (SPEC §8.1), not a tensor schema.
+SCHEMA_PACKED = 0
 SCHEMA_TENSOR = 1
 SCHEMA_BUNDLE = 2
 SCHEMA_COO = 3
@@ -101,11 +110,6 @@ MAX_TENSORS = 65536
 MAX_NAME_BYTES = 1024
 #: Largest item size (NumPy's own limit is a C int).
 MAX_ITEMSIZE = 2**31 - 1
-
-#: The dtypes of SPEC §7.4's original form ``{dtype, shape}`` (C order, little-endian).
-LEGACY_DTYPES = frozenset(
-    ["|i1", "<i2", "<i4", "<i8", "|u1", "<u2", "<u4", "<u8", "<f2", "<f4", "<f8", "<c8", "<c16"]
-)
 
 #: A dtype descriptor: a dtype string (``b"<f4"``), or
 #: ``(b"struct", itemsize, [(name, descr | (b"subarray", descr, shape), offset), ...])``.
@@ -332,7 +336,7 @@ def _title(raw: Any) -> str:
 def _field_from_descr(descr: Any, depth: int) -> np.dtype[Any]:
     if type(descr) is tuple and len(descr) == 3 and descr[0] == _SUBARRAY:
         _, base, shape = descr
-        dims = _check_dims(shape, "dtype")
+        dims = check_dims(shape, "dtype")
         if type(base) is tuple and base and base[0] == _SUBARRAY:
             raise _bad("dtype", _short(descr), "a subarray of a subarray (give one shape)")
         bdt = _from_descr(base, depth)
@@ -362,7 +366,9 @@ def _simple(text: bytes) -> np.dtype[Any]:
         raise _bad("dtype", text, f"tensor dtype {text!r} refused by NumPy: {exc}") from None
 
 
-def _check_dims(shape: Any, field: str) -> list[int]:
+def check_dims(shape: Any, field: str) -> list[int]:
+    """``shape`` from the peer, checked: a list of at most `MAX_NDIM` non-negative ints;
+    `TensorError` (``field`` as given) otherwise."""
     if type(shape) is not list or len(shape) > MAX_NDIM:
         raise _bad(field, _short(shape), f"a shape is a list of at most {MAX_NDIM} "
                    f"non-negative integers, got {_short(shape)}")  # fmt: skip
@@ -411,7 +417,7 @@ def _parse(desc: Any) -> tuple[np.dtype[Any], list[int], str]:
     if _K_DTYPE not in desc or _K_SHAPE not in desc:
         raise _bad("descriptor", _short(desc), 'a tensor descriptor needs "dtype" and "shape"')
     dt = dtype_from_descr(desc[_K_DTYPE])
-    dims = _check_dims(desc[_K_SHAPE], "shape")
+    dims = check_dims(desc[_K_SHAPE], "shape")
     order = desc.get(_K_ORDER, b"C")
     if order not in (b"C", b"F") or type(order) is not bytes:
         raise _bad("order", order, f'order {order!r} is not "C" or "F"')
@@ -555,7 +561,7 @@ class Plan:
     parts: _Parts  # (array, order, offset)
 
 
-def _raw(arr: np.ndarray[Any, Any], order: str) -> np.ndarray[Any, Any]:
+def raw_bytes(arr: np.ndarray[Any, Any], order: str) -> np.ndarray[Any, Any]:
     """The bytes of ``arr`` in ``order`` as a 1-D uint8 array: a view when the array is
     already contiguous in that order, else one copy."""
     contiguous = arr.flags.f_contiguous if order == "F" else arr.flags.c_contiguous
@@ -627,15 +633,9 @@ def _name_bytes(name: Any) -> bytes:
     return encoded
 
 
-def is_legacy(arr: np.ndarray[Any, Any]) -> bool:
-    """True when ``arr`` travels in SPEC §7.4's original form: a legacy dtype, C order."""
-    return arr.dtype.str in LEGACY_DTYPES and arr.dtype.fields is None and (_order_of(arr) == "C")
-
-
 def plan(value: Any) -> Plan:
     """The frame of an ndarray, a `Bundle` (or any mapping of str -> ndarray) or a
-    `COO`. A tensor that fits SPEC §7.4's original form (a legacy dtype in C order) is
-    planned as schema 0, ``{dtype, shape}``, so older readers still read it.
+    `COO`. A tensor is always schema 1, a descriptor map.
 
     >>> p = plan(np.zeros(3, dtype="|b1"))
     >>> p.schema_id, p.nbytes, decode(p.metadata)
@@ -643,15 +643,15 @@ def plan(value: Any) -> Plan:
     """
     if isinstance(value, np.ndarray):
         arr = value
-        if is_legacy(arr):
-            metadata = encode((arr.dtype.str.encode(), [int(d) for d in arr.shape]))
-            schema, version = SCHEMA_LEGACY, 0
-        else:
-            metadata = encode(descriptor(arr))
-            schema, version = SCHEMA_TENSOR, SCHEMA_VERSION
         parts: _Parts = ((arr, _order_of(arr), 0),)
-        return Plan(metadata, schema, version, arr.dtype.itemsize * arr.size, _filler(parts),
-                    parts)  # fmt: skip
+        return Plan(
+            encode(descriptor(arr)),
+            SCHEMA_TENSOR,
+            SCHEMA_VERSION,
+            arr.dtype.itemsize * arr.size,
+            _filler(parts),
+            parts,
+        )
     if isinstance(value, COO):
         entries, parts, end = _entries([("indices", value.indices), ("values", value.values)])
         meta = {_K_SHAPE: list(value.shape), _K_TENSORS: entries}
@@ -673,7 +673,7 @@ def write(region: Region, value: Any, *, checksum: bool = True) -> Header:
                                  checksum=checksum) as area:  # fmt: skip
         p.fill(area)
         del area
-    return region._last_header
+    return region.last_header
 
 
 def write_tensor(region: Region, array: np.ndarray[Any, Any], *, checksum: bool = True) -> Header:
@@ -711,13 +711,19 @@ def _check_frame(frame: Frame, schemas: tuple[int, ...]) -> Header:
     if h.codec != 0:
         raise _bad("codec", int(h.codec), "a tensor frame read in place must be uncompressed")
     if h.schema_id not in schemas:
-        raise _bad("schema_id", h.schema_id, f"tensor schema_id {h.schema_id} is not one of "
-                   f"{list(schemas)} here (0 tensor, 1 tensor, 2 bundle, 3 coo)")  # fmt: skip
-    want = 0 if h.schema_id == SCHEMA_LEGACY else SCHEMA_VERSION
-    if h.schema_version != want:
-        raise _bad("schema_version", h.schema_version, f"tensor schema {h.schema_id} "
-                   f"version {h.schema_version} is not {want}, the version this reader "
-                   "knows; upgrade beambridge")  # fmt: skip
+        raise _bad(
+            "schema_id",
+            h.schema_id,
+            f"tensor schema_id {h.schema_id} is not one of {list(schemas)} here "
+            "(1 tensor, 2 bundle, 3 coo)",
+        )
+    if h.schema_version != SCHEMA_VERSION:
+        raise _bad(
+            "schema_version",
+            h.schema_version,
+            f"tensor schema {h.schema_id} version {h.schema_version} is not "
+            f"{SCHEMA_VERSION}, the version this reader knows; upgrade beambridge",
+        )
     return h
 
 
@@ -726,20 +732,11 @@ def _meta(frame: Frame) -> Any:
 
 
 def read_tensor(frame: Frame) -> np.ndarray[Any, Any]:
-    """The array of a single-tensor frame (schema 0 or 1): a read-only view over the
-    region's payload. The frame's reader lease lasts as long as the array (or anything
-    made from it) lives."""
-    h = _check_frame(frame, (SCHEMA_LEGACY, SCHEMA_TENSOR))
-    meta = _meta(frame)
-    if h.schema_id == SCHEMA_LEGACY:
-        if type(meta) is not tuple or len(meta) != 2:
-            raise _bad("metadata", _short(meta), "schema 0 tensor metadata is {dtype, shape}")
-        if type(meta[0]) is not bytes or meta[0].decode("ascii", "replace") not in LEGACY_DTYPES:
-            raise _bad("dtype", meta[0], f"schema 0 tensor dtype {meta[0]!r} is not one of "
-                       f"{sorted(LEGACY_DTYPES)}")  # fmt: skip
-        dt, dims, order = np.dtype(meta[0].decode()), _check_dims(meta[1], "shape"), "C"
-    else:
-        dt, dims, order = _parse(meta)
+    """The array of a single-tensor frame (schema 1): a read-only view over the frame's
+    payload. The frame's reader lease lasts as long as the array (or anything made from
+    it) lives."""
+    h = _check_frame(frame, (SCHEMA_TENSOR,))
+    dt, dims, order = _parse(_meta(frame))
     _check_length(h, dt.itemsize * math.prod(dims))
     return array_from_buffer(dt, dims, order, frame.payload)
 
@@ -806,7 +803,7 @@ def read_coo(frame: Frame) -> COO:
     meta = _meta(frame)
     if type(meta) is not dict:
         raise _bad("metadata", _short(meta), 'COO metadata is a map {"shape", "tensors"}')
-    shape = tuple(_check_dims(meta.get(_K_SHAPE), "shape"))
+    shape = tuple(check_dims(meta.get(_K_SHAPE), "shape"))
     parts = _read_entries(frame, meta.get(_K_TENSORS), ("indices", "values"))
     return coo_from_parts(parts["indices"], parts["values"], shape)
 
@@ -827,7 +824,7 @@ def coo_from_parts(indices: Any, values: Any, shape: tuple[int, ...]) -> COO:
 
 def read(frame: Frame) -> np.ndarray[Any, Any] | Bundle | COO:
     """Whatever a tensor frame holds, by its ``schema_id``."""
-    h = _check_frame(frame, (SCHEMA_LEGACY, SCHEMA_TENSOR, SCHEMA_BUNDLE, SCHEMA_COO))
+    h = _check_frame(frame, (SCHEMA_TENSOR, SCHEMA_BUNDLE, SCHEMA_COO))
     if h.schema_id == SCHEMA_BUNDLE:
         return read_bundle(frame)
     if h.schema_id == SCHEMA_COO:
@@ -847,7 +844,7 @@ def inline_entries(
     for name, value in items:
         arr = _as_array(value, name)
         desc = descriptor(arr)
-        out.append((_name_bytes(name), desc, _raw(arr, desc[_K_ORDER].decode()).data))
+        out.append((_name_bytes(name), desc, raw_bytes(arr, desc[_K_ORDER].decode()).data))
     return out
 
 

@@ -29,19 +29,21 @@ def _decode_point(data: bytes, version: int) -> Point:
     return Point(*struct.unpack("<dd", data))
 
 
-beambridge.codecs.register(Point, "bbtest.Point", version=2, reads=(1,),
-                           encode=_encode_point, decode=_decode_point)  # fmt: skip
+beambridge.register(
+    Point, "bbtest.Point", version=2, reads=(1,), encode=_encode_point, decode=_decode_point
+)
 
 
 class Blob:
-    """A type whose payload can be as big as wanted (for the region form)."""
+    """A type whose payload can be as big as wanted (for the slice form)."""
 
     def __init__(self, data: bytes) -> None:
         self.data = data
 
 
-beambridge.codecs.register(Blob, "bbtest.Blob", encode=lambda b: b.data,
-                           decode=lambda data, version: Blob(data))  # fmt: skip
+beambridge.register(
+    Blob, "bbtest.Blob", encode=lambda b: b.data, decode=lambda data, version: Blob(data)
+)
 
 
 @dataclass
@@ -53,7 +55,7 @@ def _explode(*_: Any) -> Any:
     raise RuntimeError("the codec exploded")
 
 
-beambridge.codecs.register(Broken, "bbtest.Broken", encode=_explode, decode=_explode)
+beambridge.register(Broken, "bbtest.Broken", encode=_explode, decode=_explode)
 
 
 def point(x: float, y: float) -> Point:
@@ -127,6 +129,6 @@ def _canon(v: Any) -> str:
 
 def stats() -> Any:
     """The worker's format counters, as a list of {direction, form, reason, count, bytes}."""
-    from beambridge.convert import format_stats
+    from beambridge import format_stats
 
     return [(d, f, r, e["count"], e["bytes"]) for (d, f, r), e in sorted(format_stats().items())]

@@ -22,6 +22,14 @@ def echo(*args: Any) -> Any:
 
 def describe(value: Any) -> Any:
     """The type of an argument as the handler sees it, and a digest of its content."""
+    from beambridge.formats.tensor import COO, Bundle
+
+    if isinstance(value, Bundle):
+        return ("Bundle", [(name, describe(arr)) for name, arr in value.items()])
+    if isinstance(value, COO):
+        return ("COO", list(value.shape), describe(value.indices), describe(value.values))
+    if type(value).__name__ == "Table":
+        return ("Table", value.num_rows, value.column_names, str(value.to_pydict()))
     if isinstance(value, np.ndarray):
         return (
             "ndarray",
@@ -100,6 +108,16 @@ def keep(view: Any) -> int:
     return len(kept)
 
 
+def keep_first(pair: Any) -> int:
+    """Keep the first of two argument views, drop the second."""
+    kept.append(pair[0])
+    return len(kept)
+
+
+def echo_part(view: Any, start: int, end: int) -> Any:
+    return view[start:end]
+
+
 def drop() -> int:
     n = len(kept)
     kept.clear()
@@ -161,3 +179,105 @@ def cached_bytes(n: int) -> bytes:
 
 def nbytes(value: Any) -> int:
     return memoryview(value).nbytes
+
+
+def make_kind(kind: bytes, n: int) -> Any:
+    """A result of each kind a slice can hold, of about ``n`` bytes."""
+    from beambridge.formats.tensor import COO, Bundle
+
+    k = kind.decode()
+    if k == "bytes":
+        return bytes(range(256)) * (n // 256)
+    if k == "bytearray":
+        return bytearray(b"b" * n)
+    if k == "memoryview":
+        return memoryview(b"m" * n)
+    if k == "tensor":
+        return np.arange(n // 8, dtype="<f8")
+    if k == "fortran":
+        return np.asfortranarray(np.arange(n // 4, dtype=">i4").reshape(-1, 2))
+    if k == "bundle":
+        return Bundle({"w": np.ones(n // 16), "b": np.zeros(n // 16, dtype="<i4")})
+    if k == "coo":
+        return COO.from_dense(np.arange(n // 8, dtype="<f8").reshape(-1, 4))
+    if k == "table":
+        import pyarrow as pa
+
+        return pa.table({"x": np.arange(n // 8, dtype=np.int64)})
+    if k == "packed":
+        return list(range(n // 2))
+    if k == "records":
+        return [{"id": i, "name": f"n{i}"} for i in range(n // 16)]
+    raise ValueError(kind)
+
+
+def memfds(pid: int = 0) -> list[tuple[str, int]]:
+    """(path, size) of every memfd a process has open (default: this one)."""
+    base = f"/proc/{pid or os.getpid()}/fd"
+    found = []
+    for name in os.listdir(base):
+        path = f"{base}/{name}"
+        try:
+            target = os.readlink(path)
+        except OSError:
+            continue
+        if target.startswith("/memfd:"):
+            found.append((path, os.stat(path).st_size))
+    return found
+
+
+def attack(view: Any) -> Any:
+    """Try to change or resize every shared object within reach: the argument's own
+    memory, and every memfd of this process (opened read-write through /proc) and of
+    its parent (resizing only). Returns what each attempt did."""
+    import errno
+    import mmap
+
+    out: dict[str, Any] = {}
+    base = view.obj if isinstance(view, memoryview) else None
+    try:
+        base.flags.writeable = True  # type: ignore[union-attr]
+        out["argument"] = "writeable"
+    except (ValueError, AttributeError) as exc:
+        out["argument"] = type(exc).__name__
+    for path, size in memfds():
+        result = []
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except OSError as exc:
+            out[path] = [f"open:{errno.errorcode[exc.errno or 0]}"]
+            continue
+        try:
+            for attempt in ("ftruncate", "pwrite", "mmap"):
+                try:
+                    if attempt == "ftruncate":
+                        os.ftruncate(fd, 0)
+                    elif attempt == "pwrite":
+                        os.pwrite(fd, b"X" * 64, 64 + 128)
+                    else:
+                        with mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_WRITE) as mm:
+                            mm[64 + 128 : 64 + 192] = b"Y" * 64
+                    result.append(f"{attempt}:ok")
+                except OSError as exc:
+                    result.append(f"{attempt}:{errno.errorcode[exc.errno or 0]}")
+        finally:
+            os.close(fd)
+        out[path] = result
+    for path, _ in memfds(os.getppid()):
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except OSError:
+            continue
+        try:
+            os.ftruncate(fd, 0)
+            out[path] = ["ftruncate:ok"]
+        except OSError as exc:
+            out[path] = [f"ftruncate:{errno.errorcode[exc.errno or 0]}"]
+        finally:
+            os.close(fd)
+    return out
+
+
+def loaded(prefix: bytes) -> list[str]:
+    """The modules of this process whose name starts with ``prefix``."""
+    return sorted(m for m in sys.modules if m.startswith(prefix.decode()))

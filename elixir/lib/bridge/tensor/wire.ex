@@ -3,7 +3,6 @@ defmodule Bridge.Tensor.Wire do
   # Tensors, bundles and COO arrays on the wire (protocol/formats/tensor.md):
   # inline data terms and tensor frames (format 1) with their schema ids.
   #
-  #   schema 0, version 0: {dtype, shape}              one C-order tensor, legacy dtype
   #   schema 1, version 1: %{"dtype","shape","order"}  one tensor
   #   schema 2, version 1: %{"tensors" => [entry]}     a bundle
   #   schema 3, version 1: %{"shape", "tensors"}       a COO array (indices, values)
@@ -15,7 +14,6 @@ defmodule Bridge.Tensor.Wire do
   alias Bridge.Tensor.{Bundle, COO, Dtype}
 
   @align 64
-  @legacy 0
   @single 1
   @bundle 2
   @coo 3
@@ -40,15 +38,9 @@ defmodule Bridge.Tensor.Wire do
     }
   end
 
-  defp legacy?(%Tensor{} = t), do: Dtype.nx?(t.dtype) and order(t) == :c
-
   # The inline data term.
   @spec inline(Tensor.t() | Bundle.t() | COO.t()) :: tuple()
-  def inline(%Tensor{} = t) do
-    if legacy?(t),
-      do: {:"$bb_tensor", Dtype.to_descr(t.dtype), Tuple.to_list(t.shape), t.data},
-      else: {:"$bb_tensor", descriptor(t), t.data}
-  end
+  def inline(%Tensor{} = t), do: {:"$bb_tensor", descriptor(t), t.data}
 
   def inline(%Bundle{tensors: tensors}),
     do:
@@ -75,13 +67,8 @@ defmodule Bridge.Tensor.Wire do
   # {payload, frame options} of the tensor frame holding the value.
   @spec frame(Tensor.t() | Bundle.t() | COO.t()) :: {iodata(), keyword()}
   def frame(%Tensor{} = t) do
-    if legacy?(t) do
-      meta = :erlang.term_to_binary({Dtype.to_descr(t.dtype), Tuple.to_list(t.shape)})
-      {t.data, format: :tensor, metadata: meta, schema_id: @legacy, schema_version: 0}
-    else
-      meta = :erlang.term_to_binary(descriptor(t))
-      {t.data, format: :tensor, metadata: meta, schema_id: @single, schema_version: @version}
-    end
+    meta = :erlang.term_to_binary(descriptor(t))
+    {t.data, format: :tensor, metadata: meta, schema_id: @single, schema_version: @version}
   end
 
   def frame(%Bundle{tensors: tensors}) do
@@ -118,9 +105,6 @@ defmodule Bridge.Tensor.Wire do
   defp align(n), do: div(n + @align - 1, @align) * @align
 
   ## Decoding (results from Python): every failure is {:error, %Error{kind: :bad_frame}}
-
-  # The legacy 4-tuple.
-  def from_legacy(dtype, shape, data), do: frame_error(Tensor.from_wire(dtype, shape, data))
 
   # {:"$bb_tensor", descriptor, data}
   def from_inline(desc, data) when is_map(desc) and is_binary(data), do: from_desc(desc, data)
@@ -160,12 +144,6 @@ defmodule Bridge.Tensor.Wire do
          :ok <- check(h.codec == 0, :codec, h.codec, "an uncompressed tensor frame"),
          {:ok, meta} <- safe(metadata) do
       case {kind, h.schema_id, h.schema_version} do
-        {:tensor, @legacy, 0} ->
-          case meta do
-            {dtype, shape} -> from_legacy(dtype, shape, payload)
-            other -> {:error, bad(:metadata, other, "{dtype, shape}")}
-          end
-
         {:tensor, @single, @version} ->
           from_desc(meta, payload)
 

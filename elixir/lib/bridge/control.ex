@@ -1,0 +1,102 @@
+defmodule Bridge.Control do
+  @moduledoc false
+  # The control channel of protocol/transport-v2.md §5: a frame is
+  #
+  #   envelope_size :: u32 big-endian | envelope :: ETF | body :: ETF or nothing
+  #
+  # The envelope says what the frame is and is decoded by the worker's process;
+  # the body (arguments, result) is encoded and decoded by the calling process,
+  # so big terms never pass through the processes that route a call.
+  #
+  # Every decode here is `binary_to_term(_, [:safe])` after a size check
+  # (SPEC §7.2): a worker cannot create atoms or funs on this node.
+
+  alias Bridge.Error
+
+  @max_frame 64 * 1024 * 1024
+
+  @doc false
+  @spec max_frame() :: pos_integer()
+  def max_frame, do: @max_frame
+
+  @doc false
+  # A frame as iodata: the envelope term, then the body (already ETF) if any.
+  @spec frame(term(), iodata()) :: iodata()
+  def frame(envelope, body \\ []) do
+    env = :erlang.term_to_binary(envelope)
+    [<<byte_size(env)::32>>, env | body]
+  end
+
+  @doc false
+  # The call frame of §5.2; `body` is term_to_binary(args), made by the caller.
+  @spec call_frame(pos_integer(), term(), term(), map(), list(), binary()) :: iodata()
+  def call_frame(id, module, function, opts, slices, body),
+    do: frame({:call, id, module, function, opts, slices}, body)
+
+  @doc false
+  # Splits a frame the worker sent: {:ok, envelope, body} (body a sub-binary,
+  # "" when absent) or a :bad_frame error.
+  @spec split(binary()) :: {:ok, term(), binary()} | {:error, Error.t()}
+  def split(frame) when byte_size(frame) > @max_frame,
+    do: {:error, bad_frame(:frame_too_large, byte_size(frame), @max_frame)}
+
+  def split(<<size::32, env::binary-size(size), body::binary>>) do
+    case safe(env) do
+      {:ok, envelope} -> {:ok, envelope, body}
+      :error -> {:error, bad_frame(:bad_term, size, "an envelope of safe ETF (SPEC §7.2)")}
+    end
+  end
+
+  def split(frame),
+    do:
+      {:error,
+       bad_frame(:truncated, byte_size(frame), "envelope_size :: u32, then that many bytes")}
+
+  @doc false
+  # The body of an answer, decoded in the calling process. An unknown atom in a
+  # well-formed body is the handler's mistake (:bad_call, :unknown_atom); anything
+  # else that does not decode is a broken worker (:bad_frame).
+  @spec decode_body(binary()) :: {:ok, term()} | {:error, Error.t()}
+  def decode_body(body) do
+    case safe(body) do
+      {:ok, term} ->
+        {:ok, term}
+
+      :error ->
+        case Bridge.ETF.classify(body) do
+          {:unknown_atoms, names, _} -> {:error, unknown_atoms_error(names)}
+          :malformed -> {:error, bad_frame(:bad_term, byte_size(body), "a body of safe ETF")}
+        end
+    end
+  end
+
+  defp safe(bin) do
+    {:ok, :erlang.binary_to_term(bin, [:safe])}
+  rescue
+    ArgumentError -> :error
+  end
+
+  defp unknown_atoms_error(names) do
+    shown = Enum.map_join(names, ", ", &(":" <> &1))
+
+    Error.new(:bad_call, :unknown_atom,
+      field: :result,
+      value: names,
+      message:
+        "bad call: the result names atoms that do not exist in this VM (#{shown}); " <>
+          "return them as str (they arrive as binaries), or make sure the atoms exist " <>
+          "on the BEAM before the call (the bridge never creates atoms for a peer)"
+    )
+  end
+
+  defp bad_frame(reason, value, limit) do
+    Error.new(:bad_frame, reason,
+      field: :control_frame,
+      value: value,
+      limit: limit,
+      message:
+        "bad frame: #{reason}: a control frame from the worker broke the protocol " <>
+          "(#{inspect(value)}; expected #{if is_binary(limit), do: limit, else: inspect(limit)})"
+    )
+  end
+end

@@ -1,0 +1,345 @@
+defmodule Bridge.Decoder do
+  @moduledoc false
+  # A result term as the caller's value, in the calling process (SPEC §7.4, §8;
+  # protocol/transport-v2.md §5.3).
+  #
+  # Handles {:"$bb_slice", kind, index} name entry `index` of the answer's
+  # slices, which the worker's process has already turned into `resolved`: a
+  # lease on a worker slice ({:lease, lease, length, generation}: the frame is
+  # read in place, payloads are zero-copy binaries that hold the lease until they
+  # are collected; values rebuilt as terms copy their payload and end the lease at
+  # once) or a binary over one of this node's own slices ({:binary, bin}, a
+  # result that is a view of an argument). Arrow streams decode to
+  # %Bridge.Table{} whose fixed-width columns are sub-binaries of them; packed
+  # lists, records and custom payloads become the list, the maps or the struct.
+  # Anything else that is not plain data, or a stream that does not decode, is a
+  # :bad_frame error (the worker broke the protocol); records that do not rebuild
+  # and custom payloads without a usable serializer are :bad_call errors (the frame
+  # was well formed).
+
+  alias Bridge.{Arrow, Error, Format, Header, Peer, Serializer, Table}
+  alias Bridge.Tensor.Wire
+
+  @type decode_ctx :: %{resolved: tuple(), verify: boolean(), tally: map()}
+
+  @kinds [
+    :binary,
+    :buffer,
+    :tensor,
+    :tensor_bundle,
+    :sparse_coo,
+    :arrow,
+    :packed,
+    :records,
+    :custom
+  ]
+
+  @doc false
+  # `resolved` holds one entry per slice of the answer (see the moduledoc).
+  @spec decode_result(term(), tuple(), boolean()) :: {:ok, term()} | {:error, Error.t()}
+  def decode_result(term, resolved, verify) do
+    ctx = %{resolved: resolved, verify: verify, tally: %{}}
+
+    try do
+      {value, ctx} = dec(term, ctx)
+      Format.flush(ctx.tally)
+      {:ok, value}
+    catch
+      {:bad_result, error, ctx} ->
+        Format.flush(ctx.tally)
+        {:error, error}
+    end
+  end
+
+  defp dec(term, ctx) when is_integer(term) or is_float(term) or is_binary(term), do: {term, ctx}
+
+  defp dec(term, ctx) when is_atom(term) do
+    if reserved?(term), do: bad_result(:bad_term, term, ctx), else: {term, ctx}
+  end
+
+  defp dec({:"$bb_slice", kind, index}, ctx)
+       when kind in @kinds and is_integer(index) and index >= 0 do
+    if index < tuple_size(ctx.resolved),
+      do: read_slice(kind, elem(ctx.resolved, index), ctx),
+      else:
+        bad_result(:bad_term, {kind, index}, ctx, "a handle naming one of the answer's slices")
+  end
+
+  defp dec({:"$bb_tensor", desc, data}, ctx) when is_binary(data) do
+    ctx = received(ctx, :tensor, byte_size(data))
+    tensor_result(Wire.from_inline(desc, data), ctx)
+  end
+
+  defp dec({:"$bb_tensor_bundle", entries}, ctx) do
+    ctx = received(ctx, :tensor, 0)
+    tensor_result(Wire.from_inline_bundle(entries), ctx)
+  end
+
+  defp dec({:"$bb_sparse_coo", shape, entries}, ctx) do
+    ctx = received(ctx, :tensor, 0)
+    tensor_result(Wire.from_inline_coo(shape, entries), ctx)
+  end
+
+  defp dec({:"$bb_buffer", data}, ctx) when is_binary(data),
+    do: {data, received(ctx, :buffer, byte_size(data))}
+
+  defp dec({:"$bb_arrow", stream}, ctx) when is_binary(stream) do
+    ctx = received(ctx, :arrow, byte_size(stream))
+    arrow_result(Arrow.decode(stream), "", ctx)
+  end
+
+  # SPEC §8.1: a number list packed as a 1-D array.
+  defp dec({:"$bb_packed", dtype, data} = t, ctx) do
+    ctx = received(ctx, :packed, if(is_binary(data), do: byte_size(data), else: 0))
+
+    case Format.unpack(dtype, data) do
+      {:ok, list} -> {list, ctx}
+      {:error, why} -> bad_result(:bad_term, t, ctx, "a packed number list (#{why})")
+    end
+  end
+
+  # SPEC §8.1: a record list or a column map as an Arrow stream.
+  defp dec({:"$bb_records", layout, stream}, ctx)
+       when layout in [:rows, :columns] and is_binary(stream) do
+    ctx = received(ctx, :records, byte_size(stream))
+
+    case Format.decode_records(layout, stream) do
+      {:ok, value, _table} -> {value, ctx}
+      {:error, error} -> throw({:bad_result, error, ctx})
+    end
+  end
+
+  # protocol/formats/custom.md: a value of a registered type.
+  defp dec({:"$bb_custom", name, version, data}, ctx)
+       when is_binary(name) and is_integer(version) and is_binary(data) do
+    ctx = received(ctx, :custom, byte_size(data))
+    custom_result(name, version, data, ctx)
+  end
+
+  defp dec(term, ctx) when is_tuple(term) do
+    if tuple_size(term) > 0 and is_atom(elem(term, 0)) and reserved?(elem(term, 0)) do
+      bad_result(:bad_term, term, ctx)
+    else
+      {list, ctx} = dec_list(Tuple.to_list(term), ctx, [])
+      {List.to_tuple(list), ctx}
+    end
+  end
+
+  defp dec(term, ctx) when is_list(term), do: dec_list(term, ctx, [])
+
+  defp dec(%{} = map, ctx) do
+    {pairs, ctx} =
+      Enum.reduce(map, {[], ctx}, fn {k, v}, {acc, ctx} ->
+        {k, ctx} = dec(k, ctx)
+        {v, ctx} = dec(v, ctx)
+        {[{k, v} | acc], ctx}
+      end)
+
+    {Map.new(pairs), ctx}
+  end
+
+  defp dec(term, ctx), do: bad_result(:bad_term, term, ctx)
+
+  defp dec_list([], ctx, acc), do: {Enum.reverse(acc), ctx}
+
+  defp dec_list([h | t], ctx, acc) do
+    {h, ctx} = dec(h, ctx)
+    dec_list(t, ctx, [h | acc])
+  end
+
+  defp dec_list(tail, ctx, _acc), do: bad_result(:bad_term, tail, ctx)
+
+  # A view of one of this node's own slices (an argument the handler returned).
+  defp read_slice(:binary, {:binary, bin}, ctx),
+    do: {bin, received(ctx, :raw_slice, byte_size(bin))}
+
+  defp read_slice(kind, {:binary, _bin}, ctx),
+    do: bad_result(:bad_term, kind, ctx, "kind binary for a view of an argument")
+
+  defp read_slice(kind, {:lease, lease, length, generation}, ctx) do
+    copy? = kind in [:packed, :records, :custom]
+
+    case Peer.read_frame(lease, length, generation, verify: ctx.verify, copy: copy?) do
+      {:ok, frame} ->
+        ctx = received(ctx, kind_form(kind), frame.header.payload_length)
+        frame_value(kind, frame, ctx)
+
+      {:error, %Error{} = e} ->
+        throw({:bad_result, e, ctx})
+    end
+  end
+
+  defp frame_value(kind, frame, ctx) do
+    h = frame.header
+
+    cond do
+      kind in [:tensor, :tensor_bundle, :sparse_coo] ->
+        tensor_result(Wire.from_frame(kind, frame), ctx)
+
+      kind in [:arrow, :records] and Header.format_name(h.format) != :arrow_stream ->
+        bad_result(
+          :unknown_format,
+          h.format,
+          ctx,
+          "an arrow_stream (2) frame for kind #{inspect(kind)}"
+        )
+
+      kind in [:binary, :buffer] and Header.format_name(h.format) != :raw ->
+        bad_result(:unknown_format, h.format, ctx, "a raw (0) frame for kind #{inspect(kind)}")
+
+      kind == :arrow ->
+        arrow_result(Arrow.decode(frame.payload), frame.metadata, ctx)
+
+      kind == :packed ->
+        case Format.unpack_frame(frame) do
+          {:ok, list} -> {list, ctx}
+          {:error, why} -> bad_result(:bad_term, kind, ctx, "a packed number list frame (#{why})")
+        end
+
+      kind == :records ->
+        records_slice(frame, ctx)
+
+      kind == :custom ->
+        custom_slice(frame, ctx)
+
+      true ->
+        {frame.payload, ctx}
+    end
+  end
+
+  # The frame's metadata says the layout and the counts (SPEC §8.1); a
+  # metadata that disagrees with the stream is a malformed frame.
+  defp records_slice(frame, ctx) do
+    with {:ok, %{"layout" => layout, "num_rows" => rows, "num_columns" => cols}}
+         when layout in ["rows", "columns"] <- Format.safe_term(frame.metadata) do
+      case Format.decode_records(String.to_existing_atom(layout), frame.payload) do
+        {:ok, value, table} ->
+          if rows == table.num_rows and cols == length(table.schema.fields),
+            do: {value, ctx},
+            else:
+              bad_result(
+                :bad_metadata,
+                {rows, cols},
+                ctx,
+                "counts matching the stream (#{table.num_rows} rows x " <>
+                  "#{length(table.schema.fields)} columns)"
+              )
+
+        {:error, error} ->
+          throw({:bad_result, error, ctx})
+      end
+    else
+      other ->
+        bad_result(
+          :bad_metadata,
+          other,
+          ctx,
+          ~s(%{"layout" => "rows" | "columns", "num_rows" => n, "num_columns" => c})
+        )
+    end
+  end
+
+  # protocol/formats/custom.md: format custom, metadata {name, version} agreeing
+  # with schema_id = xxh3_64(name) and schema_version.
+  defp custom_slice(%{header: h} = frame, ctx) do
+    if Header.format_name(h.format) != :custom or h.codec != 0,
+      do: bad_result(:unknown_format, h.format, ctx, "a custom (4) frame for kind :custom")
+
+    with {:ok, {name, version}} when is_binary(name) and is_integer(version) <-
+           Format.safe_term(frame.metadata),
+         {:ok, id} <- Bridge.NIF.xxh3_64(name),
+         true <- id == h.schema_id and version == h.schema_version do
+      custom_result(name, version, frame.payload, ctx)
+    else
+      _ ->
+        bad_result(
+          :bad_metadata,
+          {h.schema_id, h.schema_version},
+          ctx,
+          "metadata {name, version} agreeing with schema_id = xxh3_64(name) and schema_version"
+        )
+    end
+  end
+
+  defp custom_result(name, version, data, ctx) do
+    case Serializer.decode_payload(name, version, data) do
+      {:ok, value} -> {value, ctx}
+      {:error, error} -> throw({:bad_result, error, ctx})
+    end
+  end
+
+  defp kind_form(:binary), do: :raw_slice
+  defp kind_form(kind) when kind in [:tensor, :tensor_bundle, :sparse_coo], do: :tensor_slice
+  defp kind_form(kind), do: :"#{kind}_slice"
+
+  defp received(ctx, form, bytes),
+    do: %{ctx | tally: Format.decided(ctx.tally, :from_python, form, :received, bytes, nil)}
+
+  # A decoded stream; `metadata` is the slice frame's descriptor ("" inline),
+  # whose counts must match the stream when present.
+  defp arrow_result({:ok, %Table{} = table}, metadata, ctx) do
+    case arrow_counts(metadata) do
+      :none ->
+        {table, ctx}
+
+      {rows, cols} when rows == table.num_rows and cols == length(table.schema.fields) ->
+        {table, ctx}
+
+      other ->
+        bad_result(
+          :bad_metadata,
+          other,
+          ctx,
+          "a descriptor matching the stream " <>
+            "(#{table.num_rows} rows x #{length(table.schema.fields)} columns)"
+        )
+    end
+  end
+
+  # A stream that does not decode inside a well-formed frame (a type this codec
+  # does not read, a stream a handler forged) is the call's error; the worker is
+  # kept, as for records and custom types.
+  defp arrow_result({:error, %Error{} = e}, _metadata, ctx) do
+    error =
+      Error.new(:bad_call, e.reason,
+        field: :result,
+        value: e.value,
+        limit: e.limit,
+        message:
+          "bad call: the worker's Arrow result stream does not decode: " <>
+            Exception.message(e)
+      )
+
+    throw({:bad_result, error, ctx})
+  end
+
+  defp arrow_counts(""), do: :none
+
+  defp arrow_counts(metadata) do
+    case :erlang.binary_to_term(metadata, [:safe]) do
+      %{"num_rows" => rows, "num_columns" => cols} -> {rows, cols}
+      other -> {:not_a_descriptor, other}
+    end
+  rescue
+    ArgumentError -> {:not_etf, byte_size(metadata)}
+  end
+
+  defp tensor_result({:ok, value}, ctx), do: {value, ctx}
+  defp tensor_result({:error, %Error{} = e}, ctx), do: throw({:bad_result, e, ctx})
+
+  defp bad_result(reason, term, ctx, expected \\ "plain data (SPEC §7.4)") do
+    error =
+      Error.new(:bad_frame, reason,
+        field: :result,
+        value: term,
+        limit: expected,
+        message:
+          "bad frame: #{reason}: the worker sent #{inspect(term, limit: 5, printable_limit: 80)} " <>
+            "(expected #{expected})"
+      )
+
+    throw({:bad_result, error, ctx})
+  end
+
+  defp reserved?(atom), do: String.starts_with?(Atom.to_string(atom), "$bb_")
+end

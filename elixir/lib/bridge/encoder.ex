@@ -1,0 +1,400 @@
+defmodule Bridge.Encoder do
+  @moduledoc false
+  # A call's arguments as a data term, in the calling process (SPEC §7.4, §8;
+  # protocol/transport-v2.md §5.3).
+  #
+  # Binaries, Buffers, tensors, tables, packed lists, records and custom-type
+  # payloads at or above the threshold are written straight into a slice of the
+  # bridge's arenas (Bridge.Arena, through the NIF) and replaced by
+  # {:"$bb_slice", kind, index}; `index` names the slice in the call's `slices`
+  # list. Smaller ones go inline (a plain binary, {:"$bb_buffer", bin},
+  # {:"$bb_tensor", descriptor, data}, ...), so the Python type never depends on
+  # the size (invariant 7). Tensors, bundles and COO arrays use
+  # protocol/formats/tensor.md (Bridge.Tensor.Wire); a %Bridge.Table{} goes as its
+  # Arrow IPC stream; number lists, record lists and column maps follow the call's
+  # format policy (SPEC §8.1, Bridge.Format); structs with a Bridge.Serializer go
+  # as custom payloads (protocol/formats/custom.md), other structs as their map.
+  # Terms that cannot cross (pids, funs, references, ports, bit-strings, improper
+  # lists, atoms starting with "$bb_") are a :bad_call error before anything is
+  # sent. Every decision is counted (Bridge.format_stats/0) once per call.
+  #
+  # Limits: a value whose frame can never fit the arenas (:arena_limit) is sent
+  # inline when it fits a control frame, else refused at once (:too_large, naming
+  # :arena_limit) before anything of it is copied; a value that fits but finds the
+  # arenas full now goes inline (counted as :arena_full). Each fallback is logged,
+  # at most once a second per cause.
+  #
+  # The slices belong to the calling process: it releases them when the call is
+  # over (Bridge.Arena.release/1), whatever the outcome.
+
+  alias Bridge.{
+    Arena,
+    Arrow,
+    Buffer,
+    Control,
+    Error,
+    Format,
+    FormatStats,
+    Serializer,
+    Table,
+    Tensor
+  }
+
+  alias Bridge.Tensor.{Bundle, COO, Wire}
+
+  @type encode_ctx :: %{
+          arena: Arena.t(),
+          threshold: non_neg_integer(),
+          slices: [Arena.Slice.t()],
+          count: non_neg_integer(),
+          inline: non_neg_integer(),
+          policy: Format.policy(),
+          tally: map(),
+          raw: non_neg_integer(),
+          raw_bytes: non_neg_integer(),
+          short: non_neg_integer(),
+          short_bytes: non_neg_integer()
+        }
+
+  @builtin [Tensor, Bundle, COO, Table, Buffer]
+
+  @doc false
+  # Returns the argument term and the slices its handles name, in index order.
+  # On error the slices written so far are released. Options: `format:` — the
+  # policy of SPEC §8.1 (default :auto).
+  @spec encode_args(list(), Arena.t(), non_neg_integer(), keyword()) ::
+          {:ok, list(), [Arena.Slice.t()]} | {:error, Error.t()}
+  def encode_args(args, arena, threshold, opts \\ []) when is_list(args) do
+    ctx = %{
+      arena: arena,
+      threshold: threshold,
+      slices: [],
+      count: 0,
+      inline: 0,
+      policy: Keyword.get(opts, :format, :auto),
+      tally: %{},
+      # inline binaries, the most frequent decision, counted apart (cheaper)
+      raw: 0,
+      raw_bytes: 0,
+      short: 0,
+      short_bytes: 0
+    }
+
+    try do
+      {term, ctx} = enc_list(args, ctx, [])
+
+      ctx.tally
+      |> add({:to_python, :raw, :below_threshold}, ctx.raw, ctx.raw_bytes)
+      |> add({:to_python, :etf, :below_min}, ctx.short, ctx.short_bytes)
+      |> Format.flush()
+
+      {:ok, term, Enum.reverse(ctx.slices)}
+    catch
+      {:bad_arg, error, ctx} ->
+        Enum.each(ctx.slices, &Arena.release/1)
+        {:error, error}
+    end
+  end
+
+  @doc false
+  # The `slices` list of a call envelope (transport-v2.md §5.2).
+  @spec entries([Arena.Slice.t()]) :: [tuple()]
+  def entries(slices),
+    do: for(s <- slices, do: {s.arena_id, s.offset, s.length, s.generation})
+
+  defp add(tally, _key, 0, _bytes), do: tally
+
+  defp add(tally, key, n, bytes),
+    do: Map.update(tally, key, {n, bytes}, fn {c, b} -> {c + n, b + bytes} end)
+
+  defp enc(term, ctx) when is_integer(term) or is_float(term), do: {term, ctx}
+
+  defp enc(term, ctx) when is_atom(term) do
+    if reserved?(term),
+      do: bad_arg(term, ctx, "an atom not starting with $bb_"),
+      else: {term, ctx}
+  end
+
+  defp enc(term, ctx) when is_binary(term) do
+    size = byte_size(term)
+
+    if size >= ctx.threshold and size > 0,
+      do: slice(:binary, term, [format: :raw], term, ctx, {:raw, :threshold, "a binary"}),
+      else: {term, %{ctx | raw: ctx.raw + 1, raw_bytes: ctx.raw_bytes + size}}
+  end
+
+  # Lists: number lists may go packed, record lists as records (SPEC §8.1).
+  defp enc(term, ctx) when is_list(term) do
+    case Format.select_list(term, ctx.policy) do
+      :none ->
+        enc_list(term, ctx, [])
+
+      {:etf, :below_min, :number_list, _n} ->
+        # Plain numbers: nothing inside needs encoding. Short lists are many:
+        # counted apart, like inline binaries.
+        {term,
+         %{ctx | short: ctx.short + 1, short_bytes: ctx.short_bytes + :erlang.external_size(term)}}
+
+      {:etf, reason, :number_list, n} ->
+        {term, note(ctx, :etf, reason, :erlang.external_size(term), {:number_list, n})}
+
+      {:etf, reason, what, cells} ->
+        ctx = note(ctx, :etf, reason, :erlang.external_size(term), {what, cells})
+        enc_list(term, ctx, [])
+
+      decision ->
+        selected(decision, ctx)
+    end
+  end
+
+  defp enc(term, ctx) when is_tuple(term) do
+    {list, ctx} = enc_list(Tuple.to_list(term), ctx, [])
+    {List.to_tuple(list), ctx}
+  end
+
+  defp enc(%Buffer{data: data}, ctx) when is_binary(data) do
+    frame = fn -> {:buffer, data, [format: :raw]} end
+    what = {:buffer, "a buffer"}
+    place({:"$bb_buffer", data}, byte_size(data), ctx, what, :below_threshold, frame)
+  end
+
+  # Tensors, bundles and COO arrays: protocol/formats/tensor.md. The inline term
+  # and the slice frame give Python the same value (invariant 7).
+  defp enc(%struct{} = value, ctx) when struct in [Tensor, Bundle, COO] do
+    case struct.validate(value) do
+      :ok ->
+        size = Wire.payload_size(value)
+
+        place(Wire.inline(value), size, ctx, {:tensor, {:struct, struct}}, :below_threshold, fn ->
+          {payload, frame_opts} = Wire.frame(value)
+          {Wire.kind(value), payload, frame_opts}
+        end)
+
+      {:error, error} ->
+        throw({:bad_arg, error, ctx})
+    end
+  end
+
+  # Tables: an Arrow IPC stream (protocol/formats/arrow.md); Python gets a
+  # pyarrow.Table either way (invariant 7).
+  defp enc(%Table{} = table, ctx) do
+    stream =
+      try do
+        Arrow.encode(table)
+      rescue
+        e in Error -> throw({:bad_arg, e, ctx})
+        _ -> bad_arg(table, ctx, "a %Bridge.Table{} built with Bridge.Table or Bridge.Arrow")
+      end
+
+    inline = {:"$bb_arrow", stream}
+
+    place(inline, byte_size(stream), ctx, {:arrow, {:struct, Table}}, :below_threshold, fn ->
+      {:arrow, stream, [format: :arrow_stream, metadata: arrow_descriptor(table)]}
+    end)
+  end
+
+  defp enc(%Buffer{} = b, ctx), do: bad_arg(b, ctx, "a %Bridge.Buffer{} holding a binary")
+
+  # Structs of registered custom types: protocol/formats/custom.md. Other
+  # structs, and those whose encode fails, go as their plain map (ETF).
+  defp enc(%struct{} = value, ctx) when struct not in @builtin do
+    case Serializer.encode_struct(value) do
+      {:ok, entry, data} ->
+        inline = {:"$bb_custom", entry.name, entry.version, data}
+        what = {:custom, entry.name}
+
+        place(inline, byte_size(data), ctx, {:custom, what}, :below_threshold, fn ->
+          opts = [
+            format: :custom,
+            schema_id: entry.schema_id,
+            schema_version: entry.version,
+            metadata: :erlang.term_to_binary({entry.name, entry.version})
+          ]
+
+          {:custom, data, opts}
+        end)
+
+      {:fallback, _entry, _why} ->
+        ctx = note(ctx, :etf, :encode_failed, :erlang.external_size(value), {:struct, struct})
+        enc_map(value, ctx)
+
+      :none ->
+        enc_map(value, ctx)
+    end
+  end
+
+  # Maps: a column map may go as records (SPEC §8.1).
+  defp enc(%{} = map, ctx) do
+    case Format.select_map(map, ctx.policy) do
+      :none ->
+        enc_map(map, ctx)
+
+      {:etf, reason, what, cells} ->
+        enc_map(map, note(ctx, :etf, reason, :erlang.external_size(map), {what, cells}))
+
+      decision ->
+        selected(decision, ctx)
+    end
+  end
+
+  defp enc(term, ctx), do: bad_arg(term, ctx, "plain data (see Bridge's type mapping)")
+
+  # Works for structs too (their plain map, __struct__ included).
+  defp enc_map(map, ctx) do
+    {pairs, ctx} =
+      map
+      |> :maps.to_list()
+      |> Enum.reduce({[], ctx}, fn {k, v}, {acc, ctx} ->
+        {k, ctx} = enc(k, ctx)
+        {v, ctx} = enc(v, ctx)
+        {[{k, v} | acc], ctx}
+      end)
+
+    {:maps.from_list(pairs), ctx}
+  end
+
+  defp selected({:packed, reason, dtype, data, n}, ctx) do
+    inline = {:"$bb_packed", dtype, data}
+
+    place(inline, byte_size(data), ctx, {:packed, {:number_list, n}}, reason, fn ->
+      opts = [
+        format: :tensor,
+        schema_id: 0,
+        schema_version: 0,
+        metadata: :erlang.term_to_binary({dtype, [n]})
+      ]
+
+      {:packed, data, opts}
+    end)
+  end
+
+  defp selected({:records, reason, layout, stream, rows, cols}, ctx) do
+    inline = {:"$bb_records", layout, stream}
+
+    place(
+      inline,
+      byte_size(stream),
+      ctx,
+      {:records, {:records, layout, rows, cols}},
+      reason,
+      fn ->
+        meta = %{"layout" => Atom.to_string(layout), "num_rows" => rows, "num_columns" => cols}
+        {:records, stream, [format: :arrow_stream, metadata: :erlang.term_to_binary(meta)]}
+      end
+    )
+  end
+
+  defp selected({:error, %Error{} = error}, ctx), do: throw({:bad_arg, error, ctx})
+
+  # A value of `size` payload bytes: `inline` below the threshold (counted with
+  # `reason`), else a slice handle; `frame` gives {handle kind, payload, frame
+  # options} and runs only then (building a bundle's payload or a descriptor costs).
+  # A slice is counted `reason` for the forms the policy chose (packed, records),
+  # `:threshold` for the others, whose form only the threshold decides.
+  defp place(inline, size, ctx, {form, what}, reason, frame) do
+    if size >= ctx.threshold and size > 0 do
+      {kind, payload, opts} = frame.()
+      slice_reason = if reason == :below_threshold, do: :threshold, else: reason
+      slice(kind, payload, opts, inline, ctx, {form, slice_reason, what})
+    else
+      {inline, note(ctx, form, reason, size, what)}
+    end
+  end
+
+  defp note(ctx, form, reason, bytes, what),
+    do: %{ctx | tally: Format.decided(ctx.tally, :to_python, form, reason, bytes, what)}
+
+  # The frame metadata descriptor of protocol/formats/arrow.md.
+  defp arrow_descriptor(%Table{schema: schema, columns: columns, num_rows: n}) do
+    fields = for f <- schema.fields, do: {f.name, Arrow.Type.describe(f.type), f.nullable == true}
+    fields = if byte_size(:erlang.term_to_binary(fields)) > 65_536, do: nil, else: fields
+
+    batches =
+      case columns do
+        [] -> if n == 0, do: 0, else: 1
+        [chunks | _] -> length(chunks)
+      end
+
+    :erlang.term_to_binary(%{
+      "version" => 1,
+      "num_rows" => n,
+      "num_columns" => length(schema.fields),
+      "num_batches" => batches,
+      "fields" => fields
+    })
+  end
+
+  defp enc_list([], ctx, acc), do: {Enum.reverse(acc), ctx}
+
+  defp enc_list([h | t], ctx, acc) do
+    {h, ctx} = enc(h, ctx)
+    enc_list(t, ctx, [h | acc])
+  end
+
+  defp enc_list(tail, ctx, _acc), do: bad_arg(tail, ctx, "a proper list")
+
+  # `{form, reason, what}`: the decision to count — `form` in a slice
+  # (form_slice, reason), or inline (form, :too_large | :arena_full) when no
+  # slice could take the payload but a control frame can.
+  defp slice(kind, payload, frame_opts, inline, ctx, {form, reason, what}) do
+    size = IO.iodata_length(payload)
+    metadata = Keyword.get(frame_opts, :metadata, "")
+    frame_opts = Keyword.put(frame_opts, :checksum, ctx.arena.checksum)
+
+    result =
+      if Arena.fits?(ctx.arena.limit, size, byte_size(metadata)),
+        do: Arena.put(ctx.arena, payload, frame_opts),
+        else: {:error, Arena.too_large(ctx.arena, size)}
+
+    case result do
+      {:ok, s} ->
+        handle = {:"$bb_slice", kind, ctx.count}
+        ctx = %{ctx | slices: [s | ctx.slices], count: ctx.count + 1}
+        {handle, note(ctx, slice_form(form), reason, size, what)}
+
+      {:error, %Error{reason: cause} = error} when cause in [:too_large, :arena_full] ->
+        inline_instead(inline, size, ctx, {form, what}, error)
+
+      {:error, %Error{} = error} ->
+        throw({:bad_arg, error, ctx})
+    end
+  end
+
+  # A value no slice could take goes inline when a control frame can carry it.
+  defp inline_instead(inline, size, ctx, {form, what}, %Error{reason: cause} = error) do
+    if ctx.inline + size > Control.max_frame() - 65_536 do
+      message = String.replace_prefix(error.message, "arena error", "bad call")
+      throw({:bad_arg, %{error | kind: :bad_call, message: message}, ctx})
+    else
+      FormatStats.warn({:to_python, cause}, fn ->
+        "beambridge: a #{size}-byte argument went inline over the Port, not through " <>
+          "shared memory (#{cause}): " <> Exception.message(error)
+      end)
+
+      {inline, %{note(ctx, form, cause, size, what) | inline: ctx.inline + size}}
+    end
+  end
+
+  defp slice_form(:raw), do: :raw_slice
+  defp slice_form(:buffer), do: :buffer_slice
+  defp slice_form(:tensor), do: :tensor_slice
+  defp slice_form(:arrow), do: :arrow_slice
+  defp slice_form(:packed), do: :packed_slice
+  defp slice_form(:records), do: :records_slice
+  defp slice_form(:custom), do: :custom_slice
+
+  defp bad_arg(term, ctx, expected) do
+    error =
+      Error.new(:bad_call, :bad_term,
+        field: :args,
+        value: term,
+        limit: expected,
+        message:
+          "bad call: bad_term: #{inspect(term, limit: 5)} cannot be sent to Python (expected #{expected})"
+      )
+
+    throw({:bad_arg, error, ctx})
+  end
+
+  defp reserved?(atom), do: String.starts_with?(Atom.to_string(atom), "$bb_")
+end

@@ -1,0 +1,341 @@
+"""The call path of a worker (protocol/transport-v2.md §5): one ``{:call, ...}`` from its
+envelope and body to its answer, and the shared objects calls use.
+
+`CallPath` maps the objects the BEAM announces (its arenas, its lease table), decodes a
+call's arguments (`beambridge.decoder.Decoder`), runs the handler, encodes the result
+(`beambridge.encoder.ResultEncoder` into `beambridge.result_slices.ResultSlices`) and
+builds the answer: ``{:ok, id, slices, released}`` with the result as its body, or
+``{:error, id, error, released}``. The worker process around it (`beambridge.worker`)
+reads and writes the frames.
+
+>>> path = CallPath(threshold=1 << 20)
+>>> reply = path.run(control.Call(1, b"operator", b"add", {}, [], True), memoryview(
+...     encode([2, 3])))
+>>> reply.envelope, decode(b"".join(reply.body))
+((Atom('ok'), 1, [], []), 5)
+>>> path.close()
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import sys
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from . import control
+from .decoder import Decoder
+from .encoder import ResultEncoder
+from .errors import BridgeError, EtfError
+from .etf import decode, encode, encode_parts
+from .leases import Key, LeaseBook, PeerObjects
+from .objects import PeerObject
+from .result_slices import ResultSlices, WorkerArenas
+from .terms import DEFAULT_THRESHOLD, POLICIES
+
+__all__ = ["CallPath", "Reply"]
+
+_MIB = 1 << 20
+#: A result body smaller than this is joined into one bytes object before it is sent.
+_JOIN_BELOW = 1 << 16
+
+
+class _BadCall:
+    """A ``{:bad_call, reason, message}`` to send (a value, never raised: nothing of the
+    call may stay alive in a traceback)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        self.reason = reason
+        self.message = message
+
+
+@dataclass
+class Reply:
+    """What answers a call: the ``notices`` to send first (objects the answer names, or
+    dropped), then ``envelope`` with ``body`` (the parts of the result's ETF) or
+    without."""
+
+    notices: list[Any]
+    envelope: Any
+    body: list[Any] | None
+
+
+def _text(value: object) -> bytes:
+    try:
+        text = str(value)
+    except Exception as exc:  # a __str__ that raises
+        text = f"<unprintable {type(value).__name__}: {type(exc).__name__}>"
+    return text.encode("utf-8", "backslashreplace")
+
+
+def _exception_type_name(exc: BaseException) -> str:
+    cls = type(exc)
+    module, name = cls.__module__, cls.__qualname__
+    return name if module in ("builtins", "__main__") else f"{module}.{name}"
+
+
+def _name(value: Any) -> str | None:
+    if isinstance(value, str):
+        return str(value)
+    if type(value) is bytes:
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    return None
+
+
+def flush_handler_output() -> None:
+    """Push what handlers printed into fds 1 and 2 (forwarded before the answer)."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+
+
+class CallPath:
+    """Everything one worker's calls need: the BEAM's objects and the leases on them,
+    the worker's own result slices, the handler lookup.
+
+    ``threshold``: payloads of at least this many bytes travel in slices;
+    ``arena_limit``, ``min_arena``: the bounds of the worker's arenas (§3);
+    ``verify``: checksum result payloads and verify argument payloads; ``untrusted``:
+    every result slice is a sealed object of its own (§6).
+    """
+
+    def __init__(
+        self,
+        *,
+        threshold: int = DEFAULT_THRESHOLD,
+        arena_limit: int = 1 << 30,
+        min_arena: int = 8 * _MIB,
+        verify: bool = False,
+        untrusted: bool = False,
+    ) -> None:
+        self.peers = PeerObjects()
+        self.leases = LeaseBook()
+        self.decoder = Decoder(self.peers, self.leases, verify=verify)
+        self.arenas = (
+            None
+            if untrusted
+            else WorkerArenas(limit=arena_limit, min_arena=min_arena, checksum=verify)
+        )
+        self.slices = ResultSlices(
+            self.arenas, limit=arena_limit, sealed=untrusted, leases=self.leases, checksum=verify
+        )
+        self.encoder = ResultEncoder(self.slices, threshold)
+        self.lease_table: PeerObject | None = None
+        self._functions: dict[tuple[Any, Any], Callable[..., Any]] = {}
+
+    # ---- objects -----------------------------------------------------------------------
+
+    def map_object(self, message: control.ObjectAnnouncement) -> None:
+        """Map an object the BEAM announced (§2): an arena, or its lease table.
+        `ArenaError` when it cannot be (a slice naming the arena then gets that error)."""
+        if message.kind == "lease_table":
+            table = PeerObject.open(*message.args())
+            if self.lease_table is not None:
+                self.lease_table.close()
+            self.lease_table = table
+            if self.arenas is not None:
+                self.arenas.set_lease_table(table)
+        else:
+            self.peers.open(*message.args())
+
+    def drop_object(self, object_id: int) -> None:
+        self.peers.drop(object_id)
+
+    def sealed_mapped(self, object_ids: list[int]) -> None:
+        self.slices.sealed_mapped(object_ids)
+
+    def take_released(self) -> list[Key]:
+        """The BEAM slices let go since the last answer or ``released`` message."""
+        return self.leases.take_released()
+
+    def take_notices(self) -> list[Any]:
+        """Arenas made or dropped since the last call, as messages."""
+        return self.slices.take_notices()
+
+    def idle(self, trim_after: float) -> None:
+        """Take back the slices whose leases ended; drop arenas empty for at least
+        ``trim_after`` seconds, keeping one of ``min_arena`` warm."""
+        if self.arenas is not None:
+            self.arenas.reclaim()
+            self.arenas.trim(trim_after, self.arenas.min_arena)
+
+    def close(self) -> None:
+        self.slices.close()
+        self.peers.close()
+        if self.lease_table is not None:
+            self.lease_table.close()
+
+    # ---- one call ----------------------------------------------------------------------
+
+    def run(self, call: control.Call, body: memoryview | None) -> Reply:
+        """Run ``call`` and build its answer."""
+        prepared = self._prepare(call, body)
+        if isinstance(prepared, _BadCall):
+            return self._bad_call(call.call_id, prepared)
+        fn, args, policy = prepared
+        del prepared  # `args` alone holds the argument values now
+        failure: Any = None
+        try:
+            result = fn(*args)
+        except Exception as exc:
+            tb = exc.__traceback__
+            text = "".join(traceback.format_exception(type(exc), exc, tb.tb_next if tb else None))
+            failure = control.python_exception(
+                _exception_type_name(exc).encode(),
+                _text(exc),
+                text.encode("utf-8", "backslashreplace"),
+            )
+            if tb is not None:
+                traceback.clear_frames(tb)  # the handler's locals (argument views) go now
+            del tb
+        del args  # the worker's references to argument views end here (leases, §4)
+        flush_handler_output()
+        if failure is not None:
+            return Reply([], control.error(call.call_id, failure, self.take_released()), None)
+        return self._answer(call.call_id, result, policy)
+
+    def _prepare(
+        self, call: control.Call, body: memoryview | None
+    ) -> tuple[Callable[..., Any], list[Any], str] | _BadCall:
+        """The handler, its arguments and the result's policy, or what is wrong. Every
+        slice of the call is let go unless an argument holds it."""
+        problem: _BadCall | None = None
+        try:
+            policy = _policy(call.opts)
+            fn = self._lookup(call.module, call.function)
+            if body is None:
+                raise _Refused("bad_term", "a call frame without an argument list")
+            try:
+                terms = decode(body)
+            except EtfError as err:
+                raise _Refused("bad_term", f"the call's arguments: {err}") from None
+            if type(terms) is not list:
+                raise _Refused("bad_term", f"args must be a list, got {terms!r:.200}")
+        except _Refused as refused:
+            problem = _BadCall(refused.reason, refused.message)
+        if problem is not None:
+            with contextlib.suppress(BridgeError):
+                self.decoder.decode([], call.slices)  # no handle will name them: let go
+            return problem
+        try:
+            args = self.decoder.decode(terms, call.slices)
+        except BridgeError as err:
+            problem = _BadCall(err.reason, f"argument: {err}")
+        except Exception as err:
+            problem = _BadCall("badarg", f"argument: {type(err).__name__}: {err}")
+        return (fn, args, policy) if problem is None else problem
+
+    def _answer(self, call_id: int, result: Any, policy: str) -> Reply:
+        self.slices.begin()
+        self.encoder.policy = policy
+        problem: _BadCall | None = None
+        try:
+            parts = encode_parts(result, self.encoder)
+        except Exception as exc:  # TypeError, ValueError, ArenaError, a library's own
+            # format_unsuitable, unsupported_dtype, a slice reason go as themselves
+            reason = exc.reason if isinstance(exc, BridgeError) else "bad_term"
+            kind = (
+                ""
+                if isinstance(exc, (TypeError, ValueError, BridgeError))
+                else (f"{type(exc).__name__}: ")
+            )
+            problem = _BadCall(reason, f"the result: {kind}{exc}")
+        del result
+        if problem is not None:
+            self.slices.cancel()
+            return self._bad_call(call_id, problem)
+        body_size = sum(map(len, parts))
+        if body_size < _JOIN_BELOW:
+            # one copy now, so argument views the parts point into are gone before the
+            # released list is made: the answer itself reports them
+            parts = [b"".join(parts)]
+        released = self.take_released()
+        envelope = control.ok(call_id, self.slices.entries, released)
+        size = 4 + len(encode(envelope)) + body_size
+        if size > control.MAX_CONTROL_FRAME:
+            del parts
+            fallbacks = self.slices.fallbacks
+            reason = fallbacks[-1] if fallbacks else "bad_term"
+            self.slices.cancel()
+            message = (
+                f"the result encodes to {size} bytes, over the control frame limit of "
+                f"{control.MAX_CONTROL_FRAME} (MAX_CONTROL_FRAME), and its values at or above "
+                "the threshold could not all get a slice (raise BEAMBRIDGE_ARENA_LIMIT, "
+                f"now {self.slices.limit})"
+            )
+            detail = control.bad_call(reason, _text(message))
+            return Reply([], control.error(call_id, detail, released), None)
+        notices = self.take_notices() + self.slices.commit()
+        return Reply(notices, envelope, parts)
+
+    def _bad_call(self, call_id: int, bad: _BadCall) -> Reply:
+        detail = control.bad_call(bad.reason, _text(bad.message))
+        return Reply(
+            self.take_notices(), control.error(call_id, detail, self.take_released()), None
+        )
+
+    def after_answer(self) -> None:
+        """The answer is written: BEAM slices it echoed may be let go now."""
+        self.slices.unpin()
+
+    def _lookup(self, module: Any, function: Any) -> Callable[..., Any]:
+        key = (module, function)
+        cached = self._functions.get(key)
+        if cached is not None:
+            return cached
+        module_name, function_name = _name(module), _name(function)
+        if module_name is None or function_name is None:
+            raise _Refused(
+                "bad_term",
+                "module and function must be atoms or binaries, "
+                f"got {module!r:.100} and {function!r:.100}",
+            )
+        try:
+            mod = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name == module_name or module_name.startswith(f"{exc.name}."):
+                raise _Refused(
+                    "no_module",
+                    f"cannot import module {module_name!r}: {exc} (sys.path: {sys.path})",
+                ) from None
+            raise _Refused(
+                "no_module", f"importing module {module_name!r} failed:\n{traceback.format_exc()}"
+            ) from None
+        except Exception:
+            raise _Refused(
+                "no_module", f"importing module {module_name!r} failed:\n{traceback.format_exc()}"
+            ) from None
+        fn: Callable[..., Any] | None = getattr(mod, function_name, None)
+        if fn is None or not callable(fn):
+            what = "no attribute" if fn is None else f"a non-callable {type(fn).__name__}"
+            raise _Refused("no_function", f"module {module_name!r} has {what} {function_name!r}")
+        self._functions[key] = fn
+        return fn
+
+
+class _Refused(Exception):
+    """Raised inside `CallPath._prepare` only (and turned into a `_BadCall` there)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+def _policy(opts: Any) -> str:
+    """The result format policy of a call's options (SPEC §7.3): ``opts["format"]``."""
+    if type(opts) is not dict:
+        raise _Refused("bad_term", f"call options must be a map, got {opts!r:.200}")
+    value = opts.get(b"format", "auto")
+    text = value.decode("utf-8", "replace") if type(value) is bytes else value
+    if not isinstance(text, str) or text not in POLICIES:
+        raise _Refused(
+            "bad_term", f"call option format is {value!r:.100}, not one of {', '.join(POLICIES)}"
+        )
+    return str(text)

@@ -1,0 +1,424 @@
+"""Shared objects of transport v2 (protocol/transport-v2.md §1-§2).
+
+`SharedObject` is an object this process owns: a sealed ``memfd`` with its 64-byte
+header, mapped read-write. `PeerObject` is a peer's object mapped read-only from a
+read-only descriptor (``/proc/<pid>/fd/<n>``), after its seals and header are checked.
+`write_frame` lays one frame (SPEC §3) out in an owned area: the arenas of
+`beambridge.arena` and the sealed objects of untrusted results both use it.
+
+>>> obj = SharedObject(4096, KIND_SEALED)
+>>> gen = next_generation()
+>>> with obj.area(OBJECT_HEADER, 256) as whole, write_frame(whole, 5, generation=gen) as area:
+...     area[:] = b"hello"
+>>> obj.seal()
+>>> peer = PeerObject.open(*obj.announcement())
+>>> frame = peer.read_frame(OBJECT_HEADER, 256, gen)
+>>> bytes(frame.payload), frame.payload.readonly
+(b'hello', True)
+>>> frame.release(); peer.close(); obj.close()
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import itertools
+import mmap
+import os
+import struct
+import sys
+import weakref
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import xxhash
+
+from .errors import ArenaError, HeaderError
+from .frame import Frame
+from .header import (
+    DEFAULT_MAX_DECODED_LENGTH,
+    HEADER_SIZE,
+    Codec,
+    Format,
+    build_header,
+    pack_header,
+    payload_offset_for,
+    validate_header,
+    verify_payload,
+    with_fields,
+)
+
+__all__ = [
+    "ALIGN",
+    "KINDS",
+    "KIND_ARENA",
+    "KIND_LEASE_TABLE",
+    "KIND_SEALED",
+    "MAX_OBJECT",
+    "OBJECT_HEADER",
+    "PAGE",
+    "PeerObject",
+    "SharedObject",
+    "fd_count",
+    "frame_length",
+    "next_generation",
+    "round_up",
+    "write_frame",
+]
+
+OBJECT_HEADER = 64
+MAGIC = b"BBAR"
+LAYOUT_VERSION = 1
+KIND_ARENA, KIND_SEALED, KIND_LEASE_TABLE = 0, 1, 2
+#: Kind codes by the names control messages use (§5).
+KINDS = {"arena": KIND_ARENA, "sealed": KIND_SEALED, "lease_table": KIND_LEASE_TABLE}
+PAGE = 4096
+ALIGN = 64
+MAX_OBJECT = 1 << 40
+#: magic, layout_version, header_size, owner_pid, object_id, object_size, nonce, kind,
+#: entries, 24 reserved bytes (§1.1)
+_OBJECT = struct.Struct("<4sHHIIQQII24x")
+_SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
+#: One counter per OS process for object ids and one for slice generations (§1.1, §3).
+_object_ids = itertools.count(1)
+_generations = itertools.count(1)
+
+
+def next_generation() -> int:
+    """The next value of this process's one generation counter (§3): every frame an
+    owner writes, in an arena slice or a sealed object, gets its own."""
+    return next(_generations)
+
+
+def round_up(n: int, to: int) -> int:
+    """``n`` rounded up to a multiple of ``to``."""
+    return (n + to - 1) // to * to
+
+
+def fd_count() -> int:
+    """Open descriptors of this process."""
+    return len(os.listdir("/proc/self/fd")) - 1
+
+
+class SharedObject:
+    """An object this process owns (§1): created, page-reserved, sealed against
+    resizing, mapped read-write, its header written. ``fd`` stays open while it lives,
+    since the peer opens the object through it."""
+
+    def __init__(self, size: int, kind: int, entries: int = 0) -> None:
+        if size % PAGE or not PAGE <= size <= MAX_OBJECT:
+            raise ValueError(f"an object size is a multiple of {PAGE} in {PAGE}..2**40")
+        fd = os.memfd_create("beambridge", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        try:
+            try:
+                os.posix_fallocate(fd, 0, size)
+            except OSError as exc:
+                no_space = exc.errno in (errno.ENOSPC, errno.ENOMEM)
+                raise ArenaError(
+                    "no_space" if no_space else errno.errorcode.get(exc.errno or 0, "eio").lower(),
+                    "object_size",
+                    size,
+                    None,
+                    f"cannot reserve {size} bytes of shared memory: {exc.strerror}; "
+                    "lower the arena limit or give the process more memory",
+                    exc.errno,
+                ) from None
+            seals = _SEALS | (0 if kind == KIND_SEALED else fcntl.F_SEAL_SEAL)
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals)
+            populate = getattr(mmap, "MAP_POPULATE", 0)
+            self.mm = _map(fd, size, mmap.MAP_SHARED | populate, mmap.PROT_READ | mmap.PROT_WRITE)
+        except BaseException:
+            os.close(fd)
+            raise
+        self.fd = fd
+        self.size = size
+        self.kind = kind
+        self.object_id = next(_object_ids)
+        self.nonce = int.from_bytes(os.urandom(8), "little")
+        self.mm[:OBJECT_HEADER] = _OBJECT.pack(
+            MAGIC,
+            LAYOUT_VERSION,
+            OBJECT_HEADER,
+            os.getpid(),
+            self.object_id,
+            size,
+            self.nonce,
+            kind,
+            entries,
+        )
+        self._closer = weakref.finalize(self, _close_object, self.mm, fd)
+
+    def area(self, offset: int, length: int) -> memoryview:
+        """A writable view of ``[offset, offset + length)`` of the owner's mapping."""
+        with memoryview(self.mm) as whole:
+            return whole[offset : offset + length]
+
+    def seal(self) -> None:
+        """Make a ``sealed`` object's bytes final (§6): unmap the writable mapping, then
+        add ``F_SEAL_WRITE | F_SEAL_SEAL``. Every view from `area` must be released
+        first. The descriptor stays open (the peer opens the object through it)."""
+        if self.kind != KIND_SEALED:
+            raise ValueError("only an object of kind sealed is write-sealed")
+        self.mm.close()
+        fcntl.fcntl(self.fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL)
+
+    def announcement(self) -> tuple[str, int, int, int, int, int]:
+        """``(kind name, owner_pid, fd, object_id, object_size, nonce)`` (§5)."""
+        name = next(k for k, v in KINDS.items() if v == self.kind)
+        return (name, os.getpid(), self.fd, self.object_id, self.size, self.nonce)
+
+    @property
+    def closed(self) -> bool:
+        return not self._closer.alive
+
+    def close(self) -> None:
+        """Unmap and close the descriptor (the memory goes when the peer lets go too)."""
+        self._closer()
+
+
+#: CPython's mmap keeps a duplicate of the descriptor it maps unless told not to
+#: (``trackfd``, Python 3.13): a mapping then costs no descriptor of its own.
+_UNTRACKED: dict[str, Any] = {"trackfd": False} if sys.version_info >= (3, 13) else {}
+
+
+def _map(fd: int, size: int, flags: int, prot: int) -> mmap.mmap:
+    return mmap.mmap(fd, size, flags=flags, prot=prot, **_UNTRACKED)
+
+
+def _close_object(mm: mmap.mmap, fd: int) -> None:
+    with contextlib.suppress(BufferError, ValueError):
+        mm.close()
+    with contextlib.suppress(OSError):
+        os.close(fd)
+
+
+def _bad_object(field: str, value: Any, expected: Any) -> ArenaError:
+    return ArenaError(
+        "bad_object",
+        field,
+        value,
+        expected,
+        f"bad_object: the object's {field} is {value!r}, its announcement said {expected!r}",
+    )
+
+
+class PeerObject:
+    """A peer's object mapped read-only (§2): nothing in this process, ctypes and
+    ``memoryview.obj`` tricks included, can write through the mapping, and nothing the
+    owner does can make a read fault (the object is sealed against resizing)."""
+
+    def __init__(
+        self, mm: mmap.mmap, size: int, object_id: int, kind: int, entries: int = 0
+    ) -> None:
+        self.mm = mm
+        self.size = size
+        self.object_id = object_id
+        self.kind = kind
+        #: A lease table's number of tickets (the header's ``entries``); else 0.
+        self.entries = entries
+        self._view: memoryview | None = None
+
+    @classmethod
+    def open(
+        cls, kind: str, owner_pid: int, fd: int, object_id: int, size: int, nonce: int
+    ) -> PeerObject:
+        """Open ``/proc/<owner_pid>/fd/<fd>`` read-only and map it after the checks of
+        §2; `ArenaError` (``peer_open_failed``, ``size_mismatch``, ``not_sealed``,
+        ``bad_object`` naming the field) otherwise."""
+        code = KINDS.get(kind)
+        if code is None or size % PAGE or not PAGE <= size <= MAX_OBJECT:
+            raise ArenaError(
+                "bad_object",
+                "kind" if code is None else "object_size",
+                (kind, size),
+                None,
+                f"bad_object: cannot map a {kind!r} object of {size} bytes",
+            )
+        path = f"/proc/{owner_pid}/fd/{fd}"
+        try:
+            pfd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        except OSError as exc:
+            raise ArenaError(
+                "peer_open_failed",
+                "fd",
+                exc.errno,
+                None,
+                f"peer_open_failed: cannot open {path}: {exc.strerror}; both "
+                "sides must run as one user that can read the other's /proc "
+                "entries",
+                exc.errno,
+            ) from None
+        try:
+            st = os.fstat(pfd)
+            if st.st_size != size or not (st.st_mode & 0o170000 == 0o100000):
+                raise ArenaError(
+                    "size_mismatch",
+                    "object_size",
+                    st.st_size,
+                    size,
+                    f"size_mismatch: {path} has {st.st_size} bytes, its announcement said {size}",
+                )
+            want = _SEALS | (fcntl.F_SEAL_WRITE if code == KIND_SEALED else 0)
+            try:
+                seals = fcntl.fcntl(pfd, fcntl.F_GET_SEALS)
+            except OSError:
+                seals = 0
+            if seals & want != want:
+                raise ArenaError(
+                    "not_sealed",
+                    "seals",
+                    seals,
+                    want,
+                    f"not_sealed: {path} is not sealed as a {kind} must be "
+                    f"(seals {seals:#x}, need {want:#x}); refused to map it",
+                )
+            raw = os.pread(pfd, OBJECT_HEADER, 0)
+            if len(raw) != OBJECT_HEADER:
+                raise _bad_object("header", len(raw), OBJECT_HEADER)
+            magic, layout, hsize, pid, oid, osize, ononce, okind, entries = _OBJECT.unpack(raw)
+            for field, value, expected in (
+                ("magic", magic, MAGIC),
+                ("layout_version", layout, LAYOUT_VERSION),
+                ("header_size", hsize, OBJECT_HEADER),
+                ("owner_pid", pid, owner_pid),
+                ("object_id", oid, object_id),
+                ("object_size", osize, size),
+                ("nonce", ononce, nonce),
+                ("kind", okind, code),
+            ):
+                if value != expected:
+                    raise _bad_object(field, value, expected)
+            mm = _map(pfd, size, mmap.MAP_SHARED, mmap.PROT_READ)
+        finally:
+            os.close(pfd)
+        return cls(mm, size, object_id, code, entries)
+
+    def view(self) -> memoryview:
+        """A read-only view of the whole mapping (made once)."""
+        if self._view is None:
+            self._view = memoryview(self.mm)
+        return self._view
+
+    def check_slice(self, offset: int, length: int) -> None:
+        """`ArenaError` ``slice_out_of_bounds`` unless the slice lies in the object (§3)."""
+        if (
+            type(offset) is not int
+            or type(length) is not int
+            or offset < OBJECT_HEADER
+            or offset % ALIGN
+            or length < HEADER_SIZE
+            or offset + length > self.size
+        ):
+            raise ArenaError(
+                "slice_out_of_bounds",
+                "slice",
+                (offset, length),
+                self.size,
+                f"slice_out_of_bounds: a slice at {offset!r} of {length!r} bytes "
+                f"is not a 64-aligned slice inside object {self.object_id} "
+                f"({self.size} bytes)",
+            )
+
+    def read_frame(
+        self,
+        offset: int,
+        length: int,
+        generation: int,
+        *,
+        verify: bool = False,
+        on_release: Callable[[], None] | None = None,
+        max_decoded_length: int = DEFAULT_MAX_DECODED_LENGTH,
+    ) -> Frame:
+        """The frame at the start of the slice ``[offset, offset + length)``: header and
+        metadata copied and validated (SPEC §4, the slice length as the frame size), the
+        payload a read-only view into the mapping. ``on_release`` runs once, when the
+        payload and every view made from it are gone (or at `Frame.release`)."""
+        self.check_slice(offset, length)
+        with self.view()[offset : offset + length] as area:
+            header, metadata = validate_header(area, length, max_decoded_length=max_decoded_length)
+        if header.generation != generation:
+            raise HeaderError(
+                "stale_generation",
+                "generation",
+                header.generation,
+                generation,
+                f"stale_generation: the handle names generation {generation}, "
+                f"the slice holds generation {header.generation}",
+            )
+        arr = None
+        if header.payload_length == 0:
+            payload = memoryview(b"")
+        else:
+            import numpy as np
+
+            arr = np.frombuffer(
+                self.mm,
+                dtype=np.uint8,
+                count=header.payload_length,
+                offset=offset + header.payload_offset,
+            )
+            payload = arr.data
+        if verify:
+            verify_payload(header, payload)
+        return Frame(on_release or _nothing, header, metadata, arr, payload)
+
+    def close(self) -> None:
+        """Unmap (once nothing made from the mapping is alive; else it stays mapped until
+        the last view goes)."""
+        if self._view is not None:
+            with contextlib.suppress(BufferError):
+                self._view.release()
+        with contextlib.suppress(BufferError):
+            self.mm.close()
+
+
+def _nothing() -> None:
+    return None
+
+
+@contextlib.contextmanager
+def write_frame(
+    whole: memoryview,
+    payload_length: int,
+    *,
+    generation: int,
+    metadata: bytes = b"",
+    format: Format | int = Format.RAW,
+    codec: Codec | int = Codec.NONE,
+    schema_id: int = 0,
+    schema_version: int = 0,
+    checksum: bool = False,
+) -> Iterator[memoryview]:
+    """Lay one frame out at the start of the writable area ``whole``: the metadata and
+    its padding now, then yield the payload area for a producer to fill, then the
+    header (with the payload's checksum when ``checksum``). ``whole`` must hold
+    `frame_length` bytes. The views made here are released when the block ends."""
+    metadata = bytes(metadata)
+    draft = build_header(
+        payload_length,
+        0,
+        metadata=metadata,
+        format=format,
+        codec=codec,
+        schema_id=schema_id,
+        schema_version=schema_version,
+        generation=generation,
+        checksum=False,
+    )
+    start = draft.payload_offset
+    if start + payload_length > whole.nbytes:
+        raise ValueError(f"a frame of {start + payload_length} bytes in {whole.nbytes}")
+    end_of_metadata = HEADER_SIZE + len(metadata)
+    whole[HEADER_SIZE:end_of_metadata] = metadata
+    whole[end_of_metadata:start] = bytes(start - end_of_metadata)
+    with whole[start : start + payload_length] as area:
+        yield area
+        digest = xxhash.xxh3_64_intdigest(area) if checksum else 0
+    header = with_fields(draft, flags=draft.flags | (1 if checksum else 0), payload_checksum=digest)
+    whole[:HEADER_SIZE] = pack_header(header, metadata)
+
+
+def frame_length(payload_length: int, metadata_length: int = 0) -> int:
+    """Bytes of a frame: header, metadata, padding to 64, payload (SPEC §3)."""
+    return payload_offset_for(metadata_length) + payload_length

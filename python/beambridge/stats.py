@@ -1,0 +1,62 @@
+"""The format statistics of this process (protocol/SPEC.md §8.1): every decision about
+how a value travels, counted per (direction, form, reason) and logged at debug level on
+the ``beambridge.formats`` logger.
+
+>>> reset_format_stats()
+>>> note("to_elixir", "packed", "auto", 600, "300 elements <i2")
+>>> format_stats()
+{('to_elixir', 'packed', 'auto'): {'count': 1, 'bytes': 600}}
+>>> reset_format_stats()
+"""
+
+from __future__ import annotations
+
+import logging
+
+__all__ = ["format_stats", "note", "reset_format_stats"]
+
+log = logging.getLogger("beambridge.formats")
+
+_stats: dict[tuple[str, str, str], dict[str, int]] = {}
+
+
+def note(direction: str, form: str, reason: str, nbytes: int, what: str = "") -> None:
+    """Count one decision (``direction`` ``to_elixir`` for results, ``from_elixir`` for
+    arguments) and log it at debug level on the ``beambridge.formats`` logger."""
+    key = (direction, form, reason)
+    entry = _stats.get(key)
+    if entry is None:
+        entry = _stats[key] = {"count": 0, "bytes": 0}
+    entry["count"] += 1
+    entry["bytes"] += nbytes
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug(
+            "%s: %s (%s), %d bytes%s", direction, form, reason, nbytes, f": {what}" if what else ""
+        )
+
+
+def format_stats() -> dict[tuple[str, str, str], dict[str, int]]:
+    """Decisions so far: ``{(direction, form, reason): {"count": n, "bytes": b}}``.
+
+    ``direction`` is ``"to_elixir"`` (results) or ``"from_elixir"`` (arguments);
+    ``form`` ``"packed"``, ``"records"``, ``"custom"``, ``"etf"`` (a candidate, or a
+    list that looked like one, sent as ETF), ``"standard"`` (a custom type sent in its
+    standard form because its codec failed), or for a result that could not get a slice
+    the form it went inline in (``"raw"``, ``"tensor"``, ``"arrow"``, ``"packed"``,
+    ``"records"``, ``"custom"``); ``reason`` why: ``"auto"`` (the auto policy's minimum
+    was reached), ``"forced"`` (``format: packed``/``arrow``), ``"registered"``,
+    ``"codec_failed"``, the code of what made a list unsuitable (``"mixed_numbers"``,
+    ``"different_keys"``...), ``"arena_full"``, ``"no_tickets"`` or ``"too_large"``
+    (a result at or above the threshold sent inline), or for arguments
+    ``"inline"``/``"slice"``. ``bytes``: the payload (packed data, Arrow stream, codec
+    bytes; the ETF size for ``"etf"``).
+
+    In a worker, the BEAM reads them with an ordinary call:
+    ``{:call, id, "beambridge", "format_stats", ...}``.
+    """
+    return {key: dict(entry) for key, entry in _stats.items()}
+
+
+def reset_format_stats() -> None:
+    """Forget every count (tests)."""
+    _stats.clear()
