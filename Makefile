@@ -2,7 +2,7 @@
 # missing.
 #   make bench  - Bridge.call against ETF over a Port, memcpy and the raw Port floor
 #   make test   - pytest, ExUnit and the cross-language tests
-#   make demo   - Elixir writes a 64 MiB frame into a region, Python reads it in place
+#   make demo   - Elixir writes a 64 MiB frame into an arena, Python reads it in place
 #   make lint   - formatting, warnings as errors, ruff, mypy, C with -Werror
 SHELL := /bin/bash
 export MIX_ENV ?= test
@@ -36,7 +36,6 @@ lint: setup
 	mix format --check-formatted
 	mix compile --force --warnings-as-errors
 	$(MAKE) -s -C shm lint
-	cc -O2 -Wall -Wextra -Werror -fsyntax-only -I"$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["include"])')" python/beambridge/_atomic.c
 	$(VENV)/bin/ruff check python tests protocol bench elixir/test/handlers
 	$(VENV)/bin/ruff format --check python tests protocol bench elixir/test/handlers
 	$(VENV)/bin/mypy
@@ -51,4 +50,4 @@ vectors: setup
 	$(PY) protocol/gen_vectors.py
 
 clean:
-	rm -rf _build deps $(VENV) python/beambridge/*.so shm/*.o
+	rm -rf _build deps $(VENV) shm/*.o

@@ -1,5 +1,5 @@
 /*
- * arena.c — transport v2 shared objects (protocol/transport-v2.md).
+ * arena.c — transport v2 shared objects (protocol/SPEC.md).
  *
  * Owned side: an arena set is a bounded group of sealed memfd arenas that any
  * BEAM process allocates slices from (a mutex guards the allocator, whose
@@ -120,7 +120,7 @@ typedef struct {
 } plea_t;
 
 static ErlNifResourceType *ASET_RT, *SLICE_RT, *PIN_RT, *TABLE_RT, *PEER_RT, *PLEASE_RT;
-static ERL_NIF_TERM ATOM_NO_ROOM, ATOM_ARENA_FULL, ATOM_NOT_FOUND, ATOM_NOT_SEALED,
+static ERL_NIF_TERM ATOM_NO_ROOM, ATOM_NO_SPACE, ATOM_ARENA_FULL, ATOM_NOT_FOUND, ATOM_NOT_SEALED,
     ATOM_SLICE_OUT_OF_BOUNDS, ATOM_BAD_FRAME, ATOM_NIL, ATOM_ARENAS, ATOM_BYTES, ATOM_USED,
     ATOM_LIVE, ATOM_LIMIT, ATOM_PEAK_BYTES, ATOM_PEAK_USED, ATOM_ALLOCS, ATOM_GROWS,
     ATOM_DROPS;
@@ -504,15 +504,18 @@ static uint64_t slice_length_for(uint64_t frame_len)
 }
 
 /*
- * arena_grow(Set, FrameLen) -> {ok, ArenaId} | {error, too_large | arena_full | closed | eNNN}
+ * arena_grow(Set, FrameLen, MaxSize) -> {ok, ArenaId} |
+ *     {error, too_large | arena_full | no_space | closed | eNNN}
  * Creates an arena that can hold a slice for a frame of FrameLen bytes, within
- * the limit (dirty IO: the pages are reserved here). When the limit or the arena count is in the way,
+ * the limit and at most MaxSize bytes (the memory the caller found free: past it
+ * the cgroup's OOM killer, not ENOSPC, would answer); dirty IO: the pages are
+ * reserved here. When the limit or the arena count is in the way,
  * empty arenas are dropped, largest first, to make room.
  */
 ERL_NIF_TERM nif_arena_grow(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
 {
     aset_t *s;
-    uint64_t frame_len, need, size, largest = 0;
+    uint64_t frame_len, max_size, need, size, largest = 0;
     ERL_NIF_TERM err;
     arena_t *a;
     int fd, rc;
@@ -522,11 +525,13 @@ ERL_NIF_TERM nif_arena_grow(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
     (void)argc;
     if (!get_set(env, argv[0], &s))
         return error_tuple(env, ATOM_BADARG);
-    if (!get_u64(env, argv[1], &frame_len, &err))
+    if (!get_u64(env, argv[1], &frame_len, &err) || !get_u64(env, argv[2], &max_size, &err))
         return err;
     if (frame_len > MAX_OBJECT)
         return error_tuple(env, ATOM_TOO_LARGE);
     need = round_up(OBJ_HEADER + slice_length_for(frame_len), PAGE);
+    if (need <= s->limit && need > max_size)
+        return error_tuple(env, ATOM_NO_SPACE);
     enif_mutex_lock(s->lock);
     if (s->closed || need > s->limit) {
         enif_mutex_unlock(s->lock);
@@ -543,6 +548,8 @@ ERL_NIF_TERM nif_arena_grow(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
         size = 2 * largest;
     if (size < s->min_arena)
         size = s->min_arena;
+    if (size > max_size)
+        size = max_size / PAGE * PAGE;
     for (;;) {
         arena_t *empty = NULL;
         uint64_t room = (s->limit - s->total) / PAGE * PAGE;
@@ -837,6 +844,32 @@ ERL_NIF_TERM nif_slice_write_frame(ErlNifEnv *env, int argc, const ERL_NIF_TERM 
         return enif_schedule_nif(env, "slice_write_frame_dirty", ERL_NIF_DIRTY_JOB_CPU_BOUND,
                                  write_frame_impl, argc, argv);
     return write_frame_impl(env, argc, argv);
+}
+
+/*
+ * slice_write(Slice, Off, Binary) -> ok | {error, Reason}: raw bytes into the slice,
+ * by the allocating process before it lends the slice (tests write frames of
+ * their own making, hostile ones included, this way).
+ */
+ERL_NIF_TERM nif_slice_write(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
+{
+    slice_t *sl;
+    uint64_t off;
+    ErlNifBinary bin;
+    ERL_NIF_TERM err;
+    uint8_t *base;
+    (void)argc;
+    if (!get_slice(env, argv[0], &sl) || !enif_inspect_binary(env, argv[2], &bin))
+        return error_tuple(env, ATOM_BADARG);
+    if (!get_u64(env, argv[1], &off, &err))
+        return err;
+    if (off > sl->len || bin.size > sl->len - off)
+        return error_tuple(env, ATOM_OUT_OF_BOUNDS);
+    if ((__atomic_load_n(&sl->flags, __ATOMIC_SEQ_CST) & HELD_BY_CALLER) == 0 ||
+        (base = slice_addr(sl)) == NULL)
+        return error_tuple(env, ATOM_RELEASED);
+    memcpy(base + off, bin.data, bin.size);
+    return ATOM_OK;
 }
 
 /* slice_read(Slice, Off, Len) -> {ok, Binary}: a private copy, offsets within the slice. */
@@ -1393,6 +1426,7 @@ int arena_load(ErlNifEnv *env)
     PLEASE_RT =
         enif_open_resource_type(env, NULL, "beambridge_peer_lease", plea_dtor, flags, NULL);
     ATOM_NO_ROOM = enif_make_atom(env, "no_room");
+    ATOM_NO_SPACE = enif_make_atom(env, "no_space");
     ATOM_ARENA_FULL = enif_make_atom(env, "arena_full");
     ATOM_NOT_FOUND = enif_make_atom(env, "not_found");
     ATOM_NOT_SEALED = enif_make_atom(env, "not_sealed");

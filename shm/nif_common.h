@@ -1,7 +1,7 @@
 /*
  * nif_common.h — what the NIF's C files share: the result helpers, argument
  * readers and the entry points of arena.c (transport v2 objects, see
- * protocol/transport-v2.md). Everything here has hidden visibility; only
+ * protocol/SPEC.md). Everything here has hidden visibility; only
  * nif_init is exported.
  */
 #ifndef BEAMBRIDGE_NIF_COMMON_H
@@ -39,12 +39,13 @@ int arena_load(ErlNifEnv *env);
         {"arena_set_close", 1, nif_arena_set_close, 0},                         \
         {"arena_set_stats", 1, nif_arena_set_stats, 0},                         \
         {"arena_set_trim", 3, nif_arena_set_trim, 0},                           \
-        {"arena_grow", 2, nif_arena_grow, ERL_NIF_DIRTY_JOB_IO_BOUND},          \
+        {"arena_grow", 3, nif_arena_grow, ERL_NIF_DIRTY_JOB_IO_BOUND},          \
         {"arena_info", 2, nif_arena_info, 0},                                   \
         {"slice_alloc", 2, nif_slice_alloc, 0},                                 \
         {"slice_info", 1, nif_slice_info, 0},                                   \
         {"slice_write_frame", 5, nif_slice_write_frame, 0},                     \
         {"slice_read", 3, nif_slice_read, 0},                                   \
+        {"slice_write", 3, nif_slice_write, 0},                                 \
         {"slice_release", 1, nif_slice_release, 0},                             \
         {"slice_lend", 1, nif_slice_lend, 0},                                   \
         {"slice_return", 1, nif_slice_return, 0},                               \
@@ -74,6 +75,7 @@ DECLARE_NIF(nif_slice_alloc);
 DECLARE_NIF(nif_slice_info);
 DECLARE_NIF(nif_slice_write_frame);
 DECLARE_NIF(nif_slice_read);
+DECLARE_NIF(nif_slice_write);
 DECLARE_NIF(nif_slice_release);
 DECLARE_NIF(nif_slice_lend);
 DECLARE_NIF(nif_slice_return);

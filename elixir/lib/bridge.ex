@@ -55,7 +55,7 @@ defmodule Bridge do
   Binaries, buffers, tensors and the other bulk forms of at least
   `:threshold` bytes travel through shared memory instead of inside the control
   frame: the calling process writes them straight into a *slice* of the bridge's
-  arenas (sealed anonymous shared memory, protocol/transport-v2.md) and the
+  arenas (sealed anonymous shared memory, protocol/SPEC.md) and the
   worker reads them in place; the Python type is the same either way. Results at
   or above the threshold come back as zero-copy binaries over a slice of the
   worker's arenas, which the worker does not reuse while any such binary (or

@@ -1,5 +1,5 @@
 defmodule Bridge.ArenaTest do
-  # Transport v2 objects on the BEAM side (protocol/transport-v2.md), in one OS
+  # Transport v2 objects on the BEAM side (protocol/SPEC.md), in one OS
   # process: the node reads its own arenas through the peer path
   # (/proc/<own pid>/fd/<n>, read-only), which is exactly what a worker does.
   # Not async: the descriptor and mapping counts below are of the whole OS process.

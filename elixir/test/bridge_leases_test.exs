@@ -1,6 +1,6 @@
 defmodule Bridge.LeasesTest do
   # Invariant 1 (a BEAM binary never changes) and leases on slices
-  # (protocol/transport-v2.md §4): a result slice is reused only after the caller
+  # (protocol/SPEC.md §4): a result slice is reused only after the caller
   # let go of it; a handler that keeps a view of its argument never sees it
   # change; the bounds of :arena_limit.
   use ExUnit.Case, async: false

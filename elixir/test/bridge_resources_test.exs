@@ -202,6 +202,11 @@ defmodule Bridge.ResourcesTest do
         {:args, ["-pa", ebin, "-e", script]}
       ])
 
+    # Whatever happens below, the other BEAM does not outlive the test.
+    {:os_pid, child} = Port.info(port, :os_pid)
+
+    on_exit(fn -> System.cmd("kill", ["-9", Integer.to_string(child)], stderr_to_stdout: true) end)
+
     {beam, workers} =
       receive do
         {^port, {:data, {:eol, "READY " <> rest}}} ->

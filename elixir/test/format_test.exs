@@ -549,8 +549,7 @@ defmodule Bridge.FormatTest do
     for {opts, why} <- [
           {[format: :tensor, metadata: :erlang.term_to_binary({"<i2", [4]})], "3 elements"},
           {[format: :tensor, metadata: :erlang.term_to_binary({"<f4", [3]})], "dtype"},
-          {[format: :tensor, metadata: :erlang.term_to_binary({"<i2", [1, 3]})], "metadata"},
-          {[format: :raw, metadata: :erlang.term_to_binary({"<i2", [3]})], "tensor"}
+          {[format: :tensor, metadata: :erlang.term_to_binary({"<i2", [1, 3]})], "metadata"}
         ] do
       assert {:error, %Error{kind: :bad_frame, reason: :bad_term} = e} =
                decode_slice(:packed, data, opts),
@@ -558,6 +557,15 @@ defmodule Bridge.FormatTest do
 
       assert e.message =~ "packed"
     end
+
+    # a frame of another format than the kind reads (protocol/registry.json)
+    assert {:error, %Error{kind: :bad_frame, reason: :unknown_format} = e} =
+             decode_slice(:packed, data,
+               format: :raw,
+               metadata: :erlang.term_to_binary({"<i2", [3]})
+             )
+
+    assert e.message =~ "a tensor (1) frame for kind :packed"
 
     rows = rows(10)
     {:records, _, :rows, stream, 10, 6} = Format.select_list(rows, :arrow)

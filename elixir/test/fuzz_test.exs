@@ -2,12 +2,12 @@ defmodule Bridge.FuzzTest do
   # Seeded property tests: random and mutated headers through Bridge.Header.parse
   # (checked against an independent statement of SPEC §4), and random,
   # out-of-range and wrong-type arguments through every NIF and every public
-  # Bridge.Region / Bridge.Header function. The VM must survive and every
-  # failure must be a typed error. Set BB_FUZZ_SEED to replay a run.
+  # Bridge.Arena / Bridge.Peer / Bridge.Header function. The VM must survive and
+  # every failure must be a typed error. Set BB_FUZZ_SEED to replay a run.
   use ExUnit.Case, async: true
 
   import Bitwise
-  alias Bridge.{ControlBlock, Error, Header, NIF, Region}
+  alias Bridge.{Arena, Error, Header, LeaseTable, NIF, Peer}
   alias Bridge.Test.Shm
 
   @moduletag timeout: 300_000
@@ -230,6 +230,8 @@ defmodule Bridge.FuzzTest do
 
   # ---------------------------------------------------------------- NIF
 
+  @mib 1024 * 1024
+
   defp fuzz_name, do: "/bbtfuzz-#{System.pid()}-#{Shm.rand_hex()}"
 
   defp ints(size) do
@@ -240,15 +242,16 @@ defmodule Bridge.FuzzTest do
       3,
       4,
       8,
-      32,
-      36,
-      40,
       63,
       64,
+      65,
+      127,
+      128,
       191,
       192,
-      size - 8,
-      size - 4,
+      4095,
+      4096,
+      size - 64,
       size - 1,
       size,
       size + 1,
@@ -256,8 +259,8 @@ defmodule Bridge.FuzzTest do
       100_000,
       (1 <<< 32) - 1,
       1 <<< 32,
-      1 <<< 48,
-      (1 <<< 48) + 1,
+      1 <<< 40,
+      (1 <<< 40) + 1,
       1 <<< 63,
       (1 <<< 64) - 1,
       1 <<< 64,
@@ -279,20 +282,10 @@ defmodule Bridge.FuzzTest do
 
   defp pool(size, refs) do
     %{
-      ints: ints(size) ++ Enum.map(1..10, fn _ -> :rand.uniform(div(size, 8)) * 4 end),
+      ints: ints(size) ++ Enum.map(1..10, fn _ -> :rand.uniform(div(size, 64)) * 64 end),
       refs: refs,
-      names: [
-        fuzz_name(),
-        "",
-        "/",
-        "/..",
-        "noslash",
-        "/a/b",
-        "/a\0b",
-        "/" <> String.duplicate("n", 300),
-        ~c"/charlist"
-      ],
-      binaries: ["", "x", :crypto.strong_rand_bytes(100), :binary.copy("b", 70_000)],
+      names: [fuzz_name(), "", "/", "/..", "noslash", "/a/b", "/a\0b", ~c"/charlist"],
+      binaries: ["", "x", :crypto.strong_rand_bytes(128), :binary.copy("b", 70_000)],
       junk: [
         :atom,
         nil,
@@ -314,36 +307,42 @@ defmodule Bridge.FuzzTest do
   end
 
   # Argument kinds per NIF function; each argument is of its kind 90% of the
-  # time and anything at all otherwise.
+  # time and anything at all otherwise. `kill` is left out (it signals processes),
+  # and arena sets are only ever the test's own (small limits), see safe_args/2.
   @nif_funs [
-    create: [:name, :int],
-    attach: [:name],
     unlink: [:name],
-    region_unlink: [:region],
-    close: [:region],
-    closed?: [:region],
-    owner?: [:region],
-    size: [:region],
-    name: [:region],
-    address: [:region],
+    euid: [],
     binary_address: [:binary],
-    read_copy: [:region, :int, :int],
-    write: [:region, :int, :binary],
-    write_hashed: [:region, :int, :binary],
     xxh3_64: [:binary],
-    xxh3_64_region: [:region, :int, :int],
     zstd_decompress: [:binary, :int],
-    load_u32: [:region, :int],
-    load_u64: [:region, :int],
-    store_u32: [:region, :int, :int],
-    store_u64: [:region, :int, :int],
-    cas_u32: [:region, :int, :int, :int],
-    cas_u64: [:region, :int, :int, :int],
-    fetch_add_u32: [:region, :int, :int],
-    fetch_add_u64: [:region, :int, :int],
-    lease_acquire: [:region, :int, :int, :int],
-    lease_binary: [:lease, :int, :int],
-    lease_release: [:lease]
+    arena_set_new: [:int, :int],
+    arena_set_close: [:set],
+    arena_set_stats: [:set],
+    arena_set_trim: [:set, :int, :int],
+    arena_grow: [:set, :int, :int],
+    arena_info: [:set, :int],
+    slice_alloc: [:set, :int],
+    slice_info: [:slice],
+    slice_write_frame: [:slice, :binary, :binary, :parts, :bool],
+    slice_read: [:slice, :int, :int],
+    slice_write: [:slice, :int, :binary],
+    slice_release: [:slice],
+    slice_lend: [:slice],
+    slice_return: [:slice],
+    slice_hold: [:slice],
+    slice_unhold: [:slice],
+    slice_binary: [:slice, :int, :int],
+    lease_table_new: [:int],
+    lease_table_info: [:table],
+    lease_table_word: [:table, :int],
+    peer_open: [:pid, :int, :kind, :int, :size, :int],
+    peer_info: [:peer],
+    peer_close: [:peer],
+    peer_lease: [:peer, :int, :int, :table, :ticket],
+    peer_lease_read: [:lease, :int, :int],
+    peer_lease_binary: [:lease, :int, :int],
+    peer_lease_release: [:lease],
+    fd_count: []
   ]
 
   defp typed(kind, pool) do
@@ -353,66 +352,70 @@ defmodule Bridge.FuzzTest do
       case kind do
         :name -> Enum.random(pool.names)
         :int -> Enum.random(pool.ints)
-        :binary -> Enum.random(pool.binaries)
-        :region -> Enum.random(pool.regions)
+        :binary -> Enum.random(pool.binaries ++ pool.headers)
+        :parts -> Enum.random([[], ["x"], pool.binaries, [1], "x"])
+        :bool -> Enum.random([true, false])
+        :set -> Enum.random(pool.sets)
+        :slice -> Enum.random(pool.slices).()
+        :table -> Enum.random(pool.tables)
+        :peer -> Enum.random(pool.peers).()
         :lease -> Enum.random(pool.leases).()
+        :ticket -> Enum.random([{0, 1}, {3, 1 <<< 64}, {-1, 0}, {1 <<< 32, 1}, nil, {1}])
+        :pid -> Enum.random([String.to_integer(System.pid()), 1, 2, Shm.dead_pid(), -1])
+        :kind -> Enum.random([0, 1, 2, 3, -1])
+        :size -> Enum.random([4096, 8192, 4095, 16 * @mib, 0, 1 <<< 41])
       end
     end
   end
 
-  test "random arguments through every NIF function return :ok, {:ok, _} or {:error, atom}",
+  test "random arguments through every NIF function return :ok, {:ok, _} or {:error, reason}",
        %{seed: seed} do
-    size = 256 * 1024
-    region = Region.create!(size, prefix: "bbtfuzz")
-    on_exit(fn -> Region.close(region) end)
-    :ok = NIF.store_u32(region.ref, 32, 2)
-    {:ok, peer} = Region.attach(region.name)
-    closed = Region.create!(4096, prefix: "bbtfuzz")
-    :ok = Region.close(closed)
-    # Leases come from a region the fuzzer does not otherwise touch.
-    lease_region = Region.create!(size, prefix: "bbtfuzz")
-    on_exit(fn -> Region.close(lease_region) end)
-    :ok = NIF.store_u32(lease_region.ref, 32, 2)
-    {:ok, lease} = NIF.lease_acquire(lease_region.ref, 36, 32, 2)
-    {:ok, spent} = NIF.lease_acquire(lease_region.ref, 36, 32, 2)
-    :ok = NIF.lease_release(spent)
-    refs = [region.ref, region.ref, peer.ref, closed.ref, lease, spent]
+    {:ok, arena} = Arena.new(limit: 64 * @mib, min_arena: @mib)
+    on_exit(fn -> Arena.close(arena) end)
+    {:ok, s} = Arena.put(arena, :binary.copy("p", 1000), [])
+    # the slice the peer reads stays out of the fuzzer's reach (it could release it)
+    {:ok, a} = Arena.announcement(arena, s.arena_id)
+    {:ok, peer} = Peer.open(a)
+    {:ok, closed_peer} = Peer.open(a)
+    :ok = Peer.close(closed_peer)
+    {:ok, table} = LeaseTable.new(4)
+    {:ok, released} = Arena.alloc(arena, 200)
+    :ok = Arena.release(released)
+    {:ok, h} = Header.build(:binary.copy("x", 128), checksum: false)
+    {:ok, header} = Header.pack(h)
+
+    fresh_slice = fn ->
+      with {:ok, x} <- Arena.alloc(arena, Enum.random([128, 200, 5000])), do: x.ref
+    end
+
+    fresh_lease = fn ->
+      with {:ok, l} <- NIF.peer_lease(peer, s.offset, s.length, table, {:rand.uniform(4) - 1, 1}),
+           do: l
+    end
 
     pool =
-      Map.merge(pool(size, refs), %{
-        regions: [region.ref, region.ref, region.ref, peer.ref, closed.ref, lease],
-        leases: [
-          fn -> lease end,
-          fn -> spent end,
-          fn -> region.ref end,
-          fn ->
-            {:ok, fresh} = NIF.lease_acquire(lease_region.ref, 36, 32, 2)
-            fresh
-          end
-        ]
+      Map.merge(pool(4096, [arena.ref, peer, table]), %{
+        headers: [header, :binary.copy(<<0>>, 128)],
+        sets: [arena.ref, arena.ref, peer, table],
+        slices: [fresh_slice, fresh_slice, fresh_slice, fn -> released.ref end, fn -> peer end],
+        tables: [table, table, arena.ref],
+        peers: [fn -> peer end, fn -> closed_peer end, fn -> table end],
+        leases: [fresh_lease, fn -> peer end]
       })
 
     outcomes =
       for i <- 1..@nif_runs do
         {fun, kinds} = Enum.random(@nif_funs)
-        args = for kind <- kinds, do: typed(kind, pool)
-        args = safe_args(fun, args, region.ref)
+        args = safe_args(fun, for(kind <- kinds, do: typed(kind, pool)), arena.ref)
         result = apply(NIF, fun, args)
         context = "seed #{seed} run #{i}: NIF.#{fun}(#{Enum.map_join(args, ", ", &short/1)})"
 
         case result do
-          :ok ->
-            :ok
-
-          {:ok, value} ->
-            cleanup_created(fun, value)
-            {:ok, fun}
-
-          {:error, reason} when is_atom(reason) ->
-            reason
-
-          other ->
-            flunk("#{context} returned #{inspect(other)}")
+          :ok -> :ok
+          {:ok, value} -> cleanup_created(fun, value) && {:ok, fun}
+          {:error, reason} when is_atom(reason) -> reason
+          {:error, {reason, _}} when is_atom(reason) -> reason
+          other -> flunk("#{context} returned #{inspect(other)}")
         end
       end
 
@@ -420,58 +423,52 @@ defmodule Bridge.FuzzTest do
     outcomes = Enum.frequencies(outcomes)
     assert Enum.count(outcomes, &match?({{:ok, _}, _}, &1)) >= 15, inspect(outcomes)
 
-    for reason <- [:badarg, :out_of_bounds, :misaligned, :closed, :bad_name, :state_mismatch] do
+    for reason <- [
+          :badarg,
+          :out_of_bounds,
+          :released,
+          :slice_out_of_bounds,
+          :bad_name,
+          :peer_open_failed,
+          :bad_frame
+        ] do
       assert Map.has_key?(outcomes, reason), "never saw #{reason}: #{inspect(outcomes)}"
     end
 
     # The VM and the NIF still work after all that.
-    fresh = Region.create_for_frame!(11, prefix: "bbtfuzz")
-    assert {:ok, _} = Region.write_frame(fresh, "still alive")
-    assert Region.read_frame!(fresh).payload == "still alive"
-    :ok = Region.close(fresh)
-    _ = Region.close(peer)
+    {:ok, arena2} = Arena.new(limit: 4 * @mib, min_arena: @mib)
+    {:ok, s2} = Arena.put(arena2, "still alive", [])
+    {:ok, a2} = Arena.announcement(arena2, s2.arena_id)
+    {:ok, p2} = Peer.open(a2)
+    {:ok, l2} = Peer.lease(p2, s2.offset, s2.length, nil, nil)
+
+    assert {:ok, %{payload: "still alive"}} =
+             Peer.read_frame(l2, s2.length, s2.generation, copy: true)
+
+    Arena.close(arena2)
   end
 
-  # create and unlink only ever see names no one else uses, and create never
-  # reserves more than 1 MiB for real (larger sizes stay, when they exceed any
-  # /dev/shm: 2^48 and up).
-  defp safe_args(:close, [main], main) do
-    # Closing the main region would leave nothing to fuzz: close a throwaway one.
-    {:ok, ref} = NIF.create(fuzz_name(), 4096)
-    :ok = NIF.region_unlink(ref)
-    [ref]
+  # Arena sets the fuzzer makes are small, and never grow past 4 MiB for real; unlink
+  # only ever sees a name no one uses.
+  defp safe_args(:arena_set_close, [main], main) do
+    {:ok, throwaway} = NIF.arena_set_new(4 * @mib, @mib)
+    [throwaway]
   end
 
   defp safe_args(fun, args, _main), do: safe_args(fun, args)
 
-  defp safe_args(:create, [name, size]) do
-    name =
-      if is_binary(name) and valid_shm?(name) and not String.starts_with?(name, "/bbtfuzz-"),
-        do: fuzz_name(),
-        else: name
+  defp safe_args(:arena_set_new, [limit, min]) when is_integer(limit) and limit > 4 * @mib,
+    do: [4 * @mib, min]
 
-    [name, safe_size(size)]
-  end
+  defp safe_args(:arena_grow, [set, len, max]) when is_integer(max) and max > 8 * @mib,
+    do: [set, len, 8 * @mib]
 
   defp safe_args(:unlink, [name]) when is_binary(name),
-    do: [if(valid_shm?(name), do: fuzz_name(), else: name)]
+    do: [if(String.starts_with?(name, "/") and byte_size(name) > 3, do: fuzz_name(), else: name)]
 
   defp safe_args(_fun, args), do: args
 
-  defp safe_size(size) when is_integer(size) and size > 1 <<< 20 and size < 1 <<< 48, do: 1 <<< 20
-  defp safe_size(size), do: size
-
-  # Whether shm_open would accept the name (the NIF's own rule).
-  defp valid_shm?(name) do
-    match?("/" <> _, name) and byte_size(name) in 2..255 and name not in ["/.", "/.."] and
-      not String.contains?(binary_part(name, 1, byte_size(name) - 1), ["/", <<0>>])
-  end
-
-  defp cleanup_created(:create, ref) do
-    :ok = NIF.region_unlink(ref)
-    :ok = NIF.close(ref)
-  end
-
+  defp cleanup_created(:arena_set_new, set), do: NIF.arena_set_close(set)
   defp cleanup_created(_, _), do: :ok
 
   defp short(b) when is_binary(b) and byte_size(b) > 20, do: "<<#{byte_size(b)} bytes>>"
@@ -480,40 +477,18 @@ defmodule Bridge.FuzzTest do
   # ---------------------------------------------------------------- public API
 
   test "random arguments through the public API return typed results", %{seed: seed} do
-    owned = Region.create!(64 * 1024, prefix: "bbtfuzz")
-    on_exit(fn -> Region.close(owned) end)
-    {:ok, peer} = Region.attach(owned.name)
-    closed = Region.create!(4096, prefix: "bbtfuzz")
-    :ok = Region.close(closed)
-
-    regions = [
-      owned,
-      owned,
-      peer,
-      closed,
-      %{owned | owner?: false},
-      %{peer | owner?: true},
-      %{owned | size: 1 <<< 70},
-      %{owned | size: -5},
-      %{owned | ref: make_ref()},
-      %{owned | ref: :nope},
-      %{ref: owned.ref},
-      owned.ref
-    ]
-
-    pool = pool(64 * 1024, regions)
+    {:ok, arena} = Arena.new(limit: 8 * @mib, min_arena: @mib)
+    on_exit(fn -> Arena.close(arena) end)
+    {:ok, s} = Arena.put(arena, "api", [])
+    {:ok, a} = Arena.announcement(arena, s.arena_id)
+    {:ok, peer} = Peer.open(a)
+    {:ok, table} = LeaseTable.new(8)
+    pool = pool(8 * @mib, [arena.ref, s.ref, peer])
 
     opts = [
       [],
-      [prefix: "bbtfuzz"],
-      [prefix: "BAD"],
-      [prefix: 7],
-      [verify: false],
-      [verify: :maybe],
       [metadata: "meta"],
       [metadata: 5],
-      [metadata_length: -1],
-      [metadata_length: 1 <<< 40],
       [format: 9],
       [format: :tensor, codec: :zstd, decoded_length: 10],
       [codec: :bogus],
@@ -523,23 +498,62 @@ defmodule Bridge.FuzzTest do
       [payload_offset: 65],
       [max_decoded_length: :inf],
       [checksum: 1],
+      [checksum: true],
+      [verify: :maybe],
+      [copy: true],
       [:x],
-      [{:prefix, "bbtfuzz"} | :improper],
+      [{:format, :raw} | :improper],
       "opts",
       %{}
     ]
 
+    announcements = [
+      a,
+      put_elem(a, 6, 0),
+      put_elem(a, 3, 99_999),
+      put_elem(a, 1, :sealed),
+      {:object, :nope},
+      :x,
+      put_elem(a, 5, 4097)
+    ]
+
+    slices = [s, %{s | offset: 0}, %{s | length: 1 <<< 50}, %{s | ref: make_ref()}]
+
     calls = [
-      fn -> Region.create(safe_size(Enum.random(pool.ints ++ [8192])), api_opts(opts)) end,
       fn ->
-        Region.create_for_frame(safe_size(Enum.random(pool.ints)) - 4096, api_opts(opts))
+        Arena.new(
+          Enum.random([
+            [limit: Enum.random(pool.ints) |> min(4 * @mib)],
+            [limit: :x],
+            [min_arena: 3],
+            [checksum: 2]
+          ])
+        )
       end,
-      fn -> Region.attach(Enum.random(pool.names ++ [owned.name, closed.name, :x])) end,
-      fn -> Region.write_frame(Enum.random(regions), term(pool), Enum.random(opts)) end,
-      fn -> Region.read_frame(Enum.random(regions), Enum.random(opts)) end,
-      fn -> Region.close(Enum.random([peer, closed, %{owned | ref: make_ref()}, :x, %{}])) end,
-      fn -> Region.unlink(Enum.random([peer, closed, %{owned | ref: make_ref()}, :x])) end,
-      fn -> Region.reap_stale(Enum.random([[prefix: "bbtfuzzreap"], [prefix: "X"], :x, [1]])) end,
+      fn -> Arena.put(arena, Enum.random(pool.binaries), Enum.random(opts)) end,
+      fn -> Arena.alloc(arena, Enum.random(pool.ints) |> max(0) |> min(16 * @mib)) end,
+      fn -> Arena.read(Enum.random(slices), Enum.random(pool.ints), Enum.random(pool.ints)) end,
+      fn -> Arena.binary(Enum.random(slices), Enum.random(pool.ints), Enum.random(pool.ints)) end,
+      fn -> Peer.open(Enum.random(announcements)) end,
+      fn ->
+        Peer.lease(
+          peer,
+          Enum.random(pool.ints),
+          Enum.random(pool.ints),
+          Enum.random([table, nil]),
+          Enum.random([{0, s.generation}, nil, {9, 1}])
+        )
+      end,
+      fn ->
+        with {:ok, l} <- Peer.lease(peer, s.offset, s.length, nil, nil),
+             do:
+               Peer.read_frame(
+                 l,
+                 Enum.random([s.length | pool.ints]) |> max(0),
+                 Enum.random([s.generation | pool.ints]) |> max(0),
+                 Enum.random(opts)
+               )
+      end,
       fn -> Header.parse(term(pool), term(pool), Enum.random(opts)) end,
       fn -> Header.build(term(pool), Enum.random(opts)) end,
       fn ->
@@ -566,26 +580,13 @@ defmodule Bridge.FuzzTest do
               )
           end
 
-        # Let payload binaries of earlier reads go, so writes are not always :leased.
-        if rem(i, 50) == 0, do: :erlang.garbage_collect()
-
         case result do
-          :ok ->
-            :ok
-
-          {:ok, %Region{} = r} ->
-            Region.close!(r)
-            :ok
-
-          {:ok, _} ->
-            :ok
-
-          {:error, %Error{kind: kind, reason: r}}
-          when kind in [:bad_frame, :region, :lease] and is_atom(r) ->
-            r
-
-          other ->
-            flunk("seed #{seed} run #{i}: returned #{inspect(other)}")
+          :ok -> :ok
+          {:ok, %Arena{} = made} -> Arena.close(made) && :ok
+          {:ok, %Arena.Slice{} = x} -> Arena.release(x) && :ok
+          {:ok, _} -> :ok
+          {:error, %Error{reason: r}} when is_atom(r) -> r
+          other -> flunk("seed #{seed} run #{i}: returned #{inspect(other)}")
         end
       end
 
@@ -593,22 +594,5 @@ defmodule Bridge.FuzzTest do
     outcomes = Enum.frequencies(outcomes)
     assert Map.get(outcomes, :ok, 0) > 50, inspect(outcomes)
     assert map_size(outcomes) >= 10, inspect(outcomes)
-    _ = Region.close(peer)
-  end
-
-  # create/create_for_frame only ever use the test prefix or an invalid one.
-  defp api_opts(opts) do
-    o = Enum.random(opts)
-    if is_list(o) and Keyword.keyword?(o), do: Keyword.put_new(o, :prefix, "bbtfuzz"), else: o
-  end
-
-  test "a forged control block does not confuse the reaper" do
-    dead = Shm.dead_pid()
-    name = Shm.forged_name("bbtfuzzcb", dead)
-    {:ok, ref} = NIF.create(name, 4096)
-    :ok = NIF.write(ref, 0, :crypto.strong_rand_bytes(64))
-    :ok = NIF.close(ref)
-    assert {:ok, [^name]} = Region.reap_stale(prefix: "bbtfuzzcb")
-    assert ControlBlock.validate(<<>>, 0) |> elem(0) == :error
   end
 end

@@ -1,139 +1,137 @@
 defmodule Bridge.NIFTest do
-  # The raw NIF: argument checks, bounds, alignment, atomics, leases, hashes.
+  # The raw NIF: argument checks, bounds, slices and their holds, peer leases,
+  # hashes, zstd.
   use ExUnit.Case, async: true
 
   import Bitwise
-  alias Bridge.{NIF, Region}
+  alias Bridge.{Arena, NIF}
+
+  @mib 1024 * 1024
 
   setup do
-    region = Region.create!(4096, prefix: "bbtnif")
-    on_exit(fn -> Region.close(region) end)
-    %{region: region, ref: region.ref}
+    {:ok, arena} = Arena.new(limit: 16 * @mib, min_arena: @mib)
+    on_exit(fn -> Arena.close(arena) end)
+    %{arena: arena, set: arena.ref}
   end
 
-  test "xxh3_64 matches the reference values" do
+  # A raw slice handle, the arena grown as needed.
+  defp alloc!(arena, frame_len) do
+    {:ok, s} = Arena.alloc(arena, frame_len)
+    s.ref
+  end
+
+  test "xxh3_64 matches the reference values, on both scheduler paths" do
     assert NIF.xxh3_64("") == {:ok, 0x2D06800538D394C2}
-    # A large input goes through the dirty scheduler path and matches the region hash.
     big = :binary.copy(<<1, 2, 3, 4>>, 100_000)
     {:ok, h} = NIF.xxh3_64(big)
-    {:ok, r} = NIF.create("/bbtnif-#{System.pid()}-#{Bridge.Test.Shm.rand_hex()}", 500_000)
-    assert :ok = NIF.write(r, 100, big)
-    assert NIF.xxh3_64_region(r, 100, byte_size(big)) == {:ok, h}
-    assert NIF.read_copy(r, 100, byte_size(big)) == {:ok, big}
-    assert :ok = NIF.region_unlink(r)
+    assert {:ok, ^h} = NIF.xxh3_64(:binary.copy(big))
     assert NIF.xxh3_64(:not_a_binary) == {:error, :badarg}
   end
 
-  test "write_hashed copies like write and returns xxh3_64 of what it wrote", %{ref: ref} do
-    # sizes around the dirty-scheduler threshold and the 64 KiB hashing chunk
-    {:ok, r} = NIF.create("/bbtnif-#{System.pid()}-#{Bridge.Test.Shm.rand_hex()}", 1_000_000)
-
+  test "slice_write_frame writes header, metadata, zeroed padding and payload, hashed in one pass",
+       %{arena: arena} do
     for size <- [0, 1, 65_535, 65_536, 65_537, 300_001] do
       data = :crypto.strong_rand_bytes(size)
-      assert {:ok, hash} = NIF.write_hashed(r, 64, data)
+      slice = alloc!(arena, 192 + size)
+      :ok = NIF.slice_write(slice, 128, :binary.copy(<<255>>, 64))
+      {:ok, h} = Bridge.Header.build(data, metadata: "m", checksum: false)
+      {:ok, header} = Bridge.Header.pack(%{h | flags: 1})
+      assert {:ok, {hash, _}} = NIF.slice_write_frame(slice, header, "m", [data], true)
       assert {:ok, ^hash} = NIF.xxh3_64(data)
-      assert NIF.read_copy(r, 64, size) == {:ok, data}
+      assert {:ok, <<"m", 0::size(63)-unit(8)>>} = NIF.slice_read(slice, 128, 64)
+      assert {:ok, ^data} = NIF.slice_read(slice, 192, size)
+      :ok = NIF.slice_release(slice)
     end
-
-    assert :ok = NIF.region_unlink(r)
-    assert {:error, :out_of_bounds} = NIF.write_hashed(ref, 4091, "123456")
-    assert {:error, :badarg} = NIF.write_hashed(ref, 0, [1, 2])
   end
 
-  test "read_copy and write check bounds without overflow", %{ref: ref} do
-    assert :ok = NIF.write(ref, 4090, "123456")
-    assert {:ok, "123456"} = NIF.read_copy(ref, 4090, 6)
-    assert {:ok, ""} = NIF.read_copy(ref, 4096, 0)
-    assert {:error, :out_of_bounds} = NIF.write(ref, 4091, "123456")
-    assert {:error, :out_of_bounds} = NIF.read_copy(ref, 4097, 0)
-    assert {:error, :out_of_bounds} = NIF.read_copy(ref, 1, (1 <<< 64) - 1)
-    assert {:error, :out_of_bounds} = NIF.read_copy(ref, (1 <<< 64) - 1, 2)
-    assert {:error, :out_of_bounds} = NIF.read_copy(ref, -1, 1)
-    assert {:error, :out_of_bounds} = NIF.read_copy(ref, 1 <<< 70, 1)
-    assert {:error, :badarg} = NIF.read_copy(ref, 1.0, 1)
-    assert {:error, :badarg} = NIF.read_copy(make_ref(), 0, 1)
-    assert {:error, :badarg} = NIF.write(ref, 0, [1, 2])
+  test "slice_write_frame refuses a header that disagrees with what it writes", %{arena: arena} do
+    slice = alloc!(arena, 1000)
+    {:ok, h} = Bridge.Header.build("abc", checksum: false)
+    {:ok, header} = Bridge.Header.pack(h)
+    assert {:error, :bad_frame} = NIF.slice_write_frame(slice, header, "", ["abcd"], false)
+    assert {:error, :bad_frame} = NIF.slice_write_frame(slice, header, "meta", ["abc"], false)
+    assert {:error, :bad_frame} = NIF.slice_write_frame(slice, "short", "", ["abc"], false)
+    {:ok, h} = Bridge.Header.build(:binary.copy("x", 2000), checksum: false)
+    {:ok, header} = Bridge.Header.pack(h)
+
+    assert {:error, :bad_frame} =
+             NIF.slice_write_frame(slice, header, "", [:binary.copy("x", 2000)], false)
+
+    assert {:error, :badarg} = NIF.slice_write_frame(slice, header, "", "not a list", false)
+    assert {:error, :badarg} = NIF.slice_write_frame(slice, header, "", [1, 2], false)
   end
 
-  test "atomics check bounds and natural alignment", %{ref: ref} do
-    assert :ok = NIF.store_u64(ref, 64, (1 <<< 64) - 1)
-    assert {:ok, 18_446_744_073_709_551_615} = NIF.load_u64(ref, 64)
-    assert {:ok, 18_446_744_073_709_551_615} = NIF.fetch_add_u64(ref, 64, 1)
-    assert {:ok, 0} = NIF.load_u64(ref, 64)
-    assert :ok = NIF.store_u32(ref, 4092, 7)
-    assert {:ok, 7} = NIF.cas_u32(ref, 4092, 7, 9)
-    assert {:ok, 9} = NIF.cas_u32(ref, 4092, 7, 11)
-    assert {:ok, 9} = NIF.fetch_add_u32(ref, 4092, 1)
-    assert {:ok, 10} = NIF.load_u32(ref, 4092)
-    assert {:ok, 0} = NIF.cas_u64(ref, 128, 0, 5)
-    assert {:error, :misaligned} = NIF.load_u32(ref, 2)
-    assert {:error, :misaligned} = NIF.load_u64(ref, 4)
-    assert {:error, :out_of_bounds} = NIF.load_u64(ref, 4096)
-    assert {:error, :out_of_bounds} = NIF.load_u32(ref, 4094)
-    assert {:error, :badarg} = NIF.store_u32(ref, 0, 1 <<< 32)
-    assert {:error, :badarg} = NIF.store_u64(ref, 0, -1)
-    assert {:error, :badarg} = NIF.cas_u32(ref, 0, :x, 1)
+  test "slice reads and writes check bounds without overflow", %{arena: arena} do
+    slice = alloc!(arena, 4096)
+    {:ok, {_, _, len, _}} = NIF.slice_info(slice)
+    assert :ok = NIF.slice_write(slice, len - 6, "123456")
+    assert {:ok, "123456"} = NIF.slice_read(slice, len - 6, 6)
+    assert {:ok, ""} = NIF.slice_read(slice, len, 0)
+    assert {:error, :out_of_bounds} = NIF.slice_write(slice, len - 5, "123456")
+    assert {:error, :out_of_bounds} = NIF.slice_read(slice, len + 1, 0)
+    assert {:error, :out_of_bounds} = NIF.slice_read(slice, 1, (1 <<< 64) - 1)
+    assert {:error, :out_of_bounds} = NIF.slice_read(slice, (1 <<< 64) - 1, 2)
+    assert {:error, :out_of_bounds} = NIF.slice_read(slice, -1, 1)
+    assert {:error, :out_of_bounds} = NIF.slice_read(slice, 1 <<< 70, 1)
+    assert {:error, :badarg} = NIF.slice_read(slice, 1.0, 1)
+    assert {:error, :badarg} = NIF.slice_read(make_ref(), 0, 1)
+    assert {:error, :badarg} = NIF.slice_write(slice, 0, [1, 2])
+    assert {:error, :out_of_bounds} = NIF.slice_binary(slice, len, 1)
   end
 
-  test "a closed region refuses operations but keeps its metadata", %{region: region} do
-    ref = region.ref
-    assert :ok = Region.close(region)
-    assert {:ok, true} = NIF.closed?(ref)
-    assert {:error, :closed} = NIF.read_copy(ref, 0, 1)
-    assert {:error, :closed} = NIF.write(ref, 0, "x")
-    assert {:error, :closed} = NIF.load_u32(ref, 0)
-    assert {:error, :closed} = NIF.lease_acquire(ref, 36, 32, 2)
-    assert {:ok, 4096} = NIF.size(ref)
-    assert {:ok, name} = NIF.name(ref)
-    assert name == region.name
+  test "a released slice refuses every operation; its handle stays safe to hold", %{arena: arena} do
+    slice = alloc!(arena, 1000)
+    :ok = NIF.slice_release(slice)
+    :ok = NIF.slice_release(slice)
+    assert {:error, :released} = NIF.slice_read(slice, 0, 1)
+    assert {:error, :released} = NIF.slice_write(slice, 0, "x")
+    assert {:error, :released} = NIF.slice_binary(slice, 0, 1)
+    assert {:error, :released} = NIF.slice_lend(slice)
+    assert {:error, :released} = NIF.slice_hold(slice)
+    assert {:error, :released} = NIF.slice_unhold(slice)
+    assert :ok = NIF.slice_return(slice)
+    assert {:ok, {_, _, _, _}} = NIF.slice_info(slice)
   end
 
-  test "a lease counts, refuses early release once a binary exists, and ends in its destructor",
-       %{ref: ref} do
-    assert :ok = NIF.store_u32(ref, 32, 2)
-    assert {:error, :state_mismatch} = NIF.lease_acquire(ref, 36, 32, 1)
-    assert {:ok, 0} = NIF.load_u32(ref, 36)
-
-    {:ok, lease} = NIF.lease_acquire(ref, 36, 32, 2)
-    assert {:ok, 1} = NIF.load_u32(ref, 36)
-    assert :ok = NIF.lease_release(lease)
-    assert {:ok, 0} = NIF.load_u32(ref, 36)
-    assert {:error, :released} = NIF.lease_release(lease)
-    assert {:error, :released} = NIF.lease_binary(lease, 0, 1)
-
-    {:ok, lease} = NIF.lease_acquire(ref, 36, 32, 2)
-    assert {:ok, bin} = NIF.lease_binary(lease, 100, 10)
-    assert {:error, :in_use} = NIF.lease_release(lease)
-    assert {:error, :out_of_bounds} = NIF.lease_binary(lease, 4090, 10)
-    assert {:ok, 1} = NIF.load_u32(ref, 36)
-    assert {:ok, addr} = NIF.address(ref)
-    assert {:ok, addr + 100} == NIF.binary_address(bin)
-
-    assert {:error, :misaligned} = NIF.lease_acquire(ref, 37, 32, 2)
-    assert {:error, :out_of_bounds} = NIF.lease_acquire(ref, 36, 4096, 2)
-    assert {:error, :badarg} = NIF.lease_binary(ref, 0, 1)
+  test "a peer lease writes its generation at its ticket exactly once", %{arena: arena} do
+    {:ok, s} = Arena.put(arena, "leased", [])
+    {:ok, a} = Arena.announcement(arena, s.arena_id)
+    {:ok, peer} = Bridge.Peer.open(a)
+    {:ok, table} = NIF.lease_table_new(4)
+    {:ok, lease} = NIF.peer_lease(peer, s.offset, s.length, table, {2, s.generation})
+    assert :ok = NIF.peer_lease_release(lease)
+    assert {:ok, g} = NIF.lease_table_word(table, 2)
+    assert g == s.generation
+    assert :ok = NIF.peer_lease_release(lease)
+    assert {:error, :released} = NIF.peer_lease_read(lease, 0, 1)
+    assert {:error, :released} = NIF.peer_lease_binary(lease, 0, 1)
+    assert {:error, :out_of_bounds} = NIF.lease_table_word(table, 4)
+    assert {:error, :out_of_bounds} = NIF.peer_lease(peer, s.offset, s.length, table, {4, 1})
+    assert {:error, :badarg} = NIF.peer_lease(peer, s.offset, s.length, table, {-1, 1})
+    assert {:error, :badarg} = NIF.peer_lease(peer, s.offset, s.length, :nope, {0, 1})
+    assert {:error, :badarg} = NIF.lease_table_new(0)
+    assert {:error, :badarg} = NIF.lease_table_new(1 <<< 21)
   end
 
-  test "create refuses bad names and sizes without touching /dev/shm" do
-    name = "/bbtnif-#{System.pid()}-#{Bridge.Test.Shm.rand_hex()}"
-    assert {:error, :bad_name} = NIF.create("no-slash", 4096)
-    assert {:error, :bad_name} = NIF.create("/a/b", 4096)
-    assert {:error, :bad_name} = NIF.create("/", 4096)
-    assert {:error, :bad_name} = NIF.create("/..", 4096)
-    assert {:error, :bad_name} = NIF.create("/a\0b", 4096)
-    assert {:error, :bad_name} = NIF.create("/" <> String.duplicate("a", 300), 4096)
-    assert {:error, :badarg} = NIF.create(~c"/charlist", 4096)
-    assert {:error, :region_too_small} = NIF.create(name, 191)
-    assert {:error, :region_too_large} = NIF.create(name, (1 <<< 48) + 1)
-    assert {:error, :out_of_bounds} = NIF.create(name, -1)
-    assert {:error, :badarg} = NIF.create(name, "4096")
-    refute Bridge.Test.Shm.exists?(name)
+  test "peer_open checks its arguments before it touches anything" do
+    assert {:error, :badarg} = NIF.peer_open(1, 3, 0, 1, 4096, 0)
+    assert {:error, :badarg} = NIF.peer_open(2, 3, 3, 1, 4096, 0)
+    assert {:error, :badarg} = NIF.peer_open(2, 3, 0, 1, 4095, 0)
+    assert {:error, :badarg} = NIF.peer_open(2, 3, 0, 1, 0, 0)
+    assert {:error, :badarg} = NIF.peer_open(2, -3, 0, 1, 4096, 0)
+    assert {:error, :badarg} = NIF.peer_open("2", 3, 0, 1, 4096, 0)
+    assert {:error, {:peer_open_failed, _}} = NIF.peer_open(2, 1_000_000, 0, 1, 4096, 0)
+  end
 
-    {:ok, r} = NIF.create(name, 192)
-    assert {:error, :eexist} = NIF.create(name, 192)
-    assert :ok = NIF.region_unlink(r)
-    assert :ok = NIF.region_unlink(r)
-    assert {:error, :enoent} = NIF.unlink(name)
+  test "unlink refuses names shm_unlink must not see" do
+    assert {:error, :bad_name} = NIF.unlink("no-slash")
+    assert {:error, :bad_name} = NIF.unlink("/a/b")
+    assert {:error, :bad_name} = NIF.unlink("/")
+    assert {:error, :bad_name} = NIF.unlink("/..")
+    assert {:error, :bad_name} = NIF.unlink("/a\0b")
+    assert {:error, :bad_name} = NIF.unlink("/" <> String.duplicate("a", 300))
+    assert {:error, :badarg} = NIF.unlink(~c"/charlist")
+    assert {:error, :enoent} = NIF.unlink("/bbt-#{System.pid()}-#{Bridge.Test.Shm.rand_hex()}")
   end
 
   describe "zstd_decompress" do

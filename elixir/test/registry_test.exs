@@ -4,16 +4,16 @@ defmodule Bridge.RegistryTest.Blob do
 end
 
 defmodule Bridge.RegistryTest do
-  # protocol/registry.json against the BEAM's hand-written tables: the atoms a
+  # protocol/registry.json against what the BEAM's code does: the atoms a
   # worker may send (Bridge.Worker), the header's format and codec codes, the
   # format policies and packed dtypes (Bridge.Format), the handle kinds
   # Bridge.Encoder writes and Bridge.Decoder reads (formats, tensor schemas, the
   # kinds whose values are copied), the object kinds Bridge.Peer opens, the keys
-  # of Bridge.format_stats/0, and every error reason the library builds. Each
-  # test fails when a table and the registry disagree. Where the code disagrees
-  # today, the assertion that compares the old table with the registry is
-  # tagged :registry_drift and skipped, with a comment naming the drift; the
-  # rewiring of those modules to Bridge.Registry unskips it.
+  # of Bridge.format_stats/0, and every error reason the library builds. Most
+  # modules load their tables from Bridge.Registry at compile time; these tests
+  # check the behaviour that follows, and fail when the code uses a reason,
+  # kind, policy, dtype or stats key the registry lacks (source scans find the
+  # literals: reasons, policies compared, unsuitable codes).
   use ExUnit.Case, async: false
 
   import Bitwise
@@ -99,7 +99,7 @@ defmodule Bridge.RegistryTest do
   defp transport(table, version),
     do: for({name, %{"transport" => versions}} <- table, version in versions, do: name)
 
-  # The BEAM speaks transport 2 (transport-v2.md §5) today. (Before the rewrite
+  # The BEAM speaks transport 2 (protocol/SPEC.md §8) today. (Before the rewrite
   # of Bridge.Worker the list lacked :unsupported_dtype, which the registry makes
   # a wire reason: this test is what catches that.)
   test "every atom a worker may send is among the worker's protocol atoms" do
@@ -142,6 +142,22 @@ defmodule Bridge.RegistryTest do
     assert Format.policies() == Registry.policies()
     for policy <- Registry.policies(), do: assert(Format.check_policy(policy) == {:ok, policy})
     assert {:error, %Error{reason: :bad_option}} = Format.check_policy(:json)
+
+    # every policy the selection code tests for (`policy == :x`, `policy in [...]`)
+    {_, compared} =
+      Macro.prewalk(format_sources(), MapSet.new(), fn
+        {:==, _, [{:policy, _, ctx}, p]} = node, acc when is_atom(ctx) and is_atom(p) ->
+          {node, MapSet.put(acc, p)}
+
+        {:in, _, [{:policy, _, ctx}, ps]} = node, acc when is_atom(ctx) and is_list(ps) ->
+          {node, Enum.into(ps, acc)}
+
+        node, acc ->
+          {node, acc}
+      end)
+
+    assert MapSet.size(compared) >= 3
+    assert MapSet.difference(strings(compared), strings(Registry.policies())) == MapSet.new()
   end
 
   test "the packed dtypes: exactly those Bridge.Format unpacks" do
@@ -156,6 +172,10 @@ defmodule Bridge.RegistryTest do
     ranges = ranges ++ [{-1, 1 <<< 32}, {0, 1 <<< 63}]
     ints = for {lo, hi} <- ranges, do: Format.int_dtype(lo, hi)
     assert ints == Registry.packed_dtypes() -- ["<f8"]
+
+    # the dtype of a float list is registered too
+    assert {:packed, :forced, float, _, 2} = Format.select_list([1.5, 2.5], :packed)
+    assert float in Registry.packed_dtypes() and float not in ints
   end
 
   ## Handle kinds
@@ -401,11 +421,17 @@ defmodule Bridge.RegistryTest do
     end
   end
 
-  test "the unsuitable codes Bridge.Format names" do
-    ast = Code.string_to_quoted!(File.read!(Path.join(@root, "elixir/lib/bridge/format.ex")))
+  # The modules of format selection: Bridge.Format and Bridge.Format.*.
+  defp format_sources do
+    lib = Path.join(@root, "elixir/lib/bridge")
+    paths = [Path.join(lib, "format.ex") | Path.wildcard(Path.join(lib, "format/*.ex"))]
+    assert length(paths) > 1
+    for path <- paths, do: Code.string_to_quoted!(File.read!(path))
+  end
 
+  test "the unsuitable codes Bridge.Format names" do
     {_, codes} =
-      Macro.prewalk(ast, MapSet.new(), fn
+      Macro.prewalk(format_sources(), MapSet.new(), fn
         {:unsuitable!, _, [code, _]} = node, acc when is_atom(code) ->
           {node, MapSet.put(acc, code)}
 

@@ -2,7 +2,7 @@ defmodule Bridge.VectorsTest do
   # Every protocol/vectors/*.json becomes a test by name (SPEC §6).
   use ExUnit.Case, async: true
 
-  alias Bridge.{ControlBlock, Header, NIF, Region}
+  alias Bridge.{Arena, Header, NIF, Peer}
   alias Bridge.Test.JSON
 
   @vector_dir Path.expand("../../protocol/vectors", __DIR__)
@@ -78,8 +78,9 @@ defmodule Bridge.VectorsTest do
       _reserved_in_use -> assert binary_part(encoded, 0, 72) == binary_part(bin, 0, 72)
     end
 
-    # The same frame read out of a region through the lease protocol.
-    assert {:ok, region_frame} = read_through_region(bin, v["header"]["generation"])
+    # The same frame read out of a slice of shared memory, through a read-only
+    # peer mapping and a lease.
+    assert {:ok, region_frame} = read_through_slice(bin, v["header"]["generation"])
     assert region_frame.header == frame.header
     assert region_frame.metadata == frame.metadata
     assert region_frame.payload == frame.payload
@@ -98,28 +99,28 @@ defmodule Bridge.VectorsTest do
       <<_::binary-size(16), generation::little-64, _::binary>> = bin
 
       assert {:error, %Bridge.Error{kind: :bad_frame, reason: ^reason, field: ^field}} =
-               read_through_region(bin, generation)
+               read_through_slice(bin, generation)
     end
   end
 
-  defp read_through_region(frame, generation) do
-    region = Region.create!(64 + byte_size(frame), prefix: "bbtvec")
+  # The frame written raw into a slice, then read back as a worker's slice would
+  # be: the slice's length is the vector's, so bounds checks see the same frame size.
+  defp read_through_slice(frame, generation) do
+    {:ok, arena} = Arena.new(limit: 64 * 1024 * 1024, min_arena: 4 * 1024 * 1024)
 
     try do
-      :ok = NIF.write(region.ref, 64, frame)
-      :ok = NIF.store_u64(region.ref, ControlBlock.writer_generation_off(), generation)
-      :ok = NIF.store_u32(region.ref, ControlBlock.writer_state_off(), ControlBlock.published())
+      {:ok, s} = Arena.alloc(arena, byte_size(frame))
+      :ok = NIF.slice_write(s.ref, 0, frame)
+      {:ok, announcement} = Arena.announcement(arena, s.arena_id)
+      {:ok, peer} = Peer.open(announcement)
+      {:ok, lease} = Peer.lease(peer, s.offset, byte_size(frame), nil, nil)
 
-      case Region.read_frame(region) do
-        {:ok, f} ->
-          {:ok, %{f | payload: :binary.copy(f.payload)}}
-
-        error ->
-          assert {:ok, 0} = NIF.load_u32(region.ref, ControlBlock.reader_leases_off())
-          error
+      case Peer.read_frame(lease, byte_size(frame), generation, verify: true) do
+        {:ok, f} -> {:ok, %{f | payload: :binary.copy(f.payload)}}
+        error -> error
       end
     after
-      Region.close!(region)
+      Arena.close(arena)
     end
   end
 end

@@ -1,6 +1,6 @@
 """beambridge: call Python from Elixir and move data between them through shared memory,
 zero-copy. This package is the Python side; ``protocol/SPEC.md`` and
-``protocol/transport-v2.md`` are the contract.
+``protocol/SPEC.md`` are the contract.
 
 What a handler author uses is here: `Atom` (an Erlang atom), `Bundle` and `COO` (named
 tensors and sparse arrays), `register` / `unregister` (custom types, see
@@ -40,12 +40,14 @@ from .errors import (
     FormatError,
     FormatUnsuitableError,
     HeaderError,
+    TensorError,
+    UnsupportedDtypeError,
 )
 from .etf import Atom
 from .stats import format_stats, reset_format_stats
 
 if TYPE_CHECKING:
-    from .formats.tensor import COO, Bundle, TensorError, UnsupportedDtypeError
+    from .formats.tensor import COO, Bundle
 
 __all__ = [
     "COO",
@@ -75,7 +77,7 @@ __all__ = [
 __version__ = "0.1.0"
 
 #: Names that need NumPy, imported on first use.
-_TENSOR_NAMES = frozenset({"COO", "Bundle", "TensorError", "UnsupportedDtypeError"})
+_TENSOR_NAMES = frozenset({"COO", "Bundle"})
 
 
 def __getattr__(name: str) -> Any:

@@ -1,4 +1,4 @@
-"""Arenas, slices and leases of transport v2 (protocol/transport-v2.md §3-§4).
+"""Arenas, slices and leases of transport v2 (protocol/SPEC.md §3-§4).
 
 `ArenaSet` sub-allocates owned arenas (`beambridge.objects.SharedObject` of kind
 ``arena``) into slices, each holding one frame, and gives every slice it lends a

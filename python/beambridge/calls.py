@@ -1,4 +1,4 @@
-"""The call path of a worker (protocol/transport-v2.md §5): one ``{:call, ...}`` from its
+"""The call path of a worker (protocol/SPEC.md §8): one ``{:call, ...}`` from its
 envelope and body to its answer, and the shared objects calls use.
 
 `CallPath` maps the objects the BEAM announces (its arenas, its lease table), decodes a
@@ -332,7 +332,7 @@ def _policy(opts: Any) -> str:
     """The result format policy of a call's options (SPEC §7.3): ``opts["format"]``."""
     if type(opts) is not dict:
         raise _Refused("bad_term", f"call options must be a map, got {opts!r:.200}")
-    value = opts.get(b"format", "auto")
+    value = opts.get(b"format", POLICIES[0])  # the default policy first
     text = value.decode("utf-8", "replace") if type(value) is bytes else value
     if not isinstance(text, str) or text not in POLICIES:
         raise _Refused(

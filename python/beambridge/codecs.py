@@ -4,7 +4,7 @@ A handler module registers, for one of its own classes, a **type name** shared w
 BEAM (``"geo.Point"``), the **version** it writes, the versions it can read, and two
 functions: ``encode(value) -> bytes`` and ``decode(data, version) -> value``. A result
 value whose class (or a base class, in MRO order) has a codec then travels as
-``{:"$bb_custom", name, version, data}`` (or a ``custom`` frame in a region), and an
+``{:"$bb_custom", name, version, data}`` (or a ``custom`` frame in a slice), and an
 argument of that form becomes the codec's value again.
 
 >>> import struct

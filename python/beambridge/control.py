@@ -1,4 +1,4 @@
-"""The control channel, version 2 (protocol/transport-v2.md §5): frames, message atoms,
+"""The control channel, version 2 (protocol/SPEC.md §8): frames, message atoms,
 and a function that builds and one that checks each message.
 
 A frame (the bytes of one ``{packet, 4}`` packet) is ``envelope_size`` (u32
@@ -28,6 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from . import registry
 from .errors import BridgeError, EtfError
 from .etf import Atom, decode, encode
 
@@ -85,49 +86,10 @@ A_ARENA, A_SEALED, A_LEASE_TABLE = Atom("arena"), Atom("sealed"), Atom("lease_ta
 A_WORKER, A_BEAM = Atom("worker"), Atom("beam")
 SHUTDOWN = A_SHUTDOWN
 
-#: Reasons a ``bad_call`` may carry (SPEC §4, §5, §7.3, transport-v2 §3, §5.3): atoms the
-#: BEAM is sure to know. Anything else (an errno name) goes as ``badarg``, named in the
-#: message.
-KNOWN_REASONS = frozenset(
-    [
-        "truncated_header",
-        "bad_magic",
-        "unsupported_version",
-        "bad_header_size",
-        "unknown_format",
-        "unknown_codec",
-        "unknown_flags",
-        "metadata_too_large",
-        "metadata_out_of_bounds",
-        "misaligned_payload",
-        "payload_overlaps_metadata",
-        "length_overflow",
-        "payload_out_of_bounds",
-        "bad_decoded_length",
-        "decoded_too_large",
-        "header_checksum_mismatch",
-        "checksum_mismatch",
-        "stale_generation",
-        "no_space",
-        "badarg",
-        "no_module",
-        "no_function",
-        "bad_term",
-        "bad_metadata",
-        "unknown_type",
-        "codec_failed",
-        "format_unsuitable",
-        "unsupported_dtype",
-        "too_large",
-        "arena_full",
-        "no_tickets",
-        "slice_out_of_bounds",
-        "peer_open_failed",
-        "size_mismatch",
-        "not_sealed",
-        "bad_object",
-    ]
-)
+#: Reasons a ``bad_call`` may carry: the registry's wire reasons, atoms the BEAM is sure
+#: to know (SPEC §4, §7.3, transport-v2 §3, §5.3). Anything else (an errno name) goes as
+#: ``badarg``, named in the message.
+KNOWN_REASONS: frozenset[str] = registry.WIRE_REASONS
 
 _U32 = 2**32
 _U64 = 2**64

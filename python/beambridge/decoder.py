@@ -7,11 +7,11 @@ entries}``, ``{:"$bb_sparse_coo", shape, entries}``, ``{:"$bb_arrow", stream}``,
 ``{:"$bb_custom", name, version, data}`` become a read-only ``memoryview``, a read-only
 ``numpy.ndarray``, a `beambridge.formats.tensor.Bundle` or ``COO``, a validated
 ``pyarrow.Table``, the plain ``list``/``dict`` ETF would give, or a registered custom
-type. A handle ``{:"$bb_slice", kind, index}`` (transport-v2.md §5.3) stands for the
+type. A handle ``{:"$bb_slice", kind, index}`` (protocol/SPEC.md §9) stands for the
 same value read from entry ``index`` of the call's ``slices``, a slice of one of the
 BEAM's arenas mapped read-only: the type never depends on the size (invariant 7).
 
-Leases (transport-v2.md §4) are kept in a `beambridge.leases.LeaseBook`: a value copied
+Leases (protocol/SPEC.md §4) are kept in a `beambridge.leases.LeaseBook`: a value copied
 out of its slice (kinds ``binary``, ``packed``, ``records``, ``custom``) ends its lease
 at once, a ``memoryview``, array or table read in place keeps it for exactly as long as
 it (or anything made from it) lives, and a slice no handle names is let go when the
@@ -33,12 +33,13 @@ from . import codecs as codec_registry
 from .control import slice_refs
 from .errors import EtfError, FormatError, HeaderError, LeaseError
 from .etf import Atom, decode
+from .formats import packed as packed_format
 from .formats import records as records_format
 from .formats import tensor as tensor_format
 from .frame import Frame
 from .header import Codec
 from .leases import Key, LeaseBook, PeerObjects
-from .stats import note
+from .stats import ARGUMENTS, note
 from .terms import (
     COPIED_KINDS,
     KIND_ARROW,
@@ -156,16 +157,16 @@ class Decoder:
             except FormatError as err:
                 raise _bad("arrow", None, f'{{:"$bb_arrow", stream}}: {err}') from None
         if tag == TAG_PACKED and n == 3:
-            values = records_format.unpack(term[1], term[2])
+            values = packed_format.unpack(term[1], term[2])
             what = f"{len(values)} elements {term[1].decode()}"
-            note("from_elixir", "packed", "inline", len(term[2]), what)
+            note(ARGUMENTS, "packed", "inline", len(term[2]), what)
             return values
         if tag == TAG_RECORDS and n == 3:
             layout = _layout(term[1])
             if type(term[2]) is not bytes:
                 raise _bad("stream", _short(term[2]), "a records stream is a binary")
             value = records_format.records_from_stream(term[2], layout)
-            note("from_elixir", "records", "inline", len(term[2]), layout)
+            note(ARGUMENTS, "records", "inline", len(term[2]), layout)
             return value
         if tag == TAG_CUSTOM and n == 4:
             name, version = custom_parts(term[1], term[2])
@@ -173,7 +174,7 @@ class Decoder:
             if type(data) is not bytes:
                 raise _bad("data", _short(data), "custom data is a binary")
             value = codec_registry.decode_payload(name, version, data)
-            note("from_elixir", "custom", "inline", len(data), name.decode())
+            note(ARGUMENTS, "custom", "inline", len(data), name.decode())
             return value
         raise _bad("tag", tag, f"malformed or unknown tagged term {_short(term)} (§7.4)")
 
@@ -241,21 +242,21 @@ def _read(kind: Atom, frame: Frame, where: str) -> Any:
         except FormatError as err:
             raise _bad("arrow", None, f"{where}: {err}") from None
     if kind == KIND_PACKED:
-        values = records_format.read_packed(frame)  # copied out
-        note("from_elixir", "packed", "slice", header.payload_length, f"{len(values)} elements")
+        values = packed_format.read_packed(frame)  # copied out
+        note(ARGUMENTS, "packed", "slice", header.payload_length, f"{len(values)} elements")
         return values
     if kind == KIND_RECORDS:
         layout, rows, columns = records_format.parse_records_metadata(frame.metadata)
         value = records_format.records_from_stream(frame.payload, layout, (rows, columns))
         what = f"{layout}, {rows} x {columns}"
-        note("from_elixir", "records", "slice", header.payload_length, what)
+        note(ARGUMENTS, "records", "slice", header.payload_length, what)
         return value
     if kind == KIND_CUSTOM:
         name, version = _custom_metadata(frame, where)
         data = bytes(frame.payload)
         frame.release()  # the codec gets a private copy: the lease ends now
         value = codec_registry.decode_payload(name, version, data)
-        note("from_elixir", "custom", "slice", len(data), name.decode())
+        note(ARGUMENTS, "custom", "slice", len(data), name.decode())
         return value
     if header.schema_id not in KIND_SCHEMAS[kind]:
         raise _bad(

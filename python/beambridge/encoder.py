@@ -31,11 +31,12 @@ import numpy as np
 from .encoder_formats import FormatEncoder
 from .errors import FormatUnsuitableError
 from .etf import encode_binary
+from .formats import packed as packed_format
 from .formats import records as records_format
-from .formats import tensor as tensor_format
+from .formats import selection
 from .header import Format
 from .result_slices import ResultSlices
-from .stats import note
+from .stats import RESULTS, note
 from .terms import (
     DEFAULT_THRESHOLD,
     KIND_PACKED,
@@ -71,9 +72,9 @@ class ResultEncoder(FormatEncoder):
         slices: ResultSlices | None = None,
         threshold: int = DEFAULT_THRESHOLD,
         *,
-        policy: str = "auto",
-        packed_min: int = records_format.DEFAULT_PACKED_MIN,
-        records_min: int = records_format.DEFAULT_RECORDS_MIN,
+        policy: str = POLICIES[0],
+        packed_min: int = selection.DEFAULT_PACKED_MIN,
+        records_min: int = selection.DEFAULT_RECORDS_MIN,
     ) -> None:
         super().__init__(slices, threshold)
         self._packed_min = packed_min
@@ -86,15 +87,15 @@ class ResultEncoder(FormatEncoder):
         return self._policy
 
     @policy.setter
-    def policy(self, value: str) -> None:
-        if value not in POLICIES:
-            raise ValueError(f"format policy {value!r} is not one of {', '.join(POLICIES)}")
-        self._policy = value
-        self._select = value != "etf"
+    def policy(self, policy: str) -> None:
+        if policy not in POLICIES:
+            raise ValueError(f"format policy {policy!r} is not one of {', '.join(POLICIES)}")
+        self._policy = policy
+        self._select = policy != "etf"
         # lists shorter than this, and record lists / column maps of fewer cells (by
         # their first row / first column), are never examined: ETF whatever they hold
-        self._list_min = 2 if value == "packed" else max(2, self._packed_min)
-        self._cells_min = 0 if value == "arrow" else self._records_min
+        self._list_min = 2 if policy == "packed" else max(2, self._packed_min)
+        self._cells_min = 0 if policy == "arrow" else self._records_min
 
     @property
     def records_min(self) -> int:
@@ -165,17 +166,17 @@ class ResultEncoder(FormatEncoder):
         self.encode_into(v, parts, depth)
         # every part is bytes or a 1-D byte view (encode_binary casts to "B"): len is size
         size = sum(map(len, itertools.islice(parts, start, None)))
-        note("to_elixir", "etf", decision, size, f"{len(v)} elements")
+        note(RESULTS, "etf", decision, size, f"{len(v)} elements")
         return True
 
     def _numbers(self, v: list[Any], parts: list[Any]) -> str | bool:
         """Send a list of at least ``_list_min`` elements whose first is a number packed
         when it is a number list (True); else the reason it stays ETF."""
-        numbers = records_format.classify_numbers(v)
-        if isinstance(numbers, records_format.Unsuitable):
+        numbers = packed_format.classify_numbers(v)
+        if isinstance(numbers, selection.Unsuitable):
             return numbers.code
         reason = "forced" if self._policy == "packed" else "auto"
-        self.packed(records_format.pack(v, numbers.dtype), parts, reason)
+        self.packed(packed_format.pack(v, numbers.dtype), parts, reason)
         return True
 
     def packed(self, arr: np.ndarray[Any, Any], parts: list[Any], reason: str = "auto") -> None:
@@ -188,10 +189,10 @@ class ResultEncoder(FormatEncoder):
             data,
             parts,
             what=f"a {data.nbytes}-byte packed list",
-            metadata=records_format.packed_metadata(dtype, len(arr)),
+            metadata=packed_format.packed_metadata(dtype, len(arr)),
             format=Format.TENSOR,
-            schema_id=tensor_format.SCHEMA_PACKED,
-            schema_version=0,
+            schema_id=packed_format.SCHEMA[0],
+            schema_version=packed_format.SCHEMA[1],
         )
         if not in_slice:
             parts.append(b"h\x03")
@@ -199,11 +200,11 @@ class ResultEncoder(FormatEncoder):
             encode_binary(dtype.encode(), parts)
             encode_binary(data, parts)
         where = "slice" if in_slice else "inline"
-        note("to_elixir", "packed", reason, data.nbytes, f"{len(arr)} elements {dtype}, {where}")
+        note(RESULTS, "packed", reason, data.nbytes, f"{len(arr)} elements {dtype}, {where}")
 
     def _records_or_reason(
         self,
-        plan: records_format.RecordsPlan | records_format.Unsuitable,
+        plan: records_format.RecordsPlan | selection.Unsuitable,
         what: str,
         parts: list[Any],
     ) -> str | bool:
@@ -213,7 +214,7 @@ class ResultEncoder(FormatEncoder):
                 self.records(plan, parts, "forced" if forced else "auto")
                 return True
             except ValueError as exc:  # pyarrow refused a value the checks let through
-                plan = records_format.Unsuitable("unsupported_value", str(exc))
+                plan = selection.Unsuitable("unsupported_value", str(exc))
         if plan.code in ("not_maps", "not_lists", "empty"):
             return False  # not a list of maps / map of lists at all: not a candidate
         if forced:
@@ -254,7 +255,7 @@ class ResultEncoder(FormatEncoder):
                 metadata=metadata,
                 format=Format.ARROW_STREAM,
             ):
-                note("to_elixir", "records", reason, size, what + ", slice")
+                note(RESULTS, "records", reason, size, what + ", slice")
                 return
         sink = pa.BufferOutputStream()
         arrow_format.write_stream(sink, table, table.schema)
@@ -263,4 +264,4 @@ class ResultEncoder(FormatEncoder):
         self.encode_into(TAG_RECORDS, parts)
         self.encode_into(layout, parts)
         encode_binary(memoryview(data), parts)
-        note("to_elixir", "records", reason, data.size, what + ", inline")
+        note(RESULTS, "records", reason, data.size, what + ", inline")

@@ -31,7 +31,7 @@ from .etf import encode as etf_encode
 from .formats import tensor as tensor_format
 from .header import Format
 from .result_slices import Fill, ResultSlices
-from .stats import note
+from .stats import RESULTS, note
 from .terms import (
     DEFAULT_THRESHOLD,
     KIND_ARROW,
@@ -128,7 +128,7 @@ class FormatEncoder(Encoder):
             encode_binary(data, parts)
         where = "slice" if in_slice else "inline"
         what = f"{codec.name} v{codec.version}, {where}"
-        note("to_elixir", "custom", "registered", data.nbytes, what)
+        note(RESULTS, "custom", "registered", data.nbytes, what)
 
     def _standard_form(
         self,
@@ -168,7 +168,7 @@ class FormatEncoder(Encoder):
                 error,
                 "a dict" if standard is not None else "a plain value",
             )
-        note("to_elixir", "standard", "codec_failed", 0, described)
+        note(RESULTS, "standard", "codec_failed", 0, described)
         if standard is None:
             super().other(v, parts, depth)
         else:

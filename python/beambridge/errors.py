@@ -1,4 +1,4 @@
-"""Typed errors of the Python side (protocol/SPEC.md §5).
+"""Typed errors of the Python side (protocol/SPEC.md §5, protocol/SPEC.md).
 
 Every failure a caller can meet is one of these classes; each carries ``reason`` (the
 same string the Elixir side uses), ``field``, ``value`` and ``limit``.
@@ -13,7 +13,6 @@ bad_magic: field magic is b'XXXX', expected b'BBFH'
 from __future__ import annotations
 
 import errno as _errno
-import os
 from typing import Any
 
 __all__ = [
@@ -25,8 +24,9 @@ __all__ = [
     "FormatUnsuitableError",
     "HeaderError",
     "LeaseError",
-    "RegionError",
-    "region_error",
+    "TensorError",
+    "UnsupportedDtypeError",
+    "os_failure",
 ]
 
 
@@ -110,12 +110,24 @@ class FormatUnsuitableError(FormatError):
 
 
 class LeaseError(BridgeError):
-    """The lease protocol refused an operation (§2.2): ``leased`` or ``not_published``."""
+    """``leased``: views made from a payload are still alive where they must be gone: a
+    frame released while they live (`beambridge.frame.Frame.release`; its lease then
+    ends when they are gone), or a frame's payload area at the end of its write
+    (`beambridge.objects.write_frame`; no header is written)."""
 
 
-class _OSFailure(BridgeError, OSError):
-    """A failure that may come from an OS call: ``errno`` holds its number, else
-    ``None``."""
+class ArenaError(BridgeError, OSError):
+    """A shared object of transport v2 (protocol/SPEC.md) could not be made,
+    opened or used: ``too_large`` and ``arena_full`` (the limits of §3), ``no_space``,
+    ``peer_open_failed``, ``size_mismatch``, ``not_sealed``, ``bad_object`` (§2),
+    ``slice_out_of_bounds``, ``no_tickets``, or the lowercase errno name of an OS call
+    that failed otherwise (``emfile``). ``errno`` holds the OS error number when an OS
+    call failed, else ``None``.
+
+    >>> err = ArenaError("no_space", "object_size", 1 << 30, None, errno=28)
+    >>> isinstance(err, OSError), err.reason, err.errno
+    (True, 'no_space', 28)
+    """
 
     def __init__(
         self,
@@ -136,20 +148,18 @@ class _OSFailure(BridgeError, OSError):
         )
 
 
-class RegionError(_OSFailure):
-    """Creating, attaching, using or closing a region failed.
+class TensorError(EtfError):
+    """A tensor descriptor or payload from the peer was refused
+    (`beambridge.formats.tensor`): an unknown schema or version, a dtype outside the
+    grammar, a shape or offset that does not match the payload. ``reason`` is
+    ``bad_term`` (what the worker reports in a ``bad_call``), ``field`` names what was
+    wrong (``dtype``, ``shape``, ``order``, ``offset``, ``schema_id``...)."""
 
-    ``errno`` holds the OS error number when an OS call failed, else ``None``.
-    """
 
-
-class ArenaError(_OSFailure):
-    """A shared object of transport v2 (protocol/transport-v2.md) could not be made,
-    opened or used: ``too_large`` and ``arena_full`` (the limits of §3), ``no_space``,
-    ``peer_open_failed``, ``size_mismatch``, ``not_sealed``, ``bad_object`` (§2),
-    ``slice_out_of_bounds``, ``no_tickets``. ``errno`` holds the OS error number when an
-    OS call failed, else ``None``.
-    """
+class UnsupportedDtypeError(BridgeError, TypeError):
+    """An array whose dtype cannot be written as a tensor (object, variable-width
+    strings, long double, titled fields...): reason ``unsupported_dtype``; the message
+    says what to do instead."""
 
 
 def _default_message(reason: str, field: str | None, value: Any, limit: Any) -> str:
@@ -161,44 +171,23 @@ def _default_message(reason: str, field: str | None, value: Any, limit: Any) -> 
     return text
 
 
-def region_error(
-    err: int,
-    *,
-    name: str,
-    op: str,
-    asked: int | None = None,
-    free: int | None = None,
-) -> RegionError:
-    """Map an OS error number met during ``op`` on region ``name`` to a `RegionError`.
+def os_failure(exc: OSError, field: str, value: Any, doing: str, advice: str = "") -> ArenaError:
+    """The `ArenaError` of an OS call on a shared object that failed with ``exc``. This
+    is the one place where OS errors become reasons: ``ENOSPC`` and ``ENOMEM`` (the
+    memory cannot be had) are ``no_space``, anything else is the lowercase errno name
+    (``emfile``). ``doing`` says what failed, ``advice`` what to do about it.
 
-    This is the one place where OS errors become region reasons: ``ENOSPC`` is
-    ``no_space``, ``ENOENT`` is ``not_found``, ``EEXIST`` (after the creation retries)
-    is ``name_collision``, anything else is the lowercase errno name (``eacces``).
-
-    >>> region_error(2, name="/bb-1-0123456789abcdef", op="attach").reason
-    'not_found'
-    >>> region_error(13, name="/bb-1-0123456789abcdef", op="attach").reason
-    'eacces'
+    >>> err = os_failure(OSError(28, "No space left on device"), "object_size", 4096,
+    ...                  "cannot reserve 4096 bytes of shared memory")
+    >>> err.reason, err.errno
+    ('no_space', 28)
+    >>> print(err)
+    no_space: cannot reserve 4096 bytes of shared memory: No space left on device
+    >>> os_failure(OSError(24, "Too many open files"), "object", None, "memfd_create").reason
+    'emfile'
     """
-    if err == _errno.ENOSPC:
-        free_text = "an unknown number of" if free is None else str(free)
-        message = (
-            f"no_space: cannot {op} region {name}: /dev/shm has {free_text} bytes free, "
-            f"asked for {asked}; free space or raise the tmpfs size"
-        )
-        return RegionError("no_space", "size", asked, free, message, err)
-    if err == _errno.ENOENT:
-        message = (
-            f"not_found: cannot {op} region {name}: no such region in /dev/shm "
-            "(its owner closed it, died and was reaped, or the name is wrong)"
-        )
-        return RegionError("not_found", "name", name, None, message, err)
-    if err == _errno.EEXIST:
-        message = (
-            f"name_collision: cannot {op} region {name}: every random name tried "
-            "already existed; something is flooding /dev/shm with names of this prefix"
-        )
-        return RegionError("name_collision", "name", name, None, message, err)
-    code = _errno.errorcode.get(err, f"errno{err}").lower()
-    message = f"{code}: cannot {op} region {name}: [errno {err}] {os.strerror(err)}"
-    return RegionError(code, "name", name, None, message, err)
+    code = exc.errno or 0
+    no_space = code in (_errno.ENOSPC, _errno.ENOMEM)
+    reason = "no_space" if no_space else _errno.errorcode.get(code, "eio").lower()
+    text = f"{reason}: {doing}: {exc.strerror or exc}" + (f"; {advice}" if advice else "")
+    return ArenaError(reason, field, value, None, text, exc.errno)

@@ -19,6 +19,7 @@ from typing import Any
 
 import xxhash
 
+from . import registry
 from .errors import ChecksumError, HeaderError
 
 __all__ = [
@@ -65,21 +66,21 @@ assert _LAYOUT.size == HEADER_SIZE
 
 
 class Format(IntEnum):
-    """Payload format codes (§3.1 ``format``)."""
+    """Payload format codes (§3.1 ``format``), the registry's ``formats``."""
 
-    RAW = 0
-    TENSOR = 1
-    ARROW_STREAM = 2
-    ETF = 3
-    CUSTOM = 4
+    RAW = registry.FORMATS["raw"]
+    TENSOR = registry.FORMATS["tensor"]
+    ARROW_STREAM = registry.FORMATS["arrow_stream"]
+    ETF = registry.FORMATS["etf"]
+    CUSTOM = registry.FORMATS["custom"]
 
 
 class Codec(IntEnum):
-    """Payload compression codes (§3.1 ``codec``)."""
+    """Payload compression codes (§3.1 ``codec``), the registry's ``codecs``."""
 
-    NONE = 0
-    LZ4_FRAME = 1
-    ZSTD = 2
+    NONE = registry.CODECS["none"]
+    LZ4_FRAME = registry.CODECS["lz4_frame"]
+    ZSTD = registry.CODECS["zstd"]
 
 
 @dataclass(frozen=True)
@@ -229,7 +230,7 @@ def validate_header(
     """Copy the header and metadata out of ``frame_buffer`` and run checks 1-16 of §4.
 
     ``frame_size`` is the size of the frame area the bounds are checked against (for a
-    region: its fstat size minus 64); it must not exceed ``len(frame_buffer)``. Only the
+    slice: its length); it must not exceed ``len(frame_buffer)``. Only the
     private copies are checked and returned, so a peer rewriting the buffer meanwhile
     cannot make a check pass that the returned values would fail.
 

@@ -1,4 +1,4 @@
-"""A peer's slices read by this process (protocol/transport-v2.md §2, §4): the peer's
+"""A peer's slices read by this process (protocol/SPEC.md §2, §4): the peer's
 objects mapped read-only (`PeerObjects`) and the leases held on their slices
 (`LeaseBook`).
 

@@ -1,4 +1,4 @@
-"""Shared objects of transport v2 (protocol/transport-v2.md §1-§2).
+"""Shared objects of transport v2 (protocol/SPEC.md §1-§2).
 
 `SharedObject` is an object this process owns: a sealed ``memfd`` with its 64-byte
 header, mapped read-write. `PeerObject` is a peer's object mapped read-only from a
@@ -21,7 +21,6 @@ read-only descriptor (``/proc/<pid>/fd/<n>``), after its seals and header are ch
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import itertools
 import mmap
@@ -29,12 +28,13 @@ import os
 import struct
 import sys
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
 import xxhash
 
-from .errors import ArenaError, HeaderError
+from . import registry
+from .errors import ArenaError, HeaderError, LeaseError, os_failure
 from .frame import Frame
 from .header import (
     DEFAULT_MAX_DECODED_LENGTH,
@@ -70,9 +70,9 @@ __all__ = [
 OBJECT_HEADER = 64
 MAGIC = b"BBAR"
 LAYOUT_VERSION = 1
-KIND_ARENA, KIND_SEALED, KIND_LEASE_TABLE = 0, 1, 2
-#: Kind codes by the names control messages use (§5).
-KINDS = {"arena": KIND_ARENA, "sealed": KIND_SEALED, "lease_table": KIND_LEASE_TABLE}
+#: Kind codes (§1.1) by the names control messages use (§5), from the registry.
+KINDS: dict[str, int] = dict(registry.OBJECT_KINDS)
+KIND_ARENA, KIND_SEALED, KIND_LEASE_TABLE = KINDS["arena"], KINDS["sealed"], KINDS["lease_table"]
 PAGE = 4096
 ALIGN = 64
 MAX_OBJECT = 1 << 40
@@ -114,15 +114,12 @@ class SharedObject:
             try:
                 os.posix_fallocate(fd, 0, size)
             except OSError as exc:
-                no_space = exc.errno in (errno.ENOSPC, errno.ENOMEM)
-                raise ArenaError(
-                    "no_space" if no_space else errno.errorcode.get(exc.errno or 0, "eio").lower(),
+                raise os_failure(
+                    exc,
                     "object_size",
                     size,
-                    None,
-                    f"cannot reserve {size} bytes of shared memory: {exc.strerror}; "
+                    f"cannot reserve {size} bytes of shared memory",
                     "lower the arena limit or give the process more memory",
-                    exc.errno,
                 ) from None
             seals = _SEALS | (0 if kind == KIND_SEALED else fcntl.F_SEAL_SEAL)
             fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals)
@@ -393,7 +390,9 @@ def write_frame(
     """Lay one frame out at the start of the writable area ``whole``: the metadata and
     its padding now, then yield the payload area for a producer to fill, then the
     header (with the payload's checksum when ``checksum``). ``whole`` must hold
-    `frame_length` bytes. The views made here are released when the block ends."""
+    `frame_length` bytes. The views made here are released when the block ends; a view
+    made from the payload area that is still alive then is `LeaseError` ``leased``, and
+    no header is written."""
     metadata = bytes(metadata)
     draft = build_header(
         payload_length,
@@ -412,11 +411,52 @@ def write_frame(
     end_of_metadata = HEADER_SIZE + len(metadata)
     whole[HEADER_SIZE:end_of_metadata] = metadata
     whole[end_of_metadata:start] = bytes(start - end_of_metadata)
-    with whole[start : start + payload_length] as area:
-        yield area
-        digest = xxhash.xxh3_64_intdigest(area) if checksum else 0
+    if payload_length == 0:
+        yield memoryview(bytearray())
+        digest = xxhash.xxh3_64_intdigest(b"") if checksum else 0
+    else:
+        digest = yield from _fill_area(whole, start, payload_length, checksum)
     header = with_fields(draft, flags=draft.flags | (1 if checksum else 0), payload_checksum=digest)
     whole[:HEADER_SIZE] = pack_header(header, metadata)
+
+
+def _fill_area(
+    whole: memoryview, start: int, length: int, checksum: bool
+) -> Generator[memoryview, None, int]:
+    """Yield the payload area; return its checksum (0 without ``checksum``). The area is
+    a view of a private NumPy array over ``whole``: every view made from it (slices,
+    ``numpy.frombuffer``, a C consumer's buffer) keeps that array alive, so whether it
+    outlives the block tells whether the producer left any."""
+    import numpy as np  # not at module level: the worker reports a broken NumPy
+
+    arr = np.frombuffer(whole, dtype=np.uint8, count=length, offset=start)
+    area = arr.data
+    alive = weakref.ref(arr)
+    del arr
+    try:
+        yield area
+    except BaseException:
+        # the producer's error goes on, even while views it made are still alive (its
+        # traceback may hold them)
+        with contextlib.suppress(BufferError):
+            area.release()
+        raise
+    digest = xxhash.xxh3_64_intdigest(area) if checksum else 0
+    try:
+        area.release()
+        held = alive() is not None
+    except BufferError:  # a C consumer still holds the buffer
+        held = True
+    if held:
+        raise LeaseError(
+            "leased",
+            "payload",
+            None,
+            None,
+            "leased: views made from the payload area are still alive at the end of the "
+            "write; drop them inside the block (no header was written)",
+        )
+    return digest
 
 
 def frame_length(payload_length: int, metadata_length: int = 0) -> int:

@@ -2,12 +2,14 @@
 
 One file, ``protocol/registry.json``, holds them: error reasons, handle kinds, frame
 format and codec codes, shared-object kinds, format policies, the packed dtypes, the
-control-message and tag atoms, and the keys of the format statistics. This module reads it once, at
-import, through ``beambridge/registry.json`` (a symbolic link to the canonical file in
-a source tree, a plain copy inside an installed wheel), checks its shape and exposes the
-tables as immutable values. ``Bridge.Registry`` does the same on the BEAM at compile
-time. The hand-written constants elsewhere in the package are checked against these by
-``tests/python/test_registry.py``.
+control-message and tag atoms, and the keys of the format statistics. This module reads
+it once, at import, through ``beambridge/registry.json`` (a symbolic link to the
+canonical file in a source tree, a plain copy inside an installed wheel), checks its
+shape and exposes the tables as immutable values. ``Bridge.Registry`` does the same on
+the BEAM at compile time. The rest of the package takes its tables from here
+(`beambridge.control`, `beambridge.terms`, `beambridge.header`, `beambridge.objects`,
+`beambridge.stats`, `beambridge.formats.packed`, `beambridge.formats.tensor`);
+``tests/python/test_registry.py`` checks that the code uses nothing the registry lacks.
 
 >>> "unsupported_dtype" in REASONS, "no_such_reason" in REASONS
 (True, False)
@@ -17,6 +19,8 @@ time. The hand-written constants elsewhere in the package are checked against th
 ['binary', 'custom', 'packed', 'records']
 >>> POLICIES, PACKED_DTYPES[:3]
 (('auto', 'etf', 'packed', 'arrow'), (b'|i1', b'|u1', b'<i2'))
+>>> STATS_DIRECTIONS["results"], "mixed_numbers" in STATS_REASONS
+('to_elixir', True)
 >>> reason_meaning("bad_magic")
 'the header does not start with "BBFH" (SPEC §4 check 2)'
 """
@@ -41,7 +45,12 @@ __all__ = [
     "POLICIES",
     "REASONS",
     "RECORDS_LAYOUTS",
+    "STATS_DIRECTIONS",
+    "STATS_FORMS",
+    "STATS_REASONS",
     "TAGS",
+    "TENSOR_SCHEMAS",
+    "UNSUITABLE",
     "WIRE_REASONS",
     "RegistryError",
     "load",
@@ -185,6 +194,46 @@ def _handle_kinds(data: dict[str, Any], formats: Mapping[str, int]) -> dict[str,
     return kinds
 
 
+def _tensor_schemas(data: dict[str, Any]) -> Mapping[str, tuple[int, int]]:
+    """``tensor_schemas``: name -> ``(schema_id, schema_version)``, ids unique."""
+    result: dict[str, tuple[int, int]] = {}
+    for i, item in enumerate(_list(data.get("tensor_schemas"), "tensor_schemas")):
+        entry = _obj(item, f"tensor_schemas[{i}]")
+        name = _str(entry.get("name"), f"tensor_schemas[{i}].name")
+        schema_id = _int(entry.get("id"), f"tensor_schemas.{name}.id")
+        version = _int(entry.get("version"), f"tensor_schemas.{name}.version")
+        _meaning(entry, f"tensor_schemas.{name}")
+        if name in result or schema_id in {known for known, _ in result.values()}:
+            raise RegistryError(f"{FILE}: tensor_schemas.{name}: the name or id is used twice")
+        result[name] = (schema_id, version)
+    return MappingProxyType(result)
+
+
+def _python_side(table: dict[str, Any], where: str) -> frozenset[str]:
+    """The names of a ``{name: {"sides", "meaning"}}`` table the Python side uses."""
+    names = []
+    for name, item in table.items():
+        entry = _obj(item, f"{where}.{name}")
+        _meaning(entry, f"{where}.{name}")
+        if "python" in _sides(entry, f"{where}.{name}"):
+            names.append(name)
+    return frozenset(names)
+
+
+def _directions(stats: dict[str, Any]) -> Mapping[str, str]:
+    """``stats.directions``: the registry's name of a direction -> the Python side's."""
+    result: dict[str, str] = {}
+    for i, item in enumerate(_list(stats.get("directions"), "stats.directions")):
+        entry = _obj(item, f"stats.directions[{i}]")
+        name = _str(entry.get("name"), f"stats.directions[{i}].name")
+        result[name] = _str(entry.get("python"), f"stats.directions.{name}.python")
+        _str(entry.get("elixir"), f"stats.directions.{name}.elixir")
+        _meaning(entry, f"stats.directions.{name}")
+    if len(set(result.values())) != len(result):
+        raise RegistryError(f"{FILE}: stats.directions names a Python direction twice")
+    return MappingProxyType(result)
+
+
 def _names(data: dict[str, Any], table: str) -> tuple[str, ...]:
     """The ``name`` of each entry of a list of ``{"name", "meaning"}``, in order."""
     names = []
@@ -204,7 +253,7 @@ FORMATS: Mapping[str, int] = _coded(_DATA, "formats")
 CODECS: Mapping[str, int] = _coded(_DATA, "codecs")
 """Frame ``codec`` codes (SPEC §3.1): name -> code."""
 OBJECT_KINDS: Mapping[str, int] = _coded(_DATA, "object_kinds")
-"""Shared-object ``kind`` codes of transport v2 (transport-v2.md §1.1): name -> code."""
+"""Shared-object ``kind`` codes of transport v2 (protocol/SPEC.md §1.1): name -> code."""
 _HANDLE = _handle_kinds(_DATA, FORMATS)
 
 REASONS: frozenset[str] = frozenset(_REASONS)
@@ -213,11 +262,14 @@ WIRE_REASONS: frozenset[str] = frozenset(n for n, e in _REASONS.items() if e["wi
 """The reasons a worker may send in a ``{:bad_call, reason, message}``: the worker's list
 of known reasons and the BEAM's atoms must hold each of them."""
 HANDLE_KINDS: Mapping[str, str] = MappingProxyType({n: e["format"] for n, e in _HANDLE.items()})
-"""Region handle kind -> the frame format it reads (SPEC §7.4)."""
+"""Handle kind -> the frame format it reads (SPEC §7.4, protocol/SPEC.md §9)."""
 HANDLE_KIND_SCHEMAS: Mapping[str, tuple[int, ...]] = MappingProxyType(
     {n: tuple(e["schemas"]) for n, e in _HANDLE.items() if "schemas" in e}
 )
 """Handle kinds of tensor frames -> the tensor schema ids each reads (formats/tensor.md)."""
+TENSOR_SCHEMAS: Mapping[str, tuple[int, int]] = _tensor_schemas(_DATA)
+"""Tensor frame schemas (formats/tensor.md): name -> ``(schema_id, schema_version)``;
+``packed`` is the layout of packed frames (SPEC §8.1), not a tensor schema."""
 COPIED_KINDS: frozenset[str] = frozenset(n for n, e in _HANDLE.items() if e["copied"]["python"])
 """Handle kinds whose value the Python receiver copies out of the frame: the lease ends
 with the conversion."""
@@ -229,12 +281,27 @@ PACKED_DTYPES: tuple[bytes, ...] = tuple(
 )
 """The nine dtypes of the packed form (SPEC §8.1), narrowest first."""
 MESSAGES: frozenset[str] = frozenset(_obj(_DATA.get("messages"), "messages"))
-"""Atoms of the control messages (SPEC §7.3, transport-v2.md §5), of either transport."""
+"""Atoms of the control messages (SPEC §7.3, protocol/SPEC.md §8), of either transport."""
 TAGS: frozenset[str] = frozenset(_obj(_DATA.get("tags"), "tags"))
-"""The reserved ``$bb_`` atoms that tag data terms (SPEC §7.4, transport-v2.md §5.3), of
+"""The reserved ``$bb_`` atoms that tag data terms (SPEC §7.4, protocol/SPEC.md §9), of
 either transport."""
 RECORDS_LAYOUTS: tuple[str, ...] = tuple(_obj(_DATA.get("records_layouts"), "records_layouts"))
 """The layouts of the records form (SPEC §8.1)."""
+_STATS = _obj(_DATA.get("stats"), "stats")
+STATS_DIRECTIONS: Mapping[str, str] = _directions(_STATS)
+"""The directions of the format statistics (SPEC §8.1), ``arguments`` and ``results``,
+by the names the Python side counts them under (``from_elixir``, ``to_elixir``)."""
+STATS_FORMS: frozenset[str] = _python_side(_obj(_STATS.get("forms"), "stats.forms"), "stats.forms")
+"""The forms the Python side's format statistics count."""
+UNSUITABLE: frozenset[str] = _python_side(_obj(_DATA.get("unsuitable"), "unsuitable"), "unsuitable")
+"""The codes of what makes a value no number list, record list or column map (SPEC
+§8.1) that the Python side tells apart."""
+STATS_REASONS: frozenset[str] = (
+    _python_side(_obj(_STATS.get("reasons"), "stats.reasons"), "stats.reasons") | UNSUITABLE
+)
+"""The reasons the Python side's format statistics count a decision under: those of
+``stats.reasons`` and, for a value that stayed ETF, the `UNSUITABLE` code that made it
+stay."""
 
 
 def reason_meaning(name: str) -> str:

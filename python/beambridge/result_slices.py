@@ -1,4 +1,4 @@
-"""Where a result's big values go (protocol/transport-v2.md §3-§6): `ResultSlices`.
+"""Where a result's big values go (protocol/SPEC.md §3-§6): `ResultSlices`.
 
 A value whose payload reaches the threshold is written, as one frame, into a slice of
 the worker's arenas and lent to the BEAM under a ticket (``{:worker, object_id, offset,
@@ -20,7 +20,6 @@ True
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import time
@@ -29,7 +28,7 @@ from typing import Any
 
 from . import control
 from .arena import ArenaSet, Slice
-from .errors import ArenaError
+from .errors import ArenaError, os_failure
 from .header import HEADER_SIZE, Format
 from .leases import Key, LeaseBook, buffer_address
 from .objects import (
@@ -43,16 +42,17 @@ from .objects import (
     round_up,
     write_frame,
 )
-from .stats import note
+from .stats import RESULTS, note
 
-__all__ = ["Fill", "ResultSlices", "WorkerArenas"]
+__all__ = ["INLINE_FORMS", "Fill", "ResultSlices", "WorkerArenas"]
 
 #: A payload: the bytes themselves (a C-contiguous byte view, copied in), or a function
 #: that writes them into the area it is given.
 Fill = memoryview | Callable[[memoryview], None]
 
-#: The statistics' form of each handle kind sent inline instead.
-_FORMS = {
+#: The form (`beambridge.stats`) a value of each handle kind is counted under when it
+#: is sent inline instead of in a slice.
+INLINE_FORMS = {
     "binary": "raw",
     "tensor": "tensor",
     "tensor_bundle": "tensor",
@@ -164,7 +164,9 @@ class ResultSlices:
             self._fallback(err, kind, size, what)
             return None
         except OSError as exc:  # memfd_create, mmap: no descriptor or memory left
-            self._fallback(_os_failure(exc), kind, size, what)
+            self._fallback(
+                os_failure(exc, "object", None, "cannot make a shared object"), kind, size, what
+            )
             return None
         self.entries.append(entry)
         return len(self.entries) - 1
@@ -335,18 +337,8 @@ class ResultSlices:
                 f"BEAMBRIDGE_ARENA_LIMIT (now {self.limit}) or return less",
             ) from None
         self.fallbacks.append(reason)
-        note("to_elixir", _FORMS.get(kind, kind), reason, nbytes, f"{what}, inline")
+        note(RESULTS, INLINE_FORMS.get(kind, kind), reason, nbytes, f"{what}, inline")
         _warn(reason, f"{what} gets no slice ({err}); sending it inline")
-
-
-def _os_failure(exc: OSError) -> ArenaError:
-    code = exc.errno or 0
-    reason = (
-        "no_space"
-        if code in (errno.ENOSPC, errno.ENOMEM)
-        else errno.errorcode.get(code, "eio").lower()
-    )
-    return ArenaError(reason, "object", None, None, f"{reason}: {exc}", exc.errno)
 
 
 def _fill(area: memoryview, fill: Fill) -> None:

@@ -2,8 +2,11 @@
 how a value travels, counted per (direction, form, reason) and logged at debug level on
 the ``beambridge.formats`` logger.
 
+The keys are the registry's (`beambridge.registry`): `ARGUMENTS` and `RESULTS` are the
+Python side's names of its two directions, `FORMS` and `REASONS` what it counts.
+
 >>> reset_format_stats()
->>> note("to_elixir", "packed", "auto", 600, "300 elements <i2")
+>>> note(RESULTS, "packed", "auto", 600, "300 elements <i2")
 >>> format_stats()
 {('to_elixir', 'packed', 'auto'): {'count': 1, 'bytes': 600}}
 >>> reset_format_stats()
@@ -13,7 +16,27 @@ from __future__ import annotations
 
 import logging
 
-__all__ = ["format_stats", "note", "reset_format_stats"]
+from . import registry
+
+__all__ = [
+    "ARGUMENTS",
+    "FORMS",
+    "REASONS",
+    "RESULTS",
+    "format_stats",
+    "note",
+    "reset_format_stats",
+]
+
+#: The direction of a call's arguments, Elixir to Python (``from_elixir``).
+ARGUMENTS = registry.STATS_DIRECTIONS["arguments"]
+#: The direction of a call's result, Python to Elixir (``to_elixir``).
+RESULTS = registry.STATS_DIRECTIONS["results"]
+#: The forms this side counts (``packed``, ``records``, ``custom``, ``etf``...).
+FORMS = registry.STATS_FORMS
+#: The reasons this side counts a decision under (``auto``, ``forced``, ``inline``,
+#: ``slice``..., and the code of what made a list unsuitable).
+REASONS = registry.STATS_REASONS
 
 log = logging.getLogger("beambridge.formats")
 
@@ -21,8 +44,8 @@ _stats: dict[tuple[str, str, str], dict[str, int]] = {}
 
 
 def note(direction: str, form: str, reason: str, nbytes: int, what: str = "") -> None:
-    """Count one decision (``direction`` ``to_elixir`` for results, ``from_elixir`` for
-    arguments) and log it at debug level on the ``beambridge.formats`` logger."""
+    """Count one decision (``direction`` `RESULTS` or `ARGUMENTS`) and log it at debug
+    level on the ``beambridge.formats`` logger."""
     key = (direction, form, reason)
     entry = _stats.get(key)
     if entry is None:
@@ -46,8 +69,8 @@ def format_stats() -> dict[tuple[str, str, str], dict[str, int]]:
     ``"records"``, ``"custom"``); ``reason`` why: ``"auto"`` (the auto policy's minimum
     was reached), ``"forced"`` (``format: packed``/``arrow``), ``"registered"``,
     ``"codec_failed"``, the code of what made a list unsuitable (``"mixed_numbers"``,
-    ``"different_keys"``...), ``"arena_full"``, ``"no_tickets"`` or ``"too_large"``
-    (a result at or above the threshold sent inline), or for arguments
+    ``"different_keys"``...), ``"arena_full"``, ``"no_tickets"``, ``"no_space"`` or
+    ``"too_large"`` (a result at or above the threshold sent inline), or for arguments
     ``"inline"``/``"slice"``. ``bytes``: the payload (packed data, Arrow stream, codec
     bytes; the ETF size for ``"etf"``).
 

@@ -1,6 +1,8 @@
-"""Data terms (protocol/SPEC.md §7.4, §8.1, transport-v2.md §5.3): the tags of the
+"""Data terms (protocol/SPEC.md §7.4, §8.1, protocol/SPEC.md §9): the tags of the
 tagged terms and the handle kinds, shared by `beambridge.decoder` (arguments) and
-`beambridge.encoder` (results).
+`beambridge.encoder` (results). The tables come from the registry
+(`beambridge.registry`); a tag or kind named here that the registry lacks fails at
+import.
 
 ``{:"$bb_slice", kind, index}`` stands for the value in entry ``index`` of the frame's
 ``slices``; ``kind`` says how to read it and which frames it accepts:
@@ -13,6 +15,7 @@ tagged terms and the handle kinds, shared by `beambridge.decoder` (arguments) an
 
 from __future__ import annotations
 
+from . import registry
 from .etf import Atom
 from .header import Format
 
@@ -48,43 +51,54 @@ __all__ = [
 #: Payloads of at least this many bytes travel in slices (SPEC §8; BEAMBRIDGE_THRESHOLD).
 DEFAULT_THRESHOLD = 65536
 
-TAG_SLICE = Atom("$bb_slice")
-TAG_BUFFER = Atom("$bb_buffer")
-TAG_TENSOR = Atom("$bb_tensor")
-TAG_TENSOR_BUNDLE = Atom("$bb_tensor_bundle")
-TAG_SPARSE_COO = Atom("$bb_sparse_coo")
-TAG_ARROW = Atom("$bb_arrow")
-TAG_PACKED = Atom("$bb_packed")
-TAG_RECORDS = Atom("$bb_records")
-TAG_CUSTOM = Atom("$bb_custom")
-KIND_BINARY = Atom("binary")
-KIND_BUFFER = Atom("buffer")
-KIND_TENSOR = Atom("tensor")
-KIND_TENSOR_BUNDLE = Atom("tensor_bundle")
-KIND_SPARSE_COO = Atom("sparse_coo")
-KIND_ARROW = Atom("arrow")
-KIND_PACKED = Atom("packed")
-KIND_RECORDS = Atom("records")
-KIND_CUSTOM = Atom("custom")
-LAYOUT_ROWS, LAYOUT_COLUMNS = Atom("rows"), Atom("columns")
 
-#: The frame format each handle kind reads (SPEC §7.4, §8.1, formats/custom.md).
-KIND_FORMATS = {
-    KIND_BINARY: Format.RAW,
-    KIND_BUFFER: Format.RAW,
-    KIND_TENSOR: Format.TENSOR,
-    KIND_TENSOR_BUNDLE: Format.TENSOR,
-    KIND_SPARSE_COO: Format.TENSOR,
-    KIND_ARROW: Format.ARROW_STREAM,
-    KIND_PACKED: Format.TENSOR,
-    KIND_RECORDS: Format.ARROW_STREAM,
-    KIND_CUSTOM: Format.CUSTOM,
-}
+def _tag(name: str) -> Atom:
+    if name not in registry.TAGS:
+        raise registry.RegistryError(f"the tag {name!r} is not in the registry's tags")
+    return Atom(name)
+
+
+def _kind(name: str) -> Atom:
+    if name not in registry.HANDLE_KINDS:
+        raise registry.RegistryError(f"the handle kind {name!r} is not in the registry")
+    return Atom(name)
+
+
+TAG_SLICE = _tag("$bb_slice")
+TAG_BUFFER = _tag("$bb_buffer")
+TAG_TENSOR = _tag("$bb_tensor")
+TAG_TENSOR_BUNDLE = _tag("$bb_tensor_bundle")
+TAG_SPARSE_COO = _tag("$bb_sparse_coo")
+TAG_ARROW = _tag("$bb_arrow")
+TAG_PACKED = _tag("$bb_packed")
+TAG_RECORDS = _tag("$bb_records")
+TAG_CUSTOM = _tag("$bb_custom")
+KIND_BINARY = _kind("binary")
+KIND_BUFFER = _kind("buffer")
+KIND_TENSOR = _kind("tensor")
+KIND_TENSOR_BUNDLE = _kind("tensor_bundle")
+KIND_SPARSE_COO = _kind("sparse_coo")
+KIND_ARROW = _kind("arrow")
+KIND_PACKED = _kind("packed")
+KIND_RECORDS = _kind("records")
+KIND_CUSTOM = _kind("custom")
+LAYOUT_ROWS, LAYOUT_COLUMNS = Atom("rows"), Atom("columns")
+if (LAYOUT_ROWS, LAYOUT_COLUMNS) != registry.RECORDS_LAYOUTS:
+    raise registry.RegistryError("the records layouts are not the registry's rows, columns")
+
+#: The frame format each handle kind reads (SPEC §7.4, §8.1, formats/custom.md), from the
+#: registry's ``handle_kinds``.
+KIND_FORMATS = {Atom(kind): Format[fmt.upper()] for kind, fmt in registry.HANDLE_KINDS.items()}
 KINDS = tuple(KIND_FORMATS)
 #: The tensor frame schemas (formats/tensor.md §1) of the tensor handle kinds; ``packed``
-#: frames are schema 0, ``{dtype, [length]}`` (SPEC §8.1).
-KIND_SCHEMAS = {KIND_TENSOR: (1,), KIND_TENSOR_BUNDLE: (2,), KIND_SPARSE_COO: (3,)}
+#: frames are schema 0, ``{dtype, [length]}`` (SPEC §8.1), read by their own reader.
+KIND_SCHEMAS = {
+    Atom(kind): schemas
+    for kind, schemas in registry.HANDLE_KIND_SCHEMAS.items()
+    if kind != KIND_PACKED
+}
 #: Kinds whose value is copied out of its slice: the lease ends with the conversion.
-COPIED_KINDS = frozenset((KIND_BINARY, KIND_PACKED, KIND_RECORDS, KIND_CUSTOM))
-#: Result format policies (the ``"format"`` call option, SPEC §7.3, §8.1).
-POLICIES = ("auto", "etf", "packed", "arrow")
+COPIED_KINDS = frozenset(Atom(kind) for kind in registry.COPIED_KINDS)
+#: Result format policies (the ``"format"`` call option, SPEC §7.3, §8.1), the default
+#: first.
+POLICIES = registry.POLICIES

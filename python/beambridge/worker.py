@@ -1,4 +1,4 @@
-"""The Python worker: ``python -m beambridge.worker`` (protocol/transport-v2.md §5).
+"""The Python worker: ``python -m beambridge.worker`` (protocol/SPEC.md §8).
 
 Started by ``Bridge.Worker`` through a Port. Frames (a ``{packet, 4}`` length, then
 ``envelope_size | envelope | body``, `beambridge.control`) arrive on fd 3 and leave on

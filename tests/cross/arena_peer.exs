@@ -1,4 +1,4 @@
-# The Elixir half of tests/cross/test_cross_arenas.py (protocol/transport-v2.md).
+# The Elixir half of tests/cross/test_cross_arenas.py (protocol/SPEC.md).
 #
 #   mix run tests/cross/arena_peer.exs ANNOUNCEMENT SLICE...
 #

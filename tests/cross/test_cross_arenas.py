@@ -1,4 +1,4 @@
-"""Transport v2 objects across the two runtimes (protocol/transport-v2.md): a real BEAM
+"""Transport v2 objects across the two runtimes (protocol/SPEC.md): a real BEAM
 and this Python process each map the other's arenas read-only through /proc, read the
 frames the other wrote, and end leases through the BEAM's lease table; a Python process
 trying to resize or write the BEAM's memory is refused by the kernel."""

@@ -1,4 +1,4 @@
-"""Transport v2 shared objects in one process (protocol/transport-v2.md): owned arenas,
+"""Transport v2 shared objects in one process (protocol/SPEC.md): owned arenas,
 slices and tickets, read-only peer mappings, seals, and what a hostile process of the
 same uid can and cannot do to them."""
 

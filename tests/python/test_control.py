@@ -1,4 +1,4 @@
-"""The control channel's messages (protocol/transport-v2.md §5) and the bookkeeping of
+"""The control channel's messages (protocol/SPEC.md §8) and the bookkeeping of
 slices in one process: leases on the BEAM's slices (`LeaseBook`), the worker's result
 slices (`ResultSlices`), and a decoder's releases of the slices a call names."""
 

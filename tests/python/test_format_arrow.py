@@ -1,6 +1,7 @@
-"""Arrow IPC stream payloads (beambridge.formats.arrow): written straight into regions,
-read in place (every buffer inside the region), validated, leased for as long as the
-table lives, and every malformed stream a typed error."""
+"""Arrow IPC stream payloads (beambridge.formats.arrow): written straight into arena
+slices, read in place through a peer's read-only mapping (every buffer inside the
+frame's payload), validated, leased for as long as the table lives, and every malformed
+stream a typed error."""
 
 from __future__ import annotations
 
@@ -20,14 +21,13 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 import pytest
 from beambridge import etf
-from beambridge.control_block import WriterState
 from beambridge.errors import (
+    ArenaError,
     BridgeError,
     ChecksumError,
     FormatError,
     HeaderError,
     LeaseError,
-    RegionError,
 )
 from beambridge.formats import arrow
 from beambridge.formats.arrow import (
@@ -38,11 +38,13 @@ from beambridge.formats.arrow import (
     read_arrow,
     read_arrow_pandas,
     write_arrow,
-    write_arrow_into_new_region,
 )
-from beambridge.header import Codec, Format
-from beambridge.region import Region
-from helpers import PREFIX
+from beambridge.formats.arrow import writer as arrow_writer
+from beambridge.formats.arrow.messages import FlatBuffer
+from beambridge.frame import Frame
+from beambridge.header import Codec, Format, encode_frame, payload_offset_for
+from beambridge.objects import frame_length, round_up
+from helpers import Slices
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -50,15 +52,14 @@ SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[Healt
 
 
 @contextlib.contextmanager
-def region_for(data: Any, extra: int = 0, **kwargs: Any) -> Iterator[Region]:
-    """A region sized for ``data``'s frame (plus ``extra`` bytes), closed afterwards."""
-    payload, meta = arrow_frame_lengths(data, **kwargs)
-    region = Region.create_for_frame(payload + extra, meta, prefix=PREFIX)
+def slices(**kwargs: Any) -> Iterator[Slices]:
+    """An owner's arenas and a reader's mapping of them, closed afterwards."""
+    sl = Slices(**{"min_arena": 1 << 16, **kwargs})
     try:
-        yield region
+        yield sl
     finally:
         gc.collect()
-        region.close()
+        sl.close()
 
 
 def stream_bytes(data: pa.Table | list[pa.RecordBatch], **options: Any) -> bytes:
@@ -103,14 +104,18 @@ def assert_inside(table: pa.Table, frame: Any) -> int:
     return n
 
 
-def leases(region: Region) -> int:
-    return region.control_block().reader_leases
-
-
 # ---- hypothesis strategies: schemas, columns, tables ----------------------------------
 
-INT_TYPES = [pa.int8(), pa.int16(), pa.int32(), pa.int64(),
-             pa.uint8(), pa.uint16(), pa.uint32(), pa.uint64()]  # fmt: skip
+INT_TYPES = [
+    pa.int8(),
+    pa.int16(),
+    pa.int32(),
+    pa.int64(),
+    pa.uint8(),
+    pa.uint16(),
+    pa.uint32(),
+    pa.uint64(),
+]
 TEXT = st.text(alphabet=st.characters(codec="utf-8"), max_size=12)
 TIME_ZONES = [None, "UTC", "Europe/Paris", "+05:30"]
 
@@ -209,16 +214,16 @@ def tables(draw: st.DrawFn, max_rows: int = 40, max_columns: int = 6) -> pa.Tabl
 @SETTINGS
 @given(tables())
 def test_round_trip_in_place(table: pa.Table) -> None:
-    with region_for(table) as region:
-        header = write_arrow(region, table)
-        assert header.format == Format.ARROW_STREAM
-        assert header.payload_length == arrow_stream_size(table)
-        frame = region.read_frame()
+    with slices() as sl:
+        s = write_arrow(sl.arenas, table)
+        frame = sl.read(s)
+        assert frame.header.format == Format.ARROW_STREAM
+        assert frame.header.payload_length == arrow_stream_size(table)
         back = read_arrow(frame)
         assert back.schema.equals(table.schema)
         assert back.equals(table)
         assert back.num_rows == table.num_rows
-        assert_inside(back, frame)  # zero-copy: every buffer lies in the region
+        assert_inside(back, frame)  # zero-copy: every buffer lies in the slice
         desc = arrow_descriptor(frame.metadata)
         assert desc == ArrowDescriptor(
             table.num_rows,
@@ -229,7 +234,7 @@ def test_round_trip_in_place(table: pa.Table) -> None:
         del back, frame
 
 
-def test_buffers_lie_inside_the_region_mapping() -> None:
+def test_buffers_lie_inside_the_readers_mapping_of_the_slice() -> None:
     n = 1000
     table = pa.table(
         {
@@ -241,11 +246,11 @@ def test_buffers_lie_inside_the_region_mapping() -> None:
             "d": pa.array(["x", "y"] * (n // 2)).dictionary_encode(),
         }
     )
-    with region_for(table) as region:
-        write_arrow(region, table)
-        frame = region.read_frame()
-        mapping = np.frombuffer(region._mm, dtype=np.uint8)  # the region's whole mapping
-        lo, hi = mapping.ctypes.data, mapping.ctypes.data + region.size
+    with slices() as sl:
+        s = write_arrow(sl.arenas, table)
+        frame = sl.read(s)
+        start, _ = sl.mapping(s.object_id)  # the reader's one mapping of the arena
+        lo, hi = start + s.offset, start + s.offset + s.length
         back = read_arrow(frame)
         count = 0
         for buf in data_buffers(back):
@@ -254,7 +259,7 @@ def test_buffers_lie_inside_the_region_mapping() -> None:
         assert count >= 12
         assert assert_inside(back, frame) == count
         assert back.column("i").chunk(0).buffers()[1].address % 8 == 0
-        del back, frame, mapping, buf
+        del back, frame, buf
 
 
 @pytest.mark.parametrize(
@@ -268,9 +273,9 @@ def test_buffers_lie_inside_the_region_mapping() -> None:
     ids=["empty", "no_columns", "null", "unicode"],
 )
 def test_edge_tables(table: pa.Table) -> None:
-    with region_for(table) as region:
-        write_arrow(region, table)
-        with region.read_frame() as frame:
+    with slices() as sl:
+        s = write_arrow(sl.arenas, table)
+        with sl.read(s) as frame:
             back = read_arrow(frame)
             assert back.equals(table) and back.schema.equals(table.schema)
             del back
@@ -282,9 +287,9 @@ def test_many_batches() -> None:
         pa.record_batch({"i": [i] * (i % 5), "s": [str(i)] * (i % 5)}, schema=schema)
         for i in range(500)
     ]
-    with region_for(batches) as region:
-        write_arrow(region, batches)
-        with region.read_frame() as frame:
+    with slices() as sl:
+        s = write_arrow(sl.arenas, batches)
+        with sl.read(s) as frame:
             assert arrow_descriptor(frame.metadata).num_batches == 500
             back = read_arrow(frame)
             assert back.column("i").num_chunks == 500
@@ -298,9 +303,9 @@ def test_dictionary_replaced_between_batches() -> None:
         pa.record_batch([pa.array(["a", "b", "a"]).dictionary_encode()], schema=schema),
         pa.record_batch([pa.array(["z", None]).dictionary_encode()], schema=schema),
     ]
-    with region_for(batches) as region:
-        write_arrow(region, batches)
-        with region.read_frame() as frame:
+    with slices() as sl:
+        s = write_arrow(sl.arenas, batches)
+        with sl.read(s) as frame:
             back = read_arrow(frame)
             assert back.column("d").to_pylist() == ["a", "b", "a", "z", None]
             assert_inside(back, frame)
@@ -309,16 +314,16 @@ def test_dictionary_replaced_between_batches() -> None:
 
 def test_inputs_record_batch_and_lists() -> None:
     batch = pa.record_batch({"x": [1, 2]})
-    with region_for(batch) as region:
-        write_arrow(region, batch)
-        with region.read_frame() as frame:
+    with slices() as sl:
+        s = write_arrow(sl.arenas, batch)
+        with sl.read(s) as frame:
             back = read_arrow(frame)
             assert back.equals(pa.Table.from_batches([batch]))
             del back
     schema = pa.schema([("x", pa.int8())])
-    with region_for([], schema=schema) as region:
-        write_arrow(region, [], schema=schema)
-        with region.read_frame() as frame:
+    with slices() as sl:
+        s = write_arrow(sl.arenas, [], schema=schema)
+        with sl.read(s) as frame:
             back = read_arrow(frame)
             assert back.schema.equals(schema) and back.num_rows == 0
             del back
@@ -332,14 +337,16 @@ def test_inputs_record_batch_and_lists() -> None:
         arrow_stream_size({"x": [1]})
 
 
-def test_write_into_new_region() -> None:
+def test_the_slice_is_sized_for_the_frame() -> None:
     table = pa.table({"x": [1, 2, 3]})
-    region, header = write_arrow_into_new_region(table, prefix=PREFIX)
-    with region:
-        assert header.payload_length == arrow_stream_size(table)
-        assert region.frame_size == header.payload_offset + header.payload_length
-        with region.read_frame() as frame:
-            assert frame.header == header
+    payload, meta = arrow_frame_lengths(table)
+    assert payload == arrow_stream_size(table)
+    with slices() as sl:
+        s = write_arrow(sl.arenas, table)
+        assert s.length == round_up(frame_length(payload, meta), 64)
+        with sl.read(s) as frame:
+            assert frame.header.payload_length == payload
+            assert frame.header.payload_offset + payload == frame_length(payload, meta)
             back = read_arrow(frame)
             assert back.equals(table)
             del back
@@ -347,21 +354,22 @@ def test_write_into_new_region() -> None:
 
 def test_write_makes_no_private_copy_of_the_payload() -> None:
     table = pa.table({"x": np.arange(2_000_000, dtype=np.int64)})  # 16 MB
-    with region_for(table) as region:
+    with slices() as sl:
         pool = pa.total_allocated_bytes()
         tracemalloc.start()
-        write_arrow(region, table)
+        s = write_arrow(sl.arenas, table)
         _, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
         assert peak < 1 << 20  # no bytes object holding the 16 MB payload
         assert pa.total_allocated_bytes() - pool < 1 << 20  # nor an Arrow buffer
+        assert s.length >= 16_000_000  # it is all in the slice
 
 
 def test_stream_is_what_pyarrow_writes() -> None:
     table = pa.table({"x": [1, None, 3], "s": ["a", "b", "c"]})
-    with region_for(table) as region:
-        write_arrow(region, table)
-        with region.read_frame() as frame:
+    with slices() as sl:
+        s = write_arrow(sl.arenas, table)
+        with sl.read(s) as frame:
             assert bytes(frame.payload) == stream_bytes(table)
 
 
@@ -369,33 +377,30 @@ def test_stream_is_what_pyarrow_writes() -> None:
 
 
 def test_py_buffer_keeps_the_payload_alive() -> None:
-    with Region.create_for_frame(8, prefix=PREFIX) as region:
-        region.write_frame(b"abcdefgh", format=Format.ARROW_STREAM)
-        frame = region.read_frame()
+    with slices() as sl:
+        s = sl.put(b"abcdefgh", format=Format.ARROW_STREAM)
+        frame = sl.read(s)
         buf = pa.py_buffer(frame.payload)
         del frame
         gc.collect()
-        assert leases(region) == 1
-        with pytest.raises(LeaseError):
-            region.write_frame(b"x")
+        assert sl.leases == 1
         assert buf.to_pybytes() == b"abcdefgh"
         child = buf.slice(2, 3)
         del buf
         gc.collect()
-        assert leases(region) == 1 and child.to_pybytes() == b"cde"
+        assert sl.leases == 1 and child.to_pybytes() == b"cde"
         del child
         gc.collect()
-        assert leases(region) == 0
-        region.write_frame(b"x")
+        assert sl.leases == 0
 
 
 def test_lease_follows_table_and_everything_made_from_it() -> None:
     table = pa.table({"i": pa.array(range(100), pa.int64()), "s": [str(i) for i in range(100)]})
-    with region_for(table) as region:
-        write_arrow(region, table)
-        back = read_arrow(region.read_frame())  # no handle on the frame kept
+    with slices() as sl:
+        s = write_arrow(sl.arenas, table)
+        back = read_arrow(sl.read(s))  # no handle on the frame kept
         gc.collect()
-        assert leases(region) == 1
+        assert sl.leases == 1
         column = back.column("i")
         array = column.chunk(0)
         buffer = array.buffers()[1]
@@ -405,25 +410,24 @@ def test_lease_follows_table_and_everything_made_from_it() -> None:
         del back, column, array, buffer, view, batch
         while made:
             gc.collect()
-            with pytest.raises(LeaseError, match="leased"):
-                write_arrow(region, table)
+            assert sl.leases == 1  # any one of them still holds the lease
             made.pop()
         gc.collect()
-        assert leases(region) == 0
-        write_arrow(region, table)  # accepted once all of them are gone
+        assert sl.leases == 0  # ended once all of them are gone
 
 
 def test_with_block_release_while_table_lives_is_leased() -> None:
     table = pa.table({"i": [1, 2]})
-    with region_for(table) as region:
-        write_arrow(region, table)
-        frame = region.read_frame()
+    with slices() as sl:
+        s = write_arrow(sl.arenas, table)
+        frame = sl.read(s)
         back = read_arrow(frame)
         with pytest.raises(LeaseError, match="leased"):
             frame.release()
+        assert sl.leases == 1
         del frame, back
         gc.collect()
-        assert leases(region) == 0
+        assert sl.leases == 0
 
 
 # ---- pandas ----------------------------------------------------------------------------------
@@ -444,32 +448,31 @@ def sample_frame() -> pd.DataFrame:
 
 def test_pandas_round_trip_numpy_backend() -> None:
     df = sample_frame()
-    with region_for(df) as region:
-        write_arrow(region, df)
-        frame = region.read_frame()
+    with slices() as sl:
+        s = write_arrow(sl.arenas, df)
+        frame = sl.read(s)
         lo, hi = payload_range(frame)
         back = read_arrow_pandas(frame)
         pd.testing.assert_frame_equal(back, df)
-        for name in ("i", "f", "t"):  # views into the region
+        for name in ("i", "f", "t"):  # views into the slice
             address = np.asarray(back[name]).__array_interface__["data"][0]
             assert lo <= address < hi, name
         assert not lo <= np.asarray(back["b"]).__array_interface__["data"][0] < hi  # bits
         del frame
         gc.collect()
-        with pytest.raises(LeaseError):
-            write_arrow(region, df)
+        assert sl.leases == 1  # the columns that are views hold the lease
         del back
         gc.collect()
-        write_arrow(region, df)
+        assert sl.leases == 0
 
 
 def test_pandas_pyarrow_backend_copies_nothing() -> None:
     df = sample_frame()
     df.loc[3, "i"] = None  # ints with nulls: lossless with Arrow dtypes
     df = df.astype({"i": "Int64"})
-    with region_for(df) as region:
-        write_arrow(region, df)
-        frame = region.read_frame()
+    with slices() as sl:
+        s = write_arrow(sl.arenas, df)
+        frame = sl.read(s)
         back = read_arrow_pandas(frame, dtype_backend="pyarrow")
         assert all(isinstance(d, pd.ArrowDtype) for d in back.dtypes)
         table = pa.Table.from_pandas(back, preserve_index=False)
@@ -477,11 +480,10 @@ def test_pandas_pyarrow_backend_copies_nothing() -> None:
         assert back["i"].isna().sum() == 1 and back["i"].iloc[999] == 999
         del frame, table
         gc.collect()
-        with pytest.raises(LeaseError):
-            write_arrow(region, df)
+        assert sl.leases == 1
         del back
         gc.collect()
-        write_arrow(region, df)
+        assert sl.leases == 0
     with pytest.raises(ValueError, match="dtype_backend"):
         read_arrow_pandas(None, dtype_backend="numpy_nullable")  # type: ignore[arg-type]
 
@@ -489,9 +491,9 @@ def test_pandas_pyarrow_backend_copies_nothing() -> None:
 def test_pandas_index_kept_only_when_asked() -> None:
     df = pd.DataFrame({"x": [1, 2, 3]}, index=pd.Index(["a", "b", "c"], name="k"))
     for preserve, columns in ((False, ["x"]), (True, ["x", "k"])):
-        with region_for(df, preserve_index=preserve) as region:
-            write_arrow(region, df, preserve_index=preserve)
-            with region.read_frame() as frame:
+        with slices() as sl:
+            s = write_arrow(sl.arenas, df, preserve_index=preserve)
+            with sl.read(s) as frame:
                 table = read_arrow(frame)
                 assert table.column_names == columns
                 del table
@@ -514,23 +516,30 @@ GOOD = pa.table(
 GOOD_STREAM = stream_bytes(pa.Table.from_batches(GOOD.to_batches() * 3))
 
 
-def read_bytes(payload: bytes, metadata: bytes = b"", **kwargs: Any) -> pa.Table:
-    """Publish ``payload`` as an arrow_stream frame in a fresh region and read it with
-    read_arrow. Checks that a failure leaves no view behind (the frame releases)."""
-    with Region.create_for_frame(len(payload), len(metadata), prefix=PREFIX) as region:
-        region.write_frame(payload, metadata=metadata, **{"format": Format.ARROW_STREAM, **kwargs})
-        frame = region.read_frame()
+#: The owner and reader of the frames `read_bytes` writes and reads, for every test.
+READER = Slices(min_arena=1 << 20)
+
+
+def read_bytes(payload: bytes, metadata: bytes = b"") -> None:
+    """Write ``payload`` as an arrow_stream frame in a slice and read it with read_arrow
+    through a reader's mapping. Checks that a failure leaves no view behind (the frame
+    releases), and that a table that comes out is valid and in place."""
+    s = READER.put(payload, metadata=metadata, format=Format.ARROW_STREAM)
+    try:
+        frame = READER.read(s)
         try:
             table = read_arrow(frame)
         except BridgeError:
             frame.release()  # nothing made from the payload survived the error
-            assert leases(region) == 0
+            assert READER.leases == 0
             raise
         table.validate(full=True)
         assert_inside(table, frame)
         del table, frame
         gc.collect()
-        return None  # type: ignore[return-value]
+        assert READER.leases == 0
+    finally:
+        READER.arenas.free(s)
 
 
 def expect_bad(payload: bytes, field: str | None = None, metadata: bytes = b"") -> FormatError:
@@ -553,17 +562,17 @@ def messages(stream: bytes) -> Iterator[tuple[int, int, bytes]]:
         if length == 0:
             return
         meta = stream[pos + 8 : pos + 8 + length]
-        fb = arrow._Flatbuffer(meta)
+        fb = FlatBuffer(meta)
         body = fb.scalar(fb.root(), 3, "<q")
         yield pos + 8, length, meta
         pos += 8 + length + body
 
 
-def first_batch(stream: bytes) -> tuple[int, arrow._Flatbuffer, int]:
+def first_batch(stream: bytes) -> tuple[int, FlatBuffer, int]:
     """The stream offset of the first record batch's flatbuffer, a reader of it, and
     the position of its RecordBatch table."""
     for start, _, meta in messages(stream):
-        fb = arrow._Flatbuffer(meta)
+        fb = FlatBuffer(meta)
         if fb.scalar(fb.root(), 1, "<B") == 3:
             batch = fb.table(fb.root(), 2)
             assert batch is not None
@@ -577,12 +586,12 @@ def patch(stream: bytes, at: int, fmt: str, value: int) -> bytes:
     return bytes(out)
 
 
-def vector(fb: arrow._Flatbuffer, table: int, index: int) -> tuple[int, int]:
+def vector(fb: FlatBuffer, table: int, index: int) -> tuple[int, int]:
     """Position of the first element and the length of a vector field."""
     pos = fb.field(table, index)
     assert pos is not None
-    start = pos + fb._unpack("<I", pos)
-    return start + 4, fb._unpack("<I", start)
+    start = pos + fb.unpack("<I", pos)
+    return start + 4, fb.unpack("<I", start)
 
 
 def test_good_stream_reads() -> None:
@@ -627,15 +636,15 @@ def test_bad_offsets_inside_string_data() -> None:
     expect_bad(stream.replace(b"abcdef", b"ab\xffdef"))  # not UTF-8
 
 
-def schema_field_type(stream: bytes, index: int) -> tuple[arrow._Flatbuffer, int, int]:
+def schema_field_type(stream: bytes, index: int) -> tuple[FlatBuffer, int, int]:
     """The schema message's reader, its stream offset and the position of field
     ``index``'s type table."""
     start, _, meta = next(messages(stream))
-    fb = arrow._Flatbuffer(meta)
+    fb = FlatBuffer(meta)
     schema = fb.table(fb.root(), 2)
     assert schema is not None
     first, _ = vector(fb, schema, 1)
-    field = first + 4 * index + fb._unpack("<I", first + 4 * index)
+    field = first + 4 * index + fb.unpack("<I", first + 4 * index)
     kind = fb.table(field, 3)  # Field.type
     assert kind is not None
     return fb, start, kind
@@ -654,7 +663,7 @@ def test_types_pyarrow_cannot_wrap_are_refused() -> None:
     stream = stream_bytes(pa.table({"iv": pa.array([None], pa.month_day_nano_interval())}))
     fb, start, kind = schema_field_type(stream, 0)
     unit = fb.field(kind, 0)  # Interval.unit: 2 MONTH_DAY_NANO -> 1 DAY_TIME
-    assert unit is not None and fb._unpack("<h", unit) == 2
+    assert unit is not None and fb.unpack("<h", unit) == 2
     err = expect_bad(patch(stream, start + unit, "<h", 1), field="payload")
     assert "KeyError" in str(err)
 
@@ -686,30 +695,35 @@ def test_compressed_bodies_and_deltas_are_refused() -> None:
 
 def test_stream_must_start_with_a_schema() -> None:
     start, length, meta = list(messages(GOOD_STREAM))[-1]  # the last record batch
-    fb = arrow._Flatbuffer(meta)
+    fb = FlatBuffer(meta)
     body = fb.scalar(fb.root(), 3, "<q")
     expect_bad(GOOD_STREAM[start - 8 : start + length + body], field="message")
 
 
 def test_wrong_format_and_codec() -> None:
-    with Region.create_for_frame(len(GOOD_STREAM), prefix=PREFIX) as region:
+    with slices() as sl:
         for fmt in (Format.RAW, Format.TENSOR, Format.ETF, Format.CUSTOM):
-            region.write_frame(GOOD_STREAM, format=fmt)
-            with region.read_frame() as frame, pytest.raises(FormatError) as info:
+            s = sl.put(GOOD_STREAM, format=fmt)
+            with sl.read(s) as frame, pytest.raises(FormatError) as info:
                 read_arrow(frame)
             assert (info.value.reason, info.value.field, info.value.value) == (
-                "wrong_format", "format", int(fmt),
-            )  # fmt: skip
-        region.write_frame(
+                "wrong_format",
+                "format",
+                int(fmt),
+            )
+        # a compressed frame (in private memory: arenas hold uncompressed payloads)
+        compressed = encode_frame(
             GOOD_STREAM, format=Format.ARROW_STREAM, codec=Codec.LZ4_FRAME, decoded_length=10
         )
-        with region.read_frame() as frame, pytest.raises(FormatError) as info:
-            read_arrow(frame)
+        with pytest.raises(FormatError) as info:
+            read_arrow(Frame.from_bytes(compressed))
         assert info.value.reason == "unsupported_codec"
         # an unknown format code never reaches the reader: the header check refuses it
-        region._mm[64 + 10] = 9
+        s = sl.put(GOOD_STREAM, format=Format.ARROW_STREAM)
+        with sl.arenas.area(s) as area:
+            area[10] = 9
         with pytest.raises(HeaderError):
-            region.read_frame()
+            sl.read(s)
 
 
 def test_metadata_descriptor() -> None:
@@ -756,9 +770,9 @@ def test_wide_schema_descriptor_leaves_fields_out() -> None:
     table = pa.table({f"column_{i:05d}": pa.array([], pa.int8()) for i in range(4000)})
     _, meta_length = arrow_frame_lengths(table)
     assert meta_length < 200
-    with region_for(table) as region:
-        write_arrow(region, table)
-        with region.read_frame() as frame:
+    with slices() as sl:
+        s = write_arrow(sl.arenas, table)
+        with sl.read(s) as frame:
             desc = arrow_descriptor(frame.metadata)
             assert desc.fields is None and desc.num_columns == 4000
             back = read_arrow(frame)
@@ -800,45 +814,37 @@ def test_truncated_random_tables(table: pa.Table, data: st.DataObject) -> None:
 
 
 def test_payload_changed_after_publishing() -> None:
-    with Region.create_for_frame(len(GOOD_STREAM), prefix=PREFIX) as region:
-        region.write_frame(GOOD_STREAM, format=Format.ARROW_STREAM)
+    with slices() as sl:
+        s = sl.put(GOOD_STREAM, format=Format.ARROW_STREAM)
         start, _, _ = first_batch(GOOD_STREAM)
-        payload = 64 + region.read_frame(verify=False).header.payload_offset
-        gc.collect()
-        region._mm[payload + start] ^= 0xFF  # a peer scribbles over the published stream
+        with sl.arenas.area(s) as area:
+            area[payload_offset_for(0) + start] ^= 0xFF  # a peer scribbles over the stream
         with pytest.raises(ChecksumError):
-            region.read_frame()
-        with region.read_frame(verify=False) as frame, pytest.raises(FormatError):
+            sl.read(s)
+        with sl.read(s, verify=False) as frame, pytest.raises(FormatError):
             read_arrow(frame)
 
 
 # ---- writing failures ---------------------------------------------------------------------
 
 
-def test_region_too_small_publishes_nothing() -> None:
-    table = pa.table({"x": list(range(100))})
-    payload, meta = arrow_frame_lengths(table)
-    with Region.create_for_frame(payload - 1, meta, prefix=PREFIX) as region:
-        with pytest.raises(RegionError) as info:
-            write_arrow(region, table)
-        assert info.value.reason == "out_of_bounds"
-        assert region.control_block().writer_state == WriterState.EMPTY
-        with pytest.raises(LeaseError, match="not_published"):
-            region.read_frame()
-        region.write_frame(b"old", format=Format.RAW)
-        with pytest.raises(RegionError, match="out_of_bounds"):
-            write_arrow(region, table)
-        cb = region.control_block()
-        assert (cb.writer_state, cb.writer_generation) == (WriterState.PUBLISHED, 1)
-        with region.read_frame() as frame:
+def test_a_frame_over_the_arena_limit_is_refused_before_anything_is_written() -> None:
+    table = pa.table({"x": list(range(10_000))})  # an 80 KB stream
+    with slices(limit=1 << 16) as sl:
+        with pytest.raises(ArenaError) as info:
+            write_arrow(sl.arenas, table)
+        assert (info.value.reason, info.value.field) == ("too_large", "arena_limit")
+        assert sl.arenas.arena_count() == 0 and sl.arenas.stats["allocs"] == 0
+        s = sl.put(b"old", format=Format.RAW)  # the arenas are as usable as before
+        with sl.read(s) as frame:
             assert bytes(frame.payload) == b"old"
 
 
-def test_failed_write_leaves_no_view_and_publishes_nothing(
+def test_failed_write_leaves_no_view_and_gives_its_slice_back(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     table = pa.table({"x": list(range(100))})
-    real = arrow.write_stream
+    real = arrow_writer.write_stream
 
     def failing(sink: Any, data: Any, schema: pa.Schema) -> Any:
         if isinstance(sink, pa.FixedSizeBufferWriter):
@@ -846,27 +852,20 @@ def test_failed_write_leaves_no_view_and_publishes_nothing(
             raise RuntimeError("boom")
         return real(sink, data, schema)
 
-    with region_for(table) as region:
-        write_arrow(region, table)
-        monkeypatch.setattr(arrow, "write_stream", failing)
+    with slices() as sl:
+        first = write_arrow(sl.arenas, table)
+        sl.arenas.free(first)
+        monkeypatch.setattr(arrow_writer, "write_stream", failing)
+        # a view of the area left over would fail its release with a BufferError instead
         with pytest.raises(RuntimeError, match="boom"):
-            write_arrow(region, table)
-        assert region.control_block().writer_state == WriterState.EMPTY
-        with pytest.raises(LeaseError, match="not_published"):
-            region.read_frame()
-        monkeypatch.setattr(arrow, "write_stream", real)
-        write_arrow(region, table)  # the region is usable again (close() below too)
-
-
-def test_leased_region_refuses_write() -> None:
-    table = pa.table({"x": [1]})
-    with region_for(table) as region:
-        write_arrow(region, table)
-        frame = region.read_frame()
-        with pytest.raises(LeaseError):
-            write_arrow(region, table)
-        frame.release()
-        write_arrow(region, table)
+            write_arrow(sl.arenas, table)
+        monkeypatch.setattr(arrow_writer, "write_stream", real)
+        again = write_arrow(sl.arenas, table)
+        assert (again.object_id, again.offset) == (first.object_id, first.offset)
+        with sl.read(again) as frame:
+            back = read_arrow(frame)
+            assert back.equals(table)
+            del back
 
 
 def test_timestamps_and_dates_values() -> None:
@@ -879,9 +878,9 @@ def test_timestamps_and_dates_values() -> None:
             "nan": pa.array([float("nan"), -0.0]),
         }
     )
-    with region_for(table) as region:
-        write_arrow(region, table)
-        with region.read_frame() as frame:
+    with slices() as sl:
+        s = write_arrow(sl.arenas, table)
+        with sl.read(s) as frame:
             back = read_arrow(frame)
             assert back.schema.equals(table.schema)
             assert back.column("d64").to_pylist() == [datetime.date(2000, 2, 29), None]

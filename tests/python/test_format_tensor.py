@@ -1,7 +1,8 @@
 """The tensor format (protocol/formats/tensor.md): single tensors, bundles and COO arrays
-written into frames (the format's own writers use a v1 region as the frame's container)
-and read back in place; inline and slice forms of the bridge's terms giving the same
-Python value (invariant 7); the refusals (object dtypes, malformed descriptors)."""
+written into frames in arena slices by the format's own writers and read back in place
+through a peer's read-only mapping; inline and slice forms of the bridge's terms giving
+the same Python value (invariant 7); the refusals (object dtypes, malformed
+descriptors)."""
 
 from __future__ import annotations
 
@@ -14,19 +15,18 @@ import hypothesis.extra.numpy as hnp
 import numpy as np
 import pytest
 from beambridge import Atom
+from beambridge.arena import Slice
 from beambridge.decoder import Decoder
 from beambridge.encoder import ResultEncoder
-from beambridge.errors import EtfError, LeaseError
+from beambridge.errors import EtfError
 from beambridge.etf import decode, encode, encode_parts
 from beambridge.formats import tensor as tf
 from beambridge.header import Format
-from beambridge.region import Region
 from beambridge.terms import TAG_SLICE, TAG_SPARSE_COO, TAG_TENSOR, TAG_TENSOR_BUNDLE
+from helpers import Slices
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from worker_harness import Loopback
-
-PREFIX = "bbpyt"
 
 # ---- strategies ----------------------------------------------------------------------------
 
@@ -43,10 +43,9 @@ scalar_dtypes = st.one_of(
 )
 record_dtypes = hnp.array_dtypes(scalar_dtypes, min_size=1, max_size=4, allow_subarrays=True)
 nested_records = hnp.array_dtypes(st.one_of(scalar_dtypes, record_dtypes), min_size=1, max_size=3)
-aligned_records = st.lists(st.sampled_from(["u1", "<i4", ">f8", "<c8", "S3"]), min_size=1,
-                           max_size=4).map(
-    lambda fs: np.dtype([(f"f{i}", f) for i, f in enumerate(fs)], align=True)
-)  # fmt: skip
+aligned_records = st.lists(
+    st.sampled_from(["u1", "<i4", ">f8", "<c8", "S3"]), min_size=1, max_size=4
+).map(lambda fs: np.dtype([(f"f{i}", f) for i, f in enumerate(fs)], align=True))
 all_dtypes = st.one_of(scalar_dtypes, record_dtypes, nested_records, aligned_records)
 shapes = hnp.array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=5)
 layouts = st.sampled_from(["C", "F", "strided", "transposed"])
@@ -71,24 +70,16 @@ def raw(a: np.ndarray[Any, Any]) -> bytes:
     return np.ascontiguousarray(a.view(np.dtype((np.void, a.dtype.itemsize)))).tobytes()
 
 
-def mapping_range(name: str) -> tuple[int, int]:
-    with open("/proc/self/maps") as f:
-        for line in f:
-            if line.rstrip().endswith("/dev/shm" + name):
-                lo, hi = line.split()[0].split("-")
-                return int(lo, 16), int(hi, 16)
-    raise AssertionError(f"{name} is not mapped")
-
-
 def address(a: np.ndarray[Any, Any]) -> int:
     return int(a.__array_interface__["data"][0])
 
 
-def assert_view_in(a: np.ndarray[Any, Any], region: Region) -> None:
+def assert_view_in(a: np.ndarray[Any, Any], sl: Slices, s: Slice) -> None:
+    """``a`` is a read-only view into the reader's mapping of slice ``s``, aligned."""
     assert not a.flags.writeable and not a.flags.owndata
     if a.nbytes:
-        lo, hi = mapping_range(region.name)
-        assert lo <= address(a) and address(a) + a.nbytes <= hi
+        lo, _ = sl.mapping(s.object_id)
+        assert lo + s.offset <= address(a) and address(a) + a.nbytes <= lo + s.offset + s.length
         assert address(a) % tf.ALIGN == 0
 
 
@@ -105,70 +96,92 @@ def assert_same_array(back: np.ndarray[Any, Any], arr: np.ndarray[Any, Any]) -> 
 
 
 @contextlib.contextmanager
-def region_for(value: Any) -> Iterator[Region]:
-    p = tf.plan(value)
-    region = Region.create_for_frame(p.nbytes, len(p.metadata), prefix=PREFIX)
+def slices() -> Iterator[Slices]:
+    """An owner's arenas and a reader's mapping of them, closed afterwards."""
+    sl = Slices(min_arena=1 << 16)
     try:
-        yield region
+        yield sl
     finally:
         gc.collect()
-        with contextlib.suppress(LeaseError):  # a failing test's traceback holds views
-            region.close()
+        sl.close()
 
 
-# ---- single tensors through regions -------------------------------------------------------
+# ---- single tensors through slices --------------------------------------------------------
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(arrays())
-def test_a_tensor_round_trips_through_a_region_as_a_read_only_view(
+def test_a_tensor_round_trips_through_a_slice_as_a_read_only_view(
     arr: np.ndarray[Any, Any],
 ) -> None:
-    with region_for(arr) as region:
-        header = tf.write_tensor(region, arr)
-        assert header.format == Format.TENSOR
-        assert header.schema_id == tf.SCHEMA_TENSOR  # every tensor: a descriptor map
-        frame = region.read_frame()
+    with slices() as sl:
+        s = tf.write_tensor(sl.arenas, arr)
+        frame = sl.read(s)
+        assert frame.header.format == Format.TENSOR
+        assert frame.header.schema_id == tf.SCHEMA_TENSOR  # every tensor: a descriptor map
         back = tf.read_tensor(frame)
         del frame
         assert_same_array(back, arr)
-        assert_view_in(back, region)
+        assert_view_in(back, sl, s)
         # the lease follows the array: still held while it lives, gone with it
         if back.nbytes:
-            assert region.control_block().reader_leases == 1
+            assert sl.leases == 1
         del back
         gc.collect()
-        assert region.control_block().reader_leases == 0
+        assert sl.leases == 0
 
 
 def test_every_kind_of_dtype_is_preserved_exactly() -> None:
-    dtypes = ["|b1", "|i1", ">i2", "<i8", "|u1", ">u4", "<f2", ">f4", "<f8", ">c8", "<c16",
-              "<M8[ns]", ">M8[D]", "<m8[10ms]", "<M8", "|S5", "<U3", ">U2", "|V4",
-              np.dtype([("x", "<f4"), ("y", ">i2", (2, 2)), ("s", "S2")]),
-              np.dtype([("a", "u1"), ("b", "<i8")], align=True),
-              np.dtype([("p", [("q", "<u2"), ("r", "|b1")]), ("t", "<M8[s]")]),
-              np.dtype({"names": ["a", "b"], "formats": ["<i4", "<i4"], "offsets": [8, 0],
-                        "itemsize": 16})]  # fmt: skip
-    for spec in dtypes:
-        dt = np.dtype(spec)
-        arr = np.frombuffer(bytes(range(256)) * dt.itemsize, dtype=dt)[:6].reshape(2, 3)
-        for a in (arr, np.asfortranarray(arr), arr[:, ::2], arr[0, 0, ...]):
-            with region_for(a) as region:
-                tf.write_tensor(region, a)
-                with contextlib.ExitStack():
-                    back = tf.read_tensor(region.read_frame())
-                    assert_same_array(back, a)
-                    assert back.dtype.fields == a.dtype.fields
-                    assert back.dtype.itemsize == a.dtype.itemsize
-                    del back
+    dtypes = [
+        "|b1",
+        "|i1",
+        ">i2",
+        "<i8",
+        "|u1",
+        ">u4",
+        "<f2",
+        ">f4",
+        "<f8",
+        ">c8",
+        "<c16",
+        "<M8[ns]",
+        ">M8[D]",
+        "<m8[10ms]",
+        "<M8",
+        "|S5",
+        "<U3",
+        ">U2",
+        "|V4",
+        np.dtype([("x", "<f4"), ("y", ">i2", (2, 2)), ("s", "S2")]),
+        np.dtype([("a", "u1"), ("b", "<i8")], align=True),
+        np.dtype([("p", [("q", "<u2"), ("r", "|b1")]), ("t", "<M8[s]")]),
+        np.dtype(
+            {"names": ["a", "b"], "formats": ["<i4", "<i4"], "offsets": [8, 0], "itemsize": 16}
+        ),
+    ]
+    with slices() as sl:
+        for spec in dtypes:
+            dt = np.dtype(spec)
+            arr = np.frombuffer(bytes(range(256)) * dt.itemsize, dtype=dt)[:6].reshape(2, 3)
+            for a in (arr, np.asfortranarray(arr), arr[:, ::2], arr[0, 0, ...]):
+                back = tf.read_tensor(sl.read(tf.write_tensor(sl.arenas, a)))
+                assert_same_array(back, a)
+                assert back.dtype.fields == a.dtype.fields
+                assert back.dtype.itemsize == a.dtype.itemsize
+                del back
 
 
 def test_empty_and_zero_dimensional_tensors() -> None:
-    for a in [np.zeros((0,), "<f4"), np.zeros((3, 0, 2), ">i2", order="F"), np.array(5, ">u8"),
-              np.array(b"ab"), np.zeros((0,), np.dtype([("a", "<i4")]))]:  # fmt: skip
-        with region_for(a) as region:
-            tf.write_tensor(region, a)
-            back = tf.read_tensor(region.read_frame())
+    empty = [
+        np.zeros((0,), "<f4"),
+        np.zeros((3, 0, 2), ">i2", order="F"),
+        np.array(5, ">u8"),
+        np.array(b"ab"),
+        np.zeros((0,), np.dtype([("a", "<i4")])),
+    ]
+    with slices() as sl:
+        for a in empty:
+            back = tf.read_tensor(sl.read(tf.write_tensor(sl.arenas, a)))
             assert_same_array(back, a)
             assert not back.flags.writeable
             del back
@@ -177,26 +190,37 @@ def test_empty_and_zero_dimensional_tensors() -> None:
 def test_schema_0_is_not_a_tensor_schema() -> None:
     """``{dtype, shape}`` (schema 0) is only the layout of packed frames now."""
     data = np.arange(6, dtype="<i4").tobytes()
-    with Region.create_for_frame(len(data), 64, prefix=PREFIX) as region:
-        region.write_frame(data, metadata=encode((b"<i4", [2, 3])), format=Format.TENSOR)
+    with slices() as sl:
+        s = sl.put(data, metadata=encode((b"<i4", [2, 3])), format=Format.TENSOR)
         for read in (tf.read_tensor, tf.read):
             with pytest.raises(EtfError) as info:
-                read(region.read_frame())
+                read(sl.read(s))
             assert info.value.field == "schema_id"
             del info
         gc.collect()
+        assert sl.leases == 0
 
 
 def test_a_non_contiguous_input_is_copied_once_in_the_order_recorded() -> None:
     base = np.arange(40, dtype=">f8").reshape(5, 8)
     view = base[::2, 1::3]
     p = tf.plan(view)
-    assert decode(p.metadata) == (b">f8", [3, 3]) or decode(p.metadata)[b"order"] == b"C"
-    with region_for(view) as region:
-        tf.write_tensor(region, view)
-        back = tf.read_tensor(region.read_frame())
+    assert decode(p.metadata)[b"order"] == b"C"
+    with slices() as sl:
+        back = tf.read_tensor(sl.read(tf.write_tensor(sl.arenas, view)))
         assert back.flags.c_contiguous and back.tolist() == view.tolist()
         del back
+
+
+def test_writers_take_only_their_own_kind_of_value() -> None:
+    with slices() as sl:
+        with pytest.raises(TypeError, match=r"numpy\.ndarray"):
+            tf.write_tensor(sl.arenas, [1, 2])  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="mapping"):
+            tf.write_bundle(sl.arenas, [np.zeros(1)])  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="COO"):
+            tf.write_coo(sl.arenas, np.zeros(1))  # type: ignore[arg-type]
+        assert sl.arenas.stats["allocs"] == 0  # refused before a slice was taken
 
 
 # ---- bundles and COO ---------------------------------------------------------------------
@@ -204,28 +228,32 @@ def test_a_non_contiguous_input_is_copied_once_in_the_order_recorded() -> None:
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.dictionaries(st.text(min_size=1, max_size=8), arrays(), max_size=5))
-def test_a_bundle_round_trips_in_one_region_each_tensor_aligned(
+def test_a_bundle_round_trips_in_one_slice_each_tensor_aligned(
     tensors: dict[str, np.ndarray[Any, Any]],
 ) -> None:
     bundle = tf.Bundle(tensors)
-    with region_for(bundle) as region:
-        header = tf.write_bundle(region, bundle)
-        assert header.schema_id == tf.SCHEMA_BUNDLE and header.schema_version == 1
-        back = tf.read_bundle(region.read_frame())
+    with slices() as sl:
+        s = tf.write_bundle(sl.arenas, bundle)
+        frame = sl.read(s)
+        assert (frame.header.schema_id, frame.header.schema_version) == (tf.SCHEMA_BUNDLE, 1)
+        back = tf.read_bundle(frame)
+        del frame
         assert type(back) is tf.Bundle and list(back) == list(tensors)
         for name, arr in tensors.items():
             assert_same_array(back[name], arr)
-            assert_view_in(back[name], region)
+            assert_view_in(back[name], sl, s)
         del back
 
 
 def test_a_state_dict_bundle() -> None:
-    state = {"layer1.weight": np.random.default_rng(1).standard_normal((64, 33), np.float32),
-             "layer1.bias": np.zeros(33, np.float32), "step": np.array(7, np.int64),
-             "mask": np.ones((3, 3), bool)}  # fmt: skip
-    with region_for(state) as region:
-        tf.write_bundle(region, state)
-        back = tf.read(region.read_frame())
+    state = {
+        "layer1.weight": np.random.default_rng(1).standard_normal((64, 33), np.float32),
+        "layer1.bias": np.zeros(33, np.float32),
+        "step": np.array(7, np.int64),
+        "mask": np.ones((3, 3), bool),
+    }
+    with slices() as sl:
+        back = tf.read(sl.read(tf.write_bundle(sl.arenas, state)))
         assert isinstance(back, tf.Bundle)
         offsets = [address(back[n]) - address(back["layer1.weight"]) for n in state]
         assert all(o % 64 == 0 for o in offsets) and offsets == sorted(offsets)
@@ -235,14 +263,19 @@ def test_a_state_dict_bundle() -> None:
 
 
 @settings(max_examples=100, deadline=None)
-@given(hnp.arrays(st.sampled_from(["<f8", ">i4", "|b1", "<c8"]), hnp.array_shapes(min_dims=1,
-       max_dims=3, max_side=6)))  # fmt: skip
+@given(
+    hnp.arrays(
+        st.sampled_from(["<f8", ">i4", "|b1", "<c8"]),
+        hnp.array_shapes(min_dims=1, max_dims=3, max_side=6),
+    )
+)
 def test_coo_round_trips(dense: np.ndarray[Any, Any]) -> None:
     coo = tf.COO.from_dense(dense)
-    with region_for(coo) as region:
-        header = tf.write_coo(region, coo)
-        assert header.schema_id == tf.SCHEMA_COO
-        back = tf.read_coo(region.read_frame())
+    with slices() as sl:
+        frame = sl.read(tf.write_coo(sl.arenas, coo))
+        assert frame.header.schema_id == tf.SCHEMA_COO
+        back = tf.read_coo(frame)
+        del frame
         assert back.shape == dense.shape and back.nnz == coo.nnz
         assert_same_array(back.indices, coo.indices)
         assert_same_array(back.values, coo.values)
@@ -264,10 +297,14 @@ def test_coo_checks_its_parts() -> None:
 
 @pytest.mark.parametrize(
     "arr",
-    [np.array([object(), 1], dtype=object), np.zeros(2, np.dtype([("a", "O"), ("b", "<i4")])),
-     np.zeros(2, np.longdouble), np.array(["a"], dtype=np.dtypes.StringDType()),
-     np.zeros(1, np.dtype({"names": ["a"], "formats": ["<i4"], "titles": [3]}))],
-)  # fmt: skip
+    [
+        np.array([object(), 1], dtype=object),
+        np.zeros(2, np.dtype([("a", "O"), ("b", "<i4")])),
+        np.zeros(2, np.longdouble),
+        np.array(["a"], dtype=np.dtypes.StringDType()),
+        np.zeros(1, np.dtype({"names": ["a"], "formats": ["<i4"], "titles": [3]})),
+    ],
+)
 def test_dtypes_that_would_need_pickle_or_have_no_fixed_layout_are_refused(
     arr: np.ndarray[Any, Any],
 ) -> None:
@@ -288,15 +325,8 @@ def test_dtypes_that_would_need_pickle_or_have_no_fixed_layout_are_refused(
         tf.plan(np.array([None]))
 
 
-def frame_with(metadata: Any, payload: bytes, schema: int = 1, version: int = 1) -> Region:
-    meta = encode(metadata)
-    region = Region.create_for_frame(max(len(payload), 8), len(meta), prefix=PREFIX)
-    region.write_frame(payload, metadata=meta, format=Format.TENSOR, schema_id=schema,
-                       schema_version=version)  # fmt: skip
-    return region
-
-
 D = {b"dtype": b"<f4", b"shape": [2], b"order": b"C"}
+INDICES = {b"name": b"indices", b"dtype": b"<i8", b"shape": [1, 1], b"order": b"C", b"offset": 0}
 
 
 @pytest.mark.parametrize(
@@ -307,8 +337,13 @@ D = {b"dtype": b"<f4", b"shape": [2], b"order": b"C"}
         ({**D, b"dtype": b"<M8[1ms]"}, b"\0" * 8, 1, 1, "dtype"),
         ({**D, b"dtype": b"<f4,<f4"}, b"\0" * 8, 1, 1, "dtype"),
         ({**D, b"dtype": (b"struct", 4, [(b"a", b"<f8", 0)])}, b"\0" * 8, 1, 1, "dtype"),
-        ({**D, b"dtype": (b"struct", 8, [(b"a", b"<f4", 0), (b"a", b"<f4", 4)])}, b"\0" * 8,
-         1, 1, "dtype"),
+        (
+            {**D, b"dtype": (b"struct", 8, [(b"a", b"<f4", 0), (b"a", b"<f4", 4)])},
+            b"\0" * 8,
+            1,
+            1,
+            "dtype",
+        ),
         ({**D, b"dtype": (b"pickle", b"...")}, b"\0" * 8, 1, 1, "dtype"),
         ({**D, b"shape": [3]}, b"\0" * 8, 1, 1, "payload_length"),
         ({**D, b"shape": [-1]}, b"\0" * 8, 1, 1, "shape"),
@@ -319,35 +354,67 @@ D = {b"dtype": b"<f4", b"shape": [2], b"order": b"C"}
         (D, b"\0" * 8, 9, 1, "schema_id"),
         (D, b"\0" * 8, 1, 2, "schema_version"),
         ({b"tensors": [{b"name": b"a", **D, b"offset": 8}]}, b"\0" * 16, 2, 1, "offset"),
-        ({b"tensors": [{b"name": b"a", **D, b"offset": 0}, {b"name": b"a", **D, b"offset": 64}]},
-         b"\0" * 72, 2, 1, "name"),
+        (
+            {b"tensors": [{b"name": b"a", **D, b"offset": 0}, {b"name": b"a", **D, b"offset": 64}]},
+            b"\0" * 72,
+            2,
+            1,
+            "name",
+        ),
         ({b"tensors": [{b"name": b"a", **D, b"offset": 0}]}, b"\0" * 4, 2, 1, "shape"),
-        ({b"shape": [3], b"tensors": [{b"name": b"indices", b"dtype": b"<i8", b"shape": [1, 1],
-          b"order": b"C", b"offset": 0}, {b"name": b"values", **D, b"shape": [1],
-          b"offset": 64}]}, (5).to_bytes(8, "little") + bytes(60), 3, 1, "coo"),
+        (
+            {
+                b"shape": [3],
+                b"tensors": [INDICES, {b"name": b"values", **D, b"shape": [1], b"offset": 64}],
+            },
+            (5).to_bytes(8, "little") + bytes(60),
+            3,
+            1,
+            "coo",
+        ),
     ],
-)  # fmt: skip
+)
 def test_malformed_descriptors_are_refused(
     metadata: Any, payload: bytes, schema: int, version: int, field: str
 ) -> None:
-    region = frame_with(metadata, payload, schema, version)
-    try:
+    with slices() as sl:
+        s = sl.put(
+            payload,
+            metadata=encode(metadata),
+            format=Format.TENSOR,
+            schema_id=schema,
+            schema_version=version,
+        )
         with pytest.raises(EtfError) as info:
-            tf.read(region.read_frame())
+            tf.read(sl.read(s))
         assert info.value.reason == "bad_term" and info.value.field == field, info.value
         del info
         gc.collect()
-        assert region.control_block().reader_leases == 0
-    finally:
-        region.close()
+        assert sl.leases == 0
 
 
 def test_descriptor_errors_never_escape_as_other_exceptions() -> None:
-    junk: list[Any] = [b"", b"<", b"<f", b"<f3", b"|b2", b"<i16", b"<U0", b"|S99999999999",
-                       b"<m8[xs]", b"<f4[s]", b"\xff", 1, None, [], (b"struct",),
-                       (b"struct", 0, []), (b"struct", 4, [(b"", b"<i4", 0)]),
-                       (b"struct", 4, [(b"a", (b"subarray", b"<i4", [2]), 0)]),
-                       (b"struct", 4, [(b"a", b"<i4", -1)])]  # fmt: skip
+    junk: list[Any] = [
+        b"",
+        b"<",
+        b"<f",
+        b"<f3",
+        b"|b2",
+        b"<i16",
+        b"<U0",
+        b"|S99999999999",
+        b"<m8[xs]",
+        b"<f4[s]",
+        b"\xff",
+        1,
+        None,
+        [],
+        (b"struct",),
+        (b"struct", 0, []),
+        (b"struct", 4, [(b"", b"<i4", 0)]),
+        (b"struct", 4, [(b"a", (b"subarray", b"<i4", [2]), 0)]),
+        (b"struct", 4, [(b"a", b"<i4", -1)]),
+    ]
     for descr in junk:
         with pytest.raises(EtfError):
             tf.dtype_from_descr(descr)
@@ -358,8 +425,16 @@ def test_descriptor_errors_never_escape_as_other_exceptions() -> None:
 
 def describe(v: Any) -> Any:
     if isinstance(v, np.ndarray):
-        return (type(v), v.dtype.str, tf.dtype_to_descr(v.dtype), v.shape, v.flags.writeable,
-                v.flags.c_contiguous, v.flags.f_contiguous, raw(v))  # fmt: skip
+        return (
+            type(v),
+            v.dtype.str,
+            tf.dtype_to_descr(v.dtype),
+            v.shape,
+            v.flags.writeable,
+            v.flags.c_contiguous,
+            v.flags.f_contiguous,
+            raw(v),
+        )
     if isinstance(v, tf.Bundle):
         return (type(v), [(k, describe(a)) for k, a in v.items()])
     if isinstance(v, tf.COO):
@@ -377,8 +452,13 @@ def assert_view_in_slice(a: np.ndarray[Any, Any], loop: Loopback, entry: Any) ->
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.one_of(arrays(), st.dictionaries(st.text(min_size=1, max_size=4), arrays(), max_size=3)
-                 .map(tf.Bundle), hnp.arrays("<f4", (3, 4)).map(tf.COO.from_dense)))  # fmt: skip
+@given(
+    st.one_of(
+        arrays(),
+        st.dictionaries(st.text(min_size=1, max_size=4), arrays(), max_size=3).map(tf.Bundle),
+        hnp.arrays("<f4", (3, 4)).map(tf.COO.from_dense),
+    )
+)
 def test_inline_and_slice_forms_give_the_same_python_value(value: Any) -> None:
     inline_loop, slice_loop = Loopback(1 << 40), Loopback(1)
     try:
@@ -451,15 +531,27 @@ def test_inline_terms_from_the_peer_are_checked() -> None:
         (TAG_TENSOR_BUNDLE, [(b"\xff", good[1], good[2])]),
         (TAG_TENSOR_BUNDLE, {b"a": good}),
         (TAG_SPARSE_COO, [2], [(b"values", good[1], good[2])]),
-        (TAG_SPARSE_COO, [1], [(b"indices", {b"dtype": b"<i8", b"shape": [1, 1]},
-                               (1).to_bytes(8, "little")),
-                               (b"values", {b"dtype": b"|u1", b"shape": [1]}, b"\x07")]),
-    ]:  # fmt: skip
+        (
+            TAG_SPARSE_COO,
+            [1],
+            [
+                (b"indices", {b"dtype": b"<i8", b"shape": [1, 1]}, (1).to_bytes(8, "little")),
+                (b"values", {b"dtype": b"|u1", b"shape": [1]}, b"\x07"),
+            ],
+        ),
+    ]:
         with pytest.raises(EtfError):
             args.decode(bad)
-    coo = args.decode((TAG_SPARSE_COO, [2], [
-        (b"indices", {b"dtype": b"<i8", b"shape": [1, 1]}, (1).to_bytes(8, "little")),
-        (b"values", {b"dtype": b"|u1", b"shape": [1]}, b"\x07")]))  # fmt: skip
+    coo = args.decode(
+        (
+            TAG_SPARSE_COO,
+            [2],
+            [
+                (b"indices", {b"dtype": b"<i8", b"shape": [1, 1]}, (1).to_bytes(8, "little")),
+                (b"values", {b"dtype": b"|u1", b"shape": [1]}, b"\x07"),
+            ],
+        )
+    )
     assert isinstance(coo, tf.COO) and coo.todense().tolist() == [0, 7]
 
 

@@ -18,7 +18,9 @@ from beambridge import Atom, EtfError, FormatUnsuitableError, format_stats, rese
 from beambridge.decoder import Decoder
 from beambridge.encoder import ResultEncoder
 from beambridge.etf import decode, encode, encode_parts
+from beambridge.formats import packed as packed_format
 from beambridge.formats import records as records_format
+from beambridge.formats import selection
 from beambridge.header import Format
 from beambridge.terms import TAG_PACKED, TAG_RECORDS, TAG_SLICE
 from hypothesis import HealthCheck, given, settings
@@ -107,8 +109,8 @@ def test_the_narrowest_dtype_signed_first(values: list[Any], dtype: str) -> None
     ],
 )  # fmt: skip
 def test_not_number_lists(values: list[Any], code: str) -> None:
-    result = records_format.classify_numbers(values)
-    assert isinstance(result, records_format.Unsuitable) and result.code == code
+    result = packed_format.classify_numbers(values)
+    assert isinstance(result, selection.Unsuitable) and result.code == code
 
 
 def test_lists_that_are_not_number_lists_stay_lists_even_when_forced() -> None:
@@ -391,7 +393,7 @@ def test_bad_packed_terms_are_bad_term(term: Any, text: str) -> None:
     assert info.value.reason == "bad_term" and text in str(info.value)
 
 
-@given(st.sampled_from([d.decode() for d in records_format.PACKED_DTYPES]), st.binary(max_size=64))
+@given(st.sampled_from([d.decode() for d in packed_format.PACKED_DTYPES]), st.binary(max_size=64))
 @SETTINGS
 def test_any_packed_bytes_give_what_the_list_would(dtype: str, raw: bytes) -> None:
     dt = np.dtype(dtype)

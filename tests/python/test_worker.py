@@ -1,4 +1,4 @@
-"""The real worker process and the control channel (protocol/transport-v2.md §5, SPEC.md
+"""The real worker process and the control channel (protocol/SPEC.md §8, SPEC.md
 §7.2, §8): messages, handlers, logs, exit statuses, protocol violations."""
 
 from __future__ import annotations
@@ -315,10 +315,17 @@ def test_a_failed_start_says_why_over_the_channel(tmp_path: Any) -> None:
         w.cleanup()
 
 
-def test_the_worker_path_uses_no_module_of_transport_1(worker: WorkerProcess) -> None:
+def test_the_worker_path_is_transport_2_in_pure_python(worker: WorkerProcess) -> None:
+    import importlib.util
+
     modules = {m.decode() for m in worker.ok("loaded", b"beambridge")}
     assert {"beambridge.calls", "beambridge.control", "beambridge.decoder"} <= modules
-    assert not modules & {"beambridge.region", "beambridge.control_block", "beambridge.reaper"}
+    # transport 1 (named regions, control blocks, the reaper, the C atomics) is gone
+    for gone in ("region", "control_block", "reaper", "_atomic"):
+        assert importlib.util.find_spec(f"beambridge.{gone}") is None
+    for name in modules:
+        spec = importlib.util.find_spec(name)
+        assert spec is not None and str(spec.origin).endswith(".py"), name
 
 
 def test_importing_the_package_does_not_import_numpy() -> None:

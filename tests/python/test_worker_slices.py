@@ -1,4 +1,4 @@
-"""Data terms and slices through the real worker (protocol/transport-v2.md §3-§6, SPEC.md
+"""Data terms and slices through the real worker (protocol/SPEC.md §3-§6, SPEC.md
 §7.4, §8): the BEAM's argument slices and the leases on them, the worker's result
 slices and their tickets, fallbacks, echo without a copy, sealed results, idle trim, and
 every bad handle."""
@@ -24,6 +24,7 @@ from beambridge import Atom, control
 from beambridge.arena import MAX_ARENAS
 from beambridge.etf import encode
 from beambridge.formats import arrow as arrow_format
+from beambridge.formats import packed as packed_format
 from beambridge.formats import records as records_format
 from beambridge.formats import tensor as tf
 from beambridge.formats.tensor import COO, Bundle
@@ -109,9 +110,9 @@ def inline_form(kind: str, value: Any) -> Any:
     if kind == "arrow":
         return (Atom("$bb_arrow"), stream_of(value))
     if kind == "packed":
-        numbers = records_format.classify_numbers(value)
-        assert isinstance(numbers, records_format.Numbers)
-        data = records_format.pack(value, numbers.dtype).tobytes()
+        numbers = packed_format.classify_numbers(value)
+        assert isinstance(numbers, packed_format.Numbers)
+        data = packed_format.pack(value, numbers.dtype).tobytes()
         return (Atom("$bb_packed"), numbers.dtype.encode(), data)
     if kind == "records":
         return (
@@ -143,7 +144,7 @@ def slice_form(beam: BeamSide, kind: str, value: Any) -> BeamArg:
         term = inline_form(kind, value)
         n = len(term[2]) // np.dtype(term[1].decode()).itemsize
         return beam.slice(
-            kind, term[2], metadata=records_format.packed_metadata(term[1].decode(), n)
+            kind, term[2], metadata=packed_format.packed_metadata(term[1].decode(), n)
         )
     if kind == "records":
         stream = inline_form(kind, value)[2]

@@ -1,4 +1,4 @@
-"""The BEAM's half of the bridge, played from Python (protocol/transport-v2.md).
+"""The BEAM's half of the bridge, played from Python (protocol/SPEC.md).
 
 `BeamSide` owns what the BEAM owns: arenas for argument slices (an `ArenaSet`) and a
 lease table (a `SharedObject` of kind ``lease_table``). It announces them, lends

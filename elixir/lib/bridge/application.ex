@@ -1,9 +1,9 @@
 defmodule Bridge.Application do
   @moduledoc false
-  # Starts :beambridge. At start it reaps regions of the default prefix whose
-  # owner is dead (SPEC §1.5) and logs what it removed; Bridge.OwnedRegions
-  # unlinks what is still ours when it stops. Bridge.FormatStats owns the table
-  # of format decisions (Bridge.format_stats/0) shared by every bridge.
+  # Starts :beambridge. At start it removes the shared-memory names earlier
+  # versions left behind when their owner was killed (Bridge.Reaper; transport v2
+  # names nothing) and logs what it removed. Bridge.FormatStats owns the table of
+  # format decisions (Bridge.format_stats/0) shared by every bridge.
 
   use Application
 
@@ -11,26 +11,17 @@ defmodule Bridge.Application do
 
   @impl true
   def start(_type, _args) do
-    reap()
-
-    Supervisor.start_link([Bridge.FormatStats, Bridge.OwnedRegions],
-      strategy: :one_for_one,
-      name: Bridge.Supervisor
-    )
-  end
-
-  defp reap do
-    case Bridge.Region.reap_stale(prefix: Bridge.Region.default_prefix()) do
-      {:ok, []} ->
+    case Bridge.Reaper.reap() do
+      [] ->
         :ok
 
-      {:ok, removed} ->
+      removed ->
         Logger.info(
-          "beambridge: removed #{length(removed)} stale region(s): #{Enum.join(removed, ", ")}"
+          "beambridge: removed #{length(removed)} stale shared-memory name(s) left by " <>
+            "dead processes: #{Enum.join(removed, ", ")}"
         )
-
-      {:error, error} ->
-        Logger.warning("beambridge: reaping stale regions failed: #{Exception.message(error)}")
     end
+
+    Supervisor.start_link([Bridge.FormatStats], strategy: :one_for_one, name: Bridge.Supervisor)
   end
 end

@@ -1,7 +1,7 @@
 defmodule Bridge.Arena do
   @moduledoc """
   Shared memory this node owns, for values it sends to workers
-  (protocol/transport-v2.md §1, §3).
+  (protocol/SPEC.md §1, §3).
 
   An arena set is a bounded group of sealed, anonymous shared-memory objects
   (`memfd`) that any process of the node allocates *slices* from; each slice
@@ -40,7 +40,7 @@ defmodule Bridge.Arena do
     A slice of an owned arena: the NIF handle and where it lies.
 
     `generation` is the slice's allocation number, stamped into its frame header
-    and into its handle (protocol/transport-v2.md §3).
+    and into its handle (protocol/SPEC.md §3).
     """
     @enforce_keys [:ref, :arena_id, :offset, :length, :generation]
     defstruct [:ref, :arena_id, :offset, :length, :generation]
@@ -145,9 +145,10 @@ defmodule Bridge.Arena do
   """
   @spec put(t(), iodata(), keyword()) :: {:ok, Slice.t()} | {:error, Error.t()}
   def put(%__MODULE__{} = arena, payload, frame_opts) do
-    checksum = Keyword.get(frame_opts, :checksum, arena.checksum)
-
-    with {:ok, h} <- Header.build(payload, Keyword.put(frame_opts, :checksum, false)),
+    with :ok <- check_opts(frame_opts),
+         checksum = Keyword.get(frame_opts, :checksum, arena.checksum),
+         :ok <- check_checksum(checksum),
+         {:ok, h} <- Header.build(payload, Keyword.put(frame_opts, :checksum, false)),
          {:ok, slice} <- alloc(arena, h.payload_offset + h.payload_length) do
       flags = if checksum, do: h.flags ||| Header.flag_payload_checksum(), else: h.flags
 
@@ -170,6 +171,15 @@ defmodule Bridge.Arena do
       end
     end
   end
+
+  defp check_opts(opts) do
+    if is_list(opts) and Keyword.keyword?(opts),
+      do: :ok,
+      else: {:error, badarg(:opts, opts, "a keyword list")}
+  end
+
+  defp check_checksum(c) when is_boolean(c), do: :ok
+  defp check_checksum(c), do: {:error, badarg(:checksum, c, "a boolean")}
 
   defp parts(payload) when is_binary(payload), do: [payload]
   defp parts(payload), do: :erlang.iolist_to_iovec(payload)
@@ -196,7 +206,7 @@ defmodule Bridge.Arena do
          }}
 
       {:error, :no_room} when tries > 0 ->
-        case NIF.arena_grow(arena.ref, frame_len) do
+        case NIF.arena_grow(arena.ref, frame_len, Bridge.Memory.headroom()) do
           {:ok, _id} -> alloc(arena, frame_len, tries - 1)
           {:error, reason} -> {:error, limit_error(reason, arena, frame_len)}
         end
@@ -229,8 +239,18 @@ defmodule Bridge.Arena do
     )
   end
 
-  defp limit_error(:enospc, _arena, frame_len),
-    do: Error.new(:arena, :no_space, field: :frame_length, value: frame_len)
+  defp limit_error(reason, arena, frame_len) when reason in [:enospc, :no_space] do
+    Error.new(:arena, :no_space,
+      field: :arena_limit,
+      value: frame_len,
+      limit: arena.limit,
+      message:
+        "arena error: no_space: no memory for a #{frame_len}-byte frame in shared memory " <>
+          "(less than #{frame_len} bytes are free on the host or in this process's cgroup, " <>
+          "beyond a #{div(Bridge.Memory.margin(), 1024 * 1024)} MiB margin); lower :arena_limit " <>
+          "or give the node more memory"
+    )
+  end
 
   defp limit_error(reason, _arena, frame_len),
     do: Error.new(:arena, reason, field: :frame_length, value: frame_len)
@@ -294,7 +314,7 @@ defmodule Bridge.Arena do
   def close(%__MODULE__{ref: ref}), do: NIF.arena_set_close(ref)
 
   @doc """
-  The announcement of arena `id` to a peer (protocol/transport-v2.md §5):
+  The announcement of arena `id` to a peer (protocol/SPEC.md §8):
   `{:object, :arena, owner_pid, fd, id, size, nonce}`.
   """
   @spec announcement(t(), pos_integer()) :: {:ok, tuple()} | {:error, Error.t()}

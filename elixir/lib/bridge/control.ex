@@ -1,6 +1,6 @@
 defmodule Bridge.Control do
   @moduledoc false
-  # The control channel of protocol/transport-v2.md §5: a frame is
+  # The control channel of protocol/SPEC.md §8: a frame is
   #
   #   envelope_size :: u32 big-endian | envelope :: ETF | body :: ETF or nothing
   #

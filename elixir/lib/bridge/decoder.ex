@@ -1,7 +1,7 @@
 defmodule Bridge.Decoder do
   @moduledoc false
   # A result term as the caller's value, in the calling process (SPEC §7.4, §8;
-  # protocol/transport-v2.md §5.3).
+  # protocol/SPEC.md §9).
   #
   # Handles {:"$bb_slice", kind, index} name entry `index` of the answer's
   # slices, which the worker's process has already turned into `resolved`: a
@@ -16,23 +16,23 @@ defmodule Bridge.Decoder do
   # :bad_frame error (the worker broke the protocol); records that do not rebuild
   # and custom payloads without a usable serializer are :bad_call errors (the frame
   # was well formed).
+  #
+  # The handle kinds, the frame format each reads, the kinds whose values are
+  # copied out of the frame and the records layouts are the tables of
+  # protocol/registry.json (Bridge.Registry).
 
-  alias Bridge.{Arrow, Error, Format, Header, Peer, Serializer, Table}
+  alias Bridge.{Arrow, Error, Format, FormatStats, Peer, Registry, Serializer, Table}
   alias Bridge.Tensor.Wire
 
   @type decode_ctx :: %{resolved: tuple(), verify: boolean(), tally: map()}
 
-  @kinds [
-    :binary,
-    :buffer,
-    :tensor,
-    :tensor_bundle,
-    :sparse_coo,
-    :arrow,
-    :packed,
-    :records,
-    :custom
-  ]
+  # handle kind => the name of the frame format it reads
+  @kinds Registry.handle_kinds()
+  @format_codes Registry.formats()
+  @copied Registry.copied_kinds()
+  @stats_forms Registry.stats_forms()
+  @layouts Registry.records_layouts()
+  @layout_names Map.new(@layouts, &{Atom.to_string(&1), &1})
 
   @doc false
   # `resolved` holds one entry per slice of the answer (see the moduledoc).
@@ -42,11 +42,11 @@ defmodule Bridge.Decoder do
 
     try do
       {value, ctx} = dec(term, ctx)
-      Format.flush(ctx.tally)
+      FormatStats.flush(ctx.tally)
       {:ok, value}
     catch
       {:bad_result, error, ctx} ->
-        Format.flush(ctx.tally)
+        FormatStats.flush(ctx.tally)
         {:error, error}
     end
   end
@@ -58,7 +58,7 @@ defmodule Bridge.Decoder do
   end
 
   defp dec({:"$bb_slice", kind, index}, ctx)
-       when kind in @kinds and is_integer(index) and index >= 0 do
+       when is_map_key(@kinds, kind) and is_integer(index) and index >= 0 do
     if index < tuple_size(ctx.resolved),
       do: read_slice(kind, elem(ctx.resolved, index), ctx),
       else:
@@ -100,7 +100,7 @@ defmodule Bridge.Decoder do
 
   # SPEC §8.1: a record list or a column map as an Arrow stream.
   defp dec({:"$bb_records", layout, stream}, ctx)
-       when layout in [:rows, :columns] and is_binary(stream) do
+       when layout in @layouts and is_binary(stream) do
     ctx = received(ctx, :records, byte_size(stream))
 
     case Format.decode_records(layout, stream) do
@@ -156,63 +156,60 @@ defmodule Bridge.Decoder do
   defp read_slice(kind, {:binary, _bin}, ctx),
     do: bad_result(:bad_term, kind, ctx, "kind binary for a view of an argument")
 
+  # A lease on a worker slice: the frame must have the format its kind reads
+  # (SPEC §7.4); copied kinds end the lease as soon as the value is built.
   defp read_slice(kind, {:lease, lease, length, generation}, ctx) do
-    copy? = kind in [:packed, :records, :custom]
+    copy? = kind in @copied
 
     case Peer.read_frame(lease, length, generation, verify: ctx.verify, copy: copy?) do
-      {:ok, frame} ->
-        ctx = received(ctx, kind_form(kind), frame.header.payload_length)
-        frame_value(kind, frame, ctx)
+      {:ok, %{header: %{format: code}} = frame} ->
+        ctx = received(ctx, Map.fetch!(@stats_forms, kind), frame.header.payload_length)
+        format = Map.fetch!(@kinds, kind)
+
+        if code == Map.fetch!(@format_codes, format),
+          do: frame_value(kind, frame, ctx),
+          else:
+            bad_result(
+              :unknown_format,
+              code,
+              ctx,
+              "#{article(format)} #{format} (#{@format_codes[format]}) frame for kind #{inspect(kind)}"
+            )
 
       {:error, %Error{} = e} ->
         throw({:bad_result, e, ctx})
     end
   end
 
-  defp frame_value(kind, frame, ctx) do
-    h = frame.header
+  defp article(format), do: if(String.first("#{format}") in ~w(a e i o u), do: "an", else: "a")
 
-    cond do
-      kind in [:tensor, :tensor_bundle, :sparse_coo] ->
-        tensor_result(Wire.from_frame(kind, frame), ctx)
+  defp frame_value(kind, frame, ctx) when kind in [:tensor, :tensor_bundle, :sparse_coo],
+    do: tensor_result(Wire.from_frame(kind, frame), ctx)
 
-      kind in [:arrow, :records] and Header.format_name(h.format) != :arrow_stream ->
-        bad_result(
-          :unknown_format,
-          h.format,
-          ctx,
-          "an arrow_stream (2) frame for kind #{inspect(kind)}"
-        )
+  defp frame_value(:arrow, frame, ctx),
+    do: arrow_result(Arrow.decode(frame.payload), frame.metadata, ctx)
 
-      kind in [:binary, :buffer] and Header.format_name(h.format) != :raw ->
-        bad_result(:unknown_format, h.format, ctx, "a raw (0) frame for kind #{inspect(kind)}")
-
-      kind == :arrow ->
-        arrow_result(Arrow.decode(frame.payload), frame.metadata, ctx)
-
-      kind == :packed ->
-        case Format.unpack_frame(frame) do
-          {:ok, list} -> {list, ctx}
-          {:error, why} -> bad_result(:bad_term, kind, ctx, "a packed number list frame (#{why})")
-        end
-
-      kind == :records ->
-        records_slice(frame, ctx)
-
-      kind == :custom ->
-        custom_slice(frame, ctx)
-
-      true ->
-        {frame.payload, ctx}
+  defp frame_value(:packed, frame, ctx) do
+    case Format.unpack_frame(frame) do
+      {:ok, list} -> {list, ctx}
+      {:error, why} -> bad_result(:bad_term, :packed, ctx, "a packed number list frame (#{why})")
     end
   end
+
+  defp frame_value(:records, frame, ctx), do: records_slice(frame, ctx)
+  defp frame_value(:custom, frame, ctx), do: custom_slice(frame, ctx)
+  defp frame_value(kind, frame, ctx) when kind in [:binary, :buffer], do: {frame.payload, ctx}
+
+  # A kind the registry names that this reader does not implement.
+  defp frame_value(kind, _frame, ctx),
+    do: bad_result(:bad_term, kind, ctx, "a handle kind this reader implements")
 
   # The frame's metadata says the layout and the counts (SPEC §8.1); a
   # metadata that disagrees with the stream is a malformed frame.
   defp records_slice(frame, ctx) do
     with {:ok, %{"layout" => layout, "num_rows" => rows, "num_columns" => cols}}
-         when layout in ["rows", "columns"] <- Format.safe_term(frame.metadata) do
-      case Format.decode_records(String.to_existing_atom(layout), frame.payload) do
+         when is_map_key(@layout_names, layout) <- Format.safe_term(frame.metadata) do
+      case Format.decode_records(Map.fetch!(@layout_names, layout), frame.payload) do
         {:ok, value, table} ->
           if rows == table.num_rows and cols == length(table.schema.fields),
             do: {value, ctx},
@@ -242,8 +239,8 @@ defmodule Bridge.Decoder do
   # protocol/formats/custom.md: format custom, metadata {name, version} agreeing
   # with schema_id = xxh3_64(name) and schema_version.
   defp custom_slice(%{header: h} = frame, ctx) do
-    if Header.format_name(h.format) != :custom or h.codec != 0,
-      do: bad_result(:unknown_format, h.format, ctx, "a custom (4) frame for kind :custom")
+    if h.codec != 0,
+      do: bad_result(:unknown_format, h.format, ctx, "an uncompressed frame for kind :custom")
 
     with {:ok, {name, version}} when is_binary(name) and is_integer(version) <-
            Format.safe_term(frame.metadata),
@@ -268,12 +265,8 @@ defmodule Bridge.Decoder do
     end
   end
 
-  defp kind_form(:binary), do: :raw_slice
-  defp kind_form(kind) when kind in [:tensor, :tensor_bundle, :sparse_coo], do: :tensor_slice
-  defp kind_form(kind), do: :"#{kind}_slice"
-
   defp received(ctx, form, bytes),
-    do: %{ctx | tally: Format.decided(ctx.tally, :from_python, form, :received, bytes, nil)}
+    do: %{ctx | tally: FormatStats.decided(ctx.tally, :from_python, form, :received, bytes, nil)}
 
   # A decoded stream; `metadata` is the slice frame's descriptor ("" inline),
   # whose counts must match the stream when present.

@@ -1,7 +1,7 @@
 defmodule Bridge.Encoder do
   @moduledoc false
   # A call's arguments as a data term, in the calling process (SPEC §7.4, §8;
-  # protocol/transport-v2.md §5.3).
+  # protocol/SPEC.md §9).
   #
   # Binaries, Buffers, tensors, tables, packed lists, records and custom-type
   # payloads at or above the threshold are written straight into a slice of the
@@ -35,6 +35,7 @@ defmodule Bridge.Encoder do
     Error,
     Format,
     FormatStats,
+    Registry,
     Serializer,
     Table,
     Tensor
@@ -57,6 +58,10 @@ defmodule Bridge.Encoder do
         }
 
   @builtin [Tensor, Bundle, COO, Table, Buffer]
+
+  # Handle kind => the form a value in a slice of that kind is counted under
+  # (protocol/registry.json).
+  @slice_forms Registry.stats_forms()
 
   @doc false
   # Returns the argument term and the slices its handles name, in index order.
@@ -86,7 +91,7 @@ defmodule Bridge.Encoder do
       ctx.tally
       |> add({:to_python, :raw, :below_threshold}, ctx.raw, ctx.raw_bytes)
       |> add({:to_python, :etf, :below_min}, ctx.short, ctx.short_bytes)
-      |> Format.flush()
+      |> FormatStats.flush()
 
       {:ok, term, Enum.reverse(ctx.slices)}
     catch
@@ -97,7 +102,7 @@ defmodule Bridge.Encoder do
   end
 
   @doc false
-  # The `slices` list of a call envelope (transport-v2.md §5.2).
+  # The `slices` list of a call envelope (protocol/SPEC.md §8.3).
   @spec entries([Arena.Slice.t()]) :: [tuple()]
   def entries(slices),
     do: for(s <- slices, do: {s.arena_id, s.offset, s.length, s.generation})
@@ -302,7 +307,7 @@ defmodule Bridge.Encoder do
   end
 
   defp note(ctx, form, reason, bytes, what),
-    do: %{ctx | tally: Format.decided(ctx.tally, :to_python, form, reason, bytes, what)}
+    do: %{ctx | tally: FormatStats.decided(ctx.tally, :to_python, form, reason, bytes, what)}
 
   # The frame metadata descriptor of protocol/formats/arrow.md.
   defp arrow_descriptor(%Table{schema: schema, columns: columns, num_rows: n}) do
@@ -333,8 +338,8 @@ defmodule Bridge.Encoder do
 
   defp enc_list(tail, ctx, _acc), do: bad_arg(tail, ctx, "a proper list")
 
-  # `{form, reason, what}`: the decision to count — `form` in a slice
-  # (form_slice, reason), or inline (form, :too_large | :arena_full) when no
+  # `{form, reason, what}`: the decision to count — in a slice (the stats form
+  # of handle kind `kind`, reason), or inline (form, :too_large | :arena_full) when no
   # slice could take the payload but a control frame can.
   defp slice(kind, payload, frame_opts, inline, ctx, {form, reason, what}) do
     size = IO.iodata_length(payload)
@@ -350,9 +355,10 @@ defmodule Bridge.Encoder do
       {:ok, s} ->
         handle = {:"$bb_slice", kind, ctx.count}
         ctx = %{ctx | slices: [s | ctx.slices], count: ctx.count + 1}
-        {handle, note(ctx, slice_form(form), reason, size, what)}
+        {handle, note(ctx, Map.fetch!(@slice_forms, kind), reason, size, what)}
 
-      {:error, %Error{reason: cause} = error} when cause in [:too_large, :arena_full] ->
+      {:error, %Error{reason: cause} = error}
+      when cause in [:too_large, :arena_full, :no_space] ->
         inline_instead(inline, size, ctx, {form, what}, error)
 
       {:error, %Error{} = error} ->
@@ -374,14 +380,6 @@ defmodule Bridge.Encoder do
       {inline, %{note(ctx, form, cause, size, what) | inline: ctx.inline + size}}
     end
   end
-
-  defp slice_form(:raw), do: :raw_slice
-  defp slice_form(:buffer), do: :buffer_slice
-  defp slice_form(:tensor), do: :tensor_slice
-  defp slice_form(:arrow), do: :arrow_slice
-  defp slice_form(:packed), do: :packed_slice
-  defp slice_form(:records), do: :records_slice
-  defp slice_form(:custom), do: :custom_slice
 
   defp bad_arg(term, ctx, expected) do
     error =

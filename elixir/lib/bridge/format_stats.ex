@@ -2,8 +2,10 @@ defmodule Bridge.FormatStats do
   @moduledoc false
   # Owns the public ETS table of format decisions (SPEC §8.1 "counted per
   # (direction, form, reason)"): {{direction, form, reason}, count, bytes}.
-  # Started by Bridge.Application; every worker of every bridge adds to it with
-  # :ets.update_counter (atomic), once per call. Read with Bridge.format_stats/0.
+  # Started by Bridge.Application; every caller adds a call's tally to it with
+  # :ets.update_counter (atomic), once per call (decided/6, then flush/1). Read
+  # with Bridge.format_stats/0. The keys are those of protocol/registry.json's
+  # "stats" table (elixir/test/registry_test.exs checks what is counted).
 
   use GenServer
 
@@ -21,6 +23,61 @@ defmodule Bridge.FormatStats do
     :ets.new(@warned, [:named_table, :public, :set, write_concurrency: true])
     {:ok, nil}
   end
+
+  ## A call's tally
+
+  @small_forms [:raw, :etf]
+  @small_reasons [:below_threshold, :below_min]
+
+  @doc false
+  # Adds one decision to a call's tally and logs it at debug level; decisions
+  # about small values (inline binaries, short lists as ETF) are logged once per
+  # call and form by flush/1 instead of one line each. Forms results arrive in
+  # (direction :from_python) are logged as they arrive: the worker chose them.
+  @spec decided(map(), atom(), atom(), atom(), non_neg_integer(), term()) :: map()
+  def decided(tally, direction, form, reason, bytes, what) do
+    unless form in @small_forms and reason in @small_reasons do
+      Logger.debug(fn ->
+        "beambridge format: #{direction} #{describe(what)} -> #{form} (#{reason}), #{bytes} bytes"
+      end)
+    end
+
+    Map.update(tally, {direction, form, reason}, {1, bytes}, fn {c, b} -> {c + 1, b + bytes} end)
+  end
+
+  @doc false
+  # Counts a call's decisions (Bridge.format_stats/0) and logs the small ones.
+  @spec flush(map()) :: :ok
+  def flush(tally) when map_size(tally) == 0, do: :ok
+
+  def flush(tally) do
+    Enum.each(tally, fn
+      {{direction, form, reason}, {count, bytes}}
+      when form in @small_forms and reason in @small_reasons ->
+        Logger.debug(fn ->
+          "beambridge format: #{direction} #{count} small value(s) -> #{form} (#{reason}), " <>
+            "#{bytes} bytes"
+        end)
+
+      _ ->
+        :ok
+    end)
+
+    add(tally)
+  end
+
+  defp describe({:number_list, n}), do: "a number list of #{n} elements"
+  defp describe({:record_list, cells}), do: "a record list of #{cells} cells"
+  defp describe({:column_map, cells}), do: "a column map of #{cells} cells"
+  defp describe({:records, layout, rows, cols}), do: "#{layout} records (#{rows} x #{cols})"
+  defp describe({:custom, name}), do: "a custom #{inspect(name)}"
+  defp describe({:struct, module}), do: "a #{inspect(module)}"
+  defp describe(nil), do: "a result"
+  defp describe(what) when is_binary(what), do: what
+  defp describe(what) when is_function(what, 0), do: what.()
+  defp describe(what), do: inspect(what)
+
+  ## The table
 
   # `counts` is a map {direction, form, reason} => {count, bytes}.
   @spec add(map()) :: :ok

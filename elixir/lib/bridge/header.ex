@@ -3,28 +3,32 @@ defmodule Bridge.Header do
   The 128-byte frame header (protocol/SPEC.md §3.1) and its validation (§4).
 
   All integers are little-endian. `format` and `codec` are kept as the integer
-  codes of the spec; `format_name/1` and `codec_name/1` give their names.
+  codes of the spec; `format_name/1` and `codec_name/1` give their names, from
+  the tables of `protocol/registry.json` (`Bridge.Registry`).
 
   Validation works on a binary the caller has copied into private memory
-  (`Bridge.Region` copies header and metadata out of the shared mapping before
-  calling `parse/3`), so a peer rewriting shared memory cannot change a value
-  between its check and its use.
+  (`Bridge.Peer.read_frame/4` copies a slice's header and metadata out of the
+  shared mapping before calling `parse/3`), so a peer rewriting shared memory
+  cannot change a value between its check and its use.
+
+  This module holds the layout (`encode/2`, `pack/1`) and the entry points;
+  `Bridge.Header.Builder` builds the header a writer puts in front of a payload
+  (`build/2`, `encode_frame/2`) and `Bridge.Header.Validator` runs the checks
+  of §4 (`parse/3`, `verify_payload/2`, `decode_frame/2`).
   """
 
   import Bitwise
 
-  alias Bridge.{Error, Frame, NIF}
+  alias Bridge.{Error, Frame, NIF, Registry}
+  alias Bridge.Header.{Builder, Validator}
 
   @header_size 128
-  @checksum_span 120
   @max_metadata 1_048_576
-  @default_max_decoded 1 <<< 32
   @flag_payload_checksum 1
-  @known_required_flags @flag_payload_checksum
-  @two64 1 <<< 64
 
-  @formats %{raw: 0, tensor: 1, arrow_stream: 2, etf: 3, custom: 4}
-  @codecs %{none: 0, lz4_frame: 1, zstd: 2}
+  # name => code, from protocol/registry.json
+  @formats Registry.formats()
+  @codecs Registry.codecs()
 
   defstruct magic: "BBFH",
             version_major: 1,
@@ -63,9 +67,13 @@ defmodule Bridge.Header do
         }
 
   @typedoc "A format as its spec code or name."
-  @type format :: non_neg_integer() | :raw | :tensor | :arrow_stream | :etf | :custom
+  @type format ::
+          non_neg_integer()
+          | unquote(Registry.union_type(@formats |> Enum.sort_by(&elem(&1, 1)) |> Keyword.keys()))
   @typedoc "A codec as its spec code or name."
-  @type codec :: non_neg_integer() | :none | :lz4_frame | :zstd
+  @type codec ::
+          non_neg_integer()
+          | unquote(Registry.union_type(@codecs |> Enum.sort_by(&elem(&1, 1)) |> Keyword.keys()))
 
   # {field, bit width} in header order, reserved bytes excluded.
   @widths [
@@ -147,7 +155,8 @@ defmodule Bridge.Header do
       :unknown
   """
   @spec format_name(non_neg_integer()) :: atom()
-  def format_name(code), do: name_of(@formats, code)
+  for {name, code} <- @formats, do: def(format_name(unquote(code)), do: unquote(name))
+  def format_name(_code), do: :unknown
 
   @doc """
   The name of a codec code, or `:unknown`.
@@ -158,11 +167,8 @@ defmodule Bridge.Header do
       :zstd
   """
   @spec codec_name(non_neg_integer()) :: atom()
-  def codec_name(code), do: name_of(@codecs, code)
-
-  defp name_of(map, code) do
-    Enum.find_value(map, :unknown, fn {name, c} -> if c == code, do: name end)
-  end
+  for {name, code} <- @codecs, do: def(codec_name(unquote(code)), do: unquote(name))
+  def codec_name(_code), do: :unknown
 
   @doc """
   Builds the header a writer puts in front of `payload`.
@@ -179,8 +185,8 @@ defmodule Bridge.Header do
     * `:payload_offset` — default `payload_offset_for(byte_size(metadata))`
 
   The header checksum is filled in by `encode/2`. The payload may be iodata (a
-  list of binaries, as `Bridge.Region.write_frame/3` takes it): only its size
-  is needed, and its bytes when `:checksum` is true.
+  list of binaries): only its size is needed, and its bytes when `:checksum`
+  is true.
 
   ## Examples
 
@@ -192,134 +198,7 @@ defmodule Bridge.Header do
       {:unknown_format, :format}
   """
   @spec build(iodata(), keyword()) :: {:ok, t()} | {:error, Error.t()}
-  def build(payload, opts \\ [])
-
-  def build(payload, opts) when (is_binary(payload) or is_list(payload)) and is_list(opts) do
-    case payload_size(payload) do
-      {:ok, size} -> build_sized(payload, size, opts)
-      :error -> {:error, badarg(:payload, {payload, opts})}
-    end
-  end
-
-  def build(payload, opts), do: {:error, badarg(:payload, {payload, opts})}
-
-  defp payload_size(payload) when is_binary(payload), do: {:ok, byte_size(payload)}
-
-  defp payload_size(payload) do
-    {:ok, IO.iodata_length(payload)}
-  rescue
-    ArgumentError -> :error
-  end
-
-  defp build_sized(payload, size, opts) do
-    with :ok <- check_opts(opts),
-         {:ok, metadata} <- opt_metadata(opts),
-         {:ok, format} <- opt_code(opts, :format, @formats, 0, :unknown_format),
-         {:ok, codec} <- opt_code(opts, :codec, @codecs, 0, :unknown_codec),
-         {:ok, checksum?} <- opt_bool(opts, :checksum, true),
-         {:ok, extra_flags} <- opt_int(opts, :flags, 0, 32),
-         {:ok, generation} <- opt_int(opts, :generation, 0, 64),
-         {:ok, schema_id} <- opt_int(opts, :schema_id, 0, 64),
-         {:ok, schema_version} <- opt_int(opts, :schema_version, 0, 32),
-         {:ok, decoded_length} <- opt_int(opts, :decoded_length, size, 64),
-         default_offset = payload_offset_for(byte_size(metadata)),
-         {:ok, payload_offset} <- opt_int(opts, :payload_offset, default_offset, 64),
-         {:ok, payload_checksum} <- payload_checksum(payload, checksum?) do
-      flags = if checksum?, do: extra_flags ||| @flag_payload_checksum, else: extra_flags
-
-      header = %__MODULE__{
-        format: format,
-        codec: codec,
-        flags: flags,
-        generation: generation,
-        schema_id: schema_id,
-        schema_version: schema_version,
-        metadata_length: byte_size(metadata),
-        payload_offset: payload_offset,
-        payload_length: size,
-        decoded_length: decoded_length,
-        payload_checksum: payload_checksum
-      }
-
-      check_writable(header)
-    end
-  end
-
-  # A writer refuses to produce what a reader would refuse (checks 7, 10, 11, 14).
-  defp check_writable(%__MODULE__{} = h) do
-    cond do
-      (h.flags &&& 0xFFFF &&& bnot(@known_required_flags)) != 0 ->
-        {:error, frame_error(:unknown_flags, :flags, h.flags, @known_required_flags)}
-
-      rem(h.payload_offset, 64) != 0 ->
-        {:error, frame_error(:misaligned_payload, :payload_offset, h.payload_offset, 64)}
-
-      h.payload_offset < @header_size + h.metadata_length ->
-        {:error,
-         frame_error(
-           :payload_overlaps_metadata,
-           :payload_offset,
-           h.payload_offset,
-           @header_size + h.metadata_length
-         )}
-
-      h.payload_offset + h.payload_length >= @two64 ->
-        {:error, frame_error(:length_overflow, :payload_length, h.payload_length, @two64)}
-
-      h.codec == 0 and h.decoded_length != h.payload_length ->
-        {:error,
-         frame_error(:bad_decoded_length, :decoded_length, h.decoded_length, h.payload_length)}
-
-      true ->
-        {:ok, h}
-    end
-  end
-
-  defp payload_checksum(_payload, false), do: {:ok, 0}
-  defp payload_checksum(payload, true) when is_binary(payload), do: xxh3(payload)
-  defp payload_checksum(payload, true), do: xxh3(IO.iodata_to_binary(payload))
-
-  defp check_opts(opts) do
-    if Keyword.keyword?(opts), do: :ok, else: {:error, badarg(:opts, opts)}
-  end
-
-  defp opt_metadata(opts) do
-    case Keyword.get(opts, :metadata, "") do
-      m when is_binary(m) and byte_size(m) <= @max_metadata ->
-        {:ok, m}
-
-      m when is_binary(m) ->
-        {:error, frame_error(:metadata_too_large, :metadata_length, byte_size(m), @max_metadata)}
-
-      other ->
-        {:error, badarg(:metadata, other)}
-    end
-  end
-
-  defp opt_code(opts, key, names, default, reason) do
-    max = map_size(names) - 1
-
-    case Keyword.get(opts, key, default) do
-      code when is_integer(code) and code in 0..max -> {:ok, code}
-      code when is_integer(code) -> {:error, frame_error(reason, key, code, max)}
-      name when is_map_key(names, name) -> {:ok, Map.fetch!(names, name)}
-      other -> {:error, badarg(key, other)}
-    end
-  end
-
-  defp opt_bool(opts, key, default) do
-    case Keyword.get(opts, key, default) do
-      b when is_boolean(b) -> {:ok, b}
-      other -> {:error, badarg(key, other)}
-    end
-  end
-
-  defp opt_int(opts, key, default, bits) do
-    case Keyword.get(opts, key, default) do
-      i when is_integer(i) and i >= 0 and i < 1 <<< bits -> {:ok, i}
-      other -> {:error, badarg(key, other, (1 <<< bits) - 1)}
-    end
-  end
+  defdelegate build(payload, opts \\ []), to: Builder
 
   @doc """
   Encodes `header` and computes its checksum over `header[0:120] ++ metadata`.
@@ -387,6 +266,37 @@ defmodule Bridge.Header do
     end)
   end
 
+  @doc false
+  # The header of the 120 bytes before header_checksum, and that checksum
+  # (the inverse of the layout encode/2 writes; no field is checked).
+  @spec unpack(<<_::960>>, non_neg_integer()) :: t()
+  def unpack(first, header_checksum) do
+    <<magic::binary-size(4), version_major::little-16, version_minor::little-16,
+      header_size::little-16, format::8, codec::8, flags::little-32, generation::little-64,
+      schema_id::little-64, schema_version::little-32, metadata_length::little-32,
+      payload_offset::little-64, payload_length::little-64, decoded_length::little-64,
+      payload_checksum::little-64, _reserved::binary-size(48)>> = first
+
+    %__MODULE__{
+      magic: magic,
+      version_major: version_major,
+      version_minor: version_minor,
+      header_size: header_size,
+      format: format,
+      codec: codec,
+      flags: flags,
+      generation: generation,
+      schema_id: schema_id,
+      schema_version: schema_version,
+      metadata_length: metadata_length,
+      payload_offset: payload_offset,
+      payload_length: payload_length,
+      decoded_length: decoded_length,
+      payload_checksum: payload_checksum,
+      header_checksum: header_checksum
+    }
+  end
+
   @doc """
   Validates a header (SPEC §4, checks 1–16, in that order; the first failure
   is the error).
@@ -412,143 +322,7 @@ defmodule Bridge.Header do
       {:payload_out_of_bounds, :payload_length, 5, 4}
   """
   @spec parse(binary(), non_neg_integer(), keyword()) :: {:ok, t()} | {:error, Error.t()}
-  def parse(binary, frame_size, opts \\ [])
-
-  def parse(binary, frame_size, opts)
-      when is_binary(binary) and is_integer(frame_size) and frame_size >= 0 and is_list(opts) do
-    with :ok <- check_opts(opts),
-         {:ok, max_decoded} <- opt_int(opts, :max_decoded_length, @default_max_decoded, 64) do
-      do_parse(binary, frame_size, max_decoded)
-    end
-  end
-
-  def parse(binary, frame_size, _opts) when not is_binary(binary),
-    do: {:error, badarg(:binary, frame_size)}
-
-  def parse(_binary, frame_size, opts) when is_list(opts),
-    do: {:error, badarg(:frame_size, frame_size)}
-
-  def parse(_binary, _frame_size, opts), do: {:error, badarg(:opts, opts)}
-
-  # 1
-  defp do_parse(_binary, frame_size, _max) when frame_size < @header_size,
-    do: {:error, frame_error(:truncated_header, :header, frame_size, @header_size)}
-
-  defp do_parse(binary, _frame_size, _max) when byte_size(binary) < @header_size,
-    do: {:error, frame_error(:truncated_header, :header, byte_size(binary), @header_size)}
-
-  defp do_parse(
-         <<first::binary-size(@checksum_span), header_checksum::little-64, rest::binary>>,
-         frame_size,
-         max_decoded
-       ) do
-    <<magic::binary-size(4), version_major::little-16, version_minor::little-16,
-      header_size::little-16, format::8, codec::8, flags::little-32, generation::little-64,
-      schema_id::little-64, schema_version::little-32, metadata_length::little-32,
-      payload_offset::little-64, payload_length::little-64, decoded_length::little-64,
-      payload_checksum::little-64, _reserved::binary-size(48)>> = first
-
-    h = %__MODULE__{
-      magic: magic,
-      version_major: version_major,
-      version_minor: version_minor,
-      header_size: header_size,
-      format: format,
-      codec: codec,
-      flags: flags,
-      generation: generation,
-      schema_id: schema_id,
-      schema_version: schema_version,
-      metadata_length: metadata_length,
-      payload_offset: payload_offset,
-      payload_length: payload_length,
-      decoded_length: decoded_length,
-      payload_checksum: payload_checksum,
-      header_checksum: header_checksum
-    }
-
-    end_of_payload = payload_offset + payload_length
-    end_of_metadata = @header_size + metadata_length
-
-    cond do
-      magic != "BBFH" ->
-        {:error, frame_error(:bad_magic, :magic, magic, "BBFH")}
-
-      version_major != 1 ->
-        {:error, frame_error(:unsupported_version, :version_major, version_major, 1)}
-
-      header_size != @header_size ->
-        {:error, frame_error(:bad_header_size, :header_size, header_size, @header_size)}
-
-      format > 4 ->
-        {:error, frame_error(:unknown_format, :format, format, 4)}
-
-      codec > 2 ->
-        {:error, frame_error(:unknown_codec, :codec, codec, 2)}
-
-      (flags &&& 0xFFFF &&& bnot(@known_required_flags)) != 0 ->
-        {:error, frame_error(:unknown_flags, :flags, flags, @known_required_flags)}
-
-      metadata_length > @max_metadata ->
-        {:error,
-         frame_error(:metadata_too_large, :metadata_length, metadata_length, @max_metadata)}
-
-      end_of_metadata > frame_size ->
-        {:error,
-         frame_error(
-           :metadata_out_of_bounds,
-           :metadata_length,
-           metadata_length,
-           frame_size - @header_size
-         )}
-
-      rem(payload_offset, 64) != 0 ->
-        {:error, frame_error(:misaligned_payload, :payload_offset, payload_offset, 64)}
-
-      payload_offset < end_of_metadata ->
-        {:error,
-         frame_error(:payload_overlaps_metadata, :payload_offset, payload_offset, end_of_metadata)}
-
-      end_of_payload >= @two64 ->
-        {:error, frame_error(:length_overflow, :payload_length, payload_length, @two64)}
-
-      end_of_payload > frame_size ->
-        {:error,
-         frame_error(
-           :payload_out_of_bounds,
-           :payload_length,
-           payload_length,
-           max(frame_size - payload_offset, 0)
-         )}
-
-      codec == 0 and decoded_length != payload_length ->
-        {:error,
-         frame_error(:bad_decoded_length, :decoded_length, decoded_length, payload_length)}
-
-      codec != 0 and decoded_length > max_decoded ->
-        {:error, frame_error(:decoded_too_large, :decoded_length, decoded_length, max_decoded)}
-
-      byte_size(rest) < metadata_length ->
-        # The caller passed less metadata than the header announces.
-        {:error,
-         frame_error(:metadata_out_of_bounds, :metadata_length, metadata_length, byte_size(rest))}
-
-      true ->
-        check_header_checksum(h, first, binary_part(rest, 0, metadata_length))
-    end
-  end
-
-  # 16
-  defp check_header_checksum(h, first, metadata) do
-    with {:ok, computed} <- xxh3(first <> metadata) do
-      if computed == h.header_checksum do
-        {:ok, h}
-      else
-        {:error,
-         frame_error(:header_checksum_mismatch, :header_checksum, h.header_checksum, computed)}
-      end
-    end
-  end
+  defdelegate parse(binary, frame_size, opts \\ []), to: Validator
 
   @doc """
   Like `parse/3` but returns the header or raises `Bridge.Error`.
@@ -576,24 +350,12 @@ defmodule Bridge.Header do
       {:checksum_mismatch, :payload_checksum}
   """
   @spec verify_payload(t(), binary()) :: :ok | {:error, Error.t()}
-  def verify_payload(%__MODULE__{} = h, payload) when is_binary(payload) do
-    if (h.flags &&& @flag_payload_checksum) == 0 do
-      :ok
-    else
-      with {:ok, computed} <- xxh3(payload), do: checksum_result(h, computed)
-    end
-  end
+  defdelegate verify_payload(header, payload), to: Validator
 
   @doc false
-  # Check 17 given an already computed xxh3_64 of the payload (used by Bridge.Region).
+  # Check 17 given an already computed xxh3_64 of the payload.
   @spec checksum_result(t(), non_neg_integer()) :: :ok | {:error, Error.t()}
-  def checksum_result(%__MODULE__{} = h, computed) do
-    if (h.flags &&& @flag_payload_checksum) == 0 or computed == h.payload_checksum do
-      :ok
-    else
-      {:error, frame_error(:checksum_mismatch, :payload_checksum, h.payload_checksum, computed)}
-    end
-  end
+  defdelegate checksum_result(header, computed), to: Validator
 
   @doc """
   Encodes a whole frame: header, metadata, zero padding, payload. Takes the
@@ -608,18 +370,7 @@ defmodule Bridge.Header do
       "payload"
   """
   @spec encode_frame(binary(), keyword()) :: {:ok, binary()} | {:error, Error.t()}
-  def encode_frame(payload, opts \\ [])
-
-  def encode_frame(payload, opts) when is_binary(payload) and is_list(opts) do
-    with {:ok, h} <- build(payload, opts),
-         metadata = Keyword.get(opts, :metadata, ""),
-         {:ok, header} <- encode(h, metadata) do
-      padding = h.payload_offset - @header_size - h.metadata_length
-      {:ok, IO.iodata_to_binary([header, metadata, :binary.copy(<<0>>, padding), payload])}
-    end
-  end
-
-  def encode_frame(payload, opts), do: {:error, badarg(:payload, {payload, opts})}
+  defdelegate encode_frame(payload, opts \\ []), to: Builder
 
   @doc """
   Like `encode_frame/2` but returns the binary or raises `Bridge.Error`.
@@ -653,20 +404,7 @@ defmodule Bridge.Header do
       iex> {:ok, _} = Bridge.Header.decode_frame(corrupt, verify: false)
   """
   @spec decode_frame(binary(), keyword()) :: {:ok, Frame.t()} | {:error, Error.t()}
-  def decode_frame(frame, opts \\ [])
-
-  def decode_frame(frame, opts) when is_binary(frame) and is_list(opts) do
-    with :ok <- check_opts(opts),
-         {:ok, verify?} <- opt_bool(opts, :verify, true),
-         {:ok, h} <- parse(frame, byte_size(frame), opts),
-         payload = binary_part(frame, h.payload_offset, h.payload_length),
-         :ok <- if(verify?, do: verify_payload(h, payload), else: :ok) do
-      metadata = binary_part(frame, @header_size, h.metadata_length)
-      {:ok, %Frame{header: h, metadata: metadata, payload: payload}}
-    end
-  end
-
-  def decode_frame(frame, opts), do: {:error, badarg(:frame, {frame, opts})}
+  defdelegate decode_frame(frame, opts \\ []), to: Validator
 
   @doc """
   Like `decode_frame/2` but returns the frame or raises `Bridge.Error`.
@@ -679,18 +417,55 @@ defmodule Bridge.Header do
   @spec decode_frame!(binary(), keyword()) :: Frame.t()
   def decode_frame!(frame, opts \\ []), do: bang(decode_frame(frame, opts))
 
-  defp xxh3(binary) do
+  ## Shared by the builder and the validator
+
+  @doc false
+  @spec xxh3(binary()) :: {:ok, non_neg_integer()} | {:error, Error.t()}
+  def xxh3(binary) do
     case NIF.xxh3_64(binary) do
       {:ok, h} -> {:ok, h}
       {:error, reason} -> {:error, Error.from_nif(reason)}
     end
   end
 
-  defp frame_error(reason, field, value, limit),
+  @doc false
+  # A frame the header checks refuse: `reason` names the check, `field` the
+  # header field, `limit` what the check allows.
+  @spec frame_error(atom(), atom(), term(), term()) :: Error.t()
+  def frame_error(reason, field, value, limit),
     do: Error.new(:bad_frame, reason, field: field, value: value, limit: limit)
 
-  defp badarg(field, value, limit \\ nil),
+  @doc false
+  # An argument of the wrong type or range.
+  @spec badarg(atom(), term(), term()) :: Error.t()
+  def badarg(field, value, limit \\ nil),
     do: Error.new(:bad_frame, :badarg, field: field, value: value, limit: limit)
+
+  @doc false
+  # {:ok, value} of keyword option `key`, a non-negative integer below 2^bits.
+  @spec opt_int(keyword(), atom(), term(), pos_integer()) ::
+          {:ok, non_neg_integer()} | {:error, Error.t()}
+  def opt_int(opts, key, default, bits) do
+    case Keyword.get(opts, key, default) do
+      i when is_integer(i) and i >= 0 and i < 1 <<< bits -> {:ok, i}
+      other -> {:error, badarg(key, other, (1 <<< bits) - 1)}
+    end
+  end
+
+  @doc false
+  @spec opt_bool(keyword(), atom(), boolean()) :: {:ok, boolean()} | {:error, Error.t()}
+  def opt_bool(opts, key, default) do
+    case Keyword.get(opts, key, default) do
+      b when is_boolean(b) -> {:ok, b}
+      other -> {:error, badarg(key, other)}
+    end
+  end
+
+  @doc false
+  @spec check_opts(term()) :: :ok | {:error, Error.t()}
+  def check_opts(opts) do
+    if Keyword.keyword?(opts), do: :ok, else: {:error, badarg(:opts, opts)}
+  end
 
   defp bang({:ok, value}), do: value
   defp bang({:error, %Error{} = e}), do: raise(e)

@@ -1,7 +1,7 @@
 defmodule Bridge.LeaseTable do
   @moduledoc """
   The lease table this node keeps for one worker process
-  (protocol/transport-v2.md §4): one 8-byte word per ticket, written only here
+  (protocol/SPEC.md §4): one 8-byte word per ticket, written only here
   (when a lease on the worker's slice ends), read by the worker through a
   read-only mapping to learn which of its slices it may reuse.
 

@@ -1,8 +1,8 @@
 defmodule Bridge.NIF do
   @moduledoc false
-  # Stubs for shm/beambridge_nif.c. Every function returns {:ok, value} | :ok |
-  # {:error, atom}; wrong argument types are {:error, :badarg}, never a raise.
-  # Offsets and lengths are region offsets in bytes.
+  # Stubs for shm/beambridge_nif.c and shm/arena.c. Every function returns
+  # {:ok, value} | :ok | {:error, reason}; wrong argument types are
+  # {:error, :badarg}, never a raise. Offsets and lengths are in bytes.
 
   @on_load :load_nif
 
@@ -13,51 +13,30 @@ defmodule Bridge.NIF do
 
   defp not_loaded, do: :erlang.nif_error(:nif_not_loaded)
 
-  def create(_name, _size), do: not_loaded()
-  def attach(_name), do: not_loaded()
+  # A name an earlier version left in /dev/shm (Bridge.Reaper).
   def unlink(_name), do: not_loaded()
-  def region_unlink(_region), do: not_loaded()
-  def close(_region), do: not_loaded()
-  def closed?(_region), do: not_loaded()
-  def owner?(_region), do: not_loaded()
   def euid, do: not_loaded()
   def kill(_os_pid, _signal), do: not_loaded()
-  def size(_region), do: not_loaded()
-  def name(_region), do: not_loaded()
-  def address(_region), do: not_loaded()
+  # Where a binary's bytes live (tests check zero-copy binaries with it).
   def binary_address(_binary), do: not_loaded()
-  def read_copy(_region, _off, _len), do: not_loaded()
-  def write(_region, _off, _binary), do: not_loaded()
-  def write_hashed(_region, _off, _binary), do: not_loaded()
   def xxh3_64(_binary), do: not_loaded()
-  def xxh3_64_region(_region, _off, _len), do: not_loaded()
   # One zstd frame into a binary of exactly expected_size bytes (<= 2^32); the
   # frame's declared content size is checked before allocating. Errors: :badarg,
   # :too_large, :size_mismatch, :bad_compressed_data, :enomem.
   def zstd_decompress(_frame, _expected_size), do: not_loaded()
-  def load_u32(_region, _off), do: not_loaded()
-  def load_u64(_region, _off), do: not_loaded()
-  def store_u32(_region, _off, _value), do: not_loaded()
-  def store_u64(_region, _off, _value), do: not_loaded()
-  def cas_u32(_region, _off, _expected, _desired), do: not_loaded()
-  def cas_u64(_region, _off, _expected, _desired), do: not_loaded()
-  def fetch_add_u32(_region, _off, _delta), do: not_loaded()
-  def fetch_add_u64(_region, _off, _delta), do: not_loaded()
-  def lease_acquire(_region, _count_off, _state_off, _expected_state), do: not_loaded()
-  def lease_binary(_lease, _off, _len), do: not_loaded()
-  def lease_release(_lease), do: not_loaded()
 
-  # Transport v2 (shm/arena.c, protocol/transport-v2.md). Owned arenas and slices:
+  # Transport v2 (shm/arena.c, protocol/SPEC.md). Owned arenas and slices:
   def arena_set_new(_limit, _min_arena), do: not_loaded()
   def arena_set_close(_set), do: not_loaded()
   def arena_set_stats(_set), do: not_loaded()
   def arena_set_trim(_set, _idle_ms, _keep_bytes), do: not_loaded()
-  def arena_grow(_set, _frame_len), do: not_loaded()
+  def arena_grow(_set, _frame_len, _max_size), do: not_loaded()
   def arena_info(_set, _arena_id), do: not_loaded()
   def slice_alloc(_set, _frame_len), do: not_loaded()
   def slice_info(_slice), do: not_loaded()
   def slice_write_frame(_slice, _header, _metadata, _parts, _checksum), do: not_loaded()
   def slice_read(_slice, _off, _len), do: not_loaded()
+  def slice_write(_slice, _off, _binary), do: not_loaded()
   def slice_release(_slice), do: not_loaded()
   def slice_lend(_slice), do: not_loaded()
   def slice_return(_slice), do: not_loaded()

@@ -1,7 +1,7 @@
 defmodule Bridge.Peer do
   @moduledoc """
   A worker's shared objects as this node sees them: mapped read-only, and
-  leases on their slices (protocol/transport-v2.md §2, §4).
+  leases on their slices (protocol/SPEC.md §2, §4).
 
   `open/1` takes an announcement `{:object, kind, owner_pid, fd, id, size,
   nonce}`, opens `/proc/<owner_pid>/fd/<fd>` read-only, checks that the object
@@ -95,7 +95,8 @@ defmodule Bridge.Peer do
           {:ok, Frame.t()} | {:error, Error.t()}
   def read_frame(lease, length, generation, opts \\ []) do
     result =
-      with {:ok, head} <- copy(lease, 0, min(128, length)),
+      with :ok <- check_opts(opts),
+           {:ok, head} <- copy(lease, 0, min(128, length)),
            {:ok, head} <- with_metadata(lease, head, length),
            {:ok, h} <- Header.parse(head, length),
            :ok <- check_generation(h, generation),
@@ -105,6 +106,22 @@ defmodule Bridge.Peer do
       end
 
     with {:error, _} <- result, do: release_quietly(lease, result)
+  end
+
+  defp check_opts(opts) do
+    with true <- is_list(opts) and Keyword.keyword?(opts),
+         true <- is_boolean(Keyword.get(opts, :verify, false)),
+         true <- is_boolean(Keyword.get(opts, :copy, false)) do
+      :ok
+    else
+      _ ->
+        {:error,
+         Error.new(:bad_call, :badarg,
+           field: :opts,
+           value: opts,
+           limit: "a keyword list of verify: boolean, copy: boolean"
+         )}
+    end
   end
 
   defp release_quietly(lease, result) do

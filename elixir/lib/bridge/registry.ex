@@ -2,14 +2,20 @@ defmodule Bridge.Registry do
   @moduledoc """
   The protocol registry: the tables the Elixir and the Python side must agree on.
 
-  One file, `protocol/registry.json`, holds them: error reasons, region handle
-  kinds, frame format and codec codes, format policies, the packed dtypes, the
+  One file, `protocol/registry.json`, holds them: error reasons, handle kinds,
+  frame format and codec codes, format policies, the packed dtypes, the
   control-message and tag atoms of both transports. This module reads it **at compile time**
   (editing the file recompiles it) and turns every name into an atom then, so
   once the module is loaded `:erlang.binary_to_term(bin, [:safe])` knows every
   atom a peer may send. `beambridge.registry` reads the same file on the Python
-  side; `elixir/test/registry_test.exs` checks the hand-written tables of the
-  other modules against it.
+  side.
+
+  The other modules take their tables from here at compile time: the atoms a
+  worker may send (`Bridge.Worker`), the handle kinds with their frame formats,
+  copied kinds and stats forms (`Bridge.Decoder`, `Bridge.Encoder`), the
+  policies and packed dtypes (`Bridge.Format`), the format and codec codes
+  (`Bridge.Header`). `elixir/test/registry_test.exs` checks that what they do
+  matches the file and that they name nothing it lacks.
 
   ## Examples
 
@@ -27,6 +33,10 @@ defmodule Bridge.Registry do
       ["|i1", "|u1", "<i2"]
       iex> Bridge.Registry.reason_meaning(:leased)
       "the writer found reader_leases above 0 and wrote nothing (SPEC §2.2)"
+      iex> {Bridge.Registry.stats_forms()[:tensor_bundle], Bridge.Registry.records_layouts()}
+      {:tensor_slice, [:columns, :rows]}
+      iex> {:ready in Bridge.Registry.wire_atoms(), :shutdown in Bridge.Registry.wire_atoms()}
+      {true, false}
   """
 
   @path Path.expand("../../../protocol/registry.json", __DIR__)
@@ -106,6 +116,16 @@ defmodule Bridge.Registry do
   codecs = coded.("codecs")
   object_kinds = coded.("object_kinds")
 
+  # The stats forms the BEAM counts (stats.forms entries whose sides hold elixir).
+  elixir_forms =
+    for {form, entry} <-
+          data
+          |> fetch!.("stats", "", object?, "an object")
+          |> fetch!.("forms", "stats", object?, "an object"),
+        "elixir" in fetch!.(entry, "sides", "stats.forms.#{form}", list?, "a list"),
+        into: %{},
+        do: {form, true}
+
   handle_kinds =
     for {name, entry} <- fetch!.(data, "handle_kinds", "", object?, "an object") do
       where = "handle_kinds.#{name}"
@@ -120,12 +140,14 @@ defmodule Bridge.Registry do
         &(is_nil(&1) or (is_list(&1) and Enum.all?(&1, fn id -> is_integer(id) and id >= 0 end)))
 
       schemas = fetch!.(entry, "schemas", where, ids?, "a list of schema ids")
+      stats_form = fetch!.(entry, "stats_form", where, &is_map_key(elixir_forms, &1), "a form")
 
       {String.to_atom(name),
        %{
          format: String.to_atom(format),
          copied: fetch!.(copied, "elixir", where <> ".copied", &is_boolean/1, "true or false"),
-         schemas: schemas
+         schemas: schemas,
+         stats_form: String.to_atom(stats_form)
        }}
     end
 
@@ -152,8 +174,25 @@ defmodule Bridge.Registry do
   @object_kinds object_kinds
   @policies names.("policies")
   @packed_dtypes packed_dtypes
-  @messages data |> fetch!.("messages", "", object?, "an object") |> Map.keys()
-  @tags data |> fetch!.("tags", "", object?, "an object") |> Map.keys()
+  # {name, the transports that use it, who sends it (nil for tags: whoever
+  # sends the data term)}
+  used = fn table, from? ->
+    for {name, entry} <- fetch!.(data, table, "", object?, "an object") do
+      where = "#{table}.#{name}"
+      versions = fetch!.(entry, "transport", where, &(is_list(&1) and &1 != []), "a list")
+
+      from =
+        if from?, do: fetch!.(entry, "from", where, &(&1 in (@sides ++ ["either"])), "a side")
+
+      {name, versions, from}
+    end
+  end
+
+  messages = used.("messages", true)
+  tags = used.("tags", false)
+
+  @messages for {name, _, _} <- messages, do: name
+  @tags for {name, _, _} <- tags, do: name
   @layouts data |> fetch!.("records_layouts", "", object?, "an object") |> Map.keys()
   @sources data |> fetch!.("slice_sources", "", object?, "an object") |> Map.keys()
   @atoms Enum.map(@messages ++ @tags ++ @layouts ++ @sources, &String.to_atom/1)
@@ -161,6 +200,19 @@ defmodule Bridge.Registry do
          |> Kernel.++(Map.keys(@formats) ++ Map.keys(@codecs) ++ Map.keys(@object_kinds))
          |> Enum.uniq()
          |> Enum.sort()
+
+  # What a worker speaking transport 2 may send (protocol/SPEC.md §8.3, §9).
+  @wire_atoms (for(
+                 {name, versions, from} <- messages ++ tags,
+                 2 in versions and from != "elixir",
+                 do: String.to_atom(name)
+               ) ++
+                 Enum.map(@layouts ++ @sources, &String.to_atom/1) ++
+                 Map.keys(@handle_kinds) ++ Map.keys(@object_kinds) ++ @wire_reasons)
+              |> Enum.uniq()
+              |> Enum.sort()
+  @records_layouts @layouts |> Enum.map(&String.to_atom/1) |> Enum.sort()
+  @stats_forms Map.new(handle_kinds, fn {kind, e} -> {kind, e.stats_form} end)
 
   @typedoc "An error reason of the registry (`reasons/0`)."
   @type reason :: atom()
@@ -206,7 +258,7 @@ defmodule Bridge.Registry do
     end
   end
 
-  @doc "Region handle kind => the frame format it reads (SPEC §7.4)."
+  @doc "Handle kind => the frame format it reads (SPEC §7.4, protocol/SPEC.md §9)."
   @spec handle_kinds() :: %{atom() => atom()}
   def handle_kinds, do: @handle_kinds
 
@@ -230,7 +282,7 @@ defmodule Bridge.Registry do
   @spec codecs() :: %{atom() => non_neg_integer()}
   def codecs, do: @codecs
 
-  @doc "Shared-object `kind` codes of transport v2 (transport-v2.md §1.1): name => code."
+  @doc "Shared-object `kind` codes of transport v2 (protocol/SPEC.md §1.1): name => code."
   @spec object_kinds() :: %{atom() => non_neg_integer()}
   def object_kinds, do: @object_kinds
 
@@ -241,6 +293,32 @@ defmodule Bridge.Registry do
   @doc "The nine dtypes of the packed form (SPEC §8.1), narrowest first."
   @spec packed_dtypes() :: [String.t()]
   def packed_dtypes, do: @packed_dtypes
+
+  @doc "The layouts of the records form (SPEC §8.1), sorted."
+  @spec records_layouts() :: [atom()]
+  def records_layouts, do: @records_layouts
+
+  @doc """
+  Handle kind => the form (a key of `Bridge.format_stats/0`) a value of that
+  kind is counted under when it travels in a slice.
+  """
+  @spec stats_forms() :: %{atom() => atom()}
+  def stats_forms, do: @stats_forms
+
+  @doc """
+  Every atom a worker speaking transport 2 may send (protocol/SPEC.md §8): its
+  control messages, the tags of data terms, records layouts, slice sources,
+  handle kinds, object kinds and the wire reasons, sorted. The BEAM must know
+  each before it decodes a worker's frame with `binary_to_term(_, [:safe])`.
+  """
+  @spec wire_atoms() :: [atom()]
+  def wire_atoms, do: @wire_atoms
+
+  @doc false
+  # The type `a | b | ...` of a list of atoms, for a @type built from a table:
+  # `@type policy :: unquote(Bridge.Registry.union_type(Bridge.Registry.policies()))`.
+  @spec union_type([atom(), ...]) :: Macro.t()
+  def union_type(atoms), do: atoms |> Enum.reverse() |> Enum.reduce(&{:|, [], [&1, &2]})
 
   @doc """
   Every name of the registry as an atom: reasons, control messages, tags,

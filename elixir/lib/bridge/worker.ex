@@ -1,6 +1,6 @@
 defmodule Bridge.Worker do
   @moduledoc false
-  # One Python worker process behind one Port (SPEC §7, protocol/transport-v2.md
+  # One Python worker process behind one Port (SPEC §7, protocol/SPEC.md
   # §5). The GenServer outlives the OS process: when Python dies it fails the
   # call in flight with :worker_died, ends every lease the worker held on this
   # node's slices and starts a new interpreter with exponential backoff. It runs
@@ -11,7 +11,10 @@ defmodule Bridge.Worker do
   # It only routes: callers encode their arguments into the bridge's arenas and
   # build the call frame (Bridge.call/3), and decode the answer's body; this
   # process lends the call's slices, sends the frame, reads the answer's envelope
-  # and hands the body to the caller. The shared objects are Bridge.Worker.Objects.
+  # and hands the body to the caller. This module is the call state machine and
+  # the pool's view of the worker; the interpreter's life (port, readiness,
+  # kill, restart, backoff, shutdown) is Bridge.Worker.Interpreter, the shared
+  # objects Bridge.Worker.Objects, the frames Bridge.Control.
   #
   # phase: :starting (port open, waiting for {:ready, ...}) | :ready | :busy
   #        | :killing (signals sent, waiting for the exit status) | :down
@@ -21,15 +24,8 @@ defmodule Bridge.Worker do
 
   require Logger
 
-  alias Bridge.{Config, Control, Error}
-  alias Bridge.Worker.Objects
-
-  @term_grace 500
-  @kill_grace 2_000
-  @shutdown_wait 1_000
-  @backoff_min 50
-  @backoff_max 5_000
-  @healthy_ms 10_000
+  alias Bridge.{Config, Control, Error, Registry}
+  alias Bridge.Worker.{Interpreter, Objects}
 
   defstruct [
     :config,
@@ -44,26 +40,14 @@ defmodule Bridge.Worker do
     phase: :down,
     available?: false,
     objects: %Objects{},
-    backoff: @backoff_min
+    backoff: Interpreter.backoff_min()
   ]
 
-  # Atoms a worker may send (SPEC §4, §5, §7.3, transport-v2.md §5).
-  # binary_to_term(_, [:safe]) refuses atoms that do not exist yet, so they are
-  # named here to be sure they exist whenever this module is loaded.
-  @protocol_atoms ~w(ready ok error log stdout stderr python_exception bad_call no_module
-    no_function bad_term binary buffer tensor truncated_header
-    bad_magic unsupported_version bad_header_size unknown_format unknown_codec unknown_flags
-    metadata_too_large metadata_out_of_bounds misaligned_payload payload_overlaps_metadata
-    length_overflow payload_out_of_bounds bad_decoded_length decoded_too_large
-    header_checksum_mismatch checksum_mismatch stale_generation no_space name_collision
-    not_found bad_name bad_permissions region_too_small bad_control_block out_of_bounds closed
-    not_owner region_too_large badarg leased not_published busy arrow $bb_arrow packed records
-    custom $bb_packed $bb_records $bb_custom rows columns tensor_bundle sparse_coo
-    $bb_tensor_bundle $bb_sparse_coo unknown_type codec_failed bad_metadata format_unsuitable
-    unknown_atom unsupported_type duplicate_column unsupported_value bad_option
-    $bb_slice $bb_tensor $bb_buffer object object_dropped released arena sealed lease_table
-    worker beam too_large arena_full no_tickets peer_open_failed size_mismatch not_sealed
-    bad_object slice_out_of_bounds unsupported_dtype)a
+  # Atoms a worker may send (protocol/SPEC.md §8), from protocol/registry.json.
+  # binary_to_term(_, [:safe]) refuses atoms that do not exist yet: this list is
+  # a literal of this module, so they exist whenever it is loaded, before any
+  # frame of a worker is decoded (and the module recompiles with the registry).
+  @protocol_atoms Registry.wire_atoms()
 
   @doc false
   @spec protocol_atoms() :: [atom()]
@@ -110,129 +94,23 @@ defmodule Bridge.Worker do
     state = %__MODULE__{config: config, index: index, id: "#{inspect(config.name)}.#{index}"}
     Logger.metadata(worker: state.id)
 
-    case start_sync(state) do
+    case Interpreter.start_sync(state) do
       {:ok, state} -> {:ok, become_ready(state)}
       {:error, error} -> {:stop, error}
     end
-  end
-
-  # The first start is synchronous so that a broken interpreter or worker
-  # module fails Bridge.start_link with :start_failed instead of looping.
-  defp start_sync(state) do
-    case open_port(state) do
-      {:ok, state} -> wait_ready(state, now() + state.config.start_timeout, [])
-      {:error, _} = error -> error
-    end
-  end
-
-  defp wait_ready(%{port: port} = state, deadline, output) do
-    receive do
-      {^port, {:data, bin}} ->
-        case Control.split(bin) do
-          {:ok, {:ready, os_pid, {2, _minor}}, _} when is_integer(os_pid) ->
-            {:ok, ready(state, os_pid)}
-
-          {:ok, {:log, stream, data} = log, _} when is_binary(data) ->
-            log(state, log)
-            wait_ready(state, deadline, [output, "#{stream}: ", data])
-
-          {:ok, other, _} ->
-            stop_port(state)
-
-            {:error,
-             start_failed(state, "its first frame was #{inspect(other, limit: 8)}", output)}
-
-          {:error, error} ->
-            stop_port(state)
-            {:error, start_failed(state, Exception.message(error), output)}
-        end
-
-      {^port, {:exit_status, status}} ->
-        {:error,
-         start_failed(state, "it exited with status #{status} before it was ready", output)}
-    after
-      max(deadline - now(), 0) ->
-        stop_port(state)
-
-        {:error,
-         start_failed(
-           state,
-           "it was not ready within start_timeout (#{state.config.start_timeout} ms)",
-           output
-         )}
-    end
-  end
-
-  defp start_failed(state, why, output) do
-    output = IO.iodata_to_binary(output)
-
-    Error.new(:start_failed, :start_failed,
-      field: :python,
-      value: state.config.python,
-      message:
-        "worker start failed: #{state.config.python} -m beambridge.worker (worker #{state.id}): " <>
-          why <> if(output == "", do: "", else: "; output:\n" <> output)
-    )
-  end
-
-  defp open_port(state) do
-    config = state.config
-
-    opts = [
-      :binary,
-      {:packet, 4},
-      :nouse_stdio,
-      :exit_status,
-      {:args, ["-m", "beambridge.worker"]},
-      {:env, env(state)}
-    ]
-
-    with {:ok, objects, announcement} <- Objects.start() do
-      try do
-        port = Port.open({:spawn_executable, config.python}, opts)
-        os_pid = with {:os_pid, pid} <- Port.info(port, :os_pid), do: pid
-        state = %{state | port: port, phase: :starting, os_pids: List.wrap(os_pid)}
-        # the lease table comes before the first call (transport-v2.md §5.2)
-        send_frame(state, announcement)
-        {:ok, %{state | objects: objects}}
-      rescue
-        e in [ArgumentError, ErlangError] ->
-          {:error,
-           start_failed(state, "the port could not be opened: #{Exception.message(e)}", "")}
-      end
-    end
-  end
-
-  defp env(%{config: config, id: id}) do
-    [
-      {"PYTHONPATH", Bridge.Python.pythonpath(config)},
-      {"PYTHONUNBUFFERED", "1"},
-      {"BEAMBRIDGE_WORKER_ID", id},
-      {"BEAMBRIDGE_THRESHOLD", Integer.to_string(config.threshold)},
-      {"BEAMBRIDGE_ARENA_LIMIT", Integer.to_string(config.arena_limit)},
-      {"BEAMBRIDGE_MIN_ARENA", Integer.to_string(config.min_arena)},
-      {"BEAMBRIDGE_VERIFY", if(config.verify, do: "1", else: "0")},
-      {"BEAMBRIDGE_UNTRUSTED", if(config.untrusted, do: "1", else: "0")}
-    ]
-    |> Enum.map(fn {k, v} -> {String.to_charlist(k), String.to_charlist(v)} end)
-  end
-
-  defp ready(state, os_pid) do
-    cancel(state.timer)
-
-    %{
-      state
-      | phase: :ready,
-        os_pids: Enum.uniq([os_pid | state.os_pids]),
-        ready_at: now(),
-        timer: nil
-    }
   end
 
   defp become_ready(state) do
     GenServer.cast(state.config.name, {:available, self()})
     %{state | phase: :ready, available?: true}
   end
+
+  defp unavailable(%{available?: true} = state) do
+    GenServer.cast(state.config.name, {:unavailable, self()})
+    %{state | available?: false}
+  end
+
+  defp unavailable(state), do: state
 
   ## Calls
 
@@ -264,14 +142,14 @@ defmodule Bridge.Worker do
 
   def handle_cast({:arenas_dropped, ids}, %{port: port} = state) when port != nil do
     {objects, frames} = Objects.dropped(state.objects, ids)
-    Enum.each(frames, &send_frame(state, &1))
+    Enum.each(frames, &Interpreter.send_frame(state, &1))
     {:noreply, %{state | objects: objects}}
   end
 
   def handle_cast({:arenas_dropped, _ids}, state), do: {:noreply, state}
 
   def handle_cast({:sealed_mapped, port, ids}, %{port: port} = state) do
-    send_frame(state, Control.frame({:sealed_mapped, ids}))
+    Interpreter.send_frame(state, Control.frame({:sealed_mapped, ids}))
     {:noreply, state}
   end
 
@@ -280,8 +158,8 @@ defmodule Bridge.Worker do
   defp start_call(state, %{id: id, frame: frame, slices: slices} = request, from, deadline) do
     case Objects.lend(state.objects, state.config.arena, slices) do
       {:ok, objects, announcements} ->
-        Enum.each(announcements, &send_frame(state, &1))
-        send_frame(state, frame)
+        Enum.each(announcements, &Interpreter.send_frame(state, &1))
+        Interpreter.send_frame(state, frame)
         timer = if deadline == :infinity, do: nil, else: call_timer(id, deadline)
         call = %{id: id, from: from, module: request.module, function: request.function}
         %{state | phase: :busy, call: call, timer: timer, objects: objects}
@@ -296,13 +174,6 @@ defmodule Bridge.Worker do
   defp call_timer(id, deadline),
     do: Process.send_after(self(), {:call_timeout, id}, max(deadline - now(), 0))
 
-  # A closed port raises; its exit status is on the way and fails the call.
-  defp send_frame(%{port: port}, frame) do
-    Port.command(port, frame)
-  rescue
-    ArgumentError -> false
-  end
-
   defp finish_call(state, reply) do
     GenServer.reply(state.call.from, reply)
     done(state)
@@ -313,7 +184,15 @@ defmodule Bridge.Worker do
     become_ready(%{state | call: nil, timer: nil})
   end
 
-  ## Port messages
+  # The call in flight, if any, fails with `error`.
+  defp fail_call(%{call: nil} = state, _error), do: state
+
+  defp fail_call(state, error) do
+    GenServer.reply(state.call.from, {:error, error})
+    %{state | call: nil}
+  end
+
+  ## Port messages and timers
 
   @impl true
   def handle_info({port, {:data, bin}}, %{port: port, phase: phase} = state)
@@ -321,7 +200,7 @@ defmodule Bridge.Worker do
     case Control.split(bin) do
       {:ok, {:log, stream, data} = log, _}
       when stream in [:stdout, :stderr] and is_binary(data) ->
-        log(state, log)
+        Interpreter.log(state, log)
         {:noreply, state}
 
       {:ok, envelope, body} ->
@@ -357,18 +236,15 @@ defmodule Bridge.Worker do
     {:noreply, kill(state, :restart_backoff)}
   end
 
-  def handle_info({:escalate, port}, %{port: port, phase: :killing} = state) do
-    Enum.each(state.os_pids, &Bridge.NIF.kill(&1, :kill))
-    {:noreply, %{state | timer: Process.send_after(self(), {:give_up, port}, @kill_grace)}}
-  end
+  def handle_info({:escalate, port}, %{port: port, phase: :killing} = state),
+    do: {:noreply, Interpreter.escalate(state)}
 
   def handle_info({:give_up, port}, %{port: port, phase: :killing} = state) do
-    Logger.error("beambridge worker #{state.id}: no exit status after SIGKILL; closing the port")
-    safe_close(port)
+    Interpreter.give_up(state)
     {:noreply, exited(state, :unknown)}
   end
 
-  def handle_info(:restart, %{phase: :down} = state), do: {:noreply, restart(state)}
+  def handle_info(:restart, %{phase: :down} = state), do: {:noreply, Interpreter.restart(state)}
 
   def handle_info(_other, state), do: {:noreply, state}
 
@@ -389,7 +265,7 @@ defmodule Bridge.Worker do
   defp handle_message({:ready, os_pid, {2, _minor}}, _body, %{phase: :starting} = state)
        when is_integer(os_pid) do
     Logger.debug("beambridge worker #{state.id}: ready, os pid #{os_pid}")
-    become_ready(ready(state, os_pid))
+    become_ready(Interpreter.ready(state, os_pid))
   end
 
   defp handle_message({:object, _, _, _, _, _, _} = announcement, _body, state) do
@@ -495,9 +371,8 @@ defmodule Bridge.Worker do
 
     state =
       if state.call do
-        GenServer.reply(state.call.from, {:error, error})
         cancel(state.timer)
-        %{state | call: nil, timer: nil}
+        %{fail_call(state, error) | timer: nil}
       else
         state
       end
@@ -505,128 +380,28 @@ defmodule Bridge.Worker do
     kill(state, :restart_backoff)
   end
 
-  ## Death and restart
+  ## Death
 
-  defp kill(state, after_exit) do
-    state = unavailable(state)
-    cancel(state.timer)
-    Enum.each(state.os_pids, &Bridge.NIF.kill(&1, :term))
-    timer = Process.send_after(self(), {:escalate, state.port}, @term_grace)
-    %{state | phase: :killing, after_exit: after_exit, timer: timer}
-  end
+  defp kill(state, after_exit), do: state |> unavailable() |> Interpreter.kill(after_exit)
 
+  # The interpreter exited: the call in flight fails, the pool stops choosing
+  # this worker until a new interpreter is ready.
   defp exited(state, status) do
-    cancel(state.timer)
-    deliberate = state.phase == :killing
-
-    if not deliberate do
-      Logger.error("beambridge worker #{state.id}: interpreter exited with status #{status}")
-    end
-
-    state =
-      if state.call do
-        GenServer.reply(state.call.from, {:error, died_error(state, status)})
-        %{state | call: nil}
-      else
-        state
-      end
-
-    state = state |> unavailable() |> reclaim()
-
-    case {deliberate, state.after_exit} do
-      {true, :restart_now} -> restart(%{state | after_exit: nil})
-      _ -> schedule_restart(%{state | after_exit: nil})
-    end
+    state
+    |> fail_call(died_error(state, status))
+    |> unavailable()
+    |> Interpreter.exited(status)
   end
-
-  # Every lease the dead worker held on this node's slices ends; its own objects
-  # went with it (the kernel frees them once the last mapping here is gone).
-  defp reclaim(state) do
-    %{
-      state
-      | objects: Objects.return_all(state.objects),
-        port: nil,
-        os_pids: [],
-        phase: :down,
-        timer: nil
-    }
-  end
-
-  defp schedule_restart(state) do
-    backoff =
-      if state.ready_at && now() - state.ready_at > @healthy_ms,
-        do: @backoff_min,
-        else: state.backoff
-
-    timer = Process.send_after(self(), :restart, backoff)
-    %{state | backoff: min(backoff * 2, @backoff_max), timer: timer, ready_at: nil}
-  end
-
-  defp restart(state) do
-    case open_port(%{state | phase: :down}) do
-      {:ok, state} ->
-        timer =
-          Process.send_after(self(), {:start_timeout, state.port}, state.config.start_timeout)
-
-        %{state | timer: timer}
-
-      {:error, error} ->
-        Logger.error("beambridge worker #{state.id}: #{Exception.message(error)}")
-        schedule_restart(%{state | phase: :down})
-    end
-  end
-
-  defp unavailable(%{available?: true} = state) do
-    GenServer.cast(state.config.name, {:unavailable, self()})
-    %{state | available?: false}
-  end
-
-  defp unavailable(state), do: state
 
   ## Stop
 
   @impl true
   def terminate(_reason, state) do
-    if state.call do
-      GenServer.reply(state.call.from, {:error, died_error(state, :shutdown)})
-    end
-
-    if state.port && state.phase != :down do
-      if state.phase == :ready, do: send_frame(state, Control.frame(:shutdown))
-
-      with :timeout <-
-             wait_exit(state.port, if(state.phase == :ready, do: @shutdown_wait, else: 0)),
-           _ = Enum.each(state.os_pids, &Bridge.NIF.kill(&1, :term)),
-           :timeout <- wait_exit(state.port, @term_grace),
-           _ = Enum.each(state.os_pids, &Bridge.NIF.kill(&1, :kill)),
-           :timeout <- wait_exit(state.port, @kill_grace) do
-        safe_close(state.port)
-      end
-    end
-
-    reclaim(state)
+    state |> fail_call(died_error(state, :shutdown)) |> Interpreter.shutdown()
     :ok
   end
 
-  defp wait_exit(port, timeout) do
-    receive do
-      {^port, {:exit_status, _}} -> :ok
-      {^port, {:data, _}} -> wait_exit(port, timeout)
-    after
-      timeout -> :timeout
-    end
-  end
-
   ## Helpers
-
-  defp log(state, {:log, stream, data}) do
-    text = "beambridge worker #{state.id} #{stream}: #{String.trim_trailing(data, "\n")}"
-
-    case stream do
-      :stdout -> Logger.info(text, worker: state.id)
-      _ -> Logger.warning(text, worker: state.id)
-    end
-  end
 
   defp timeout_error(state, where) do
     Error.new(:timeout, :timeout,
@@ -649,18 +424,6 @@ defmodule Bridge.Worker do
 
   defp text(bin) when is_binary(bin), do: bin
   defp text(other), do: inspect(other)
-
-  defp stop_port(state) do
-    Enum.each(state.os_pids, &Bridge.NIF.kill(&1, :kill))
-    _ = wait_exit(state.port, @kill_grace)
-    safe_close(state.port)
-  end
-
-  defp safe_close(port) do
-    Port.close(port)
-  rescue
-    ArgumentError -> :ok
-  end
 
   defp cancel(nil), do: :ok
   defp cancel(ref), do: Process.cancel_timer(ref)

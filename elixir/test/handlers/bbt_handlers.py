@@ -158,7 +158,7 @@ def drop_kept():
 
 def forge(kind):
     """Make the worker send a control frame that breaks the protocol
-    (protocol/transport-v2.md §5; for the BEAM's :bad_frame handling), then return
+    (protocol/SPEC.md §8; for the BEAM's :bad_frame handling), then return
     normally."""
     import gc
 

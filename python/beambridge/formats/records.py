@@ -1,32 +1,17 @@
-"""Format selection (protocol/SPEC.md §8.1): packed number lists and records.
+"""Records (protocol/SPEC.md §8.1): record lists and column maps as Arrow streams.
 
-Two forms let plain lists and maps travel as columns instead of one ETF term per value;
-the receiver rebuilds exactly the value ETF would give (invariant 7: neither size nor
-form changes a type).
+A **record list** (a list of dicts with one key set) or a **column map** (a dict of
+lists of one length), keys all ``str``, all `Atom` or all UTF-8 ``bytes``, each column
+of one kind (int64, float64, bool, binary, utf8, or only ``None``) goes as
+**records**: ``{:"$bb_records", layout, stream}`` with an Arrow IPC stream whose schema
+metadata ``beambridge.keys`` says how keys are rebuilt, or a slice of kind ``records``
+(an ``arrow_stream`` frame with the metadata of `records_metadata`). The receiver
+rebuilds exactly the value ETF would give.
 
-* A **number list** (at least 2 elements, all ``int`` in one of the int64/uint64
-  ranges, or all finite ``float``) goes **packed**: ``{:"$bb_packed", dtype, data}``
-  with the narrowest of the nine dtypes of `PACKED_DTYPES`, or a slice of kind
-  ``packed`` holding a schema-0 tensor frame ``{dtype, [length]}``.
-* A **record list** (a list of dicts with one key set) or a **column map** (a dict of
-  lists of one length), keys all ``str``, all `Atom` or all UTF-8 ``bytes``, each column
-  of one kind (int64, float64, bool, binary, utf8, or only ``None``) goes as
-  **records**: ``{:"$bb_records", layout, stream}`` with an Arrow IPC stream whose
-  schema metadata ``beambridge.keys`` says how keys are rebuilt, or a slice of kind
-  ``records`` (an ``arrow_stream`` frame with the metadata of `records_metadata`).
+This module holds the checks (`plan_rows`, `plan_columns`), the writer (`to_table`) and
+the readers (`records_from_stream`, `rebuild`). pyarrow is imported only when records
+are built or read.
 
-This module holds the checks (`classify_numbers`, `plan_rows`, `plan_columns`), the
-writers (`pack`, `to_table`) and the readers (`unpack`, `read_packed`,
-`records_from_stream`), and the counters behind `format_stats`. pyarrow is imported
-only when records are built or read.
-
->>> c = classify_numbers([1, 2, 300])
->>> c.dtype
-'<i2'
->>> unpack(b"<i2", pack([1, 2, 300], c.dtype).tobytes())
-[1, 2, 300]
->>> classify_numbers([1, 2.5]).code
-'mixed_numbers'
 >>> plan = plan_rows([{"a": 1, "b": "x"}, {"a": None, "b": "y"}])
 >>> plan.layout, plan.keys, plan.kinds, plan.cells
 ('rows', 'string', ['int', 'string'], 4)
@@ -46,59 +31,30 @@ import numpy as np
 from .. import etf
 from ..errors import BridgeError, EtfError, FormatError
 from ..etf import Atom
-from ..frame import Frame
-from ..header import Format
-from ..stats import format_stats, note, reset_format_stats
+from .selection import Unsuitable
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
 __all__ = [
-    "DEFAULT_PACKED_MIN",
-    "DEFAULT_RECORDS_MIN",
     "KEYS_METADATA",
-    "PACKED_DTYPES",
-    "Numbers",
+    "KEY_KINDS",
     "RecordsPlan",
-    "Unsuitable",
-    "classify_numbers",
-    "format_stats",
-    "note",
-    "pack",
-    "packed_metadata",
     "parse_records_metadata",
     "plan_columns",
     "plan_rows",
-    "read_packed",
     "rebuild",
     "records_from_stream",
     "records_metadata",
-    "reset_format_stats",
     "to_table",
-    "unpack",
 ]
 
-#: Auto policy: a number list of at least this many elements goes packed. Results only:
-#: where bench/formats.exs measured packing faster than ETF from Python to Elixir (the
-#: BEAM, sending arguments, packs from 128).
-DEFAULT_PACKED_MIN = 256
-#: Auto policy: a record list or column map of at least this many cells goes as records
-#: (measured like DEFAULT_PACKED_MIN; the BEAM sends records from 256 cells).
-DEFAULT_RECORDS_MIN = 1024
-#: The nine dtypes of the packed form.
-PACKED_DTYPES = (b"|i1", b"|u1", b"<i2", b"<u2", b"<i4", b"<u4", b"<i8", b"<u8", b"<f8")
 #: Schema metadata key of a records stream: how keys are rebuilt.
 KEYS_METADATA = b"beambridge.keys"
+#: The values of `KEYS_METADATA`.
 KEY_KINDS = ("atom", "binary", "string")
 
 _INT64 = (-(2**63), 2**63 - 1)
-#: (dtype, min, max), narrowest first, signed first at equal size.
-_INT_DTYPES = [
-    (f"{'|' if size == 1 else '<'}{kind}{size}", lo, hi)
-    for size in (1, 2, 4, 8)
-    for kind, lo, hi in (("i", -(2 ** (8 * size - 1)), 2 ** (8 * size - 1) - 1),
-                         ("u", 0, 2 ** (8 * size) - 1))
-]  # fmt: skip
 _NONE = type(None)
 
 
@@ -109,129 +65,6 @@ def _bad(field: str, value: Any, message: str) -> EtfError:
 def _short(value: Any, n: int = 80) -> str:
     text = repr(value)
     return text if len(text) <= n else text[:n] + "..."
-
-
-# ---- number lists ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Unsuitable:
-    """Why a value is not a number list / record list / column map: ``code`` (a short
-    reason, counted) and ``message`` (for the error a forced format gives)."""
-
-    code: str
-    message: str
-
-
-@dataclass(frozen=True)
-class Numbers:
-    """A number list: its packed ``dtype``."""
-
-    dtype: str
-
-
-def classify_numbers(values: list[Any]) -> Numbers | Unsuitable:
-    """Whether ``values`` is a number list (§8.1), and its dtype.
-
-    >>> classify_numbers([0, 127]).dtype, classify_numbers([0, 200]).dtype
-    ('|i1', '|u1')
-    >>> classify_numbers([-1, 2**63]).code, classify_numbers([1.0, math.nan]).code
-    ('integer_range', 'not_finite')
-    """
-    if len(values) < 2:
-        return Unsuitable("too_short", "a number list has at least 2 elements")
-    kinds = set(map(type, values))
-    if len(kinds) != 1:
-        names = ", ".join(sorted(t.__name__ for t in kinds))
-        if kinds == {int, float}:  # packing would turn 1 into 1.0
-            return Unsuitable("mixed_numbers", f"the list mixes {names}")
-        return Unsuitable("not_numbers", f"the list holds {names}, not only numbers")
-    kind = kinds.pop()
-    if kind is int:
-        lo, hi = min(values), max(values)
-        for dtype, dlo, dhi in _INT_DTYPES:
-            if dlo <= lo and hi <= dhi:
-                return Numbers(dtype)
-        return Unsuitable("integer_range", f"its integers {lo}..{hi} fit neither int64 nor uint64")
-    if kind is float:
-        if not np.isfinite(np.array(values, dtype="<f8")).all():
-            bad = next(v for v in values if not math.isfinite(v))
-            return Unsuitable("not_finite", f"it holds the float {bad}")
-        return Numbers("<f8")
-    return Unsuitable("not_numbers", f"its elements are {kind.__name__}, not int or float")
-
-
-def pack(values: list[Any], dtype: str) -> np.ndarray[Any, Any]:
-    """The 1-D array of a number list in its packed dtype (one C-level pass)."""
-    return np.array(values, dtype=np.dtype(dtype))
-
-
-def packed_metadata(dtype: str, length: int) -> bytes:
-    """The schema-0 tensor metadata ``{dtype, [length]}`` of a ``packed`` slice."""
-    return etf.encode((dtype.encode(), [length]))
-
-
-def _packed_dtype(dtype: Any) -> np.dtype[Any]:
-    if type(dtype) is not bytes or dtype not in PACKED_DTYPES:
-        raise _bad("dtype", dtype, f"packed dtype {_short(dtype)} is not one of "
-                   f"{', '.join(d.decode() for d in PACKED_DTYPES)}")  # fmt: skip
-    return np.dtype(dtype.decode())
-
-
-def _to_list(data: Any, dt: np.dtype[Any]) -> list[Any]:
-    arr = np.frombuffer(data, dtype=dt)
-    if dt.kind == "f" and not np.isfinite(arr).all():
-        raise _bad("data", None, "packed floats hold NaN or an infinity, which Erlang "
-                   "floats (and ETF) cannot be")  # fmt: skip
-    values: list[Any] = arr.tolist()
-    return values
-
-
-def unpack(dtype: Any, data: Any) -> list[Any]:
-    """The list of ``{:"$bb_packed", dtype, data}``, or `EtfError` ``bad_term`` (a dtype
-    outside the nine, a length that is not a multiple of the item size, non-finite
-    floats)."""
-    dt = _packed_dtype(dtype)
-    if type(data) is not bytes:
-        raise _bad("data", _short(data), "packed data is a binary")
-    if len(data) % dt.itemsize:
-        raise EtfError("bad_term", "data", len(data), None,
-                       f"bad_term: {len(data)} bytes of packed {dt.str} data are not a "
-                       f"multiple of its item size {dt.itemsize}")  # fmt: skip
-    return _to_list(data, dt)
-
-
-def read_packed(frame: Frame) -> list[Any]:
-    """The list of a ``packed`` slice's frame: a tensor frame of schema 0,
-    ``{dtype, [length]}``, dtype one of the nine. The payload is copied into the list
-    (the caller may release the frame at once). `EtfError` ``bad_term`` otherwise."""
-    h = frame.header
-    if h.format != Format.TENSOR or h.schema_id != 0 or h.schema_version != 0:
-        raise _bad("format", (int(h.format), h.schema_id, h.schema_version),
-                   "a packed slice holds a tensor frame of schema 0 (format 1, schema_id 0, "
-                   f"schema_version 0), not format {int(h.format)} schema {h.schema_id} "
-                   f"version {h.schema_version}")  # fmt: skip
-    try:
-        meta = etf.decode(frame.metadata, max_depth=4)
-    except EtfError as exc:
-        raise _bad("metadata", None, f"packed slice metadata: {exc}") from None
-    if (
-        type(meta) is not tuple
-        or len(meta) != 2
-        or type(meta[1]) is not list
-        or len(meta[1]) != 1
-        or type(meta[1][0]) is not int
-        or meta[1][0] < 0
-    ):
-        raise _bad("metadata", _short(meta), "packed slice metadata is {dtype, [length]} "
-                   "(a 1-D tensor)")  # fmt: skip
-    dt = _packed_dtype(meta[0])
-    expected = dt.itemsize * meta[1][0]
-    if h.payload_length != expected:
-        raise EtfError("bad_term", "payload_length", h.payload_length, expected,
-                       f"bad_term: {meta[1][0]} packed {dt.str} elements need {expected} "
-                       f"bytes, the frame holds {h.payload_length}")  # fmt: skip
-    return _to_list(frame.payload, dt)
 
 
 # ---- records: checks ---------------------------------------------------------------------
@@ -267,16 +100,24 @@ def _key_kind(keys: list[Any]) -> tuple[str, list[str]] | Unsuitable:
     types = set(map(type, keys))
     if len(types) != 1:
         mixed = sorted(t.__name__ for t in types)
-        return Unsuitable("bad_keys", f"its keys mix {', '.join(mixed)} (they must be all "
-                          "str, all Atom or all bytes)")  # fmt: skip
+        return Unsuitable(
+            "bad_keys",
+            f"its keys mix {', '.join(mixed)} (they must be all str, all Atom or all bytes)",
+        )
     kind = types.pop()
     names: list[str] = []
     if kind is str or kind is Atom:
         for key in keys:
-            if kind is Atom and (key in ("nil", "true", "false") or key.startswith("$bb_")
-                                 or len(key) > etf.MAX_ATOM_CHARS):  # fmt: skip
-                return Unsuitable("bad_keys", f"the atom key {key!r} cannot name a column "
-                                  "(nil/true/false, $bb_-reserved or too long)")  # fmt: skip
+            if kind is Atom and (
+                key in ("nil", "true", "false")
+                or key.startswith("$bb_")
+                or len(key) > etf.MAX_ATOM_CHARS
+            ):
+                return Unsuitable(
+                    "bad_keys",
+                    f"the atom key {key!r} cannot name a column "
+                    "(nil/true/false, $bb_-reserved or too long)",
+                )
             try:
                 key.encode("utf-8")
             except UnicodeEncodeError:
@@ -311,8 +152,9 @@ def _column_kind(name: Any, values: list[Any]) -> str | Unsuitable:
         lo, hi = min(present), max(present)
         if lo < _INT64[0] or hi > _INT64[1]:
             bad = lo if lo < _INT64[0] else hi
-            return Unsuitable("integer_range", f"column {name!r:.80} holds the integer "
-                              f"{bad}, beyond int64")  # fmt: skip
+            return Unsuitable(
+                "integer_range", f"column {name!r:.80} holds the integer {bad}, beyond int64"
+            )
         return "int"
     simple = _SIMPLE_KINDS.get(kind)
     if simple == "float":
@@ -326,10 +168,13 @@ def _column_kind(name: Any, values: list[Any]) -> str | Unsuitable:
 
 def _not_a_kind(name: Any, kind: type) -> Unsuitable:
     if issubclass(kind, _NESTED):
-        return Unsuitable("nested_value", f"column {name!r:.80} holds a {kind.__name__} "
-                          "(a nested value)")  # fmt: skip
-    return Unsuitable("unsupported_value", f"column {name!r:.80} holds a {kind.__name__}, "
-                      "not int, float, bool, bytes, str or None")  # fmt: skip
+        return Unsuitable(
+            "nested_value", f"column {name!r:.80} holds a {kind.__name__} (a nested value)"
+        )
+    return Unsuitable(
+        "unsupported_value",
+        f"column {name!r:.80} holds a {kind.__name__}, not int, float, bool, bytes, str or None",
+    )
 
 
 _SCALARS = frozenset((int, float, bool, bytes, str, _NONE))
@@ -391,8 +236,11 @@ def plan_rows(rows: list[Any]) -> RecordsPlan | Unsuitable:
 def _different_keys(rows: list[dict[Any, Any]], keys: list[Any]) -> Unsuitable:
     first = set(keys)
     i, row = next((i, r) for i, r in enumerate(rows) if r.keys() != first)
-    return Unsuitable("different_keys", f"element {i} has the keys {_short(sorted(map(repr, row)))}"
-                      f", element 0 has {_short(sorted(map(repr, first)))}")  # fmt: skip
+    return Unsuitable(
+        "different_keys",
+        f"element {i} has the keys {_short(sorted(map(repr, row)))}"
+        f", element 0 has {_short(sorted(map(repr, first)))}",
+    )
 
 
 def plan_columns(mapping: dict[Any, Any]) -> RecordsPlan | Unsuitable:
@@ -404,8 +252,10 @@ def plan_columns(mapping: dict[Any, Any]) -> RecordsPlan | Unsuitable:
     columns = list(mapping.values())
     if set(map(type, columns)) != {list}:
         key = next(k for k, c in mapping.items() if type(c) is not list)
-        return Unsuitable("not_lists", f"the value of key {key!r:.80} is a "
-                          f"{type(mapping[key]).__name__}, not a list")  # fmt: skip
+        return Unsuitable(
+            "not_lists",
+            f"the value of key {key!r:.80} is a {type(mapping[key]).__name__}, not a list",
+        )
     key_kind = _key_kind(keys)
     if isinstance(key_kind, Unsuitable):
         return key_kind
@@ -413,8 +263,10 @@ def plan_columns(mapping: dict[Any, Any]) -> RecordsPlan | Unsuitable:
     if len(lengths) != 1:
         n = len(columns[0])
         key = next(k for k, c in mapping.items() if len(c) != n)
-        return Unsuitable("ragged_columns", f"column {key!r:.80} has {len(mapping[key])} "
-                          f"values, column {keys[0]!r:.80} has {n}")  # fmt: skip
+        return Unsuitable(
+            "ragged_columns",
+            f"column {key!r:.80} has {len(mapping[key])} values, column {keys[0]!r:.80} has {n}",
+        )
     num_rows = lengths.pop()
     quick = _quick((k, c[0]) for k, c in mapping.items()) if num_rows else None
     if quick is not None:
@@ -431,8 +283,14 @@ def plan_columns(mapping: dict[Any, Any]) -> RecordsPlan | Unsuitable:
 def _arrow_types() -> dict[str, pa.DataType]:
     import pyarrow as pa
 
-    return {"int": pa.int64(), "float": pa.float64(), "bool": pa.bool_(),
-            "binary": pa.binary(), "string": pa.string(), "null": pa.null()}  # fmt: skip
+    return {
+        "int": pa.int64(),
+        "float": pa.float64(),
+        "bool": pa.bool_(),
+        "binary": pa.binary(),
+        "string": pa.string(),
+        "null": pa.null(),
+    }
 
 
 def to_table(plan: RecordsPlan) -> pa.Table:
@@ -465,8 +323,9 @@ def records_metadata(layout: str, num_rows: int, num_columns: int) -> bytes:
     >>> etf.decode(records_metadata("rows", 3, 2))[b"layout"]
     b'rows'
     """
-    return etf.encode({b"layout": layout.encode(), b"num_rows": num_rows,
-                       b"num_columns": num_columns})  # fmt: skip
+    return etf.encode(
+        {b"layout": layout.encode(), b"num_rows": num_rows, b"num_columns": num_columns}
+    )
 
 
 # ---- records: reading ----------------------------------------------------------------------
@@ -476,8 +335,12 @@ def parse_records_metadata(metadata: bytes) -> tuple[str, int, int]:
     """``(layout, num_rows, num_columns)`` of a ``records`` frame's metadata, or
     `EtfError` ``bad_term`` (empty, not ETF, not such a map)."""
     if not metadata:
-        raise _bad("metadata", None, "a records slice's frame needs its metadata "
-                   '%{"layout", "num_rows", "num_columns"}; this one has none')  # fmt: skip
+        raise _bad(
+            "metadata",
+            None,
+            "a records slice's frame needs its metadata "
+            '%{"layout", "num_rows", "num_columns"}; this one has none',
+        )
     try:
         term = etf.decode(metadata, max_depth=4)
     except EtfError as exc:
@@ -487,9 +350,13 @@ def parse_records_metadata(metadata: bytes) -> tuple[str, int, int]:
     layout = term.get(b"layout")
     counts = [term.get(b"num_rows"), term.get(b"num_columns")]
     if layout not in (b"rows", b"columns") or any(type(c) is not int or c < 0 for c in counts):
-        raise _bad("metadata", _short(term), 'records slice metadata is %{"layout" => '
-                   '"rows" | "columns", "num_rows" => n, "num_columns" => c}, got '
-                   f"{_short(term, 200)}")  # fmt: skip
+        raise _bad(
+            "metadata",
+            _short(term),
+            'records slice metadata is %{"layout" => '
+            '"rows" | "columns", "num_rows" => n, "num_columns" => c}, got '
+            f"{_short(term, 200)}",
+        )
     rows, columns = counts
     assert isinstance(layout, bytes) and isinstance(rows, int) and isinstance(columns, int)
     return layout.decode(), rows, columns
@@ -519,24 +386,36 @@ def rebuild(table: pa.Table, layout: str) -> list[Any] | dict[Any, Any]:
     schema = table.schema
     kind = (schema.metadata or {}).get(KEYS_METADATA)
     if kind not in (b"atom", b"binary", b"string"):
-        raise _bad("metadata", kind, "a records stream's schema metadata needs "
-                   f'"beambridge.keys" => "atom" | "binary" | "string", got {kind!r}')  # fmt: skip
+        raise _bad(
+            "metadata",
+            kind,
+            "a records stream's schema metadata needs "
+            f'"beambridge.keys" => "atom" | "binary" | "string", got {kind!r}',
+        )
     names = schema.names
     if len(set(names)) != len(names):
         raise _bad("names", names, f"a records stream has duplicate column names: {names!r:.200}")
     allowed = set(_arrow_types().values())
     for field in schema:
         if field.type not in allowed:
-            raise _bad("type", str(field.type), f"records column {field.name!r} has the "
-                       f"Arrow type {field.type}, not int64, double, bool, binary, string "
-                       "or null")  # fmt: skip
+            raise _bad(
+                "type",
+                str(field.type),
+                f"records column {field.name!r} has the "
+                f"Arrow type {field.type}, not int64, double, bool, binary, string "
+                "or null",
+            )
     keys = [_key(kind, name) for name in names]
     columns: list[list[Any]] = []
     for i, field in enumerate(schema):
         column = table.column(i)
         if field.type == pa.float64() and pc.all(pc.is_finite(column)).as_py() is False:
-            raise _bad("data", field.name, f"records column {field.name!r} holds NaN or an "
-                       "infinity, which Erlang floats (and ETF) cannot be")  # fmt: skip
+            raise _bad(
+                "data",
+                field.name,
+                f"records column {field.name!r} holds NaN or an "
+                "infinity, which Erlang floats (and ETF) cannot be",
+            )
         columns.append(column.to_pylist())
     if layout == "columns":
         return dict(zip(keys, columns, strict=True))
@@ -560,9 +439,13 @@ def records_from_stream(
     try:
         table = read_arrow_stream(data)
         if expect is not None and (table.num_rows, table.num_columns) != expect:
-            raise _bad("metadata", expect, f"the records metadata says {expect[0]} rows x "
-                       f"{expect[1]} columns, the stream holds {table.num_rows} x "
-                       f"{table.num_columns}")  # fmt: skip
+            raise _bad(
+                "metadata",
+                expect,
+                f"the records metadata says {expect[0]} rows x "
+                f"{expect[1]} columns, the stream holds {table.num_rows} x "
+                f"{table.num_columns}",
+            )
         value = rebuild(table, layout)
     except FormatError as exc:
         error = _bad("stream", None, f"records stream: {exc}")

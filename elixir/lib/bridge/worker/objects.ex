@@ -1,7 +1,7 @@
 defmodule Bridge.Worker.Objects do
   @moduledoc false
   # The shared objects between one worker process and this node
-  # (protocol/transport-v2.md): the lease table this node keeps for the worker,
+  # (protocol/SPEC.md): the lease table this node keeps for the worker,
   # the worker's arenas mapped here (peers), which of this node's arenas the worker
   # has been told about (announced), and the slices of this node lent to the worker
   # (lent, by {arena id, offset}). State of Bridge.Worker, one per interpreter.
@@ -185,12 +185,14 @@ defmodule Bridge.Worker.Objects do
     end
   end
 
-  defp step(objects, {:beam, id, offset, generation, start, length} = e, _untrusted)
+  # An untrusted pool's handler could write this node's arena through /proc, so
+  # bytes it echoes are copied; otherwise they stay a view (a pin) of the slice.
+  defp step(objects, {:beam, id, offset, generation, start, length} = e, untrusted)
        when is_integer(start) and is_integer(length) and start >= 128 and length >= 0 do
     with %Arena.Slice{generation: ^generation} = s <- Map.get(objects.lent, {id, offset}),
          true <- start + length <= s.length,
          :ok <- Arena.hold(s) do
-      {:ok, {:pin, s, start, length}, objects}
+      {:ok, {if(untrusted, do: :copy, else: :pin), s, start, length}, objects}
     else
       _ -> {:error, violation(e, "bytes of an argument slice the worker still holds")}
     end
@@ -199,10 +201,9 @@ defmodule Bridge.Worker.Objects do
   defp step(_objects, {:worker, _, _, _, _, _} = e, true),
     do: {:error, violation(e, "a sealed object (the pool is untrusted: results must be sealed)")}
 
-  defp step(_objects, e, _untrusted), do: {:error, violation(e, "a slice entry (§5.2)")}
+  defp step(_objects, e, _untrusted), do: {:error, violation(e, "a slice entry (SPEC §8.3)")}
 
-  defp unhold(steps),
-    do: Enum.each(steps, fn step -> with {:pin, s, _, _} <- step, do: Arena.unhold(s) end)
+  defp unhold(steps), do: Enum.each(steps, &release_step(&1, nil))
 
   @doc false
   # Runs a plan (in the short-lived process that answers the caller): leases on
@@ -226,7 +227,7 @@ defmodule Bridge.Worker.Objects do
       else: {:ok, resolved |> Enum.reverse() |> List.to_tuple(), sealed}
   end
 
-  defp release_step({:pin, s, _, _}, error) do
+  defp release_step({mode, s, _, _}, error) when mode in [:pin, :copy] do
     Arena.unhold(s)
     error
   end
@@ -248,8 +249,10 @@ defmodule Bridge.Worker.Objects do
     end
   end
 
-  defp run({:pin, s, start, length}) do
-    result = Arena.binary(s, start, length)
+  defp run({mode, s, start, length}) when mode in [:pin, :copy] do
+    result =
+      if mode == :pin, do: Arena.binary(s, start, length), else: Arena.read(s, start, length)
+
     Arena.unhold(s)
 
     case result do

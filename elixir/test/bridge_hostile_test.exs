@@ -1,0 +1,136 @@
+defmodule Bridge.HostileTest do
+  # What a handler running as the BEAM's user can and cannot do to shared memory
+  # (protocol/SPEC.md §11, §12), and values bigger than the bridge can carry.
+  use ExUnit.Case, async: false
+
+  import Bridge.Test.BridgeCase
+  import ExUnit.CaptureLog
+
+  @moduletag timeout: 180_000
+  @moduletag :capture_log
+  @mib 1024 * 1024
+
+  defp call(pool, fun, args, opts \\ []),
+    do: Bridge.call({:bbt_hostile, fun}, args, [pool: pool, timeout: 30_000] ++ opts)
+
+  test "a handler that truncates every shared object it can reach changes nothing, and the VM lives" do
+    start_supervised!({Bridge, bridge_opts(HostTrunc, pool_size: 1)})
+    {:ok, held} = Bridge.call({:bbt_handlers, :make_bytes}, [@mib, 7], pool: HostTrunc)
+    {:ok, _} = Bridge.call({:bbt_handlers, :identity}, [:binary.copy("a", @mib)], pool: HostTrunc)
+
+    assert {:ok, []} = call(HostTrunc, :truncate_everything, [])
+    assert held == :binary.copy(<<7>>, @mib)
+    big = :crypto.strong_rand_bytes(4 * @mib)
+    assert {:ok, ^big} = Bridge.call({:bbt_handlers, :identity}, [big], pool: HostTrunc)
+  end
+
+  test "read-only argument views cannot be made writable by any trick" do
+    start_supervised!({Bridge, bridge_opts(HostView, pool_size: 1)})
+
+    assert {:ok, refused} =
+             call(HostView, :write_through_view, [Bridge.Buffer.new(:binary.copy("v", @mib))])
+
+    assert Enum.sort(refused) == ["base", "ctypes", "mprotect", "writeable"]
+  end
+
+  test "with untrusted: true, no binary the BEAM holds ever changes, whatever the handler does" do
+    start_supervised!({Bridge, bridge_opts(HostUntrusted, pool_size: 1, untrusted: true)})
+
+    held =
+      for i <- 1..5 do
+        {:ok, r} = call(HostUntrusted, :result_then_scribble, [2 * @mib, 0.05])
+        assert_shared_binary(r)
+        {:ok, address} = Bridge.NIF.binary_address(r)
+        assert mapping_flags(address) =~ ~r/^r--s/
+        {i, r}
+      end
+
+    # (the scribblers of those calls are done before the next argument is written:
+    # arguments are theirs to spoil, SPEC §12)
+    Process.sleep(300)
+
+    # an echoed argument comes back as a copy: a handler could write the BEAM's own arena
+    data = :crypto.strong_rand_bytes(@mib)
+
+    {:ok, echoed} =
+      Bridge.call({:bbt_handlers, :identity}, [Bridge.Buffer.new(data)], pool: HostUntrusted)
+
+    assert echoed == data
+    refute mapping_of(elem(Bridge.NIF.binary_address(echoed), 1)) =~ "memfd:"
+
+    assert {:ok, n} = call(HostUntrusted, :scribble_everything, [])
+    assert n > 0, "the handler found nothing to scribble on: the test would prove nothing"
+    Process.sleep(300)
+
+    for {_i, r} <- held, do: assert(r == :binary.copy(<<1>>, 2 * @mib))
+    assert echoed == data
+  end
+
+  test "without untrusted, a scribbling handler may change a result it returned, never crash the VM" do
+    start_supervised!({Bridge, bridge_opts(HostTrusted, pool_size: 1)})
+    {:ok, r} = call(HostTrusted, :result_then_scribble, [2 * @mib, 0.05])
+    Process.sleep(300)
+    # the bytes may have changed (documented); reading them is safe either way
+    assert byte_size(r) == 2 * @mib
+    assert is_integer(:erlang.phash2(r))
+    assert {:ok, 3} = Bridge.call({:bbt_handlers, :add}, [1, 2], pool: HostTrusted)
+  end
+
+  test "a 3 GiB argument is refused in under a second, and the BEAM does not grow for it" do
+    start_supervised!({Bridge, bridge_opts(HostHuge, pool_size: 1)})
+    huge = :binary.copy(<<0>>, 3 * 1024 * @mib)
+    parent = self()
+    before = :erlang.memory(:total)
+
+    sampler =
+      spawn_link(fn ->
+        peak = sample_memory(before)
+        send(parent, {:peak, peak})
+      end)
+
+    {micros, result} =
+      :timer.tc(fn -> Bridge.call({:bbt_handlers, :identity}, [huge], pool: HostHuge) end)
+
+    send(sampler, :stop)
+    assert_receive {:peak, peak}, 5_000
+
+    assert {:error, %Bridge.Error{kind: :bad_call, reason: :too_large, field: :arena_limit} = e} =
+             result
+
+    assert e.message =~ ":arena_limit"
+    assert micros < 1_000_000, "refused after #{div(micros, 1000)} ms"
+    assert peak - before < 64 * @mib, "the BEAM grew by #{div(peak - before, @mib)} MiB"
+    assert byte_size(huge) == 3 * 1024 * @mib
+  end
+
+  defp sample_memory(peak) do
+    receive do
+      :stop -> peak
+    after
+      2 -> sample_memory(max(peak, :erlang.memory(:total)))
+    end
+  end
+
+  test "a value over the control frame limit that no slice can take is refused, naming the bound" do
+    start_supervised!(
+      {Bridge, bridge_opts(HostSmall, pool_size: 1, arena_limit: 8 * @mib, min_arena: @mib)}
+    )
+
+    log =
+      capture_log(fn ->
+        assert {:error, %Bridge.Error{reason: :too_large, field: :arena_limit}} =
+                 Bridge.call({:bbt_handlers, :identity}, [:binary.copy("x", 70 * @mib)],
+                   pool: HostSmall
+                 )
+
+        # the worker's result is too big for its arenas and for a frame: a typed error
+        assert {:error, %Bridge.Error{kind: :bad_call} = e} =
+                 Bridge.call({:bbt_handlers, :make_bytes}, [70 * @mib, 1], pool: HostSmall)
+
+        assert e.message =~ "BEAMBRIDGE_ARENA_LIMIT"
+      end)
+
+    assert is_binary(log)
+    assert {:ok, 3} = Bridge.call({:bbt_handlers, :add}, [1, 2], pool: HostSmall)
+  end
+end

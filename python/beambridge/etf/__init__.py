@@ -1,0 +1,34 @@
+"""The External Term Format codec of the control channel (protocol/SPEC.md §7.2, §8).
+
+`decode` (`beambridge.etf.decoding`) accepts only the tags §7.2 allows and refuses
+everything else with `beambridge.errors.EtfError` (never another exception, never an
+allocation the frame cannot justify); `encode` (`beambridge.etf.encoding`) turns the
+Python values of §8 into ETF and refuses every other type with ``TypeError``. `Atom`
+is the Python value of an Erlang atom; `beambridge.etf.tags` holds the tags and limits.
+
+>>> encode((Atom("ok"), 1))
+b'\\x83h\\x02w\\x02oka\\x01'
+>>> decode(encode({Atom("a"): [1, -2**70], b"k": (True, 3.0)}))
+{Atom('a'): [1, -1180591620717411303424], b'k': (True, 3.0)}
+"""
+
+from __future__ import annotations
+
+from .atom import Atom
+from .decoding import decode
+from .encoding import Encoder, encode, encode_binary, encode_int, encode_parts
+from .tags import MAX_ATOM_CHARS, MAX_BIG_BYTES, MAX_DEPTH, VERSION
+
+__all__ = [
+    "MAX_ATOM_CHARS",
+    "MAX_BIG_BYTES",
+    "MAX_DEPTH",
+    "VERSION",
+    "Atom",
+    "Encoder",
+    "decode",
+    "encode",
+    "encode_binary",
+    "encode_int",
+    "encode_parts",
+]
