@@ -65,7 +65,7 @@ defmodule Bridge.FuzzTest do
 
       [
         {magic != "BBFH", :bad_magic},
-        {vmaj != 1, :unsupported_version},
+        {vmaj != 2, :unsupported_version},
         {hs != 128, :bad_header_size},
         {format > 4, :unknown_format},
         {codec > 2, :unknown_codec},

@@ -31,7 +31,7 @@ defmodule Bridge.HeaderTest do
     assert reason(f) == :ok
     assert reason(binary_part(f, 0, 127)) == {:truncated_header, :header}
     assert reason(with_fields(f, magic: "BBFX")) == {:bad_magic, :magic}
-    assert reason(with_fields(f, version_major: 2)) == {:unsupported_version, :version_major}
+    assert reason(with_fields(f, version_major: 1)) == {:unsupported_version, :version_major}
     assert reason(with_fields(f, version_minor: 9)) == :ok
     assert reason(with_fields(f, header_size: 256)) == {:bad_header_size, :header_size}
     assert reason(with_fields(f, format: 5)) == {:unknown_format, :format}

@@ -44,7 +44,7 @@ __all__ = [
 ]
 
 MAGIC = b"BBFH"
-VERSION_MAJOR = 1
+VERSION_MAJOR = 2
 VERSION_MINOR = 0
 HEADER_SIZE = 128
 MAX_METADATA = 1 << 20
@@ -256,7 +256,7 @@ def validate_header(
         if magic != MAGIC:
             raise HeaderError("bad_magic", "magic", magic, MAGIC)
         if h.version_major != VERSION_MAJOR:
-            raise HeaderError("unsupported_version", "version_major", h.version_major, 1)
+            raise HeaderError("unsupported_version", "version_major", h.version_major, VERSION_MAJOR)
         if h.header_size != HEADER_SIZE:
             raise HeaderError("bad_header_size", "header_size", h.header_size, HEADER_SIZE)
         if h.format > _MAX_FORMAT:

@@ -124,7 +124,7 @@ def reference_reason(frame: bytes, max_decoded: int = 2**32) -> tuple[str, str] 
     ml, po, pl = f["metadata_length"], f["payload_offset"], f["payload_length"]
     table = [
         (f["magic"] != b"BBFH", "bad_magic", "magic"),
-        (f["version_major"] != 1, "unsupported_version", "version_major"),
+        (f["version_major"] != 2, "unsupported_version", "version_major"),
         (f["header_size"] != 128, "bad_header_size", "header_size"),
         (f["format"] > 4, "unknown_format", "format"),
         (f["codec"] > 2, "unknown_codec", "codec"),
@@ -246,7 +246,7 @@ def test_validate_header_copies_before_checking() -> None:
     frame[:8] = b"\0" * 8  # the peer scribbles after validation
     frame[128:132] = b"XXXX"
     assert metadata == b"meta" and isinstance(metadata, bytes)
-    assert header.version_major == 1
+    assert header.version_major == 2
 
 
 def test_validate_header_uses_frame_size_not_buffer_length() -> None:
@@ -284,14 +284,17 @@ def test_max_decoded_length_is_the_readers_limit() -> None:
 
 def test_error_carries_value_and_limit() -> None:
     frame = bytearray(encode_frame(b""))
-    frame[4:6] = (2).to_bytes(2, "little")
+    frame[4:6] = (1).to_bytes(2, "little")
     with pytest.raises(HeaderError) as info:
         decode_frame(frame)
     err = info.value
     assert (err.reason, err.field, err.value, err.limit) == (
-        "unsupported_version", "version_major", 2, 1,
-    )  # fmt: skip
-    assert "version_major" in str(err) and "2" in str(err)
+        "unsupported_version",
+        "version_major",
+        1,
+        2,
+    )
+    assert "version_major" in str(err) and "1" in str(err)
 
 
 def test_length_overflow_is_detected_not_wrapped() -> None:

@@ -31,7 +31,7 @@ defmodule Bridge.Header do
   @codecs Registry.codecs()
 
   defstruct magic: "BBFH",
-            version_major: 1,
+            version_major: 2,
             version_minor: 0,
             header_size: @header_size,
             format: 0,

@@ -73,8 +73,8 @@ defmodule Bridge.Header.Validator do
       h.magic != "BBFH" ->
         {:error, frame_error(:bad_magic, :magic, h.magic, "BBFH")}
 
-      h.version_major != 1 ->
-        {:error, frame_error(:unsupported_version, :version_major, h.version_major, 1)}
+      h.version_major != 2 ->
+        {:error, frame_error(:unsupported_version, :version_major, h.version_major, 2)}
 
       h.header_size != @header_size ->
         {:error, frame_error(:bad_header_size, :header_size, h.header_size, @header_size)}
