@@ -810,7 +810,7 @@ static ERL_NIF_TERM write_frame_impl(ErlNifEnv *env, int argc, const ERL_NIF_TER
         put_u64(h + 64, checksum);
     }
     {
-        /* header_checksum = xxh3_64(header[0:120] ++ metadata), SPEC §3.1 */
+        /* header_checksum = xxh3_64(header[0:120] ++ metadata), SPEC §5.1 */
         XXH3_state_t *hs = XXH3_createState();
         if (hs == NULL || XXH3_64bits_reset(hs) != XXH_OK) {
             XXH3_freeState(hs);

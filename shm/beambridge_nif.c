@@ -85,7 +85,8 @@ int get_u64(ErlNifEnv *env, ERL_NIF_TERM t, uint64_t *out, ERL_NIF_TERM *err)
     return 0;
 }
 
-/* A value to be stored in a word of `width` bytes: badarg when it does not fit. */
+/* The name nif_unlink takes: "/" then 1..254 bytes without "/" or NUL, not "." or ".."
+ * (badarg when not a binary, bad_name otherwise). */
 static int get_name(ErlNifEnv *env, ERL_NIF_TERM t, char *buf, ERL_NIF_TERM *err)
 {
     ErlNifBinary bin;
@@ -129,7 +130,7 @@ static ERL_NIF_TERM nif_unlink(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv
     return ATOM_OK;
 }
 
-/* region_unlink(Region) -> ok | {error, Reason}. Owner only, at most once. */
+/* binary_address(Binary) -> {ok, Address}: where a binary's bytes live (for tests). */
 static ERL_NIF_TERM nif_binary_address(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
 {
     ErlNifBinary bin;
@@ -160,7 +161,7 @@ static ERL_NIF_TERM nif_kill(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]
     return ATOM_OK;
 }
 
-/* The reaper only judges objects owned by this uid (SPEC §1.5 step 0). */
+/* euid() -> {ok, Uid}: Bridge.Reaper only removes names owned by this uid. */
 static ERL_NIF_TERM nif_euid(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
 {
     (void)argc;

@@ -22,7 +22,7 @@ def shm_left_clean() -> Iterator[None]:
     """Snapshot /dev/shm at session start; fail the session if it differs at the end."""
     before = set(os.listdir(SHM_DIR))
     yield
-    gc.collect()  # run the finalizers of regions a test dropped without closing
+    gc.collect()  # run the finalizers of objects a test dropped without closing
     after = set(os.listdir(SHM_DIR))
     added, removed = sorted(after - before), sorted(before - after)
     if added or removed:

@@ -3,7 +3,7 @@ defmodule Bridge do
   Call Python functions from Elixir; large data travels through shared memory.
 
   A `Bridge` is a supervisor running a pool of Python worker processes
-  (`python -m beambridge.worker`, protocol/SPEC.md §7). Put it in your
+  (`python -m beambridge.worker`, protocol/SPEC.md §8). Put it in your
   supervision tree:
 
       children = [
@@ -18,7 +18,7 @@ defmodule Bridge do
       {:ok, t} = Bridge.call({:stats, :normalize}, [tensor], timeout: 10_000, pool: Bridge)
       6 = Bridge.call!({:arith, :add}, [2, 4])
 
-  ## Types (protocol/SPEC.md §8)
+  ## Types (protocol/SPEC.md §10)
 
   | Elixir | Python receives | Python returns | Elixir receives |
   |---|---|---|---|
@@ -41,7 +41,7 @@ defmodule Bridge do
   Structs of your own types cross with a serializer registered on both sides
   (`Bridge.Serializer`, protocol/formats/custom.md).
 
-  ## Formats (protocol/SPEC.md §8.1)
+  ## Formats (protocol/SPEC.md §10.1)
 
   How a value travels never changes what the other side gets. Lists of
   numbers (at least 128 elements) go *packed*, as one array of the narrowest
@@ -112,7 +112,7 @@ defmodule Bridge do
       `10_000`).
     * `:verify` — checksum slice payloads (xxh3) when writing them and verify
       them on read, on both sides: results here, arguments in the
-      worker (default `false`; SPEC §4 check 17). Headers are always validated
+      worker (default `false`; SPEC §6 check 17). Headers are always validated
       and their checksums always checked. Payload checksums are off by default
       on the call path because they cost more than they protect there: the lease
       protocol already rules out torn reads between the two processes, a peer
@@ -260,7 +260,7 @@ defmodule Bridge do
   @doc """
   The format decisions made so far on this node, by every bridge: one map per
   `{direction, form, reason}` with how many values took that way and their
-  bytes (SPEC §8.1).
+  bytes (SPEC §10.1).
 
     * `direction` — `:to_python` (arguments) or `:from_python` (results);
     * `form` — `:etf`, `:raw`, `:buffer`, `:tensor`, `:arrow`, `:packed`,

@@ -1,7 +1,7 @@
 defmodule Bridge.FormatBridgeTest do
-  # Format selection end to end (protocol/SPEC.md §8.1) through real workers:
+  # Format selection end to end (protocol/SPEC.md §10.1) through real workers:
   # number lists packed, record lists and column maps as records, in both
-  # directions, inline (INL: threshold 1 TiB) and through regions (REG:
+  # directions, inline (INL: threshold 1 TiB) and through slices (REG:
   # threshold 512 bytes: every packed list and records stream here is larger,
   # the small binaries inside ETF values are not), below and above the :auto minimums, and forced with
   # format: :packed / :arrow. The value each side gets is always the one plain
@@ -99,7 +99,7 @@ defmodule Bridge.FormatBridgeTest do
     ]
   end
 
-  test "arguments: Python gets what plain ETF gives, from every form, inline and in regions" do
+  test "arguments: Python gets what plain ETF gives, from every form, inline and in slices" do
     for pool <- [@inl, @reg], {value, form, shape} <- argument_cases() do
       Bridge.reset_format_stats()
       assert {:ok, {etf_shape, etf_hash, _} = etf} = call(pool, :received, [value], :etf)
@@ -197,7 +197,7 @@ defmodule Bridge.FormatBridgeTest do
     ]
   end
 
-  test "results: Elixir gets what plain ETF gives, from every form, inline and in regions" do
+  test "results: Elixir gets what plain ETF gives, from every form, inline and in slices" do
     for pool <- [@inl, @reg], {fun, args, expected, form} <- result_cases() do
       Bridge.reset_format_stats()
       assert {:ok, etf} = call(pool, fun, args, :etf)

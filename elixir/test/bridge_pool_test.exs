@@ -1,5 +1,5 @@
 defmodule Bridge.PoolTest do
-  # The pool and the worker's life (SPEC §7): concurrency, backpressure,
+  # The pool and the worker's life (SPEC §8): concurrency, backpressure,
   # exceptions, timeouts, crashes, logs.
   use ExUnit.Case, async: false
 
@@ -135,7 +135,7 @@ defmodule Bridge.PoolTest do
     assert Task.await(busy) == {:ok, :a}
   end
 
-  test "kill -9 of a worker mid-call: :worker_died, regions reclaimed, the pool recovers" do
+  test "kill -9 of a worker mid-call: :worker_died, arenas reclaimed, the pool recovers" do
     # a large result first, so the worker has an arena
     {:ok, big} = call(:make_bytes, [1_000_000, 3])
     assert byte_size(big) == 1_000_000
@@ -167,7 +167,7 @@ defmodule Bridge.PoolTest do
   end
 
   for kind <- ["garbage", "unknown_atom", "wrong_id"] do
-    test "a control frame that breaks SPEC §7 (#{kind}) is :bad_frame and the worker is replaced" do
+    test "a control frame that breaks SPEC §8 (#{kind}) is :bad_frame and the worker is replaced" do
       [w1, w2] = worker_os_pids(Pool2)
 
       log =
@@ -182,7 +182,7 @@ defmodule Bridge.PoolTest do
     end
   end
 
-  test "a result atom the BEAM does not know is a :bad_call; the worker is kept (SPEC §8)" do
+  test "a result atom the BEAM does not know is a :bad_call; the worker is kept (SPEC §10)" do
     pids = worker_os_pids(Pool2)
 
     assert {:error, %Bridge.Error{kind: :bad_call, reason: :unknown_atom}} =

@@ -1,5 +1,5 @@
 defmodule Bridge.RoundtripTest do
-  # Data across the bridge (SPEC §7.4, §8) with real workers: sizes around the
+  # Data across the bridge (SPEC §9, §10) with real workers: sizes around the
   # threshold up to 256 MiB, tensors, every row of the type mapping, and
   # invariant 7 (the Python type does not depend on the size).
   use ExUnit.Case, async: false
@@ -28,7 +28,7 @@ defmodule Bridge.RoundtripTest do
     end
 
     @tag :large
-    test "64 MiB and 256 MiB travel through regions both ways, zero-copy on the way back" do
+    test "64 MiB and 256 MiB travel through slices both ways, zero-copy on the way back" do
       for size <- [64 * @mib, 256 * @mib] do
         data = :binary.copy(:crypto.strong_rand_bytes(@mib), div(size, @mib))
         assert {:ok, result} = call(:identity, [data])
@@ -40,7 +40,7 @@ defmodule Bridge.RoundtripTest do
     end
   end
 
-  test "with threshold 1 every payload travels through a region, in both directions" do
+  test "with threshold 1 every payload travels through a slice, in both directions" do
     start_supervised!(
       {Bridge, bridge_opts(RT1, pool_size: 1, threshold: 1)},
       id: :threshold_one
@@ -149,7 +149,7 @@ defmodule Bridge.RoundtripTest do
     <<low::binary, Bitwise.band(high, 0xBF)>>
   end
 
-  describe "type mapping (SPEC §8), Elixir -> Python" do
+  describe "type mapping (SPEC §10), Elixir -> Python" do
     test "every row" do
       assert {:ok, ["int", "int", "int", "int"]} = call(:types, [0, -5, 2 ** 70, -(2 ** 300)])
       assert {:ok, ["float", "bool", "bool", "NoneType"]} = call(:types, [1.5, true, false, nil])
@@ -227,7 +227,7 @@ defmodule Bridge.RoundtripTest do
     end
   end
 
-  describe "type mapping (SPEC §8), Python -> Elixir" do
+  describe "type mapping (SPEC §10), Python -> Elixir" do
     test "every row" do
       expect = [
         str: "héllo",

@@ -1,7 +1,7 @@
 defmodule Bridge.TableBridgeTest do
   # Arrow tables on the call path (protocol/formats/arrow.md "On the call path"):
   # %Bridge.Table{} -> pyarrow.Table and pyarrow.Table / RecordBatch /
-  # pandas.DataFrame -> %Bridge.Table{}, inline and through regions, across real
+  # pandas.DataFrame -> %Bridge.Table{}, inline and through slices, across real
   # workers; the Python type never depends on the size (invariant 7).
   use ExUnit.Case, async: false
 
@@ -12,7 +12,7 @@ defmodule Bridge.TableBridgeTest do
   @moduletag timeout: 300_000
 
   setup_all do
-    # REG: every table through a region; INL: every table inline; DEF: 64 KiB
+    # REG: every table through a slice; INL: every table inline; DEF: 64 KiB
     start_supervised!({Bridge, bridge_opts(BTabReg, pool_size: 1, threshold: 1)},
       id: :reg
     )
@@ -78,7 +78,7 @@ defmodule Bridge.TableBridgeTest do
   end
 
   describe "Elixir -> Python" do
-    test "a small Table arrives as a pyarrow.Table, inline and through a region" do
+    test "a small Table arrives as a pyarrow.Table, inline and through a slice" do
       table = small_table()
 
       for pool <- [BTabReg, BTabInl, BTabDef] do
@@ -161,7 +161,7 @@ defmodule Bridge.TableBridgeTest do
       end
     end
 
-    test "large results come back through a region, fixed-width columns zero-copy" do
+    test "large results come back through a slice, fixed-width columns zero-copy" do
       n = 200_000
 
       for {fun, nulls?} <- [make_table: true, make_batch: true, make_dataframe: false] do

@@ -1,7 +1,7 @@
 defmodule Bridge.TensorBridgeTest do
   # The tensor format (protocol/formats/tensor.md) across real workers: every
   # dtype and order, 0-d and empty, bundles and COO, both directions, inline and
-  # through regions — and the handler sees the same Python value either way
+  # through slices — and the handler sees the same Python value either way
   # (invariant 7).
   use ExUnit.Case, async: false
 
@@ -13,7 +13,7 @@ defmodule Bridge.TensorBridgeTest do
   @moduletag timeout: 300_000
 
   setup_all do
-    # REG: every non-empty payload through a region; INL: everything inline
+    # REG: every non-empty payload through a slice; INL: everything inline
     start_supervised!({Bridge, bridge_opts(BTReg, pool_size: 1, threshold: 1)},
       id: :reg
     )
@@ -33,7 +33,7 @@ defmodule Bridge.TensorBridgeTest do
 
   defp both(fun, args) do
     [reg, inl] = for pool <- @bridges, do: call(pool, fun, args)
-    assert reg == inl, "region and inline forms differ for #{fun}: #{inspect({reg, inl})}"
+    assert reg == inl, "slice and inline forms differ for #{fun}: #{inspect({reg, inl})}"
     reg
   end
 
@@ -95,7 +95,7 @@ defmodule Bridge.TensorBridgeTest do
         t = Tensor.new!(random_data(dtype, n), dtype, shape, order: unquote(order))
 
         # the handler sees the same ndarray (type, dtype, order, read-only, bytes)
-        # whether the tensor came inline or through a region
+        # whether the tensor came inline or through a slice
         assert {:ok, info} = both(:tensor_info, [t])
         assert info == info(t)
 
@@ -197,7 +197,7 @@ defmodule Bridge.TensorBridgeTest do
       end
     end
 
-    test "a Python Bundle comes back as %Bridge.Tensor.Bundle{}, one region, zero-copy" do
+    test "a Python Bundle comes back as %Bridge.Tensor.Bundle{}, one slice, zero-copy" do
       for pool <- @bridges ++ [BTDef], n <- [2, 5000] do
         assert {:ok, %Bundle{tensors: tensors} = b} = call(pool, :make_bundle, [n])
         assert Map.keys(tensors) == ["layer.bias", "layer.weight", "mask", "when"]
@@ -207,7 +207,7 @@ defmodule Bridge.TensorBridgeTest do
         assert Tensor.to_list(tensors["layer.bias"]) == [0.0, 1.0, 2.0, 3.0]
 
         if pool == BTReg or (pool == BTDef and n == 5000) do
-          # every tensor is a sub-binary of the same region (the BEAM copies
+          # every tensor is a sub-binary of the same slice (the BEAM copies
           # sub-binaries of at most 64 bytes when a message carries them)
           mappings =
             for {_, t} <- tensors,
@@ -228,7 +228,7 @@ defmodule Bridge.TensorBridgeTest do
   end
 
   describe "sparse COO" do
-    test "both directions, inline and through regions" do
+    test "both directions, inline and through slices" do
       idx = Tensor.from_list!([0, 1, 2, 4, 0, 3], {:s, 64}, {2, 3})
       vals = Tensor.from_list!([1.0, 2.0, 3.0], {:numpy, ">f4"}, {3})
       coo = COO.new!(idx, vals, {3, 5})

@@ -1,7 +1,7 @@
 defmodule Bridge.FormatTest do
-  # Format selection without Python (protocol/SPEC.md §8.1): eligibility of number
+  # Format selection without Python (protocol/SPEC.md §10.1): eligibility of number
   # lists, record lists and column maps, the packed dtypes, the records stream and
-  # its rebuilding, the forms Bridge.Codec writes (inline and region frames) and
+  # its rebuilding, the forms Bridge.Codec writes (inline and slice frames) and
   # reads, the errors, the counters and the debug log. Seeded property-style
   # checks: BB_FUZZ_SEED replays a run.
   use ExUnit.Case, async: false
@@ -435,7 +435,7 @@ defmodule Bridge.FormatTest do
 
   ## Bridge.Codec: the forms on the wire
 
-  test "arguments: packed and records inline below the threshold, in regions at or above" do
+  test "arguments: packed and records inline below the threshold, in slices at or above" do
     ints = Enum.to_list(-5..994)
     rows = rows(1000)
     columns = %{a: Enum.to_list(1..5000)}

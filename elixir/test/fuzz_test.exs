@@ -1,6 +1,6 @@
 defmodule Bridge.FuzzTest do
   # Seeded property tests: random and mutated headers through Bridge.Header.parse
-  # (checked against an independent statement of SPEC §4), and random,
+  # (checked against an independent statement of SPEC §6), and random,
   # out-of-range and wrong-type arguments through every NIF and every public
   # Bridge.Arena / Bridge.Peer / Bridge.Header function. The VM must survive and
   # every failure must be a typed error. Set BB_FUZZ_SEED to replay a run.
@@ -47,7 +47,7 @@ defmodule Bridge.FuzzTest do
     checksum_mismatch: :payload_checksum
   }
 
-  # SPEC §4 restated as a list: the first entry whose condition holds is the error.
+  # SPEC §6 restated as a list: the first entry whose condition holds is the error.
   defp expected(bin) do
     fs = byte_size(bin)
 
@@ -193,7 +193,7 @@ defmodule Bridge.FuzzTest do
     end
   end
 
-  test "random and mutated headers: parse agrees with SPEC §4, decode never crashes", %{
+  test "random and mutated headers: parse agrees with SPEC §6, decode never crashes", %{
     seed: seed
   } do
     counts =

@@ -8,7 +8,7 @@ defmodule Bridge.HeaderTest do
   doctest Bridge.Error
 
   # A valid frame and a function that rewrites header fields (re-checksummed)
-  # so each check of SPEC §4 can be hit on its own.
+  # so each check of SPEC §6 can be hit on its own.
   defp frame(opts \\ []),
     do: Header.encode_frame!(:binary.copy("p", 100), [metadata: "meta"] ++ opts)
 
@@ -26,7 +26,7 @@ defmodule Bridge.HeaderTest do
     end
   end
 
-  test "each check of SPEC §4 in isolation" do
+  test "each check of SPEC §6 in isolation" do
     f = frame()
     assert reason(f) == :ok
     assert reason(binary_part(f, 0, 127)) == {:truncated_header, :header}

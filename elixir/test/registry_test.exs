@@ -451,7 +451,7 @@ defmodule Bridge.RegistryTest.Reasons do
   # Every reason elixir/lib builds an error with, as a literal atom: the second
   # argument of Error.new/3, the :reason of a %Error{} literal, and the
   # arguments of every function that passes one of its parameters on as a
-  # reason (found to a fixed point: region_error/4, Errors.fail/2, ...).
+  # reason (found to a fixed point: frame_error/4, Errors.fail/2, ...).
 
   @spec scan(Path.t()) :: %{atom() => String.t()}
   def scan(dir) do

@@ -20,9 +20,9 @@ end
 
 defmodule Bridge.SerializerTest do
   # Custom types (protocol/formats/custom.md): the Bridge.Serializer registry,
-  # the $bb_custom term and custom region frames Bridge.Codec writes and reads,
+  # the $bb_custom term and custom slice frames Bridge.Codec writes and reads,
   # and end to end with Python codecs (elixir/test/handlers/bbt_formats.py):
-  # both directions inline (INL) and through regions (REG), an older version
+  # both directions inline (INL) and through slices (REG), an older version
   # read on both sides, unknown type / unsupported version / failing codec
   # errors with the worker kept, and the plain-map fallback when encode fails.
   use ExUnit.Case, async: false

@@ -217,7 +217,7 @@ defmodule Bridge.TensorTest do
       b = Tensor.from_list!([1.0], {:f, 64}, {1})
       bundle = Bundle.new!(%{"b" => b, "a" => a})
       {iodata, opts} = Wire.frame(bundle)
-      # iodata: the tensors are copied into the region one by one, never joined first
+      # iodata: the tensors are copied into the slice one by one, never joined first
       assert is_list(iodata)
       payload = IO.iodata_to_binary(iodata)
       assert opts[:schema_id] == 2

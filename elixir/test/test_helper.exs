@@ -1,9 +1,8 @@
-# /dev/shm must look the same after the suite as before it (SPEC §1.5: a clean
-# shutdown leaves nothing). Only names this run can have made are compared —
-# this OS pid's regions and the names of the test prefixes ("bbt…": the Bridge
-# tests' workers own regions named with their own pids) — so regions
-# of a Python test run on the same host at the same time do not fail the run;
-# any other change is printed as a note.
+# /dev/shm must look the same after the suite as before it (protocol/SPEC.md §1:
+# shared objects have no name, so nothing is left there). Only names this run
+# can have made are compared — names with this OS pid and the names of the test
+# prefixes ("bbt…") — so names of a Python test run on the same host at the
+# same time do not fail the run; any other change is printed as a note.
 shm_before = MapSet.new(File.ls!("/dev/shm"))
 # Bridge tests start Python workers (OS processes below this BEAM) and Ports
 # (fds); both must be back where they started after the suite.
@@ -16,7 +15,7 @@ ours? = fn name ->
 end
 
 ExUnit.after_suite(fn _result ->
-  # Let dropped region handles reach their destructors first.
+  # Let dropped arena, slice and peer resources reach their destructors first.
   Enum.each(Process.list(), &:erlang.garbage_collect/1)
   Process.sleep(50)
 

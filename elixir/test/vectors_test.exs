@@ -1,5 +1,5 @@
 defmodule Bridge.VectorsTest do
-  # Every protocol/vectors/*.json becomes a test by name (SPEC §6).
+  # Every protocol/vectors/*.json becomes a test by name (SPEC §14).
   use ExUnit.Case, async: true
 
   alias Bridge.{Arena, Header, NIF, Peer}
@@ -17,7 +17,7 @@ defmodule Bridge.VectorsTest do
                     schema_id schema_version metadata_length payload_offset payload_length
                     decoded_length payload_checksum header_checksum)
 
-  test "the vector set exists and covers every validation reason of SPEC §4" do
+  test "the vector set exists and covers every validation reason of SPEC §6" do
     assert length(@vectors) >= 2
 
     reasons =

@@ -102,7 +102,7 @@ class CallPath:
     ``threshold``: payloads of at least this many bytes travel in slices;
     ``arena_limit``, ``min_arena``: the bounds of the worker's arenas (§3);
     ``verify``: checksum result payloads and verify argument payloads; ``untrusted``:
-    every result slice is a sealed object of its own (§6).
+    every result slice is a sealed object of its own (§11).
     """
 
     def __init__(
@@ -329,7 +329,7 @@ class _Refused(Exception):
 
 
 def _policy(opts: Any) -> str:
-    """The result format policy of a call's options (SPEC §7.3): ``opts["format"]``."""
+    """The result format policy of a call's options (SPEC §8.3): ``opts["format"]``."""
     if type(opts) is not dict:
         raise _Refused("bad_term", f"call options must be a map, got {opts!r:.200}")
     value = opts.get(b"format", POLICIES[0])  # the default policy first

@@ -71,7 +71,7 @@ MAX_NAME_BYTES = 255
 #: Largest version (a frame's ``schema_version`` is a u32; 0 means "none").
 MAX_VERSION = 2**32 - 1
 
-#: Types that already have a meaning on the wire (SPEC §8): a codec for one of them
+#: Types that already have a meaning on the wire (SPEC §10): a codec for one of them
 #: would make the type a receiver gets depend on the registry, so they are refused.
 _BUILTIN = (object, int, float, bool, str, bytes, bytearray, memoryview, list, tuple, dict,
             type(None), Atom)  # fmt: skip
@@ -158,14 +158,14 @@ def register(
 
     Registering ``cls`` again replaces its codec (and frees its old name). A name
     held by another class is a ``ValueError`` unless that class has the same module and
-    qualified name (a reloaded module): unregister it first. The types of SPEC §8
+    qualified name (a reloaded module): unregister it first. The types of SPEC §10
     (``int``, ``str``, ``list``, ``dict``, ``Atom``, ``object``...) cannot be registered:
     their wire form is fixed. A codec of a class applies to its subclasses too.
     """
     if not isinstance(cls, type):
         raise TypeError(f"register needs a class, got {cls!r:.100}")
     if cls in _BUILTIN:
-        raise ValueError(f"{cls.__name__} already has a fixed form on the wire (SPEC §8); "
+        raise ValueError(f"{cls.__name__} already has a fixed form on the wire (SPEC §10); "
                          "register a class of your own")  # fmt: skip
     if not isinstance(name, str):
         raise TypeError(f"a type name is a str, got {type(name).__name__}")

@@ -20,7 +20,7 @@ ObjectDropped(object_id=4)
 >>> from_beam((Atom("object_dropped"), -4), False)
 Traceback (most recent call last):
 ...
-beambridge.control.ProtocolError: bad_term: not a message of transport-v2 §5.2: ...
+beambridge.control.ProtocolError: bad_term: not a message of protocol/SPEC.md §8.3: ...
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ __all__ = [
     "worker_slice",
 ]
 
-#: Largest frame either side accepts (§5.1); a longer one ends the worker (status 3).
+#: Largest frame either side accepts (§8.1); a longer one ends the worker (status 3).
 MAX_CONTROL_FRAME = 64 * 1024 * 1024
 #: The version the worker announces in ``{:ready, os_pid, version}``.
 PROTOCOL_VERSION = (2, 0)
@@ -81,13 +81,13 @@ A_SEALED_MAPPED, A_SHUTDOWN = Atom("sealed_mapped"), Atom("shutdown")
 A_READY, A_OK, A_ERROR, A_RELEASED = Atom("ready"), Atom("ok"), Atom("error"), Atom("released")
 A_LOG, A_STDOUT, A_STDERR = Atom("log"), Atom("stdout"), Atom("stderr")
 A_PYTHON_EXCEPTION, A_BAD_CALL = Atom("python_exception"), Atom("bad_call")
-#: Object kinds (§1.1) and the owners of answer slices (§5.2).
+#: Object kinds (§1.1) and the owners of answer slices (§8.3).
 A_ARENA, A_SEALED, A_LEASE_TABLE = Atom("arena"), Atom("sealed"), Atom("lease_table")
 A_WORKER, A_BEAM = Atom("worker"), Atom("beam")
 SHUTDOWN = A_SHUTDOWN
 
 #: Reasons a ``bad_call`` may carry: the registry's wire reasons, atoms the BEAM is sure
-#: to know (SPEC §4, §7.3, transport-v2 §3, §5.3). Anything else (an errno name) goes as
+#: to know (SPEC §3, §6, §8.3, §9). Anything else (an errno name) goes as
 #: ``badarg``, named in the message.
 KNOWN_REASONS: frozenset[str] = registry.WIRE_REASONS
 
@@ -96,7 +96,7 @@ _U64 = 2**64
 
 
 class ProtocolError(BridgeError, ValueError):
-    """A frame that is not a message of §5.2: its size fields run past it, its envelope
+    """A frame that is not a message of §8.3: its size fields run past it, its envelope
     does not decode or is no message the receiver knows. ``reason`` ``bad_term``; the
     channel cannot go on (the BEAM's ``:bad_frame``, the worker's exit status 3)."""
 
@@ -119,7 +119,7 @@ def join(envelope: Any, body: list[Any] | None = None) -> list[Any]:
 
 def split(frame: bytes | bytearray | memoryview) -> tuple[Any, memoryview | None]:
     """``(envelope term, body bytes or None)`` of one frame; `ProtocolError` when the
-    size field runs past the frame or the envelope does not decode (§5.1)."""
+    size field runs past the frame or the envelope does not decode (§8.1)."""
     view = memoryview(frame)
     if view.nbytes < 4:
         raise _violation(f"a frame of {view.nbytes} bytes has no envelope_size")
@@ -139,7 +139,7 @@ def split(frame: bytes | bytearray | memoryview) -> tuple[Any, memoryview | None
 
 @dataclass(frozen=True)
 class ObjectAnnouncement:
-    """``{:object, kind, owner_pid, fd, object_id, size, nonce}`` (§2, §5.2): ``kind``
+    """``{:object, kind, owner_pid, fd, object_id, size, nonce}`` (§2, §8.3): ``kind``
     ``"arena"``, ``"lease_table"`` (from the BEAM) or ``"arena"``, ``"sealed"`` (from
     a worker). `args` is what `beambridge.objects.PeerObject.open` takes."""
 
@@ -177,7 +177,7 @@ class Call:
 
 @dataclass(frozen=True)
 class SealedMapped:
-    """``{:sealed_mapped, [object_id]}``: the BEAM mapped these sealed objects (§6)."""
+    """``{:sealed_mapped, [object_id]}``: the BEAM mapped these sealed objects (§11)."""
 
     object_ids: list[int]
 
@@ -223,14 +223,14 @@ def _announcement(term: tuple[Any, ...], kinds: tuple[str, ...]) -> ObjectAnnoun
         and all(_uint(v, b) for v, b in zip(term[2:], sizes, strict=True))
     ):
         return ObjectAnnouncement(str(term[1]), *term[2:])
-    raise _violation("not a message of transport-v2 §5.2", term)
+    raise _violation("not a message of protocol/SPEC.md §8.3", term)
 
 
 BeamMessage = ObjectAnnouncement | ObjectDropped | Call | SealedMapped | Shutdown
 
 
 def from_beam(envelope: Any, has_body: bool) -> BeamMessage:
-    """The BEAM's message of ``envelope`` (`ProtocolError` when it is none of §5.2's;
+    """The BEAM's message of ``envelope`` (`ProtocolError` when it is none of §8.3's;
     only a call has a body)."""
     if envelope == A_SHUTDOWN and not has_body:
         return Shutdown()
@@ -245,7 +245,7 @@ def from_beam(envelope: Any, has_body: bool) -> BeamMessage:
         ids = envelope[1] if len(envelope) == 2 else None
         if tag == A_SEALED_MAPPED and type(ids) is list and all(_uint(i, 32) for i in ids):
             return SealedMapped(ids)
-    raise _violation("not a message of transport-v2 §5.2", envelope)
+    raise _violation("not a message of protocol/SPEC.md §8.3", envelope)
 
 
 def slice_refs(slices: Any) -> tuple[list[tuple[int, int, int, int]], EtfError | None]:
@@ -349,7 +349,7 @@ def worker_slice(
 
 def sealed_slice(object_id: int, offset: int, length: int, generation: int) -> tuple[Any, ...]:
     """``{:sealed, object_id, offset, length, generation}``: the frame of a sealed
-    object (§6)."""
+    object (§11)."""
     return (A_SEALED, object_id, offset, length, generation)
 
 
@@ -381,7 +381,7 @@ WorkerMessage = Ready | ObjectAnnouncement | ObjectDropped | Answer | Released |
 
 
 def from_worker(envelope: Any, has_body: bool) -> WorkerMessage:
-    """The worker's message of ``envelope`` (`ProtocolError` when it is none of §5.2's;
+    """The worker's message of ``envelope`` (`ProtocolError` when it is none of §8.3's;
     only ``ok`` has a body)."""
     if type(envelope) is tuple and envelope and (not has_body or envelope[0] == A_OK):
         tag, n = envelope[0], len(envelope)
@@ -408,4 +408,4 @@ def from_worker(envelope: Any, has_body: bool) -> WorkerMessage:
             and (type(envelope[2]) is bytes)
         ):
             return Log(str(envelope[1]), envelope[2])
-    raise _violation("not a message of transport-v2 §5.2", envelope)
+    raise _violation("not a message of protocol/SPEC.md §8.3", envelope)

@@ -1,4 +1,4 @@
-"""Arguments: data terms (protocol/SPEC.md §7.4, §8) to Python values.
+"""Arguments: data terms (protocol/SPEC.md §9, §10) to Python values.
 
 `Decoder` turns a call's argument list into the values a handler gets. The tagged terms
 ``{:"$bb_buffer", b}``, ``{:"$bb_tensor", descriptor, data}``, ``{:"$bb_tensor_bundle",
@@ -79,7 +79,7 @@ def _short(term: Any) -> str:
 
 
 class Decoder:
-    """Turns the data terms of a call's arguments into Python values (SPEC §7.4).
+    """Turns the data terms of a call's arguments into Python values (SPEC §9).
 
     ``peers`` are the BEAM's arenas this process has mapped and ``leases`` the book of
     the leases held on their slices (both fresh when not given: inline terms only).
@@ -88,7 +88,7 @@ class Decoder:
     Errors are `beambridge.errors.BridgeError` subclasses whose ``reason`` the worker
     sends back in a ``{:bad_call, reason, message}``: ``bad_term`` for a malformed term
     or handle (an index out of range included), a slice's reason
-    (``slice_out_of_bounds``, ``stale_generation``, a frame reason of SPEC §4), the
+    (``slice_out_of_bounds``, ``stale_generation``, a frame reason of SPEC §6), the
     reason an object named by a slice could not be opened with (``peer_open_failed``...),
     ``bad_metadata`` for a custom frame whose metadata disagrees with its header, or a
     `beambridge.codecs.CodecError` (``unknown_type``, ``unsupported_version``,
@@ -133,6 +133,9 @@ class Decoder:
             return [self._convert(v, refs) for v in value]
         if t is dict:
             return {self._convert(k, refs): self._convert(v, refs) for k, v in value.items()}
+        if t is Atom and value.startswith("$bb_"):
+            # reserved for the tagged terms (SPEC §9): never user data
+            raise _bad("atom", value, f"the atom {value!r} is reserved for tagged terms")
         return value
 
     def _tagged(self, term: tuple[Any, ...], refs: list[_Ref]) -> Any:
@@ -176,7 +179,7 @@ class Decoder:
             value = codec_registry.decode_payload(name, version, data)
             note(ARGUMENTS, "custom", "inline", len(data), name.decode())
             return value
-        raise _bad("tag", tag, f"malformed or unknown tagged term {_short(term)} (§7.4)")
+        raise _bad("tag", tag, f"malformed or unknown tagged term {_short(term)} (§9)")
 
     def _slice(self, kind: Any, index: Any, refs: list[_Ref]) -> Any:
         if type(kind) is not Atom or kind not in KIND_FORMATS:

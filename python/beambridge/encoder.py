@@ -1,4 +1,4 @@
-"""Results: Python values to data terms (protocol/SPEC.md §7.4, §8, §8.1).
+"""Results: Python values to data terms (protocol/SPEC.md §9, §10, §10.1).
 
 `ResultEncoder` sends ``bytes``/``bytearray``/``memoryview`` as binaries, ``ndarray``
 (`beambridge.formats.tensor.Bundle`, ``COO``) as tensors, ``pyarrow.Table``,
@@ -54,10 +54,10 @@ __all__ = ["FormatUnsuitableError", "ResultEncoder"]
 class ResultEncoder(FormatEncoder):
     """Encodes a handler's result: the typed values as `FormatEncoder` does (each
     payload of at least ``threshold`` bytes into a slice of ``slices``, None:
-    everything inline), lists and dicts as SPEC §8.1 selects.
+    everything inline), lists and dicts as SPEC §10.1 selects.
 
     ``policy`` (one of ``auto``, ``etf``, ``packed``, ``arrow``; set per call from the
-    ``"format"`` call option) selects the forms of SPEC §8.1: under ``auto`` a number
+    ``"format"`` call option) selects the forms of SPEC §10.1: under ``auto`` a number
     list of at least ``packed_min`` elements goes packed and a record list or column
     map of at least ``records_min`` cells goes as records; ``etf`` sends every list and
     map as ETF; ``packed`` packs every number list, ``arrow`` sends every record list
@@ -118,7 +118,7 @@ class ResultEncoder(FormatEncoder):
         self._packed_min = value
         self.policy = self._policy
 
-    # ---- the §8.1 candidates: lists and dicts ------------------------------------------
+    # ---- the §10.1 candidates: lists and dicts -----------------------------------------
 
     hooks = True
 

@@ -1,8 +1,8 @@
-"""Typed values of a result (protocol/SPEC.md §7.4, §8): binaries, tensors, tables and
+"""Typed values of a result (protocol/SPEC.md §9, §10): binaries, tensors, tables and
 custom types, each inline or in a slice.
 
 `FormatEncoder` is the part of `beambridge.encoder.ResultEncoder` that knows the forms
-of SPEC §8's typed values: ``bytes``/``bytearray``/``memoryview`` as binaries (a view of
+of SPEC §10's typed values: ``bytes``/``bytearray``/``memoryview`` as binaries (a view of
 an argument echoed as its BEAM slice), ``ndarray``, `Bundle` and `COO` as tensors,
 ``pyarrow.Table``/``RecordBatch``/``pandas.DataFrame`` as Arrow streams, values of a
 registered class as custom payloads. Each payload of at least ``threshold`` bytes goes
@@ -58,7 +58,7 @@ _codec_log = logging.getLogger("beambridge.codecs")
 
 
 class FormatEncoder(Encoder):
-    """Encodes SPEC §8's typed values, each payload of at least ``threshold`` bytes into a
+    """Encodes SPEC §10's typed values, each payload of at least ``threshold`` bytes into a
     slice of ``slices`` (None: everything inline)."""
 
     def __init__(
@@ -139,7 +139,7 @@ class FormatEncoder(Encoder):
         depth: int,
     ) -> None:
         """custom.md "Writing": the dict of a dataclass's fields, the plain value of a
-        subclass of a §8 type, or ``vars(obj)``; else the usual ``TypeError``."""
+        subclass of a §10 type, or ``vars(obj)``; else the usual ``TypeError``."""
         kind = type(v)
         described = f"{kind.__module__}.{kind.__qualname__}"
         standard: Any

@@ -1,4 +1,4 @@
-"""Typed errors of the Python side (protocol/SPEC.md §5, protocol/SPEC.md).
+"""Typed errors of the Python side (protocol/SPEC.md §7).
 
 Every failure a caller can meet is one of these classes; each carries ``reason`` (the
 same string the Elixir side uses), ``field``, ``value`` and ``limit``.
@@ -67,11 +67,11 @@ class BridgeError(Exception):
 
 
 class HeaderError(BridgeError, ValueError):
-    """A frame header (or payload, see `ChecksumError`) failed validation (§4)."""
+    """A frame header (or payload, see `ChecksumError`) failed validation (§6)."""
 
 
 class ChecksumError(HeaderError):
-    """The payload does not match its ``payload_checksum`` (§4 check 17)."""
+    """The payload does not match its ``payload_checksum`` (§6 check 17)."""
 
     def __init__(
         self,
@@ -85,7 +85,7 @@ class ChecksumError(HeaderError):
 
 
 class EtfError(BridgeError, ValueError):
-    """An ETF term from the peer was refused (§7.2): a tag outside the allowed set, a
+    """An ETF term from the peer was refused (§8.2): a tag outside the allowed set, a
     length running past the frame, nesting too deep, an oversized big integer, an
     improper list, or a value Python cannot represent. ``reason`` is ``bad_term``,
     ``field`` names what was wrong (``tag``, ``length``, ``depth``...) and ``value``
@@ -103,7 +103,7 @@ class FormatError(BridgeError, ValueError):
 
 class FormatUnsuitableError(FormatError):
     """A forced format (``format: arrow``) met a list of maps or a map of lists that is
-    not a record list / column map (SPEC §8.1): reason ``format_unsuitable``, ``field``
+    not a record list / column map (SPEC §10.1): reason ``format_unsuitable``, ``field``
     ``format``, ``limit`` the code of the first reason (``different_keys``...); the
     message names the first reason and says to use ``format: auto`` or convert the
     value. The worker answers the call with a ``bad_call``."""

@@ -1,4 +1,4 @@
-"""The 128-byte frame header: layout, packing and validation (protocol/SPEC.md §3-§4).
+"""The 128-byte frame header: layout, packing and validation (protocol/SPEC.md §5-§6).
 
 A frame is ``header (128 bytes) | metadata | zero padding | payload`` with the payload at
 a 64-aligned offset. `encode_frame` builds one in private memory, `decode_frame` checks
@@ -66,7 +66,7 @@ assert _LAYOUT.size == HEADER_SIZE
 
 
 class Format(IntEnum):
-    """Payload format codes (§3.1 ``format``), the registry's ``formats``."""
+    """Payload format codes (§5.1 ``format``), the registry's ``formats``."""
 
     RAW = registry.FORMATS["raw"]
     TENSOR = registry.FORMATS["tensor"]
@@ -76,7 +76,7 @@ class Format(IntEnum):
 
 
 class Codec(IntEnum):
-    """Payload compression codes (§3.1 ``codec``), the registry's ``codecs``."""
+    """Payload compression codes (§5.1 ``codec``), the registry's ``codecs``."""
 
     NONE = registry.CODECS["none"]
     LZ4_FRAME = registry.CODECS["lz4_frame"]
@@ -85,7 +85,7 @@ class Codec(IntEnum):
 
 @dataclass(frozen=True)
 class Header:
-    """Every field of a frame header (§3.1); ``magic`` is implied.
+    """Every field of a frame header (§5.1); ``magic`` is implied.
 
     A `Header` returned by `validate_header` passed checks 1-16. One built by hand is
     just values; `pack_header` writes them as given.
@@ -227,7 +227,7 @@ def validate_header(
     *,
     max_decoded_length: int = DEFAULT_MAX_DECODED_LENGTH,
 ) -> tuple[Header, bytes]:
-    """Copy the header and metadata out of ``frame_buffer`` and run checks 1-16 of §4.
+    """Copy the header and metadata out of ``frame_buffer`` and run checks 1-16 of §6.
 
     ``frame_size`` is the size of the frame area the bounds are checked against (for a
     slice: its length); it must not exceed ``len(frame_buffer)``. Only the
@@ -256,7 +256,9 @@ def validate_header(
         if magic != MAGIC:
             raise HeaderError("bad_magic", "magic", magic, MAGIC)
         if h.version_major != VERSION_MAJOR:
-            raise HeaderError("unsupported_version", "version_major", h.version_major, VERSION_MAJOR)
+            raise HeaderError(
+                "unsupported_version", "version_major", h.version_major, VERSION_MAJOR
+            )
         if h.header_size != HEADER_SIZE:
             raise HeaderError("bad_header_size", "header_size", h.header_size, HEADER_SIZE)
         if h.format > _MAX_FORMAT:

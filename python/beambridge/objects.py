@@ -3,7 +3,7 @@
 `SharedObject` is an object this process owns: a sealed ``memfd`` with its 64-byte
 header, mapped read-write. `PeerObject` is a peer's object mapped read-only from a
 read-only descriptor (``/proc/<pid>/fd/<n>``), after its seals and header are checked.
-`write_frame` lays one frame (SPEC §3) out in an owned area: the arenas of
+`write_frame` lays one frame (SPEC §5) out in an owned area: the arenas of
 `beambridge.arena` and the sealed objects of untrusted results both use it.
 
 >>> obj = SharedObject(4096, KIND_SEALED)
@@ -70,7 +70,7 @@ __all__ = [
 OBJECT_HEADER = 64
 MAGIC = b"BBAR"
 LAYOUT_VERSION = 1
-#: Kind codes (§1.1) by the names control messages use (§5), from the registry.
+#: Kind codes (§1.1) by the names control messages use (§8.3), from the registry.
 KINDS: dict[str, int] = dict(registry.OBJECT_KINDS)
 KIND_ARENA, KIND_SEALED, KIND_LEASE_TABLE = KINDS["arena"], KINDS["sealed"], KINDS["lease_table"]
 PAGE = 4096
@@ -152,7 +152,7 @@ class SharedObject:
             return whole[offset : offset + length]
 
     def seal(self) -> None:
-        """Make a ``sealed`` object's bytes final (§6): unmap the writable mapping, then
+        """Make a ``sealed`` object's bytes final (§11): unmap the writable mapping, then
         add ``F_SEAL_WRITE | F_SEAL_SEAL``. Every view from `area` must be released
         first. The descriptor stays open (the peer opens the object through it)."""
         if self.kind != KIND_SEALED:
@@ -161,7 +161,7 @@ class SharedObject:
         fcntl.fcntl(self.fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL)
 
     def announcement(self) -> tuple[str, int, int, int, int, int]:
-        """``(kind name, owner_pid, fd, object_id, object_size, nonce)`` (§5)."""
+        """``(kind name, owner_pid, fd, object_id, object_size, nonce)`` (§8.3)."""
         name = next(k for k, v in KINDS.items() if v == self.kind)
         return (name, os.getpid(), self.fd, self.object_id, self.size, self.nonce)
 
@@ -328,7 +328,7 @@ class PeerObject:
         max_decoded_length: int = DEFAULT_MAX_DECODED_LENGTH,
     ) -> Frame:
         """The frame at the start of the slice ``[offset, offset + length)``: header and
-        metadata copied and validated (SPEC §4, the slice length as the frame size), the
+        metadata copied and validated (SPEC §6, the slice length as the frame size), the
         payload a read-only view into the mapping. ``on_release`` runs once, when the
         payload and every view made from it are gone (or at `Frame.release`)."""
         self.check_slice(offset, length)
@@ -460,5 +460,5 @@ def _fill_area(
 
 
 def frame_length(payload_length: int, metadata_length: int = 0) -> int:
-    """Bytes of a frame: header, metadata, padding to 64, payload (SPEC §3)."""
+    """Bytes of a frame: header, metadata, padding to 64, payload (SPEC §5)."""
     return payload_offset_for(metadata_length) + payload_length

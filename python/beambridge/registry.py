@@ -22,7 +22,7 @@ the BEAM at compile time. The rest of the package takes its tables from here
 >>> STATS_DIRECTIONS["results"], "mixed_numbers" in STATS_REASONS
 ('to_elixir', True)
 >>> reason_meaning("bad_magic")
-'the header does not start with "BBFH" (SPEC §4 check 2)'
+'the header does not start with "BBFH" (SPEC §6 check 2)'
 """
 
 from __future__ import annotations
@@ -249,9 +249,9 @@ def _names(data: dict[str, Any], table: str) -> tuple[str, ...]:
 _DATA = load()
 _REASONS = _reasons(_DATA)
 FORMATS: Mapping[str, int] = _coded(_DATA, "formats")
-"""Frame ``format`` codes (SPEC §3.1): name -> code."""
+"""Frame ``format`` codes (SPEC §5.1): name -> code."""
 CODECS: Mapping[str, int] = _coded(_DATA, "codecs")
-"""Frame ``codec`` codes (SPEC §3.1): name -> code."""
+"""Frame ``codec`` codes (SPEC §5.1): name -> code."""
 OBJECT_KINDS: Mapping[str, int] = _coded(_DATA, "object_kinds")
 """Shared-object ``kind`` codes of transport v2 (protocol/SPEC.md §1.1): name -> code."""
 _HANDLE = _handle_kinds(_DATA, FORMATS)
@@ -262,40 +262,40 @@ WIRE_REASONS: frozenset[str] = frozenset(n for n, e in _REASONS.items() if e["wi
 """The reasons a worker may send in a ``{:bad_call, reason, message}``: the worker's list
 of known reasons and the BEAM's atoms must hold each of them."""
 HANDLE_KINDS: Mapping[str, str] = MappingProxyType({n: e["format"] for n, e in _HANDLE.items()})
-"""Handle kind -> the frame format it reads (SPEC §7.4, protocol/SPEC.md §9)."""
+"""Handle kind -> the frame format it reads (protocol/SPEC.md §9)."""
 HANDLE_KIND_SCHEMAS: Mapping[str, tuple[int, ...]] = MappingProxyType(
     {n: tuple(e["schemas"]) for n, e in _HANDLE.items() if "schemas" in e}
 )
 """Handle kinds of tensor frames -> the tensor schema ids each reads (formats/tensor.md)."""
 TENSOR_SCHEMAS: Mapping[str, tuple[int, int]] = _tensor_schemas(_DATA)
 """Tensor frame schemas (formats/tensor.md): name -> ``(schema_id, schema_version)``;
-``packed`` is the layout of packed frames (SPEC §8.1), not a tensor schema."""
+``packed`` is the layout of packed frames (SPEC §10.1), not a tensor schema."""
 COPIED_KINDS: frozenset[str] = frozenset(n for n, e in _HANDLE.items() if e["copied"]["python"])
 """Handle kinds whose value the Python receiver copies out of the frame: the lease ends
 with the conversion."""
 POLICIES: tuple[str, ...] = _names(_DATA, "policies")
-"""Format policies, the ``format`` call option (SPEC §8.1), the default first."""
+"""Format policies, the ``format`` call option (SPEC §10.1), the default first."""
 PACKED_DTYPES: tuple[bytes, ...] = tuple(
     _str(d, "packed_dtypes[]").encode("ascii")
     for d in _list(_DATA.get("packed_dtypes"), "packed_dtypes")
 )
-"""The nine dtypes of the packed form (SPEC §8.1), narrowest first."""
+"""The nine dtypes of the packed form (SPEC §10.1), narrowest first."""
 MESSAGES: frozenset[str] = frozenset(_obj(_DATA.get("messages"), "messages"))
-"""Atoms of the control messages (SPEC §7.3, protocol/SPEC.md §8), of either transport."""
+"""Atoms of the control messages (protocol/SPEC.md §8.3), of either transport."""
 TAGS: frozenset[str] = frozenset(_obj(_DATA.get("tags"), "tags"))
-"""The reserved ``$bb_`` atoms that tag data terms (SPEC §7.4, protocol/SPEC.md §9), of
+"""The reserved ``$bb_`` atoms that tag data terms (protocol/SPEC.md §9), of
 either transport."""
 RECORDS_LAYOUTS: tuple[str, ...] = tuple(_obj(_DATA.get("records_layouts"), "records_layouts"))
-"""The layouts of the records form (SPEC §8.1)."""
+"""The layouts of the records form (SPEC §10.1)."""
 _STATS = _obj(_DATA.get("stats"), "stats")
 STATS_DIRECTIONS: Mapping[str, str] = _directions(_STATS)
-"""The directions of the format statistics (SPEC §8.1), ``arguments`` and ``results``,
+"""The directions of the format statistics (SPEC §10.1), ``arguments`` and ``results``,
 by the names the Python side counts them under (``from_elixir``, ``to_elixir``)."""
 STATS_FORMS: frozenset[str] = _python_side(_obj(_STATS.get("forms"), "stats.forms"), "stats.forms")
 """The forms the Python side's format statistics count."""
 UNSUITABLE: frozenset[str] = _python_side(_obj(_DATA.get("unsuitable"), "unsuitable"), "unsuitable")
 """The codes of what makes a value no number list, record list or column map (SPEC
-§8.1) that the Python side tells apart."""
+§10.1) that the Python side tells apart."""
 STATS_REASONS: frozenset[str] = (
     _python_side(_obj(_STATS.get("reasons"), "stats.reasons"), "stats.reasons") | UNSUITABLE
 )
@@ -307,8 +307,8 @@ stay."""
 def reason_meaning(name: str) -> str:
     """The one-line meaning of reason ``name``; `KeyError` for a name not registered.
 
-    >>> reason_meaning("leased")
-    'the writer found reader_leases above 0 and wrote nothing (SPEC §2.2)'
+    >>> reason_meaning("no_tickets")
+    'the worker has no free lease-table ticket, so the value goes inline (SPEC §4)'
     """
     return str(_REASONS[name]["meaning"])
 

@@ -1,4 +1,4 @@
-"""Where a result's big values go (protocol/SPEC.md §3-§6): `ResultSlices`.
+"""Where a result's big values go (protocol/SPEC.md §3-§4, §11): `ResultSlices`.
 
 A value whose payload reaches the threshold is written, as one frame, into a slice of
 the worker's arenas and lent to the BEAM under a ticket (``{:worker, object_id, offset,
@@ -79,7 +79,7 @@ def _warn(cause: str, text: str) -> None:
 
 class WorkerArenas(ArenaSet):
     """The worker's result arenas: each new arena and each dropped one is queued in
-    ``notices`` as the message announcing it (§5.2), to be sent before the next
+    ``notices`` as the message announcing it (§8.3), to be sent before the next
     answer."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -99,7 +99,7 @@ class ResultSlices:
     for inline), then `commit` when the answer goes out, or `cancel` when it does not.
 
     ``arenas`` are the worker's arenas (None: no slices, only sealed objects or
-    nothing); ``sealed`` puts every value in a sealed object of its own (§6), counted
+    nothing); ``sealed`` puts every value in a sealed object of its own (§11), counted
     with the arenas against ``limit``; ``leases`` is the book of the BEAM slices the
     worker holds (for `echo`); ``checksum`` hashes every payload written.
     """
@@ -218,14 +218,14 @@ class ResultSlices:
                 self.leases.let_go(key)
 
     def sealed_mapped(self, object_ids: list[int]) -> None:
-        """The BEAM mapped these sealed objects: close them (§6)."""
+        """The BEAM mapped these sealed objects: close them (§11)."""
         for object_id in object_ids:
             obj = self.unconfirmed.pop(object_id, None)
             if obj is not None:
                 obj.close()
 
     def take_notices(self) -> list[Any]:
-        """Arenas made or dropped since the last call, as messages (§5.2)."""
+        """Arenas made or dropped since the last call, as messages (§8.3)."""
         if self.arenas is None or not self.arenas.notices:
             return []
         notices, self.arenas.notices = self.arenas.notices, []

@@ -1,4 +1,4 @@
-"""The format statistics of this process (protocol/SPEC.md §8.1): every decision about
+"""The format statistics of this process (protocol/SPEC.md §10.1): every decision about
 how a value travels, counted per (direction, form, reason) and logged at debug level on
 the ``beambridge.formats`` logger.
 

@@ -1,4 +1,4 @@
-"""Data terms (protocol/SPEC.md §7.4, §8.1, protocol/SPEC.md §9): the tags of the
+"""Data terms (protocol/SPEC.md §9, §10.1): the tags of the
 tagged terms and the handle kinds, shared by `beambridge.decoder` (arguments) and
 `beambridge.encoder` (results). The tables come from the registry
 (`beambridge.registry`); a tag or kind named here that the registry lacks fails at
@@ -48,7 +48,7 @@ __all__ = [
     "TAG_TENSOR_BUNDLE",
 ]
 
-#: Payloads of at least this many bytes travel in slices (SPEC §8; BEAMBRIDGE_THRESHOLD).
+#: Payloads of at least this many bytes travel in slices (SPEC §10; BEAMBRIDGE_THRESHOLD).
 DEFAULT_THRESHOLD = 65536
 
 
@@ -86,12 +86,12 @@ LAYOUT_ROWS, LAYOUT_COLUMNS = Atom("rows"), Atom("columns")
 if (LAYOUT_ROWS, LAYOUT_COLUMNS) != registry.RECORDS_LAYOUTS:
     raise registry.RegistryError("the records layouts are not the registry's rows, columns")
 
-#: The frame format each handle kind reads (SPEC §7.4, §8.1, formats/custom.md), from the
+#: The frame format each handle kind reads (SPEC §9, §10.1, formats/custom.md), from the
 #: registry's ``handle_kinds``.
 KIND_FORMATS = {Atom(kind): Format[fmt.upper()] for kind, fmt in registry.HANDLE_KINDS.items()}
 KINDS = tuple(KIND_FORMATS)
 #: The tensor frame schemas (formats/tensor.md §1) of the tensor handle kinds; ``packed``
-#: frames are schema 0, ``{dtype, [length]}`` (SPEC §8.1), read by their own reader.
+#: frames are schema 0, ``{dtype, [length]}`` (SPEC §10.1), read by their own reader.
 KIND_SCHEMAS = {
     Atom(kind): schemas
     for kind, schemas in registry.HANDLE_KIND_SCHEMAS.items()
@@ -99,6 +99,6 @@ KIND_SCHEMAS = {
 }
 #: Kinds whose value is copied out of its slice: the lease ends with the conversion.
 COPIED_KINDS = frozenset(Atom(kind) for kind in registry.COPIED_KINDS)
-#: Result format policies (the ``"format"`` call option, SPEC §7.3, §8.1), the default
+#: Result format policies (the ``"format"`` call option, SPEC §8.3, §10.1), the default
 #: first.
 POLICIES = registry.POLICIES

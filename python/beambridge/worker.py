@@ -10,7 +10,7 @@ This module is the process's life: the channel, the log pipes, signals, the watc
 idle work, exit statuses. A call's own path, from envelope to answer, is
 `beambridge.calls.CallPath`.
 
-Messages (§5.2)::
+Messages (§8.3)::
 
     BEAM -> worker   {:object, kind, owner_pid, fd, object_id, size, nonce}
                      | {:object_dropped, object_id} | {:sealed_mapped, [object_id]}
@@ -25,16 +25,16 @@ answer (``{:released, ...}``). When no frame arrives for `IDLE_AFTER` seconds it
 back the slices whose leases the BEAM ended, reports releases, and drops arenas that
 have been empty for `TRIM_AFTER` seconds (keeping one of ``BEAMBRIDGE_MIN_ARENA``).
 
-Environment (§5.4): ``BEAMBRIDGE_WORKER_ID`` (in the worker's own log lines),
+Environment (§8.4): ``BEAMBRIDGE_WORKER_ID`` (in the worker's own log lines),
 ``BEAMBRIDGE_THRESHOLD`` (bytes, default 65536), ``BEAMBRIDGE_ARENA_LIMIT`` (bytes of
 arenas, default 1 GiB), ``BEAMBRIDGE_MIN_ARENA`` (bytes of the first arena, default 8
 MiB), ``BEAMBRIDGE_VERIFY`` (``1`` checksums result payloads and verifies argument
 payloads; default ``0``), ``BEAMBRIDGE_UNTRUSTED`` (``1``: every result slice is a
-sealed object of its own, §6).
+sealed object of its own, §11).
 
 Exit status: 0 after EOF on fd 3, ``:shutdown``, SIGTERM or the parent's death (the
 kernel frees every shared object: nothing is left behind); 3 on a protocol violation
-(a frame over `MAX_CONTROL_FRAME`, or one that is not a message of §5.2); 2 when fds 3/4
+(a frame over `MAX_CONTROL_FRAME`, or one that is not a message of §8.3); 2 when fds 3/4
 are missing; 1 when the worker cannot start (the reason is sent as a ``log`` frame
 first) or crashes; a handler's ``sys.exit(n)`` exits with ``n``.
 """

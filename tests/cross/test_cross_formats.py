@@ -1,4 +1,4 @@
-"""Cross-language tests of format selection (protocol/SPEC.md §8.1) through a real bridge.
+"""Cross-language tests of format selection (protocol/SPEC.md §10.1) through a real bridge.
 
 Hypothesis draws record lists, column maps and number lists of every column kind, key
 kind and integer range (plus values that are not candidates). ONE `mix run
@@ -10,9 +10,9 @@ worker serves them (handler module bbx_formats.py in DIR) and, for each, compare
 * Elixir -> Python: what the handler receives when the BEAM sends that value back
   with either format, as canonical text (types included: ``1`` is not ``1.0``,
   ``b"a"`` is not ``"a"``), must be equal and equal to the value as the type mapping
-  (§8) predicts it.
+  (§10) predicts it.
 
-With threshold 1 every form travels in a region; with the default, small examples go
+With threshold 1 every form travels in a slice; with the default, small examples go
 inline. The peer also reports how often each form was used, so a run where the forms
 silently fell back to ETF fails.
 
@@ -67,7 +67,7 @@ def load(i):
 
 def expected(i):
     \"\"\"canon of example i as the type mapping predicts the handler receives it when
-    the BEAM sends the value back (SPEC §8: str arrives as a binary, then bytes).\"\"\"
+    the BEAM sends the value back (SPEC §10: str arrives as a binary, then bytes).\"\"\"
     return canon(_to_elixir_and_back(_EXAMPLES[i][0]))
 
 

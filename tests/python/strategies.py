@@ -1,5 +1,5 @@
 """Hypothesis strategies for values format selection cares about (protocol/SPEC.md
-§8.1), shared by tests/python/test_select.py and tests/cross/test_cross_formats.py."""
+§10.1), shared by tests/python/test_select.py and tests/cross/test_cross_formats.py."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The control channel's ETF codec (protocol/SPEC.md §7.2, §8): round trips, refusals,
+"""The control channel's ETF codec (protocol/SPEC.md §8.2, §10): round trips, refusals,
 hostile frames, and a cross-check against the real :erlang implementation."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Frame header: packing, round trips and validation (SPEC.md §3-§4)."""
+"""Frame header: packing, round trips and validation (SPEC.md §5-§6)."""
 
 from __future__ import annotations
 
@@ -107,7 +107,7 @@ def test_truncated_frame_is_a_header_error(
         assert info.value.reason == expected
 
 
-# ---- a reference validator written from the §4 table, checked against the package ----
+# ---- a reference validator written from the §6 table, checked against the package ----
 
 FIELD_NAMES = [
     "magic", "version_major", "version_minor", "header_size", "format", "codec", "flags",

@@ -258,29 +258,11 @@ def test_the_source_scan_sees_a_reason_the_registry_lacks() -> None:
     assert "no_such_reason" not in registry.REASONS
 
 
-#: Reasons protocol/registry.json still lists for the Python side that only transport 1
-#: (named regions, their control blocks and lease words) produced: the Python side no
-#: longer raises them. For the registry's owners to drop "python" from their sides; this
-#: set only shrinks.
-TRANSPORT_1_ONLY = {
-    "name_collision",
-    "not_found",
-    "bad_name",
-    "bad_permissions",
-    "region_too_small",
-    "bad_control_block",
-    "out_of_bounds",
-    "closed",
-    "not_owner",
-    "not_published",
-}
-
-
 def test_python_sides_are_what_python_raises() -> None:
     raised = set(raised_reasons())
     listed = _python_side(DATA["reasons"])
     assert raised <= listed, "reasons raised in the package whose sides lack python"
-    assert listed - raised <= TRANSPORT_1_ONLY, "reasons listed for python that it never raises"
+    assert listed - raised == set(), "reasons listed for python that it never raises"
 
 
 # ---- handle kinds, tags, messages ----------------------------------------------------------
@@ -438,18 +420,6 @@ def test_stats_keys() -> None:
 #: (`beambridge.result_slices.ResultSlices.place`): the arenas' limits, the lease table,
 #: the memory.
 INLINE_REASONS = {"too_large", "arena_full", "no_tickets", "no_space"}
-#: Keys the worker counts those results under that protocol/registry.json does not list
-#: for the Python side yet (it lists the forms and reasons for the BEAM only, or not at
-#: all). For the registry's owners to add; this set only shrinks.
-UNLISTED_INLINE_KEYS = {
-    ("form", "raw"),
-    ("form", "tensor"),
-    ("form", "arrow"),
-    ("reason", "too_large"),
-    ("reason", "arena_full"),
-    ("reason", "no_tickets"),
-    ("reason", "no_space"),
-}
 
 
 def test_results_sent_inline_are_counted_under_known_keys() -> None:
@@ -458,4 +428,4 @@ def test_results_sent_inline_are_counted_under_known_keys() -> None:
     forms = set(result_slices.INLINE_FORMS.values())
     unlisted = {("form", f) for f in forms - stats.FORMS}
     unlisted |= {("reason", r) for r in INLINE_REASONS - stats.REASONS}
-    assert unlisted <= UNLISTED_INLINE_KEYS, "new statistics keys the registry lacks"
+    assert unlisted == set(), "statistics keys the registry lacks for the Python side"

@@ -1,4 +1,4 @@
-"""Every file in protocol/vectors/ is a test, by name (SPEC.md §6)."""
+"""Every file in protocol/vectors/ is a test, by name (SPEC.md §14)."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ HEADER_FIELDS = [
     "payload_checksum",
     "header_checksum",
 ]
-#: The reasons of SPEC §4's checks 1-17: every one has a ``bad_`` vector.
+#: The reasons of SPEC §6's checks 1-17: every one has a ``bad_`` vector.
 SPEC_REASONS = {
     "truncated_header",
     "bad_magic",

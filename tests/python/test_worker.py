@@ -1,5 +1,5 @@
-"""The real worker process and the control channel (protocol/SPEC.md §8, SPEC.md
-§7.2, §8): messages, handlers, logs, exit statuses, protocol violations."""
+"""The real worker process and the control channel (protocol/SPEC.md §8,
+§10): messages, handlers, logs, exit statuses, protocol violations."""
 
 from __future__ import annotations
 
@@ -155,7 +155,7 @@ def test_args_the_codec_refuses_get_bad_term_with_the_call_id(worker: WorkerProc
 )
 def test_a_malformed_call_envelope_is_a_bad_call(worker: WorkerProcess, envelope: Any) -> None:
     """An envelope that decodes and names a call, but whose slices or options are not
-    the shapes of §5.2: an error of that call (bad_term); the worker carries on."""
+    the shapes of §8.3: an error of that call (bad_term); the worker carries on."""
     worker.send(envelope, [1, 2])
     answer = answer_to(worker, 80)
     assert answer.error[:2] == (BAD_CALL, "bad_term"), answer
@@ -255,8 +255,8 @@ def test_a_frame_over_64_mib_exits_3() -> None:
     ids=["unknown", "size_past_frame", "undecodable", "short", "stray_body", "call_id_0"],
 )
 def test_a_frame_that_is_no_message_exits_3(frame: bytes) -> None:
-    """§5.1: an envelope that does not decode, or size fields that run past the frame, is
-    a protocol violation; so is an envelope that is not a message of §5.2."""
+    """§8.1: an envelope that does not decode, or size fields that run past the frame, is
+    a protocol violation; so is an envelope that is not a message of §8.3."""
     w = WorkerProcess().start()
     w.send_frame([frame])
     assert w.wait() == 3

@@ -1,5 +1,5 @@
-"""Data terms and slices through the real worker (protocol/SPEC.md §3-§6, SPEC.md
-§7.4, §8): the BEAM's argument slices and the leases on them, the worker's result
+"""Data terms and slices through the real worker (protocol/SPEC.md §3-§6,
+§8-§11): the BEAM's argument slices and the leases on them, the worker's result
 slices and their tickets, fallbacks, echo without a copy, sealed results, idle trim, and
 every bad handle."""
 
@@ -324,7 +324,7 @@ def test_a_held_result_is_never_rewritten() -> None:
 
 
 def test_two_thousand_binaries_with_256_open_files() -> None:
-    """transport-v2 §3: a value of 2,000 parts costs 2,000 slices, not 2,000 objects; the
+    """protocol/SPEC.md §3: a value of 2,000 parts costs 2,000 slices, not 2,000 objects; the
     worker's descriptors stay within a small constant under a 256-file limit."""
 
     def limit() -> None:

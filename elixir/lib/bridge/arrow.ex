@@ -6,7 +6,7 @@ defmodule Bridge.Arrow do
   flatbuffer and the body.
 
   `encode/2` writes every message at a 64-byte-aligned stream offset and every
-  buffer at a 64-byte-aligned body offset, so a stream placed in a region's
+  buffer at a 64-byte-aligned body offset, so a stream placed in a slice's
   payload (itself 64-byte aligned) has all its buffers 64-byte aligned in
   memory. `decode/2` reads any stream of the supported types written by
   Arrow ≥ 0.15 (and the older framing without the continuation marker); it

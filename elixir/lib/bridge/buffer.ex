@@ -1,11 +1,11 @@
 defmodule Bridge.Buffer do
   @moduledoc """
   Bytes a Python handler receives as a read-only `memoryview` instead of `bytes`
-  (protocol/SPEC.md §7.4, §8).
+  (protocol/SPEC.md §9, §10).
 
   A plain binary argument arrives as `bytes`, which Python copies out of the
-  region. Wrapping it in a `Bridge.Buffer` asks for a zero-copy view: at or
-  above the threshold the handler reads the argument region in place, for as
+  slice. Wrapping it in a `Bridge.Buffer` asks for a zero-copy view: at or
+  above the threshold the handler reads the argument's slice in place, for as
   long as it keeps the view. The type is `memoryview` below the threshold too.
 
   ## Examples

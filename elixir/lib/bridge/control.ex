@@ -9,7 +9,7 @@ defmodule Bridge.Control do
   # so big terms never pass through the processes that route a call.
   #
   # Every decode here is `binary_to_term(_, [:safe])` after a size check
-  # (SPEC §7.2): a worker cannot create atoms or funs on this node.
+  # (SPEC §8.2): a worker cannot create atoms or funs on this node.
 
   alias Bridge.Error
 
@@ -28,7 +28,7 @@ defmodule Bridge.Control do
   end
 
   @doc false
-  # The call frame of §5.2; `body` is term_to_binary(args), made by the caller.
+  # The call frame of §8.3; `body` is term_to_binary(args), made by the caller.
   @spec call_frame(pos_integer(), term(), term(), map(), list(), binary()) :: iodata()
   def call_frame(id, module, function, opts, slices, body),
     do: frame({:call, id, module, function, opts, slices}, body)
@@ -43,14 +43,14 @@ defmodule Bridge.Control do
   def split(<<size::32, env::binary-size(size), body::binary>>) do
     case safe(env) do
       {:ok, envelope} -> {:ok, envelope, body}
-      :error -> {:error, bad_frame(:bad_term, size, "an envelope of safe ETF (SPEC §7.2)")}
+      :error -> {:error, bad_frame(:bad_term, size, "an envelope of safe ETF (SPEC §8.2)")}
     end
   end
 
   def split(frame),
     do:
       {:error,
-       bad_frame(:truncated, byte_size(frame), "envelope_size :: u32, then that many bytes")}
+       bad_frame(:bad_term, byte_size(frame), "envelope_size :: u32, then that many bytes")}
 
   @doc false
   # The body of an answer, decoded in the calling process. An unknown atom in a
@@ -70,8 +70,12 @@ defmodule Bridge.Control do
     end
   end
 
+  # One whole term: bytes after it are as wrong as bytes missing.
   defp safe(bin) do
-    {:ok, :erlang.binary_to_term(bin, [:safe])}
+    case :erlang.binary_to_term(bin, [:safe, :used]) do
+      {term, used} when used == byte_size(bin) -> {:ok, term}
+      _ -> :error
+    end
   rescue
     ArgumentError -> :error
   end

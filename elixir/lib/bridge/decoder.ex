@@ -1,7 +1,7 @@
 defmodule Bridge.Decoder do
   @moduledoc false
-  # A result term as the caller's value, in the calling process (SPEC §7.4, §8;
-  # protocol/SPEC.md §9).
+  # A result term as the caller's value, in the calling process
+  # (protocol/SPEC.md §9, §10).
   #
   # Handles {:"$bb_slice", kind, index} name entry `index` of the answer's
   # slices, which the worker's process has already turned into `resolved`: a
@@ -88,7 +88,7 @@ defmodule Bridge.Decoder do
     arrow_result(Arrow.decode(stream), "", ctx)
   end
 
-  # SPEC §8.1: a number list packed as a 1-D array.
+  # SPEC §10.1: a number list packed as a 1-D array.
   defp dec({:"$bb_packed", dtype, data} = t, ctx) do
     ctx = received(ctx, :packed, if(is_binary(data), do: byte_size(data), else: 0))
 
@@ -98,7 +98,7 @@ defmodule Bridge.Decoder do
     end
   end
 
-  # SPEC §8.1: a record list or a column map as an Arrow stream.
+  # SPEC §10.1: a record list or a column map as an Arrow stream.
   defp dec({:"$bb_records", layout, stream}, ctx)
        when layout in @layouts and is_binary(stream) do
     ctx = received(ctx, :records, byte_size(stream))
@@ -157,7 +157,7 @@ defmodule Bridge.Decoder do
     do: bad_result(:bad_term, kind, ctx, "kind binary for a view of an argument")
 
   # A lease on a worker slice: the frame must have the format its kind reads
-  # (SPEC §7.4); copied kinds end the lease as soon as the value is built.
+  # (SPEC §9); copied kinds end the lease as soon as the value is built.
   defp read_slice(kind, {:lease, lease, length, generation}, ctx) do
     copy? = kind in @copied
 
@@ -204,7 +204,7 @@ defmodule Bridge.Decoder do
   defp frame_value(kind, _frame, ctx),
     do: bad_result(:bad_term, kind, ctx, "a handle kind this reader implements")
 
-  # The frame's metadata says the layout and the counts (SPEC §8.1); a
+  # The frame's metadata says the layout and the counts (SPEC §10.1); a
   # metadata that disagrees with the stream is a malformed frame.
   defp records_slice(frame, ctx) do
     with {:ok, %{"layout" => layout, "num_rows" => rows, "num_columns" => cols}}
@@ -320,7 +320,7 @@ defmodule Bridge.Decoder do
   defp tensor_result({:ok, value}, ctx), do: {value, ctx}
   defp tensor_result({:error, %Error{} = e}, ctx), do: throw({:bad_result, e, ctx})
 
-  defp bad_result(reason, term, ctx, expected \\ "plain data (SPEC §7.4)") do
+  defp bad_result(reason, term, ctx, expected \\ "plain data (SPEC §9)") do
     error =
       Error.new(:bad_frame, reason,
         field: :result,

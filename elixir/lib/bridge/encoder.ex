@@ -1,7 +1,7 @@
 defmodule Bridge.Encoder do
   @moduledoc false
-  # A call's arguments as a data term, in the calling process (SPEC §7.4, §8;
-  # protocol/SPEC.md §9).
+  # A call's arguments as a data term, in the calling process
+  # (protocol/SPEC.md §9, §10).
   #
   # Binaries, Buffers, tensors, tables, packed lists, records and custom-type
   # payloads at or above the threshold are written straight into a slice of the
@@ -12,7 +12,7 @@ defmodule Bridge.Encoder do
   # the size (invariant 7). Tensors, bundles and COO arrays use
   # protocol/formats/tensor.md (Bridge.Tensor.Wire); a %Bridge.Table{} goes as its
   # Arrow IPC stream; number lists, record lists and column maps follow the call's
-  # format policy (SPEC §8.1, Bridge.Format); structs with a Bridge.Serializer go
+  # format policy (SPEC §10.1, Bridge.Format); structs with a Bridge.Serializer go
   # as custom payloads (protocol/formats/custom.md), other structs as their map.
   # Terms that cannot cross (pids, funs, references, ports, bit-strings, improper
   # lists, atoms starting with "$bb_") are a :bad_call error before anything is
@@ -66,7 +66,7 @@ defmodule Bridge.Encoder do
   @doc false
   # Returns the argument term and the slices its handles name, in index order.
   # On error the slices written so far are released. Options: `format:` — the
-  # policy of SPEC §8.1 (default :auto).
+  # policy of SPEC §10.1 (default :auto).
   @spec encode_args(list(), Arena.t(), non_neg_integer(), keyword()) ::
           {:ok, list(), [Arena.Slice.t()]} | {:error, Error.t()}
   def encode_args(args, arena, threshold, opts \\ []) when is_list(args) do
@@ -128,7 +128,7 @@ defmodule Bridge.Encoder do
       else: {term, %{ctx | raw: ctx.raw + 1, raw_bytes: ctx.raw_bytes + size}}
   end
 
-  # Lists: number lists may go packed, record lists as records (SPEC §8.1).
+  # Lists: number lists may go packed, record lists as records (SPEC §10.1).
   defp enc(term, ctx) when is_list(term) do
     case Format.select_list(term, ctx.policy) do
       :none ->
@@ -228,7 +228,7 @@ defmodule Bridge.Encoder do
     end
   end
 
-  # Maps: a column map may go as records (SPEC §8.1).
+  # Maps: a column map may go as records (SPEC §10.1).
   defp enc(%{} = map, ctx) do
     case Format.select_map(map, ctx.policy) do
       :none ->

@@ -1,22 +1,22 @@
 defmodule Bridge.Error do
   @moduledoc """
-  The one error type of beambridge (protocol/SPEC.md §5).
+  The one error type of beambridge (protocol/SPEC.md §7).
 
   Every failure a caller can meet is returned as `{:error, %Bridge.Error{}}`;
   the bang variants raise the same struct.
 
-    * `kind` — the category: `:bad_frame` (header and payload validation, SPEC §4,
-      and control frames that break SPEC §7), `:region` (creation, attach, bounds,
-      OS errors), `:lease` (the lease protocol, SPEC §2.2) or `:arena` (shared
-      objects of transport v2: limits, sealing, opening a peer's object); for `Bridge.call/3`
+    * `kind` — the category: `:bad_frame` (header and payload validation, SPEC §6,
+      and control frames that break SPEC §8), `:region` (an error the NIF returned
+      outside shared objects, `from_nif/2`), `:lease` (leases, SPEC §4) or `:arena` (shared
+      objects: limits, sealing, opening a peer's object); for `Bridge.call/3`
       also `:python_exception` (the handler raised), `:timeout`, `:worker_died`,
       `:overloaded` (the pool's queue is full), `:bad_call` (the call itself was
       wrong: unknown module or function, arguments that cannot cross) and
       `:start_failed` (the interpreter could not start a worker).
     * `reason` — an atom, the same word the Python side uses (`:bad_magic`,
-      `:no_space`, `:leased`, …). OS errors without a protocol name are the
+      `:no_space`, `:stale_generation`, …). OS errors without a protocol name are the
       lowercase errno name (`:eacces`).
-    * `field` — the header, control-block or argument field at fault, or `nil`.
+    * `field` — the header, object or argument field at fault, or `nil`.
     * `value` — the offending value, or `nil`.
     * `limit` — the bound it broke, or `nil`.
     * `python_type` — for `:python_exception`, the exception's qualified class
@@ -87,8 +87,8 @@ defmodule Bridge.Error do
 
   ## Examples
 
-      iex> Bridge.Error.message(Bridge.Error.new(:lease, :leased, field: :reader_leases, value: 1, limit: 0))
-      "lease error: leased: field reader_leases is 1, expected 0 (a reader still holds a lease on this region; drop the payload binaries of the last frame read from it or write into another region)"
+      iex> Bridge.Error.message(Bridge.Error.new(:arena, :slice_out_of_bounds, field: :offset, value: 8192, limit: 4096))
+      "arena error: slice_out_of_bounds: field offset is 8192, limit 4096 (the handle names bytes outside the peer's object)"
   """
   @spec message(t()) :: String.t()
   @impl true

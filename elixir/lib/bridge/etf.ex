@@ -1,19 +1,19 @@
 defmodule Bridge.ETF do
   @moduledoc false
-  # Why a control frame failed `binary_to_term(bin, [:safe])` (SPEC §7.2).
+  # Why a control frame failed `binary_to_term(bin, [:safe])` (SPEC §8.2).
   #
   # `[:safe]` refuses a frame that names an atom this VM does not have, so that a
   # peer cannot fill the atom table; it refuses malformed frames the same way. The
   # worker needs to tell the two apart: an unknown atom in a handler's result is the
   # handler's mistake (a `:bad_call` for that call), a malformed frame is a broken
-  # peer (`:bad_frame`, the worker is replaced). This walks a frame over the §7.2 tag
+  # peer (`:bad_frame`, the worker is replaced). This walks a frame over the §8.2 tag
   # set without creating anything and answers which it is. It runs only on that
   # error path.
 
   @max_depth 512
 
   @doc false
-  # {:unknown_atoms, names, answer} when the frame is well formed (§7.2 tags only)
+  # {:unknown_atoms, names, answer} when the frame is well formed (§8.2 tags only)
   # and its only problem is atoms this VM does not know (at most 5 names, as
   # binaries); `answer` is {:ok, id} when the frame is an `{:ok, id, result}` answer,
   # else :other. :malformed otherwise.

@@ -1,6 +1,6 @@
 defmodule Bridge.Format do
   @moduledoc """
-  Format selection (protocol/SPEC.md §8.1): which form a value takes on its way
+  Format selection (protocol/SPEC.md §10.1): which form a value takes on its way
   to Python, decided per value from its shape and size. The Python type never
   depends on the form (invariant 7).
 
@@ -131,7 +131,7 @@ defmodule Bridge.Format do
   def select_list(list, policy) do
     case Packed.scan(list) do
       # Integers mixed with floats, or out of range: not a number list, ETF
-      # under every policy (SPEC §8.1 makes only lists of maps and maps of lists
+      # under every policy (SPEC §10.1 makes only lists of maps and maps of lists
       # that do not qualify an error).
       {:unsuitable, _reason, _detail} ->
         :none
@@ -257,7 +257,7 @@ defmodule Bridge.Format do
   defdelegate decode_records(layout, stream), to: Records, as: :decode
 
   @doc false
-  # A frame's metadata, which must be safe ETF (SPEC §7.2).
+  # A frame's metadata, which must be safe ETF (SPEC §8.2).
   @spec safe_term(binary()) :: {:ok, term()} | {:error, String.t()}
   def safe_term(bin) do
     {:ok, :erlang.binary_to_term(bin, [:safe])}

@@ -1,6 +1,6 @@
 defmodule Bridge.FormatStats do
   @moduledoc false
-  # Owns the public ETS table of format decisions (SPEC §8.1 "counted per
+  # Owns the public ETS table of format decisions (SPEC §10.1 "counted per
   # (direction, form, reason)"): {{direction, form, reason}, count, bytes}.
   # Started by Bridge.Application; every caller adds a call's tally to it with
   # :ets.update_counter (atomic), once per call (decided/6, then flush/1). Read

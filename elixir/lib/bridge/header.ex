@@ -1,6 +1,6 @@
 defmodule Bridge.Header do
   @moduledoc """
-  The 128-byte frame header (protocol/SPEC.md §3.1) and its validation (§4).
+  The 128-byte frame header (protocol/SPEC.md §5.1) and its validation (§6).
 
   All integers are little-endian. `format` and `codec` are kept as the integer
   codes of the spec; `format_name/1` and `codec_name/1` give their names, from
@@ -14,7 +14,7 @@ defmodule Bridge.Header do
   This module holds the layout (`encode/2`, `pack/1`) and the entry points;
   `Bridge.Header.Builder` builds the header a writer puts in front of a payload
   (`build/2`, `encode_frame/2`) and `Bridge.Header.Validator` runs the checks
-  of §4 (`parse/3`, `verify_payload/2`, `decode_frame/2`).
+  of §6 (`parse/3`, `verify_payload/2`, `decode_frame/2`).
   """
 
   import Bitwise
@@ -118,7 +118,7 @@ defmodule Bridge.Header do
 
   @doc """
   Where a writer puts the payload: the smallest multiple of 64 that is at least
-  `128 + metadata_length` (SPEC §3.1).
+  `128 + metadata_length` (SPEC §5.1).
 
   ## Examples
 
@@ -136,7 +136,7 @@ defmodule Bridge.Header do
   end
 
   @doc """
-  The `PAYLOAD_CHECKSUM` flag bit (SPEC §3.2).
+  The `PAYLOAD_CHECKSUM` flag bit (SPEC §5.2).
 
       iex> Bridge.Header.flag_payload_checksum()
       1
@@ -298,7 +298,7 @@ defmodule Bridge.Header do
   end
 
   @doc """
-  Validates a header (SPEC §4, checks 1–16, in that order; the first failure
+  Validates a header (SPEC §6, checks 1–16, in that order; the first failure
   is the error).
 
   `binary` holds the header followed by at least `metadata_length` bytes of
@@ -337,7 +337,7 @@ defmodule Bridge.Header do
   def parse!(binary, frame_size, opts \\ []), do: bang(parse(binary, frame_size, opts))
 
   @doc """
-  Checks the payload checksum (SPEC §4 check 17) when `PAYLOAD_CHECKSUM` is set.
+  Checks the payload checksum (SPEC §6 check 17) when `PAYLOAD_CHECKSUM` is set.
 
   ## Examples
 

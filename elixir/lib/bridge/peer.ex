@@ -86,7 +86,7 @@ defmodule Bridge.Peer do
   @doc """
   Reads the frame at the start of a leased slice of `length` bytes whose handle
   said `generation`: header and metadata are copied and validated
-  (protocol/SPEC.md §4, the slice's length as the frame size), then the payload
+  (protocol/SPEC.md §6, the slice's length as the frame size), then the payload
   is a zero-copy binary that holds the lease. Options: `:verify` (check the
   payload checksum, default `false`), `:copy` (a private copy of the payload,
   the lease ends at once; default `false`).

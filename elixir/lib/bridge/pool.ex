@@ -1,6 +1,6 @@
 defmodule Bridge.Pool do
   @moduledoc false
-  # The pool of one Bridge (SPEC §7): idle workers and a bounded FIFO of
+  # The pool of one Bridge (SPEC §8): idle workers and a bounded FIFO of
   # waiting callers, each with a deadline. A call goes to an idle worker at
   # once, else waits in the queue; with `max_queue` callers already waiting it
   # is refused with :overloaded at once. Waiting callers are monitored: one
@@ -103,7 +103,7 @@ defmodule Bridge.Pool do
 
       {nil, state} ->
         # LIFO: the worker that just finished is the warmest (its interpreter
-        # is awake, its regions are in cache).
+        # is awake, its arenas are in cache).
         idle = [worker | List.delete(state.idle, worker)]
         {:noreply, %{state | idle: idle}}
     end

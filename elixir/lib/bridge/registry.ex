@@ -31,8 +31,8 @@ defmodule Bridge.Registry do
       [:auto, :etf, :packed, :arrow]
       iex> Enum.take(Bridge.Registry.packed_dtypes(), 3)
       ["|i1", "|u1", "<i2"]
-      iex> Bridge.Registry.reason_meaning(:leased)
-      "the writer found reader_leases above 0 and wrote nothing (SPEC §2.2)"
+      iex> Bridge.Registry.reason_meaning(:no_tickets)
+      "the worker has no free lease-table ticket, so the value goes inline (SPEC §4)"
       iex> {Bridge.Registry.stats_forms()[:tensor_bundle], Bridge.Registry.records_layouts()}
       {:tensor_slice, [:columns, :rows]}
       iex> {:ready in Bridge.Registry.wire_atoms(), :shutdown in Bridge.Registry.wire_atoms()}
@@ -230,7 +230,7 @@ defmodule Bridge.Registry do
   def reason?(reason) when is_binary(reason), do: is_map_key(@reason_strings, reason)
 
   @doc """
-  The reasons a worker may send in a `{:bad_call, reason, message}` (SPEC §7.3):
+  The reasons a worker may send in a `{:bad_call, reason, message}` (SPEC §8.3):
   atoms the BEAM must know before it decodes the answer.
   """
   @spec wire_reasons() :: [reason()]
@@ -258,7 +258,7 @@ defmodule Bridge.Registry do
     end
   end
 
-  @doc "Handle kind => the frame format it reads (SPEC §7.4, protocol/SPEC.md §9)."
+  @doc "Handle kind => the frame format it reads (protocol/SPEC.md §9)."
   @spec handle_kinds() :: %{atom() => atom()}
   def handle_kinds, do: @handle_kinds
 
@@ -274,11 +274,11 @@ defmodule Bridge.Registry do
   @spec copied_kinds() :: [atom()]
   def copied_kinds, do: @copied_kinds
 
-  @doc "Frame `format` codes (SPEC §3.1): name => code."
+  @doc "Frame `format` codes (SPEC §5.1): name => code."
   @spec formats() :: %{atom() => non_neg_integer()}
   def formats, do: @formats
 
-  @doc "Frame `codec` codes (SPEC §3.1): name => code."
+  @doc "Frame `codec` codes (SPEC §5.1): name => code."
   @spec codecs() :: %{atom() => non_neg_integer()}
   def codecs, do: @codecs
 
@@ -286,15 +286,15 @@ defmodule Bridge.Registry do
   @spec object_kinds() :: %{atom() => non_neg_integer()}
   def object_kinds, do: @object_kinds
 
-  @doc "The format policies of the `format:` call option (SPEC §8.1), the default first."
+  @doc "The format policies of the `format:` call option (SPEC §10.1), the default first."
   @spec policies() :: [atom()]
   def policies, do: @policies
 
-  @doc "The nine dtypes of the packed form (SPEC §8.1), narrowest first."
+  @doc "The nine dtypes of the packed form (SPEC §10.1), narrowest first."
   @spec packed_dtypes() :: [String.t()]
   def packed_dtypes, do: @packed_dtypes
 
-  @doc "The layouts of the records form (SPEC §8.1), sorted."
+  @doc "The layouts of the records form (SPEC §10.1), sorted."
   @spec records_layouts() :: [atom()]
   def records_layouts, do: @records_layouts
 

@@ -16,7 +16,7 @@ defmodule Bridge.Serializer do
   `beambridge.codecs.register(cls, name, version=..., reads=..., encode=...,
   decode=...)`. A struct argument of a registered module then reaches the
   handler as the Python class, and a Python result of that class comes back as
-  the struct: `{:"$bb_custom", name, version, bytes}` inline, or a region frame
+  the struct: `{:"$bb_custom", name, version, bytes}` inline, or a slice frame
   of format `custom` at or above the bridge's `:threshold`.
 
   Writing never fails because of a serializer: an `encode` that raises, or
@@ -67,7 +67,7 @@ defmodule Bridge.Serializer do
 
   @typedoc """
   A registered serializer. `schema_id` is `xxh3_64(name)`, the `schema_id` of
-  its region frames.
+  its slice frames.
   """
   @type t :: %__MODULE__{
           module: module(),

@@ -6,9 +6,9 @@ defmodule Bridge.Tensor do
   `%Bridge.Tensor{dtype: Nx.type(x), shape: Nx.shape(x), data: Nx.to_binary(x)}`
   makes one.
 
-  It crosses the bridge as a read-only `numpy.ndarray` (protocol/SPEC.md §7.4,
-  §8); an `ndarray` result comes back as a `%Bridge.Tensor{}` whose `data` is,
-  at or above the threshold, a zero-copy binary over the worker's region.
+  It crosses the bridge as a read-only `numpy.ndarray` (protocol/SPEC.md §9,
+  §10); an `ndarray` result comes back as a `%Bridge.Tensor{}` whose `data` is,
+  at or above the threshold, a zero-copy binary over the worker's slice.
 
   `order` is `:c` (row-major, the default and Nx's layout) or `:f` (Fortran,
   column-major: what a Fortran-ordered `ndarray` keeps when it crosses).
@@ -313,7 +313,7 @@ defmodule Bridge.Tensor do
 
   @doc false
   # Builds a tensor from the wire form {dtype string, shape list, data}; used by
-  # Bridge.Codec for inline and region results.
+  # Bridge.Codec for inline and slice results.
   @spec from_wire(term(), term(), binary()) :: {:ok, t()} | {:error, Error.t()}
   def from_wire(dtype_str, shape, data) when is_list(shape) and is_binary(data) do
     case from_numpy_dtype(dtype_str) do

@@ -1,7 +1,7 @@
 defmodule Bridge.Worker do
   @moduledoc false
-  # One Python worker process behind one Port (SPEC §7, protocol/SPEC.md
-  # §5). The GenServer outlives the OS process: when Python dies it fails the
+  # One Python worker process behind one Port (protocol/SPEC.md
+  # §8). The GenServer outlives the OS process: when Python dies it fails the
   # call in flight with :worker_died, ends every lease the worker held on this
   # node's slices and starts a new interpreter with exponential backoff. It runs
   # one call at a time and enforces the call's deadline itself: on timeout it
@@ -198,6 +198,9 @@ defmodule Bridge.Worker do
   def handle_info({port, {:data, bin}}, %{port: port, phase: phase} = state)
       when phase in [:starting, :ready, :busy] do
     case Control.split(bin) do
+      {:ok, envelope, body} when body != "" and elem(envelope, 0) != :ok ->
+        {:noreply, unexpected(state, {envelope, {:body, byte_size(body)}})}
+
       {:ok, {:log, stream, data} = log, _}
       when stream in [:stdout, :stderr] and is_binary(data) ->
         Interpreter.log(state, log)
@@ -278,22 +281,25 @@ defmodule Bridge.Worker do
   defp handle_message({:object_dropped, id}, _body, state) when is_integer(id),
     do: %{state | objects: Objects.drop(state.objects, id)}
 
-  defp handle_message({:released, list}, _body, state) when is_list(list),
-    do: %{state | objects: Objects.released(state.objects, list)}
+  defp handle_message({:released, list}, _body, state) do
+    case Objects.released(state.objects, list) do
+      {:ok, objects} -> %{state | objects: objects}
+      {:error, error} -> violation(state, error)
+    end
+  end
 
   defp handle_message(
          {:ok, id, entries, released},
          body,
          %{phase: :busy, call: %{id: id}} = state
        ) do
-    case Objects.plan(state.objects, entries, state.config.untrusted) do
-      {:ok, plan, objects} ->
-        state = %{state | objects: Objects.released(objects, released)}
-        answer(state, body, plan)
-        done(state)
-
-      {:error, error} ->
-        violation(state, error)
+    with {:ok, plan, objects} <- Objects.plan(state.objects, entries, state.config.untrusted),
+         {:ok, objects} <- Objects.released(objects, released) do
+      state = %{state | objects: objects}
+      answer(state, body, plan)
+      done(state)
+    else
+      {:error, error} -> violation(state, error)
     end
   end
 
@@ -302,8 +308,15 @@ defmodule Bridge.Worker do
          _body,
          %{phase: :busy, call: %{id: id}} = state
        ) do
-    state = %{state | objects: Objects.released(state.objects, released)}
+    case Objects.released(state.objects, released) do
+      {:ok, objects} -> answer_error(%{state | objects: objects}, id, error, released)
+      {:error, violated} -> violation(state, violated)
+    end
+  end
 
+  defp handle_message(other, _body, state), do: unexpected(state, other)
+
+  defp answer_error(state, id, error, released) do
     case error do
       {:python_exception, type, message, tb} ->
         finish_call(state, {:error, Error.python_exception(text(type), text(message), text(tb))})
@@ -322,8 +335,6 @@ defmodule Bridge.Worker do
         unexpected(state, {:error, id, other, released})
     end
   end
-
-  defp handle_message(other, _body, state), do: unexpected(state, other)
 
   # The answer goes to the caller with its body and its slices resolved. Leases
   # and binaries over slices are made by a process of their own, which ends right

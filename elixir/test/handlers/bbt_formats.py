@@ -1,5 +1,5 @@
 """Handlers for elixir/test/bridge_format_test.exs and serializer_test.exs: format
-selection (protocol/SPEC.md §8.1) and custom types (protocol/formats/custom.md).
+selection (protocol/SPEC.md §10.1) and custom types (protocol/formats/custom.md).
 
 What a handler received is reported as a canonical text (`canon`) that names every
 value's exact Python type, so the Elixir tests compare what Python got from the packed

@@ -12,7 +12,7 @@ import numpy as np
 
 try:
     from beambridge import Atom
-except ImportError:  # SPEC §8 names beambridge.Atom; fall back to where it is defined
+except ImportError:  # SPEC §10 names beambridge.Atom; fall back to where it is defined
     from beambridge.etf import Atom
 
 _kept = []

@@ -1,9 +1,9 @@
-"""The External Term Format codec of the control channel (protocol/SPEC.md §7.2, §8).
+"""The External Term Format codec of the control channel (protocol/SPEC.md §8.2, §10).
 
-`decode` (`beambridge.etf.decoding`) accepts only the tags §7.2 allows and refuses
+`decode` (`beambridge.etf.decoding`) accepts only the tags §8.2 allows and refuses
 everything else with `beambridge.errors.EtfError` (never another exception, never an
 allocation the frame cannot justify); `encode` (`beambridge.etf.encoding`) turns the
-Python values of §8 into ETF and refuses every other type with ``TypeError``. `Atom`
+Python values of §10 into ETF and refuses every other type with ``TypeError``. `Atom`
 is the Python value of an Erlang atom; `beambridge.etf.tags` holds the tags and limits.
 
 >>> encode((Atom("ok"), 1))

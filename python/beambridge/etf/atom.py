@@ -1,4 +1,4 @@
-"""`Atom`: the Python value of an Erlang atom (protocol/SPEC.md §8).
+"""`Atom`: the Python value of an Erlang atom (protocol/SPEC.md §10).
 
 >>> Atom("ok"), Atom("ok") == "ok", isinstance(Atom("ok"), str)
 (Atom('ok'), True, True)

@@ -1,5 +1,5 @@
-"""The decoder of the External Term Format (protocol/SPEC.md §7.2): `decode` accepts
-only the tags §7.2 allows and refuses everything else with `beambridge.errors.EtfError`
+"""The decoder of the External Term Format (protocol/SPEC.md §8.2): `decode` accepts
+only the tags §8.2 allows and refuses everything else with `beambridge.errors.EtfError`
 (never another exception, never an allocation the frame cannot justify).
 
 >>> decode(b"\\x83h\\x02w\\x02oka\\x01")
@@ -210,7 +210,7 @@ class _Decoder:
             "tag",
             tag,
             f"{tag_name(tag)} ({tag}) at offset {at} is not allowed on the control channel "
-            "(§7.2: no funs, pids, ports, references, bit-strings, compressed terms)",
+            "(§8.2: no funs, pids, ports, references, bit-strings, compressed terms)",
         )
 
     def atom(self, tag: int, pos: int, at: int) -> tuple[Any, int]:
@@ -280,7 +280,7 @@ def decode(data: bytes | bytearray | memoryview, *, max_depth: int = MAX_DEPTH) 
 
     Atoms become `Atom` (``true``/``false``/``nil``: ``True``/``False``/``None``),
     binaries ``bytes`` (copies), STRING a list of ints, lists/tuples/maps
-    ``list``/``tuple``/``dict``. Anything outside §7.2, any length running past the
+    ``list``/``tuple``/``dict``. Anything outside §8.2, any length running past the
     frame, nesting deeper than ``max_depth``, trailing bytes, and map keys Python cannot
     hold apart raise `EtfError` (reason ``bad_term``) and nothing else.
 

@@ -1,5 +1,5 @@
-"""The encoder of the External Term Format (protocol/SPEC.md §7.2, §8): `encode` turns
-the Python values of §8 into ETF and refuses every other type with ``TypeError``;
+"""The encoder of the External Term Format (protocol/SPEC.md §8.2, §10): `encode` turns
+the Python values of §10 into ETF and refuses every other type with ``TypeError``;
 `Encoder` is the class behind it, which `beambridge.encoder` extends.
 
 >>> encode((Atom("ok"), 1))
@@ -65,7 +65,7 @@ def encode_int(v: int, parts: list[Any]) -> None:
         else:
             raise ValueError(
                 f"cannot send an int of {n} bytes to Elixir: the control channel carries "
-                f"at most {MAX_BIG_BYTES} bytes of digits (§7.2)"
+                f"at most {MAX_BIG_BYTES} bytes of digits (§8.2)"
             )
         parts.append(digits)
 
@@ -102,7 +102,7 @@ def encode_binary(data: Any, parts: list[Any]) -> None:
 
 class Encoder:
     """The encoder behind `encode`. `beambridge.encoder` subclasses it to send large
-    binaries and arrays as slice handles; ``other`` is the hook for types outside §8.
+    binaries and arrays as slice handles; ``other`` is the hook for types outside §10.
     """
 
     def encode_into(self, v: Any, parts: list[Any], depth: int = 0) -> None:
@@ -175,7 +175,7 @@ class Encoder:
         encode_binary(v, parts)
 
     def other(self, v: Any, parts: list[Any], depth: int) -> None:
-        """Values whose exact type is not one of §8's: subclasses of them, or an error."""
+        """Values whose exact type is not one of §10's: subclasses of them, or an error."""
         if isinstance(v, bool):
             parts.append(_TRUE if v else _FALSE)
         elif isinstance(v, int):
@@ -224,7 +224,7 @@ def encode_parts(value: Any, encoder: Encoder = _ENCODER) -> list[Any]:
 
 
 def encode(value: Any) -> bytes:
-    """Encode ``value`` (§8 types) as ETF with version byte 131.
+    """Encode ``value`` (§10 types) as ETF with version byte 131.
 
     ``int`` of any size up to 8 KiB of digits, finite ``float``, ``bool``, ``None``
     (``nil``), `Atom`, ``str`` (a UTF-8 binary), ``bytes``/``bytearray``/``memoryview``

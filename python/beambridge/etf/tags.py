@@ -1,5 +1,5 @@
 """The tags and limits of the External Term Format as the control channel uses it
-(protocol/SPEC.md §7.2), shared by `beambridge.etf.decoding` and
+(protocol/SPEC.md §8.2), shared by `beambridge.etf.decoding` and
 `beambridge.etf.encoding`.
 
 >>> tag_name(SMALL_TUPLE), tag_name(NEW_PID), tag_name(250)
@@ -35,14 +35,14 @@ __all__ = [
 
 #: The version byte every term starts with.
 VERSION = 131
-#: Deepest nesting of lists, tuples and maps either side accepts (§7.2).
+#: Deepest nesting of lists, tuples and maps either side accepts (§8.2).
 MAX_DEPTH = 512
-#: Most digit bytes of a LARGE_BIG either side accepts (§7.2: 8 KiB).
+#: Most digit bytes of a LARGE_BIG either side accepts (§8.2: 8 KiB).
 MAX_BIG_BYTES = 8192
 #: The BEAM's limit on an atom's length, in characters.
 MAX_ATOM_CHARS = 255
 
-# The tags §7.2 allows.
+# The tags §8.2 allows.
 SMALL_INTEGER = 97
 INTEGER = 98
 NEW_FLOAT = 70

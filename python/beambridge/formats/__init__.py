@@ -1,5 +1,5 @@
 """Payload formats written straight into shared memory and read in place (protocol/SPEC.md
-§3.1, §8.1, protocol/formats/).
+§5.1, §10.1, protocol/formats/).
 
 One module (or package) per format, imported by name so that loading ``beambridge``
 never loads a format's library: `beambridge.formats.tensor` (NumPy arrays, bundles and

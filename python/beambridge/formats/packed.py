@@ -1,4 +1,4 @@
-"""Packed number lists (protocol/SPEC.md §8.1).
+"""Packed number lists (protocol/SPEC.md §10.1).
 
 A **number list** (at least 2 elements, all ``int`` in one of the int64/uint64 ranges,
 or all finite ``float``) goes **packed**: ``{:"$bb_packed", dtype, data}`` with the
@@ -75,7 +75,7 @@ class Numbers:
 
 
 def classify_numbers(values: list[Any]) -> Numbers | Unsuitable:
-    """Whether ``values`` is a number list (§8.1), and its dtype.
+    """Whether ``values`` is a number list (§10.1), and its dtype.
 
     >>> classify_numbers([0, 127]).dtype, classify_numbers([0, 200]).dtype
     ('|i1', '|u1')

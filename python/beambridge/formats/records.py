@@ -1,4 +1,4 @@
-"""Records (protocol/SPEC.md §8.1): record lists and column maps as Arrow streams.
+"""Records (protocol/SPEC.md §10.1): record lists and column maps as Arrow streams.
 
 A **record list** (a list of dicts with one key set) or a **column map** (a dict of
 lists of one length), keys all ``str``, all `Atom` or all UTF-8 ``bytes``, each column
@@ -200,7 +200,7 @@ def _kinds(keys: list[Any], columns: list[list[Any]]) -> list[str] | Unsuitable:
 
 
 def plan_rows(rows: list[Any]) -> RecordsPlan | Unsuitable:
-    """Whether ``rows`` is a record list (§8.1): at least one exact ``dict``, all with
+    """Whether ``rows`` is a record list (§10.1): at least one exact ``dict``, all with
     the first one's key set, keys of one kind, each column of one kind. Cheap checks
     first (the row types, the keys, the first row's values), then one column at a
     time, so that most lists that do not qualify fail early."""
@@ -244,7 +244,7 @@ def _different_keys(rows: list[dict[Any, Any]], keys: list[Any]) -> Unsuitable:
 
 
 def plan_columns(mapping: dict[Any, Any]) -> RecordsPlan | Unsuitable:
-    """Whether ``mapping`` is a column map (§8.1): at least one key, every value an exact
+    """Whether ``mapping`` is a column map (§10.1): at least one key, every value an exact
     ``list``, all of one length, keys of one kind, each column of one kind."""
     if not mapping:
         return Unsuitable("empty", "an empty map is not a column map")

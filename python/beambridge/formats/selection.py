@@ -1,4 +1,4 @@
-"""Format selection (protocol/SPEC.md §8.1), what `beambridge.formats.packed` and
+"""Format selection (protocol/SPEC.md §10.1), what `beambridge.formats.packed` and
 `beambridge.formats.records` share: the auto policy's minimums and `Unsuitable`, the
 reason a value is no number list, record list or column map.
 

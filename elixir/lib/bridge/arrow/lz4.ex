@@ -6,7 +6,7 @@ defmodule Bridge.Arrow.LZ4 do
   # frame cannot allocate much; every literal run and match is checked against
   # the input and the output before it is copied. The frame descriptor's
   # checksum byte is verified; block and content checksums are skipped (the
-  # frame's own payload checksum, SPEC §3.1, covers the bytes). Dictionaries
+  # frame's own payload checksum, SPEC §5.1, covers the bytes). Dictionaries
   # (DictID) are refused.
 
   import Bitwise

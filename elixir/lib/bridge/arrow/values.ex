@@ -1,7 +1,7 @@
 defmodule Bridge.Arrow.Values do
   @moduledoc false
   # Arrays to Elixir terms (Bridge.Table.to_rows/to_columns/column). Strings
-  # and binaries are copied out of the input, so values never keep a region's
+  # and binaries are copied out of the input, so values never keep a slice's
   # payload alive; numbers and temporal values are plain terms.
   #
   # Floats that Elixir cannot represent come out as :nan, :infinity and

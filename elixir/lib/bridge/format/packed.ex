@@ -1,6 +1,6 @@
 defmodule Bridge.Format.Packed do
   @moduledoc false
-  # The packed form of a number list (protocol/SPEC.md §8.1): which lists are
+  # The packed form of a number list (protocol/SPEC.md §10.1): which lists are
   # number lists, the narrowest dtype of an integer list, packing into and
   # unpacking from the little-endian payload, and the slice frame (tensor
   # format, schema 0, metadata {dtype, [length]}). The dtypes are those of
@@ -57,7 +57,7 @@ defmodule Bridge.Format.Packed do
   @type scan :: {:ints, pos_integer(), integer(), integer()} | {:floats, pos_integer()}
 
   @doc false
-  # Whether `list` is a number list (SPEC §8.1): {:ints, n, lo, hi} or
+  # Whether `list` is a number list (SPEC §10.1): {:ints, n, lo, hi} or
   # {:floats, n}; {:unsuitable, code, detail} for numbers that are not one
   # (integers mixed with floats, integers of no 64-bit type); :no for a list
   # of anything else, or of fewer than 2 elements.

@@ -1,6 +1,6 @@
 defmodule Bridge.Format.Records do
   @moduledoc false
-  # The records form (protocol/SPEC.md §8.1): a record list (a non-empty list
+  # The records form (protocol/SPEC.md §10.1): a record list (a non-empty list
   # of maps with the same keys) or a column map (a map of lists of one length)
   # as an Arrow stream, one column per key in key order, each int64, float64,
   # bool, binary or null, with the keys' type in the schema metadata

@@ -1,9 +1,9 @@
 defmodule Bridge.Header.Builder do
   @moduledoc false
-  # The header a writer puts in front of a payload (protocol/SPEC.md §3.1):
+  # The header a writer puts in front of a payload (protocol/SPEC.md §5.1):
   # Bridge.Header.build/2 and encode_frame/2, documented there. Options are
   # checked, the payload checksum computed, and a header a reader would refuse
-  # (SPEC §4 checks 7, 10, 11, 14) is never produced. The format and codec
+  # (SPEC §6 checks 7, 10, 11, 14) is never produced. The format and codec
   # names are those of protocol/registry.json.
 
   import Bitwise

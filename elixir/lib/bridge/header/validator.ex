@@ -1,6 +1,6 @@
 defmodule Bridge.Header.Validator do
   @moduledoc false
-  # The checks of protocol/SPEC.md §4 on a header a reader copied into private
+  # The checks of protocol/SPEC.md §6 on a header a reader copied into private
   # memory: Bridge.Header.parse/3 (checks 1–16, in order; the first failure is
   # the error), verify_payload/2 and checksum_result/2 (check 17) and
   # decode_frame/2, documented there. The known format and codec codes are

@@ -1,14 +1,14 @@
 defmodule Bridge.Tensor.Bundle do
   @moduledoc """
   Named tensors — a map of name (a UTF-8 binary) to `Bridge.Tensor`, like a
-  model's state dict — that cross the bridge together: in one region with one
+  model's state dict — that cross the bridge together: in one slice with one
   header and a descriptor per tensor, every tensor 64-byte aligned
   (protocol/formats/tensor.md, schema 2), or inline below the threshold.
 
   On the Python side it is a `beambridge.formats.tensor.Bundle`, a `dict`
   subclass of `str` name -> read-only `ndarray`; a handler returns one
   (`Bundle(state_dict)`) to send a `%Bridge.Tensor.Bundle{}` back. Tensors of a
-  bundle read from a region are sub-binaries of that region (zero-copy).
+  bundle read from a slice are sub-binaries of that slice (zero-copy).
 
   A plain map of tensors is not a bundle: it travels as a map (`bytes` keys in
   Python), each tensor on its own.

@@ -176,7 +176,7 @@ defmodule Bridge.Tensor.Dtype do
   def itemsize({_, bits}), do: div(bits, 8)
 
   @doc false
-  # True for the dtypes of SPEC §7.4's original 4-tuple form.
+  # True for the dtypes the original 4-tuple `$bb_tensor` form had (the Nx types).
   def nx?({:numpy, _}), do: false
   def nx?(_), do: true
 

@@ -54,7 +54,7 @@ defmodule Bridge.Tensor.Wire do
      ]}
   end
 
-  # The region handle kind of a value.
+  # The slice handle kind of a value.
   def kind(%Tensor{}), do: :tensor
   def kind(%Bundle{}), do: :tensor_bundle
   def kind(%COO{}), do: :sparse_coo
@@ -94,7 +94,7 @@ defmodule Bridge.Tensor.Wire do
         {[entry | entries], [io, pad, t.data], offset + byte_size(t.data)}
       end)
 
-    # iodata: Region.write_frame/3 copies each tensor into the region as it is
+    # iodata: Arena.put/3 copies each tensor into the slice as it is
     {Enum.reverse(entries), iodata}
   end
 

@@ -68,26 +68,38 @@ defmodule Bridge.Worker.Objects do
   end
 
   @doc false
-  # The worker no longer reads these slices (`released` of §5.2).
-  @spec released(t(), list()) :: t()
-  def released(objects, list) when is_list(list) do
-    Enum.reduce(list, objects, fn
-      {id, offset, generation}, acc when is_integer(id) and is_integer(offset) ->
-        case Map.pop(acc.lent, {id, offset}) do
-          {%Arena.Slice{generation: ^generation} = s, lent} ->
-            Arena.return(s)
-            %{acc | lent: lent}
-
-          _ ->
-            acc
-        end
-
-      _, acc ->
-        acc
-    end)
+  # The worker no longer reads these slices (`released` of §8.3).
+  @spec released(t(), term()) :: {:ok, t()} | {:error, Error.t()}
+  def released(objects, list) do
+    if entries?(list, 3) do
+      {:ok, Enum.reduce(list, objects, &release_one/2)}
+    else
+      {:error, violation(list, "a proper list of {object_id, offset, generation}")}
+    end
   end
 
-  def released(objects, _), do: objects
+  defp release_one({id, offset, generation}, acc) do
+    case Map.pop(acc.lent, {id, offset}) do
+      {%Arena.Slice{generation: ^generation} = s, lent} ->
+        Arena.return(s)
+        %{acc | lent: lent}
+
+      _ ->
+        acc
+    end
+  end
+
+  # A proper list of n-tuples of integers (a worker's list, checked before use).
+  defp entries?(list, n) do
+    is_list(list) and proper?(list) and
+      Enum.all?(list, &(is_tuple(&1) and tuple_size(&1) == n and ints?(&1)))
+  end
+
+  defp proper?([]), do: true
+  defp proper?([_ | t]), do: proper?(t)
+  defp proper?(_), do: false
+
+  defp ints?(tuple), do: tuple |> Tuple.to_list() |> Enum.all?(&is_integer/1)
 
   @doc false
   # The interpreter is gone: every lease it held on this node's slices ends.
@@ -139,11 +151,20 @@ defmodule Bridge.Worker.Objects do
   end
 
   @doc false
-  # Checks an answer's `slices` (§5.2) and turns them into a plan that resolve/2
+  # Checks an answer's `slices` (§8.3) and turns them into a plan that resolve/2
   # carries out in another process. A slice of this node named by the answer is
   # held at once, before any later `released` list can free it.
   @spec plan(t(), list(), boolean()) :: {:ok, [tuple()], t()} | {:error, Error.t()}
   def plan(objects, entries, untrusted) when is_list(entries) do
+    if proper?(entries),
+      do: plan_entries(objects, entries, untrusted),
+      else: plan(objects, nil, untrusted)
+  end
+
+  def plan(_objects, entries, _untrusted),
+    do: {:error, violation(entries, "a list of slice entries")}
+
+  defp plan_entries(objects, entries, untrusted) do
     result =
       Enum.reduce_while(entries, {:ok, [], objects}, fn entry, {:ok, acc, objects} ->
         case step(objects, entry, untrusted) do
@@ -161,9 +182,6 @@ defmodule Bridge.Worker.Objects do
         error
     end
   end
-
-  def plan(_objects, entries, _untrusted),
-    do: {:error, violation(entries, "a list of slice entries")}
 
   defp step(objects, {:worker, id, offset, length, generation, ticket} = e, false)
        when is_integer(offset) and is_integer(length) and is_integer(generation) and

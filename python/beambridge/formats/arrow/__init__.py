@@ -1,4 +1,4 @@
-"""Arrow IPC stream payloads (format ``arrow_stream``, protocol/SPEC.md §3.1,
+"""Arrow IPC stream payloads (format ``arrow_stream``, protocol/SPEC.md §5.1,
 protocol/formats/arrow.md): written by pyarrow straight into shared memory, read back
 in place.
 

@@ -84,7 +84,7 @@ def arrow_descriptor(metadata: bytes) -> ArrowDescriptor:
     """Decode an Arrow frame's metadata descriptor without touching the payload.
 
     Raises `beambridge.FormatError` ``bad_metadata`` when it is not a version-1
-    descriptor (the ETF is decoded with the safe decoder of §7.2).
+    descriptor (the ETF is decoded with the safe decoder of §8.2).
 
     >>> arrow_descriptor(b"junk")
     Traceback (most recent call last):

@@ -23,7 +23,7 @@ A frame's ``schema_id`` says what it holds (``schema_version`` the descriptor ve
 ====================  =========  ====================================================
 
 Schema 0 (`SCHEMA_PACKED`, ``{dtype, [length]}``) is not a tensor schema: it is only the
-layout of ``packed`` frames (SPEC §8.1, `beambridge.formats.packed`).
+layout of ``packed`` frames (SPEC §10.1, `beambridge.formats.packed`).
 
 Descriptors are plain ETF terms decoded by the restricted decoder (no pickle, no eval);
 dtype strings are checked against a grammar before NumPy sees them, then must be

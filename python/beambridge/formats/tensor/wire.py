@@ -58,7 +58,7 @@ __all__ = [
     "raw_bytes",
 ]
 
-#: ``{dtype, [length]}``: the layout of ``packed`` frames (SPEC §8.1), not a tensor schema.
+#: ``{dtype, [length]}``: the layout of ``packed`` frames (SPEC §10.1), not a tensor schema.
 SCHEMA_PACKED = registry.TENSOR_SCHEMAS["packed"][0]
 #: One tensor: a descriptor map.
 SCHEMA_TENSOR = registry.TENSOR_SCHEMAS["tensor"][0]
@@ -186,7 +186,7 @@ def raw_bytes(arr: Array, order: str) -> Array:
     return src.ravel(order="K").view(np.uint8)
 
 
-# ---- inline terms (SPEC §7.4 data terms) -----------------------------------------------------
+# ---- inline terms (SPEC §9 data terms) -------------------------------------------------------
 
 
 def from_inline(desc: Any, data: Any) -> Array:
