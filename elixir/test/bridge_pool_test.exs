@@ -201,6 +201,31 @@ defmodule Bridge.PoolTest do
     assert log =~ ~r/Pool2\.\d stderr: stderr says hello/
   end
 
+  test "workers ask malloc for huge pages unless :huge_pages is false; a tunable already set is kept" do
+    assert {:ok, "glibc.malloc.hugetlb=1"} =
+             Bridge.call({:os, :getenvb}, ["GLIBC_TUNABLES"], pool: Pool2)
+
+    start_supervised!({Bridge, bridge_opts(NoHuge, pool_size: 1, huge_pages: false)},
+      id: :no_huge
+    )
+
+    assert {:ok, nil} = Bridge.call({:os, :getenvb}, ["GLIBC_TUNABLES"], pool: NoHuge)
+
+    System.put_env("GLIBC_TUNABLES", "glibc.malloc.arena_max=2")
+
+    try do
+      start_supervised!({Bridge, bridge_opts(Tuned, pool_size: 1)}, id: :tuned)
+
+      assert {:ok, "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"} =
+               Bridge.call({:os, :getenvb}, ["GLIBC_TUNABLES"], pool: Tuned)
+    after
+      System.delete_env("GLIBC_TUNABLES")
+    end
+
+    assert {:error, %Bridge.Error{kind: :bad_call, reason: :bad_option, field: :huge_pages}} =
+             Bridge.start_link(bridge_opts(BadHuge, huge_pages: :yes))
+  end
+
   test "start_link fails with :start_failed for a missing interpreter or one without beambridge" do
     assert {:error, %Bridge.Error{kind: :start_failed} = e} =
              Bridge.start_link(bridge_opts(Missing, python: "/nonexistent/bin/python3"))

@@ -21,6 +21,7 @@ defmodule Bridge.Config do
             arena_limit: @gib,
             min_arena: 8 * 1024 * 1024,
             untrusted: false,
+            huge_pages: true,
             start_timeout: 10_000,
             verify: false,
             arena: nil
@@ -38,6 +39,7 @@ defmodule Bridge.Config do
     :arena_limit,
     :min_arena,
     :untrusted,
+    :huge_pages,
     :start_timeout,
     :verify
   ]
@@ -85,6 +87,7 @@ defmodule Bridge.Config do
   defp check(:arena_limit, v) when is_integer(v) and v >= 0, do: :ok
   defp check(:min_arena, v) when is_integer(v) and v >= 4096 and v <= 1 <<< 40, do: :ok
   defp check(:untrusted, v) when is_boolean(v), do: :ok
+  defp check(:huge_pages, v) when is_boolean(v), do: :ok
   defp check(:start_timeout, v) when is_integer(v) and v > 0, do: :ok
   defp check(:verify, v) when is_boolean(v), do: :ok
 
@@ -106,6 +109,7 @@ defmodule Bridge.Config do
   defp expectation(:python), do: "the path or name of a Python interpreter"
   defp expectation(:min_arena), do: "an integer from 4096 to 2^40 (bytes)"
   defp expectation(:untrusted), do: "a boolean"
+  defp expectation(:huge_pages), do: "a boolean"
   defp expectation(:timeout), do: "a positive integer (milliseconds) or :infinity"
   defp expectation(:verify), do: "a boolean"
   defp expectation(:pool_size), do: "a positive integer"
