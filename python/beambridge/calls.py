@@ -8,6 +8,7 @@ builds the answer: ``{:ok, id, slices, released}`` with the result as its body, 
 ``{:error, id, error, released}``. The worker process around it (`beambridge.worker`)
 reads and writes the frames.
 
+>>> from beambridge.etf import encode
 >>> path = CallPath(threshold=1 << 20)
 >>> reply = path.run(control.Call(1, b"operator", b"add", {}, [], True), memoryview(
 ...     encode([2, 3])))
@@ -30,7 +31,7 @@ from . import control
 from .decoder import Decoder
 from .encoder import ResultEncoder
 from .errors import BridgeError, EtfError
-from .etf import decode, encode, encode_parts
+from .etf import decode, encode_parts
 from .leases import Key, LeaseBook, PeerObjects
 from .objects import PeerObject
 from .result_slices import ResultSlices, WorkerArenas
@@ -56,11 +57,18 @@ class _BadCall:
 class Reply:
     """What answers a call: the ``notices`` to send first (objects the answer names, or
     dropped), then ``envelope`` with ``body`` (the parts of the result's ETF) or
-    without."""
+    without. ``head`` is the envelope's ETF when it was encoded already."""
 
     notices: list[Any]
     envelope: Any
     body: list[Any] | None
+    head: bytes | None = None
+
+    def frame(self) -> list[Any]:
+        """The parts of the answer's frame (`control.join`)."""
+        if self.head is None:
+            return control.join(self.envelope, self.body)
+        return control.join_encoded(self.head, self.body)
 
 
 def _text(value: object) -> bytes:
@@ -91,8 +99,10 @@ def _name(value: Any) -> str | None:
 def flush_handler_output() -> None:
     """Push what handlers printed into fds 1 and 2 (forwarded before the answer)."""
     for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
+        try:  # noqa: SIM105 (contextlib.suppress costs a microsecond on every call)
             stream.flush()
+        except Exception:  # a handler replaced or closed the stream
+            pass
 
 
 class CallPath:
@@ -256,8 +266,9 @@ class CallPath:
             # released list is made: the answer itself reports them
             parts = [b"".join(parts)]
         released = self.take_released()
-        envelope = control.ok(call_id, self.slices.entries, released)
-        size = 4 + len(encode(envelope)) + body_size
+        entries = self.slices.entries
+        head = control.answer_head(call_id, entries, released)
+        size = 4 + len(head) + body_size
         if size > control.MAX_CONTROL_FRAME:
             del parts
             fallbacks = self.slices.fallbacks
@@ -272,7 +283,7 @@ class CallPath:
             detail = control.bad_call(reason, _text(message))
             return Reply([], control.error(call_id, detail, released), None)
         notices = self.take_notices() + self.slices.commit()
-        return Reply(notices, envelope, parts)
+        return Reply(notices, control.ok(call_id, entries, released), parts, head)
 
     def _bad_call(self, call_id: int, bad: _BadCall) -> Reply:
         detail = control.bad_call(bad.reason, _text(bad.message))

@@ -191,7 +191,7 @@ class Worker:
     def send_reply(self, reply: Reply) -> None:
         """The notices a reply needs first, then the reply, in one go."""
         frames = [control.join(n) for n in reply.notices]
-        frames.append(control.join(reply.envelope, reply.body))
+        frames.append(reply.frame())
         with self.lock:
             self._drain_locked()
             for parts in frames:
@@ -286,8 +286,7 @@ class Worker:
                 self.path.idle(TRIM_AFTER)
                 continue
             try:
-                envelope, body = control.split(frame)
-                message = control.from_beam(envelope, body is not None)
+                message, body = control.read_beam(frame)
             except ProtocolError as err:
                 self.violation(str(err))
             del frame

@@ -15,7 +15,7 @@ b'\\x83h\\x02w\\x02oka\\x01'
 from __future__ import annotations
 
 from .atom import Atom
-from .decoding import decode
+from .decoding import NOT_CACHED, cached_atom, decode
 from .encoding import Encoder, encode, encode_binary, encode_int, encode_parts
 from .tags import MAX_ATOM_CHARS, MAX_BIG_BYTES, MAX_DEPTH, VERSION
 
@@ -23,9 +23,11 @@ __all__ = [
     "MAX_ATOM_CHARS",
     "MAX_BIG_BYTES",
     "MAX_DEPTH",
+    "NOT_CACHED",
     "VERSION",
     "Atom",
     "Encoder",
+    "cached_atom",
     "decode",
     "encode",
     "encode_binary",

@@ -42,7 +42,7 @@ from .tags import (
     tag_name,
 )
 
-__all__ = ["decode"]
+__all__ = ["NOT_CACHED", "cached_atom", "decode"]
 
 _u16 = struct.Struct(">H")
 _u32 = struct.Struct(">I")
@@ -54,6 +54,16 @@ _atom_cache: dict[bytes, Any] = {}  # UTF-8 bytes -> value
 _latin1_cache: dict[bytes, Any] = {}  # Latin-1 bytes -> value
 _MISSING = object()
 _ATOM_CACHE_MAX = 4096
+#: What `cached_atom` returns for an atom no decode has met yet.
+NOT_CACHED = _MISSING
+
+
+def cached_atom(raw: bytes, utf8: bool) -> Any:
+    """The value of an atom whose text is ``raw`` (UTF-8, or Latin-1 when not ``utf8``)
+    if `decode` has met it before (so it is known valid), else `NOT_CACHED`. Readers
+    of fixed-shape frames use it to skip the decoder for atoms they see on every
+    frame."""
+    return (_atom_cache if utf8 else _latin1_cache).get(raw, _MISSING)
 
 
 def _fail(field: str, value: Any, message: str) -> EtfError:
