@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import ArenaError
+from .frame_writer import write_frame, write_frame_bytes
 from .header import HEADER_SIZE, Codec, Format, payload_offset_for
 from .objects import (
     ALIGN,
@@ -38,7 +39,6 @@ from .objects import (
     fd_count,
     next_generation,
     round_up,
-    write_frame,
 )
 
 __all__ = [
@@ -139,7 +139,16 @@ class ArenaSet:
         self._table_object: PeerObject | None = None
         self._lent: dict[int, Slice] = {}
         self._free_tickets: list[int] = []
-        self.stats = {"allocs": 0, "grows": 0, "drops": 0, "reclaimed": 0, "peak_bytes": 0}
+        self._expected: Any = None  # per ticket: the generation lent under it, or 0
+        self._refused = 0  # lends refused since the last reclaim that freed nothing
+        self.stats = {
+            "allocs": 0,
+            "grows": 0,
+            "drops": 0,
+            "reclaimed": 0,
+            "reclaim_scans": 0,
+            "peak_bytes": 0,
+        }
 
     # ---- the lease table -------------------------------------------------------------
 
@@ -159,6 +168,7 @@ class ArenaSet:
             )
         self._table_object = table
         self._table = np.frombuffer(table.mm, dtype="<u8", count=entries, offset=OBJECT_HEADER)
+        self._expected = np.zeros(entries, dtype="<u8")  # generations start at 1
         self._free_tickets = list(range(entries - 1, -1, -1))
 
     # ---- allocation ------------------------------------------------------------------
@@ -269,17 +279,36 @@ class ArenaSet:
     ) -> Slice:
         """A new slice holding one frame of ``payload`` (any C-contiguous buffer)."""
         with memoryview(payload) as view, view.cast("B") as data:  # type: ignore[arg-type]
-            into = self.put_into(
-                data.nbytes,
-                metadata=metadata,
-                format=format,
-                codec=codec,
-                schema_id=schema_id,
-                schema_version=schema_version,
-                checksum=checksum,
-            )
-            with into as (s, area):
-                area[:] = data
+            if codec != Codec.NONE:
+                into = self.put_into(
+                    data.nbytes,
+                    metadata=metadata,
+                    format=format,
+                    codec=codec,
+                    schema_id=schema_id,
+                    schema_version=schema_version,
+                    checksum=checksum,
+                )
+                with into as (s, area):
+                    area[:] = data
+                return s
+            metadata = bytes(metadata)
+            s = self.alloc(payload_offset_for(len(metadata)) + data.nbytes)
+            try:
+                with self.area(s) as whole:
+                    write_frame_bytes(
+                        whole,
+                        data,
+                        generation=s.generation,
+                        metadata=metadata,
+                        format=format,
+                        schema_id=schema_id,
+                        schema_version=schema_version,
+                        checksum=self.checksum if checksum is None else checksum,
+                    )
+            except BaseException:
+                self.free(s)
+                raise
         return s
 
     @contextlib.contextmanager
@@ -334,8 +363,14 @@ class ArenaSet:
                 "no_tickets: the peer has not sent its lease table",
             )
         if not self._free_tickets:
-            self.reclaim()
+            # every ticket is out: look at the table again only after a share of them
+            # have been asked for in vain, so a result of 100,000 values past the
+            # tickets costs a few scans, not one per value
+            if self._refused >= len(self._lent) // 256:
+                self._refused = 0
+                self.reclaim()
             if not self._free_tickets:
+                self._refused += 1
                 raise ArenaError(
                     "no_tickets",
                     "tickets",
@@ -346,6 +381,7 @@ class ArenaSet:
         ticket = self._free_tickets.pop()
         s.ticket = ticket
         self._lent[ticket] = s
+        self._expected[ticket] = s.generation
         return ticket
 
     def recall(self, s: Slice) -> None:
@@ -353,18 +389,23 @@ class ArenaSet:
         named it failed): its ticket and its bytes are free again at once."""
         if self._lent.get(s.ticket) is s:
             del self._lent[s.ticket]
+            self._expected[s.ticket] = 0
             self._free_tickets.append(s.ticket)
         s.ticket = -1
         self.free(s)
 
     def reclaim(self) -> int:
         """Free every lent slice whose lease the peer has ended; returns how many."""
-        table = self._table
+        import numpy as np
+
+        table, expected = self._table, self._expected
         if table is None or not self._lent:
             return 0
-        done = [t for t, s in self._lent.items() if int(table[t]) == s.generation]
+        self.stats["reclaim_scans"] += 1
+        done = np.flatnonzero((table == expected) & (expected != 0)).tolist()
         for t in done:
             s = self._lent.pop(t)
+            expected[t] = 0
             self.free(s)
             self._free_tickets.append(t)
         self.stats["reclaimed"] += len(done)

@@ -37,7 +37,7 @@ from .formats import packed as packed_format
 from .formats import records as records_format
 from .formats import tensor as tensor_format
 from .frame import Frame
-from .header import Codec
+from .header import Codec, Header
 from .leases import Key, LeaseBook, PeerObjects
 from .stats import ARGUMENTS, note
 from .terms import (
@@ -191,6 +191,12 @@ class Decoder:
                 f"slice handle index {index!r} is outside the call's {len(refs)} slices",
             )
         object_id, offset, length, generation = refs[index]
+        if kind == KIND_BINARY:  # copied out at once: no view, no lease beyond the call's
+            header, data = self.leases.copy_frame(
+                self.peers, object_id, offset, length, generation, verify=self.verify
+            )
+            _check(kind, header, f"slice {index}")
+            return data
         frame = self.leases.read_frame(
             self.peers, object_id, offset, length, generation, verify=self.verify
         )
@@ -213,9 +219,8 @@ def _layout(layout: Any) -> str:
     return str(layout)
 
 
-def _read(kind: Atom, frame: Frame, where: str) -> Any:
-    """The value of a ``kind`` handle's frame (checked against the kind first)."""
-    header = frame.header
+def _check(kind: Atom, header: Header, where: str) -> None:
+    """A ``kind`` handle's frame holds what the kind reads: uncompressed, its format."""
     if header.codec != Codec.NONE:
         raise HeaderError(
             "unknown_codec",
@@ -233,6 +238,12 @@ def _read(kind: Atom, frame: Frame, where: str) -> Any:
             f"a {kind} handle needs a frame of format {want.name}, {where} holds format "
             f"{header.format}",
         )
+
+
+def _read(kind: Atom, frame: Frame, where: str) -> Any:
+    """The value of a ``kind`` handle's frame (checked against the kind first)."""
+    header = frame.header
+    _check(kind, header, where)
     if kind == KIND_BINARY:
         return bytes(frame.payload)
     if kind == KIND_BUFFER:

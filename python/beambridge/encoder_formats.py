@@ -57,6 +57,10 @@ _codec_warned: dict[str, float] = {}
 _codec_log = logging.getLogger("beambridge.codecs")
 
 
+#: The ETF of ``{:"$bb_slice", kind,`` by kind (a handle is that, then its index).
+_HANDLE_HEADS: dict[Atom, bytes] = {}
+
+
 class FormatEncoder(Encoder):
     """Encodes SPEC §10's typed values, each payload of at least ``threshold`` bytes into a
     slice of ``slices`` (None: everything inline)."""
@@ -94,9 +98,13 @@ class FormatEncoder(Encoder):
 
     def _handle(self, kind: Atom, index: int, parts: list[Any]) -> None:
         """``{:"$bb_slice", kind, index}``."""
-        parts.append(b"h\x03")
-        self.encode_into(TAG_SLICE, parts)
-        self.encode_into(kind, parts)
+        head = _HANDLE_HEADS.get(kind)
+        if head is None:
+            pieces: list[Any] = [b"h\x03"]
+            self.encode_into(TAG_SLICE, pieces)
+            self.encode_into(kind, pieces)
+            head = _HANDLE_HEADS[kind] = b"".join(pieces)
+        parts.append(head)
         encode_int(index, parts)
 
     # ---- custom types ------------------------------------------------------------------

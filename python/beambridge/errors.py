@@ -113,7 +113,7 @@ class LeaseError(BridgeError):
     """``leased``: views made from a payload are still alive where they must be gone: a
     frame released while they live (`beambridge.frame.Frame.release`; its lease then
     ends when they are gone), or a frame's payload area at the end of its write
-    (`beambridge.objects.write_frame`; no header is written)."""
+    (`beambridge.frame_writer.write_frame`; no header is written)."""
 
 
 class ArenaError(BridgeError, OSError):

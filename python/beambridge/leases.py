@@ -33,6 +33,7 @@ import itertools
 
 from .errors import ArenaError
 from .frame import Frame
+from .header import Header
 from .objects import KIND_ARENA, KIND_SEALED, PeerObject
 
 __all__ = ["Key", "LeaseBook", "PeerObjects", "buffer_address"]
@@ -193,6 +194,23 @@ class LeaseBook:
         lo = start + frame.header.payload_offset
         self._frames[token] = (key, start, lo, lo + frame.header.payload_length)
         return frame
+
+    def copy_frame(
+        self,
+        peers: PeerObjects,
+        object_id: int,
+        offset: int,
+        length: int,
+        generation: int,
+        *,
+        verify: bool = False,
+    ) -> tuple[Header, bytes]:
+        """`read_frame`'s checks, then the header and a copy of the payload
+        (`PeerObject.copy_frame`): nothing outlives the call, so nothing is held."""
+        peer = peers.get(object_id)
+        if peer.kind not in (KIND_ARENA, KIND_SEALED):
+            raise ArenaError("bad_object", "kind", peer.kind, KIND_ARENA)
+        return peer.copy_frame(offset, length, generation, verify=verify)
 
     def _gone(self, token: int, key: Key) -> None:
         # a finalizer: any thread, any moment; two atomic operations and nothing else

@@ -3,13 +3,13 @@
 `SharedObject` is an object this process owns: a sealed ``memfd`` with its 64-byte
 header, mapped read-write. `PeerObject` is a peer's object mapped read-only from a
 read-only descriptor (``/proc/<pid>/fd/<n>``), after its seals and header are checked.
-`write_frame` lays one frame (SPEC §5) out in an owned area: the arenas of
-`beambridge.arena` and the sealed objects of untrusted results both use it.
+Frames are written into owned areas by `beambridge.frame_writer`.
 
+>>> from beambridge.frame_writer import write_frame_bytes
 >>> obj = SharedObject(4096, KIND_SEALED)
 >>> gen = next_generation()
->>> with obj.area(OBJECT_HEADER, 256) as whole, write_frame(whole, 5, generation=gen) as area:
-...     area[:] = b"hello"
+>>> with obj.area(OBJECT_HEADER, 256) as whole:
+...     write_frame_bytes(whole, memoryview(b"hello"), generation=gen)
 >>> obj.seal()
 >>> peer = PeerObject.open(*obj.announcement())
 >>> frame = peer.read_frame(OBJECT_HEADER, 256, gen)
@@ -28,25 +28,18 @@ import os
 import struct
 import sys
 import weakref
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable
 from typing import Any
 
-import xxhash
-
 from . import registry
-from .errors import ArenaError, HeaderError, LeaseError, os_failure
+from .errors import ArenaError, HeaderError, os_failure
 from .frame import Frame
 from .header import (
     DEFAULT_MAX_DECODED_LENGTH,
     HEADER_SIZE,
-    Codec,
-    Format,
-    build_header,
-    pack_header,
-    payload_offset_for,
+    Header,
     validate_header,
     verify_payload,
-    with_fields,
 )
 
 __all__ = [
@@ -61,10 +54,8 @@ __all__ = [
     "PeerObject",
     "SharedObject",
     "fd_count",
-    "frame_length",
     "next_generation",
     "round_up",
-    "write_frame",
 ]
 
 OBJECT_HEADER = 64
@@ -331,18 +322,7 @@ class PeerObject:
         metadata copied and validated (SPEC §6, the slice length as the frame size), the
         payload a read-only view into the mapping. ``on_release`` runs once, when the
         payload and every view made from it are gone (or at `Frame.release`)."""
-        self.check_slice(offset, length)
-        with self.view()[offset : offset + length] as area:
-            header, metadata = validate_header(area, length, max_decoded_length=max_decoded_length)
-        if header.generation != generation:
-            raise HeaderError(
-                "stale_generation",
-                "generation",
-                header.generation,
-                generation,
-                f"stale_generation: the handle names generation {generation}, "
-                f"the slice holds generation {header.generation}",
-            )
+        header, metadata = self._header(offset, length, generation, max_decoded_length)
         arr = None
         if header.payload_length == 0:
             payload = memoryview(b"")
@@ -360,6 +340,38 @@ class PeerObject:
             verify_payload(header, payload)
         return Frame(on_release or _nothing, header, metadata, arr, payload)
 
+    def copy_frame(
+        self, offset: int, length: int, generation: int, *, verify: bool = False
+    ) -> tuple[Header, bytes]:
+        """The header and a private copy of the payload of the frame `read_frame` would
+        read (same checks; with ``verify`` the copy is what the checksum is checked
+        against, so the peer cannot change it after). No view, no lease: for values
+        the reader copies anyway."""
+        header, _ = self._header(offset, length, generation, DEFAULT_MAX_DECODED_LENGTH)
+        start = offset + header.payload_offset
+        with self.view()[start : start + header.payload_length] as area:
+            data = area.tobytes()
+        if verify:
+            verify_payload(header, data)
+        return header, data
+
+    def _header(
+        self, offset: int, length: int, generation: int, max_decoded_length: int
+    ) -> tuple[Header, bytes]:
+        self.check_slice(offset, length)
+        with self.view()[offset : offset + length] as area:
+            header, metadata = validate_header(area, length, max_decoded_length=max_decoded_length)
+        if header.generation != generation:
+            raise HeaderError(
+                "stale_generation",
+                "generation",
+                header.generation,
+                generation,
+                f"stale_generation: the handle names generation {generation}, "
+                f"the slice holds generation {header.generation}",
+            )
+        return header, metadata
+
     def close(self) -> None:
         """Unmap (once nothing made from the mapping is alive; else it stays mapped until
         the last view goes)."""
@@ -372,93 +384,3 @@ class PeerObject:
 
 def _nothing() -> None:
     return None
-
-
-@contextlib.contextmanager
-def write_frame(
-    whole: memoryview,
-    payload_length: int,
-    *,
-    generation: int,
-    metadata: bytes = b"",
-    format: Format | int = Format.RAW,
-    codec: Codec | int = Codec.NONE,
-    schema_id: int = 0,
-    schema_version: int = 0,
-    checksum: bool = False,
-) -> Iterator[memoryview]:
-    """Lay one frame out at the start of the writable area ``whole``: the metadata and
-    its padding now, then yield the payload area for a producer to fill, then the
-    header (with the payload's checksum when ``checksum``). ``whole`` must hold
-    `frame_length` bytes. The views made here are released when the block ends; a view
-    made from the payload area that is still alive then is `LeaseError` ``leased``, and
-    no header is written."""
-    metadata = bytes(metadata)
-    draft = build_header(
-        payload_length,
-        0,
-        metadata=metadata,
-        format=format,
-        codec=codec,
-        schema_id=schema_id,
-        schema_version=schema_version,
-        generation=generation,
-        checksum=False,
-    )
-    start = draft.payload_offset
-    if start + payload_length > whole.nbytes:
-        raise ValueError(f"a frame of {start + payload_length} bytes in {whole.nbytes}")
-    end_of_metadata = HEADER_SIZE + len(metadata)
-    whole[HEADER_SIZE:end_of_metadata] = metadata
-    whole[end_of_metadata:start] = bytes(start - end_of_metadata)
-    if payload_length == 0:
-        yield memoryview(bytearray())
-        digest = xxhash.xxh3_64_intdigest(b"") if checksum else 0
-    else:
-        digest = yield from _fill_area(whole, start, payload_length, checksum)
-    header = with_fields(draft, flags=draft.flags | (1 if checksum else 0), payload_checksum=digest)
-    whole[:HEADER_SIZE] = pack_header(header, metadata)
-
-
-def _fill_area(
-    whole: memoryview, start: int, length: int, checksum: bool
-) -> Generator[memoryview, None, int]:
-    """Yield the payload area; return its checksum (0 without ``checksum``). The area is
-    a view of a private NumPy array over ``whole``: every view made from it (slices,
-    ``numpy.frombuffer``, a C consumer's buffer) keeps that array alive, so whether it
-    outlives the block tells whether the producer left any."""
-    import numpy as np  # not at module level: the worker reports a broken NumPy
-
-    arr = np.frombuffer(whole, dtype=np.uint8, count=length, offset=start)
-    area = arr.data
-    alive = weakref.ref(arr)
-    del arr
-    try:
-        yield area
-    except BaseException:
-        # the producer's error goes on, even while views it made are still alive (its
-        # traceback may hold them)
-        with contextlib.suppress(BufferError):
-            area.release()
-        raise
-    digest = xxhash.xxh3_64_intdigest(area) if checksum else 0
-    try:
-        area.release()
-        held = alive() is not None
-    except BufferError:  # a C consumer still holds the buffer
-        held = True
-    if held:
-        raise LeaseError(
-            "leased",
-            "payload",
-            None,
-            None,
-            "leased: views made from the payload area are still alive at the end of the "
-            "write; drop them inside the block (no header was written)",
-        )
-    return digest
-
-
-def frame_length(payload_length: int, metadata_length: int = 0) -> int:
-    """Bytes of a frame: header, metadata, padding to 64, payload (SPEC §5)."""
-    return payload_offset_for(metadata_length) + payload_length

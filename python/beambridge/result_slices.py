@@ -29,6 +29,7 @@ from typing import Any
 from . import control
 from .arena import ArenaSet, Slice
 from .errors import ArenaError, os_failure
+from .frame_writer import frame_length, write_frame, write_frame_bytes
 from .header import HEADER_SIZE, Format
 from .leases import Key, LeaseBook, buffer_address
 from .objects import (
@@ -37,10 +38,8 @@ from .objects import (
     OBJECT_HEADER,
     PAGE,
     SharedObject,
-    frame_length,
     next_generation,
     round_up,
-    write_frame,
 )
 from .stats import RESULTS, note
 
@@ -252,15 +251,25 @@ class ResultSlices:
         arenas = self.arenas
         if arenas is None:
             raise ArenaError("arena_full", "arena_limit", nbytes, 0, "arena_full: no arenas")
-        with arenas.put_into(
-            nbytes,
-            metadata=metadata,
-            format=format,
-            schema_id=schema_id,
-            schema_version=schema_version,
-            checksum=self.checksum,
-        ) as (s, area):
-            _fill(area, fill)
+        if isinstance(fill, memoryview):
+            s = arenas.put(
+                fill,
+                metadata=metadata,
+                format=format,
+                schema_id=schema_id,
+                schema_version=schema_version,
+                checksum=self.checksum,
+            )
+        else:
+            with arenas.put_into(
+                nbytes,
+                metadata=metadata,
+                format=format,
+                schema_id=schema_id,
+                schema_version=schema_version,
+                checksum=self.checksum,
+            ) as (s, area):
+                fill(area)
         try:
             ticket = arenas.lend(s)
         except ArenaError:
@@ -302,21 +311,21 @@ class ResultSlices:
             )
         obj = SharedObject(size, KIND_SEALED)
         generation = next_generation()
+        frame: dict[str, Any] = {
+            "generation": generation,
+            "metadata": metadata,
+            "format": format,
+            "schema_id": schema_id,
+            "schema_version": schema_version,
+            "checksum": self.checksum,
+        }
         try:
-            with (
-                obj.area(OBJECT_HEADER, length) as whole,
-                write_frame(
-                    whole,
-                    nbytes,
-                    generation=generation,
-                    metadata=metadata,
-                    format=format,
-                    schema_id=schema_id,
-                    schema_version=schema_version,
-                    checksum=self.checksum,
-                ) as area,
-            ):
-                _fill(area, fill)
+            with obj.area(OBJECT_HEADER, length) as whole:
+                if isinstance(fill, memoryview):
+                    write_frame_bytes(whole, fill, **frame)
+                else:
+                    with write_frame(whole, nbytes, **frame) as area:
+                        fill(area)
             obj.seal()
         except BaseException:
             obj.close()
@@ -339,10 +348,3 @@ class ResultSlices:
         self.fallbacks.append(reason)
         note(RESULTS, INLINE_FORMS.get(kind, kind), reason, nbytes, f"{what}, inline")
         _warn(reason, f"{what} gets no slice ({err}); sending it inline")
-
-
-def _fill(area: memoryview, fill: Fill) -> None:
-    if isinstance(fill, memoryview):
-        area[:] = fill
-    else:
-        fill(area)

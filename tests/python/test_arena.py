@@ -244,6 +244,35 @@ def test_a_lent_slice_comes_back_when_its_ticket_holds_its_generation(arenas: Ar
     table.close()
 
 
+def test_values_past_the_tickets_do_not_rescan_the_table_for_each_one(arenas: ArenaSet) -> None:
+    """A result of many more values than tickets: each refused value goes inline, and
+    the table is scanned again only after 1/256 of the tickets were asked for in vain
+    (a scan per value made such a result quadratic)."""
+    table = Table(4096)
+    arenas.set_lease_table(table.peer, 4096)
+    lent = [arenas.put(b"x") for _ in range(4096)]
+    tickets = [arenas.lend(x) for x in lent]
+    scans = arenas.stats["reclaim_scans"]
+    spare = arenas.put(b"spare")
+    refused = 0
+    for _ in range(3200):
+        with pytest.raises(ArenaError):
+            arenas.lend(spare)
+        refused += 1
+    assert arenas.stats["reclaim_scans"] - scans <= 1 + refused // 16
+    # a lease the peer ends is seen within 16 more asks
+    table.end_lease(tickets[7], lent[7].generation)
+    for _ in range(17):
+        try:
+            assert arenas.lend(spare) == tickets[7]
+            break
+        except ArenaError:
+            pass
+    else:
+        pytest.fail("the ended lease was never reclaimed")
+    table.close()
+
+
 def test_trim_drops_empty_idle_arenas_and_keeps_what_it_is_told() -> None:
     arenas = ArenaSet(limit=64 * MIB, min_arena=MIB)
     dropped_ids: list[int] = []

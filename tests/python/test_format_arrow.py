@@ -42,8 +42,9 @@ from beambridge.formats.arrow import (
 from beambridge.formats.arrow import writer as arrow_writer
 from beambridge.formats.arrow.messages import FlatBuffer
 from beambridge.frame import Frame
+from beambridge.frame_writer import frame_length
 from beambridge.header import Codec, Format, encode_frame, payload_offset_for
-from beambridge.objects import frame_length, round_up
+from beambridge.objects import round_up
 from helpers import Slices
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st

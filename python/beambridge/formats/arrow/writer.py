@@ -127,7 +127,7 @@ def arrow_frame_lengths(
     data: object, *, schema: pa.Schema | None = None, preserve_index: bool = False
 ) -> tuple[int, int]:
     """``(payload_length, metadata_length)`` of the frame `write_arrow` writes
-    (`beambridge.objects.frame_length` of them is the frame's size).
+    (`beambridge.frame_writer.frame_length` of them is the frame's size).
 
     >>> arrow_frame_lengths(pa.table({"x": [1.5]}))
     (280, 113)
