@@ -126,6 +126,7 @@ class ResultSlices:
         self._lent: list[Slice] = []
         self._new_sealed: list[SharedObject] = []
         self._pinned: list[Key] = []
+        self._fresh = True
 
     # ---- one result --------------------------------------------------------------------
 
@@ -135,6 +136,7 @@ class ResultSlices:
         self.fallbacks = []
         self._lent = []
         self._new_sealed = []
+        self._fresh = True  # no slice placed in this result yet
 
     def place(
         self,
@@ -251,6 +253,9 @@ class ResultSlices:
         arenas = self.arenas
         if arenas is None:
             raise ArenaError("arena_full", "arena_limit", nbytes, 0, "arena_full: no arenas")
+        if self._fresh:
+            self._fresh = False
+            arenas.reclaim_recent()
         if isinstance(fill, memoryview):
             s = arenas.put(
                 fill,
