@@ -1,17 +1,23 @@
 # The benchmark harness (the README's main job): `make bench`, or
 #   MIX_ENV=test mix run bench/run.exs [--quick]
 #
-# Every figure is measured in this one run, next to its baseline, and reported as a
-# ratio: timings on a shared 2-core machine are noisy, ratios much less so.
+# Every figure is measured in this one run, next to its baseline (sampled interleaved
+# with it, bench/echo.exs), and reported as a ratio: timings on a shared 2-core machine
+# are noisy, ratios much less so.
 #
 #   * round trip of an echo call, 1 KiB .. 256 MiB: Bridge.call vs the same payload as
 #     ETF over a Port to a Python process decoding it with erlang-py (ErlPort-style),
-#     and vs two memcpys of the payload (NumPy, warm buffers)
+#     and vs two memcpys of the payload (NumPy, warm buffers); with and without the
+#     caller garbage-collecting after each call
+#   * every payload inline vs every payload in a slice (where slices start to pay),
+#     and the default pool vs `untrusted: true`
 #   * a small call (two integers): Bridge.call p50 vs a raw Port round trip of a
 #     20-byte frame with no decoding at all (the floor)
 #   * a CPU-bound handler: throughput of a pool of 2 vs a pool of 1
 #   * 1M-row table Python -> Elixir as Arrow vs an ETF list of maps; 1 GiB vs 1 KiB
 #     tensor open; lists and rows as ETF vs packed/records (bench/formats.exs)
+#   * each ratio against the same ratio of transport 1 (bench/results/v1.json, a full
+#     run of the last transport-1 commit on this kind of machine)
 #
 # Writes bench/results/latest.json and bench/results/latest.png.
 # Format decisions are logged at debug level, one line per argument: measure the
@@ -57,7 +63,8 @@ defmodule Bench do
         timeout: 120_000
       )
 
-    echo_rows = Enum.map(sizes, &echo_row(&1, memcpy))
+    info("Echo round trips (interleaved with ETF over a Port)")
+    echo_rows = BenchEcho.rows(sizes, memcpy, BenchBridge, @python)
     small = small_call()
     tables = table_transfer(if(quick?, do: 100_000, else: 1_000_000))
     formats = BenchFormats.run(BenchBridge, quick?)
@@ -67,13 +74,13 @@ defmodule Bench do
 
     tensor_open = tensor_open()
 
-    sweep =
-      threshold_sweep(
-        if(quick?,
-          do: [4 * @kib, 64 * @kib],
-          else: [4 * @kib, 16 * @kib, 32 * @kib, 64 * @kib, 128 * @kib, 256 * @kib]
-        )
-      )
+    sweep_sizes =
+      if quick?,
+        do: [16 * @kib, 64 * @kib],
+        else: [4 * @kib, 16 * @kib, 32 * @kib, 64 * @kib, 128 * @kib, 256 * @kib]
+
+    sweep = BenchEcho.sweep(sweep_sizes, @python, @handlers)
+    untrusted = BenchEcho.untrusted([@mib, 64 * @mib], @python, @handlers)
 
     results = %{
       "machine" => %{
@@ -85,6 +92,7 @@ defmodule Bench do
       "small_call" => small,
       "throughput" => throughput,
       "threshold_sweep" => sweep,
+      "untrusted" => untrusted,
       "tensor_open" => tensor_open,
       "tables" => tables,
       "formats" => formats
@@ -92,9 +100,11 @@ defmodule Bench do
 
     print_table(echo_rows, small, throughput)
     print_sweep(sweep)
+    print_untrusted(untrusted)
     print_tensor_open(tensor_open)
     print_tables(tables)
     BenchFormats.print(formats)
+    print_targets(echo_rows, small, throughput, sweep)
     File.mkdir_p!("bench/results")
     File.write!("bench/results/latest.json", Bench.JSON.encode(results) <> "\n")
 
@@ -107,78 +117,16 @@ defmodule Bench do
 
     IO.write(out)
     if status != 0, do: info("plot failed (status #{status})")
+
+    {out, _} =
+      System.cmd(
+        @python,
+        ["bench/compare.py", "bench/results/v1.json", "bench/results/latest.json"],
+        stderr_to_stdout: true
+      )
+
+    IO.write(out)
     info("wrote bench/results/latest.json and bench/results/latest.png")
-  end
-
-  # ---- echo round trips -------------------------------------------------------------
-
-  defp echo_row(size, memcpy) do
-    payload = payload(size)
-    reps = reps(size)
-    # The same echo twice: the argument as a plain binary (the handler gets a bytes
-    # copy) and as a Bridge.Buffer (the handler gets a zero-copy memoryview, SPEC §8).
-    bridge = echo_median(payload, reps)
-    bridge_buffer = echo_median(Bridge.Buffer.new(payload), reps)
-
-    baseline =
-      with_port(@python, ["bench/etf_echo.py"], fn port ->
-        median_us(max(div(reps, 2), 3), fn -> etf_echo(port, payload) end)
-      end)
-
-    two_memcpy = 2 * Map.fetch!(memcpy, size)
-
-    row = %{
-      "size" => size,
-      "bridge_us" => bridge,
-      "bridge_buffer_us" => bridge_buffer,
-      "etf_port_us" => baseline,
-      "two_memcpy_us" => two_memcpy,
-      "speedup_vs_etf_port" => ratio(baseline, bridge),
-      "buffer_speedup_vs_etf_port" => ratio(baseline, bridge_buffer),
-      "bridge_over_two_memcpy" => ratio(bridge, two_memcpy),
-      "buffer_over_two_memcpy" => ratio(bridge_buffer, two_memcpy)
-    }
-
-    info(
-      "  #{human(size)}: bridge #{fmt_us(bridge)} (Buffer #{fmt_us(bridge_buffer)}), " <>
-        "ETF over Port #{fmt_us(baseline)}, 2x memcpy #{fmt_us(two_memcpy)}"
-    )
-
-    :erlang.garbage_collect()
-    row
-  end
-
-  defp echo_median(arg, reps, pool \\ BenchBridge) do
-    expected = with %Bridge.Buffer{data: data} <- arg, do: data
-
-    call = fn ->
-      Bridge.call({:bench_handlers, :echo}, [arg], pool: pool, timeout: 120_000)
-    end
-
-    # correctness once, outside the timing
-    {:ok, ^expected} = call.()
-    # Between calls (untimed) the caller lets go of the result, as a request process
-    # does when it ends: a zero-copy result holds a lease on the worker's region until
-    # it is garbage-collected, and a caller that keeps it makes the worker write the
-    # next result into another region.
-    samples =
-      for _ <- 1..reps do
-        {us, {:ok, _}} = :timer.tc(call)
-        :erlang.garbage_collect()
-        us
-      end
-
-    percentile(samples, 50)
-  end
-
-  defp etf_echo(port, payload) do
-    send(port, {self(), {:command, :erlang.term_to_binary({:echo, payload})}})
-
-    receive do
-      {^port, {:data, data}} -> {:ok, ^payload} = :erlang.binary_to_term(data)
-    after
-      300_000 -> raise "ETF echo baseline timed out"
-    end
   end
 
   # ---- small calls ---------------------------------------------------------------------
@@ -263,51 +211,24 @@ defmodule Bench do
     }
   end
 
-  # ---- where regions start to pay -------------------------------------------------------
-
-  # The same echo with every payload inline (threshold above it) and with every payload
-  # in a region (threshold 1), to place the default threshold where regions start to win.
-  defp threshold_sweep(sizes) do
-    bridges =
-      for {mode, threshold} <- [inline: 1_099_511_627_776, region: 1] do
-        name = :"BenchSweep_#{mode}"
-
-        {:ok, sup} =
-          Bridge.start_link(
-            name: name,
-            python: @python,
-            python_path: [@handlers],
-            pool_size: 1,
-            threshold: threshold,
-            timeout: 120_000
-          )
-
-        {mode, {name, sup}}
-      end
-
-    rows =
-      for size <- sizes do
-        payload = payload(size)
-
-        times =
-          for {mode, {name, _}} <- bridges, into: %{} do
-            Enum.each(1..20, fn _ -> echo_median(payload, 1, name) end)
-            {Atom.to_string(mode) <> "_us", echo_median(payload, 200, name)}
-          end
-
-        Map.put(times, "size", size)
-      end
-
-    Enum.each(bridges, fn {_, {_, sup}} -> Supervisor.stop(sup) end)
-    rows
-  end
-
   defp print_sweep(rows) do
-    IO.puts("Threshold sweep (echo, median): every payload inline vs every payload in a region")
+    IO.puts("Threshold sweep (echo, median): every payload inline vs every payload in a slice")
 
     for r <- rows do
       IO.puts(
-        "  #{String.pad_trailing(human(r["size"]), 8)} inline #{String.pad_leading(fmt_us(r["inline_us"]), 8)}   region #{String.pad_leading(fmt_us(r["region_us"]), 8)}"
+        "  #{String.pad_trailing(human(r["size"]), 8)} inline #{String.pad_leading(fmt_us(r["inline_us"]), 8)}   slice #{String.pad_leading(fmt_us(r["slice_us"]), 8)}   #{r["slice_over_inline"]}x"
+      )
+    end
+
+    IO.puts("")
+  end
+
+  defp print_untrusted(rows) do
+    IO.puts("untrusted: true (every result a sealed object of its own), echo, median")
+
+    for r <- rows do
+      IO.puts(
+        "  #{String.pad_trailing(human(r["size"]), 8)} default #{String.pad_leading(fmt_us(r["default_us"]), 8)}   untrusted #{String.pad_leading(fmt_us(r["untrusted_us"]), 8)}   #{r["untrusted_over_default"]}x"
       )
     end
 
@@ -378,12 +299,7 @@ defmodule Bench do
         "ETF list of maps over a Port #{fmt_us(t["etf_list_of_maps_us"])}"
     )
 
-    target(
-      "Arrow table >= 10x faster than an ETF list of maps",
-      t["speedup"],
-      nil,
-      &(&1 >= 10)
-    )
+    target("Arrow table >= 10x faster than an ETF list of maps", t["speedup"], ok?: &(&1 >= 10))
 
     IO.puts("  (as rows, to_rows included: #{t["speedup_with_to_rows"]}x)")
     IO.puts("")
@@ -415,7 +331,7 @@ defmodule Bench do
         "1 KiB #{fmt_us(t["small_us"])}, 1 GiB #{fmt_us(t["large_us"])}: #{t["large_over_small"]}x"
     )
 
-    target("1 GiB tensor open within 3x of a 1 KiB one", t["large_over_small"], nil, &(&1 <= 3))
+    target("1 GiB tensor open within 3x of a 1 KiB one", t["large_over_small"], ok?: &(&1 <= 3))
     IO.puts("")
   end
 
@@ -432,29 +348,7 @@ defmodule Bench do
 
   # ---- helpers ---------------------------------------------------------------------------
 
-  defp with_port(python, args, fun) do
-    port =
-      Port.open({:spawn_executable, python}, [
-        :binary,
-        {:packet, 4},
-        :nouse_stdio,
-        :exit_status,
-        args: args
-      ])
-
-    try do
-      fun.(port)
-    after
-      Port.close(port)
-    end
-  end
-
-  defp payload(size), do: :binary.copy(<<0, 1, 2, 3, 4, 5, 6, 7>>, div(size, 8))
-
-  defp reps(size) when size <= 256 * 1024, do: 200
-  defp reps(size) when size <= 4 * 1024 * 1024, do: 40
-  defp reps(size) when size <= 64 * 1024 * 1024, do: 10
-  defp reps(_size), do: 4
+  defp with_port(python, args, fun), do: BenchEcho.Port.with_port(python, args, fun)
 
   defp samples_us(n, fun) do
     for _ <- 1..n do
@@ -463,41 +357,33 @@ defmodule Bench do
     end
   end
 
-  defp median_us(n, fun), do: percentile(samples_us(n, fun), 50)
-
-  defp percentile(samples, p) do
-    sorted = Enum.sort(samples)
-    Enum.at(sorted, min(length(sorted) - 1, div(length(sorted) * p, 100)))
-  end
-
-  defp ratio(a, b) when b > 0, do: Float.round(a / b, 2)
-  defp ratio(_, _), do: nil
-
-  defp human(size) when size >= @mib, do: "#{div(size, @mib)} MiB"
-  defp human(size), do: "#{div(size, @kib)} KiB"
-
-  defp fmt_us(us) when us >= 1000, do: "#{Float.round(us / 1000, 1)} ms"
-  defp fmt_us(us), do: "#{round(us)} µs"
+  defdelegate percentile(samples, p), to: BenchEcho
+  defdelegate ratio(a, b), to: BenchEcho
+  defdelegate human(size), to: BenchEcho
+  defdelegate fmt_us(us), to: BenchEcho
 
   defp info(msg), do: IO.puts(msg)
 
   defp print_table(rows, small, tp) do
     IO.puts(
-      "\nEcho round trip, median (bytes: the handler gets a bytes copy; " <>
-        "Buffer: a zero-copy memoryview)"
+      "\nEcho round trip, median (bytes: the handler gets a bytes copy, the caller " <>
+        "garbage-collects after each call; no GC: the same without; Buffer: a zero-copy " <>
+        "memoryview)"
     )
 
-    cols = [{"payload", 9}, {"bytes", 10}, {"Buffer", 10}, {"ETF/Port", 11}]
-    cols = cols ++ [{"speed-up b/B", 16}, {"2x memcpy", 11}, {"vs 2x memcpy b/B", 18}]
+    cols = [{"payload", 9}, {"bytes", 10}, {"no GC", 10}, {"Buffer", 10}, {"ETF/Port", 11}]
+    cols = cols ++ [{"speed-up b/noGC/B", 22}, {"2x memcpy", 11}, {"vs 2x memcpy b/B", 18}]
     IO.puts(Enum.map_join(cols, fn {h, w} -> String.pad_leading(h, w) end))
 
     for r <- rows do
       cells = [
         human(r["size"]),
         fmt_us(r["bridge_us"]),
+        fmt_us(r["bridge_plain_us"]),
         fmt_us(r["bridge_buffer_us"]),
         fmt_us(r["etf_port_us"]),
-        "#{r["speedup_vs_etf_port"]}x / #{r["buffer_speedup_vs_etf_port"]}x",
+        "#{r["speedup_vs_etf_port"]}x/#{r["plain_speedup_vs_etf_port"]}x/" <>
+          "#{r["buffer_speedup_vs_etf_port"]}x",
         fmt_us(r["two_memcpy_us"]),
         "#{r["bridge_over_two_memcpy"]}x / #{r["buffer_over_two_memcpy"]}x"
       ]
@@ -512,52 +398,69 @@ defmodule Bench do
 
     CPU-bound handler, #{tp["calls"]} calls: pool of 1 #{Float.round(tp["pool1_calls_per_s"], 1)}/s, pool of 2 #{Float.round(tp["pool2_calls_per_s"], 1)}/s: #{tp["pool2_over_pool1"]}x
     """)
-
-    print_targets(rows, small, tp)
   end
 
-  # The issue's targets, each a ratio measured in this run.
-  defp print_targets(rows, small, tp) do
-    with %{} = r <- Enum.find(rows, &(&1["size"] == 64 * @mib)) do
-      bytes = r["speedup_vs_etf_port"]
-      buffer = r["buffer_speedup_vs_etf_port"]
-      target("64 MiB echo >= 30x faster than ETF over a Port", bytes, buffer, &(&1 >= 30))
-      bytes = r["bridge_over_two_memcpy"]
-      buffer = r["buffer_over_two_memcpy"]
-      target("64 MiB echo within 4x of two memcpys", bytes, buffer, &(&1 <= 4))
+  # The targets of the transport-2 issue and the ones before it, each a ratio measured
+  # in this run (bytes figures with the caller's GC habit; the plain figure beside).
+  defp print_targets(rows, small, tp, sweep) do
+    IO.puts("Targets")
+    at = fn size -> Enum.find(rows, &(&1["size"] == size)) || %{} end
+    r1k = at.(@kib)
+    r64m = at.(64 * @mib)
+
+    target("1 KiB echo >= 1.2x faster than ETF over a Port", r1k["speedup_vs_etf_port"],
+      plain: r1k["plain_speedup_vs_etf_port"],
+      ok?: &(&1 >= 1.2)
+    )
+
+    with %{} = s16 <- Enum.find(sweep, &(&1["size"] == 16 * @kib)) do
+      target("16 KiB echo through slices within 1.5x of inline", s16["slice_over_inline"],
+        ok?: &(&1 <= 1.5)
+      )
     end
 
     target(
-      "small call p50 within 1.5x of the raw Port floor",
-      small["bridge_over_raw_port_p50"],
-      nil,
-      &(&1 <= 1.5)
+      "64 MiB Buffer echo >= 50x faster than ETF over a Port",
+      r64m["buffer_speedup_vs_etf_port"],
+      ok?: &(&1 >= 50)
     )
 
-    target(
-      "CPU-bound handler: pool of 2 >= 1.6x pool of 1",
-      tp["pool2_over_pool1"],
-      nil,
-      &(&1 >= 1.6)
+    target("64 MiB binary echo >= 20x faster than ETF over a Port", r64m["speedup_vs_etf_port"],
+      plain: r64m["plain_speedup_vs_etf_port"],
+      ok?: &(&1 >= 20)
     )
+
+    target("64 MiB Buffer echo within 4x of two memcpys", r64m["buffer_over_two_memcpy"],
+      ok?: &(&1 <= 4)
+    )
+
+    target("small call p50 within 1.5x of the raw Port floor", small["bridge_over_raw_port_p50"],
+      ok?: &(&1 <= 1.5)
+    )
+
+    target("CPU-bound handler: pool of 2 >= 1.6x pool of 1", tp["pool2_over_pool1"],
+      ok?: &(&1 >= 1.6)
+    )
+
+    IO.puts("")
   end
 
-  defp target(what, figure, buffer_figure, ok?) do
-    verdict =
-      cond do
-        ok?.(figure) -> "met"
-        buffer_figure != nil and ok?.(buffer_figure) -> "met with Buffer, missed with bytes"
-        true -> "MISSED"
+  defp target(what, figure, opts) do
+    ok? = Keyword.fetch!(opts, :ok?)
+    verdict = if is_number(figure) and ok?.(figure), do: "met", else: "MISSED"
+
+    plain =
+      case Keyword.get(opts, :plain) do
+        nil -> ""
+        p -> " (no GC habit: #{p}x, #{if is_number(p) and ok?.(p), do: "met", else: "missed"})"
       end
 
-    shown =
-      if buffer_figure, do: "#{figure}x (bytes) / #{buffer_figure}x (Buffer)", else: "#{figure}x"
-
-    IO.puts("target: #{what}: #{shown} -> #{verdict}")
+    IO.puts("  #{what}: #{figure}x -> #{verdict}#{plain}")
   end
 end
 
 Code.require_file("json.exs", __DIR__)
+Code.require_file("echo.exs", __DIR__)
 Process.put(:bench_formats_as_lib, true)
 Code.require_file("formats.exs", __DIR__)
 Bench.main(System.argv())
