@@ -1,9 +1,9 @@
 defmodule Bridge.FormatTest do
   # Format selection without Python (protocol/SPEC.md §10.1): eligibility of number
   # lists, record lists and column maps, the packed dtypes, the records stream and
-  # its rebuilding, the forms Bridge.Codec writes (inline and slice frames) and
-  # reads, the errors, the counters and the debug log. Seeded property-style
-  # checks: BB_FUZZ_SEED replays a run.
+  # its rebuilding, the forms Bridge.Encoder writes and Bridge.Decoder reads
+  # (inline and slice frames), the errors, the counters and the debug log.
+  # Seeded property-style checks: BB_FUZZ_SEED replays a run.
   use ExUnit.Case, async: false
 
   import Bitwise
@@ -433,7 +433,7 @@ defmodule Bridge.FormatTest do
              Format.decode_records(:rows, dup)
   end
 
-  ## Bridge.Codec: the forms on the wire
+  ## Bridge.Encoder and Bridge.Decoder: the forms on the wire
 
   test "arguments: packed and records inline below the threshold, in slices at or above" do
     ints = Enum.to_list(-5..994)

@@ -20,11 +20,12 @@ end
 
 defmodule Bridge.SerializerTest do
   # Custom types (protocol/formats/custom.md): the Bridge.Serializer registry,
-  # the $bb_custom term and custom slice frames Bridge.Codec writes and reads,
-  # and end to end with Python codecs (elixir/test/handlers/bbt_formats.py):
-  # both directions inline (INL) and through slices (REG), an older version
-  # read on both sides, unknown type / unsupported version / failing codec
-  # errors with the worker kept, and the plain-map fallback when encode fails.
+  # the $bb_custom term and custom slice frames Bridge.Encoder writes and
+  # Bridge.Decoder reads, and end to end with Python serializers
+  # (elixir/test/handlers/bbt_formats.py): both directions inline (INL) and
+  # through slices (REG), an older version read on both sides, unknown type /
+  # unsupported version / failing serializer errors with the worker kept, and
+  # the plain-map fallback when encode fails.
   use ExUnit.Case, async: false
 
   import Bitwise
@@ -241,7 +242,7 @@ defmodule Bridge.SerializerTest do
           {"raise", "blob decoder exploded"},
           {"weird", "neither"}
         ] do
-      assert {:error, %Error{kind: :bad_call, reason: :codec_failed} = e} =
+      assert {:error, %Error{kind: :bad_call, reason: :serializer_failed} = e} =
                decode({:"$bb_custom", "bbt.Blob", 1, data})
 
       assert e.message =~ text
@@ -342,12 +343,12 @@ defmodule Bridge.SerializerTest do
         assert {:ok, 2} = call(pool, :set_point_version, [2])
       end
 
-      assert {:error, %Error{kind: :bad_call, reason: :codec_failed} = e} =
+      assert {:error, %Error{kind: :bad_call, reason: :serializer_failed} = e} =
                call(pool, :blob, ["bad"])
 
       assert e.message =~ ":refused"
 
-      assert {:error, %Error{kind: :bad_call, reason: :codec_failed}} =
+      assert {:error, %Error{kind: :bad_call, reason: :serializer_failed}} =
                call(pool, :blob, ["raise"])
 
       assert {:ok, %Blob{data: "fine"}} = call(pool, :blob, ["fine"])
@@ -359,7 +360,7 @@ defmodule Bridge.SerializerTest do
     for pool <- [@inl, @reg] do
       [before] = worker_os_pids(pool)
 
-      # a type Python has no codec for
+      # a type Python has no serializer for
       assert {:error, %Error{kind: :bad_call, reason: :unknown_type} = e} =
                call(pool, :describe, [%Unknown{n: 1}])
 
@@ -374,7 +375,7 @@ defmodule Bridge.SerializerTest do
       register_point(2)
 
       # Python's decoder raises
-      assert {:error, %Error{kind: :bad_call, reason: :codec_failed} = e} =
+      assert {:error, %Error{kind: :bad_call, reason: :serializer_failed} = e} =
                call(pool, :describe, [%Fragile{data: "bad"}])
 
       assert e.message =~ "fragile payload refused"

@@ -1,10 +1,10 @@
 """beambridge: call Python from Elixir and move data between them through shared memory,
 zero-copy. This package is the Python side; ``protocol/SPEC.md`` and
-``protocol/SPEC.md`` are the contract.
+``protocol/registry.json`` are the contract.
 
 What a handler author uses is here: `Atom` (an Erlang atom), `Bundle` and `COO` (named
 tensors and sparse arrays), `register` / `unregister` (custom types, see
-`beambridge.codecs`), `format_stats`, and the error classes. The protocol's machinery
+`beambridge.serializers`), `format_stats`, and the error classes. The protocol's machinery
 (frames, shared objects, the control channel) stays in its own modules.
 
 >>> import beambridge
@@ -23,15 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 # Nothing here imports NumPy: ``python -m beambridge.worker`` imports this package before
 # it takes fds 1 and 2, and NumPy's import-time warnings must reach the BEAM's Logger.
-from . import codecs as codecs
-from .codecs import (
-    CodecError,
-    CodecFailedError,
-    UnknownTypeError,
-    UnsupportedVersionError,
-    register,
-    unregister,
-)
+from . import serializers as serializers
 from .errors import (
     ArenaError,
     BridgeError,
@@ -44,6 +36,14 @@ from .errors import (
     UnsupportedDtypeError,
 )
 from .etf import Atom
+from .serializers import (
+    SerializerError,
+    SerializerFailedError,
+    UnknownTypeError,
+    UnsupportedVersionError,
+    register,
+    unregister,
+)
 from .stats import format_stats, reset_format_stats
 
 if TYPE_CHECKING:
@@ -56,21 +56,21 @@ __all__ = [
     "BridgeError",
     "Bundle",
     "ChecksumError",
-    "CodecError",
-    "CodecFailedError",
     "EtfError",
     "FormatError",
     "FormatUnsuitableError",
     "HeaderError",
+    "SerializerError",
+    "SerializerFailedError",
     "TensorError",
     "UnknownTypeError",
     "UnsupportedDtypeError",
     "UnsupportedVersionError",
     "__version__",
-    "codecs",
     "format_stats",
     "register",
     "reset_format_stats",
+    "serializers",
     "unregister",
 ]
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-from . import codecs as codec_registry
+from . import serializers
 from .control import slice_refs
 from .errors import EtfError, FormatError, HeaderError, LeaseError
 from .etf import Atom, decode
@@ -91,8 +91,8 @@ class Decoder:
     (``slice_out_of_bounds``, ``stale_generation``, a frame reason of SPEC §6), the
     reason an object named by a slice could not be opened with (``peer_open_failed``...),
     ``bad_metadata`` for a custom frame whose metadata disagrees with its header, or a
-    `beambridge.codecs.CodecError` (``unknown_type``, ``unsupported_version``,
-    ``codec_failed``).
+    `beambridge.serializers.SerializerError` (``unknown_type``, ``unsupported_version``,
+    ``serializer_failed``).
     """
 
     def __init__(
@@ -176,7 +176,7 @@ class Decoder:
             data = term[3]
             if type(data) is not bytes:
                 raise _bad("data", _short(data), "custom data is a binary")
-            value = codec_registry.decode_payload(name, version, data)
+            value = serializers.decode_payload(name, version, data)
             note(ARGUMENTS, "custom", "inline", len(data), name.decode())
             return value
         raise _bad("tag", tag, f"malformed or unknown tagged term {_short(term)} (§9)")
@@ -268,8 +268,8 @@ def _read(kind: Atom, frame: Frame, where: str) -> Any:
     if kind == KIND_CUSTOM:
         name, version = _custom_metadata(frame, where)
         data = bytes(frame.payload)
-        frame.release()  # the codec gets a private copy: the lease ends now
-        value = codec_registry.decode_payload(name, version, data)
+        frame.release()  # the serializer gets a private copy: the lease ends now
+        value = serializers.decode_payload(name, version, data)
         note(ARGUMENTS, "custom", "slice", len(data), name.decode())
         return value
     if header.schema_id not in KIND_SCHEMAS[kind]:
@@ -285,7 +285,7 @@ def _read(kind: Atom, frame: Frame, where: str) -> Any:
 def custom_parts(name: Any, version: Any) -> tuple[bytes, int]:
     """A custom payload's type name (1..255 UTF-8 bytes) and version (1..2**32-1), as
     the peer sent them, checked; `EtfError` ``bad_term`` otherwise."""
-    ok = type(name) is bytes and 1 <= len(name) <= codec_registry.MAX_NAME_BYTES
+    ok = type(name) is bytes and 1 <= len(name) <= serializers.MAX_NAME_BYTES
     if ok:
         try:
             name.decode("utf-8")
@@ -295,13 +295,13 @@ def custom_parts(name: Any, version: Any) -> tuple[bytes, int]:
         raise _bad(
             "name",
             _short(name),
-            f"a custom type name is a binary of 1 to {codec_registry.MAX_NAME_BYTES} UTF-8 bytes",
+            f"a custom type name is a binary of 1 to {serializers.MAX_NAME_BYTES} UTF-8 bytes",
         )
-    if type(version) is not int or not 1 <= version <= codec_registry.MAX_VERSION:
+    if type(version) is not int or not 1 <= version <= serializers.MAX_VERSION:
         raise _bad(
             "version",
             _short(version),
-            f"a custom type version is an integer in 1..{codec_registry.MAX_VERSION}",
+            f"a custom type version is an integer in 1..{serializers.MAX_VERSION}",
         )
     return name, version
 
@@ -330,12 +330,12 @@ def _custom_metadata(frame: Frame, where: str) -> tuple[bytes, int]:
         raise FormatError(
             "bad_metadata", "metadata", _short(term), None, f"bad_metadata: {where}: {err}"
         ) from None
-    if schema_id != codec_registry.schema_id(name) or schema_version != version:
+    if schema_id != serializers.schema_id(name) or schema_version != version:
         raise FormatError(
             "bad_metadata",
             "schema_id",
             (schema_id, schema_version),
-            (codec_registry.schema_id(name), version),
+            (serializers.schema_id(name), version),
             f"bad_metadata: the custom frame of {where} names type {name.decode()!r} "
             f"version {version} in its metadata, but its header has schema_id {schema_id} "
             f"and schema_version {schema_version}",

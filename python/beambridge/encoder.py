@@ -63,7 +63,7 @@ class ResultEncoder(FormatEncoder):
     map as ETF; ``packed`` packs every number list, ``arrow`` sends every record list
     and column map as records (and a list of maps or map of lists that does not
     qualify raises `FormatUnsuitableError`), each leaving the other kind of candidate
-    to ``auto``. Values of a class with a registered codec go as custom payloads
+    to ``auto``. Values of a class with a registered serializer go as custom payloads
     whatever the policy.
     """
 

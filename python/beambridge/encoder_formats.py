@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from . import codecs as codec_registry
+from . import serializers
 from .etf import Atom, Encoder, encode_binary, encode_int
 from .etf import encode as etf_encode
 from .formats import tensor as tensor_format
@@ -52,9 +52,9 @@ __all__ = ["FormatEncoder"]
 
 #: Encodes descriptors and names: plain ETF, never a slice handle.
 _PLAIN = Encoder()
-#: Warnings about failing custom codecs: at most one per codec name per second.
-_codec_warned: dict[str, float] = {}
-_codec_log = logging.getLogger("beambridge.codecs")
+#: Warnings about failing serializers: at most one per type name per second.
+_serializer_warned: dict[str, float] = {}
+_serializer_log = logging.getLogger("beambridge.serializers")
 
 
 #: The ETF of ``{:"$bb_slice", kind,`` by kind (a handle is that, then its index).
@@ -109,39 +109,41 @@ class FormatEncoder(Encoder):
 
     # ---- custom types ------------------------------------------------------------------
 
-    def custom(self, v: Any, codec: codec_registry.TypeCodec, parts: list[Any], depth: int) -> None:
+    def custom(
+        self, v: Any, serializer: serializers.Serializer, parts: list[Any], depth: int
+    ) -> None:
         """A value of a registered class: ``{:"$bb_custom", name, version, data}``, or a
-        ``custom`` slice at or above the threshold (custom.md). A codec that raises or
+        ``custom`` slice at or above the threshold (custom.md). A serializer that raises or
         returns no bytes-like object: the value's standard form, and a warning."""
         try:
-            data = codec_registry.encode_value(codec, v)
+            data = serializers.encode_value(serializer, v)
         except Exception as exc:
-            self._standard_form(v, codec, exc, parts, depth)
+            self._standard_form(v, serializer, exc, parts, depth)
             return
         in_slice = self._placed(
             KIND_CUSTOM,
             data,
             parts,
-            what=f"a {data.nbytes}-byte {codec.name}",
-            metadata=etf_encode((codec.name_bytes, codec.version)),
+            what=f"a {data.nbytes}-byte {serializer.name}",
+            metadata=etf_encode((serializer.name_bytes, serializer.version)),
             format=Format.CUSTOM,
-            schema_id=codec.schema_id,
-            schema_version=codec.version,
+            schema_id=serializer.schema_id,
+            schema_version=serializer.version,
         )
         if not in_slice:
             parts.append(b"h\x04")
             self.encode_into(TAG_CUSTOM, parts)
-            encode_binary(codec.name_bytes, parts)
-            encode_int(codec.version, parts)
+            encode_binary(serializer.name_bytes, parts)
+            encode_int(serializer.version, parts)
             encode_binary(data, parts)
         where = "slice" if in_slice else "inline"
-        what = f"{codec.name} v{codec.version}, {where}"
+        what = f"{serializer.name} v{serializer.version}, {where}"
         note(RESULTS, "custom", "registered", data.nbytes, what)
 
     def _standard_form(
         self,
         v: Any,
-        codec: codec_registry.TypeCodec,
+        serializer: serializers.Serializer,
         error: Exception,
         parts: list[Any],
         depth: int,
@@ -160,23 +162,23 @@ class FormatEncoder(Encoder):
                 standard = dict(vars(v))
             except TypeError:
                 raise TypeError(
-                    f"cannot send {kind} to Elixir: its codec {codec.name!r} failed "
+                    f"cannot send {kind} to Elixir: its serializer {serializer.name!r} failed "
                     f"({type(error).__name__}: {error}) and it has neither dataclass fields "
                     "nor a __dict__ to send instead"
                 ) from error
         now = time.monotonic()
-        if now - _codec_warned.get(codec.name, -2.0) >= 1.0:  # at most one a second
-            _codec_warned[codec.name] = now
-            _codec_log.warning(
-                "custom codec %r for %s failed (%s: %s); sending the value in its standard "
+        if now - _serializer_warned.get(serializer.name, -2.0) >= 1.0:  # at most one a second
+            _serializer_warned[serializer.name] = now
+            _serializer_log.warning(
+                "serializer %r for %s failed (%s: %s); sending the value in its standard "
                 "form (%s) instead",
-                codec.name,
+                serializer.name,
                 described,
                 type(error).__name__,
                 error,
                 "a dict" if standard is not None else "a plain value",
             )
-        note(RESULTS, "standard", "codec_failed", 0, described)
+        note(RESULTS, "standard", "encode_failed", 0, described)
         if standard is None:
             super().other(v, parts, depth)
         else:
@@ -204,10 +206,10 @@ class FormatEncoder(Encoder):
             encode_binary(flat, parts)
 
     def other(self, v: Any, parts: list[Any], depth: int) -> None:
-        if codec_registry.has_codecs():
-            codec = codec_registry.lookup(type(v))
-            if codec is not None:
-                self.custom(v, codec, parts, depth)
+        if serializers.has_serializers():
+            serializer = serializers.lookup(type(v))
+            if serializer is not None:
+                self.custom(v, serializer, parts, depth)
                 return
         if isinstance(v, np.ndarray):
             self.tensor(v, parts)

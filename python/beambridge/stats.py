@@ -64,14 +64,14 @@ def format_stats() -> dict[tuple[str, str, str], dict[str, int]]:
     ``direction`` is ``"to_elixir"`` (results) or ``"from_elixir"`` (arguments);
     ``form`` ``"packed"``, ``"records"``, ``"custom"``, ``"etf"`` (a candidate, or a
     list that looked like one, sent as ETF), ``"standard"`` (a custom type sent in its
-    standard form because its codec failed), or for a result that could not get a slice
+    standard form because its serializer failed), or for a result that could not get a slice
     the form it went inline in (``"raw"``, ``"tensor"``, ``"arrow"``, ``"packed"``,
     ``"records"``, ``"custom"``); ``reason`` why: ``"auto"`` (the auto policy's minimum
     was reached), ``"forced"`` (``format: packed``/``arrow``), ``"registered"``,
-    ``"codec_failed"``, the code of what made a list unsuitable (``"mixed_numbers"``,
+    ``"encode_failed"``, the code of what made a list unsuitable (``"mixed_numbers"``,
     ``"different_keys"``...), ``"arena_full"``, ``"no_tickets"``, ``"no_space"`` or
     ``"too_large"`` (a result at or above the threshold sent inline), or for arguments
-    ``"inline"``/``"slice"``. ``bytes``: the payload (packed data, Arrow stream, codec
+    ``"inline"``/``"slice"``. ``bytes``: the payload (packed data, Arrow stream, serializer
     bytes; the ETF size for ``"etf"``).
 
     In a worker, the BEAM reads them with an ordinary call:

@@ -1,4 +1,5 @@
-"""Cross-language tests of the Elixir Arrow IPC stream codec (Bridge.Arrow) against pyarrow.
+"""Cross-language tests of the Elixir Arrow IPC stream reader and writer (Bridge.Arrow)
+against pyarrow.
 
 Hypothesis draws tables over the types Bridge.Arrow supports (random schemas, nulls,
 empty tables, unicode, many batches, sliced inputs, replaced and delta dictionaries);
@@ -275,7 +276,7 @@ def peer_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("arrow")
     (root / "in").mkdir()
     run_seed = int(os.environ.get("BB_HYPOTHESIS_SEED", random.randrange(1 << 32)))
-    print(f"\narrow codec hypothesis seed: {run_seed} (replay with BB_HYPOTHESIS_SEED={run_seed})")
+    print(f"\narrow hypothesis seed: {run_seed} (replay with BB_HYPOTHESIS_SEED={run_seed})")
     drawn: list[tuple[pa.Schema, list[pa.RecordBatch], dict[str, Any]]] = []
 
     @seed(run_seed)

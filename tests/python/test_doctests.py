@@ -36,7 +36,7 @@ MODULES = [
     "beambridge.encoder_formats",
     "beambridge.result_slices",
     "beambridge.calls",
-    "beambridge.codecs",
+    "beambridge.serializers",
     "beambridge.formats.tensor",
     "beambridge.formats.tensor.dtype",
     "beambridge.formats.tensor.wire",

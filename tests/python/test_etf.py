@@ -1,5 +1,6 @@
-"""The control channel's ETF codec (protocol/SPEC.md §8.2, §10): round trips, refusals,
-hostile frames, and a cross-check against the real :erlang implementation."""
+"""The control channel's ETF encoder and decoder (protocol/SPEC.md §8.2, §10): round
+trips, refusals, hostile frames, and a cross-check against the real :erlang
+implementation."""
 
 from __future__ import annotations
 

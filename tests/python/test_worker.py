@@ -133,7 +133,7 @@ def test_a_call_without_a_body_is_a_bad_call(worker: WorkerProcess) -> None:
     assert worker.call("add", 1, 2) == ("ok", 3)
 
 
-def test_args_the_codec_refuses_get_bad_term_with_the_call_id(worker: WorkerProcess) -> None:
+def test_args_the_decoder_refuses_get_bad_term_with_the_call_id(worker: WorkerProcess) -> None:
     # the body [<pid>] does not decode; the envelope names the call all the same
     pid = b"X\x64\x00\x0dnonode@nohost\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00\x00\x00"
     body = b"\x83l\x00\x00\x00\x01" + pid + b"j"

@@ -1,6 +1,6 @@
 defmodule Bridge.Arrow do
   @moduledoc """
-  An Arrow IPC *stream* codec in Elixir (protocol/formats/arrow.md): a Schema
+  An Arrow IPC *stream* reader and writer in Elixir (protocol/formats/arrow.md): a Schema
   message, dictionary batches, record batches and the end-of-stream marker,
   each message framed as `0xFFFFFFFF`, a 32-bit metadata length, the Message
   flatbuffer and the body.

@@ -289,7 +289,7 @@ defmodule Bridge.Decoder do
     end
   end
 
-  # A stream that does not decode inside a well-formed frame (a type this codec
+  # A stream that does not decode inside a well-formed frame (a type Bridge.Arrow
   # does not read, a stream a handler forged) is the call's error; the worker is
   # kept, as for records and custom types.
   defp arrow_result({:error, %Error{} = e}, _metadata, ctx) do

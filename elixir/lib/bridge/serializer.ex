@@ -12,8 +12,8 @@ defmodule Bridge.Serializer do
     * `decode` — `fn bytes, version -> {:ok, term} | {:error, reason}`: the value
       rebuilt from bytes written with `version` (one of `reads`).
 
-  The Python side registers a codec for the same name with
-  `beambridge.codecs.register(cls, name, version=..., reads=..., encode=...,
+  The Python side registers a serializer for the same name with
+  `beambridge.serializers.register(cls, name, version=..., reads=..., encode=...,
   decode=...)`. A struct argument of a registered module then reaches the
   handler as the Python class, and a Python result of that class comes back as
   the struct: `{:"$bb_custom", name, version, bytes}` inline, or a slice frame
@@ -25,7 +25,7 @@ defmodule Bridge.Serializer do
   (ETF, `__struct__` key included). Reading never falls back: a result whose
   type has no serializer, whose version the serializer does not read, or whose
   bytes `decode` refuses is a `:bad_call` error (reasons `:unknown_type`,
-  `:unsupported_version`, `:codec_failed`) saying what to register; the worker
+  `:unsupported_version`, `:serializer_failed`) saying what to register; the worker
   is kept.
 
   The registry is node-wide (`:persistent_term`): register once, at
@@ -210,7 +210,7 @@ defmodule Bridge.Serializer do
     )
   end
 
-  ## Encoding (Bridge.Codec)
+  ## Encoding (Bridge.Encoder)
 
   @doc false
   # The wire bytes of a struct: {:ok, serializer, data} with a registered
@@ -262,11 +262,11 @@ defmodule Bridge.Serializer do
     {:fallback, entry, why}
   end
 
-  ## Decoding (Bridge.Codec)
+  ## Decoding (Bridge.Decoder)
 
   @doc false
   # The value of a custom payload from Python; errors are :bad_call
-  # (unknown_type, unsupported_version, codec_failed): the frame was well formed.
+  # (unknown_type, unsupported_version, serializer_failed): the frame was well formed.
   @spec decode_payload(String.t(), non_neg_integer(), binary()) ::
           {:ok, term()} | {:error, Error.t()}
   def decode_payload(name, version, data) do
@@ -312,21 +312,29 @@ defmodule Bridge.Serializer do
       end
 
     case result do
-      {:ok, value} -> {:ok, value}
-      {:error, reason} -> codec_failed(entry, version, "it returned {:error, #{inspect(reason)}}")
-      {:raised, banner} -> codec_failed(entry, version, "it raised #{banner}")
-      other -> codec_failed(entry, version, "it returned #{inspect(other, limit: 5)}")
+      {:ok, value} ->
+        {:ok, value}
+
+      {:error, reason} ->
+        serializer_failed(entry, version, "it returned {:error, #{inspect(reason)}}")
+
+      {:raised, banner} ->
+        serializer_failed(entry, version, "it raised #{banner}")
+
+      other ->
+        serializer_failed(entry, version, "it returned #{inspect(other, limit: 5)}")
     end
   end
 
-  defp codec_failed(entry, version, why) do
+  defp serializer_failed(entry, version, why) do
     {:error,
-     Error.new(:bad_call, :codec_failed,
+     Error.new(:bad_call, :serializer_failed,
        field: :result,
        value: {entry.name, version},
        message:
-         "bad call: codec_failed: the decode function of serializer #{inspect(entry.name)} " <>
-           "(#{inspect(entry.module)}) failed on a version #{version} payload: #{why}"
+         "bad call: serializer_failed: the decode function of serializer " <>
+           "#{inspect(entry.name)} (#{inspect(entry.module)}) failed on a version " <>
+           "#{version} payload: #{why}"
      )}
   end
 

@@ -312,8 +312,7 @@ defmodule Bridge.Tensor do
     do: Enum.flat_map(0..(d - 1)//1, fn i -> offsets(ds, ss, base + i * s) end)
 
   @doc false
-  # Builds a tensor from the wire form {dtype string, shape list, data}; used by
-  # Bridge.Codec for inline and slice results.
+  # Builds a tensor from the wire form {dtype string, shape list, data}.
   @spec from_wire(term(), term(), binary()) :: {:ok, t()} | {:error, Error.t()}
   def from_wire(dtype_str, shape, data) when is_list(shape) and is_binary(data) do
     case from_numpy_dtype(dtype_str) do

@@ -10,7 +10,7 @@ import hashlib
 import struct
 from dataclasses import dataclass
 
-from beambridge import Atom, codecs
+from beambridge import Atom, serializers
 
 
 def canon(x):
@@ -153,20 +153,32 @@ _point_version = [2]
 
 
 def _register_point(version):
-    codecs.register(Point, "bbt.Point", version=version, reads=(1, 2),
-                    encode=_encode_point, decode=_decode_point)  # fmt: skip
+    serializers.register(
+        Point,
+        "bbt.Point",
+        version=version,
+        reads=(1, 2),
+        encode=_encode_point,
+        decode=_decode_point,
+    )
 
 
 _register_point(2)
-codecs.register(Secret, "bbt.Secret", version=1,
-                encode=lambda s: s.value.to_bytes(8, "little"),
-                decode=lambda d, v: Secret(int.from_bytes(d, "little")))  # fmt: skip
-codecs.register(Blob, "bbt.Blob", version=1, encode=lambda b: b.data,
-                decode=lambda d, v: Blob(bytes(d)))  # fmt: skip
+serializers.register(
+    Secret,
+    "bbt.Secret",
+    version=1,
+    encode=lambda s: s.value.to_bytes(8, "little"),
+    decode=lambda d, v: Secret(int.from_bytes(d, "little")),
+)
+serializers.register(
+    Blob, "bbt.Blob", version=1, encode=lambda b: b.data, decode=lambda d, v: Blob(bytes(d))
+)
 
 
-codecs.register(Fragile, "bbt.Fragile", version=1, encode=lambda f: f.data,
-                decode=_decode_fragile)  # fmt: skip
+serializers.register(
+    Fragile, "bbt.Fragile", version=1, encode=lambda f: f.data, decode=_decode_fragile
+)
 
 
 def set_point_version(version):

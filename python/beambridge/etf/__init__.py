@@ -1,4 +1,4 @@
-"""The External Term Format codec of the control channel (protocol/SPEC.md §8.2, §10).
+"""The External Term Format encoder and decoder of the control channel (protocol/SPEC.md §8.2, §10).
 
 `decode` (`beambridge.etf.decoding`) accepts only the tags §8.2 allows and refuses
 everything else with `beambridge.errors.EtfError` (never another exception, never an

@@ -1,5 +1,5 @@
-"""Handlers for the format-selection and custom-codec tests (tests/python/test_select.py,
-tests/python/test_codecs.py). Importing this module registers its codecs, as a
+"""Handlers for the format-selection and custom-type tests (tests/python/test_select.py,
+tests/python/test_serializers.py). Importing this module registers its serializers, as a
 handler module of an application would."""
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ class Broken:
 
 
 def _explode(*_: Any) -> Any:
-    raise RuntimeError("the codec exploded")
+    raise RuntimeError("the serializer exploded")
 
 
 beambridge.register(Broken, "bbtest.Broken", encode=_explode, decode=_explode)

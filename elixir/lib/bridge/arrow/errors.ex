@@ -1,10 +1,10 @@
 defmodule Bridge.Arrow.Errors do
   @moduledoc false
-  # The one place that builds the errors of the Arrow codec and of Bridge.Table.
+  # The one place that builds the errors of Bridge.Arrow and of Bridge.Table.
   #
   # Stream errors (malformed or unsupported input to Bridge.Arrow.decode/2) are
   # kind :arrow; errors in values handed to Bridge.Table (lossy or ambiguous
-  # input) are kind :bad_call, as for Bridge.Tensor. Inside the codec, errors are
+  # input) are kind :bad_call, as for Bridge.Tensor. Inside Bridge.Arrow, errors are
   # thrown as {:bridge_arrow, error} and caught at the public boundary, so a deep
   # validation failure does not have to be threaded through every return value.
 
@@ -31,7 +31,7 @@ defmodule Bridge.Arrow.Errors do
   def throw_error(%Error{} = error), do: throw({:bridge_arrow, error})
 
   @doc """
-  Runs `fun`, turning a thrown codec error into `{:error, error}`.
+  Runs `fun`, turning a thrown Arrow error into `{:error, error}`.
   """
   @spec catching((() -> {:ok, term()})) :: {:ok, term()} | {:error, Error.t()}
   def catching(fun) do

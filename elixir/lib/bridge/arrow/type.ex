@@ -58,7 +58,7 @@ defmodule Bridge.Arrow.Type do
   def units, do: @units
 
   @doc """
-  Whether `type` is a type this codec handles. Dictionary values must not
+  Whether `type` is a type Bridge.Arrow handles. Dictionary values must not
   themselves be dictionaries.
   """
   @spec valid?(term()) :: boolean()

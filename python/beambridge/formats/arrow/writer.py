@@ -194,7 +194,7 @@ def write_arrow(
     return s
 
 
-#: What to cast a column to, for types the Elixir codec does not read.
+#: What to cast a column to, for types the Elixir Arrow reader does not read.
 _CAST_ADVICE = (
     (pa.types.is_decimal, "pa.float64() (or pa.string() to keep every digit)"),
     (pa.types.is_time, "pa.int64() (the time of day as a count of its unit) or pa.string()"),

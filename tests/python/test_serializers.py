@@ -1,6 +1,6 @@
-"""Custom-type codecs (protocol/formats/custom.md): the `beambridge.codecs` registry, the
-``{:"$bb_custom", name, version, data}`` term and ``custom`` slices both ways, the
-reading errors (``unknown_type``, ``unsupported_version``, ``codec_failed``,
+"""Custom-type serializers (protocol/formats/custom.md): the `beambridge.serializers`
+registry, the ``{:"$bb_custom", name, version, data}`` term and ``custom`` slices both
+ways, the reading errors (``unknown_type``, ``unsupported_version``, ``serializer_failed``,
 ``bad_metadata``), the writer's fallback to a value's standard form, and all of it
 through the real worker."""
 
@@ -16,18 +16,17 @@ from typing import Any
 import beambridge
 import pytest
 import xxhash
-from beambridge import Atom, EtfError, FormatError, format_stats, reset_format_stats
-from beambridge import codecs as registry
-from beambridge.codecs import (
-    CodecError,
-    CodecFailedError,
-    UnknownTypeError,
-    UnsupportedVersionError,
-)
+from beambridge import Atom, EtfError, FormatError, format_stats, reset_format_stats, serializers
 from beambridge.decoder import Decoder
 from beambridge.encoder import ResultEncoder
 from beambridge.etf import decode, encode, encode_parts
 from beambridge.header import Format
+from beambridge.serializers import (
+    SerializerError,
+    SerializerFailedError,
+    UnknownTypeError,
+    UnsupportedVersionError,
+)
 from beambridge.terms import TAG_CUSTOM, TAG_SLICE
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -58,12 +57,13 @@ def decode_vec(data: bytes, version: int) -> Vec:
 
 
 @pytest.fixture
-def vec() -> Iterator[registry.TypeCodec]:
-    codec = registry.register(Vec, "test.Vec", version=2, reads=[1], encode=encode_vec,
-                              decode=decode_vec)  # fmt: skip
+def vec() -> Iterator[serializers.Serializer]:
+    serializer = serializers.register(
+        Vec, "test.Vec", version=2, reads=[1], encode=encode_vec, decode=decode_vec
+    )
     reset_format_stats()
-    yield codec
-    registry.unregister(Vec)
+    yield serializer
+    serializers.unregister(Vec)
 
 
 def to_bytes(value: Any, encoder: ResultEncoder | None = None) -> Any:
@@ -72,53 +72,55 @@ def to_bytes(value: Any, encoder: ResultEncoder | None = None) -> Any:
 
 
 def test_doctests() -> None:
-    result = doctest.testmod(registry, optionflags=doctest.ELLIPSIS)
+    result = doctest.testmod(serializers, optionflags=doctest.ELLIPSIS)
     assert result.failed == 0 and result.attempted > 5
 
 
 def test_the_package_exports_the_registry() -> None:
-    assert beambridge.codecs is registry
-    assert beambridge.register is registry.register
-    assert {"codecs", "register", "unregister"} <= set(beambridge.__all__)
+    assert beambridge.serializers is serializers
+    assert beambridge.register is serializers.register
+    assert {"serializers", "register", "unregister"} <= set(beambridge.__all__)
 
 
 # ---- the registry ------------------------------------------------------------------------
 
 
-def test_register_and_look_up(vec: registry.TypeCodec) -> None:
+def test_register_and_look_up(vec: serializers.Serializer) -> None:
     assert (vec.name, vec.version, vec.reads) == ("test.Vec", 2, frozenset({1, 2}))
     assert vec.schema_id == xxhash.xxh3_64_intdigest(b"test.Vec") and vec.name_bytes == b"test.Vec"
-    assert registry.lookup(Vec) is vec
-    assert registry.lookup(VecChild) is vec  # MRO walk
-    assert registry.lookup(int) is None
-    assert registry.lookup_name("test.Vec") is vec and registry.lookup_name(b"test.Vec") is vec
-    assert registry.lookup_name(b"\xff") is None
-    assert registry.registered()["test.Vec"] is vec
+    assert serializers.lookup(Vec) is vec
+    assert serializers.lookup(VecChild) is vec  # MRO walk
+    assert serializers.lookup(int) is None
+    assert (
+        serializers.lookup_name("test.Vec") is vec and serializers.lookup_name(b"test.Vec") is vec
+    )
+    assert serializers.lookup_name(b"\xff") is None
+    assert serializers.registered()["test.Vec"] is vec
     assert "test.Vec" in repr(vec)
 
 
-def test_a_subclass_codec_wins_over_its_base(vec: registry.TypeCodec) -> None:
-    child = registry.register(VecChild, "test.VecChild", encode=encode_vec, decode=decode_vec)
+def test_a_subclass_serializer_wins_over_its_base(vec: serializers.Serializer) -> None:
+    child = serializers.register(VecChild, "test.VecChild", encode=encode_vec, decode=decode_vec)
     try:
-        assert registry.lookup(VecChild) is child and registry.lookup(Vec) is vec
+        assert serializers.lookup(VecChild) is child and serializers.lookup(Vec) is vec
     finally:
-        registry.unregister("test.VecChild")
-    assert registry.lookup(VecChild) is vec
+        serializers.unregister("test.VecChild")
+    assert serializers.lookup(VecChild) is vec
 
 
-def test_registering_again_replaces(vec: registry.TypeCodec) -> None:
-    again = registry.register(Vec, "test.Vec2", version=3, encode=encode_vec, decode=decode_vec)
-    assert registry.lookup(Vec) is again and registry.lookup_name("test.Vec") is None
+def test_registering_again_replaces(vec: serializers.Serializer) -> None:
+    again = serializers.register(Vec, "test.Vec2", version=3, encode=encode_vec, decode=decode_vec)
+    assert serializers.lookup(Vec) is again and serializers.lookup_name("test.Vec") is None
     assert again.reads == frozenset({3})
 
 
-def test_a_name_of_another_class_is_refused(vec: registry.TypeCodec) -> None:
+def test_a_name_of_another_class_is_refused(vec: serializers.Serializer) -> None:
     class Other:
         pass
 
     with pytest.raises(ValueError, match="already registered"):
-        registry.register(Other, "test.Vec", encode=encode_vec, decode=decode_vec)
-    assert registry.lookup_name("test.Vec") is vec
+        serializers.register(Other, "test.Vec", encode=encode_vec, decode=decode_vec)
+    assert serializers.lookup_name("test.Vec") is vec
 
 
 @pytest.mark.parametrize(
@@ -137,26 +139,26 @@ def test_a_name_of_another_class_is_refused(vec: registry.TypeCodec) -> None:
 )
 def test_bad_registrations(args: tuple[Any, Any], error: type[Exception]) -> None:
     with pytest.raises(error):
-        registry.register(*args, encode=encode_vec, decode=decode_vec)
+        serializers.register(*args, encode=encode_vec, decode=decode_vec)
 
 
 @pytest.mark.parametrize("version", [0, -1, 2**32, 1.0, True])
 def test_bad_versions(version: Any) -> None:
     with pytest.raises(ValueError):
-        registry.register(Vec, "test.Vec", version=version, encode=encode_vec, decode=decode_vec)
+        serializers.register(Vec, "test.Vec", version=version, encode=encode_vec, decode=decode_vec)
     with pytest.raises(ValueError):
-        registry.register(Vec, "test.Vec", reads=[version], encode=encode_vec, decode=decode_vec)
-    assert registry.lookup(Vec) is None
+        serializers.register(Vec, "test.Vec", reads=[version], encode=encode_vec, decode=decode_vec)
+    assert serializers.lookup(Vec) is None
 
 
 def test_unregister_unknown() -> None:
-    assert registry.unregister("no.such") is None and registry.unregister(Vec) is None
+    assert serializers.unregister("no.such") is None and serializers.unregister(Vec) is None
 
 
 # ---- results -------------------------------------------------------------------------------
 
 
-def test_result_inline(vec: registry.TypeCodec) -> None:
+def test_result_inline(vec: serializers.Serializer) -> None:
     term = to_bytes([Vec(1.5, -2.0), VecChild(3.0, 4.0)])
     assert term == [
         (TAG_CUSTOM, b"test.Vec", 2, struct.pack("<dd", 1.5, -2.0)),
@@ -165,7 +167,7 @@ def test_result_inline(vec: registry.TypeCodec) -> None:
     assert format_stats()[("to_elixir", "custom", "registered")] == {"count": 2, "bytes": 32}
 
 
-def test_result_slice_and_back(vec: registry.TypeCodec) -> None:
+def test_result_slice_and_back(vec: serializers.Serializer) -> None:
     loop = Loopback(threshold=16)
     try:
         term = loop.result(Vec(1.0, 2.0))
@@ -191,65 +193,66 @@ def test_any_payload_round_trips(data: bytes) -> None:
         def __init__(self, data: bytes) -> None:
             self.data = data
 
-    registry.register(Raw, "test.Raw", encode=lambda r: bytearray(r.data),
-                      decode=lambda d, v: Raw(d))  # fmt: skip
+    serializers.register(
+        Raw, "test.Raw", encode=lambda r: bytearray(r.data), decode=lambda d, v: Raw(d)
+    )
     try:
         term = to_bytes(Raw(data))
         assert term == (TAG_CUSTOM, b"test.Raw", 1, data)
         assert Decoder().decode(term).data == data
     finally:
-        registry.unregister(Raw)
+        serializers.unregister(Raw)
 
 
-def test_a_failing_codec_sends_the_dataclass_fields(
-    vec: registry.TypeCodec, caplog: pytest.LogCaptureFixture
+def test_a_failing_serializer_sends_the_dataclass_fields(
+    vec: serializers.Serializer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    registry.register(Vec, "test.Vec", encode=lambda v: 1 / 0, decode=decode_vec)
-    with caplog.at_level(logging.WARNING, logger="beambridge.codecs"):
+    serializers.register(Vec, "test.Vec", encode=lambda v: 1 / 0, decode=decode_vec)
+    with caplog.at_level(logging.WARNING, logger="beambridge.serializers"):
         assert to_bytes(Vec(1.0, 2.0)) == {b"x": 1.0, b"y": 2.0}
     assert "test.Vec" in caplog.text and "ZeroDivisionError" in caplog.text
-    assert "test_codecs.Vec" in caplog.text
-    assert format_stats()[("to_elixir", "standard", "codec_failed")]["count"] == 1
+    assert "test_serializers.Vec" in caplog.text
+    assert format_stats()[("to_elixir", "standard", "encode_failed")]["count"] == 1
 
 
 @pytest.mark.parametrize("returned", ["text", 12, None, [1, 2]])
-def test_a_codec_returning_no_bytes_falls_back(returned: Any) -> None:
+def test_a_serializer_returning_no_bytes_falls_back(returned: Any) -> None:
     class Plain:
         def __init__(self) -> None:
             self.a = 1
             self.b = [Atom("x")]
 
-    registry.register(Plain, "test.Plain", encode=lambda p: returned, decode=decode_vec)
+    serializers.register(Plain, "test.Plain", encode=lambda p: returned, decode=decode_vec)
     try:
         assert to_bytes(Plain()) == {b"a": 1, b"b": [Atom("x")]}  # vars(obj)
     finally:
-        registry.unregister(Plain)
+        serializers.unregister(Plain)
 
 
-def test_a_failing_codec_of_a_builtin_subclass_sends_the_plain_value() -> None:
+def test_a_failing_serializer_of_a_builtin_subclass_sends_the_plain_value() -> None:
     class Tag(int):
         pass
 
-    registry.register(Tag, "test.Tag", encode=lambda t: 1 / 0, decode=decode_vec)
+    serializers.register(Tag, "test.Tag", encode=lambda t: 1 / 0, decode=decode_vec)
     try:
         assert to_bytes([Tag(5)]) == [5]
     finally:
-        registry.unregister(Tag)
+        serializers.unregister(Tag)
 
 
-def test_a_failing_codec_without_a_standard_form_is_a_type_error() -> None:
+def test_a_failing_serializer_without_a_standard_form_is_a_type_error() -> None:
     class Slotted:
         __slots__ = ("a",)
 
-    registry.register(Slotted, "test.Slotted", encode=lambda s: 1 / 0, decode=decode_vec)
+    serializers.register(Slotted, "test.Slotted", encode=lambda s: 1 / 0, decode=decode_vec)
     try:
         with pytest.raises(TypeError, match="neither dataclass fields nor a __dict__"):
             to_bytes(Slotted())
     finally:
-        registry.unregister(Slotted)
+        serializers.unregister(Slotted)
 
 
-def test_without_a_codec_an_object_is_a_type_error() -> None:
+def test_without_a_serializer_an_object_is_a_type_error() -> None:
     with pytest.raises(TypeError, match="cannot send"):
         to_bytes(Vec(1.0, 2.0))
 
@@ -257,7 +260,7 @@ def test_without_a_codec_an_object_is_a_type_error() -> None:
 # ---- arguments ------------------------------------------------------------------------------
 
 
-def test_argument_inline(vec: registry.TypeCodec) -> None:
+def test_argument_inline(vec: serializers.Serializer) -> None:
     args = Decoder()
     got = args.decode([(TAG_CUSTOM, b"test.Vec", 2, struct.pack("<dd", 1.0, 2.0)),
                         (TAG_CUSTOM, b"test.Vec", 1, struct.pack("<d", 7.0))])  # fmt: skip
@@ -265,17 +268,17 @@ def test_argument_inline(vec: registry.TypeCodec) -> None:
     assert format_stats()[("from_elixir", "custom", "inline")] == {"count": 2, "bytes": 24}
 
 
-def test_unknown_type(vec: registry.TypeCodec) -> None:
+def test_unknown_type(vec: serializers.Serializer) -> None:
     with pytest.raises(UnknownTypeError) as info:
         Decoder().decode((TAG_CUSTOM, b"geo.Point", 3, b""))
     err = info.value
-    assert isinstance(err, CodecError) and isinstance(err, beambridge.BridgeError)
+    assert isinstance(err, SerializerError) and isinstance(err, beambridge.BridgeError)
     assert err.reason == "unknown_type" and err.value == "geo.Point"
     assert "geo.Point" in str(err) and "version 3" in str(err)
-    assert "beambridge.codecs.register" in str(err)
+    assert "beambridge.serializers.register" in str(err)
 
 
-def test_unsupported_version(vec: registry.TypeCodec) -> None:
+def test_unsupported_version(vec: serializers.Serializer) -> None:
     with pytest.raises(UnsupportedVersionError) as info:
         Decoder().decode((TAG_CUSTOM, b"test.Vec", 3, b""))
     err = info.value
@@ -283,10 +286,10 @@ def test_unsupported_version(vec: registry.TypeCodec) -> None:
     assert "version 3" in str(err) and "[1, 2]" in str(err)
 
 
-def test_codec_failed(vec: registry.TypeCodec) -> None:
-    with pytest.raises(CodecFailedError) as info:
+def test_serializer_failed(vec: serializers.Serializer) -> None:
+    with pytest.raises(SerializerFailedError) as info:
         Decoder().decode((TAG_CUSTOM, b"test.Vec", 2, b"short"))
-    assert info.value.reason == "codec_failed" and "struct.error" in str(info.value)
+    assert info.value.reason == "serializer_failed" and "struct.error" in str(info.value)
 
 
 @pytest.mark.parametrize(
@@ -303,7 +306,7 @@ def test_codec_failed(vec: registry.TypeCodec) -> None:
         (TAG_CUSTOM, b"test.Vec", 2),
     ],
 )
-def test_malformed_custom_terms_are_bad_term(vec: registry.TypeCodec, term: Any) -> None:
+def test_malformed_custom_terms_are_bad_term(vec: serializers.Serializer, term: Any) -> None:
     with pytest.raises(EtfError) as info:
         Decoder().decode(term)
     assert info.value.reason == "bad_term"
@@ -328,7 +331,7 @@ def custom_slice(loop: Loopback, data: bytes, name: bytes, version: int, **heade
     return loop.beam.slice("custom", data, **frame)
 
 
-def test_argument_slice(vec: registry.TypeCodec, loop: Loopback) -> None:
+def test_argument_slice(vec: serializers.Serializer, loop: Loopback) -> None:
     arg = custom_slice(loop, struct.pack("<dd", 5.0, 6.0), b"test.Vec", 2)
     assert loop.argument(arg) == Vec(5.0, 6.0)
     assert loop.beam.lent == {}  # copied out: released at once
@@ -347,7 +350,7 @@ def test_argument_slice(vec: registry.TypeCodec, loop: Loopback) -> None:
     ],
 )
 def test_slice_metadata_must_agree_with_the_header(
-    vec: registry.TypeCodec, loop: Loopback, header: dict[str, Any], field: str
+    vec: serializers.Serializer, loop: Loopback, header: dict[str, Any], field: str
 ) -> None:
     arg = custom_slice(loop, b"x" * 16, b"test.Vec", 2, **header)
     with pytest.raises(FormatError) as info:
@@ -355,11 +358,11 @@ def test_slice_metadata_must_agree_with_the_header(
     assert info.value.reason == "bad_metadata" and info.value.field == field
 
 
-def test_slice_errors_end_the_lease(vec: registry.TypeCodec, loop: Loopback) -> None:
+def test_slice_errors_end_the_lease(vec: serializers.Serializer, loop: Loopback) -> None:
     cases: list[tuple[bytes, int, bytes, type[Exception]]] = [
         (b"geo.Point", 1, b"x" * 16, UnknownTypeError),
         (b"test.Vec", 7, b"x" * 16, UnsupportedVersionError),
-        (b"test.Vec", 2, b"short", CodecFailedError),
+        (b"test.Vec", 2, b"short", SerializerFailedError),
     ]
     for name, version, data, error in cases:
         arg = custom_slice(loop, data, name, version)
@@ -369,7 +372,7 @@ def test_slice_errors_end_the_lease(vec: registry.TypeCodec, loop: Loopback) -> 
 
 
 def test_a_custom_handle_to_another_format_is_bad_term(
-    vec: registry.TypeCodec, loop: Loopback
+    vec: serializers.Serializer, loop: Loopback
 ) -> None:
     arg = loop.beam.slice("custom", b"x" * 16, format=Format.RAW)
     with pytest.raises(EtfError, match="format"):
@@ -432,8 +435,8 @@ def test_worker_arguments(worker: WorkerProcess) -> None:
     [
         ((TAG_CUSTOM, b"geo.Nope", 1, b""), "unknown_type", b"geo.Nope"),
         ((TAG_CUSTOM, b"bbtest.Point", 9, b""), "unsupported_version", b"version 9"),
-        ((TAG_CUSTOM, b"bbtest.Point", 2, b"bad"), "codec_failed", b"struct.error"),
-        ((TAG_CUSTOM, b"bbtest.Broken", 1, b""), "codec_failed", b"exploded"),
+        ((TAG_CUSTOM, b"bbtest.Point", 2, b"bad"), "serializer_failed", b"struct.error"),
+        ((TAG_CUSTOM, b"bbtest.Broken", 1, b""), "serializer_failed", b"exploded"),
         ((TAG_CUSTOM, b"bbtest.Point", 0, b""), "bad_term", b"version"),
     ],
 )

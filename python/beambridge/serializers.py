@@ -1,11 +1,11 @@
-"""Custom-type codecs: the worker's registry (protocol/formats/custom.md).
+"""Custom-type serializers: the worker's registry (protocol/formats/custom.md).
 
 A handler module registers, for one of its own classes, a **type name** shared with the
 BEAM (``"geo.Point"``), the **version** it writes, the versions it can read, and two
 functions: ``encode(value) -> bytes`` and ``decode(data, version) -> value``. A result
-value whose class (or a base class, in MRO order) has a codec then travels as
+value whose class (or a base class, in MRO order) has a serializer then travels as
 ``{:"$bb_custom", name, version, data}`` (or a ``custom`` frame in a slice), and an
-argument of that form becomes the codec's value again.
+argument of that form becomes the serializer's value again.
 
 >>> import struct
 >>> from dataclasses import dataclass
@@ -13,25 +13,25 @@ argument of that form becomes the codec's value again.
 ... class Point:
 ...     x: float
 ...     y: float
->>> codec = register(Point, "doc.Point", version=2, reads=(1, 2),
+>>> serializer = register(Point, "doc.Point", version=2, reads=(1, 2),
 ...                  encode=lambda p: struct.pack("<dd", p.x, p.y),
 ...                  decode=lambda data, version: Point(*struct.unpack("<dd", data)))
->>> codec.name, codec.version, sorted(codec.reads)
+>>> serializer.name, serializer.version, sorted(serializer.reads)
 ('doc.Point', 2, [1, 2])
->>> lookup(Point) is codec, lookup_name("doc.Point") is codec
+>>> lookup(Point) is serializer, lookup_name("doc.Point") is serializer
 (True, True)
->>> data = encode_value(codec, Point(1.0, 2.0))
+>>> data = encode_value(serializer, Point(1.0, 2.0))
 >>> decode_payload(b"doc.Point", 1, data)
 Point(x=1.0, y=2.0)
 >>> decode_payload(b"doc.Point", 3, data)
 Traceback (most recent call last):
 ...
-beambridge.codecs.UnsupportedVersionError: unsupported_version: custom type 'doc.Point' ...
->>> unregister(Point) is codec, lookup(Point)
+beambridge.serializers.UnsupportedVersionError: unsupported_version: custom type 'doc.Point' ...
+>>> unregister(Point) is serializer, lookup(Point)
 (True, None)
 
 Registries are process-wide. The worker imports a call's module before it converts the
-call's arguments, so codecs registered when that module is imported apply to the
+call's arguments, so serializers registered when that module is imported apply to the
 arguments and the result of its calls.
 """
 
@@ -50,14 +50,14 @@ from .etf import Atom
 __all__ = [
     "MAX_NAME_BYTES",
     "MAX_VERSION",
-    "CodecError",
-    "CodecFailedError",
-    "TypeCodec",
+    "Serializer",
+    "SerializerError",
+    "SerializerFailedError",
     "UnknownTypeError",
     "UnsupportedVersionError",
     "decode_payload",
     "encode_value",
-    "has_codecs",
+    "has_serializers",
     "lookup",
     "lookup_name",
     "register",
@@ -71,29 +71,29 @@ MAX_NAME_BYTES = 255
 #: Largest version (a frame's ``schema_version`` is a u32; 0 means "none").
 MAX_VERSION = 2**32 - 1
 
-#: Types that already have a meaning on the wire (SPEC §10): a codec for one of them
+#: Types that already have a meaning on the wire (SPEC §10): a serializer for one of them
 #: would make the type a receiver gets depend on the registry, so they are refused.
 _BUILTIN = (object, int, float, bool, str, bytes, bytearray, memoryview, list, tuple, dict,
             type(None), Atom)  # fmt: skip
 
 
-class CodecError(BridgeError):
+class SerializerError(BridgeError):
     """A custom-type payload could not be turned back into a value (custom.md
     "Reading"). ``reason`` is ``unknown_type``, ``unsupported_version`` or
-    ``codec_failed``; ``field`` names what failed and ``value`` holds it."""
+    ``serializer_failed``; ``field`` names what failed and ``value`` holds it."""
 
 
-class UnknownTypeError(CodecError):
-    """No codec is registered for the payload's type name (reason ``unknown_type``)."""
+class UnknownTypeError(SerializerError):
+    """No serializer is registered for the payload's type name (reason ``unknown_type``)."""
 
 
-class UnsupportedVersionError(CodecError):
-    """The codec for the name does not read the payload's version
+class UnsupportedVersionError(SerializerError):
+    """The serializer for the name does not read the payload's version
     (reason ``unsupported_version``)."""
 
 
-class CodecFailedError(CodecError):
-    """The codec's ``decode`` raised (reason ``codec_failed``)."""
+class SerializerFailedError(SerializerError):
+    """The serializer's ``decode`` raised (reason ``serializer_failed``)."""
 
 
 def schema_id(name: str | bytes) -> int:
@@ -107,7 +107,7 @@ def schema_id(name: str | bytes) -> int:
 
 
 @dataclass(frozen=True)
-class TypeCodec:
+class Serializer:
     """One registration: ``cls`` travels as type ``name`` (``name_bytes`` in UTF-8,
     ``schema_id`` its hash), written in ``version``; payloads of any version in
     ``reads`` (which holds ``version``) are decoded."""
@@ -122,15 +122,17 @@ class TypeCodec:
     schema_id: int
 
     def __repr__(self) -> str:
-        return (f"TypeCodec({self.cls.__module__}.{self.cls.__qualname__} as {self.name!r}, "
-                f"version={self.version}, reads={sorted(self.reads)})")  # fmt: skip
+        return (
+            f"Serializer({self.cls.__module__}.{self.cls.__qualname__} as {self.name!r}, "
+            f"version={self.version}, reads={sorted(self.reads)})"
+        )
 
 
 _lock = threading.Lock()
-_by_type: dict[type, TypeCodec] = {}
-_by_name: dict[str, TypeCodec] = {}
-#: type -> codec found by the MRO walk (None: none); cleared on every change.
-_resolved: dict[type, TypeCodec | None] = {}
+_by_type: dict[type, Serializer] = {}
+_by_name: dict[str, Serializer] = {}
+#: type -> serializer found by the MRO walk (None: none); cleared on every change.
+_resolved: dict[type, Serializer | None] = {}
 
 
 def _check_version(value: Any, what: str) -> int:
@@ -147,8 +149,8 @@ def register(
     reads: Iterable[int] | None = None,
     encode: Callable[[Any], Any],
     decode: Callable[[bytes, int], Any],
-) -> TypeCodec:
-    """Register a codec for ``cls`` under the type ``name``; return the registration.
+) -> Serializer:
+    """Register a serializer for ``cls`` under the type ``name``; return the registration.
 
     ``name``: a ``str`` of 1 to 255 UTF-8 bytes, the same on both sides. ``version``:
     the version written (1..2**32-1). ``reads``: the versions ``decode`` accepts
@@ -156,11 +158,11 @@ def register(
     bytes-like object; ``decode(data, version)`` gets ``bytes`` and the version the
     payload was written in.
 
-    Registering ``cls`` again replaces its codec (and frees its old name). A name
+    Registering ``cls`` again replaces its serializer (and frees its old name). A name
     held by another class is a ``ValueError`` unless that class has the same module and
     qualified name (a reloaded module): unregister it first. The types of SPEC §10
     (``int``, ``str``, ``list``, ``dict``, ``Atom``, ``object``...) cannot be registered:
-    their wire form is fixed. A codec of a class applies to its subclasses too.
+    their wire form is fixed. A serializer of a class applies to its subclasses too.
     """
     if not isinstance(cls, type):
         raise TypeError(f"register needs a class, got {cls!r:.100}")
@@ -180,8 +182,9 @@ def register(
     readable = {version, *(_check_version(v, "each of reads") for v in (reads or ()))}
     if not callable(encode) or not callable(decode):
         raise TypeError("encode and decode must be callables")
-    codec = TypeCodec(cls, name, version, frozenset(readable), encode, decode, name_bytes,
-                      schema_id(name_bytes))  # fmt: skip
+    serializer = Serializer(
+        cls, name, version, frozenset(readable), encode, decode, name_bytes, schema_id(name_bytes)
+    )
     with _lock:
         holder = _by_name.get(name)
         if holder is not None and holder.cls is not cls:
@@ -195,30 +198,30 @@ def register(
         old = _by_type.get(cls)
         if old is not None:
             del _by_name[old.name]
-        _by_type[cls] = codec
-        _by_name[name] = codec
+        _by_type[cls] = serializer
+        _by_name[name] = serializer
         _resolved.clear()
-    return codec
+    return serializer
 
 
-def unregister(key: type | str) -> TypeCodec | None:
-    """Remove the codec of a class or of a type name; return it (``None`` if none).
+def unregister(key: type | str) -> Serializer | None:
+    """Remove the serializer of a class or of a type name; return it (``None`` if none).
 
     >>> unregister("no.such.Type") is None
     True
     """
     with _lock:
-        codec = _by_name.get(key) if isinstance(key, str) else _by_type.get(key)
-        if codec is None:
+        serializer = _by_name.get(key) if isinstance(key, str) else _by_type.get(key)
+        if serializer is None:
             return None
-        del _by_type[codec.cls]
-        del _by_name[codec.name]
+        del _by_type[serializer.cls]
+        del _by_name[serializer.name]
         _resolved.clear()
-        return codec
+        return serializer
 
 
-def lookup(cls: type) -> TypeCodec | None:
-    """The codec that applies to values of class ``cls``: its own, else that of the
+def lookup(cls: type) -> Serializer | None:
+    """The serializer that applies to values of class ``cls``: its own, else that of the
     first base class in MRO order that has one; ``None`` when none does."""
     try:
         return _resolved[cls]
@@ -230,8 +233,8 @@ def lookup(cls: type) -> TypeCodec | None:
     return found
 
 
-def lookup_name(name: str | bytes) -> TypeCodec | None:
-    """The codec registered under a type name (``str`` or UTF-8 ``bytes``), or ``None``."""
+def lookup_name(name: str | bytes) -> Serializer | None:
+    """The serializer registered under a type name (``str`` or UTF-8 ``bytes``), or ``None``."""
     if isinstance(name, bytes):
         try:
             name = name.decode("utf-8")
@@ -240,7 +243,7 @@ def lookup_name(name: str | bytes) -> TypeCodec | None:
     return _by_name.get(name)
 
 
-def registered() -> dict[str, TypeCodec]:
+def registered() -> dict[str, Serializer]:
     """Every registration, by type name (a copy).
 
     >>> isinstance(registered(), dict)
@@ -250,21 +253,21 @@ def registered() -> dict[str, TypeCodec]:
         return dict(_by_name)
 
 
-def has_codecs() -> bool:
-    """Whether any codec is registered (the encoder's fast path when there is none)."""
+def has_serializers() -> bool:
+    """Whether any serializer is registered (the encoder's fast path when there is none)."""
     return bool(_by_type)
 
 
-def encode_value(codec: TypeCodec, value: Any) -> memoryview:
-    """``codec.encode(value)`` as a flat byte view. Whatever the codec raises is raised;
-    a result that is not bytes-like is a ``TypeError`` (the caller falls back to the
-    value's standard form)."""
-    data = codec.encode(value)
+def encode_value(serializer: Serializer, value: Any) -> memoryview:
+    """``serializer.encode(value)`` as a flat byte view. Whatever the serializer raises
+    is raised; a result that is not bytes-like is a ``TypeError`` (the caller falls back
+    to the value's standard form)."""
+    data = serializer.encode(value)
     try:
         view = memoryview(data)
     except TypeError:
         raise TypeError(
-            f"the encoder of custom type {codec.name!r} returned a "
+            f"the encoder of custom type {serializer.name!r} returned a "
             f"{type(data).__name__}, not a bytes-like object"
         ) from None
     if not view.c_contiguous:
@@ -273,47 +276,47 @@ def encode_value(codec: TypeCodec, value: Any) -> memoryview:
 
 
 def decode_payload(name: Any, version: Any, data: bytes) -> Any:
-    """The value of a custom payload (custom.md "Reading"), or a `CodecError`:
-    `UnknownTypeError`, `UnsupportedVersionError`, `CodecFailedError`.
+    """The value of a custom payload (custom.md "Reading"), or a `SerializerError`:
+    `UnknownTypeError`, `UnsupportedVersionError`, `SerializerFailedError`.
 
     >>> decode_payload(b"no.such.Type", 1, b"")
     Traceback (most recent call last):
     ...
-    beambridge.codecs.UnknownTypeError: unknown_type: no codec is registered for custom ...
+    beambridge.serializers.UnknownTypeError: unknown_type: no serializer is registered ...
     """
     text = name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name)
-    codec = lookup_name(name)
-    if codec is None:
+    serializer = lookup_name(name)
+    if serializer is None:
         raise UnknownTypeError(
             "unknown_type",
             "name",
             text,
             None,
-            f"unknown_type: no codec is registered for custom type {text!r} (version "
-            f"{version}) in this worker; register one with beambridge.codecs.register(cls, "
-            f"{text!r}, version=..., reads=..., encode=..., decode=...) in the handler's "
-            "module (or a module it imports)",
+            f"unknown_type: no serializer is registered for custom type {text!r} (version "
+            f"{version}) in this worker; register one with "
+            f"beambridge.serializers.register(cls, {text!r}, version=..., reads=..., "
+            "encode=..., decode=...) in the handler's module (or a module it imports)",
         )
-    if version not in codec.reads:
+    if version not in serializer.reads:
         raise UnsupportedVersionError(
             "unsupported_version",
             "version",
             version,
-            sorted(codec.reads),
+            sorted(serializer.reads),
             f"unsupported_version: custom type {text!r} was written in version {version}; "
-            f"the registered codec (version {codec.version}) reads versions "
-            f"{sorted(codec.reads)}; register a codec whose reads include {version}",
+            f"the registered serializer (version {serializer.version}) reads versions "
+            f"{sorted(serializer.reads)}; register a serializer whose reads include {version}",
         )
     try:
-        return codec.decode(data, version)
+        return serializer.decode(data, version)
     except Exception as exc:
-        raise CodecFailedError(
-            "codec_failed",
+        raise SerializerFailedError(
+            "serializer_failed",
             "data",
             text,
             None,
-            f"codec_failed: the decoder of custom type {text!r} (version {version}) raised "
-            f"{_type_name(exc)}: {exc}",
+            f"serializer_failed: the decoder of custom type {text!r} (version {version}) "
+            f"raised {_type_name(exc)}: {exc}",
         ) from exc
 
 
