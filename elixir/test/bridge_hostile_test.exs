@@ -127,7 +127,7 @@ defmodule Bridge.HostileTest do
         assert {:error, %Bridge.Error{kind: :bad_call} = e} =
                  Bridge.call({:bbt_handlers, :make_bytes}, [70 * @mib, 1], pool: HostSmall)
 
-        assert e.message =~ "BEAMBRIDGE_ARENA_LIMIT"
+        assert e.message =~ ":arena_limit"
       end)
 
     assert is_binary(log)

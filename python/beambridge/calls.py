@@ -277,7 +277,7 @@ class CallPath:
             message = (
                 f"the result encodes to {size} bytes, over the control frame limit of "
                 f"{control.MAX_CONTROL_FRAME} (MAX_CONTROL_FRAME), and its values at or above "
-                "the threshold could not all get a slice (raise BEAMBRIDGE_ARENA_LIMIT, "
+                "the threshold could not all get a slice (raise the pool's :arena_limit, "
                 f"now {self.slices.limit})"
             )
             detail = control.bad_call(reason, _text(message))

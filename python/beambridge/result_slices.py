@@ -301,7 +301,7 @@ class ResultSlices:
                 size,
                 self.limit,
                 f"too_large: a {size}-byte sealed object can never fit in the arena limit "
-                f"of {self.limit} bytes; raise BEAMBRIDGE_ARENA_LIMIT",
+                f"of {self.limit} bytes; raise the pool's :arena_limit",
             )
         held = sum(o.size for o in (*self.unconfirmed.values(), *self._new_sealed))
         held += self.arenas.total if self.arenas is not None else 0
@@ -347,8 +347,8 @@ class ResultSlices:
                 nbytes,
                 err.limit,
                 f"{reason}: {what} gets no slice ({err}) and cannot go inline either: a "
-                f"control frame holds at most {control.MAX_CONTROL_FRAME} bytes; raise "
-                f"BEAMBRIDGE_ARENA_LIMIT (now {self.limit}) or return less",
+                f"control frame holds at most {control.MAX_CONTROL_FRAME} bytes; raise the "
+                f"pool's :arena_limit (now {self.limit}) or return less",
             ) from None
         self.fallbacks.append(reason)
         note(RESULTS, INLINE_FORMS.get(kind, kind), reason, nbytes, f"{what}, inline")

@@ -129,3 +129,20 @@ def test_readme_formats_and_custom_types_example_runs(tmp_path: Path) -> None:
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, out + err
     assert "README OK" in out
+
+
+def test_readme_shared_memory_example_runs(tmp_path: Path) -> None:
+    """The refusal example of "Shared memory, limits and safety", against the handler
+    module of "Calling Python"."""
+    [handler] = blocks("Calling Python", "python")
+    [elixir] = blocks("Shared memory, limits and safety", "elixir")
+    module_path = re.match(r"# priv/python/(\w+\.py)\n", handler)
+    assert module_path, "the handler block no longer starts with its file name"
+    (tmp_path / module_path.group(1)).write_text(handler)
+    assert '"/path/to/python"' in elixir and '["priv/python"]' in elixir
+    script = elixir.replace('"/path/to/python"', f'"{PYTHON}"')
+    script = script.replace('["priv/python"]', f'["{tmp_path}"]')
+    proc = mix_run(script + '\nIO.puts("README OK")\n', "readme_shared_memory.exs")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out + err
+    assert "README OK" in out
