@@ -18,7 +18,6 @@ re-exported here.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -407,25 +406,6 @@ class ArenaSet:
         for t in done:
             s = self._lent.pop(t)
             expected[t] = 0
-            self.free(s)
-            self._free_tickets.append(t)
-        self.stats["reclaimed"] += len(done)
-        return len(done)
-
-    def reclaim_recent(self, count: int = 4) -> int:
-        """`reclaim`, for the ``count`` slices lent last and the ``count`` lent first only:
-        cheap enough for every result, so slices whose leases ended are reused while
-        their memory is still in the caches (most leases end soon, and in order)."""
-        table, lent = self._table, self._lent
-        if table is None or not lent:
-            return 0
-        ends = [*itertools.islice(lent.items(), count)]
-        if len(lent) > count:
-            ends += itertools.islice(reversed(lent.items()), min(count, len(lent) - count))
-        done = [t for t, s in ends if int(table[t]) == s.generation]
-        for t in done:
-            s = lent.pop(t)
-            self._expected[t] = 0
             self.free(s)
             self._free_tickets.append(t)
         self.stats["reclaimed"] += len(done)

@@ -126,7 +126,6 @@ class ResultSlices:
         self._lent: list[Slice] = []
         self._new_sealed: list[SharedObject] = []
         self._pinned: list[Key] = []
-        self._fresh = True
 
     # ---- one result --------------------------------------------------------------------
 
@@ -136,7 +135,6 @@ class ResultSlices:
         self.fallbacks = []
         self._lent = []
         self._new_sealed = []
-        self._fresh = True  # no slice placed in this result yet
 
     def place(
         self,
@@ -253,9 +251,6 @@ class ResultSlices:
         arenas = self.arenas
         if arenas is None:
             raise ArenaError("arena_full", "arena_limit", nbytes, 0, "arena_full: no arenas")
-        if self._fresh:
-            self._fresh = False
-            arenas.reclaim_recent()
         if isinstance(fill, memoryview):
             s = arenas.put(
                 fill,
