@@ -1,9 +1,10 @@
 /*
  * beambridge_nif.c — the part of beambridge that needs C: the result helpers
- * shared with arena.c, signals to worker processes, xxh3_64, zstd decompression
- * of Arrow body buffers (bounded by the size the stream declares, invariant 5),
- * and the function table. Shared memory (arenas, slices, leases, peers) is in
- * arena.c; header parsing and policy live in Elixir (Bridge.Header,
+ * shared with the object files, signals to worker processes, xxh3_64, zstd
+ * decompression of Arrow body buffers (bounded by the size the stream declares,
+ * invariant 5), and the function table. Shared memory (arenas, slices, leases,
+ * peers) is in objects.c, arena_set.c, slices.c, lease_table.c and peer.c
+ * (objects.h); header parsing and policy live in Elixir (Bridge.Header,
  * Bridge.Arena, Bridge.Peer); see protocol/SPEC.md.
  *
  * Safety rules kept throughout:

@@ -1,8 +1,9 @@
 /*
  * nif_common.h — what the NIF's C files share: the result helpers, argument
- * readers and the entry points of arena.c (transport v2 objects, see
- * protocol/SPEC.md). Everything here has hidden visibility; only
- * nif_init is exported.
+ * readers and the entry points of the transport v2 object files (objects.c,
+ * arena_set.c, slices.c, lease_table.c, peer.c; see protocol/SPEC.md), whose
+ * internals they share through objects.h. Everything here has hidden
+ * visibility; only nif_init is exported.
  */
 #ifndef BEAMBRIDGE_NIF_COMMON_H
 #define BEAMBRIDGE_NIF_COMMON_H
@@ -31,7 +32,7 @@ ERL_NIF_TERM errno_error(ErlNifEnv *env, int err);
 /* A non-negative integer below 2^64: badarg when not an integer, out_of_bounds otherwise. */
 int get_u64(ErlNifEnv *env, ERL_NIF_TERM t, uint64_t *out, ERL_NIF_TERM *err);
 
-/* arena.c */
+/* objects.c: opens every resource type and makes every atom of the object files. */
 int arena_load(ErlNifEnv *env);
 
 #define ARENA_NIF_FUNCS                                                         \
