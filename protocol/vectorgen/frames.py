@@ -1,0 +1,249 @@
+"""Frame vectors (SPEC §5, §6): good frames and bad ones, each bad one failing at exactly
+its intended check, and the JSON that describes them."""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import lz4.frame
+import xxhash
+from beambridge.errors import HeaderError
+from beambridge.header import Codec, Format, decode_frame, encode_frame
+
+# Header field offsets and struct codes, straight from SPEC.md §3.1 (kept independent
+# of the package's own layout on purpose).
+FIELDS: dict[str, tuple[int, str]] = {
+    "magic": (0, "4s"),
+    "version_major": (4, "<H"),
+    "version_minor": (6, "<H"),
+    "header_size": (8, "<H"),
+    "format": (10, "<B"),
+    "codec": (11, "<B"),
+    "flags": (12, "<I"),
+    "generation": (16, "<Q"),
+    "schema_id": (24, "<Q"),
+    "schema_version": (32, "<I"),
+    "metadata_length": (36, "<I"),
+    "payload_offset": (40, "<Q"),
+    "payload_length": (48, "<Q"),
+    "decoded_length": (56, "<Q"),
+    "payload_checksum": (64, "<Q"),
+    "reserved": (72, "48s"),
+    "header_checksum": (120, "<Q"),
+}
+JSON_HEADER_FIELDS = [f for f in FIELDS if f not in ("magic", "reserved")]
+
+
+def get(frame: bytes, field: str) -> Any:
+    offset, code = FIELDS[field]
+    return struct.unpack_from(code, frame, offset)[0]
+
+
+def patch(frame: bytes, reseal: bool = True, **values: Any) -> bytes:
+    """Set header fields; recompute the header checksum unless ``reseal`` is False."""
+    buf = bytearray(frame)
+    for field, value in values.items():
+        offset, code = FIELDS[field]
+        struct.pack_into(code, buf, offset, value)
+    if reseal:
+        metadata_length = min(get(bytes(buf), "metadata_length"), max(len(buf) - 128, 0))
+        digest = xxhash.xxh3_64_intdigest(
+            bytes(buf[:120]) + bytes(buf[128 : 128 + metadata_length])
+        )
+        struct.pack_into("<Q", buf, 120, digest)
+    return bytes(buf)
+
+
+def pattern(n: int, seed: int = 0) -> bytes:
+    """Deterministic, non-repeating-looking bytes."""
+    return bytes((i * 131 + seed * 17 + (i >> 8) * 7) & 0xFF for i in range(n))
+
+
+# Erlang term_to_binary({ok, 42}) with OTP 26+ encoding (SMALL_ATOM_UTF8_EXT)
+ETF_OK_42 = bytes([131, 104, 2, 119, 2]) + b"ok" + bytes([97, 42])
+# An Arrow IPC stream holding no record batch: just the end-of-stream marker
+ARROW_EOS = b"\xff\xff\xff\xff\x00\x00\x00\x00"
+LZ4_SOURCE = b"beambridge lz4 frame vector " * 40
+LZ4_PAYLOAD = lz4.frame.compress(
+    LZ4_SOURCE,
+    compression_level=0,
+    block_size=lz4.frame.BLOCKSIZE_MAX64KB,
+    content_checksum=False,
+    block_linked=True,
+    store_size=True,
+)
+TENSOR_META = b'{"dtype":"<f4","shape":[4,8],"order":"C"}'
+CUSTOM_META = b'{"type":"MyApp.Point","version":3}'
+
+
+def good_vectors() -> list[tuple[str, str, bytes]]:
+    v = []
+    for n in (0, 1, 63, 64, 65, 300):
+        desc = f"raw payload of {n} bytes, no metadata"
+        v.append((f"good_raw_{n}", desc, encode_frame(pattern(n), generation=n + 1)))
+    v += [
+        (
+            "good_tensor_meta",
+            "tensor format with a JSON descriptor as metadata; payload 128 bytes",
+            encode_frame(pattern(128, 1), metadata=TENSOR_META, format=Format.TENSOR,
+                         generation=7),
+        ),
+        (
+            "good_meta_64",
+            "metadata of exactly 64 bytes: the payload starts at 192",
+            encode_frame(pattern(10, 2), metadata=pattern(64, 3), generation=2),
+        ),
+        (
+            "good_arrow_stream",
+            "arrow_stream format: an Arrow IPC stream with only the end-of-stream marker",
+            encode_frame(ARROW_EOS, format=Format.ARROW_STREAM, generation=3),
+        ),
+        (
+            "good_etf",
+            "etf format: term_to_binary({ok, 42})",
+            encode_frame(ETF_OK_42, format=Format.ETF, generation=4),
+        ),
+        (
+            "good_custom_schema",
+            "custom format with schema_id and schema_version and a type descriptor",
+            encode_frame(pattern(40, 4), metadata=CUSTOM_META, format=Format.CUSTOM,
+                         schema_id=0x0123456789ABCDEF, schema_version=3, generation=5),
+        ),
+        (
+            "good_lz4_frame",
+            "lz4_frame codec: a real LZ4 frame; decoded_length > payload_length",
+            encode_frame(LZ4_PAYLOAD, codec=Codec.LZ4_FRAME, decoded_length=len(LZ4_SOURCE),
+                         generation=6),
+        ),
+        (
+            "good_no_checksum",
+            "flag PAYLOAD_CHECKSUM clear: payload_checksum is 0 and not verified",
+            encode_frame(pattern(50, 5), checksum=False),
+        ),
+        (
+            "good_extra_padding",
+            "payload_offset 320 although 192 would do (writer left room)",
+            encode_frame(pattern(20, 6), metadata=b"meta", payload_offset=320),
+        ),
+        (
+            "good_minor1_optional_flag",
+            "version_minor 1 with unknown optional flag bit 16 and non-zero reserved bytes: "
+            "a 1.0 reader accepts it",
+            patch(
+                encode_frame(pattern(33, 7), version_minor=1, flags_extra=1 << 16),
+                reserved=bytes(range(1, 49)),
+            ),
+        ),
+        (
+            "good_trailing_bytes",
+            "frame area bigger than the frame: 100 bytes after the payload end",
+            encode_frame(pattern(16, 8)) + b"\xee" * 100,
+        ),
+        (
+            "good_max_generation",
+            "generation 2^64-1",
+            encode_frame(pattern(8, 9), generation=2**64 - 1),
+        ),
+    ]  # fmt: skip
+    return v
+
+
+BASE = encode_frame(pattern(64, 10), metadata=b"base-meta", generation=9)  # offset 192
+
+
+def bad_vectors() -> list[tuple[str, str, bytes, str, str]]:
+    lz4 = encode_frame(LZ4_PAYLOAD, codec=Codec.LZ4_FRAME, decoded_length=len(LZ4_SOURCE))
+    flipped_meta = bytearray(BASE)
+    flipped_meta[128] ^= 0x01
+    flipped_payload = bytearray(BASE)
+    flipped_payload[192 + 5] ^= 0x80
+    return [
+        ("bad_truncated_header", "127 bytes: one short of a header",
+         BASE[:127], "truncated_header", "header"),
+        ("bad_truncated_empty", "an empty frame area",
+         b"", "truncated_header", "header"),
+        ("bad_magic", "magic BBFX",
+         patch(BASE, magic=b"BBFX"), "bad_magic", "magic"),
+        ("bad_version_major_3", "version_major 3 (a newer major)",
+         patch(BASE, version_major=3), "unsupported_version", "version_major"),
+        ("bad_version_major_1", "version_major 1 (transport 1, retired)",
+         patch(BASE, version_major=1), "unsupported_version", "version_major"),
+        ("bad_version_major_0", "version_major 0",
+         patch(BASE, version_major=0), "unsupported_version", "version_major"),
+        ("bad_header_size", "header_size 64",
+         patch(BASE, header_size=64), "bad_header_size", "header_size"),
+        ("bad_unknown_format", "format 5",
+         patch(BASE, format=5), "unknown_format", "format"),
+        ("bad_unknown_codec", "codec 3",
+         patch(BASE, codec=3), "unknown_codec", "codec"),
+        ("bad_unknown_flags", "required flag bit 1 set",
+         patch(BASE, flags=0b11), "unknown_flags", "flags"),
+        ("bad_metadata_too_large", "metadata_length 1048577",
+         patch(BASE, metadata_length=(1 << 20) + 1), "metadata_too_large", "metadata_length"),
+        ("bad_metadata_out_of_bounds", "metadata_length runs past the frame end",
+         patch(BASE, metadata_length=len(BASE) - 127), "metadata_out_of_bounds",
+         "metadata_length"),
+        ("bad_misaligned_payload", "payload_offset 160",
+         patch(BASE, payload_offset=160), "misaligned_payload", "payload_offset"),
+        ("bad_payload_overlaps_metadata", "payload_offset 128 with 9 bytes of metadata",
+         patch(BASE, payload_offset=128), "payload_overlaps_metadata", "payload_offset"),
+        ("bad_length_overflow", "payload_offset + payload_length = 2^64 exactly",
+         patch(BASE, payload_length=2**64 - 192), "length_overflow", "payload_length"),
+        ("bad_length_overflow_max", "payload_length 2^64-1",
+         patch(BASE, payload_length=2**64 - 1, decoded_length=2**64 - 1),
+         "length_overflow", "payload_length"),
+        ("bad_payload_out_of_bounds", "payload_length one past the frame end",
+         patch(BASE, payload_length=65, decoded_length=65), "payload_out_of_bounds",
+         "payload_length"),
+        ("bad_decoded_length", "codec none and decoded_length != payload_length",
+         patch(BASE, decoded_length=65), "bad_decoded_length", "decoded_length"),
+        ("bad_decoded_too_large", "lz4_frame declaring 2^32+1 decoded bytes",
+         patch(lz4, decoded_length=2**32 + 1), "decoded_too_large", "decoded_length"),
+        ("bad_header_checksum_mismatch", "header_checksum off by one",
+         patch(BASE, reseal=False, header_checksum=get(BASE, "header_checksum") ^ 1),
+         "header_checksum_mismatch", "header_checksum"),
+        ("bad_header_checksum_metadata", "a metadata byte changed after sealing",
+         bytes(flipped_meta), "header_checksum_mismatch", "header_checksum"),
+        ("bad_checksum_mismatch", "a payload byte changed; header intact",
+         bytes(flipped_payload), "checksum_mismatch", "payload_checksum"),
+    ]  # fmt: skip
+
+
+def describe_good(name: str, description: str, frame: bytes) -> dict[str, Any]:
+    header, metadata, payload = decode_frame(frame)  # raises if the vector is not good
+    raw = bytes(payload)
+    out: dict[str, Any] = {
+        "name": name,
+        "description": description,
+        "valid": True,
+        "frame_size": len(frame),
+        "header": {field: get(frame, field) for field in JSON_HEADER_FIELDS},
+        "metadata_hex": metadata.hex(),
+        "payload_xxh3": xxhash.xxh3_64_intdigest(raw),
+    }
+    if len(raw) <= 256:
+        out["payload_hex"] = raw.hex()
+    assert out["header"]["payload_length"] == header.payload_length
+    return out
+
+
+def describe_bad(
+    name: str, description: str, frame: bytes, reason: str, field: str
+) -> dict[str, Any]:
+    try:
+        decode_frame(frame)
+    except HeaderError as exc:
+        if (exc.reason, exc.field) != (reason, field):
+            raise AssertionError(
+                f"{name}: fails with {exc.reason}/{exc.field}, meant {reason}/{field}"
+            ) from exc
+    else:
+        raise AssertionError(f"{name}: decodes, meant to fail with {reason}")
+    return {
+        "name": name,
+        "description": description,
+        "valid": False,
+        "frame_size": len(frame),
+        "error": {"reason": reason, "field": field},
+    }  # fmt: skip
