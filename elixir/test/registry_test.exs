@@ -96,18 +96,13 @@ defmodule Bridge.RegistryTest do
     assert Registry.reason_kind(:unsupported_dtype) == :format
   end
 
-  defp transport(table, version),
-    do: for({name, %{"transport" => versions}} <- table, version in versions, do: name)
-
-  # The BEAM speaks transport 2 (protocol/SPEC.md §8) today. (Before the rewrite
-  # of Bridge.Worker the list lacked :unsupported_dtype, which the registry makes
-  # a wire reason: this test is what catches that.)
+  # (Before the rewrite of Bridge.Worker the list lacked :unsupported_dtype,
+  # which the registry makes a wire reason: this test is what catches that.)
   test "every atom a worker may send is among the worker's protocol atoms" do
     messages =
-      transport(@data["messages"], 2) --
-        for({n, %{"from" => "elixir"}} <- @data["messages"], do: n)
+      Map.keys(@data["messages"]) -- for({n, %{"from" => "elixir"}} <- @data["messages"], do: n)
 
-    names = messages ++ transport(@data["tags"], 2) ++ Map.keys(@data["records_layouts"])
+    names = messages ++ Map.keys(@data["tags"]) ++ Map.keys(@data["records_layouts"])
 
     sent =
       MapSet.new(names ++ Map.keys(@data["slice_sources"]))

@@ -253,7 +253,7 @@ FORMATS: Mapping[str, int] = _coded(_DATA, "formats")
 CODECS: Mapping[str, int] = _coded(_DATA, "codecs")
 """Frame ``codec`` codes (SPEC §5.1): name -> code."""
 OBJECT_KINDS: Mapping[str, int] = _coded(_DATA, "object_kinds")
-"""Shared-object ``kind`` codes of transport v2 (protocol/SPEC.md §1.1): name -> code."""
+"""Shared-object ``kind`` codes (protocol/SPEC.md §1.1): name -> code."""
 _HANDLE = _handle_kinds(_DATA, FORMATS)
 
 REASONS: frozenset[str] = frozenset(_REASONS)
@@ -281,10 +281,9 @@ PACKED_DTYPES: tuple[bytes, ...] = tuple(
 )
 """The nine dtypes of the packed form (SPEC §10.1), narrowest first."""
 MESSAGES: frozenset[str] = frozenset(_obj(_DATA.get("messages"), "messages"))
-"""Atoms of the control messages (protocol/SPEC.md §8.3), of either transport."""
+"""Atoms of the control messages (protocol/SPEC.md §8.3)."""
 TAGS: frozenset[str] = frozenset(_obj(_DATA.get("tags"), "tags"))
-"""The reserved ``$bb_`` atoms that tag data terms (protocol/SPEC.md §9), of
-either transport."""
+"""The reserved ``$bb_`` atoms that tag data terms (protocol/SPEC.md §9)."""
 RECORDS_LAYOUTS: tuple[str, ...] = tuple(_obj(_DATA.get("records_layouts"), "records_layouts"))
 """The layouts of the records form (SPEC §10.1)."""
 _STATS = _obj(_DATA.get("stats"), "stats")
@@ -314,7 +313,7 @@ def reason_meaning(name: str) -> str:
 
 
 def reason_kind(name: str) -> str:
-    """The group reason ``name`` is listed under (``header``, ``region``, ``lease``,
+    """The group reason ``name`` is listed under (``header``, ``nif``, ``lease``,
     ``arena``, ``call``, ``format``, ``arrow``, ``table``, ``worker``); `KeyError` for a
     name not registered.
 

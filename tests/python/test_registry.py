@@ -316,18 +316,13 @@ def test_tensor_schemas() -> None:
     assert all(registry.HANDLE_KINDS[k] == "tensor" for k in registry.HANDLE_KIND_SCHEMAS)
 
 
-def _transport(table: dict[str, Any], version: int) -> set[str]:
-    return {name for name, entry in table.items() if version in entry["transport"]}
-
-
 def test_tags_layouts_and_messages() -> None:
-    # The worker speaks transport 2 (protocol/SPEC.md §8).
     tags = {str(v) for n, v in vars(terms).items() if n.startswith("TAG_")}
-    assert tags == _transport(DATA["tags"], 2)
+    assert tags == set(DATA["tags"])
     assert (str(terms.LAYOUT_ROWS), str(terms.LAYOUT_COLUMNS)) == registry.RECORDS_LAYOUTS
     atoms = {str(v) for n, v in vars(control).items() if n.startswith("A_")}
     names = set(registry.OBJECT_KINDS) | set(DATA["slice_sources"])
-    assert atoms == _transport(DATA["messages"], 2) | names
+    assert atoms == set(DATA["messages"]) | names
     assert set(DATA["tags"]) == registry.TAGS and set(DATA["messages"]) == registry.MESSAGES
 
 

@@ -6,7 +6,7 @@ defmodule Bridge.Error do
   the bang variants raise the same struct.
 
     * `kind` — the category: `:bad_frame` (header and payload validation, SPEC §6,
-      and control frames that break SPEC §8), `:region` (an error the NIF returned
+      and control frames that break SPEC §8), `:nif` (an error the NIF returned
       outside shared objects, `from_nif/2`), `:lease` (leases, SPEC §4) or `:arena` (shared
       objects: limits, sealing, opening a peer's object); for `Bridge.call/3`
       also `:python_exception` (the handler raised), `:timeout`, `:worker_died`,
@@ -27,7 +27,7 @@ defmodule Bridge.Error do
 
   @type kind ::
           :bad_frame
-          | :region
+          | :nif
           | :lease
           | :python_exception
           | :timeout
@@ -120,7 +120,7 @@ defmodule Bridge.Error do
   end
 
   @doc """
-  Turns an error atom returned by the NIF into a `:region` error, mapping OS
+  Turns an error atom returned by the NIF into a `:nif` error, mapping OS
   errors to protocol reasons. This is the one place where that mapping lives.
 
   ## Examples
@@ -134,14 +134,12 @@ defmodule Bridge.Error do
   """
   @spec from_nif(atom(), keyword()) :: t()
   def from_nif(reason, opts \\ []) when is_atom(reason) do
-    new(:region, nif_reason(reason), opts)
+    new(:nif, nif_reason(reason), opts)
   end
 
   defp nif_reason(:enospc), do: :no_space
   defp nif_reason(:enoent), do: :not_found
-  defp nif_reason(:eexist), do: :name_collision
   defp nif_reason(:enametoolong), do: :bad_name
-  defp nif_reason(:state_mismatch), do: :not_published
   defp nif_reason(other), do: other
 
   defp build_message(%__MODULE__{} = e) do
@@ -166,7 +164,7 @@ defmodule Bridge.Error do
   end
 
   defp kind_text(:bad_frame), do: "bad frame"
-  defp kind_text(:region), do: "region error"
+  defp kind_text(:nif), do: "NIF error"
   defp kind_text(:lease), do: "lease error"
   defp kind_text(:python_exception), do: "python exception"
   defp kind_text(:timeout), do: "timeout"
@@ -185,16 +183,13 @@ defmodule Bridge.Error do
     :header_checksum_mismatch,
     :checksum_mismatch,
     :stale_generation,
-    :bad_control_block,
     :leased,
-    :misaligned_payload,
-    :not_published
+    :misaligned_payload
   ]
 
   defp limit_text(reason, limit) when reason in @exact, do: "expected #{inspect(limit)}"
   defp limit_text(_reason, limit) when is_binary(limit), do: "expected #{limit}"
   defp limit_text(:payload_overlaps_metadata, limit), do: "must be at least #{inspect(limit)}"
-  defp limit_text(:region_too_small, limit), do: "must be at least #{inspect(limit)}"
   defp limit_text(_reason, limit), do: "limit #{inspect(limit)}"
 
   defp hint(:bad_magic), do: "not a beambridge frame header"
@@ -214,19 +209,17 @@ defmodule Bridge.Error do
 
   defp hint(:leased),
     do:
-      "a reader still holds a lease on this region; drop the payload binaries of the last frame read from it or write into another region"
+      "a reader still holds a lease on this slice; drop the binaries and views made from it first"
 
-  defp hint(:not_published), do: "no frame has been published in this region yet"
-  defp hint(:busy), do: "another process is writing into this region"
-  defp hint(:no_space), do: "/dev/shm is full; free space or use a smaller region"
-  defp hint(:name_collision), do: "16 random names were all taken; check /dev/shm"
-  defp hint(:not_found), do: "no region of that name; its owner may have closed it"
-  defp hint(:bad_permissions), do: "the region must be a regular file owned by you with mode 0600"
-  defp hint(:closed), do: "the region handle was closed"
-  defp hint(:not_owner), do: "only the process that created a region unlinks it"
+  defp hint(:no_space),
+    do:
+      "too little memory is left in the machine or the cgroup; lower :arena_limit or free memory"
+
+  defp hint(:not_found), do: "no arena of that id; its owner may have dropped it"
+  defp hint(:closed), do: "the arena set or the peer object was closed"
 
   defp hint(:bad_name),
-    do: "names look like /<prefix>-<pid>-<16 hex digits>, prefix [a-z0-9]{1,16}"
+    do: "not a /dev/shm name beambridge made (/<prefix>-<pid>-<16 hex digits>)"
 
   defp hint(:not_sealed),
     do: "the peer's object is not sealed against resizing (or writing); refused to map it"

@@ -1,6 +1,7 @@
 defmodule Bridge.NIF do
   @moduledoc false
-  # Stubs for shm/beambridge_nif.c and shm/arena.c. Every function returns
+  # Stubs for the NIF in shm/ (beambridge_nif.c; the shared objects in objects.c,
+  # arena_set.c, slices.c, lease_table.c and peer.c). Every function returns
   # {:ok, value} | :ok | {:error, reason}; wrong argument types are
   # {:error, :badarg}, never a raise. Offsets and lengths are in bytes.
 
@@ -25,7 +26,7 @@ defmodule Bridge.NIF do
   # :too_large, :size_mismatch, :bad_compressed_data, :enomem.
   def zstd_decompress(_frame, _expected_size), do: not_loaded()
 
-  # Transport v2 (shm/arena.c, protocol/SPEC.md). Owned arenas and slices:
+  # Shared objects (protocol/SPEC.md §1-§4). Owned arenas and slices:
   def arena_set_new(_limit, _min_arena), do: not_loaded()
   def arena_set_close(_set), do: not_loaded()
   def arena_set_stats(_set), do: not_loaded()

@@ -4,7 +4,7 @@ defmodule Bridge.Registry do
 
   One file, `protocol/registry.json`, holds them: error reasons, handle kinds,
   frame format and codec codes, format policies, the packed dtypes, the
-  control-message and tag atoms of both transports. This module reads it **at compile time**
+  control-message and tag atoms. This module reads it **at compile time**
   (editing the file recompiles it) and turns every name into an atom then, so
   once the module is loaded `:erlang.binary_to_term(bin, [:safe])` knows every
   atom a peer may send. `beambridge.registry` reads the same file on the Python
@@ -174,25 +174,23 @@ defmodule Bridge.Registry do
   @object_kinds object_kinds
   @policies names.("policies")
   @packed_dtypes packed_dtypes
-  # {name, the transports that use it, who sends it (nil for tags: whoever
-  # sends the data term)}
+  # {name, who sends it (nil for tags: whoever sends the data term)}
   used = fn table, from? ->
     for {name, entry} <- fetch!.(data, table, "", object?, "an object") do
       where = "#{table}.#{name}"
-      versions = fetch!.(entry, "transport", where, &(is_list(&1) and &1 != []), "a list")
 
       from =
         if from?, do: fetch!.(entry, "from", where, &(&1 in (@sides ++ ["either"])), "a side")
 
-      {name, versions, from}
+      {name, from}
     end
   end
 
   messages = used.("messages", true)
   tags = used.("tags", false)
 
-  @messages for {name, _, _} <- messages, do: name
-  @tags for {name, _, _} <- tags, do: name
+  @messages for {name, _} <- messages, do: name
+  @tags for {name, _} <- tags, do: name
   @layouts data |> fetch!.("records_layouts", "", object?, "an object") |> Map.keys()
   @sources data |> fetch!.("slice_sources", "", object?, "an object") |> Map.keys()
   @atoms Enum.map(@messages ++ @tags ++ @layouts ++ @sources, &String.to_atom/1)
@@ -201,10 +199,10 @@ defmodule Bridge.Registry do
          |> Enum.uniq()
          |> Enum.sort()
 
-  # What a worker speaking transport 2 may send (protocol/SPEC.md §8.3, §9).
+  # What a worker may send (protocol/SPEC.md §8.3, §9).
   @wire_atoms (for(
-                 {name, versions, from} <- messages ++ tags,
-                 2 in versions and from != "elixir",
+                 {name, from} <- messages ++ tags,
+                 from != "elixir",
                  do: String.to_atom(name)
                ) ++
                  Enum.map(@layouts ++ @sources, &String.to_atom/1) ++
@@ -246,7 +244,7 @@ defmodule Bridge.Registry do
   end
 
   @doc """
-  The group a registered reason is listed under (`:header`, `:region`,
+  The group a registered reason is listed under (`:header`, `:nif`,
   `:lease`, `:arena`, `:call`, `:format`, `:arrow`, `:table`, `:worker`), or
   `nil`.
   """
@@ -282,7 +280,7 @@ defmodule Bridge.Registry do
   @spec codecs() :: %{atom() => non_neg_integer()}
   def codecs, do: @codecs
 
-  @doc "Shared-object `kind` codes of transport v2 (protocol/SPEC.md §1.1): name => code."
+  @doc "Shared-object `kind` codes (protocol/SPEC.md §1.1): name => code."
   @spec object_kinds() :: %{atom() => non_neg_integer()}
   def object_kinds, do: @object_kinds
 
@@ -306,7 +304,7 @@ defmodule Bridge.Registry do
   def stats_forms, do: @stats_forms
 
   @doc """
-  Every atom a worker speaking transport 2 may send (protocol/SPEC.md §8): its
+  Every atom a worker may send (protocol/SPEC.md §8): its
   control messages, the tags of data terms, records layouts, slice sources,
   handle kinds, object kinds and the wire reasons, sorted. The BEAM must know
   each before it decodes a worker's frame with `binary_to_term(_, [:safe])`.
