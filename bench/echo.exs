@@ -1,6 +1,7 @@
 # Echo round trips for bench/run.exs (loaded by it). Every figure a row compares is
 # sampled interleaved with its baseline, in blocks: the machine drifts between fast and
-# slow phases, and a ratio of two medians taken minutes apart measures the drift.
+# slow phases, and a ratio of two medians taken minutes apart measures the drift. (The
+# plain figure, without the caller's GC, is taken right after, on its own.)
 #
 #   * rows/4: Bridge.call with a binary (plain: the caller keeps no habit; gc: the
 #     caller garbage-collects after each call, as a request process that ends does)
@@ -28,12 +29,17 @@ defmodule BenchEcho do
 
     series = %{
       "bridge_us" => fn -> echo(pool, payload, :gc) end,
-      "bridge_plain_us" => fn -> echo(pool, payload, :plain) end,
       "bridge_buffer_us" => fn -> echo(pool, buffer, :gc) end,
       "etf_port_us" => fn -> etf_echo(port, payload) end
     }
 
     times = interleaved(series, reps(size))
+    # Without the habit results pile up until the caller's next GC and hold their
+    # slices meanwhile: measured on its own, after the others, so the garbage it
+    # leaves does not land in their figures.
+    plain = interleaved(%{"bridge_plain_us" => fn -> echo(pool, payload, :plain) end}, reps(size))
+    :erlang.garbage_collect()
+    times = Map.merge(times, plain)
     two_memcpy = 2 * Map.fetch!(memcpy, size)
     etf = times["etf_port_us"]
 
