@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from . import control
+from . import control, control_shortcuts
 from .decoder import Decoder
 from .encoder import ResultEncoder
 from .errors import BridgeError, EtfError
@@ -267,7 +267,7 @@ class CallPath:
             parts = [b"".join(parts)]
         released = self.take_released()
         entries = self.slices.entries
-        head = control.answer_head(call_id, entries, released)
+        head = control_shortcuts.answer_head(call_id, entries, released)
         size = 4 + len(head) + body_size
         if size > control.MAX_CONTROL_FRAME:
             del parts

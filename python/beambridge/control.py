@@ -30,7 +30,7 @@ from typing import Any
 
 from . import registry
 from .errors import BridgeError, EtfError
-from .etf import NOT_CACHED, Atom, cached_atom, decode, encode, encode_int
+from .etf import Atom, decode, encode
 
 __all__ = [
     "KNOWN_REASONS",
@@ -62,7 +62,6 @@ __all__ = [
     "object_dropped",
     "ok",
     "python_exception",
-    "read_beam",
     "ready",
     "released",
     "released_entries",
@@ -254,74 +253,6 @@ def from_beam(envelope: Any, has_body: bool) -> BeamMessage:
     raise _violation("not a message of protocol/SPEC.md §8.3", envelope)
 
 
-def read_beam(frame: bytes | bytearray | memoryview) -> tuple[BeamMessage, memoryview | None]:
-    """The BEAM's message in ``frame`` and the frame's body: `split`, then `from_beam`,
-    with a shortcut for the envelope most calls have (atoms for module and function,
-    no options, no slices) that gives the same message without the general decoder."""
-    view = memoryview(frame)
-    quick = _quick_call(view)
-    if quick is not None:
-        return quick
-    envelope, body = split(view)
-    return from_beam(envelope, body is not None), body
-
-
-#: ``{:call, ...}`` up to its id, as ``term_to_binary`` writes it (Latin-1 or UTF-8
-#: atom tag), and what ends the envelope of a call with ``%{}`` and ``[]``.
-_CALL_HEAD_LATIN1 = b"\x83h\x06d\x00\x04call"
-_CALL_HEAD_UTF8 = b"\x83h\x06w\x04call"
-_NO_OPTS_NO_SLICES = b"t\x00\x00\x00\x00j"
-#: The shortest such frame: size, head, a one-byte id, two one-letter atoms, the end.
-_QUICK_MIN = 4 + len(_CALL_HEAD_UTF8) + 2 + 3 + 3 + len(_NO_OPTS_NO_SLICES)
-
-
-def _quick_call(view: memoryview) -> tuple[Call, memoryview | None] | None:
-    """`read_beam`'s shortcut, or None whenever the frame is anything else (then the
-    general path decides, errors included)."""
-    if view.nbytes < _QUICK_MIN:
-        return None
-    if view[7] == 100 and view[4:14] == _CALL_HEAD_LATIN1:
-        pos = 14
-    elif view[4:13] == _CALL_HEAD_UTF8:
-        pos = 13
-    else:
-        return None
-    end = 4 + int.from_bytes(view[:4], "big")
-    if end > view.nbytes or end < _QUICK_MIN or view[end - 6 : end] != _NO_OPTS_NO_SLICES:
-        return None
-    tag = view[pos]
-    if tag == 97:  # SMALL_INTEGER
-        call_id, pos = view[pos + 1], pos + 2
-    elif tag == 98:  # INTEGER
-        call_id, pos = int.from_bytes(view[pos + 1 : pos + 5], "big", signed=True), pos + 5
-    elif tag == 110 and view[pos + 2] == 0 and view[pos + 1] <= 8:  # SMALL_BIG, positive
-        n = view[pos + 1]
-        call_id, pos = int.from_bytes(view[pos + 3 : pos + 3 + n], "little"), pos + 3 + n
-    else:
-        return None
-    names = []
-    for _ in range(2):
-        if pos + 3 > end - 6:
-            return None
-        tag = view[pos]
-        if tag == 100:  # ATOM (Latin-1), u16 length
-            n, start, utf8 = int.from_bytes(view[pos + 1 : pos + 3], "big"), pos + 3, False
-        elif tag == 119:  # SMALL_ATOM_UTF8, u8 length
-            n, start, utf8 = view[pos + 1], pos + 2, True
-        else:
-            return None
-        pos = start + n
-        name = cached_atom(view[start:pos].tobytes(), utf8) if pos <= end - 6 else NOT_CACHED
-        if name is NOT_CACHED:
-            return None
-        names.append(name)
-    if pos != end - 6 or call_id <= 0:
-        return None
-    body = view[end:]
-    has_body = body.nbytes > 0
-    return Call(call_id, names[0], names[1], {}, [], has_body), (body if has_body else None)
-
-
 def slice_refs(slices: Any) -> tuple[list[tuple[int, int, int, int]], EtfError | None]:
     """A call's ``slices`` checked: its well-formed ``{object_id, offset, length,
     generation}`` entries (non-negative integers), and the error of the call (``bad_term``,
@@ -393,17 +324,6 @@ def error(call_id: int, detail: Any, released: list[Any]) -> tuple[Any, ...]:
     """``{:error, id, error, released}``; ``detail`` from `python_exception` or
     `bad_call`."""
     return (A_ERROR, call_id, detail, released)
-
-
-def answer_head(call_id: int, slices: list[Any], released: list[Any]) -> bytes:
-    """The ETF of ``{:ok, id, slices, released}`` (`ok`), built directly when both
-    lists are empty (the answer of most small calls)."""
-    if slices or released:
-        return encode(ok(call_id, slices, released))
-    parts: list[Any] = [b"\x83h\x04w\x02ok"]
-    encode_int(call_id, parts)
-    parts.append(b"jj")
-    return b"".join(parts)
 
 
 def python_exception(type_name: bytes, message: bytes, traceback: bytes) -> tuple[Any, ...]:

@@ -56,7 +56,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 # Only what the fd juggling in main() needs is imported up front; NumPy (through
 # .calls) comes after fds 1 and 2 point at the log pipes, so even its import-time
 # warnings reach the BEAM's Logger.
-from . import control
+from . import control, control_shortcuts
 from .control import MAX_CONTROL_FRAME, ProtocolError
 from .errors import ArenaError
 from .etf import Atom
@@ -286,7 +286,7 @@ class Worker:
                 self.path.idle(TRIM_AFTER)
                 continue
             try:
-                message, body = control.read_beam(frame)
+                message, body = control_shortcuts.read_beam(frame)
             except ProtocolError as err:
                 self.violation(str(err))
             del frame

@@ -29,6 +29,7 @@ MODULES = [
     "beambridge.arena",
     "beambridge.leases",
     "beambridge.control",
+    "beambridge.control_shortcuts",
     "beambridge.terms",
     "beambridge.stats",
     "beambridge.decoder",

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from beambridge import Atom, control
+from beambridge import Atom, control, control_shortcuts
 from beambridge.decoder import Decoder
 from beambridge.errors import BridgeError
 from beambridge.etf import decode
@@ -129,7 +129,7 @@ def read(doc: dict[str, Any], frame: bytes) -> tuple[Any, memoryview | None, Any
         # the worker's own reader, twice: the second time its atoms are known and a
         # plain call takes the shortcut, which must read the same message
         for _ in range(2):
-            quick, quick_body = control.read_beam(frame)
+            quick, quick_body = control_shortcuts.read_beam(frame)
             assert quick == message
             assert (None if quick_body is None else bytes(quick_body)) == (
                 None if body is None else bytes(body)
