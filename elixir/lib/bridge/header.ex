@@ -257,7 +257,36 @@ defmodule Bridge.Header do
   @spec encode!(t(), binary()) :: <<_::1024>>
   def encode!(header, metadata), do: bang(encode(header, metadata))
 
-  defp check_widths(h) do
+  # Every field in range: one guard, no walk over the fields (a frame is built
+  # on every call); the walk below only names the field that is not.
+  defguardp u(v, bits) when is_integer(v) and v >= 0 and v < 1 <<< bits
+
+  defp check_widths(
+         %{
+           version_major: a,
+           version_minor: b,
+           header_size: c,
+           format: d,
+           codec: e,
+           flags: f,
+           generation: g,
+           schema_id: i,
+           schema_version: j,
+           metadata_length: k,
+           payload_offset: l,
+           payload_length: m,
+           decoded_length: n,
+           payload_checksum: o
+         } = h
+       ) do
+    if u(a, 16) and u(b, 16) and u(c, 16) and u(d, 8) and u(e, 8) and u(f, 32) and
+         u(g, 64) and u(i, 64) and u(j, 32) and u(k, 32) and u(l, 64) and u(m, 64) and
+         u(n, 64) and u(o, 64),
+       do: :ok,
+       else: first_bad_width(h)
+  end
+
+  defp first_bad_width(h) do
     Enum.reduce_while(@widths, :ok, fn {field, bits}, :ok ->
       case Map.fetch!(h, field) do
         v when is_integer(v) and v >= 0 and v < 1 <<< bits -> {:cont, :ok}

@@ -21,6 +21,11 @@ defmodule Bridge.Header.Builder do
 
   @formats Registry.formats()
   @codecs Registry.codecs()
+  # {names, the codes, the largest}, by option
+  @code_tables %{
+    format: {@formats, Map.values(@formats), Enum.max(Map.values(@formats))},
+    codec: {@codecs, Map.values(@codecs), Enum.max(Map.values(@codecs))}
+  }
 
   @doc false
   @spec build(iodata(), keyword()) :: {:ok, Header.t()} | {:error, Error.t()}
@@ -46,8 +51,8 @@ defmodule Bridge.Header.Builder do
   defp build_sized(payload, size, opts) do
     with :ok <- check_opts(opts),
          {:ok, metadata} <- opt_metadata(opts),
-         {:ok, format} <- opt_code(opts, :format, @formats, 0, :unknown_format),
-         {:ok, codec} <- opt_code(opts, :codec, @codecs, 0, :unknown_codec),
+         {:ok, format} <- opt_code(opts, :format, :unknown_format),
+         {:ok, codec} <- opt_code(opts, :codec, :unknown_codec),
          {:ok, checksum?} <- opt_bool(opts, :checksum, true),
          {:ok, extra_flags} <- opt_int(opts, :flags, 0, 32),
          {:ok, generation} <- opt_int(opts, :generation, 0, 64),
@@ -124,13 +129,13 @@ defmodule Bridge.Header.Builder do
     end
   end
 
-  # A code of `names` (name => code), given as the code or the name.
-  defp opt_code(opts, key, names, default, reason) do
-    max = names |> Map.values() |> Enum.max()
+  # A format or codec code (default 0), given as the code or its registry name.
+  defp opt_code(opts, key, reason) do
+    {names, codes, max} = Map.fetch!(@code_tables, key)
 
-    case Keyword.get(opts, key, default) do
+    case Keyword.get(opts, key, 0) do
       code when is_integer(code) and code >= 0 and code <= max ->
-        if code in Map.values(names),
+        if code in codes,
           do: {:ok, code},
           else: {:error, frame_error(reason, key, code, max)}
 
