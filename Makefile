@@ -42,6 +42,7 @@ lint: setup
 
 bench: build
 	mix run bench/run.exs
+	taskset -c 0 mix run bench/cpu.exs
 
 demo: build
 	mix run bench/demo.exs

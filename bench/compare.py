@@ -2,6 +2,9 @@
 
     python bench/compare.py BEFORE.json AFTER.json
 
+(also the one-CPU figures of bench/cpu.exs, from cpu.json beside latest.json and
+v1_cpu.json beside v1.json)
+
 Only ratios are compared (each measured against its own baseline in its own run), so a
 machine that is slower today does not read as a regression. Prints every ratio that got
 more than 10% worse, then how many did.
@@ -9,6 +12,7 @@ more than 10% worse, then how many did.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from collections.abc import Iterator
@@ -45,6 +49,10 @@ def ratios(run: dict[str, Any]) -> Iterator[tuple[str, float, bool]]:
         if shared and row.get("inline_us"):
             value = round(shared / row["inline_us"], 2)
             yield f"sweep {row['size']} B: shared memory over inline", value, False
+    for row in run.get("one_cpu", []):  # bench/cpu.exs
+        size = row["size"]
+        yield f"one CPU, echo {size} B: bridge vs ETF/Port", row["speedup_vs_etf_port"], True
+        yield f"one CPU, echo {size} B: slice over inline", row["slice_over_inline"], False
     for row in run.get("formats", []):
         where = f"{row['kind']} x{row['n']} as {row['form']}"
         for direction in ("to_python", "from_python"):
@@ -60,11 +68,21 @@ def worse(before: float, after: float, higher_is_better: bool) -> float:
     return before / after - 1 if higher_is_better else after / before - 1
 
 
+def load(path: str) -> dict[str, Any]:
+    """A results file, with the one-CPU figures of its run beside it (cpu.json next to
+    latest.json, v1_cpu.json next to v1.json) when there are any."""
+    with open(path, encoding="utf-8") as f:
+        run: dict[str, Any] = json.load(f)
+    cpu = path.replace("latest.json", "cpu.json").replace("v1.json", "v1_cpu.json")
+    if cpu != path:
+        with contextlib.suppress(OSError), open(cpu, encoding="utf-8") as f:
+            run.update(json.load(f))
+    return run
+
+
 def main(before_path: str, after_path: str) -> int:
-    with open(before_path, encoding="utf-8") as f:
-        before = {name: (value, hib) for name, value, hib in ratios(json.load(f))}
-    with open(after_path, encoding="utf-8") as f:
-        after = list(ratios(json.load(f)))
+    before = {name: (value, hib) for name, value, hib in ratios(load(before_path))}
+    after = list(ratios(load(after_path)))
     print(f"Against {before_path} (ratios more than {TOLERANCE:.0%} worse):")
     slower = 0
     compared = 0
