@@ -51,20 +51,25 @@ def mix_run(
     )
 
 
-def test_readme_calling_python_example_runs(tmp_path: Path) -> None:
-    [handler] = blocks("Calling Python", "python")
-    [elixir] = blocks("Calling Python", "elixir")
+def run_against_handler(handler: str, elixir: str, name: str, tmp_path: Path) -> None:
+    """Write ``handler`` (a block starting ``# priv/python/<file>.py``) into ``tmp_path``
+    and run ``elixir`` with the placeholder interpreter and path filled in."""
     module_path = re.match(r"# priv/python/(\w+\.py)\n", handler)
     assert module_path, "the handler block no longer starts with its file name"
     (tmp_path / module_path.group(1)).write_text(handler)
-
     assert '"/path/to/python"' in elixir and '["priv/python"]' in elixir
     script = elixir.replace('"/path/to/python"', f'"{PYTHON}"')
     script = script.replace('["priv/python"]', f'["{tmp_path}"]')
-    proc = mix_run(script + '\nIO.puts("README OK")\n', "readme_calling.exs")
+    proc = mix_run(script + '\nIO.puts("README OK")\n', name)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, out + err
     assert "README OK" in out
+
+
+def test_readme_calling_python_example_runs(tmp_path: Path) -> None:
+    [handler] = blocks("Calling Python", "python")
+    [elixir] = blocks("Calling Python", "elixir")
+    run_against_handler(handler, elixir, "readme_calling.exs", tmp_path)
 
 
 def test_readme_data_formats_example_runs() -> None:
@@ -136,13 +141,4 @@ def test_readme_shared_memory_example_runs(tmp_path: Path) -> None:
     module of "Calling Python"."""
     [handler] = blocks("Calling Python", "python")
     [elixir] = blocks("Shared memory, limits and safety", "elixir")
-    module_path = re.match(r"# priv/python/(\w+\.py)\n", handler)
-    assert module_path, "the handler block no longer starts with its file name"
-    (tmp_path / module_path.group(1)).write_text(handler)
-    assert '"/path/to/python"' in elixir and '["priv/python"]' in elixir
-    script = elixir.replace('"/path/to/python"', f'"{PYTHON}"')
-    script = script.replace('["priv/python"]', f'["{tmp_path}"]')
-    proc = mix_run(script + '\nIO.puts("README OK")\n', "readme_shared_memory.exs")
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, out + err
-    assert "README OK" in out
+    run_against_handler(handler, elixir, "readme_shared_memory.exs", tmp_path)
