@@ -101,11 +101,22 @@ class _Channel:
         self.poller = select.poll()
         self.poller.register(fd, select.POLLIN)
 
-    def read(self, timeout: float) -> bytearray | None:
+    def read(self, timeout: float) -> bytes | bytearray | None:
         """The next frame; None when nothing arrived for ``timeout`` seconds. EOFError
         at the end of the channel; `ProtocolError` for a frame over the limit."""
-        if not self.pending and not self.poller.poll(int(timeout * 1000)):
-            return None
+        if not self.pending:
+            if not self.poller.poll(int(timeout * 1000)):
+                return None
+            # most frames arrive whole in one read: cut the frame out of it
+            chunk = os.read(self.fd, _LOG_CHUNK)
+            if not chunk:
+                raise EOFError
+            end = 4 + int.from_bytes(chunk[:4], "big")
+            if len(chunk) >= 4 and end <= len(chunk):
+                if end < len(chunk):
+                    self.pending += chunk[end:]
+                return chunk[4:end]
+            self.pending += chunk
         length = int.from_bytes(self._take(4), "big")
         if length > MAX_CONTROL_FRAME:
             raise ProtocolError(

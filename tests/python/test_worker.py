@@ -205,6 +205,45 @@ def test_many_calls_in_order(worker: WorkerProcess) -> None:
         assert worker.call("add", i, i) == ("ok", 2 * i)
 
 
+def _call_frame(call_id: int, *args: Any) -> bytes:
+    parts = control.join(
+        control.call(call_id, Atom("bbtest_handlers"), Atom("echo"), {}, []), [encode(list(args))]
+    )
+    data = b"".join(parts)
+    return len(data).to_bytes(4, "big") + data
+
+
+def _answers(worker: WorkerProcess, n: int) -> list[tuple[int, Any]]:
+    got = []
+    for _ in range(n):
+        answer = worker.recv()
+        assert isinstance(answer, control.Answer) and answer.ok, answer
+        got.append((answer.call_id, worker.read(worker.body)))  # handles resolved
+    return got
+
+
+def test_frames_are_read_however_the_pipe_cuts_them(worker: WorkerProcess) -> None:
+    """The channel reader: one frame a byte at a time, several frames in one write, a
+    frame cut in the middle of its length, and frames over the 64 KiB read size."""
+    worker.flush()
+    one = _call_frame(9001, b"byte by byte")
+    for i in range(len(one)):
+        worker.send_raw(one[i : i + 1])
+        if i % 7 == 0:
+            time.sleep(0.001)
+    assert _answers(worker, 1) == [(9001, b"byte by byte")]
+
+    frames = [_call_frame(9100 + i, i, b"x" * (i * 997)) for i in range(20)]
+    worker.send_raw(b"".join(frames))
+    assert _answers(worker, 20) == [(9100 + i, (i, b"x" * (i * 997))) for i in range(20)]
+
+    big = [_call_frame(9200 + i, b"%d" % i * (40_000 + 30_000 * i)) for i in range(3)]
+    stream = b"".join(big)
+    for start in range(0, len(stream), 50_001):  # cuts inside lengths and bodies
+        worker.send_raw(stream[start : start + 50_001])
+    assert _answers(worker, 3) == [(9200 + i, b"%d" % i * (40_000 + 30_000 * i)) for i in range(3)]
+
+
 # ---- lifetimes and exit statuses ------------------------------------------------------------
 
 
