@@ -188,9 +188,11 @@ class Worker:
                 self._write_all(part)
 
     def _write_all(self, data: Any) -> None:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self.out_fd, view) :]
+        n = os.write(self.out_fd, data)
+        if n < len(data):  # a pipe takes at most what it has room for
+            view = memoryview(data)[n:]
+            while view:
+                view = view[os.write(self.out_fd, view) :]
 
     def send(self, envelope: Any, body: list[Any] | None = None) -> None:
         """Write one frame (logs pending on the pipes go first)."""
