@@ -261,27 +261,12 @@ defmodule Bridge.Header do
   # on every call); the walk below only names the field that is not.
   defguardp u(v, bits) when is_integer(v) and v >= 0 and v < 1 <<< bits
 
-  defp check_widths(
-         %{
-           version_major: a,
-           version_minor: b,
-           header_size: c,
-           format: d,
-           codec: e,
-           flags: f,
-           generation: g,
-           schema_id: i,
-           schema_version: j,
-           metadata_length: k,
-           payload_offset: l,
-           payload_length: m,
-           decoded_length: n,
-           payload_checksum: o
-         } = h
-       ) do
-    if u(a, 16) and u(b, 16) and u(c, 16) and u(d, 8) and u(e, 8) and u(f, 32) and
-         u(g, 64) and u(i, 64) and u(j, 32) and u(k, 32) and u(l, 64) and u(m, 64) and
-         u(n, 64) and u(o, 64),
+  defp check_widths(h) do
+    if u(h.version_major, 16) and u(h.version_minor, 16) and u(h.header_size, 16) and
+         u(h.format, 8) and u(h.codec, 8) and u(h.flags, 32) and u(h.generation, 64) and
+         u(h.schema_id, 64) and u(h.schema_version, 32) and u(h.metadata_length, 32) and
+         u(h.payload_offset, 64) and u(h.payload_length, 64) and u(h.decoded_length, 64) and
+         u(h.payload_checksum, 64),
        do: :ok,
        else: first_bad_width(h)
   end
