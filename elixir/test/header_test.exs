@@ -26,6 +26,36 @@ defmodule Bridge.HeaderTest do
     end
   end
 
+  # The widths of SPEC §5.1, written out here apart from Bridge.Header's own table.
+  @widths [
+    version_major: 16,
+    version_minor: 16,
+    header_size: 16,
+    format: 8,
+    codec: 8,
+    flags: 32,
+    generation: 64,
+    schema_id: 64,
+    schema_version: 32,
+    metadata_length: 32,
+    payload_offset: 64,
+    payload_length: 64,
+    decoded_length: 64,
+    payload_checksum: 64
+  ]
+
+  test "a header field past its width is a badarg naming it; at its largest it packs" do
+    for {field, bits} <- @widths do
+      largest = (1 <<< bits) - 1
+      assert {:ok, _} = Header.encode(struct!(Header, [{field, largest}]), "")
+
+      for bad <- [largest + 1, -1, 1.0] do
+        assert {:error, %Error{reason: :badarg, field: ^field}} =
+                 Header.encode(struct!(Header, [{field, bad}]), "")
+      end
+    end
+  end
+
   test "each check of SPEC §6 in isolation" do
     f = frame()
     assert reason(f) == :ok

@@ -261,14 +261,19 @@ defmodule Bridge.Header do
   # on every call); the walk below only names the field that is not.
   defguardp u(v, bits) when is_integer(v) and v >= 0 and v < 1 <<< bits
 
-  defp check_widths(h) do
-    if u(h.version_major, 16) and u(h.version_minor, 16) and u(h.header_size, 16) and
-         u(h.format, 8) and u(h.codec, 8) and u(h.flags, 32) and u(h.generation, 64) and
-         u(h.schema_id, 64) and u(h.schema_version, 32) and u(h.metadata_length, 32) and
-         u(h.payload_offset, 64) and u(h.payload_length, 64) and u(h.decoded_length, 64) and
-         u(h.payload_checksum, 64),
-       do: :ok,
-       else: first_bad_width(h)
+  # The one expression, `u(h.version_major, 16) and ... and u(h.payload_checksum, 64)`,
+  # is made from @widths, so the fast check and the walk cannot disagree.
+  header = Macro.var(:h, nil)
+
+  in_range =
+    @widths
+    |> Enum.map(fn {field, bits} ->
+      quote(do: u(unquote(header).unquote(field), unquote(bits)))
+    end)
+    |> Enum.reduce(fn check, acc -> quote(do: unquote(acc) and unquote(check)) end)
+
+  defp check_widths(unquote(header)) do
+    if unquote(in_range), do: :ok, else: first_bad_width(unquote(header))
   end
 
   defp first_bad_width(h) do
