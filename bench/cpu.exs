@@ -43,7 +43,7 @@ defmodule BenchCpu do
 
           times =
             for {key, f} <- [
-                  {"etf_port_us", fn -> etf(port, payload) end},
+                  {"etf_port_us", fn -> BenchEcho.etf_echo(port, payload) end},
                   {"bridge_us", fn -> BenchEcho.echo(pool(:default), payload, :plain) end},
                   {"inline_us", fn -> BenchEcho.echo(pool(:inline), payload, :plain) end},
                   {"slice_us", fn -> BenchEcho.echo(pool(:slice), payload, :plain) end}
@@ -99,16 +99,6 @@ defmodule BenchCpu do
 
   defp median(f) do
     BenchEcho.percentile(for(_ <- 1..@reps, do: elem(:timer.tc(f), 0)), 50)
-  end
-
-  defp etf(port, payload) do
-    send(port, {self(), {:command, :erlang.term_to_binary({:echo, payload})}})
-
-    receive do
-      {^port, {:data, data}} -> {:ok, ^payload} = :erlang.binary_to_term(data)
-    after
-      60_000 -> raise "ETF echo baseline timed out"
-    end
   end
 end
 

@@ -80,7 +80,8 @@ defmodule BenchEcho do
     :ok
   end
 
-  defp etf_echo(port, payload) do
+  # One ETF echo over a Port to bench/etf_echo.py, checked.
+  def etf_echo(port, payload) do
     send(port, {self(), {:command, :erlang.term_to_binary({:echo, payload})}})
 
     receive do
