@@ -112,11 +112,11 @@ class _Channel:
             if not chunk:
                 raise EOFError
             end = 4 + int.from_bytes(chunk[:4], "big")
-            if len(chunk) >= 4 and end <= len(chunk):
-                if end < len(chunk):
-                    self.pending += chunk[end:]
+            if len(chunk) < 4 or end > len(chunk):
+                self.pending += chunk  # the general path below waits for the rest
+            else:
+                self.pending += chunk[end:]
                 return chunk[4:end]
-            self.pending += chunk
         length = int.from_bytes(self._take(4), "big")
         if length > MAX_CONTROL_FRAME:
             raise ProtocolError(
