@@ -112,6 +112,13 @@ defmodule Bridge do
       (`GLIBC_TUNABLES=glibc.malloc.hugetlb=1`, default `true`): a large `bytes`
       argument or NumPy array is made several times faster (no 4 KiB page faults);
       the kernel may take a moment the first time it assembles huge pages.
+    * `:spin_us` — microseconds a worker keeps polling for the next call after
+      it answers one, before it goes to sleep (default `:auto`: 50 when the
+      worker may run on more than one CPU, else 0). A caller that calls again at
+      once then finds the worker awake: on a virtual machine waking a sleeping
+      process costs tens of microseconds, most of a small call (README
+      "Benchmark"). The price is up to that much CPU time per call while the
+      worker waits; `0` turns it off.
     * `:start_timeout` — ms a worker may take to become ready (default
       `10_000`).
     * `:verify` — checksum slice payloads (xxh3) when writing them and verify

@@ -226,6 +226,27 @@ defmodule Bridge.PoolTest do
              Bridge.start_link(bridge_opts(BadHuge, huge_pages: :yes))
   end
 
+  test ":spin_us reaches the workers; :auto leaves it to them, even over an inherited value" do
+    start_supervised!({Bridge, bridge_opts(Spin0, pool_size: 1, spin_us: 0)}, id: :spin0)
+    assert {:ok, "0"} = Bridge.call({:os, :getenvb}, ["BEAMBRIDGE_SPIN_US"], pool: Spin0)
+
+    System.put_env("BEAMBRIDGE_SPIN_US", "777")
+
+    try do
+      start_supervised!({Bridge, bridge_opts(SpinAuto, pool_size: 1)}, id: :spin_auto)
+      assert {:ok, nil} = Bridge.call({:os, :getenvb}, ["BEAMBRIDGE_SPIN_US"], pool: SpinAuto)
+    after
+      System.delete_env("BEAMBRIDGE_SPIN_US")
+    end
+
+    for bad <- [-1, 1_000_001, 2.5, "50"] do
+      assert {:error, %Bridge.Error{reason: :bad_option, field: :spin_us} = e} =
+               Bridge.start_link(bridge_opts(BadSpin, spin_us: bad))
+
+      assert Exception.message(e) =~ "microseconds"
+    end
+  end
+
   test "start_link fails with :start_failed for a missing interpreter or one without beambridge" do
     assert {:error, %Bridge.Error{kind: :start_failed} = e} =
              Bridge.start_link(bridge_opts(Missing, python: "/nonexistent/bin/python3"))

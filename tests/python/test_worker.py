@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from beambridge import Atom, control
 from beambridge.etf import encode
+from beambridge.worker import DEFAULT_SPIN_US, spin_seconds
 from test_etf import canon
 from worker_harness import BAD_CALL, MOD, WorkerProcess
 
@@ -242,6 +243,53 @@ def test_frames_are_read_however_the_pipe_cuts_them(worker: WorkerProcess) -> No
     for start in range(0, len(stream), 50_001):  # cuts inside lengths and bodies
         worker.send_raw(stream[start : start + 50_001])
     assert _answers(worker, 3) == [(9200 + i, b"%d" % i * (40_000 + 30_000 * i)) for i in range(3)]
+
+
+# ---- waiting for the next call ----------------------------------------------------------------
+
+
+def test_spin_defaults_to_polling_only_with_more_than_one_cpu(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    assert spin_seconds(None) == 0.0
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    assert spin_seconds(None) == spin_seconds("") == DEFAULT_SPIN_US / 1e6
+    assert spin_seconds("0") == 0.0
+    assert spin_seconds("250") == 250e-6
+    assert spin_seconds("-5") == spin_seconds("fast") == DEFAULT_SPIN_US / 1e6
+
+
+def _cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.mark.parametrize("spin_us", [0, 400_000])
+def test_after_an_answer_the_worker_polls_for_spin_us_then_sleeps(spin_us: int) -> None:
+    """With a spin the worker stays on the CPU after an answer (a call sent then is
+    read at once) and goes to sleep when it is over; without one it sleeps at once."""
+    w = WorkerProcess(BEAMBRIDGE_SPIN_US=str(spin_us)).start()
+    try:
+        assert w.call("add", 1, 2) == ("ok", 3)
+        time.sleep(0.05)  # inside the spin: the next call is read by the polling loop
+        assert w.call("add", 2, 2) == ("ok", 4)
+        start = _cpu_seconds(w.pid)
+        time.sleep(0.3)
+        polling = _cpu_seconds(w.pid) - start
+        time.sleep(0.3)  # the spin is over
+        start = _cpu_seconds(w.pid)
+        time.sleep(0.5)
+        asleep = _cpu_seconds(w.pid) - start
+        assert w.call("add", 3, 3) == ("ok", 6)
+    finally:
+        assert w.stop() == 0
+    assert asleep < 0.05
+    if spin_us:
+        assert polling >= 0.1, polling
+    else:
+        assert polling < 0.05, polling
 
 
 # ---- lifetimes and exit statuses ------------------------------------------------------------

@@ -22,6 +22,7 @@ defmodule Bridge.Config do
             min_arena: 8 * 1024 * 1024,
             untrusted: false,
             huge_pages: true,
+            spin_us: :auto,
             start_timeout: 10_000,
             verify: false,
             arena: nil
@@ -40,6 +41,7 @@ defmodule Bridge.Config do
     :min_arena,
     :untrusted,
     :huge_pages,
+    :spin_us,
     :start_timeout,
     :verify
   ]
@@ -88,6 +90,10 @@ defmodule Bridge.Config do
   defp check(:min_arena, v) when is_integer(v) and v >= 4096 and v <= 1 <<< 40, do: :ok
   defp check(:untrusted, v) when is_boolean(v), do: :ok
   defp check(:huge_pages, v) when is_boolean(v), do: :ok
+
+  defp check(:spin_us, v) when v == :auto or (is_integer(v) and v >= 0 and v <= 1_000_000),
+    do: :ok
+
   defp check(:start_timeout, v) when is_integer(v) and v > 0, do: :ok
   defp check(:verify, v) when is_boolean(v), do: :ok
 
@@ -110,6 +116,7 @@ defmodule Bridge.Config do
   defp expectation(:min_arena), do: "an integer from 4096 to 2^40 (bytes)"
   defp expectation(:untrusted), do: "a boolean"
   defp expectation(:huge_pages), do: "a boolean"
+  defp expectation(:spin_us), do: ":auto or an integer from 0 to 1_000_000 (microseconds)"
   defp expectation(:timeout), do: "a positive integer (milliseconds) or :infinity"
   defp expectation(:verify), do: "a boolean"
   defp expectation(:pool_size), do: "a positive integer"

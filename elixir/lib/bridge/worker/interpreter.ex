@@ -131,11 +131,20 @@ defmodule Bridge.Worker.Interpreter do
       {"BEAMBRIDGE_ARENA_LIMIT", Integer.to_string(config.arena_limit)},
       {"BEAMBRIDGE_MIN_ARENA", Integer.to_string(config.min_arena)},
       {"BEAMBRIDGE_VERIFY", if(config.verify, do: "1", else: "0")},
-      {"BEAMBRIDGE_UNTRUSTED", if(config.untrusted, do: "1", else: "0")}
+      {"BEAMBRIDGE_UNTRUSTED", if(config.untrusted, do: "1", else: "0")},
+      {"BEAMBRIDGE_SPIN_US", spin(config.spin_us)}
     ]
     |> Kernel.++(huge_pages(config.huge_pages, System.get_env("GLIBC_TUNABLES")))
-    |> Enum.map(fn {k, v} -> {String.to_charlist(k), String.to_charlist(v)} end)
+    |> Enum.map(fn
+      {k, false} -> {String.to_charlist(k), false}
+      {k, v} -> {String.to_charlist(k), String.to_charlist(v)}
+    end)
   end
+
+  # :auto leaves it to the worker (polls only when it may use more than one CPU);
+  # `false` removes a value inherited from the BEAM's environment.
+  defp spin(:auto), do: false
+  defp spin(us), do: Integer.to_string(us)
 
   # glibc's malloc asks for transparent huge pages on the memory it maps: a 64 MiB
   # `bytes` argument is then 32 page faults, not 16,384 (README "Benchmark").
