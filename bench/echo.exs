@@ -8,6 +8,8 @@
 #     and with a Bridge.Buffer, against ETF over a Port (erlang-py, ErlPort-style)
 #   * sweep/1: every payload inline vs every payload in a slice (threshold 1)
 #   * untrusted/1: the default pool vs `untrusted: true` (sealed result objects)
+#   * spin/3: small echoes with the worker polling for the next call (the default
+#     `spin_us`) vs sleeping at once (`spin_us: 0`), beside ETF over a Port
 defmodule BenchEcho do
   import Bitwise
 
@@ -132,6 +134,38 @@ defmodule BenchEcho do
           "untrusted_over_default" => ratio(times["untrusted_us"], times["default_us"])
         })
       end
+    end)
+  end
+
+  # ---- waiting for the next call ---------------------------------------------------------
+
+  # Small echoes from a worker that polls for the next call after each answer (the
+  # default `spin_us`) and from one that goes to sleep at once (`spin_us: 0`), with
+  # ETF over a Port beside them.
+  def spin(sizes, python, handlers) do
+    with_pools([spin: [], no_spin: [spin_us: 0]], python, handlers, fn pools ->
+      BenchEcho.Port.with_port(python, ["bench/etf_echo.py"], fn port ->
+        for size <- sizes do
+          payload = payload(size)
+
+          series =
+            for(
+              {mode, name} <- pools,
+              into: %{},
+              do: {"#{mode}_us", fn -> echo(name, payload, :plain) end}
+            )
+            |> Map.put("etf_port_us", fn -> etf_echo(port, payload) end)
+
+          times = interleaved(series, 2_000)
+
+          Map.merge(times, %{
+            "size" => size,
+            "no_spin_over_spin" => ratio(times["no_spin_us"], times["spin_us"]),
+            "etf_port_over_spin" => ratio(times["etf_port_us"], times["spin_us"]),
+            "etf_port_over_no_spin" => ratio(times["etf_port_us"], times["no_spin_us"])
+          })
+        end
+      end)
     end)
   end
 

@@ -10,7 +10,8 @@
 #     and vs two memcpys of the payload (NumPy, warm buffers); with and without the
 #     caller garbage-collecting after each call
 #   * every payload inline vs every payload in a slice (where slices start to pay),
-#     and the default pool vs `untrusted: true`
+#     the default pool vs `untrusted: true`, and a worker that polls for the next call
+#     vs one that sleeps at once (`spin_us`)
 #   * a small call (two integers): Bridge.call p50 vs a raw Port round trip of a
 #     20-byte frame with no decoding at all (the floor)
 #   * a CPU-bound handler: throughput of a pool of 2 vs a pool of 1
@@ -81,6 +82,7 @@ defmodule Bench do
 
     sweep = BenchEcho.sweep(sweep_sizes, @python, @handlers)
     untrusted = BenchEcho.untrusted([@mib, 64 * @mib], @python, @handlers)
+    spin = BenchEcho.spin([@kib, 16 * @kib], @python, @handlers)
 
     results = %{
       "machine" => %{
@@ -93,6 +95,7 @@ defmodule Bench do
       "throughput" => throughput,
       "threshold_sweep" => sweep,
       "untrusted" => untrusted,
+      "spin" => spin,
       "tensor_open" => tensor_open,
       "tables" => tables,
       "formats" => formats
@@ -101,6 +104,7 @@ defmodule Bench do
     print_table(echo_rows, small, throughput)
     print_sweep(sweep)
     print_untrusted(untrusted)
+    print_spin(spin)
     print_tensor_open(tensor_open)
     print_tables(tables)
     BenchFormats.print(formats)
@@ -229,6 +233,20 @@ defmodule Bench do
     for r <- rows do
       IO.puts(
         "  #{String.pad_trailing(human(r["size"]), 8)} default #{String.pad_leading(fmt_us(r["default_us"]), 8)}   untrusted #{String.pad_leading(fmt_us(r["untrusted_us"]), 8)}   #{r["untrusted_over_default"]}x"
+      )
+    end
+
+    IO.puts("")
+  end
+
+  defp print_spin(rows) do
+    IO.puts(
+      "Waiting for the next call: spin_us default vs 0, echo, median (ETF over a Port beside)"
+    )
+
+    for r <- rows do
+      IO.puts(
+        "  #{String.pad_trailing(human(r["size"]), 8)} spin #{fmt_us(r["spin_us"])}, no spin #{fmt_us(r["no_spin_us"])} (#{r["no_spin_over_spin"]}x), ETF over Port #{fmt_us(r["etf_port_us"])}: ETF over spin #{r["etf_port_over_spin"]}x, over no spin #{r["etf_port_over_no_spin"]}x"
       )
     end
 
