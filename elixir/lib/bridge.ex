@@ -143,7 +143,7 @@ defmodule Bridge do
 
   use Supervisor
 
-  alias Bridge.{Arena, Config, Control, Decoder, Encoder, Error, Pool, Worker}
+  alias Bridge.{Arena, CallerGC, Config, Control, Decoder, Encoder, Error, Pool, Worker}
 
   @typedoc "A Python module and function, as atoms or binaries: `{:arith, :add}`."
   @type function_ref :: {atom() | String.t(), atom() | String.t()}
@@ -244,6 +244,7 @@ defmodule Bridge do
     with :ok <- check_name(:module, module),
          :ok <- check_name(:function, function),
          {:ok, config} <- config(pool),
+         :ok <- CallerGC.before_call(config.arena_limit),
          {:ok, timeout} <- timeout(opts, config),
          {:ok, format} <- Bridge.Format.check_policy(Keyword.get(opts, :format, :auto)),
          {:ok, term, slices} <-
@@ -356,8 +357,12 @@ defmodule Bridge do
 
     with :ok <- check_frame(frame) do
       case GenServer.call(pool, {:call, request, timeout}, wait(timeout)) do
-        {:ok, {body, resolved, worker}} -> decode(body, resolved, worker, config)
-        {:error, _} = error -> error
+        {:ok, {body, resolved, worker}} ->
+          CallerGC.received(resolved)
+          decode(body, resolved, worker, config)
+
+        {:error, _} = error ->
+          error
       end
     end
   catch

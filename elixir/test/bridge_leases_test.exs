@@ -5,6 +5,7 @@ defmodule Bridge.LeasesTest do
   # change; the bounds of :arena_limit.
   use ExUnit.Case, async: false
 
+  import Bitwise
   import Bridge.Test.BridgeCase
 
   @moduletag timeout: 120_000
@@ -99,6 +100,41 @@ defmodule Bridge.LeasesTest do
     eventually(fn ->
       match?({:ok, %{live: 0}}, Bridge.Arena.stats(Bridge.Config.get(Lease1).arena))
     end)
+  end
+
+  test "a caller that loops over large results and never collects does not fill the arenas" do
+    # The worker's arenas hold 256 MiB of results; each is 80 MiB, too big for a control
+    # frame, so nothing can go inline. A process whose binary heap limit is high (as it
+    # grows in a process that has seen large binaries) does not collect on its own: the
+    # bridge collects for it before a call once it has received a quarter of the limit.
+    start_supervised!(
+      {Bridge, bridge_opts(Looper, pool_size: 1, arena_limit: 256 * 1_048_576)},
+      id: :looper
+    )
+
+    size = 80 * 1_048_576
+    parent = self()
+
+    {pid, ref} =
+      :erlang.spawn_opt(
+        fn ->
+          results =
+            for i <- 1..10 do
+              case Bridge.call({:bbt_handlers, :make_counter_bytes}, [size, i], pool: Looper) do
+                {:ok, <<^i::little-64, _::binary>> = bin} -> byte_size(bin)
+                {:error, e} -> {i, e.reason}
+              end
+            end
+
+          send(parent, {:results, results})
+        end,
+        [:monitor, min_bin_vheap_size: 1 <<< 30]
+      )
+
+    assert_receive {:results, results}, 60_000
+    assert_receive {:DOWN, ^ref, :process, ^pid, :normal}
+    assert results == List.duplicate(size, 10)
+    assert {:ok, 3} = Bridge.call({:bbt_handlers, :add}, [1, 2], pool: Looper)
   end
 
   test "past :arena_limit values go inline with a warning, counted; too big for a frame: refused" do
