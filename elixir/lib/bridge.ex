@@ -114,7 +114,8 @@ defmodule Bridge do
       the kernel may take a moment the first time it assembles huge pages.
     * `:spin_us` — microseconds a worker keeps polling for the next call after
       it answers one, before it goes to sleep (default `:auto`: 50 when the
-      worker may run on more than one CPU, else 0). A caller that calls again at
+      worker may use more than one CPU, by its CPU affinity and its cgroup's CPU
+      quota, else 0). A caller that calls again at
       once then finds the worker awake: on a virtual machine waking a sleeping
       process costs tens of microseconds, most of a small call (README
       "Benchmark"). The price is up to that much CPU time per call while the

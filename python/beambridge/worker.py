@@ -59,6 +59,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 # warnings reach the BEAM's Logger.
 from . import control, control_shortcuts
 from .control import MAX_CONTROL_FRAME, ProtocolError
+from .cpus import usable_cpus
 from .errors import ArenaError
 from .etf import Atom
 
@@ -106,8 +107,9 @@ def _env_flag(name: str) -> bool:
 def spin_seconds(setting: str | None) -> float:
     """How long the worker polls for the next call after an answer before it blocks:
     ``BEAMBRIDGE_SPIN_US`` microseconds, else `DEFAULT_SPIN_US` when this process may
-    run on more than one CPU and 0 when it may not (polling there would only keep the
-    BEAM from the CPU it needs to send that call).
+    use more than one CPU (`beambridge.cpus.usable_cpus`: its affinity and its cgroup's
+    CPU quota) and 0 when it may not (polling there would only keep the BEAM from the
+    CPU it needs to send that call).
 
     >>> spin_seconds("20")
     2e-05
@@ -118,8 +120,7 @@ def spin_seconds(setting: str | None) -> float:
     """
     if setting is not None and setting.strip().isdigit():
         return int(setting) / 1e6
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
-    return DEFAULT_SPIN_US / 1e6 if cpus > 1 else 0.0
+    return DEFAULT_SPIN_US / 1e6 if usable_cpus() > 1 else 0.0
 
 
 class _Channel:

@@ -37,6 +37,8 @@ MODULES = [
     "beambridge.encoder_formats",
     "beambridge.result_slices",
     "beambridge.calls",
+    "beambridge.cpus",
+    "beambridge.worker",
     "beambridge.serializers",
     "beambridge.formats.tensor",
     "beambridge.formats.tensor.dtype",
@@ -54,8 +56,8 @@ MODULES = [
     "beambridge.formats.packed",
     "beambridge.formats.records",
 ]
-#: Modules without examples: the worker's process life, and a package docstring.
-WITHOUT_EXAMPLES = {"beambridge.worker", "beambridge.formats"}
+#: Modules without examples: a package docstring.
+WITHOUT_EXAMPLES = {"beambridge.formats"}
 
 
 @pytest.mark.parametrize("name", MODULES)

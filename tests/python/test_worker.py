@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from beambridge import Atom, control
+from beambridge import Atom, control, cpus
 from beambridge.etf import encode
 from beambridge.worker import DEFAULT_SPIN_US, spin_seconds
 from test_etf import canon
@@ -249,8 +249,9 @@ def test_frames_are_read_however_the_pipe_cuts_them(worker: WorkerProcess) -> No
 
 
 def test_spin_defaults_to_polling_only_with_more_than_one_cpu(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
 ) -> None:
+    monkeypatch.setattr(cpus, "CGROUP_ROOT", tmp_path)  # no quota
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
     assert spin_seconds(None) == 0.0
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
@@ -258,6 +259,35 @@ def test_spin_defaults_to_polling_only_with_more_than_one_cpu(
     assert spin_seconds("0") == 0.0
     assert spin_seconds("250") == 250e-6
     assert spin_seconds("-5") == spin_seconds("fast") == DEFAULT_SPIN_US / 1e6
+    # a container's quota of one CPU on a machine of many: no polling
+    (tmp_path / "cpu.max").write_text("100000 100000\n")
+    assert spin_seconds(None) == 0.0
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert spin_seconds(None) == DEFAULT_SPIN_US / 1e6
+
+
+@pytest.mark.parametrize(
+    ("files", "quota"),
+    [
+        ({"cpu.max": "max 100000\n"}, None),
+        ({"cpu.max": "250000 100000\n"}, 2.5),
+        ({"cpu.max": "50000 100000"}, 0.5),
+        ({"cpu.max": "garbage"}, None),
+        ({"cpu.max": "0 100000"}, None),
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+        ({"cpu/cpu.cfs_quota_us": "200000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 2.0),
+        ({"cpu/cpu.cfs_quota_us": "200000\n"}, None),  # no period: unreadable, no quota
+        ({}, None),
+    ],
+)
+def test_cgroup_cpu_quota_v1_and_v2(tmp_path: Any, files: dict[str, str], quota: Any) -> None:
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert cpus.cgroup_quota(tmp_path) == quota
+    assert cpus.usable_cpus(tmp_path) == (
+        len(os.sched_getaffinity(0)) if quota is None else min(len(os.sched_getaffinity(0)), quota)
+    )
 
 
 def _cpu_seconds(pid: int) -> float:
