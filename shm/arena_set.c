@@ -106,6 +106,8 @@ static void aset_dtor(ErlNifEnv *env, void *obj)
             arena_unmap(s, &s->arenas[i]);
     if (s->lock != NULL)
         enif_mutex_destroy(s->lock);
+    if (s->grow_lock != NULL)
+        enif_mutex_destroy(s->grow_lock);
 }
 
 /* The slice's range goes back to its arena. */
@@ -151,11 +153,12 @@ ERL_NIF_TERM nif_arena_set_new(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv
     for (int i = 0; i < MAX_ARENAS; i++)
         s->arenas[i].fd = -1;
     s->lock = enif_mutex_create("beambridge_arena_set");
+    s->grow_lock = enif_mutex_create("beambridge_arena_set_grow");
     s->limit = limit;
     s->min_arena = round_up(min_arena, PAGE);
     term = enif_make_resource(env, s);
     enif_release_resource(s);
-    if (s->lock == NULL)
+    if (s->lock == NULL || s->grow_lock == NULL)
         return error_tuple(env, ATOM_ENOMEM);
     return ok_tuple(env, term);
 }
@@ -263,25 +266,44 @@ ERL_NIF_TERM nif_arena_set_trim(ErlNifEnv *env, int argc, const ERL_NIF_TERM arg
     return ok_tuple(env, list);
 }
 
+/* An arena (made, not being made) with a free extent of len bytes, or NULL. Caller
+ * holds the lock. */
+static arena_t *arena_with_room(aset_t *s, uint64_t len)
+{
+    for (int i = 0; i < MAX_ARENAS; i++) {
+        arena_t *a = &s->arenas[i];
+        if (a->fd < 0 || a->creating)
+            continue;
+        for (size_t j = 0; j < a->nfree; j++)
+            if (a->free[j].len >= len)
+                return a;
+    }
+    return NULL;
+}
+
+static ERL_NIF_TERM grow(ErlNifEnv *env, aset_t *s, uint64_t frame_len, uint64_t max_size);
+
 /*
  * arena_grow(Set, FrameLen, MaxSize) -> {ok, ArenaId} |
  *     {error, too_large | arena_full | no_space | closed | eNNN}
- * Creates an arena that can hold a slice for a frame of FrameLen bytes, within
- * the limit and at most MaxSize bytes (the memory the caller found free: past it
- * the cgroup's OOM killer, not ENOSPC, would answer); dirty IO: the pages are
- * reserved here. When the limit or the arena count is in the way,
+ * Makes sure an arena can hold a slice for a frame of FrameLen bytes: creates
+ * one within the limit and at most MaxSize bytes (the memory the caller found
+ * free: past it the cgroup's OOM killer, not ENOSPC, would answer); dirty IO:
+ * the pages are reserved here. When the limit or the arena count is in the way,
  * empty arenas are dropped, largest first, to make room.
+ *
+ * Callers that found no room at the same moment grow one at a time, and each
+ * first looks again: the arena the one before it made usually has room for it
+ * too (else a burst of concurrent callers would each make an arena, up to the
+ * limit and the arena count, and the last ones would find arena_full).
  */
 ERL_NIF_TERM nif_arena_grow(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
 {
     aset_t *s;
-    uint64_t frame_len, max_size, need, size, largest = 0;
-    ERL_NIF_TERM err;
+    uint64_t frame_len, max_size;
+    ERL_NIF_TERM err, result;
     arena_t *a;
-    int fd, rc;
-    uint8_t *addr;
-    uint64_t nonce;
-    uint32_t id;
+    uint32_t id = 0;
     (void)argc;
     if (!get_set(env, argv[0], &s))
         return error_tuple(env, ATOM_BADARG);
@@ -289,6 +311,25 @@ ERL_NIF_TERM nif_arena_grow(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
         return err;
     if (frame_len > MAX_OBJECT)
         return error_tuple(env, ATOM_TOO_LARGE);
+    enif_mutex_lock(s->grow_lock);
+    enif_mutex_lock(s->lock);
+    a = s->closed ? NULL : arena_with_room(s, slice_length_for(frame_len));
+    if (a != NULL)
+        id = a->id;
+    enif_mutex_unlock(s->lock);
+    result = a != NULL ? ok_tuple(env, enif_make_uint(env, id)) : grow(env, s, frame_len, max_size);
+    enif_mutex_unlock(s->grow_lock);
+    return result;
+}
+
+static ERL_NIF_TERM grow(ErlNifEnv *env, aset_t *s, uint64_t frame_len, uint64_t max_size)
+{
+    uint64_t need, size, largest = 0;
+    arena_t *a;
+    int fd, rc;
+    uint8_t *addr;
+    uint64_t nonce;
+    uint32_t id;
     need = round_up(OBJ_HEADER + slice_length_for(frame_len), PAGE);
     if (need <= s->limit && need > max_size)
         return error_tuple(env, ATOM_NO_SPACE);

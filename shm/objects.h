@@ -52,6 +52,7 @@ typedef struct {
 
 typedef struct {
     ErlNifMutex *lock;
+    ErlNifMutex *grow_lock; /* one arena_grow at a time (held across object_create) */
     arena_t arenas[MAX_ARENAS];
     uint64_t limit;     /* bytes of arenas at most */
     uint64_t min_arena; /* size of the first arena */

@@ -131,6 +131,40 @@ defmodule Bridge.ArenaTest do
     assert {:ok, _} = Arena.put(arena, value, [])
   end
 
+  test "callers that find no room at once make one arena between them, not one each" do
+    # 64 processes put 2 MB each at the same moment into a fresh set: they grow it one
+    # at a time, and each grower first uses the room the one before it made
+    arena = arena!(limit: 1024 * @mib, min_arena: 8 * @mib)
+    value = :binary.copy("c", 2_000_000)
+    parent = self()
+
+    pids =
+      for _ <- 1..64 do
+        spawn_link(fn ->
+          send(parent, {:put, self(), Arena.put(arena, value, [])})
+          receive do: (:done -> :ok)
+        end)
+      end
+
+    results = for pid <- pids, do: receive(do: ({:put, ^pid, r} -> r))
+
+    outcomes =
+      Enum.frequencies_by(results, fn
+        {:ok, _} -> :ok
+        {:error, e} -> e.reason
+      end)
+
+    assert outcomes == %{ok: 64}
+
+    {:ok, stats} = Arena.stats(arena)
+    assert stats.live == 64
+    # 128 MB in use: arenas of 8, 16, 32, 64 and 128 MiB, nothing dropped on the way
+    assert stats.bytes <= 4 * stats.used, inspect(stats)
+    assert stats.drops == 0 and stats.grows <= 8, inspect(stats)
+    Enum.each(pids, &send(&1, :done))
+    for {:ok, s} <- results, do: Arena.release(s)
+  end
+
   test "a lent slice is not reused until it returns; a stale handle cannot lend it again" do
     arena = arena!()
     {:ok, s} = Arena.put(arena, "lent", [])
@@ -239,10 +273,12 @@ defmodule Bridge.ArenaTest do
   test "a big value gets an arena of about its own size" do
     arena = arena!(limit: 1024 * @mib, min_arena: 8 * @mib)
     big = :binary.copy("b", 64 * @mib)
-    {:ok, _a} = Arena.put(arena, big, [])
-    {:ok, _b} = Arena.put(arena, big, [])
+    {:ok, a} = Arena.put(arena, big, [])
+    {:ok, b} = Arena.put(arena, big, [])
     {:ok, %{bytes: bytes, arenas: 2}} = Arena.stats(arena)
     assert bytes <= 2 * (64 * @mib + @mib)
+    # both held to here (a slice nothing refers to may be collected, and its room reused)
+    Enum.each([a, b], &Arena.release/1)
   end
 
   test "peer_open refuses what is not the announced sealed object" do
