@@ -248,8 +248,7 @@ defmodule Bridge do
          :ok <- CallerGC.before_call(config.arena_limit),
          {:ok, timeout} <- timeout(opts, config),
          {:ok, format} <- Bridge.Format.check_policy(Keyword.get(opts, :format, :auto)),
-         {:ok, term, slices} <-
-           Encoder.encode_args(args, config.arena, config.threshold, format: format) do
+         {:ok, term, slices} <- encode(args, config, format, pool) do
       # The slices are this process's until the call is over, whatever happens.
       try do
         request(pool, config, {module, function}, term, slices, format, timeout)
@@ -378,6 +377,15 @@ defmodule Bridge do
        Error.new(:worker_died, :pool_died,
          message: "worker died: the pool #{inspect(pool)} exited: #{inspect(reason)}"
        )}
+  end
+
+  # A caller that read the config just before the bridge stopped finds its arenas
+  # closed: the same error as a call made after the stop.
+  defp encode(args, config, format, pool) do
+    case Encoder.encode_args(args, config.arena, config.threshold, format: format) do
+      {:error, %Error{kind: :arena, reason: :closed}} -> {:error, no_pool(pool)}
+      result -> result
+    end
   end
 
   defp check_frame(frame) do

@@ -72,6 +72,24 @@ defmodule Bridge.PoolTest do
     assert {:ok, :next} = Bridge.call({:bbt_handlers, :sleep}, [0, :next], pool: One)
   end
 
+  test "a call racing with the bridge's stop gets :no_pool, as one made after it does" do
+    start_supervised!({Bridge, bridge_opts(Stopping, pool_size: 1)}, id: :stopping)
+    big = :binary.copy("s", 200_000)
+    assert {:ok, ^big} = Bridge.call({:bbt_handlers, :identity}, [big], pool: Stopping)
+    # the pool closes its arenas when it stops; a caller that read the config just
+    # before writes into closed arenas
+    Bridge.Arena.close(Bridge.Config.get(Stopping).arena)
+
+    assert {:error, %Bridge.Error{kind: :bad_call, reason: :no_pool} = e} =
+             Bridge.call({:bbt_handlers, :identity}, [big], pool: Stopping)
+
+    assert Exception.message(e) =~ "no bridge named"
+    stop_supervised!(:stopping)
+
+    assert {:error, %Bridge.Error{kind: :bad_call, reason: :no_pool}} =
+             Bridge.call({:bbt_handlers, :identity}, [big], pool: Stopping)
+  end
+
   test "a Python exception comes back with type, message and a traceback naming the handler" do
     assert {:error, %Bridge.Error{kind: :python_exception} = e} = call(:fail, ["it broke"])
     assert e.python_type == "ValueError"
