@@ -286,8 +286,11 @@ defmodule Bridge do
       `:arena_full` / `:too_large` (a slice was due but none could be had:
       inline),
       `:encode_failed` (a serializer failed: the struct went as its map);
-      for results always `:received`. Inline binaries and ETF values in
-      results are not counted.
+      for results `:received` (the worker chose the form) or, for a result
+      value at or above the threshold that the worker sent inline because no
+      slice could be had, the cause (`:arena_full`, `:too_large`, `:no_space`,
+      `:no_tickets`; form `:raw`, `:tensor`, `:arrow`...). Other inline binaries
+      and ETF values in results are not counted.
 
   ## Examples
 

@@ -137,6 +137,46 @@ defmodule Bridge.LeasesTest do
     assert {:ok, 3} = Bridge.call({:bbt_handlers, :add}, [1, 2], pool: Looper)
   end
 
+  test "results that go inline because the worker's arenas are full are counted here too" do
+    start_supervised!(
+      {Bridge, bridge_opts(FullResults, pool_size: 1, arena_limit: 8 * 1_048_576)},
+      id: :full_results
+    )
+
+    Bridge.reset_format_stats()
+    size = 3_000_000
+
+    # held here: the worker's 8 MiB of arenas hold two of them, the rest go inline
+    {held, log} =
+      ExUnit.CaptureLog.with_log(fn ->
+        for i <- 1..4 do
+          {:ok, result} =
+            Bridge.call({:bbt_handlers, :make_counter_bytes}, [size, i], pool: FullResults)
+
+          assert <<^i::little-64, _::binary>> = result
+          result
+        end
+      end)
+
+    assert log =~ "no slice (arena_full"
+
+    stats = Bridge.format_stats()
+
+    assert %{count: 2, bytes: 6_000_000} =
+             Enum.find(
+               stats,
+               &match?(%{direction: :from_python, form: :raw, reason: :arena_full}, &1)
+             )
+
+    assert %{count: 2} =
+             Enum.find(
+               stats,
+               &match?(%{direction: :from_python, form: :raw_slice, reason: :received}, &1)
+             )
+
+    assert length(held) == 4
+  end
+
   test "past :arena_limit values go inline with a warning, counted; too big for a frame: refused" do
     start_supervised!(
       {Bridge, bridge_opts(Limited, pool_size: 1, arena_limit: 2_097_152, min_arena: 1_048_576)},

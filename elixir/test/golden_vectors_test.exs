@@ -84,6 +84,7 @@ defmodule Bridge.GoldenVectorsTest do
           {:error, :python_exception},
           {:error, :bad_call},
           :released,
+          :fallbacks,
           {:log, :stdout},
           {:log, :stderr}
         ],

@@ -96,6 +96,16 @@ defmodule Bridge.RegistryTest do
     assert Registry.reason_kind(:unsupported_dtype) == :format
   end
 
+  test "the forms and reasons a worker may report in {:fallbacks, ...} are stats names of both sides" do
+    {forms, reasons} = Bridge.FormatStats.fallback_names()
+    stats = @data["stats"]
+
+    for {names, table} <- [{forms, stats["forms"]}, {reasons, stats["reasons"]}], name <- names do
+      assert %{"sides" => sides} = table[Atom.to_string(name)], "#{name} is no stats name"
+      assert "elixir" in sides and "python" in sides, "#{name}: #{inspect(sides)}"
+    end
+  end
+
   # (Before the rewrite of Bridge.Worker the list lacked :unsupported_dtype,
   # which the registry makes a wire reason: this test is what catches that.)
   test "every atom a worker may send is among the worker's protocol atoms" do

@@ -154,6 +154,10 @@ def control_vectors() -> list[ControlVector]:
                      "worker", (A("released"), [(3, 128, 5), (3, 4224, 6)])),
         good_control("good_worker_released_empty", "an empty released list", "worker",
                      (A("released"), [])),
+        good_control("good_worker_fallbacks", "two results of a call went inline although "
+                     "due a slice: one binary (arena full), one tensor (no ticket)", "worker",
+                     control.fallbacks({("raw", "arena_full"): [1, 400_000],
+                                        ("tensor", "no_tickets"): [1, 65_664]})),
         good_control("good_worker_log_stdout", "a handler printed a line", "worker",
                      (A("log"), A("stdout"), b"hello\n")),
         good_control("good_worker_log_stderr", "a library warned on stderr", "worker",
@@ -239,6 +243,14 @@ def control_vectors() -> list[ControlVector]:
                                                       raw_list([inner((3, 128, 5))],
                                                                inner(0))))),
                     beam=beam_refuses("bad_slice", "slices")),
+        bad_control("bad_worker_fallbacks_unknown_form", "{:fallbacks, [{\"video\", "
+                    "\"arena_full\", 1, 10}]}: a form that is no stats form", "worker",
+                    raw_frame(encode((A("fallbacks"), [(b"video", b"arena_full", 1, 10)]))),
+                    beam=unexpected),
+        bad_control("bad_worker_fallbacks_negative", "{:fallbacks, [{\"raw\", "
+                    "\"arena_full\", -1, 10}]}: a negative count", "worker",
+                    raw_frame(encode((A("fallbacks"), [(b"raw", b"arena_full", -1, 10)]))),
+                    beam=unexpected),
         bad_control("bad_worker_envelope_trailing_bytes", "an envelope of {:object_dropped, "
                     "1} and one byte more inside envelope_size", "worker",
                     raw_frame(encode((A("object_dropped"), 1)) + b"\x00"),

@@ -40,6 +40,7 @@ __all__ = [
     "Answer",
     "BeamMessage",
     "Call",
+    "Fallbacks",
     "Log",
     "ObjectAnnouncement",
     "ObjectDropped",
@@ -53,6 +54,7 @@ __all__ = [
     "beam_slice",
     "call",
     "error",
+    "fallbacks",
     "from_beam",
     "from_worker",
     "join",
@@ -81,6 +83,7 @@ A_OBJECT, A_OBJECT_DROPPED, A_CALL = Atom("object"), Atom("object_dropped"), Ato
 A_SEALED_MAPPED, A_SHUTDOWN = Atom("sealed_mapped"), Atom("shutdown")
 A_READY, A_OK, A_ERROR, A_RELEASED = Atom("ready"), Atom("ok"), Atom("error"), Atom("released")
 A_LOG, A_STDOUT, A_STDERR = Atom("log"), Atom("stdout"), Atom("stderr")
+A_FALLBACKS = Atom("fallbacks")
 A_PYTHON_EXCEPTION, A_BAD_CALL = Atom("python_exception"), Atom("bad_call")
 #: Object kinds (§1.1) and the owners of answer slices (§8.3).
 A_ARENA, A_SEALED, A_LEASE_TABLE = Atom("arena"), Atom("sealed"), Atom("lease_table")
@@ -304,6 +307,14 @@ class Released:
 
 
 @dataclass(frozen=True)
+class Fallbacks:
+    """``{:fallbacks, [{form, reason, count, bytes}]}``: result values at or above the
+    threshold that went inline, counted per form and reason (stats names, binaries)."""
+
+    entries: list[tuple[bytes, bytes, int, int]]
+
+
+@dataclass(frozen=True)
 class Log:
     """``{:log, :stdout | :stderr, data}``."""
 
@@ -344,6 +355,25 @@ def log(stream: Atom, data: bytes) -> tuple[Any, ...]:
     return (A_LOG, stream, data)
 
 
+def fallbacks(counts: dict[tuple[str, str], list[int]]) -> tuple[Any, ...]:
+    """``{:fallbacks, [{form, reason, count, bytes}]}`` from ``{(form, reason): [count,
+    bytes]}`` (`beambridge.stats` names)."""
+    return (A_FALLBACKS, [(f.encode(), r.encode(), c, b) for (f, r), (c, b) in counts.items()])
+
+
+def _fallback_entry(term: Any) -> bool:
+    return (
+        type(term) is tuple
+        and len(term) == 4
+        and type(term[0]) is bytes
+        and term[0].decode("latin-1") in registry.STATS_FORMS
+        and type(term[1]) is bytes
+        and term[1].decode("latin-1") in registry.STATS_REASONS
+        and _uint(term[2])
+        and _uint(term[3])
+    )
+
+
 def worker_slice(
     object_id: int, offset: int, length: int, generation: int, ticket: int
 ) -> tuple[Any, ...]:
@@ -382,7 +412,7 @@ def released_entries(term: Any) -> list[tuple[int, int, int]]:
     raise _violation("a released list is [{object_id, offset, generation}]", term)
 
 
-WorkerMessage = Ready | ObjectAnnouncement | ObjectDropped | Answer | Released | Log
+WorkerMessage = Ready | ObjectAnnouncement | ObjectDropped | Answer | Released | Fallbacks | Log
 
 
 def from_worker(envelope: Any, has_body: bool) -> WorkerMessage:
@@ -406,6 +436,13 @@ def from_worker(envelope: Any, has_body: bool) -> WorkerMessage:
             return Answer(envelope[1], False, [], envelope[2], released_entries(envelope[3]))
         if tag == A_RELEASED and n == 2:
             return Released(released_entries(envelope[1]))
+        if (
+            tag == A_FALLBACKS
+            and n == 2
+            and type(envelope[1]) is list
+            and all(map(_fallback_entry, envelope[1]))
+        ):
+            return Fallbacks(envelope[1])
         if (
             tag == A_LOG
             and n == 3

@@ -121,6 +121,8 @@ class ResultSlices:
         self.entries: list[tuple[Any, ...]] = []
         #: Why values of this result went inline although at or above the threshold.
         self.fallbacks: list[str] = []
+        #: The same per (form, reason): [count, bytes] (the BEAM counts them too).
+        self.fallback_counts: dict[tuple[str, str], list[int]] = {}
         #: Sealed objects announced, waiting for ``{:sealed_mapped, ...}``.
         self.unconfirmed: dict[int, SharedObject] = {}
         self._lent: list[Slice] = []
@@ -133,6 +135,7 @@ class ResultSlices:
         """Start a result."""
         self.entries = []
         self.fallbacks = []
+        self.fallback_counts = {}
         self._lent = []
         self._new_sealed = []
 
@@ -190,9 +193,13 @@ class ResultSlices:
         return len(self.entries) - 1
 
     def commit(self) -> list[Any]:
-        """The answer is going out: the messages announcing its sealed objects (to send
-        before it); they now wait for ``{:sealed_mapped, ...}``."""
+        """The answer is going out: the messages to send before it, announcing its sealed
+        objects (they now wait for ``{:sealed_mapped, ...}``) and counting its values
+        that went inline although at or above the threshold (``{:fallbacks, ...}``)."""
         notices = [control.object_announcement(*obj.announcement()) for obj in self._new_sealed]
+        if self.fallback_counts:
+            notices.append(control.fallbacks(self.fallback_counts))
+            self.fallback_counts = {}
         self.unconfirmed.update((obj.object_id, obj) for obj in self._new_sealed)
         self._new_sealed = []
         self._lent = []
@@ -346,5 +353,9 @@ class ResultSlices:
                 f"pool's :arena_limit (now {self.limit}) or return less",
             ) from None
         self.fallbacks.append(reason)
-        note(RESULTS, INLINE_FORMS.get(kind, kind), reason, nbytes, f"{what}, inline")
+        form = INLINE_FORMS.get(kind, kind)
+        counted = self.fallback_counts.setdefault((form, reason), [0, 0])
+        counted[0] += 1
+        counted[1] += nbytes
+        note(RESULTS, form, reason, nbytes, f"{what}, inline")
         _warn(reason, f"{what} gets no slice ({err}); sending it inline")

@@ -43,6 +43,7 @@ MESSAGES = {
     "ok": control.Answer,
     "error": control.Answer,
     "released": control.Released,
+    "fallbacks": control.Fallbacks,
     "log": control.Log,
 }
 

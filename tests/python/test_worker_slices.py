@@ -386,6 +386,18 @@ def test_fallbacks_go_inline_and_are_counted_and_logged() -> None:
         assert counts[("to_elixir", "raw", "too_large")] == 3
         assert counts[("to_elixir", "raw", "no_tickets")] == 1
         assert counts[("to_elixir", "raw", "arena_full")] == 2
+        # the BEAM was told of each, before the answer that carried it; the results of the
+        # refused calls never went out, so neither did their counts
+        told: dict[tuple[bytes, bytes], list[int]] = {}
+        for form, reason, count, nbytes in w.fallbacks:
+            entry = told.setdefault((form, reason), [0, 0])
+            entry[0] += count
+            entry[1] += nbytes
+        assert told == {
+            (b"raw", b"too_large"): [1, 2 << 20],
+            (b"raw", b"arena_full"): [2, 800_000],
+            (b"raw", b"no_tickets"): [1, 100_000],
+        }
         lines = w.log_text("stderr").decode().splitlines()
         for cause in ("too_large", "no_tickets", "arena_full"):
             logged = [line for line in lines if f"no slice ({cause}" in line]

@@ -291,6 +291,7 @@ class WorkerProcess:
         self.confirm_sealed = confirm_sealed
         self.buffer = b""
         self.logs: list[tuple[str, bytes]] = []
+        self.fallbacks: list[tuple[bytes, bytes, int, int]] = []  # {:fallbacks, ...} entries
         self.next_id = 1
         self.ready: Any = None
         self.answer: control.Answer | None = None
@@ -356,6 +357,8 @@ class WorkerProcess:
             self.beam.on_object_dropped(message.object_id)
         elif isinstance(message, control.Released):
             self.beam.on_released(message.entries)
+        elif isinstance(message, control.Fallbacks):
+            self.fallbacks.extend(message.entries)
         elif isinstance(message, control.Answer):
             self.body = None if body is None else decode(body)
             echoed = {(e[1], e[2], e[3]) for e in message.slices if e[0] == control.A_BEAM}

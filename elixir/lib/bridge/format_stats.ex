@@ -92,6 +92,58 @@ defmodule Bridge.FormatStats do
     ArgumentError -> :ok
   end
 
+  # What a worker may report in {:fallbacks, [{form, reason, count, bytes}]} (SPEC
+  # §8.3): the inline forms of values due a slice, and why none could be had.
+  @fallback_forms Map.new(~w(raw tensor arrow packed records custom)a, &{Atom.to_string(&1), &1})
+  @fallback_reasons Map.new(
+                      ~w(too_large arena_full no_space no_tickets)a,
+                      &{Atom.to_string(&1), &1}
+                    )
+
+  @doc false
+  @spec fallback_names() :: {[atom()], [atom()]}
+  def fallback_names, do: {Map.values(@fallback_forms), Map.values(@fallback_reasons)}
+
+  @doc false
+  # A worker's {:fallbacks, list}: result values that went inline although a slice was
+  # due, counted under :from_python. :error for anything but a proper list of
+  # {form, reason, count, bytes} with the names above (the worker broke the protocol).
+  @spec worker_fallbacks(term()) :: :ok | :error
+  def worker_fallbacks(list) do
+    if proper_list?(list) do
+      list
+      |> Enum.reduce_while(%{}, fn entry, acc ->
+        case fallback_key(entry) do
+          {:ok, key, count, bytes} ->
+            {:cont, Map.update(acc, key, {count, bytes}, fn {c, b} -> {c + count, b + bytes} end)}
+
+          :error ->
+            {:halt, :error}
+        end
+      end)
+      |> then(fn
+        :error -> :error
+        counts -> add(counts)
+      end)
+    else
+      :error
+    end
+  end
+
+  defp fallback_key({form, reason, count, bytes})
+       when is_binary(form) and is_binary(reason) and is_integer(count) and count >= 0 and
+              is_integer(bytes) and bytes >= 0 do
+    with {:ok, f} <- Map.fetch(@fallback_forms, form),
+         {:ok, r} <- Map.fetch(@fallback_reasons, reason),
+         do: {:ok, {:from_python, f, r}, count, bytes}
+  end
+
+  defp fallback_key(_entry), do: :error
+
+  defp proper_list?([]), do: true
+  defp proper_list?([_ | tail]), do: proper_list?(tail)
+  defp proper_list?(_), do: false
+
   @spec all() :: [map()]
   def all do
     @table

@@ -24,7 +24,7 @@ defmodule Bridge.Worker do
 
   require Logger
 
-  alias Bridge.{Config, Control, Error, Registry}
+  alias Bridge.{Config, Control, Error, FormatStats, Registry}
   alias Bridge.Worker.{Interpreter, Objects}
 
   defstruct [
@@ -280,6 +280,13 @@ defmodule Bridge.Worker do
 
   defp handle_message({:object_dropped, id}, _body, state) when is_integer(id),
     do: %{state | objects: Objects.drop(state.objects, id)}
+
+  defp handle_message({:fallbacks, list} = message, _body, state) do
+    case FormatStats.worker_fallbacks(list) do
+      :ok -> state
+      :error -> unexpected(state, message)
+    end
+  end
 
   defp handle_message({:released, list}, _body, state) do
     case Objects.released(state.objects, list) do
