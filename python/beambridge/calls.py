@@ -112,7 +112,8 @@ class CallPath:
     ``threshold``: payloads of at least this many bytes travel in slices;
     ``arena_limit``, ``min_arena``: the bounds of the worker's arenas (§3);
     ``verify``: checksum result payloads and verify argument payloads; ``untrusted``:
-    every result slice is a sealed object of its own (§11).
+    every result slice is a sealed object of its own (§11); ``report_fallbacks``: send
+    ``{:fallbacks, ...}`` before answers (a BEAM of protocol 2.1 or later).
     """
 
     def __init__(
@@ -123,6 +124,7 @@ class CallPath:
         min_arena: int = 8 * _MIB,
         verify: bool = False,
         untrusted: bool = False,
+        report_fallbacks: bool = True,
     ) -> None:
         self.peers = PeerObjects()
         self.leases = LeaseBook()
@@ -133,7 +135,12 @@ class CallPath:
             else WorkerArenas(limit=arena_limit, min_arena=min_arena, checksum=verify)
         )
         self.slices = ResultSlices(
-            self.arenas, limit=arena_limit, sealed=untrusted, leases=self.leases, checksum=verify
+            self.arenas,
+            limit=arena_limit,
+            sealed=untrusted,
+            leases=self.leases,
+            checksum=verify,
+            report_fallbacks=report_fallbacks,
         )
         self.encoder = ResultEncoder(self.slices, threshold)
         self.lease_table: PeerObject | None = None

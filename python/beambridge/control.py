@@ -77,7 +77,7 @@ __all__ = [
 #: Largest frame either side accepts (§8.1); a longer one ends the worker (status 3).
 MAX_CONTROL_FRAME = 64 * 1024 * 1024
 #: The version the worker announces in ``{:ready, os_pid, version}``.
-PROTOCOL_VERSION = (2, 0)
+PROTOCOL_VERSION = (2, 1)
 
 A_OBJECT, A_OBJECT_DROPPED, A_CALL = Atom("object"), Atom("object_dropped"), Atom("call")
 A_SEALED_MAPPED, A_SHUTDOWN = Atom("sealed_mapped"), Atom("shutdown")

@@ -100,7 +100,9 @@ class ResultSlices:
     ``arenas`` are the worker's arenas (None: no slices, only sealed objects or
     nothing); ``sealed`` puts every value in a sealed object of its own (§11), counted
     with the arenas against ``limit``; ``leases`` is the book of the BEAM slices the
-    worker holds (for `echo`); ``checksum`` hashes every payload written.
+    worker holds (for `echo`); ``checksum`` hashes every payload written;
+    ``report_fallbacks``: tell the BEAM of values that went inline (``{:fallbacks, ...}``,
+    protocol 2.1; a 2.0 BEAM does not know the message).
     """
 
     def __init__(
@@ -111,8 +113,10 @@ class ResultSlices:
         sealed: bool = False,
         leases: LeaseBook | None = None,
         checksum: bool = False,
+        report_fallbacks: bool = True,
     ) -> None:
         self.arenas = arenas
+        self.report_fallbacks = report_fallbacks
         self.limit = limit if limit is not None else (arenas.limit if arenas else 1 << 30)
         self.sealed = sealed
         self.leases = leases
@@ -197,7 +201,7 @@ class ResultSlices:
         objects (they now wait for ``{:sealed_mapped, ...}``) and counting its values
         that went inline although at or above the threshold (``{:fallbacks, ...}``)."""
         notices = [control.object_announcement(*obj.announcement()) for obj in self._new_sealed]
-        if self.fallback_counts:
+        if self.fallback_counts and self.report_fallbacks:
             notices.append(control.fallbacks(self.fallback_counts))
             self.fallback_counts = {}
         self.unconfirmed.update((obj.object_id, obj) for obj in self._new_sealed)

@@ -15,10 +15,10 @@ Messages (§8.3)::
     BEAM -> worker   {:object, kind, owner_pid, fd, object_id, size, nonce}
                      | {:object_dropped, object_id} | {:sealed_mapped, [object_id]}
                      | {:call, id, module, function, opts, slices} + args | :shutdown
-    worker -> BEAM   {:ready, os_pid, {2, 0}} | {:object, ...} | {:object_dropped, id}
+    worker -> BEAM   {:ready, os_pid, {2, 1}} | {:object, ...} | {:object_dropped, id}
                      | {:ok, id, slices, released} + result
                      | {:error, id, error, released} | {:released, [slice]}
-                     | {:log, stream, data}
+                     | {:fallbacks, [...]} (to a BEAM of 2.1) | {:log, stream, data}
 
 Before it blocks on fd 3 the worker reports the BEAM slices let go since its last
 answer (``{:released, ...}``). When no frame arrives for `IDLE_AFTER` seconds it takes
@@ -31,7 +31,8 @@ arenas, default 1 GiB), ``BEAMBRIDGE_MIN_ARENA`` (bytes of the first arena, defa
 MiB), ``BEAMBRIDGE_VERIFY`` (``1`` checksums result payloads and verifies argument
 payloads; default ``0``), ``BEAMBRIDGE_UNTRUSTED`` (``1``: every result slice is a
 sealed object of its own, §11), ``BEAMBRIDGE_SPIN_US`` (microseconds to poll for the
-next call after an answer before blocking; default `spin_seconds`).
+next call after an answer before blocking; default `spin_seconds`),
+``BEAMBRIDGE_PROTOCOL`` (the BEAM's protocol version, ``2.1``: `beam_protocol`).
 
 Exit status: 0 after EOF on fd 3, ``:shutdown``, SIGTERM or the parent's death (the
 kernel frees every shared object: nothing is left behind); 3 on a protocol violation
@@ -72,6 +73,7 @@ __all__ = [
     "IDLE_AFTER",
     "MAX_CONTROL_FRAME",
     "TRIM_AFTER",
+    "beam_protocol",
     "main",
     "spin_seconds",
 ]
@@ -102,6 +104,20 @@ def _env_int(name: str, default: int) -> int:
 
 def _env_flag(name: str) -> bool:
     return os.environ.get(name, "0").strip() not in ("", "0", "false", "no")
+
+
+def beam_protocol(setting: str | None) -> tuple[int, int]:
+    """The control protocol version the BEAM implements, from ``BEAMBRIDGE_PROTOCOL``
+    (``"2.1"``); a BEAM that does not say is taken for 2.0, and the worker sends it
+    nothing newer.
+
+    >>> beam_protocol("2.1"), beam_protocol(None), beam_protocol("two")
+    ((2, 1), (2, 0), (2, 0))
+    """
+    major, _, minor = (setting or "").strip().partition(".")
+    if major.isdigit() and minor.isdigit():
+        return int(major), int(minor)
+    return (2, 0)
 
 
 def spin_seconds(setting: str | None) -> float:
@@ -218,6 +234,7 @@ class Worker:
             min_arena=_env_int("BEAMBRIDGE_MIN_ARENA", 8 * _MIB),
             verify=_env_flag("BEAMBRIDGE_VERIFY"),
             untrusted=_env_flag("BEAMBRIDGE_UNTRUSTED"),
+            report_fallbacks=beam_protocol(os.environ.get("BEAMBRIDGE_PROTOCOL")) >= (2, 1),
         )
         self.parent = parent  # the BEAM, or OTP's erl_child_setup that spawned us for it
         self.spin = spin_seconds(os.environ.get("BEAMBRIDGE_SPIN_US"))

@@ -406,6 +406,22 @@ def test_fallbacks_go_inline_and_are_counted_and_logged() -> None:
         assert len([line for line in lines if "no slice (arena_full" in line]) == 1
 
 
+def test_a_beam_of_protocol_2_0_is_not_told_of_fallbacks() -> None:
+    """{:fallbacks, ...} came with 2.1: a BEAM that does not announce 2.1 (or says
+    nothing) would take it for a protocol violation, so it is not sent."""
+    for announced in ("2.0", ""):
+        with running(
+            BEAMBRIDGE_PROTOCOL=announced,
+            BEAMBRIDGE_THRESHOLD="1024",
+            BEAMBRIDGE_ARENA_LIMIT=str(1 << 20),
+            BEAMBRIDGE_MIN_ARENA=str(1 << 20),
+        ) as w:
+            assert w.ready.version == (2, 1)
+            assert w.ok("make_bytes", 2 << 20) == b"a" * (2 << 20)  # too_large: inline
+            assert w.fallbacks == []
+            assert stats(w)[("to_elixir", "raw", "too_large")] == 1
+
+
 # ---- echo without a copy -------------------------------------------------------------------
 
 

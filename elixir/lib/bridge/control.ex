@@ -14,6 +14,13 @@ defmodule Bridge.Control do
   alias Bridge.Error
 
   @max_frame 64 * 1024 * 1024
+  # The control protocol this side implements; workers learn it from
+  # BEAMBRIDGE_PROTOCOL (SPEC §8.4) and send nothing newer.
+  @protocol_version "2.1"
+
+  @doc false
+  @spec protocol_version() :: String.t()
+  def protocol_version, do: @protocol_version
 
   @doc false
   @spec max_frame() :: pos_integer()

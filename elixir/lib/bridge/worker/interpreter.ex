@@ -132,7 +132,8 @@ defmodule Bridge.Worker.Interpreter do
       {"BEAMBRIDGE_MIN_ARENA", Integer.to_string(config.min_arena)},
       {"BEAMBRIDGE_VERIFY", if(config.verify, do: "1", else: "0")},
       {"BEAMBRIDGE_UNTRUSTED", if(config.untrusted, do: "1", else: "0")},
-      {"BEAMBRIDGE_SPIN_US", spin(config.spin_us)}
+      {"BEAMBRIDGE_SPIN_US", spin(config.spin_us)},
+      {"BEAMBRIDGE_PROTOCOL", Bridge.Control.protocol_version()}
     ]
     |> Kernel.++(huge_pages(config.huge_pages, System.get_env("GLIBC_TUNABLES")))
     |> Enum.map(fn
