@@ -99,6 +99,36 @@ defmodule Bridge.FormatBridgeTest do
     ]
   end
 
+  test "a worker's {:fallbacks, ...} is counted whole, or refused whole when any of it is wrong" do
+    Bridge.reset_format_stats()
+
+    good = [
+      {"raw", "arena_full", 2, 800},
+      {"tensor", "no_tickets", 1, 64},
+      {"raw", "arena_full", 1, 5}
+    ]
+
+    assert :ok = Bridge.FormatStats.worker_fallbacks(good)
+
+    for bad <- [
+          [{"raw", "arena_full", 1, 5} | :tail],
+          [{"raw", "arena_full", 1, 5}, {"video", "arena_full", 1, 5}],
+          [{"raw", "threshold", 1, 5}],
+          [{:raw, "arena_full", 1, 5}],
+          [{"raw", "arena_full", 1, -5}],
+          {"raw", "arena_full", 1, 5}
+        ] do
+      assert :error = Bridge.FormatStats.worker_fallbacks(bad), inspect(bad)
+    end
+
+    counted = for %{direction: :from_python} = e <- Bridge.format_stats(), do: e
+
+    assert Enum.sort_by(counted, & &1.form) == [
+             %{direction: :from_python, form: :raw, reason: :arena_full, count: 3, bytes: 805},
+             %{direction: :from_python, form: :tensor, reason: :no_tickets, count: 1, bytes: 64}
+           ]
+  end
+
   test "arguments: Python gets what plain ETF gives, from every form, inline and in slices" do
     for pool <- [@inl, @reg], {value, form, shape} <- argument_cases() do
       Bridge.reset_format_stats()

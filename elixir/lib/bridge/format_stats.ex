@@ -109,26 +109,25 @@ defmodule Bridge.FormatStats do
   # due, counted under :from_python. :error for anything but a proper list of
   # {form, reason, count, bytes} with the names above (the worker broke the protocol).
   @spec worker_fallbacks(term()) :: :ok | :error
-  def worker_fallbacks(list) do
-    if proper_list?(list) do
-      list
-      |> Enum.reduce_while(%{}, fn entry, acc ->
-        case fallback_key(entry) do
-          {:ok, key, count, bytes} ->
-            {:cont, Map.update(acc, key, {count, bytes}, fn {c, b} -> {c + count, b + bytes} end)}
+  def worker_fallbacks(list), do: count_fallbacks(list, %{})
 
-          :error ->
-            {:halt, :error}
-        end
-      end)
-      |> then(fn
-        :error -> :error
-        counts -> add(counts)
-      end)
-    else
-      :error
+  # One walk: a bad entry or an improper tail is :error, and nothing is counted.
+  defp count_fallbacks([], counts), do: add(counts)
+
+  defp count_fallbacks([entry | rest], counts) do
+    case fallback_key(entry) do
+      {:ok, key, n, bytes} ->
+        count_fallbacks(
+          rest,
+          Map.update(counts, key, {n, bytes}, fn {c, b} -> {c + n, b + bytes} end)
+        )
+
+      :error ->
+        :error
     end
   end
+
+  defp count_fallbacks(_improper, _counts), do: :error
 
   defp fallback_key({form, reason, count, bytes})
        when is_binary(form) and is_binary(reason) and is_integer(count) and count >= 0 and
@@ -139,10 +138,6 @@ defmodule Bridge.FormatStats do
   end
 
   defp fallback_key(_entry), do: :error
-
-  defp proper_list?([]), do: true
-  defp proper_list?([_ | tail]), do: proper_list?(tail)
-  defp proper_list?(_), do: false
 
   @spec all() :: [map()]
   def all do
