@@ -103,12 +103,7 @@ defmodule BenchEcho do
         for size <- sizes do
           payload = payload(size)
 
-          series =
-            for {mode, name} <- pools, into: %{} do
-              {"#{mode}_us", fn -> echo(name, payload, :gc) end}
-            end
-
-          times = interleaved(series, 300)
+          times = interleaved(pool_series(pools, payload, :gc), 300)
           row = Map.merge(times, %{"size" => size})
           Map.put(row, "slice_over_inline", ratio(times["slice_us"], times["inline_us"]))
         end
@@ -122,12 +117,7 @@ defmodule BenchEcho do
       for size <- sizes do
         payload = payload(size)
 
-        series =
-          for {mode, name} <- pools, into: %{} do
-            {"#{mode}_us", fn -> echo(name, payload, :gc) end}
-          end
-
-        times = interleaved(series, reps(size))
+        times = interleaved(pool_series(pools, payload, :gc), reps(size))
 
         Map.merge(times, %{
           "size" => size,
@@ -149,11 +139,8 @@ defmodule BenchEcho do
           payload = payload(size)
 
           series =
-            for(
-              {mode, name} <- pools,
-              into: %{},
-              do: {"#{mode}_us", fn -> echo(name, payload, :plain) end}
-            )
+            pools
+            |> pool_series(payload, :plain)
             |> Map.put("etf_port_us", fn -> etf_echo(port, payload) end)
 
           times = interleaved(series, 2_000)
@@ -167,6 +154,11 @@ defmodule BenchEcho do
         end
       end)
     end)
+  end
+
+  # One echo series per pool of `with_pools/4`, keyed "<mode>_us".
+  defp pool_series(pools, payload, habit) do
+    for {mode, name} <- pools, into: %{}, do: {"#{mode}_us", fn -> echo(name, payload, habit) end}
   end
 
   defp with_pools(modes, python, handlers, fun) do
