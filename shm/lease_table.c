@@ -7,8 +7,6 @@
 #include "objects.h"
 
 #include <string.h>
-#include <sys/mman.h>
-#include <unistd.h>
 
 #define MAX_TICKETS (1u << 20)
 
@@ -21,12 +19,8 @@ int get_table(ErlNifEnv *env, ERL_NIF_TERM t, table_t **table)
 
 static void table_dtor(ErlNifEnv *env, void *obj)
 {
-    table_t *t = (table_t *)obj;
     (void)env;
-    if (t->addr != NULL)
-        munmap(t->addr, (size_t)t->size);
-    if (t->fd >= 0)
-        close(t->fd);
+    object_close((table_t *)obj);
 }
 
 /* lease_table_new(Entries) -> {ok, Table} */
@@ -42,15 +36,9 @@ ERL_NIF_TERM nif_lease_table_new(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
     t = enif_alloc_resource(TABLE_RT, sizeof(table_t));
     if (t == NULL)
         return error_tuple(env, ATOM_ENOMEM);
-    memset(t, 0, sizeof *t);
-    t->fd = -1;
-    t->entries = entries;
-    t->size = round_up(OBJ_HEADER + (uint64_t)entries * 8, PAGE);
-    t->id = new_object_id();
-    rc = object_create(t->size, KIND_LEASE_TABLE, entries, t->id, &t->fd, &t->addr, &t->nonce);
+    rc = object_new(t, round_up(OBJ_HEADER + (uint64_t)entries * 8, PAGE), KIND_LEASE_TABLE,
+                    entries);
     if (rc != 0) {
-        t->addr = NULL;
-        t->fd = -1;
         enif_release_resource(t);
         return errno_error(env, rc);
     }

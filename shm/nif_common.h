@@ -1,7 +1,7 @@
 /*
  * nif_common.h — what the NIF's C files share: the result helpers, argument
  * readers and the entry points of the transport v2 object files (objects.c,
- * arena_set.c, slices.c, lease_table.c, peer.c; see protocol/SPEC.md), whose
+ * arena_set.c, slices.c, lease_table.c, peer.c, lane.c; see protocol/SPEC.md), whose
  * internals they share through objects.h. Everything here has hidden
  * visibility; only nif_init is exported.
  */
@@ -63,7 +63,13 @@ int arena_load(ErlNifEnv *env);
         {"peer_lease_read", 3, nif_peer_lease_read, 0},                         \
         {"peer_lease_binary", 3, nif_peer_lease_binary, 0},                     \
         {"peer_lease_release", 1, nif_peer_lease_release, 0},                   \
-        {"fd_count", 0, nif_fd_count, 0}
+        {"fd_count", 0, nif_fd_count, 0},                                       \
+        {"lane_new", 0, nif_lane_new, ERL_NIF_DIRTY_JOB_IO_BOUND},              \
+        {"lane_info", 1, nif_lane_info, 0},                                     \
+        {"lane_layout", 0, nif_lane_layout, 0},                                 \
+        {"lane_send", 2, nif_lane_send, 0},                                     \
+        {"lane_wait", 3, nif_lane_wait, 0},                                     \
+        {"lane_take", 2, nif_lane_take, 0}
 
 #define DECLARE_NIF(name) ERL_NIF_TERM name(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
 DECLARE_NIF(nif_arena_set_new);
@@ -94,5 +100,11 @@ DECLARE_NIF(nif_peer_lease_read);
 DECLARE_NIF(nif_peer_lease_binary);
 DECLARE_NIF(nif_peer_lease_release);
 DECLARE_NIF(nif_fd_count);
+DECLARE_NIF(nif_lane_new);
+DECLARE_NIF(nif_lane_info);
+DECLARE_NIF(nif_lane_layout);
+DECLARE_NIF(nif_lane_send);
+DECLARE_NIF(nif_lane_wait);
+DECLARE_NIF(nif_lane_take);
 
 #endif

@@ -49,7 +49,9 @@ int object_create(uint64_t size, int kind, uint32_t entries, uint32_t id, int *f
     uint8_t *h;
     uint64_t nonce = random_u64();
 
-    fd = memfd_create("beambridge", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    /* a lane is named apart: it is no arena, and /proc/<pid>/maps tells them apart */
+    fd = memfd_create(kind == KIND_LANE ? "beambridge-lane" : "beambridge",
+                      MFD_CLOEXEC | MFD_ALLOW_SEALING);
     if (fd < 0)
         return errno;
     do {
@@ -104,6 +106,31 @@ ERL_NIF_TERM nif_fd_count(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
     return ok_tuple(env, enif_make_uint(env, n > 0 ? n - 1 : 0));
 }
 
+int object_new(table_t *t, uint64_t size, int kind, uint32_t entries)
+{
+    int rc;
+    memset(t, 0, sizeof *t);
+    t->size = size;
+    t->entries = entries;
+    t->id = new_object_id();
+    rc = object_create(size, kind, entries, t->id, &t->fd, &t->addr, &t->nonce);
+    if (rc != 0) {
+        t->fd = -1;
+        t->addr = NULL;
+    }
+    return rc;
+}
+
+void object_close(table_t *t)
+{
+    if (t->addr != NULL)
+        munmap(t->addr, (size_t)t->size);
+    if (t->fd >= 0)
+        close(t->fd);
+    t->addr = NULL;
+    t->fd = -1;
+}
+
 int arena_load(ErlNifEnv *env)
 {
     ErlNifResourceFlags flags = ERL_NIF_RT_CREATE | ERL_NIF_RT_TAKEOVER;
@@ -111,5 +138,6 @@ int arena_load(ErlNifEnv *env)
     ok &= slices_load(env, flags);
     ok &= lease_table_load(env, flags);
     ok &= peer_load(env, flags);
+    ok &= lane_load(env, flags);
     return ok;
 }

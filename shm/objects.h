@@ -9,6 +9,7 @@
  *   slices.c       slices: alloc, frames, holds, lending, zero-copy binaries
  *   lease_table.c  lease tables
  *   peer.c         peers' objects mapped read-only and leases on their slices
+ *   lane.c         a worker's lane: calls and answers while both sides poll
  */
 #ifndef BEAMBRIDGE_OBJECTS_H
 #define BEAMBRIDGE_OBJECTS_H
@@ -29,7 +30,7 @@
 #define MAX_OBJECT (((uint64_t)1) << 40)
 #define FRAME_HEADER 128u
 
-enum { KIND_ARENA = 0, KIND_SEALED = 1, KIND_LEASE_TABLE = 2 };
+enum { KIND_ARENA = 0, KIND_SEALED = 1, KIND_LEASE_TABLE = 2, KIND_LANE = 3 };
 enum { HELD_BY_CALLER = 1, HELD_BY_PEER = 2 };
 
 typedef struct {
@@ -98,6 +99,10 @@ uint32_t new_object_id(void);
 uint64_t new_generation(void);
 int object_create(uint64_t size, int kind, uint32_t entries, uint32_t id, int *fd_out,
                   uint8_t **addr_out, uint64_t *nonce_out);
+/* A new object of this side in `t` (a lease table, a lane): 0, or an errno value with
+ * nothing made (t->fd -1, t->addr NULL). object_close undoes it. */
+int object_new(table_t *t, uint64_t size, int kind, uint32_t entries);
+void object_close(table_t *t);
 
 /* arena_set.c */
 int arena_set_load(ErlNifEnv *env, ErlNifResourceFlags flags);
@@ -114,5 +119,8 @@ int get_table(ErlNifEnv *env, ERL_NIF_TERM t, table_t **table);
 
 /* peer.c */
 int peer_load(ErlNifEnv *env, ErlNifResourceFlags flags);
+
+/* lane.c */
+int lane_load(ErlNifEnv *env, ErlNifResourceFlags flags);
 
 #endif

@@ -112,14 +112,16 @@ defmodule Bridge do
       (`GLIBC_TUNABLES=glibc.malloc.hugetlb=1`, default `true`): a large `bytes`
       argument or NumPy array is made several times faster (no 4 KiB page faults);
       the kernel may take a moment the first time it assembles huge pages.
-    * `:spin_us` — microseconds a worker keeps polling for the next call after
-      it answers one, before it goes to sleep (default `:auto`: 50 when the
-      worker may use more than one CPU, by its CPU affinity and its cgroup's CPU
-      quota, else 0). A caller that calls again at
-      once then finds the worker awake: on a virtual machine waking a sleeping
-      process costs tens of microseconds, most of a small call (README
-      "Benchmark"). The price is up to that much CPU time per call while the
-      worker waits; `0` turns it off.
+    * `:spin_us` — microseconds each side polls for the other before it goes
+      to sleep: a worker for the next call after it answers one, the BEAM for
+      the answer (at most 1,000) after it sends a call. Default `:auto`: 50 when
+      the side may use more than one CPU (the worker by its CPU affinity and its
+      cgroup's CPU quota, the BEAM by its schedulers), else 0. While both poll,
+      a call and its answer pass through a *lane*, shared memory of the worker's
+      own (protocol/SPEC.md §8.5), and nobody is woken through the kernel: on a
+      virtual machine a wake-up costs tens of microseconds, most of a small call
+      (README "Benchmark"). The price is up to that much CPU time per call while
+      a side waits; `0` turns polling and the lane off.
     * `:start_timeout` — ms a worker may take to become ready (default
       `10_000`).
     * `:verify` — checksum slice payloads (xxh3) when writing them and verify
@@ -332,8 +334,10 @@ defmodule Bridge do
   @doc """
   The workers of a bridge: id, Erlang pid, the interpreter's OS pid and phase
   (`:starting`, `:ready`, `:busy`, `:killing`, `:down`), how many of the
-  bridge's slices it holds (`lent_slices`) and how many of its arenas are mapped
-  here (`worker_arenas`).
+  bridge's slices it holds (`lent_slices`), how many of its arenas are mapped
+  here (`worker_arenas`), whether its interpreter has a lane (`lane`: calls and
+  answers pass through shared memory while both sides poll, protocol/SPEC.md
+  §8.5) and how many calls went that way since the worker started (`lane_calls`).
 
   ## Examples
 

@@ -66,7 +66,9 @@ defmodule Bridge.GoldenVectorsTest do
           {:call, false, true},
           {:call, true, true},
           :sealed_mapped,
-          :shutdown
+          :shutdown,
+          {:object, :lane},
+          :lane
         ],
         do: assert(m in beam, "no good BEAM frame for #{inspect(m)}")
 
@@ -86,7 +88,8 @@ defmodule Bridge.GoldenVectorsTest do
           :released,
           :fallbacks,
           {:log, :stdout},
-          {:log, :stderr}
+          {:log, :stderr},
+          :lane
         ],
         do: assert(m in worker, "no good worker frame for #{inspect(m)}")
 
@@ -315,9 +318,10 @@ defmodule Bridge.GoldenVectorsTest do
 
   # SPEC §8.3, BEAM -> worker.
   defp beam_message?(:shutdown, false), do: true
+  defp beam_message?(:lane, false), do: true
 
   defp beam_message?({:object, kind, pid, fd, id, size, nonce}, false)
-       when kind in [:arena, :lease_table],
+       when kind in [:arena, :lease_table, :lane],
        do: uints?([pid, fd, id], 32) and uints?([size, nonce], 64)
 
   defp beam_message?({:object_dropped, id}, false), do: uint?(id, 32)

@@ -106,6 +106,9 @@ def control_vectors() -> list[ControlVector]:
         good_control("good_beam_sealed_mapped_empty", "an empty sealed_mapped list", "beam",
                      (A("sealed_mapped"), [])),
         good_control("good_beam_shutdown", "shutdown", "beam", A("shutdown")),
+        good_control("good_beam_object_lane", "the BEAM announces the worker's lane (2.2)",
+                     "beam", (A("object"), A("lane"), 4242, 19, 3, 135168, NONCE_1)),
+        good_control("good_beam_lane", "a call waits in the lane (2.2)", "beam", A("lane")),
         # ---- worker -> BEAM, good
         good_control("good_worker_ready", "the worker's first frame, version 2.0", "worker",
                      (A("ready"), 4321, (2, 0))),
@@ -158,6 +161,8 @@ def control_vectors() -> list[ControlVector]:
                      "due a slice: one binary (arena full), one tensor (no ticket)", "worker",
                      control.fallbacks({("raw", "arena_full"): [1, 400_000],
                                         ("tensor", "no_tickets"): [1, 65_664]})),
+        good_control("good_worker_lane", "the answer waits in the lane (2.2)", "worker",
+                     A("lane")),
         good_control("good_worker_log_stdout", "a handler printed a line", "worker",
                      (A("log"), A("stdout"), b"hello\n")),
         good_control("good_worker_log_stderr", "a library warned on stderr", "worker",
@@ -190,6 +195,8 @@ def control_vectors() -> list[ControlVector]:
         bad_control("bad_beam_object_sealed", "the BEAM announces an object of kind "
                     "sealed (only workers own those)", "beam",
                     raw_frame(encode((A("object"), A("sealed"), 4242, 17, 1, 8192, NONCE_1)))),
+        bad_control("bad_beam_lane_body", "lane with a body", "beam",
+                    raw_frame(encode(A("lane")), encode([]))),
         bad_control("bad_beam_object_dropped_body", "object_dropped with a body", "beam",
                     raw_frame(dropped, encode([]))),
         bad_control("bad_beam_shutdown_body", "shutdown with a body", "beam",
@@ -236,6 +243,10 @@ def control_vectors() -> list[ControlVector]:
                     beam=beam_refuses("bad_slice", "slices")),
         bad_control("bad_worker_ok_no_body", "an ok answer without its body", "worker",
                     raw_frame(ok_empty), beam=beam_refuses("bad_term")),
+        bad_control("bad_worker_object_lane", "the worker announces a lane (only the BEAM "
+                    "makes those)", "worker",
+                    raw_frame(encode((A("object"), A("lane"), 4321, 7, 3, 135168, NONCE_1))),
+                    beam=beam_refuses("bad_slice", "slices")),
         bad_control("bad_worker_released_body", "released with a body", "worker",
                     raw_frame(released, encode([])), beam=unexpected),
         bad_control("bad_worker_released_improper_list", "{:released, [{3, 128, 5} | 0]}",

@@ -41,6 +41,7 @@ __all__ = [
     "BeamMessage",
     "Call",
     "Fallbacks",
+    "LaneRing",
     "Log",
     "ObjectAnnouncement",
     "ObjectDropped",
@@ -59,6 +60,7 @@ __all__ = [
     "from_worker",
     "join",
     "join_encoded",
+    "lane_ring",
     "log",
     "object_announcement",
     "object_dropped",
@@ -77,13 +79,13 @@ __all__ = [
 #: Largest frame either side accepts (§8.1); a longer one ends the worker (status 3).
 MAX_CONTROL_FRAME = 64 * 1024 * 1024
 #: The version the worker announces in ``{:ready, os_pid, version}``.
-PROTOCOL_VERSION = (2, 1)
+PROTOCOL_VERSION = (2, 2)
 
 A_OBJECT, A_OBJECT_DROPPED, A_CALL = Atom("object"), Atom("object_dropped"), Atom("call")
 A_SEALED_MAPPED, A_SHUTDOWN = Atom("sealed_mapped"), Atom("shutdown")
 A_READY, A_OK, A_ERROR, A_RELEASED = Atom("ready"), Atom("ok"), Atom("error"), Atom("released")
 A_LOG, A_STDOUT, A_STDERR = Atom("log"), Atom("stdout"), Atom("stderr")
-A_FALLBACKS = Atom("fallbacks")
+A_FALLBACKS, A_LANE = Atom("fallbacks"), Atom("lane")
 A_PYTHON_EXCEPTION, A_BAD_CALL = Atom("python_exception"), Atom("bad_call")
 #: Object kinds (§1.1) and the owners of answer slices (§8.3).
 A_ARENA, A_SEALED, A_LEASE_TABLE = Atom("arena"), Atom("sealed"), Atom("lease_table")
@@ -195,6 +197,11 @@ class Shutdown:
     """``:shutdown``: finish, exit 0."""
 
 
+@dataclass(frozen=True)
+class LaneRing:
+    """``:lane``: a batch waits in the lane (§8.5)."""
+
+
 def object_announcement(
     kind: str, owner_pid: int, fd: int, object_id: int, size: int, nonce: int
 ) -> tuple[Any, ...]:
@@ -234,7 +241,7 @@ def _announcement(term: tuple[Any, ...], kinds: tuple[str, ...]) -> ObjectAnnoun
     raise _violation("not a message of protocol/SPEC.md §8.3", term)
 
 
-BeamMessage = ObjectAnnouncement | ObjectDropped | Call | SealedMapped | Shutdown
+BeamMessage = ObjectAnnouncement | ObjectDropped | Call | SealedMapped | Shutdown | LaneRing
 
 
 def from_beam(envelope: Any, has_body: bool) -> BeamMessage:
@@ -242,10 +249,12 @@ def from_beam(envelope: Any, has_body: bool) -> BeamMessage:
     only a call has a body)."""
     if envelope == A_SHUTDOWN and not has_body:
         return Shutdown()
+    if envelope == A_LANE and not has_body:
+        return LaneRing()
     if type(envelope) is tuple and envelope and (not has_body or envelope[0] == A_CALL):
         tag = envelope[0]
         if tag == A_OBJECT:
-            return _announcement(envelope, ("arena", "lease_table"))
+            return _announcement(envelope, ("arena", "lease_table", "lane"))
         if tag == A_OBJECT_DROPPED and len(envelope) == 2 and _uint(envelope[1], 32):
             return ObjectDropped(envelope[1])
         if tag == A_CALL and len(envelope) == 6 and _uint(envelope[1]) and envelope[1] > 0:
@@ -351,6 +360,11 @@ def released(entries: list[tuple[int, int, int]]) -> tuple[Any, ...]:
     return (A_RELEASED, entries)
 
 
+def lane_ring() -> Atom:
+    """``:lane``: the answer waits in the lane (§8.5)."""
+    return A_LANE
+
+
 def log(stream: Atom, data: bytes) -> tuple[Any, ...]:
     return (A_LOG, stream, data)
 
@@ -412,12 +426,16 @@ def released_entries(term: Any) -> list[tuple[int, int, int]]:
     raise _violation("a released list is [{object_id, offset, generation}]", term)
 
 
-WorkerMessage = Ready | ObjectAnnouncement | ObjectDropped | Answer | Released | Fallbacks | Log
+WorkerMessage = (
+    Ready | ObjectAnnouncement | ObjectDropped | Answer | Released | Fallbacks | Log | LaneRing
+)
 
 
 def from_worker(envelope: Any, has_body: bool) -> WorkerMessage:
     """The worker's message of ``envelope`` (`ProtocolError` when it is none of §8.3's;
     only ``ok`` has a body)."""
+    if envelope == A_LANE and not has_body:
+        return LaneRing()
     if type(envelope) is tuple and envelope and (not has_body or envelope[0] == A_OK):
         tag, n = envelope[0], len(envelope)
         if tag == A_READY and n == 3 and _uint(envelope[1], 32):

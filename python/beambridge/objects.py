@@ -64,6 +64,7 @@ LAYOUT_VERSION = 1
 #: Kind codes (§1.1) by the names control messages use (§8.3), from the registry.
 KINDS: dict[str, int] = dict(registry.OBJECT_KINDS)
 KIND_ARENA, KIND_SEALED, KIND_LEASE_TABLE = KINDS["arena"], KINDS["sealed"], KINDS["lease_table"]
+KIND_LANE = KINDS["lane"]
 PAGE = 4096
 ALIGN = 64
 MAX_OBJECT = 1 << 40
@@ -213,7 +214,8 @@ class PeerObject:
     ) -> PeerObject:
         """Open ``/proc/<owner_pid>/fd/<fd>`` read-only and map it after the checks of
         §2; `ArenaError` (``peer_open_failed``, ``size_mismatch``, ``not_sealed``,
-        ``bad_object`` naming the field) otherwise."""
+        ``bad_object`` naming the field) otherwise. A ``lane`` (§8.5), the one object
+        both sides write, is opened and mapped read-write."""
         code = KINDS.get(kind)
         if code is None or size % PAGE or not PAGE <= size <= MAX_OBJECT:
             raise ArenaError(
@@ -225,7 +227,8 @@ class PeerObject:
             )
         path = f"/proc/{owner_pid}/fd/{fd}"
         try:
-            pfd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+            access = os.O_RDWR if code == KIND_LANE else os.O_RDONLY
+            pfd = os.open(path, access | os.O_CLOEXEC | os.O_NONBLOCK)
         except OSError as exc:
             raise ArenaError(
                 "peer_open_failed",
@@ -277,7 +280,8 @@ class PeerObject:
             ):
                 if value != expected:
                     raise _bad_object(field, value, expected)
-            mm = _map(pfd, size, mmap.MAP_SHARED, mmap.PROT_READ)
+            prot = mmap.PROT_READ | (mmap.PROT_WRITE if code == KIND_LANE else 0)
+            mm = _map(pfd, size, mmap.MAP_SHARED, prot)
         finally:
             os.close(pfd)
         return cls(mm, size, object_id, code, entries)

@@ -39,6 +39,7 @@ __all__ = [
     "FORMATS",
     "HANDLE_KINDS",
     "HANDLE_KIND_SCHEMAS",
+    "LANE",
     "MESSAGES",
     "OBJECT_KINDS",
     "PACKED_DTYPES",
@@ -255,6 +256,14 @@ CODECS: Mapping[str, int] = _coded(_DATA, "codecs")
 OBJECT_KINDS: Mapping[str, int] = _coded(_DATA, "object_kinds")
 """Shared-object ``kind`` codes (protocol/SPEC.md §1.1): name -> code."""
 _HANDLE = _handle_kinds(_DATA, FORMATS)
+LANE: Mapping[str, int] = MappingProxyType(
+    {
+        k: v
+        for k, v in _obj(_DATA.get("lane"), "lane").items()
+        if k != "meaning" and type(v) is int and v >= 0
+    }
+)
+"""Byte offsets and sizes of a lane object (SPEC §8.5): name -> bytes."""
 
 REASONS: frozenset[str] = frozenset(_REASONS)
 """Every error reason either side may produce or send."""

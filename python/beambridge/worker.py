@@ -59,10 +59,11 @@ from typing import TYPE_CHECKING, Any, NoReturn
 # .calls) comes after fds 1 and 2 point at the log pipes, so even its import-time
 # warnings reach the BEAM's Logger.
 from . import control, control_shortcuts
-from .control import MAX_CONTROL_FRAME, ProtocolError
+from .control import MAX_CONTROL_FRAME, LaneRing, ProtocolError
 from .cpus import usable_cpus
 from .errors import ArenaError
 from .etf import Atom
+from .lane import Lane, frames
 
 if TYPE_CHECKING:
     from .calls import Reply
@@ -87,6 +88,8 @@ TRIM_AFTER = 2.0
 DEFAULT_SPIN_US = 50
 
 _IN_FD, _OUT_FD = 3, 4
+#: Milliseconds of the first wait after the lane is marked asleep (SPEC §8.5).
+_SLEEP_RECHECK_MS = 1
 _LOG_CHUNK = 65536
 _WATCHDOG_PERIOD = 0.1
 _PR_SET_PDEATHSIG = 1
@@ -148,18 +151,27 @@ class _Channel:
         self.poller = select.poll()
         self.poller.register(fd, select.POLLIN)
 
-    def read(self, timeout: float, spin: float = 0.0) -> bytes | bytearray | None:
-        """The next frame; None when nothing arrived for ``timeout`` seconds. EOFError
-        at the end of the channel; `ProtocolError` for a frame over the limit.
+    def read(
+        self, timeout: float, spin: float = 0.0, lane: Lane | None = None
+    ) -> bytes | bytearray | type[LaneRing] | None:
+        """The next frame; None when nothing arrived for ``timeout`` seconds; `LaneRing`
+        (the class) when a call waits in ``lane`` and nothing on the pipe comes before
+        it. EOFError at the end of the channel; `ProtocolError` for a frame over the
+        limit.
 
         ``spin``: seconds to keep polling before blocking, so that a frame the BEAM
         sends right away (the next call of a busy caller) is read without this process
         going to sleep and being woken, which costs tens of microseconds on a
         virtual CPU. The loop yields the CPU to anything else runnable on it."""
         if not self.pending:
-            readable = spin > 0.0 and self._spin(spin)
-            if not readable and not self.poller.poll(int(timeout * 1000)):
-                return None
+            readable = spin > 0.0 and self._spin(spin, lane)
+            if readable is LaneRing:
+                return LaneRing
+            if not readable:
+                if lane is not None:
+                    return self._sleep(timeout, lane)
+                if not self.poller.poll(int(timeout * 1000)):
+                    return None
             # most frames arrive whole in one read: cut the frame out of it
             chunk = os.read(self.fd, _LOG_CHUNK)
             if not chunk:
@@ -182,16 +194,35 @@ class _Channel:
             )
         return self._take(length)
 
-    def _spin(self, seconds: float) -> bool:
-        """Poll without blocking for up to ``seconds``; True when a frame is readable."""
+    def _spin(self, seconds: float, lane: Lane | None) -> bool | type[LaneRing]:
+        """Poll without blocking for up to ``seconds``; True when a frame is readable,
+        `LaneRing` when a call waits in the lane (the pipe first: what the BEAM wrote
+        there came before)."""
         poll, clock, yield_cpu = self.poller.poll, time.perf_counter, os.sched_yield
+        waiting = lane.pending if lane is not None else bool
         end = clock() + seconds
         while True:
             if poll(0):
                 return True
+            if waiting():
+                return LaneRing
             if clock() >= end:
                 return False
             yield_cpu()
+
+    def _sleep(self, timeout: float, lane: Lane) -> bytes | bytearray | type[LaneRing] | None:
+        """Block on the pipe with the lane marked asleep. The BEAM may publish a call
+        just as the mark is made and miss it (SPEC §8.5): the first wait is short, and
+        the lane is looked at again after it."""
+        if not lane.sleep():
+            return LaneRing
+        readable = self.poller.poll(_SLEEP_RECHECK_MS)
+        if not readable and not lane.pending():
+            readable = self.poller.poll(int(timeout * 1000))
+        lane.wake()
+        if readable:
+            return self.read(0.0)
+        return LaneRing if lane.pending() else None
 
     def _take(self, n: int) -> bytearray:
         buf = bytearray(n)
@@ -238,6 +269,7 @@ class Worker:
         )
         self.parent = parent  # the BEAM, or OTP's erl_child_setup that spawned us for it
         self.spin = spin_seconds(os.environ.get("BEAMBRIDGE_SPIN_US"))
+        self.lane: Lane | None = None  # when the BEAM gives one (§8.5)
         self.exiting = False
 
     # ---- output ------------------------------------------------------------------------
@@ -267,14 +299,22 @@ class Worker:
             self._drain_locked()
             self._write(parts)
 
-    def send_reply(self, reply: Reply) -> None:
-        """The notices a reply needs first, then the reply, in one go."""
+    def send_reply(self, reply: Reply, seq: int = 0) -> None:
+        """The notices a reply needs first, then the reply, in one go: on the pipe, or
+        for a call that came as lane batch ``seq`` in the lane when it fits (§8.5)."""
         frames = [control.join(n) for n in reply.notices]
         frames.append(reply.frame())
+        lane = self.lane
         with self.lock:
             self._drain_locked()
+            if seq and lane is not None and lane.answer(seq, frames):
+                if lane.parked(seq):
+                    self._write(control.join(control.lane_ring()))
+                return
             for parts in frames:
                 self._write(parts)
+            if seq and lane is not None:
+                lane.publish(seq, 0)  # the answer is on the pipe
 
     def send_pending(self) -> None:
         """Arenas made or dropped, and BEAM slices let go, since the last frame."""
@@ -357,13 +397,17 @@ class Worker:
         while True:
             self.send_pending()  # before blocking on fd 3
             try:
-                frame = self.channel.read(IDLE_AFTER, spin)
+                frame = self.channel.read(IDLE_AFTER, spin, self.lane)
             except EOFError:
                 self.exit(0)  # the BEAM closed the Port, or died
             except ProtocolError as err:
                 self.violation(str(err))
             if frame is None:
                 self.path.idle(TRIM_AFTER)
+                continue
+            if isinstance(frame, type):  # LaneRing: a call waits in the lane
+                self.run_lane()
+                spin = self.spin
                 continue
             try:
                 message, body = control_shortcuts.read_beam(frame)
@@ -374,12 +418,30 @@ class Worker:
             # after an answer, the caller's next call often follows at once
             spin = self.spin if isinstance(message, control.Call) else 0.0
 
-    def dispatch(self, message: control.BeamMessage, body: memoryview | None) -> None:
+    def run_lane(self) -> None:
+        """The batch waiting in the lane: its frames in order, the call's answer back
+        through the lane."""
+        assert self.lane is not None
+        try:
+            seq, batch = self.lane.take()
+            messages = [control_shortcuts.read_beam(f) for f in frames(batch)]
+        except ProtocolError as err:
+            self.violation(str(err))
+        del batch
+        for message, body in messages:
+            self.dispatch(message, body, seq)
+
+    def dispatch(self, message: control.BeamMessage, body: memoryview | None, seq: int = 0) -> None:
         if isinstance(message, control.Call):
             reply = self.path.run(message, body)
             del body
-            self.send_reply(reply)
+            self.send_reply(reply, seq)
             self.path.after_answer()
+        elif isinstance(message, control.LaneRing):
+            if self.lane is not None and self.lane.pending():
+                self.run_lane()
+        elif isinstance(message, control.ObjectAnnouncement) and message.kind == "lane":
+            self.open_lane(message)
         elif isinstance(message, control.ObjectAnnouncement):
             try:
                 self.path.map_object(message)
@@ -391,6 +453,18 @@ class Worker:
             self.path.sealed_mapped(message.object_ids)
         else:
             self.exit(0)  # :shutdown
+
+    def open_lane(self, message: control.ObjectAnnouncement) -> None:
+        """Map the lane the BEAM made for this interpreter; without it calls keep to
+        the pipe."""
+        try:
+            lane = Lane.open(message)
+        except (ArenaError, ProtocolError) as err:
+            self.log(f"cannot map the BEAM's lane {message.object_id}: {err}")
+            return
+        if self.lane is not None:
+            self.lane.close()
+        self.lane = lane
 
 
 def _set_parent_death_signal() -> None:

@@ -38,6 +38,7 @@ MODULES = [
     "beambridge.result_slices",
     "beambridge.calls",
     "beambridge.cpus",
+    "beambridge.lane",
     "beambridge.worker",
     "beambridge.serializers",
     "beambridge.formats.tensor",

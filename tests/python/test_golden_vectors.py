@@ -45,6 +45,7 @@ MESSAGES = {
     "released": control.Released,
     "fallbacks": control.Fallbacks,
     "log": control.Log,
+    "lane": control.LaneRing,
 }
 
 
@@ -194,6 +195,8 @@ def test_control_vectors_hold_every_message() -> None:
         ("call", (True, True)),
         "sealed_mapped",
         "shutdown",
+        ("object", "lane"),
+        "lane",
     }
     assert seen["worker"] >= {
         "ready",
@@ -209,6 +212,7 @@ def test_control_vectors_hold_every_message() -> None:
         "released",
         ("log", "stdout"),
         ("log", "stderr"),
+        "lane",
     }
     assert bad["beam"] >= 8 and bad["worker"] >= 8
 

@@ -86,6 +86,7 @@ def test_every_entry_is_well_formed() -> None:
         "handle_kinds",
         "tensor_schemas",
         "object_kinds",
+        "lane",
         "slice_sources",
         "formats",
         "codecs",
@@ -328,8 +329,24 @@ def test_tags_layouts_and_messages() -> None:
 
 def test_object_kinds() -> None:
     assert dict(registry.OBJECT_KINDS) == objects.KINDS
-    codes = (objects.KIND_ARENA, objects.KIND_SEALED, objects.KIND_LEASE_TABLE)
-    assert codes == tuple(registry.OBJECT_KINDS[k] for k in ("arena", "sealed", "lease_table"))
+    codes = (objects.KIND_ARENA, objects.KIND_SEALED, objects.KIND_LEASE_TABLE, objects.KIND_LANE)
+    names = ("arena", "sealed", "lease_table", "lane")
+    assert codes == tuple(registry.OBJECT_KINDS[k] for k in names)
+
+
+def test_lane_layout() -> None:
+    """Each word on a cache line of its own past the object header, the two areas
+    apart, page-aligned and inside the object (SPEC §8.5)."""
+    lane = registry.LANE
+    words = ["call_seq", "call_len", "answer_seq", "answer_len", "awake", "parked"]
+    offsets = [lane[w] for w in words]
+    assert all(o % 64 == 0 and o >= objects.OBJECT_HEADER for o in offsets)
+    assert len(set(offsets)) == len(offsets)
+    assert max(offsets) + 8 <= lane["call_area"]
+    assert lane["call_area"] % objects.PAGE == 0 == lane["answer_area"] % objects.PAGE
+    assert lane["call_area"] + lane["area_size"] <= lane["answer_area"]
+    assert lane["answer_area"] + lane["area_size"] <= lane["size"]
+    assert lane["size"] % objects.PAGE == 0
 
 
 # ---- codes, policies, dtypes ---------------------------------------------------------------

@@ -49,7 +49,7 @@ def worker_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([HANDLERS, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env.update(
-        BEAMBRIDGE_WORKER_ID="test-worker", BEAMBRIDGE_MIN_ARENA=str(MIB), BEAMBRIDGE_PROTOCOL="2.1"
+        BEAMBRIDGE_WORKER_ID="test-worker", BEAMBRIDGE_MIN_ARENA=str(MIB), BEAMBRIDGE_PROTOCOL="2.2"
     )
     env.update(extra)
     return env

@@ -1,7 +1,7 @@
 defmodule Bridge.NIF do
   @moduledoc false
   # Stubs for the NIF in shm/ (beambridge_nif.c; the shared objects in objects.c,
-  # arena_set.c, slices.c, lease_table.c and peer.c). Every function returns
+  # arena_set.c, slices.c, lease_table.c, peer.c and lane.c). Every function returns
   # {:ok, value} | :ok | {:error, reason}; wrong argument types are
   # {:error, :badarg}, never a raise. Offsets and lengths are in bytes.
 
@@ -57,4 +57,11 @@ defmodule Bridge.NIF do
   def peer_lease_binary(_lease, _off, _len), do: not_loaded()
   def peer_lease_release(_lease), do: not_loaded()
   def fd_count, do: not_loaded()
+  # A worker's lane (SPEC §8.5; Bridge.Lane):
+  def lane_new, do: not_loaded()
+  def lane_info(_lane), do: not_loaded()
+  def lane_layout, do: not_loaded()
+  def lane_send(_lane, _batch), do: not_loaded()
+  def lane_wait(_lane, _seq, _spin_us), do: not_loaded()
+  def lane_take(_lane, _seq), do: not_loaded()
 end

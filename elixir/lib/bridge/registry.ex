@@ -172,6 +172,13 @@ defmodule Bridge.Registry do
   @formats formats
   @codecs codecs
   @object_kinds object_kinds
+  @lane for {k, v} <- fetch!.(data, "lane", "", object?, "an object"),
+            k != "meaning",
+            do:
+              if(is_integer(v) and v >= 0,
+                do: {k, v},
+                else: Load.bad!(@path, "lane." <> k, "bytes")
+              )
   @policies names.("policies")
   @packed_dtypes packed_dtypes
   # {name, who sends it (nil for tags: whoever sends the data term)}
@@ -283,6 +290,10 @@ defmodule Bridge.Registry do
   @doc "Shared-object `kind` codes (protocol/SPEC.md §1.1): name => code."
   @spec object_kinds() :: %{atom() => non_neg_integer()}
   def object_kinds, do: @object_kinds
+
+  @doc "Byte offsets and sizes of a lane object (SPEC §8.5): name => bytes."
+  @spec lane() :: %{String.t() => non_neg_integer()}
+  def lane, do: Map.new(@lane)
 
   @doc "The format policies of the `format:` call option (SPEC §10.1), the default first."
   @spec policies() :: [atom()]

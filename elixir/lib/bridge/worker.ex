@@ -24,7 +24,7 @@ defmodule Bridge.Worker do
 
   require Logger
 
-  alias Bridge.{Config, Control, Error, FormatStats, Registry}
+  alias Bridge.{Config, Control, Error, FormatStats, Lane, Registry}
   alias Bridge.Worker.{Interpreter, Objects}
 
   defstruct [
@@ -36,7 +36,11 @@ defmodule Bridge.Worker do
     :timer,
     :ready_at,
     :after_exit,
+    :lane,
+    :lane_seq,
+    lane_calls: 0,
     os_pids: [],
+    spin_us: 0,
     phase: :down,
     available?: false,
     objects: %Objects{},
@@ -91,7 +95,14 @@ defmodule Bridge.Worker do
     Process.flag(:trap_exit, true)
     # The pool put the bridge's arenas into the stored config.
     config = Config.get(config.name) || config
-    state = %__MODULE__{config: config, index: index, id: "#{inspect(config.name)}.#{index}"}
+
+    state = %__MODULE__{
+      config: config,
+      index: index,
+      id: "#{inspect(config.name)}.#{index}",
+      spin_us: Lane.spin_us(config.spin_us)
+    }
+
     Logger.metadata(worker: state.id)
 
     case Interpreter.start_sync(state) do
@@ -158,17 +169,72 @@ defmodule Bridge.Worker do
   defp start_call(state, %{id: id, frame: frame, slices: slices} = request, from, deadline) do
     case Objects.lend(state.objects, state.config.arena, slices) do
       {:ok, objects, announcements} ->
-        Enum.each(announcements, &Interpreter.send_frame(state, &1))
-        Interpreter.send_frame(state, frame)
         timer = if deadline == :infinity, do: nil, else: call_timer(id, deadline)
         call = %{id: id, from: from, module: request.module, function: request.function}
-        %{state | phase: :busy, call: call, timer: timer, objects: objects}
+        state = %{state | phase: :busy, call: call, timer: timer, objects: objects}
+        send_call(state, announcements ++ [frame])
 
       {:error, error} ->
         # The caller gave its slices up: it is gone, or past its deadline.
         GenServer.reply(from, {:error, error})
         become_ready(state)
     end
+  end
+
+  # The call's frames go through the lane when the worker polls for them and
+  # nothing written to the port earlier is still queued (it must arrive first);
+  # else on the pipe.
+  defp send_call(%{lane: nil} = state, frames), do: send_frames(state, frames)
+
+  defp send_call(%{lane: lane} = state, frames) do
+    with {:queue_size, 0} <- Port.info(state.port, :queue_size),
+         {:ok, seq, awake} <- Lane.send_batch(lane, frames) do
+      if not awake, do: Interpreter.send_frame(state, Control.frame(:lane))
+      await_lane(%{state | lane_seq: seq, lane_calls: state.lane_calls + 1})
+    else
+      _ -> send_frames(state, frames)
+    end
+  end
+
+  defp send_frames(state, frames) do
+    Enum.each(frames, &Interpreter.send_frame(state, &1))
+    state
+  end
+
+  # Polls for the answer up to spin_us; then parks, and looks again in a
+  # millisecond: an answer published just as this side parked may come with no ring.
+  defp await_lane(state) do
+    case Lane.wait(state.lane, state.lane_seq, state.spin_us) do
+      :pending ->
+        Process.send_after(self(), {:lane_check, state.lane, state.lane_seq}, 1)
+        state
+
+      answer ->
+        lane_answer(state, answer)
+    end
+  end
+
+  defp lane_answer(state, :none), do: state
+
+  defp lane_answer(state, {:ok, frames}) do
+    Enum.reduce(frames, %{state | lane_seq: nil}, fn
+      frame, %{phase: phase} = state when phase in [:starting, :ready, :busy] ->
+        handle_frame(frame, state)
+
+      _frame, state ->
+        state
+    end)
+  end
+
+  defp lane_answer(state, {:error, {reason, value}}) do
+    error =
+      Error.new(:bad_frame, reason,
+        field: :lane,
+        value: value,
+        message: "bad frame: #{reason}: worker #{state.id} left a malformed batch in its lane"
+      )
+
+    violation(%{state | lane_seq: nil}, error)
   end
 
   defp call_timer(id, deadline),
@@ -196,26 +262,14 @@ defmodule Bridge.Worker do
 
   @impl true
   def handle_info({port, {:data, bin}}, %{port: port, phase: phase} = state)
-      when phase in [:starting, :ready, :busy] do
-    case Control.split(bin) do
-      {:ok, envelope, body} when body != "" and elem(envelope, 0) != :ok ->
-        {:noreply, unexpected(state, {envelope, {:body, byte_size(body)}})}
-
-      {:ok, {:log, stream, data} = log, _}
-      when stream in [:stdout, :stderr] and is_binary(data) ->
-        Interpreter.log(state, log)
-        {:noreply, state}
-
-      {:ok, envelope, body} ->
-        {:noreply, handle_message(envelope, body, state)}
-
-      {:error, error} ->
-        {:noreply, violation(state, error)}
-    end
-  end
+      when phase in [:starting, :ready, :busy],
+      do: {:noreply, handle_frame(bin, state)}
 
   # While the interpreter is being killed its frames (a late answer) are dropped.
   def handle_info({port, {:data, _}}, %{port: port} = state), do: {:noreply, state}
+
+  def handle_info({:lane_check, lane, seq}, %{lane: lane, lane_seq: seq} = state),
+    do: {:noreply, lane_answer(state, Lane.take(lane, seq))}
 
   def handle_info({port, {:exit_status, status}}, %{port: port} = state),
     do: {:noreply, exited(state, status)}
@@ -259,17 +313,44 @@ defmodule Bridge.Worker do
       os_pid: List.first(state.os_pids),
       phase: state.phase,
       lent_slices: map_size(state.objects.lent),
-      worker_arenas: map_size(state.objects.peers)
+      worker_arenas: map_size(state.objects.peers),
+      lane: state.lane != nil,
+      lane_calls: state.lane_calls
     }
 
     {:reply, info, state}
   end
 
-  defp handle_message({:ready, os_pid, {2, _minor}}, _body, %{phase: :starting} = state)
-       when is_integer(os_pid) do
-    Logger.debug("beambridge worker #{state.id}: ready, os pid #{os_pid}")
-    become_ready(Interpreter.ready(state, os_pid))
+  # One frame from the worker, from the pipe or the lane.
+  defp handle_frame(bin, state) do
+    case Control.split(bin) do
+      {:ok, envelope, body} when body != "" and elem(envelope, 0) != :ok ->
+        unexpected(state, {envelope, {:body, byte_size(body)}})
+
+      {:ok, {:log, stream, data} = log, _}
+      when stream in [:stdout, :stderr] and is_binary(data) ->
+        Interpreter.log(state, log)
+        state
+
+      {:ok, envelope, body} ->
+        handle_message(envelope, body, state)
+
+      {:error, error} ->
+        violation(state, error)
+    end
   end
+
+  defp handle_message({:ready, os_pid, {2, minor}}, _body, %{phase: :starting} = state)
+       when is_integer(os_pid) and is_integer(minor) do
+    Logger.debug("beambridge worker #{state.id}: ready, os pid #{os_pid}")
+    become_ready(Interpreter.ready(state, os_pid, minor))
+  end
+
+  # The answer waits in the lane (or a ring that came after it was taken).
+  defp handle_message(:lane, _body, %{lane_seq: seq} = state) when seq != nil,
+    do: lane_answer(state, Lane.take(state.lane, seq))
+
+  defp handle_message(:lane, _body, state), do: state
 
   defp handle_message({:object, _, _, _, _, _, _} = announcement, _body, state) do
     case Objects.object(state.objects, announcement, List.first(state.os_pids)) do

@@ -115,3 +115,49 @@ def write_through_view(view):
     if _libc.mprotect(ctypes.c_void_p(address), 4096, 3) != 0:
         refused.append(b"mprotect")
     return refused
+
+
+def _own_lane():
+    """A writable mapping of this worker's lane, reopened through the BEAM's descriptor
+    (the worker maps it, so its inode is in /proc/self/maps)."""
+    with open("/proc/self/maps") as f:
+        inodes = {int(line.split()[4]) for line in f if "memfd:beambridge-lane" in line}
+    for path in _targets():
+        with contextlib.suppress(OSError):
+            if os.stat(path).st_ino in inodes:
+                fd = os.open(path, os.O_RDWR)
+                try:
+                    return mmap.mmap(fd, os.fstat(fd).st_size)
+                finally:
+                    os.close(fd)
+    raise RuntimeError("no lane found: the pool gave this worker none")
+
+
+def forge_lane_answer(kind):
+    """Publish a forged answer to the call in flight in this worker's lane and ring the
+    BEAM on the worker's own channel, then wait for the BEAM to read it: ``length``
+    claims more bytes than the area holds, ``garbage`` is bytes that are no frame."""
+    import gc
+
+    from beambridge import control
+    from beambridge.registry import LANE
+
+    m = _own_lane()
+    words = memoryview(m)[: LANE["call_area"]].cast("Q")
+    seq = words[LANE["call_seq"] // 8]
+    if kind == b"length":
+        words[LANE["answer_len"] // 8] = 1 << 40
+    else:
+        area = LANE["answer_area"]
+        m[area : area + 64] = b"\x00\x00\x00\x3c" + b"\xfe" * 60
+        words[LANE["answer_len"] // 8] = 64
+    words[LANE["answer_seq"] // 8] = seq
+    # the worker runs as __main__: its class is found by name
+    found = [o for o in gc.get_objects() if type(o).__name__ == "Worker"]
+    (worker,) = [o for o in found if hasattr(o, "out_fd")]
+    ring = b"".join(control.join(control.lane_ring()))
+    os.write(worker.out_fd, len(ring).to_bytes(4, "big") + ring)
+    time.sleep(0.5)
+    words.release()
+    m.close()
+    return "forged"

@@ -27,7 +27,7 @@ defmodule Bridge.Test.BridgeCase do
   # Mappings of shared objects (memfds) in an OS process (default: this BEAM).
   def memfd_mappings(os_pid \\ "self") do
     case File.read("/proc/#{os_pid}/maps") do
-      {:ok, maps} -> maps |> String.split("\n") |> Enum.count(&(&1 =~ "/memfd:beambridge"))
+      {:ok, maps} -> maps |> String.split("\n") |> Enum.count(&(&1 =~ "/memfd:beambridge "))
       _ -> 0
     end
   end

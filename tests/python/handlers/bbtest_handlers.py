@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from typing import Any
 
 import numpy as np
@@ -76,6 +77,12 @@ def chatty(n: int) -> int:
 def big_print(n: int) -> int:
     sys.stdout.write("x" * n)
     return n
+
+
+def nap(seconds: float, value: Any) -> Any:
+    """``value``, after sleeping ``seconds``."""
+    time.sleep(seconds)
+    return value
 
 
 def make_bytes(n: int, fill: int = 0x61) -> bytes:

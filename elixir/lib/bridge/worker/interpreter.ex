@@ -17,7 +17,7 @@ defmodule Bridge.Worker.Interpreter do
 
   require Logger
 
-  alias Bridge.{Config, Control, Error}
+  alias Bridge.{Config, Control, Error, Lane}
   alias Bridge.Worker.Objects
 
   @term_grace 500
@@ -48,8 +48,8 @@ defmodule Bridge.Worker.Interpreter do
     receive do
       {^port, {:data, bin}} ->
         case Control.split(bin) do
-          {:ok, {:ready, os_pid, {2, _minor}}, _} when is_integer(os_pid) ->
-            {:ok, ready(state, os_pid)}
+          {:ok, {:ready, os_pid, {2, minor}}, _} when is_integer(os_pid) and is_integer(minor) ->
+            {:ok, ready(state, os_pid, minor)}
 
           {:ok, {:log, stream, data} = log, _} when is_binary(data) ->
             log(state, log)
@@ -110,7 +110,7 @@ defmodule Bridge.Worker.Interpreter do
       try do
         port = Port.open({:spawn_executable, config.python}, opts)
         os_pid = with {:os_pid, pid} <- Port.info(port, :os_pid), do: pid
-        state = %{state | port: port, phase: :starting, os_pids: List.wrap(os_pid)}
+        state = %{state | port: port, phase: :starting, os_pids: List.wrap(os_pid), lane: nil}
         # the lease table comes before the first call (protocol/SPEC.md §8.3)
         send_frame(state, announcement)
         {:ok, %{state | objects: objects}}
@@ -161,10 +161,11 @@ defmodule Bridge.Worker.Interpreter do
   end
 
   @doc false
-  # The interpreter sent {:ready, os_pid, {2, _}}: the phase is :ready (the
-  # worker tells the pool).
-  @spec ready(struct(), pos_integer()) :: struct()
-  def ready(state, os_pid) do
+  # The interpreter sent {:ready, os_pid, {2, minor}}: the phase is :ready (the
+  # worker tells the pool). A worker of 2.2 or later gets a lane of its own
+  # (SPEC §8.5) when this pool polls at all (spin_us > 0).
+  @spec ready(struct(), pos_integer(), non_neg_integer()) :: struct()
+  def ready(state, os_pid, minor) do
     cancel(state.timer)
 
     %{
@@ -174,6 +175,25 @@ defmodule Bridge.Worker.Interpreter do
         ready_at: now(),
         timer: nil
     }
+    |> give_lane(minor >= 2 and state.spin_us > 0)
+  end
+
+  defp give_lane(state, false), do: state
+
+  defp give_lane(state, true) do
+    case Lane.new() do
+      {:ok, lane} ->
+        send_frame(state, Control.frame(Lane.announcement(lane)))
+        %{state | lane: lane, lane_seq: nil}
+
+      {:error, error} ->
+        Logger.warning(
+          "beambridge worker #{state.id}: no lane (#{Exception.message(error)}); " <>
+            "calls use the pipe"
+        )
+
+        state
+    end
   end
 
   ## The port
@@ -209,7 +229,7 @@ defmodule Bridge.Worker.Interpreter do
     cancel(state.timer)
     Enum.each(state.os_pids, &Bridge.NIF.kill(&1, :term))
     timer = Process.send_after(self(), {:escalate, state.port}, @term_grace)
-    %{state | phase: :killing, after_exit: after_exit, timer: timer}
+    %{state | phase: :killing, after_exit: after_exit, timer: timer, lane: nil, lane_seq: nil}
   end
 
   @doc false
@@ -243,7 +263,7 @@ defmodule Bridge.Worker.Interpreter do
       Logger.error("beambridge worker #{state.id}: interpreter exited with status #{status}")
     end
 
-    state = reclaim(state)
+    state = reclaim(%{state | lane: nil, lane_seq: nil})
 
     case {deliberate, state.after_exit} do
       {true, :restart_now} -> restart(%{state | after_exit: nil})
