@@ -13,6 +13,8 @@
  */
 #include "objects.h"
 
+#include <sched.h>
+
 
 /* Byte offsets in the object (registry.json "lane"); words are little-endian u64. */
 #define LANE_CALL_SEQ 64u
@@ -218,6 +220,8 @@ ERL_NIF_TERM nif_lane_wait(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
             now = enif_monotonic_time(ERL_NIF_USEC);
             if (now - start >= (ErlNifTime)spin_us)
                 break;
+            /* the worker may share this CPU: let it run */
+            sched_yield();
         }
         cpu_relax();
     }

@@ -337,7 +337,9 @@ defmodule Bridge do
   bridge's slices it holds (`lent_slices`), how many of its arenas are mapped
   here (`worker_arenas`), whether its interpreter has a lane (`lane`: calls and
   answers pass through shared memory while both sides poll, protocol/SPEC.md
-  §8.5) and how many calls went that way since the worker started (`lane_calls`).
+  §8.5), how many calls went that way since the worker started (`lane_calls`)
+  and for how many of those the answer took longer than `:spin_us`, so the BEAM
+  stopped polling and was woken for it (`lane_parked`).
 
   ## Examples
 

@@ -39,6 +39,7 @@ defmodule Bridge.Worker do
     :lane,
     :lane_seq,
     lane_calls: 0,
+    lane_parked: 0,
     os_pids: [],
     spin_us: 0,
     phase: :down,
@@ -207,7 +208,7 @@ defmodule Bridge.Worker do
     case Lane.wait(state.lane, state.lane_seq, state.spin_us) do
       :pending ->
         Process.send_after(self(), {:lane_check, state.lane, state.lane_seq}, 1)
-        state
+        %{state | lane_parked: state.lane_parked + 1}
 
       answer ->
         lane_answer(state, answer)
@@ -315,7 +316,8 @@ defmodule Bridge.Worker do
       lent_slices: map_size(state.objects.lent),
       worker_arenas: map_size(state.objects.peers),
       lane: state.lane != nil,
-      lane_calls: state.lane_calls
+      lane_calls: state.lane_calls,
+      lane_parked: state.lane_parked
     }
 
     {:reply, info, state}
