@@ -116,7 +116,9 @@ defmodule Bridge do
       to sleep: a worker for the next call after it answers one, the BEAM for
       the answer (at most 1,000) after it sends a call. Default `:auto`: 50 when
       the side may use more than one CPU (the worker by its CPU affinity and its
-      cgroup's CPU quota, the BEAM by its schedulers), else 0. While both poll,
+      cgroup's CPU quota, the BEAM by its schedulers), else 0; each side polls
+      up to 4 times longer while the other's recent replies came just after
+      its poll would have ended. While both poll,
       a call and its answer pass through a *lane*, shared memory of the worker's
       own (protocol/SPEC.md §8.5), and nobody is woken through the kernel: on a
       virtual machine a wake-up costs tens of microseconds, most of a small call

@@ -19,6 +19,15 @@ defmodule Bridge.LaneTest do
     assert layout == Bridge.Registry.lane()
   end
 
+  test "the BEAM polls longer for answers that came just after its poll, never past 1 ms" do
+    assert Bridge.Lane.stretch(50, 10) == 50
+    assert Bridge.Lane.stretch(50, 80) == 120
+    assert Bridge.Lane.stretch(50, 190) == 200
+    assert Bridge.Lane.stretch(50, 201) == 50
+    assert Bridge.Lane.stretch(400, 900) == 1_000
+    assert Bridge.Lane.stretch(0, 5) == 0
+  end
+
   test "with the workers polling, small calls go through the lane and come back right" do
     start_supervised!({Bridge, bridge_opts(Lane1, pool_size: 1, spin_us: 2_000)})
     assert [%{lane: true}] = Bridge.workers(Lane1)

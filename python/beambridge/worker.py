@@ -64,6 +64,7 @@ from .cpus import usable_cpus
 from .errors import ArenaError
 from .etf import Atom
 from .lane import Lane, frames
+from .spin import Spin
 
 if TYPE_CHECKING:
     from .calls import Reply
@@ -268,7 +269,7 @@ class Worker:
             report_fallbacks=beam_protocol(os.environ.get("BEAMBRIDGE_PROTOCOL")) >= (2, 1),
         )
         self.parent = parent  # the BEAM, or OTP's erl_child_setup that spawned us for it
-        self.spin = spin_seconds(os.environ.get("BEAMBRIDGE_SPIN_US"))
+        self.spin = Spin(spin_seconds(os.environ.get("BEAMBRIDGE_SPIN_US")))
         self.lane: Lane | None = None  # when the BEAM gives one (§8.5)
         self.exiting = False
 
@@ -407,7 +408,7 @@ class Worker:
                 continue
             if isinstance(frame, type):  # LaneRing: a call waits in the lane
                 self.run_lane()
-                spin = self.spin
+                spin = self.spin.current
                 continue
             try:
                 message, body = control_shortcuts.read_beam(frame)
@@ -416,7 +417,7 @@ class Worker:
             del frame
             self.dispatch(message, body)
             # after an answer, the caller's next call often follows at once
-            spin = self.spin if isinstance(message, control.Call) else 0.0
+            spin = self.spin.current if isinstance(message, control.Call) else 0.0
 
     def run_lane(self) -> None:
         """The batch waiting in the lane: its frames in order, the call's answer back
@@ -433,9 +434,11 @@ class Worker:
 
     def dispatch(self, message: control.BeamMessage, body: memoryview | None, seq: int = 0) -> None:
         if isinstance(message, control.Call):
+            self.spin.call_came()
             reply = self.path.run(message, body)
             del body
             self.send_reply(reply, seq)
+            self.spin.answered()
             self.path.after_answer()
         elif isinstance(message, control.LaneRing):
             if self.lane is not None and self.lane.pending():

@@ -39,6 +39,7 @@ MODULES = [
     "beambridge.calls",
     "beambridge.cpus",
     "beambridge.lane",
+    "beambridge.spin",
     "beambridge.worker",
     "beambridge.serializers",
     "beambridge.formats.tensor",

@@ -24,6 +24,20 @@ defmodule Bridge.Lane do
   def spin_us(:auto), do: if(System.schedulers_online() > 1, do: @auto_spin_us, else: 0)
   def spin_us(us) when is_integer(us), do: us
 
+  @stretch 4
+  @max_spin_us 1_000
+
+  @doc false
+  # How long to poll for the next answer, from how long the last one took: up to
+  # #{@stretch}x `base` (at most #{@max_spin_us} µs) to cover it with a margin of
+  # half, `base` again when it took longer than that (the worker's side:
+  # beambridge.spin).
+  @spec stretch(non_neg_integer(), non_neg_integer()) :: non_neg_integer()
+  def stretch(base, took_us) do
+    cap = min(base * @stretch, @max_spin_us)
+    if took_us > cap, do: base, else: min(cap, max(base, div(took_us * 3, 2)))
+  end
+
   @typedoc "A lane (NIF handle)."
   @type t :: reference()
 

@@ -40,6 +40,8 @@ defmodule Bridge.Worker do
     :lane_seq,
     lane_calls: 0,
     lane_parked: 0,
+    lane_sent_at: 0,
+    lane_spin_us: 0,
     os_pids: [],
     spin_us: 0,
     phase: :down,
@@ -191,7 +193,8 @@ defmodule Bridge.Worker do
     with {:queue_size, 0} <- Port.info(state.port, :queue_size),
          {:ok, seq, awake} <- Lane.send_batch(lane, frames) do
       if not awake, do: Interpreter.send_frame(state, Control.frame(:lane))
-      await_lane(%{state | lane_seq: seq, lane_calls: state.lane_calls + 1})
+      now = System.monotonic_time(:microsecond)
+      await_lane(%{state | lane_seq: seq, lane_calls: state.lane_calls + 1, lane_sent_at: now})
     else
       _ -> send_frames(state, frames)
     end
@@ -205,7 +208,7 @@ defmodule Bridge.Worker do
   # Polls for the answer up to spin_us; then parks, and looks again in a
   # millisecond: an answer published just as this side parked may come with no ring.
   defp await_lane(state) do
-    case Lane.wait(state.lane, state.lane_seq, state.spin_us) do
+    case Lane.wait(state.lane, state.lane_seq, max(state.lane_spin_us, state.spin_us)) do
       :pending ->
         Process.send_after(self(), {:lane_check, state.lane, state.lane_seq}, 1)
         %{state | lane_parked: state.lane_parked + 1}
@@ -218,7 +221,10 @@ defmodule Bridge.Worker do
   defp lane_answer(state, :none), do: state
 
   defp lane_answer(state, {:ok, frames}) do
-    Enum.reduce(frames, %{state | lane_seq: nil}, fn
+    took = System.monotonic_time(:microsecond) - state.lane_sent_at
+    state = %{state | lane_seq: nil, lane_spin_us: Lane.stretch(state.spin_us, took)}
+
+    Enum.reduce(frames, state, fn
       frame, %{phase: phase} = state when phase in [:starting, :ready, :busy] ->
         handle_frame(frame, state)
 
