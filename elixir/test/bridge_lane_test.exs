@@ -41,6 +41,18 @@ defmodule Bridge.LaneTest do
     assert lane_calls(Lane1) >= 250
   end
 
+  test "what a handler prints is logged before its call returns, lane or not" do
+    start_supervised!({Bridge, bridge_opts(LaneLog, pool_size: 1, spin_us: 100_000)})
+
+    for i <- 1..60 do
+      log = capture_log(fn -> assert {:ok, "done"} = call(LaneLog, :chatty, ["n#{i}"]) end)
+      assert log =~ "stdout says n#{i}"
+      assert log =~ "stderr says n#{i}"
+    end
+
+    assert lane_calls(LaneLog) > 0
+  end
+
   test "spin_us: 0 gives no lane, and calls use the pipe" do
     start_supervised!({Bridge, bridge_opts(Lane0, pool_size: 1, spin_us: 0)})
     assert [%{lane: false}] = Bridge.workers(Lane0)

@@ -3,7 +3,7 @@ quota of the cgroup it runs in (a container started with ``--cpus 1`` on a 16-co
 may run on any of the 16, but only for one CPU's worth of time).
 
 The worker polls for the next call only when it may use more than one CPU
-(`beambridge.worker.spin_seconds`): under a quota of one CPU, time spent polling is time
+(`beambridge.spin.spin_seconds`): under a quota of one CPU, time spent polling is time
 the BEAM cannot have.
 
 >>> usable_cpus() >= 1

@@ -22,7 +22,12 @@ from __future__ import annotations
 
 import time
 
-__all__ = ["MARGIN", "STRETCH", "Spin"]
+from .cpus import usable_cpus
+
+__all__ = ["DEFAULT_SPIN_US", "MARGIN", "STRETCH", "Spin", "spin_seconds"]
+
+#: Microseconds the worker polls for the next call after an answer (more than one CPU).
+DEFAULT_SPIN_US = 50
 
 #: The longest poll, as a multiple of the base.
 STRETCH = 4
@@ -51,3 +56,22 @@ class Spin:
     def after_gap(self, gap: float) -> None:
         cap = self.base * STRETCH
         self.current = self.base if gap > cap else min(cap, max(self.base, gap * MARGIN))
+
+
+def spin_seconds(setting: str | None) -> float:
+    """How long the worker polls for the next call after an answer before it blocks:
+    ``BEAMBRIDGE_SPIN_US`` microseconds, else `DEFAULT_SPIN_US` when this process may
+    use more than one CPU (`beambridge.cpus.usable_cpus`: its affinity and its cgroup's
+    CPU quota) and 0 when it may not (polling there would only keep the BEAM from the
+    CPU it needs to send that call).
+
+    >>> spin_seconds("20")
+    2e-05
+    >>> spin_seconds("0")
+    0.0
+    >>> spin_seconds("soon") == spin_seconds(None)  # not a number: the default
+    True
+    """
+    if setting is not None and setting.strip().isdigit():
+        return int(setting) / 1e6
+    return DEFAULT_SPIN_US / 1e6 if usable_cpus() > 1 else 0.0

@@ -6,8 +6,10 @@ fd 4. Before anything else the worker points fds 1 and 2 at pipes of its own and
 forwards what arrives there as ``{:log, :stdout | :stderr, data}``, so nothing a
 handler prints can corrupt a frame.
 
-This module is the process's life: the channel, the log pipes, signals, the watchdog,
-idle work, exit statuses. A call's own path, from envelope to answer, is
+This module is the process's life: the log pipes, signals, the watchdog, idle work,
+exit statuses, and where each frame and answer goes (the pipe or the lane, §8.5).
+Reading fd 3 is `beambridge.channel.Channel`, how long to poll `beambridge.spin`, the
+lane `beambridge.lane`, and a call's own path, from envelope to answer,
 `beambridge.calls.CallPath`.
 
 Messages (§8.3)::
@@ -15,10 +17,12 @@ Messages (§8.3)::
     BEAM -> worker   {:object, kind, owner_pid, fd, object_id, size, nonce}
                      | {:object_dropped, object_id} | {:sealed_mapped, [object_id]}
                      | {:call, id, module, function, opts, slices} + args | :shutdown
-    worker -> BEAM   {:ready, os_pid, {2, 1}} | {:object, ...} | {:object_dropped, id}
+                     | :lane
+    worker -> BEAM   {:ready, os_pid, {2, 2}} | {:object, ...} | {:object_dropped, id}
                      | {:ok, id, slices, released} + result
                      | {:error, id, error, released} | {:released, [slice]}
                      | {:fallbacks, [...]} (to a BEAM of 2.1) | {:log, stream, data}
+                     | :lane (in answer to a lane the BEAM gave)
 
 Before it blocks on fd 3 the worker reports the BEAM slices let go since its last
 answer (``{:released, ...}``). When no frame arrives for `IDLE_AFTER` seconds it takes
@@ -31,7 +35,7 @@ arenas, default 1 GiB), ``BEAMBRIDGE_MIN_ARENA`` (bytes of the first arena, defa
 MiB), ``BEAMBRIDGE_VERIFY`` (``1`` checksums result payloads and verifies argument
 payloads; default ``0``), ``BEAMBRIDGE_UNTRUSTED`` (``1``: every result slice is a
 sealed object of its own, §11), ``BEAMBRIDGE_SPIN_US`` (microseconds to poll for the
-next call after an answer before blocking; default `spin_seconds`),
+next call after an answer before blocking; default `beambridge.spin.spin_seconds`),
 ``BEAMBRIDGE_PROTOCOL`` (the BEAM's protocol version, ``2.1``: `beam_protocol`).
 
 Exit status: 0 after EOF on fd 3, ``:shutdown``, SIGTERM or the parent's death (the
@@ -59,25 +63,24 @@ from typing import TYPE_CHECKING, Any, NoReturn
 # .calls) comes after fds 1 and 2 point at the log pipes, so even its import-time
 # warnings reach the BEAM's Logger.
 from . import control, control_shortcuts
-from .control import MAX_CONTROL_FRAME, LaneRing, ProtocolError
-from .cpus import usable_cpus
+from .channel import LOG_CHUNK as _LOG_CHUNK
+from .channel import Channel
+from .control import MAX_CONTROL_FRAME, ProtocolError
 from .errors import ArenaError
 from .etf import Atom
 from .lane import Lane, frames
-from .spin import Spin
+from .spin import Spin, spin_seconds
 
 if TYPE_CHECKING:
     from .calls import Reply
 
 __all__ = [
-    "DEFAULT_SPIN_US",
     "EXIT_PROTOCOL",
     "IDLE_AFTER",
     "MAX_CONTROL_FRAME",
     "TRIM_AFTER",
     "beam_protocol",
     "main",
-    "spin_seconds",
 ]
 
 EXIT_PROTOCOL = 3
@@ -85,13 +88,8 @@ EXIT_PROTOCOL = 3
 IDLE_AFTER = 1.0
 #: Seconds an arena must have been empty before idle work drops it.
 TRIM_AFTER = 2.0
-#: Microseconds the worker polls for the next call after an answer (more than one CPU).
-DEFAULT_SPIN_US = 50
 
 _IN_FD, _OUT_FD = 3, 4
-#: Milliseconds of the first wait after the lane is marked asleep (SPEC §8.5).
-_SLEEP_RECHECK_MS = 1
-_LOG_CHUNK = 65536
 _WATCHDOG_PERIOD = 0.1
 _PR_SET_PDEATHSIG = 1
 _MIB = 1 << 20
@@ -124,127 +122,6 @@ def beam_protocol(setting: str | None) -> tuple[int, int]:
     return (2, 0)
 
 
-def spin_seconds(setting: str | None) -> float:
-    """How long the worker polls for the next call after an answer before it blocks:
-    ``BEAMBRIDGE_SPIN_US`` microseconds, else `DEFAULT_SPIN_US` when this process may
-    use more than one CPU (`beambridge.cpus.usable_cpus`: its affinity and its cgroup's
-    CPU quota) and 0 when it may not (polling there would only keep the BEAM from the
-    CPU it needs to send that call).
-
-    >>> spin_seconds("20")
-    2e-05
-    >>> spin_seconds("0")
-    0.0
-    >>> spin_seconds("soon") == spin_seconds(None)  # not a number: the default
-    True
-    """
-    if setting is not None and setting.strip().isdigit():
-        return int(setting) / 1e6
-    return DEFAULT_SPIN_US / 1e6 if usable_cpus() > 1 else 0.0
-
-
-class _Channel:
-    """Frames from fd 3: a ``{packet, 4}`` length, then that many bytes."""
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-        self.pending = bytearray()
-        self.poller = select.poll()
-        self.poller.register(fd, select.POLLIN)
-
-    def read(
-        self, timeout: float, spin: float = 0.0, lane: Lane | None = None
-    ) -> bytes | bytearray | type[LaneRing] | None:
-        """The next frame; None when nothing arrived for ``timeout`` seconds; `LaneRing`
-        (the class) when a call waits in ``lane`` and nothing on the pipe comes before
-        it. EOFError at the end of the channel; `ProtocolError` for a frame over the
-        limit.
-
-        ``spin``: seconds to keep polling before blocking, so that a frame the BEAM
-        sends right away (the next call of a busy caller) is read without this process
-        going to sleep and being woken, which costs tens of microseconds on a
-        virtual CPU. The loop yields the CPU to anything else runnable on it."""
-        if not self.pending:
-            readable = spin > 0.0 and self._spin(spin, lane)
-            if readable is LaneRing:
-                return LaneRing
-            if not readable:
-                if lane is not None:
-                    return self._sleep(timeout, lane)
-                if not self.poller.poll(int(timeout * 1000)):
-                    return None
-            # most frames arrive whole in one read: cut the frame out of it
-            chunk = os.read(self.fd, _LOG_CHUNK)
-            if not chunk:
-                raise EOFError
-            end = 4 + int.from_bytes(chunk[:4], "big")
-            if len(chunk) < 4 or end > len(chunk):
-                self.pending += chunk  # the general path below waits for the rest
-            else:
-                self.pending += chunk[end:]
-                return chunk[4:end]
-        length = int.from_bytes(self._take(4), "big")
-        if length > MAX_CONTROL_FRAME:
-            raise ProtocolError(
-                "bad_term",
-                "length",
-                length,
-                MAX_CONTROL_FRAME,
-                f"a control frame of {length} bytes, over the limit of {MAX_CONTROL_FRAME} "
-                "(MAX_CONTROL_FRAME)",
-            )
-        return self._take(length)
-
-    def _spin(self, seconds: float, lane: Lane | None) -> bool | type[LaneRing]:
-        """Poll without blocking for up to ``seconds``; True when a frame is readable,
-        `LaneRing` when a call waits in the lane (the pipe first: what the BEAM wrote
-        there came before)."""
-        poll, clock, yield_cpu = self.poller.poll, time.perf_counter, os.sched_yield
-        waiting = lane.pending if lane is not None else bool
-        end = clock() + seconds
-        while True:
-            if poll(0):
-                return True
-            if waiting():
-                return LaneRing
-            if clock() >= end:
-                return False
-            yield_cpu()
-
-    def _sleep(self, timeout: float, lane: Lane) -> bytes | bytearray | type[LaneRing] | None:
-        """Block on the pipe with the lane marked asleep. The BEAM may publish a call
-        just as the mark is made and miss it (SPEC §8.5): the first wait is short, and
-        the lane is looked at again after it."""
-        if not lane.sleep():
-            return LaneRing
-        readable = self.poller.poll(_SLEEP_RECHECK_MS)
-        if not readable and not lane.pending():
-            readable = self.poller.poll(int(timeout * 1000))
-        lane.wake()
-        if readable:
-            return self.read(0.0)
-        return LaneRing if lane.pending() else None
-
-    def _take(self, n: int) -> bytearray:
-        buf = bytearray(n)
-        have = min(n, len(self.pending))
-        buf[:have] = self.pending[:have]
-        del self.pending[:have]
-        with memoryview(buf) as view:
-            while have < n:
-                if n - have >= _LOG_CHUNK:  # big: straight into the frame
-                    got = os.readv(self.fd, [view[have:]])
-                else:
-                    chunk = os.read(self.fd, _LOG_CHUNK)
-                    got = min(len(chunk), n - have)
-                    view[have : have + got] = chunk[:got]
-                    self.pending += chunk[got:]
-                if got == 0:
-                    raise EOFError
-                have += got
-        return buf
-
-
 class Worker:
     """One worker process: the channel, the log pipes, and the call path."""
 
@@ -252,7 +129,7 @@ class Worker:
         from .calls import CallPath
         from .terms import DEFAULT_THRESHOLD
 
-        self.channel = _Channel(in_fd)
+        self.channel = Channel(in_fd)
         self.out_fd = out_fd
         self.lock = threading.Lock()  # one writer of fd 4 at a time; logs drained under it
         self.log_fds = log_fds
@@ -271,12 +148,14 @@ class Worker:
         self.parent = parent  # the BEAM, or OTP's erl_child_setup that spawned us for it
         self.spin = Spin(spin_seconds(os.environ.get("BEAMBRIDGE_SPIN_US")))
         self.lane: Lane | None = None  # when the BEAM gives one (§8.5)
+        self.written = 0  # frames written on fd 4
         self.exiting = False
 
     # ---- output ------------------------------------------------------------------------
 
     def _write(self, parts: list[Any]) -> None:
         """Write one packet: the 4-byte length, then ``parts``. Caller holds the lock."""
+        self.written += 1
         size = sum(map(len, parts))
         head = size.to_bytes(4, "big")
         if size < _LOG_CHUNK:
@@ -300,15 +179,18 @@ class Worker:
             self._drain_locked()
             self._write(parts)
 
-    def send_reply(self, reply: Reply, seq: int = 0) -> None:
+    def send_reply(self, reply: Reply, seq: int = 0, written: int = 0) -> None:
         """The notices a reply needs first, then the reply, in one go: on the pipe, or
-        for a call that came as lane batch ``seq`` in the lane when it fits (§8.5)."""
+        for a call that came as lane batch ``seq`` in the lane when it fits and nothing
+        went on the pipe since the call came (``written`` frames then: what the handler
+        printed must reach the BEAM before its answer, §8.5)."""
         frames = [control.join(n) for n in reply.notices]
         frames.append(reply.frame())
         lane = self.lane
         with self.lock:
             self._drain_locked()
-            if seq and lane is not None and lane.answer(seq, frames):
+            quiet = self.written == written
+            if seq and quiet and lane is not None and lane.answer(seq, frames):
                 if lane.parked(seq):
                     self._write(control.join(control.lane_ring()))
                 return
@@ -435,9 +317,10 @@ class Worker:
     def dispatch(self, message: control.BeamMessage, body: memoryview | None, seq: int = 0) -> None:
         if isinstance(message, control.Call):
             self.spin.call_came()
+            written = self.written
             reply = self.path.run(message, body)
             del body
-            self.send_reply(reply, seq)
+            self.send_reply(reply, seq, written)
             self.spin.answered()
             self.path.after_answer()
         elif isinstance(message, control.LaneRing):

@@ -40,6 +40,7 @@ MODULES = [
     "beambridge.cpus",
     "beambridge.lane",
     "beambridge.spin",
+    "beambridge.channel",
     "beambridge.worker",
     "beambridge.serializers",
     "beambridge.formats.tensor",

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from beambridge import Atom, control, cpus
 from beambridge.etf import encode
-from beambridge.worker import DEFAULT_SPIN_US, spin_seconds
+from beambridge.spin import DEFAULT_SPIN_US, spin_seconds
 from test_etf import canon
 from worker_harness import BAD_CALL, MOD, WorkerProcess
 
