@@ -97,6 +97,35 @@ defmodule Bridge.LaneTest do
     assert lane_calls(LaneMany) > 0
   end
 
+  test "a worker that dies, times out or loses its caller in a lane call is replaced, calls go on" do
+    start_supervised!({Bridge, bridge_opts(LaneDeath, pool_size: 1, spin_us: 100_000)})
+    warm = fn -> assert {:ok, 2} = call(LaneDeath, :add, [1, 1]) end
+
+    warm.()
+
+    capture_log(fn ->
+      assert {:error, %Bridge.Error{kind: :worker_died}} = call(LaneDeath, :exit_now, [3])
+    end)
+
+    warm.()
+    warm.()
+
+    capture_log(fn ->
+      assert {:error, %Bridge.Error{kind: :timeout}} =
+               call(LaneDeath, :sleep, [5, :late], timeout: 200)
+    end)
+
+    warm.()
+    warm.()
+    task = Task.async(fn -> call(LaneDeath, :sleep, [0.3, :late]) end)
+    Process.sleep(50)
+    Task.shutdown(task, :brutal_kill)
+    # the worker finishes the orphaned call; its answer reaches nobody
+    for i <- 1..20, do: assert({:ok, ^i} = call(LaneDeath, :add, [i, 0]))
+    assert [%{lane: true, lane_calls: n}] = Bridge.workers(LaneDeath)
+    assert n > 10
+  end
+
   for kind <- ["length", "garbage"] do
     test "a handler that forges an answer in its lane (#{kind}) fails only its call" do
       # the worker polls long after each answer, so the next call takes the lane
