@@ -276,7 +276,8 @@ defmodule Bridge do
   @doc """
   The format decisions made so far on this node, by every bridge: one map per
   `{direction, form, reason}` with how many values took that way and their
-  bytes (SPEC §10.1).
+  bytes (SPEC §10.1). With `config :beambridge, log_formats: true` each call's
+  decisions are also logged at debug level (off by default: a line per call).
 
     * `direction` — `:to_python` (arguments) or `:from_python` (results);
     * `form` — `:etf`, `:raw`, `:buffer`, `:tensor`, `:arrow`, `:packed`,

@@ -315,21 +315,39 @@ defmodule Bridge.FormatBridgeTest do
     end
   end
 
-  test "decisions are logged at debug level and counted, arguments and results" do
+  # Every call, at Logger level :debug (a new application's): what it logs.
+  defp debug_log(fun) do
     level = Logger.level()
     Logger.configure(level: :debug)
 
+    try do
+      capture_log([level: :debug], fun)
+    after
+      Logger.configure(level: level)
+    end
+  end
+
+  test "decisions are counted, and logged at debug level only when asked" do
+    quiet =
+      debug_log(fn ->
+        assert {:ok, _} = call(@reg, :echo, [Enum.to_list(1..1000)])
+        assert {:ok, _} = call(@reg, :echo, [{"small", [1, 2]}])
+      end)
+
+    refute quiet =~ "beambridge format"
+    assert stat(:from_python, :packed_slice, :received) == 1
+
+    Application.put_env(:beambridge, :log_formats, true)
+
     log =
       try do
-        capture_log([level: :debug], fn ->
-          assert {:ok, _} = call(@reg, :echo, [Enum.to_list(1..1000)])
-        end)
+        debug_log(fn -> assert {:ok, _} = call(@reg, :echo, [Enum.to_list(1..1000)]) end)
       after
-        Logger.configure(level: level)
+        Application.delete_env(:beambridge, :log_formats)
       end
 
     assert log =~ "to_python a number list of 1000 elements -> packed_slice (auto), 2000 bytes"
     assert log =~ "from_python a result -> packed_slice (received), 2000 bytes"
-    assert stat(:from_python, :packed_slice, :received) == 1
+    assert stat(:from_python, :packed_slice, :received) == 2
   end
 end

@@ -30,13 +30,21 @@ defmodule Bridge.FormatStats do
   @small_reasons [:below_threshold, :below_min]
 
   @doc false
-  # Adds one decision to a call's tally and logs it at debug level; decisions
-  # about small values (inline binaries, short lists as ETF) are logged once per
-  # call and form by flush/1 instead of one line each. Forms results arrive in
-  # (direction :from_python) are logged as they arrive: the worker chose them.
+  # Are format decisions logged? Only when asked: `config :beambridge,
+  # log_formats: true` (or Application.put_env at run time). A new application's
+  # Logger level is :debug, and a line per call is noise nobody asked for.
+  @spec log?() :: boolean()
+  def log?, do: Application.get_env(:beambridge, :log_formats, false) == true
+
+  @doc false
+  # Adds one decision to a call's tally and, when asked (log?/0), logs it at debug
+  # level; decisions about small values (inline binaries, short lists as ETF) are
+  # logged once per call and form by flush/1 instead of one line each. Forms
+  # results arrive in (direction :from_python) are logged as they arrive: the
+  # worker chose them.
   @spec decided(map(), atom(), atom(), atom(), non_neg_integer(), term()) :: map()
   def decided(tally, direction, form, reason, bytes, what) do
-    unless form in @small_forms and reason in @small_reasons do
+    unless (form in @small_forms and reason in @small_reasons) or not log?() do
       Logger.debug(fn ->
         "beambridge format: #{direction} #{describe(what)} -> #{form} (#{reason}), #{bytes} bytes"
       end)
@@ -51,6 +59,11 @@ defmodule Bridge.FormatStats do
   def flush(tally) when map_size(tally) == 0, do: :ok
 
   def flush(tally) do
+    if log?(), do: log_small(tally)
+    add(tally)
+  end
+
+  defp log_small(tally) do
     Enum.each(tally, fn
       {{direction, form, reason}, {count, bytes}}
       when form in @small_forms and reason in @small_reasons ->
@@ -62,8 +75,6 @@ defmodule Bridge.FormatStats do
       _ ->
         :ok
     end)
-
-    add(tally)
   end
 
   defp describe({:number_list, n}), do: "a number list of #{n} elements"
