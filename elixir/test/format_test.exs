@@ -704,9 +704,10 @@ defmodule Bridge.FormatTest do
     assert {400, 800_000} = stat(:to_python, :packed, :auto)
   end
 
-  test "decisions are logged at debug level" do
+  test "decisions are logged at debug level when log_formats is set" do
     level = Logger.level()
     Logger.configure(level: :debug)
+    Application.put_env(:beambridge, :log_formats, true)
 
     log =
       try do
@@ -716,6 +717,7 @@ defmodule Bridge.FormatTest do
         end)
       after
         Logger.configure(level: level)
+        Application.delete_env(:beambridge, :log_formats)
       end
 
     assert log =~ "number list of 1000 elements -> packed_slice (auto)"
