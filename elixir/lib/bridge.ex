@@ -7,7 +7,7 @@ defmodule Bridge do
   supervision tree:
 
       children = [
-        {Bridge, name: Bridge, python: "/path/to/python", python_path: ["priv/python"], pool_size: 2}
+        {Bridge, name: Bridge, python: "/path/to/python", python_path: [{:my_app, "priv/python"}], pool_size: 2}
       ]
 
   and call plain Python functions found on `python_path` — no decorator, no
@@ -83,7 +83,11 @@ defmodule Bridge do
       `import beambridge`; `start_link/1` checks that first and fails with a
       `:start_failed` error carrying Python's output.
     * `:python_path` — directories put first on the workers' `PYTHONPATH`
-      (default `[]`).
+      (default `[]`): `{app, "priv/python"}` is that directory of the
+      application `app` wherever it is installed (`Application.app_dir/2`, so
+      the same code works in a release); a plain string is a directory relative
+      to the current one. Handlers import from these first: the worker's working
+      directory never shadows them.
     * `:pool_size` — number of workers (default `System.schedulers_online()`).
     * `:max_queue` — callers that may wait for a worker (default `1_000`);
       beyond that a call returns `:overloaded` at once.

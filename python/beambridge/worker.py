@@ -390,8 +390,17 @@ def _take_stdio() -> tuple[int, int, dict[int, Atom]]:
     return in_fd, out_fd, log_fds
 
 
+def _safe_path() -> None:
+    """Handlers import from the pool's ``python_path`` first: drop the working
+    directory that ``python -m`` puts in front of it (Python 3.11+ does not put it
+    there under ``PYTHONSAFEPATH``, which the BEAM sets)."""
+    if not getattr(sys.flags, "safe_path", False) and sys.path and sys.path[0] == os.getcwd():
+        del sys.path[0]
+
+
 def main() -> NoReturn:
     """Run the worker: ``python -m beambridge.worker``."""
+    _safe_path()
     parent = os.getppid()
     in_fd, out_fd, log_fds = _take_stdio()
     _set_parent_death_signal()

@@ -453,3 +453,21 @@ def test_importing_the_package_does_not_import_numpy() -> None:
     code = "import sys, beambridge; print('numpy' in sys.modules, beambridge.Bundle.__name__)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "Bundle"]
+
+
+def test_the_working_directory_is_dropped_from_sys_path_before_handlers_import(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    """Python 3.10 has no PYTHONSAFEPATH: the worker drops the directory ``-m`` put
+    first, so a module there cannot shadow a handler of ``python_path``."""
+    from types import SimpleNamespace
+
+    from beambridge import worker
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [str(tmp_path), "/handlers", "/site"])
+    monkeypatch.setattr(sys, "flags", SimpleNamespace(safe_path=False))
+    worker._safe_path()
+    assert sys.path == ["/handlers", "/site"]
+    worker._safe_path()  # the next entry is not the working directory: kept
+    assert sys.path == ["/handlers", "/site"]

@@ -55,8 +55,10 @@ defmodule Bridge.Config do
       }
 
       Enum.reduce_while(opts, {:ok, defaults}, fn {key, value}, {:ok, config} ->
-        case check(key, value) do
-          :ok -> {:cont, {:ok, Map.put(config, key, value)}}
+        with :ok <- check(key, value),
+             {:ok, value} <- normalize(key, value) do
+          {:cont, {:ok, Map.put(config, key, value)}}
+        else
           {:error, _} = error -> {:halt, error}
         end
       end)
@@ -101,10 +103,50 @@ defmodule Bridge.Config do
   defp check(key, v), do: {:error, bad(key, v, "one of #{inspect(@keys)}")}
 
   defp check_paths(paths) do
-    if Enum.all?(paths, &(is_binary(&1) and &1 != "")),
+    if Enum.all?(paths, &path?/1),
       do: :ok,
-      else: {:error, bad(:python_path, paths, "a list of directory names")}
+      else:
+        {:error,
+         bad(:python_path, paths, "a list of directories: names, or {app, \"priv/python\"}")}
   end
+
+  defp path?(path) when is_binary(path), do: path != ""
+  defp path?({app, path}) when is_atom(app) and is_binary(path), do: true
+  defp path?(_), do: false
+
+  # {app, "priv/python"} is that directory of the application, wherever it is
+  # installed (a release included): Application.app_dir/2, resolved at start.
+  defp normalize(:python_path, paths) do
+    Enum.reduce_while(paths, {:ok, []}, fn
+      {app, path}, {:ok, acc} ->
+        case :code.lib_dir(app) do
+          dir when is_list(dir) ->
+            {:cont, {:ok, [Path.join(List.to_string(dir), path) | acc]}}
+
+          {:error, _} ->
+            error =
+              Error.new(:bad_call, :bad_option,
+                field: :python_path,
+                value: {app, path},
+                limit: "an application the code server knows",
+                message:
+                  "bad call: bad_option: python_path names the application #{inspect(app)}, " <>
+                    "which is not loaded (list it in your project's deps, or give a directory)"
+              )
+
+            {:halt, {:error, error}}
+        end
+
+      path, {:ok, acc} ->
+        {:cont, {:ok, [path | acc]}}
+    end)
+    |> case do
+      {:ok, acc} -> {:ok, Enum.reverse(acc)}
+      error -> error
+    end
+  end
+
+  defp normalize(_key, value), do: {:ok, value}
 
   defp bad(field, value, expected \\ nil) do
     expected = expected || expectation(field)

@@ -12,7 +12,7 @@ defmodule Bridge.Python do
       try do
         case System.cmd(path, ["-c", "import beambridge, beambridge.worker"],
                stderr_to_stdout: true,
-               env: [{"PYTHONPATH", pythonpath(config)}]
+               env: [{"PYTHONPATH", pythonpath(config)}, {"PYTHONSAFEPATH", "1"}]
              ) do
           {_, 0} ->
             {:ok, path}

@@ -126,6 +126,9 @@ defmodule Bridge.Worker.Interpreter do
     [
       {"PYTHONPATH", Bridge.Python.pythonpath(config)},
       {"PYTHONUNBUFFERED", "1"},
+      # the working directory never comes before python_path (Python 3.11+; the
+      # worker drops it itself on 3.10)
+      {"PYTHONSAFEPATH", "1"},
       {"BEAMBRIDGE_WORKER_ID", id},
       {"BEAMBRIDGE_THRESHOLD", Integer.to_string(config.threshold)},
       {"BEAMBRIDGE_ARENA_LIMIT", Integer.to_string(config.arena_limit)},
