@@ -25,16 +25,19 @@ defmodule Mix.Tasks.Compile.BridgeNif do
       "PRIV_DIR=#{priv_dir}"
     ]
 
-    {output, status} = System.cmd("make", args, stderr_to_stdout: true)
+    {output, status} = make(args)
 
     cond do
       status != 0 ->
-        Mix.shell().error(output)
+        message =
+          "make -C shm failed with exit status #{status}:\n" <> output <> missing_packages(output)
+
+        Mix.shell().error(message)
 
         diagnostic = %Mix.Task.Compiler.Diagnostic{
           compiler_name: "bridge_nif",
           file: Path.expand("shm/beambridge_nif.c"),
-          message: "make -C shm failed with exit status #{status}:\n" <> output,
+          message: message,
           position: nil,
           severity: :error
         }
@@ -47,6 +50,33 @@ defmodule Mix.Tasks.Compile.BridgeNif do
       true ->
         Mix.shell().info(String.trim_trailing(output))
         {:ok, []}
+    end
+  end
+
+  defp make(args) do
+    System.cmd("make", args, stderr_to_stdout: true)
+  rescue
+    ErlangError -> {"make: command not found\n", 127}
+  end
+
+  # What the build output says is missing, as the Debian packages that provide it.
+  @build_packages [
+    {~r/xxhash\.h: No such file|cannot find -lxxhash/, "libxxhash-dev"},
+    {~r/zstd\.h: No such file|cannot find -lzstd/, "libzstd-dev"},
+    {~r/erl_nif\.h: No such file/, "erlang-dev"},
+    {~r/make: command not found|cc: (command )?not found|cc: No such file or directory/,
+     "build-essential"}
+  ]
+
+  @doc false
+  def missing_packages(output) do
+    case for({pattern, package} <- @build_packages, output =~ pattern, do: package) do
+      [] ->
+        "\nThe NIF needs a C compiler, make, and the headers of libxxhash and libzstd " <>
+          "(Debian: apt install build-essential libxxhash-dev libzstd-dev)."
+
+      packages ->
+        "\nMissing build packages; on Debian or Ubuntu: apt install #{Enum.join(packages, " ")}"
     end
   end
 

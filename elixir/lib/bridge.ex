@@ -152,6 +152,8 @@ defmodule Bridge do
 
   use Supervisor
 
+  require Logger
+
   alias Bridge.{Arena, CallerGC, Config, Control, Decoder, Encoder, Error, Pool, Worker}
 
   @typedoc "A Python module and function, as atoms or binaries: `{:arith, :add}`."
@@ -195,13 +197,22 @@ defmodule Bridge do
   @spec start_link(keyword()) :: Supervisor.on_start() | {:error, Error.t()}
   def start_link(opts \\ []) do
     with {:ok, config} <- Config.new(opts),
-         {:ok, python} <- Bridge.Python.check(config) do
+         {:ok, python} <- Bridge.Python.check(config) |> logged() do
       case Supervisor.start_link(__MODULE__, %{config | python: python}) do
-        {:error, reason} -> {:error, unwrap(reason)}
+        {:error, reason} -> {:error, unwrap(reason)} |> logged()
         other -> other
       end
     end
   end
+
+  # A bridge that cannot start says why in the log, readably: in a supervision
+  # tree the error itself reaches the user only as an inspected struct.
+  defp logged({:error, %Error{kind: :start_failed} = error} = result) do
+    Logger.error(Exception.message(error))
+    result
+  end
+
+  defp logged(result), do: result
 
   defp unwrap({:shutdown, {:failed_to_start_child, _id, reason}}), do: unwrap(reason)
   defp unwrap(reason), do: reason

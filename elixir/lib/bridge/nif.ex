@@ -9,7 +9,36 @@ defmodule Bridge.NIF do
 
   def load_nif do
     path = :filename.join(:code.priv_dir(:beambridge), ~c"beambridge_nif")
-    :erlang.load_nif(path, 0)
+
+    case :erlang.load_nif(path, 0) do
+      :ok ->
+        :ok
+
+      {:error, {_reason, text}} = error ->
+        :logger.error(~c"~ts", [load_failed(List.to_string(text))])
+        error
+    end
+  end
+
+  # Runtime libraries the NIF links, by the Debian packages that provide them.
+  @runtime_packages [{"libxxhash", "libxxhash0"}, {"libzstd", "libzstd1"}]
+
+  @doc false
+  # What to do about a NIF that did not load.
+  @spec load_failed(String.t()) :: String.t()
+  def load_failed(text) do
+    hint =
+      case for({lib, package} <- @runtime_packages, text =~ lib, do: package) do
+        [] ->
+          "rebuild it with `mix deps.compile beambridge --force`; it links libxxhash and " <>
+            "libzstd (Debian: apt install libxxhash0 libzstd1)"
+
+        packages ->
+          "install the runtime libraries it links; on Debian or Ubuntu: apt install " <>
+            Enum.join(packages, " ")
+      end
+
+    "beambridge: the NIF could not be loaded (#{String.trim(text)}): #{hint}"
   end
 
   defp not_loaded, do: :erlang.nif_error(:nif_not_loaded)

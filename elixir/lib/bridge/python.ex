@@ -22,7 +22,7 @@ defmodule Bridge.Python do
              failed(
                python,
                "#{path} cannot import beambridge.worker (exit status #{status}):\n" <>
-                 String.trim_trailing(output)
+                 String.trim_trailing(output) <> "\n" <> install_hint(path)
              )}
         end
       rescue
@@ -36,6 +36,23 @@ defmodule Bridge.Python do
   def pythonpath(%Config{python_path: paths}) do
     (Enum.map(paths, &Path.expand/1) ++ List.wrap(System.get_env("PYTHONPATH")))
     |> Enum.join(":")
+  end
+
+  # The beambridge source this application was built from (a path or git
+  # dependency's checkout): its Python package is installed from there.
+  @source Path.expand("../../..", __DIR__)
+
+  @doc false
+  # The command that puts the beambridge Python package into `python`.
+  @spec install_hint(String.t()) :: String.t()
+  def install_hint(python) do
+    if File.regular?(Path.join(@source, "pyproject.toml")) do
+      "Install beambridge's Python package into that interpreter:\n\n    " <>
+        "#{python} -m pip install #{@source}\n"
+    else
+      "Install beambridge's Python package into that interpreter " <>
+        "(`#{python} -m pip install <the beambridge source directory>`)."
+    end
   end
 
   defp resolve(python) do
