@@ -88,6 +88,16 @@ defmodule Bridge do
       the same code works in a release); a plain string is a directory relative
       to the current one. Handlers import from these first: the worker's working
       directory never shadows them.
+    * `:strings` — how Elixir binaries in the arguments reach Python: `:bytes`
+      (default) or `:str`. Under `:str` every binary, map keys included, arrives
+      as a `str` decoded as strict UTF-8, so `%{"score" => 1.5}` (JSON-decoded
+      Phoenix params) is `{"score": 1.5}`; a binary that is not UTF-8 fails the
+      call with a `:bad_call` error, reason `:invalid_utf8`, naming where it is.
+      `Bridge.Buffer` arguments stay `memoryview`s either way. Python `str` and
+      `bytes` results are binaries either way. The default is `:bytes` because
+      moving binary payloads is what the bridge is for: under `:str` a payload
+      that is not text cannot cross as a plain binary, and a large one is
+      decoded (copied) once more. Per call: the `:strings` option of `call/3`.
     * `:pool_size` — number of workers (default `System.schedulers_online()`).
     * `:max_queue` — callers that may wait for a worker (default `1_000`);
       beyond that a call returns `:overloaded` at once.
@@ -240,7 +250,8 @@ defmodule Bridge do
   Calls `module.function(*args)` in a Python worker of the bridge `:pool`.
 
   Options: `:pool` (the bridge's name, default `Bridge`), `:timeout` (ms,
-  default the bridge's `:timeout`), `:format` (`:auto` (default), `:etf`,
+  default the bridge's `:timeout`), `:strings` (`:bytes` or `:str`, default the
+  bridge's `:strings`), `:format` (`:auto` (default), `:etf`,
   `:packed` or `:arrow`: how number lists, record lists and column maps
   travel, both ways; see `Bridge.Format`). With `:arrow` a list of maps or a
   map of lists that cannot go as records is a `:bad_call` error, reason
@@ -267,10 +278,12 @@ defmodule Bridge do
          :ok <- CallerGC.before_call(config.arena_limit),
          {:ok, timeout} <- timeout(opts, config),
          {:ok, format} <- Bridge.Format.check_policy(Keyword.get(opts, :format, :auto)),
+         {:ok, strings} <- strings(Keyword.get(opts, :strings, config.strings)),
          {:ok, term, slices} <- encode(args, config, format, pool) do
       # The slices are this process's until the call is over, whatever happens.
       try do
-        request(pool, config, {module, function}, term, slices, format, timeout)
+        call_opts = call_opts(format, strings)
+        request(pool, config, {module, function}, term, slices, call_opts, timeout)
       after
         Enum.each(slices, &Arena.release/1)
       end
@@ -375,10 +388,21 @@ defmodule Bridge do
     :exit, _ -> []
   end
 
-  defp request(pool, config, {module, function}, term, slices, format, timeout) do
+  # The call's options as the worker reads them (SPEC §8.3): only what differs
+  # from the defaults, so most calls carry an empty map.
+  defp call_opts(:auto, :bytes), do: %{}
+  defp call_opts(format, :bytes), do: %{"format" => Atom.to_string(format)}
+  defp call_opts(format, :str), do: Map.put(call_opts(format, :bytes), "strings", "str")
+
+  defp strings(s) when s in [:bytes, :str], do: {:ok, s}
+
+  defp strings(s) do
+    {:error, Error.new(:bad_call, :badarg, field: :strings, value: s, limit: ":bytes or :str")}
+  end
+
+  defp request(pool, config, {module, function}, term, slices, opts, timeout) do
     body = :erlang.term_to_binary(term)
     id = :erlang.unique_integer([:positive])
-    opts = if format == :auto, do: %{}, else: %{"format" => Atom.to_string(format)}
     frame = Control.call_frame(id, module, function, opts, Encoder.entries(slices), body)
     request = %{id: id, frame: frame, slices: slices, module: module, function: function}
 

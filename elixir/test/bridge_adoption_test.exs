@@ -94,4 +94,69 @@ defmodule Bridge.AdoptionTest do
     assert Bridge.NIF.load_failed(text) =~ "apt install libzstd1"
     assert Bridge.NIF.load_failed("undefined symbol: foo") =~ "mix deps.compile beambridge"
   end
+
+  test "strings: :str — binaries and map keys arrive as str; :bytes and Buffers stay bytes" do
+    start_supervised!({Bridge, bridge_opts(Str, pool_size: 1, strings: :str)}, id: :str)
+    params = %{"score" => 1.5, "tags" => ["a", "é"], "nested" => %{"k" => {"v", 1}}}
+
+    # JSON-decoded Phoenix params: row["score"] works in the handler
+    assert {:ok, 1.5} = Bridge.call({:operator, :getitem}, [params, "score"], pool: Str)
+    assert {:ok, "str"} = Bridge.call({:bbt_handlers, :type_name}, ["x"], pool: Str)
+
+    assert {:ok, ["str", "str", "dict", "list", "memoryview", "str"]} =
+             Bridge.call(
+               {:bbt_handlers, :types},
+               ["", "naïve", params, ["a"], Bridge.Buffer.new(<<255>>), "b"],
+               pool: Str
+             )
+
+    # a binary in a slice too (the pool's threshold is 64 KiB)
+    big = String.duplicate("é", 50_000)
+    assert {:ok, 50_000} = Bridge.call({:builtins, :len}, [big], pool: Str)
+
+    # a list of maps big enough to travel as Arrow records: the same rule
+    rows = for i <- 1..300, do: %{"name" => "n#{i}", "score" => i}
+    Bridge.reset_format_stats()
+
+    assert {:ok, ["str", "str", 300]} =
+             Bridge.call(
+               {:builtins, :eval},
+               [
+                 "[type(next(iter(x[0]))).__name__, type(x[299]['name']).__name__, len(x)]",
+                 %{"x" => rows}
+               ],
+               pool: Str
+             )
+
+    assert Enum.any?(Bridge.format_stats(), &(&1.form in [:records, :records_slice]))
+
+    # per call, back to bytes
+    assert {:ok, "bytes"} =
+             Bridge.call({:bbt_handlers, :type_name}, ["x"], pool: Str, strings: :bytes)
+
+    # results come back as binaries whatever they were in Python
+    assert {:ok, %{"score" => 1.5}} =
+             Bridge.call({:bbt_handlers, :identity}, [%{"score" => 1.5}], pool: Str)
+
+    # not UTF-8: an error naming where, and the worker goes on
+    assert {:error, %Bridge.Error{kind: :bad_call, reason: :invalid_utf8} = e} =
+             Bridge.call({:bbt_handlers, :identity}, [%{"k" => ["ok", <<0xFF, 0xFE>>]}], pool: Str)
+
+    assert Exception.message(e) =~ ~s(argument 0 ['k'] [1] is not UTF-8)
+    assert Exception.message(e) =~ "Bridge.Buffer"
+    assert {:ok, 3} = Bridge.call({:bbt_handlers, :add}, [1, 2], pool: Str)
+
+    # the default pool: bytes, as before
+    start_supervised!({Bridge, bridge_opts(Bytes, pool_size: 1)}, id: :bytes)
+    assert {:ok, "bytes"} = Bridge.call({:bbt_handlers, :type_name}, ["x"], pool: Bytes)
+
+    assert {:ok, "str"} =
+             Bridge.call({:bbt_handlers, :type_name}, ["x"], pool: Bytes, strings: :str)
+
+    assert {:error, %Bridge.Error{reason: :badarg, field: :strings}} =
+             Bridge.call({:bbt_handlers, :add}, [1, 2], pool: Bytes, strings: :text)
+
+    assert {:error, %Bridge.Error{reason: :bad_option, field: :strings}} =
+             Bridge.start_link(bridge_opts(BadStr, strings: "str"))
+  end
 end

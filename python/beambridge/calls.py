@@ -35,6 +35,7 @@ from .etf import decode, encode_parts
 from .leases import Key, LeaseBook, PeerObjects
 from .objects import PeerObject
 from .result_slices import ResultSlices, WorkerArenas
+from .strings import to_str
 from .terms import DEFAULT_THRESHOLD, POLICIES
 
 __all__ = ["CallPath", "Reply"]
@@ -223,8 +224,10 @@ class CallPath:
         """The handler, its arguments and the result's policy, or what is wrong. Every
         slice of the call is let go unless an argument holds it."""
         problem: _BadCall | None = None
+        text = False
         try:
             policy = _policy(call.opts)
+            text = _strings(call.opts)
             fn = self._lookup(call.module, call.function)
             if body is None:
                 raise _Refused("bad_term", "a call frame without an argument list")
@@ -246,6 +249,11 @@ class CallPath:
             problem = _BadCall(err.reason, f"argument: {err}")
         except Exception as err:
             problem = _BadCall("badarg", f"argument: {type(err).__name__}: {err}")
+        if problem is None and text:
+            try:
+                args = to_str(args)
+            except BridgeError as err:
+                problem = _BadCall(err.reason, err.message.removeprefix(f"{err.reason}: "))
         return (fn, args, policy) if problem is None else problem
 
     def _answer(self, call_id: int, result: Any, policy: str) -> Reply:
@@ -344,6 +352,14 @@ class _Refused(Exception):
         super().__init__(message)
         self.reason = reason
         self.message = message
+
+
+def _strings(opts: Any) -> bool:
+    """Do the call's arguments arrive as `str` (``opts["strings"]``, SPEC §8.3)?"""
+    value = opts.get(b"strings", b"bytes")
+    if value not in (b"bytes", b"str"):
+        raise _Refused("bad_term", f"call option strings is {value!r:.100}, not bytes or str")
+    return bool(value == b"str")
 
 
 def _policy(opts: Any) -> str:

@@ -41,6 +41,7 @@ MODULES = [
     "beambridge.lane",
     "beambridge.spin",
     "beambridge.channel",
+    "beambridge.strings",
     "beambridge.worker",
     "beambridge.serializers",
     "beambridge.formats.tensor",

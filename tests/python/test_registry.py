@@ -231,7 +231,7 @@ def raised_reasons() -> dict[str, str]:
         first = call.args[0] if call.args else None
         keyword = next((k.value for k in call.keywords if k.arg == "reason"), None)
         for reason in _literals(first or keyword):
-            if reason.islower() and reason.replace("_", "").isalpha():
+            if reason.islower() and reason[:1].isalpha() and reason.replace("_", "").isalnum():
                 found.setdefault(reason, f"{path.relative_to(ROOT)}:{call.lineno}")
     for path, node in _fallbacks():
         for reason in _literals(node.orelse):

@@ -25,6 +25,7 @@ defmodule Bridge.Config do
             spin_us: :auto,
             start_timeout: 10_000,
             verify: false,
+            strings: :bytes,
             arena: nil
 
   @type t :: %__MODULE__{}
@@ -43,7 +44,8 @@ defmodule Bridge.Config do
     :huge_pages,
     :spin_us,
     :start_timeout,
-    :verify
+    :verify,
+    :strings
   ]
 
   @spec new(keyword()) :: {:ok, t()} | {:error, Error.t()}
@@ -98,6 +100,7 @@ defmodule Bridge.Config do
 
   defp check(:start_timeout, v) when is_integer(v) and v > 0, do: :ok
   defp check(:verify, v) when is_boolean(v), do: :ok
+  defp check(:strings, v) when v in [:bytes, :str], do: :ok
 
   defp check(key, v) when key in @keys, do: {:error, bad(key, v)}
   defp check(key, v), do: {:error, bad(key, v, "one of #{inspect(@keys)}")}
@@ -161,6 +164,7 @@ defmodule Bridge.Config do
   defp expectation(:spin_us), do: ":auto or an integer from 0 to 1_000_000 (microseconds)"
   defp expectation(:timeout), do: "a positive integer (milliseconds) or :infinity"
   defp expectation(:verify), do: "a boolean"
+  defp expectation(:strings), do: ":bytes or :str"
   defp expectation(:pool_size), do: "a positive integer"
   defp expectation(:start_timeout), do: "a positive integer (milliseconds)"
   defp expectation(_), do: "a non-negative integer"
