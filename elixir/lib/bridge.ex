@@ -78,10 +78,11 @@ defmodule Bridge do
   ## Options
 
     * `:name` — the name callers pass as `:pool` (default `Bridge`).
-    * `:python` — the interpreter (default: env `BEAMBRIDGE_PYTHON`, else
+    * `:python` — the interpreter (default: env `BEAMBRIDGE_PYTHON`, else the
+      environment `mix beambridge.python` set up for the application, else
       `"python3"` looked up in `PATH`). It must be able to
       `import beambridge`; `start_link/1` checks that first and fails with a
-      `:start_failed` error carrying Python's output.
+      `:start_failed` error carrying Python's output and the command to run.
     * `:python_path` — directories put first on the workers' `PYTHONPATH`
       (default `[]`): `{app, "priv/python"}` is that directory of the
       application `app` wherever it is installed (`Application.app_dir/2`, so

@@ -159,4 +159,33 @@ defmodule Bridge.AdoptionTest do
     assert {:error, %Bridge.Error{reason: :bad_option, field: :strings}} =
              Bridge.start_link(bridge_opts(BadStr, strings: "str"))
   end
+
+  test "a bridge given no :python uses BEAMBRIDGE_PYTHON, else the application's environment",
+       %{tmp_dir: dir} do
+    saved = {System.get_env("BEAMBRIDGE_PYTHON"), Application.get_env(:beambridge, :python_venv)}
+    System.delete_env("BEAMBRIDGE_PYTHON")
+    Application.put_env(:beambridge, :python_venv, dir)
+
+    try do
+      assert Bridge.Python.default() == "python3"
+      File.mkdir_p!(Path.join(dir, "bin"))
+      File.write!(Path.join([dir, "bin", "python"]), "")
+      assert Bridge.Python.default() == Path.join([dir, "bin", "python"])
+      assert {:ok, %{python: python}} = Bridge.Config.new([])
+      assert python == Path.join([dir, "bin", "python"])
+      System.put_env("BEAMBRIDGE_PYTHON", "/opt/py/bin/python")
+      assert Bridge.Python.default() == "/opt/py/bin/python"
+    after
+      {env, venv} = saved
+
+      if env,
+        do: System.put_env("BEAMBRIDGE_PYTHON", env),
+        else: System.delete_env("BEAMBRIDGE_PYTHON")
+
+      restore_venv(venv)
+    end
+  end
+
+  defp restore_venv(nil), do: Application.delete_env(:beambridge, :python_venv)
+  defp restore_venv(venv), do: Application.put_env(:beambridge, :python_venv, venv)
 end

@@ -52,7 +52,7 @@ defmodule Bridge.Config do
   def new(opts) when is_list(opts) do
     if Keyword.keyword?(opts) do
       defaults = %__MODULE__{
-        python: System.get_env("BEAMBRIDGE_PYTHON") || "python3",
+        python: Bridge.Python.default(),
         pool_size: System.schedulers_online()
       }
 

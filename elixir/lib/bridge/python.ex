@@ -43,12 +43,41 @@ defmodule Bridge.Python do
   @source Path.expand("../../..", __DIR__)
 
   @doc false
+  @spec source() :: String.t()
+  def source, do: @source
+
+  @doc false
+  # Where `mix beambridge.python` makes the application's Python environment:
+  # `_build/beambridge_python` of the project that built this application,
+  # recorded in the :beambridge application's env at build time (mix.exs), so a
+  # release made on the same machine finds it too.
+  @spec venv_dir() :: String.t()
+  def venv_dir do
+    Application.get_env(:beambridge, :python_venv) || Path.expand("_build/beambridge_python")
+  end
+
+  @doc false
+  # The interpreter of a bridge given no :python: BEAMBRIDGE_PYTHON, else the
+  # environment `mix beambridge.python` made, else python3 from PATH.
+  @spec default() :: String.t()
+  def default do
+    venv_python = Path.join([venv_dir(), "bin", "python"])
+
+    cond do
+      python = System.get_env("BEAMBRIDGE_PYTHON") -> python
+      File.regular?(venv_python) -> venv_python
+      true -> "python3"
+    end
+  end
+
+  @doc false
   # The command that puts the beambridge Python package into `python`.
   @spec install_hint(String.t()) :: String.t()
   def install_hint(python) do
     if File.regular?(Path.join(@source, "pyproject.toml")) do
-      "Install beambridge's Python package into that interpreter:\n\n    " <>
-        "#{python} -m pip install #{@source}\n"
+      "Set up the application's Python with `mix beambridge.python` (bridges without " <>
+        ":python then use it), or install beambridge's Python package into that " <>
+        "interpreter:\n\n    #{python} -m pip install #{@source}\n"
     else
       "Install beambridge's Python package into that interpreter " <>
         "(`#{python} -m pip install <the beambridge source directory>`)."
