@@ -57,9 +57,9 @@ def run_against_handler(handler: str, elixir: str, name: str, tmp_path: Path) ->
     module_path = re.match(r"# priv/python/(\w+\.py)\n", handler)
     assert module_path, "the handler block no longer starts with its file name"
     (tmp_path / module_path.group(1)).write_text(handler)
-    assert '"/path/to/python"' in elixir and '["priv/python"]' in elixir
+    assert '"/path/to/python"' in elixir and '[{:my_app, "priv/python"}]' in elixir
     script = elixir.replace('"/path/to/python"', f'"{PYTHON}"')
-    script = script.replace('["priv/python"]', f'["{tmp_path}"]')
+    script = script.replace('[{:my_app, "priv/python"}]', f'["{tmp_path}"]')
     proc = mix_run(script + '\nIO.puts("README OK")\n', name)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, out + err
@@ -123,9 +123,9 @@ def test_readme_formats_and_custom_types_example_runs(tmp_path: Path) -> None:
     assert module_path, "the handler block no longer starts with its file name"
     (tmp_path / module_path.group(1)).write_text(handler)
 
-    assert '"/path/to/python"' in elixir and '["priv/python"]' in elixir
+    assert '"/path/to/python"' in elixir and '[{:my_app, "priv/python"}]' in elixir
     script = elixir.replace('"/path/to/python"', f'"{PYTHON}"')
-    script = script.replace('["priv/python"]', f'["{tmp_path}"]')
+    script = script.replace('[{:my_app, "priv/python"}]', f'["{tmp_path}"]')
     proc = mix_run(
         script + '\nIO.puts("README OK")\n',
         "readme_choosing.exs",
