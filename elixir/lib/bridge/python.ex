@@ -102,7 +102,8 @@ defmodule Bridge.Python do
       field: :python,
       value: python,
       message:
-        "worker start failed: #{why} (set the :python option or BEAMBRIDGE_PYTHON to an " <>
+        "worker start failed: #{why} (run `mix beambridge.python` to set up the " <>
+          "application's Python, or set the :python option or BEAMBRIDGE_PYTHON to an " <>
           "interpreter where `import beambridge` works)"
     )
   end

@@ -114,6 +114,7 @@ defmodule Mix.Tasks.Beambridge.Python do
 
     files =
       ["pyproject.toml" | Path.wildcard("python/beambridge/**/*", cwd: source)]
+      |> Enum.reject(&String.contains?(&1, "__pycache__"))
       |> Enum.sort()
       |> Enum.map(fn rel ->
         case File.stat(Path.join(source, rel), time: :posix) do
