@@ -25,7 +25,7 @@ defmodule Bridge.Worker do
   require Logger
 
   alias Bridge.{Config, Control, Error, FormatStats, Lane, Registry}
-  alias Bridge.Worker.{Interpreter, Objects}
+  alias Bridge.Worker.{Interpreter, LaneCalls, Objects}
 
   defstruct [
     :config,
@@ -184,19 +184,12 @@ defmodule Bridge.Worker do
     end
   end
 
-  # The call's frames go through the lane when the worker polls for them and
-  # nothing written to the port earlier is still queued (it must arrive first);
-  # else on the pipe.
-  defp send_call(%{lane: nil} = state, frames), do: send_frames(state, frames)
-
-  defp send_call(%{lane: lane} = state, frames) do
-    with {:queue_size, 0} <- Port.info(state.port, :queue_size),
-         {:ok, seq, awake} <- Lane.send_batch(lane, frames) do
-      if not awake, do: Interpreter.send_frame(state, Control.frame(:lane))
-      now = System.monotonic_time(:microsecond)
-      await_lane(%{state | lane_seq: seq, lane_calls: state.lane_calls + 1, lane_sent_at: now})
-    else
-      _ -> send_frames(state, frames)
+  # The call's frames go through the lane when it can take them (LaneCalls), else
+  # on the pipe.
+  defp send_call(state, frames) do
+    case LaneCalls.send(state, frames) do
+      {:sent, state} -> lane_answer(LaneCalls.await(state))
+      :pipe -> send_frames(state, frames)
     end
   end
 
@@ -205,25 +198,10 @@ defmodule Bridge.Worker do
     state
   end
 
-  # Polls for the answer up to spin_us; then parks, and looks again in a
-  # millisecond: an answer published just as this side parked may come with no ring.
-  defp await_lane(state) do
-    case Lane.wait(state.lane, state.lane_seq, max(state.lane_spin_us, state.spin_us)) do
-      :pending ->
-        Process.send_after(self(), {:lane_check, state.lane, state.lane_seq}, 1)
-        %{state | lane_parked: state.lane_parked + 1}
+  defp lane_answer({:none, state}), do: state
+  defp lane_answer({:error, error, state}), do: violation(state, error)
 
-      answer ->
-        lane_answer(state, answer)
-    end
-  end
-
-  defp lane_answer(state, :none), do: state
-
-  defp lane_answer(state, {:ok, frames}) do
-    took = System.monotonic_time(:microsecond) - state.lane_sent_at
-    state = %{state | lane_seq: nil, lane_spin_us: Lane.stretch(state.spin_us, took)}
-
+  defp lane_answer({:frames, frames, state}) do
     Enum.reduce(frames, state, fn
       frame, %{phase: phase} = state when phase in [:starting, :ready, :busy] ->
         handle_frame(frame, state)
@@ -231,17 +209,6 @@ defmodule Bridge.Worker do
       _frame, state ->
         state
     end)
-  end
-
-  defp lane_answer(state, {:error, {reason, value}}) do
-    error =
-      Error.new(:bad_frame, reason,
-        field: :lane,
-        value: value,
-        message: "bad frame: #{reason}: worker #{state.id} left a malformed batch in its lane"
-      )
-
-    violation(%{state | lane_seq: nil}, error)
   end
 
   defp call_timer(id, deadline),
@@ -276,7 +243,7 @@ defmodule Bridge.Worker do
   def handle_info({port, {:data, _}}, %{port: port} = state), do: {:noreply, state}
 
   def handle_info({:lane_check, lane, seq}, %{lane: lane, lane_seq: seq} = state),
-    do: {:noreply, lane_answer(state, Lane.take(lane, seq))}
+    do: {:noreply, lane_answer(LaneCalls.take(state))}
 
   def handle_info({port, {:exit_status, status}}, %{port: port} = state),
     do: {:noreply, exited(state, status)}
@@ -355,10 +322,7 @@ defmodule Bridge.Worker do
   end
 
   # The answer waits in the lane (or a ring that came after it was taken).
-  defp handle_message(:lane, _body, %{lane_seq: seq} = state) when seq != nil,
-    do: lane_answer(state, Lane.take(state.lane, seq))
-
-  defp handle_message(:lane, _body, state), do: state
+  defp handle_message(:lane, _body, state), do: lane_answer(LaneCalls.take(state))
 
   defp handle_message({:object, _, _, _, _, _, _} = announcement, _body, state) do
     case Objects.object(state.objects, announcement, List.first(state.os_pids)) do
