@@ -1,0 +1,175 @@
+defmodule Bridge.Call do
+  @moduledoc false
+  # One Bridge.call/3, in the caller's process: the options checked, the
+  # arguments encoded into the bridge's arenas (Bridge.Encoder), the request sent
+  # through the pool to a worker, and the answer's body decoded here
+  # (Bridge.Decoder).
+
+  alias Bridge.{Arena, CallerGC, Config, Control, Decoder, Encoder, Error, Worker}
+
+  @call_margin 5_000
+
+  @doc false
+  @spec run(Bridge.function_ref(), list(), keyword()) :: {:ok, term()} | {:error, Error.t()}
+  def run({module, function}, args, opts) when is_list(args) and is_list(opts) do
+    pool = Keyword.get(opts, :pool, Bridge)
+
+    with :ok <- check_name(:module, module),
+         :ok <- check_name(:function, function),
+         {:ok, config} <- config(pool),
+         :ok <- CallerGC.before_call(config.arena_limit),
+         {:ok, timeout} <- timeout(opts, config),
+         {:ok, format} <- Bridge.Format.check_policy(Keyword.get(opts, :format, :auto)),
+         {:ok, strings} <- strings(Keyword.get(opts, :strings, config.strings)),
+         {:ok, term, slices} <- encode(args, config, format, pool) do
+      # The slices are this process's until the call is over, whatever happens.
+      try do
+        call_opts = call_opts(format, strings)
+        request(pool, config, {module, function}, term, slices, call_opts, timeout)
+      after
+        Enum.each(slices, &Arena.release/1)
+      end
+    end
+  end
+
+  def run(function_ref, args, _opts) do
+    {:error,
+     Error.new(:bad_call, :badarg,
+       field: :call,
+       value: {function_ref, args},
+       message:
+         "bad call: badarg: expected {module, function} and a list of arguments, got " <>
+           "#{inspect(function_ref)} and #{inspect(args, limit: 5)}"
+     )}
+  end
+
+  # The call's options as the worker reads them (SPEC §8.3): only what differs
+  # from the defaults, so most calls carry an empty map.
+  defp call_opts(:auto, :bytes), do: %{}
+  defp call_opts(format, :bytes), do: %{"format" => Atom.to_string(format)}
+  defp call_opts(format, :str), do: Map.put(call_opts(format, :bytes), "strings", "str")
+
+  defp strings(s) when s in [:bytes, :str], do: {:ok, s}
+
+  defp strings(s) do
+    {:error, Error.new(:bad_call, :badarg, field: :strings, value: s, limit: ":bytes or :str")}
+  end
+
+  defp request(pool, config, {module, function}, term, slices, opts, timeout) do
+    body = :erlang.term_to_binary(term)
+    id = :erlang.unique_integer([:positive])
+    frame = Control.call_frame(id, module, function, opts, Encoder.entries(slices), body)
+    request = %{id: id, frame: frame, slices: slices, module: module, function: function}
+
+    with :ok <- check_frame(frame) do
+      case GenServer.call(pool, {:call, request, timeout}, wait(timeout)) do
+        {:ok, {body, resolved, worker}} ->
+          CallerGC.received(resolved)
+          decode(body, resolved, worker, config)
+
+        {:error, _} = error ->
+          error
+      end
+    end
+  catch
+    :exit, {:timeout, _} ->
+      {:error, Error.new(:timeout, :timeout, field: :timeout, value: timeout)}
+
+    :exit, {reason, _} when reason in [:noproc, :normal, :shutdown] ->
+      {:error, no_pool(pool)}
+
+    :exit, {reason, _} ->
+      {:error,
+       Error.new(:worker_died, :pool_died,
+         message: "worker died: the pool #{inspect(pool)} exited: #{inspect(reason)}"
+       )}
+  end
+
+  # A caller that read the config just before the bridge stopped finds its arenas
+  # closed: the same error as a call made after the stop.
+  defp encode(args, config, format, pool) do
+    case Encoder.encode_args(args, config.arena, config.threshold, format: format) do
+      {:error, %Error{kind: :arena, reason: :closed}} -> {:error, no_pool(pool)}
+      result -> result
+    end
+  end
+
+  defp check_frame(frame) do
+    size = IO.iodata_length(frame)
+
+    if size <= Control.max_frame() do
+      :ok
+    else
+      {:error,
+       Error.new(:bad_call, :frame_too_large,
+         field: :args,
+         value: size,
+         limit: Control.max_frame(),
+         message:
+           "bad call: frame_too_large: the call's inline part is #{size} bytes, over the " <>
+             "control frame limit of #{Control.max_frame()}; lower :threshold so more values " <>
+             "travel in shared memory (many small values add up), or raise :arena_limit"
+       )}
+    end
+  end
+
+  # The body is decoded here, in the caller. A body or slice that does not decode
+  # is the worker's fault (it is replaced); a well-formed value that cannot be
+  # rebuilt here (unknown atoms, custom types without a serializer) is the call's.
+  defp decode(body, resolved, worker, config) do
+    with {:ok, term} <- Control.decode_body(body),
+         {:ok, value} <- Decoder.decode_result(term, resolved, config.verify) do
+      {:ok, value}
+    else
+      {:error, %Error{kind: :bad_call}} = error ->
+        error
+
+      {:error, error} ->
+        Worker.bad_answer(worker, error)
+        {:error, error}
+    end
+  end
+
+  defp check_name(_field, name) when is_atom(name) and name not in [nil, true, false], do: :ok
+  defp check_name(_field, name) when is_binary(name) and name != "", do: :ok
+
+  defp check_name(field, name) do
+    {:error,
+     Error.new(:bad_call, :badarg, field: field, value: name, limit: "an atom or a binary")}
+  end
+
+  defp config(pool) do
+    case Config.get(pool) do
+      %Config{} = config -> {:ok, config}
+      nil -> {:error, no_pool(pool)}
+    end
+  end
+
+  defp timeout(opts, config) do
+    case Keyword.get(opts, :timeout, config.timeout) do
+      t when (is_integer(t) and t > 0) or t == :infinity ->
+        {:ok, t}
+
+      t ->
+        {:error,
+         Error.new(:bad_call, :badarg,
+           field: :timeout,
+           value: t,
+           limit: "a positive integer (milliseconds) or :infinity"
+         )}
+    end
+  end
+
+  # The pool and the worker enforce the timeout; this margin only covers
+  # encoding and reading large values after the worker's deadline fired.
+  defp wait(:infinity), do: :infinity
+  defp wait(timeout), do: timeout + @call_margin
+
+  defp no_pool(pool) do
+    Error.new(:bad_call, :no_pool,
+      field: :pool,
+      value: pool,
+      message: "bad call: no_pool: no bridge named #{inspect(pool)} is running"
+    )
+  end
+end
