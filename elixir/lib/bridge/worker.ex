@@ -103,7 +103,8 @@ defmodule Bridge.Worker do
       config: config,
       index: index,
       id: "#{inspect(config.name)}.#{index}",
-      spin_us: Lane.spin_us(config.spin_us)
+      spin_us: Lane.spin_us(config.spin_us),
+      lane_spin_us: Lane.spin_us(config.spin_us)
     }
 
     Logger.metadata(worker: state.id)

@@ -3,8 +3,8 @@ defmodule Bridge.Worker.LaneCalls do
   # How Bridge.Worker uses its interpreter's lane (protocol/SPEC.md §8.5): a
   # call's frames go there when the worker polls for them and nothing written to
   # the port earlier is still queued (that must arrive first); the answer is
-  # polled for, as long as the last one took (Bridge.Lane.stretch/2) and at least
-  # spin_us; a call whose answer did not come meanwhile is parked and looked at
+  # polled for, as long as the last one took (Bridge.Lane.stretch/2: never less
+  # than spin_us, the worker's lane_spin_us until a first answer); a call whose answer did not come meanwhile is parked and looked at
   # again a millisecond later (an answer published just as this side parked may
   # come with no ring) and whenever the worker rings. Every function takes and
   # returns the %Bridge.Worker{} state; what an answer's frames mean is the
@@ -37,7 +37,7 @@ defmodule Bridge.Worker.LaneCalls do
   # Polls for the answer to the call just sent; parks when it does not come.
   @spec await(struct()) :: found()
   def await(state) do
-    case Lane.wait(state.lane, state.lane_seq, max(state.lane_spin_us, state.spin_us)) do
+    case Lane.wait(state.lane, state.lane_seq, state.lane_spin_us) do
       :pending ->
         Process.send_after(self(), {:lane_check, state.lane, state.lane_seq}, 1)
         {:none, %{state | lane_parked: state.lane_parked + 1}}
