@@ -75,9 +75,8 @@ defmodule Bridge.Python do
   @spec install_hint(String.t()) :: String.t()
   def install_hint(python) do
     if File.regular?(Path.join(@source, "pyproject.toml")) do
-      "Set up the application's Python with `mix beambridge.python` (bridges without " <>
-        ":python then use it), or install beambridge's Python package into that " <>
-        "interpreter:\n\n    #{python} -m pip install #{@source}\n"
+      "Install beambridge's Python package into that interpreter:\n\n    " <>
+        "#{python} -m pip install #{@source}\n"
     else
       "Install beambridge's Python package into that interpreter " <>
         "(`#{python} -m pip install <the beambridge source directory>`)."
