@@ -118,38 +118,32 @@ defmodule Bridge.Config do
   defp path?(_), do: false
 
   # {app, "priv/python"} is that directory of the application, wherever it is
-  # installed (a release included): Application.app_dir/2, resolved at start.
-  defp normalize(:python_path, paths) do
-    Enum.reduce_while(paths, {:ok, []}, fn
-      {app, path}, {:ok, acc} ->
-        case :code.lib_dir(app) do
-          dir when is_list(dir) ->
-            {:cont, {:ok, [Path.join(List.to_string(dir), path) | acc]}}
+  # installed (a release included): :code.lib_dir/1, as Application.app_dir/2
+  # does, resolved at start.
+  defp normalize(:python_path, paths), do: resolve_paths(paths, [])
+  defp normalize(_key, value), do: {:ok, value}
 
-          {:error, _} ->
-            error =
-              Error.new(:bad_call, :bad_option,
-                field: :python_path,
-                value: {app, path},
-                limit: "an application the code server knows",
-                message:
-                  "bad call: bad_option: python_path names the application #{inspect(app)}, " <>
-                    "which is not loaded (list it in your project's deps, or give a directory)"
-              )
+  defp resolve_paths([], acc), do: {:ok, Enum.reverse(acc)}
 
-            {:halt, {:error, error}}
-        end
+  defp resolve_paths([{app, path} | rest], acc) do
+    case :code.lib_dir(app) do
+      dir when is_list(dir) ->
+        resolve_paths(rest, [Path.join(List.to_string(dir), path) | acc])
 
-      path, {:ok, acc} ->
-        {:cont, {:ok, [path | acc]}}
-    end)
-    |> case do
-      {:ok, acc} -> {:ok, Enum.reverse(acc)}
-      error -> error
+      {:error, _} ->
+        {:error,
+         Error.new(:bad_call, :bad_option,
+           field: :python_path,
+           value: {app, path},
+           limit: "an application the code server knows",
+           message:
+             "bad call: bad_option: python_path names the application #{inspect(app)}, " <>
+               "which is not loaded (list it in your project's deps, or give a directory)"
+         )}
     end
   end
 
-  defp normalize(_key, value), do: {:ok, value}
+  defp resolve_paths([path | rest], acc), do: resolve_paths(rest, [path | acc])
 
   defp bad(field, value, expected \\ nil) do
     expected = expected || expectation(field)
