@@ -269,6 +269,36 @@ defmodule Bridge do
   def call(function_ref, args, opts \\ []), do: Bridge.Call.run(function_ref, args, opts)
 
   @doc """
+  Calls `module.function(*args)` as a stream: the handler returns a generator,
+  an async generator, an iterator or iterable, or a `pyarrow.Table`, and its
+  elements come as a lazy Elixir stream, each as a call result would (see
+  `Bridge.Stream` for flow control, checkpoints and integrity).
+
+  Options: those of `call/3` (`:timeout` applies to each element), and
+
+    * `:window` — elements on their way at once (default 4, at most 1024);
+    * `:resume` — a `Bridge.Stream.Checkpoint` (from the `checkpoint` of the
+      `Bridge.Error` that ended a stream) or a checkpoint token to start after,
+      or `:auto` to resume by itself when the worker dies;
+    * `:max_resumes` — how many times `resume: :auto` resumes (default 3).
+
+  Enumerating it raises `Bridge.Error` when the call fails.
+
+  ## Examples
+
+      iex> Bridge.stream({:arith, :count}, [3], pool: NoSuchBridge) |> Enum.to_list()
+      ** (Bridge.Error) bad call: no_pool: no bridge named NoSuchBridge is running
+  """
+  @spec stream(function_ref(), list(), keyword()) :: Enumerable.t()
+  def stream(function_ref, args, opts \\ []) do
+    Stream.resource(
+      fn -> Bridge.Stream.Session.open(function_ref, args, opts) end,
+      &Bridge.Stream.Session.next/1,
+      &Bridge.Stream.Session.close/1
+    )
+  end
+
+  @doc """
   The format decisions made so far on this node, by every bridge: one map per
   `{direction, form, reason}` with how many values took that way and their
   bytes (SPEC §10.1). With `config :beambridge, log_formats: true` each call's

@@ -68,7 +68,12 @@ defmodule Bridge.GoldenVectorsTest do
           :sealed_mapped,
           :shutdown,
           {:object, :lane},
-          :lane
+          :lane,
+          :element,
+          :ack,
+          :done,
+          :cancel,
+          :abort
         ],
         do: assert(m in beam, "no good BEAM frame for #{inspect(m)}")
 
@@ -89,7 +94,10 @@ defmodule Bridge.GoldenVectorsTest do
           :fallbacks,
           {:log, :stdout},
           {:log, :stderr},
-          :lane
+          :lane,
+          :element,
+          :ack,
+          :done
         ],
         do: assert(m in worker, "no good worker frame for #{inspect(m)}")
 
@@ -149,6 +157,9 @@ defmodule Bridge.GoldenVectorsTest do
       case envelope do
         {:call, id, module, function, opts, slices} ->
           Control.call_frame(id, module, function, opts, slices, body)
+
+        {:element, _, _, _, _, _} ->
+          Control.frame(envelope, body)
 
         _ ->
           Control.frame(envelope)
@@ -280,6 +291,29 @@ defmodule Bridge.GoldenVectorsTest do
     assert state.phase == :ready
   end
 
+  # Streams (SPEC §8.6), to a call with a result stream and argument stream 1,
+  # whose relay is this process: an element goes to the relay with its plan
+  # (running the plan needs the objects), an ack to the caller (this process),
+  # the end is the call's reply, through the relay.
+  defp beam_accepts({:element, id, 0, seq, point, entries}, bin) do
+    {state, nil} = run_worker(bin, :busy, id, stream_call(seq - 1))
+    assert state.phase == :busy and state.call.streams.result.received == seq
+    assert_received {:element, ^id, ^seq, ^point, _body, plan, _worker, _port}
+    assert length(plan) == length(entries)
+  end
+
+  defp beam_accepts({:ack, id, sid, seq}, bin) do
+    {state, nil} = run_worker(bin, :busy, id, stream_call())
+    assert state.phase == :busy
+    assert_received {:bridge_stream, _worker, ^id, {:ack, ^sid, ^seq}}
+  end
+
+  defp beam_accepts({:done, id, 0, count, checksum}, bin) do
+    {state, nil} = run_worker(bin, :busy, id, stream_call(count))
+    assert state.phase == :ready
+    assert_received {:reply, _from, {:ok, {:stream_done, ^count, ^checksum}}}
+  end
+
   # object_dropped, released, log: taken in any phase, no answer.
   defp beam_accepts(_envelope, bin) do
     {state, nil} = run_worker(bin, :busy, 7)
@@ -290,10 +324,13 @@ defmodule Bridge.GoldenVectorsTest do
   # `phase` with call `call_id` in flight: {the new state, what the caller was
   # answered or nil}. The state has no OS process (so a kill signals nobody) and
   # no pool (casts to it go nowhere).
-  defp run_worker(bin, phase, call_id) do
+  defp run_worker(bin, phase, call_id, streams \\ nil) do
     port = make_ref()
     tag = make_ref()
-    call = if phase == :busy, do: %{id: call_id, from: {self(), tag}, module: :m, function: :f}
+
+    call =
+      if phase == :busy,
+        do: %{id: call_id, from: {self(), tag}, module: :m, function: :f, streams: streams}
 
     state = %Bridge.Worker{
       config: %Bridge.Config{name: :"Bridge.GoldenVectorsTest.no_pool"},
@@ -301,7 +338,8 @@ defmodule Bridge.GoldenVectorsTest do
       port: port,
       phase: phase,
       call: call,
-      os_pids: []
+      os_pids: [],
+      objects: %Objects{peers: %{1 => :announced}}
     }
 
     {{:noreply, state}, _log} =
@@ -314,6 +352,13 @@ defmodule Bridge.GoldenVectorsTest do
     after
       0 -> {state, nil}
     end
+  end
+
+  # A call with a result stream (`received` elements came) and argument stream
+  # 1, its caller and relay this process.
+  defp stream_call(received \\ 4) do
+    result = %{window: 4, timeout: 5_000, received: received, acked: received, cancelled: false}
+    %{consumer: self(), ref: make_ref(), relay: self(), result: result, feeds: [1]}
   end
 
   # SPEC §8.3, BEAM -> worker.
@@ -332,6 +377,22 @@ defmodule Bridge.GoldenVectorsTest do
         slice_refs?(slices)
 
   defp beam_message?({:sealed_mapped, ids}, false), do: uints?(ids, 32)
+
+  # SPEC §8.6
+  defp beam_message?({:element, id, sid, seq, point, slices}, true),
+    do:
+      uint?(id, 64) and id > 0 and uint?(sid, 64) and uint?(seq, 64) and seq > 0 and
+        (is_binary(point) or point == nil) and slice_refs?(slices)
+
+  defp beam_message?({:ack, id, sid, seq}, false), do: uints?([id, sid, seq], 64) and id > 0
+  defp beam_message?({:cancel, id, sid}, false), do: uints?([id, sid], 64) and id > 0
+
+  defp beam_message?({:done, id, sid, count, checksum}, false),
+    do: uints?([id, sid, count, checksum], 64) and id > 0
+
+  defp beam_message?({:abort, id, sid, message}, false),
+    do: uints?([id, sid], 64) and id > 0 and is_binary(message)
+
   defp beam_message?(_envelope, _body?), do: false
 
   defp uint?(n, bits), do: is_integer(n) and n >= 0 and n < Bitwise.bsl(1, bits)

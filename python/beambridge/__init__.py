@@ -4,7 +4,9 @@ zero-copy. This package is the Python side; ``protocol/SPEC.md`` and
 
 What a handler author uses is here: `Atom` (an Erlang atom), `Bundle` and `COO` (named
 tensors and sparse arrays), `register` / `unregister` (custom types, see
-`beambridge.serializers`), `format_stats`, and the error classes. The protocol's machinery
+`beambridge.serializers`), `format_stats`, streams (`checkpoint` marks a resumable
+element of a stream handler, `Stream` is an argument the BEAM feeds, `StreamError`;
+see `beambridge.streams`), and the error classes. The protocol's machinery
 (frames, shared objects, the control channel) stays in its own modules.
 
 >>> import beambridge
@@ -45,6 +47,7 @@ from .serializers import (
     unregister,
 )
 from .stats import format_stats, reset_format_stats
+from .streams import Stream, StreamError, checkpoint
 
 if TYPE_CHECKING:
     from .formats.tensor import COO, Bundle
@@ -62,11 +65,14 @@ __all__ = [
     "HeaderError",
     "SerializerError",
     "SerializerFailedError",
+    "Stream",
+    "StreamError",
     "TensorError",
     "UnknownTypeError",
     "UnsupportedDtypeError",
     "UnsupportedVersionError",
     "__version__",
+    "checkpoint",
     "format_stats",
     "register",
     "reset_format_stats",

@@ -35,6 +35,9 @@ from .etf import decode, encode_parts
 from .leases import Key, LeaseBook, PeerObjects
 from .objects import PeerObject
 from .result_slices import ResultSlices, WorkerArenas
+from .stream_control import done
+from .stream_run import CallStreams, Link, StreamSpec, spec_of
+from .streams import Stream, StreamError, producer
 from .strings import to_str
 from .terms import DEFAULT_THRESHOLD, POLICIES
 
@@ -146,6 +149,13 @@ class CallPath:
         self.encoder = ResultEncoder(self.slices, threshold)
         self.lease_table: PeerObject | None = None
         self._functions: dict[tuple[Any, Any], Callable[..., Any]] = {}
+        #: The worker, for streams (§8.6); without it a stream call is refused.
+        self.link: Link | None = None
+        #: The streams of the call in flight, made when it first needs one.
+        self.streams: CallStreams | None = None
+        self._call_id = 0
+        self._text = False
+        self.decoder.streams = self._feed
 
     # ---- objects -----------------------------------------------------------------------
 
@@ -167,6 +177,11 @@ class CallPath:
 
     def sealed_mapped(self, object_ids: list[int]) -> None:
         self.slices.sealed_mapped(object_ids)
+
+    def let_go(self, slices: Any) -> None:
+        """Let go the BEAM slices of a frame no value will be read from."""
+        with contextlib.suppress(BridgeError):
+            self.decoder.decode([], slices)
 
     def take_released(self) -> list[Key]:
         """The BEAM slices let go since the last answer or ``released`` message."""
@@ -193,41 +208,51 @@ class CallPath:
 
     def run(self, call: control.Call, body: memoryview | None) -> Reply:
         """Run ``call`` and build its answer."""
+        self._call_id = call.call_id
+        try:
+            return self._run(call, body)
+        finally:
+            self.streams = None
+
+    def _run(self, call: control.Call, body: memoryview | None) -> Reply:
         prepared = self._prepare(call, body)
         if isinstance(prepared, _BadCall):
             return self._bad_call(call.call_id, prepared)
-        fn, args, policy = prepared
+        fn, args, policy, spec = prepared
         del prepared  # `args` alone holds the argument values now
         failure: Any = None
         try:
-            result = fn(*args)
+            if spec is not None and spec.resume:
+                result = fn(*args, checkpoint=spec.checkpoint)
+            else:
+                result = fn(*args)
         except Exception as exc:
-            tb = exc.__traceback__
-            text = "".join(traceback.format_exception(type(exc), exc, tb.tb_next if tb else None))
-            failure = control.python_exception(
-                _exception_type_name(exc).encode(),
-                _text(exc),
-                text.encode("utf-8", "backslashreplace"),
-            )
-            if tb is not None:
-                traceback.clear_frames(tb)  # the handler's locals (argument views) go now
-            del tb
+            failure = exception_detail(exc)
         del args  # the worker's references to argument views end here (leases, §4)
         flush_handler_output()
         if failure is not None:
             return Reply([], control.error(call.call_id, failure, self.take_released()), None)
+        if spec is not None:
+            return self._stream(call.call_id, result, spec, policy)
         return self._answer(call.call_id, result, policy)
 
     def _prepare(
         self, call: control.Call, body: memoryview | None
-    ) -> tuple[Callable[..., Any], list[Any], str] | _BadCall:
-        """The handler, its arguments and the result's policy, or what is wrong. Every
-        slice of the call is let go unless an argument holds it."""
+    ) -> tuple[Callable[..., Any], list[Any], str, StreamSpec | None] | _BadCall:
+        """The handler, its arguments, the result's policy and stream option, or what
+        is wrong. Every slice of the call is let go unless an argument holds it."""
         problem: _BadCall | None = None
         text = False
+        spec: StreamSpec | None = None
         try:
             policy = _policy(call.opts)
-            text = _strings(call.opts)
+            text = self._text = _strings(call.opts)
+            try:
+                spec = spec_of(call.opts, _token_str if text else _same)
+            except BridgeError as err:
+                raise _Refused(err.reason, err.message) from None
+            if spec is not None and self.link is None:
+                raise _Refused("not_a_stream", "this worker runs no streams (no link)")
             fn = self._lookup(call.module, call.function)
             if body is None:
                 raise _Refused("bad_term", "a call frame without an argument list")
@@ -240,8 +265,7 @@ class CallPath:
         except _Refused as refused:
             problem = _BadCall(refused.reason, refused.message)
         if problem is not None:
-            with contextlib.suppress(BridgeError):
-                self.decoder.decode([], call.slices)  # no handle will name them: let go
+            self.let_go(call.slices)  # no handle will name them
             return problem
         try:
             args = self.decoder.decode(terms, call.slices)
@@ -254,11 +278,99 @@ class CallPath:
                 args = to_str(args)
             except BridgeError as err:
                 problem = _BadCall(err.reason, err.message.removeprefix(f"{err.reason}: "))
-        return (fn, args, policy) if problem is None else problem
+        return (fn, args, policy, spec) if problem is None else problem
+
+    # ---- streams (§8.6) ----------------------------------------------------------------
+
+    def _streams(self) -> CallStreams:
+        if self.streams is None:
+            assert self.link is not None
+            self.streams = CallStreams(self._call_id, self.link, self._element_value)
+        return self.streams
+
+    def _feed(self, sid: int) -> Stream:
+        """The iterator of argument stream ``sid`` of the call in flight."""
+        if self.link is None:
+            raise EtfError("bad_term", "stream", sid, None, "bad_term: no streams here")
+        return self._streams().feed(sid)
+
+    def _element_value(self, term: Any, slices: Any) -> Any:
+        value = self.decoder.decode(term, slices)
+        return to_str([value])[0] if self._text else value
+
+    def _stream(self, call_id: int, result: Any, spec: StreamSpec, policy: str) -> Reply:
+        """Send ``result`` (a stream handler's return value) as the result stream, and
+        build the answer that ends it: ``{:done, id, 0, count, checksum}``, or the
+        error that ended it (after the elements sent)."""
+        try:
+            source = producer(result)
+        except StreamError as err:
+            return self._bad_call(call_id, _BadCall(err.reason, err.message))
+        del result
+        self.encoder.policy = policy
+        checksum, self.slices.checksum = self.slices.checksum, True  # every element's payload
+        failure: Any = None
+        try:
+            count, digest = self._streams().produce(source, spec, self._element)
+        except _ElementRefused as refused:
+            failure = control.bad_call(refused.bad.reason, _text(refused.bad.message))
+        except Exception as exc:
+            failure = exception_detail(exc)
+        finally:
+            self.slices.checksum = checksum
+            del source
+        flush_handler_output()
+        self.slices.unpin()
+        if failure is not None:
+            return Reply(
+                self.take_notices(), control.error(call_id, failure, self.take_released()), None
+            )
+        notices = self.take_notices()
+        released = self.take_released()
+        if released:
+            notices.append(control.released(released))
+        return Reply(notices, done(call_id, 0, count, digest), None)
+
+    def _element(self, value: Any) -> tuple[list[Any], list[Any], list[Any]]:
+        """One element of a result stream: (notices, slices entries, body parts)."""
+        self.slices.unpin()  # the last element is written
+        encoded = self._encode(value)
+        if isinstance(encoded, _BadCall):
+            raise _ElementRefused(encoded)
+        parts, body_size = encoded
+        if body_size + 1024 > control.MAX_CONTROL_FRAME:
+            fallbacks = self.slices.fallbacks
+            self.slices.cancel()
+            reason = fallbacks[-1] if fallbacks else "bad_term"
+            raise _ElementRefused(_BadCall(reason, _too_large(body_size, self.slices)))
+        entries = self.slices.entries
+        return self.take_notices() + self.slices.commit(), entries, parts
 
     def _answer(self, call_id: int, result: Any, policy: str) -> Reply:
-        self.slices.begin()
         self.encoder.policy = policy
+        encoded = self._encode(result)
+        del result
+        if isinstance(encoded, _BadCall):
+            return self._bad_call(call_id, encoded)
+        parts, body_size = encoded
+        released = self.take_released()
+        entries = self.slices.entries
+        head = control_shortcuts.answer_head(call_id, entries, released)
+        size = 4 + len(head) + body_size
+        if size > control.MAX_CONTROL_FRAME:
+            del parts
+            fallbacks = self.slices.fallbacks
+            reason = fallbacks[-1] if fallbacks else "bad_term"
+            self.slices.cancel()
+            detail = control.bad_call(reason, _text(_too_large(size, self.slices)))
+            return Reply([], control.error(call_id, detail, released), None)
+        notices = self.take_notices() + self.slices.commit()
+        return Reply(notices, control.ok(call_id, entries, released), parts, head)
+
+    def _encode(self, result: Any) -> tuple[list[Any], int] | _BadCall:
+        """The parts of ``result``'s ETF and their size, its values placed in slices
+        (`ResultSlices`, committed or cancelled by the caller), or what is wrong."""
+        self.slices.begin()
         problem: _BadCall | None = None
         try:
             parts = encode_parts(result, self.encoder)
@@ -274,31 +386,13 @@ class CallPath:
         del result
         if problem is not None:
             self.slices.cancel()
-            return self._bad_call(call_id, problem)
+            return problem
         body_size = sum(map(len, parts))
         if body_size < _JOIN_BELOW:
             # one copy now, so argument views the parts point into are gone before the
             # released list is made: the answer itself reports them
             parts = [b"".join(parts)]
-        released = self.take_released()
-        entries = self.slices.entries
-        head = control_shortcuts.answer_head(call_id, entries, released)
-        size = 4 + len(head) + body_size
-        if size > control.MAX_CONTROL_FRAME:
-            del parts
-            fallbacks = self.slices.fallbacks
-            reason = fallbacks[-1] if fallbacks else "bad_term"
-            self.slices.cancel()
-            message = (
-                f"the result encodes to {size} bytes, over the control frame limit of "
-                f"{control.MAX_CONTROL_FRAME} (MAX_CONTROL_FRAME), and its values at or above "
-                "the threshold could not all get a slice (raise the pool's :arena_limit, "
-                f"now {self.slices.limit})"
-            )
-            detail = control.bad_call(reason, _text(message))
-            return Reply([], control.error(call_id, detail, released), None)
-        notices = self.take_notices() + self.slices.commit()
-        return Reply(notices, control.ok(call_id, entries, released), parts, head)
+        return parts, body_size
 
     def _bad_call(self, call_id: int, bad: _BadCall) -> Reply:
         detail = control.bad_call(bad.reason, _text(bad.message))
@@ -343,6 +437,44 @@ class CallPath:
             raise _Refused("no_function", f"module {module_name!r} has {what} {function_name!r}")
         self._functions[key] = fn
         return fn
+
+
+def exception_detail(exc: BaseException) -> Any:
+    """``{:python_exception, type, message, traceback}`` of what a handler raised; the
+    handler's frames are cleared (their locals may hold argument views)."""
+    tb = exc.__traceback__
+    text = "".join(traceback.format_exception(type(exc), exc, tb.tb_next if tb else None))
+    detail = control.python_exception(
+        _exception_type_name(exc).encode(), _text(exc), text.encode("utf-8", "backslashreplace")
+    )
+    if tb is not None:
+        traceback.clear_frames(tb)  # the handler's locals (argument views) go now
+    return detail
+
+
+def _too_large(size: int, slices: ResultSlices) -> str:
+    return (
+        f"the result encodes to {size} bytes, over the control frame limit of "
+        f"{control.MAX_CONTROL_FRAME} (MAX_CONTROL_FRAME), and its values at or above "
+        f"the threshold could not all get a slice (raise the pool's :arena_limit, now "
+        f"{slices.limit})"
+    )
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _token_str(token: bytes) -> Any:
+    return to_str([token])[0]
+
+
+class _ElementRefused(Exception):
+    """Raised by `CallPath._element` only: an element that cannot be sent."""
+
+    def __init__(self, bad: _BadCall) -> None:
+        super().__init__(bad.message)
+        self.bad = bad
 
 
 class _Refused(Exception):

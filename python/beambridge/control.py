@@ -31,6 +31,8 @@ from typing import Any
 from . import registry
 from .errors import BridgeError, EtfError
 from .etf import Atom, decode, encode
+from .stream_control import Abort, Cancel, StreamMessage
+from .stream_control import parse as parse_stream
 
 __all__ = [
     "KNOWN_REASONS",
@@ -79,7 +81,7 @@ __all__ = [
 #: Largest frame either side accepts (§8.1); a longer one ends the worker (status 3).
 MAX_CONTROL_FRAME = 64 * 1024 * 1024
 #: The version the worker announces in ``{:ready, os_pid, version}``.
-PROTOCOL_VERSION = (2, 2)
+PROTOCOL_VERSION = (2, 3)
 
 A_OBJECT, A_OBJECT_DROPPED, A_CALL = Atom("object"), Atom("object_dropped"), Atom("call")
 A_SEALED_MAPPED, A_SHUTDOWN = Atom("sealed_mapped"), Atom("shutdown")
@@ -241,12 +243,17 @@ def _announcement(term: tuple[Any, ...], kinds: tuple[str, ...]) -> ObjectAnnoun
     raise _violation("not a message of protocol/SPEC.md §8.3", term)
 
 
-BeamMessage = ObjectAnnouncement | ObjectDropped | Call | SealedMapped | Shutdown | LaneRing
+BeamMessage = (
+    ObjectAnnouncement | ObjectDropped | Call | SealedMapped | Shutdown | LaneRing | StreamMessage
+)
 
 
 def from_beam(envelope: Any, has_body: bool) -> BeamMessage:
-    """The BEAM's message of ``envelope`` (`ProtocolError` when it is none of §8.3's;
-    only a call has a body)."""
+    """The BEAM's message of ``envelope`` (`ProtocolError` when it is none of §8.3's
+    or §8.6's; only a call and an element have a body)."""
+    stream = parse_stream(envelope, has_body)
+    if stream is not None:
+        return stream
     if envelope == A_SHUTDOWN and not has_body:
         return Shutdown()
     if envelope == A_LANE and not has_body:
@@ -427,13 +434,24 @@ def released_entries(term: Any) -> list[tuple[int, int, int]]:
 
 
 WorkerMessage = (
-    Ready | ObjectAnnouncement | ObjectDropped | Answer | Released | Fallbacks | Log | LaneRing
+    Ready
+    | ObjectAnnouncement
+    | ObjectDropped
+    | Answer
+    | Released
+    | Fallbacks
+    | Log
+    | LaneRing
+    | StreamMessage
 )
 
 
 def from_worker(envelope: Any, has_body: bool) -> WorkerMessage:
-    """The worker's message of ``envelope`` (`ProtocolError` when it is none of §8.3's;
-    only ``ok`` has a body)."""
+    """The worker's message of ``envelope`` (`ProtocolError` when it is none of §8.3's
+    or §8.6's; only ``ok`` and an element have a body)."""
+    stream = parse_stream(envelope, has_body)
+    if stream is not None and not isinstance(stream, (Cancel, Abort)):
+        return stream
     if envelope == A_LANE and not has_body:
         return LaneRing()
     if type(envelope) is tuple and envelope and (not has_body or envelope[0] == A_OK):

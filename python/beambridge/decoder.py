@@ -27,6 +27,7 @@ arguments are decoded.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from typing import Any
 
 from . import serializers
@@ -60,6 +61,7 @@ from .terms import (
     TAG_RECORDS,
     TAG_SLICE,
     TAG_SPARSE_COO,
+    TAG_STREAM,
     TAG_TENSOR,
     TAG_TENSOR_BUNDLE,
 )
@@ -105,6 +107,9 @@ class Decoder:
         self.peers = peers if peers is not None else PeerObjects()
         self.leases = leases if leases is not None else LeaseBook()
         self.verify = verify
+        #: Makes the iterator of an argument stream ``{:"$bb_stream", sid}`` (§8.6); None:
+        #: such a term is refused.
+        self.streams: Callable[[int], Any] | None = None
 
     def decode(self, value: Any, slices: Any = None) -> Any:
         """``value`` with every tagged term replaced (containers rebuilt only if
@@ -179,6 +184,8 @@ class Decoder:
             value = serializers.decode_payload(name, version, data)
             note(ARGUMENTS, "custom", "inline", len(data), name.decode())
             return value
+        if tag == TAG_STREAM and n == 2 and type(term[1]) is int and self.streams is not None:
+            return self.streams(term[1])
         raise _bad("tag", tag, f"malformed or unknown tagged term {_short(term)} (§9)")
 
     def _slice(self, kind: Any, index: Any, refs: list[_Ref]) -> Any:

@@ -44,6 +44,7 @@ __all__ = [
     "TAG_RECORDS",
     "TAG_SLICE",
     "TAG_SPARSE_COO",
+    "TAG_STREAM",
     "TAG_TENSOR",
     "TAG_TENSOR_BUNDLE",
 ]
@@ -73,6 +74,7 @@ TAG_ARROW = _tag("$bb_arrow")
 TAG_PACKED = _tag("$bb_packed")
 TAG_RECORDS = _tag("$bb_records")
 TAG_CUSTOM = _tag("$bb_custom")
+TAG_STREAM = _tag("$bb_stream")
 KIND_BINARY = _kind("binary")
 KIND_BUFFER = _kind("buffer")
 KIND_TENSOR = _kind("tensor")

@@ -17,12 +17,18 @@ Messages (§8.3)::
     BEAM -> worker   {:object, kind, owner_pid, fd, object_id, size, nonce}
                      | {:object_dropped, object_id} | {:sealed_mapped, [object_id]}
                      | {:call, id, module, function, opts, slices} + args | :shutdown
-                     | :lane
-    worker -> BEAM   {:ready, os_pid, {2, 2}} | {:object, ...} | {:object_dropped, id}
+                     | :lane | {:element, id, sid, seq, checkpoint, slices} + element
+                     | {:ack, id, sid, seq} | {:done, id, sid, count, checksum}
+                     | {:cancel, id, sid} | {:abort, id, sid, message}
+    worker -> BEAM   {:ready, os_pid, {2, 3}} | {:object, ...} | {:object_dropped, id}
                      | {:ok, id, slices, released} + result
                      | {:error, id, error, released} | {:released, [slice]}
                      | {:fallbacks, [...]} (to a BEAM of 2.1) | {:log, stream, data}
                      | :lane (in answer to a lane the BEAM gave)
+                     | {:element, ...} + element | {:ack, ...} | {:done, ...} (streams, 2.3)
+
+While a call runs, the worker reads the frames of its streams (§8.6) as the handler
+asks for elements and as the result stream waits for acknowledgements (`pump`).
 
 Before it blocks on fd 3 the worker reports the BEAM slices let go since its last
 answer (``{:released, ...}``). When no frame arrives for `IDLE_AFTER` seconds it takes
@@ -70,6 +76,7 @@ from .errors import ArenaError
 from .etf import Atom
 from .lane import Lane, frames
 from .spin import Spin, spin_seconds
+from .stream_control import Element, StreamMessage
 
 if TYPE_CHECKING:
     from .calls import Reply
@@ -150,6 +157,7 @@ class Worker:
         self.lane: Lane | None = None  # when the BEAM gives one (§8.5)
         self.written = 0  # frames written on fd 4
         self.exiting = False
+        self.path.link = self  # streams read and write frames while a call runs
 
     # ---- output ------------------------------------------------------------------------
 
@@ -198,6 +206,14 @@ class Worker:
                 self._write(parts)
             if seq and lane is not None:
                 lane.publish(seq, 0)  # the answer is on the pipe
+
+    def send_frames(self, messages: list[tuple[Any, list[Any] | None]]) -> None:
+        """Write several frames in one go (an element and the notices it needs)."""
+        joined = [control.join(envelope, body) for envelope, body in messages]
+        with self.lock:
+            self._drain_locked()
+            for parts in joined:
+                self._write(parts)
 
     def send_pending(self) -> None:
         """Arenas made or dropped, and BEAM slices let go, since the last frame."""
@@ -314,8 +330,46 @@ class Worker:
         for message, body in messages:
             self.dispatch(message, body, seq)
 
+    def pump(self, block: bool) -> bool:
+        """Read one frame from the BEAM while a call runs, and handle it (its stream
+        messages go to the call's streams); waits for one when ``block``. False when
+        nothing was read."""
+        while True:
+            try:
+                frame = self.channel.read(IDLE_AFTER if block else 0.0, self.spin.current)
+            except EOFError:
+                self.exit(0)
+            except ProtocolError as err:
+                self.violation(str(err))
+            if frame is None and block:
+                continue
+            if frame is None or isinstance(frame, type):  # a ring: no call waits now
+                return frame is not None
+            try:
+                message, body = control_shortcuts.read_beam(frame)
+            except ProtocolError as err:
+                self.violation(str(err))
+            del frame
+            if isinstance(message, control.Call):
+                self.violation(f"call {message.call_id} came while another was in flight")
+            self.dispatch(message, body)
+            return True
+
+    def on_stream(self, message: StreamMessage, body: memoryview | None) -> None:
+        """A stream message: to the call in flight, or (late, of a call answered)
+        dropped, the slices of an element let go."""
+        streams = self.path.streams
+        if streams is not None and message.call_id == streams.call_id:
+            wrong = streams.on_message(message, body)
+            if wrong is not None:
+                self.violation(f"call {message.call_id}: {wrong}")
+        elif isinstance(message, Element):
+            self.path.let_go(message.slices)
+
     def dispatch(self, message: control.BeamMessage, body: memoryview | None, seq: int = 0) -> None:
-        if isinstance(message, control.Call):
+        if isinstance(message, StreamMessage):
+            self.on_stream(message, body)
+        elif isinstance(message, control.Call):
             self.spin.call_came()
             written = self.written
             reply = self.path.run(message, body)

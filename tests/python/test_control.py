@@ -85,7 +85,9 @@ def test_from_beam_refuses_what_is_no_message(envelope: Any, has_body: bool) -> 
 
 
 def test_worker_messages_are_checked_and_read_back() -> None:
-    assert control.from_worker(control.ready(42), False) == control.Ready(42, (2, 2))
+    assert control.from_worker(control.ready(42), False) == control.Ready(
+        42, control.PROTOCOL_VERSION
+    )
     entries = [
         control.worker_slice(1, 64, 128, 7, 0),
         control.sealed_slice(2, 64, 256, 8),

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from beambridge import Atom, control, control_shortcuts
+from beambridge import Atom, control, control_shortcuts, stream_control
 from beambridge.decoder import Decoder
 from beambridge.errors import BridgeError
 from beambridge.etf import decode
@@ -46,6 +46,11 @@ MESSAGES = {
     "fallbacks": control.Fallbacks,
     "log": control.Log,
     "lane": control.LaneRing,
+    "element": stream_control.Element,
+    "ack": stream_control.Ack,
+    "done": stream_control.Done,
+    "cancel": stream_control.Cancel,
+    "abort": stream_control.Abort,
 }
 
 
@@ -197,6 +202,11 @@ def test_control_vectors_hold_every_message() -> None:
         "shutdown",
         ("object", "lane"),
         "lane",
+        "element",
+        "ack",
+        "done",
+        "cancel",
+        "abort",
     }
     assert seen["worker"] >= {
         "ready",
@@ -213,6 +223,9 @@ def test_control_vectors_hold_every_message() -> None:
         ("log", "stdout"),
         ("log", "stderr"),
         "lane",
+        "element",
+        "ack",
+        "done",
     }
     assert bad["beam"] >= 8 and bad["worker"] >= 8
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from beambridge import control, objects, registry, result_slices, stats, terms
+from beambridge import control, objects, registry, result_slices, stats, stream_control, terms
 from beambridge.encoder import ResultEncoder
 from beambridge.errors import BridgeError
 from beambridge.etf import Atom, encode
@@ -321,7 +321,12 @@ def test_tags_layouts_and_messages() -> None:
     tags = {str(v) for n, v in vars(terms).items() if n.startswith("TAG_")}
     assert tags == set(DATA["tags"])
     assert (str(terms.LAYOUT_ROWS), str(terms.LAYOUT_COLUMNS)) == registry.RECORDS_LAYOUTS
-    atoms = {str(v) for n, v in vars(control).items() if n.startswith("A_")}
+    atoms = {
+        str(v)
+        for module in (control, stream_control)
+        for n, v in vars(module).items()
+        if n.startswith("A_")
+    }
     names = set(registry.OBJECT_KINDS) | set(DATA["slice_sources"])
     assert atoms == set(DATA["messages"]) | names
     assert set(DATA["tags"]) == registry.TAGS and set(DATA["messages"]) == registry.MESSAGES

@@ -26,7 +26,7 @@ def worker() -> Iterator[WorkerProcess]:
 
 
 def test_ready_handshake(worker: WorkerProcess) -> None:
-    assert worker.ready == control.Ready(worker.pid, (2, 2))
+    assert worker.ready == control.Ready(worker.pid, (2, 3))
 
 
 def test_add(worker: WorkerProcess) -> None:

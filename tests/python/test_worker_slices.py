@@ -416,7 +416,7 @@ def test_a_beam_of_protocol_2_0_is_not_told_of_fallbacks() -> None:
             BEAMBRIDGE_ARENA_LIMIT=str(1 << 20),
             BEAMBRIDGE_MIN_ARENA=str(1 << 20),
         ) as w:
-            assert w.ready.version == (2, 2)
+            assert w.ready.version == control.PROTOCOL_VERSION
             assert w.ok("make_bytes", 2 << 20) == b"a" * (2 << 20)  # too_large: inline
             assert w.fallbacks == []
             assert stats(w)[("to_elixir", "raw", "too_large")] == 1

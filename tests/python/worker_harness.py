@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from beambridge import control
+from beambridge import stream_control as sc
 from beambridge.arena import ArenaSet, Slice
 from beambridge.decoder import Decoder
 from beambridge.encoder import ResultEncoder
@@ -361,6 +362,9 @@ class WorkerProcess:
             self.beam.on_released(message.entries)
         elif isinstance(message, control.Fallbacks):
             self.fallbacks.extend(message.entries)
+        elif isinstance(message, sc.Element):
+            self.body = decode(body)
+            self.raw_body = bytes(body) if body is not None else b""
         elif isinstance(message, control.Answer):
             self.body = None if body is None else decode(body)
             echoed = {(e[1], e[2], e[3]) for e in message.slices if e[0] == control.A_BEAM}

@@ -11,7 +11,27 @@ defmodule Bridge.Call do
 
   @doc false
   @spec run(Bridge.function_ref(), list(), keyword()) :: {:ok, term()} | {:error, Error.t()}
-  def run({module, function}, args, opts) when is_list(args) and is_list(opts) do
+  def run(function_ref, args, opts) do
+    with {:ok, prepared} <- prepare(function_ref, args, opts) do
+      # The slices are this process's until the call is over, whatever happens.
+      try do
+        if prepared.streams == [] do
+          request(prepared)
+        else
+          Bridge.Stream.Session.call(prepared)
+        end
+      after
+        Enum.each(prepared.slices, &Arena.release/1)
+      end
+    end
+  end
+
+  @doc false
+  # Everything a call needs before it is sent, made in the caller: the options
+  # checked, the arguments encoded (argument streams, SPEC §8.6, become
+  # handles, returned in `streams`).
+  @spec prepare(Bridge.function_ref(), list(), keyword()) :: {:ok, map()} | {:error, Error.t()}
+  def prepare({module, function}, args, opts) when is_list(args) and is_list(opts) do
     pool = Keyword.get(opts, :pool, Bridge)
 
     with :ok <- check_name(:module, module),
@@ -21,18 +41,25 @@ defmodule Bridge.Call do
          {:ok, timeout} <- timeout(opts, config),
          {:ok, format} <- Bridge.Format.check_policy(Keyword.get(opts, :format, :auto)),
          {:ok, strings} <- strings(Keyword.get(opts, :strings, config.strings)),
-         {:ok, term, slices} <- encode(args, config, format, pool) do
-      # The slices are this process's until the call is over, whatever happens.
-      try do
-        call_opts = call_opts(format, strings)
-        request(pool, config, {module, function}, term, slices, call_opts, timeout)
-      after
-        Enum.each(slices, &Arena.release/1)
-      end
+         {:ok, term, slices, streams} <- encode(args, config, format, pool) do
+      {:ok,
+       %{
+         pool: pool,
+         config: config,
+         module: module,
+         function: function,
+         term: term,
+         slices: slices,
+         streams: streams,
+         timeout: timeout,
+         format: format,
+         strings: strings,
+         opts: call_opts(format, strings)
+       }}
     end
   end
 
-  def run(function_ref, args, _opts) do
+  def prepare(function_ref, args, _opts) do
     {:error,
      Error.new(:bad_call, :badarg,
        field: :call,
@@ -55,13 +82,8 @@ defmodule Bridge.Call do
     {:error, Error.new(:bad_call, :badarg, field: :strings, value: s, limit: ":bytes or :str")}
   end
 
-  defp request(pool, config, {module, function}, term, slices, opts, timeout) do
-    body = :erlang.term_to_binary(term)
-    id = :erlang.unique_integer([:positive])
-    frame = Control.call_frame(id, module, function, opts, Encoder.entries(slices), body)
-    request = %{id: id, frame: frame, slices: slices, module: module, function: function}
-
-    with :ok <- check_frame(frame) do
+  defp request(%{pool: pool, config: config, timeout: timeout} = prepared) do
+    with {:ok, request} <- build_request(prepared, %{}) do
       case GenServer.call(pool, {:call, request, timeout}, wait(timeout)) do
         {:ok, {body, resolved, worker}} ->
           CallerGC.received(resolved)
@@ -72,23 +94,54 @@ defmodule Bridge.Call do
       end
     end
   catch
-    :exit, {:timeout, _} ->
-      {:error, Error.new(:timeout, :timeout, field: :timeout, value: timeout)}
-
-    :exit, {reason, _} when reason in [:noproc, :normal, :shutdown] ->
-      {:error, no_pool(pool)}
-
-    :exit, {reason, _} ->
-      {:error,
-       Error.new(:worker_died, :pool_died,
-         message: "worker died: the pool #{inspect(pool)} exited: #{inspect(reason)}"
-       )}
+    :exit, reason -> {:error, exit_error(reason, prepared)}
   end
+
+  @doc false
+  # The request a worker runs (Bridge.Worker.run/4), with `extra` fields and
+  # call options (`"stream"`); its id is new.
+  @spec build_request(map(), map(), map()) :: {:ok, map()} | {:error, Error.t()}
+  def build_request(prepared, extra, extra_opts \\ %{}) do
+    body = :erlang.term_to_binary(prepared.term)
+    id = :erlang.unique_integer([:positive])
+    opts = Map.merge(prepared.opts, extra_opts)
+    entries = Encoder.entries(prepared.slices)
+    frame = Control.call_frame(id, prepared.module, prepared.function, opts, entries, body)
+
+    request = %{
+      id: id,
+      frame: frame,
+      slices: prepared.slices,
+      module: prepared.module,
+      function: prepared.function
+    }
+
+    with :ok <- check_frame(frame), do: {:ok, Map.merge(request, extra)}
+  end
+
+  @doc false
+  # What a call's exit (from the pool, or a wait on it) means to the caller.
+  @spec exit_error(term(), map()) :: Error.t()
+  def exit_error({:timeout, _}, prepared),
+    do: Error.new(:timeout, :timeout, field: :timeout, value: prepared.timeout)
+
+  def exit_error({reason, _}, prepared) when reason in [:noproc, :normal, :shutdown],
+    do: no_pool(prepared.pool)
+
+  def exit_error({reason, _}, prepared) do
+    Error.new(:worker_died, :pool_died,
+      message: "worker died: the pool #{inspect(prepared.pool)} exited: #{inspect(reason)}"
+    )
+  end
+
+  def exit_error(reason, prepared), do: exit_error({reason, nil}, prepared)
 
   # A caller that read the config just before the bridge stopped finds its arenas
   # closed: the same error as a call made after the stop.
   defp encode(args, config, format, pool) do
-    case Encoder.encode_args(args, config.arena, config.threshold, format: format) do
+    opts = [format: format, streams: true]
+
+    case Encoder.encode_call(args, config.arena, config.threshold, opts) do
       {:error, %Error{kind: :arena, reason: :closed}} -> {:error, no_pool(pool)}
       result -> result
     end
@@ -116,7 +169,9 @@ defmodule Bridge.Call do
   # The body is decoded here, in the caller. A body or slice that does not decode
   # is the worker's fault (it is replaced); a well-formed value that cannot be
   # rebuilt here (unknown atoms, custom types without a serializer) is the call's.
-  defp decode(body, resolved, worker, config) do
+  @doc false
+  @spec decode(binary(), tuple(), pid(), Config.t()) :: {:ok, term()} | {:error, Error.t()}
+  def decode(body, resolved, worker, config) do
     with {:ok, term} <- Control.decode_body(body),
          {:ok, value} <- Decoder.decode_result(term, resolved, config.verify) do
       {:ok, value}
@@ -162,8 +217,10 @@ defmodule Bridge.Call do
 
   # The pool and the worker enforce the timeout; this margin only covers
   # encoding and reading large values after the worker's deadline fired.
-  defp wait(:infinity), do: :infinity
-  defp wait(timeout), do: timeout + @call_margin
+  @doc false
+  @spec wait(timeout()) :: timeout()
+  def wait(:infinity), do: :infinity
+  def wait(timeout), do: timeout + @call_margin
 
   defp no_pool(pool) do
     Error.new(:bad_call, :no_pool,

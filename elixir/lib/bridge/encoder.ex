@@ -44,6 +44,7 @@ defmodule Bridge.Encoder do
   alias Bridge.Tensor.{Bundle, COO, Wire}
 
   @type encode_ctx :: %{
+          streams: [{pos_integer(), Bridge.Stream.t()}] | nil,
           arena: Arena.t(),
           threshold: non_neg_integer(),
           slices: [Arena.Slice.t()],
@@ -70,7 +71,20 @@ defmodule Bridge.Encoder do
   @spec encode_args(list(), Arena.t(), non_neg_integer(), keyword()) ::
           {:ok, list(), [Arena.Slice.t()]} | {:error, Error.t()}
   def encode_args(args, arena, threshold, opts \\ []) when is_list(args) do
+    with {:ok, term, slices, []} <- encode_call(args, arena, threshold, opts),
+         do: {:ok, term, slices}
+  end
+
+  @doc false
+  # As encode_args/4, and with `streams: true` a %Bridge.Stream{} among the
+  # arguments becomes {:"$bb_stream", sid} (SPEC §8.6): returns the streams as
+  # [{sid, stream}] in sid order. Without it a stream is a :bad_call error.
+  @spec encode_call(list(), Arena.t(), non_neg_integer(), keyword()) ::
+          {:ok, list(), [Arena.Slice.t()], [{pos_integer(), Bridge.Stream.t()}]}
+          | {:error, Error.t()}
+  def encode_call(args, arena, threshold, opts) when is_list(args) do
     ctx = %{
+      streams: if(Keyword.get(opts, :streams, false), do: [], else: nil),
       arena: arena,
       threshold: threshold,
       slices: [],
@@ -93,7 +107,7 @@ defmodule Bridge.Encoder do
       |> add({:to_python, :etf, :below_min}, ctx.short, ctx.short_bytes)
       |> FormatStats.flush()
 
-      {:ok, term, Enum.reverse(ctx.slices)}
+      {:ok, term, Enum.reverse(ctx.slices), Enum.reverse(ctx.streams || [])}
     catch
       {:bad_arg, error, ctx} ->
         Enum.each(ctx.slices, &Arena.release/1)
@@ -156,6 +170,15 @@ defmodule Bridge.Encoder do
     {list, ctx} = enc_list(Tuple.to_list(term), ctx, [])
     {List.to_tuple(list), ctx}
   end
+
+  # A stream argument (SPEC §8.6): the caller feeds it while the handler runs.
+  defp enc(%Bridge.Stream{} = stream, %{streams: streams} = ctx) when is_list(streams) do
+    sid = length(streams) + 1
+    {{:"$bb_stream", sid}, %{ctx | streams: [{sid, stream} | streams]}}
+  end
+
+  defp enc(%Bridge.Stream{} = stream, ctx),
+    do: bad_arg(stream, ctx, "a Bridge.Stream only as an argument of a call, not inside one")
 
   defp enc(%Buffer{data: data}, ctx) when is_binary(data) do
     frame = fn -> {:buffer, data, [format: :raw]} end

@@ -23,6 +23,9 @@ defmodule Bridge.Error do
       name (`"ValueError"`, `"mymod.MyError"`); otherwise `nil`.
     * `traceback` — for `:python_exception`, Python's formatted traceback;
       otherwise `nil`.
+    * `checkpoint` — for an error that ended a `Bridge.stream/3`, where the
+      stream can be resumed from (`Bridge.Stream.Checkpoint`, `resume:`);
+      otherwise `nil`.
   """
 
   @type kind ::
@@ -45,10 +48,21 @@ defmodule Bridge.Error do
           limit: term(),
           message: String.t() | nil,
           python_type: String.t() | nil,
-          traceback: String.t() | nil
+          traceback: String.t() | nil,
+          checkpoint: Bridge.Stream.Checkpoint.t() | nil
         }
 
-  defexception [:kind, :reason, :field, :value, :limit, :message, :python_type, :traceback]
+  defexception [
+    :kind,
+    :reason,
+    :field,
+    :value,
+    :limit,
+    :message,
+    :python_type,
+    :traceback,
+    :checkpoint
+  ]
 
   @doc """
   Builds an error and fills in its message.

@@ -14,7 +14,8 @@ defmodule Bridge.Worker do
   # and hands the body to the caller. This module is the call state machine and
   # the pool's view of the worker; the interpreter's life (port, readiness,
   # kill, restart, backoff, shutdown) is Bridge.Worker.Interpreter, the shared
-  # objects Bridge.Worker.Objects, the frames Bridge.Control.
+  # objects Bridge.Worker.Objects, answers Bridge.Worker.Replies, the streams of
+  # a call (§8.6) Bridge.Worker.Streams, the frames Bridge.Control.
   #
   # phase: :starting (port open, waiting for {:ready, ...}) | :ready | :busy
   #        | :killing (signals sent, waiting for the exit status) | :down
@@ -25,7 +26,7 @@ defmodule Bridge.Worker do
   require Logger
 
   alias Bridge.{Config, Control, Error, FormatStats, Lane, Registry}
-  alias Bridge.Worker.{Interpreter, LaneCalls, Objects}
+  alias Bridge.Worker.{Interpreter, LaneCalls, Objects, Replies, Streams}
 
   defstruct [
     :config,
@@ -170,13 +171,40 @@ defmodule Bridge.Worker do
 
   def handle_cast({:sealed_mapped, _port, _ids}, state), do: {:noreply, state}
 
+  # The caller's side of the streams of the call in flight (Bridge.Worker.Streams).
+  def handle_cast({:stream, id, message}, %{phase: :busy, call: %{id: id, streams: s}} = state)
+      when s != nil do
+    {streams, objects} = Streams.from_caller(state, s, id, message)
+    state = %{state | objects: objects, call: %{state.call | streams: streams}}
+    {:noreply, if(match?({:ack, _}, message), do: rearm(state), else: state)}
+  end
+
+  def handle_cast({:stream, _id, _message}, state), do: {:noreply, state}
+
   defp start_call(state, %{id: id, frame: frame, slices: slices} = request, from, deadline) do
     case Objects.lend(state.objects, state.config.arena, slices) do
       {:ok, objects, announcements} ->
         timer = if deadline == :infinity, do: nil, else: call_timer(id, deadline)
-        call = %{id: id, from: from, module: request.module, function: request.function}
+        streams = Streams.open(request, from)
+
+        call = %{
+          id: id,
+          from: from,
+          module: request.module,
+          function: request.function,
+          streams: streams
+        }
+
         state = %{state | phase: :busy, call: call, timer: timer, objects: objects}
-        send_call(state, announcements ++ [frame])
+
+        if streams do
+          # stream frames go on the pipe: the call does too, before them
+          state = send_frames(state, announcements ++ [frame])
+          Streams.started(streams, id)
+          state
+        else
+          send_call(state, announcements ++ [frame])
+        end
 
       {:error, error} ->
         # The caller gave its slices up: it is gone, or past its deadline.
@@ -215,13 +243,27 @@ defmodule Bridge.Worker do
   defp call_timer(id, deadline),
     do: Process.send_after(self(), {:call_timeout, id}, max(deadline - now(), 0))
 
+  # A result stream's timeout applies to each element: it restarts as one comes
+  # or the consumer takes one.
+  defp rearm(%{call: %{id: id, streams: s}} = state) do
+    case Streams.element_timeout(s) do
+      t when is_integer(t) ->
+        cancel(state.timer)
+        %{state | timer: call_timer(id, now() + t)}
+
+      _ ->
+        state
+    end
+  end
+
   defp finish_call(state, reply) do
-    GenServer.reply(state.call.from, reply)
+    Streams.reply(state.call, reply)
     done(state)
   end
 
   defp done(state) do
     cancel(state.timer)
+    Streams.close(state.call.streams)
     become_ready(%{state | call: nil, timer: nil})
   end
 
@@ -229,7 +271,8 @@ defmodule Bridge.Worker do
   defp fail_call(%{call: nil} = state, _error), do: state
 
   defp fail_call(state, error) do
-    GenServer.reply(state.call.from, {:error, error})
+    Streams.reply(state.call, {:error, error})
+    Streams.close(state.call.streams)
     %{state | call: nil}
   end
 
@@ -249,15 +292,20 @@ defmodule Bridge.Worker do
   def handle_info({port, {:exit_status, status}}, %{port: port} = state),
     do: {:noreply, exited(state, status)}
 
-  def handle_info({:call_timeout, id}, %{phase: :busy, call: %{id: id}} = state) do
-    GenServer.reply(state.call.from, {:error, timeout_error(state, :running)})
+  def handle_info({:call_timeout, id}, %{phase: :busy, call: %{id: id, streams: s}} = state)
+      when s != nil and s.result != nil and s.result.cancelled == false do
+    if Streams.waiting_for_consumer?(s),
+      do: {:noreply, rearm(state)},
+      else: {:noreply, call_timed_out(state)}
+  end
 
-    Logger.warning(
-      "beambridge worker #{state.id}: call #{inspect(state.call.module)}.#{state.call.function} " <>
-        "timed out; restarting the interpreter"
-    )
+  def handle_info({:call_timeout, id}, %{phase: :busy, call: %{id: id}} = state),
+    do: {:noreply, call_timed_out(state)}
 
-    {:noreply, kill(%{state | call: nil, timer: nil}, :restart_now)}
+  # The caller of a call with streams exited: stop them (the answer goes nowhere).
+  def handle_info({:DOWN, ref, :process, _, _}, %{call: %{streams: %{ref: ref} = s}} = state) do
+    streams = Streams.caller_down(state, s, state.call.id)
+    {:noreply, %{state | call: %{state.call | streams: streams}}}
   end
 
   def handle_info({:start_timeout, port}, %{port: port, phase: :starting} = state) do
@@ -280,6 +328,18 @@ defmodule Bridge.Worker do
 
   def handle_info(_other, state), do: {:noreply, state}
 
+  defp call_timed_out(state) do
+    Streams.reply(state.call, {:error, timeout_error(state, :running)})
+
+    Logger.warning(
+      "beambridge worker #{state.id}: call #{inspect(state.call.module)}.#{state.call.function} " <>
+        "timed out; restarting the interpreter"
+    )
+
+    Streams.close(state.call.streams)
+    kill(%{state | call: nil, timer: nil}, :restart_now)
+  end
+
   @impl true
   def handle_call(:info, _from, state) do
     info = %{
@@ -300,7 +360,7 @@ defmodule Bridge.Worker do
   # One frame from the worker, from the pipe or the lane.
   defp handle_frame(bin, state) do
     case Control.split(bin) do
-      {:ok, envelope, body} when body != "" and elem(envelope, 0) != :ok ->
+      {:ok, envelope, body} when body != "" and elem(envelope, 0) not in [:ok, :element] ->
         unexpected(state, {envelope, {:body, byte_size(body)}})
 
       {:ok, {:log, stream, data} = log, _}
@@ -375,67 +435,23 @@ defmodule Bridge.Worker do
     end
   end
 
-  defp handle_message(other, _body, state), do: unexpected(state, other)
-
-  defp answer_error(state, id, error, released) do
-    case error do
-      {:python_exception, type, message, tb} ->
-        finish_call(state, {:error, Error.python_exception(text(type), text(message), text(tb))})
-
-      {:bad_call, reason, message} when is_atom(reason) ->
-        error =
-          Error.new(:bad_call, reason,
-            field: :call,
-            value: {state.call.module, state.call.function},
-            message: "bad call: #{reason}: #{text(message)}"
-          )
-
-        finish_call(state, {:error, error})
-
-      other ->
-        unexpected(state, {:error, id, other, released})
+  # Streams (SPEC §8.6): elements and the end of the result stream, and the
+  # acknowledgements of argument streams, of the call in flight.
+  defp handle_message(envelope, body, %{phase: :busy, call: %{id: id, streams: s}} = state)
+       when s != nil and elem(envelope, 0) in [:element, :ack, :done] and elem(envelope, 1) == id do
+    case Streams.frame(state, s, envelope, body) do
+      {:ok, s, objects} -> rearm(%{state | objects: objects, call: %{state.call | streams: s}})
+      {:reply, reply} -> finish_call(state, reply)
+      {:error, error} -> violation(state, error)
     end
   end
 
-  # The answer goes to the caller with its body and its slices resolved. Leases
-  # and binaries over slices are made by a process of their own, which ends right
-  # after replying: no long-lived heap keeps them (and the memory under them).
-  defp answer(state, body, []),
-    do: GenServer.reply(state.call.from, {:ok, {body, {}, self()}})
-
-  defp answer(state, body, plan) do
-    from = state.call.from
-    worker = self()
-    port = state.port
-
-    spawn(fn ->
-      case Objects.resolve(plan) do
-        {:ok, resolved, sealed} ->
-          if sealed != [], do: GenServer.cast(worker, {:sealed_mapped, port, sealed})
-          GenServer.reply(from, {:ok, {body, resolved, worker}})
-
-        {:error, error} ->
-          GenServer.reply(from, {:error, error})
-          bad_answer(worker, error)
-      end
-    end)
-  end
+  defp handle_message(other, _body, state), do: unexpected(state, other)
 
   defp unexpected(state, other) do
-    error =
-      Error.new(:bad_frame, :unexpected_message,
-        field: :control_frame,
-        value: other,
-        message:
-          "bad frame: unexpected_message: worker #{state.id} sent " <>
-            "#{inspect(other, limit: 8, printable_limit: 200)} while #{describe_phase(state)}"
-      )
-
-    violation(state, error)
+    call_id = if state.phase == :busy, do: state.call.id
+    violation(state, Replies.unexpected_error(state.id, other, state.phase, call_id))
   end
-
-  defp describe_phase(%{phase: :busy, call: %{id: id}}), do: "call #{id} was in flight"
-  defp describe_phase(%{phase: phase}), do: "#{phase}"
 
   # A frame that breaks the protocol: fail the call in flight and kill the worker.
   defp violation(state, error) do
@@ -475,27 +491,17 @@ defmodule Bridge.Worker do
 
   ## Helpers
 
-  defp timeout_error(state, where) do
-    Error.new(:timeout, :timeout,
-      field: :timeout,
-      message:
-        "timeout: the call did not finish within its timeout " <>
-          "(#{if where == :queued, do: "while queued", else: "worker #{state.id} was restarted"})"
-    )
+  defp answer_error(state, id, error, released) do
+    case Replies.error(state.call, error) do
+      {:ok, reply} -> finish_call(state, reply)
+      :unexpected -> unexpected(state, {:error, id, error, released})
+    end
   end
 
-  defp died_error(state, status) do
-    Error.new(:worker_died, :worker_died,
-      field: :exit_status,
-      value: status,
-      message:
-        "worker died: the Python interpreter of worker #{state.id} exited " <>
-          "(status #{inspect(status)}) during the call"
-    )
-  end
+  defp answer(state, body, plan), do: Replies.answer(state.call.from, body, plan, state.port)
 
-  defp text(bin) when is_binary(bin), do: bin
-  defp text(other), do: inspect(other)
+  defp timeout_error(state, where), do: Replies.timeout_error(state.id, where)
+  defp died_error(state, status), do: Replies.died_error(state.id, status)
 
   defp cancel(nil), do: :ok
   defp cancel(ref), do: Process.cancel_timer(ref)

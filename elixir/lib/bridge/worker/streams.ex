@@ -1,0 +1,280 @@
+defmodule Bridge.Worker.Streams do
+  @moduledoc false
+  # The streams of the call a worker runs (protocol/SPEC.md §8.6), on the
+  # worker process's side: it only routes. The caller's process (the consumer of
+  # a result stream, the producer of argument streams: Bridge.Stream.Session)
+  # encodes and decodes; this module checks the worker's stream frames, forwards
+  # elements and acknowledgements to the caller, and writes the caller's
+  # elements, acknowledgements and cancellations to the interpreter.
+  #
+  # To the caller, as plain messages:
+  #   {:bridge_stream, worker, id, :started}
+  #   {:bridge_stream, worker, id, {:element, seq, checkpoint, body, resolved}}
+  #   {:bridge_stream, worker, id, {:ack, sid, seq}}
+  #   {:bridge_stream, worker, id, {:error, error}}   (an element's slices failed)
+  # The elements of a result stream, and then the call's reply, go through a
+  # relay process of the call: it resolves each element's slices (leases,
+  # binaries) outside the worker's heap, collects its own garbage after each, and
+  # keeps them in order, the reply last, so a consumer that sees the reply has
+  # seen every element before it. The reply of a result stream is
+  # {:ok, {:stream_done, count, checksum}}, or the error that ended it.
+  #
+  # From the caller, as casts {:stream, id, message}: {:ack, seq} and :cancel
+  # for the result stream, {:feed, frame, slices} and {:send, frame} for
+  # argument streams.
+
+  alias Bridge.{Control, Error}
+  alias Bridge.Worker.{Interpreter, Objects}
+
+  @type t :: %{
+          consumer: pid(),
+          ref: reference(),
+          relay: pid() | nil,
+          result:
+            nil
+            | %{
+                window: pos_integer(),
+                timeout: timeout(),
+                received: non_neg_integer(),
+                acked: non_neg_integer(),
+                cancelled: boolean()
+              },
+          feeds: [pos_integer()]
+        }
+
+  @doc false
+  # The streams of a request, or nil for a call without any. The caller is
+  # watched: if it goes, the interpreter is told to stop.
+  @spec open(map(), GenServer.from()) :: t() | nil
+  def open(request, {consumer, _tag}) do
+    result = Map.get(request, :stream)
+    feeds = Map.get(request, :feeds, [])
+
+    if result == nil and feeds == [] do
+      nil
+    else
+      %{
+        consumer: consumer,
+        ref: Process.monitor(consumer),
+        relay: result && relay(consumer),
+        result: result && opened(result),
+        feeds: feeds
+      }
+    end
+  end
+
+  # A resumed stream goes on from the elements the consumer took (`start`).
+  defp opened(result) do
+    start = Map.get(result, :start, 0)
+    Map.merge(result, %{received: start, acked: start, cancelled: false})
+  end
+
+  @doc false
+  # The call is in the interpreter: tell the caller which worker runs it.
+  @spec started(t(), pos_integer()) :: :ok
+  def started(streams, id) do
+    send(streams.consumer, {:bridge_stream, self(), id, :started})
+    :ok
+  end
+
+  @doc false
+  # The call's reply: through the relay when there is one (after the elements).
+  @spec reply(map(), term()) :: :ok
+  def reply(%{streams: %{relay: relay}, from: from}, reply) when is_pid(relay) do
+    send(relay, {:reply, from, reply})
+    :ok
+  end
+
+  def reply(%{from: from}, reply), do: GenServer.reply(from, reply)
+
+  @doc false
+  # The call is over.
+  @spec close(t() | nil) :: :ok
+  def close(nil), do: :ok
+
+  def close(streams) do
+    Process.demonitor(streams.ref, [:flush])
+    :ok
+  end
+
+  @doc false
+  # Is the interpreter waiting for the consumer (the window is full)? Then a
+  # stream's per-element timeout is not the interpreter's fault.
+  @spec waiting_for_consumer?(t() | nil) :: boolean()
+  def waiting_for_consumer?(%{result: %{} = r}), do: r.received - r.acked >= r.window
+  def waiting_for_consumer?(_streams), do: false
+
+  @doc false
+  # The timeout of each element of a result stream, or nil.
+  @spec element_timeout(t() | nil) :: timeout() | nil
+  def element_timeout(%{result: %{timeout: timeout}}), do: timeout
+  def element_timeout(_streams), do: nil
+
+  @doc false
+  # A stream frame of the call in flight from the interpreter: the streams and
+  # objects after it, the call's reply (the result stream ended), or what is
+  # wrong with it.
+  @spec frame(map(), t(), tuple(), binary()) ::
+          {:ok, t(), Objects.t()} | {:reply, term()} | {:error, Error.t()}
+  def frame(state, streams, {:element, _, _, _, _, _} = envelope, body) when body != "",
+    do: element(state, streams, envelope, body)
+
+  def frame(state, streams, {:ack, id, sid, seq}, "") do
+    with :ok <- ack(streams, id, sid, seq), do: {:ok, streams, state.objects}
+  end
+
+  def frame(_state, streams, {:done, _id, 0, count, checksum}, "") do
+    with {:ok, reply} <- done(streams, count, checksum), do: {:reply, {:ok, reply}}
+  end
+
+  def frame(_state, _streams, envelope, body),
+    do: {:error, broken("#{inspect(envelope, limit: 8)} (body of #{byte_size(body)} bytes)")}
+
+  @doc false
+  # Element `seq` of the result stream from the interpreter.
+  @spec element(map(), t(), tuple(), binary()) :: {:ok, t(), Objects.t()} | {:error, Error.t()}
+  def element(state, %{result: %{} = r} = streams, {:element, id, 0, seq, point, entries}, body)
+      when is_integer(seq) and (is_binary(point) or point == nil) do
+    cond do
+      seq != r.received + 1 or seq - r.acked > r.window ->
+        {:error,
+         broken(
+           "element #{seq} of the result stream came after #{r.received}, " <>
+             "#{r.acked} acknowledged, window #{r.window}"
+         )}
+
+      true ->
+        with {:ok, plan, objects} <- Objects.plan(state.objects, entries, state.config.untrusted) do
+          deliver(streams, id, {seq, point, body}, plan, state.port)
+          {:ok, %{streams | result: %{r | received: seq}}, objects}
+        end
+    end
+  end
+
+  def element(_state, _streams, envelope, _body),
+    do: {:error, broken("#{inspect(envelope, limit: 8)} for a call with no result stream")}
+
+  defp deliver(streams, id, {seq, point, body}, plan, port),
+    do: send(streams.relay, {:element, id, seq, point, body, plan, self(), port})
+
+  defp relay(consumer) do
+    worker = self()
+
+    spawn(fn ->
+      ref = Process.monitor(worker)
+      relay_loop(consumer, ref)
+    end)
+  end
+
+  defp relay_loop(consumer, ref) do
+    receive do
+      {:element, id, seq, point, body, plan, worker, port} ->
+        relay_element(consumer, {id, seq, point, body}, plan, worker, port)
+        relay_loop(consumer, ref)
+
+      {:reply, from, reply} ->
+        GenServer.reply(from, reply)
+
+      {:DOWN, ^ref, :process, _, _} ->
+        :ok
+    end
+  end
+
+  defp relay_element(consumer, {id, seq, point, body}, [], worker, _port),
+    do: send(consumer, {:bridge_stream, worker, id, {:element, seq, point, body, {}}})
+
+  defp relay_element(consumer, {id, seq, point, body}, plan, worker, port) do
+    case Objects.resolve(plan) do
+      {:ok, resolved, sealed} ->
+        if sealed != [], do: GenServer.cast(worker, {:sealed_mapped, port, sealed})
+        send(consumer, {:bridge_stream, worker, id, {:element, seq, point, body, resolved}})
+
+      {:error, error} ->
+        send(consumer, {:bridge_stream, worker, id, {:error, error}})
+        Bridge.Worker.bad_answer(worker, error)
+    end
+
+    # the binaries are the consumer's now: none stays alive here
+    :erlang.garbage_collect()
+  end
+
+  @doc false
+  # The interpreter took elements of argument stream `sid` up to `seq`.
+  @spec ack(t(), pos_integer(), term(), term()) :: :ok | {:error, Error.t()}
+  def ack(streams, id, sid, seq) when is_integer(sid) and is_integer(seq) do
+    if sid in streams.feeds do
+      send(streams.consumer, {:bridge_stream, self(), id, {:ack, sid, seq}})
+      :ok
+    else
+      {:error, broken("an ack of stream #{sid}, which call #{id} does not feed")}
+    end
+  end
+
+  @doc false
+  # The end of the result stream: its count and checksum are the consumer's to
+  # check.
+  @spec done(t(), term(), term()) :: {:ok, term()} | {:error, Error.t()}
+  def done(%{result: %{} = r}, count, checksum)
+      when is_integer(count) and is_integer(checksum) do
+    if count == r.received,
+      do: {:ok, {:stream_done, count, checksum}},
+      else: {:error, broken("the result stream ended at #{count}; #{r.received} elements came")}
+  end
+
+  def done(_streams, _count, _checksum),
+    do: {:error, broken("a result stream ended for a call that asked for none")}
+
+  @doc false
+  # A message from the caller's process.
+  @spec from_caller(map(), t(), pos_integer(), term()) :: {t(), Objects.t()}
+  def from_caller(state, %{result: %{} = r} = streams, id, {:ack, seq}) when is_integer(seq) do
+    Interpreter.send_frame(state, Control.frame({:ack, id, 0, seq}))
+    {%{streams | result: %{r | acked: max(r.acked, seq)}}, state.objects}
+  end
+
+  def from_caller(state, %{result: %{cancelled: false} = r} = streams, id, :cancel) do
+    Interpreter.send_frame(state, Control.frame({:cancel, id, 0}))
+    {%{streams | result: %{r | cancelled: true}}, state.objects}
+  end
+
+  def from_caller(state, streams, _id, {:feed, frame, slices}) do
+    case Objects.lend(state.objects, state.config.arena, slices) do
+      {:ok, objects, announcements} ->
+        Enum.each(announcements ++ [frame], &Interpreter.send_frame(state, &1))
+        {streams, objects}
+
+      {:error, _} ->
+        # the caller gave the slices up: it is gone, and its DOWN ends the feed
+        {streams, state.objects}
+    end
+  end
+
+  def from_caller(state, streams, _id, {:send, frame}) do
+    Interpreter.send_frame(state, frame)
+    {streams, state.objects}
+  end
+
+  def from_caller(state, streams, _id, _other), do: {streams, state.objects}
+
+  @doc false
+  # The caller exited mid-call: the interpreter stops the result stream and
+  # the handler's argument streams fail, so the call ends soon; its answer then
+  # goes nowhere.
+  @spec caller_down(map(), t(), pos_integer()) :: t()
+  def caller_down(state, streams, id) do
+    {streams, _} = from_caller(state, streams, id, :cancel)
+
+    for sid <- streams.feeds do
+      Interpreter.send_frame(state, Control.frame({:abort, id, sid, "the caller exited"}))
+    end
+
+    %{streams | feeds: []}
+  end
+
+  defp broken(message) do
+    Error.new(:bad_frame, :stream_broken,
+      field: :control_frame,
+      message: "bad frame: stream_broken: #{message}"
+    )
+  end
+end

@@ -1,0 +1,100 @@
+"""Stream handlers for the tests of protocol/SPEC.md §8.6."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import beambridge
+from beambridge.streams import checkpoint
+
+closed: list[str] = []
+
+
+def count(n: int, checkpoint: bytes | None = None) -> Any:
+    """0..n-1, each a checkpoint whose token is the next start; ``finally`` notes the
+    close."""
+    start = 0 if checkpoint is None else int(checkpoint)
+    try:
+        for i in range(start, n):
+            yield beambridge.checkpoint(i, str(i + 1))
+    finally:
+        closed.append(f"count {start}")
+
+
+def plain(n: int) -> Any:
+    """0..n-1 without checkpoints (resumed by skipping what was delivered)."""
+    yield from range(n)
+
+
+def blobs(n: int, size: int) -> Any:
+    for i in range(n):
+        yield bytes([i % 256]) * size
+
+
+def as_list(values: list[Any]) -> list[Any]:
+    return values
+
+
+def fails_after(n: int) -> Any:
+    yield from range(n)
+    raise ValueError(f"failed after {n}")
+
+
+def not_a_stream() -> bytes:
+    return b"bytes"
+
+
+async def ticks(n: int) -> Any:
+    try:
+        for i in range(n):
+            await asyncio.sleep(0)
+            yield i
+    finally:
+        closed.append("ticks")
+
+
+def was_closed() -> list[str]:
+    return list(closed)
+
+
+def total(stream: Any) -> int:
+    return sum(stream)
+
+
+def joined(stream: Any) -> bytes:
+    return b"".join(bytes(x) for x in stream)
+
+
+def double(stream: Any) -> Any:
+    for x in stream:
+        yield x * 2
+
+
+def first(stream: Any) -> Any:
+    """Takes one element and stops reading."""
+    return next(iter(stream))
+
+
+def swallow(stream: Any) -> str:
+    try:
+        for _ in stream:
+            pass
+    except beambridge.streams.StreamError as err:
+        return f"{err.reason}: {err}"
+    return "ended"
+
+
+def points(n: int) -> Any:
+    for i in range(n):
+        yield checkpoint(i, f"p{i}".encode())
+
+
+def arrow_table(n: int, chunk: int) -> Any:
+    """A pyarrow Table of ``n`` rows in record batches of ``chunk``: streamed as them."""
+    import pyarrow as pa
+
+    batches = [
+        pa.record_batch({"x": list(range(i, min(i + chunk, n)))}) for i in range(0, n, chunk)
+    ]
+    return pa.Table.from_batches(batches)
