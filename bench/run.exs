@@ -17,6 +17,8 @@
 #   * a CPU-bound handler: throughput of a pool of 2 vs a pool of 1
 #   * 1M-row table Python -> Elixir as Arrow vs an ETF list of maps; 1 GiB vs 1 KiB
 #     tensor open; lists and rows as ETF vs packed/records (bench/formats.exs)
+#   * streams of 4 MiB elements, 1 GiB and 16 GiB each way, against memcpy, with peak
+#     RSS of both processes and peak shared memory (bench/streams.exs)
 #   * each ratio against the same ratio of transport 1 (bench/results/v1.json, a full
 #     run of the last transport-1 commit on this kind of machine)
 #
@@ -69,6 +71,8 @@ defmodule Bench do
     small = small_call()
     tables = table_transfer(if(quick?, do: 100_000, else: 1_000_000))
     formats = BenchFormats.run(BenchBridge, quick?)
+    info("Streams (16 GiB each way: about a minute)")
+    streams = BenchStreams.run(BenchBridge, @python, quick?)
     Supervisor.stop(sup)
 
     throughput = pool_throughput(if(quick?, do: 8, else: 24))
@@ -98,7 +102,8 @@ defmodule Bench do
       "spin" => spin,
       "tensor_open" => tensor_open,
       "tables" => tables,
-      "formats" => formats
+      "formats" => formats,
+      "streams" => streams
     }
 
     print_table(echo_rows, small, throughput)
@@ -108,7 +113,9 @@ defmodule Bench do
     print_tensor_open(tensor_open)
     print_tables(tables)
     BenchFormats.print(formats)
+    BenchStreams.print(streams)
     print_targets(echo_rows, small, throughput, sweep)
+    BenchStreams.print_targets(streams)
     File.mkdir_p!("bench/results")
     File.write!("bench/results/latest.json", Bench.JSON.encode(results) <> "\n")
 
@@ -481,4 +488,6 @@ Code.require_file("json.exs", __DIR__)
 Code.require_file("echo.exs", __DIR__)
 Process.put(:bench_formats_as_lib, true)
 Code.require_file("formats.exs", __DIR__)
+Process.put(:bench_streams_as_lib, true)
+Code.require_file("streams.exs", __DIR__)
 Bench.main(System.argv())

@@ -67,3 +67,34 @@ def _build(kind: str, n: int) -> object:
     if kind == "rows":
         return [{"id": i, "x": i * 0.5, "flag": i % 3 == 0, "name": f"name-{i}"} for i in range(n)]
     raise ValueError(f"unknown kind {kind!r}")
+
+
+def generate(total: int, chunk: int) -> object:
+    """``total`` bytes as elements of ``chunk`` bytes, generated as they go: each is a
+    buffer of its own whose first 8 bytes count, so nothing is a cached copy."""
+    import numpy as np
+
+    buffers = [np.full(chunk, i, dtype=np.uint8) for i in range(2)]
+    sent = 0
+    n = 0
+    while sent < total:
+        size = min(chunk, total - sent)
+        buf = buffers[n % 2]
+        buf[:8] = np.frombuffer(n.to_bytes(8, "little"), dtype=np.uint8)
+        yield memoryview(buf)[:size]
+        sent += size
+        n += 1
+
+
+def consume(stream: object) -> int:
+    """Bytes of the elements of an argument stream, each read as it arrives."""
+    total = 0
+    for element in stream:  # type: ignore[attr-defined]
+        total += len(element)
+    return total
+
+
+def rss() -> int:
+    """This worker's resident set now (bytes)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
