@@ -168,6 +168,23 @@ defmodule Bridge.StreamTest do
     assert stream(:count, [2]) |> Enum.to_list() == [0, 1]
   end
 
+  test "a duplicated element and a wrong end checksum are typed errors" do
+    {error, log} =
+      with_log(fn ->
+        assert_raise Bridge.Error, fn -> stream(:forge_duplicate, []) |> Enum.to_list() end
+      end)
+
+    assert {error.kind, error.reason} == {:bad_frame, :stream_broken}
+    assert error.message =~ "element 1 of the result stream came after 1"
+    assert log =~ "killing it"
+    all_ready(Streams, 1)
+
+    error = assert_raise Bridge.Error, fn -> stream(:forge_checksum, [5]) |> Enum.to_list() end
+    assert {error.kind, error.reason} == {:bad_frame, :stream_broken}
+    assert error.checkpoint.taken == 5
+    assert stream(:count, [2]) |> Enum.to_list() == [0, 1]
+  end
+
   test "timeout: applies to each element" do
     # 1.8 s in all, 0.3 s an element
     assert stream(:slow, [6, 0.3], timeout: 1_000) |> Enum.to_list() == Enum.to_list(0..5)

@@ -2,6 +2,7 @@
 
 * "Calling Python": the Python block becomes the handler module it names, the Elixir
   block runs in `mix run` with the placeholder interpreter and path filled in.
+* "Streams": the same, with a handler module of generators.
 * "Data formats": the Elixir block runs as written (its pattern matches are the
   assertions).
 * "An arena from each side": the Elixir block runs in a real BEAM (its `#=> ...`
@@ -70,6 +71,12 @@ def test_readme_calling_python_example_runs(tmp_path: Path) -> None:
     [handler] = blocks("Calling Python", "python")
     [elixir] = blocks("Calling Python", "elixir")
     run_against_handler(handler, elixir, "readme_calling.exs", tmp_path)
+
+
+def test_readme_streams_example_runs(tmp_path: Path) -> None:
+    [handler] = blocks("Streams", "python")
+    [elixir] = blocks("Streams", "elixir")
+    run_against_handler(handler, elixir, "readme_streams.exs", tmp_path)
 
 
 def test_readme_data_formats_example_runs() -> None:

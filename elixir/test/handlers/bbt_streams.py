@@ -129,3 +129,36 @@ def worker_memory() -> dict[str, int]:
     arenas = worker.path.arenas
     arenas.reclaim()
     return {"lent": len(arenas._lent), "bytes": arenas.total, "peak": arenas.stats["peak_bytes"]}
+
+
+def _worker() -> Any:
+    import gc
+
+    found = [o for o in gc.get_objects() if type(o).__name__ == "Worker"]
+    (worker,) = [o for o in found if hasattr(o, "out_fd")]
+    return worker
+
+
+def forge_duplicate() -> Any:
+    """Yields 0, then writes element 1 of its own call again on the channel (a
+    duplicate the BEAM must refuse), then yields 1."""
+    from beambridge import stream_control as sc
+    from beambridge.etf import encode
+
+    yield 0
+    worker = _worker()
+    call_id = worker.path.streams.call_id
+    worker.send_frames([(sc.element(call_id, 0, 1, None, []), [encode(0)])])
+    yield 1
+
+
+def forge_checksum(n: int) -> Any:
+    """Elements whose chain the worker computes wrong: the end disagrees."""
+    from beambridge import stream_control as sc
+
+    real = sc.chain
+    sc.chain = lambda previous, seq, digest: real(previous, seq, digest) ^ 1  # type: ignore[assignment]
+    try:
+        yield from range(n)
+    finally:
+        sc.chain = real  # type: ignore[assignment]
