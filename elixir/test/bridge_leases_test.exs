@@ -177,7 +177,7 @@ defmodule Bridge.LeasesTest do
     assert length(held) == 4
   end
 
-  test "past :arena_limit values go inline with a warning, counted; too big for a frame: refused" do
+  test "past :arena_limit values go inline with a warning, counted; too big for a frame: chunked or refused" do
     start_supervised!(
       {Bridge, bridge_opts(Limited, pool_size: 1, arena_limit: 2_097_152, min_arena: 1_048_576)},
       id: :limited
@@ -198,9 +198,16 @@ defmodule Bridge.LeasesTest do
              &match?(%{direction: :to_python, form: :raw, reason: :too_large, count: 1}, &1)
            )
 
-    {:error, e} =
-      Bridge.call({:bbt_handlers, :identity}, [:binary.copy("x", 70_000_000)], pool: Limited)
+    # too big for a frame too: a binary goes as a stream of chunks, both ways
+    # (SPEC §8.6); a tensor is refused, naming the bound
+    x = :binary.copy("x", 70_000_000)
 
+    ExUnit.CaptureLog.capture_log(fn ->
+      assert {:ok, ^x} = Bridge.call({:bbt_handlers, :identity}, [x], pool: Limited)
+    end)
+
+    tensor = Bridge.Tensor.new!(x, {:u, 8}, {70_000_000})
+    {:error, e} = Bridge.call({:bbt_handlers, :identity}, [tensor], pool: Limited)
     assert {e.kind, e.reason, e.field} == {:bad_call, :too_large, :arena_limit}
     assert {:ok, 3} = Bridge.call({:bbt_handlers, :add}, [1, 2], pool: Limited)
   end

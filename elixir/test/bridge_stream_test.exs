@@ -224,6 +224,32 @@ defmodule Bridge.StreamTest do
     assert arena_in_use() == before
   end
 
+  test "a binary too big for shared memory and a control frame goes as a stream of chunks" do
+    start_supervised!(
+      {Bridge, bridge_opts(Tight, pool_size: 1, arena_limit: 16 * 1024 * 1024)},
+      id: :tight
+    )
+
+    Bridge.reset_format_stats()
+    big = :crypto.strong_rand_bytes(80 * 1024 * 1024 + 3)
+    sha = :crypto.hash(:sha256, big) |> Base.encode16(case: :lower)
+
+    {result, log} =
+      with_log(fn ->
+        Bridge.call({:bbt_streams, :describe}, [big], pool: Tight, timeout: 60_000)
+      end)
+
+    assert result == {:ok, ["bytes", byte_size(big), sha]}
+    assert log =~ "went as a stream of chunks (too_large)"
+
+    assert {:ok, ["memoryview", _, ^sha]} =
+             Bridge.call({:bbt_streams, :describe}, [Bridge.Buffer.new(big)], pool: Tight)
+
+    chunked = for %{reason: :chunked} = d <- Bridge.format_stats(), do: {d.form, d.count, d.bytes}
+    assert Enum.sort(chunked) == [{:buffer, 1, byte_size(big)}, {:raw, 1, byte_size(big)}]
+    assert [%{phase: :ready, lent_slices: 0}] = Bridge.workers(Tight)
+  end
+
   test "bad options are typed errors" do
     for {opts, field} <- [
           {[window: 0], :window},

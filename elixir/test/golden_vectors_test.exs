@@ -298,7 +298,15 @@ defmodule Bridge.GoldenVectorsTest do
   defp beam_accepts({:element, id, 0, seq, point, entries}, bin) do
     {state, nil} = run_worker(bin, :busy, id, stream_call(seq - 1))
     assert state.phase == :busy and state.call.streams.result.received == seq
-    assert_received {:element, ^id, ^seq, ^point, _body, plan, _worker, _port}
+    assert_received {:element, ^id, ^seq, ^point, _body, plan, _port}
+    assert length(plan) == length(entries)
+  end
+
+  # A chunk of a chunked result binary: to the relay, copied out there.
+  defp beam_accepts({:element, id, sid, seq, nil, entries}, bin) when sid > 0 do
+    {state, nil} = run_worker(bin, :busy, id, stream_call())
+    assert state.phase == :busy and state.call.streams.chunks[sid].received == seq
+    assert_received {:chunk, ^id, ^sid, ^seq, _body, plan, _port}
     assert length(plan) == length(entries)
   end
 
@@ -358,7 +366,7 @@ defmodule Bridge.GoldenVectorsTest do
   # 1, its caller and relay this process.
   defp stream_call(received \\ 4) do
     result = %{window: 4, timeout: 5_000, received: received, acked: received, cancelled: false}
-    %{consumer: self(), ref: make_ref(), relay: self(), result: result, feeds: [1]}
+    %{consumer: self(), ref: make_ref(), relay: self(), result: result, feeds: [1], chunks: %{}}
   end
 
   # SPEC §8.3, BEAM -> worker.

@@ -118,6 +118,10 @@ def control_vectors() -> list[ControlVector]:
         good_control("good_beam_call_stream_argument", "a call whose argument is stream 1 "
                      "(2.3)", "beam", (call, 21, A("hasher"), A("sha256"), {}, []),
                      [(A("$bb_stream"), 1)]),
+        good_control("good_beam_call_chunked", "a call whose 80 MiB binary argument comes "
+                     "as the chunks of stream 1 (2.3)", "beam",
+                     (call, 22, A("m"), A("f"), {}, []),
+                     [(A("$bb_chunked"), A("binary"), 1, 83886083)]),
         good_control("good_beam_element", "element 1 of argument stream 1, in a slice (2.3)",
                      "beam", (A("element"), 21, 1, 1, None, [(1, 64, 4194432, 9)]),
                      (SLICE, A("binary"), 0)),
@@ -190,6 +194,10 @@ def control_vectors() -> list[ControlVector]:
         good_control("good_worker_element_inline", "element 1 of the result stream, inline, "
                      "no checkpoint", "worker", (A("element"), 20, 0, 1, None, []),
                      [1, b"two"]),
+        good_control("good_worker_element_chunk", "chunk 1 of a chunked result binary, "
+                     "stream 1, in a worker slice (2.3)", "worker",
+                     (A("element"), 20, 1, 1, None, [control.worker_slice(1, 64, 4194432, 13, 4)]),
+                     (SLICE, A("binary"), 0)),
         good_control("good_worker_ack", "the worker took elements up to 2 of stream 1",
                      "worker", (A("ack"), 21, 1, 2)),
         good_control("good_worker_done", "the result stream ended after 9 elements: the "

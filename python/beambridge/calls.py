@@ -24,10 +24,22 @@ import importlib
 import sys
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from . import control, control_shortcuts
+from .call_parts import (
+    BadCall,
+    Refused,
+    Reply,
+    exception_detail,
+    flush_handler_output,
+    policy_option,
+    same,
+    strings_option,
+    text,
+    token_str,
+    too_large,
+)
 from .decoder import Decoder
 from .encoder import ResultEncoder
 from .errors import BridgeError, EtfError
@@ -39,54 +51,13 @@ from .stream_control import done
 from .stream_run import CallStreams, Link, StreamSpec, spec_of
 from .streams import Stream, StreamError, producer
 from .strings import to_str
-from .terms import DEFAULT_THRESHOLD, POLICIES
+from .terms import DEFAULT_THRESHOLD
 
 __all__ = ["CallPath", "Reply"]
 
 _MIB = 1 << 20
 #: A result body smaller than this is joined into one bytes object before it is sent.
 _JOIN_BELOW = 1 << 16
-
-
-class _BadCall:
-    """A ``{:bad_call, reason, message}`` to send (a value, never raised: nothing of the
-    call may stay alive in a traceback)."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        self.reason = reason
-        self.message = message
-
-
-@dataclass
-class Reply:
-    """What answers a call: the ``notices`` to send first (objects the answer names, or
-    dropped), then ``envelope`` with ``body`` (the parts of the result's ETF) or
-    without. ``head`` is the envelope's ETF when it was encoded already."""
-
-    notices: list[Any]
-    envelope: Any
-    body: list[Any] | None
-    head: bytes | None = None
-
-    def frame(self) -> list[Any]:
-        """The parts of the answer's frame (`control.join`)."""
-        if self.head is None:
-            return control.join(self.envelope, self.body)
-        return control.join_encoded(self.head, self.body)
-
-
-def _text(value: object) -> bytes:
-    try:
-        text = str(value)
-    except Exception as exc:  # a __str__ that raises
-        text = f"<unprintable {type(value).__name__}: {type(exc).__name__}>"
-    return text.encode("utf-8", "backslashreplace")
-
-
-def _exception_type_name(exc: BaseException) -> str:
-    cls = type(exc)
-    module, name = cls.__module__, cls.__qualname__
-    return name if module in ("builtins", "__main__") else f"{module}.{name}"
 
 
 def _name(value: Any) -> str | None:
@@ -98,15 +69,6 @@ def _name(value: Any) -> str | None:
         except UnicodeDecodeError:
             return None
     return None
-
-
-def flush_handler_output() -> None:
-    """Push what handlers printed into fds 1 and 2 (forwarded before the answer)."""
-    for stream in (sys.stdout, sys.stderr):
-        try:  # noqa: SIM105 (contextlib.suppress costs a microsecond on every call)
-            stream.flush()
-        except Exception:  # a handler replaced or closed the stream
-            pass
 
 
 class CallPath:
@@ -154,7 +116,7 @@ class CallPath:
         #: The streams of the call in flight, made when it first needs one.
         self.streams: CallStreams | None = None
         self._call_id = 0
-        self._text = False
+        self.text = False
         self.decoder.streams = self._feed
 
     # ---- objects -----------------------------------------------------------------------
@@ -216,7 +178,7 @@ class CallPath:
 
     def _run(self, call: control.Call, body: memoryview | None) -> Reply:
         prepared = self._prepare(call, body)
-        if isinstance(prepared, _BadCall):
+        if isinstance(prepared, BadCall):
             return self._bad_call(call.call_id, prepared)
         fn, args, policy, spec = prepared
         del prepared  # `args` alone holds the argument values now
@@ -238,46 +200,46 @@ class CallPath:
 
     def _prepare(
         self, call: control.Call, body: memoryview | None
-    ) -> tuple[Callable[..., Any], list[Any], str, StreamSpec | None] | _BadCall:
+    ) -> tuple[Callable[..., Any], list[Any], str, StreamSpec | None] | BadCall:
         """The handler, its arguments, the result's policy and stream option, or what
         is wrong. Every slice of the call is let go unless an argument holds it."""
-        problem: _BadCall | None = None
+        problem: BadCall | None = None
         text = False
         spec: StreamSpec | None = None
         try:
-            policy = _policy(call.opts)
-            text = self._text = _strings(call.opts)
+            policy = policy_option(call.opts)
+            text = self.text = strings_option(call.opts)
             try:
-                spec = spec_of(call.opts, _token_str if text else _same)
+                spec = spec_of(call.opts, token_str if text else same)
             except BridgeError as err:
-                raise _Refused(err.reason, err.message) from None
+                raise Refused(err.reason, err.message) from None
             if spec is not None and self.link is None:
-                raise _Refused("not_a_stream", "this worker runs no streams (no link)")
+                raise Refused("not_a_stream", "this worker runs no streams (no link)")
             fn = self._lookup(call.module, call.function)
             if body is None:
-                raise _Refused("bad_term", "a call frame without an argument list")
+                raise Refused("bad_term", "a call frame without an argument list")
             try:
                 terms = decode(body)
             except EtfError as err:
-                raise _Refused("bad_term", f"the call's arguments: {err}") from None
+                raise Refused("bad_term", f"the call's arguments: {err}") from None
             if type(terms) is not list:
-                raise _Refused("bad_term", f"args must be a list, got {terms!r:.200}")
-        except _Refused as refused:
-            problem = _BadCall(refused.reason, refused.message)
+                raise Refused("bad_term", f"args must be a list, got {terms!r:.200}")
+        except Refused as refused:
+            problem = BadCall(refused.reason, refused.message)
         if problem is not None:
             self.let_go(call.slices)  # no handle will name them
             return problem
         try:
             args = self.decoder.decode(terms, call.slices)
         except BridgeError as err:
-            problem = _BadCall(err.reason, f"argument: {err}")
+            problem = BadCall(err.reason, f"argument: {err}")
         except Exception as err:
-            problem = _BadCall("badarg", f"argument: {type(err).__name__}: {err}")
+            problem = BadCall("badarg", f"argument: {type(err).__name__}: {err}")
         if problem is None and text:
             try:
                 args = to_str(args)
             except BridgeError as err:
-                problem = _BadCall(err.reason, err.message.removeprefix(f"{err.reason}: "))
+                problem = BadCall(err.reason, err.message.removeprefix(f"{err.reason}: "))
         return (fn, args, policy, spec) if problem is None else problem
 
     # ---- streams (§8.6) ----------------------------------------------------------------
@@ -296,7 +258,7 @@ class CallPath:
 
     def _element_value(self, term: Any, slices: Any) -> Any:
         value = self.decoder.decode(term, slices)
-        return to_str([value])[0] if self._text else value
+        return to_str([value])[0] if self.text else value
 
     def _stream(self, call_id: int, result: Any, spec: StreamSpec, policy: str) -> Reply:
         """Send ``result`` (a stream handler's return value) as the result stream, and
@@ -305,7 +267,7 @@ class CallPath:
         try:
             source = producer(result)
         except StreamError as err:
-            return self._bad_call(call_id, _BadCall(err.reason, err.message))
+            return self._bad_call(call_id, BadCall(err.reason, err.message))
         del result
         self.encoder.policy = policy
         checksum, self.slices.checksum = self.slices.checksum, True  # every element's payload
@@ -313,7 +275,7 @@ class CallPath:
         try:
             count, digest = self._streams().produce(source, spec, self._element)
         except _ElementRefused as refused:
-            failure = control.bad_call(refused.bad.reason, _text(refused.bad.message))
+            failure = control.bad_call(refused.bad.reason, text(refused.bad.message))
         except Exception as exc:
             failure = exception_detail(exc)
         finally:
@@ -334,25 +296,38 @@ class CallPath:
     def _element(self, value: Any) -> tuple[list[Any], list[Any], list[Any]]:
         """One element of a result stream: (notices, slices entries, body parts)."""
         self.slices.unpin()  # the last element is written
+        return self._chunk(value)
+
+    def _chunk(self, value: Any) -> tuple[list[Any], list[Any], list[Any]]:
+        """One element of a stream the worker sends: (notices, slices entries, body
+        parts)."""
         encoded = self._encode(value)
-        if isinstance(encoded, _BadCall):
+        if isinstance(encoded, BadCall):
             raise _ElementRefused(encoded)
         parts, body_size = encoded
         if body_size + 1024 > control.MAX_CONTROL_FRAME:
             fallbacks = self.slices.fallbacks
             self.slices.cancel()
             reason = fallbacks[-1] if fallbacks else "bad_term"
-            raise _ElementRefused(_BadCall(reason, _too_large(body_size, self.slices)))
+            raise _ElementRefused(BadCall(reason, too_large(body_size, self.slices)))
         entries = self.slices.entries
         return self.take_notices() + self.slices.commit(), entries, parts
 
     def _answer(self, call_id: int, result: Any, policy: str) -> Reply:
         self.encoder.policy = policy
-        encoded = self._encode(result)
+        chunked: list[memoryview] = []
+        if self.link is not None:
+            self.encoder.chunked = _collector(chunked)
+        try:
+            encoded = self._encode(result)
+        finally:
+            self.encoder.chunked = None
         del result
-        if isinstance(encoded, _BadCall):
+        if isinstance(encoded, BadCall):
             return self._bad_call(call_id, encoded)
         parts, body_size = encoded
+        if chunked:
+            return self._chunked_answer(call_id, parts, chunked)
         released = self.take_released()
         entries = self.slices.entries
         head = control_shortcuts.answer_head(call_id, entries, released)
@@ -362,16 +337,32 @@ class CallPath:
             fallbacks = self.slices.fallbacks
             reason = fallbacks[-1] if fallbacks else "bad_term"
             self.slices.cancel()
-            detail = control.bad_call(reason, _text(_too_large(size, self.slices)))
+            detail = control.bad_call(reason, text(too_large(size, self.slices)))
             return Reply([], control.error(call_id, detail, released), None)
         notices = self.take_notices() + self.slices.commit()
         return Reply(notices, control.ok(call_id, entries, released), parts, head)
 
-    def _encode(self, result: Any) -> tuple[list[Any], int] | _BadCall:
+    def _chunked_answer(self, call_id: int, parts: list[Any], chunked: list[memoryview]) -> Reply:
+        """The answer to a call whose result holds binaries sent as streams of chunks
+        (§8.6): its slices are committed and announced first, then each binary's
+        chunks go, then the answer."""
+        entries = self.slices.entries
+        notices = self.take_notices() + self.slices.commit()
+        assert self.link is not None
+        self.link.send_frames([(n, None) for n in notices])
+        streams = self._streams()
+        for sid, view in enumerate(chunked, 1):
+            streams.send_chunked(sid, view, self._chunk)
+        chunked.clear()
+        released = self.take_released()
+        head = control_shortcuts.answer_head(call_id, entries, released)
+        return Reply(self.take_notices(), control.ok(call_id, entries, released), parts, head)
+
+    def _encode(self, result: Any) -> tuple[list[Any], int] | BadCall:
         """The parts of ``result``'s ETF and their size, its values placed in slices
         (`ResultSlices`, committed or cancelled by the caller), or what is wrong."""
         self.slices.begin()
-        problem: _BadCall | None = None
+        problem: BadCall | None = None
         try:
             parts = encode_parts(result, self.encoder)
         except Exception as exc:  # TypeError, ValueError, ArenaError, a library's own
@@ -382,7 +373,7 @@ class CallPath:
                 if isinstance(exc, (TypeError, ValueError, BridgeError))
                 else (f"{type(exc).__name__}: ")
             )
-            problem = _BadCall(reason, f"the result: {kind}{exc}")
+            problem = BadCall(reason, f"the result: {kind}{exc}")
         del result
         if problem is not None:
             self.slices.cancel()
@@ -394,8 +385,8 @@ class CallPath:
             parts = [b"".join(parts)]
         return parts, body_size
 
-    def _bad_call(self, call_id: int, bad: _BadCall) -> Reply:
-        detail = control.bad_call(bad.reason, _text(bad.message))
+    def _bad_call(self, call_id: int, bad: BadCall) -> Reply:
+        detail = control.bad_call(bad.reason, text(bad.message))
         return Reply(
             self.take_notices(), control.error(call_id, detail, self.take_released()), None
         )
@@ -411,7 +402,7 @@ class CallPath:
             return cached
         module_name, function_name = _name(module), _name(function)
         if module_name is None or function_name is None:
-            raise _Refused(
+            raise Refused(
                 "bad_term",
                 "module and function must be atoms or binaries, "
                 f"got {module!r:.100} and {function!r:.100}",
@@ -420,88 +411,39 @@ class CallPath:
             mod = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
             if exc.name == module_name or module_name.startswith(f"{exc.name}."):
-                raise _Refused(
+                raise Refused(
                     "no_module",
                     f"cannot import module {module_name!r}: {exc} (sys.path: {sys.path})",
                 ) from None
-            raise _Refused(
+            raise Refused(
                 "no_module", f"importing module {module_name!r} failed:\n{traceback.format_exc()}"
             ) from None
         except Exception:
-            raise _Refused(
+            raise Refused(
                 "no_module", f"importing module {module_name!r} failed:\n{traceback.format_exc()}"
             ) from None
         fn: Callable[..., Any] | None = getattr(mod, function_name, None)
         if fn is None or not callable(fn):
             what = "no attribute" if fn is None else f"a non-callable {type(fn).__name__}"
-            raise _Refused("no_function", f"module {module_name!r} has {what} {function_name!r}")
+            raise Refused("no_function", f"module {module_name!r} has {what} {function_name!r}")
         self._functions[key] = fn
         return fn
 
 
-def exception_detail(exc: BaseException) -> Any:
-    """``{:python_exception, type, message, traceback}`` of what a handler raised; the
-    handler's frames are cleared (their locals may hold argument views)."""
-    tb = exc.__traceback__
-    text = "".join(traceback.format_exception(type(exc), exc, tb.tb_next if tb else None))
-    detail = control.python_exception(
-        _exception_type_name(exc).encode(), _text(exc), text.encode("utf-8", "backslashreplace")
-    )
-    if tb is not None:
-        traceback.clear_frames(tb)  # the handler's locals (argument views) go now
-    return detail
+def _collector(views: list[memoryview]) -> Callable[[memoryview], int]:
+    """Collects the binaries of a result that go as chunks; each one's stream id is its
+    place in ``views``, from 1."""
 
+    def take(view: memoryview) -> int:
+        views.append(view)
+        return len(views)
 
-def _too_large(size: int, slices: ResultSlices) -> str:
-    return (
-        f"the result encodes to {size} bytes, over the control frame limit of "
-        f"{control.MAX_CONTROL_FRAME} (MAX_CONTROL_FRAME), and its values at or above "
-        f"the threshold could not all get a slice (raise the pool's :arena_limit, now "
-        f"{slices.limit})"
-    )
-
-
-def _same(value: Any) -> Any:
-    return value
-
-
-def _token_str(token: bytes) -> Any:
-    return to_str([token])[0]
+    return take
 
 
 class _ElementRefused(Exception):
     """Raised by `CallPath._element` only: an element that cannot be sent."""
 
-    def __init__(self, bad: _BadCall) -> None:
+    def __init__(self, bad: BadCall) -> None:
         super().__init__(bad.message)
         self.bad = bad
-
-
-class _Refused(Exception):
-    """Raised inside `CallPath._prepare` only (and turned into a `_BadCall` there)."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
-
-
-def _strings(opts: Any) -> bool:
-    """Do the call's arguments arrive as `str` (``opts["strings"]``, SPEC §8.3)?"""
-    value = opts.get(b"strings", b"bytes")
-    if value not in (b"bytes", b"str"):
-        raise _Refused("bad_term", f"call option strings is {value!r:.100}, not bytes or str")
-    return bool(value == b"str")
-
-
-def _policy(opts: Any) -> str:
-    """The result format policy of a call's options (SPEC §8.3): ``opts["format"]``."""
-    if type(opts) is not dict:
-        raise _Refused("bad_term", f"call options must be a map, got {opts!r:.200}")
-    value = opts.get(b"format", POLICIES[0])  # the default policy first
-    text = value.decode("utf-8", "replace") if type(value) is bytes else value
-    if not isinstance(text, str) or text not in POLICIES:
-        raise _Refused(
-            "bad_term", f"call option format is {value!r:.100}, not one of {', '.join(POLICIES)}"
-        )
-    return str(text)

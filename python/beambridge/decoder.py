@@ -56,6 +56,7 @@ from .terms import (
     LAYOUT_ROWS,
     TAG_ARROW,
     TAG_BUFFER,
+    TAG_CHUNKED,
     TAG_CUSTOM,
     TAG_PACKED,
     TAG_RECORDS,
@@ -66,7 +67,10 @@ from .terms import (
     TAG_TENSOR_BUNDLE,
 )
 
-__all__ = ["Decoder", "custom_parts"]
+__all__ = ["MAX_CHUNKED", "Decoder", "custom_parts"]
+
+#: The largest value that may come in chunks (§8.6): 1 TiB, the largest object size.
+MAX_CHUNKED = 1 << 40
 
 _Ref = tuple[int, int, int, int]
 
@@ -186,7 +190,29 @@ class Decoder:
             return value
         if tag == TAG_STREAM and n == 2 and type(term[1]) is int and self.streams is not None:
             return self.streams(term[1])
+        if tag == TAG_CHUNKED and n == 4 and self.streams is not None:
+            return self._chunked(term[1], term[2], term[3])
         raise _bad("tag", tag, f"malformed or unknown tagged term {_short(term)} (§9)")
+
+    def _chunked(self, kind: Any, sid: Any, size: Any) -> Any:
+        """A binary that came as the chunks of argument stream ``sid`` (§8.6), read
+        whole now: ``bytes``, or a read-only ``memoryview`` for kind ``buffer``."""
+        if kind not in (KIND_BINARY, KIND_BUFFER) or type(sid) is not int:
+            raise _bad("chunked", kind, f"a chunked value of kind binary or buffer, got {kind!r}")
+        if type(size) is not int or not 0 <= size <= MAX_CHUNKED:
+            raise _bad("size", size, f"a chunked value is 0 to {MAX_CHUNKED} bytes")
+        assert self.streams is not None
+        whole = bytearray(size)
+        at = 0
+        for chunk in self.streams(sid):
+            if type(chunk) is not bytes or at + len(chunk) > size:
+                what = f"{len(chunk)} bytes" if type(chunk) is bytes else type(chunk).__name__
+                raise _bad("chunk", None, f"chunk of {what} at byte {at} of a {size}-byte value")
+            whole[at : at + len(chunk)] = chunk
+            at += len(chunk)
+        if at != size:
+            raise _bad("size", at, f"the chunks of a {size}-byte value add up to {at} bytes")
+        return memoryview(whole).toreadonly() if kind == KIND_BUFFER else bytes(whole)
 
     def _slice(self, kind: Any, index: Any, refs: list[_Ref]) -> Any:
         if type(kind) is not Atom or kind not in KIND_FORMATS:

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from . import serializers
+from .errors import ArenaError
 from .etf import Atom, Encoder, encode_binary, encode_int
 from .etf import encode as etf_encode
 from .formats import tensor as tensor_format
@@ -41,6 +42,7 @@ from .terms import (
     KIND_TENSOR,
     KIND_TENSOR_BUNDLE,
     TAG_ARROW,
+    TAG_CHUNKED,
     TAG_CUSTOM,
     TAG_SLICE,
     TAG_SPARSE_COO,
@@ -70,6 +72,10 @@ class FormatEncoder(Encoder):
     ) -> None:
         self.slices = slices
         self.threshold = threshold
+        #: Takes a binary that no slice and no control frame can carry, to be sent as
+        #: a stream of chunks (SPEC §8.6); returns its stream id. None: such a
+        #: binary is an `ArenaError`.
+        self.chunked: Callable[[memoryview], int] | None = None
 
     # ---- slices ------------------------------------------------------------------------
 
@@ -202,7 +208,18 @@ class FormatEncoder(Encoder):
         if not view.c_contiguous:
             view = memoryview(view.tobytes())
         flat = view.cast("B") if view.format != "B" or view.ndim != 1 else view
-        if not self._placed(KIND_BINARY, flat, parts, what=f"{flat.nbytes} bytes"):
+        try:
+            placed = self._placed(KIND_BINARY, flat, parts, what=f"{flat.nbytes} bytes")
+        except ArenaError:
+            if self.chunked is None:
+                raise
+            sid = self.chunked(flat)
+            note(RESULTS, "raw", "chunked", flat.nbytes, f"{flat.nbytes} bytes")
+            parts.append(b"h\x04")
+            for term in (TAG_CHUNKED, KIND_BINARY, sid, flat.nbytes):
+                self.encode_into(term, parts)
+            return
+        if not placed:
             encode_binary(flat, parts)
 
     def other(self, v: Any, parts: list[Any], depth: int) -> None:

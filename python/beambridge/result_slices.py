@@ -51,6 +51,9 @@ Fill = memoryview | Callable[[memoryview], None]
 
 #: The form (`beambridge.stats`) a value of each handle kind is counted under when it
 #: is sent inline instead of in a slice.
+#: Room left in a control frame for what is not an inline value (envelope, terms).
+_FRAME_MARGIN = 1 << 16
+
 INLINE_FORMS = {
     "binary": "raw",
     "tensor": "tensor",
@@ -132,6 +135,7 @@ class ResultSlices:
         self._lent: list[Slice] = []
         self._new_sealed: list[SharedObject] = []
         self._pinned: list[Key] = []
+        self._inline = 0  # bytes of this result's values due a slice that went inline
 
     # ---- one result --------------------------------------------------------------------
 
@@ -142,6 +146,7 @@ class ResultSlices:
         self.fallback_counts = {}
         self._lent = []
         self._new_sealed = []
+        self._inline = 0
 
     def place(
         self,
@@ -346,16 +351,18 @@ class ResultSlices:
 
     def _fallback(self, err: ArenaError, kind: str, nbytes: int, what: str) -> None:
         reason = err.reason
-        if nbytes >= control.MAX_CONTROL_FRAME:
+        if self._inline + nbytes > control.MAX_CONTROL_FRAME - _FRAME_MARGIN:
             raise ArenaError(
                 reason,
                 err.field,
                 nbytes,
                 err.limit,
                 f"{reason}: {what} gets no slice ({err}) and cannot go inline either: a "
-                f"control frame holds at most {control.MAX_CONTROL_FRAME} bytes; raise the "
+                f"control frame holds at most {control.MAX_CONTROL_FRAME} bytes (and "
+                f"{self._inline} are taken by other values of the result); raise the "
                 f"pool's :arena_limit (now {self.limit}) or return less",
             ) from None
+        self._inline += nbytes
         self.fallbacks.append(reason)
         form = INLINE_FORMS.get(kind, kind)
         counted = self.fallback_counts.setdefault((form, reason), [0, 0])

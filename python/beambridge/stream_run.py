@@ -70,7 +70,12 @@ class _Feed:
         self.chain = 0
         self.end: sc.Done | None = None
         self.aborted: bytes | None = None
+        self.opened = False  # a handle in the arguments names it (its elements may come first)
 
+
+#: Bytes in each chunk of a chunked value, and chunks on their way at once (§8.6).
+CHUNK = 4 << 20
+CHUNK_WINDOW = 4
 
 #: Encodes one element: (notices, the element's slices entries, the body's parts).
 Encode = Callable[[Any], tuple[list[Any], list[Any], list[Any]]]
@@ -85,6 +90,8 @@ class CallStreams:
         self.link = link
         self.decode_value = decode_value
         self.feeds: dict[int, _Feed] = {}
+        #: Streams of a chunked result value's bytes: the last seq acknowledged.
+        self.chunked: dict[int, int] = {}
         self.sent = 0
         self.acked = 0
         self.window = 0
@@ -94,9 +101,10 @@ class CallStreams:
 
     def feed(self, sid: int) -> Stream:
         """The iterator of argument stream ``sid`` (one per handle)."""
-        if sid == 0 or sid in self.feeds:
+        feed = self.feeds.setdefault(sid, _Feed())
+        if sid == 0 or feed.opened:
             raise StreamError("stream_broken", f"argument stream {sid} is named twice or is 0")
-        self.feeds[sid] = _Feed()
+        feed.opened = True
         return Stream(sid, self.take)
 
     def take(self, sid: int) -> Any:
@@ -139,6 +147,9 @@ class CallStreams:
         """Take a stream message of this call; returns what is wrong with it (a
         protocol violation), or None."""
         sid = message.sid
+        if sid in self.chunked and isinstance(message, sc.Ack):
+            self.chunked[sid] = max(self.chunked[sid], message.seq)
+            return None
         if sid == 0:
             if isinstance(message, sc.Ack):
                 if message.seq > self.sent:
@@ -149,9 +160,13 @@ class CallStreams:
                 self.cancelled = True
                 return None
             return f"{type(message).__name__.lower()} of the result stream from the BEAM"
-        feed = self.feeds.get(sid)
-        if feed is None or feed.end is not None or feed.aborted is not None:
-            return f"a message of argument stream {sid}, which the call has not or no longer"
+        if isinstance(message, sc.Ack):
+            return f"an ack of stream {sid}, which the worker does not send"
+        # the BEAM feeds every argument stream from the start: elements of one the
+        # arguments have not been read up to yet wait for it
+        feed = self.feeds.setdefault(sid, _Feed())
+        if feed.end is not None or feed.aborted is not None:
+            return f"a message of argument stream {sid} after its end"
         if isinstance(message, sc.Element):
             expected = feed.taken + len(feed.queue) + 1
             if message.seq != expected or body is None:
@@ -164,6 +179,26 @@ class CallStreams:
         else:
             return f"{type(message).__name__.lower()} of an argument stream from the BEAM"
         return None
+
+    # ---- chunked values ----------------------------------------------------------------
+
+    def send_chunked(self, sid: int, view: memoryview, encode: Encode) -> None:
+        """Send the bytes of ``view`` as the chunks of stream ``sid`` (a chunked
+        result value, §8.6), at most `CHUNK_WINDOW` ahead of the BEAM's acks, then the
+        stream's end."""
+        self.chunked[sid] = 0
+        seq = checksum = 0
+        for at in range(0, view.nbytes, CHUNK):
+            while seq - self.chunked[sid] >= CHUNK_WINDOW:
+                self.link.pump(True)
+            notices, entries, parts = encode(view[at : at + CHUNK])
+            seq += 1
+            checksum = sc.chain(checksum, seq, sc.body_digest(parts))
+            messages: list[tuple[Any, Any]] = [(n, None) for n in notices]
+            messages.append((sc.element(self.call_id, sid, seq, None, entries), parts))
+            self.link.send_frames(messages)
+            del parts, messages
+        self.link.send(sc.done(self.call_id, sid, seq, checksum))
 
     # ---- the result stream -----------------------------------------------------------
 

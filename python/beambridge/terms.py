@@ -39,6 +39,7 @@ __all__ = [
     "POLICIES",
     "TAG_ARROW",
     "TAG_BUFFER",
+    "TAG_CHUNKED",
     "TAG_CUSTOM",
     "TAG_PACKED",
     "TAG_RECORDS",
@@ -75,6 +76,7 @@ TAG_PACKED = _tag("$bb_packed")
 TAG_RECORDS = _tag("$bb_records")
 TAG_CUSTOM = _tag("$bb_custom")
 TAG_STREAM = _tag("$bb_stream")
+TAG_CHUNKED = _tag("$bb_chunked")
 KIND_BINARY = _kind("binary")
 KIND_BUFFER = _kind("buffer")
 KIND_TENSOR = _kind("tensor")

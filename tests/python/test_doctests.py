@@ -37,6 +37,7 @@ MODULES = [
     "beambridge.encoder_formats",
     "beambridge.result_slices",
     "beambridge.calls",
+    "beambridge.call_parts",
     "beambridge.cpus",
     "beambridge.lane",
     "beambridge.spin",

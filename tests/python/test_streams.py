@@ -343,3 +343,79 @@ def test_cancelling_a_transform_that_waits_for_input_unwinds_it() -> None:
         end = out.next()
         assert isinstance(end, sc.Done) and end.count == 1
         assert w.ok("total", [1, 2], module=MOD) == 3
+
+
+CHUNKED = Atom("$bb_chunked")
+
+
+@pytest.mark.parametrize(
+    ("kind", "chunks", "expected"),
+    [
+        ("binary", [b"abc", b"de", b""], [b"bytes", 5, b"abc"]),
+        ("buffer", [b"xy", b"z"], [b"memoryview", 3, b"xyz"]),
+        ("binary", [], [b"bytes", 0, b""]),
+    ],
+)
+def test_a_chunked_value_is_read_whole_before_the_handler_runs(
+    kind: str, chunks: list[bytes], expected: list[Any]
+) -> None:
+    size = sum(map(len, chunks))
+    with running() as w:
+        w.flush()
+        w.send(
+            control.call(4, MOD, Atom("kind_and_size"), {}, []), [(CHUNKED, Atom(kind), 1, size)]
+        )
+        feed(w, 4, 1, chunks)
+        answer = w.recv()
+        assert answer.ok and w.body == expected
+
+
+@pytest.mark.parametrize(
+    ("size", "chunks", "said"),
+    [(5, [b"abc"], b"add up to 3 bytes"), (2, [b"abc"], b"chunk of 3 bytes at byte 0")],
+)
+def test_chunks_that_do_not_add_up_are_a_bad_call(
+    size: int, chunks: list[bytes], said: bytes
+) -> None:
+    with running() as w:
+        w.flush()
+        term = (CHUNKED, Atom("binary"), 1, size)
+        w.send(control.call(4, MOD, Atom("kind_and_size"), {}, []), [term])
+        for seq, chunk in enumerate(chunks, 1):
+            w.send_frame(control.join(sc.element(4, 1, seq, None, []), encode_parts(chunk)))
+        w.send(sc.done(4, 1, len(chunks), _feed_chain(chunks)))
+        answer = w.recv()
+        assert not answer.ok and answer.error[:2] == (Atom("bad_call"), Atom("bad_term"))
+        assert said in answer.error[2]
+        assert w.ok("total", [1], module=MOD) == 1
+
+
+def test_a_result_binary_too_big_for_slices_and_a_frame_comes_in_chunks() -> None:
+    """With 1 MiB of arenas, a 70 MiB result binary goes as the chunks of stream 1
+    (4 MiB each, at most 4 unacknowledged), then the answer names it."""
+    size = 70 << 20
+    with running(BEAMBRIDGE_ARENA_LIMIT=str(1 << 20), BEAMBRIDGE_MIN_ARENA=str(1 << 20)) as w:
+        w.ack_chunks = False
+        w.flush()
+        w.send(control.call(5, MOD, Atom("big"), {}, []), [size])
+        chunks: list[bytes] = []
+        chain = acked = 0
+        while True:
+            message = w.recv_any(30)
+            if isinstance(message, sc.Element):
+                assert (message.call_id, message.sid, message.seq) == (5, 1, len(chunks) + 1)
+                assert message.seq - acked <= 4
+                chain = sc.chain(chain, message.seq, sc.body_digest(w.raw_body))
+                chunks.append(bytes(w.beam.read(w.body, message.slices)))
+                if len(chunks) % 3 == 0:  # acknowledge in bursts
+                    acked = len(chunks)
+                    w.send(sc.ack(5, 1, acked))
+            elif isinstance(message, sc.Done):
+                assert (message.sid, message.count, message.checksum) == (1, len(chunks), chain)
+                w.send(sc.ack(5, 1, len(chunks)))
+            elif isinstance(message, control.Answer):
+                break
+        assert message.ok and w.body == [b"head", (CHUNKED, Atom("binary"), 1, size)]
+        joined = b"".join(chunks)
+        assert len(joined) == size and joined[:251] == bytes(range(251))
+        assert max(map(len, chunks)) == 4 << 20

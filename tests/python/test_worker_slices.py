@@ -30,6 +30,7 @@ from beambridge.formats import tensor as tf
 from beambridge.formats.tensor import COO, Bundle
 from beambridge.header import Format
 from beambridge.terms import KIND_FORMATS, TAG_SLICE
+from beambridge.terms import TAG_CHUNKED as CHUNKED
 from worker_harness import (
     BAD_CALL,
     MOD,
@@ -356,7 +357,7 @@ def stats(w: WorkerProcess) -> dict[tuple[str, str, str], int]:
 def test_fallbacks_go_inline_and_are_counted_and_logged() -> None:
     """A value at or above the threshold that gets no slice goes inline (same type),
     counted under its cause and logged, each cause at least once and at most once a
-    second; one too big for the control frame too is a bad_call."""
+    second; one too big for the control frame too goes as a stream of chunks."""
     with running(
         beam={"tickets": 3},
         BEAMBRIDGE_THRESHOLD="1024",
@@ -375,26 +376,28 @@ def test_fallbacks_go_inline_and_are_counted_and_logged() -> None:
         for fill in b"567":  # three results the BEAM keeps: every ticket in use
             assert w.ok("make_bytes", 100_000, fill)[0] == TAG_SLICE
         assert w.ok("make_bytes", 100_000, ord("8")) == b"8" * 100_000  # no_tickets
-        status, error = w.call("make_bytes", 65 << 20)  # refused before any copy
-        assert status == "error" and error[:2] == (BAD_CALL, "too_large")
-        assert b":arena_limit" in error[2]
-        status, error = w.call("two_big", 40 << 20)  # each fits a frame, both do not
-        assert status == "error" and error[:2] == (BAD_CALL, "too_large")
-        assert b"control frame limit" in error[2] and b":arena_limit" in error[2]
+        # too big for a frame too: a stream of chunks (§8.6)
+        assert w.ok("make_bytes", 65 << 20) == (CHUNKED, "binary", 1, 65 << 20)
+        assert b"".join(w.chunks.pop(1)) == b"a" * (65 << 20)
+        # each fits a frame, both do not: the second goes in chunks
+        first, second = w.ok("two_big", 40 << 20)
+        assert first == b"1" * (40 << 20) and second == (CHUNKED, "binary", 1, 40 << 20)
+        assert b"".join(w.chunks.pop(1)) == b"2" * (40 << 20)
         assert w.ok("add", 1, 2) == 3
         counts = stats(w)
-        assert counts[("to_elixir", "raw", "too_large")] == 3
+        # 2 MiB, the chunks of 65 MiB (17) and of 40 MiB (10), and the first 40 MiB
+        assert counts[("to_elixir", "raw", "too_large")] == 1 + 17 + 10 + 1
+        assert counts[("to_elixir", "raw", "chunked")] == 2
         assert counts[("to_elixir", "raw", "no_tickets")] == 1
         assert counts[("to_elixir", "raw", "arena_full")] == 2
-        # the BEAM was told of each, before the answer that carried it; the results of the
-        # refused calls never went out, so neither did their counts
+        # the BEAM was told of each, before the answer (or chunk) that carried it
         told: dict[tuple[bytes, bytes], list[int]] = {}
         for form, reason, count, nbytes in w.fallbacks:
             entry = told.setdefault((form, reason), [0, 0])
             entry[0] += count
             entry[1] += nbytes
         assert told == {
-            (b"raw", b"too_large"): [1, 2 << 20],
+            (b"raw", b"too_large"): [29, (2 + 65 + 40 + 40) << 20],
             (b"raw", b"arena_full"): [2, 800_000],
             (b"raw", b"no_tickets"): [1, 100_000],
         }

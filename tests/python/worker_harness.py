@@ -296,6 +296,10 @@ class WorkerProcess:
         self.logs: list[tuple[str, bytes]] = []
         self.fallbacks: list[tuple[bytes, bytes, int, int]] = []  # {:fallbacks, ...} entries
         self.next_id = 1
+        #: Chunks of chunked result binaries by stream, taken and acknowledged as they
+        #: come (unless ``ack_chunks`` is False: a test then plays the BEAM itself).
+        self.chunks: dict[int, list[bytes]] = {}
+        self.ack_chunks = True
         self.ready: Any = None
         self.answer: control.Answer | None = None
 
@@ -365,6 +369,10 @@ class WorkerProcess:
         elif isinstance(message, sc.Element):
             self.body = decode(body)
             self.raw_body = bytes(body) if body is not None else b""
+            if message.sid > 0 and self.ack_chunks:  # a chunk of a result binary (§8.6)
+                chunk = self.beam.read(self.body, message.slices)
+                self.chunks.setdefault(message.sid, []).append(bytes(chunk))
+                self.send(sc.ack(message.call_id, message.sid, message.seq))
         elif isinstance(message, control.Answer):
             self.body = None if body is None else decode(body)
             echoed = {(e[1], e[2], e[3]) for e in message.slices if e[0] == control.A_BEAM}

@@ -65,6 +65,21 @@ defmodule Bridge.Decoder do
         bad_result(:bad_term, {kind, index}, ctx, "a handle naming one of the answer's slices")
   end
 
+  # SPEC §8.6: a binary whose chunks came as a stream before the answer; the
+  # worker's relay put them, joined, last in `resolved` as {:chunks, %{sid => bin}}.
+  defp dec({:"$bb_chunked", kind, sid, size} = t, ctx) when kind in [:binary, :buffer] do
+    last = if tuple_size(ctx.resolved) > 0, do: elem(ctx.resolved, tuple_size(ctx.resolved) - 1)
+
+    case last do
+      {:chunks, %{^sid => bin}} when byte_size(bin) == size ->
+        {bin,
+         %{ctx | tally: FormatStats.decided(ctx.tally, :from_python, :raw, :chunked, size, nil)}}
+
+      _ ->
+        bad_result(:bad_term, t, ctx, "a chunked binary whose chunks all came")
+    end
+  end
+
   defp dec({:"$bb_tensor", desc, data}, ctx) when is_binary(data) do
     ctx = received(ctx, :tensor, byte_size(data))
     tensor_result(Wire.from_inline(desc, data), ctx)

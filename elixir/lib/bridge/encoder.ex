@@ -382,11 +382,34 @@ defmodule Bridge.Encoder do
 
       {:error, %Error{reason: cause} = error}
       when cause in [:too_large, :arena_full, :no_space] ->
-        inline_instead(inline, size, ctx, {form, what}, error)
+        if chunks?(kind, size, ctx),
+          do: chunked(kind, payload, ctx, {form, what}, error),
+          else: inline_instead(inline, size, ctx, {form, what}, error)
 
       {:error, %Error{} = error} ->
         throw({:bad_arg, error, ctx})
     end
+  end
+
+  # A binary no slice can take and no control frame can carry goes as a stream
+  # of chunks, if the call can have streams (SPEC §8.6, chunked values).
+  defp chunks?(kind, size, ctx),
+    do:
+      kind in [:binary, :buffer] and is_list(ctx.streams) and
+        ctx.inline + size > Control.max_frame() - 65_536
+
+  defp chunked(kind, payload, ctx, {form, what}, %Error{reason: cause} = error) do
+    size = byte_size(payload)
+    sid = length(ctx.streams) + 1
+    stream = Bridge.Stream.from(Bridge.Stream.chunks(payload), window: 2)
+
+    FormatStats.warn({:to_python, :chunked}, fn ->
+      "beambridge: a #{size}-byte argument went as a stream of chunks (#{cause}): " <>
+        Exception.message(error)
+    end)
+
+    ctx = %{note(ctx, form, :chunked, size, what) | streams: [{sid, stream} | ctx.streams]}
+    {{:"$bb_chunked", kind, sid, size}, ctx}
   end
 
   # A value no slice could take goes inline when a control frame can carry it.

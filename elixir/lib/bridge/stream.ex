@@ -86,6 +86,19 @@ defmodule Bridge.Stream do
     %__MODULE__{enumerable: enumerable, window: window}
   end
 
+  @chunk 4 * 1024 * 1024
+
+  @doc false
+  # A binary as the lazy list of its chunks (sub-binaries of at most 4 MiB),
+  # for a value that goes as a stream (SPEC §8.6, chunked values).
+  @spec chunks(binary()) :: Enumerable.t()
+  def chunks(binary) do
+    Stream.unfold(0, fn
+      at when at >= byte_size(binary) -> nil
+      at -> {binary_part(binary, at, min(@chunk, byte_size(binary) - at)), at + @chunk}
+    end)
+  end
+
   @doc false
   @spec max_window() :: pos_integer()
   def max_window, do: @max_window

@@ -292,6 +292,13 @@ defmodule Bridge.Worker do
   def handle_info({port, {:exit_status, status}}, %{port: port} = state),
     do: {:noreply, exited(state, status)}
 
+  # The port failed (a write to an interpreter that died with frames still queued
+  # for it: EPIPE): no exit status follows.
+  def handle_info({:EXIT, port, reason}, %{port: port} = state) when is_port(port) do
+    Enum.each(state.os_pids, &Bridge.NIF.kill(&1, :kill))
+    {:noreply, exited(state, {:port_closed, reason})}
+  end
+
   def handle_info({:call_timeout, id}, %{phase: :busy, call: %{id: id, streams: s}} = state)
       when s != nil and s.result != nil and s.result.cancelled == false do
     if Streams.waiting_for_consumer?(s),
@@ -438,11 +445,12 @@ defmodule Bridge.Worker do
   # Streams (SPEC §8.6): elements and the end of the result stream, and the
   # acknowledgements of argument streams, of the call in flight.
   defp handle_message(envelope, body, %{phase: :busy, call: %{id: id, streams: s}} = state)
-       when s != nil and elem(envelope, 0) in [:element, :ack, :done] and elem(envelope, 1) == id do
+       when elem(envelope, 0) in [:element, :ack, :done] and elem(envelope, 1) == id do
     case Streams.frame(state, s, envelope, body) do
       {:ok, s, objects} -> rearm(%{state | objects: objects, call: %{state.call | streams: s}})
       {:reply, reply} -> finish_call(state, reply)
       {:error, error} -> violation(state, error)
+      :unexpected -> unexpected(state, envelope)
     end
   end
 
@@ -498,7 +506,7 @@ defmodule Bridge.Worker do
     end
   end
 
-  defp answer(state, body, plan), do: Replies.answer(state.call.from, body, plan, state.port)
+  defp answer(state, body, plan), do: Streams.answer(state.call, body, plan, state.port)
 
   defp timeout_error(state, where), do: Replies.timeout_error(state.id, where)
   defp died_error(state, status), do: Replies.died_error(state.id, status)

@@ -162,3 +162,18 @@ def forge_checksum(n: int) -> Any:
         yield from range(n)
     finally:
         sc.chain = real  # type: ignore[assignment]
+
+
+def describe(value: Any) -> list[Any]:
+    """The type, length and SHA-256 of a value that may have come in chunks."""
+    return [type(value).__name__, len(value), hashlib.sha256(value).hexdigest()]
+
+
+def exit_after_first(stream: Any) -> None:
+    """Takes one element of its argument stream, then the interpreter exits."""
+    next(iter(stream))
+    os._exit(3)
+
+
+def length(value: Any) -> int:
+    return len(value)

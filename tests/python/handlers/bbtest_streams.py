@@ -98,3 +98,12 @@ def arrow_table(n: int, chunk: int) -> Any:
         pa.record_batch({"x": list(range(i, min(i + chunk, n)))}) for i in range(0, n, chunk)
     ]
     return pa.Table.from_batches(batches)
+
+
+def kind_and_size(value: Any) -> list[Any]:
+    return [type(value).__name__, len(value), bytes(value[:3])]
+
+
+def big(n: int) -> list[Any]:
+    """A result with a binary of ``n`` bytes, its bytes counting up."""
+    return [b"head", bytes(i % 251 for i in range(251)) * (n // 251) + b"\x00" * (n % 251)]

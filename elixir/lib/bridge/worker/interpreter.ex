@@ -263,7 +263,9 @@ defmodule Bridge.Worker.Interpreter do
     deliberate = state.phase == :killing
 
     if not deliberate do
-      Logger.error("beambridge worker #{state.id}: interpreter exited with status #{status}")
+      Logger.error(
+        "beambridge worker #{state.id}: interpreter exited with status #{inspect(status)}"
+      )
     end
 
     state = reclaim(%{state | lane: nil, lane_seq: nil})

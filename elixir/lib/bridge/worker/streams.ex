@@ -24,7 +24,10 @@ defmodule Bridge.Worker.Streams do
   # argument streams.
 
   alias Bridge.{Control, Error}
-  alias Bridge.Worker.{Interpreter, Objects}
+  alias Bridge.Worker.{Interpreter, Objects, Relay, Replies}
+
+  # Chunks of a chunked result binary on their way at once (SPEC §8.6).
+  @chunk_window 4
 
   @type t :: %{
           consumer: pid(),
@@ -56,12 +59,31 @@ defmodule Bridge.Worker.Streams do
       %{
         consumer: consumer,
         ref: Process.monitor(consumer),
-        relay: result && relay(consumer),
+        relay: result && Relay.start(consumer),
         result: result && opened(result),
-        feeds: feeds
+        feeds: feeds,
+        chunks: %{}
       }
     end
   end
+
+  # A call whose result holds chunked binaries (§8.6) gets its streams, and a
+  # relay, when the first chunk comes.
+  defp for_chunks(nil, %{from: {consumer, _}}) do
+    %{
+      consumer: consumer,
+      ref: Process.monitor(consumer),
+      relay: Relay.start(consumer),
+      result: nil,
+      feeds: [],
+      chunks: %{}
+    }
+  end
+
+  defp for_chunks(%{relay: nil} = streams, _call),
+    do: %{streams | relay: Relay.start(streams.consumer)}
+
+  defp for_chunks(streams, _call), do: streams
 
   # A resumed stream goes on from the elements the consumer took (`start`).
   defp opened(result) do
@@ -86,6 +108,15 @@ defmodule Bridge.Worker.Streams do
   end
 
   def reply(%{from: from}, reply), do: GenServer.reply(from, reply)
+
+  @doc false
+  # The answer {:ok, ...} of a call: through the relay when there is one (it
+  # joins the chunked binaries), else resolved as any answer is.
+  @spec answer(map(), binary(), [tuple()], port() | reference()) :: term()
+  def answer(%{streams: %{relay: relay}, from: from}, body, plan, port) when is_pid(relay),
+    do: send(relay, {:answer, from, body, plan, port})
+
+  def answer(%{from: from}, body, plan, port), do: Replies.answer(from, body, plan, port)
 
   @doc false
   # The call is over.
@@ -114,8 +145,26 @@ defmodule Bridge.Worker.Streams do
   # A stream frame of the call in flight from the interpreter: the streams and
   # objects after it, the call's reply (the result stream ended), or what is
   # wrong with it.
-  @spec frame(map(), t(), tuple(), binary()) ::
-          {:ok, t(), Objects.t()} | {:reply, term()} | {:error, Error.t()}
+  @spec frame(map(), t() | nil, tuple(), binary()) ::
+          {:ok, t(), Objects.t()} | {:reply, term()} | {:error, Error.t()} | :unexpected
+  def frame(state, streams, {:element, _, sid, _, _, _} = envelope, body)
+      when body != "" and is_integer(sid) and sid > 0,
+      do: chunk(state, for_chunks(streams, state.call), envelope, body)
+
+  def frame(state, streams, {:done, _id, sid, count, checksum}, "")
+      when is_integer(sid) and sid > 0 do
+    case streams do
+      %{chunks: %{^sid => c}} when c.received == count ->
+        send(streams.relay, {:chunk_done, sid, count, checksum})
+        {:ok, %{streams | chunks: Map.put(streams.chunks, sid, %{c | done: true})}, state.objects}
+
+      _ ->
+        {:error, broken("chunked stream #{sid} ended at #{count}, not what came")}
+    end
+  end
+
+  def frame(_state, nil, _envelope, _body), do: :unexpected
+
   def frame(state, streams, {:element, _, _, _, _, _} = envelope, body) when body != "",
     do: element(state, streams, envelope, body)
 
@@ -154,49 +203,27 @@ defmodule Bridge.Worker.Streams do
   def element(_state, _streams, envelope, _body),
     do: {:error, broken("#{inspect(envelope, limit: 8)} for a call with no result stream")}
 
+  # Chunk `seq` of the chunked binary `sid` of the result: at most
+  # `@chunk_window` ahead of the relay's acknowledgements.
+  defp chunk(state, streams, {:element, id, sid, seq, nil, entries}, body) do
+    c = Map.get(streams.chunks, sid, %{received: 0, acked: 0, done: false})
+
+    if seq != c.received + 1 or seq - c.acked > @chunk_window or c.done do
+      {:error, broken("chunk #{seq} of chunked stream #{sid} came after #{c.received}")}
+    else
+      with {:ok, plan, objects} <- Objects.plan(state.objects, entries, state.config.untrusted) do
+        send(streams.relay, {:chunk, id, sid, seq, body, plan, state.port})
+        chunks = Map.put(streams.chunks, sid, %{c | received: seq})
+        {:ok, %{streams | chunks: chunks}, objects}
+      end
+    end
+  end
+
+  defp chunk(_state, _streams, envelope, _body),
+    do: {:error, broken("#{inspect(envelope, limit: 8)}: a chunk carries no checkpoint")}
+
   defp deliver(streams, id, {seq, point, body}, plan, port),
-    do: send(streams.relay, {:element, id, seq, point, body, plan, self(), port})
-
-  defp relay(consumer) do
-    worker = self()
-
-    spawn(fn ->
-      ref = Process.monitor(worker)
-      relay_loop(consumer, ref)
-    end)
-  end
-
-  defp relay_loop(consumer, ref) do
-    receive do
-      {:element, id, seq, point, body, plan, worker, port} ->
-        relay_element(consumer, {id, seq, point, body}, plan, worker, port)
-        relay_loop(consumer, ref)
-
-      {:reply, from, reply} ->
-        GenServer.reply(from, reply)
-
-      {:DOWN, ^ref, :process, _, _} ->
-        :ok
-    end
-  end
-
-  defp relay_element(consumer, {id, seq, point, body}, [], worker, _port),
-    do: send(consumer, {:bridge_stream, worker, id, {:element, seq, point, body, {}}})
-
-  defp relay_element(consumer, {id, seq, point, body}, plan, worker, port) do
-    case Objects.resolve(plan) do
-      {:ok, resolved, sealed} ->
-        if sealed != [], do: GenServer.cast(worker, {:sealed_mapped, port, sealed})
-        send(consumer, {:bridge_stream, worker, id, {:element, seq, point, body, resolved}})
-
-      {:error, error} ->
-        send(consumer, {:bridge_stream, worker, id, {:error, error}})
-        Bridge.Worker.bad_answer(worker, error)
-    end
-
-    # the binaries are the consumer's now: none stays alive here
-    :erlang.garbage_collect()
-  end
+    do: send(streams.relay, {:element, id, seq, point, body, plan, port})
 
   @doc false
   # The interpreter took elements of argument stream `sid` up to `seq`.
@@ -249,6 +276,18 @@ defmodule Bridge.Worker.Streams do
     end
   end
 
+  def from_caller(state, streams, id, {:chunk_ack, sid, seq}) do
+    case streams.chunks do
+      %{^sid => c} ->
+        Interpreter.send_frame(state, Control.frame({:ack, id, sid, seq}))
+        chunks = Map.put(streams.chunks, sid, %{c | acked: max(c.acked, seq)})
+        {%{streams | chunks: chunks}, state.objects}
+
+      _ ->
+        {streams, state.objects}
+    end
+  end
+
   def from_caller(state, streams, _id, {:send, frame}) do
     Interpreter.send_frame(state, frame)
     {streams, state.objects}
@@ -271,10 +310,5 @@ defmodule Bridge.Worker.Streams do
     %{streams | feeds: []}
   end
 
-  defp broken(message) do
-    Error.new(:bad_frame, :stream_broken,
-      field: :control_frame,
-      message: "bad frame: stream_broken: #{message}"
-    )
-  end
+  defp broken(message), do: Relay.broken(message)
 end
