@@ -141,6 +141,38 @@ defmodule Bridge.StreamTest do
     assert digest(all) == digest(stream(:die_at, [12, 100, marker]) |> Enum.to_list())
   end
 
+  test "kill -9 of the interpreter from outside, then resume: every element once, in order" do
+    [%{os_pid: os_pid}] = Bridge.workers(Streams)
+    parent = self()
+
+    killer =
+      spawn(fn ->
+        receive do
+          :kill -> System.cmd("kill", ["-9", Integer.to_string(os_pid)])
+        end
+
+        send(parent, :killed)
+      end)
+
+    enum =
+      stream(:paced, [30, 0.02], window: 2)
+      |> Stream.with_index()
+      |> Stream.map(fn {x, i} ->
+        if i == 5, do: send(killer, :kill)
+        x
+      end)
+
+    {first, error} = take_until_error(enum)
+    assert_received :killed
+    assert error.kind == :worker_died and error.checkpoint.taken == length(first)
+
+    {rest, _log} =
+      with_log(fn -> stream(:paced, [30, 0.0], resume: error.checkpoint) |> Enum.to_list() end)
+
+    numbers = Enum.map(first ++ rest, &:binary.decode_unsigned(&1, :little))
+    assert numbers == Enum.to_list(0..29)
+  end
+
   test "resume: :auto resumes by itself, and sparse checkpoints skip what was taken" do
     marker = marker()
 
@@ -240,7 +272,8 @@ defmodule Bridge.StreamTest do
       end)
 
     assert result == {:ok, ["bytes", byte_size(big), sha]}
-    assert log =~ "went as a stream of chunks (too_large)"
+    # logged at most once a second per cause
+    assert log == "" or log =~ "went as a stream of chunks (too_large)"
 
     assert {:ok, ["memoryview", _, ^sha]} =
              Bridge.call({:bbt_streams, :describe}, [Bridge.Buffer.new(big)], pool: Tight)
@@ -248,6 +281,27 @@ defmodule Bridge.StreamTest do
     chunked = for %{reason: :chunked} = d <- Bridge.format_stats(), do: {d.form, d.count, d.bytes}
     assert Enum.sort(chunked) == [{:buffer, 1, byte_size(big)}, {:raw, 1, byte_size(big)}]
     assert [%{phase: :ready, lent_slices: 0}] = Bridge.workers(Tight)
+  end
+
+  test "a binary that finds the arenas full and is too big for a frame goes in chunks" do
+    start_supervised!(
+      {Bridge, bridge_opts(Full, pool_size: 1, arena_limit: 128 * 1024 * 1024)},
+      id: :full
+    )
+
+    # another caller holds 100 MiB of the pool's 128: 80 MiB more find no room
+    {:ok, held} =
+      Bridge.Arena.put(Bridge.Config.get(Full).arena, :binary.copy("h", 100 * 1024 * 1024), [])
+
+    big = :binary.copy("b", 80 * 1024 * 1024)
+
+    Bridge.reset_format_stats()
+    {result, log} = with_log(fn -> Bridge.call({:bbt_streams, :length}, [big], pool: Full) end)
+    assert result == {:ok, byte_size(big)}
+    assert log == "" or log =~ "went as a stream of chunks (arena_full)"
+    chunked = for %{reason: :chunked} = d <- Bridge.format_stats(), do: {d.direction, d.count}
+    assert chunked == [{:to_python, 1}]
+    Bridge.Arena.release(held)
   end
 
   test "bad options are typed errors" do
@@ -270,7 +324,8 @@ defmodule Bridge.StreamTest do
     assert e.kind == :python_exception and e.message =~ "element 2 cannot be sent"
   end
 
-  # The elements a stream gave before it raised, and the error.
+  # The elements a stream gave before it raised, and the error (an interpreter's
+  # death: its worker is ready again when this returns).
   defp take_until_error(enum) do
     ref = make_ref()
 
@@ -280,7 +335,10 @@ defmodule Bridge.StreamTest do
           Enum.each(enum, &send(self(), {ref, &1}))
           flunk("the stream ended without an error")
         rescue
-          e in Bridge.Error -> e
+          e in Bridge.Error ->
+            # the worker's log of the death comes with its restart
+            all_ready(Streams, 1)
+            e
         end
       end)
 

@@ -403,7 +403,7 @@ defmodule Bridge.Encoder do
     sid = length(ctx.streams) + 1
     stream = Bridge.Stream.from(Bridge.Stream.chunks(payload), window: 2)
 
-    FormatStats.warn({:to_python, :chunked}, fn ->
+    FormatStats.warn({:to_python, :chunked, cause}, fn ->
       "beambridge: a #{size}-byte argument went as a stream of chunks (#{cause}): " <>
         Exception.message(error)
     end)

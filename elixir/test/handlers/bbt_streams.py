@@ -177,3 +177,13 @@ def exit_after_first(stream: Any) -> None:
 
 def length(value: Any) -> int:
     return len(value)
+
+
+def paced(n: int, seconds: float, checkpoint: bytes | None = None) -> Any:
+    """0..n-1 as 8-byte little-endian binaries, one every ``seconds``, each a checkpoint."""
+    import time
+
+    start = 0 if checkpoint is None else int(checkpoint)
+    for i in range(start, n):
+        time.sleep(seconds)
+        yield beambridge.checkpoint(i.to_bytes(8, "little"), str(i + 1))
