@@ -125,17 +125,19 @@ defmodule Bridge.HostileTest do
       {Bridge, bridge_opts(HostSmall, pool_size: 1, arena_limit: 8 * @mib, min_arena: @mib)}
     )
 
-    # a binary goes as a stream of chunks instead (SPEC §8.6); a tensor cannot
+    # binaries, tensors and tables go as streams of chunks instead (SPEC §8.6);
+    # a bundle of tensors cannot
     tensor = Bridge.Tensor.new!(:binary.copy(<<0>>, 70 * @mib), {:u, 8}, {70 * @mib})
+    bundle = Bridge.Tensor.Bundle.new!(%{"w" => tensor})
 
     log =
       capture_log(fn ->
         assert {:error, %Bridge.Error{reason: :too_large, field: :arena_limit}} =
-                 Bridge.call({:bbt_handlers, :identity}, [tensor], pool: HostSmall)
+                 Bridge.call({:bbt_handlers, :identity}, [bundle], pool: HostSmall)
 
         # the worker's result is too big for its arenas and for a frame: a typed error
         assert {:error, %Bridge.Error{kind: :bad_call} = e} =
-                 Bridge.call({:bbt_handlers, :make_tensor}, ["|u1", [70 * @mib]], pool: HostSmall)
+                 Bridge.call({:bbt_handlers, :make_bundle}, [5 * @mib], pool: HostSmall)
 
         assert e.message =~ ":arena_limit"
       end)
@@ -144,7 +146,7 @@ defmodule Bridge.HostileTest do
     assert {:ok, 3} = Bridge.call({:bbt_handlers, :add}, [1, 2], pool: HostSmall)
   end
 
-  test "binaries too big for the arenas and a frame go both ways as streams of chunks" do
+  test "binaries, tensors and tables too big for the arenas and a frame go both ways in chunks" do
     start_supervised!(
       {Bridge, bridge_opts(HostChunks, pool_size: 1, arena_limit: 8 * @mib, min_arena: @mib)}
     )
@@ -165,8 +167,25 @@ defmodule Bridge.HostileTest do
 
     assert byte_size(made) == 70 * @mib
 
-    counts = for %{reason: :chunked} = d <- Bridge.format_stats(), do: {d.direction, d.count}
-    assert Enum.sort(counts) == [{:from_python, 3}, {:to_python, 2}]
+    tensor = Bridge.Tensor.new!(big, {:u, 8}, {byte_size(big)})
+    assert {:ok, ^tensor} = Bridge.call({:bbt_handlers, :identity}, [tensor], pool: HostChunks)
+
+    table = Bridge.Table.from_columns!(%{"x" => Enum.to_list(1..9_000_000)})
+    assert {:ok, back} = Bridge.call({:bbt_handlers, :identity}, [table], pool: HostChunks)
+    assert Bridge.Table.column!(back, "x") == Enum.to_list(1..9_000_000)
+
+    counts =
+      for %{reason: :chunked} = d <- Bridge.format_stats(), do: {d.direction, d.form, d.count}
+
+    assert Enum.sort(counts) == [
+             {:from_python, :arrow, 1},
+             {:from_python, :raw, 3},
+             {:from_python, :tensor, 1},
+             {:to_python, :arrow, 1},
+             {:to_python, :raw, 2},
+             {:to_python, :tensor, 1}
+           ]
+
     assert [%{phase: :ready, lent_slices: 0}] = Bridge.workers(HostChunks)
   end
 

@@ -199,15 +199,15 @@ defmodule Bridge.LeasesTest do
            )
 
     # too big for a frame too: a binary goes as a stream of chunks, both ways
-    # (SPEC §8.6); a tensor is refused, naming the bound
+    # (SPEC §8.6); a bundle of tensors is refused, naming the bound
     x = :binary.copy("x", 70_000_000)
 
     ExUnit.CaptureLog.capture_log(fn ->
       assert {:ok, ^x} = Bridge.call({:bbt_handlers, :identity}, [x], pool: Limited)
     end)
 
-    tensor = Bridge.Tensor.new!(x, {:u, 8}, {70_000_000})
-    {:error, e} = Bridge.call({:bbt_handlers, :identity}, [tensor], pool: Limited)
+    bundle = Bridge.Tensor.Bundle.new!(%{"x" => Bridge.Tensor.new!(x, {:u, 8}, {70_000_000})})
+    {:error, e} = Bridge.call({:bbt_handlers, :identity}, [bundle], pool: Limited)
     assert {e.kind, e.reason, e.field} == {:bad_call, :too_large, :arena_limit}
     assert {:ok, 3} = Bridge.call({:bbt_handlers, :add}, [1, 2], pool: Limited)
   end

@@ -71,6 +71,8 @@ __all__ = ["MAX_CHUNKED", "Decoder", "custom_parts"]
 
 #: The largest value that may come in chunks (§8.6): 1 TiB, the largest object size.
 MAX_CHUNKED = 1 << 40
+#: Inline terms whose payload (their last element) may come in chunks (§8.6).
+_CHUNKABLE = frozenset({TAG_TENSOR, TAG_ARROW, TAG_PACKED, TAG_RECORDS, TAG_CUSTOM})
 
 _Ref = tuple[int, int, int, int]
 
@@ -149,6 +151,17 @@ class Decoder:
 
     def _tagged(self, term: tuple[Any, ...], refs: list[_Ref]) -> Any:
         tag, n = term[0], len(term)
+        last = term[-1]
+        if (
+            tag in _CHUNKABLE
+            and type(last) is tuple
+            and len(last) == 4
+            and last[0] == TAG_CHUNKED
+            and last[1] == KIND_BINARY
+            and self.streams is not None
+        ):
+            # the payload came as a stream of chunks (§8.6): the term as if it had not
+            term = (*term[:-1], self._chunked(*last[1:]))
         if tag == TAG_SLICE and n == 3:
             return self._slice(term[1], term[2], refs)
         if tag == TAG_BUFFER and n == 2 and type(term[1]) is bytes:

@@ -213,14 +213,31 @@ class FormatEncoder(Encoder):
         except ArenaError:
             if self.chunked is None:
                 raise
-            sid = self.chunked(flat)
-            note(RESULTS, "raw", "chunked", flat.nbytes, f"{flat.nbytes} bytes")
-            parts.append(b"h\x04")
-            for term in (TAG_CHUNKED, KIND_BINARY, sid, flat.nbytes):
-                self.encode_into(term, parts)
+            self._chunked_payload(flat, "raw", parts)
             return
         if not placed:
             encode_binary(flat, parts)
+
+    def _chunked_payload(self, data: memoryview, form: str, parts: list[Any]) -> None:
+        """``{:"$bb_chunked", :binary, sid, size}`` for bytes that go as a stream of
+        chunks (SPEC §8.6), counted under ``form``."""
+        assert self.chunked is not None
+        flat = data.cast("B") if data.format != "B" or data.ndim != 1 else data
+        sid = self.chunked(flat)
+        note(RESULTS, form, "chunked", flat.nbytes, f"{flat.nbytes} bytes")
+        parts.append(b"h\x04")
+        for term in (TAG_CHUNKED, KIND_BINARY, sid, flat.nbytes):
+            self.encode_into(term, parts)
+
+    def _overflows(self, place: Callable[[], bool]) -> bool | None:
+        """Runs ``place`` (a slice for a value): True when it took one, False when the
+        value goes inline, None when it can go neither way and will go in chunks."""
+        try:
+            return place()
+        except ArenaError:
+            if self.chunked is None:
+                raise
+            return None
 
     def other(self, v: Any, parts: list[Any], depth: int) -> None:
         if serializers.has_serializers():
@@ -271,12 +288,17 @@ class FormatEncoder(Encoder):
         """An ndarray: dtype, byte order and C/Fortran order as they are
         (protocol/formats/tensor.md), ``{:"$bb_tensor", descriptor, data}`` or a slice."""
         desc = tensor_format.descriptor(arr)  # refuses what cannot go, either way
-        if self._in_slice(arr, KIND_TENSOR, parts):
+        placed = self._overflows(lambda: self._in_slice(arr, KIND_TENSOR, parts))
+        if placed:
             return
         parts.append(b"h\x03")
         self.encode_into(TAG_TENSOR, parts)
         _PLAIN.encode_into(desc, parts)  # never slice handles inside a descriptor
-        encode_binary(tensor_format.raw_bytes(arr, desc[b"order"].decode()).data, parts)
+        data = tensor_format.raw_bytes(arr, desc[b"order"].decode()).data
+        if placed is None:
+            self._chunked_payload(data, "tensor", parts)
+        else:
+            encode_binary(data, parts)
 
     @staticmethod
     def _entries(items: list[tuple[str, np.ndarray[Any, Any]]], parts: list[Any]) -> None:
@@ -320,21 +342,28 @@ class FormatEncoder(Encoder):
 
         plan = arrow_format.plan_stream(data, None, False)
         arrow_format.check_elixir_readable(plan.schema)
-        if self._placed(
-            KIND_ARROW,
-            lambda area: arrow_format.write_stream_into(area, plan),
-            parts,
-            nbytes=plan.size,
-            what=f"a {plan.size}-byte Arrow stream",
-            metadata=plan.metadata,
-            format=Format.ARROW_STREAM,
-        ):
+        placed = self._overflows(
+            lambda: self._placed(
+                KIND_ARROW,
+                lambda area: arrow_format.write_stream_into(area, plan),
+                parts,
+                nbytes=plan.size,
+                what=f"a {plan.size}-byte Arrow stream",
+                metadata=plan.metadata,
+                format=Format.ARROW_STREAM,
+            )
+        )
+        if placed:
             return
         sink = pa.BufferOutputStream()
         arrow_format.write_stream(sink, plan.data, plan.schema)
         parts.append(b"h\x02")
         self.encode_into(TAG_ARROW, parts)
-        encode_binary(memoryview(sink.getvalue()), parts)
+        stream = memoryview(sink.getvalue())
+        if placed is None:
+            self._chunked_payload(stream, "arrow", parts)
+        else:
+            encode_binary(stream, parts)
 
 
 def _is_table(v: Any) -> bool:

@@ -419,3 +419,26 @@ def test_a_result_binary_too_big_for_slices_and_a_frame_comes_in_chunks() -> Non
         joined = b"".join(chunks)
         assert len(joined) == size and joined[:251] == bytes(range(251))
         assert max(map(len, chunks)) == 4 << 20
+
+
+def test_a_tensor_payload_may_come_in_chunks_both_ways() -> None:
+    import numpy as np
+    from beambridge.formats import tensor as tensor_format
+
+    arr = np.arange(1000, dtype="<i4").reshape(10, 100)
+    desc = tensor_format.descriptor(arr)
+    data = arr.tobytes()
+    chunks = [data[:1500], data[1500:]]
+    term = (Atom("$bb_tensor"), desc, (CHUNKED, Atom("binary"), 1, len(data)))
+    with running(BEAMBRIDGE_ARENA_LIMIT=str(1 << 20), BEAMBRIDGE_MIN_ARENA=str(1 << 20)) as w:
+        w.flush()
+        w.send(control.call(6, MOD, Atom("tensor_info"), {}, []), [term])
+        feed(w, 6, 1, chunks)
+        answer = w.recv()
+        assert answer.ok and w.body == [[10, 100], b"int32", int(arr.sum())]
+        # a 64 MiB array back: its payload goes as stream 1
+        n = 16 << 20
+        result = w.ok("big_tensor", n, module=MOD)
+        assert result[0] == Atom("$bb_tensor") and result[2] == (CHUNKED, "binary", 1, 4 * n)
+        back = np.frombuffer(b"".join(w.chunks.pop(1)), dtype="<i4")
+        assert np.array_equal(back, np.arange(n, dtype="<i4"))

@@ -51,6 +51,9 @@ defmodule Bridge.Decoder do
     end
   end
 
+  # Inline terms whose payload (last element) may come in chunks (SPEC §8.6).
+  @chunkable [:"$bb_tensor", :"$bb_arrow", :"$bb_packed", :"$bb_records", :"$bb_custom"]
+
   defp dec(term, ctx) when is_integer(term) or is_float(term) or is_binary(term), do: {term, ctx}
 
   defp dec(term, ctx) when is_atom(term) do
@@ -67,17 +70,23 @@ defmodule Bridge.Decoder do
 
   # SPEC §8.6: a binary whose chunks came as a stream before the answer; the
   # worker's relay put them, joined, last in `resolved` as {:chunks, %{sid => bin}}.
-  defp dec({:"$bb_chunked", kind, sid, size} = t, ctx) when kind in [:binary, :buffer] do
-    last = if tuple_size(ctx.resolved) > 0, do: elem(ctx.resolved, tuple_size(ctx.resolved) - 1)
+  defp dec({:"$bb_chunked", kind, sid, size}, ctx) when kind in [:binary, :buffer] do
+    bin = chunked!({:"$bb_chunked", :binary, sid, size}, ctx)
+    tally = FormatStats.decided(ctx.tally, :from_python, :raw, :chunked, byte_size(bin), nil)
+    {bin, %{ctx | tally: tally}}
+  end
 
-    case last do
-      {:chunks, %{^sid => bin}} when byte_size(bin) == size ->
-        {bin,
-         %{ctx | tally: FormatStats.decided(ctx.tally, :from_python, :raw, :chunked, size, nil)}}
-
-      _ ->
-        bad_result(:bad_term, t, ctx, "a chunked binary whose chunks all came")
-    end
+  # An inline tensor, table, packed list, records or custom payload that came in
+  # chunks: decoded as if it had not.
+  defp dec(t, ctx)
+       when is_tuple(t) and tuple_size(t) in 2..4 and elem(t, 0) in @chunkable and
+              is_tuple(elem(t, tuple_size(t) - 1)) and
+              elem(elem(t, tuple_size(t) - 1), 0) == :"$bb_chunked" do
+    last = tuple_size(t) - 1
+    bin = chunked!(elem(t, last), ctx)
+    form = form(elem(t, 0))
+    tally = FormatStats.decided(ctx.tally, :from_python, form, :chunked, byte_size(bin), nil)
+    dec(put_elem(t, last, bin), %{ctx | tally: tally})
   end
 
   defp dec({:"$bb_tensor", desc, data}, ctx) when is_binary(data) do
@@ -350,4 +359,21 @@ defmodule Bridge.Decoder do
   end
 
   defp reserved?(atom), do: String.starts_with?(Atom.to_string(atom), "$bb_")
+
+  defp chunked!({:"$bb_chunked", :binary, sid, size} = t, ctx) do
+    last = if tuple_size(ctx.resolved) > 0, do: elem(ctx.resolved, tuple_size(ctx.resolved) - 1)
+
+    case last do
+      {:chunks, %{^sid => bin}} when byte_size(bin) == size -> bin
+      _ -> bad_result(:bad_term, t, ctx, "a chunked binary whose chunks all came")
+    end
+  end
+
+  defp chunked!(t, ctx), do: bad_result(:bad_term, t, ctx, "a chunked binary")
+
+  defp form(:"$bb_tensor"), do: :tensor
+  defp form(:"$bb_arrow"), do: :arrow
+  defp form(:"$bb_packed"), do: :packed
+  defp form(:"$bb_records"), do: :records
+  defp form(:"$bb_custom"), do: :custom
 end

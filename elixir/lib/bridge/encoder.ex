@@ -382,8 +382,8 @@ defmodule Bridge.Encoder do
 
       {:error, %Error{reason: cause} = error}
       when cause in [:too_large, :arena_full, :no_space] ->
-        if chunks?(kind, size, ctx),
-          do: chunked(kind, payload, ctx, {form, what}, error),
+        if chunks?(kind, inline, size, ctx),
+          do: chunked(kind, payload, inline, ctx, {form, what}, error),
           else: inline_instead(inline, size, ctx, {form, what}, error)
 
       {:error, %Error{} = error} ->
@@ -393,15 +393,27 @@ defmodule Bridge.Encoder do
 
   # A binary no slice can take and no control frame can carry goes as a stream
   # of chunks, if the call can have streams (SPEC §8.6, chunked values).
-  defp chunks?(kind, size, ctx),
-    do:
-      kind in [:binary, :buffer] and is_list(ctx.streams) and
-        ctx.inline + size > Control.max_frame() - 65_536
+  # So may the payload (last element) of an inline tensor, table, packed list,
+  # records or custom term.
+  @chunkable [:"$bb_tensor", :"$bb_arrow", :"$bb_packed", :"$bb_records", :"$bb_custom"]
 
-  defp chunked(kind, payload, ctx, {form, what}, %Error{reason: cause} = error) do
-    size = byte_size(payload)
+  defp chunks?(kind, inline, size, ctx) do
+    is_list(ctx.streams) and ctx.inline + size > Control.max_frame() - 65_536 and
+      (kind in [:binary, :buffer] or payload_term?(inline))
+  end
+
+  defp payload_term?(t),
+    do: is_tuple(t) and elem(t, 0) in @chunkable and is_binary(elem(t, tuple_size(t) - 1))
+
+  defp chunked(kind, payload, inline, ctx, {form, what}, %Error{reason: cause} = error) do
+    {bin, term} =
+      if kind in [:binary, :buffer],
+        do: {payload, &{:"$bb_chunked", kind, &1, byte_size(payload)}},
+        else: chunked_payload(inline)
+
+    size = byte_size(bin)
     sid = length(ctx.streams) + 1
-    stream = Bridge.Stream.from(Bridge.Stream.chunks(payload), window: 2)
+    stream = Bridge.Stream.from(Bridge.Stream.chunks(bin), window: 2)
 
     FormatStats.warn({:to_python, :chunked, cause}, fn ->
       "beambridge: a #{size}-byte argument went as a stream of chunks (#{cause}): " <>
@@ -409,7 +421,13 @@ defmodule Bridge.Encoder do
     end)
 
     ctx = %{note(ctx, form, :chunked, size, what) | streams: [{sid, stream} | ctx.streams]}
-    {{:"$bb_chunked", kind, sid, size}, ctx}
+    {term.(sid), ctx}
+  end
+
+  defp chunked_payload(inline) do
+    last = tuple_size(inline) - 1
+    bin = elem(inline, last)
+    {bin, &put_elem(inline, last, {:"$bb_chunked", :binary, &1, byte_size(bin)})}
   end
 
   # A value no slice could take goes inline when a control frame can carry it.

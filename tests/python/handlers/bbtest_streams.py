@@ -107,3 +107,13 @@ def kind_and_size(value: Any) -> list[Any]:
 def big(n: int) -> list[Any]:
     """A result with a binary of ``n`` bytes, its bytes counting up."""
     return [b"head", bytes(i % 251 for i in range(251)) * (n // 251) + b"\x00" * (n % 251)]
+
+
+def tensor_info(arr: Any) -> list[Any]:
+    return [list(arr.shape), str(arr.dtype), int(arr.sum())]
+
+
+def big_tensor(n: int) -> Any:
+    import numpy as np
+
+    return np.arange(n, dtype="<i4")
