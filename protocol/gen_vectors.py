@@ -3,7 +3,8 @@
 
 * frames: ``protocol/vectors/NAME.bin`` + ``NAME.json``;
 * control frames: ``protocol/vectors/control/NAME.bin`` + ``NAME.json``;
-* data terms: ``protocol/vectors/terms/NAME.etf`` + ``NAME.json``.
+* data terms: ``protocol/vectors/terms/NAME.etf`` + ``NAME.json``;
+* typed schemas' SSZ bytes: ``protocol/vectors/ssz/NAME.ssz`` + ``NAME.json``.
 
 This script is the only way the vectors are made (``make vectors``); the vectors
 themselves are in ``protocol/vectorgen/``, one module per kind. Output is
@@ -33,6 +34,7 @@ sys.path.insert(0, str(HERE))  # for vectorgen: runpy.run_path does not add it
 
 from vectorgen.control import check_control, control_vectors  # noqa: E402
 from vectorgen.frames import bad_vectors, describe_bad, describe_good, good_vectors  # noqa: E402
+from vectorgen.ssz import check_ssz, ssz_vectors  # noqa: E402
 from vectorgen.terms import check_term, term_vectors  # noqa: E402
 
 
@@ -73,6 +75,16 @@ def term_files() -> dict[str, bytes]:
     return files
 
 
+def ssz_files() -> dict[str, bytes]:
+    files: dict[str, bytes] = {}
+    for v in ssz_vectors():
+        assert v.name.startswith("good_" if v.error is None else "bad_"), v.name
+        assert f"{v.name}.ssz" not in files, v.name
+        files[f"{v.name}.json"] = _json(check_ssz(v))
+        files[f"{v.name}.ssz"] = v.data
+    return files
+
+
 def write(out_dir: Path, files: dict[str, bytes], suffixes: tuple[str, ...]) -> None:
     """Write ``files`` into ``out_dir`` and remove the files of ``suffixes`` it does not
     name."""
@@ -99,6 +111,7 @@ def main(argv: list[str]) -> int:
     if not frames_only:  # every check runs before anything is written
         kinds.append(("control", root / "control", control_files(), (".bin", ".json")))
         kinds.append(("term", root / "terms", term_files(), (".etf", ".json")))
+        kinds.append(("ssz", root / "ssz", ssz_files(), (".ssz", ".json")))
     for kind, out_dir, files, suffixes in kinds:
         write(out_dir, files, suffixes)
         names = {f.rsplit(".", 1)[0] for f in files}

@@ -6,7 +6,9 @@ What a handler author uses is here: `Atom` (an Erlang atom), `Bundle` and `COO` 
 tensors and sparse arrays), `register` / `unregister` (custom types, see
 `beambridge.serializers`), `format_stats`, streams (`checkpoint` marks a resumable
 element of a stream handler, `Stream` is an argument the BEAM feeds, `StreamError`;
-see `beambridge.streams`), and the error classes. The protocol's machinery
+see `beambridge.streams`), typed schemas (`schema` declares a class of
+`beambridge.types` fields, `to_ssz` and `from_ssz` give and read its SSZ bytes; see
+`beambridge.ssz`), and the error classes. The protocol's machinery
 (frames, shared objects, the control channel) stays in its own modules.
 
 >>> import beambridge
@@ -46,8 +48,10 @@ from .serializers import (
     register,
     unregister,
 )
+from .ssz import from_ssz, schema, to_ssz
 from .stats import format_stats, reset_format_stats
 from .streams import Stream, StreamError, checkpoint
+from .types import SchemaError
 
 if TYPE_CHECKING:
     from .formats.tensor import COO, Bundle
@@ -63,6 +67,7 @@ __all__ = [
     "FormatError",
     "FormatUnsuitableError",
     "HeaderError",
+    "SchemaError",
     "SerializerError",
     "SerializerFailedError",
     "Stream",
@@ -74,9 +79,12 @@ __all__ = [
     "__version__",
     "checkpoint",
     "format_stats",
+    "from_ssz",
     "register",
     "reset_format_stats",
+    "schema",
     "serializers",
+    "to_ssz",
     "unregister",
 ]
 

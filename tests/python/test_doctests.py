@@ -43,6 +43,8 @@ MODULES = [
     "beambridge.spin",
     "beambridge.channel",
     "beambridge.strings",
+    "beambridge.types",
+    "beambridge.ssz",
     "beambridge.streams",
     "beambridge.stream_control",
     "beambridge.stream_run",

@@ -1,0 +1,327 @@
+"""Typed schemas' SSZ bytes (protocol/formats/ssz.md) against remerkleable, an SSZ
+implementation from PyPI: hypothesis draws schemas (every field type, containers
+nested three deep) and values; our bytes must equal remerkleable's and read back to
+the same value. Values that do not fit their types, and bytes that are no value, are
+typed errors naming the field."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import struct
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import pytest
+from beambridge import ssz
+from beambridge import types as bt
+from beambridge.types import SchemaError
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from remerkleable import basic as rb
+from remerkleable import byte_arrays as rba
+from remerkleable import complex as rc
+from remerkleable import union as ru
+
+_counter = iter(range(10**9))
+
+BASIC = [
+    bt.uint8, bt.uint16, bt.uint32, bt.uint64,
+    bt.int8, bt.int16, bt.int32, bt.int64,
+    bt.float32, bt.float64, bt.boolean, bt.Bytes, bt.String,
+]  # fmt: skip
+
+
+def types(depth: int) -> st.SearchStrategy[bt.SszType]:
+    basic = st.sampled_from(BASIC)
+    if depth == 0:
+        return basic
+    inner = types(depth - 1)
+    return st.one_of(
+        basic,
+        st.builds(lambda t, n: bt.List[t, n], inner, st.integers(0, 6)),
+        st.builds(lambda t, n: bt.Vector[t, n], inner, st.integers(1, 4)),
+        st.builds(lambda t: bt.Optional[t], inner.filter(_not_union)),
+        st.builds(
+            lambda ts: bt.Union[(None, *ts)],
+            st.lists(inner.filter(_not_union), min_size=1, max_size=3),
+        ),
+        containers(depth - 1),
+    )
+
+
+def _not_union(t: bt.SszType) -> bool:
+    return not isinstance(t, bt.UnionType)
+
+
+def containers(depth: int) -> st.SearchStrategy[bt.SszType]:
+    return st.lists(types(depth), min_size=1, max_size=5).map(_container)
+
+
+def _container(field_types: list[bt.SszType]) -> bt.SszType:
+    name = f"C{next(_counter)}"
+    cls = dataclasses.make_dataclass(name, [(f"f{i}", t) for i, t in enumerate(field_types)])
+    ssz.schema(f"test.{name}", version="1.0")(cls)
+    return ssz.schema_type(cls)
+
+
+def values(t: bt.SszType) -> st.SearchStrategy[Any]:
+    if isinstance(t, bt.UInt):
+        return st.integers(0, t.high)
+    if isinstance(t, bt.Int):
+        return st.integers(t.low, t.high)
+    if isinstance(t, bt.Float):
+        width = 32 if t.bits == 32 else 64
+        return st.floats(allow_nan=False, allow_infinity=False, width=width)
+    if isinstance(t, bt.Boolean):
+        return st.booleans()
+    if isinstance(t, bt.BytesType):
+        return st.binary(max_size=20)
+    if isinstance(t, bt.StringType):
+        return st.text(max_size=10)
+    if isinstance(t, bt.ListType):
+        return st.lists(values(t.elem), max_size=t.limit)
+    if isinstance(t, bt.VectorType):
+        return st.lists(values(t.elem), min_size=t.length, max_size=t.length)
+    if isinstance(t, bt.UnionType):
+        if t.name.startswith("Optional["):
+            return st.none() | values(t.options[1])  # type: ignore[arg-type]
+        return st.one_of(
+            st.just((0, None)),
+            *[values(o).map(lambda v, i=i: (i, v)) for i, o in enumerate(t.options) if o],
+        )
+    assert isinstance(t, ssz.ContainerType)
+    return st.tuples(*[values(ft) for _, ft, _ in t.fields]).map(lambda vs: t.cls(*vs))
+
+
+# ---- the same type and value in remerkleable ------------------------------------------------
+
+
+def rtype(t: bt.SszType) -> Any:
+    widths = {8: rb.uint8, 16: rb.uint16, 32: rb.uint32, 64: rb.uint64}
+    if isinstance(t, (bt.UInt, bt.Int, bt.Float)):
+        return widths[t.bits]  # signed and float: the same bytes as an unsigned of their width
+    if isinstance(t, bt.Boolean):
+        return rb.boolean
+    if isinstance(t, (bt.BytesType, bt.StringType)):
+        return rba.ByteList[1 << 32]
+    if isinstance(t, bt.ListType):
+        return rc.List[rtype(t.elem), max(t.limit, 1)]
+    if isinstance(t, bt.VectorType):
+        return rc.Vector[rtype(t.elem), t.length]
+    if isinstance(t, bt.UnionType):
+        return ru.Union[tuple(None if o is None else rtype(o) for o in t.options)]
+    assert isinstance(t, ssz.ContainerType)
+    fields = {name: rtype(ft) for name, ft, _ in t.fields}
+    return type(f"R{t.name}", (rc.Container,), {"__annotations__": fields})
+
+
+def rvalue(t: bt.SszType, v: Any) -> Any:
+    r = rtype(t)
+    if isinstance(t, bt.Int):
+        return r(v % (1 << t.bits))
+    if isinstance(t, bt.Float):
+        code = "<f" if t.bits == 32 else "<d"
+        return r(int.from_bytes(struct.pack(code, v), "little"))
+    if isinstance(t, bt.StringType):
+        return r(v.encode("utf-8"))
+    if isinstance(t, (bt.ListType, bt.VectorType)):
+        return r(*[rvalue(t.elem, x) for x in v])
+    if isinstance(t, bt.UnionType):
+        selector, value = ((0, None) if v is None else (1, v)) if t.name[0] == "O" else v
+        option = t.options[selector]
+        return r(selector=selector, value=None if option is None else rvalue(option, value))
+    if isinstance(t, ssz.ContainerType):
+        return r(**{name: rvalue(ft, getattr(v, name)) for name, ft, _ in t.fields})
+    return r(v)
+
+
+@st.composite
+def schema_and_value(draw: Any) -> tuple[ssz.ContainerType, Any]:
+    t = draw(containers(3))
+    return t, draw(values(t))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(schema_and_value())
+def test_our_bytes_are_remerkleables_and_read_back(case: tuple[ssz.ContainerType, Any]) -> None:
+    t, value = case
+    data = ssz.to_ssz(value)
+    assert data == rvalue(t, value).encode_bytes()
+    back = ssz.from_ssz(t.cls, data)
+    assert ssz.to_ssz(back) == data
+    if not _has_float(t):  # a float32 reads back rounded; its bytes are the same
+        assert back == value
+
+
+def _has_float(t: Any) -> bool:
+    if isinstance(t, bt.Float):
+        return True
+    inner = getattr(t, "elem", None) or getattr(t, "options", None) or getattr(t, "fields", None)
+    if inner is None:
+        return False
+    items = inner if isinstance(inner, (list, tuple)) else [inner]
+    return any(_has_float(i[1] if isinstance(i, tuple) else i) for i in items if i is not None)
+
+
+# ---- shapes of class, errors -----------------------------------------------------------------
+
+
+@ssz.schema("test.Point", version="1.0")
+class Point(NamedTuple):
+    x: bt.int32
+    y: bt.int32
+    label: bt.Optional[bt.String] = None
+
+
+def test_named_tuples_with_defaults_are_schemas() -> None:
+    data = ssz.to_ssz(Point(-1, 2))
+    assert data == struct.pack("<iiI", -1, 2, 12) + b"\x00"
+    assert ssz.from_ssz(Point, data) == Point(-1, 2, None)
+    assert ssz.from_ssz(Point, ssz.to_ssz(Point(3, 4, "p"))) == Point(3, 4, "p")
+
+
+@pytest.mark.parametrize(
+    ("value", "said"),
+    [
+        (Point(2**31, 0), "Point.x is 2147483648, expected int32"),
+        (Point(0, 0, 5), "Point.label is 5, expected a str"),
+        (Point("0", 0), "Point.x is '0', expected int32"),
+    ],
+)
+def test_a_value_that_does_not_fit_names_the_field(value: Point, said: str) -> None:
+    with pytest.raises(SchemaError) as info:
+        ssz.to_ssz(value)
+    assert info.value.reason == "bad_value" and said in str(info.value)
+
+
+def test_nested_paths_are_named() -> None:
+    @ssz.schema("test.Outer", version="1.0")
+    @dataclasses.dataclass
+    class Outer:
+        points: bt.List[Point, 4]
+
+    with pytest.raises(SchemaError, match=r"Outer.points\[1\].y is -2147483649"):
+        ssz.to_ssz(Outer([Point(0, 0), Point(0, -(2**31) - 1)]))
+    with pytest.raises(SchemaError, match=r"Outer.points has 5 elements, expected List"):
+        ssz.to_ssz(Outer([Point(0, 0)] * 5))
+
+
+@pytest.mark.parametrize(
+    ("data", "said"),
+    [
+        (b"\x01\x00\x00\x00", "fewer than the fixed part of 12"),
+        (struct.pack("<iiI", 1, 2, 13) + b"\x00", "the first offset is 13, not 12"),
+        (struct.pack("<iiI", 1, 2, 12) + b"\x02", "a union selector of 2"),
+        (struct.pack("<iiI", 1, 2, 12) + b"\x01\xff", "not UTF-8"),
+    ],
+)
+def test_bytes_that_are_no_value_are_bad_ssz(data: bytes, said: str) -> None:
+    with pytest.raises(SchemaError) as info:
+        ssz.from_ssz(Point, data)
+    assert info.value.reason == "bad_ssz" and said in str(info.value)
+
+
+def test_a_boolean_byte_over_one_is_refused() -> None:
+    @ssz.schema("test.Flag", version="1.0")
+    @dataclasses.dataclass
+    class Flag:
+        on: bt.boolean
+        bits: bt.Vector[bt.boolean, 2]
+
+    assert ssz.from_ssz(Flag, b"\x01\x00\x01") == Flag(True, [False, True])
+    for data in (b"\x02\x00\x01", b"\x01\x00\x02"):
+        with pytest.raises(SchemaError, match="boolean byte"):
+            ssz.from_ssz(Flag, data)
+
+
+def test_unions_do_not_nest() -> None:
+    with pytest.raises(TypeError, match="does not nest"):
+        bt.Optional[bt.Optional[bt.uint8]]
+    with pytest.raises(TypeError, match="does not nest"):
+        bt.Union[None, bt.Optional[bt.uint8]]
+
+
+def test_versions_are_major_dot_minor() -> None:
+    with pytest.raises(ValueError, match=r"major\.minor"):
+        ssz.schema("test.Bad", version="2")
+
+
+# ---- golden vectors (protocol/vectors/ssz), read from their JSON alone -------------------------
+
+VECTORS = Path(__file__).resolve().parents[2] / "protocol" / "vectors" / "ssz"
+VECTOR_NAMES = sorted(p.stem for p in VECTORS.glob("*.json"))
+
+
+def _classes(schemas: dict[str, Any]) -> dict[str, type]:
+    """Schema classes made from a vector's JSON (the nested ones first)."""
+    made: dict[str, type] = {}
+
+    def field_type(j: Any) -> Any:
+        if isinstance(j, str):
+            return {"bytes": bt.Bytes, "string": bt.String}.get(j) or getattr(bt, j)
+        ((kind, arg),) = j.items()
+        if kind == "schema":
+            return make(arg)
+        if kind == "list":
+            return bt.List[field_type(arg[0]), arg[1]]
+        if kind == "vector":
+            return bt.Vector[field_type(arg[0]), arg[1]]
+        if kind == "optional":
+            return bt.Optional[field_type(arg)]
+        return bt.Union[tuple(None if o is None else field_type(o) for o in arg)]
+
+    def make(name: str) -> type:
+        if name not in made:
+            spec = schemas[name]
+            fields = [(n, field_type(t)) for n, t in spec["fields"]]
+            cls = dataclasses.make_dataclass(name.rsplit(".", 1)[-1], fields)
+            made[name] = ssz.schema(f"vector.{name}", version=spec["version"])(cls)
+        return made[name]
+
+    for name in schemas:
+        make(name)
+    return made
+
+
+def _value(t: Any, j: Any) -> Any:
+    if isinstance(t, ssz.ContainerType):
+        return t.cls(*[_value(ft, j[n]) for n, ft, _ in t.fields])
+    if isinstance(t, (bt.ListType, bt.VectorType)):
+        return [_value(t.elem, x) for x in j]
+    if isinstance(t, bt.UnionType):
+        if t.name.startswith("Optional["):
+            return None if j is None else _value(t.options[1], j)
+        option = t.options[j[0]]
+        return (j[0], None if option is None else _value(option, j[1]))
+    if isinstance(t, bt.BytesType):
+        return bytes.fromhex(j["hex"])
+    return j
+
+
+@pytest.mark.parametrize("name", VECTOR_NAMES)
+def test_ssz_vector(name: str) -> None:
+    doc = json.loads((VECTORS / f"{name}.json").read_text(encoding="utf-8"))
+    data = (VECTORS / f"{name}.ssz").read_bytes()
+    assert doc["name"] == name and doc["size"] == len(data)
+    cls = _classes(doc["schemas"])[doc["schema"]]
+    t = ssz.schema_type(cls)
+    if not doc["valid"]:
+        with pytest.raises(SchemaError) as info:
+            ssz.from_ssz(cls, data)
+        assert info.value.reason == doc["error"]["reason"]
+        return
+    value = _value(t, doc["value"])
+    assert ssz.to_ssz(value) == data
+    assert rvalue(t, value).encode_bytes() == data  # remerkleable writes the same bytes
+    assert ssz.to_ssz(ssz.from_ssz(cls, data)) == data
+
+
+def test_the_vectors_hold_the_seeds_four_containers() -> None:
+    schemas = {
+        json.loads((VECTORS / f"{n}.json").read_text())["schema"]
+        for n in VECTOR_NAMES
+        if n.startswith("good_")
+    }
+    expected = {"ModelConfig", "OptimizationConfig", "PerformanceMetrics", "ModelInfo"}
+    assert schemas == {f"truthgpt.{n}" for n in expected}
