@@ -1,0 +1,226 @@
+defmodule Bridge.Schema.Codegen do
+  @moduledoc false
+  # The code `use Bridge.Schema` generates for a container (protocol/formats/ssz.md):
+  # `__bb_encode__/2` builds the fixed part as one binary (numbers and booleans as
+  # segments, offsets of the variable-size fields in their places) followed by the
+  # variable parts; `__bb_decode__/2` matches the fixed part with one binary
+  # pattern, then reads the variable parts between their offsets. Composite fields
+  # go through Bridge.Schema.SSZ.
+
+  alias Bridge.Schema.SSZ
+
+  @uints %{uint8: 8, uint16: 16, uint32: 32, uint64: 64}
+  @ints %{int8: 8, int16: 16, int32: 32, int64: 64}
+  @floats %{float32: 32, float64: 64}
+
+  @doc false
+  @spec encoder([{atom(), term()}]) :: Macro.t()
+  def encoder(types) do
+    indexed = Enum.with_index(types)
+    fixed = fixed_size(types)
+    value = Macro.var(:value, __MODULE__)
+    path = Macro.var(:path, __MODULE__)
+
+    prepare =
+      for {{name, t}, i} <- indexed do
+        at = quote(do: unquote(path) <> unquote(".#{name}"))
+        got = quote(do: Map.get(unquote(value), unquote(name)))
+
+        case kind(t) do
+          :number ->
+            quote(do: unquote(var(:f, i)) = SSZ.check(unquote(t), unquote(got), unquote(at)))
+
+          :boolean ->
+            quote(
+              do:
+                unquote(var(:f, i)) =
+                  if(SSZ.check(:boolean, unquote(got), unquote(at)), do: 1, else: 0)
+            )
+
+          :fixed ->
+            quote(
+              do:
+                unquote(var(:f, i)) =
+                  IO.iodata_to_binary(
+                    SSZ.encode(unquote(Macro.escape(t)), unquote(got), unquote(at))
+                  )
+            )
+
+          :variable ->
+            quote(
+              do:
+                unquote(var(:v, i)) =
+                  SSZ.encode(unquote(Macro.escape(t)), unquote(got), unquote(at))
+            )
+        end
+      end
+
+    variable = for {{_, t}, i} <- indexed, kind(t) == :variable, do: i
+
+    offsets =
+      variable
+      |> Enum.with_index()
+      |> Enum.map(fn
+        {i, 0} ->
+          quote(do: unquote(var(:f, i)) = unquote(fixed))
+
+        {i, k} ->
+          before = Enum.at(variable, k - 1)
+
+          quote do
+            unquote(var(:f, i)) =
+              unquote(var(:f, before)) + IO.iodata_length(unquote(var(:v, before)))
+          end
+      end)
+
+    segments = for {{_, t}, i} <- indexed, do: segment(t, var(:f, i))
+    tail = for i <- variable, do: var(:v, i)
+
+    quote do
+      @doc false
+      def __bb_encode__(%__MODULE__{} = unquote(value), unquote(path)) do
+        unquote_splicing(prepare)
+        unquote_splicing(offsets)
+        [<<unquote_splicing(segments)>> | unquote(tail)]
+      end
+
+      def __bb_encode__(other, path),
+        do: SSZ.bad_value(path, other, "a %#{inspect(__MODULE__)}{}")
+    end
+  end
+
+  @doc false
+  @spec decoder([{atom(), term()}]) :: Macro.t()
+  def decoder(types) do
+    indexed = Enum.with_index(types)
+    fixed = fixed_size(types)
+    bin = Macro.var(:bin, __MODULE__)
+    path = Macro.var(:path, __MODULE__)
+    segments = for {{_, t}, i} <- indexed, do: segment(t, var(:f, i))
+    variable = for {{_, t}, i} <- indexed, kind(t) == :variable, do: i
+
+    reads =
+      for {{name, t}, i} <- indexed do
+        at = quote(do: unquote(path) <> unquote(".#{name}"))
+
+        case kind(t) do
+          :number ->
+            var(:f, i)
+
+          :boolean ->
+            quote do
+              case unquote(var(:f, i)) do
+                0 -> false
+                1 -> true
+                b -> SSZ.bad_ssz(unquote(at), "a boolean byte of #{b}")
+              end
+            end
+
+          :fixed ->
+            quote(do: SSZ.decode(unquote(Macro.escape(t)), unquote(var(:f, i)), unquote(at)))
+
+          :variable ->
+            k = Enum.find_index(variable, &(&1 == i))
+            next = Enum.at(variable, k + 1)
+            hi = if next, do: var(:f, next), else: quote(do: byte_size(unquote(bin)))
+
+            quote do
+              SSZ.decode(
+                unquote(Macro.escape(t)),
+                Bridge.Schema.Codegen.part(
+                  unquote(bin),
+                  unquote(var(:f, i)),
+                  unquote(hi),
+                  unquote(path)
+                ),
+                unquote(at)
+              )
+            end
+        end
+      end
+
+    first_check =
+      case variable do
+        [] ->
+          quote do
+            if byte_size(unquote(bin)) != unquote(fixed),
+              do:
+                SSZ.bad_ssz(
+                  unquote(path),
+                  "#{byte_size(unquote(bin))} bytes for a container of #{unquote(fixed)}"
+                )
+          end
+
+        [first | _] ->
+          quote do
+            if unquote(var(:f, first)) != unquote(fixed),
+              do:
+                SSZ.bad_ssz(
+                  unquote(path),
+                  "the first offset is #{unquote(var(:f, first))}, not #{unquote(fixed)}"
+                )
+          end
+      end
+
+    fields = for {{{name, _t}, _i}, read} <- Enum.zip(indexed, reads), do: {name, read}
+
+    quote do
+      @doc false
+      def __bb_decode__(<<unquote_splicing(segments), _::binary>> = unquote(bin), unquote(path)) do
+        unquote(first_check)
+        struct(__MODULE__, unquote(fields))
+      end
+
+      def __bb_decode__(bin, path) when is_binary(bin) do
+        if byte_size(bin) < unquote(fixed),
+          do:
+            SSZ.bad_ssz(
+              path,
+              "#{byte_size(bin)} bytes, fewer than the fixed part of #{unquote(fixed)}"
+            ),
+          else: SSZ.bad_ssz(path, "a float that is NaN or infinite")
+      end
+    end
+  end
+
+  @doc false
+  # Bytes [lo, hi) of a container, checked.
+  @spec part(binary(), non_neg_integer(), non_neg_integer(), String.t()) :: binary()
+  def part(bin, lo, hi, path) do
+    if lo <= hi and hi <= byte_size(bin),
+      do: binary_part(bin, lo, hi - lo),
+      else: SSZ.bad_ssz(path, "offsets #{lo} and #{hi} out of order")
+  end
+
+  defp fixed_size(types) do
+    types
+    |> Enum.map(fn {_, t} -> if kind(t) == :variable, do: 4, else: SSZ.fixed_size(t) end)
+    |> Enum.sum()
+  end
+
+  defp kind(t) when is_map_key(@uints, t) or is_map_key(@ints, t) or is_map_key(@floats, t),
+    do: :number
+
+  defp kind(:boolean), do: :boolean
+  defp kind(t), do: if(SSZ.fixed_size(t), do: :fixed, else: :variable)
+
+  defp segment(t, v) when is_map_key(@uints, t),
+    do: quote(do: unquote(v) :: little - unsigned - size(unquote(@uints[t])))
+
+  defp segment(t, v) when is_map_key(@ints, t),
+    do: quote(do: unquote(v) :: little - signed - size(unquote(@ints[t])))
+
+  defp segment(t, v) when is_map_key(@floats, t),
+    do: quote(do: unquote(v) :: little - float - size(unquote(@floats[t])))
+
+  defp segment(:boolean, v), do: quote(do: unquote(v) :: 8)
+
+  defp segment(t, v) do
+    case SSZ.fixed_size(t) do
+      nil -> quote(do: unquote(v) :: little - 32)
+      n -> quote(do: unquote(v) :: binary - size(unquote(n)))
+    end
+  end
+
+  defp var(prefix, i), do: Macro.var(:"#{prefix}#{i}", __MODULE__)
+end

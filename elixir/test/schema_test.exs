@@ -1,0 +1,190 @@
+defmodule Seed.ModelConfig do
+  @moduledoc false
+  use Bridge.Schema, name: "truthgpt.ModelConfig", version: "2.0"
+  field(:name, :string)
+  field(:hidden_size, :uint32)
+  field(:num_heads, :uint16)
+  field(:layers, {:list, :uint16, max: 1024})
+  field(:vocab_size, :uint32)
+  field(:dropout, :float32)
+  field(:tie_embeddings, :boolean)
+  field(:dtype, :string, default: "float32")
+end
+
+defmodule Seed.OptimizationConfig do
+  @moduledoc false
+  use Bridge.Schema, name: "truthgpt.OptimizationConfig", version: "1.0"
+  field(:learning_rate, :float64)
+  field(:weight_decay, :float64)
+  field(:betas, {:vector, :float64, 2})
+  field(:warmup_steps, :uint32)
+  field(:max_steps, :uint64)
+  field(:gradient_clipping, {:optional, :float64})
+  field(:scheduler, :string)
+end
+
+defmodule Seed.PerformanceMetrics do
+  @moduledoc false
+  use Bridge.Schema, name: "truthgpt.PerformanceMetrics", version: "1.0"
+  field(:step, :uint64)
+  field(:loss, :float32)
+  field(:accuracy, :float32)
+  field(:tokens_per_second, :float64)
+  field(:latency_ms, {:vector, :float32, 3})
+  field(:memory_bytes, :uint64)
+  field(:gpu_utilization, :uint8)
+  field(:delta, :int64)
+end
+
+defmodule Seed.ModelInfo do
+  @moduledoc false
+  use Bridge.Schema, name: "truthgpt.ModelInfo", version: "1.0"
+  field(:config, Seed.ModelConfig)
+  field(:optimizer, Seed.OptimizationConfig)
+  field(:metrics, {:list, Seed.PerformanceMetrics, max: 64})
+  field(:checkpoint, {:optional, :bytes})
+  field(:tags, {:list, :string, max: 16})
+  field(:status, {:union, [nil, :uint32, :string]})
+end
+
+defmodule Bridge.SchemaTest do
+  # Typed schemas (protocol/formats/ssz.md) on the Elixir side: the golden vectors of
+  # protocol/vectors/ssz (written by the Python side) are the bytes of the seed's four
+  # containers declared here, read back to their values; bad ones are typed errors.
+  use ExUnit.Case, async: true
+
+  doctest Bridge.Schema
+
+  @root Path.expand("../../protocol/vectors/ssz", __DIR__)
+  @vectors @root |> Path.join("*.json") |> Path.wildcard() |> Enum.sort()
+  for path <- @vectors, do: @external_resource(path)
+
+  @modules %{
+    "truthgpt.ModelConfig" => Seed.ModelConfig,
+    "truthgpt.OptimizationConfig" => Seed.OptimizationConfig,
+    "truthgpt.PerformanceMetrics" => Seed.PerformanceMetrics,
+    "truthgpt.ModelInfo" => Seed.ModelInfo
+  }
+
+  test "the vectors hold the seed's four containers" do
+    good = for p <- @vectors, Path.basename(p) =~ ~r/^good_/, do: json(p)["schema"]
+    assert Enum.sort(good) == Enum.sort(Map.keys(@modules))
+  end
+
+  for path <- @vectors do
+    name = Path.basename(path, ".json")
+
+    test "ssz #{name}" do
+      doc = json(unquote(path))
+      bin = File.read!(String.replace_suffix(unquote(path), ".json", ".ssz"))
+      assert byte_size(bin) == doc["size"]
+      module = Map.fetch!(@modules, doc["schema"])
+
+      # the schemas the vector describes are the modules declared here
+      for {schema, spec} <- doc["schemas"] do
+        m = Map.fetch!(@modules, schema)
+        assert m.__schema__(:version) == spec["version"]
+
+        assert Enum.map(m.__schema__(:fields), fn {n, t} -> [Atom.to_string(n), type_json(t)] end) ==
+                 spec["fields"]
+      end
+
+      if doc["valid"] do
+        value = value(module, doc["value"])
+        assert Bridge.Schema.to_ssz(value) == {:ok, bin}
+        assert Bridge.Schema.from_ssz(module, bin) == {:ok, value}
+      else
+        assert {:error, %Bridge.Error{reason: reason}} = Bridge.Schema.from_ssz(module, bin)
+        assert Atom.to_string(reason) == doc["error"]["reason"]
+      end
+    end
+  end
+
+  test "a value that does not fit names the field path" do
+    metrics =
+      struct(Seed.PerformanceMetrics,
+        step: 1,
+        loss: 0.5,
+        accuracy: 1,
+        tokens_per_second: 2.0,
+        latency_ms: [1, 2, 3],
+        memory_bytes: 0,
+        gpu_utilization: 256,
+        delta: 0
+      )
+
+    info = struct(Seed.ModelInfo, config: nil, metrics: [metrics])
+
+    assert {:error, e} =
+             Bridge.Schema.to_ssz(%{info | config: struct(Seed.ModelConfig, name: "x")})
+
+    assert e.reason == :bad_value and e.message =~ "ModelInfo.config.hidden_size is nil"
+
+    assert {:error, e} = Bridge.Schema.to_ssz(metrics)
+
+    assert e.message ==
+             "bad_value: PerformanceMetrics.gpu_utilization is 256, expected uint8 (0 to 255)"
+
+    long =
+      struct(Seed.ModelConfig,
+        name: "x",
+        hidden_size: 1,
+        num_heads: 1,
+        layers: List.duplicate(1, 1025),
+        vocab_size: 1,
+        dropout: 0.0,
+        tie_embeddings: false
+      )
+
+    assert {:error, e} = Bridge.Schema.to_ssz(long)
+    assert e.message =~ "ModelConfig.layers has 1025 elements"
+  end
+
+  test "field types are checked when the module compiles" do
+    assert_raise ArgumentError, ~r/does not nest unions/, fn ->
+      Code.compile_string("""
+      defmodule Seed.Bad do
+        use Bridge.Schema, name: "seed.Bad", version: "1.0"
+        field :x, {:optional, {:optional, :uint8}}
+      end
+      """)
+    end
+
+    assert_raise ArgumentError, ~r/major.minor/, fn ->
+      Code.compile_string("""
+      defmodule Seed.BadVersion do
+        use Bridge.Schema, name: "seed.BadVersion", version: "2"
+      end
+      """)
+    end
+  end
+
+  defp json(path), do: path |> File.read!() |> Bridge.JSON.decode!()
+
+  defp type_json({:list, t, max: n}), do: %{"list" => [type_json(t), n]}
+  defp type_json({:vector, t, n}), do: %{"vector" => [type_json(t), n]}
+  defp type_json({:optional, t}), do: %{"optional" => type_json(t)}
+  defp type_json({:union, ts}), do: %{"union" => Enum.map(ts, &(&1 && type_json(&1)))}
+  defp type_json(t) when t in [:bytes, :string], do: Atom.to_string(t)
+
+  defp type_json(t) do
+    if function_exported?(t, :__schema__, 1),
+      do: %{"schema" => t.__schema__(:name)},
+      else: Atom.to_string(t)
+  end
+
+  # A value of JSON (protocol/vectorgen/ssz.py) as the type's Elixir value.
+  defp value(:bytes, %{"hex" => hex}), do: Base.decode16!(hex, case: :lower)
+
+  defp value(module, j) when is_atom(module) and is_map(j) do
+    fields = for {n, t} <- module.__schema__(:fields), do: {n, value(t, j[Atom.to_string(n)])}
+    struct(module, fields)
+  end
+
+  defp value({tag, t, _}, j) when tag in [:list, :vector], do: Enum.map(j, &value(t, &1))
+  defp value({:optional, _t}, nil), do: nil
+  defp value({:optional, t}, j), do: value(t, j)
+  defp value({:union, ts}, [i, v]), do: {i, v && value(Enum.at(ts, i), v)}
+  defp value(t, j) when t in [:float32, :float64], do: j / 1
+  defp value(_t, j), do: j
+end
