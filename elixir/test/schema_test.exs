@@ -53,6 +53,8 @@ defmodule Bridge.SchemaTest do
   # containers declared here, read back to their values; bad ones are typed errors.
   use ExUnit.Case, async: true
 
+  import Bridge.Test.SSZJSON, only: [type_json: 1, value: 2]
+
   doctest Bridge.Schema
 
   @root Path.expand("../../protocol/vectors/ssz", __DIR__)
@@ -160,31 +162,4 @@ defmodule Bridge.SchemaTest do
   end
 
   defp json(path), do: path |> File.read!() |> Bridge.JSON.decode!()
-
-  defp type_json({:list, t, max: n}), do: %{"list" => [type_json(t), n]}
-  defp type_json({:vector, t, n}), do: %{"vector" => [type_json(t), n]}
-  defp type_json({:optional, t}), do: %{"optional" => type_json(t)}
-  defp type_json({:union, ts}), do: %{"union" => Enum.map(ts, &(&1 && type_json(&1)))}
-  defp type_json(t) when t in [:bytes, :string], do: Atom.to_string(t)
-
-  defp type_json(t) do
-    if function_exported?(t, :__schema__, 1),
-      do: %{"schema" => t.__schema__(:name)},
-      else: Atom.to_string(t)
-  end
-
-  # A value of JSON (protocol/vectorgen/ssz.py) as the type's Elixir value.
-  defp value(:bytes, %{"hex" => hex}), do: Base.decode16!(hex, case: :lower)
-
-  defp value(module, j) when is_atom(module) and is_map(j) do
-    fields = for {n, t} <- module.__schema__(:fields), do: {n, value(t, j[Atom.to_string(n)])}
-    struct(module, fields)
-  end
-
-  defp value({tag, t, _}, j) when tag in [:list, :vector], do: Enum.map(j, &value(t, &1))
-  defp value({:optional, _t}, nil), do: nil
-  defp value({:optional, t}, j), do: value(t, j)
-  defp value({:union, ts}, [i, v]), do: {i, v && value(Enum.at(ts, i), v)}
-  defp value(t, j) when t in [:float32, :float64], do: j / 1
-  defp value(_t, j), do: j
 end
