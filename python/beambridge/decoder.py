@@ -60,6 +60,7 @@ from .terms import (
     TAG_CUSTOM,
     TAG_PACKED,
     TAG_RECORDS,
+    TAG_SCHEMA,
     TAG_SLICE,
     TAG_SPARSE_COO,
     TAG_STREAM,
@@ -72,7 +73,7 @@ __all__ = ["MAX_CHUNKED", "Decoder", "custom_parts"]
 #: The largest value that may come in chunks (§8.6): 1 TiB, the largest object size.
 MAX_CHUNKED = 1 << 40
 #: Inline terms whose payload (their last element) may come in chunks (§8.6).
-_CHUNKABLE = frozenset({TAG_TENSOR, TAG_ARROW, TAG_PACKED, TAG_RECORDS, TAG_CUSTOM})
+_CHUNKABLE = frozenset({TAG_TENSOR, TAG_ARROW, TAG_PACKED, TAG_RECORDS, TAG_CUSTOM, TAG_SCHEMA})
 
 _Ref = tuple[int, int, int, int]
 
@@ -201,6 +202,10 @@ class Decoder:
             value = serializers.decode_payload(name, version, data)
             note(ARGUMENTS, "custom", "inline", len(data), name.decode())
             return value
+        if tag == TAG_SCHEMA and n == 4:
+            from .ssz import read_value
+
+            return read_value(term[1], term[2], term[3])
         if tag == TAG_STREAM and n == 2 and type(term[1]) is int and self.streams is not None:
             return self.streams(term[1])
         if tag == TAG_CHUNKED and n == 4 and self.streams is not None:

@@ -44,6 +44,7 @@ from .terms import (
     TAG_ARROW,
     TAG_CHUNKED,
     TAG_CUSTOM,
+    TAG_SCHEMA,
     TAG_SLICE,
     TAG_SPARSE_COO,
     TAG_TENSOR,
@@ -240,6 +241,17 @@ class FormatEncoder(Encoder):
             return None
 
     def other(self, v: Any, parts: list[Any], depth: int) -> None:
+        declared = getattr(type(v), "__bb_schema__", None)
+        if declared is not None:  # a typed schema: {:"$bb_schema", name, version, ssz}
+            from .ssz import to_ssz
+
+            data = to_ssz(v)
+            parts.append(b"h\x04")
+            self.encode_into(TAG_SCHEMA, parts)
+            encode_binary(declared.name.encode(), parts)
+            encode_binary(declared.version.encode(), parts)
+            encode_binary(data, parts)
+            return
         if serializers.has_serializers():
             serializer = serializers.lookup(type(v))
             if serializer is not None:

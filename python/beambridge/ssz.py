@@ -48,7 +48,15 @@ from .types import (
     bad_value,
 )
 
-__all__ = ["ContainerType", "Schema", "from_ssz", "schema", "schema_type", "to_ssz"]
+__all__ = [
+    "ContainerType",
+    "Schema",
+    "from_ssz",
+    "read_value",
+    "schema",
+    "schema_type",
+    "to_ssz",
+]
 
 Enc = Callable[[Any, str], bytes]
 Dec = Callable[[memoryview, str], Any]
@@ -170,6 +178,30 @@ def from_ssz(cls: type, data: bytes | bytearray | memoryview) -> Any:
     when it holds none)."""
     t = schema_type(cls)
     return codec(t)[1](memoryview(data).cast("B"), t.name)
+
+
+def read_value(name: Any, version: Any, data: Any) -> Any:
+    """The value a ``{:"$bb_schema", name, version, data}`` term stands for: an instance
+    of the class declared for ``name`` (`SchemaError` ``unknown_schema`` when there is
+    none, or it is of another major version)."""
+    if type(name) is not bytes or type(version) is not bytes or type(data) is not bytes:
+        raise SchemaError("bad_ssz", "a schema value is {name, version, data}, binaries")
+    text, wanted = name.decode("utf-8", "replace"), version.decode("utf-8", "replace")
+    cls = _by_name.get(text)
+    if cls is None:
+        raise SchemaError(
+            "unknown_schema",
+            f"no class is declared for schema {text!r} here: declare it with "
+            f"@beambridge.schema({text!r}, version={wanted!r}) in a module the handler imports",
+        )
+    have = cls.__bb_schema__.version  # type: ignore[attr-defined]
+    if have.partition(".")[0] != wanted.partition(".")[0]:
+        raise SchemaError(
+            "unknown_schema",
+            f"schema {text!r} came in version {wanted}; {cls.__name__} here is {have} "
+            "(another major version)",
+        )
+    return from_ssz(cls, data)
 
 
 # ---- compiled codecs ------------------------------------------------------------------

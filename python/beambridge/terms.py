@@ -43,6 +43,7 @@ __all__ = [
     "TAG_CUSTOM",
     "TAG_PACKED",
     "TAG_RECORDS",
+    "TAG_SCHEMA",
     "TAG_SLICE",
     "TAG_SPARSE_COO",
     "TAG_STREAM",
@@ -77,6 +78,7 @@ TAG_RECORDS = _tag("$bb_records")
 TAG_CUSTOM = _tag("$bb_custom")
 TAG_STREAM = _tag("$bb_stream")
 TAG_CHUNKED = _tag("$bb_chunked")
+TAG_SCHEMA = _tag("$bb_schema")
 KIND_BINARY = _kind("binary")
 KIND_BUFFER = _kind("buffer")
 KIND_TENSOR = _kind("tensor")

@@ -248,3 +248,16 @@ def test_the_vectors_hold_the_seeds_four_containers() -> None:
     }
     expected = {"ModelConfig", "OptimizationConfig", "PerformanceMetrics", "ModelInfo"}
     assert schemas == {f"truthgpt.{n}" for n in expected}
+
+
+def test_a_schema_term_reads_as_the_declared_class_of_the_same_major() -> None:
+    data = ssz.to_ssz(Point(1, 2))
+    assert ssz.read_value(b"test.Point", b"1.9", data) == Point(1, 2)
+    with pytest.raises(SchemaError) as info:
+        ssz.read_value(b"test.Point", b"2.0", data)
+    assert info.value.reason == "unknown_schema" and "another major version" in str(info.value)
+    with pytest.raises(SchemaError) as info:
+        ssz.read_value(b"test.Nobody", b"1.0", data)
+    assert info.value.reason == "unknown_schema" and "@beambridge.schema('test.Nobody'" in str(
+        info.value
+    )

@@ -52,7 +52,14 @@ defmodule Bridge.Decoder do
   end
 
   # Inline terms whose payload (last element) may come in chunks (SPEC §8.6).
-  @chunkable [:"$bb_tensor", :"$bb_arrow", :"$bb_packed", :"$bb_records", :"$bb_custom"]
+  @chunkable [
+    :"$bb_tensor",
+    :"$bb_arrow",
+    :"$bb_packed",
+    :"$bb_records",
+    :"$bb_custom",
+    :"$bb_schema"
+  ]
 
   defp dec(term, ctx) when is_integer(term) or is_float(term) or is_binary(term), do: {term, ctx}
 
@@ -87,6 +94,15 @@ defmodule Bridge.Decoder do
     form = form(elem(t, 0))
     tally = FormatStats.decided(ctx.tally, :from_python, form, :chunked, byte_size(bin), nil)
     dec(put_elem(t, last, bin), %{ctx | tally: tally})
+  end
+
+  # protocol/formats/ssz.md: a value of a typed schema.
+  defp dec({:"$bb_schema", name, version, data}, ctx)
+       when is_binary(name) and is_binary(version) and is_binary(data) do
+    case Bridge.Schema.read_value(name, version, data) do
+      {:ok, value} -> {value, ctx}
+      {:error, error} -> throw({:bad_result, error, ctx})
+    end
   end
 
   defp dec({:"$bb_tensor", desc, data}, ctx) when is_binary(data) do
@@ -376,4 +392,5 @@ defmodule Bridge.Decoder do
   defp form(:"$bb_packed"), do: :packed
   defp form(:"$bb_records"), do: :records
   defp form(:"$bb_custom"), do: :custom
+  defp form(:"$bb_schema"), do: :custom
 end

@@ -226,29 +226,9 @@ defmodule Bridge.Encoder do
   # Structs of registered custom types: protocol/formats/custom.md. Other
   # structs, and those whose encode fails, go as their plain map (ETF).
   defp enc(%struct{} = value, ctx) when struct not in @builtin do
-    case Serializer.encode_struct(value) do
-      {:ok, entry, data} ->
-        inline = {:"$bb_custom", entry.name, entry.version, data}
-        what = {:custom, entry.name}
-
-        place(inline, byte_size(data), ctx, {:custom, what}, :below_threshold, fn ->
-          opts = [
-            format: :custom,
-            schema_id: entry.schema_id,
-            schema_version: entry.version,
-            metadata: :erlang.term_to_binary({entry.name, entry.version})
-          ]
-
-          {:custom, data, opts}
-        end)
-
-      {:fallback, _entry, _why} ->
-        ctx = note(ctx, :etf, :encode_failed, :erlang.external_size(value), {:struct, struct})
-        enc_map(value, ctx)
-
-      :none ->
-        enc_map(value, ctx)
-    end
+    if function_exported?(struct, :__bb_encode__, 2),
+      do: schema_value(struct, value, ctx),
+      else: custom_value(value, ctx)
   end
 
   # Maps: a column map may go as records (SPEC §10.1).
@@ -395,7 +375,14 @@ defmodule Bridge.Encoder do
   # of chunks, if the call can have streams (SPEC §8.6, chunked values).
   # So may the payload (last element) of an inline tensor, table, packed list,
   # records or custom term.
-  @chunkable [:"$bb_tensor", :"$bb_arrow", :"$bb_packed", :"$bb_records", :"$bb_custom"]
+  @chunkable [
+    :"$bb_tensor",
+    :"$bb_arrow",
+    :"$bb_packed",
+    :"$bb_records",
+    :"$bb_custom",
+    :"$bb_schema"
+  ]
 
   defp chunks?(kind, inline, size, ctx) do
     is_list(ctx.streams) and ctx.inline + size > Control.max_frame() - 65_536 and
@@ -459,4 +446,49 @@ defmodule Bridge.Encoder do
   end
 
   defp reserved?(atom), do: String.starts_with?(Atom.to_string(atom), "$bb_")
+
+  # A typed schema (Bridge.Schema, protocol/formats/ssz.md): its SSZ bytes, inline.
+  defp schema_value(module, value, ctx) do
+    case Bridge.Schema.to_ssz(value) do
+      {:ok, bin} ->
+        {{:"$bb_schema", module.__schema__(:name), module.__schema__(:version), bin}, ctx}
+
+      {:error, error} ->
+        throw({:bad_arg, error, ctx})
+    end
+  end
+
+  defp custom_value(value, ctx) do
+    case Serializer.encode_struct(value) do
+      {:ok, entry, data} ->
+        inline = {:"$bb_custom", entry.name, entry.version, data}
+        what = {:custom, entry.name}
+
+        place(inline, byte_size(data), ctx, {:custom, what}, :below_threshold, fn ->
+          opts = [
+            format: :custom,
+            schema_id: entry.schema_id,
+            schema_version: entry.version,
+            metadata: :erlang.term_to_binary({entry.name, entry.version})
+          ]
+
+          {:custom, data, opts}
+        end)
+
+      {:fallback, _entry, _why} ->
+        ctx =
+          note(
+            ctx,
+            :etf,
+            :encode_failed,
+            :erlang.external_size(value),
+            {:struct, value.__struct__}
+          )
+
+        enc_map(value, ctx)
+
+      :none ->
+        enc_map(value, ctx)
+    end
+  end
 end

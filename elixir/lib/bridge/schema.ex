@@ -117,6 +117,92 @@ defmodule Bridge.Schema do
   end
 
   @doc """
+  The schema module declared for `name` in this VM (`{:ok, module}` or `:error`):
+  looked for among the loaded modules and the modules of the loaded applications,
+  then remembered. `register/1` makes one known before it is loaded. A name has one
+  module per VM.
+  """
+  @spec module(String.t()) :: {:ok, module()} | :error
+  def module(name) when is_binary(name) do
+    case :persistent_term.get({__MODULE__, name}, nil) do
+      nil -> find(name)
+      module -> {:ok, module}
+    end
+  end
+
+  @doc "Makes schema `module` known by its name (`module/1`)."
+  @spec register(module()) :: :ok
+  def register(module) do
+    :persistent_term.put({__MODULE__, module.__schema__(:name)}, module)
+  end
+
+  defp find(name) do
+    loaded = for {m, _} <- :code.all_loaded(), do: m
+    in_apps = for {app, _, _} <- Application.loaded_applications(), m <- app_modules(app), do: m
+
+    # one module per name is the rule; if there are more, the first by name wins
+    case (loaded ++ in_apps) |> Enum.uniq() |> Enum.sort() |> Enum.filter(&named?(&1, name)) do
+      [m | _] ->
+        register(m)
+        {:ok, m}
+
+      [] ->
+        :error
+    end
+  end
+
+  defp app_modules(app), do: Application.spec(app, :modules) || []
+
+  defp named?(m, name), do: schema?(m) and m.__schema__(:name) == name
+
+  defp schema?(m) do
+    function_exported?(m, :__bb_encode__, 2) or
+      (Code.ensure_loaded?(m) and function_exported?(m, :__bb_encode__, 2))
+  end
+
+  @doc false
+  # The value a {:"$bb_schema", name, version, data} term stands for (SPEC §9).
+  @spec read_value(String.t(), String.t(), binary()) :: {:ok, struct()} | {:error, Error.t()}
+  def read_value(name, version, data) do
+    with {:ok, module} <- module(name) |> found(name, version),
+         :ok <- same_major(module, name, version) do
+      from_ssz(module, data)
+    end
+  end
+
+  defp found({:ok, m}, _name, _version), do: {:ok, m}
+
+  defp found(:error, name, version) do
+    {:error,
+     Error.new(:bad_call, :unknown_schema,
+       field: :schema,
+       value: name,
+       message:
+         "bad call: unknown_schema: no module is declared for schema #{inspect(name)} here: " <>
+           "declare it with use Bridge.Schema, name: #{inspect(name)}, version: #{inspect(version)}"
+     )}
+  end
+
+  defp same_major(module, name, version) do
+    have = module.__schema__(:version)
+
+    if major(have) == major(version) do
+      :ok
+    else
+      {:error,
+       Error.new(:bad_call, :unknown_schema,
+         field: :schema,
+         value: {name, version},
+         message:
+           "bad call: unknown_schema: schema #{inspect(name)} came in version #{version}; " <>
+             "#{inspect(module)} here is #{have} (another major version)"
+       )}
+    end
+  end
+
+  defp major(version), do: version |> String.split(".") |> hd()
+
+  @doc """
   The value of schema `module` that `binary` holds: `{:ok, struct}`, or
   `{:error, %Bridge.Error{}}` (reason `:bad_ssz`) naming the field path.
   """
