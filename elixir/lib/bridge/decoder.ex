@@ -52,14 +52,7 @@ defmodule Bridge.Decoder do
   end
 
   # Inline terms whose payload (last element) may come in chunks (SPEC §8.6).
-  @chunkable [
-    :"$bb_tensor",
-    :"$bb_arrow",
-    :"$bb_packed",
-    :"$bb_records",
-    :"$bb_custom",
-    :"$bb_schema"
-  ]
+  @chunkable Bridge.Stream.chunkable_tags()
 
   defp dec(term, ctx) when is_integer(term) or is_float(term) or is_binary(term), do: {term, ctx}
 

@@ -375,14 +375,7 @@ defmodule Bridge.Encoder do
   # of chunks, if the call can have streams (SPEC §8.6, chunked values).
   # So may the payload (last element) of an inline tensor, table, packed list,
   # records or custom term.
-  @chunkable [
-    :"$bb_tensor",
-    :"$bb_arrow",
-    :"$bb_packed",
-    :"$bb_records",
-    :"$bb_custom",
-    :"$bb_schema"
-  ]
+  @chunkable Bridge.Stream.chunkable_tags()
 
   defp chunks?(kind, inline, size, ctx) do
     is_list(ctx.streams) and ctx.inline + size > Control.max_frame() - 65_536 and

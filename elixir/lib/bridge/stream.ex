@@ -100,6 +100,13 @@ defmodule Bridge.Stream do
   end
 
   @doc false
+  # The inline terms whose payload (last element) may come in chunks (SPEC §8.6),
+  # for the encoder that chunks it and the decoder that reads it.
+  @spec chunkable_tags() :: [atom()]
+  def chunkable_tags,
+    do: [:"$bb_tensor", :"$bb_arrow", :"$bb_packed", :"$bb_records", :"$bb_custom", :"$bb_schema"]
+
+  @doc false
   @spec max_window() :: pos_integer()
   def max_window, do: @max_window
 
