@@ -46,8 +46,15 @@ defmodule Bridge.HostileTest do
       end
 
     # (the scribblers of those calls are done before the next argument is written:
-    # arguments are theirs to spoil, SPEC §12)
-    Process.sleep(300)
+    # arguments are theirs to spoil, SPEC §12; one may have spoiled the lane the
+    # wait's own request came in: then the worker never sees it, or leaves, and
+    # its threads go with it)
+    case call(HostUntrusted, :scribblers_done, [], timeout: 5_000) do
+      {:ok, true} -> :ok
+      {:error, %Bridge.Error{kind: k}} -> assert k in [:worker_died, :bad_frame, :timeout]
+    end
+
+    all_ready(HostUntrusted, 1)
 
     # an echoed argument comes back as a copy: a handler could write the BEAM's own arena
     data = :crypto.strong_rand_bytes(@mib)

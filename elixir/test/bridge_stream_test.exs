@@ -141,6 +141,14 @@ defmodule Bridge.StreamTest do
     assert digest(all) == digest(stream(:die_at, [12, 100, marker]) |> Enum.to_list())
   end
 
+  test "an element whose arena the interpreter took with it when it died: :worker_died" do
+    # the element's new arena cannot be opened through /proc once the
+    # interpreter is gone: that is the interpreter's death, not a bad frame
+    {first, error} = take_until_error(stream(:die_after_big, [96 * 1_048_576], window: 2))
+    assert error.kind == :worker_died
+    assert error.checkpoint.taken == length(first) and length(first) in [1, 2]
+  end
+
   test "kill -9 of the interpreter from outside, then resume: every element once, in order" do
     [%{os_pid: os_pid}] = Bridge.workers(Streams)
     parent = self()

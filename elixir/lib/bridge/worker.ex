@@ -461,8 +461,16 @@ defmodule Bridge.Worker do
     violation(state, Replies.unexpected_error(state.id, other, state.phase, call_id))
   end
 
-  # A frame that breaks the protocol: fail the call in flight and kill the worker.
-  defp violation(state, error) do
+  # A frame that breaks the protocol: fail the call in flight and kill the
+  # worker. One from an interpreter that has died since (its objects no longer
+  # open) is its death: the exit status fails the call as :worker_died.
+  defp violation(%{call: call} = state, error) when call != nil and state.phase == :busy do
+    if Interpreter.dead?(state), do: kill(state, :restart_backoff), else: violated(state, error)
+  end
+
+  defp violation(state, error), do: violated(state, error)
+
+  defp violated(state, error) do
     Logger.error("beambridge worker #{state.id}: #{Exception.message(error)}; killing it")
 
     state =

@@ -78,6 +78,10 @@ def scribble_everything():
     return sum("scribble" in _attack(path, scribble=True) for path in _targets())
 
 
+#: The threads result_then_scribble started, for scribblers_done.
+_scribblers: list[threading.Thread] = []
+
+
 def result_then_scribble(n, delay):
     """Return n bytes of 0x01, then (from a thread, after `delay` s) attack every object."""
 
@@ -86,8 +90,17 @@ def result_then_scribble(n, delay):
         for path in _targets():
             _attack(path, scribble=True)
 
-    threading.Thread(target=later, daemon=True).start()
+    thread = threading.Thread(target=later, daemon=True)
+    _scribblers.append(thread)
+    thread.start()
     return b"\x01" * n
+
+
+def scribblers_done():
+    """Wait until every thread result_then_scribble started has finished its attack."""
+    while _scribblers:
+        _scribblers.pop().join()
+    return True
 
 
 def write_through_view(view):

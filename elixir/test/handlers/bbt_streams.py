@@ -43,6 +43,15 @@ def die_at(n: int, at: int, marker: str, checkpoint: bytes | None = None) -> Any
         yield beambridge.checkpoint(i.to_bytes(4, "little") * 40_000, str(i + 1))
 
 
+def die_after_big(size: int) -> Any:
+    """One small element, then one of ``size`` bytes (too big for the arenas
+    the worker has: a new one is announced with it), then SIGKILL at once, so
+    the BEAM reads that element's frame from an interpreter already dead."""
+    yield beambridge.checkpoint(b"small", "1")
+    yield beambridge.checkpoint(b"\x01" * size, "2")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 def was_closed() -> list[str]:
     return list(closed)
 

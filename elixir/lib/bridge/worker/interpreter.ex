@@ -225,6 +225,20 @@ defmodule Bridge.Worker.Interpreter do
   ## Death and restart
 
   @doc false
+  # True when the interpreter has exited (reaped, or a zombie whose exit status
+  # the port has not yet reported): what it sent last may name objects that
+  # can no longer be opened through /proc.
+  @spec dead?(struct()) :: boolean()
+  def dead?(%{os_pids: [os_pid | _]}) do
+    case File.read("/proc/#{os_pid}/stat") do
+      {:ok, stat} -> (stat |> String.split(") ") |> List.last() |> String.first()) in ["Z", "X"]
+      {:error, _} -> true
+    end
+  end
+
+  def dead?(_state), do: false
+
+  @doc false
   # SIGTERM now, SIGKILL after @term_grace ({:escalate, port}); `after_exit`
   # (:restart_now | :restart_backoff) says what exited/2 does next.
   @spec kill(struct(), :restart_now | :restart_backoff) :: struct()
