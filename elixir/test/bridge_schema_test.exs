@@ -11,12 +11,53 @@ defmodule Calls.ModelConfig do
   field(:dtype, :string, default: "float32")
 end
 
-defmodule Calls.Point do
+defmodule Calls.PointV10 do
   @moduledoc false
   use Bridge.Schema, name: "calls.Point", version: "1.0"
   field(:x, :int32)
   field(:y, :int32)
-  field(:label, {:optional, :string})
+end
+
+defmodule Calls.Point do
+  @moduledoc false
+  use Bridge.Schema, name: "calls.Point", version: "1.1"
+  field(:x, :int32)
+  field(:y, :int32)
+  field(:label, {:optional, :string}, since: "1.1")
+end
+
+# calls.Model in three majors, each migrated from the one before, as in
+# elixir/test/handlers/bbt_schemas.py; and a 0.9 that Python does not know.
+defmodule Calls.ModelV0 do
+  @moduledoc false
+  use Bridge.Schema, name: "calls.Model", version: "0.9"
+  field(:title, :string)
+end
+
+defmodule Calls.ModelV1 do
+  @moduledoc false
+  use Bridge.Schema, name: "calls.Model", version: "1.0"
+  field(:title, :string)
+  field(:hidden, :uint16)
+end
+
+defmodule Calls.ModelV2 do
+  @moduledoc false
+  use Bridge.Schema, name: "calls.Model", version: "2.0"
+  field(:name, :string)
+  field(:hidden_size, :uint32)
+  migrate(from: "1.0", with: &__MODULE__.from_v1/1)
+  def from_v1(old), do: %{name: old.title, hidden_size: 2 * old.hidden}
+end
+
+defmodule Calls.ModelV3 do
+  @moduledoc false
+  use Bridge.Schema, name: "calls.Model", version: "3.0"
+  field(:name, :string)
+  field(:hidden_size, :uint32)
+  field(:layers, {:list, :uint16, max: 16})
+  migrate(from: "2.0", with: &__MODULE__.from_v2/1)
+  def from_v2(old), do: Map.put(old, :layers, [rem(old.hidden_size, 65_536)])
 end
 
 defmodule Bridge.SchemaCallTest do
@@ -49,11 +90,47 @@ defmodule Bridge.SchemaCallTest do
     assert back == %{config | hidden_size: 1536}
   end
 
-  test "lists of schema values cross both ways; minor versions read each other" do
+  test "lists of schema values cross both ways" do
     assert {:ok, points} = call(:points, [5])
     assert Enum.all?(points, &match?(%Calls.Point{}, &1))
     assert Enum.map(points, & &1.label) == [nil, "p1", nil, "p3", nil]
     assert call(:norm, [points]) == {:ok, 20}
+  end
+
+  test "an older minor is read on either side, the later fields filled in" do
+    # Python writes 1.0, the BEAM reads 1.1; and the reverse
+    assert call(:old_points, [3]) ==
+             {:ok, for(i <- 0..2, do: %Calls.Point{x: i, y: i, label: nil})}
+
+    old = for i <- 0..2, do: %Calls.PointV10{x: i, y: -i}
+    assert call(:labels, [old]) == {:ok, [nil, nil, nil]}
+  end
+
+  test "a writer on 1.0 and a reader on 3.0 work, both ways: the steps are migrated" do
+    assert {:ok, models} = call(:old_models, [3])
+
+    assert models == [
+             %Calls.ModelV3{name: "m0", hidden_size: 0, layers: [0]},
+             %Calls.ModelV3{name: "m1", hidden_size: 200, layers: [200]},
+             %Calls.ModelV3{name: "m2", hidden_size: 400, layers: [400]}
+           ]
+
+    old = %Calls.ModelV1{title: "big", hidden: 40_000}
+    assert call(:model_fields, [old]) == {:ok, ["big", 80_000, [rem(80_000, 65_536)]]}
+    # the same value sent at 3.0 arrives as itself
+    assert call(:model_fields, [hd(models)]) == {:ok, ["m0", 0, [0]]}
+  end
+
+  test "a version outside what the reader can migrate names the steps to declare" do
+    assert {:error, e} = call(:model_fields, [%Calls.ModelV0{title: "ancient"}])
+    assert {e.kind, e.reason} == {:bad_call, :no_migration}
+
+    assert e.message =~
+             "the version 0.9 itself (@beambridge.schema('calls.Model', version='0.9')); " <>
+               "a migration from 0.9 to 1.0"
+
+    # and the worker goes on
+    assert call(:norm, [[%Calls.Point{x: 1, y: 1}]]) == {:ok, 2}
   end
 
   test "a value that does not fit its schema, or a schema nobody declared, is a typed error" do

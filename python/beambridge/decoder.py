@@ -203,7 +203,7 @@ class Decoder:
             note(ARGUMENTS, "custom", "inline", len(data), name.decode())
             return value
         if tag == TAG_SCHEMA and n == 4:
-            from .ssz import read_value
+            from .versions import read_value
 
             return read_value(term[1], term[2], term[3])
         if tag == TAG_STREAM and n == 2 and type(term[1]) is int and self.streams is not None:

@@ -33,6 +33,7 @@ import typing
 from collections.abc import Callable
 from typing import Any
 
+from . import versions
 from .types import (
     Boolean,
     BytesType,
@@ -47,12 +48,12 @@ from .types import (
     VectorType,
     bad_value,
 )
+from .versions import parse
 
 __all__ = [
     "ContainerType",
     "Schema",
     "from_ssz",
-    "read_value",
     "schema",
     "schema_type",
     "to_ssz",
@@ -82,29 +83,69 @@ class ContainerType(SszType):
 
 @dataclasses.dataclass(frozen=True)
 class Schema:
-    """What `schema` attaches to a class: its name, version and container type."""
+    """What `schema` attaches to a class: its name, version and container type, the
+    minor each later field came in (``since``), and its migrations from older majors
+    (major -> function)."""
 
     name: str
     version: str
     type: ContainerType
+    since: dict[str, tuple[int, int]] = dataclasses.field(default_factory=dict)
+    migrations: dict[int, Callable[[dict[str, Any]], Any]] = dataclasses.field(default_factory=dict)
 
 
-_by_name: dict[str, type] = {}
-
-
-def schema(name: str, *, version: str = "1.0") -> Callable[[type], type]:
+def schema(
+    name: str,
+    *,
+    version: str = "1.0",
+    since: dict[str, str] | None = None,
+    migrations: dict[str, Callable[[dict[str, Any]], Any]] | None = None,
+) -> Callable[[type], type]:
     """Declares ``cls`` a typed schema named ``name`` (``"package.Type"``) at
-    ``version`` (``"major.minor"``)."""
-    _check_version(version)
+    ``version`` (``"major.minor"``). ``since`` names the fields a later minor added
+    (``{"dtype": "2.1"}``: the last fields, each with a default or ``Optional``), so
+    the bytes of older minors are read; ``migrations`` maps an older version to a
+    function from its fields (a dict) to this version's (a dict or an instance)
+    (`beambridge.versions`)."""
+    major, _ = parse(version)
+    steps = {}
+    for old, fn in (migrations or {}).items():
+        if parse(old)[0] >= major or not callable(fn):
+            raise ValueError(f"migrations: {old!r} -> {fn!r} is not from an older major")
+        steps[parse(old)[0]] = fn
 
     def declare(cls: type) -> type:
         hints = typing.get_type_hints(cls, globalns=_namespace(cls))
         fields = [(f, _field_type(cls, f, hints[f]), default) for f, default in _fields(cls)]
-        cls.__bb_schema__ = Schema(name, version, ContainerType(cls, fields, name))  # type: ignore[attr-defined]
-        _by_name[name] = cls
+        added = _since(cls, version, fields, since or {})
+        t = ContainerType(cls, fields, name)
+        cls.__bb_schema__ = Schema(name, version, t, added, steps)  # type: ignore[attr-defined]
+        versions.declare(cls)
         return cls
 
     return declare
+
+
+def _since(
+    cls: type, version: str, fields: list[tuple[str, SszType, Any]], since: dict[str, str]
+) -> dict[str, tuple[int, int]]:
+    """``since`` checked: fields of ``cls`` added by minors of its major up to
+    ``version``, the last ones, in order, each with something to fill in."""
+    names = [f for f, _, _ in fields]
+    out = {}
+    for f, v in since.items():
+        at = parse(v)
+        if f not in names or not (at[0], 0) <= at <= parse(version) or at[0] != parse(version)[0]:
+            raise ValueError(f"{cls.__name__}: since {f!r}: {v!r} is no minor of {version}")
+        out[f] = at
+    later = [out.get(f, (0, 0)) for f in names]
+    if later != sorted(later):
+        raise ValueError(f"{cls.__name__}: fields added by later minors go last, in order")
+    for f, t, default in fields:
+        nullable = isinstance(t, UnionType) and t.options[0] is None
+        if f in out and default is _MISSING and not nullable:
+            raise ValueError(f"{cls.__name__}.{f}: a field added in {since[f]} needs a default")
+    return out
 
 
 def _namespace(cls: type) -> dict[str, Any]:
@@ -118,14 +159,14 @@ def _namespace(cls: type) -> dict[str, Any]:
     return found
 
 
-def _check_version(version: str) -> tuple[int, int]:
-    major, _, minor = version.partition(".")
-    if not (major.isdigit() and minor.isdigit()):
-        raise ValueError(f"a schema version is 'major.minor', got {version!r}")
-    return int(major), int(minor)
-
-
 _MISSING = object()
+
+
+class Factory:
+    """A dataclass field's ``default_factory``, as its default."""
+
+    def __init__(self, make: Callable[[], Any]) -> None:
+        self.make = make
 
 
 def _fields(cls: type) -> list[tuple[str, Any]]:
@@ -133,6 +174,8 @@ def _fields(cls: type) -> list[tuple[str, Any]]:
         out = []
         for f in dataclasses.fields(cls):
             default = f.default if f.default is not dataclasses.MISSING else _MISSING
+            if f.default_factory is not dataclasses.MISSING:
+                default = Factory(f.default_factory)
             out.append((f.name, default))
         return out
     if issubclass(cls, tuple) and hasattr(cls, "_fields"):  # NamedTuple
@@ -178,30 +221,6 @@ def from_ssz(cls: type, data: bytes | bytearray | memoryview) -> Any:
     when it holds none)."""
     t = schema_type(cls)
     return codec(t)[1](memoryview(data).cast("B"), t.name)
-
-
-def read_value(name: Any, version: Any, data: Any) -> Any:
-    """The value a ``{:"$bb_schema", name, version, data}`` term stands for: an instance
-    of the class declared for ``name`` (`SchemaError` ``unknown_schema`` when there is
-    none, or it is of another major version)."""
-    if type(name) is not bytes or type(version) is not bytes or type(data) is not bytes:
-        raise SchemaError("bad_ssz", "a schema value is {name, version, data}, binaries")
-    text, wanted = name.decode("utf-8", "replace"), version.decode("utf-8", "replace")
-    cls = _by_name.get(text)
-    if cls is None:
-        raise SchemaError(
-            "unknown_schema",
-            f"no class is declared for schema {text!r} here: declare it with "
-            f"@beambridge.schema({text!r}, version={wanted!r}) in a module the handler imports",
-        )
-    have = cls.__bb_schema__.version  # type: ignore[attr-defined]
-    if have.partition(".")[0] != wanted.partition(".")[0]:
-        raise SchemaError(
-            "unknown_schema",
-            f"schema {text!r} came in version {wanted}; {cls.__name__} here is {have} "
-            "(another major version)",
-        )
-    return from_ssz(cls, data)
 
 
 # ---- compiled codecs ------------------------------------------------------------------

@@ -45,6 +45,7 @@ MODULES = [
     "beambridge.strings",
     "beambridge.types",
     "beambridge.ssz",
+    "beambridge.versions",
     "beambridge.streams",
     "beambridge.stream_control",
     "beambridge.stream_run",

@@ -39,7 +39,7 @@ defmodule Bridge.Schema do
   """
 
   alias Bridge.Error
-  alias Bridge.Schema.SSZ
+  alias Bridge.Schema.{SSZ, Versions}
 
   @doc false
   defmacro __using__(opts) do
@@ -47,18 +47,34 @@ defmodule Bridge.Schema do
     version = Keyword.fetch!(opts, :version)
 
     quote do
-      import Bridge.Schema, only: [field: 2, field: 3]
+      import Bridge.Schema, only: [field: 2, field: 3, migrate: 1]
       Module.register_attribute(__MODULE__, :bb_fields, accumulate: true)
+      Module.register_attribute(__MODULE__, :bb_migrations, accumulate: true)
       @bb_name unquote(name)
       @bb_version Bridge.Schema.__version__!(unquote(version))
       @before_compile Bridge.Schema
     end
   end
 
-  @doc "Declares a field of a schema: its name, type and (optional) `default:`."
+  @doc """
+  Declares a field of a schema: its name, type, and options `default:` and `since:`
+  (the minor version that added it: `since: "2.1"`; such fields go last, in order,
+  each with a default or of an `{:optional, t}` type).
+  """
   defmacro field(name, type, opts \\ []) do
     quote do
       @bb_fields {unquote(name), unquote(type), unquote(opts)}
+    end
+  end
+
+  @doc """
+  Declares a migration from an older major version: `migrate from: "1.0", with:
+  &__MODULE__.from_v1/1`, a captured function from the older version's fields (a map)
+  to this version's (a map or a struct). `Bridge.Schema.Versions` chains them.
+  """
+  defmacro migrate(opts) do
+    quote do
+      @bb_migrations {Keyword.fetch!(unquote(opts), :from), Keyword.fetch!(unquote(opts), :with)}
     end
   end
 
@@ -71,10 +87,14 @@ defmodule Bridge.Schema do
       |> Enum.map(fn {name, type, opts} -> {name, SSZ.check_type!(type), opts} end)
 
     short = env.module |> Module.split() |> List.last()
+    version = Module.get_attribute(env.module, :bb_version)
     struct_fields = for {name, _t, opts} <- fields, do: {name, Keyword.get(opts, :default)}
     types = for {name, t, _} <- fields, do: {name, t}
     sizes = Enum.map(types, fn {_, t} -> SSZ.fixed_size(t) end)
     fixed = if nil in sizes, do: nil, else: Enum.sum(sizes)
+    since = Bridge.Schema.Versions.since!(short, version, fields)
+    migrations = Bridge.Schema.Versions.migrations!(short, version, env.module)
+    older = Bridge.Schema.Versions.older_minors(version, types, since)
 
     quote do
       defstruct unquote(Macro.escape(struct_fields))
@@ -85,9 +105,32 @@ defmodule Bridge.Schema do
       def __schema__(:fields), do: unquote(Macro.escape(types))
       def __schema__(:fixed_size), do: unquote(fixed)
       def __schema__(:short), do: unquote(short)
+      def __schema__(:since), do: unquote(Macro.escape(since))
+      def __schema__(:migrations), do: unquote(Macro.escape(migrations))
 
       unquote(Bridge.Schema.Codegen.encoder(types))
       unquote(Bridge.Schema.Codegen.decoder(types))
+
+      # the bytes of older minors: their fields only, the later ones' defaults
+      unquote_splicing(
+        for n <- older |> Enum.map(&elem(&1, 1)) |> Enum.uniq() do
+          Bridge.Schema.Codegen.decoder(Enum.take(types, n), :"__bb_decode_#{n}__")
+        end
+      )
+
+      @doc false
+      def __bb_read__(minor, bin, path)
+
+      unquote_splicing(
+        for {minor, n} <- older do
+          quote do
+            def __bb_read__(unquote(minor), bin, path),
+              do: unquote(:"__bb_decode_#{n}__")(bin, path)
+          end
+        end
+      )
+
+      def __bb_read__(_minor, bin, path), do: __bb_decode__(bin, path)
     end
   end
 
@@ -117,39 +160,55 @@ defmodule Bridge.Schema do
   end
 
   @doc """
-  The schema module declared for `name` in this VM (`{:ok, module}` or `:error`):
-  looked for among the loaded modules and the modules of the loaded applications,
-  then remembered. `register/1` makes one known before it is loaded. A name has one
-  module per VM.
+  The newest schema module declared for `name` in this VM (`{:ok, module}` or
+  `:error`): looked for among the loaded modules and the modules of the loaded
+  applications, then remembered. `register/1` makes one known before it is loaded.
+  A name has one module per major version (`modules/2`).
   """
   @spec module(String.t()) :: {:ok, module()} | :error
   def module(name) when is_binary(name) do
-    case :persistent_term.get({__MODULE__, name}, nil) do
-      nil -> find(name)
-      module -> {:ok, module}
+    case modules(name, nil) do
+      majors when map_size(majors) > 0 -> {:ok, majors[Enum.max(Map.keys(majors))]}
+      _ -> :error
     end
   end
 
-  @doc "Makes schema `module` known by its name (`module/1`)."
+  @doc false
+  # %{major => module} for `name`; looked for again when `major` is not among them.
+  @spec modules(String.t(), non_neg_integer() | nil) :: %{non_neg_integer() => module()}
+  def modules(name, major) do
+    case :persistent_term.get({__MODULE__, name}, nil) do
+      %{^major => _} = majors -> majors
+      %{} = majors when major == nil and map_size(majors) > 0 -> majors
+      _ -> find(name)
+    end
+  end
+
+  @doc "Makes schema `module` known by its name and major version (`module/1`)."
   @spec register(module()) :: :ok
   def register(module) do
-    :persistent_term.put({__MODULE__, module.__schema__(:name)}, module)
+    name = module.__schema__(:name)
+    majors = :persistent_term.get({__MODULE__, name}, %{})
+    :persistent_term.put({__MODULE__, name}, Map.put(majors, major(module), module))
   end
 
   defp find(name) do
     loaded = for {m, _} <- :code.all_loaded(), do: m
     in_apps = for {app, _, _} <- Application.loaded_applications(), m <- app_modules(app), do: m
 
-    # one module per name is the rule; if there are more, the first by name wins
-    case (loaded ++ in_apps) |> Enum.uniq() |> Enum.sort() |> Enum.filter(&named?(&1, name)) do
-      [m | _] ->
-        register(m)
-        {:ok, m}
+    # one module per major is the rule; if there are more, the newest minor wins
+    majors =
+      (loaded ++ in_apps)
+      |> Enum.uniq()
+      |> Enum.filter(&named?(&1, name))
+      |> Enum.sort_by(&Versions.parse(&1.__schema__(:version)))
+      |> Map.new(&{major(&1), &1})
 
-      [] ->
-        :error
-    end
+    if map_size(majors) > 0, do: :persistent_term.put({__MODULE__, name}, majors)
+    majors
   end
+
+  defp major(module), do: module.__schema__(:version) |> Versions.parse() |> elem(0)
 
   defp app_modules(app), do: Application.spec(app, :modules) || []
 
@@ -163,44 +222,7 @@ defmodule Bridge.Schema do
   @doc false
   # The value a {:"$bb_schema", name, version, data} term stands for (SPEC §9).
   @spec read_value(String.t(), String.t(), binary()) :: {:ok, struct()} | {:error, Error.t()}
-  def read_value(name, version, data) do
-    with {:ok, module} <- module(name) |> found(name, version),
-         :ok <- same_major(module, name, version) do
-      from_ssz(module, data)
-    end
-  end
-
-  defp found({:ok, m}, _name, _version), do: {:ok, m}
-
-  defp found(:error, name, version) do
-    {:error,
-     Error.new(:bad_call, :unknown_schema,
-       field: :schema,
-       value: name,
-       message:
-         "bad call: unknown_schema: no module is declared for schema #{inspect(name)} here: " <>
-           "declare it with use Bridge.Schema, name: #{inspect(name)}, version: #{inspect(version)}"
-     )}
-  end
-
-  defp same_major(module, name, version) do
-    have = module.__schema__(:version)
-
-    if major(have) == major(version) do
-      :ok
-    else
-      {:error,
-       Error.new(:bad_call, :unknown_schema,
-         field: :schema,
-         value: {name, version},
-         message:
-           "bad call: unknown_schema: schema #{inspect(name)} came in version #{version}; " <>
-             "#{inspect(module)} here is #{have} (another major version)"
-       )}
-    end
-  end
-
-  defp major(version), do: version |> String.split(".") |> hd()
+  defdelegate read_value(name, version, data), to: Versions
 
   @doc """
   The value of schema `module` that `binary` holds: `{:ok, struct}`, or

@@ -22,11 +22,62 @@ class ModelConfig:
     dtype: String = "float32"
 
 
-@beambridge.schema("calls.Point", version="1.3")
+@beambridge.schema("calls.Point", version="1.0")
+class PointV10(NamedTuple):
+    x: int32
+    y: int32
+
+
+@beambridge.schema("calls.Point", version="1.1", since={"label": "1.1"})
 class Point(NamedTuple):
     x: int32
     y: int32
     label: Optional[String] = None
+
+
+# calls.Model in three majors, each migrated from the one before (formats/ssz.md,
+# "Versions"); the Elixir side declares the same three with the same migrations.
+
+
+@beambridge.schema("calls.Model", version="1.0")
+@dataclasses.dataclass
+class ModelV1:
+    title: String
+    hidden: uint16
+
+
+def model_from_v1(old: dict[str, object]) -> dict[str, object]:
+    return {"name": old["title"], "hidden_size": 2 * old["hidden"]}  # type: ignore[operator]
+
+
+@beambridge.schema("calls.Model", version="2.0", migrations={"1.0": model_from_v1})
+@dataclasses.dataclass
+class ModelV2:
+    name: String
+    hidden_size: uint32
+
+
+def model_from_v2(old: dict[str, object]) -> dict[str, object]:
+    return {**old, "layers": [old["hidden_size"] % 65536]}  # type: ignore[operator]
+
+
+@beambridge.schema("calls.Model", version="3.0", migrations={"2.0": model_from_v2})
+@dataclasses.dataclass
+class ModelV3:
+    name: String
+    hidden_size: uint32
+    layers: List[uint16, 16]
+
+
+def old_models(n: int) -> list[ModelV1]:
+    """Values written at 1.0: the BEAM reads them at its newest, 3.0."""
+    return [ModelV1(f"m{i}", 100 * i) for i in range(n)]
+
+
+def model_fields(model: ModelV3) -> list[object]:
+    """What arrived: always the newest class, whatever version was sent."""
+    assert type(model) is ModelV3
+    return [model.name, model.hidden_size, model.layers]
 
 
 def grow(config: ModelConfig) -> ModelConfig:
@@ -37,6 +88,16 @@ def grow(config: ModelConfig) -> ModelConfig:
 
 def points(n: int) -> list[Point]:
     return [Point(i, -i, f"p{i}" if i % 2 else None) for i in range(n)]
+
+
+def old_points(n: int) -> list[PointV10]:
+    """Points written at 1.0: a reader at 1.1 fills in their label."""
+    return [PointV10(i, i) for i in range(n)]
+
+
+def labels(points: list[Point]) -> list[str | None]:
+    assert all(type(p) is Point for p in points)
+    return [p.label for p in points]
 
 
 def norm(points: list[Point]) -> int:

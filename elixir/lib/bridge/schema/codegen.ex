@@ -90,8 +90,8 @@ defmodule Bridge.Schema.Codegen do
   end
 
   @doc false
-  @spec decoder([{atom(), term()}]) :: Macro.t()
-  def decoder(types) do
+  @spec decoder([{atom(), term()}], atom()) :: Macro.t()
+  def decoder(types, fun \\ :__bb_decode__) do
     indexed = Enum.with_index(types)
     fixed = fixed_size(types)
     bin = Macro.var(:bin, __MODULE__)
@@ -166,12 +166,12 @@ defmodule Bridge.Schema.Codegen do
 
     quote do
       @doc false
-      def __bb_decode__(<<unquote_splicing(segments), _::binary>> = unquote(bin), unquote(path)) do
+      def unquote(fun)(<<unquote_splicing(segments), _::binary>> = unquote(bin), unquote(path)) do
         unquote(first_check)
         struct(__MODULE__, unquote(fields))
       end
 
-      def __bb_decode__(bin, path) when is_binary(bin) do
+      def unquote(fun)(bin, path) when is_binary(bin) do
         if byte_size(bin) < unquote(fixed),
           do:
             SSZ.bad_ssz(
