@@ -17,6 +17,8 @@
 #   * a CPU-bound handler: throughput of a pool of 2 vs a pool of 1
 #   * 1M-row table Python -> Elixir as Arrow vs an ETF list of maps; 1 GiB vs 1 KiB
 #     tensor open; lists and rows as ETF vs packed/records (bench/formats.exs)
+#   * typed schemas: 1M PerformanceMetrics and 1M ModelConfig values each way as SSZ
+#     lists against an ETF list of maps (bench/schemas.exs)
 #   * streams of 4 MiB elements, 1 GiB and 16 GiB each way, against memcpy, with peak
 #     RSS of both processes and peak shared memory (bench/streams.exs)
 #   * each ratio against the same ratio of transport 1 (bench/results/v1.json, a full
@@ -61,7 +63,8 @@ defmodule Bench do
       Bridge.start_link(
         name: BenchBridge,
         python: @python,
-        python_path: [@handlers],
+        # protocol/: the seed's typed schemas (vectorgen/ssz.py) for bench/schemas.exs
+        python_path: [@handlers, Path.expand("protocol")],
         pool_size: 1,
         timeout: 120_000
       )
@@ -71,6 +74,8 @@ defmodule Bench do
     small = small_call()
     tables = table_transfer(if(quick?, do: 100_000, else: 1_000_000))
     formats = BenchFormats.run(BenchBridge, quick?)
+    info("Typed schemas in batches (1M values each way)")
+    schemas = BenchSchemas.run(BenchBridge, quick?)
     info("Streams (16 GiB each way: about a minute)")
     streams = BenchStreams.run(BenchBridge, @python, quick?)
     Supervisor.stop(sup)
@@ -103,6 +108,7 @@ defmodule Bench do
       "tensor_open" => tensor_open,
       "tables" => tables,
       "formats" => formats,
+      "schemas" => schemas,
       "streams" => streams
     }
 
@@ -113,6 +119,7 @@ defmodule Bench do
     print_tensor_open(tensor_open)
     print_tables(tables)
     BenchFormats.print(formats)
+    BenchSchemas.print(schemas)
     BenchStreams.print(streams)
     print_targets(echo_rows, small, throughput, sweep)
     BenchStreams.print_targets(streams)
@@ -490,4 +497,6 @@ Process.put(:bench_formats_as_lib, true)
 Code.require_file("formats.exs", __DIR__)
 Process.put(:bench_streams_as_lib, true)
 Code.require_file("streams.exs", __DIR__)
+Process.put(:bench_schemas_as_lib, true)
+Code.require_file("schemas.exs", __DIR__)
 Bench.main(System.argv())

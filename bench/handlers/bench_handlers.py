@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 def echo(data: bytes) -> bytes:
     """Return the argument: the round trip measures the bridge, not the handler."""
@@ -98,3 +100,68 @@ def rss() -> int:
     """This worker's resident set now (bytes)."""
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * 4096
+
+
+# ---- typed schemas (bench/schemas.exs) -----------------------------------------------
+
+
+def _metrics(i: int) -> dict[str, object]:
+    return {
+        "step": i,
+        "loss": (i % 1000) / 8,
+        "accuracy": (i % 100) / 128,
+        "tokens_per_second": i * 0.5,
+        "latency_ms": [1.5, 2.25, (i % 50) / 4],
+        "memory_bytes": i * 4096,
+        "gpu_utilization": i % 101,
+        "delta": -i,
+    }
+
+
+def _config(i: int) -> dict[str, object]:
+    return {
+        "name": f"model-{i}",
+        "hidden_size": 64 * (i % 64),
+        "num_heads": i % 32,
+        "layers": [i % 65536, 1024, 4096, 7],
+        "vocab_size": 50257,
+        "dropout": (i % 10) / 16,
+        "tie_embeddings": i % 2 == 0,
+        "dtype": "bfloat16" if i % 3 else "float32",
+    }
+
+
+def _schemas() -> dict[str, Any]:
+    """The seed's schema classes (protocol/vectorgen/ssz.py: the bench puts protocol/
+    on the worker's path), and how to make the i-th value of each."""
+    from vectorgen.ssz import ModelConfig, PerformanceMetrics
+
+    return {"metrics": (PerformanceMetrics, _metrics), "config": (ModelConfig, _config)}
+
+
+def seed_schemas() -> list[str]:
+    """Declares the seed's schemas in this worker, before any value of them comes."""
+    return sorted(_schemas())
+
+
+_schema_rows: dict[tuple[str, int, bool], list[object]] = {}
+
+
+def schema_rows(kind: bytes, n: int, typed: bool) -> list[object]:
+    """n values of a seed schema, as instances (``typed``) or dicts, built once: the
+    round trip measures the bridge, not their construction. The same values as
+    bench/schemas.exs builds."""
+    key = (kind.decode(), n, typed)
+    if key not in _schema_rows:
+        cls, make = _schemas()[key[0]]
+        _schema_rows[key] = [cls(**make(i)) if typed else make(i) for i in range(n)]
+    return _schema_rows[key]
+
+
+def schema_count(values: list[object]) -> int:
+    """How many values came, after checking they are of one type (instances of the
+    schema class when typed, dicts when not)."""
+    first = type(values[0])
+    assert first is dict or hasattr(first, "__bb_schema__"), first
+    assert type(values[-1]) is first
+    return len(values)

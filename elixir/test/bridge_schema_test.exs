@@ -137,10 +137,51 @@ defmodule Bridge.SchemaCallTest do
     bad = struct(Calls.Point, x: 1, y: "two")
     assert {:error, e} = call(:norm, [[bad]])
     assert {e.kind, e.reason} == {:bad_call, :bad_value}
-    assert e.message =~ "Point.y is \"two\""
+    assert e.message =~ "Point[0].y is \"two\""
 
     assert {:error, e} = call(:not_declared, [])
     assert {e.kind, e.reason} == {:bad_call, :unknown_schema}
     assert e.message =~ "use Bridge.Schema, name: \"test.Nowhere\""
+  end
+
+  defp configs(n) do
+    for i <- 0..(n - 1)//1 do
+      struct(Calls.ModelConfig,
+        name: "m#{i}",
+        hidden_size: i,
+        num_heads: rem(i, 65_536),
+        layers: List.duplicate(rem(i, 65_536), rem(i, 5)),
+        vocab_size: 50_257,
+        dropout: 0.5,
+        tie_embeddings: rem(i, 2) == 0
+      )
+    end
+  end
+
+  test "a list of schema values crosses as one SSZ list, in a slice when large, both ways" do
+    Bridge.reset_format_stats()
+
+    for n <- [1, 3, 50_000] do
+      list = configs(n)
+      assert call(:sum_configs, [list]) == {:ok, [n, div(n * (n - 1), 2)]}
+      assert call(:echo, [list]) == {:ok, list}
+      assert call(:make_configs, [n]) == {:ok, list}
+    end
+
+    count = fn dir, form ->
+      for(%{direction: ^dir, form: ^form, count: c} <- Bridge.format_stats(), do: c) |> Enum.sum()
+    end
+
+    # the 50k lists each way in slices, the short ones inline
+    assert count.(:to_python, :schema_slice) == 2 and count.(:from_python, :schema_slice) == 2
+    assert count.(:to_python, :schema) == 4 and count.(:from_python, :schema) == 4
+  end
+
+  test "a bad value in a batch of 10k names its index and field, and the call goes on" do
+    list = List.update_at(configs(10_000), 7_321, &%{&1 | num_heads: 70_000})
+    assert {:error, e} = call(:sum_configs, [list])
+    assert {e.kind, e.reason} == {:bad_call, :bad_value}
+    assert e.message =~ "ModelConfig[7321].num_heads is 70000"
+    assert call(:sum_configs, [configs(2)]) == {:ok, [2, 1]}
   end
 end

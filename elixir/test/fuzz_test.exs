@@ -13,6 +13,8 @@ defmodule Bridge.FuzzTest do
   @moduletag timeout: 300_000
 
   @header_runs 10_000
+  # the highest format code of protocol/registry.json
+  @max_format Bridge.Registry.formats() |> Enum.map(&elem(&1, 1)) |> Enum.max()
   @nif_runs 20_000
   @api_runs 5_000
 
@@ -67,7 +69,7 @@ defmodule Bridge.FuzzTest do
         {magic != "BBFH", :bad_magic},
         {vmaj != 2, :unsupported_version},
         {hs != 128, :bad_header_size},
-        {format > 4, :unknown_format},
+        {format > @max_format, :unknown_format},
         {codec > 2, :unknown_codec},
         {(flags &&& 0xFFFE) != 0, :unknown_flags},
         {ml > 1_048_576, :metadata_too_large},
@@ -90,7 +92,7 @@ defmodule Bridge.FuzzTest do
 
     Header.encode_frame!(payload,
       metadata: :crypto.strong_rand_bytes(:rand.uniform(300) - 1),
-      format: :rand.uniform(5) - 1,
+      format: :rand.uniform(@max_format + 1) - 1,
       codec: codec,
       decoded_length: if(codec == :none, do: byte_size(payload), else: :rand.uniform(1 <<< 33)),
       generation: :rand.uniform(1 <<< 64) - 1,

@@ -64,7 +64,7 @@ defmodule Bridge.HeaderTest do
     assert reason(with_fields(f, version_major: 1)) == {:unsupported_version, :version_major}
     assert reason(with_fields(f, version_minor: 9)) == :ok
     assert reason(with_fields(f, header_size: 256)) == {:bad_header_size, :header_size}
-    assert reason(with_fields(f, format: 5)) == {:unknown_format, :format}
+    assert reason(with_fields(f, format: 200)) == {:unknown_format, :format}
     assert reason(with_fields(f, codec: 3)) == {:unknown_codec, :codec}
     assert reason(with_fields(f, flags: 2)) == {:unknown_flags, :flags}
     assert reason(with_fields(f, flags: 1 ||| 1 <<< 16)) == :ok

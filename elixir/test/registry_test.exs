@@ -3,6 +3,13 @@ defmodule Bridge.RegistryTest.Blob do
   defstruct [:data]
 end
 
+defmodule Bridge.RegistryTest.Sample do
+  @moduledoc false
+  use Bridge.Schema, name: "bbt.RegistrySample", version: "1.2"
+  field(:step, :uint32)
+  field(:note, :string)
+end
+
 defmodule Bridge.RegistryTest do
   # protocol/registry.json against what the BEAM's code does: the atoms a
   # worker may send (Bridge.Worker), the header's format and codec codes, the
@@ -20,7 +27,7 @@ defmodule Bridge.RegistryTest do
 
   alias Bridge.{Arena, Arrow, Buffer, Decoder, Encoder, Error, Format, Header, Peer, Registry}
   alias Bridge.{Serializer, Table, Tensor}
-  alias Bridge.RegistryTest.Blob
+  alias Bridge.RegistryTest.{Blob, Sample}
   alias Bridge.Tensor.{Bundle, COO, Wire}
 
   doctest Bridge.Registry
@@ -295,7 +302,8 @@ defmodule Bridge.RegistryTest do
       table,
       Enum.to_list(1..300),
       rows(200),
-      %Blob{data: :binary.copy("c", 100)}
+      %Blob{data: :binary.copy("c", 100)},
+      [%Sample{step: 1, note: "a"}, %Sample{step: 2, note: "b"}]
     ]
 
     {:ok, terms, slices} = Encoder.encode_args(args, arena, 1)
@@ -329,6 +337,7 @@ defmodule Bridge.RegistryTest do
     records_meta = %{"layout" => "rows", "num_rows" => n, "num_columns" => c}
     packed = for x <- 1..100, into: <<>>, do: <<x::little-16>>
     {:ok, id} = Bridge.NIF.xxh3_64("bbt.RegistryBlob")
+    {:ok, samples} = Bridge.Schema.Batch.encode(Sample, [%Sample{step: 1, note: "a"}])
 
     cases = %{
       binary: {:binary.copy("b", 100), format: :raw},
@@ -344,7 +353,8 @@ defmodule Bridge.RegistryTest do
          format: :custom,
          schema_id: id,
          schema_version: 1,
-         metadata: :erlang.term_to_binary({"bbt.RegistryBlob", 1})}
+         metadata: :erlang.term_to_binary({"bbt.RegistryBlob", 1})},
+      schema_list: {samples, Bridge.Schema.Batch.frame_options("bbt.RegistrySample", "1.2")}
     }
 
     assert Enum.sort(Map.keys(cases)) == Enum.sort(Map.keys(Registry.handle_kinds()))

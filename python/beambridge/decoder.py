@@ -50,6 +50,7 @@ from .terms import (
     KIND_FORMATS,
     KIND_PACKED,
     KIND_RECORDS,
+    KIND_SCHEMA_LIST,
     KIND_SCHEMAS,
     KINDS,
     LAYOUT_COLUMNS,
@@ -61,6 +62,7 @@ from .terms import (
     TAG_PACKED,
     TAG_RECORDS,
     TAG_SCHEMA,
+    TAG_SCHEMA_LIST,
     TAG_SLICE,
     TAG_SPARSE_COO,
     TAG_STREAM,
@@ -73,7 +75,9 @@ __all__ = ["MAX_CHUNKED", "Decoder", "custom_parts"]
 #: The largest value that may come in chunks (§8.6): 1 TiB, the largest object size.
 MAX_CHUNKED = 1 << 40
 #: Inline terms whose payload (their last element) may come in chunks (§8.6).
-_CHUNKABLE = frozenset({TAG_TENSOR, TAG_ARROW, TAG_PACKED, TAG_RECORDS, TAG_CUSTOM, TAG_SCHEMA})
+_CHUNKABLE = frozenset(
+    {TAG_TENSOR, TAG_ARROW, TAG_PACKED, TAG_RECORDS, TAG_CUSTOM, TAG_SCHEMA, TAG_SCHEMA_LIST}
+)
 
 _Ref = tuple[int, int, int, int]
 
@@ -206,6 +210,13 @@ class Decoder:
             from .versions import read_value
 
             return read_value(term[1], term[2], term[3])
+        if tag == TAG_SCHEMA_LIST and n == 4:
+            from .versions import read_list
+
+            values = read_list(term[1], term[2], term[3])
+            what = f"{len(values)} {term[1].decode('utf-8', 'replace')}"
+            note(ARGUMENTS, "schema", "inline", len(term[3]), what)
+            return values
         if tag == TAG_STREAM and n == 2 and type(term[1]) is int and self.streams is not None:
             return self.streams(term[1])
         if tag == TAG_CHUNKED and n == 4 and self.streams is not None:
@@ -323,6 +334,15 @@ def _read(kind: Atom, frame: Frame, where: str) -> Any:
         value = serializers.decode_payload(name, version, data)
         note(ARGUMENTS, "custom", "slice", len(data), name.decode())
         return value
+    if kind == KIND_SCHEMA_LIST:
+        from .formats.ssz import parse_metadata
+        from .versions import read_list
+
+        schema, at = parse_metadata(frame.metadata, header.schema_id, header.schema_version, where)
+        values = read_list(schema, at, frame.payload)  # copied out into the values
+        what = f"{len(values)} {schema.decode()}"
+        note(ARGUMENTS, "schema", "slice", header.payload_length, what)
+        return values
     if header.schema_id not in KIND_SCHEMAS[kind]:
         raise _bad(
             "schema_id",

@@ -126,10 +126,13 @@ class ResultEncoder(FormatEncoder):
     _as_etf: Any = None
 
     def list_hook(self, v: list[Any], parts: list[Any], depth: int) -> bool:
-        """Send a list packed or as records when it is a candidate the policy selects."""
+        """Send a list packed or as records when it is a candidate the policy selects; a
+        list of values of one typed schema as one SSZ list, whatever the policy."""
         if v is self._as_etf:
             self._as_etf = None
             return False
+        if v and hasattr(type(v[0]), "__bb_schema__") and self.schema_list(v, parts):
+            return True
         if v and self._select:
             first = type(v[0])
             decision: str | bool = False

@@ -38,6 +38,7 @@ from .terms import (
     KIND_ARROW,
     KIND_BINARY,
     KIND_CUSTOM,
+    KIND_SCHEMA_LIST,
     KIND_SPARSE_COO,
     KIND_TENSOR,
     KIND_TENSOR_BUNDLE,
@@ -45,6 +46,7 @@ from .terms import (
     TAG_CHUNKED,
     TAG_CUSTOM,
     TAG_SCHEMA,
+    TAG_SCHEMA_LIST,
     TAG_SLICE,
     TAG_SPARSE_COO,
     TAG_TENSOR,
@@ -113,6 +115,49 @@ class FormatEncoder(Encoder):
             head = _HANDLE_HEADS[kind] = b"".join(pieces)
         parts.append(head)
         encode_int(index, parts)
+
+    # ---- typed schemas -----------------------------------------------------------------
+
+    def schema_list(self, values: list[Any], parts: list[Any]) -> bool:
+        """A list whose values are all of one schema class as one SSZ list (True), in a
+        slice of kind ``schema_list`` or ``{:"$bb_schema_list", name, version, data}``;
+        False when they are not all of one class."""
+        cls = type(values[0])
+        if any(type(v) is not cls for v in values):
+            return False
+        from .formats.ssz import frame_fields
+        from .ssz_batch import encode_list
+
+        declared = cls.__bb_schema__
+        name, version = declared.name.encode(), declared.version.encode()
+        data = encode_list(declared.type, values)
+        what = f"{len(values)} {declared.name}"
+        metadata, schema_id, version_code = frame_fields(name, version)
+        placed = self._overflows(
+            lambda: self._placed(
+                KIND_SCHEMA_LIST,
+                memoryview(data),
+                parts,
+                what=f"a {len(data)}-byte list of {what}",
+                metadata=metadata,
+                format=Format.SSZ,
+                schema_id=schema_id,
+                schema_version=version_code,
+            )
+        )
+        if placed:
+            note(RESULTS, "schema", "slice", len(data), what)
+            return True
+        parts.append(b"h\x04")
+        self.encode_into(TAG_SCHEMA_LIST, parts)
+        encode_binary(name, parts)
+        encode_binary(version, parts)
+        if placed is None:
+            self._chunked_payload(memoryview(data), "schema", parts)
+        else:
+            encode_binary(data, parts)
+            note(RESULTS, "schema", "inline", len(data), what)
+        return True
 
     # ---- custom types ------------------------------------------------------------------
 

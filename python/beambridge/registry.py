@@ -16,7 +16,7 @@ the BEAM at compile time. The rest of the package takes its tables from here
 >>> HANDLE_KINDS["records"], FORMATS["arrow_stream"], CODECS["zstd"]
 ('arrow_stream', 2, 2)
 >>> sorted(COPIED_KINDS)
-['binary', 'custom', 'packed', 'records']
+['binary', 'custom', 'packed', 'records', 'schema_list']
 >>> POLICIES, PACKED_DTYPES[:3]
 (('auto', 'etf', 'packed', 'arrow'), (b'|i1', b'|u1', b'<i2'))
 >>> STATS_DIRECTIONS["results"], "mixed_numbers" in STATS_REASONS

@@ -225,14 +225,14 @@ def from_ssz(cls: type, data: bytes | bytearray | memoryview) -> Any:
 
 # ---- compiled codecs ------------------------------------------------------------------
 
-_codecs: dict[int, tuple[Enc, Dec]] = {}
-
 
 def codec(t: SszType) -> tuple[Enc, Dec]:
-    """The compiled (encode, decode) pair of ``t``; built once per type."""
-    found = _codecs.get(id(t))
+    """The compiled (encode, decode) pair of ``t``; built once per type, and kept on it
+    (never by its id: a type made again may be given a dead one's)."""
+    found: tuple[Enc, Dec] | None = t.__dict__.get("_codec")
     if found is None:
-        found = _codecs[id(t)] = _compile(t)
+        found = _compile(t)
+        t.__dict__["_codec"] = found
     return found
 
 
@@ -346,7 +346,7 @@ def _sequence(t: ListType | VectorType) -> tuple[Enc, Dec]:
         n = first // 4
         count_ok(n, p)
         offsets = [_OFFSET.unpack_from(b, 4 * i)[0] for i in range(n)] + [len(b)]
-        return [dec_e(_part(b, offsets, i, p), f"{p}[{i}]") for i in range(n)]
+        return [dec_e(_part(b, offsets, i, f"{p}[{i}]"), f"{p}[{i}]") for i in range(n)]
 
     return enc_v, dec_v
 
@@ -472,4 +472,6 @@ def _container(t: ContainerType) -> tuple[Enc, Dec]:
     namespace: dict[str, Any] = {}
     exec(enc_src, env, namespace)
     exec("\n".join(dec_src) + "\n", env, namespace)
-    return namespace["enc"], namespace["dec"]
+    from .ssz_fast import fast_container
+
+    return fast_container(t, namespace["enc"], namespace["dec"])

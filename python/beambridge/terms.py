@@ -10,7 +10,7 @@ import.
 >>> KIND_FORMATS[KIND_RECORDS].name, KIND_SCHEMAS[KIND_TENSOR]
 ('ARROW_STREAM', (1,))
 >>> sorted(COPIED_KINDS)
-[Atom('binary'), Atom('custom'), Atom('packed'), Atom('records')]
+[Atom('binary'), Atom('custom'), Atom('packed'), Atom('records'), Atom('schema_list')]
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ __all__ = [
     "KIND_PACKED",
     "KIND_RECORDS",
     "KIND_SCHEMAS",
+    "KIND_SCHEMA_LIST",
     "KIND_SPARSE_COO",
     "KIND_TENSOR",
     "KIND_TENSOR_BUNDLE",
@@ -44,6 +45,7 @@ __all__ = [
     "TAG_PACKED",
     "TAG_RECORDS",
     "TAG_SCHEMA",
+    "TAG_SCHEMA_LIST",
     "TAG_SLICE",
     "TAG_SPARSE_COO",
     "TAG_STREAM",
@@ -79,6 +81,7 @@ TAG_CUSTOM = _tag("$bb_custom")
 TAG_STREAM = _tag("$bb_stream")
 TAG_CHUNKED = _tag("$bb_chunked")
 TAG_SCHEMA = _tag("$bb_schema")
+TAG_SCHEMA_LIST = _tag("$bb_schema_list")
 KIND_BINARY = _kind("binary")
 KIND_BUFFER = _kind("buffer")
 KIND_TENSOR = _kind("tensor")
@@ -88,6 +91,7 @@ KIND_ARROW = _kind("arrow")
 KIND_PACKED = _kind("packed")
 KIND_RECORDS = _kind("records")
 KIND_CUSTOM = _kind("custom")
+KIND_SCHEMA_LIST = _kind("schema_list")
 LAYOUT_ROWS, LAYOUT_COLUMNS = Atom("rows"), Atom("columns")
 if (LAYOUT_ROWS, LAYOUT_COLUMNS) != registry.RECORDS_LAYOUTS:
     raise registry.RegistryError("the records layouts are not the registry's rows, columns")

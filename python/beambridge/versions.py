@@ -41,7 +41,7 @@ from typing import Any
 
 from .types import SchemaError
 
-__all__ = ["declare", "newest", "parse", "read_value"]
+__all__ = ["declare", "newest", "parse", "read_list", "read_value"]
 
 #: name -> major -> the class declared for it (the last declared wins).
 _by_name: dict[str, dict[int, type]] = {}
@@ -51,19 +51,25 @@ _older: dict[tuple[type, int], Any] = {}
 
 
 def parse(version: str) -> tuple[int, int]:
-    """``"major.minor"`` as two integers (`ValueError` for anything else)."""
+    """``"major.minor"`` (each 0 to 65535) as two integers (`ValueError` otherwise)."""
     major, _, minor = version.partition(".")
-    if not (major.isdigit() and minor.isdigit()):
-        raise ValueError(f"a schema version is 'major.minor', got {version!r}")
+    ok = major.isascii() and major.isdigit() and minor.isascii() and minor.isdigit()
+    if not ok or int(major) > 65535 or int(minor) > 65535:
+        raise ValueError(f"a schema version is 'major.minor' (each 0 to 65535), got {version!r}")
     return int(major), int(minor)
+
+
+def _schema(cls: Any) -> Any:
+    """What `beambridge.ssz.schema` attached to ``cls``."""
+    return cls.__bb_schema__
 
 
 def declare(cls: type) -> None:
     """Makes schema class ``cls`` the reader of its name's major version."""
-    declared = cls.__bb_schema__  # type: ignore[attr-defined]
+    declared = _schema(cls)
     majors = _by_name.setdefault(declared.name, {})
     majors[parse(declared.version)[0]] = cls
-    for key in [k for k in _older if k[0].__bb_schema__.name == declared.name]:
+    for key in [k for k in _older if _schema(k[0]).name == declared.name]:
         del _older[key]
 
 
@@ -78,7 +84,31 @@ def read_value(name: Any, version: Any, data: Any) -> Any:
     of the newest class declared for ``name``, migrated from an older version when it
     came in one (`SchemaError` ``unknown_schema`` or ``no_migration`` saying what to
     declare, ``migration_failed`` naming the step)."""
-    if type(name) is not bytes or type(version) is not bytes or type(data) is not bytes:
+    from .ssz import codec
+
+    t, finish = _plan(name, version, data)
+    value = codec(t)[1](memoryview(data).cast("B"), t.name)
+    return value if finish is None else finish(value)
+
+
+def read_list(name: Any, version: Any, data: Any) -> list[Any]:
+    """The values a ``{:"$bb_schema_list", name, version, data}`` term stands for (the
+    SSZ list of `beambridge.ssz_batch`), each read as `read_value` reads one."""
+    from .ssz_batch import decode_list
+
+    t, finish = _plan(name, version, data)
+    values = decode_list(t, data)
+    return values if finish is None else [finish(v) for v in values]
+
+
+def _plan(name: Any, version: Any, data: Any) -> tuple[Any, Callable[[Any], Any] | None]:
+    """The container type to read data of ``version`` with, and what makes each value
+    it reads one of the newest class (None: nothing to do)."""
+    if (
+        type(name) is not bytes
+        or type(version) is not bytes
+        or not isinstance(data, (bytes, memoryview))
+    ):
         raise SchemaError("bad_ssz", "a schema value is {name, version, data}, binaries")
     text, wanted = name.decode("utf-8", "replace"), version.decode("utf-8", "replace")
     try:
@@ -92,7 +122,7 @@ def read_value(name: Any, version: Any, data: Any) -> Any:
             f"no class is declared for schema {text!r} here: declare it with "
             f"@beambridge.schema({text!r}, version={wanted!r}) in a module the handler imports",
         )
-    have = target.__bb_schema__.version  # type: ignore[attr-defined]
+    have = _schema(target).version
     if major > parse(have)[0]:
         raise SchemaError(
             "unknown_schema",
@@ -100,22 +130,26 @@ def read_value(name: Any, version: Any, data: Any) -> Any:
             f"({have}): a reader migrates older majors, never newer ones; declare {wanted} here",
         )
     steps = _path(text, major, minor, target)
-    value = _read(_by_name[text][major], minor, wanted, data)
+    t = _reader(_by_name[text][major], minor, wanted)
     if not steps:
-        return value
-    fields = _fields_of(value)
-    for old, new, migrate in steps:
-        fields = _step(f"the migration of schema {text!r} from {old} to {new}", migrate, fields)
-    return _make(target, fields, f"the migrations of schema {text!r} from {wanted} to {have}")
+        return t, None
+    where = f"the migrations of schema {text!r} from {wanted} to {have}"
+
+    def finish(value: Any) -> Any:
+        fields = _fields_of(value)
+        for old, new, migrate in steps:
+            fields = _step(f"the migration of schema {text!r} from {old} to {new}", migrate, fields)
+        return _make(target, fields, where)
+
+    return t, finish
 
 
-def _read(cls: type, minor: int, wanted: str, data: bytes) -> Any:
-    from .ssz import codec, from_ssz
-
-    declared = cls.__bb_schema__  # type: ignore[attr-defined]
+def _reader(cls: type, minor: int, wanted: str) -> Any:
+    """The container type of ``cls`` as it was at ``minor``."""
+    declared = _schema(cls)
     have = parse(declared.version)[1]
     if minor == have:
-        return from_ssz(cls, data)
+        return declared.type
     if minor > have:
         raise SchemaError(
             "unknown_schema",
@@ -125,7 +159,7 @@ def _read(cls: type, minor: int, wanted: str, data: bytes) -> Any:
     t = _older.get((cls, minor))
     if t is None:
         t = _older[(cls, minor)] = _older_type(cls, minor)
-    return codec(t)[1](memoryview(data).cast("B"), t.name)
+    return t
 
 
 def _older_type(cls: type, minor: int) -> Any:
@@ -133,7 +167,7 @@ def _older_type(cls: type, minor: int) -> Any:
     ``cls`` with the later fields' defaults."""
     from .ssz import _MISSING, ContainerType, Factory
 
-    declared = cls.__bb_schema__  # type: ignore[attr-defined]
+    declared = _schema(cls)
     t, since = declared.type, declared.since
     major = parse(declared.version)[0]
     kept = [f for f in t.fields if since.get(f[0], (major, 0)) <= (major, minor)]
@@ -151,7 +185,7 @@ def _path(name: str, major: int, minor: int, target: type) -> list[tuple[str, st
     """The migrations from ``major`` to ``target``'s, or `SchemaError` ``no_migration``
     listing every declaration and migration that is missing."""
     majors = _by_name[name]
-    goal = parse(target.__bb_schema__.version)[0]  # type: ignore[attr-defined]
+    goal = parse(_schema(target).version)[0]
     missing: list[str] = []
     if major not in majors:
         wanted = f"{major}.{minor}"
@@ -160,9 +194,9 @@ def _path(name: str, major: int, minor: int, target: type) -> list[tuple[str, st
     steps, at = [], major
     while at < goal:
         edges = [
-            (m, majors[m].__bb_schema__.migrations[at])  # type: ignore[attr-defined]
+            (m, _schema(majors[m]).migrations[at])
             for m in sorted(majors, reverse=True)
-            if at < m <= goal and at in majors[m].__bb_schema__.migrations  # type: ignore[attr-defined]
+            if at < m <= goal and at in _schema(majors[m]).migrations
         ]
         old = _version(majors, at, minor if at == major else 0)
         if edges:
@@ -177,7 +211,7 @@ def _path(name: str, major: int, minor: int, target: type) -> list[tuple[str, st
             )
             at += 1
     if missing:
-        have = target.__bb_schema__.version  # type: ignore[attr-defined]
+        have = _schema(target).version
         raise SchemaError(
             "no_migration",
             f"schema {name!r} came in version {major}.{minor}; the newest here is "
@@ -188,13 +222,11 @@ def _path(name: str, major: int, minor: int, target: type) -> list[tuple[str, st
 
 def _version(majors: dict[int, type], major: int, minor: int) -> str:
     cls = majors.get(major)
-    return cls.__bb_schema__.version if cls is not None else f"{major}.{minor}"  # type: ignore[attr-defined, no-any-return]
+    return str(_schema(cls).version) if cls is not None else f"{major}.{minor}"
 
 
 def _fields_of(value: Any) -> dict[str, Any]:
-    from .ssz import schema_type
-
-    return {f: getattr(value, f) for f, _, _ in schema_type(type(value)).fields}
+    return {f: getattr(value, f) for f, _, _ in _schema(type(value)).type.fields}
 
 
 def _step(where: str, migrate: Callable[..., Any], fields: dict[str, Any]) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 * "Calling Python": the Python block becomes the handler module it names, the Elixir
   block runs in `mix run` with the placeholder interpreter and path filled in.
 * "Streams": the same, with a handler module of generators.
+* "Typed schemas": the same, with schema classes in the handler module.
 * "Data formats": the Elixir block runs as written (its pattern matches are the
   assertions).
 * "An arena from each side": the Elixir block runs in a real BEAM (its `#=> ...`
@@ -71,6 +72,12 @@ def test_readme_calling_python_example_runs(tmp_path: Path) -> None:
     [handler] = blocks("Calling Python", "python")
     [elixir] = blocks("Calling Python", "elixir")
     run_against_handler(handler, elixir, "readme_calling.exs", tmp_path)
+
+
+def test_readme_typed_schemas_example_runs(tmp_path: Path) -> None:
+    [handler] = blocks("Typed schemas", "python")
+    [elixir] = blocks("Typed schemas", "elixir")
+    run_against_handler(handler, elixir, "readme_schemas.exs", tmp_path)
 
 
 def test_readme_streams_example_runs(tmp_path: Path) -> None:

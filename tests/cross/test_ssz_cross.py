@@ -72,6 +72,10 @@ def test_elixir_python_and_remerkleable_write_the_same_bytes(tmp_path: Path) -> 
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     lines = [line.split() for line in run.stdout.splitlines() if line.startswith("CASE ")]
     assert len(lines) == len(cases)
+    # through Bridge.call to a worker that declared the same schemas, and back: each
+    # value, and a list of three of it (one SSZ list), arrive as the class and return
+    calls = [line for line in run.stdout.splitlines() if line.startswith("CALL ")]
+    assert calls == [f"CALL {i} true " for i in range(len(cases))], calls[:5]
     for (_, i, hex_, same), case, (t, _value) in zip(lines, cases, drawn, strict=True):
         assert hex_ == case["hex"], (i, case["schemas"], case["value"])
         assert same == "true", (i, case)

@@ -46,6 +46,8 @@ MODULES = [
     "beambridge.types",
     "beambridge.ssz",
     "beambridge.versions",
+    "beambridge.ssz_batch",
+    "beambridge.ssz_fast",
     "beambridge.streams",
     "beambridge.stream_control",
     "beambridge.stream_run",
@@ -66,6 +68,7 @@ MODULES = [
     "beambridge.formats.selection",
     "beambridge.formats.packed",
     "beambridge.formats.records",
+    "beambridge.formats.ssz",
 ]
 #: Modules without examples: a package docstring.
 WITHOUT_EXAMPLES = {"beambridge.formats"}

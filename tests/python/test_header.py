@@ -18,6 +18,7 @@ from beambridge.header import (
     payload_offset_for,
     validate_header,
 )
+from beambridge.registry import FORMATS
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -126,7 +127,7 @@ def reference_reason(frame: bytes, max_decoded: int = 2**32) -> tuple[str, str] 
         (f["magic"] != b"BBFH", "bad_magic", "magic"),
         (f["version_major"] != 2, "unsupported_version", "version_major"),
         (f["header_size"] != 128, "bad_header_size", "header_size"),
-        (f["format"] > 4, "unknown_format", "format"),
+        (f["format"] > max(FORMATS.values()), "unknown_format", "format"),
         (f["codec"] > 2, "unknown_codec", "codec"),
         (f["flags"] & 0xFFFE != 0, "unknown_flags", "flags"),
         (ml > 1048576, "metadata_too_large", "metadata_length"),

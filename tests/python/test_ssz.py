@@ -22,6 +22,7 @@ from remerkleable import basic as rb
 from remerkleable import byte_arrays as rba
 from remerkleable import complex as rc
 from remerkleable import union as ru
+from ssz_json import classes_from_json, value_from_json
 from ssz_strategies import schema_and_value
 
 # ---- the same type and value in remerkleable ------------------------------------------------
@@ -177,65 +178,19 @@ VECTORS = Path(__file__).resolve().parents[2] / "protocol" / "vectors" / "ssz"
 VECTOR_NAMES = sorted(p.stem for p in VECTORS.glob("*.json"))
 
 
-def _classes(schemas: dict[str, Any]) -> dict[str, type]:
-    """Schema classes made from a vector's JSON (the nested ones first)."""
-    made: dict[str, type] = {}
-
-    def field_type(j: Any) -> Any:
-        if isinstance(j, str):
-            return {"bytes": bt.Bytes, "string": bt.String}.get(j) or getattr(bt, j)
-        ((kind, arg),) = j.items()
-        if kind == "schema":
-            return make(arg)
-        if kind == "list":
-            return bt.List[field_type(arg[0]), arg[1]]
-        if kind == "vector":
-            return bt.Vector[field_type(arg[0]), arg[1]]
-        if kind == "optional":
-            return bt.Optional[field_type(arg)]
-        return bt.Union[tuple(None if o is None else field_type(o) for o in arg)]
-
-    def make(name: str) -> type:
-        if name not in made:
-            spec = schemas[name]
-            fields = [(n, field_type(t)) for n, t in spec["fields"]]
-            cls = dataclasses.make_dataclass(name.rsplit(".", 1)[-1], fields)
-            made[name] = ssz.schema(f"vector.{name}", version=spec["version"])(cls)
-        return made[name]
-
-    for name in schemas:
-        make(name)
-    return made
-
-
-def _value(t: Any, j: Any) -> Any:
-    if isinstance(t, ssz.ContainerType):
-        return t.cls(*[_value(ft, j[n]) for n, ft, _ in t.fields])
-    if isinstance(t, (bt.ListType, bt.VectorType)):
-        return [_value(t.elem, x) for x in j]
-    if isinstance(t, bt.UnionType):
-        if t.name.startswith("Optional["):
-            return None if j is None else _value(t.options[1], j)
-        option = t.options[j[0]]
-        return (j[0], None if option is None else _value(option, j[1]))
-    if isinstance(t, bt.BytesType):
-        return bytes.fromhex(j["hex"])
-    return j
-
-
 @pytest.mark.parametrize("name", VECTOR_NAMES)
 def test_ssz_vector(name: str) -> None:
     doc = json.loads((VECTORS / f"{name}.json").read_text(encoding="utf-8"))
     data = (VECTORS / f"{name}.ssz").read_bytes()
     assert doc["name"] == name and doc["size"] == len(data)
-    cls = _classes(doc["schemas"])[doc["schema"]]
+    cls = classes_from_json(doc["schemas"], "vector.")[doc["schema"]]
     t = ssz.schema_type(cls)
     if not doc["valid"]:
         with pytest.raises(SchemaError) as info:
             ssz.from_ssz(cls, data)
         assert info.value.reason == doc["error"]["reason"]
         return
-    value = _value(t, doc["value"])
+    value = value_from_json(t, doc["value"])
     assert ssz.to_ssz(value) == data
     assert rvalue(t, value).encode_bytes() == data  # remerkleable writes the same bytes
     assert ssz.to_ssz(ssz.from_ssz(cls, data)) == data

@@ -5,6 +5,7 @@ every bad handle."""
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import os
 import resource
@@ -20,12 +21,14 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import xxhash
-from beambridge import Atom, control
+from beambridge import Atom, control, ssz, ssz_batch
+from beambridge import types as bt
 from beambridge.arena import MAX_ARENAS
 from beambridge.etf import encode
 from beambridge.formats import arrow as arrow_format
 from beambridge.formats import packed as packed_format
 from beambridge.formats import records as records_format
+from beambridge.formats import ssz as ssz_frame
 from beambridge.formats import tensor as tf
 from beambridge.formats.tensor import COO, Bundle
 from beambridge.header import Format
@@ -85,6 +88,8 @@ def sample(kind: str, n: int) -> Any:
         return list(range(-(n // 8), n // 8))
     if kind == "records":
         return [{"id": i, "name": f"n{i}"} for i in range(max(n // 16, 1))]
+    if kind == "schema_list":
+        return [Sample(i, f"n{i}") for i in range(max(n // 16, 1))]
     return bytes(range(256)) * (n // 256) + bytes(n % 256)  # a bbtest.Blob's payload
 
 
@@ -121,7 +126,24 @@ def inline_form(kind: str, value: Any) -> Any:
             Atom("rows"),
             stream_of(records_format.to_table(records_format.plan_rows(value))),
         )
+    if kind == "schema_list":
+        return (Atom("$bb_schema_list"), b"bbtest.Sample", b"1.0", _samples(value))
     return (Atom("$bb_custom"), b"bbtest.Blob", 1, value)
+
+
+@dataclasses.dataclass
+class Sample:
+    """bbtest.Sample of tests/python/handlers/bbtest_formats.py, declared here too."""
+
+    step: bt.uint32
+    note: bt.String
+
+
+ssz.schema("bbtest.Sample", version="1.0")(Sample)
+
+
+def _samples(values: list[Sample]) -> bytes:
+    return ssz_batch.encode_list(ssz.schema_type(Sample), values)
 
 
 def slice_form(beam: BeamSide, kind: str, value: Any) -> BeamArg:
@@ -151,6 +173,11 @@ def slice_form(beam: BeamSide, kind: str, value: Any) -> BeamArg:
         stream = inline_form(kind, value)[2]
         metadata = records_format.records_metadata("rows", len(value), len(value[0]))
         return beam.slice(kind, stream, metadata=metadata)
+    if kind == "schema_list":
+        metadata, schema_id, version = ssz_frame.frame_fields(b"bbtest.Sample", b"1.0")
+        return beam.slice(
+            kind, _samples(value), metadata=metadata, schema_id=schema_id, schema_version=version
+        )
     return beam.slice(
         kind,
         value,
@@ -167,7 +194,7 @@ def test_every_kind_of_argument_arrives_as_the_same_value_either_way(
 ) -> None:
     value = sample(kind, size)
     function, module = ("canon", FORMATS) if kind == "custom" else ("describe", MOD)
-    if kind in ("packed", "records"):
+    if kind in ("packed", "records", "schema_list"):
         function, module = "canon", FORMATS
     inline = worker.ok(function, inline_form(kind, value), module=module)
     arg = slice_form(worker.beam, kind, value)

@@ -142,6 +142,12 @@ defmodule Bridge.Decoder do
     end
   end
 
+  # protocol/formats/ssz.md, Batches: a list of values of one typed schema.
+  defp dec({:"$bb_schema_list", name, version, data}, ctx)
+       when is_binary(name) and is_binary(version) and is_binary(data) do
+    schema_list(name, version, data, received(ctx, :schema, byte_size(data)))
+  end
+
   # protocol/formats/custom.md: a value of a registered type.
   defp dec({:"$bb_custom", name, version, data}, ctx)
        when is_binary(name) and is_integer(version) and is_binary(data) do
@@ -231,6 +237,23 @@ defmodule Bridge.Decoder do
 
   defp frame_value(:records, frame, ctx), do: records_slice(frame, ctx)
   defp frame_value(:custom, frame, ctx), do: custom_slice(frame, ctx)
+
+  defp frame_value(:schema_list, %{header: h} = frame, ctx) do
+    case Bridge.Schema.Batch.frame_schema(frame.metadata, h.schema_id, h.schema_version) do
+      {:ok, {name, version}} ->
+        schema_list(name, version, frame.payload, ctx)
+
+      :error ->
+        bad_result(
+          :bad_metadata,
+          {h.schema_id, h.schema_version},
+          ctx,
+          "metadata {name, version} agreeing with schema_id = xxh3_64(name) and " <>
+            "schema_version = major * 65536 + minor"
+        )
+    end
+  end
+
   defp frame_value(kind, frame, ctx) when kind in [:binary, :buffer], do: {frame.payload, ctx}
 
   # A kind the registry names that this reader does not implement.
@@ -288,6 +311,13 @@ defmodule Bridge.Decoder do
           ctx,
           "metadata {name, version} agreeing with schema_id = xxh3_64(name) and schema_version"
         )
+    end
+  end
+
+  defp schema_list(name, version, data, ctx) do
+    case Bridge.Schema.Versions.read_list(name, version, data) do
+      {:ok, values} -> {values, ctx}
+      {:error, error} -> throw({:bad_result, error, ctx})
     end
   end
 
@@ -386,4 +416,5 @@ defmodule Bridge.Decoder do
   defp form(:"$bb_records"), do: :records
   defp form(:"$bb_custom"), do: :custom
   defp form(:"$bb_schema"), do: :custom
+  defp form(:"$bb_schema_list"), do: :schema
 end

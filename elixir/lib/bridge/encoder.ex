@@ -142,29 +142,14 @@ defmodule Bridge.Encoder do
       else: {term, %{ctx | raw: ctx.raw + 1, raw_bytes: ctx.raw_bytes + size}}
   end
 
-  # Lists: number lists may go packed, record lists as records (SPEC §10.1).
-  defp enc(term, ctx) when is_list(term) do
-    case Format.select_list(term, ctx.policy) do
-      :none ->
-        enc_list(term, ctx, [])
-
-      {:etf, :below_min, :number_list, _n} ->
-        # Plain numbers: nothing inside needs encoding. Short lists are many:
-        # counted apart, like inline binaries.
-        {term,
-         %{ctx | short: ctx.short + 1, short_bytes: ctx.short_bytes + :erlang.external_size(term)}}
-
-      {:etf, reason, :number_list, n} ->
-        {term, note(ctx, :etf, reason, :erlang.external_size(term), {:number_list, n})}
-
-      {:etf, reason, what, cells} ->
-        ctx = note(ctx, :etf, reason, :erlang.external_size(term), {what, cells})
-        enc_list(term, ctx, [])
-
-      decision ->
-        selected(decision, ctx)
-    end
+  # A list of structs of one schema module: one SSZ list (formats/ssz.md, Batches).
+  defp enc([%module{} | _] = term, ctx) do
+    if function_exported?(module, :__bb_encode__, 2) and Enum.all?(term, &is_struct(&1, module)),
+      do: schema_list(module, term, ctx),
+      else: enc_list_value(term, ctx)
   end
+
+  defp enc(term, ctx) when is_list(term), do: enc_list_value(term, ctx)
 
   defp enc(term, ctx) when is_tuple(term) do
     {list, ctx} = enc_list(Tuple.to_list(term), ctx, [])
@@ -445,6 +430,45 @@ defmodule Bridge.Encoder do
     case Bridge.Schema.to_ssz(value) do
       {:ok, bin} ->
         {{:"$bb_schema", module.__schema__(:name), module.__schema__(:version), bin}, ctx}
+
+      {:error, error} ->
+        throw({:bad_arg, error, ctx})
+    end
+  end
+
+  # Lists: number lists may go packed, record lists as records (SPEC §10.1).
+  defp enc_list_value(term, ctx) do
+    case Format.select_list(term, ctx.policy) do
+      :none ->
+        enc_list(term, ctx, [])
+
+      {:etf, :below_min, :number_list, _n} ->
+        # Plain numbers: nothing inside needs encoding. Short lists are many:
+        # counted apart, like inline binaries.
+        {term,
+         %{ctx | short: ctx.short + 1, short_bytes: ctx.short_bytes + :erlang.external_size(term)}}
+
+      {:etf, reason, :number_list, n} ->
+        {term, note(ctx, :etf, reason, :erlang.external_size(term), {:number_list, n})}
+
+      {:etf, reason, what, cells} ->
+        ctx = note(ctx, :etf, reason, :erlang.external_size(term), {what, cells})
+        enc_list(term, ctx, [])
+
+      decision ->
+        selected(decision, ctx)
+    end
+  end
+
+  defp schema_list(module, values, ctx) do
+    {name, version} = {module.__schema__(:name), module.__schema__(:version)}
+
+    case Bridge.Schema.Batch.encode(module, values) do
+      {:ok, data} ->
+        inline = {:"$bb_schema_list", name, version, data}
+        what = {:schema, "a list of #{length(values)} #{name}"}
+        frame = fn -> {:schema_list, data, Bridge.Schema.Batch.frame_options(name, version)} end
+        place(inline, byte_size(data), ctx, what, :below_threshold, frame)
 
       {:error, error} ->
         throw({:bad_arg, error, ctx})

@@ -137,10 +137,14 @@ defmodule Bridge.Schema do
   @doc false
   # "major.minor", checked at compile time.
   @spec __version__!(String.t()) :: String.t()
-  def __version__!(version) when is_binary(version) do
-    if version =~ ~r/\A\d+\.\d+\z/,
+  def __version__!(version) do
+    if Versions.parse(version) != :error,
       do: version,
-      else: raise(ArgumentError, "a schema version is \"major.minor\", got #{inspect(version)}")
+      else:
+        raise(
+          ArgumentError,
+          "a schema version is \"major.minor\" (each 0 to 65535), got #{inspect(version)}"
+        )
   end
 
   @doc """

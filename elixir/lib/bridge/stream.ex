@@ -104,7 +104,15 @@ defmodule Bridge.Stream do
   # for the encoder that chunks it and the decoder that reads it.
   @spec chunkable_tags() :: [atom()]
   def chunkable_tags,
-    do: [:"$bb_tensor", :"$bb_arrow", :"$bb_packed", :"$bb_records", :"$bb_custom", :"$bb_schema"]
+    do: [
+      :"$bb_tensor",
+      :"$bb_arrow",
+      :"$bb_packed",
+      :"$bb_records",
+      :"$bb_custom",
+      :"$bb_schema",
+      :"$bb_schema_list"
+    ]
 
   @doc false
   @spec max_window() :: pos_integer()

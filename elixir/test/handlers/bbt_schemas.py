@@ -112,3 +112,21 @@ def not_declared() -> object:
         x: uint16
 
     return Nowhere(1)
+
+
+def echo(value: object) -> object:
+    """The value as it came: a list of schema values goes back as one SSZ list."""
+    return value
+
+
+def make_configs(n: int) -> list[ModelConfig]:
+    return [
+        ModelConfig(f"m{i}", i, i % 65536, [i % 65536] * (i % 5), 50257, 0.5, i % 2 == 0)
+        for i in range(n)
+    ]
+
+
+def sum_configs(configs: list[ModelConfig]) -> list[int]:
+    """How many came, and the sum of their hidden sizes: all of one class."""
+    assert all(type(c) is ModelConfig for c in configs)
+    return [len(configs), sum(c.hidden_size for c in configs)]

@@ -12,7 +12,7 @@ defmodule Bridge.Test.SSZJSON do
   def type_json(t) when t in [:bytes, :string], do: Atom.to_string(t)
 
   def type_json(t) do
-    if function_exported?(t, :__schema__, 1),
+    if Code.ensure_loaded?(t) and function_exported?(t, :__schema__, 1),
       do: %{"schema" => t.__schema__(:name)},
       else: Atom.to_string(t)
   end

@@ -70,6 +70,7 @@ class Format(IntEnum):
     ARROW_STREAM = registry.FORMATS["arrow_stream"]
     ETF = registry.FORMATS["etf"]
     CUSTOM = registry.FORMATS["custom"]
+    SSZ = registry.FORMATS["ssz"]
 
 
 class Codec(IntEnum):

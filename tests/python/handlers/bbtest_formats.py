@@ -18,6 +18,15 @@ class Point:
     y: float
 
 
+@beambridge.schema("bbtest.Sample", version="1.0")
+@dataclass
+class Sample:
+    """A typed schema (protocol/formats/ssz.md): lists of it cross as schema_list."""
+
+    step: beambridge.types.uint32
+    note: beambridge.types.String
+
+
 def _encode_point(p: Point) -> bytes:
     return struct.pack("<dd", p.x, p.y)
 
@@ -124,6 +133,8 @@ def _canon(v: Any) -> str:
         return f"Point({v.x!r},{v.y!r})"
     if type(v) is Blob:
         return f"Blob({len(v.data)})"
+    if type(v) is Sample:
+        return f"Sample({v.step},{v.note!r})"
     return "?" + type(v).__name__
 
 

@@ -18,24 +18,59 @@ defmodule Bridge.Schema.Codegen do
   def encoder(types) do
     indexed = Enum.with_index(types)
     fixed = fixed_size(types)
-    value = Macro.var(:value, __MODULE__)
     path = Macro.var(:path, __MODULE__)
 
     prepare =
       for {{name, t}, i} <- indexed do
-        at = quote(do: unquote(path) <> unquote(".#{name}"))
-        got = quote(do: Map.get(unquote(value), unquote(name)))
+        # where the field is: made into text only if an error names it
+        at = quote(do: {unquote(path), unquote(".#{name}")})
+        got = var(:g, i)
+        x = Macro.var(:x, __MODULE__)
 
         case kind(t) do
           :number ->
-            quote(do: unquote(var(:f, i)) = SSZ.check(unquote(t), unquote(got), unquote(at)))
+            # a value that fits goes as it is; anything else is checked (converted
+            # or refused) by SSZ.check
+            quote do
+              unquote(var(:f, i)) =
+                case unquote(got) do
+                  unquote(x) when unquote(fits(t, x)) -> unquote(x)
+                  unquote(x) -> SSZ.check(unquote(t), unquote(x), unquote(at))
+                end
+            end
 
           :boolean ->
-            quote(
-              do:
-                unquote(var(:f, i)) =
-                  if(SSZ.check(:boolean, unquote(got), unquote(at)), do: 1, else: 0)
-            )
+            quote do
+              unquote(var(:f, i)) =
+                case unquote(got) do
+                  true -> 1
+                  false -> 0
+                  unquote(x) -> SSZ.check(:boolean, unquote(x), unquote(at))
+                end
+            end
+
+          :numbers ->
+            # a short vector of numbers that all fit: its bytes made here
+            {:vector, nt, n} = t
+            es = for k <- 1..n, do: Macro.var(:"e#{k}", __MODULE__)
+
+            guard =
+              es
+              |> Enum.map(&fits(nt, &1))
+              |> Enum.reduce(&quote(do: unquote(&2) and unquote(&1)))
+
+            quote do
+              unquote(var(:f, i)) =
+                case unquote(got) do
+                  unquote(es) when unquote(guard) ->
+                    <<unquote_splicing(Enum.map(es, &segment(nt, &1)))>>
+
+                  unquote(x) ->
+                    IO.iodata_to_binary(
+                      SSZ.encode(unquote(Macro.escape(t)), unquote(x), unquote(at))
+                    )
+                end
+            end
 
           :fixed ->
             quote(
@@ -45,6 +80,16 @@ defmodule Bridge.Schema.Codegen do
                     SSZ.encode(unquote(Macro.escape(t)), unquote(got), unquote(at))
                   )
             )
+
+          :variable when t == :string ->
+            # valid UTF-8 as it is (checked by the VM's C code); else SSZ.encode refuses
+            quote do
+              unquote(var(:v, i)) =
+                if is_binary(unquote(got)) and
+                     is_binary(:unicode.characters_to_binary(unquote(got))),
+                   do: unquote(got),
+                   else: SSZ.encode(:string, unquote(got), unquote(at))
+            end
 
           :variable ->
             quote(
@@ -69,16 +114,17 @@ defmodule Bridge.Schema.Codegen do
 
           quote do
             unquote(var(:f, i)) =
-              unquote(var(:f, before)) + IO.iodata_length(unquote(var(:v, before)))
+              unquote(var(:f, before)) + unquote(size_of(Enum.at(types, before), var(:v, before)))
           end
       end)
 
     segments = for {{_, t}, i} <- indexed, do: segment(t, var(:f, i))
     tail = for i <- variable, do: var(:v, i)
+    bound = for {{name, _t}, i} <- indexed, do: {name, var(:g, i)}
 
     quote do
       @doc false
-      def __bb_encode__(%__MODULE__{} = unquote(value), unquote(path)) do
+      def __bb_encode__(%__MODULE__{unquote_splicing(bound)}, unquote(path)) do
         unquote_splicing(prepare)
         unquote_splicing(offsets)
         [<<unquote_splicing(segments)>> | unquote(tail)]
@@ -96,16 +142,28 @@ defmodule Bridge.Schema.Codegen do
     fixed = fixed_size(types)
     bin = Macro.var(:bin, __MODULE__)
     path = Macro.var(:path, __MODULE__)
-    segments = for {{_, t}, i} <- indexed, do: segment(t, var(:f, i))
+
+    segments =
+      Enum.flat_map(indexed, fn {{_, t}, i} ->
+        case kind(t) do
+          # a short vector of numbers: one segment each, read in the one pattern
+          :numbers -> Enum.map(elements(t, i), &segment(elem(t, 1), &1))
+          _ -> [segment(t, var(:f, i))]
+        end
+      end)
+
     variable = for {{_, t}, i} <- indexed, kind(t) == :variable, do: i
 
     reads =
       for {{name, t}, i} <- indexed do
-        at = quote(do: unquote(path) <> unquote(".#{name}"))
+        at = quote(do: {unquote(path), unquote(".#{name}")})
 
         case kind(t) do
           :number ->
             var(:f, i)
+
+          :numbers ->
+            elements(t, i)
 
           :boolean ->
             quote do
@@ -168,7 +226,7 @@ defmodule Bridge.Schema.Codegen do
       @doc false
       def unquote(fun)(<<unquote_splicing(segments), _::binary>> = unquote(bin), unquote(path)) do
         unquote(first_check)
-        struct(__MODULE__, unquote(fields))
+        %__MODULE__{unquote_splicing(fields)}
       end
 
       def unquote(fun)(bin, path) when is_binary(bin) do
@@ -202,6 +260,11 @@ defmodule Bridge.Schema.Codegen do
     do: :number
 
   defp kind(:boolean), do: :boolean
+
+  defp kind({:vector, t, n})
+       when n <= 16 and (is_map_key(@uints, t) or is_map_key(@ints, t) or is_map_key(@floats, t)),
+       do: :numbers
+
   defp kind(t), do: if(SSZ.fixed_size(t), do: :fixed, else: :variable)
 
   defp segment(t, v) when is_map_key(@uints, t),
@@ -223,4 +286,35 @@ defmodule Bridge.Schema.Codegen do
   end
 
   defp var(prefix, i), do: Macro.var(:"#{prefix}#{i}", __MODULE__)
+
+  # The length of a variable part: strings, bytes and integer lists are written as
+  # one binary, the rest as iodata.
+  defp size_of({_name, t}, v) do
+    if t in [:string, :bytes] or
+         match?({:list, e, _} when is_map_key(@uints, e) or is_map_key(@ints, e), t),
+       do: quote(do: byte_size(unquote(v))),
+       else: quote(do: IO.iodata_length(unquote(v)))
+  end
+
+  defp elements({:vector, _t, n}, i), do: for(k <- 1..n, do: Macro.var(:"f#{i}_#{k}", __MODULE__))
+
+  # A guard: `x` is a value of number type `t` that goes as it is.
+  defp fits(t, x) when is_map_key(@uints, t),
+    do:
+      quote(
+        do: is_integer(unquote(x)) and unquote(x) >= 0 and unquote(x) < unquote(2 ** @uints[t])
+      )
+
+  defp fits(t, x) when is_map_key(@ints, t) do
+    half = 2 ** (@ints[t] - 1)
+
+    quote(
+      do: is_integer(unquote(x)) and unquote(x) >= unquote(-half) and unquote(x) < unquote(half)
+    )
+  end
+
+  defp fits(:float32, x),
+    do: quote(do: is_float(unquote(x)) and abs(unquote(x)) <= 3.4028234663852886e38)
+
+  defp fits(:float64, x), do: quote(do: is_float(unquote(x)))
 end

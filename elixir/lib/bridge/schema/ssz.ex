@@ -17,9 +17,9 @@ defmodule Bridge.Schema.SSZ do
   @doc false
   # Bytes of a fixed-size type, or nil.
   @spec fixed_size(term()) :: non_neg_integer() | nil
-  def fixed_size(t) when is_map_key(@uints, t), do: div(@uints[t], 8)
-  def fixed_size(t) when is_map_key(@ints, t), do: div(@ints[t], 8)
-  def fixed_size(t) when is_map_key(@floats, t), do: div(@floats[t], 8)
+  for {t, bits} <- Map.merge(@uints, @ints) |> Map.merge(@floats),
+      do: def(fixed_size(unquote(t)), do: unquote(div(bits, 8)))
+
   def fixed_size(:boolean), do: 1
   def fixed_size({:vector, t, n}), do: (s = fixed_size(t)) && s * n
   def fixed_size(m) when is_atom(m) and m not in [:bytes, :string], do: m.__schema__(:fixed_size)
@@ -70,6 +70,10 @@ defmodule Bridge.Schema.SSZ do
 
   def check_type!(t), do: raise(ArgumentError, "#{inspect(t)} is no field type")
 
+  # Valid UTF-8 (no surrogates), checked by the VM's C code: three times
+  # String.valid?/1's speed.
+  defp utf8?(bin), do: is_binary(:unicode.characters_to_binary(bin))
+
   defp union?(t), do: match?({:optional, _}, t) or match?({:union, _}, t)
 
   ## Writing
@@ -117,7 +121,7 @@ defmodule Bridge.Schema.SSZ do
   def encode(:bytes, v, path), do: bad_value(path, v, "a binary")
 
   def encode(:string, v, path) when is_binary(v) do
-    if String.valid?(v), do: v, else: bad_value(path, v, "a UTF-8 string")
+    if utf8?(v), do: v, else: bad_value(path, v, "a UTF-8 string")
   end
 
   def encode(:string, v, path), do: bad_value(path, v, "a string")
@@ -128,8 +132,8 @@ defmodule Bridge.Schema.SSZ do
         {:ssz,
          error(
            :bad_value,
-           path,
-           "#{path} has #{length(v)} elements, expected #{show(type)} (at most #{n})"
+           render(path),
+           "#{render(path)} has #{length(v)} elements, expected #{show(type)} (at most #{n})"
          )}
       )
     end
@@ -159,8 +163,50 @@ defmodule Bridge.Schema.SSZ do
 
   def encode(module, v, path) when is_atom(module), do: module.__bb_encode__(v, path)
 
-  defp sequence(t, items, path) do
-    parts = items |> Enum.with_index() |> Enum.map(fn {x, i} -> encode(t, x, "#{path}[#{i}]") end)
+  # Numbers: packed in one pass when every one fits (else each is checked, so the
+  # first that does not is named). One function per number type, made here.
+  @number_segments (for {t, bits} <- @uints do
+                      {t, bits, quote(do: little - unsigned - size(unquote(bits))),
+                       quote(
+                         do: is_integer(var!(x)) and var!(x) >= 0 and var!(x) < unquote(2 ** bits)
+                       )}
+                    end) ++
+                     (for {t, bits} <- @ints do
+                        half = 2 ** (bits - 1)
+
+                        {t, bits, quote(do: little - signed - size(unquote(bits))),
+                         quote(
+                           do:
+                             is_integer(var!(x)) and var!(x) >= unquote(-half) and
+                               var!(x) < unquote(half)
+                         )}
+                      end) ++
+                     [
+                       {:float32, 32, quote(do: little - float - size(32)),
+                        quote(do: is_float(var!(x)) and abs(var!(x)) <= unquote(@float32_max))},
+                       {:float64, 64, quote(do: little - float - size(64)),
+                        quote(do: is_float(var!(x)))}
+                     ]
+
+  for {t, _bits, spec, fits} <- @number_segments do
+    defp sequence(unquote(t), items, path) do
+      case pack(unquote(t), items, <<>>) do
+        :error -> each(unquote(t), items, path)
+        bin -> bin
+      end
+    end
+
+    defp pack(unquote(t), [x | rest], acc) when unquote(fits),
+      do: pack(unquote(t), rest, <<acc::binary, x::unquote(spec)>>)
+
+    defp pack(unquote(t), [], acc), do: acc
+    defp pack(unquote(t), _items, _acc), do: :error
+  end
+
+  defp sequence(t, items, path), do: each(t, items, path)
+
+  defp each(t, items, path) do
+    parts = items |> Enum.with_index() |> Enum.map(fn {x, i} -> encode(t, x, {path, i}) end)
 
     if fixed_size(t) do
       parts
@@ -219,7 +265,7 @@ defmodule Bridge.Schema.SSZ do
   def decode(:bytes, bin, _path), do: bin
 
   def decode(:string, bin, path) do
-    if String.valid?(bin), do: bin, else: bad_ssz(path, "not UTF-8")
+    if utf8?(bin), do: bin, else: bad_ssz(path, "not UTF-8")
   end
 
   def decode({:list, t, max: n}, bin, path) do
@@ -263,12 +309,38 @@ defmodule Bridge.Schema.SSZ do
         bad_ssz(path, "#{byte_size(bin)} bytes are no whole number of #{show(t)}")
 
       size ->
-        for <<x::binary-size(size) <- bin>>, reduce: {[], 0} do
-          {acc, i} -> {[decode(t, x, "#{path}[#{i}]") | acc], i + 1}
-        end
-        |> elem(0)
-        |> Enum.reverse()
+        numbers(t, bin) || each_item(t, bin, size, path)
     end
+  end
+
+  # A sequence of numbers or booleans in one comprehension, or nil (other element
+  # types, a float that is NaN or infinite, a boolean byte over 1: then each is read
+  # on its own, and the first bad one named).
+  for {t, bits, spec, _fits} <- @number_segments do
+    if t in [:float32, :float64] do
+      defp numbers(unquote(t), bin) do
+        # a NaN or an infinity matches no float segment: the comprehension skips it
+        list = for <<x::unquote(spec) <- bin>>, do: x
+        if length(list) * unquote(div(bits, 8)) == byte_size(bin), do: list
+      end
+    else
+      defp numbers(unquote(t), bin), do: for(<<x::unquote(spec) <- bin>>, do: x)
+    end
+  end
+
+  defp numbers(:boolean, bin) do
+    list = for <<x <- bin>>, x <= 1, do: x == 1
+    if length(list) == byte_size(bin), do: list
+  end
+
+  defp numbers(_t, _bin), do: nil
+
+  defp each_item(t, bin, size, path) do
+    for <<x::binary-size(size) <- bin>>, reduce: {[], 0} do
+      {acc, i} -> {[decode(t, x, {path, i}) | acc], i + 1}
+    end
+    |> elem(0)
+    |> Enum.reverse()
   end
 
   defp variable_items(_t, "", _path), do: []
@@ -282,7 +354,7 @@ defmodule Bridge.Schema.SSZ do
     Enum.zip([offsets, ends, 0..(n - 1)])
     |> Enum.map(fn {lo, hi, i} ->
       if lo <= hi and hi <= byte_size(bin),
-        do: decode(t, binary_part(bin, lo, hi - lo), "#{path}[#{i}]"),
+        do: decode(t, binary_part(bin, lo, hi - lo), {path, i}),
         else: bad_ssz(path, "offsets #{lo} and #{hi} out of order")
     end)
   end
@@ -293,24 +365,34 @@ defmodule Bridge.Schema.SSZ do
   ## Errors
 
   @doc false
-  @spec bad_value(String.t(), term(), String.t()) :: no_return()
-  def bad_value(path, value, expected),
-    do:
-      throw(
-        {:ssz,
-         error(
-           :bad_value,
-           path,
-           "#{path} is #{inspect(value, limit: 8, printable_limit: 80)}, expected #{expected}"
-         )}
-      )
+  @spec bad_value(path(), term(), String.t()) :: no_return()
+  def bad_value(path, value, expected) do
+    at = render(path)
+    shown = inspect(value, limit: 8, printable_limit: 80)
+    throw({:ssz, error(:bad_value, at, "#{at} is #{shown}, expected #{expected}")})
+  end
 
   @doc false
-  @spec bad_ssz(String.t(), String.t()) :: no_return()
-  def bad_ssz(path, what), do: throw({:ssz, error(:bad_ssz, path, "#{path}: #{what}")})
+  @spec bad_ssz(path(), String.t()) :: no_return()
+  def bad_ssz(path, what) do
+    at = render(path)
+    throw({:ssz, error(:bad_ssz, at, "#{at}: #{what}")})
+  end
 
   defp error(reason, path, text),
     do: Error.new(:bad_call, reason, field: :schema, value: path, message: "#{reason}: #{text}")
+
+  @typedoc """
+  Where a value is: `"Point"`, or, made only when an error names it, a field or an
+  element of a path: `{path, ".x"}`, `{path, 3}`.
+  """
+  @type path() :: String.t() | {path(), String.t() | non_neg_integer()}
+
+  @doc false
+  @spec render(path()) :: String.t()
+  def render(path) when is_binary(path), do: path
+  def render({path, i}) when is_integer(i), do: "#{render(path)}[#{i}]"
+  def render({path, field}), do: render(path) <> field
 
   @doc false
   @spec show(term()) :: String.t()

@@ -38,13 +38,14 @@ defmodule Bridge.Schema.Versions do
 
   alias Bridge.{Error, Schema}
 
-  @doc "`\"major.minor\"` as `{major, minor}`, or `:error`."
+  @doc "`\"major.minor\"` (each 0 to 65535) as `{major, minor}`, or `:error`."
   @spec parse(term()) :: {non_neg_integer(), non_neg_integer()} | :error
   def parse(version) when is_binary(version) do
     with [a, b] <- String.split(version, "."),
          {major, ""} <- Integer.parse(a),
          {minor, ""} <- Integer.parse(b),
-         true <- major >= 0 and minor >= 0 and a =~ ~r/\A\d+\z/ and b =~ ~r/\A\d+\z/ do
+         true <- major <= 65_535 and minor <= 65_535,
+         true <- a =~ ~r/\A\d+\z/ and b =~ ~r/\A\d+\z/ do
       {major, minor}
     else
       _ -> :error
@@ -134,17 +135,51 @@ defmodule Bridge.Schema.Versions do
   """
   @spec read_value(String.t(), String.t(), binary()) :: {:ok, struct()} | {:error, Error.t()}
   def read_value(name, version, data) do
+    with {:ok, {module, minor, finish}} <- plan(name, version),
+         {:ok, value} <- read(module, minor, data) do
+      if finish, do: finish.(value), else: {:ok, value}
+    end
+  end
+
+  @doc """
+  The structs a `{:"$bb_schema_list", name, version, data}` term stands for (the SSZ
+  list of `Bridge.Schema.Batch`), each read as `read_value/3` reads one.
+  """
+  @spec read_list(String.t(), String.t(), binary()) :: {:ok, [struct()]} | {:error, Error.t()}
+  def read_list(name, version, data) do
+    with {:ok, {module, minor, finish}} <- plan(name, version),
+         {:ok, values} <- Bridge.Schema.Batch.decode(module, data, minor) do
+      if finish == nil do
+        {:ok, values}
+      else
+        migrate_all(values, finish, [])
+      end
+    end
+  end
+
+  defp migrate_all([], _finish, acc), do: {:ok, Enum.reverse(acc)}
+
+  defp migrate_all([value | rest], finish, acc) do
+    case finish.(value) do
+      {:ok, migrated} -> migrate_all(rest, finish, [migrated | acc])
+      error -> error
+    end
+  end
+
+  # The module and minor to read data of `version` with, and what makes each struct
+  # it reads one of the newest module ({:ok, struct} or an error; nil: nothing).
+  defp plan(name, version) do
     with {:ok, {major, minor}} <- wire_version(name, version),
          {:ok, majors} <- declared(name, version, major),
          target = majors[Enum.max(Map.keys(majors))],
          :ok <- not_newer(target, name, version, major),
          {:ok, steps} <- path(name, {major, minor}, majors, target),
-         {:ok, value} <- read(majors[major], minor, version, data) do
-      if steps == [] do
-        {:ok, value}
-      else
-        migrate(value, steps, target, "the migrations of schema #{inspect(name)} from #{version}")
-      end
+         :ok <- not_newer_minor(majors[major], minor, version) do
+      where = "the migrations of schema #{inspect(name)} from #{version}"
+
+      finish = if steps != [], do: &migrate(&1, steps, target, where)
+
+      {:ok, {majors[major], minor, finish}}
     end
   end
 
@@ -257,15 +292,18 @@ defmodule Bridge.Schema.Versions do
     end
   end
 
-  defp read(module, minor, version, data) do
+  defp not_newer_minor(module, minor, version) do
     {_, have} = parse(module.__schema__(:version))
 
-    if minor > have do
-      {:error,
-       newer(module.__schema__(:name), version, module, "a reader reads older minors only")}
-    else
-      {:ok, module.__bb_read__(minor, data, module.__schema__(:short))}
-    end
+    if minor > have,
+      do:
+        {:error,
+         newer(module.__schema__(:name), version, module, "a reader reads older minors only")},
+      else: :ok
+  end
+
+  defp read(module, minor, data) do
+    {:ok, module.__bb_read__(minor, data, module.__schema__(:short))}
   catch
     {:ssz, %Error{} = error} -> {:error, error}
   end

@@ -1,0 +1,150 @@
+# Typed schemas in batches (protocol/formats/ssz.md, "Batches") for `make bench`
+# (bench/run.exs loads this file): 1M values of the seed's PerformanceMetrics (fixed
+# size: numbers and a vector) and of its ModelConfig (strings and a list), Elixir ->
+# Python and Python -> Elixir, arriving as typed values (structs; dataclass
+# instances), against the same data as an ETF list of maps (arriving as maps and
+# dicts, no types), in one run. Each figure is the median of 3 Bridge.call round trips
+# (the handler checks the type and returns the count; or returns values it built
+# before), from the values in memory on one side to the values in memory on the
+# other. No GC habit: nothing here collects garbage by hand.
+#
+# Alone: MIX_ENV=test mix run bench/schemas.exs [--quick]   (--quick: 100k values)
+defmodule BenchSchemas do
+  # the seed's schemas, elixir/test/support/seed_schemas.ex (Python: protocol/vectorgen/ssz.py)
+  alias Seed.{ModelConfig, PerformanceMetrics}
+
+  @python Path.expand(".venv/bin/python")
+  @handlers Path.expand("bench/handlers")
+  @protocol Path.expand("protocol")
+  @reps 3
+
+  def main(argv) do
+    {:ok, sup} =
+      Bridge.start_link(
+        name: BenchSchemasBridge,
+        python: @python,
+        python_path: [@handlers, @protocol],
+        pool_size: 1,
+        timeout: 300_000
+      )
+
+    result = run(BenchSchemasBridge, "--quick" in argv)
+    Supervisor.stop(sup)
+    print(result)
+    File.mkdir_p!("bench/results")
+    File.write!("bench/results/schemas.json", Bench.JSON.encode(%{"schemas" => result}) <> "\n")
+  end
+
+  @doc "Measures both schemas both ways on the bridge `pool`; one map per schema."
+  def run(pool, quick?) do
+    n = if quick?, do: 100_000, else: 1_000_000
+    {:ok, ["config", "metrics"]} = Bridge.call({:bench_handlers, :seed_schemas}, [], pool: pool)
+
+    for {kind, module} <- [{"metrics", PerformanceMetrics}, {"config", ModelConfig}] do
+      typed = for i <- 0..(n - 1), do: struct!(module, fields(kind, i))
+      maps = for i <- 0..(n - 1), do: Map.new(fields(kind, i), fn {k, v} -> {"#{k}", v} end)
+      {:ok, ssz} = Bridge.Schema.Batch.encode(module, typed)
+
+      count = fn value, format ->
+        fn ->
+          {:ok, ^n} =
+            Bridge.call({:bench_handlers, :schema_count}, [value], pool: pool, format: format)
+        end
+      end
+
+      rows = fn typed?, format ->
+        fn ->
+          {:ok, got} =
+            Bridge.call({:bench_handlers, :schema_rows}, [kind, n, typed?],
+              pool: pool,
+              format: format
+            )
+
+          ^n = length(got)
+          true = typed? == is_struct(hd(got), module)
+        end
+      end
+
+      to_ssz = median_s(count.(typed, :auto))
+      to_etf = median_s(count.(maps, :etf))
+      from_ssz = median_s(rows.(true, :auto))
+      from_etf = median_s(rows.(false, :etf))
+
+      %{
+        "schema" => module.__schema__(:name),
+        "n" => n,
+        "bytes_per_value" => Float.round(byte_size(ssz) / n, 1),
+        "to_python_ssz_s" => to_ssz,
+        "to_python_etf_s" => to_etf,
+        "to_python_ssz_per_s" => per_s(n, to_ssz),
+        "to_python_etf_per_s" => per_s(n, to_etf),
+        "from_python_ssz_s" => from_ssz,
+        "from_python_etf_s" => from_etf,
+        "from_python_ssz_per_s" => per_s(n, from_ssz),
+        "from_python_etf_per_s" => per_s(n, from_etf)
+      }
+    end
+  end
+
+  # The same values as bench/handlers/bench_handlers.py makes.
+  defp fields("metrics", i) do
+    [
+      step: i,
+      loss: rem(i, 1000) / 8,
+      accuracy: rem(i, 100) / 128,
+      tokens_per_second: i * 0.5,
+      latency_ms: [1.5, 2.25, rem(i, 50) / 4],
+      memory_bytes: i * 4096,
+      gpu_utilization: rem(i, 101),
+      delta: -i
+    ]
+  end
+
+  defp fields("config", i) do
+    [
+      name: "model-#{i}",
+      hidden_size: 64 * rem(i, 64),
+      num_heads: rem(i, 32),
+      layers: [rem(i, 65_536), 1024, 4096, 7],
+      vocab_size: 50_257,
+      dropout: rem(i, 10) / 16,
+      tie_embeddings: rem(i, 2) == 0,
+      dtype: if(rem(i, 3) != 0, do: "bfloat16", else: "float32")
+    ]
+  end
+
+  defp median_s(fun) do
+    fun.()
+
+    samples =
+      for _ <- 1..@reps do
+        {us, _} = :timer.tc(fun)
+        us
+      end
+
+    Float.round(Enum.at(Enum.sort(samples), div(@reps, 2)) / 1.0e6, 3)
+  end
+
+  defp per_s(n, s), do: round(n / s)
+
+  def print(rows) do
+    IO.puts("Typed schemas in batches: SSZ list (typed values) vs ETF list of maps, medians")
+
+    for r <- rows do
+      IO.puts(
+        "  #{r["schema"]} x #{r["n"]} (#{r["bytes_per_value"]} B each): " <>
+          "Elixir -> Python #{mps(r["to_python_ssz_per_s"])} (ETF maps #{mps(r["to_python_etf_per_s"])}), " <>
+          "Python -> Elixir #{mps(r["from_python_ssz_per_s"])} (ETF maps #{mps(r["from_python_etf_per_s"])})"
+      )
+    end
+
+    IO.puts("")
+  end
+
+  defp mps(per_s), do: "#{Float.round(per_s / 1.0e6, 2)}M/s"
+end
+
+unless Process.get(:bench_schemas_as_lib) do
+  Code.require_file("json.exs", __DIR__)
+  BenchSchemas.main(System.argv())
+end

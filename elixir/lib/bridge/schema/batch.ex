@@ -1,0 +1,234 @@
+defmodule Bridge.Schema.Batch do
+  @moduledoc """
+  Batches of typed-schema values (protocol/formats/ssz.md, "Batches"): a list of
+  values of one schema is one SSZ `List` of its container, the bytes any SSZ
+  implementation reads, written and read by each module's generated code, value
+  after value. A value that does not fit, or bytes that are no list, are errors
+  naming the index and the field.
+
+  ## Examples
+
+      iex> defmodule Doc.Sample do
+      ...>   use Bridge.Schema, name: "doc.Sample", version: "1.0"
+      ...>   field :step, :uint16
+      ...>   field :loss, :float32
+      ...> end
+      iex> {:ok, bin} = Bridge.Schema.Batch.encode(Doc.Sample, [struct(Doc.Sample, step: 1, loss: 0.5), struct(Doc.Sample, step: 2, loss: 0.25)])
+      iex> Base.encode16(bin, case: :lower)
+      "01000000003f02000000803e"
+      iex> {:ok, [a, b]} = Bridge.Schema.Batch.decode(Doc.Sample, bin)
+      iex> {a.step, a.loss, b.step, b.loss}
+      {1, 0.5, 2, 0.25}
+      iex> bad = List.duplicate(struct(Doc.Sample, step: 1, loss: 0.5), 9) ++ [struct(Doc.Sample, step: 70_000, loss: 0.0)]
+      iex> {:error, e} = Bridge.Schema.Batch.encode(Doc.Sample, bad)
+      iex> e.message
+      "bad_value: Sample[9].step is 70000, expected uint16 (0 to 65535)"
+  """
+
+  import Bitwise, only: [<<<: 2, bor: 2]
+
+  alias Bridge.Error
+  alias Bridge.Schema.Versions
+
+  # SSZ offsets are u32: a list of variable-size values ends within 4 GiB.
+  @offset_limit 1 <<< 32
+  # Batches that need at least this many words of heap are made with room for them
+  # (with_heap/2), up to @heap_max words (2 GiB).
+  @heap_room 1 <<< 20
+  @heap_max 1 <<< 28
+
+  @doc "The SSZ bytes of `values`, each a struct of schema `module`."
+  @spec encode(module(), [struct()]) :: {:ok, binary()} | {:error, Error.t()}
+  def encode(module, values) when is_list(values) do
+    short = module.__schema__(:short)
+    n = length(values)
+
+    # the parts are garbage once joined: room for them, not a collection per 700
+    with_heap(n * 16, fn ->
+      parts = Enum.map(values, &module.__bb_encode__(&1, short))
+
+      if module.__schema__(:fixed_size),
+        do: {:ok, IO.iodata_to_binary(parts)},
+        else: with_offsets(parts, n, short)
+    end)
+  catch
+    {:ssz, %Error{}} -> {:error, first_bad(values, &module.__bb_encode__/2, module)}
+  end
+
+  # Runs `fun` with room for `words` on this process's heap (a large batch's values
+  # would otherwise be copied by one collection after another as they are made), and
+  # gives the heap back after.
+  defp with_heap(words, fun) when words < @heap_room, do: fun.()
+
+  defp with_heap(words, fun) do
+    old = Process.flag(:min_heap_size, min(words, @heap_max))
+
+    try do
+      fun.()
+    after
+      Process.flag(:min_heap_size, old)
+    end
+  end
+
+  defp with_offsets(parts, n, short) do
+    sizes = Enum.map(parts, &IO.iodata_length/1)
+    total = 4 * n + Enum.sum(sizes)
+
+    if total >= @offset_limit do
+      {:error,
+       Error.new(:bad_call, :bad_value,
+         field: :schema,
+         value: "#{short}[]",
+         message:
+           "bad_value: #{short}[]: #{n} values of #{total} bytes, past the 4 GiB an SSZ " <>
+             "offset reaches: send them in parts"
+       )}
+    else
+      {offsets, _} =
+        Enum.map_reduce(sizes, 4 * n, fn size, at -> {<<at::little-32>>, at + size} end)
+
+      {:ok, IO.iodata_to_binary([offsets | parts])}
+    end
+  end
+
+  @doc """
+  The structs of schema `module` that `data` (an SSZ list of them) holds; `minor`
+  (default: the module's) is the minor version they were written at
+  (`Bridge.Schema.Versions`).
+  """
+  @spec decode(module(), binary(), non_neg_integer() | nil) ::
+          {:ok, [struct()]} | {:error, Error.t()}
+  def decode(module, data, minor \\ nil) when is_binary(data) do
+    minor = minor || module.__schema__(:version) |> Versions.parse() |> elem(1)
+    short = module.__schema__(:short)
+    read = fn bin, path -> module.__bb_read__(minor, bin, path) end
+
+    case parts(data, fixed_size(module, minor), short) do
+      {:ok, parts} ->
+        # each value: its map, and a few words a field
+        words = length(parts) * (8 + 6 * length(module.__schema__(:fields)))
+
+        try do
+          {:ok, with_heap(words, fn -> Enum.map(parts, &read.(&1, short)) end)}
+        catch
+          {:ssz, %Error{}} -> {:error, first_bad(parts, read, module)}
+        end
+
+      {:error, _} = error ->
+        error
+    end
+  end
+
+  # The fixed size of the module's values as they were at `minor`.
+  defp fixed_size(module, minor) do
+    {major, _} = Versions.parse(module.__schema__(:version))
+    since = module.__schema__(:since)
+
+    sizes =
+      for {name, t} <- module.__schema__(:fields),
+          Map.get(since, name, {major, 0}) <= {major, minor},
+          do: Bridge.Schema.SSZ.fixed_size(t)
+
+    if nil in sizes, do: nil, else: Enum.sum(sizes)
+  end
+
+  defp parts(<<>>, _fixed, _short), do: {:ok, []}
+
+  defp parts(data, fixed, short) when is_integer(fixed) do
+    if fixed > 0 and rem(byte_size(data), fixed) == 0,
+      do: {:ok, for(<<part::binary-size(fixed) <- data>>, do: part)},
+      else: bad_ssz(short, "#{byte_size(data)} bytes are no whole number of #{fixed}")
+  end
+
+  defp parts(<<first::little-32, _::binary>> = data, nil, short)
+       when rem(first, 4) == 0 and first >= 4 and first <= byte_size(data) do
+    <<heads::binary-size(first), _::binary>> = data
+    offsets = for <<o::little-32 <- heads>>, do: o
+    ends = tl(offsets) ++ [byte_size(data)]
+    spans = Enum.zip(offsets, ends)
+
+    # an element that ends before it starts, or past the end, is bad
+    case Enum.find_index(spans, fn {lo, hi} -> lo > hi or hi > byte_size(data) end) do
+      nil ->
+        {:ok, for({lo, hi} <- spans, do: binary_part(data, lo, hi - lo))}
+
+      i ->
+        {lo, hi} = Enum.at(spans, i)
+
+        bad_ssz(
+          "#{short}[#{i}]",
+          "offsets #{lo} and #{hi} out of order or past #{byte_size(data)} bytes"
+        )
+    end
+  end
+
+  defp parts(data, nil, short),
+    do: bad_ssz(short, "a first offset that is no offset in #{byte_size(data)} bytes")
+
+  # The error of the first item that fails `fun`, its path naming the index.
+  defp first_bad(items, fun, module) do
+    short = module.__schema__(:short)
+
+    items
+    |> Enum.with_index()
+    |> Enum.find_value(fn {item, i} ->
+      try do
+        fun.(item, "#{short}[#{i}]")
+        nil
+      catch
+        {:ssz, %Error{} = error} -> error
+      end
+    end)
+  end
+
+  defp bad_ssz(path, what) do
+    {:error,
+     Error.new(:bad_call, :bad_ssz,
+       field: :schema,
+       value: path,
+       message: "bad_ssz: #{path}: #{what}"
+     )}
+  end
+
+  ## In frames
+
+  @doc """
+  The frame options of a slice of kind `schema_list` holding a list of values of
+  schema `name` at `version`: format `ssz`, `schema_id` `xxh3_64(name)`,
+  `schema_version` `major * 65536 + minor`, metadata the ETF of `{name, version}`.
+  """
+  @spec frame_options(String.t(), String.t()) :: keyword()
+  def frame_options(name, version) do
+    {:ok, id} = Bridge.NIF.xxh3_64(name)
+
+    [
+      format: :ssz,
+      schema_id: id,
+      schema_version: version_code(version),
+      metadata: :erlang.term_to_binary({name, version})
+    ]
+  end
+
+  @doc """
+  The `{name, version}` of an `ssz` frame: its metadata, checked against its header's
+  `schema_id` and `schema_version` (`:error` when they disagree or it is no such term).
+  """
+  @spec frame_schema(binary(), non_neg_integer(), non_neg_integer()) ::
+          {:ok, {String.t(), String.t()}} | :error
+  def frame_schema(metadata, schema_id, schema_version) do
+    with {:ok, {name, version}} when is_binary(name) and is_binary(version) <-
+           Bridge.Format.safe_term(metadata),
+         {_, _} <- Versions.parse(version),
+         {:ok, ^schema_id} <- Bridge.NIF.xxh3_64(name),
+         ^schema_version <- version_code(version) do
+      {:ok, {name, version}}
+    else
+      _ -> :error
+    end
+  end
+
+  defp version_code(version) do
+    {major, minor} = Versions.parse(version)
+    bor(major <<< 16, minor)
+  end
+end

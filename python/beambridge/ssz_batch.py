@@ -1,0 +1,263 @@
+"""Batches of typed-schema values (protocol/formats/ssz.md, "Batches"): a list of values
+of one schema is one SSZ ``List`` of its container, the bytes any SSZ implementation
+reads. A container of numbers, booleans and vectors of numbers goes through a NumPy
+structured dtype (the bytes are that array's, read in place); any other through the
+container's compiled codec, value after value. A value that does not fit, or bytes that
+are no list, are `SchemaError`s naming the index and the field:
+
+>>> from dataclasses import dataclass
+>>> from beambridge.ssz import schema, schema_type
+>>> from beambridge.types import float32, uint16
+>>> @schema("example.Sample", version="1.0")
+... @dataclass
+... class Sample:
+...     step: uint16
+...     loss: float32
+>>> t = schema_type(Sample)
+>>> data = encode_list(t, [Sample(1, 0.5), Sample(2, 0.25)])
+>>> data.hex()
+'01000000003f02000000803e'
+>>> decode_list(t, data)
+[Sample(step=1, loss=0.5), Sample(step=2, loss=0.25)]
+>>> encode_list(t, [Sample(1, 0.5)] * 9 + [Sample(70000, 0.0)])
+Traceback (most recent call last):
+...
+beambridge.types.SchemaError: bad_value: Sample[9].step is 70000, expected uint16 (0 to 65535)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import gc
+from collections.abc import Iterator, Sequence
+from operator import attrgetter
+from typing import Any
+
+import numpy as np
+
+from .ssz import ContainerType, _with_offsets, codec
+from .types import Boolean, Float, Int, ListType, SchemaError, UInt, VectorType
+
+__all__ = ["decode_list", "encode_list"]
+
+#: SSZ offsets are u32: a list of variable-size values ends within 4 GiB.
+_OFFSET_LIMIT = 1 << 32
+#: Batches of at least this many values are made and read without the cyclic GC.
+_GC_PAUSE = 10_000
+
+
+@contextlib.contextmanager
+def _no_gc(n: int) -> Iterator[None]:
+    """Without the cyclic collector while a batch of ``n`` values is made or read: the
+    values hold no cycles, and a collection every 700 allocations that walks them all
+    would make a large batch two to three times slower."""
+    if n < _GC_PAUSE or not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+def encode_list(t: ContainerType, values: Sequence[Any]) -> bytes:
+    """The SSZ bytes of ``values``, each a value of the container ``t``."""
+    with _no_gc(len(values)):
+        return _encode_list(t, values)
+
+
+def _encode_list(t: ContainerType, values: Sequence[Any]) -> bytes:
+    plan = _plan(t)
+    if plan is not None and values:
+        data = plan.encode(values)
+        if data is not None:
+            return data
+    enc = codec(t)[0]
+    try:
+        parts = [enc(v, t.name) for v in values]
+    except SchemaError:
+        named: bytes = _generic(t)[0](values, t.name)  # raises, naming the index
+        return named
+    if t.fixed_size is not None:
+        return b"".join(parts)
+    total = 4 * len(parts) + sum(map(len, parts))
+    if total >= _OFFSET_LIMIT:
+        raise SchemaError(
+            "bad_value",
+            f"{t.name}[]: {len(parts)} values of {total} bytes, past the 4 GiB an SSZ offset "
+            "reaches: send them in parts",
+        )
+    return _with_offsets(parts, 4 * len(parts))
+
+
+def decode_list(t: ContainerType, data: bytes | memoryview) -> list[Any]:
+    """The values of the container ``t`` that ``data`` (an SSZ list of them) holds."""
+    b = memoryview(data).cast("B")
+    with _no_gc(len(b) // max(t.fixed_size or 16, 1)):
+        return _decode_list(t, b)
+
+
+def _decode_list(t: ContainerType, b: memoryview) -> list[Any]:
+    if not b:
+        return []
+    dec = codec(t)[1]
+    size = t.fixed_size
+    if size is not None:
+        if size == 0 or len(b) % size:
+            raise SchemaError(
+                "bad_ssz", f"{t.name}[]: {len(b)} bytes are no whole number of {size}", t.name
+            )
+        plan = _plan(t)
+        if plan is not None:
+            values = plan.decode(b)
+            if values is not None:
+                return values
+        try:
+            return [dec(b[i : i + size], t.name) for i in range(0, len(b), size)]
+        except SchemaError:
+            pass
+    else:
+        spans = _spans(b)
+        if spans is not None:
+            try:
+                return [dec(b[lo:hi], t.name) for lo, hi in zip(*spans, strict=True)]
+            except SchemaError:
+                pass
+    return _generic(t)[1](b, t.name)  # type: ignore[no-any-return]
+
+
+def _spans(b: memoryview) -> tuple[list[int], list[int]] | None:
+    """Where each of a list of variable-size values starts and ends, or None when the
+    offsets are bad (the generic codec then names what is wrong)."""
+    if len(b) < 4:
+        return None
+    first = int.from_bytes(b[:4], "little")
+    if first % 4 or not 4 <= first <= len(b):
+        return None
+    starts = np.frombuffer(b, dtype="<u4", count=first // 4).astype(np.int64)
+    ends = np.append(starts[1:], len(b))
+    if (starts > ends).any():
+        return None
+    return starts.tolist(), ends.tolist()
+
+
+@functools.cache
+def _generic(t: ContainerType) -> Any:
+    """The plain list codec: slower, and names the index of what is wrong."""
+    return codec(ListType(t, _OFFSET_LIMIT))
+
+
+# ---- NumPy plans -------------------------------------------------------------------------
+
+
+class _Plan:
+    """A container of numbers, booleans and vectors of numbers as a structured dtype."""
+
+    def __init__(self, t: ContainerType, dtype: np.dtype[Any]) -> None:
+        self.t, self.dtype = t, dtype
+        self.fields = [(name, ft) for name, ft, _ in t.fields]
+        self.get = attrgetter(*[name for name, _ in self.fields])
+        self.make = t.cls
+
+    def encode(self, values: Sequence[Any]) -> bytes | None:
+        """The bytes, or None when a value may not fit (the caller then names it)."""
+        n = len(values)
+        try:
+            rows = list(map(self.get, values))
+        except AttributeError:
+            return None
+        columns = list(zip(*rows, strict=True)) if len(self.fields) > 1 else [rows]
+        out = np.empty(n, dtype=self.dtype)
+        for (name, ft), column in zip(self.fields, columns, strict=True):
+            col = _column(ft, column, n)
+            if col is None:
+                return None
+            out[name] = col
+        return out.tobytes()
+
+    def decode(self, b: memoryview) -> list[Any] | None:
+        """The values, or None when the bytes hold one that is bad."""
+        arr = np.frombuffer(b, dtype=self.dtype)
+        columns = []
+        for name, ft in self.fields:
+            col = arr[name]
+            if isinstance(ft, Boolean):
+                if (col > 1).any():
+                    return None
+                col = col.astype(bool)
+            elif isinstance(_elem(ft), Float) and not np.isfinite(col).all():
+                return None
+            columns.append(col.tolist())
+        return list(map(self.make, *columns))
+
+
+def _elem(ft: Any) -> Any:
+    """A vector's element type, or the type itself."""
+    return ft.elem if isinstance(ft, VectorType) else ft
+
+
+_DTYPES = {
+    "B": "u1", "H": "<u2", "I": "<u4", "Q": "<u8",
+    "b": "i1", "h": "<i2", "i": "<i4", "q": "<i8",
+    "f": "<f4", "d": "<f8", "?": "u1",
+}  # fmt: skip
+
+
+@functools.cache
+def _plan(t: ContainerType) -> _Plan | None:
+    """A structured dtype for ``t``, when its fields are all numbers, booleans and
+    vectors of numbers."""
+    fields: list[Any] = []
+    for name, ft, _ in t.fields:
+        e = _elem(ft)
+        if not isinstance(e, (UInt, Int, Float, Boolean)) or (
+            e is not ft and isinstance(e, Boolean)
+        ):
+            return None
+        code = _DTYPES[e.code]
+        fields.append((name, code, (ft.length,)) if isinstance(ft, VectorType) else (name, code))
+    dtype = np.dtype(fields)
+    if dtype.itemsize != t.fixed_size:
+        return None
+    return _Plan(t, dtype)
+
+
+def _column(ft: Any, column: Sequence[Any], n: int) -> Any:
+    """A column's values as an array of its type, checked; None when one does not fit."""
+    e = _elem(ft)
+    if e is not ft:  # a vector: every row a list or tuple of its length
+        if {type(x) for x in column} - {list, tuple} or any(len(x) != ft.length for x in column):
+            return None
+        flat = [x for row in column for x in row]
+        col = _column(e, flat, len(flat))
+        return None if col is None else col.reshape(n, ft.length)
+    kinds = set(map(type, column))
+    if isinstance(e, Boolean):
+        return np.array(column, dtype="u1") if kinds <= {bool} else None
+    if isinstance(e, Float):
+        if not kinds <= {float, int}:
+            return None
+        try:
+            col = np.array(column, dtype="<f8")
+        except OverflowError:
+            return None
+        if kinds != {float} and (np.abs(col) >= 2.0**53).any():
+            return None
+        if not np.isfinite(col).all() or (
+            e.bits == 32 and (np.abs(col) > 3.4028234663852886e38).any()
+        ):
+            return None
+        return col
+    if not kinds <= {int}:
+        return None
+    try:
+        col = np.array(column, dtype="<u8" if isinstance(e, UInt) and e.bits == 64 else "<i8")
+    except OverflowError:
+        return None
+    if e.bits < 64 and (
+        (col < e.low if isinstance(e, Int) else col < 0).any() or (col > e.high).any()
+    ):
+        return None
+    return col

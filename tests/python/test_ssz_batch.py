@@ -1,0 +1,198 @@
+"""Batches of typed-schema values (protocol/formats/ssz.md, "Batches"): a list of values
+of one schema is the SSZ list remerkleable writes for them, read back to the same
+values, through the NumPy plan and the compiled codecs alike; what does not fit, or
+bytes that are no list, are typed errors naming the index and the field."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import pytest
+from beambridge import ssz, ssz_batch
+from beambridge import types as bt
+from beambridge.types import SchemaError
+from beambridge.versions import read_list
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from remerkleable import complex as rc
+from ssz_strategies import _container, containers, values
+from test_ssz import rtype, rvalue
+
+NUMBERS = [
+    bt.uint8, bt.uint16, bt.uint32, bt.uint64, bt.int8, bt.int16, bt.int32, bt.int64,
+    bt.float32, bt.float64, bt.boolean,
+]  # fmt: skip
+
+#: Containers of numbers, booleans and vectors of numbers: the NumPy plan's.
+plain = st.lists(
+    st.one_of(
+        st.sampled_from(NUMBERS),
+        st.builds(lambda t, n: bt.Vector[t, n], st.sampled_from(NUMBERS[:-1]), st.integers(1, 3)),
+    ),
+    min_size=1,
+    max_size=6,
+).map(_container)
+
+
+def same_as_remerkleable(t: ssz.ContainerType, vs: list[Any]) -> bytes:
+    data = ssz_batch.encode_list(t, vs)
+    r = rc.List[rtype(t), max(len(vs), 1)](*[rvalue(t, v) for v in vs])
+    assert data == r.encode_bytes()
+    assert ssz_batch.decode_list(t, data) == vs
+    return data
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_plain_batches_go_through_numpy_and_equal_remerkleable(data: st.DataObject) -> None:
+    t = data.draw(plain)
+    assert ssz_batch._plan(t) is not None
+    vs = data.draw(st.lists(values(t), max_size=40))
+    encoded = same_as_remerkleable(t, vs)
+    # the compiled codecs, value after value, give the same bytes and values
+    enc, dec = ssz.codec(t)
+    assert encoded == b"".join(enc(v, t.name) for v in vs)
+    size = t.fixed_size or 1
+    parts = [memoryview(encoded)[i : i + size] for i in range(0, len(encoded), size)]
+    assert [dec(p, t.name) for p in parts] == vs
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_any_batch_equals_remerkleable(data: st.DataObject) -> None:
+    t = data.draw(containers(2))
+    vs = data.draw(st.lists(values(t), max_size=8))
+    same_as_remerkleable(t, vs)
+
+
+@dataclasses.dataclass
+class Metric:
+    step: bt.uint64
+    loss: bt.float32
+    ok: bt.boolean
+    latency: bt.Vector[bt.float32, 2]
+
+
+ssz.schema("t.batch.Metric", version="1.0")(Metric)
+
+
+@dataclasses.dataclass
+class Config:
+    name: bt.String
+    hidden: bt.uint32
+    layers: bt.List[bt.uint16, 8]
+
+
+ssz.schema("t.batch.Config", version="1.0")(Config)
+
+METRIC = ssz.schema_type(Metric)
+CONFIG = ssz.schema_type(Config)
+
+
+def metrics(n: int) -> list[Metric]:
+    return [Metric(i, i / 4, i % 2 == 0, [0.5, float(i % 7)]) for i in range(n)]
+
+
+def configs(n: int) -> list[Config]:
+    return [Config(f"c{i}", i, [i % 65536] * (i % 9)) for i in range(n)]
+
+
+@pytest.mark.parametrize(
+    ("t", "make", "field", "bad"),
+    [
+        (METRIC, metrics, "step", -1),
+        (METRIC, metrics, "loss", float("nan")),
+        (METRIC, metrics, "ok", 1),
+        (METRIC, metrics, "latency", [0.5]),
+        (CONFIG, configs, "hidden", 2**32),
+        (CONFIG, configs, "name", b"bytes"),
+        (CONFIG, configs, "layers", [1] * 9),
+    ],
+)
+def test_a_bad_value_in_a_batch_of_10k_names_its_index_and_field(
+    t: ssz.ContainerType, make: Any, field: str, bad: Any
+) -> None:
+    vs = make(10_000)
+    setattr(vs[7_321], field, bad)
+    with pytest.raises(SchemaError) as e:
+        ssz_batch.encode_list(t, vs)
+    assert e.value.reason == "bad_value"
+    assert f"{t.name}[7321].{field}" in str(e.value)
+
+
+def test_bad_bytes_in_a_batch_name_the_index() -> None:
+    data = bytearray(ssz_batch.encode_list(METRIC, metrics(10_000)))
+    size = METRIC.fixed_size
+    assert size is not None
+    data[9_999 * size + 12] = 2  # the boolean of the last value
+    with pytest.raises(SchemaError) as e:
+        ssz_batch.decode_list(METRIC, bytes(data))
+    assert e.value.reason == "bad_ssz" and "Metric[9999].ok" in str(e.value)
+    with pytest.raises(SchemaError, match="no whole number"):
+        ssz_batch.decode_list(METRIC, bytes(data[:-1]))
+
+    data = bytearray(ssz_batch.encode_list(CONFIG, configs(10_000)))
+    data[4 * 5_000 : 4 * 5_000 + 4] = (10**9).to_bytes(4, "little")  # offset 5000 past the end
+    with pytest.raises(SchemaError) as e:
+        ssz_batch.decode_list(CONFIG, bytes(data))
+    # element 4999 ends at that offset, past the end
+    assert e.value.reason == "bad_ssz" and "Config[4999]: offsets" in str(e.value)
+    with pytest.raises(SchemaError) as e:
+        ssz_batch.decode_list(CONFIG, b"\x03\x00\x00\x00")
+    assert e.value.reason == "bad_ssz"
+
+
+def test_empty_and_large_batches() -> None:
+    assert ssz_batch.encode_list(CONFIG, []) == b""
+    assert ssz_batch.decode_list(CONFIG, b"") == []
+    vs = configs(200_000)
+    assert ssz_batch.decode_list(CONFIG, ssz_batch.encode_list(CONFIG, vs)) == vs
+    ms = metrics(200_000)
+    assert ssz_batch.decode_list(METRIC, ssz_batch.encode_list(METRIC, ms)) == ms
+
+
+def test_what_the_codec_accepts_the_numpy_plan_writes_the_same() -> None:
+    ms = metrics(4)
+    ms[1].loss = 3  # an int where a float32 goes: written as 3.0
+    ms[2].latency = (1.5, 2)  # a tuple, an int
+    ms[3].step = 2**64 - 1
+    data = ssz_batch.encode_list(METRIC, ms)
+    enc = ssz.codec(METRIC)[0]
+    assert data == b"".join(enc(m, "m") for m in ms)
+    back = ssz_batch.decode_list(METRIC, data)
+    assert back[1].loss == 3.0 and back[2].latency == [1.5, 2.0] and back[3].step == 2**64 - 1
+    # an int too big for a float64's exact range goes value by value: refused the same
+    ms[0].loss = 2**60
+    with pytest.raises(SchemaError, match=r"Metric\[0\]\.loss is 1152921504606846976"):
+        ssz_batch.encode_list(METRIC, ms)
+
+
+@ssz.schema("t.batch.Point", version="1.0")
+@dataclasses.dataclass
+class PointV1:
+    x: bt.int32
+
+
+@ssz.schema(
+    "t.batch.Point",
+    version="2.1",
+    since={"label": "2.1"},
+    migrations={"1.0": lambda d: {"x": d["x"], "y": -d["x"]}},
+)
+@dataclasses.dataclass
+class Point:
+    x: bt.int32
+    y: bt.int32
+    label: bt.Optional[bt.String] = None
+
+
+def test_batches_of_older_versions_are_read_as_the_newest() -> None:
+    v1 = ssz_batch.encode_list(ssz.schema_type(PointV1), [PointV1(i) for i in range(5)])
+    assert read_list(b"t.batch.Point", b"1.0", v1) == [Point(i, -i) for i in range(5)]
+    # 2.0: x and y, no label
+    v20 = b"".join(i.to_bytes(4, "little", signed=True) * 2 for i in range(3))
+    assert read_list(b"t.batch.Point", b"2.0", v20) == [Point(i, i) for i in range(3)]
+    with pytest.raises(SchemaError) as e:
+        read_list(b"t.batch.Point", b"2.0", v20[:-1])
+    assert e.value.reason == "bad_ssz"
