@@ -184,4 +184,47 @@ defmodule Bridge.SchemaCallTest do
     assert e.message =~ "ModelConfig[7321].num_heads is 70000"
     assert call(:sum_configs, [configs(2)]) == {:ok, [2, 1]}
   end
+
+  test "a table of schema values carries its name and version; the rules apply both ways" do
+    alias Bridge.Schema.Tables
+
+    # Elixir writes 1.0 points and 1.0 models; Python reads them at 1.1 and 3.0
+    {:ok, points} = Tables.to_table(for i <- 0..2, do: %Calls.PointV10{x: i, y: i})
+    assert call(:from_table, [points]) == {:ok, for(i <- 0..2, do: %Calls.Point{x: i, y: i})}
+    {:ok, models} = Tables.to_table([%Calls.ModelV1{title: "a", hidden: 7}])
+
+    assert call(:from_table, [models]) ==
+             {:ok, [%Calls.ModelV3{name: "a", hidden_size: 14, layers: [14]}]}
+
+    # Python writes them; the BEAM reads the same
+    assert {:ok, %Bridge.Table{} = table} = call(:table_of, ["points", 3])
+    assert {"beambridge.schema_version", "1.0"} in table.schema.metadata
+    assert Tables.from_table(table) == {:ok, for(i <- 0..2, do: %Calls.Point{x: i, y: -i})}
+    assert {:ok, table} = call(:table_of, ["models", 2])
+
+    assert Tables.from_table(table) ==
+             {:ok,
+              [
+                %Calls.ModelV3{name: "m0", hidden_size: 0, layers: [0]},
+                %Calls.ModelV3{name: "m1", hidden_size: 2, layers: [2]}
+              ]}
+
+    # a table without a schema in its metadata, or lacking a column, says so
+    {:ok, plain} = Bridge.Table.from_columns(x: [1])
+    assert {:error, %{reason: :bad_metadata}} = Tables.from_table(plain)
+    assert {:error, e} = call(:from_table, [plain])
+    assert e.message =~ "names no typed schema"
+    md = [{"beambridge.schema", "calls.Point"}, {"beambridge.schema_version", "1.1"}]
+
+    {:ok, short} =
+      Bridge.Table.from_columns([x: [1]], schema: Bridge.Arrow.Schema.new([], metadata: md))
+
+    assert {:error, e} = Tables.from_table(short)
+    assert e.message == ~s(bad_value: the table of "calls.Point" 1.1 lacks the columns y, label)
+
+    # fields no column holds (a nested schema, a union) are refused, saying what to do
+    assert {:error, e} = Tables.to_table([struct(Seed.ModelInfo)])
+    assert e.reason == :bad_value and e.message =~ "config is Seed.ModelConfig"
+    assert e.message =~ "send the list itself"
+  end
 end

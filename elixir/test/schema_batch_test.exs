@@ -32,6 +32,7 @@ defmodule Bridge.SchemaBatchTest do
   alias BatchT.{Config, Metric, Point}
 
   doctest Bridge.Schema.Batch
+  doctest Bridge.Schema.Tables
 
   defp metrics(n),
     do:
@@ -103,5 +104,21 @@ defmodule Bridge.SchemaBatchTest do
 
     assert {:error, %{reason: :bad_ssz}} =
              Versions.read_list("t.batch.Point", "2.0", binary_part(v20, 0, 23))
+  end
+
+  test "tables: every field a column holds goes there and back; the rest is refused" do
+    alias Bridge.Schema.Tables
+    metrics = metrics(1_000)
+    assert {:ok, table} = Tables.to_table(metrics)
+    assert Tables.from_table(table) == {:ok, metrics}
+    configs = configs(1_000)
+    assert {:ok, table} = Tables.to_table(configs)
+    assert Tables.from_table(table) == {:ok, configs}
+
+    # checked as a writer checks: the index and the field
+    assert {:error, e} = Tables.to_table(List.update_at(metrics, 999, &%{&1 | step: -1}))
+    assert e.message =~ "Metric[999].step is -1"
+    assert {:error, %{reason: :bad_value}} = Tables.to_table([])
+    assert {:error, %{reason: :bad_value}} = Tables.to_table([hd(metrics), hd(configs)])
   end
 end

@@ -41,7 +41,7 @@ from typing import Any
 
 from .types import SchemaError
 
-__all__ = ["declare", "newest", "parse", "read_list", "read_value"]
+__all__ = ["declare", "newest", "parse", "read_list", "read_value", "reader"]
 
 #: name -> major -> the class declared for it (the last declared wins).
 _by_name: dict[str, dict[int, type]] = {}
@@ -86,7 +86,7 @@ def read_value(name: Any, version: Any, data: Any) -> Any:
     declare, ``migration_failed`` naming the step)."""
     from .ssz import codec
 
-    t, finish = _plan(name, version, data)
+    t, finish = reader(name, version, data)
     value = codec(t)[1](memoryview(data).cast("B"), t.name)
     return value if finish is None else finish(value)
 
@@ -96,12 +96,12 @@ def read_list(name: Any, version: Any, data: Any) -> list[Any]:
     SSZ list of `beambridge.ssz_batch`), each read as `read_value` reads one."""
     from .ssz_batch import decode_list
 
-    t, finish = _plan(name, version, data)
+    t, finish = reader(name, version, data)
     values = decode_list(t, data)
     return values if finish is None else [finish(v) for v in values]
 
 
-def _plan(name: Any, version: Any, data: Any) -> tuple[Any, Callable[[Any], Any] | None]:
+def reader(name: Any, version: Any, data: Any = b"") -> tuple[Any, Callable[[Any], Any] | None]:
     """The container type to read data of ``version`` with, and what makes each value
     it reads one of the newest class (None: nothing to do)."""
     if (

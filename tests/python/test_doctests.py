@@ -48,6 +48,7 @@ MODULES = [
     "beambridge.versions",
     "beambridge.ssz_batch",
     "beambridge.ssz_fast",
+    "beambridge.schema_tables",
     "beambridge.streams",
     "beambridge.stream_control",
     "beambridge.stream_run",

@@ -130,3 +130,20 @@ def sum_configs(configs: list[ModelConfig]) -> list[int]:
     """How many came, and the sum of their hidden sizes: all of one class."""
     assert all(type(c) is ModelConfig for c in configs)
     return [len(configs), sum(c.hidden_size for c in configs)]
+
+
+def table_of(kind: bytes, n: int) -> object:
+    """A pyarrow.Table of n values of a schema, its name and version in the schema's
+    metadata (beambridge.schema_tables): 1.0 points, or 1.0 models."""
+    from beambridge.schema_tables import to_table
+
+    if kind == b"points":
+        return to_table([PointV10(i, -i) for i in range(n)])
+    return to_table([ModelV1(f"m{i}", i) for i in range(n)])
+
+
+def from_table(table: object) -> list[object]:
+    """The values a table of a schema holds, read at the newest version declared here."""
+    from beambridge.schema_tables import from_table as read
+
+    return read(table)

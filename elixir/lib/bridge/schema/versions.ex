@@ -135,7 +135,7 @@ defmodule Bridge.Schema.Versions do
   """
   @spec read_value(String.t(), String.t(), binary()) :: {:ok, struct()} | {:error, Error.t()}
   def read_value(name, version, data) do
-    with {:ok, {module, minor, finish}} <- plan(name, version),
+    with {:ok, {module, minor, finish}} <- reader(name, version),
          {:ok, value} <- read(module, minor, data) do
       if finish, do: finish.(value), else: {:ok, value}
     end
@@ -147,28 +147,35 @@ defmodule Bridge.Schema.Versions do
   """
   @spec read_list(String.t(), String.t(), binary()) :: {:ok, [struct()]} | {:error, Error.t()}
   def read_list(name, version, data) do
-    with {:ok, {module, minor, finish}} <- plan(name, version),
+    with {:ok, {module, minor, finish}} <- reader(name, version),
          {:ok, values} <- Bridge.Schema.Batch.decode(module, data, minor) do
-      if finish == nil do
-        {:ok, values}
-      else
-        migrate_all(values, finish, [])
-      end
+      if finish == nil, do: {:ok, values}, else: migrate_all(values, finish)
     end
   end
 
-  defp migrate_all([], _finish, acc), do: {:ok, Enum.reverse(acc)}
+  @doc false
+  # Each of `values` through `finish` (reader/2), or the first error.
+  @spec migrate_all([struct()], (struct() -> {:ok, struct()} | {:error, Error.t()}), list()) ::
+          {:ok, [struct()]} | {:error, Error.t()}
+  def migrate_all(values, finish, acc \\ [])
+  def migrate_all([], _finish, acc), do: {:ok, Enum.reverse(acc)}
 
-  defp migrate_all([value | rest], finish, acc) do
+  def migrate_all([value | rest], finish, acc) do
     case finish.(value) do
       {:ok, migrated} -> migrate_all(rest, finish, [migrated | acc])
       error -> error
     end
   end
 
+  @doc false
   # The module and minor to read data of `version` with, and what makes each struct
   # it reads one of the newest module ({:ok, struct} or an error; nil: nothing).
-  defp plan(name, version) do
+  @spec reader(String.t(), String.t()) ::
+          {:ok,
+           {module(), non_neg_integer(),
+            nil | (struct() -> {:ok, struct()} | {:error, Error.t()})}}
+          | {:error, Error.t()}
+  def reader(name, version) do
     with {:ok, {major, minor}} <- wire_version(name, version),
          {:ok, majors} <- declared(name, version, major),
          target = majors[Enum.max(Map.keys(majors))],
