@@ -147,15 +147,16 @@ def seed_schemas() -> list[str]:
 _schema_rows: dict[tuple[str, int, bool], list[object]] = {}
 
 
-def schema_rows(kind: bytes, n: int, typed: bool) -> list[object]:
-    """n values of a seed schema, as instances (``typed``) or dicts, built once: the
-    round trip measures the bridge, not their construction. The same values as
-    bench/schemas.exs builds."""
+def schema_rows(kind: bytes, n: int, typed: bool, start: int = 0, count: int = -1) -> object:
+    """Values ``start`` to ``start + count`` (all: -1) of n values of a seed schema, as
+    instances (``typed``) or dicts, built once: the round trip measures the bridge,
+    not their construction. The same values as bench/schemas.exs builds."""
     key = (kind.decode(), n, typed)
     if key not in _schema_rows:
         cls, make = _schemas()[key[0]]
         _schema_rows[key] = [cls(**make(i)) if typed else make(i) for i in range(n)]
-    return _schema_rows[key]
+    rows = _schema_rows[key]
+    return rows if count < 0 else rows[start : start + count]
 
 
 def schema_count(values: list[object]) -> int:
