@@ -79,6 +79,13 @@ defmodule BenchSchemas do
         end
       end
 
+      # each side alone: the codec, no bridge
+      ex_encode = median_s(fn -> {:ok, _} = Bridge.Schema.Batch.encode(module, typed) end)
+      ex_decode = median_s(fn -> {:ok, _} = Bridge.Schema.Batch.decode(module, ssz) end)
+
+      {:ok, [py_encode, py_decode]} =
+        Bridge.call({:bench_handlers, :schema_codec_seconds}, [kind, n], pool: pool)
+
       to_ssz = median_s(count.(typed, :auto, n))
       to_etf = median_s(count.(maps, :etf, @etf_per_call))
       from_ssz = median_s(rows.(true, :auto, n))
@@ -95,7 +102,11 @@ defmodule BenchSchemas do
         "from_python_ssz_s" => from_ssz,
         "from_python_etf_s" => from_etf,
         "from_python_ssz_per_s" => per_s(n, from_ssz),
-        "from_python_etf_per_s" => per_s(n, from_etf)
+        "from_python_etf_per_s" => per_s(n, from_etf),
+        "elixir_encode_per_s" => per_s(n, ex_encode),
+        "elixir_decode_per_s" => per_s(n, ex_decode),
+        "python_encode_per_s" => per_s(n, py_encode),
+        "python_decode_per_s" => per_s(n, py_decode)
       }
     end
   end
@@ -149,6 +160,11 @@ defmodule BenchSchemas do
         "  #{r["schema"]} x #{r["n"]} (#{r["bytes_per_value"]} B each): " <>
           "Elixir -> Python #{mps(r["to_python_ssz_per_s"])} (ETF maps #{mps(r["to_python_etf_per_s"])}), " <>
           "Python -> Elixir #{mps(r["from_python_ssz_per_s"])} (ETF maps #{mps(r["from_python_etf_per_s"])})"
+      )
+
+      IO.puts(
+        "    each side alone: Elixir writes #{mps(r["elixir_encode_per_s"])}, reads #{mps(r["elixir_decode_per_s"])}; " <>
+          "Python writes #{mps(r["python_encode_per_s"])}, reads #{mps(r["python_decode_per_s"])}"
       )
     end
 

@@ -166,3 +166,24 @@ def schema_count(values: list[object]) -> int:
     assert first is dict or hasattr(first, "__bb_schema__"), first
     assert type(values[-1]) is first
     return len(values)
+
+
+def schema_codec_seconds(kind: bytes, n: int) -> list[float]:
+    """Medians of 3: seconds to write n values of a seed schema as one SSZ list, and
+    to read them back into instances, in this process alone (no bridge)."""
+    import time
+
+    from beambridge.ssz_batch import decode_list, encode_list
+
+    values: Any = schema_rows(kind, n, True)
+    t = type(values[0]).__bb_schema__.type
+    data = encode_list(t, values)
+    out = []
+    for step in (lambda: encode_list(t, values), lambda: decode_list(t, data)):
+        samples = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            step()
+            samples.append(time.perf_counter() - t0)
+        out.append(sorted(samples)[1])
+    return out

@@ -137,6 +137,31 @@ defmodule Bridge.Arrow do
     {io, pos + 8 + meta_len + body_len}
   end
 
+  @doc false
+  # The metadata of a frame of format arrow_stream holding `table`: the descriptor of
+  # protocol/formats/arrow.md.
+  @spec frame_descriptor(Table.t()) :: binary()
+  def frame_descriptor(%Table{schema: schema, columns: columns, num_rows: n}) do
+    fields =
+      for f <- schema.fields, do: {f.name, Bridge.Arrow.Type.describe(f.type), f.nullable == true}
+
+    fields = if byte_size(:erlang.term_to_binary(fields)) > 65_536, do: nil, else: fields
+
+    batches =
+      case columns do
+        [] -> if n == 0, do: 0, else: 1
+        [chunks | _] -> length(chunks)
+      end
+
+    :erlang.term_to_binary(%{
+      "version" => 1,
+      "num_rows" => n,
+      "num_columns" => length(schema.fields),
+      "num_batches" => batches,
+      "fields" => fields
+    })
+  end
+
   @doc """
   Decodes an Arrow IPC stream into a `Bridge.Table`.
 

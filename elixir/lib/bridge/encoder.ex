@@ -202,7 +202,7 @@ defmodule Bridge.Encoder do
     inline = {:"$bb_arrow", stream}
 
     place(inline, byte_size(stream), ctx, {:arrow, {:struct, Table}}, :below_threshold, fn ->
-      {:arrow, stream, [format: :arrow_stream, metadata: arrow_descriptor(table)]}
+      {:arrow, stream, [format: :arrow_stream, metadata: Arrow.frame_descriptor(table)]}
     end)
   end
 
@@ -296,26 +296,6 @@ defmodule Bridge.Encoder do
 
   defp note(ctx, form, reason, bytes, what),
     do: %{ctx | tally: FormatStats.decided(ctx.tally, :to_python, form, reason, bytes, what)}
-
-  # The frame metadata descriptor of protocol/formats/arrow.md.
-  defp arrow_descriptor(%Table{schema: schema, columns: columns, num_rows: n}) do
-    fields = for f <- schema.fields, do: {f.name, Arrow.Type.describe(f.type), f.nullable == true}
-    fields = if byte_size(:erlang.term_to_binary(fields)) > 65_536, do: nil, else: fields
-
-    batches =
-      case columns do
-        [] -> if n == 0, do: 0, else: 1
-        [chunks | _] -> length(chunks)
-      end
-
-    :erlang.term_to_binary(%{
-      "version" => 1,
-      "num_rows" => n,
-      "num_columns" => length(schema.fields),
-      "num_batches" => batches,
-      "fields" => fields
-    })
-  end
 
   defp enc_list([], ctx, acc), do: {Enum.reverse(acc), ctx}
 

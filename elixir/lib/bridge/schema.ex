@@ -4,11 +4,12 @@ defmodule Bridge.Schema do
   both sides (protocol/formats/ssz.md).
 
       defmodule MyApp.ModelConfig do
-        use Bridge.Schema, name: "truthgpt.ModelConfig", version: "2.0"
+        use Bridge.Schema, name: "truthgpt.ModelConfig", version: "2.1"
         field :name, :string
         field :hidden_size, :uint32
         field :layers, {:list, :uint16, max: 1024}
-        field :dtype, :string, default: "float32"
+        field :dtype, :string, default: "float32", since: "2.1"
+        migrate from: "1.0", with: &__MODULE__.from_v1/1
       end
 
   The module becomes a struct of its fields, in order. Field types: `:uint8` …
@@ -18,6 +19,12 @@ defmodule Bridge.Schema do
   `nil`), and other schema modules. `to_ssz/1` and `from_ssz/2` give and read the
   bytes; each module's container code is generated at compile time: one binary
   pattern for its fixed part.
+
+  A struct passed to `Bridge.call/3` arrives as the Python class declared for its
+  name, a list of them as one SSZ list (`Bridge.Schema.Batch`); tables of them carry
+  their name and version (`Bridge.Schema.Tables`). Versions: `since:` marks the
+  fields a minor added, `migrate/1` the way from an older major, and data of older
+  versions is read as the newest module (`Bridge.Schema.Versions`).
 
   ## Examples
 
