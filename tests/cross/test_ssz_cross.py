@@ -19,7 +19,7 @@ from typing import Any
 
 from beambridge import ssz
 from hypothesis import HealthCheck, given, seed, settings
-from ssz_strategies import schema_and_value
+from ssz_strategies import nested_schema_and_value, schema_and_value
 from test_ssz import _has_float, rvalue
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,16 +36,22 @@ def test_elixir_python_and_remerkleable_write_the_same_bytes(tmp_path: Path) -> 
     drawn: list[tuple[ssz.ContainerType, Any]] = []
 
     # hypothesis explores across examples (the first ones are the simplest): each
-    # example is kept, and the BEAM is started once for all of them
-    @seed(SEED)
-    @settings(max_examples=CASES, deadline=None, suppress_health_check=list(HealthCheck))
-    @given(schema_and_value())
-    def draw(case: tuple[ssz.ContainerType, Any]) -> None:
-        drawn.append(case)
+    # example is kept, and the BEAM is started once for all of them; a tenth of them
+    # are drawn nesting a container for sure
+    for strategy, count in [
+        (schema_and_value(), CASES - CASES // 10),
+        (nested_schema_and_value(), CASES // 10),
+    ]:
 
-    draw()
+        @seed(SEED)
+        @settings(max_examples=count, deadline=None, suppress_health_check=list(HealthCheck))
+        @given(strategy)
+        def draw(case: tuple[ssz.ContainerType, Any]) -> None:
+            drawn.append(case)
+
+        draw()
     nested = sum(any(isinstance(ft, ssz.ContainerType) for _, ft, _ in t.fields) for t, _ in drawn)
-    assert nested >= len(drawn) // 10, f"only {nested} of {len(drawn)} schemas nest a container"
+    assert nested >= CASES // 10, f"only {nested} of {len(drawn)} schemas nest a container"
     cases = []
     for t, value in drawn:
         data = ssz.to_ssz(value)

@@ -86,3 +86,11 @@ def values(t: bt.SszType) -> st.SearchStrategy[Any]:
 def schema_and_value(draw: Any) -> tuple[ssz.ContainerType, Any]:
     t = draw(containers(3))
     return t, draw(values(t))
+
+
+@st.composite
+def nested_schema_and_value(draw: Any) -> tuple[ssz.ContainerType, Any]:
+    """A container whose first field is a container (itself nesting up to two more)."""
+    inner = draw(containers(2))
+    t = _container([inner, *draw(st.lists(types(2), max_size=3))])
+    return t, draw(values(t))
