@@ -30,7 +30,7 @@ import contextlib
 from collections.abc import Callable
 from typing import Any
 
-from . import serializers
+from . import registry, serializers
 from .control import slice_refs
 from .errors import EtfError, FormatError, HeaderError, LeaseError
 from .etf import Atom, decode
@@ -75,9 +75,7 @@ __all__ = ["MAX_CHUNKED", "Decoder", "custom_parts"]
 #: The largest value that may come in chunks (§8.6): 1 TiB, the largest object size.
 MAX_CHUNKED = 1 << 40
 #: Inline terms whose payload (their last element) may come in chunks (§8.6).
-_CHUNKABLE = frozenset(
-    {TAG_TENSOR, TAG_ARROW, TAG_PACKED, TAG_RECORDS, TAG_CUSTOM, TAG_SCHEMA, TAG_SCHEMA_LIST}
-)
+_CHUNKABLE = frozenset(Atom(tag) for tag in registry.CHUNKABLE_TAGS)
 
 _Ref = tuple[int, int, int, int]
 

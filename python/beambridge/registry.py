@@ -34,6 +34,7 @@ from types import MappingProxyType
 from typing import Any
 
 __all__ = [
+    "CHUNKABLE_TAGS",
     "CODECS",
     "COPIED_KINDS",
     "FORMATS",
@@ -293,6 +294,10 @@ MESSAGES: frozenset[str] = frozenset(_obj(_DATA.get("messages"), "messages"))
 """Atoms of the control messages (protocol/SPEC.md §8.3)."""
 TAGS: frozenset[str] = frozenset(_obj(_DATA.get("tags"), "tags"))
 """The reserved ``$bb_`` atoms that tag data terms (protocol/SPEC.md §9)."""
+CHUNKABLE_TAGS: frozenset[str] = frozenset(
+    name for name, entry in _obj(_DATA.get("tags"), "tags").items() if entry.get("chunkable")
+)
+"""The tags of inline terms whose payload may come as a stream of chunks (§8.6)."""
 RECORDS_LAYOUTS: tuple[str, ...] = tuple(_obj(_DATA.get("records_layouts"), "records_layouts"))
 """The layouts of the records form (SPEC §10.1)."""
 _STATS = _obj(_DATA.get("stats"), "stats")

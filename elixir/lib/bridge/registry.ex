@@ -198,6 +198,7 @@ defmodule Bridge.Registry do
 
   @messages for {name, _} <- messages, do: name
   @tags for {name, _} <- tags, do: name
+  @chunkable_tags for {name, %{"chunkable" => true}} <- data["tags"], do: String.to_atom(name)
   @layouts data |> fetch!.("records_layouts", "", object?, "an object") |> Map.keys()
   @sources data |> fetch!.("slice_sources", "", object?, "an object") |> Map.keys()
   @atoms Enum.map(@messages ++ @tags ++ @layouts ++ @sources, &String.to_atom/1)
@@ -328,6 +329,13 @@ defmodule Bridge.Registry do
   # `@type policy :: unquote(Bridge.Registry.union_type(Bridge.Registry.policies()))`.
   @spec union_type([atom(), ...]) :: Macro.t()
   def union_type(atoms), do: atoms |> Enum.reverse() |> Enum.reduce(&{:|, [], [&1, &2]})
+
+  @doc """
+  The tags of inline terms whose payload may come as a stream of chunks (SPEC §8.6):
+  `tags.chunkable` in the registry.
+  """
+  @spec chunkable_tags() :: [atom()]
+  def chunkable_tags, do: @chunkable_tags
 
   @doc """
   Every name of the registry as an atom: reasons, control messages, tags,

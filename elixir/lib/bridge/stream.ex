@@ -103,16 +103,7 @@ defmodule Bridge.Stream do
   # The inline terms whose payload (last element) may come in chunks (SPEC §8.6),
   # for the encoder that chunks it and the decoder that reads it.
   @spec chunkable_tags() :: [atom()]
-  def chunkable_tags,
-    do: [
-      :"$bb_tensor",
-      :"$bb_arrow",
-      :"$bb_packed",
-      :"$bb_records",
-      :"$bb_custom",
-      :"$bb_schema",
-      :"$bb_schema_list"
-    ]
+  def chunkable_tags, do: Bridge.Registry.chunkable_tags()
 
   @doc false
   @spec max_window() :: pos_integer()
