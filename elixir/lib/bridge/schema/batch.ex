@@ -121,13 +121,8 @@ defmodule Bridge.Schema.Batch do
 
   # The fixed size of the module's values as they were at `minor`.
   defp fixed_size(module, minor) do
-    {major, _} = Versions.parse(module.__schema__(:version))
-    since = module.__schema__(:since)
-
     sizes =
-      for {name, t} <- module.__schema__(:fields),
-          Map.get(since, name, {major, 0}) <= {major, minor},
-          do: Bridge.Schema.SSZ.fixed_size(t)
+      for {_name, t} <- Versions.fields_at(module, minor), do: Bridge.Schema.SSZ.fixed_size(t)
 
     if nil in sizes, do: nil, else: Enum.sum(sizes)
   end

@@ -298,14 +298,17 @@ defmodule Bridge.Schema.Codegen do
 
   defp elements({:vector, _t, n}, i), do: for(k <- 1..n, do: Macro.var(:"f#{i}_#{k}", __MODULE__))
 
-  # A guard: `x` is a value of number type `t` that goes as it is.
-  defp fits(t, x) when is_map_key(@uints, t),
+  @doc false
+  # A guard: `x` is a value of number type `t` that goes as it is (also the packed
+  # number lists' of Bridge.Schema.SSZ).
+  @spec fits(atom(), Macro.t()) :: Macro.t()
+  def fits(t, x) when is_map_key(@uints, t),
     do:
       quote(
         do: is_integer(unquote(x)) and unquote(x) >= 0 and unquote(x) < unquote(2 ** @uints[t])
       )
 
-  defp fits(t, x) when is_map_key(@ints, t) do
+  def fits(t, x) when is_map_key(@ints, t) do
     half = 2 ** (@ints[t] - 1)
 
     quote(
@@ -313,8 +316,8 @@ defmodule Bridge.Schema.Codegen do
     )
   end
 
-  defp fits(:float32, x),
+  def fits(:float32, x),
     do: quote(do: is_float(unquote(x)) and abs(unquote(x)) <= 3.4028234663852886e38)
 
-  defp fits(:float64, x), do: quote(do: is_float(unquote(x)))
+  def fits(:float64, x), do: quote(do: is_float(unquote(x)))
 end

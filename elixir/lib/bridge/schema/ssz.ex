@@ -165,28 +165,21 @@ defmodule Bridge.Schema.SSZ do
 
   # Numbers: packed in one pass when every one fits (else each is checked, so the
   # first that does not is named). One function per number type, made here.
-  @number_segments (for {t, bits} <- @uints do
-                      {t, bits, quote(do: little - unsigned - size(unquote(bits))),
-                       quote(
-                         do: is_integer(var!(x)) and var!(x) >= 0 and var!(x) < unquote(2 ** bits)
-                       )}
-                    end) ++
-                     (for {t, bits} <- @ints do
-                        half = 2 ** (bits - 1)
-
-                        {t, bits, quote(do: little - signed - size(unquote(bits))),
-                         quote(
-                           do:
-                             is_integer(var!(x)) and var!(x) >= unquote(-half) and
-                               var!(x) < unquote(half)
-                         )}
-                      end) ++
-                     [
-                       {:float32, 32, quote(do: little - float - size(32)),
-                        quote(do: is_float(var!(x)) and abs(var!(x)) <= unquote(@float32_max))},
-                       {:float64, 64, quote(do: little - float - size(64)),
-                        quote(do: is_float(var!(x)))}
-                     ]
+  # {type, bits, binary segment spec, guard that `x` fits}: the guard is the one the
+  # generated container code uses (Bridge.Schema.Codegen.fits/2).
+  @number_segments ((for {t, bits} <- @uints do
+                       {t, bits, quote(do: little - unsigned - size(unquote(bits)))}
+                     end) ++
+                      (for {t, bits} <- @ints do
+                         {t, bits, quote(do: little - signed - size(unquote(bits)))}
+                       end) ++
+                      [
+                        {:float32, 32, quote(do: little - float - size(32))},
+                        {:float64, 64, quote(do: little - float - size(64))}
+                      ])
+                   |> Enum.map(fn {t, bits, spec} ->
+                     {t, bits, spec, Bridge.Schema.Codegen.fits(t, quote(do: var!(x)))}
+                   end)
 
   for {t, _bits, spec, fits} <- @number_segments do
     defp sequence(unquote(t), items, path) do

@@ -152,14 +152,8 @@ defmodule Bridge.Schema.Tables do
   # The structs of `module` at `minor` from the table's columns: the fields that
   # minor had, by name; the later ones take their defaults.
   defp rows(table, module, minor, what) do
-    {major, _} = Versions.parse(module.__schema__(:version))
-    since = module.__schema__(:since)
     present = MapSet.new(Table.column_names(table))
-
-    names =
-      for {name, _t} <- module.__schema__(:fields),
-          Map.get(since, name, {major, 0}) <= {major, minor},
-          do: name
+    names = for {name, _t} <- Versions.fields_at(module, minor), do: name
 
     case Enum.reject(names, &MapSet.member?(present, Atom.to_string(&1))) do
       [] ->

@@ -119,11 +119,22 @@ defmodule Bridge.Schema.Versions do
     {major, own} = parse(version)
 
     for minor <- 0..(own - 1)//1,
-        n =
-          Enum.count(types, fn {name, _} -> Map.get(since, name, {major, 0}) <= {major, minor} end),
+        n = length(at_minor(types, since, major, minor)),
         n < length(types),
         do: {minor, n}
   end
+
+  @doc false
+  # The fields ({name, type}) the values of schema `module` had at `minor` of its
+  # major: those with no `since:` or one of that minor or before.
+  @spec fields_at(module(), non_neg_integer()) :: [{atom(), term()}]
+  def fields_at(module, minor) do
+    {major, _} = parse(module.__schema__(:version))
+    at_minor(module.__schema__(:fields), module.__schema__(:since), major, minor)
+  end
+
+  defp at_minor(types, since, major, minor),
+    do: Enum.filter(types, fn {name, _} -> Map.get(since, name, {major, 0}) <= {major, minor} end)
 
   ## Reading
 
