@@ -20,6 +20,7 @@ reads and writes the frames.
 from __future__ import annotations
 
 import contextlib
+import gc
 import importlib
 import sys
 import traceback
@@ -58,6 +59,25 @@ __all__ = ["CallPath", "Reply"]
 _MIB = 1 << 20
 #: A result body smaller than this is joined into one bytes object before it is sent.
 _JOIN_BELOW = 1 << 16
+
+
+#: Objects made since the collector last ran past which a call's arguments are set aside.
+_MANY_NEW_OBJECTS = 100_000
+
+
+def _set_aside_new_objects() -> bool:
+    """Keeps the cyclic collector off a call's arguments while it runs, when decoding
+    them (with the collector off) made many objects (a batch of a million schema values
+    makes two million or more, `beambridge.ssz_batch`): else the next collections of each
+    generation walk them all, one after another (half a second a million), for values
+    that hold no cycles and are freed by their reference counts when the call's answer
+    is written. Every tracked object goes to the permanent generation (`gc.freeze`)
+    until then (`CallPath.after_answer`); objects made meanwhile are collected as ever.
+    Nothing is done when the application froze objects itself."""
+    if gc.get_freeze_count() or gc.get_count()[0] < _MANY_NEW_OBJECTS:
+        return False
+    gc.freeze()
+    return True
 
 
 def _name(value: Any) -> str | None:
@@ -116,6 +136,10 @@ class CallPath:
         #: The streams of the call in flight, made when it first needs one.
         self.streams: CallStreams | None = None
         self._call_id = 0
+        #: The last call's arguments, freed once its answer is written.
+        self._spent: list[Any] | None = None
+        #: Whether the objects of the call in flight are set aside from the collector.
+        self._frozen = False
         self.text = False
         self.decoder.streams = self._feed
 
@@ -177,7 +201,14 @@ class CallPath:
             self.streams = None
 
     def _run(self, call: control.Call, body: memoryview | None) -> Reply:
-        prepared = self._prepare(call, body)
+        collecting = gc.isenabled()
+        gc.disable()  # see _set_aside_new_objects
+        try:
+            prepared = self._prepare(call, body)
+        finally:
+            self._frozen = collecting and _set_aside_new_objects()
+            if collecting:
+                gc.enable()
         if isinstance(prepared, BadCall):
             return self._bad_call(call.call_id, prepared)
         fn, args, policy, spec = prepared
@@ -190,6 +221,10 @@ class CallPath:
                 result = fn(*args)
         except Exception as exc:
             failure = exception_detail(exc)
+        if self.streams is None and not self._leased(call.slices):
+            # values of their own (no view of a BEAM slice, no stream): freeing a large
+            # batch of them waits until the answer is written (after_answer)
+            self._spent = args
         del args  # the worker's references to argument views end here (leases, §4)
         flush_handler_output()
         if failure is not None:
@@ -392,8 +427,18 @@ class CallPath:
         )
 
     def after_answer(self) -> None:
-        """The answer is written: BEAM slices it echoed may be let go now."""
+        """The answer is written: BEAM slices it echoed may be let go now, and the
+        arguments that held none are freed."""
         self.slices.unpin()
+        self._spent = None
+        if self._frozen:
+            self._frozen = False
+            gc.unfreeze()
+
+    def _leased(self, slices: Any) -> bool:
+        """Whether a value read from one of a call's ``slices`` is still alive."""
+        refs, _ = control.slice_refs(slices or [])
+        return any((o, off, g) in self.leases for o, off, _, g in refs)
 
     def _lookup(self, module: Any, function: Any) -> Callable[..., Any]:
         key = (module, function)

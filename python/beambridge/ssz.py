@@ -242,7 +242,7 @@ def _compile(t: SszType) -> tuple[Enc, Dec]:
     if isinstance(t, BytesType):
         return (lambda v, p: t.check(v, p)), (lambda b, p: bytes(b))
     if isinstance(t, StringType):
-        return (lambda v, p: t.check(v, p).encode("utf-8")), _utf8
+        return _to_utf8(t), _utf8
     if isinstance(t, (ListType, VectorType)):
         return _sequence(t)
     if isinstance(t, UnionType):
@@ -250,6 +250,16 @@ def _compile(t: SszType) -> tuple[Enc, Dec]:
     if isinstance(t, ContainerType):
         return _container(t)
     raise TypeError(f"no codec for {t!r}")
+
+
+def _to_utf8(t: StringType) -> Enc:
+    def enc(v: Any, p: str) -> bytes:
+        try:
+            return t.check(v, p).encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate: no UTF-8 says it
+            raise bad_value(p, v, "a str of Unicode characters (no lone surrogates)") from None
+
+    return enc
 
 
 def _utf8(b: memoryview, path: str) -> str:
@@ -340,6 +350,8 @@ def _sequence(t: ListType | VectorType) -> tuple[Enc, Dec]:
         if not b:
             count_ok(0, p)
             return []
+        if len(b) < 4:
+            raise _bad_ssz(p, f"{len(b)} bytes, fewer than the 4 of an offset")
         first = _OFFSET.unpack_from(b)[0]
         if first % 4 or first == 0 or first > len(b):
             raise _bad_ssz(p, f"a first offset of {first} in {len(b)} bytes")

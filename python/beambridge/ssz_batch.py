@@ -1,9 +1,10 @@
 """Batches of typed-schema values (protocol/formats/ssz.md, "Batches"): a list of values
 of one schema is one SSZ ``List`` of its container, the bytes any SSZ implementation
-reads. A container of numbers, booleans and vectors of numbers goes through a NumPy
-structured dtype (the bytes are that array's, read in place); any other through the
-container's compiled codec, value after value. A value that does not fit, or bytes that
-are no list, are `SchemaError`s naming the index and the field:
+reads. A container of numbers, booleans, strings, bytes and lists and vectors of numbers
+goes a field at a time (`beambridge.ssz_columns`); any other, or a batch with a value
+that does not fit as it is, through the container's compiled codec, value after value.
+A value that does not fit, or bytes that are no list, are `SchemaError`s naming the
+index and the field:
 
 >>> from dataclasses import dataclass
 >>> from beambridge.ssz import schema, schema_type
@@ -31,13 +32,13 @@ import contextlib
 import functools
 import gc
 from collections.abc import Iterator, Sequence
-from operator import attrgetter
 from typing import Any
 
 import numpy as np
 
 from .ssz import ContainerType, _with_offsets, codec
-from .types import Boolean, Float, Int, ListType, SchemaError, UInt, VectorType
+from .ssz_columns import plan
+from .types import ListType, SchemaError
 
 __all__ = ["decode_list", "encode_list"]
 
@@ -69,9 +70,9 @@ def encode_list(t: ContainerType, values: Sequence[Any]) -> bytes:
 
 
 def _encode_list(t: ContainerType, values: Sequence[Any]) -> bytes:
-    plan = _plan(t)
-    if plan is not None and values:
-        data = plan.encode(values)
+    p = plan(t)
+    if p is not None and values:
+        data = p.encode(values)
         if data is not None:
             return data
     enc = codec(t)[0]
@@ -102,6 +103,11 @@ def decode_list(t: ContainerType, data: bytes | memoryview) -> list[Any]:
 def _decode_list(t: ContainerType, b: memoryview) -> list[Any]:
     if not b:
         return []
+    p = plan(t)
+    if p is not None:
+        values = p.decode(b)
+        if values is not None:
+            return values
     dec = codec(t)[1]
     size = t.fixed_size
     if size is not None:
@@ -109,11 +115,6 @@ def _decode_list(t: ContainerType, b: memoryview) -> list[Any]:
             raise SchemaError(
                 "bad_ssz", f"{t.name}[]: {len(b)} bytes are no whole number of {size}", t.name
             )
-        plan = _plan(t)
-        if plan is not None:
-            values = plan.decode(b)
-            if values is not None:
-                return values
         try:
             return [dec(b[i : i + size], t.name) for i in range(0, len(b), size)]
         except SchemaError:
@@ -147,117 +148,3 @@ def _spans(b: memoryview) -> tuple[list[int], list[int]] | None:
 def _generic(t: ContainerType) -> Any:
     """The plain list codec: slower, and names the index of what is wrong."""
     return codec(ListType(t, _OFFSET_LIMIT))
-
-
-# ---- NumPy plans -------------------------------------------------------------------------
-
-
-class _Plan:
-    """A container of numbers, booleans and vectors of numbers as a structured dtype."""
-
-    def __init__(self, t: ContainerType, dtype: np.dtype[Any]) -> None:
-        self.t, self.dtype = t, dtype
-        self.fields = [(name, ft) for name, ft, _ in t.fields]
-        self.get = attrgetter(*[name for name, _ in self.fields])
-        self.make = t.cls
-
-    def encode(self, values: Sequence[Any]) -> bytes | None:
-        """The bytes, or None when a value may not fit (the caller then names it)."""
-        n = len(values)
-        try:
-            rows = list(map(self.get, values))
-        except AttributeError:
-            return None
-        columns = list(zip(*rows, strict=True)) if len(self.fields) > 1 else [rows]
-        out = np.empty(n, dtype=self.dtype)
-        for (name, ft), column in zip(self.fields, columns, strict=True):
-            col = _column(ft, column, n)
-            if col is None:
-                return None
-            out[name] = col
-        return out.tobytes()
-
-    def decode(self, b: memoryview) -> list[Any] | None:
-        """The values, or None when the bytes hold one that is bad."""
-        arr = np.frombuffer(b, dtype=self.dtype)
-        columns = []
-        for name, ft in self.fields:
-            col = arr[name]
-            if isinstance(ft, Boolean):
-                if (col > 1).any():
-                    return None
-                col = col.astype(bool)
-            elif isinstance(_elem(ft), Float) and not np.isfinite(col).all():
-                return None
-            columns.append(col.tolist())
-        return list(map(self.make, *columns))
-
-
-def _elem(ft: Any) -> Any:
-    """A vector's element type, or the type itself."""
-    return ft.elem if isinstance(ft, VectorType) else ft
-
-
-_DTYPES = {
-    "B": "u1", "H": "<u2", "I": "<u4", "Q": "<u8",
-    "b": "i1", "h": "<i2", "i": "<i4", "q": "<i8",
-    "f": "<f4", "d": "<f8", "?": "u1",
-}  # fmt: skip
-
-
-@functools.cache
-def _plan(t: ContainerType) -> _Plan | None:
-    """A structured dtype for ``t``, when its fields are all numbers, booleans and
-    vectors of numbers."""
-    fields: list[Any] = []
-    for name, ft, _ in t.fields:
-        e = _elem(ft)
-        if not isinstance(e, (UInt, Int, Float, Boolean)) or (
-            e is not ft and isinstance(e, Boolean)
-        ):
-            return None
-        code = _DTYPES[e.code]
-        fields.append((name, code, (ft.length,)) if isinstance(ft, VectorType) else (name, code))
-    dtype = np.dtype(fields)
-    if dtype.itemsize != t.fixed_size:
-        return None
-    return _Plan(t, dtype)
-
-
-def _column(ft: Any, column: Sequence[Any], n: int) -> Any:
-    """A column's values as an array of its type, checked; None when one does not fit."""
-    e = _elem(ft)
-    if e is not ft:  # a vector: every row a list or tuple of its length
-        if {type(x) for x in column} - {list, tuple} or any(len(x) != ft.length for x in column):
-            return None
-        flat = [x for row in column for x in row]
-        col = _column(e, flat, len(flat))
-        return None if col is None else col.reshape(n, ft.length)
-    kinds = set(map(type, column))
-    if isinstance(e, Boolean):
-        return np.array(column, dtype="u1") if kinds <= {bool} else None
-    if isinstance(e, Float):
-        if not kinds <= {float, int}:
-            return None
-        try:
-            col = np.array(column, dtype="<f8")
-        except OverflowError:
-            return None
-        if kinds != {float} and (np.abs(col) >= 2.0**53).any():
-            return None
-        if not np.isfinite(col).all() or (
-            e.bits == 32 and (np.abs(col) > 3.4028234663852886e38).any()
-        ):
-            return None
-        return col
-    if not kinds <= {int}:
-        return None
-    try:
-        col = np.array(column, dtype="<u8" if isinstance(e, UInt) and e.bits == 64 else "<i8")
-    except OverflowError:
-        return None
-    if e.bits < 64 and (
-        (col < e.low if isinstance(e, Int) else col < 0).any() or (col > e.high).any()
-    ):
-        return None
-    return col

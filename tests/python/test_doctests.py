@@ -48,6 +48,7 @@ MODULES = [
     "beambridge.versions",
     "beambridge.ssz_batch",
     "beambridge.ssz_fast",
+    "beambridge.ssz_columns",
     "beambridge.schema_tables",
     "beambridge.streams",
     "beambridge.stream_control",

@@ -1,15 +1,17 @@
 """Batches of typed-schema values (protocol/formats/ssz.md, "Batches"): a list of values
 of one schema is the SSZ list remerkleable writes for them, read back to the same
-values, through the NumPy plan and the compiled codecs alike; what does not fit, or
+values, through the column plans and the compiled codecs alike; what does not fit, or
 bytes that are no list, are typed errors naming the index and the field."""
 
 from __future__ import annotations
 
 import dataclasses
+import gc
+import weakref
 from typing import Any
 
 import pytest
-from beambridge import ssz, ssz_batch
+from beambridge import ssz, ssz_batch, ssz_columns
 from beambridge import types as bt
 from beambridge.types import SchemaError
 from beambridge.versions import read_list
@@ -24,11 +26,13 @@ NUMBERS = [
     bt.float32, bt.float64, bt.boolean,
 ]  # fmt: skip
 
-#: Containers of numbers, booleans and vectors of numbers: the NumPy plan's.
+#: Containers of numbers, booleans, strings, bytes, lists and vectors of numbers: the
+#: column plans' (beambridge.ssz_columns).
 plain = st.lists(
     st.one_of(
-        st.sampled_from(NUMBERS),
+        st.sampled_from([*NUMBERS, bt.String, bt.Bytes]),
         st.builds(lambda t, n: bt.Vector[t, n], st.sampled_from(NUMBERS[:-1]), st.integers(1, 3)),
+        st.builds(lambda t, n: bt.List[t, n], st.sampled_from(NUMBERS[:-1]), st.integers(0, 5)),
     ),
     min_size=1,
     max_size=6,
@@ -45,17 +49,19 @@ def same_as_remerkleable(t: ssz.ContainerType, vs: list[Any]) -> bytes:
 
 @settings(max_examples=60, deadline=None)
 @given(st.data())
-def test_plain_batches_go_through_numpy_and_equal_remerkleable(data: st.DataObject) -> None:
+def test_plain_batches_go_by_columns_and_equal_remerkleable(data: st.DataObject) -> None:
     t = data.draw(plain)
-    assert ssz_batch._plan(t) is not None
-    vs = data.draw(st.lists(values(t), max_size=40))
+    p = ssz_columns.plan(t)
+    assert p is not None
+    vs = data.draw(st.lists(values(t), min_size=1, max_size=40))
     encoded = same_as_remerkleable(t, vs)
-    # the compiled codecs, value after value, give the same bytes and values
-    enc, dec = ssz.codec(t)
-    assert encoded == b"".join(enc(v, t.name) for v in vs)
-    size = t.fixed_size or 1
-    parts = [memoryview(encoded)[i : i + size] for i in range(0, len(encoded), size)]
-    assert [dec(p, t.name) for p in parts] == vs
+    # the plan itself (not a fallback) wrote and read them
+    assert p.encode(vs) == encoded
+    assert p.decode(memoryview(encoded)) == vs
+    # the compiled codecs, value after value, give the same bytes
+    enc = ssz.codec(t)[0]
+    parts = [enc(v, t.name) for v in vs]
+    assert encoded == (b"".join(parts) if t.fixed_size else ssz._with_offsets(parts, 4 * len(vs)))
 
 
 @settings(max_examples=60, deadline=None)
@@ -141,6 +147,9 @@ def test_bad_bytes_in_a_batch_name_the_index() -> None:
     with pytest.raises(SchemaError) as e:
         ssz_batch.decode_list(CONFIG, b"\x03\x00\x00\x00")
     assert e.value.reason == "bad_ssz"
+    for short in (b"\x04", b"\x04\x00\x00"):  # fewer bytes than one offset
+        with pytest.raises(SchemaError, match="fewer than the 4 of an offset") as e:
+            ssz_batch.decode_list(CONFIG, short)
 
 
 def test_empty_and_large_batches() -> None:
@@ -196,3 +205,109 @@ def test_batches_of_older_versions_are_read_as_the_newest() -> None:
     with pytest.raises(SchemaError) as e:
         read_list(b"t.batch.Point", b"2.0", v20[:-1])
     assert e.value.reason == "bad_ssz"
+
+
+def exact_list(t: ssz.ContainerType) -> Any:
+    """The plain list codec: value after value, naming what is wrong."""
+    return ssz.codec(bt.ListType(t, 1 << 32))
+
+
+ODD = [
+    -1, 2**64, 2**70, 3, 1.5, 2**60, True, False, float("nan"), float("inf"), 1e39,
+    "text", "\ud800", "é", b"raw", bytearray(b"ba"), None, (1, 2), [1, 2.5], [True],
+    [-1], [2**16], [1] * 9, [0.5, 1e39], (),
+]  # fmt: skip
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.data())
+def test_a_plan_never_differs_from_the_exact_codec(data: st.DataObject) -> None:
+    # Values that may not fit: the plan writes what the exact codec writes, or gives up
+    # (None) and lets it name what is wrong; bytes that are bad: the same for reading.
+    t = data.draw(plain)
+    p = ssz_columns.plan(t)
+    assert p is not None
+    vs = data.draw(st.lists(values(t), min_size=1, max_size=12))
+    enc, dec = exact_list(t)
+    for _ in range(data.draw(st.integers(0, 3))):
+        v = vs[data.draw(st.integers(0, len(vs) - 1))]
+        name = t.fields[data.draw(st.integers(0, len(t.fields) - 1))][0]
+        setattr(v, name, data.draw(st.sampled_from(ODD)))
+    try:
+        expected: bytes | None = enc(vs, t.name)
+    except SchemaError:
+        expected = None
+    got = p.encode(vs)
+    assert got is None or got == expected
+    if expected is None:
+        return
+    corrupt = bytearray(expected)
+    for _ in range(data.draw(st.integers(0, 3))):
+        corrupt[data.draw(st.integers(0, len(corrupt) - 1))] = data.draw(st.integers(0, 255))
+    if data.draw(st.booleans()):
+        corrupt = corrupt[: data.draw(st.integers(0, len(corrupt)))]
+    try:
+        want = dec(memoryview(bytes(corrupt)), t.name)
+    except SchemaError:
+        want = None
+    read = p.decode(memoryview(bytes(corrupt))) if corrupt else []
+    assert read is None or read == want, (read, want)
+
+
+def test_strings_that_are_not_ascii_and_bytes_that_are_no_utf8() -> None:
+    p = ssz_columns.plan(CONFIG)
+    assert p is not None
+    vs = [Config("ü" * i + "€", i, [i]) for i in range(300)]
+    data = p.encode(vs)
+    assert data is not None and p.decode(memoryview(data)) == vs
+    assert ssz_batch.decode_list(CONFIG, data) == vs
+    # a string that is UTF-8 only joined with the next one is refused, each alone
+    two = ssz_batch.encode_list(CONFIG, [Config("ab", 1, []), Config("cd", 2, [])])
+    bad = two.replace(b"ab", b"a\xc3").replace(b"cd", b"\xa9d")
+    assert p.decode(memoryview(bad)) is None
+    with pytest.raises(SchemaError) as e:
+        ssz_batch.decode_list(CONFIG, bad)
+    assert e.value.reason == "bad_ssz" and "Config[0].name" in str(e.value)
+    # a surrogate cannot be written as UTF-8: the exact codec names it
+    with pytest.raises(SchemaError) as e:
+        ssz_batch.encode_list(CONFIG, [Config("ok", 1, []), Config("\ud800", 2, [])])
+    assert "Config[1].name" in str(e.value)
+
+
+_refs: list[Any] = []
+
+
+def keep_a_ref(values: list[Any]) -> int:
+    """A handler: notes a weak reference to its first value."""
+    _refs.append(weakref.ref(values[0]))
+    return len(values)
+
+
+def test_a_batch_argument_is_freed_after_the_answer_is_written() -> None:
+    # a large batch takes a while to free, and the collector would walk it over and
+    # over: the caller has its answer first, and the collector stays off it until then
+    from beambridge import Atom, control
+    from beambridge.calls import CallPath
+    from beambridge.etf import decode, encode
+
+    gc.collect()
+    data = ssz_batch.encode_list(CONFIG, configs(60_000))
+    term = (Atom("$bb_schema_list"), b"t.batch.Config", b"1.0", data)
+    path = CallPath(threshold=1 << 20)
+    try:
+        call = control.Call(1, b"test_ssz_batch", b"keep_a_ref", {}, [], True)
+        reply = path.run(call, memoryview(encode([term])))
+        assert reply.envelope[0] == Atom("ok"), reply.envelope
+        assert decode(b"".join(reply.body)) == 60_000
+        assert _refs[-1]() is not None  # still alive: the answer is not written yet
+        assert gc.get_freeze_count() > 120_000  # instances and their lists
+        path.after_answer()
+        assert _refs[-1]() is None
+        assert gc.get_freeze_count() == 0
+        # a small call sets nothing aside
+        small = ssz_batch.encode_list(CONFIG, configs(10))
+        reply = path.run(call, memoryview(encode([(*term[:3], small)])))
+        assert gc.get_freeze_count() == 0
+        path.after_answer()
+    finally:
+        path.close()

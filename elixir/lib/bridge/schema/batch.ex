@@ -36,24 +36,67 @@ defmodule Bridge.Schema.Batch do
   # (with_heap/2), up to @heap_max words (2 GiB).
   @heap_room 1 <<< 20
   @heap_max 1 <<< 28
+  # Values encoded at a time (encode/2)
+  @piece 4096
 
   @doc "The SSZ bytes of `values`, each a struct of schema `module`."
   @spec encode(module(), [struct()]) :: {:ok, binary()} | {:error, Error.t()}
   def encode(module, values) when is_list(values) do
     short = module.__schema__(:short)
     n = length(values)
+    fixed? = module.__schema__(:fixed_size) != nil
+    {heads, bodies, total} = pieces(values, module, short, fixed?, 4 * n, [], [])
 
-    # the parts are garbage once joined: room for them, not a collection per 700
-    with_heap(n * 16, fn ->
-      parts = Enum.map(values, &module.__bb_encode__(&1, short))
+    cond do
+      fixed? ->
+        {:ok, IO.iodata_to_binary(bodies)}
 
-      if module.__schema__(:fixed_size),
-        do: {:ok, IO.iodata_to_binary(parts)},
-        else: with_offsets(parts, n, short)
-    end)
+      total >= @offset_limit ->
+        {:error,
+         Error.new(:bad_call, :bad_value,
+           field: :schema,
+           value: "#{short}[]",
+           message:
+             "bad_value: #{short}[]: #{n} values of #{total} bytes, past the 4 GiB an SSZ " <>
+               "offset reaches: send them in parts"
+         )}
+
+      true ->
+        {:ok, IO.iodata_to_binary([heads | bodies])}
+    end
   catch
     {:ssz, %Error{}} -> {:error, first_bad(values, &module.__bb_encode__/2, module)}
   end
+
+  # The values' bytes made @piece at a time, each piece joined into one binary (off
+  # the heap) at once: what a large batch leaves on the caller's heap while it is made
+  # is one piece's parts, never enough to make the VM copy the caller's own data (a
+  # million structs) from one heap generation to the next. Variable-size values: each
+  # piece's offsets too, from `at` (where the piece's first value goes).
+  defp pieces([], _module, _short, _fixed?, at, heads, bodies),
+    do: {:lists.reverse(heads), :lists.reverse(bodies), at}
+
+  defp pieces(values, module, short, fixed?, at, heads, bodies) do
+    {parts, rest} = encode_piece(values, module, short, @piece, [])
+
+    if fixed? do
+      pieces(rest, module, short, fixed?, at, heads, [IO.iodata_to_binary(parts) | bodies])
+    else
+      {offsets, at} =
+        Enum.map_reduce(parts, at, fn part, at ->
+          {<<at::little-32>>, at + IO.iodata_length(part)}
+        end)
+
+      body = IO.iodata_to_binary(parts)
+      head = IO.iodata_to_binary(offsets)
+      pieces(rest, module, short, fixed?, at, [head | heads], [body | bodies])
+    end
+  end
+
+  defp encode_piece([v | rest], module, short, k, acc) when k > 0,
+    do: encode_piece(rest, module, short, k - 1, [module.__bb_encode__(v, short) | acc])
+
+  defp encode_piece(rest, _module, _short, _k, acc), do: {:lists.reverse(acc), rest}
 
   # Runs `fun` with room for `words` on this process's heap (a large batch's values
   # would otherwise be copied by one collection after another as they are made), and
@@ -67,27 +110,6 @@ defmodule Bridge.Schema.Batch do
       fun.()
     after
       Process.flag(:min_heap_size, old)
-    end
-  end
-
-  defp with_offsets(parts, n, short) do
-    sizes = Enum.map(parts, &IO.iodata_length/1)
-    total = 4 * n + Enum.sum(sizes)
-
-    if total >= @offset_limit do
-      {:error,
-       Error.new(:bad_call, :bad_value,
-         field: :schema,
-         value: "#{short}[]",
-         message:
-           "bad_value: #{short}[]: #{n} values of #{total} bytes, past the 4 GiB an SSZ " <>
-             "offset reaches: send them in parts"
-       )}
-    else
-      {offsets, _} =
-        Enum.map_reduce(sizes, 4 * n, fn size, at -> {<<at::little-32>>, at + size} end)
-
-      {:ok, IO.iodata_to_binary([offsets | parts])}
     end
   end
 
@@ -139,26 +161,31 @@ defmodule Bridge.Schema.Batch do
        when rem(first, 4) == 0 and first >= 4 and first <= byte_size(data) do
     <<heads::binary-size(first), _::binary>> = data
     offsets = for <<o::little-32 <- heads>>, do: o
-    ends = tl(offsets) ++ [byte_size(data)]
-    spans = Enum.zip(offsets, ends)
-
-    # an element that ends before it starts, or past the end, is bad
-    case Enum.find_index(spans, fn {lo, hi} -> lo > hi or hi > byte_size(data) end) do
-      nil ->
-        {:ok, for({lo, hi} <- spans, do: binary_part(data, lo, hi - lo))}
-
-      i ->
-        {lo, hi} = Enum.at(spans, i)
-
-        bad_ssz(
-          "#{short}[#{i}]",
-          "offsets #{lo} and #{hi} out of order or past #{byte_size(data)} bytes"
-        )
-    end
+    cut(data, offsets, 0, [], short)
   end
 
   defp parts(data, nil, short),
     do: bad_ssz(short, "a first offset that is no offset in #{byte_size(data)} bytes")
+
+  # The values' bytes between their offsets, in one pass: an element that ends before
+  # it starts, or past the end, is bad.
+  defp cut(data, [lo | rest], i, acc, short) do
+    hi =
+      case rest do
+        [next | _] -> next
+        [] -> byte_size(data)
+      end
+
+    if lo <= hi and hi <= byte_size(data),
+      do: cut(data, rest, i + 1, [binary_part(data, lo, hi - lo) | acc], short),
+      else:
+        bad_ssz(
+          "#{short}[#{i}]",
+          "offsets #{lo} and #{hi} out of order or past #{byte_size(data)} bytes"
+        )
+  end
+
+  defp cut(_data, [], _i, acc, _short), do: {:ok, :lists.reverse(acc)}
 
   # The error of the first item that fails `fun`, its path naming the index.
   defp first_bad(items, fun, module) do

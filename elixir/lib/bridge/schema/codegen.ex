@@ -182,18 +182,17 @@ defmodule Bridge.Schema.Codegen do
             next = Enum.at(variable, k + 1)
             hi = if next, do: var(:f, next), else: quote(do: byte_size(unquote(bin)))
 
-            quote do
-              SSZ.decode(
-                unquote(Macro.escape(t)),
+            part =
+              quote do
                 Bridge.Schema.Codegen.part(
                   unquote(bin),
                   unquote(var(:f, i)),
                   unquote(hi),
                   unquote(path)
-                ),
-                unquote(at)
-              )
-            end
+                )
+              end
+
+            read_part(t, part, at)
         end
       end
 
@@ -240,6 +239,38 @@ defmodule Bridge.Schema.Codegen do
       end
     end
   end
+
+  # Reads a variable-size part: strings, bytes and lists of integers here; anything
+  # else, and every error, through SSZ.decode.
+  defp read_part(:bytes, part, _at), do: part
+
+  defp read_part(:string, part, at) do
+    quote do
+      p = unquote(part)
+
+      # valid UTF-8 as it is (checked by the VM's C code)
+      if is_binary(:unicode.characters_to_binary(p)),
+        do: p,
+        else: SSZ.decode(:string, p, unquote(at))
+    end
+  end
+
+  defp read_part({:list, e, max: n} = t, part, at)
+       when is_map_key(@uints, e) or is_map_key(@ints, e) do
+    size = SSZ.fixed_size(e)
+    x = Macro.var(:x, __MODULE__)
+
+    quote do
+      p = unquote(part)
+
+      if rem(byte_size(p), unquote(size)) == 0 and byte_size(p) <= unquote(size * n),
+        do: for(<<unquote(segment(e, x)) <- p>>, do: unquote(x)),
+        else: SSZ.decode(unquote(Macro.escape(t)), p, unquote(at))
+    end
+  end
+
+  defp read_part(t, part, at),
+    do: quote(do: SSZ.decode(unquote(Macro.escape(t)), unquote(part), unquote(at)))
 
   @doc false
   # Bytes [lo, hi) of a container, checked.
