@@ -15,6 +15,7 @@ setup:
 	@bash .ci/setup
 
 build: setup
+	@bash .ci/build-sszc
 	mix compile
 
 test: build
@@ -36,6 +37,7 @@ lint: setup
 	mix format --check-formatted
 	mix compile --force --warnings-as-errors
 	$(MAKE) -s -C shm lint
+	@bash .ci/build-sszc --lint
 	$(VENV)/bin/ruff check python tests protocol bench elixir/test/handlers
 	$(VENV)/bin/ruff format --check python tests protocol bench elixir/test/handlers
 	$(VENV)/bin/mypy

@@ -5,9 +5,11 @@ bytes that are no list, are typed errors naming the index and the field."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import weakref
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -47,9 +49,34 @@ def same_as_remerkleable(t: ssz.ContainerType, vs: list[Any]) -> bytes:
     return data
 
 
+#: The plans in C (beambridge/_sszc.c) and with NumPy and Arrow, each tested.
+IMPLS = ["c", "numpy"]
+
+
+@contextlib.contextmanager
+def plans_in(impl: str) -> Iterator[None]:
+    before = ssz_columns.native
+    ssz_columns.native = before if impl == "c" else None
+    try:
+        yield
+    finally:
+        ssz_columns.native = before
+
+
+def test_the_c_plans_are_built() -> None:
+    # `make build` builds beambridge._sszc; without it every batch takes the slower way
+    assert ssz_columns.native is not None, "run .ci/build-sszc (make build)"
+
+
+@pytest.mark.parametrize("impl", IMPLS)
 @settings(max_examples=60, deadline=None)
-@given(st.data())
-def test_plain_batches_go_by_columns_and_equal_remerkleable(data: st.DataObject) -> None:
+@given(data=st.data())
+def test_plain_batches_go_by_plans_and_equal_remerkleable(impl: str, data: st.DataObject) -> None:
+    with plans_in(impl):
+        plain_batch_equals_remerkleable(data)
+
+
+def plain_batch_equals_remerkleable(data: st.DataObject) -> None:
     t = data.draw(plain)
     p = ssz_columns.plan(t)
     assert p is not None
@@ -219,11 +246,17 @@ ODD = [
 ]  # fmt: skip
 
 
+@pytest.mark.parametrize("impl", IMPLS)
 @settings(max_examples=150, deadline=None)
-@given(st.data())
-def test_a_plan_never_differs_from_the_exact_codec(data: st.DataObject) -> None:
+@given(data=st.data())
+def test_a_plan_never_differs_from_the_exact_codec(impl: str, data: st.DataObject) -> None:
     # Values that may not fit: the plan writes what the exact codec writes, or gives up
     # (None) and lets it name what is wrong; bytes that are bad: the same for reading.
+    with plans_in(impl):
+        plan_is_exact(data)
+
+
+def plan_is_exact(data: st.DataObject) -> None:
     t = data.draw(plain)
     p = ssz_columns.plan(t)
     assert p is not None
@@ -250,11 +283,34 @@ def test_a_plan_never_differs_from_the_exact_codec(data: st.DataObject) -> None:
         want = dec(memoryview(bytes(corrupt)), t.name)
     except SchemaError:
         want = None
+    # what the exact codec reads, the plan reads the same; what it refuses, the plan too
     read = p.decode(memoryview(bytes(corrupt))) if corrupt else []
-    assert read is None or read == want, (read, want)
+    assert read == want, (read, want)
 
 
-def test_strings_that_are_not_ascii_and_bytes_that_are_no_utf8() -> None:
+@pytest.mark.parametrize("impl", IMPLS)
+@settings(max_examples=150, deadline=None)
+@given(data=st.data())
+def test_a_plan_reads_random_bytes_as_the_exact_codec(impl: str, data: st.DataObject) -> None:
+    t = data.draw(plain)
+    p = ssz_columns.plan(t)
+    assert p is not None
+    raw = data.draw(st.binary(min_size=1, max_size=200))
+    try:
+        want = exact_list(t)[1](memoryview(raw), t.name)
+    except SchemaError:
+        want = None
+    with plans_in(impl):
+        assert p.decode(memoryview(raw)) == want
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_strings_that_are_not_ascii_and_bytes_that_are_no_utf8(impl: str) -> None:
+    with plans_in(impl):
+        strings_as_the_exact_codec()
+
+
+def strings_as_the_exact_codec() -> None:
     p = ssz_columns.plan(CONFIG)
     assert p is not None
     vs = [Config("ü" * i + "€", i, [i]) for i in range(300)]
