@@ -8,7 +8,9 @@
 # in memory on one side to the values in memory on the other. The SSZ list goes in
 # one Bridge.call; the ETF list of 1M maps (about 200 MB) is over the 64 MiB a control
 # frame carries, so it goes as it must, in calls of 100,000 maps. No GC habit:
-# nothing here collects garbage by hand.
+# nothing here collects garbage by hand; each figure is measured in a process of its
+# own that makes its values (the first of the 4 runs, not counted, pays for moving
+# them to the old heap).
 #
 # Alone: MIX_ENV=test mix run bench/schemas.exs [--quick]   (--quick: 100k values)
 defmodule BenchSchemas do
@@ -45,9 +47,11 @@ defmodule BenchSchemas do
     {:ok, ["config", "metrics"]} = Bridge.call({:bench_handlers, :seed_schemas}, [], pool: pool)
 
     for {kind, module} <- [{"metrics", PerformanceMetrics}, {"config", ModelConfig}] do
-      typed = for i <- 0..(n - 1), do: struct!(module, fields(kind, i))
-      maps = for i <- 0..(n - 1), do: Map.new(fields(kind, i), fn {k, v} -> {"#{k}", v} end)
-      {:ok, ssz} = Bridge.Schema.Batch.encode(module, typed)
+      typed = fn -> for i <- 0..(n - 1), do: struct!(module, fields(kind, i)) end
+
+      maps = fn ->
+        for i <- 0..(n - 1), do: Map.new(fields(kind, i), fn {k, v} -> {"#{k}", v} end)
+      end
 
       # every value, in calls of `per` values
       count = fn values, format, per ->
@@ -80,16 +84,24 @@ defmodule BenchSchemas do
       end
 
       # each side alone: the codec, no bridge
-      ex_encode = median_s(fn -> {:ok, _} = Bridge.Schema.Batch.encode(module, typed) end)
-      ex_decode = median_s(fn -> {:ok, _} = Bridge.Schema.Batch.decode(module, ssz) end)
+      ex_encode =
+        alone(fn ->
+          values = typed.()
+          median_s(fn -> {:ok, _} = Bridge.Schema.Batch.encode(module, values) end)
+        end)
+
+      ssz = alone(fn -> elem(Bridge.Schema.Batch.encode(module, typed.()), 1) end)
+
+      ex_decode =
+        alone(fn -> median_s(fn -> {:ok, _} = Bridge.Schema.Batch.decode(module, ssz) end) end)
 
       {:ok, [py_encode, py_decode]} =
         Bridge.call({:bench_handlers, :schema_codec_seconds}, [kind, n], pool: pool)
 
-      to_ssz = median_s(count.(typed, :auto, n))
-      to_etf = median_s(count.(maps, :etf, @etf_per_call))
-      from_ssz = median_s(rows.(true, :auto, n))
-      from_etf = median_s(rows.(false, :etf, @etf_per_call))
+      to_ssz = alone(fn -> median_s(count.(typed.(), :auto, n)) end)
+      to_etf = alone(fn -> median_s(count.(maps.(), :etf, @etf_per_call)) end)
+      from_ssz = alone(fn -> median_s(rows.(true, :auto, n)) end)
+      from_etf = alone(fn -> median_s(rows.(false, :etf, @etf_per_call)) end)
 
       %{
         "schema" => module.__schema__(:name),
@@ -137,6 +149,11 @@ defmodule BenchSchemas do
       dtype: if(rem(i, 3) != 0, do: "bfloat16", else: "float32")
     ]
   end
+
+  # Runs `fun` in a process of its own, which makes the values it measures: what one
+  # measurement leaves on a heap (a million structs read back) is not collected in the
+  # middle of the next, as it would be in one process doing all of them.
+  defp alone(fun), do: fun |> Task.async() |> Task.await(:infinity)
 
   defp median_s(fun) do
     fun.()

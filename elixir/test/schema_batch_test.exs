@@ -94,6 +94,63 @@ defmodule Bridge.SchemaBatchTest do
     # element 4999 ends at that offset, past the end
     assert e.reason == :bad_ssz and e.message =~ "Config[4999]: offsets"
     assert {:error, %{reason: :bad_ssz}} = Batch.decode(Config, <<3, 0, 0, 0>>)
+    # fewer bytes than one offset
+    assert {:error, %{reason: :bad_ssz}} = Batch.decode(Config, <<4>>)
+    assert {:error, %{reason: :bad_ssz}} = Batch.decode(Config, <<4, 0, 0>>)
+  end
+
+  test "lists of numbers of each type are packed at their bounds as the SSZ list codec says" do
+    for {t, bits, lo, hi} <- [
+          {:uint8, 8, 0, 255},
+          {:uint16, 16, 0, 65_535},
+          {:uint32, 32, 0, (1 <<< 32) - 1},
+          {:uint64, 64, 0, (1 <<< 64) - 1},
+          {:int8, 8, -128, 127},
+          {:int16, 16, -32_768, 32_767},
+          {:int32, 32, -(1 <<< 31), (1 <<< 31) - 1},
+          {:int64, 64, -(1 <<< 63), (1 <<< 63) - 1}
+        ] do
+      items = [lo, hi, 0, 1, div(hi, 3)]
+      signed? = lo < 0
+
+      expected =
+        for x <- items,
+            into: <<>>,
+            do: if(signed?, do: <<x::little-signed-size(bits)>>, else: <<x::little-size(bits)>>)
+
+      assert IO.iodata_to_binary(SSZ.encode({:list, t, max: 8}, items, "x")) == expected
+      assert SSZ.decode({:list, t, max: 8}, expected, "x") == items
+      # one past a bound: refused, naming the element
+      for bad <- [lo - 1, hi + 1] do
+        assert catch_throw(SSZ.encode({:list, t, max: 8}, [0, bad], "x"))
+               |> elem(1)
+               |> Map.get(:message) =~
+                 "x[1] is #{bad}"
+      end
+    end
+
+    floats = [1.5, -0.25, 3.0e38]
+
+    assert IO.iodata_to_binary(SSZ.encode({:list, :float32, max: 4}, floats, "x")) ==
+             for(x <- floats, into: <<>>, do: <<x::little-float-32>>)
+  end
+
+  test "a schema_list slice whose metadata disagrees with its header is bad_metadata" do
+    alias Bridge.Test.Wire
+    {:ok, data} = Batch.encode(Metric, metrics(3))
+    good = Batch.frame_options("t.batch.Metric", "1.0")
+    assert {:ok, metrics(3)} == Wire.decode_slice(:schema_list, data, good)
+
+    for bad <- [
+          Keyword.put(good, :metadata, :erlang.term_to_binary({"t.batch.Config", "1.0"})),
+          Keyword.put(good, :metadata, :erlang.term_to_binary({"t.batch.Metric", "1.1"})),
+          Keyword.put(good, :metadata, :erlang.term_to_binary({"t.batch.Metric", "one"})),
+          Keyword.put(good, :metadata, "not a term"),
+          Keyword.put(good, :schema_version, 2 <<< 16)
+        ] do
+      assert {:error, %Bridge.Error{kind: :bad_frame, reason: :bad_metadata}} =
+               Wire.decode_slice(:schema_list, data, bad)
+    end
   end
 
   test "a batch of an older minor is read as the newest, the later fields filled in" do

@@ -438,6 +438,7 @@ class CallPath:
     def _leased(self, slices: Any) -> bool:
         """Whether a value read from one of a call's ``slices`` is still alive."""
         refs, _ = control.slice_refs(slices or [])
+        self.leases.settle()  # frames read and dropped while decoding: no longer in use
         return any((o, off, g) in self.leases for o, off, _, g in refs)
 
     def _lookup(self, module: Any, function: Any) -> Callable[..., Any]:

@@ -219,14 +219,19 @@ class LeaseBook:
 
     def take_released(self) -> list[Key]:
         """The slices whose last use ended since the last call, each once."""
+        self.settle()
+        out, self._released = self._released, []
+        return out
+
+    def settle(self) -> None:
+        """Counts the uses whose frames and views are gone (their finalizers ran): a key
+        no longer in use is then not `in` the book, and waits on the released list."""
         while True:
             try:
                 key = self._ended.popleft()
             except IndexError:
                 break
             self.let_go(key)
-        out, self._released = self._released, []
-        return out
 
     def find(self, address: int, nbytes: int) -> tuple[Key, int] | None:
         """``(key, slice start address)`` of a live frame whose payload holds the

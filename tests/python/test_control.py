@@ -162,6 +162,23 @@ def test_each_slice_is_released_once_when_every_view_is_gone(beam: BeamSide) -> 
     peers.close()
 
 
+def test_a_slice_whose_views_are_gone_is_no_longer_in_use_once_settled(beam: BeamSide) -> None:
+    # (how the worker knows a call's arguments hold no slice: CallPath._leased)
+    arg = beam.slice("buffer", b"s" * 500)
+    peers, book = peers_of(beam), LeaseBook()
+    terms, refs = beam.prepare([arg])
+    views = Decoder(peers, book).decode(terms, refs)
+    book.settle()
+    assert arg.key in book  # a view is alive
+    del views
+    assert arg.key in book  # its finalizer ran, not yet counted
+    book.settle()
+    assert arg.key not in book
+    assert book.take_released() == [arg.key]  # settled, still released once
+    assert book.take_released() == []
+    peers.close()
+
+
 def test_copied_and_unnamed_slices_are_released_at_once(beam: BeamSide) -> None:
     named, unnamed = beam.slice("binary", b"b" * 100), beam.slice("buffer", b"u" * 100)
     peers, book = peers_of(beam), LeaseBook()
