@@ -1,7 +1,8 @@
 defmodule Bridge.SchemaTest do
   # Typed schemas (protocol/formats/ssz.md) on the Elixir side: the golden vectors of
   # protocol/vectors/ssz (written by the Python side) are the bytes of the seed's four
-  # containers declared here, read back to their values; bad ones are typed errors.
+  # containers declared here (alone, and batches of them), read back to their values;
+  # bad ones are typed errors.
   use ExUnit.Case, async: true
 
   import Bridge.Test.SSZJSON, only: [type_json: 1, value: 2]
@@ -21,7 +22,7 @@ defmodule Bridge.SchemaTest do
 
   test "the vectors hold the seed's four containers" do
     good = for p <- @vectors, Path.basename(p) =~ ~r/^good_/, do: json(p)["schema"]
-    assert Enum.sort(good) == Enum.sort(Map.keys(@modules))
+    assert Enum.sort(Enum.uniq(good)) == Enum.sort(Map.keys(@modules))
   end
 
   for path <- @vectors do
@@ -42,13 +43,25 @@ defmodule Bridge.SchemaTest do
                  spec["fields"]
       end
 
-      if doc["valid"] do
-        value = value(module, doc["value"])
-        assert Bridge.Schema.to_ssz(value) == {:ok, bin}
-        assert Bridge.Schema.from_ssz(module, bin) == {:ok, value}
-      else
-        assert {:error, %Bridge.Error{reason: reason}} = Bridge.Schema.from_ssz(module, bin)
-        assert Atom.to_string(reason) == doc["error"]["reason"]
+      cond do
+        doc["batch"] and doc["valid"] ->
+          # a batch (formats/ssz.md, "Batches"): the SSZ list of its values
+          values = Enum.map(doc["value"], &value(module, &1))
+          assert Bridge.Schema.Batch.encode(module, values) == {:ok, bin}
+          assert Bridge.Schema.Batch.decode(module, bin) == {:ok, values}
+
+        doc["batch"] ->
+          assert {:error, %Bridge.Error{reason: reason}} = Bridge.Schema.Batch.decode(module, bin)
+          assert Atom.to_string(reason) == doc["error"]["reason"]
+
+        doc["valid"] ->
+          value = value(module, doc["value"])
+          assert Bridge.Schema.to_ssz(value) == {:ok, bin}
+          assert Bridge.Schema.from_ssz(module, bin) == {:ok, value}
+
+        true ->
+          assert {:error, %Bridge.Error{reason: reason}} = Bridge.Schema.from_ssz(module, bin)
+          assert Atom.to_string(reason) == doc["error"]["reason"]
       end
     end
   end

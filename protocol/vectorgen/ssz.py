@@ -98,6 +98,8 @@ class SszVector:
     value: Any = None
     data: bytes = b""
     error: dict[str, str] | None = None
+    #: A batch: the SSZ list of ``value``, a list of values (formats/ssz.md, "Batches").
+    batch: bool = False
 
 
 def ssz_vectors() -> list[SszVector]:
@@ -114,6 +116,15 @@ def ssz_vectors() -> list[SszVector]:
         SszVector("good_model_info", "the seed's ModelInfo: the three nested", ModelInfo, INFO),
     ]  # fmt: skip
     good = [dataclasses.replace(v, data=ssz.to_ssz(v.value)) for v in good]
+    configs = [CONFIG, ModelConfig("", 0, 0, [], 0, -0.5, False, "ünï"), CONFIG]
+    batches = [
+        SszVector("good_performance_metrics_list", "a batch: two PerformanceMetrics, one SSZ "
+                  "list of fixed-size values", PerformanceMetrics, METRICS, batch=True),
+        SszVector("good_model_config_list", "a batch: three ModelConfigs, one SSZ list of "
+                  "variable-size values (offsets first)", ModelConfig, configs, batch=True),
+    ]  # fmt: skip
+    batches = [dataclasses.replace(v, data=_batch(v.cls, v.value)) for v in batches]
+    listed = batches[1].data
     config = good[0].data
     bad = [
         SszVector("bad_truncated_fixed_part", "ModelConfig cut inside its fixed part",
@@ -125,8 +136,18 @@ def ssz_vectors() -> list[SszVector]:
                   data=_bad_boolean(config), error={"reason": "bad_ssz"}),
         SszVector("bad_union_selector", "ModelInfo whose status selector is 3", ModelInfo,
                   data=good[3].data[:-4] + b"\x03ok", error={"reason": "bad_ssz"}),
+        SszVector("bad_model_config_list_offset", "a batch of three ModelConfigs whose second "
+                  "offset is past the end", ModelConfig, batch=True,
+                  data=listed[:4] + (len(listed) + 1).to_bytes(4, "little") + listed[8:],
+                  error={"reason": "bad_ssz"}),
     ]  # fmt: skip
-    return good + bad
+    return good + batches + bad
+
+
+def _batch(cls: type, values: list[Any]) -> bytes:
+    from beambridge.ssz_batch import encode_list
+
+    return encode_list(ssz.schema_type(cls), values)
 
 
 def _bump_first_offset(data: bytes) -> bytes:
@@ -142,20 +163,32 @@ def _bad_boolean(data: bytes) -> bytes:
 def check_ssz(v: SszVector) -> dict[str, Any]:
     """The vector's JSON, after checking it with the package: a good one reads back to
     its value and writes the same bytes, a bad one fails with its error."""
+    from beambridge.ssz_batch import decode_list
+
+    t = ssz.schema_type(v.cls)
+
+    def read(data: bytes) -> Any:
+        return decode_list(t, data) if v.batch else ssz.from_ssz(v.cls, data)
+
     doc: dict[str, Any] = {
         "name": v.name,
         "description": v.description,
+        "batch": v.batch,
         "valid": v.error is None,
         "schema": ssz.schema_type(v.cls).schema_name,
         "schemas": schemas_json(v.cls),
         "size": len(v.data),
     }
     if v.error is None:
-        assert ssz.to_ssz(ssz.from_ssz(v.cls, v.data)) == v.data, v.name
-        doc["value"] = value_json(ssz.schema_type(v.cls), v.value)
+        if v.batch:
+            assert _batch(v.cls, read(v.data)) == v.data, v.name
+            doc["value"] = [value_json(t, x) for x in v.value]
+        else:
+            assert ssz.to_ssz(read(v.data)) == v.data, v.name
+            doc["value"] = value_json(t, v.value)
     else:
         try:
-            ssz.from_ssz(v.cls, v.data)
+            read(v.data)
         except bt.SchemaError as err:
             assert err.reason == v.error["reason"], (v.name, err)
         else:

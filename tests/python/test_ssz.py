@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import pytest
-from beambridge import ssz
+from beambridge import ssz, ssz_batch
 from beambridge import types as bt
 from beambridge.types import SchemaError
 from beambridge.versions import read_value
@@ -185,6 +185,9 @@ def test_ssz_vector(name: str) -> None:
     assert doc["name"] == name and doc["size"] == len(data)
     cls = classes_from_json(doc["schemas"], "vector.")[doc["schema"]]
     t = ssz.schema_type(cls)
+    if doc["batch"]:
+        batch_vector(t, doc, data)
+        return
     if not doc["valid"]:
         with pytest.raises(SchemaError) as info:
             ssz.from_ssz(cls, data)
@@ -194,6 +197,20 @@ def test_ssz_vector(name: str) -> None:
     assert ssz.to_ssz(value) == data
     assert rvalue(t, value).encode_bytes() == data  # remerkleable writes the same bytes
     assert ssz.to_ssz(ssz.from_ssz(cls, data)) == data
+
+
+def batch_vector(t: ssz.ContainerType, doc: dict[str, Any], data: bytes) -> None:
+    """A batch (formats/ssz.md, "Batches"): the SSZ list of its values."""
+    if not doc["valid"]:
+        with pytest.raises(SchemaError) as info:
+            ssz_batch.decode_list(t, data)
+        assert info.value.reason == doc["error"]["reason"]
+        return
+    values = [value_from_json(t, v) for v in doc["value"]]
+    assert ssz_batch.encode_list(t, values) == data
+    r = rc.List[rtype(t), len(values)](*[rvalue(t, v) for v in values])
+    assert r.encode_bytes() == data  # remerkleable writes the same list
+    assert ssz_batch.decode_list(t, data) == values
 
 
 def test_the_vectors_hold_the_seeds_four_containers() -> None:
