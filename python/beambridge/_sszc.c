@@ -53,6 +53,11 @@ static int kind_size(int kind) {
 
 static int is_number(int kind) { return kind >= K_U8 && kind <= K_F64; }
 
+/* The bytes field `d` takes in the fixed part (an offset, for a variable-size one). */
+static Py_ssize_t field_size(const field_t *d) {
+    return d->kind == K_VECTOR ? kind_size(d->elem) * d->n : kind_size(d->kind);
+}
+
 /* The plan's fields into `fields`; -1 with an exception when it is malformed. */
 static Py_ssize_t read_plan(PyObject *plan, field_t *fields, Py_ssize_t fixed_size) {
     if (!PyTuple_Check(plan) || PyTuple_GET_SIZE(plan) == 0 || PyTuple_GET_SIZE(plan) > MAX_FIELDS) {
@@ -79,7 +84,7 @@ static Py_ssize_t read_plan(PyObject *plan, field_t *fields, Py_ssize_t fixed_si
             PyErr_SetString(PyExc_ValueError, "a plan field of no known kind");
             return -1;
         }
-        size += d->kind == K_VECTOR ? kind_size(d->elem) * d->n : kind_size(d->kind);
+        size += field_size(d);
     }
     if (size != fixed_size) {
         PyErr_SetString(PyExc_ValueError, "a plan whose fields do not add up to its fixed size");
@@ -262,7 +267,7 @@ static PyObject *encode(PyObject *Py_UNUSED(self), PyObject *args) {
             }
             status = put_field(d, x, &b, at, start);
             Py_DECREF(x);
-            at += d->kind == K_VECTOR ? kind_size(d->elem) * d->n : kind_size(d->kind);
+            at += (size_t)field_size(d);
         }
     }
     if (status == 0 && variable && b.len >= OFFSET_LIMIT) status = 1;
@@ -366,7 +371,7 @@ static PyObject *get_value(const field_t *fields, Py_ssize_t count, Py_ssize_t f
             lo[k] = prev = o;
             last = k;
         }
-        at += d->kind == K_VECTOR ? kind_size(d->elem) * d->n : kind_size(d->kind);
+        at += (size_t)field_size(d);
     }
     if (last >= 0) hi[last] = len;
     else if (len != (size_t)fixed_size) return NULL;
@@ -376,7 +381,7 @@ static PyObject *get_value(const field_t *fields, Py_ssize_t count, Py_ssize_t f
         const field_t *d = &fields[made];
         vals[made] = get_field(d, p, at, lo[made], hi[made]);
         if (vals[made] == NULL) break;
-        at += d->kind == K_VECTOR ? kind_size(d->elem) * d->n : kind_size(d->kind);
+        at += (size_t)field_size(d);
     }
     PyObject *obj = NULL;
     if (made == count) {

@@ -37,13 +37,11 @@ from typing import Any
 import numpy as np
 
 from .ssz import ContainerType, _with_offsets, codec
-from .ssz_columns import plan
+from .ssz_columns import OFFSET_LIMIT, plan, spans
 from .types import ListType, SchemaError
 
 __all__ = ["decode_list", "encode_list"]
 
-#: SSZ offsets are u32: a list of variable-size values ends within 4 GiB.
-_OFFSET_LIMIT = 1 << 32
 #: Batches of at least this many values are made and read without the cyclic GC.
 _GC_PAUSE = 10_000
 
@@ -84,7 +82,7 @@ def _encode_list(t: ContainerType, values: Sequence[Any]) -> bytes:
     if t.fixed_size is not None:
         return b"".join(parts)
     total = 4 * len(parts) + sum(map(len, parts))
-    if total >= _OFFSET_LIMIT:
+    if total >= OFFSET_LIMIT:
         raise SchemaError(
             "bad_value",
             f"{t.name}[]: {len(parts)} values of {total} bytes, past the 4 GiB an SSZ offset "
@@ -120,31 +118,17 @@ def _decode_list(t: ContainerType, b: memoryview) -> list[Any]:
         except SchemaError:
             pass
     else:
-        spans = _spans(b)
-        if spans is not None:
+        found = spans(np.frombuffer(b, dtype="u1"))
+        if found is not None:  # else the generic codec names what is wrong
+            starts, ends = found[0].tolist(), found[1].tolist()
             try:
-                return [dec(b[lo:hi], t.name) for lo, hi in zip(*spans, strict=True)]
+                return [dec(b[lo:hi], t.name) for lo, hi in zip(starts, ends, strict=True)]
             except SchemaError:
                 pass
     return _generic(t)[1](b, t.name)  # type: ignore[no-any-return]
 
 
-def _spans(b: memoryview) -> tuple[list[int], list[int]] | None:
-    """Where each of a list of variable-size values starts and ends, or None when the
-    offsets are bad (the generic codec then names what is wrong)."""
-    if len(b) < 4:
-        return None
-    first = int.from_bytes(b[:4], "little")
-    if first % 4 or not 4 <= first <= len(b):
-        return None
-    starts = np.frombuffer(b, dtype="<u4", count=first // 4).astype(np.int64)
-    ends = np.append(starts[1:], len(b))
-    if (starts > ends).any():
-        return None
-    return starts.tolist(), ends.tolist()
-
-
 @functools.cache
 def _generic(t: ContainerType) -> Any:
     """The plain list codec: slower, and names the index of what is wrong."""
-    return codec(ListType(t, _OFFSET_LIMIT))
+    return codec(ListType(t, OFFSET_LIMIT))

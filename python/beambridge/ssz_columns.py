@@ -47,7 +47,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .types import Boolean, BytesType, Float, Int, ListType, StringType, UInt, VectorType
+from .types import (
+    FLOAT32_MAX,
+    Boolean,
+    BytesType,
+    Float,
+    Int,
+    ListType,
+    StringType,
+    UInt,
+    VectorType,
+)
 
 try:
     from . import _sszc as _native_module
@@ -60,10 +70,9 @@ native: Any = _native_module
 __all__ = ["Plan", "plan"]
 
 #: SSZ offsets are u32: a list ends within 4 GiB.
-_OFFSET_LIMIT = 1 << 32
+OFFSET_LIMIT = 1 << 32
 #: Bytes gathered or scattered at a time: the index arrays stay this many int64s.
 _BLOCK = 1 << 18
-_FLOAT32_MAX = 3.4028234663852886e38
 _BINARY = pa.large_binary()
 _NOTHING = pa.scalar(b"", _BINARY)
 
@@ -157,16 +166,16 @@ class Plan:
             if len(buf) % self.size:
                 return None
             return self._make(buf.view(self.dtype), None, None)
-        spans = _spans(buf)
-        if spans is None:
+        found = spans(buf)
+        if found is None:
             return None
-        starts, ends = spans
+        starts, ends = found
         if (ends - starts < self.size).any():
             return None
         fixed = _gather_rows(buf, starts, self.size).view(self.dtype).reshape(len(starts))
         return self._make(fixed, buf, (starts, ends))
 
-    def _make(self, fixed: Any, buf: Any, spans: Any) -> list[Any] | None:
+    def _make(self, fixed: Any, buf: Any, bounds: Any) -> list[Any] | None:
         columns: dict[str, Any] = {}
         for name, ft in self.fields:
             if not _variable(ft):
@@ -179,7 +188,7 @@ class Plan:
                     return None
                 columns[name] = col.tolist()
         if self.variable:
-            starts, ends = spans
+            starts, ends = bounds
             lengths = ends - starts
             offsets = [fixed[name].astype(np.int64) for name, _ in self.variable]
             if (offsets[0] != self.size).any():
@@ -226,7 +235,7 @@ class Plan:
             fixed[name] = at
             at += np.diff(np.frombuffer(part.buffers()[1], dtype=np.int64))
         table = 4 * n
-        if table + int(at.sum()) >= _OFFSET_LIMIT:
+        if table + int(at.sum()) >= OFFSET_LIMIT:
             return None  # the exact codec says how many bytes, and what to do
         rows = pa.Array.from_buffers(pa.binary(self.size), n, [None, pa.py_buffer(fixed)])
         # each value: its fixed part, then its variable parts, joined by Arrow's kernel
@@ -319,7 +328,7 @@ def _fixed_column(ft: Any, column: Sequence[Any], n: int) -> Any:
             return None
         if kinds != {float} and (np.abs(col) >= 2.0**53).any():
             return None
-        limit = _FLOAT32_MAX if ft.bits == 32 else np.finfo("f8").max
+        limit = FLOAT32_MAX if ft.bits == 32 else np.finfo("f8").max
         if not np.isfinite(col).all() or (np.abs(col) > limit).any():
             return None
         return col
@@ -339,9 +348,9 @@ def _fixed_column(ft: Any, column: Sequence[Any], n: int) -> Any:
 # ---- gathering and scattering -----------------------------------------------------------
 
 
-def _spans(buf: Any) -> tuple[Any, Any] | None:
-    """Where each of a list of variable-size values starts and ends, or None when the
-    offsets are bad."""
+def spans(buf: Any) -> tuple[Any, Any] | None:
+    """Where each of a list of variable-size values starts and ends (``buf`` its bytes,
+    a NumPy ``u1`` array), or None when the offsets are bad."""
     if len(buf) < 4:
         return None
     first = int(buf[:4].view("<u4")[0])

@@ -29,7 +29,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from .types import Boolean, BytesType, Float, Int, ListType, StringType, UInt
+from .types import FLOAT32_MAX, Boolean, BytesType, Float, Int, ListType, StringType, UInt
 
 __all__ = ["fast_container"]
 
@@ -38,7 +38,6 @@ Dec = Callable[[memoryview, str], Any]
 
 #: Lists of integers are read as a cast of the bytes on a little-endian host.
 _LITTLE = sys.byteorder == "little"
-_FLOAT32_MAX = 3.4028234663852886e38
 
 
 class _Slow(Exception):
@@ -137,7 +136,7 @@ def _unfit(ft: Any, x: str, env: dict[str, Any], i: int) -> str:
     if isinstance(ft, Boolean):
         return f"{x}.__class__ is not bool"
     if isinstance(ft, Float):
-        limit = _FLOAT32_MAX if ft.bits == 32 else sys.float_info.max
+        limit = FLOAT32_MAX if ft.bits == 32 else sys.float_info.max
         env[f"M{i}"] = limit
         return f"{x}.__class__ is not float or not -M{i} <= {x} <= M{i}"
     assert isinstance(ft, (UInt, Int))

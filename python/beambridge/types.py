@@ -117,6 +117,10 @@ class Int(SszType):
         return value
 
 
+#: The largest finite float32.
+FLOAT32_MAX = 3.4028234663852886e38
+
+
 class Float(SszType):
     """IEEE 754, little-endian (an extension of SSZ); NaN and infinities are refused, as
     the BEAM has none."""
@@ -132,7 +136,7 @@ class Float(SszType):
             value = float(value)
         if type(value) is not float or not math.isfinite(value):
             raise bad_value(path, value, f"a finite {self.name}")
-        if self.bits == 32 and abs(value) > 3.4028234663852886e38:
+        if self.bits == 32 and abs(value) > FLOAT32_MAX:
             raise bad_value(path, value, "a float32 (at most 3.4e38 in magnitude)")
         return value
 

@@ -32,8 +32,8 @@ defmodule Bridge.Schema.Batch do
 
   # SSZ offsets are u32: a list of variable-size values ends within 4 GiB.
   @offset_limit 1 <<< 32
-  # Batches that need at least this many words of heap are made with room for them
-  # (with_heap/2), up to @heap_max words (2 GiB).
+  # Batches whose values need at least this many words of heap are read with room for
+  # them (with_heap/2), up to @heap_max words (2 GiB).
   @heap_room 1 <<< 20
   @heap_max 1 <<< 28
   # Values encoded at a time (encode/2)
