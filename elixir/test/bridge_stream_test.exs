@@ -361,7 +361,14 @@ defmodule Bridge.StreamTest do
     end
   end
 
-  defp marker, do: Path.join(System.tmp_dir!(), "bb_die_#{System.unique_integer([:positive])}")
+  # a file that tells die_at it has killed its interpreter once already,
+  # unique to this run and removed after the test
+  defp marker do
+    name = "bb_die_#{System.pid()}_#{System.unique_integer([:positive])}"
+    path = Path.join(System.tmp_dir!(), name)
+    on_exit(fn -> File.rm(path) end)
+    path
+  end
 
   defp digest(binaries), do: :crypto.hash(:sha256, binaries)
 

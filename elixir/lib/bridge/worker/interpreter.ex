@@ -225,18 +225,33 @@ defmodule Bridge.Worker.Interpreter do
   ## Death and restart
 
   @doc false
-  # True when the interpreter has exited (reaped, or a zombie whose exit status
-  # the port has not yet reported): what it sent last may name objects that
-  # can no longer be opened through /proc.
+  # True when the interpreter has exited or is exiting (reaped; a zombie whose
+  # exit status the port has not yet reported; or still in the kernel's exit
+  # path, PF_EXITING in the flags of /proc/PID/stat, where its files may
+  # already be closed): what it sent last may name objects that can no longer
+  # be opened through /proc.
   @spec dead?(struct()) :: boolean()
   def dead?(%{os_pids: [os_pid | _]}) do
     case File.read("/proc/#{os_pid}/stat") do
-      {:ok, stat} -> (stat |> String.split(") ") |> List.last() |> String.first()) in ["Z", "X"]
+      {:ok, stat} -> exiting?(stat)
       {:error, _} -> true
     end
   end
 
   def dead?(_state), do: false
+
+  @pf_exiting 0x4
+
+  @doc false
+  # /proc/PID/stat after the command's closing parenthesis: state is the
+  # first field, flags the seventh (proc(5))
+  @spec exiting?(binary()) :: boolean()
+  def exiting?(stat) do
+    [state, _ppid, _pgrp, _session, _tty, _tpgid, flags | _] =
+      stat |> String.split(") ") |> List.last() |> String.split(" ")
+
+    state in ["Z", "X"] or Bitwise.band(String.to_integer(flags), @pf_exiting) != 0
+  end
 
   @doc false
   # SIGTERM now, SIGKILL after @term_grace ({:escalate, port}); `after_exit`
