@@ -99,6 +99,27 @@ defmodule Bridge.SchemaBatchTest do
     assert {:error, %{reason: :bad_ssz}} = Batch.decode(Config, <<4, 0, 0>>)
   end
 
+  test "a batch big enough to be read with heap room made for it: same values, same errors, the heap setting restored" do
+    {:min_heap_size, before} = Process.info(self(), :min_heap_size)
+    values = configs(100_000)
+    {:ok, bin} = Batch.encode(Config, values)
+    assert Batch.decode(Config, bin) == {:ok, values}
+    assert Process.info(self(), :min_heap_size) == {:min_heap_size, before}
+
+    # offsets out of order in the middle: element 60000 ends before it starts
+    at = 4 * 60_001
+    <<head::binary-size(at), _::binary-size(4), rest::binary>> = bin
+    assert {:error, e} = Batch.decode(Config, head <> <<400_000::little-32>> <> rest)
+    assert e.reason == :bad_ssz and e.message =~ "Config[60000]: offsets", e.message
+
+    # a value that does not read, near the end: its string is no UTF-8
+    <<_::binary-size(4 * 99_998), lo::little-32, _::binary>> = bin
+    <<head::binary-size(lo + 12), _, rest::binary>> = bin
+    assert {:error, e} = Batch.decode(Config, head <> <<0xFF>> <> rest)
+    assert e.reason == :bad_ssz and e.message =~ "Config[99998].name", e.message
+    assert Process.info(self(), :min_heap_size) == {:min_heap_size, before}
+  end
+
   test "lists of numbers of each type are packed at their bounds as the SSZ list codec says" do
     for {t, bits, lo, hi} <- [
           {:uint8, 8, 0, 255},

@@ -98,21 +98,6 @@ defmodule Bridge.Schema.Batch do
 
   defp encode_piece(rest, _module, _short, _k, acc), do: {:lists.reverse(acc), rest}
 
-  # Runs `fun` with room for `words` on this process's heap (a large batch's values
-  # would otherwise be copied by one collection after another as they are made), and
-  # gives the heap back after.
-  defp with_heap(words, fun) when words < @heap_room, do: fun.()
-
-  defp with_heap(words, fun) do
-    old = Process.flag(:min_heap_size, min(words, @heap_max))
-
-    try do
-      fun.()
-    after
-      Process.flag(:min_heap_size, old)
-    end
-  end
-
   @doc """
   The structs of schema `module` that `data` (an SSZ list of them) holds; `minor`
   (default: the module's) is the minor version they were written at
@@ -123,21 +108,14 @@ defmodule Bridge.Schema.Batch do
   def decode(module, data, minor \\ nil) when is_binary(data) do
     minor = minor || module.__schema__(:version) |> Versions.parse() |> elem(1)
     short = module.__schema__(:short)
-    read = fn bin, path -> module.__bb_read__(minor, bin, path) end
+    fixed = fixed_size(module, minor)
 
-    case parts(data, fixed_size(module, minor), short) do
-      {:ok, parts} ->
-        # each value: its map, and a few words a field
-        words = length(parts) * (8 + 6 * length(module.__schema__(:fields)))
-
-        try do
-          {:ok, with_heap(words, fn -> Enum.map(parts, &read.(&1, short)) end)}
-        catch
-          {:ssz, %Error{}} -> {:error, first_bad(parts, read, module)}
-        end
-
-      {:error, _} = error ->
-        error
+    with {:ok, n} <- count(data, fixed, short) do
+      try do
+        {:ok, with_heap(words(module, n, data), fn -> read(module, minor, data, fixed) end)}
+      catch
+        {:ssz, %Error{}} -> first_error(module, minor, data, fixed)
+      end
     end
   end
 
@@ -149,12 +127,90 @@ defmodule Bridge.Schema.Batch do
     if nil in sizes, do: nil, else: Enum.sum(sizes)
   end
 
+  # How many values `data` holds: a whole number of fixed-size values, or as many as
+  # its first offset says (every offset is checked as the values are read).
+  defp count(<<>>, _fixed, _short), do: {:ok, 0}
+
+  defp count(data, fixed, short) when is_integer(fixed) do
+    if fixed > 0 and rem(byte_size(data), fixed) == 0,
+      do: {:ok, div(byte_size(data), fixed)},
+      else: bad_ssz(short, "#{byte_size(data)} bytes are no whole number of #{fixed}")
+  end
+
+  defp count(<<first::little-32, _::binary>> = data, nil, _short)
+       when rem(first, 4) == 0 and first >= 4 and first <= byte_size(data),
+       do: {:ok, div(first, 4)}
+
+  defp count(data, nil, short),
+    do: bad_ssz(short, "a first offset that is no offset in #{byte_size(data)} bytes")
+
+  # The values, read one after another straight from `data` (no list of their bytes
+  # first: that list, live while the values are made, would be copied by every
+  # collection on the way); any error is thrown and found again by first_error/4.
+  defp read(_module, _minor, <<>>, _fixed), do: []
+
+  defp read(module, minor, data, fixed) when is_integer(fixed) do
+    short = module.__schema__(:short)
+    for <<part::binary-size(fixed) <- data>>, do: module.__bb_read__(minor, part, short)
+  end
+
+  defp read(module, minor, <<first::little-32, _::binary>> = data, nil) do
+    <<heads::binary-size(first), _::binary>> = data
+    walk(module, minor, data, heads, module.__schema__(:short), [])
+  end
+
+  defp walk(module, minor, data, <<lo::little-32, rest::binary>>, short, acc) do
+    hi =
+      case rest do
+        <<next::little-32, _::binary>> -> next
+        <<>> -> byte_size(data)
+      end
+
+    if lo > hi or hi > byte_size(data), do: throw({:ssz, %Error{}})
+    value = module.__bb_read__(minor, binary_part(data, lo, hi - lo), short)
+    walk(module, minor, data, rest, short, [value | acc])
+  end
+
+  defp walk(_module, _minor, _data, <<>>, _short, acc), do: :lists.reverse(acc)
+
+  # The first error in `data`: a bad offset, or the first value that does not read
+  # (its path naming the index).
+  defp first_error(module, minor, data, fixed) do
+    short = module.__schema__(:short)
+
+    with {:ok, parts} <- parts(data, fixed, short) do
+      {:error, first_bad(parts, &module.__bb_read__(minor, &1, &2), module)}
+    end
+  end
+
+  # Words of heap the values of a batch of `n` in `data` take as they are read, with
+  # room to spare: each value's map and a few words a field, and up to 2 a byte of
+  # its variable parts (lists of integers). Room never used is never touched.
+  defp words(module, n, data),
+    do: n * (8 + 6 * length(module.__schema__(:fields))) + 2 * byte_size(data)
+
+  # Runs `fun` with room for `words` on this process's heap, made at once (a minor
+  # collection copies only what is young), so that a large batch's values are not
+  # copied by one collection after another as they are made; gives the room back
+  # after (the next collection sizes the heap to what is live).
+  defp with_heap(words, fun) when words < @heap_room, do: fun.()
+
+  defp with_heap(words, fun) do
+    old = Process.flag(:min_heap_size, min(words, @heap_max))
+
+    try do
+      :erlang.garbage_collect(self(), type: :minor)
+      fun.()
+    after
+      Process.flag(:min_heap_size, old)
+    end
+  end
+
   defp parts(<<>>, _fixed, _short), do: {:ok, []}
 
   defp parts(data, fixed, short) when is_integer(fixed) do
-    if fixed > 0 and rem(byte_size(data), fixed) == 0,
-      do: {:ok, for(<<part::binary-size(fixed) <- data>>, do: part)},
-      else: bad_ssz(short, "#{byte_size(data)} bytes are no whole number of #{fixed}")
+    with {:ok, _} <- count(data, fixed, short),
+         do: {:ok, for(<<part::binary-size(fixed) <- data>>, do: part)}
   end
 
   defp parts(<<first::little-32, _::binary>> = data, nil, short)
@@ -164,8 +220,7 @@ defmodule Bridge.Schema.Batch do
     cut(data, offsets, 0, [], short)
   end
 
-  defp parts(data, nil, short),
-    do: bad_ssz(short, "a first offset that is no offset in #{byte_size(data)} bytes")
+  defp parts(data, nil, short), do: count(data, nil, short)
 
   # The values' bytes between their offsets, in one pass: an element that ends before
   # it starts, or past the end, is bad.
