@@ -36,67 +36,50 @@ defmodule Bridge.Schema.Batch do
   # them (with_heap/2), up to @heap_max words (2 GiB).
   @heap_room 1 <<< 20
   @heap_max 1 <<< 28
-  # Values encoded at a time (encode/2)
-  @piece 4096
 
   @doc "The SSZ bytes of `values`, each a struct of schema `module`."
   @spec encode(module(), [struct()]) :: {:ok, binary()} | {:error, Error.t()}
   def encode(module, values) when is_list(values) do
     short = module.__schema__(:short)
-    n = length(values)
-    fixed? = module.__schema__(:fixed_size) != nil
-    {heads, bodies, total} = pieces(values, module, short, fixed?, 4 * n, [], [])
 
-    cond do
-      fixed? ->
-        {:ok, IO.iodata_to_binary(bodies)}
+    if module.__schema__(:fixed_size) != nil do
+      {:ok, fixed(values, module, short, <<>>)}
+    else
+      n = length(values)
+      {heads, bodies} = variable(values, module, short, 4 * n, <<>>, <<>>)
+      total = 4 * n + byte_size(bodies)
 
-      total >= @offset_limit ->
-        {:error,
-         Error.new(:bad_call, :bad_value,
-           field: :schema,
-           value: "#{short}[]",
-           message:
-             "bad_value: #{short}[]: #{n} values of #{total} bytes, past the 4 GiB an SSZ " <>
-               "offset reaches: send them in parts"
-         )}
-
-      true ->
-        {:ok, IO.iodata_to_binary([heads | bodies])}
+      if total < @offset_limit,
+        do: {:ok, <<heads::binary, bodies::binary>>},
+        else:
+          {:error,
+           Error.new(:bad_call, :bad_value,
+             field: :schema,
+             value: "#{short}[]",
+             message:
+               "bad_value: #{short}[]: #{n} values of #{total} bytes, past the 4 GiB an SSZ " <>
+                 "offset reaches: send them in parts"
+           )}
     end
   catch
     {:ssz, %Error{}} -> {:error, first_bad(values, &module.__bb_encode__/2, module)}
   end
 
-  # The values' bytes made @piece at a time, each piece joined into one binary (off
-  # the heap) at once: what a large batch leaves on the caller's heap while it is made
-  # is one piece's parts, never enough to make the VM copy the caller's own data (a
-  # million structs) from one heap generation to the next. Variable-size values: each
-  # piece's offsets too, from `at` (where the piece's first value goes).
-  defp pieces([], _module, _short, _fixed?, at, heads, bodies),
-    do: {:lists.reverse(heads), :lists.reverse(bodies), at}
+  # The values' bytes appended one after another to one binary, which the VM grows in
+  # place (off the heap: what is left on the caller's heap is a few words a value).
+  defp fixed([v | rest], module, short, acc),
+    do: fixed(rest, module, short, module.__bb_encode_into__(v, short, acc))
 
-  defp pieces(values, module, short, fixed?, at, heads, bodies) do
-    {parts, rest} = encode_piece(values, module, short, @piece, [])
+  defp fixed([], _module, _short, acc), do: acc
 
-    if fixed? do
-      pieces(rest, module, short, fixed?, at, heads, [IO.iodata_to_binary(parts) | bodies])
-    else
-      {offsets, at} =
-        Enum.map_reduce(parts, at, fn part, at ->
-          {<<at::little-32>>, at + IO.iodata_length(part)}
-        end)
-
-      body = IO.iodata_to_binary(parts)
-      head = IO.iodata_to_binary(offsets)
-      pieces(rest, module, short, fixed?, at, [head | heads], [body | bodies])
-    end
+  # Variable-size values: their offsets too, each where its value starts (`base`, the
+  # offsets' own size, plus the bytes before it).
+  defp variable([v | rest], module, short, base, heads, acc) do
+    heads = <<heads::binary, base + byte_size(acc)::little-32>>
+    variable(rest, module, short, base, heads, module.__bb_encode_into__(v, short, acc))
   end
 
-  defp encode_piece([v | rest], module, short, k, acc) when k > 0,
-    do: encode_piece(rest, module, short, k - 1, [module.__bb_encode__(v, short) | acc])
-
-  defp encode_piece(rest, _module, _short, _k, acc), do: {:lists.reverse(acc), rest}
+  defp variable([], _module, _short, _base, heads, acc), do: {heads, acc}
 
   @doc """
   The structs of schema `module` that `data` (an SSZ list of them) holds; `minor`

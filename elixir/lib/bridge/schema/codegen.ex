@@ -12,6 +12,9 @@ defmodule Bridge.Schema.Codegen do
   @uints %{uint8: 8, uint16: 16, uint32: 32, uint64: 64}
   @ints %{int8: 8, int16: 16, int32: 32, int64: 64}
   @floats %{float32: 32, float64: 64}
+  # Integer lists up to this long are written by a clause of their length (longer
+  # ones through SSZ.encode)
+  @short_list 8
 
   @doc false
   @spec encoder([{atom(), term()}]) :: Macro.t()
@@ -92,11 +95,42 @@ defmodule Bridge.Schema.Codegen do
             end
 
           :variable ->
-            quote(
-              do:
-                unquote(var(:v, i)) =
-                  SSZ.encode(unquote(Macro.escape(t)), unquote(got), unquote(at))
-            )
+            case t do
+              {:list, e, max: n} when is_map_key(@uints, e) or is_map_key(@ints, e) ->
+                # a short list of integers that all fit: its bytes made in one go
+                short =
+                  for k <- 0..min(n, @short_list) do
+                    es = for j <- 1..k//1, do: Macro.var(:"e#{j}", __MODULE__)
+
+                    guard =
+                      es
+                      |> Enum.map(&fits(e, &1))
+                      |> Enum.reduce(true, &quote(do: unquote(&2) and unquote(&1)))
+
+                    hd(
+                      quote do
+                        unquote(es) when unquote(guard) ->
+                          <<unquote_splicing(Enum.map(es, &segment(e, &1)))>>
+                      end
+                    )
+                  end
+
+                other =
+                  quote do
+                    unquote(x) -> SSZ.encode(unquote(Macro.escape(t)), unquote(x), unquote(at))
+                  end
+
+                quote do
+                  unquote(var(:v, i)) = case unquote(got), do: unquote(short ++ other)
+                end
+
+              _ ->
+                quote(
+                  do:
+                    unquote(var(:v, i)) =
+                      SSZ.encode(unquote(Macro.escape(t)), unquote(got), unquote(at))
+                )
+            end
         end
       end
 
@@ -121,9 +155,24 @@ defmodule Bridge.Schema.Codegen do
     segments = for {{_, t}, i} <- indexed, do: segment(t, var(:f, i))
     tail = for i <- variable, do: var(:v, i)
     bound = for {{name, _t}, i} <- indexed, do: {name, var(:g, i)}
+    acc = Macro.var(:acc, __MODULE__)
+
+    # the variable parts as binary segments: those written as iodata made binaries
+    appended =
+      for i <- variable do
+        {_, t} = Enum.at(types, i)
+
+        v =
+          if binary_part?(t),
+            do: var(:v, i),
+            else: quote(do: IO.iodata_to_binary(unquote(var(:v, i))))
+
+        quote(do: unquote(v) :: binary)
+      end
 
     quote do
       @doc false
+      # the value's bytes as iodata
       def __bb_encode__(%__MODULE__{unquote_splicing(bound)}, unquote(path)) do
         unquote_splicing(prepare)
         unquote_splicing(offsets)
@@ -131,6 +180,18 @@ defmodule Bridge.Schema.Codegen do
       end
 
       def __bb_encode__(other, path),
+        do: SSZ.bad_value(path, other, "a %#{inspect(__MODULE__)}{}")
+
+      @doc false
+      # `acc` with the value's bytes appended (the VM grows a binary being appended to
+      # in place: a batch is made in one binary, value after value)
+      def __bb_encode_into__(%__MODULE__{unquote_splicing(bound)}, unquote(path), unquote(acc)) do
+        unquote_splicing(prepare)
+        unquote_splicing(offsets)
+        <<unquote(acc)::binary, unquote_splicing(segments), unquote_splicing(appended)>>
+      end
+
+      def __bb_encode_into__(other, path, _acc),
         do: SSZ.bad_value(path, other, "a %#{inspect(__MODULE__)}{}")
     end
   end
@@ -321,11 +382,15 @@ defmodule Bridge.Schema.Codegen do
   # The length of a variable part: strings, bytes and integer lists are written as
   # one binary, the rest as iodata.
   defp size_of({_name, t}, v) do
-    if t in [:string, :bytes] or
-         match?({:list, e, _} when is_map_key(@uints, e) or is_map_key(@ints, e), t),
-       do: quote(do: byte_size(unquote(v))),
-       else: quote(do: IO.iodata_length(unquote(v)))
+    if binary_part?(t),
+      do: quote(do: byte_size(unquote(v))),
+      else: quote(do: IO.iodata_length(unquote(v)))
   end
+
+  defp binary_part?(t),
+    do:
+      t in [:string, :bytes] or
+        match?({:list, e, _} when is_map_key(@uints, e) or is_map_key(@ints, e), t)
 
   defp elements({:vector, _t, n}, i), do: for(k <- 1..n, do: Macro.var(:"f#{i}_#{k}", __MODULE__))
 
