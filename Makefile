@@ -15,7 +15,7 @@ setup:
 	@bash .ci/setup
 
 build: setup
-	@bash .ci/build-sszc
+	@bash .ci/build-ext
 	mix compile
 
 test: build
@@ -37,7 +37,7 @@ lint: setup
 	mix format --check-formatted
 	mix compile --force --warnings-as-errors
 	$(MAKE) -s -C shm lint
-	@bash .ci/build-sszc --lint
+	@bash .ci/build-ext --lint
 	$(VENV)/bin/ruff check python tests protocol bench elixir/test/handlers
 	$(VENV)/bin/ruff format --check python tests protocol bench elixir/test/handlers
 	$(VENV)/bin/mypy

@@ -244,6 +244,25 @@ defmodule Bridge.PoolTest do
              Bridge.start_link(bridge_opts(BadHuge, huge_pages: :yes))
   end
 
+  test ":heap_keep: a worker keeps the small-object memory a call freed, and gives it back when idle" do
+    start_supervised!({Bridge, bridge_opts(Keep, pool_size: 1, spin_us: 0)}, id: :keep)
+    assert {:ok, 300_000} = Bridge.call({:bbt_handlers, :churn}, [300_000], pool: Keep)
+    assert {:ok, kept} = Bridge.call({:bbt_handlers, :heap_kept}, [], pool: Keep)
+    # most of the ~60 MB the call made and freed
+    assert kept > 32 * 1_048_576
+    # a second without calls: the worker's idle work gives it back
+    Process.sleep(2_500)
+    assert {:ok, 0} = Bridge.call({:bbt_handlers, :heap_kept}, [], pool: Keep)
+
+    start_supervised!({Bridge, bridge_opts(Keep0, pool_size: 1, heap_keep: 0)}, id: :keep0)
+    assert {:ok, "0"} = Bridge.call({:os, :getenvb}, ["BEAMBRIDGE_HEAP_KEEP"], pool: Keep0)
+    assert {:ok, 300_000} = Bridge.call({:bbt_handlers, :churn}, [300_000], pool: Keep0)
+    assert {:ok, 0} = Bridge.call({:bbt_handlers, :heap_kept}, [], pool: Keep0)
+
+    assert {:error, %Bridge.Error{kind: :bad_call, reason: :bad_option, field: :heap_keep}} =
+             Bridge.start_link(bridge_opts(BadKeep, heap_keep: -1))
+  end
+
   test ":spin_us reaches the workers; :auto leaves it to them, even over an inherited value" do
     start_supervised!({Bridge, bridge_opts(Spin0, pool_size: 1, spin_us: 0)}, id: :spin0)
     assert {:ok, "0"} = Bridge.call({:os, :getenvb}, ["BEAMBRIDGE_SPIN_US"], pool: Spin0)

@@ -34,6 +34,9 @@ Before it blocks on fd 3 the worker reports the BEAM slices let go since its las
 answer (``{:released, ...}``). When no frame arrives for `IDLE_AFTER` seconds it takes
 back the slices whose leases the BEAM ended, reports releases, and drops arenas that
 have been empty for `TRIM_AFTER` seconds (keeping one of ``BEAMBRIDGE_MIN_ARENA``).
+Between calls it keeps the interpreter's small-object memory that a call freed (up to
+``BEAMBRIDGE_HEAP_KEEP`` bytes, `keep_heap`): a call that makes as many objects as the
+last one does not fault them in from the kernel again; idle, it gives it all back.
 
 Environment (§8.4): ``BEAMBRIDGE_WORKER_ID`` (in the worker's own log lines),
 ``BEAMBRIDGE_THRESHOLD`` (bytes, default 65536), ``BEAMBRIDGE_ARENA_LIMIT`` (bytes of
@@ -42,7 +45,9 @@ MiB), ``BEAMBRIDGE_VERIFY`` (``1`` checksums result payloads and verifies argume
 payloads; default ``0``), ``BEAMBRIDGE_UNTRUSTED`` (``1``: every result slice is a
 sealed object of its own, §11), ``BEAMBRIDGE_SPIN_US`` (microseconds to poll for the
 next call after an answer before blocking; default `beambridge.spin.spin_seconds`),
-``BEAMBRIDGE_PROTOCOL`` (the BEAM's protocol version, ``2.1``: `beam_protocol`).
+``BEAMBRIDGE_PROTOCOL`` (the BEAM's protocol version, ``2.1``: `beam_protocol`),
+``BEAMBRIDGE_HEAP_KEEP`` (bytes of freed small-object memory kept, default 1 GiB; ``0``
+gives it back at once).
 
 Exit status: 0 after EOF on fd 3, ``:shutdown``, SIGTERM or the parent's death (the
 kernel frees every shared object: nothing is left behind); 3 on a protocol violation
@@ -87,6 +92,7 @@ __all__ = [
     "MAX_CONTROL_FRAME",
     "TRIM_AFTER",
     "beam_protocol",
+    "keep_heap",
     "main",
 ]
 
@@ -113,6 +119,18 @@ def _env_int(name: str, default: int) -> int:
 
 def _env_flag(name: str) -> bool:
     return os.environ.get(name, "0").strip() not in ("", "0", "false", "no")
+
+
+def keep_heap(limit: int) -> Any:
+    """`beambridge._pyheap` installed to keep up to ``limit`` bytes of the small-object
+    memory calls free, for the next call (the worker gives it back when idle); None
+    when that module is not built (memory freed goes back to the system at once)."""
+    try:
+        from . import _pyheap
+    except ImportError:
+        return None
+    _pyheap.install(limit)
+    return _pyheap
 
 
 def beam_protocol(setting: str | None) -> tuple[int, int]:
@@ -154,6 +172,7 @@ class Worker:
         )
         self.parent = parent  # the BEAM, or OTP's erl_child_setup that spawned us for it
         self.spin = Spin(spin_seconds(os.environ.get("BEAMBRIDGE_SPIN_US")))
+        self.heap = keep_heap(_env_int("BEAMBRIDGE_HEAP_KEEP", 1 << 30))
         self.lane: Lane | None = None  # when the BEAM gives one (§8.5)
         self.written = 0  # frames written on fd 4
         self.exiting = False
@@ -303,6 +322,8 @@ class Worker:
                 self.violation(str(err))
             if frame is None:
                 self.path.idle(TRIM_AFTER)
+                if self.heap is not None:
+                    self.heap.trim()
                 continue
             if isinstance(frame, type):  # LaneRing: a call waits in the lane
                 self.run_lane()

@@ -75,7 +75,7 @@ MODULES = [
 #: Modules without examples: a package docstring.
 WITHOUT_EXAMPLES = {"beambridge.formats"}
 #: Modules in C (when built): tested in tests/python/test_ssz_batch.py.
-COMPILED = {"beambridge._sszc"}
+COMPILED = {"beambridge._sszc", "beambridge._pyheap"}
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -65,7 +65,7 @@ def plans_in(impl: str) -> Iterator[None]:
 
 def test_the_c_plans_are_built() -> None:
     # `make build` builds beambridge._sszc; without it every batch takes the slower way
-    assert ssz_columns.native is not None, "run .ci/build-sszc (make build)"
+    assert ssz_columns.native is not None, "run .ci/build-ext (make build)"
 
 
 @pytest.mark.parametrize("impl", IMPLS)

@@ -440,9 +440,21 @@ def test_the_worker_path_is_transport_2_in_pure_python(worker: WorkerProcess) ->
     # transport 1 (named regions, control blocks, the reaper, the C atomics) is gone
     for gone in ("region", "control_block", "reaper", "_atomic"):
         assert importlib.util.find_spec(f"beambridge.{gone}") is None
-    for name in modules:
+    for name in modules - {"beambridge._pyheap"}:
         spec = importlib.util.find_spec(name)
         assert spec is not None and str(spec.origin).endswith(".py"), name
+
+
+def test_without_the_heap_module_the_worker_gives_memory_back_as_cpython_does(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # beambridge._pyheap, the one compiled module on the worker's path, is optional
+    import beambridge
+    from beambridge import worker as worker_module
+
+    monkeypatch.setitem(sys.modules, "beambridge._pyheap", None)
+    monkeypatch.delattr(beambridge, "_pyheap", raising=False)
+    assert worker_module.keep_heap(1 << 30) is None
 
 
 def test_importing_the_package_does_not_import_numpy() -> None:

@@ -22,6 +22,7 @@ defmodule Bridge.Config do
             min_arena: 8 * 1024 * 1024,
             untrusted: false,
             huge_pages: true,
+            heap_keep: @gib,
             spin_us: :auto,
             start_timeout: 10_000,
             verify: false,
@@ -42,6 +43,7 @@ defmodule Bridge.Config do
     :min_arena,
     :untrusted,
     :huge_pages,
+    :heap_keep,
     :spin_us,
     :start_timeout,
     :verify,
@@ -94,6 +96,7 @@ defmodule Bridge.Config do
   defp check(:min_arena, v) when is_integer(v) and v >= 4096 and v <= 1 <<< 40, do: :ok
   defp check(:untrusted, v) when is_boolean(v), do: :ok
   defp check(:huge_pages, v) when is_boolean(v), do: :ok
+  defp check(:heap_keep, v) when is_integer(v) and v >= 0 and v <= 1 <<< 40, do: :ok
 
   defp check(:spin_us, v) when v == :auto or (is_integer(v) and v >= 0 and v <= 1_000_000),
     do: :ok
@@ -155,6 +158,7 @@ defmodule Bridge.Config do
   defp expectation(:min_arena), do: "an integer from 4096 to 2^40 (bytes)"
   defp expectation(:untrusted), do: "a boolean"
   defp expectation(:huge_pages), do: "a boolean"
+  defp expectation(:heap_keep), do: "an integer from 0 to 2^40 (bytes)"
   defp expectation(:spin_us), do: ":auto or an integer from 0 to 1_000_000 (microseconds)"
   defp expectation(:timeout), do: "a positive integer (milliseconds) or :infinity"
   defp expectation(:verify), do: "a boolean"

@@ -292,3 +292,20 @@ def make_object_array():
 
 def bundle_names(b):
     return sorted(b.keys())
+
+
+def churn(n: int) -> int:
+    """Makes n small objects and frees them before answering: memory for the worker's
+    heap to keep (`beambridge._pyheap`)."""
+    made = [(i, str(i), [i]) for i in range(n)]
+    count = len(made)
+    del made
+    return count
+
+
+def heap_kept() -> int:
+    """Bytes of freed small-object memory the worker keeps (-1: not installed)."""
+    from beambridge import _pyheap
+
+    stats = _pyheap.stats()
+    return int(stats["kept"]) if stats["installed"] else -1

@@ -136,6 +136,7 @@ defmodule Bridge.Worker.Interpreter do
       {"BEAMBRIDGE_VERIFY", if(config.verify, do: "1", else: "0")},
       {"BEAMBRIDGE_UNTRUSTED", if(config.untrusted, do: "1", else: "0")},
       {"BEAMBRIDGE_SPIN_US", spin(config.spin_us)},
+      {"BEAMBRIDGE_HEAP_KEEP", Integer.to_string(config.heap_keep)},
       {"BEAMBRIDGE_PROTOCOL", Bridge.Control.protocol_version()}
     ]
     |> Kernel.++(huge_pages(config.huge_pages, System.get_env("GLIBC_TUNABLES")))
