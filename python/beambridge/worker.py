@@ -33,10 +33,8 @@ asks for elements and as the result stream waits for acknowledgements (`pump`).
 Before it blocks on fd 3 the worker reports the BEAM slices let go since its last
 answer (``{:released, ...}``). When no frame arrives for `IDLE_AFTER` seconds it takes
 back the slices whose leases the BEAM ended, reports releases, and drops arenas that
-have been empty for `TRIM_AFTER` seconds (keeping one of ``BEAMBRIDGE_MIN_ARENA``).
-Between calls it keeps the interpreter's small-object memory that a call freed (up to
-``BEAMBRIDGE_HEAP_KEEP`` bytes, `keep_heap`): a call that makes as many objects as the
-last one does not fault them in from the kernel again; idle, it gives it all back.
+have been empty for `TRIM_AFTER` seconds (keeping one of ``BEAMBRIDGE_MIN_ARENA``),
+and gives back the small-object memory it kept for the next call (`keep_heap`).
 
 Environment (§8.4): ``BEAMBRIDGE_WORKER_ID`` (in the worker's own log lines),
 ``BEAMBRIDGE_THRESHOLD`` (bytes, default 65536), ``BEAMBRIDGE_ARENA_LIMIT`` (bytes of
