@@ -5,6 +5,8 @@ defmodule Bridge.InterpreterTest do
   # already closed its files, so it counts as dead too.
   use ExUnit.Case, async: true
 
+  import Bridge.Test.BridgeCase, only: [eventually: 2]
+
   alias Bridge.Test.Shm
   alias Bridge.Worker.Interpreter
 
@@ -24,13 +26,13 @@ defmodule Bridge.InterpreterTest do
     [zombie, parent] = pids |> String.split() |> Enum.map(&String.to_integer/1)
 
     try do
-      wait_until(fn -> File.read!("/proc/#{zombie}/stat") =~ ") Z " end)
+      eventually(fn -> File.read!("/proc/#{zombie}/stat") =~ ") Z " end, 2_000)
       assert dead?(zombie)
       refute dead?(parent)
     after
       # the sleeping parent goes, and init reaps both
       System.cmd("kill", ["-9", "#{parent}"])
-      wait_until(fn -> not File.exists?("/proc/#{parent}") end)
+      eventually(fn -> not File.exists?("/proc/#{parent}") end, 2_000)
     end
   end
 
@@ -50,13 +52,5 @@ defmodule Bridge.InterpreterTest do
     # a command name with ") " in it does not shift the fields
     refute Interpreter.exiting?("77 (a) b) c) " <> line.("S", "4194560"))
     assert Interpreter.exiting?("77 (a) b) c) " <> line.("S", "4194308"))
-  end
-
-  defp wait_until(fun, tries \\ 200) do
-    cond do
-      fun.() -> :ok
-      tries == 0 -> flunk("condition never held")
-      true -> Process.sleep(10) && wait_until(fun, tries - 1)
-    end
   end
 end

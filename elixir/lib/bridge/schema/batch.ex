@@ -95,9 +95,10 @@ defmodule Bridge.Schema.Batch do
 
     with {:ok, n} <- count(data, fixed, short) do
       try do
-        {:ok, with_heap(words(module, n, data), fn -> read(module, minor, data, fixed) end)}
+        {:ok,
+         with_heap(words(module, n, data), fn -> read(module, minor, data, fixed, short) end)}
       catch
-        {:ssz, %Error{}} -> first_error(module, minor, data, fixed)
+        {:ssz, %Error{}} -> first_error(module, minor, data, fixed, short)
       end
     end
   end
@@ -129,17 +130,15 @@ defmodule Bridge.Schema.Batch do
 
   # The values, read one after another straight from `data` (no list of their bytes
   # first: that list, live while the values are made, would be copied by every
-  # collection on the way); any error is thrown and found again by first_error/4.
-  defp read(_module, _minor, <<>>, _fixed), do: []
+  # collection on the way); any error is thrown and found again by first_error/5.
+  defp read(_module, _minor, <<>>, _fixed, _short), do: []
 
-  defp read(module, minor, data, fixed) when is_integer(fixed) do
-    short = module.__schema__(:short)
-    for <<part::binary-size(fixed) <- data>>, do: module.__bb_read__(minor, part, short)
-  end
+  defp read(module, minor, data, fixed, short) when is_integer(fixed),
+    do: for(<<part::binary-size(fixed) <- data>>, do: module.__bb_read__(minor, part, short))
 
-  defp read(module, minor, <<first::little-32, _::binary>> = data, nil) do
+  defp read(module, minor, <<first::little-32, _::binary>> = data, nil, short) do
     <<heads::binary-size(first), _::binary>> = data
-    walk(module, minor, data, heads, module.__schema__(:short), [])
+    walk(module, minor, data, heads, short, [])
   end
 
   defp walk(module, minor, data, <<lo::little-32, rest::binary>>, short, acc) do
@@ -158,9 +157,7 @@ defmodule Bridge.Schema.Batch do
 
   # The first error in `data`: a bad offset, or the first value that does not read
   # (its path naming the index).
-  defp first_error(module, minor, data, fixed) do
-    short = module.__schema__(:short)
-
+  defp first_error(module, minor, data, fixed, short) do
     with {:ok, parts} <- parts(data, fixed, short) do
       {:error, first_bad(parts, &module.__bb_read__(minor, &1, &2), module)}
     end
@@ -189,21 +186,22 @@ defmodule Bridge.Schema.Batch do
     end
   end
 
-  defp parts(<<>>, _fixed, _short), do: {:ok, []}
+  # The values' bytes, each a sub-binary (count/3 checks the batch's shape).
+  defp parts(data, fixed, short) do
+    with {:ok, n} <- count(data, fixed, short) do
+      cond do
+        n == 0 ->
+          {:ok, []}
 
-  defp parts(data, fixed, short) when is_integer(fixed) do
-    with {:ok, _} <- count(data, fixed, short),
-         do: {:ok, for(<<part::binary-size(fixed) <- data>>, do: part)}
+        is_integer(fixed) ->
+          {:ok, for(<<part::binary-size(fixed) <- data>>, do: part)}
+
+        true ->
+          <<heads::binary-size(4 * n), _::binary>> = data
+          cut(data, for(<<o::little-32 <- heads>>, do: o), 0, [], short)
+      end
+    end
   end
-
-  defp parts(<<first::little-32, _::binary>> = data, nil, short)
-       when rem(first, 4) == 0 and first >= 4 and first <= byte_size(data) do
-    <<heads::binary-size(first), _::binary>> = data
-    offsets = for <<o::little-32 <- heads>>, do: o
-    cut(data, offsets, 0, [], short)
-  end
-
-  defp parts(data, nil, short), do: count(data, nil, short)
 
   # The values' bytes between their offsets, in one pass: an element that ends before
   # it starts, or past the end, is bad.
