@@ -185,6 +185,32 @@ defmodule Bridge.SchemaCallTest do
     assert call(:sum_configs, [configs(2)]) == {:ok, [2, 1]}
   end
 
+  test "a list of 131,072 values or more goes in pieces and arrives whole, in order, typed" do
+    Bridge.reset_format_stats()
+    n = 200_000
+    list = configs(n)
+    assert call(:sum_configs, [list]) == {:ok, [n, div(n * (n - 1), 2)]}
+    assert call(:echo, [list]) == {:ok, list}
+
+    pieces =
+      for %{direction: :to_python, form: form, count: c} <- Bridge.format_stats(),
+          form in [:schema, :schema_slice],
+          do: c
+
+    # 65,536 values a piece (and the last 3,392): four pieces for each call
+    assert Enum.sum(pieces) == 8
+  end
+
+  test "a bad value in a later piece names its index in the whole list; the handler never runs" do
+    {:ok, before} = call(:sums_made, [])
+    list = List.update_at(configs(200_000), 150_001, &%{&1 | num_heads: 70_000})
+    assert {:error, e} = call(:sum_configs, [list])
+    assert {e.kind, e.reason} == {:bad_call, :bad_value}
+    assert e.message =~ "ModelConfig[150001].num_heads is 70000"
+    assert call(:sums_made, []) == {:ok, before}
+    assert call(:sum_configs, [configs(2)]) == {:ok, [2, 1]}
+  end
+
   test "a table of schema values carries its name and version; the rules apply both ways" do
     alias Bridge.Schema.Tables
 

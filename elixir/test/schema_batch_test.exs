@@ -78,6 +78,27 @@ defmodule Bridge.SchemaBatchTest do
     end
   end
 
+  test "a list in pieces: each piece the SSZ list of its part, made when taken; a bad value names its index in the whole" do
+    for {module, make, field, wrong} <- [
+          {Metric, &metrics/1, :latency, [0.5]},
+          {Config, &configs/1, :layers, List.duplicate(1, 9)}
+        ] do
+      values = make.(10)
+      pieces = Enum.to_list(Batch.pieces(module, values, 10, 4))
+      assert Enum.map(pieces, & &1.count) == [4, 4, 2]
+
+      for {piece, part} <- Enum.zip(pieces, Enum.chunk_every(values, 4)),
+          do: assert({piece.module, {:ok, piece.data}} == {module, Batch.encode(module, part)})
+
+      bad = List.update_at(values, 6, &Map.put(&1, field, wrong))
+      stream = Batch.pieces(module, bad, 10, 4)
+      assert [%Batch.Piece{count: 4}] = Enum.take(stream, 1)
+      thrown = catch_throw(Enum.to_list(stream))
+      assert {:"$bb_fatal", %Bridge.Error{reason: :bad_value} = e} = thrown
+      assert e.message =~ "#{module.__schema__(:short)}[6].#{field}"
+    end
+  end
+
   test "bytes that are no batch name the index" do
     {:ok, bin} = Batch.encode(Metric, metrics(10_000))
     size = Metric.__schema__(:fixed_size)

@@ -221,9 +221,13 @@ class CallPath:
                 result = fn(*args)
         except Exception as exc:
             failure = exception_detail(exc)
-        if self.streams is None and not self._leased(call.slices):
-            # values of their own (no view of a BEAM slice, no stream): freeing a large
-            # batch of them waits until the answer is written (after_answer)
+        taken = [] if self.streams is None else self.streams.taken_slices
+        if (spec is None or self.streams is None) and not self._leased(
+            [*(call.slices or []), *taken]
+        ):
+            # values of their own (no view of a BEAM slice): freeing a large batch of
+            # them (one that came in pieces, §8.6) waits until the answer is written
+            # (after_answer)
             self._spent = args
         del args  # the worker's references to argument views end here (leases, §4)
         flush_handler_output()

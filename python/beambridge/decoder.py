@@ -60,6 +60,7 @@ from .terms import (
     TAG_CHUNKED,
     TAG_CUSTOM,
     TAG_PACKED,
+    TAG_PIECES,
     TAG_RECORDS,
     TAG_SCHEMA,
     TAG_SCHEMA_LIST,
@@ -219,6 +220,8 @@ class Decoder:
             return self.streams(term[1])
         if tag == TAG_CHUNKED and n == 4 and self.streams is not None:
             return self._chunked(term[1], term[2], term[3])
+        if tag == TAG_PIECES and n == 3 and self.streams is not None:
+            return self._pieces(term[1], term[2])
         raise _bad("tag", tag, f"malformed or unknown tagged term {_short(term)} (§9)")
 
     def _chunked(self, kind: Any, sid: Any, size: Any) -> Any:
@@ -240,6 +243,23 @@ class Decoder:
         if at != size:
             raise _bad("size", at, f"the chunks of a {size}-byte value add up to {at} bytes")
         return memoryview(whole).toreadonly() if kind == KIND_BUFFER else bytes(whole)
+
+    def _pieces(self, sid: Any, count: Any) -> list[Any]:
+        """A list that came as the lists that are the elements of argument stream
+        ``sid`` (§8.6, pieces), read whole now: each piece is decoded as it arrives,
+        while the BEAM writes the next."""
+        if type(sid) is not int or type(count) is not int or count < 0:
+            raise _bad("pieces", (sid, count), 'pieces are {:"$bb_pieces", sid, count}')
+        assert self.streams is not None
+        values: list[Any] = []
+        for piece in self.streams(sid):
+            if type(piece) is not list or len(values) + len(piece) > count:
+                what = f"{len(piece)} values" if type(piece) is list else type(piece).__name__
+                raise _bad("piece", None, f"a piece of {what} after {len(values)} of {count}")
+            values.extend(piece)
+        if len(values) != count:
+            raise _bad("count", len(values), f"the pieces of {count} values hold {len(values)}")
+        return values
 
     def _slice(self, kind: Any, index: Any, refs: list[_Ref]) -> Any:
         if type(kind) is not Atom or kind not in KIND_FORMATS:

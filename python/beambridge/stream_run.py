@@ -90,6 +90,8 @@ class CallStreams:
         self.link = link
         self.decode_value = decode_value
         self.feeds: dict[int, _Feed] = {}
+        #: The slices entries of the argument elements taken (their values' leases).
+        self.taken_slices: list[Any] = []
         #: Streams of a chunked result value's bytes: the last seq acknowledged.
         self.chunked: dict[int, int] = {}
         self.sent = 0
@@ -133,6 +135,7 @@ class CallStreams:
         seq = feed.taken + 1
         feed.chain = sc.chain(feed.chain, seq, sc.body_digest(body))
         feed.taken = seq
+        self.taken_slices.extend(element.slices or [])
         try:
             value = self.decode_value(decode(body), element.slices)
         finally:

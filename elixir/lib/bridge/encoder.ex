@@ -18,6 +18,9 @@ defmodule Bridge.Encoder do
   # lists, atoms starting with "$bb_") are a :bad_call error before anything is
   # sent. Every decision is counted (Bridge.format_stats/0) once per call.
   #
+  # A list of 131,072 schema values or more goes as a stream of pieces (SPEC §8.6),
+  # written while the worker reads the pieces before, so the two sides overlap.
+  #
   # Limits: a value whose frame can never fit the arenas (:arena_limit) is sent
   # inline when it fits a control frame, else refused at once (:too_large, naming
   # :arena_limit) before anything of it is copied; a value that fits but finds the
@@ -41,7 +44,14 @@ defmodule Bridge.Encoder do
     Tensor
   }
 
+  alias Bridge.Encoder.Chunked
+  alias Bridge.Schema.Batch.Piece
   alias Bridge.Tensor.{Bundle, COO, Wire}
+
+  # A list of this many schema values or more goes as pieces of @piece values, at most
+  # @piece_window of them written ahead of the worker's reading (SPEC §8.6, "Pieces").
+  @piece 65_536
+  @piece_window 4
 
   @type encode_ctx :: %{
           streams: [{pos_integer(), Bridge.Stream.t()}] | nil,
@@ -164,6 +174,9 @@ defmodule Bridge.Encoder do
 
   defp enc(%Bridge.Stream{} = stream, ctx),
     do: bad_arg(stream, ctx, "a Bridge.Stream only as an argument of a call, not inside one")
+
+  defp enc(%Piece{module: module, data: data, count: n}, ctx),
+    do: schema_data(module, data, n, ctx)
 
   defp enc(%Buffer{data: data}, ctx) when is_binary(data) do
     frame = fn -> {:buffer, data, [format: :raw]} end
@@ -327,7 +340,7 @@ defmodule Bridge.Encoder do
 
       {:error, %Error{reason: cause} = error}
       when cause in [:too_large, :arena_full, :no_space] ->
-        if chunks?(kind, inline, size, ctx),
+        if Chunked.chunks?(kind, inline, size, ctx),
           do: chunked(kind, payload, inline, ctx, {form, what}, error),
           else: inline_instead(inline, size, ctx, {form, what}, error)
 
@@ -337,25 +350,9 @@ defmodule Bridge.Encoder do
   end
 
   # A binary no slice can take and no control frame can carry goes as a stream
-  # of chunks, if the call can have streams (SPEC §8.6, chunked values).
-  # So may the payload (last element) of an inline tensor, table, packed list,
-  # records or custom term.
-  @chunkable Bridge.Stream.chunkable_tags()
-
-  defp chunks?(kind, inline, size, ctx) do
-    is_list(ctx.streams) and ctx.inline + size > Control.max_frame() - 65_536 and
-      (kind in [:binary, :buffer] or payload_term?(inline))
-  end
-
-  defp payload_term?(t),
-    do: is_tuple(t) and elem(t, 0) in @chunkable and is_binary(elem(t, tuple_size(t) - 1))
-
+  # of chunks, if the call can have streams (Bridge.Encoder.Chunked).
   defp chunked(kind, payload, inline, ctx, {form, what}, %Error{reason: cause} = error) do
-    {bin, term} =
-      if kind in [:binary, :buffer],
-        do: {payload, &{:"$bb_chunked", kind, &1, byte_size(payload)}},
-        else: chunked_payload(inline)
-
+    {bin, term} = Chunked.split(kind, payload, inline)
     size = byte_size(bin)
     sid = length(ctx.streams) + 1
     stream = Bridge.Stream.from(Bridge.Stream.chunks(bin), window: 2)
@@ -367,12 +364,6 @@ defmodule Bridge.Encoder do
 
     ctx = %{note(ctx, form, :chunked, size, what) | streams: [{sid, stream} | ctx.streams]}
     {term.(sid), ctx}
-  end
-
-  defp chunked_payload(inline) do
-    last = tuple_size(inline) - 1
-    bin = elem(inline, last)
-    {bin, &put_elem(inline, last, {:"$bb_chunked", :binary, &1, byte_size(bin)})}
   end
 
   # A value no slice could take goes inline when a control frame can carry it.
@@ -440,19 +431,30 @@ defmodule Bridge.Encoder do
     end
   end
 
+  # A long list goes as a stream of pieces when the call can have streams (SPEC §8.6,
+  # "Pieces"), each piece written as the worker reads the one before; else at once.
   defp schema_list(module, values, ctx) do
-    {name, version} = {module.__schema__(:name), module.__schema__(:version)}
+    n = length(values)
 
-    case Bridge.Schema.Batch.encode(module, values) do
-      {:ok, data} ->
-        inline = {:"$bb_schema_list", name, version, data}
-        what = {:schema, "a list of #{length(values)} #{name}"}
-        frame = fn -> {:schema_list, data, Bridge.Schema.Batch.frame_options(name, version)} end
-        place(inline, byte_size(data), ctx, what, :below_threshold, frame)
-
-      {:error, error} ->
-        throw({:bad_arg, error, ctx})
+    if is_list(ctx.streams) and n >= 2 * @piece do
+      sid = length(ctx.streams) + 1
+      pieces = Bridge.Schema.Batch.pieces(module, values, n, @piece)
+      stream = Bridge.Stream.from(pieces, window: @piece_window)
+      {{:"$bb_pieces", sid, n}, %{ctx | streams: [{sid, stream} | ctx.streams]}}
+    else
+      case Bridge.Schema.Batch.piece(module, values, n, 0) do
+        {:ok, data, []} -> schema_data(module, data, n, ctx)
+        {:error, error} -> throw({:bad_arg, error, ctx})
+      end
     end
+  end
+
+  defp schema_data(module, data, n, ctx) do
+    {name, version} = {module.__schema__(:name), module.__schema__(:version)}
+    inline = {:"$bb_schema_list", name, version, data}
+    what = {:schema, "a list of #{n} #{name}"}
+    frame = fn -> {:schema_list, data, Bridge.Schema.Batch.frame_options(name, version)} end
+    place(inline, byte_size(data), ctx, what, :below_threshold, frame)
   end
 
   defp custom_value(value, ctx) do

@@ -30,6 +30,14 @@ defmodule Bridge.Schema.Batch do
   alias Bridge.Error
   alias Bridge.Schema.Versions
 
+  defmodule Piece do
+    @moduledoc false
+    # `count` values of schema `module` written as the SSZ list `data`: an element of
+    # the stream of pieces a long list goes as (Bridge.Schema.Batch.pieces/4).
+    @enforce_keys [:module, :data, :count]
+    defstruct [:module, :data, :count]
+  end
+
   # SSZ offsets are u32: a list of variable-size values ends within 4 GiB.
   @offset_limit 1 <<< 32
   # Batches whose values need at least this many words of heap are read with room for
@@ -40,17 +48,26 @@ defmodule Bridge.Schema.Batch do
   @doc "The SSZ bytes of `values`, each a struct of schema `module`."
   @spec encode(module(), [struct()]) :: {:ok, binary()} | {:error, Error.t()}
   def encode(module, values) when is_list(values) do
+    with {:ok, data, []} <- piece(module, values, length(values), 0), do: {:ok, data}
+  end
+
+  @doc false
+  # The SSZ bytes of the first `n` of `values` (`first`: the index of the first in
+  # error paths) and the values after them.
+  @spec piece(module(), [struct()], non_neg_integer(), non_neg_integer()) ::
+          {:ok, binary(), [struct()]} | {:error, Error.t()}
+  def piece(module, values, n, first) do
     short = module.__schema__(:short)
 
     if module.__schema__(:fixed_size) != nil do
-      {:ok, fixed(values, module, short, <<>>)}
+      {data, rest} = fixed(values, n, module, short, <<>>)
+      {:ok, data, rest}
     else
-      n = length(values)
-      {heads, bodies} = variable(values, module, short, 4 * n, <<>>, <<>>)
+      {heads, bodies, rest} = variable(values, n, module, short, 4 * n, <<>>, <<>>)
       total = 4 * n + byte_size(bodies)
 
       if total < @offset_limit,
-        do: {:ok, <<heads::binary, bodies::binary>>},
+        do: {:ok, <<heads::binary, bodies::binary>>, rest},
         else:
           {:error,
            Error.new(:bad_call, :bad_value,
@@ -62,24 +79,45 @@ defmodule Bridge.Schema.Batch do
            )}
     end
   catch
-    {:ssz, %Error{}} -> {:error, first_bad(values, &module.__bb_encode__/2, module)}
+    {:ssz, %Error{}} ->
+      {:error, first_bad(Enum.take(values, n), &module.__bb_encode__/2, module, first)}
+  end
+
+  @doc false
+  # `values` (`n` of them) as a stream of pieces of `size` values (Bridge.Encoder sends
+  # a long list so, SPEC §8.6 "Pieces"), each written when it is taken: a value that
+  # does not fit throws {:"$bb_fatal", error}, the error naming its index in `values`.
+  @spec pieces(module(), [struct()], non_neg_integer(), pos_integer()) :: Enumerable.t()
+  def pieces(module, values, n, size) do
+    Stream.unfold({values, 0}, fn
+      {_rest, ^n} ->
+        nil
+
+      {rest, first} ->
+        k = min(size, n - first)
+
+        case piece(module, rest, k, first) do
+          {:ok, data, rest} -> {%Piece{module: module, data: data, count: k}, {rest, first + k}}
+          {:error, error} -> throw({:"$bb_fatal", error})
+        end
+    end)
   end
 
   # The values' bytes appended one after another to one binary, which the VM grows in
   # place (off the heap: what is left on the caller's heap is a few words a value).
-  defp fixed([v | rest], module, short, acc),
-    do: fixed(rest, module, short, module.__bb_encode_into__(v, short, acc))
+  defp fixed(rest, 0, _module, _short, acc), do: {acc, rest}
 
-  defp fixed([], _module, _short, acc), do: acc
+  defp fixed([v | rest], n, module, short, acc),
+    do: fixed(rest, n - 1, module, short, module.__bb_encode_into__(v, short, acc))
 
   # Variable-size values: their offsets too, each where its value starts (`base`, the
   # offsets' own size, plus the bytes before it).
-  defp variable([v | rest], module, short, base, heads, acc) do
-    heads = <<heads::binary, base + byte_size(acc)::little-32>>
-    variable(rest, module, short, base, heads, module.__bb_encode_into__(v, short, acc))
-  end
+  defp variable(rest, 0, _module, _short, _base, heads, acc), do: {heads, acc, rest}
 
-  defp variable([], _module, _short, _base, heads, acc), do: {heads, acc}
+  defp variable([v | rest], n, module, short, base, heads, acc) do
+    heads = <<heads::binary, base + byte_size(acc)::little-32>>
+    variable(rest, n - 1, module, short, base, heads, module.__bb_encode_into__(v, short, acc))
+  end
 
   @doc """
   The structs of schema `module` that `data` (an SSZ list of them) holds; `minor`
@@ -224,11 +262,11 @@ defmodule Bridge.Schema.Batch do
   defp cut(_data, [], _i, acc, _short), do: {:ok, :lists.reverse(acc)}
 
   # The error of the first item that fails `fun`, its path naming the index.
-  defp first_bad(items, fun, module) do
+  defp first_bad(items, fun, module, first \\ 0) do
     short = module.__schema__(:short)
 
     items
-    |> Enum.with_index()
+    |> Enum.with_index(first)
     |> Enum.find_value(fn {item, i} ->
       try do
         fun.(item, "#{short}[#{i}]")

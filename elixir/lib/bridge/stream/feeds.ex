@@ -8,7 +8,10 @@ defmodule Bridge.Stream.Feeds do
   # `window` elements ahead of the interpreter's acknowledgements. An element's
   # slices are this process's until the interpreter acknowledges it; then they
   # are released. When the enumerable ends, {:done, id, sid, count, checksum}
-  # follows; when it raises, {:abort, id, sid, message}.
+  # follows; when it raises, {:abort, id, sid, message}. An enumerable that
+  # throws {:"$bb_fatal", %Bridge.Error{}} (the pieces of a long list,
+  # Bridge.Schema.Batch.pieces/4) is aborted so too, and the call's answer is
+  # that error (failure/1): the handler never saw the value.
 
   alias Bridge.{Arena, Control, Encoder, Error}
 
@@ -18,7 +21,8 @@ defmodule Bridge.Stream.Feeds do
           sent: non_neg_integer(),
           acked: non_neg_integer(),
           chain: non_neg_integer(),
-          pending: [{pos_integer(), [Arena.Slice.t()]}]
+          pending: [{pos_integer(), [Arena.Slice.t()]}],
+          failed: Error.t() | nil
         }
   @type t :: %{pos_integer() => feed()}
 
@@ -26,7 +30,16 @@ defmodule Bridge.Stream.Feeds do
   @spec new([{pos_integer(), Bridge.Stream.t()}]) :: t()
   def new(streams) do
     Map.new(streams, fn {sid, %Bridge.Stream{enumerable: enum, window: window}} ->
-      {sid, %{next: {:start, enum}, window: window, sent: 0, acked: 0, chain: 0, pending: []}}
+      {sid,
+       %{
+         next: {:start, enum},
+         window: window,
+         sent: 0,
+         acked: 0,
+         chain: 0,
+         pending: [],
+         failed: nil
+       }}
     end)
   end
 
@@ -62,6 +75,13 @@ defmodule Bridge.Stream.Feeds do
     end)
   end
 
+  @doc false
+  # The error a stream of the call failed with that is the call's answer, if any.
+  @spec failure(t()) :: Error.t() | nil
+  def failure(feeds) do
+    feeds |> Enum.sort() |> Enum.find_value(fn {_sid, f} -> f.failed end)
+  end
+
   defp fill(%{next: :ended} = f, _sid, _ctx), do: f
 
   defp fill(f, sid, ctx) do
@@ -77,6 +97,10 @@ defmodule Bridge.Stream.Feeds do
 
         {:raised, message} ->
           finish(f, sid, ctx, {:abort, ctx.id, sid, message})
+
+        {:fatal, error} ->
+          f = finish(f, sid, ctx, {:abort, ctx.id, sid, Exception.message(error)})
+          %{f | failed: error}
       end
     end
   end
@@ -123,6 +147,7 @@ defmodule Bridge.Stream.Feeds do
   rescue
     e -> {:raised, Exception.format_banner(:error, e, __STACKTRACE__) |> String.slice(0, 4000)}
   catch
+    :throw, {:"$bb_fatal", %Error{} = error} -> {:fatal, error}
     kind, reason -> {:raised, Exception.format_banner(kind, reason) |> String.slice(0, 4000)}
   end
 

@@ -68,7 +68,12 @@ defmodule Bridge.Stream.Session do
             Call.decode(body, resolved, worker, prepared.config)
 
           {:error, _} = error ->
-            error
+            # a stream that failed as the call's answer (Feeds.failure/1): the
+            # worker's answer was that it ended early
+            case Feeds.failure(session.feeds) do
+              nil -> error
+              failure -> {:error, failure}
+            end
         end
 
       error ->
