@@ -95,7 +95,10 @@ static Py_ssize_t read_plan(PyObject *plan, field_t *fields, Py_ssize_t fixed_si
 
 /* ---- writing ------------------------------------------------------------------------- */
 
+/* The bytes being written: a bytes object grown in place (a large one is remapped, not
+ * copied) and cut to its length at the end, so the list is never copied whole. */
 typedef struct {
+    PyObject *bytes;
     char *data;
     size_t len, cap;
 } buf_t;
@@ -104,9 +107,17 @@ static int reserve(buf_t *b, size_t more) {
     if (b->len + more <= b->cap) return 0;
     size_t cap = b->cap ? b->cap : 1 << 16;
     while (cap < b->len + more) cap *= 2;
-    char *data = PyMem_Realloc(b->data, cap);
-    if (data == NULL) return -1;
-    b->data = data;
+    if (cap > PY_SSIZE_T_MAX) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    if (b->bytes == NULL) {
+        b->bytes = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)cap);
+        if (b->bytes == NULL) return -1;
+    } else if (_PyBytes_Resize(&b->bytes, (Py_ssize_t)cap) < 0) {
+        return -1; /* b->bytes is NULL now */
+    }
+    b->data = PyBytes_AS_STRING(b->bytes);
     b->cap = cap;
     return 0;
 }
@@ -234,7 +245,7 @@ static PyObject *encode(PyObject *Py_UNUSED(self), PyObject *args) {
     if (count < 0) return NULL;
     int variable = has_variable(fields, count);
     Py_ssize_t n = PyList_GET_SIZE(values);
-    buf_t b = {NULL, 0, 0};
+    buf_t b = {NULL, NULL, 0, 0};
     size_t table = variable ? 4 * (size_t)n : 0;
     if (reserve(&b, table + (size_t)n * (size_t)fixed_size + 1) < 0) return PyErr_NoMemory();
     b.len = table;
@@ -271,14 +282,12 @@ static PyObject *encode(PyObject *Py_UNUSED(self), PyObject *args) {
         }
     }
     if (status == 0 && variable && b.len >= OFFSET_LIMIT) status = 1;
-    PyObject *out = NULL;
     if (status == 0) {
-        out = PyBytes_FromStringAndSize(b.data, (Py_ssize_t)b.len);
-    } else if (status > 0) {
-        out = Py_NewRef(Py_None);
+        if (_PyBytes_Resize(&b.bytes, (Py_ssize_t)b.len) < 0) return NULL;
+        return b.bytes;
     }
-    PyMem_Free(b.data);
-    return out;
+    Py_XDECREF(b.bytes);
+    return status > 0 ? Py_NewRef(Py_None) : NULL;
 }
 
 /* ---- reading ------------------------------------------------------------------------- */
