@@ -87,11 +87,20 @@ defmodule Bridge.HostileTest do
 
   test "without untrusted, a scribbling handler may change a result it returned, never crash the VM" do
     start_supervised!({Bridge, bridge_opts(HostTrusted, pool_size: 1)})
-    {:ok, r} = call(HostTrusted, :result_then_scribble, [2 * @mib, 0.05])
-    Process.sleep(300)
-    # the bytes may have changed (documented); reading them is safe either way
-    assert byte_size(r) == 2 * @mib
-    assert is_integer(:erlang.phash2(r))
+
+    case call(HostTrusted, :result_then_scribble, [2 * @mib, 0.05]) do
+      {:ok, r} ->
+        Process.sleep(300)
+        # the bytes may have changed (documented); reading them is safe either way
+        assert byte_size(r) == 2 * @mib
+        assert is_integer(:erlang.phash2(r))
+
+      # on a slow moment the scribbler reaches the result's header before the BEAM
+      # reads it: the frame is refused and the worker replaced
+      {:error, %Bridge.Error{kind: :bad_frame}} ->
+        :ok
+    end
+
     assert {:ok, 3} = Bridge.call({:bbt_handlers, :add}, [1, 2], pool: HostTrusted)
   end
 
