@@ -73,6 +73,7 @@ defmodule Bridge.SchemaCallTest do
   end
 
   defp call(fun, args), do: Bridge.call({:bbt_schemas, fun}, args, pool: Schemas)
+  defp stream(fun, args), do: Bridge.stream({:bbt_schemas, fun}, args, pool: Schemas)
 
   test "a schema struct arrives as the handler's class and comes back as the struct" do
     config =
@@ -209,6 +210,12 @@ defmodule Bridge.SchemaCallTest do
     assert e.message =~ "ModelConfig[150001].num_heads is 70000"
     assert call(:sums_made, []) == {:ok, before}
     assert call(:sum_configs, [configs(2)]) == {:ok, [2, 1]}
+
+    # the same through Bridge.stream/3: the stream raises that error
+    e = assert_raise Bridge.Error, fn -> Enum.to_list(stream(:echo, [list])) end
+    assert {e.kind, e.reason} == {:bad_call, :bad_value}
+    assert e.message =~ "ModelConfig[150001].num_heads is 70000"
+    assert Enum.to_list(stream(:echo, [configs(3)])) == configs(3)
   end
 
   test "a table of schema values carries its name and version; the rules apply both ways" do

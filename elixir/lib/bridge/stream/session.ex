@@ -67,13 +67,10 @@ defmodule Bridge.Stream.Session do
             CallerGC.received(resolved)
             Call.decode(body, resolved, worker, prepared.config)
 
-          {:error, _} = error ->
+          {:error, error} ->
             # a stream that failed as the call's answer (Feeds.failure/1): the
             # worker's answer was that it ended early
-            case Feeds.failure(session.feeds) do
-              nil -> error
-              failure -> {:error, failure}
-            end
+            {:error, Feeds.failure(session.feeds) || error}
         end
 
       error ->
@@ -231,7 +228,9 @@ defmodule Bridge.Stream.Session do
     end
   end
 
-  defp the_end(%{reply: {:error, error}} = session), do: fail(session, error)
+  # a feed that failed as the call's answer (pieces of a long list) says why
+  defp the_end(%{reply: {:error, error}} = session),
+    do: fail(session, Feeds.failure(session.feeds) || error)
 
   defp finished(session) do
     Feeds.close(session.feeds)
