@@ -140,6 +140,12 @@ defmodule Bridge.SchemaCallTest do
     assert {e.kind, e.reason} == {:bad_call, :bad_value}
     assert e.message =~ "Point[0].y is \"two\""
 
+    # an improper list of schema values is refused as any improper list is
+    assert {:error, e} = call(:norm, [[struct(Calls.Point, x: 1, y: 2) | :tail]])
+    assert {e.kind, e.reason} == {:bad_call, :bad_term}
+    assert e.message =~ "expected a proper list"
+    assert call(:norm, [[struct(Calls.Point, x: 3, y: 4)]]) |> elem(0) == :ok
+
     assert {:error, e} = call(:not_declared, [])
     assert {e.kind, e.reason} == {:bad_call, :unknown_schema}
     assert e.message =~ "use Bridge.Schema, name: \"test.Nowhere\""

@@ -154,7 +154,7 @@ defmodule Bridge.Encoder do
 
   # A list of structs of one schema module: one SSZ list (formats/ssz.md, Batches).
   defp enc([%module{} | _] = term, ctx) do
-    if function_exported?(module, :__bb_encode__, 2) and Enum.all?(term, &is_struct(&1, module)),
+    if function_exported?(module, :__bb_encode__, 2) and all_of?(term, module),
       do: schema_list(module, term, ctx),
       else: enc_list_value(term, ctx)
   end
@@ -393,6 +393,10 @@ defmodule Bridge.Encoder do
 
     throw({:bad_arg, error, ctx})
   end
+
+  # A proper list of structs of `module` (an improper one is refused as any is).
+  defp all_of?([%module{} | rest], module), do: all_of?(rest, module)
+  defp all_of?(rest, _module), do: rest == []
 
   defp reserved?(atom), do: String.starts_with?(Atom.to_string(atom), "$bb_")
 
