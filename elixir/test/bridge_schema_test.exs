@@ -65,6 +65,7 @@ defmodule Bridge.SchemaCallTest do
   # arrives as the handler's class and comes back as the struct; lists of them too.
   use ExUnit.Case, async: false
 
+  import Bitwise, only: [<<<: 2]
   import Bridge.Test.BridgeCase
 
   setup_all do
@@ -204,8 +205,31 @@ defmodule Bridge.SchemaCallTest do
           form in [:schema, :schema_slice],
           do: c
 
-    # 65,536 values a piece (and the last 3,392): four pieces for each call
-    assert Enum.sum(pieces) == 8
+    # pieces of 1,024, 65,536, 65,536, 65,536 and 2,368 values: five for each call
+    assert Enum.sum(pieces) == 10
+  end
+
+  test "pieces of large values are cut to a few MiB, so a list past the arena limit crosses" do
+    # 131,072 values of 1.1 KB: 65,536 of them would be 72 MB, past both the 16 MiB
+    # arenas and the 64 MiB a control frame carries
+    start_supervised!(
+      {Bridge, bridge_opts(SmallArenas, pool_size: 1, arena_limit: 16 * 1024 * 1024)}
+    )
+
+    name = String.duplicate("n", 1_100)
+    list = for c <- configs(131_072), do: %{c | name: name}
+
+    assert Bridge.call({:bbt_schemas, :sum_configs}, [list], pool: SmallArenas) ==
+             {:ok, [131_072, div(131_072 * 131_071, 2)]}
+
+    # one value no slice and no control frame can take: the call fails with why
+    huge = List.update_at(list, 70_000, &%{&1 | name: String.duplicate("h", 70 <<< 20)})
+    assert {:error, e} = Bridge.call({:bbt_schemas, :sum_configs}, [huge], pool: SmallArenas)
+    assert {e.kind, e.reason} == {:bad_call, :too_large}
+    assert e.message =~ "raise :arena_limit"
+
+    assert {:ok, [2, 1]} =
+             Bridge.call({:bbt_schemas, :sum_configs}, [configs(2)], pool: SmallArenas)
   end
 
   test "a bad value in a later piece names its index in the whole list; the handler never runs" do

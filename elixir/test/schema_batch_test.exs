@@ -99,6 +99,16 @@ defmodule Bridge.SchemaBatchTest do
     end
   end
 
+  test "pieces of large values hold fewer of them: the first a set number, the next as many as fit the bytes" do
+    big = String.duplicate("x", 10_000)
+    values = for c <- configs(50), do: %{c | name: big}
+    pieces = Enum.to_list(Batch.pieces(Config, values, 50, 65_536, first: 4, bytes: 40_000))
+    assert hd(pieces).count == 4 and Enum.sum(Enum.map(pieces, & &1.count)) == 50
+    assert Enum.all?(tl(pieces), &(&1.count < 4 and byte_size(&1.data) <= 40_000))
+
+    assert Enum.flat_map(pieces, &elem(Batch.decode(Config, &1.data), 1)) == values
+  end
+
   test "bytes that are no batch name the index" do
     {:ok, bin} = Batch.encode(Metric, metrics(10_000))
     size = Metric.__schema__(:fixed_size)

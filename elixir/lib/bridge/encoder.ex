@@ -48,8 +48,9 @@ defmodule Bridge.Encoder do
   alias Bridge.Schema.Batch.Piece
   alias Bridge.Tensor.{Bundle, COO, Wire}
 
-  # A list of this many schema values or more goes as pieces of @piece values, at most
-  # @piece_window of them written ahead of the worker's reading (SPEC §8.6, "Pieces").
+  # A list of twice @piece schema values or more goes as pieces of at most @piece
+  # values (fewer when they are large, Bridge.Schema.Batch.pieces/5), @piece_window of
+  # them at most written ahead of the worker's reading (SPEC §8.6, "Pieces").
   @piece 65_536
   @piece_window 4
 

@@ -38,6 +38,8 @@ defmodule Bridge.Schema.Batch do
     defstruct [:module, :data, :count]
   end
 
+  # The bytes a piece of a long list is cut to hold, about (pieces/5).
+  @piece_bytes 4 <<< 20
   # SSZ offsets are u32: a list of variable-size values ends within 4 GiB.
   @offset_limit 1 <<< 32
   # Batches whose values need at least this many words of heap are read with room for
@@ -84,21 +86,31 @@ defmodule Bridge.Schema.Batch do
   end
 
   @doc false
-  # `values` (`n` of them) as a stream of pieces of `size` values (Bridge.Encoder sends
-  # a long list so, SPEC §8.6 "Pieces"), each written when it is taken: a value that
-  # does not fit throws {:"$bb_fatal", error}, the error naming its index in `values`.
-  @spec pieces(module(), [struct()], non_neg_integer(), pos_integer()) :: Enumerable.t()
-  def pieces(module, values, n, size) do
-    Stream.unfold({values, 0}, fn
-      {_rest, ^n} ->
+  # `values` (`n` of them) as a stream of pieces of at most `size` values (Bridge.Encoder
+  # sends a long list so, SPEC §8.6 "Pieces"), each written when it is taken: the first
+  # of `:first` values (1,024), each next one of as many as the values before say fit
+  # in about `:bytes` (4 MiB), so a piece of large values stays small enough for a
+  # slice. A value that does not fit throws {:"$bb_fatal", error}, the error naming its
+  # index in `values`.
+  @spec pieces(module(), [struct()], non_neg_integer(), pos_integer(), keyword()) ::
+          Enumerable.t()
+  def pieces(module, values, n, size, opts \\ []) do
+    bytes = Keyword.get(opts, :bytes, @piece_bytes)
+
+    Stream.unfold({values, 0, min(size, Keyword.get(opts, :first, 1024))}, fn
+      {_rest, ^n, _k} ->
         nil
 
-      {rest, first} ->
-        k = min(size, n - first)
+      {rest, first, k} ->
+        k = min(k, n - first)
 
         case piece(module, rest, k, first) do
-          {:ok, data, rest} -> {%Piece{module: module, data: data, count: k}, {rest, first + k}}
-          {:error, error} -> throw({:"$bb_fatal", error})
+          {:ok, data, rest} ->
+            next = (bytes * k) |> div(max(byte_size(data), 1)) |> max(1) |> min(size)
+            {%Piece{module: module, data: data, count: k}, {rest, first + k, next}}
+
+          {:error, error} ->
+            throw({:"$bb_fatal", error})
         end
     end)
   end

@@ -123,10 +123,12 @@ defmodule Bridge.Stream.Feeds do
         %{f | sent: seq, chain: chain, pending: f.pending ++ [{seq, slices}]}
 
       {:error, %Error{} = e} ->
-        # the handler's iterator raises with this; the rest is not sent
+        # the handler's iterator raises with this; the rest is not sent. A piece of
+        # a long list fails the call with it (no handler reads pieces).
         halt(f.next)
         message = "element #{f.sent + 1} cannot be sent: #{Exception.message(e)}"
-        finish(f, sid, ctx, {:abort, ctx.id, sid, message})
+        f = finish(f, sid, ctx, {:abort, ctx.id, sid, message})
+        if is_struct(value, Bridge.Schema.Batch.Piece), do: %{f | failed: e}, else: f
     end
   end
 
