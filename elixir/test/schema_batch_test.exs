@@ -93,8 +93,8 @@ defmodule Bridge.SchemaBatchTest do
       bad = List.update_at(values, 6, &Map.put(&1, field, wrong))
       stream = Batch.pieces(module, bad, 10, 4)
       assert [%Batch.Piece{count: 4}] = Enum.take(stream, 1)
-      thrown = catch_throw(Enum.to_list(stream))
-      assert {:"$bb_fatal", %Bridge.Error{reason: :bad_value} = e} = thrown
+      e = assert_raise Bridge.Error, fn -> Enum.to_list(stream) end
+      assert e.reason == :bad_value
       assert e.message =~ "#{module.__schema__(:short)}[6].#{field}"
     end
   end

@@ -444,7 +444,7 @@ defmodule Bridge.Encoder do
     if is_list(ctx.streams) and n >= 2 * @piece do
       sid = length(ctx.streams) + 1
       pieces = Bridge.Schema.Batch.pieces(module, values, n, @piece)
-      stream = Bridge.Stream.from(pieces, window: @piece_window)
+      stream = %{Bridge.Stream.from(pieces, window: @piece_window) | fails_call: true}
       {{:"$bb_pieces", sid, n}, %{ctx | streams: [{sid, stream} | ctx.streams]}}
     else
       case Bridge.Schema.Batch.piece(module, values, n, 0) do

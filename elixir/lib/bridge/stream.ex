@@ -53,10 +53,15 @@ defmodule Bridge.Stream do
   """
 
   @enforce_keys [:enumerable]
-  defstruct [:enumerable, window: 4]
+  defstruct [:enumerable, window: 4, fails_call: false]
 
-  @typedoc "An enumerable to send to Python as an argument stream (`from/2`)."
-  @type t :: %__MODULE__{enumerable: Enumerable.t(), window: pos_integer()}
+  @typedoc """
+  An enumerable to send to Python as an argument stream (`from/2`). `fails_call`
+  is set by beambridge on the streams it makes of a long list (SPEC §8.6,
+  "Pieces"), which no handler reads: a `Bridge.Error` raised making an element, or
+  one that stops an element being sent, is then the call's answer.
+  """
+  @type t :: %__MODULE__{enumerable: Enumerable.t(), window: pos_integer(), fails_call: boolean()}
 
   @max_window 1024
 

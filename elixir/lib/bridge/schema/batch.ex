@@ -33,7 +33,7 @@ defmodule Bridge.Schema.Batch do
   defmodule Piece do
     @moduledoc false
     # `count` values of schema `module` written as the SSZ list `data`: an element of
-    # the stream of pieces a long list goes as (Bridge.Schema.Batch.pieces/4).
+    # the stream of pieces a long list goes as (Bridge.Schema.Batch.pieces/5).
     @enforce_keys [:module, :data, :count]
     defstruct [:module, :data, :count]
   end
@@ -90,8 +90,8 @@ defmodule Bridge.Schema.Batch do
   # sends a long list so, SPEC §8.6 "Pieces"), each written when it is taken: the first
   # of `:first` values (1,024), each next one of as many as the values before say fit
   # in about `:bytes` (4 MiB), so a piece of large values stays small enough for a
-  # slice. A value that does not fit throws {:"$bb_fatal", error}, the error naming its
-  # index in `values`.
+  # slice. A value that does not fit raises its Bridge.Error, naming its index in
+  # `values`.
   @spec pieces(module(), [struct()], non_neg_integer(), pos_integer(), keyword()) ::
           Enumerable.t()
   def pieces(module, values, n, size, opts \\ []) do
@@ -110,7 +110,7 @@ defmodule Bridge.Schema.Batch do
             {%Piece{module: module, data: data, count: k}, {rest, first + k, next}}
 
           {:error, error} ->
-            throw({:"$bb_fatal", error})
+            raise error
         end
     end)
   end

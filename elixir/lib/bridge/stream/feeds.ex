@@ -8,10 +8,9 @@ defmodule Bridge.Stream.Feeds do
   # `window` elements ahead of the interpreter's acknowledgements. An element's
   # slices are this process's until the interpreter acknowledges it; then they
   # are released. When the enumerable ends, {:done, id, sid, count, checksum}
-  # follows; when it raises, {:abort, id, sid, message}. An enumerable that
-  # throws {:"$bb_fatal", %Bridge.Error{}} (the pieces of a long list,
-  # Bridge.Schema.Batch.pieces/4) is aborted so too, and the call's answer is
-  # that error (failure/1): the handler never saw the value.
+  # follows; when it raises, {:abort, id, sid, message}. Of a stream that
+  # `fails_call` (the pieces of a long list, Bridge.Schema.Batch.pieces/5), the
+  # Bridge.Error that ended it is the call's answer (failure/1): no handler saw it.
 
   alias Bridge.{Arena, Control, Encoder, Error}
 
@@ -22,6 +21,7 @@ defmodule Bridge.Stream.Feeds do
           acked: non_neg_integer(),
           chain: non_neg_integer(),
           pending: [{pos_integer(), [Arena.Slice.t()]}],
+          fails_call: boolean(),
           failed: Error.t() | nil
         }
   @type t :: %{pos_integer() => feed()}
@@ -29,7 +29,7 @@ defmodule Bridge.Stream.Feeds do
   @doc false
   @spec new([{pos_integer(), Bridge.Stream.t()}]) :: t()
   def new(streams) do
-    Map.new(streams, fn {sid, %Bridge.Stream{enumerable: enum, window: window}} ->
+    Map.new(streams, fn {sid, %Bridge.Stream{enumerable: enum, window: window} = s} ->
       {sid,
        %{
          next: {:start, enum},
@@ -38,6 +38,7 @@ defmodule Bridge.Stream.Feeds do
          acked: 0,
          chain: 0,
          pending: [],
+         fails_call: s.fails_call,
          failed: nil
        }}
     end)
@@ -95,12 +96,8 @@ defmodule Bridge.Stream.Feeds do
         :done ->
           finish(f, sid, ctx, {:done, ctx.id, sid, f.sent, f.chain})
 
-        {:raised, message} ->
-          finish(f, sid, ctx, {:abort, ctx.id, sid, message})
-
-        {:fatal, error} ->
-          f = finish(f, sid, ctx, {:abort, ctx.id, sid, Exception.message(error)})
-          %{f | failed: error}
+        {:raised, message, error} ->
+          f |> finish(sid, ctx, {:abort, ctx.id, sid, message}) |> failed(error)
       end
     end
   end
@@ -109,6 +106,9 @@ defmodule Bridge.Stream.Feeds do
     GenServer.cast(ctx.worker, {:stream, ctx.id, {:send, Control.frame(envelope)}})
     %{f | next: :ended}
   end
+
+  defp failed(%{fails_call: true} = f, %Error{} = error), do: %{f | failed: error}
+  defp failed(f, _error), do: f
 
   defp send_element(f, sid, value, ctx) do
     %{config: config} = ctx
@@ -123,17 +123,16 @@ defmodule Bridge.Stream.Feeds do
         %{f | sent: seq, chain: chain, pending: f.pending ++ [{seq, slices}]}
 
       {:error, %Error{} = e} ->
-        # the handler's iterator raises with this; the rest is not sent. A piece of
-        # a long list fails the call with it (no handler reads pieces).
+        # the handler's iterator raises with this; the rest is not sent
         halt(f.next)
         message = "element #{f.sent + 1} cannot be sent: #{Exception.message(e)}"
-        f = finish(f, sid, ctx, {:abort, ctx.id, sid, message})
-        if is_struct(value, Bridge.Schema.Batch.Piece), do: %{f | failed: e}, else: f
+        f |> finish(sid, ctx, {:abort, ctx.id, sid, message}) |> failed(e)
     end
   end
 
   # An enumerable walked one element at a time: each step returns the element
-  # and the continuation that takes the next.
+  # and the continuation that takes the next; or how it failed, and the
+  # exception it raised (if any).
   defp step(next) do
     result =
       case next do
@@ -147,10 +146,12 @@ defmodule Bridge.Stream.Feeds do
       {:halted, _} -> :done
     end
   rescue
-    e -> {:raised, Exception.format_banner(:error, e, __STACKTRACE__) |> String.slice(0, 4000)}
+    e ->
+      banner = Exception.format_banner(:error, e, __STACKTRACE__)
+      {:raised, String.slice(banner, 0, 4000), e}
   catch
-    :throw, {:"$bb_fatal", %Error{} = error} -> {:fatal, error}
-    kind, reason -> {:raised, Exception.format_banner(kind, reason) |> String.slice(0, 4000)}
+    kind, reason ->
+      {:raised, Exception.format_banner(kind, reason) |> String.slice(0, 4000), nil}
   end
 
   # A suspended enumerable is told to halt, so it frees what it holds.
