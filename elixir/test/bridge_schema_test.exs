@@ -76,6 +76,9 @@ defmodule Bridge.SchemaCallTest do
   defp call(fun, args), do: Bridge.call({:bbt_schemas, fun}, args, pool: Schemas)
   defp stream(fun, args), do: Bridge.stream({:bbt_schemas, fun}, args, pool: Schemas)
 
+  defp call_within(fun, args, timeout),
+    do: Bridge.call({:bbt_schemas, fun}, args, pool: Schemas, timeout: timeout)
+
   test "a schema struct arrives as the handler's class and comes back as the struct" do
     config =
       struct(Calls.ModelConfig,
@@ -246,6 +249,77 @@ defmodule Bridge.SchemaCallTest do
     assert {e.kind, e.reason} == {:bad_call, :bad_value}
     assert e.message =~ "ModelConfig[150001].num_heads is 70000"
     assert Enum.to_list(stream(:echo, [configs(3)])) == configs(3)
+  end
+
+  test "a list of 131,072 values or more from Python comes in pieces, each read as it comes" do
+    Bridge.reset_format_stats()
+    n = 200_000
+    assert call(:make_configs, [n]) == {:ok, configs(n)}
+
+    pieces =
+      for %{direction: :from_python, form: form, count: c} <- Bridge.format_stats(),
+          form in [:schema, :schema_slice],
+          do: c
+
+    # 1,024 values, then as many as fill about 4 MiB (65,536 at most): five pieces
+    assert Enum.sum(pieces) == 5
+
+    # beside a slice of the answer's own
+    assert {:ok, [list, bin]} = call(:beside_bytes, [n, 3_000_000])
+    assert list == configs(n) and bin == :binary.copy(<<0>>, 3_000_000)
+  end
+
+  test "a bad value in a later piece from Python names its index in the whole list" do
+    assert {:error, e} = call(:bad_configs, [200_000, 150_001])
+    assert {e.kind, e.reason} == {:bad_call, :bad_value}
+    assert e.message =~ "ModelConfig[150001].num_heads is 70000"
+
+    # the answer's own slice is taken back, and the worker serves on
+    assert {:error, e} = call(:beside_bytes, [200_000, 3_000_000, 199_999])
+    assert {e.kind, e.reason} == {:bad_call, :bad_value}
+    assert e.message =~ "ModelConfig[199999].num_heads is 70000"
+    assert call(:make_configs, [3]) == {:ok, configs(3)}
+  end
+
+  test "a caller that dies while pieces come does not hold the worker up" do
+    {:ok, _} = call(:made_configs, [400_000])
+    me = self()
+
+    caller =
+      spawn(fn ->
+        receive do
+          :go -> :ok
+        end
+
+        Bridge.call({:bbt_schemas, :made_configs}, [400_000], pool: Schemas, timeout: 120_000)
+        send(me, :not_killed)
+      end)
+
+    :erlang.trace(caller, true, [:receive])
+    send(caller, :go)
+
+    # killed as the first piece reaches it: the worker would wait for its
+    # acknowledgements for the call's 2 minutes; the worker's relay gives them
+    assert_receive {:trace, ^caller, :receive, {:bridge_stream, _, _, {:piece, _, 1, _, _}}},
+                   30_000
+
+    Process.exit(caller, :kill)
+    assert call_within(:make_configs, [3], 20_000) == {:ok, configs(3)}
+    refute_received :not_killed
+  end
+
+  test "a call that ends while pieces come leaves nothing behind for the caller" do
+    {:ok, _} = call(:made_configs, [1_000_000])
+
+    # ended by its timeout while pieces come (or, on a fast day, done first)
+    case Bridge.call({:bbt_schemas, :made_configs}, [1_000_000], pool: Schemas, timeout: 100) do
+      {:ok, list} -> assert length(list) == 1_000_000
+      {:error, e} -> assert e.kind == :timeout
+    end
+
+    Process.sleep(300)
+    assert Process.info(self(), :messages) == {:messages, []}
+    assert call(:make_configs, [3]) == {:ok, configs(3)}
   end
 
   test "a table of schema values carries its name and version; the rules apply both ways" do

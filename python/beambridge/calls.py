@@ -21,9 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import importlib
-import sys
-import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -43,8 +40,10 @@ from .call_parts import (
 )
 from .decoder import Decoder
 from .encoder import ResultEncoder
+from .encoder_formats import Pieces
 from .errors import BridgeError, EtfError
 from .etf import decode, encode_parts
+from .handlers import Handlers
 from .leases import Key, LeaseBook, PeerObjects
 from .objects import PeerObject
 from .result_slices import ResultSlices, WorkerArenas
@@ -52,7 +51,7 @@ from .stream_control import done
 from .stream_run import CallStreams, Link, StreamSpec, spec_of
 from .streams import Stream, StreamError, producer
 from .strings import to_str
-from .terms import DEFAULT_THRESHOLD
+from .terms import DEFAULT_THRESHOLD, TAG_PIECE
 
 __all__ = ["CallPath", "Reply"]
 
@@ -78,17 +77,6 @@ def _set_aside_new_objects() -> bool:
         return False
     gc.freeze()
     return True
-
-
-def _name(value: Any) -> str | None:
-    if isinstance(value, str):
-        return str(value)
-    if type(value) is bytes:
-        try:
-            return value.decode("utf-8")
-        except UnicodeDecodeError:
-            return None
-    return None
 
 
 class CallPath:
@@ -130,7 +118,7 @@ class CallPath:
         )
         self.encoder = ResultEncoder(self.slices, threshold)
         self.lease_table: PeerObject | None = None
-        self._functions: dict[tuple[Any, Any], Callable[..., Any]] = {}
+        self.handlers = Handlers()
         #: The worker, for streams (§8.6); without it a stream call is refused.
         self.link: Link | None = None
         #: The streams of the call in flight, made when it first needs one.
@@ -141,6 +129,8 @@ class CallPath:
         #: Whether the objects of the call in flight are set aside from the collector.
         self._frozen = False
         self.text = False
+        #: Whether a long result list may go as pieces (§8.6): the BEAM reads them.
+        self.pieces = False
         self.decoder.streams = self._feed
 
     # ---- objects -----------------------------------------------------------------------
@@ -254,7 +244,7 @@ class CallPath:
                 raise Refused(err.reason, err.message) from None
             if spec is not None and self.link is None:
                 raise Refused("not_a_stream", "this worker runs no streams (no link)")
-            fn = self._lookup(call.module, call.function)
+            fn = self.handlers.lookup(call.module, call.function)
             if body is None:
                 raise Refused("bad_term", "a call frame without an argument list")
             try:
@@ -354,13 +344,15 @@ class CallPath:
 
     def _answer(self, call_id: int, result: Any, policy: str) -> Reply:
         self.encoder.policy = policy
-        chunked: list[memoryview] = []
+        chunked: list[memoryview | Pieces] = []
         if self.link is not None:
             self.encoder.chunked = _collector(chunked)
+            if self.pieces:
+                self.encoder.pieces = _collector(chunked)
         try:
             encoded = self._encode(result)
         finally:
-            self.encoder.chunked = None
+            self.encoder.chunked = self.encoder.pieces = None
         del result
         if isinstance(encoded, BadCall):
             return self._bad_call(call_id, encoded)
@@ -381,21 +373,44 @@ class CallPath:
         notices = self.take_notices() + self.slices.commit()
         return Reply(notices, control.ok(call_id, entries, released), parts, head)
 
-    def _chunked_answer(self, call_id: int, parts: list[Any], chunked: list[memoryview]) -> Reply:
-        """The answer to a call whose result holds binaries sent as streams of chunks
-        (§8.6): its slices are committed and announced first, then each binary's
-        chunks go, then the answer."""
+    def _chunked_answer(
+        self, call_id: int, parts: list[Any], chunked: list[memoryview | Pieces]
+    ) -> Reply:
+        """The answer to a call whose result holds binaries or long lists sent as
+        streams of chunks or pieces (§8.6): they go first, the answer's own slices set
+        aside meanwhile, then the answer; or, when a piece cannot be sent, its error
+        (the answer's slices taken back)."""
+        answer = self.slices.suspend()
+        streams = self._streams()
+        try:
+            for sid, item in enumerate(chunked, 1):
+                if isinstance(item, Pieces):
+                    streams.send_pieces(sid, item.values, self._piece)
+                else:
+                    streams.send_chunked(sid, item, self._chunk)
+        except _ElementRefused as refused:
+            self.slices.resume(answer)
+            self.slices.cancel()
+            return self._bad_call(call_id, refused.bad)
+        finally:
+            chunked.clear()
+        self.slices.resume(answer)
         entries = self.slices.entries
         notices = self.take_notices() + self.slices.commit()
-        assert self.link is not None
-        self.link.send_frames([(n, None) for n in notices])
-        streams = self._streams()
-        for sid, view in enumerate(chunked, 1):
-            streams.send_chunked(sid, view, self._chunk)
-        chunked.clear()
         released = self.take_released()
         head = control_shortcuts.answer_head(call_id, entries, released)
-        return Reply(self.take_notices(), control.ok(call_id, entries, released), parts, head)
+        return Reply(notices, control.ok(call_id, entries, released), parts, head)
+
+    def _piece(
+        self, values: list[Any], first: int, count: int
+    ) -> tuple[list[Any], Any, list[Any], int]:
+        """A piece of a long result list of ``count`` values, ``{:"$bb_piece", count,
+        values}``: `_chunk`'s parts, and its size."""
+        self.encoder.list_first = first
+        try:
+            return (*self._chunk((TAG_PIECE, count, values)), self.encoder.list_bytes)
+        finally:
+            self.encoder.list_first = 0
 
     def _encode(self, result: Any) -> tuple[list[Any], int] | BadCall:
         """The parts of ``result``'s ETF and their size, its values placed in slices
@@ -412,7 +427,8 @@ class CallPath:
                 if isinstance(exc, (TypeError, ValueError, BridgeError))
                 else (f"{type(exc).__name__}: ")
             )
-            problem = BadCall(reason, f"the result: {kind}{exc}")
+            what = str(exc).removeprefix(f"{reason}: ")  # the reason is said once
+            problem = BadCall(reason, f"the result: {kind}{what}")
         del result
         if problem is not None:
             self.slices.cancel()
@@ -445,48 +461,14 @@ class CallPath:
         self.leases.settle()  # frames read and dropped while decoding: no longer in use
         return any((o, off, g) in self.leases for o, off, _, g in refs)
 
-    def _lookup(self, module: Any, function: Any) -> Callable[..., Any]:
-        key = (module, function)
-        cached = self._functions.get(key)
-        if cached is not None:
-            return cached
-        module_name, function_name = _name(module), _name(function)
-        if module_name is None or function_name is None:
-            raise Refused(
-                "bad_term",
-                "module and function must be atoms or binaries, "
-                f"got {module!r:.100} and {function!r:.100}",
-            )
-        try:
-            mod = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name == module_name or module_name.startswith(f"{exc.name}."):
-                raise Refused(
-                    "no_module",
-                    f"cannot import module {module_name!r}: {exc} (sys.path: {sys.path})",
-                ) from None
-            raise Refused(
-                "no_module", f"importing module {module_name!r} failed:\n{traceback.format_exc()}"
-            ) from None
-        except Exception:
-            raise Refused(
-                "no_module", f"importing module {module_name!r} failed:\n{traceback.format_exc()}"
-            ) from None
-        fn: Callable[..., Any] | None = getattr(mod, function_name, None)
-        if fn is None or not callable(fn):
-            what = "no attribute" if fn is None else f"a non-callable {type(fn).__name__}"
-            raise Refused("no_function", f"module {module_name!r} has {what} {function_name!r}")
-        self._functions[key] = fn
-        return fn
 
+def _collector(items: list[Any]) -> Callable[[Any], int]:
+    """Collects the binaries and long lists of a result that go as streams of chunks
+    or pieces; each one's stream id is its place in ``items``, from 1."""
 
-def _collector(views: list[memoryview]) -> Callable[[memoryview], int]:
-    """Collects the binaries of a result that go as chunks; each one's stream id is its
-    place in ``views``, from 1."""
-
-    def take(view: memoryview) -> int:
-        views.append(view)
-        return len(views)
+    def take(item: Any) -> int:
+        items.append(item)
+        return len(items)
 
     return take
 

@@ -45,6 +45,7 @@ from .terms import (
     TAG_ARROW,
     TAG_CHUNKED,
     TAG_CUSTOM,
+    TAG_PIECES,
     TAG_SCHEMA,
     TAG_SCHEMA_LIST,
     TAG_SLICE,
@@ -53,7 +54,7 @@ from .terms import (
     TAG_TENSOR_BUNDLE,
 )
 
-__all__ = ["FormatEncoder"]
+__all__ = ["PIECES_MIN", "FormatEncoder", "Pieces"]
 
 #: Encodes descriptors and names: plain ETF, never a slice handle.
 _PLAIN = Encoder()
@@ -64,6 +65,18 @@ _serializer_log = logging.getLogger("beambridge.serializers")
 
 #: The ETF of ``{:"$bb_slice", kind,`` by kind (a handle is that, then its index).
 _HANDLE_HEADS: dict[Atom, bytes] = {}
+
+
+#: A result list of this many typed-schema values or more goes as a stream of pieces
+#: when the caller takes them (SPEC §8.6 "Pieces"), as the BEAM sends such lists.
+PIECES_MIN = 131_072
+
+
+@dataclasses.dataclass(frozen=True)
+class Pieces:
+    """A long list of typed-schema values of a result, to go as pieces (SPEC §8.6)."""
+
+    values: list[Any]
 
 
 class FormatEncoder(Encoder):
@@ -79,6 +92,14 @@ class FormatEncoder(Encoder):
         #: a stream of chunks (SPEC §8.6); returns its stream id. None: such a
         #: binary is an `ArenaError`.
         self.chunked: Callable[[memoryview], int] | None = None
+        #: Takes a list of `PIECES_MIN` typed-schema values or more, to be sent as a
+        #: stream of pieces (SPEC §8.6); returns its stream id. None: such a list goes
+        #: as one SSZ list.
+        self.pieces: Callable[[Pieces], int] | None = None
+        #: The index in the whole list of the first value of the piece being written.
+        self.list_first = 0
+        #: The size of the last SSZ list written (a piece's, to size the next).
+        self.list_bytes = 0
 
     # ---- slices ------------------------------------------------------------------------
 
@@ -125,12 +146,18 @@ class FormatEncoder(Encoder):
         cls = type(values[0])
         if any(type(v) is not cls for v in values):
             return False
+        if self.pieces is not None and len(values) >= PIECES_MIN:
+            parts.append(b"h\x03")
+            for term in (TAG_PIECES, self.pieces(Pieces(values)), len(values)):
+                self.encode_into(term, parts)
+            return True
         from .formats.ssz import frame_fields
         from .ssz_batch import encode_list
 
         declared = cls.__bb_schema__
         name, version = declared.name.encode(), declared.version.encode()
-        data = encode_list(declared.type, values)
+        data = encode_list(declared.type, values, self.list_first)
+        self.list_bytes = len(data)
         what = f"{len(values)} {declared.name}"
         metadata, schema_id, version_code = frame_fields(name, version)
         placed = self._overflows(

@@ -95,6 +95,10 @@ class WorkerArenas(ArenaSet):
         self.notices.append(control.object_dropped(object_id))
 
 
+#: What `ResultSlices.begin` starts afresh: the state of the result being written.
+_RESULT_STATE = ("entries", "fallbacks", "fallback_counts", "_lent", "_new_sealed", "_inline")
+
+
 class ResultSlices:
     """The slices of one result at a time: `begin`, then `place` / `echo` per value
     (each returns the index of the answer's ``slices`` entry the handle names, or None
@@ -147,6 +151,20 @@ class ResultSlices:
         self._lent = []
         self._new_sealed = []
         self._inline = 0
+
+    def suspend(self) -> tuple[Any, ...]:
+        """Set the result being written aside (its slices stay placed, uncommitted) and
+        start another; `resume` takes it back, to `commit` or `cancel` it. A result whose
+        pieces go first (SPEC §8.6) waits so."""
+        state = tuple(getattr(self, name) for name in _RESULT_STATE)
+        self.begin()
+        return state
+
+    def resume(self, state: tuple[Any, ...]) -> None:
+        """Take back the result `suspend` set aside (what was begun since is dropped:
+        commit or cancel it first)."""
+        for name, value in zip(_RESULT_STATE, state, strict=True):
+            setattr(self, name, value)
 
     def place(
         self,

@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import gc
+import re
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -61,10 +62,28 @@ def _no_gc(n: int) -> Iterator[None]:
         gc.enable()
 
 
-def encode_list(t: ContainerType, values: Sequence[Any]) -> bytes:
-    """The SSZ bytes of ``values``, each a value of the container ``t``."""
+def encode_list(t: ContainerType, values: Sequence[Any], first: int = 0) -> bytes:
+    """The SSZ bytes of ``values``, each a value of the container ``t``; ``values`` are
+    those from index ``first`` of a longer list (a piece, SPEC §8.6), which an error
+    names."""
     with _no_gc(len(values)):
-        return _encode_list(t, values)
+        try:
+            return _encode_list(t, values)
+        except SchemaError as err:
+            if first == 0:
+                raise
+            raise _shifted(err, t.name, first) from None
+
+
+def _shifted(err: SchemaError, name: str, first: int) -> SchemaError:
+    """``err`` naming ``name[i + first]`` where it named ``name[i]``."""
+    pattern = re.compile(re.escape(name) + r"\[(\d+)\]")
+
+    def shift(text: str) -> str:
+        return pattern.sub(lambda m: f"{name}[{int(m.group(1)) + first}]", text, count=1)
+
+    message = shift(err.message).removeprefix(f"{err.reason}: ")
+    return SchemaError(err.reason, message, shift(err.field) if err.field else err.field)
 
 
 def _encode_list(t: ContainerType, values: Sequence[Any]) -> bytes:

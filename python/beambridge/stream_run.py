@@ -77,8 +77,17 @@ class _Feed:
 CHUNK = 4 << 20
 CHUNK_WINDOW = 4
 
+#: Pieces of a long result list (§8.6 "Pieces"): values in the first, bytes the others
+#: aim at, values in any.
+PIECE_FIRST = 1_024
+PIECE_BYTES = 4 << 20
+PIECE_MAX = 65_536
+
 #: Encodes one element: (notices, the element's slices entries, the body's parts).
 Encode = Callable[[Any], tuple[list[Any], list[Any], list[Any]]]
+#: Encodes one piece (its values, the index of the first in the whole list, the whole
+#: list's length): the same, and the piece's size in bytes.
+EncodePiece = Callable[[list[Any], int, int], tuple[list[Any], list[Any], list[Any], int]]
 
 
 class CallStreams:
@@ -192,16 +201,47 @@ class CallStreams:
         self.chunked[sid] = 0
         seq = checksum = 0
         for at in range(0, view.nbytes, CHUNK):
-            while seq - self.chunked[sid] >= CHUNK_WINDOW:
-                self.link.pump(True)
-            notices, entries, parts = encode(view[at : at + CHUNK])
+            self._await_window(sid, seq)
             seq += 1
-            checksum = sc.chain(checksum, seq, sc.body_digest(parts))
-            messages: list[tuple[Any, Any]] = [(n, None) for n in notices]
-            messages.append((sc.element(self.call_id, sid, seq, None, entries), parts))
-            self.link.send_frames(messages)
-            del parts, messages
+            checksum = self._send_part(sid, seq, checksum, *encode(view[at : at + CHUNK]))
         self.link.send(sc.done(self.call_id, sid, seq, checksum))
+
+    def send_pieces(self, sid: int, values: list[Any], encode: EncodePiece) -> None:
+        """Send ``values`` (a long list of typed-schema values of the result) as the
+        pieces of stream ``sid`` (§8.6 "Pieces"), at most `CHUNK_WINDOW` ahead of the
+        BEAM's acks, so the caller reads a piece while the next is written; then the
+        stream's end. The first piece holds `PIECE_FIRST` values, each next one as many
+        as the last one's size says fill about `PIECE_BYTES` (at most `PIECE_MAX`).
+        ``encode(piece, first, count)`` gives the piece's message parts and its size in
+        bytes."""
+        self.chunked[sid] = 0
+        seq = checksum = at = 0
+        n = PIECE_FIRST
+        while at < len(values):
+            self._await_window(sid, seq)
+            piece = values[at : at + n]
+            *message, size = encode(piece, at, len(values))
+            at += len(piece)
+            del piece
+            seq += 1
+            checksum = self._send_part(sid, seq, checksum, *message)
+            del message
+            n = max(1, min(PIECE_MAX, PIECE_BYTES * n // max(size, 1)))
+        self.link.send(sc.done(self.call_id, sid, seq, checksum))
+
+    def _await_window(self, sid: int, seq: int) -> None:
+        while seq - self.chunked[sid] >= CHUNK_WINDOW:
+            self.link.pump(True)
+
+    def _send_part(
+        self, sid: int, seq: int, checksum: int, notices: list[Any], entries: Any, parts: list[Any]
+    ) -> int:
+        """Element ``seq`` of chunked stream ``sid``; returns the chain with it."""
+        checksum = sc.chain(checksum, seq, sc.body_digest(parts))
+        messages: list[tuple[Any, Any]] = [(n, None) for n in notices]
+        messages.append((sc.element(self.call_id, sid, seq, None, entries), parts))
+        self.link.send_frames(messages)
+        return checksum
 
     # ---- the result stream -----------------------------------------------------------
 

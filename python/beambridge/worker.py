@@ -160,14 +160,16 @@ class Worker:
         for fd in log_fds:
             self.poller.register(fd, select.POLLIN)
         self.worker_id = os.environ.get("BEAMBRIDGE_WORKER_ID", str(os.getpid()))
+        beam = beam_protocol(os.environ.get("BEAMBRIDGE_PROTOCOL"))
         self.path = CallPath(
             threshold=_env_int("BEAMBRIDGE_THRESHOLD", DEFAULT_THRESHOLD),
             arena_limit=_env_int("BEAMBRIDGE_ARENA_LIMIT", 1 << 30),
             min_arena=_env_int("BEAMBRIDGE_MIN_ARENA", 8 * _MIB),
             verify=_env_flag("BEAMBRIDGE_VERIFY"),
             untrusted=_env_flag("BEAMBRIDGE_UNTRUSTED"),
-            report_fallbacks=beam_protocol(os.environ.get("BEAMBRIDGE_PROTOCOL")) >= (2, 1),
+            report_fallbacks=beam >= (2, 1),
         )
+        self.path.pieces = beam >= (2, 3)  # long result lists go as pieces (§8.6)
         self.parent = parent  # the BEAM, or OTP's erl_child_setup that spawned us for it
         self.spin = Spin(spin_seconds(os.environ.get("BEAMBRIDGE_SPIN_US")))
         self.heap = keep_heap(_env_int("BEAMBRIDGE_HEAP_KEEP", 1 << 30))

@@ -38,6 +38,7 @@ MODULES = [
     "beambridge.result_slices",
     "beambridge.calls",
     "beambridge.call_parts",
+    "beambridge.handlers",
     "beambridge.cpus",
     "beambridge.lane",
     "beambridge.spin",

@@ -5,12 +5,15 @@ list of schema values so; here a real worker reads pieces fed by hand."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
+import beambridge
 import pytest
 from beambridge import control
 from beambridge import stream_control as sc
 from beambridge.etf import Atom, encode_parts
+from beambridge.types import String, uint32
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_streams import MOD, feed
@@ -78,3 +81,117 @@ def test_an_aborted_piece_stream_is_a_bad_call_and_the_handler_never_runs() -> N
         assert not answer.ok and answer.error[:2] == (Atom("bad_call"), Atom("badarg"))
         assert b"stream_aborted" in answer.error[2] and b"Sample[2].step" in answer.error[2]
         assert w.ok("total", [2], module=MOD) == 2
+
+
+# ---- a long result list, worker to BEAM ----------------------------------------------
+
+PIECE = Atom("$bb_piece")
+
+
+@beambridge.schema("test.Sample", version="1.0")
+@dataclasses.dataclass
+class Sample:
+    """bbtest_streams.Sample, as the BEAM's side of these tests reads it."""
+
+    step: uint32
+    name: String
+
+
+def take_pieces(w: WorkerProcess, call_id: int) -> tuple[Any, list[int], list[Any]]:
+    """Plays the BEAM for a call whose result may come in pieces: checks each piece
+    (in order, within the window of 4, chained), reads it and acknowledges in pairs;
+    returns the answer, the pieces' sizes and their values."""
+    w.ack_chunks = False
+    sizes: list[int] = []
+    values: list[Any] = []
+    chain = acked = 0
+    while True:
+        message = w.recv_any(60)
+        if isinstance(message, sc.Element):
+            assert (message.call_id, message.sid, message.seq) == (call_id, 1, len(sizes) + 1)
+            assert message.seq - acked <= 4
+            tag, _count, handle = w.body
+            assert tag == PIECE
+            chain = sc.chain(chain, message.seq, sc.body_digest(w.raw_body))
+            piece = w.beam.read(handle, message.slices)
+            sizes.append(len(piece))
+            values.extend(piece)
+            if message.seq % 2 == 0:
+                acked = message.seq
+                w.send(sc.ack(call_id, 1, acked))
+        elif isinstance(message, sc.Done):
+            assert (message.sid, message.count, message.checksum) == (1, len(sizes), chain)
+        elif isinstance(message, control.Answer):
+            return message, sizes, values
+
+
+def test_a_long_result_list_of_schema_values_goes_as_pieces() -> None:
+    """140,000 values: pieces of 1,024, then as many as fill about 4 MiB (65,536 at
+    most), sent while the BEAM reads the ones before; the answer names the stream."""
+    n = 140_000
+    with running(BEAMBRIDGE_PROTOCOL="2.3") as w:
+        w.flush()
+        w.send(control.call(5, MOD, Atom("samples"), {}, []), [n])
+        answer, sizes, values = take_pieces(w, 5)
+        assert answer.ok and w.body == (PIECES, 1, n)
+        assert sizes == [1_024, 65_536, 65_536, n - 1_024 - 2 * 65_536]
+        assert values == [Sample(i, f"s{i}") for i in range(n)]
+        # a BEAM before 2.3 takes no pieces: one list, as ever
+    with running(BEAMBRIDGE_PROTOCOL="2.2") as w:
+        w.flush()
+        w.send(control.call(6, MOD, Atom("samples"), {}, []), [n])
+        answer = w.recv()
+        assert answer.ok and len(w.read(w.body)) == n
+
+
+def test_a_bad_value_in_a_later_piece_is_the_answer_naming_its_index() -> None:
+    with running(BEAMBRIDGE_PROTOCOL="2.3") as w:
+        w.flush()
+        w.send(control.call(7, MOD, Atom("samples"), {}, []), [140_000, 139_999])
+        answer, sizes, _ = take_pieces(w, 7)
+        assert not answer.ok and answer.error[:2] == (Atom("bad_call"), Atom("bad_value"))
+        assert b"Sample[139999].step is -1" in answer.error[2]
+        assert len(sizes) == 3  # the pieces before it went
+        w.send(control.call(8, MOD, Atom("samples"), {}, []), [3])
+        assert w.recv().ok and w.read(w.body) == [Sample(i, f"s{i}") for i in range(3)]
+
+
+def test_an_error_in_a_piece_names_the_index_in_the_whole_list() -> None:
+    from beambridge.ssz_batch import encode_list
+    from beambridge.types import SchemaError
+
+    values = [Sample(i, f"s{i}") for i in range(10)]
+    values[7].step = -1
+    for first, named in [(0, "Sample[7].step"), (65_536, "Sample[65543].step")]:
+        with pytest.raises(SchemaError) as info:
+            encode_list(Sample.__bb_schema__.type, values, first)
+        assert info.value.field == named and f"{named} is -1" in info.value.message
+        assert info.value.message.count("bad_value") == 1
+
+
+def test_a_result_set_aside_for_its_pieces_is_taken_back_whole() -> None:
+    """While pieces go, the answer's own slices wait uncommitted (`suspend`); when a
+    piece fails, `resume` then `cancel` gives every one back."""
+    from beambridge.objects import PeerObject
+    from beambridge.result_slices import ResultSlices, WorkerArenas
+    from worker_harness import BeamSide
+
+    beam = BeamSide(tickets=8)
+    arenas = WorkerArenas(limit=64 << 20, min_arena=1 << 20)
+    arenas.set_lease_table(PeerObject.open(*beam.table.announcement()))
+    slices = ResultSlices(arenas)
+    try:
+        slices.begin()
+        slices.place("binary", memoryview(bytes(300_000)))
+        answer = slices.suspend()
+        assert slices.entries == []
+        slices.place("binary", memoryview(bytes(200_000)))  # a piece, committed
+        slices.commit()
+        assert arenas.lent == 2
+        slices.resume(answer)
+        assert len(slices.entries) == 1
+        slices.cancel()
+        assert slices.entries == [] and arenas.lent == 1  # the piece's stays lent
+    finally:
+        slices.close()
+        beam.close()

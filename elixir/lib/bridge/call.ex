@@ -3,7 +3,9 @@ defmodule Bridge.Call do
   # One Bridge.call/3, in the caller's process: the options checked, the
   # arguments encoded into the bridge's arenas (Bridge.Encoder), the request sent
   # through the pool to a worker, and the answer's body decoded here
-  # (Bridge.Decoder).
+  # (Bridge.Decoder). The request is sent, and its answer awaited, by
+  # Bridge.Stream.Session, which also feeds argument streams and takes the pieces
+  # of a long result (Bridge.Call.Pieces) meanwhile.
 
   alias Bridge.{Arena, CallerGC, Config, Control, Decoder, Encoder, Error, Worker}
 
@@ -15,11 +17,7 @@ defmodule Bridge.Call do
     with {:ok, prepared} <- prepare(function_ref, args, opts) do
       # The slices are this process's until the call is over, whatever happens.
       try do
-        if prepared.streams == [] do
-          request(prepared)
-        else
-          Bridge.Stream.Session.call(prepared)
-        end
+        Bridge.Stream.Session.call(prepared)
       after
         Enum.each(prepared.slices, &Arena.release/1)
       end
@@ -80,21 +78,6 @@ defmodule Bridge.Call do
 
   defp strings(s) do
     {:error, Error.new(:bad_call, :badarg, field: :strings, value: s, limit: ":bytes or :str")}
-  end
-
-  defp request(%{pool: pool, config: config, timeout: timeout} = prepared) do
-    with {:ok, request} <- build_request(prepared, %{}) do
-      case GenServer.call(pool, {:call, request, timeout}, wait(timeout)) do
-        {:ok, {body, resolved, worker}} ->
-          CallerGC.received(resolved)
-          decode(body, resolved, worker, config)
-
-        {:error, _} = error ->
-          error
-      end
-    end
-  catch
-    :exit, reason -> {:error, exit_error(reason, prepared)}
   end
 
   @doc false
@@ -169,11 +152,13 @@ defmodule Bridge.Call do
   # The body is decoded here, in the caller. A body or slice that does not decode
   # is the worker's fault (it is replaced); a well-formed value that cannot be
   # rebuilt here (unknown atoms, custom types without a serializer) is the call's.
+  # `pieces`: the lists that came in pieces before the answer.
   @doc false
-  @spec decode(binary(), tuple(), pid(), Config.t()) :: {:ok, term()} | {:error, Error.t()}
-  def decode(body, resolved, worker, config) do
+  @spec decode(binary(), tuple(), pid(), Config.t(), Bridge.Call.Pieces.t()) ::
+          {:ok, term()} | {:error, Error.t()}
+  def decode(body, resolved, worker, config, pieces \\ %{}) do
     with {:ok, term} <- Control.decode_body(body),
-         {:ok, value} <- Decoder.decode_result(term, resolved, config.verify) do
+         {:ok, value} <- Decoder.decode_result(term, resolved, config.verify, pieces) do
       {:ok, value}
     else
       {:error, %Error{kind: :bad_call}} = error ->

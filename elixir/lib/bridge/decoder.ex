@@ -24,7 +24,7 @@ defmodule Bridge.Decoder do
   alias Bridge.{Arrow, Error, Format, FormatStats, Peer, Registry, Serializer, Table}
   alias Bridge.Tensor.Wire
 
-  @type decode_ctx :: %{resolved: tuple(), verify: boolean(), tally: map()}
+  @type decode_ctx :: %{resolved: tuple(), verify: boolean(), tally: map(), pieces: map()}
 
   # handle kind => the name of the frame format it reads
   @kinds Registry.handle_kinds()
@@ -35,10 +35,12 @@ defmodule Bridge.Decoder do
   @layout_names Map.new(@layouts, &{Atom.to_string(&1), &1})
 
   @doc false
-  # `resolved` holds one entry per slice of the answer (see the moduledoc).
-  @spec decode_result(term(), tuple(), boolean()) :: {:ok, term()} | {:error, Error.t()}
-  def decode_result(term, resolved, verify) do
-    ctx = %{resolved: resolved, verify: verify, tally: %{}}
+  # `resolved` holds one entry per slice of the answer (see the moduledoc);
+  # `pieces` the lists that came in pieces before it (Bridge.Call.Pieces).
+  @spec decode_result(term(), tuple(), boolean(), Bridge.Call.Pieces.t()) ::
+          {:ok, term()} | {:error, Error.t()}
+  def decode_result(term, resolved, verify, pieces \\ %{}) do
+    ctx = %{resolved: resolved, verify: verify, tally: %{}, pieces: pieces}
 
     try do
       {value, ctx} = dec(term, ctx)
@@ -74,6 +76,18 @@ defmodule Bridge.Decoder do
     bin = chunked!({:"$bb_chunked", :binary, sid, size}, ctx)
     tally = FormatStats.decided(ctx.tally, :from_python, :raw, :chunked, byte_size(bin), nil)
     {bin, %{ctx | tally: tally}}
+  end
+
+  # SPEC §8.6, "Pieces": a long list whose pieces came before the answer, each
+  # decoded as it came.
+  defp dec({:"$bb_pieces", sid, count} = t, ctx) do
+    case Bridge.Call.Pieces.list(ctx.pieces, sid, count) do
+      {:ok, list} ->
+        {list, ctx}
+
+      :error ->
+        bad_result(:bad_term, t, ctx, "a list of #{inspect(count)} values that came in pieces")
+    end
   end
 
   # An inline tensor, table, packed list, records or custom payload that came in

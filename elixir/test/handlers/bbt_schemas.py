@@ -126,6 +126,29 @@ def make_configs(n: int) -> list[ModelConfig]:
     ]
 
 
+def bad_configs(n: int, at: int) -> list[ModelConfig]:
+    """make_configs(n) with the value at ``at`` out of its range (num_heads: uint16)."""
+    configs = make_configs(n)
+    configs[at].num_heads = 70_000
+    return configs
+
+
+def beside_bytes(n: int, size: int, bad_at: int = -1) -> list[object]:
+    """make_configs(n), or bad_configs(n, bad_at), beside ``size`` zero bytes (a slice
+    of the answer's own)."""
+    return [make_configs(n) if bad_at < 0 else bad_configs(n, bad_at), bytes(size)]
+
+
+_made: dict[int, list[ModelConfig]] = {}
+
+
+def made_configs(n: int) -> list[ModelConfig]:
+    """make_configs(n), made once: the answer starts at once after the first call."""
+    if n not in _made:
+        _made[n] = make_configs(n)
+    return _made[n]
+
+
 _sums = [0]
 
 

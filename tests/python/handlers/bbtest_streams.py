@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import Any
 
 import beambridge
 from beambridge.streams import checkpoint
+from beambridge.types import String, uint32
 
 closed: list[str] = []
 
@@ -117,3 +119,18 @@ def big_tensor(n: int) -> Any:
     import numpy as np
 
     return np.arange(n, dtype="<i4")
+
+
+@beambridge.schema("test.Sample", version="1.0")
+@dataclasses.dataclass
+class Sample:
+    step: uint32
+    name: String
+
+
+def samples(n: int, bad_at: int = -1) -> list[Sample]:
+    """``n`` Sample values; the one at ``bad_at`` out of its range (step is a uint32)."""
+    values = [Sample(i, f"s{i}") for i in range(n)]
+    if bad_at >= 0:
+        values[bad_at].step = -1
+    return values

@@ -303,11 +303,12 @@ defmodule Bridge.Schema.Codegen do
 
   # Reads a variable-size part: strings, bytes and lists of integers here; anything
   # else, and every error, through SSZ.decode.
-  defp read_part(:bytes, part, _at), do: part
+  defp read_part(:bytes, part, _at),
+    do: quote(do: Bridge.Schema.Codegen.own(unquote(part)))
 
   defp read_part(:string, part, at) do
     quote do
-      p = unquote(part)
+      p = Bridge.Schema.Codegen.own(unquote(part))
 
       # valid UTF-8 as it is (checked by the VM's C code)
       if is_binary(:unicode.characters_to_binary(p)),
@@ -332,6 +333,15 @@ defmodule Bridge.Schema.Codegen do
 
   defp read_part(t, part, at),
     do: quote(do: SSZ.decode(unquote(Macro.escape(t)), unquote(part), unquote(at)))
+
+  @doc false
+  # A string or bytes read from a payload: a small one as a copy of its own (a
+  # binary on the heap), so the values of a large batch do not keep its payload
+  # alive (which also makes the collector sweep the caller's whole heap again and
+  # again as pieces of a long list come, SPEC §8.6); a large one as a view.
+  @spec own(binary()) :: binary()
+  def own(part) when byte_size(part) <= 64, do: :binary.copy(part)
+  def own(part), do: part
 
   @doc false
   # Bytes [lo, hi) of a container, checked.

@@ -1,10 +1,12 @@
 defmodule Bridge.Stream.Session do
   @moduledoc false
-  # The caller's side of a call with streams (protocol/SPEC.md §8.6), in the
-  # caller's process: it sends the request to the pool as a GenServer call
-  # whose reply it waits for itself, meanwhile feeding argument streams
-  # (Bridge.Stream.Feeds) and, for Bridge.stream/3, taking the result stream's
-  # elements (Bridge.Worker.Streams sends them, in order, before the reply).
+  # The caller's side of a call (protocol/SPEC.md §8.6), in the caller's
+  # process: it sends the request to the pool as a GenServer call whose reply
+  # it waits for itself (through an alias, so nothing of a call it gave up on
+  # reaches it later), meanwhile feeding argument streams (Bridge.Stream.Feeds),
+  # taking the pieces of a long result list (Bridge.Call.Pieces) and, for
+  # Bridge.stream/3, the result stream's elements (Bridge.Worker.Streams sends
+  # them, in order, before the reply).
   #
   # A result stream is a Stream.resource/3: open/3 starts it, next/1 gives
   # one element at a time (decoded here, payload checksums verified, the
@@ -16,6 +18,7 @@ defmodule Bridge.Stream.Session do
   # `resume: :auto` starts the stream again after the checkpoint.
 
   alias Bridge.{Arena, Call, CallerGC, Error}
+  alias Bridge.Call.Pieces
   alias Bridge.Stream.{Checkpoint, Feeds}
 
   # The consumer collects its garbage once the elements it took over the
@@ -38,6 +41,7 @@ defmodule Bridge.Stream.Session do
     :window,
     :resume,
     feeds: %{},
+    pieces: %Pieces{},
     queue: :queue.new(),
     taken: 0,
     chain: 0,
@@ -50,7 +54,7 @@ defmodule Bridge.Stream.Session do
     cancelled?: false
   ]
 
-  ## Bridge.call/3 with argument streams
+  ## Bridge.call/3
 
   @doc false
   @spec call(map()) :: {:ok, term()} | {:error, Error.t()}
@@ -62,19 +66,32 @@ defmodule Bridge.Stream.Session do
         session = await_reply(session)
         Feeds.close(session.feeds)
 
-        case session.reply do
-          {:ok, {body, resolved, worker}} ->
-            CallerGC.received(resolved)
-            Call.decode(body, resolved, worker, prepared.config)
-
-          {:error, error} ->
-            # a stream that failed as the call's answer (Feeds.failure/1): the
-            # worker's answer was that it ended early
-            {:error, Feeds.failure(session.feeds) || error}
+        try do
+          answer(session)
+        after
+          Pieces.finish(session.pieces)
         end
 
       error ->
         error
+    end
+  end
+
+  defp answer(session) do
+    prepared = session.prepared
+
+    case {session.reply, Pieces.failure(session.pieces)} do
+      {{:ok, {body, resolved, worker}}, nil} ->
+        CallerGC.received(resolved)
+        Call.decode(body, resolved, worker, prepared.config, session.pieces)
+
+      {_reply, %Error{} = error} ->
+        {:error, error}
+
+      {{:error, error}, nil} ->
+        # a stream that failed as the call's answer (Feeds.failure/1): the
+        # worker's answer was that it ended early
+        {:error, Feeds.failure(session.feeds) || error}
     end
   end
 
@@ -278,10 +295,14 @@ defmodule Bridge.Stream.Session do
     p = session.prepared
     extra = Map.put(extra, :feeds, Enum.map(p.streams, &elem(&1, 0)))
 
-    with {:ok, request} <- Call.build_request(p, extra, option) do
-      tag = Process.monitor(p.pool)
-      send(p.pool, {:"$gen_call", {self(), tag}, {:call, request, p.timeout}})
+    with {:ok, request} <- Call.build_request(p, extra, option),
+         pool when is_pid(pool) <- GenServer.whereis(p.pool) do
+      tag = :erlang.monitor(:process, pool, alias: :demonitor)
+      send(pool, {:"$gen_call", {self(), [:alias | tag]}, {:call, request, p.timeout}})
       {:ok, %{session | id: request.id, tag: tag, worker: nil}}
+    else
+      {:error, _} = error -> error
+      _ -> {:error, Call.exit_error(:noproc, p)}
     end
   end
 
@@ -291,7 +312,7 @@ defmodule Bridge.Stream.Session do
     timeout = timeout || Call.wait(session.prepared.timeout)
 
     receive do
-      {^tag, reply} ->
+      {[:alias | ^tag], reply} ->
         Process.demonitor(tag, [:flush])
         %{session | reply: reply}
 
@@ -302,6 +323,8 @@ defmodule Bridge.Stream.Session do
         %{session | reply: {:error, Call.exit_error(reason, session.prepared)}}
     after
       timeout ->
+        # what comes for the call from now on is dropped
+        Process.demonitor(tag, [:flush])
         error = Call.exit_error({:timeout, nil}, session.prepared)
         %{session | reply: {:error, error}}
     end
@@ -310,6 +333,15 @@ defmodule Bridge.Stream.Session do
   defp on_stream(session, worker, :started) do
     session = %{session | worker: worker}
     %{session | feeds: Feeds.push(session.feeds, context(session))}
+  end
+
+  defp on_stream(session, worker, {:piece, sid, seq, piece, resolved}) do
+    piece = {sid, seq, piece, resolved}
+
+    %{
+      session
+      | pieces: Pieces.take(session.pieces, worker, session.id, piece, session.prepared.config)
+    }
   end
 
   defp on_stream(session, _worker, {:ack, sid, seq}),

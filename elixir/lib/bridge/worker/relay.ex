@@ -12,6 +12,12 @@ defmodule Bridge.Worker.Relay do
   #     the worker's slices come back at once), acknowledged through the worker,
   #     counted and checksummed, and joined when the answer comes: they go last
   #     in its `resolved`, as {:chunks, %{sid => binary}};
+  #   * pieces of a long result list (elements {:"$bb_piece", count, list} of
+  #     such a stream) go to the caller as they come, counted and checksummed here:
+  #     {:bridge_stream, worker, id, {:piece, sid, seq, piece, resolved}}, sent
+  #     where the reply goes (the caller's alias: a caller that gave up drops
+  #     them); the caller decodes and acknowledges each (Bridge.Call.Pieces).
+  #     When the caller is gone (`:orphaned`), the relay acknowledges them;
   #   * the reply goes to the caller after everything before it.
   #
   # It ends after the reply, or with the worker.
@@ -20,13 +26,24 @@ defmodule Bridge.Worker.Relay do
   alias Bridge.Worker.Objects
 
   @doc false
-  @spec start(pid()) :: pid()
-  def start(consumer) do
+  # `from` is the call's: its pid takes the elements, its reply address the pieces.
+  @spec start(GenServer.from()) :: pid()
+  def start({consumer, tag}) do
     worker = self()
+    pieces_to = with [:alias | alias] <- tag, do: alias
 
     spawn(fn ->
       ref = Process.monitor(worker)
-      loop(%{consumer: consumer, worker: worker, ref: ref, chunks: %{}, failed: nil})
+
+      loop(%{
+        consumer: consumer,
+        pieces_to: if(is_reference(pieces_to), do: pieces_to, else: consumer),
+        worker: worker,
+        ref: ref,
+        chunks: %{},
+        failed: nil,
+        orphaned: false
+      })
     end)
   end
 
@@ -41,6 +58,9 @@ defmodule Bridge.Worker.Relay do
 
       {:chunk_done, sid, count, checksum} ->
         relay |> chunk_done(sid, count, checksum) |> loop()
+
+      :orphaned ->
+        relay |> orphaned() |> loop()
 
       {:answer, from, body, plan, port} ->
         answer(relay, from, body, plan, port)
@@ -70,24 +90,22 @@ defmodule Bridge.Worker.Relay do
   end
 
   # A chunk is copied out and acknowledged at once; a broken one fails the call
-  # (the worker is replaced, and the reply says why).
-  defp chunk(%{failed: nil} = relay, {id, sid, seq, body}, plan, port) do
+  # (the worker is replaced, and the reply says why). A piece goes on to the
+  # caller.
+  defp chunk(%{failed: nil} = relay, {_id, sid, seq, body} = chunk, plan, port) do
     entry = Map.get(relay.chunks, sid, %{parts: [], count: 0, chain: 0, done: false})
 
     relay =
       with {:ok, resolved} <- resolve(relay, plan, port),
-           {:ok, term} <- Control.decode_body(body),
-           {:ok, bin} when is_binary(bin) <- Decoder.decode_result(term, resolved, true) do
-        GenServer.cast(relay.worker, {:stream, id, {:chunk_ack, sid, seq}})
-        chain = Bridge.Stream.chain(entry.chain, seq, body)
-        entry = %{entry | parts: [:binary.copy(bin) | entry.parts], count: seq, chain: chain}
-        %{relay | chunks: Map.put(relay.chunks, sid, entry)}
+           {:ok, term} <- Control.decode_body(body) do
+        case {piece?(term), entry} do
+          {false, %{piece: _}} -> failed(relay, "chunk #{seq} of stream #{sid} after pieces")
+          {false, _} -> take_chunk(relay, chunk, term, resolved, entry)
+          {true, %{parts: []}} -> piece(relay, chunk, term, resolved, entry)
+          {true, _} -> failed(relay, "piece #{seq} of stream #{sid} after chunks")
+        end
       else
-        {:ok, other} ->
-          failed(relay, "chunk #{seq} of stream #{sid} is #{inspect(other, limit: 3)}")
-
-        {:error, %Error{} = error} ->
-          fail(relay, error)
+        {:error, %Error{} = error} -> fail(relay, error)
       end
 
     :erlang.garbage_collect()
@@ -97,6 +115,49 @@ defmodule Bridge.Worker.Relay do
   defp chunk(relay, _chunk, plan, port) do
     _ = resolve(relay, plan, port)
     relay
+  end
+
+  # The elements of a chunked binary are binaries, a piece is {:"$bb_piece", count, list}.
+  defp piece?(term), do: match?({:"$bb_piece", _, _}, term)
+
+  defp take_chunk(relay, {id, sid, seq, body}, term, resolved, entry) do
+    case Decoder.decode_result(term, resolved, true) do
+      {:ok, bin} when is_binary(bin) ->
+        GenServer.cast(relay.worker, {:stream, id, {:chunk_ack, sid, seq}})
+        chain = Bridge.Stream.chain(entry.chain, seq, body)
+        entry = %{entry | parts: [:binary.copy(bin) | entry.parts], count: seq, chain: chain}
+        %{relay | chunks: Map.put(relay.chunks, sid, entry)}
+
+      {:ok, other} ->
+        failed(relay, "chunk #{seq} of stream #{sid} is #{inspect(other, limit: 3)}")
+
+      {:error, %Error{} = error} ->
+        fail(relay, error)
+    end
+  end
+
+  # The caller decodes a piece, and acknowledges it; the relay keeps the count
+  # and the chain.
+  defp piece(relay, {id, sid, seq, body}, term, resolved, entry) do
+    if relay.orphaned,
+      do: GenServer.cast(relay.worker, {:stream, id, {:chunk_ack, sid, seq}}),
+      else:
+        send(
+          relay.pieces_to,
+          {:bridge_stream, relay.worker, id, {:piece, sid, seq, term, resolved}}
+        )
+
+    chain = Bridge.Stream.chain(entry.chain, seq, body)
+    entry = Map.merge(entry, %{count: seq, chain: chain, piece: id})
+    %{relay | chunks: Map.put(relay.chunks, sid, entry)}
+  end
+
+  # The caller is gone: acknowledge its pieces (what it took and what comes).
+  defp orphaned(relay) do
+    for {sid, %{piece: id, count: seq}} <- relay.chunks,
+        do: GenServer.cast(relay.worker, {:stream, id, {:chunk_ack, sid, seq}})
+
+    %{relay | orphaned: true}
   end
 
   defp chunk_done(relay, sid, count, checksum) do
@@ -123,7 +184,12 @@ defmodule Bridge.Worker.Relay do
       with nil <- relay.failed,
            :ok <- all_done(relay.chunks),
            {:ok, resolved} <- resolve(relay, plan, port) do
-        joined = Map.new(relay.chunks, fn {sid, e} -> {sid, joined(e.parts)} end)
+        joined =
+          for {sid, e} <- relay.chunks,
+              not is_map_key(e, :piece),
+              into: %{},
+              do: {sid, joined(e.parts)}
+
         {:ok, {body, Tuple.append(resolved, {:chunks, joined}), relay.worker}}
       else
         %Error{} = error -> {:error, error}

@@ -49,7 +49,7 @@ defmodule Bridge.Worker.Streams do
   # The streams of a request, or nil for a call without any. The caller is
   # watched: if it goes, the interpreter is told to stop.
   @spec open(map(), GenServer.from()) :: t() | nil
-  def open(request, {consumer, _tag}) do
+  def open(request, {consumer, _tag} = from) do
     result = Map.get(request, :stream)
     feeds = Map.get(request, :feeds, [])
 
@@ -59,7 +59,7 @@ defmodule Bridge.Worker.Streams do
       %{
         consumer: consumer,
         ref: Process.monitor(consumer),
-        relay: result && Relay.start(consumer),
+        relay: result && Relay.start(from),
         result: result && opened(result),
         feeds: feeds,
         chunks: %{}
@@ -69,19 +69,19 @@ defmodule Bridge.Worker.Streams do
 
   # A call whose result holds chunked binaries (§8.6) gets its streams, and a
   # relay, when the first chunk comes.
-  defp for_chunks(nil, %{from: {consumer, _}}) do
+  defp for_chunks(nil, %{from: {consumer, _} = from}) do
     %{
       consumer: consumer,
       ref: Process.monitor(consumer),
-      relay: Relay.start(consumer),
+      relay: Relay.start(from),
       result: nil,
       feeds: [],
       chunks: %{}
     }
   end
 
-  defp for_chunks(%{relay: nil} = streams, _call),
-    do: %{streams | relay: Relay.start(streams.consumer)}
+  defp for_chunks(%{relay: nil} = streams, call),
+    do: %{streams | relay: Relay.start(call.from)}
 
   defp for_chunks(streams, _call), do: streams
 
@@ -296,9 +296,9 @@ defmodule Bridge.Worker.Streams do
   def from_caller(state, streams, _id, _other), do: {streams, state.objects}
 
   @doc false
-  # The caller exited mid-call: the interpreter stops the result stream and
-  # the handler's argument streams fail, so the call ends soon; its answer then
-  # goes nowhere.
+  # The caller exited mid-call: the interpreter stops the result stream, the
+  # handler's argument streams fail and the result's pieces are acknowledged, so
+  # the call ends soon; its answer then goes nowhere.
   @spec caller_down(map(), t(), pos_integer()) :: t()
   def caller_down(state, streams, id) do
     {streams, _} = from_caller(state, streams, id, :cancel)
@@ -306,6 +306,9 @@ defmodule Bridge.Worker.Streams do
     for sid <- streams.feeds do
       Interpreter.send_frame(state, Control.frame({:abort, id, sid, "the caller exited"}))
     end
+
+    # pieces of the result that nobody will read: the relay takes them
+    if streams.relay, do: send(streams.relay, :orphaned)
 
     %{streams | feeds: []}
   end
