@@ -76,6 +76,26 @@ defmodule Bridge.SchemaCallTest do
   defp call(fun, args), do: Bridge.call({:bbt_schemas, fun}, args, pool: Schemas)
   defp stream(fun, args), do: Bridge.stream({:bbt_schemas, fun}, args, pool: Schemas)
 
+  # A process making a call with 2 minutes to go, whose messages this process sees
+  # (it sends :not_killed if the call ends).
+  defp traced_caller(fun, args) do
+    me = self()
+
+    caller =
+      spawn(fn ->
+        receive do
+          :go -> :ok
+        end
+
+        Bridge.call({:bbt_schemas, fun}, args, pool: Schemas, timeout: 120_000)
+        send(me, :not_killed)
+      end)
+
+    :erlang.trace(caller, true, [:receive])
+    send(caller, :go)
+    caller
+  end
+
   defp call_within(fun, args, timeout),
     do: Bridge.call({:bbt_schemas, fun}, args, pool: Schemas, timeout: timeout)
 
@@ -283,26 +303,27 @@ defmodule Bridge.SchemaCallTest do
 
   test "a caller that dies while pieces come does not hold the worker up" do
     {:ok, _} = call(:made_configs, [400_000])
-    me = self()
-
-    caller =
-      spawn(fn ->
-        receive do
-          :go -> :ok
-        end
-
-        Bridge.call({:bbt_schemas, :made_configs}, [400_000], pool: Schemas, timeout: 120_000)
-        send(me, :not_killed)
-      end)
-
-    :erlang.trace(caller, true, [:receive])
-    send(caller, :go)
+    caller = traced_caller(:made_configs, [400_000])
 
     # killed as the first piece reaches it: the worker would wait for its
     # acknowledgements for the call's 2 minutes; the worker's relay gives them
-    assert_receive {:trace, ^caller, :receive, {:bridge_stream, _, _, {:piece, _, 1, _, _}}},
+    assert_receive {:trace, ^caller, :receive, {:bridge_piece, _, _, _, {_sid, 1, _, _}}},
                    30_000
 
+    Process.exit(caller, :kill)
+    assert call_within(:make_configs, [3], 20_000) == {:ok, configs(3)}
+    refute_received :not_killed
+  end
+
+  test "a caller of a call with an argument stream that dies before its pieces come, too" do
+    {:ok, _} = call(:made_configs, [400_000])
+    caller = traced_caller(:configs_after, [Bridge.Stream.from(1..10), 400_000])
+
+    # killed once the handler has taken the whole stream, before the pieces: the
+    # worker's relay is made after the caller's exit was seen (and its abort of
+    # the ended stream reaches the worker as the pieces go); the pieces are
+    # acknowledged all the same
+    assert_receive {:trace, ^caller, :receive, {:bridge_stream, _, _, {:ack, _, 10}}}, 30_000
     Process.exit(caller, :kill)
     assert call_within(:make_configs, [3], 20_000) == {:ok, configs(3)}
     refute_received :not_killed

@@ -178,6 +178,8 @@ class CallStreams:
         # arguments have not been read up to yet wait for it
         feed = self.feeds.setdefault(sid, _Feed())
         if feed.end is not None or feed.aborted is not None:
+            if isinstance(message, sc.Abort):
+                return None  # the BEAM's abort (its caller exited) crossed the end
             return f"a message of argument stream {sid} after its end"
         if isinstance(message, sc.Element):
             expected = feed.taken + len(feed.queue) + 1

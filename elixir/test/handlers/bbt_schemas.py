@@ -139,6 +139,16 @@ def beside_bytes(n: int, size: int, bad_at: int = -1) -> list[object]:
     return [make_configs(n) if bad_at < 0 else bad_configs(n, bad_at), bytes(size)]
 
 
+def configs_after(stream: object, n: int) -> list[ModelConfig]:
+    """made_configs(n), half a second after the argument stream is read to its end."""
+    import time
+
+    for _ in stream:  # type: ignore[attr-defined]
+        pass
+    time.sleep(0.5)
+    return made_configs(n)
+
+
 _made: dict[int, list[ModelConfig]] = {}
 
 

@@ -134,3 +134,10 @@ def samples(n: int, bad_at: int = -1) -> list[Sample]:
     if bad_at >= 0:
         values[bad_at].step = -1
     return values
+
+
+def samples_after(stream: Any, n: int) -> list[Sample]:
+    """``samples(n)`` once the stream is read to its end."""
+    for _ in stream:
+        pass
+    return samples(n)

@@ -7,10 +7,12 @@ defmodule Bridge.Call.Pieces do
   # it, so the worker writes the next meanwhile, and the answer's
   # {:"$bb_pieces", sid, count} is the pieces' lists joined (Bridge.Decoder).
   #
-  # The first piece says how large the whole list will be: the caller's heap is
-  # made that large at once (Bridge.Schema.Batch.reserve/3), so the values that
-  # pile up are not copied by one collection after another as the next pieces
-  # come; finish/1 gives the room back.
+  # The first piece says how long the whole list will be, and how large its
+  # values are: the caller's heap is made that large at once
+  # (Bridge.Schema.Batch.reserve/2), so the values that pile up are not copied by
+  # one collection after another as the next pieces come; finish/1 gives the room
+  # back. Every piece must say the same count, and the answer's count must be what
+  # they held.
   #
   # A piece that does not decode, or is not a list, fails the call with its
   # error once the answer comes (the worker is replaced when the piece broke
@@ -20,13 +22,14 @@ defmodule Bridge.Call.Pieces do
   alias Bridge.{Config, Decoder, Error, Worker}
   alias Bridge.Schema.Batch
 
-  # lists: sid => {values so far, their lists newest first}
-  defstruct lists: %{}, failed: nil, reserved: nil
+  # lists: sid => {values so far, their lists newest first}; counts: sid => the
+  # count its pieces say
+  defstruct lists: %{}, counts: %{}, failed: nil
 
   @type t :: %__MODULE__{
           lists: %{optional(pos_integer()) => {non_neg_integer(), [list()]}},
-          failed: Error.t() | nil,
-          reserved: term()
+          counts: %{optional(pos_integer()) => non_neg_integer()},
+          failed: Error.t() | nil
         }
 
   @doc false
@@ -38,17 +41,29 @@ defmodule Bridge.Call.Pieces do
         do: pieces,
         else: read(pieces, worker, {sid, seq}, piece, resolved, config)
 
-    GenServer.cast(worker, {:stream, id, {:chunk_ack, sid, seq}})
+    drop(worker, id, {sid, seq, piece, resolved})
     pieces
   end
 
+  @doc false
+  # Acknowledges a piece without reading it.
+  @spec drop(pid(), pos_integer(), tuple()) :: :ok
+  def drop(worker, id, {sid, seq, _piece, _resolved}),
+    do: GenServer.cast(worker, {:stream, id, {:chunk_ack, sid, seq}})
+
   defp read(pieces, worker, {sid, seq}, {:"$bb_piece", count, part}, resolved, config)
-       when is_integer(count) and count >= 0 do
+       when is_integer(count) and count >= 0 and
+              (not is_map_key(pieces.counts, sid) or :erlang.map_get(sid, pieces.counts) == count) do
     case Decoder.decode_result(part, resolved, config.verify) do
       {:ok, list} when is_list(list) ->
         {n, lists} = Map.get(pieces.lists, sid, {0, []})
         pieces = if lists == [], do: reserve(pieces, count, list, part, resolved), else: pieces
-        %{pieces | lists: Map.put(pieces.lists, sid, {n + length(list), [list | lists]})}
+
+        %{
+          pieces
+          | lists: Map.put(pieces.lists, sid, {n + length(list), [list | lists]}),
+            counts: Map.put(pieces.counts, sid, count)
+        }
 
       {:ok, other} ->
         broken(pieces, worker, "piece #{seq} of stream #{sid} holds #{inspect(other, limit: 5)}")
@@ -76,11 +91,16 @@ defmodule Bridge.Call.Pieces do
     %{pieces | failed: error}
   end
 
-  # Room for the whole list, sized by its first piece.
-  defp reserve(%{reserved: nil} = pieces, count, [%module{} | _] = list, part, resolved)
-       when count > length(list) do
-    bytes = div(payload_bytes(part, resolved) * count, length(list))
-    %{pieces | reserved: Batch.reserve(module, count, bytes)}
+  # Room for the whole list, sized by its first piece: its values' words, and
+  # their payload's bytes, times the pieces to come. The words twice over: what
+  # the VM's functions make while the values are read (sub-binaries, floats) waits
+  # in heap fragments, which set off a collection once they outgrow the heap's
+  # free room.
+  defp reserve(pieces, count, [_ | _] = list, part, resolved) when count > length(list) do
+    n = length(list)
+    words = div(:erts_debug.flat_size(list) * count * 2, n)
+    Batch.reserve(words, div(payload_bytes(part, resolved) * count, n))
+    pieces
   end
 
   defp reserve(pieces, _count, _list, _part, _resolved), do: pieces
@@ -93,10 +113,9 @@ defmodule Bridge.Call.Pieces do
   end
 
   @doc false
-  # The call is over: the room reserved goes back.
-  @spec finish(t()) :: :ok
-  def finish(%{reserved: nil}), do: :ok
-  def finish(%{reserved: reserved}), do: Batch.release(reserved)
+  # The call is over: the room reserved, if any, goes back.
+  @spec finish() :: :ok
+  def finish, do: Batch.release()
 
   @doc false
   # The error a piece failed with, if any.

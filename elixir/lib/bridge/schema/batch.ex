@@ -216,65 +216,64 @@ defmodule Bridge.Schema.Batch do
   # Words of heap the values of a batch of `n` in `data` take as they are read, with
   # room to spare: each value's map and a few words a field, and up to 2 a byte of
   # its variable parts (lists of integers). Room never used is never touched.
-  defp words(module, n, data), do: heap_words(module, n, byte_size(data))
-
-  defp heap_words(module, n, bytes),
-    do: n * (8 + 6 * length(module.__schema__(:fields))) + 2 * bytes
+  defp words(module, n, data),
+    do: n * (8 + 6 * length(module.__schema__(:fields))) + 2 * byte_size(data)
 
   # Runs `fun` with room for `words` on this process's heap, made at once (a minor
   # collection copies only what is young), so that a large batch's values are not
   # copied by one collection after another as they are made; gives the room back
-  # after (the next collection sizes the heap to what is live). A heap made large
-  # enough already (reserve/3) is used as it is.
+  # after (the next collection sizes the heap to what is live). While room made
+  # for a whole list holds (reserve/2), its pieces are read into it.
   defp with_heap(words, fun) when words < @heap_room, do: fun.()
 
   defp with_heap(words, fun) do
-    case Process.info(self(), :min_heap_size) do
-      {:min_heap_size, min} when min >= words ->
+    if Process.get(__MODULE__) != nil do
+      fun.()
+    else
+      old = Process.flag(:min_heap_size, min(words, @heap_max))
+
+      try do
+        :erlang.garbage_collect(self(), type: :minor)
         fun.()
-
-      _ ->
-        old = Process.flag(:min_heap_size, min(words, @heap_max))
-
-        try do
-          :erlang.garbage_collect(self(), type: :minor)
-          fun.()
-        after
-          Process.flag(:min_heap_size, old)
-        end
+      after
+        Process.flag(:min_heap_size, old)
+      end
     end
   end
 
   @doc false
-  # Room for `n` values of `module` whose SSZ takes `bytes`, read in pieces (SPEC
+  # Room for values of `words` words whose SSZ takes `bytes`, read in pieces (SPEC
   # §8.6) by this process: its heap made that large at once, and its binary heap
   # large enough for the pieces' payloads, so no collection copies the values read
-  # so far as each piece comes. Returns what release/1 gives back (nil: too few
-  # values to matter).
-  @spec reserve(module(), non_neg_integer(), non_neg_integer()) :: term()
-  def reserve(module, n, bytes) do
-    # and the pieces' lists joined at the end
-    words = heap_words(module, n, bytes) + 2 * n
-
-    if words < @heap_room do
-      nil
-    else
+  # so far as each piece comes. What an earlier large result left on the heap is
+  # let go first (a full collection), so that its memory is used again rather than
+  # pages the kernel has yet to hand over. Nothing is done for few words, or when
+  # room is reserved already; release/0 gives it back.
+  @spec reserve(non_neg_integer(), non_neg_integer()) :: :ok
+  def reserve(words, bytes) do
+    if words >= @heap_room and Process.get(__MODULE__) == nil do
       :erlang.garbage_collect()
       old_heap = Process.flag(:min_heap_size, min(words, @heap_max))
       old_bin = Process.flag(:min_bin_vheap_size, min(div(bytes, 4), @heap_max))
       :erlang.garbage_collect(self(), type: :minor)
-      {old_heap, old_bin}
+      Process.put(__MODULE__, {old_heap, old_bin})
     end
+
+    :ok
   end
 
   @doc false
-  @spec release(term()) :: :ok
-  def release(nil), do: :ok
+  @spec release() :: :ok
+  def release do
+    case Process.delete(__MODULE__) do
+      {heap, bin} ->
+        Process.flag(:min_heap_size, heap)
+        Process.flag(:min_bin_vheap_size, bin)
+        :ok
 
-  def release({heap, bin}) do
-    Process.flag(:min_heap_size, heap)
-    Process.flag(:min_bin_vheap_size, bin)
-    :ok
+      nil ->
+        :ok
+    end
   end
 
   # The values' bytes, each a sub-binary (count/3 checks the batch's shape).

@@ -56,20 +56,37 @@ defmodule Bridge.Stream.Session do
 
   ## Bridge.call/3
 
+  # A call without argument streams waits in await/3, whose every message
+  # names the call's alias: the VM then looks only at messages that came after
+  # the request, however long the caller's mailbox.
   @doc false
   @spec call(map()) :: {:ok, term()} | {:error, Error.t()}
+  def call(%{streams: []} = prepared) do
+    with {:ok, request} <- Call.build_request(prepared, %{}),
+         {:ok, pool} <- pool(prepared) do
+      tag = :erlang.monitor(:process, pool, alias: :demonitor)
+      send(pool, {:"$gen_call", {self(), [:alias | tag]}, {:call, request, prepared.timeout}})
+
+      try do
+        {reply, pieces} = await(tag, %Pieces{}, prepared)
+        answer(reply, pieces, %{}, prepared)
+      after
+        Pieces.finish()
+      end
+    end
+  end
+
   def call(prepared) do
     session = %__MODULE__{prepared: prepared, feeds: Feeds.new(prepared.streams)}
 
     case send_request(session, %{}) do
       {:ok, session} ->
-        session = await_reply(session)
-        Feeds.close(session.feeds)
-
         try do
-          answer(session)
+          session = await_reply(session)
+          Feeds.close(session.feeds)
+          answer(session.reply, session.pieces, session.feeds, prepared)
         after
-          Pieces.finish(session.pieces)
+          Pieces.finish()
         end
 
       error ->
@@ -77,13 +94,41 @@ defmodule Bridge.Stream.Session do
     end
   end
 
-  defp answer(session) do
-    prepared = session.prepared
+  defp await(tag, pieces, prepared) do
+    receive do
+      {[:alias | ^tag], reply} ->
+        Process.demonitor(tag, [:flush])
+        {reply, pieces}
 
-    case {session.reply, Pieces.failure(session.pieces)} do
+      {:bridge_piece, ^tag, worker, id, piece} ->
+        await(tag, Pieces.take(pieces, worker, id, piece, prepared.config), prepared)
+
+      {:DOWN, ^tag, :process, _, reason} ->
+        flush(tag)
+        {{:error, Call.exit_error(reason, prepared)}, pieces}
+    after
+      Call.wait(prepared.timeout) ->
+        Process.demonitor(tag, [:flush])
+        flush(tag)
+        {{:error, Call.exit_error({:timeout, nil}, prepared)}, pieces}
+    end
+  end
+
+  # What came for a call given up on before its alias went: dropped.
+  defp flush(tag) do
+    receive do
+      {[:alias | ^tag], _} -> flush(tag)
+      {:bridge_piece, ^tag, _, _, _} -> flush(tag)
+    after
+      0 -> :ok
+    end
+  end
+
+  defp answer(reply, pieces, feeds, prepared) do
+    case {reply, Pieces.failure(pieces)} do
       {{:ok, {body, resolved, worker}}, nil} ->
         CallerGC.received(resolved)
-        Call.decode(body, resolved, worker, prepared.config, session.pieces)
+        Call.decode(body, resolved, worker, prepared.config, pieces)
 
       {_reply, %Error{} = error} ->
         {:error, error}
@@ -91,7 +136,7 @@ defmodule Bridge.Stream.Session do
       {{:error, error}, nil} ->
         # a stream that failed as the call's answer (Feeds.failure/1): the
         # worker's answer was that it ended early
-        {:error, Feeds.failure(session.feeds) || error}
+        {:error, Feeds.failure(feeds) || error}
     end
   end
 
@@ -296,13 +341,17 @@ defmodule Bridge.Stream.Session do
     extra = Map.put(extra, :feeds, Enum.map(p.streams, &elem(&1, 0)))
 
     with {:ok, request} <- Call.build_request(p, extra, option),
-         pool when is_pid(pool) <- GenServer.whereis(p.pool) do
+         {:ok, pool} <- pool(p) do
       tag = :erlang.monitor(:process, pool, alias: :demonitor)
       send(pool, {:"$gen_call", {self(), [:alias | tag]}, {:call, request, p.timeout}})
       {:ok, %{session | id: request.id, tag: tag, worker: nil}}
-    else
-      {:error, _} = error -> error
-      _ -> {:error, Call.exit_error(:noproc, p)}
+    end
+  end
+
+  defp pool(prepared) do
+    case GenServer.whereis(prepared.pool) do
+      pid when is_pid(pid) -> {:ok, pid}
+      _ -> {:error, Call.exit_error(:noproc, prepared)}
     end
   end
 
@@ -319,29 +368,38 @@ defmodule Bridge.Stream.Session do
       {:bridge_stream, worker, ^id, message} ->
         on_stream(session, worker, message)
 
+      {:bridge_piece, ^tag, worker, id, piece} ->
+        on_piece(session, worker, id, piece)
+
       {:DOWN, ^tag, :process, _, reason} ->
+        flush(tag)
         %{session | reply: {:error, Call.exit_error(reason, session.prepared)}}
     after
       timeout ->
         # what comes for the call from now on is dropped
         Process.demonitor(tag, [:flush])
+        flush(tag)
         error = Call.exit_error({:timeout, nil}, session.prepared)
         %{session | reply: {:error, error}}
     end
   end
 
+  # A stream's result is its elements, never pieces: those of a broken worker are
+  # acknowledged unread.
+  defp on_piece(%{stream?: true} = session, worker, id, piece) do
+    Pieces.drop(worker, id, piece)
+    session
+  end
+
+  defp on_piece(session, worker, id, piece),
+    do: %{
+      session
+      | pieces: Pieces.take(session.pieces, worker, id, piece, session.prepared.config)
+    }
+
   defp on_stream(session, worker, :started) do
     session = %{session | worker: worker}
     %{session | feeds: Feeds.push(session.feeds, context(session))}
-  end
-
-  defp on_stream(session, worker, {:piece, sid, seq, piece, resolved}) do
-    piece = {sid, seq, piece, resolved}
-
-    %{
-      session
-      | pieces: Pieces.take(session.pieces, worker, session.id, piece, session.prepared.config)
-    }
   end
 
   defp on_stream(session, _worker, {:ack, sid, seq}),

@@ -14,10 +14,11 @@ defmodule Bridge.Worker.Relay do
   #     in its `resolved`, as {:chunks, %{sid => binary}};
   #   * pieces of a long result list (elements {:"$bb_piece", count, list} of
   #     such a stream) go to the caller as they come, counted and checksummed here:
-  #     {:bridge_stream, worker, id, {:piece, sid, seq, piece, resolved}}, sent
-  #     where the reply goes (the caller's alias: a caller that gave up drops
-  #     them); the caller decodes and acknowledges each (Bridge.Call.Pieces).
-  #     When the caller is gone (`:orphaned`), the relay acknowledges them;
+  #     {:bridge_piece, tag, worker, id, {sid, seq, piece, resolved}}, sent where
+  #     the reply goes (the alias of the call's `from`, `tag`: a caller that gave
+  #     up drops them), so the caller waits for them as for the reply; it decodes
+  #     and acknowledges each (Bridge.Call.Pieces). When the caller is gone
+  #     (`:orphaned`), the relay acknowledges them;
   #   * the reply goes to the caller after everything before it.
   #
   # It ends after the reply, or with the worker.
@@ -30,14 +31,20 @@ defmodule Bridge.Worker.Relay do
   @spec start(GenServer.from()) :: pid()
   def start({consumer, tag}) do
     worker = self()
-    pieces_to = with [:alias | alias] <- tag, do: alias
+
+    {pieces_to, tag} =
+      case tag do
+        [:alias | alias] -> {alias, alias}
+        tag -> {consumer, tag}
+      end
 
     spawn(fn ->
       ref = Process.monitor(worker)
 
       loop(%{
         consumer: consumer,
-        pieces_to: if(is_reference(pieces_to), do: pieces_to, else: consumer),
+        pieces_to: pieces_to,
+        tag: tag,
         worker: worker,
         ref: ref,
         chunks: %{},
@@ -144,7 +151,7 @@ defmodule Bridge.Worker.Relay do
       else:
         send(
           relay.pieces_to,
-          {:bridge_stream, relay.worker, id, {:piece, sid, seq, term, resolved}}
+          {:bridge_piece, relay.tag, relay.worker, id, {sid, seq, term, resolved}}
         )
 
     chain = Bridge.Stream.chain(entry.chain, seq, body)

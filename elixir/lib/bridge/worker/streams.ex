@@ -42,7 +42,9 @@ defmodule Bridge.Worker.Streams do
                 acked: non_neg_integer(),
                 cancelled: boolean()
               },
-          feeds: [pos_integer()]
+          feeds: [pos_integer()],
+          chunks: %{optional(pos_integer()) => map()},
+          orphaned: boolean()
         }
 
   @doc false
@@ -62,7 +64,8 @@ defmodule Bridge.Worker.Streams do
         relay: result && Relay.start(from),
         result: result && opened(result),
         feeds: feeds,
-        chunks: %{}
+        chunks: %{},
+        orphaned: false
       }
     end
   end
@@ -76,12 +79,16 @@ defmodule Bridge.Worker.Streams do
       relay: Relay.start(from),
       result: nil,
       feeds: [],
-      chunks: %{}
+      chunks: %{},
+      orphaned: false
     }
   end
 
-  defp for_chunks(%{relay: nil} = streams, call),
-    do: %{streams | relay: Relay.start(call.from)}
+  defp for_chunks(%{relay: nil} = streams, call) do
+    relay = Relay.start(call.from)
+    if streams.orphaned, do: send(relay, :orphaned)
+    %{streams | relay: relay}
+  end
 
   defp for_chunks(streams, _call), do: streams
 
@@ -307,10 +314,11 @@ defmodule Bridge.Worker.Streams do
       Interpreter.send_frame(state, Control.frame({:abort, id, sid, "the caller exited"}))
     end
 
-    # pieces of the result that nobody will read: the relay takes them
+    # pieces of the result that nobody will read: the relay takes them (one
+    # made later is told when it starts)
     if streams.relay, do: send(streams.relay, :orphaned)
 
-    %{streams | feeds: []}
+    %{streams | feeds: [], orphaned: true}
   end
 
   defp broken(message), do: Relay.broken(message)
