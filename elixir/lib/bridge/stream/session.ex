@@ -105,7 +105,7 @@ defmodule Bridge.Stream.Session do
 
       {:DOWN, ^tag, :process, _, reason} ->
         flush(tag)
-        {{:error, Call.exit_error(reason, prepared)}, pieces}
+        {{:error, Call.exit_error({reason, nil}, prepared)}, pieces}
     after
       Call.wait(prepared.timeout) ->
         Process.demonitor(tag, [:flush])
@@ -373,7 +373,7 @@ defmodule Bridge.Stream.Session do
 
       {:DOWN, ^tag, :process, _, reason} ->
         flush(tag)
-        %{session | reply: {:error, Call.exit_error(reason, session.prepared)}}
+        %{session | reply: {:error, Call.exit_error({reason, nil}, session.prepared)}}
     after
       timeout ->
         # what comes for the call from now on is dropped
