@@ -284,6 +284,69 @@ defmodule Bridge.PoolTest do
     end
   end
 
+  # An interpreter whose worker claims protocol `version` in its first frame.
+  defp claiming(version) do
+    path = Path.join(System.tmp_dir!(), "bb-claims-#{System.unique_integer([:positive])}")
+
+    File.write!(path, """
+    #!/bin/sh
+    [ "$*" = "-m beambridge.worker" ] || exec #{python()} "$@"
+    exec #{python()} -c 'import runpy, beambridge.control as c
+    c.ready = lambda pid: (c.A_READY, pid, #{version})
+    runpy.run_module("beambridge.worker", run_name="__main__")'
+    """)
+
+    File.chmod!(path, 0o755)
+    on_exit(fn -> File.rm(path) end)
+    path
+  end
+
+  test "a worker of another protocol minor works with this BEAM; another major is refused" do
+    # 2.1: no lane (2.2), calls on the pipe
+    start_supervised!({Bridge, bridge_opts(OldMinor, pool_size: 1, python: claiming("(2, 1)"))})
+    assert Bridge.call({:bbt_handlers, :add}, [2, 3], pool: OldMinor) == {:ok, 5}
+    assert [%{lane: false}] = Bridge.workers(OldMinor)
+
+    # streams are 2.3: refused before the worker sees them, saying why
+    stream = Bridge.Stream.from(1..3)
+    assert {:error, e} = Bridge.call({:bbt_streams, :total}, [stream], pool: OldMinor)
+    assert {e.kind, e.reason, e.value} == {:bad_call, :old_worker, "2.1"}
+    assert e.message =~ "streams need 2.3"
+
+    e =
+      assert_raise Bridge.Error, fn ->
+        Enum.to_list(Bridge.stream({:bbt_streams, :count}, [3], pool: OldMinor))
+      end
+
+    assert e.reason == :old_worker
+    assert Bridge.call({:bbt_handlers, :add}, [2, 3], pool: OldMinor) == {:ok, 5}
+
+    # 3.0: refused at start, naming both versions
+    assert start_failure(bridge_opts(OtherMajor, python: claiming("(3, 0)"))) =~
+             "it speaks protocol 3.0 and this BEAM speaks 2.3"
+
+    # and the other way: a worker told of a BEAM of another major refuses it
+    assert start_failure(bridge_opts(OtherBeam, python: claiming_beam("3.0"))) =~
+             "the BEAM speaks protocol 3.0 and this worker speaks 2.3"
+  end
+
+  # The message of the :start_failed error a bridge's first worker stops it with.
+  defp start_failure(opts) do
+    assert {:error, {%Bridge.Error{kind: :start_failed} = e, _child}} =
+             start_supervised({Bridge, opts})
+
+    e.message
+  end
+
+  # An interpreter whose worker is told the BEAM speaks protocol `version`.
+  defp claiming_beam(version) do
+    path = Path.join(System.tmp_dir!(), "bb-beam-#{System.unique_integer([:positive])}")
+    File.write!(path, "#!/bin/sh\nBEAMBRIDGE_PROTOCOL=#{version} exec #{python()} \"$@\"\n")
+    File.chmod!(path, 0o755)
+    on_exit(fn -> File.rm(path) end)
+    path
+  end
+
   test "start_link fails with :start_failed for a missing interpreter or one without beambridge" do
     assert {:error, %Bridge.Error{kind: :start_failed} = e} =
              Bridge.start_link(bridge_opts(Missing, python: "/nonexistent/bin/python3"))

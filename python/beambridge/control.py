@@ -47,6 +47,7 @@ __all__ = [
     "Log",
     "ObjectAnnouncement",
     "ObjectDropped",
+    "OtherMajor",
     "ProtocolError",
     "Ready",
     "Released",
@@ -82,6 +83,20 @@ __all__ = [
 MAX_CONTROL_FRAME = 64 * 1024 * 1024
 #: The version the worker announces in ``{:ready, os_pid, version}``.
 PROTOCOL_VERSION = (2, 3)
+
+
+class OtherMajor(Exception):
+    """The BEAM speaks another major version of the protocol (§8.4): the two cannot
+    work together (other minors can: each side sends nothing newer than the other's)."""
+
+    def __init__(self, beam: tuple[int, int]) -> None:
+        ours = ".".join(map(str, PROTOCOL_VERSION))
+        super().__init__(
+            f"the BEAM speaks protocol {beam[0]}.{beam[1]} and this worker speaks {ours}: "
+            "different majors do not work together; install the same beambridge release "
+            "for Python and for Elixir"
+        )
+
 
 A_OBJECT, A_OBJECT_DROPPED, A_CALL = Atom("object"), Atom("object_dropped"), Atom("call")
 A_SEALED_MAPPED, A_SHUTDOWN = Atom("sealed_mapped"), Atom("shutdown")

@@ -161,6 +161,8 @@ class Worker:
             self.poller.register(fd, select.POLLIN)
         self.worker_id = os.environ.get("BEAMBRIDGE_WORKER_ID", str(os.getpid()))
         beam = beam_protocol(os.environ.get("BEAMBRIDGE_PROTOCOL"))
+        if beam[0] != control.PROTOCOL_VERSION[0]:
+            raise control.OtherMajor(beam)
         self.path = CallPath(
             threshold=_env_int("BEAMBRIDGE_THRESHOLD", DEFAULT_THRESHOLD),
             arena_limit=_env_int("BEAMBRIDGE_ARENA_LIMIT", 1 << 30),
@@ -482,8 +484,9 @@ def main() -> NoReturn:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in iex is for the BEAM
     try:
         worker = Worker(in_fd, out_fd, log_fds, parent)
-    except BaseException:  # e.g. NumPy cannot be imported: say so over the channel
-        text = f"beambridge worker: cannot start:\n{traceback.format_exc()}"
+    except BaseException as exc:  # e.g. NumPy cannot be imported: say so over the channel
+        why = str(exc) if isinstance(exc, control.OtherMajor) else traceback.format_exc()
+        text = f"beambridge worker: cannot start:\n{why}"
         message = control.log(control.A_STDERR, text.encode("utf-8", "replace"))
         parts = control.join(message)
         data = b"".join(parts)

@@ -15,7 +15,7 @@ from beambridge import Atom, control, cpus
 from beambridge.etf import encode
 from beambridge.spin import DEFAULT_SPIN_US, spin_seconds
 from test_etf import canon
-from worker_harness import BAD_CALL, MOD, WorkerProcess
+from worker_harness import BAD_CALL, MOD, WorkerProcess, running
 
 
 @pytest.fixture(scope="module")
@@ -430,6 +430,29 @@ def test_a_failed_start_says_why_over_the_channel(tmp_path: Any) -> None:
         assert b"ImportError: numpy is broken" in w.log_text("stderr")
     finally:
         w.cleanup()
+
+
+def test_a_beam_of_another_major_is_refused_naming_both_versions() -> None:
+    """Protocol majors do not work together (§8.4): the worker says so and exits."""
+    w = WorkerProcess(BEAMBRIDGE_PROTOCOL="3.0")
+    try:
+        with pytest.raises(EOFError):
+            w.recv()
+        assert w.wait() == 1
+        said = w.log_text("stderr")
+        assert b"the BEAM speaks protocol 3.0 and this worker speaks 2.3" in said
+        assert b"Traceback" not in said
+    finally:
+        w.cleanup()
+
+
+@pytest.mark.parametrize("beam", ["2.0", "2.9"])
+def test_a_beam_of_another_minor_is_served(beam: str) -> None:
+    """An older BEAM gets nothing newer than it knows; a newer one gets this worker's
+    minor, and calls run."""
+    with running(BEAMBRIDGE_PROTOCOL=beam) as w:
+        assert w.ready.version == (2, 3)
+        assert w.ok("add", 2, 3) == 5
 
 
 def test_the_worker_path_is_transport_2_in_pure_python(worker: WorkerProcess) -> None:

@@ -23,6 +23,17 @@ defmodule Bridge.Control do
   def protocol_version, do: @protocol_version
 
   @doc false
+  # Why a worker of protocol `major.minor` cannot work with this BEAM: a
+  # different major (SPEC §8.4). Minors work together: each side sends the
+  # other nothing newer than the other's minor.
+  @spec other_major(integer(), integer()) :: String.t()
+  def other_major(major, minor) do
+    "it speaks protocol #{major}.#{minor} and this BEAM speaks #{@protocol_version}: " <>
+      "different majors do not work together; install the same beambridge release " <>
+      "for Python and for Elixir"
+  end
+
+  @doc false
   @spec max_frame() :: pos_integer()
   def max_frame, do: @max_frame
 

@@ -44,6 +44,7 @@ defmodule Bridge.Worker do
     lane_sent_at: 0,
     lane_spin_us: 0,
     os_pids: [],
+    minor: 0,
     spin_us: 0,
     phase: :down,
     available?: false,
@@ -134,11 +135,17 @@ defmodule Bridge.Worker do
   def handle_cast({:run, request, from, deadline}, %{phase: :ready} = state) do
     state = %{state | available?: false}
 
-    if deadline != :infinity and now() >= deadline do
-      GenServer.reply(from, {:error, timeout_error(state, :queued)})
-      {:noreply, become_ready(state)}
-    else
-      {:noreply, start_call(state, request, from, deadline)}
+    cond do
+      deadline != :infinity and now() >= deadline ->
+        GenServer.reply(from, {:error, timeout_error(state, :queued)})
+        {:noreply, become_ready(state)}
+
+      error = Streams.unspoken(request, state.minor) ->
+        GenServer.reply(from, {:error, error})
+        {:noreply, become_ready(state)}
+
+      true ->
+        {:noreply, start_call(state, request, from, deadline)}
     end
   end
 
@@ -387,6 +394,12 @@ defmodule Bridge.Worker do
        when is_integer(os_pid) and is_integer(minor) do
     Logger.debug("beambridge worker #{state.id}: ready, os pid #{os_pid}")
     become_ready(Interpreter.ready(state, os_pid, minor))
+  end
+
+  defp handle_message({:ready, _, {major, minor}}, _body, %{phase: :starting} = state)
+       when is_integer(major) and is_integer(minor) do
+    Logger.error("beambridge worker #{state.id}: #{Control.other_major(major, minor)}")
+    kill(state, :restart_backoff)
   end
 
   # The answer waits in the lane (or a ring that came after it was taken).

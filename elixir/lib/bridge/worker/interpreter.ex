@@ -51,6 +51,10 @@ defmodule Bridge.Worker.Interpreter do
           {:ok, {:ready, os_pid, {2, minor}}, _} when is_integer(os_pid) and is_integer(minor) ->
             {:ok, ready(state, os_pid, minor)}
 
+          {:ok, {:ready, _, {major, minor}}, _} when is_integer(major) and is_integer(minor) ->
+            stop_port(state)
+            {:error, start_failed(state, Control.other_major(major, minor), output)}
+
           {:ok, {:log, stream, data} = log, _} when is_binary(data) ->
             log(state, log)
             wait_ready(state, deadline, [output, "#{stream}: ", data])
@@ -175,6 +179,7 @@ defmodule Bridge.Worker.Interpreter do
     %{
       state
       | phase: :ready,
+        minor: minor,
         os_pids: Enum.uniq([os_pid | state.os_pids]),
         ready_at: now(),
         timer: nil

@@ -70,6 +70,27 @@ defmodule Bridge.Worker.Streams do
     end
   end
 
+  @doc false
+  # Why a worker of protocol minor `minor` cannot run `request`: streams (the
+  # result's, the arguments', pieces) are 2.3 (SPEC §8.4, §8.6); nil when it can.
+  @spec unspoken(map(), non_neg_integer()) :: Error.t() | nil
+  def unspoken(request, minor) when minor < 3 do
+    if Map.has_key?(request, :stream) or Map.get(request, :feeds, []) != [] do
+      Error.new(:bad_call, :old_worker,
+        field: :protocol,
+        value: "2.#{minor}",
+        limit: "2.3",
+        message:
+          "bad call: old_worker: the call has streams (a Bridge.stream/3, a Bridge.Stream " <>
+            "argument, or a list of 131,072 typed values or more, which goes in pieces), " <>
+            "and its worker speaks protocol 2.#{minor}; streams need 2.3: install the " <>
+            "same beambridge release for Python and for Elixir"
+      )
+    end
+  end
+
+  def unspoken(_request, _minor), do: nil
+
   # A call whose result holds chunked binaries (§8.6) gets its streams, and a
   # relay, when the first chunk comes.
   defp for_chunks(nil, %{from: {consumer, _} = from}) do
