@@ -307,7 +307,7 @@ def _sequence(t: ListType | VectorType) -> tuple[Enc, Dec]:
             items = t.check(v, p)
             try:
                 return struct.pack(f"<{len(items)}{code}", *items)
-            except (struct.error, TypeError):
+            except (struct.error, TypeError, OverflowError):
                 for i, x in enumerate(items):  # name the first that is wrong
                     elem.check(x, f"{p}[{i}]")
                 raise

@@ -235,3 +235,14 @@ def test_a_schema_term_reads_as_the_declared_class_not_as_a_newer_version() -> N
     assert info.value.reason == "unknown_schema" and "@beambridge.schema('test.Nobody'" in str(
         info.value
     )
+
+
+def test_a_float32_list_past_the_range_is_a_bad_value_naming_the_index() -> None:
+    """struct raises OverflowError, not struct.error, for a float past float32's range:
+    it is the value's bad_value all the same (found by hypothesis)."""
+    from beambridge.ssz import codec
+    from beambridge.types import List, SchemaError, float32
+
+    with pytest.raises(SchemaError) as info:
+        codec(List[float32, 4])[0]([0.5, 1e39], "f0")
+    assert info.value.reason == "bad_value" and "f0[1] is 1e+39" in info.value.message
