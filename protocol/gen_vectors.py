@@ -32,6 +32,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "python"))
 sys.path.insert(0, str(HERE))  # for vectorgen: runpy.run_path does not add it
 
+from vectorgen import provenance  # noqa: E402
 from vectorgen.control import check_control, control_vectors  # noqa: E402
 from vectorgen.frames import bad_vectors, describe_bad, describe_good, good_vectors  # noqa: E402
 from vectorgen.ssz import check_ssz, ssz_vectors  # noqa: E402
@@ -48,6 +49,11 @@ def frame_files() -> dict[str, bytes]:
         made[name] = (frame, describe_good(name, description, frame))
     for name, description, frame, reason, field in bad_vectors():
         made[name] = (frame, describe_bad(name, description, frame, reason, field))
+    for name, description, frame in provenance.good_vectors():
+        made[name] = (frame, provenance.describe_good_provenance(name, description, frame))
+    for name, description, frame, reason, field in provenance.bad_vectors():
+        doc = provenance.describe_bad_provenance(name, description, frame, reason, field)
+        made[name] = (frame, doc)
     files: dict[str, bytes] = {}
     for name, (frame, doc) in made.items():
         files[f"{name}.bin"] = frame

@@ -62,6 +62,7 @@ int arena_load(ErlNifEnv *env);
         {"peer_lease", 5, nif_peer_lease, 0},                                   \
         {"peer_lease_read", 3, nif_peer_lease_read, 0},                         \
         {"peer_lease_binary", 3, nif_peer_lease_binary, 0},                     \
+        {"peer_frame_of", 2, nif_peer_frame_of, 0},                             \
         {"peer_lease_release", 1, nif_peer_lease_release, 0},                   \
         {"fd_count", 0, nif_fd_count, 0},                                       \
         {"lane_new", 0, nif_lane_new, ERL_NIF_DIRTY_JOB_IO_BOUND},              \
@@ -98,6 +99,7 @@ DECLARE_NIF(nif_peer_close);
 DECLARE_NIF(nif_peer_lease);
 DECLARE_NIF(nif_peer_lease_read);
 DECLARE_NIF(nif_peer_lease_binary);
+DECLARE_NIF(nif_peer_frame_of);
 DECLARE_NIF(nif_peer_lease_release);
 DECLARE_NIF(nif_fd_count);
 DECLARE_NIF(nif_lane_new);

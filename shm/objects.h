@@ -29,6 +29,8 @@
 #define MIN_OBJECT PAGE
 #define MAX_OBJECT (((uint64_t)1) << 40)
 #define FRAME_HEADER 128u
+#define MAX_METADATA (1u << 20)  /* SPEC §5.1 */
+#define MAX_PROVENANCE 65536u    /* SPEC §5.4 */
 
 enum { KIND_ARENA = 0, KIND_SEALED = 1, KIND_LEASE_TABLE = 2, KIND_LANE = 3 };
 enum { HELD_BY_CALLER = 1, HELD_BY_PEER = 2 };

@@ -23,20 +23,27 @@ typedef struct {
     uint8_t *addr;  /* unmapped once closed and no lease is left, or in the destructor */
     uint64_t size;
     uint32_t id;
+    uint32_t owner_pid, owner_fd; /* where the object was opened from (peer_frame_of) */
     int kind;
     int leases;     /* atomic: live leases on its slices */
     int closed;     /* atomic: peer_close was called */
 } peer_t;
 
-typedef struct {
+typedef struct plea {
     peer_t *peer;   /* kept */
     table_t *table; /* kept, or NULL */
     uint64_t off, len, gen;
     uint32_t ticket;
     int state;      /* atomic LEASE_* */
+    /* In the list of leases that made binaries (under SEEN_LOCK), so that a binary
+     * can be traced back to its frame (peer_frame_of). */
+    struct plea *seen_prev, *seen_next;
+    int seen;
 } plea_t;
 
 static ErlNifResourceType *PEER_RT, *PLEASE_RT;
+static ErlNifMutex *SEEN_LOCK;
+static plea_t *SEEN;
 static ERL_NIF_TERM ATOM_NOT_SEALED, ATOM_SLICE_OUT_OF_BOUNDS, ATOM_NIL;
 
 static void peer_unmap(peer_t *p)
@@ -147,6 +154,8 @@ ERL_NIF_TERM nif_peer_open(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
     p->addr = (uint8_t *)addr;
     p->size = size;
     p->id = id;
+    p->owner_pid = pid;
+    p->owner_fd = fdn;
     p->kind = (int)kind;
     p->leases = 0;
     p->closed = 0;
@@ -193,12 +202,42 @@ static void plea_end(plea_t *l)
     }
 }
 
+static void seen_add(plea_t *l)
+{
+    enif_mutex_lock(SEEN_LOCK);
+    if (!l->seen) {
+        l->seen = 1;
+        l->seen_prev = NULL;
+        l->seen_next = SEEN;
+        if (SEEN != NULL)
+            SEEN->seen_prev = l;
+        SEEN = l;
+    }
+    enif_mutex_unlock(SEEN_LOCK);
+}
+
+static void seen_remove(plea_t *l)
+{
+    enif_mutex_lock(SEEN_LOCK);
+    if (l->seen) {
+        if (l->seen_prev != NULL)
+            l->seen_prev->seen_next = l->seen_next;
+        else
+            SEEN = l->seen_next;
+        if (l->seen_next != NULL)
+            l->seen_next->seen_prev = l->seen_prev;
+        l->seen = 0;
+    }
+    enif_mutex_unlock(SEEN_LOCK);
+}
+
 static void plea_dtor(ErlNifEnv *env, void *obj)
 {
     plea_t *l = (plea_t *)obj;
     (void)env;
     if (l->peer == NULL)
         return;
+    seen_remove(l);
     if (__atomic_exchange_n(&l->state, LEASE_ENDED, __ATOMIC_SEQ_CST) != LEASE_ENDED)
         plea_end(l);
     if (l->table != NULL)
@@ -262,6 +301,8 @@ ERL_NIF_TERM nif_peer_lease(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
     l->gen = gen;
     l->ticket = ticket;
     l->state = LEASE_ACTIVE;
+    l->seen = 0;
+    l->seen_prev = l->seen_next = NULL;
     term = enif_make_resource(env, l);
     enif_release_resource(l);
     return ok_tuple(env, term);
@@ -330,9 +371,10 @@ ERL_NIF_TERM nif_peer_lease_binary(ErlNifEnv *env, int argc, const ERL_NIF_TERM 
     (void)argc;
     if (!get_plea_range(env, argv, &l, &off, &len, &err))
         return err;
-    if (!__atomic_compare_exchange_n(&l->state, &expected, LEASE_HAS_BINARY, 0,
-                                     __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST) &&
-        expected != LEASE_HAS_BINARY)
+    if (__atomic_compare_exchange_n(&l->state, &expected, LEASE_HAS_BINARY, 0,
+                                    __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST))
+        seen_add(l);
+    else if (expected != LEASE_HAS_BINARY)
         return error_tuple(env, ATOM_RELEASED);
     return ok_tuple(env,
                     enif_make_resource_binary(env, l, l->peer->addr + l->off + off, (size_t)len));
@@ -354,8 +396,75 @@ ERL_NIF_TERM nif_peer_lease_release(ErlNifEnv *env, int argc, const ERL_NIF_TERM
     return expected == LEASE_HAS_BINARY ? error_tuple(env, ATOM_IN_USE) : ATOM_OK;
 }
 
+/*
+ * peer_frame_of(Binary, Whole) -> {ok, {Copy, SliceLength, At, OwnerPid, OwnerFd, SliceOffset}} | none
+ * When Binary's bytes lie in a slice of a peer's object that a live lease made
+ * binaries of: a private copy of the start of that slice, the slice's length,
+ * where Binary starts in it, and where the object was opened from. The copy
+ * holds the header, metadata and provenance block as the header's lengths say
+ * (Whole false: nothing of the payload is read), or the frame up to its
+ * payload's end (Whole true); at most the slice either way. It is unchecked:
+ * the caller validates it (SPEC §6, §5.4).
+ */
+static ERL_NIF_TERM frame_of_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
+{
+    ErlNifBinary bin, head;
+    ERL_NIF_TERM out = enif_make_atom(env, "none");
+    int whole = enif_is_identical(argv[1], ATOM_TRUE);
+    (void)argc;
+    if (!enif_inspect_binary(env, argv[0], &bin))
+        return error_tuple(env, ATOM_BADARG);
+    enif_mutex_lock(SEEN_LOCK);
+    for (plea_t *l = SEEN; l != NULL; l = l->seen_next) {
+        uint8_t *addr = __atomic_load_n(&l->peer->addr, __ATOMIC_SEQ_CST);
+        uint8_t *start, *end;
+        uint64_t want;
+        if (addr == NULL)
+            continue;
+        start = addr + l->off;
+        end = start + l->len;
+        if (bin.data < start || bin.data > end || (bin.data == end && bin.size > 0))
+            continue;
+        want = FRAME_HEADER;
+        if (whole && l->len >= FRAME_HEADER) {
+            uint64_t off = get64(start + 40), len = get64(start + 48);
+            want = off > l->len || len > l->len - off ? l->len : off + len;
+        } else if (l->len >= FRAME_HEADER) {
+            /* the peer may change these meanwhile: they only bound the copy */
+            uint64_t meta = get32(start + 36);
+            uint64_t prov = get16(start + 6) == 0 ? 0 : get32(start + 88);
+            want += (meta > MAX_METADATA ? MAX_METADATA : meta) +
+                    (prov > MAX_PROVENANCE ? MAX_PROVENANCE : prov);
+        }
+        if (want > l->len)
+            want = l->len;
+        if (!enif_alloc_binary((size_t)want, &head))
+            break;
+        memcpy(head.data, start, (size_t)want);
+        out = ok_tuple(
+            env, enif_make_tuple6(env, enif_make_binary(env, &head), enif_make_uint64(env, l->len),
+                                  enif_make_uint64(env, (uint64_t)(bin.data - start)),
+                                  enif_make_uint(env, l->peer->owner_pid),
+                                  enif_make_uint(env, l->peer->owner_fd),
+                                  enif_make_uint64(env, l->off)));
+        break;
+    }
+    enif_mutex_unlock(SEEN_LOCK);
+    return out;
+}
+
+ERL_NIF_TERM nif_peer_frame_of(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
+{
+    if (enif_is_identical(argv[1], ATOM_TRUE)) /* a whole payload: not on a normal scheduler */
+        return enif_schedule_nif(env, "peer_frame_of_dirty", ERL_NIF_DIRTY_JOB_CPU_BOUND,
+                                 frame_of_impl, argc, argv);
+    return frame_of_impl(env, argc, argv);
+}
+
 int peer_load(ErlNifEnv *env, ErlNifResourceFlags flags)
 {
+    if (SEEN_LOCK == NULL && (SEEN_LOCK = enif_mutex_create("beambridge_seen_leases")) == NULL)
+        return 0;
     PEER_RT = enif_open_resource_type(env, NULL, "beambridge_peer", peer_dtor, flags, NULL);
     PLEASE_RT =
         enif_open_resource_type(env, NULL, "beambridge_peer_lease", plea_dtor, flags, NULL);

@@ -18,7 +18,6 @@
 #include <string.h>
 #include <xxhash.h>
 
-#define MAX_METADATA (1u << 20)
 #define HASH_CHUNK (64u * 1024u)
 
 typedef struct {

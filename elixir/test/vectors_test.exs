@@ -15,7 +15,8 @@ defmodule Bridge.VectorsTest do
 
   @header_fields ~w(version_major version_minor header_size format codec flags generation
                     schema_id schema_version metadata_length payload_offset payload_length
-                    decoded_length payload_checksum header_checksum)
+                    decoded_length payload_checksum created_at frame_id provenance_length
+                    provenance_checksum header_checksum)
 
   test "the vector set exists and covers every validation reason of SPEC §6" do
     assert length(@vectors) >= 2
@@ -31,7 +32,8 @@ defmodule Bridge.VectorsTest do
                      unknown_format unknown_codec unknown_flags metadata_too_large
                      metadata_out_of_bounds misaligned_payload payload_overlaps_metadata
                      length_overflow payload_out_of_bounds bad_decoded_length
-                     decoded_too_large header_checksum_mismatch checksum_mismatch) do
+                     decoded_too_large header_checksum_mismatch checksum_mismatch
+                     provenance_out_of_bounds provenance_checksum_mismatch bad_provenance) do
       assert reason in reasons, "no bad_ vector for #{reason}"
     end
   end
@@ -47,9 +49,45 @@ defmodule Bridge.VectorsTest do
       assert byte_size(bin) == v["frame_size"]
       assert String.starts_with?(unquote(name), if(v["valid"], do: "good_", else: "bad_"))
 
-      if v["valid"], do: check_good(v, bin), else: check_bad(v, bin)
+      cond do
+        v["stage"] == "provenance" -> check_provenance(v, bin)
+        v["valid"] -> check_good(v, bin) && check_provenance(v, bin)
+        true -> check_bad(v, bin)
+      end
     end
   end
+
+  # SPEC §5.4: the block reads as the vector says, or fails at its check; the
+  # header validates either way.
+  defp check_provenance(v, bin) do
+    assert {:ok, frame} = Header.decode_frame(bin)
+
+    case {v["stage"], Bridge.Provenance.read(frame.header, bin)} do
+      {"provenance", result} ->
+        reason = String.to_atom(v["error"]["reason"])
+        field = String.to_atom(v["error"]["field"])
+        assert {:error, %Bridge.Error{reason: ^reason, field: ^field}} = described(result)
+
+      {nil, {:ok, p}} ->
+        expected = v["provenance"] || %{}
+        {:ok, described} = described({:ok, p})
+        assert Map.take(described, Map.keys(expected)) == expected
+    end
+
+    true
+  end
+
+  # The description as the JSON of the vector has it (string keys); an entry
+  # whose body does not read is the block's error.
+  defp described({:ok, p}) do
+    d = Bridge.Provenance.describe(p)
+
+    if Enum.any?(d.lineage, &Map.has_key?(&1, "unreadable")),
+      do: {:error, %Bridge.Error{reason: :bad_provenance, field: :lineage}},
+      else: {:ok, Map.new(d, fn {k, v} -> {Atom.to_string(k), v} end)}
+  end
+
+  defp described(error), do: error
 
   defp check_good(v, bin) do
     assert {:ok, frame} = Header.decode_frame(bin)
@@ -73,9 +111,10 @@ defmodule Bridge.VectorsTest do
     assert {:ok, header} = Header.parse(bin, byte_size(bin))
     encoded = Header.encode!(header, frame.metadata)
 
-    case binary_part(bin, 72, 48) do
-      <<0::size(48)-unit(8)>> -> assert encoded == binary_part(bin, 0, 128)
-      _reserved_in_use -> assert binary_part(encoded, 0, 72) == binary_part(bin, 0, 72)
+    case {header.version_minor, binary_part(bin, 92, 4), binary_part(bin, 104, 16)} do
+      {0, _, _} -> assert binary_part(encoded, 0, 72) == binary_part(bin, 0, 72)
+      {_, <<0::32>>, <<0::128>>} -> assert encoded == binary_part(bin, 0, 128)
+      _reserved_in_use -> assert binary_part(encoded, 0, 92) == binary_part(bin, 0, 92)
     end
 
     # The same frame read out of a slice of shared memory, through a read-only

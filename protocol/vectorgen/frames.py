@@ -29,10 +29,17 @@ FIELDS: dict[str, tuple[int, str]] = {
     "payload_length": (48, "<Q"),
     "decoded_length": (56, "<Q"),
     "payload_checksum": (64, "<Q"),
-    "reserved": (72, "48s"),
+    "created_at": (72, "<Q"),
+    "frame_id": (80, "<Q"),
+    "provenance_length": (88, "<I"),
+    "reserved_92": (92, "4s"),
+    "provenance_checksum": (96, "<Q"),
+    "reserved_104": (104, "16s"),
     "header_checksum": (120, "<Q"),
 }
-JSON_HEADER_FIELDS = [f for f in FIELDS if f not in ("magic", "reserved")]
+JSON_HEADER_FIELDS = [f for f in FIELDS if f != "magic" and not f.startswith("reserved")]
+#: Given a meaning by minor 1; a reader of a minor-0 frame takes them as 0 (SPEC §5.1).
+MINOR1_FIELDS = ("created_at", "frame_id", "provenance_length", "provenance_checksum")
 
 
 def get(frame: bytes, field: str) -> Any:
@@ -127,12 +134,25 @@ def good_vectors() -> list[tuple[str, str, bytes]]:
             encode_frame(pattern(20, 6), metadata=b"meta", payload_offset=320),
         ),
         (
-            "good_minor1_optional_flag",
-            "version_minor 1 with unknown optional flag bit 16 and non-zero reserved bytes: "
-            "a 1.0 reader accepts it",
+            "good_minor2_optional_flag",
+            "version_minor 2 (newer than this reader) with unknown optional flag bit 16 and "
+            "non-zero reserved bytes: a reader of minor 1 accepts it",
             patch(
-                encode_frame(pattern(33, 7), version_minor=1, flags_extra=1 << 16),
-                reserved=bytes(range(1, 49)),
+                encode_frame(pattern(33, 7), version_minor=2, flags_extra=1 << 16),
+                reserved_92=bytes(range(1, 5)),
+                reserved_104=bytes(range(5, 21)),
+            ),
+        ),
+        (
+            "good_minor0_reserved",
+            "version_minor 0 with non-zero bytes 72-119 (reserved in minor 0): a reader takes "
+            "created_at, frame_id and the provenance fields as 0",
+            patch(
+                encode_frame(pattern(40, 11), version_minor=0),
+                created_at=0x0102030405060708,
+                frame_id=99,
+                provenance_length=7,
+                provenance_checksum=5,
             ),
         ),
         (
@@ -210,6 +230,13 @@ def bad_vectors() -> list[tuple[str, str, bytes, str, str]]:
     ]  # fmt: skip
 
 
+def _read(frame: bytes, field: str) -> Any:
+    """A header field as a reader reports it."""
+    if field in MINOR1_FIELDS and get(frame, "version_minor") == 0:
+        return 0
+    return get(frame, field)
+
+
 def describe_good(name: str, description: str, frame: bytes) -> dict[str, Any]:
     header, metadata, payload = decode_frame(frame)  # raises if the vector is not good
     raw = bytes(payload)
@@ -218,7 +245,7 @@ def describe_good(name: str, description: str, frame: bytes) -> dict[str, Any]:
         "description": description,
         "valid": True,
         "frame_size": len(frame),
-        "header": {field: get(frame, field) for field in JSON_HEADER_FIELDS},
+        "header": {field: _read(frame, field) for field in JSON_HEADER_FIELDS},
         "metadata_hex": metadata.hex(),
         "payload_xxh3": xxhash.xxh3_64_intdigest(raw),
     }

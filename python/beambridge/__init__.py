@@ -8,7 +8,8 @@ tensors and sparse arrays), `register` / `unregister` (custom types, see
 element of a stream handler, `Stream` is an argument the BEAM feeds, `StreamError`;
 see `beambridge.streams`), typed schemas (`schema` declares a class of
 `beambridge.types` fields, `to_ssz` and `from_ssz` give and read its SSZ bytes; see
-`beambridge.ssz`), and the error classes. The protocol's machinery
+`beambridge.ssz`), `meta` (the user metadata of the call in flight, which its result
+frames carry; see `beambridge.call_record`), and the error classes. The protocol's machinery
 (frames, shared objects, the control channel) stays in its own modules.
 
 >>> import beambridge
@@ -28,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 # Nothing here imports NumPy: ``python -m beambridge.worker`` imports this package before
 # it takes fds 1 and 2, and NumPy's import-time warnings must reach the BEAM's Logger.
 from . import serializers as serializers
+from .call_record import meta
 from .errors import (
     ArenaError,
     BridgeError,
@@ -80,6 +82,7 @@ __all__ = [
     "checkpoint",
     "format_stats",
     "from_ssz",
+    "meta",
     "register",
     "reset_format_stats",
     "schema",

@@ -276,8 +276,10 @@ class ArenaSet:
         schema_id: int = 0,
         schema_version: int = 0,
         checksum: bool | None = None,
+        provenance: bytes = b"",
     ) -> Slice:
-        """A new slice holding one frame of ``payload`` (any C-contiguous buffer)."""
+        """A new slice holding one frame of ``payload`` (any C-contiguous buffer) and
+        the provenance block ``provenance`` (SPEC §5.4)."""
         with memoryview(payload) as view, view.cast("B") as data:  # type: ignore[arg-type]
             if codec != Codec.NONE:
                 into = self.put_into(
@@ -288,12 +290,13 @@ class ArenaSet:
                     schema_id=schema_id,
                     schema_version=schema_version,
                     checksum=checksum,
+                    provenance=provenance,
                 )
                 with into as (s, area):
                     area[:] = data
                 return s
             metadata = bytes(metadata)
-            s = self.alloc(payload_offset_for(len(metadata)) + data.nbytes)
+            s = self.alloc(payload_offset_for(len(metadata) + len(provenance)) + data.nbytes)
             try:
                 with self.area(s) as whole:
                     write_frame_bytes(
@@ -305,6 +308,7 @@ class ArenaSet:
                         schema_id=schema_id,
                         schema_version=schema_version,
                         checksum=self.checksum if checksum is None else checksum,
+                        provenance=provenance,
                     )
             except BaseException:
                 self.free(s)
@@ -322,12 +326,13 @@ class ArenaSet:
         schema_id: int = 0,
         schema_version: int = 0,
         checksum: bool | None = None,
+        provenance: bytes = b"",
     ) -> Iterator[tuple[Slice, memoryview]]:
         """Yields ``(slice, area)``: a new slice and a writable view of its payload area
         for a producer (NumPy, pyarrow) to fill; the header goes in when the block ends.
         On an exception the slice is freed."""
         checksum = self.checksum if checksum is None else checksum
-        s = self.alloc(payload_offset_for(len(metadata)) + payload_length)
+        s = self.alloc(payload_offset_for(len(metadata) + len(provenance)) + payload_length)
         try:
             with (
                 self.area(s) as whole,
@@ -341,6 +346,7 @@ class ArenaSet:
                     schema_id=schema_id,
                     schema_version=schema_version,
                     checksum=checksum,
+                    provenance=provenance,
                 ) as area,
             ):
                 yield s, area

@@ -137,6 +137,14 @@ def strings_option(opts: Any) -> bool:
     return bool(value == b"str")
 
 
+def meta_option(opts: dict[Any, Any]) -> dict[Any, Any] | None:
+    """The call's user metadata (``opts["meta"]``, since 2.4, SPEC §5.4), or None."""
+    value = opts.get(b"meta")
+    if value is not None and type(value) is not dict:
+        raise Refused("bad_term", f"call option meta is {value!r:.100}, not a map")
+    return value
+
+
 def policy_option(opts: Any) -> str:
     """The result format policy of a call's options (SPEC §8.3): ``opts["format"]``."""
     if type(opts) is not dict:

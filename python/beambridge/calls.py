@@ -31,6 +31,7 @@ from .call_parts import (
     Reply,
     exception_detail,
     flush_handler_output,
+    meta_option,
     policy_option,
     same,
     strings_option,
@@ -38,6 +39,7 @@ from .call_parts import (
     token_str,
     too_large,
 )
+from .call_record import CallRecord
 from .decoder import Decoder
 from .encoder import ResultEncoder
 from .encoder_formats import Pieces
@@ -132,6 +134,10 @@ class CallPath:
         #: Whether a long result list may go as pieces (§8.6): the BEAM reads them.
         self.pieces = False
         self.decoder.streams = self._feed
+        #: The provenance of the call in flight's frames (SPEC §5.4).
+        self.record = CallRecord("python")
+        self.decoder.on_frame = self.record.input
+        self.slices.provenance = self.record.block
 
     # ---- objects -----------------------------------------------------------------------
 
@@ -189,6 +195,7 @@ class CallPath:
             return self._run(call, body)
         finally:
             self.streams = None
+            self.record.end()
 
     def _run(self, call: control.Call, body: memoryview | None) -> Reply:
         collecting = gc.isenabled()
@@ -237,6 +244,7 @@ class CallPath:
         spec: StreamSpec | None = None
         try:
             policy = policy_option(call.opts)
+            self.record.begin(call.module, call.function, meta_option(call.opts))
             text = self.text = strings_option(call.opts)
             try:
                 spec = spec_of(call.opts, token_str if text else same)

@@ -120,6 +120,9 @@ class Decoder:
         #: Makes the iterator of an argument stream ``{:"$bb_stream", sid}`` (§8.6); None:
         #: such a term is refused.
         self.streams: Callable[[int], Any] | None = None
+        #: Told the header and the provenance block of every slice frame read
+        #: (SPEC §5.4); None: not told.
+        self.on_frame: Callable[[Header, bytes], None] | None = None
 
     def decode(self, value: Any, slices: Any = None) -> Any:
         """``value`` with every tagged term replaced (containers rebuilt only if
@@ -276,10 +279,12 @@ class Decoder:
                 self.peers, object_id, offset, length, generation, verify=self.verify
             )
             _check(kind, header, f"slice {index}")
+            self._tell(object_id, offset, length, header)
             return data
         frame = self.leases.read_frame(
             self.peers, object_id, offset, length, generation, verify=self.verify
         )
+        self._tell(object_id, offset, length, frame.header)
         done = False
         try:
             value = _read(kind, frame, f"slice {index}")
@@ -291,6 +296,11 @@ class Decoder:
                     frame.release()
             # else the Frame goes with this function: the payload view (and what is
             # made from it) alone keeps the payload's array alive, and with it the lease
+
+    def _tell(self, object_id: int, offset: int, length: int, header: Header) -> None:
+        if self.on_frame is not None:
+            block = self.peers.get(object_id).provenance_block(offset, length, header)
+            self.on_frame(header, block)
 
 
 def _layout(layout: Any) -> str:

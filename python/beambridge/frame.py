@@ -28,10 +28,10 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
-from .errors import LeaseError
-from .header import DEFAULT_MAX_DECODED_LENGTH, Header, decode_frame
+from .errors import BridgeError, LeaseError
+from .header import DEFAULT_MAX_DECODED_LENGTH, Header, decode_frame, validate_header
 
-__all__ = ["Frame"]
+__all__ = ["Frame", "describe", "describe_file", "dump"]
 
 
 class Frame:
@@ -53,7 +53,15 @@ class Frame:
     >>> peer.close(); arenas.close()
     """
 
-    __slots__ = ("__weakref__", "_lease", "_on_frame", "_payload", "header", "metadata")
+    __slots__ = (
+        "__weakref__",
+        "_lease",
+        "_on_frame",
+        "_origin",
+        "_payload",
+        "header",
+        "metadata",
+    )
 
     header: Header
     metadata: bytes
@@ -65,11 +73,16 @@ class Frame:
         metadata: bytes,
         array: Any,
         payload: memoryview,
+        origin: Callable[[], memoryview] | None = None,
     ) -> None:
         self.header = header
         self.metadata = metadata
         self._payload = payload  # memoryview(array): it alone keeps the array alive
         self._on_frame = array is None
+        self._origin = origin
+        if origin is not None and array is not None:
+            _ORIGINS[id(array)] = origin
+            weakref.finalize(array, _ORIGINS.pop, id(array), None)
         # Exactly once: when `array` is collected (the last view made from the payload is
         # gone), or at interpreter exit; for an empty payload (no array) when the frame
         # is released or collected. `end_lease` tells the owner (the list of released
@@ -97,7 +110,8 @@ class Frame:
         header, metadata, payload = decode_frame(
             data, verify=verify, max_decoded_length=max_decoded_length
         )
-        return cls(_nothing, header, metadata, None, payload)
+        whole = memoryview(data).cast("B")  # type: ignore[arg-type]
+        return cls(_nothing, header, metadata, None, payload, lambda: whole)
 
     @property
     def payload(self) -> memoryview:
@@ -160,3 +174,124 @@ class Frame:
 
 def _nothing() -> None:
     return None
+
+
+#: The payload arrays of frames read from slices (by id, while they live), and how to see
+#: their frames again.
+_ORIGINS: dict[int, Callable[[], memoryview]] = {}
+
+
+def _frame_bytes(obj: Any) -> memoryview | None:
+    """The bytes of the frame ``obj`` was read from (a `Frame`, its payload, or a NumPy
+    array or memoryview made from that payload), from the frame's first byte: a view
+    that reaches at least the payload's end. None when ``obj`` holds no frame."""
+    if isinstance(obj, Frame):
+        return None if obj._origin is None else obj._origin()
+    for _ in range(32):
+        origin = _ORIGINS.get(id(obj))
+        if origin is not None:
+            return origin()
+        nxt = obj.obj if isinstance(obj, memoryview) else getattr(obj, "base", None)
+        if nxt is None or nxt is obj:
+            return None
+        obj = nxt
+    return None
+
+
+def describe(obj: Any) -> dict[str, Any]:
+    """What the frame ``obj`` was read from says of itself (SPEC §5.4): format, codec,
+    schema, lengths, checksum state (never verified: the payload is not read),
+    ``created_at``, ``producer``, ``meta`` and ``lineage`` (`beambridge.description`).
+
+    ``obj`` is a `Frame`, an argument a handler received as a view of a BEAM slice
+    (``memoryview``, NumPy array, or an array made from one), or a frame's bytes.
+    Anything else raises `beambridge.errors.BridgeError` ``not_a_frame``.
+
+    >>> from beambridge.header import encode_frame
+    >>> describe(encode_frame(b"abc"))["lengths"]["payload"]
+    3
+    """
+    from .description import describe_bytes
+
+    view = _frame_bytes(obj)
+    if view is None and isinstance(obj, (bytes, bytearray)) and obj[:4] == b"BBFH":
+        view = memoryview(obj)
+    if view is None:
+        raise _not_a_frame(obj)
+    return describe_bytes(view)
+
+
+def dump(obj: Any, path: str) -> None:
+    """Write the frame of ``obj`` to the file ``path``: the frame it was read from, as
+    it is (header, metadata, provenance block, payload), or else a new frame holding it
+    (bytes-like: raw; a NumPy array: a tensor; anything else the worker can send: ETF)
+    with the provenance of the call in flight. `describe_file` and ``python -m
+    beambridge inspect PATH`` read it back."""
+    view = _frame_bytes(obj)
+    if view is not None:
+        header, _ = validate_header(view, view.nbytes)
+        data = bytes(view[: header.payload_offset + header.payload_length])
+    else:
+        data = _new_frame(obj)
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def describe_file(path: str) -> dict[str, Any]:
+    """The description of a dump, or of the live slice ``/proc/PID/fd/FD@OFFSET``
+    (`beambridge.description.read_file`)."""
+    from .description import read_file
+
+    return read_file(path)
+
+
+def _new_frame(obj: Any) -> bytes:
+    from .call_record import current_block
+    from .etf import encode as etf_encode
+    from .header import Format, encode_frame
+    from .provenance import next_frame_id, now_ns
+
+    block, created_at, frame_id = current_block(), now_ns(), next_frame_id()
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        return encode_frame(
+            memoryview(obj).cast("B"),
+            format=Format.RAW,
+            created_at=created_at,
+            frame_id=frame_id,
+            provenance=block,
+        )
+    if type(obj).__module__ == "numpy" or type(obj).__name__ in ("Bundle", "COO"):
+        from .formats.tensor.frames import plan
+
+        p = plan(obj)
+        area = bytearray(p.nbytes)
+        p.fill(memoryview(area))
+        return encode_frame(
+            area,
+            metadata=p.metadata,
+            format=Format.TENSOR,
+            schema_id=p.schema_id,
+            schema_version=p.schema_version,
+            created_at=created_at,
+            frame_id=frame_id,
+            provenance=block,
+        )
+    return encode_frame(
+        etf_encode(obj),
+        format=Format.ETF,
+        created_at=created_at,
+        frame_id=frame_id,
+        provenance=block,
+    )
+
+
+def _not_a_frame(obj: Any) -> BridgeError:
+    return BridgeError(
+        "not_a_frame",
+        "value",
+        None,
+        None,
+        f"not_a_frame: a {type(obj).__name__} holds no frame: only a Frame, an argument "
+        "read from a slice (a memoryview or NumPy array of it) or a frame's bytes can be "
+        "described",
+    )

@@ -32,6 +32,7 @@ from .header import (
     payload_offset_for,
     with_fields,
 )
+from .provenance import next_frame_id, now_ns
 
 __all__ = ["frame_length", "write_frame", "write_frame_bytes"]
 
@@ -46,17 +47,18 @@ def write_frame_bytes(
     schema_id: int = 0,
     schema_version: int = 0,
     checksum: bool = False,
+    provenance: bytes = b"",
+    created_at: int | None = None,
+    frame_id: int | None = None,
 ) -> None:
     """Lay one uncompressed frame of the bytes ``data`` (a flat ``B`` view) out at the
     start of ``whole`` (which must hold `frame_length` bytes): what `write_frame` writes
     for them, without a producer to wait for."""
-    start = payload_offset_for(len(metadata))
+    start = payload_offset_for(len(metadata) + len(provenance))
     end = start + data.nbytes
     if end > whole.nbytes:
         raise ValueError(f"a frame of {end} bytes in {whole.nbytes}")
-    end_of_metadata = HEADER_SIZE + len(metadata)
-    whole[HEADER_SIZE:end_of_metadata] = metadata
-    whole[end_of_metadata:start] = bytes(start - end_of_metadata)
+    _lay_out(whole, metadata, provenance, start)
     whole[start:end] = data
     whole[:HEADER_SIZE] = pack_plain_header(
         data.nbytes,
@@ -66,7 +68,19 @@ def write_frame_bytes(
         schema_id=schema_id,
         schema_version=schema_version,
         payload_checksum=xxhash.xxh3_64_intdigest(data) if checksum else None,
+        created_at=now_ns() if created_at is None else created_at,
+        frame_id=next_frame_id() if frame_id is None else frame_id,
+        provenance=provenance,
     )
+
+
+def _lay_out(whole: memoryview, metadata: bytes, provenance: bytes, start: int) -> None:
+    """Metadata, provenance block (SPEC §5.4) and zero padding up to ``start``."""
+    end_of_metadata = HEADER_SIZE + len(metadata)
+    whole[HEADER_SIZE:end_of_metadata] = metadata
+    end_of_block = end_of_metadata + len(provenance)
+    whole[end_of_metadata:end_of_block] = provenance
+    whole[end_of_block:start] = bytes(start - end_of_block)
 
 
 @contextlib.contextmanager
@@ -81,13 +95,17 @@ def write_frame(
     schema_id: int = 0,
     schema_version: int = 0,
     checksum: bool = False,
+    provenance: bytes = b"",
+    created_at: int | None = None,
+    frame_id: int | None = None,
 ) -> Iterator[memoryview]:
-    """Lay one frame out at the start of the writable area ``whole``: the metadata and
-    its padding now, then yield the payload area for a producer to fill, then the
-    header (with the payload's checksum when ``checksum``). ``whole`` must hold
-    `frame_length` bytes. The views made here are released when the block ends; a view
-    made from the payload area that is still alive then is `LeaseError` ``leased``, and
-    no header is written."""
+    """Lay one frame out at the start of the writable area ``whole``: the metadata, the
+    provenance block ``provenance`` (SPEC §5.4) and their padding now, then yield the
+    payload area for a producer to fill, then the header (with the payload's checksum
+    when ``checksum``; ``created_at`` and ``frame_id`` now and a new id unless given).
+    ``whole`` must hold `frame_length` bytes. The views made here are released when the
+    block ends; a view made from the payload area that is still alive then is
+    `LeaseError` ``leased``, and no header is written."""
     metadata = bytes(metadata)
     draft = build_header(
         payload_length,
@@ -99,13 +117,14 @@ def write_frame(
         schema_version=schema_version,
         generation=generation,
         checksum=False,
+        created_at=now_ns() if created_at is None else created_at,
+        frame_id=next_frame_id() if frame_id is None else frame_id,
+        provenance=provenance,
     )
     start = draft.payload_offset
     if start + payload_length > whole.nbytes:
         raise ValueError(f"a frame of {start + payload_length} bytes in {whole.nbytes}")
-    end_of_metadata = HEADER_SIZE + len(metadata)
-    whole[HEADER_SIZE:end_of_metadata] = metadata
-    whole[end_of_metadata:start] = bytes(start - end_of_metadata)
+    _lay_out(whole, metadata, provenance, start)
     if payload_length == 0:
         yield memoryview(bytearray())
         digest = xxhash.xxh3_64_intdigest(b"") if checksum else 0
@@ -155,5 +174,6 @@ def _fill_area(
 
 
 def frame_length(payload_length: int, metadata_length: int = 0) -> int:
-    """Bytes of a frame: header, metadata, padding to 64, payload (SPEC §5)."""
+    """Bytes of a frame: header, metadata and provenance block (``metadata_length``
+    counts both), padding to 64, payload (SPEC §5)."""
     return payload_offset_for(metadata_length) + payload_length

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import itertools
 import mmap
 import os
@@ -342,7 +343,11 @@ class PeerObject:
             payload = arr.data
         if verify:
             verify_payload(header, payload)
-        return Frame(on_release or _nothing, header, metadata, arr, payload)
+        origin = functools.partial(self._slice_view, offset, length)
+        return Frame(on_release or _nothing, header, metadata, arr, payload, origin)
+
+    def _slice_view(self, offset: int, length: int) -> memoryview:
+        return self.view()[offset : offset + length]
 
     def copy_frame(
         self, offset: int, length: int, generation: int, *, verify: bool = False
@@ -375,6 +380,18 @@ class PeerObject:
                 f"the slice holds generation {header.generation}",
             )
         return header, metadata
+
+    def provenance_block(self, offset: int, length: int, header: Header) -> bytes:
+        """A private copy of the provenance block (SPEC §5.4) of the frame at the start of
+        the slice ``[offset, offset + length)`` whose ``header`` was validated, unchecked
+        (`beambridge.provenance.read_block` checks it); empty when it has none or it
+        would run past the slice."""
+        size = header.provenance_length
+        start = 128 + header.metadata_length
+        if header.version_minor == 0 or size == 0 or start + size > length:
+            return b""
+        with self.view()[offset + start : offset + start + size] as area:
+            return area.tobytes()
 
     def close(self) -> None:
         """Unmap (once nothing made from the mapping is alive; else it stays mapped until

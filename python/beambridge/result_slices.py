@@ -140,6 +140,9 @@ class ResultSlices:
         self._new_sealed: list[SharedObject] = []
         self._pinned: list[Key] = []
         self._inline = 0  # bytes of this result's values due a slice that went inline
+        #: The provenance block of the call in flight's frames (SPEC §5.4), made when
+        #: its first frame is written.
+        self.provenance: Callable[[], bytes] = _no_provenance
 
     # ---- one result --------------------------------------------------------------------
 
@@ -293,6 +296,7 @@ class ResultSlices:
                 schema_id=schema_id,
                 schema_version=schema_version,
                 checksum=self.checksum,
+                provenance=self.provenance(),
             )
         else:
             with arenas.put_into(
@@ -302,6 +306,7 @@ class ResultSlices:
                 schema_id=schema_id,
                 schema_version=schema_version,
                 checksum=self.checksum,
+                provenance=self.provenance(),
             ) as (s, area):
                 fill(area)
         try:
@@ -321,7 +326,10 @@ class ResultSlices:
         schema_id: int,
         schema_version: int,
     ) -> tuple[Any, ...]:
-        length = round_up(max(frame_length(nbytes, len(metadata)), HEADER_SIZE), ALIGN)
+        provenance = self.provenance()
+        length = round_up(
+            max(frame_length(nbytes, len(metadata) + len(provenance)), HEADER_SIZE), ALIGN
+        )
         size = round_up(OBJECT_HEADER + length, PAGE)
         if size > self.limit:
             raise ArenaError(
@@ -352,6 +360,7 @@ class ResultSlices:
             "schema_id": schema_id,
             "schema_version": schema_version,
             "checksum": self.checksum,
+            "provenance": provenance,
         }
         try:
             with obj.area(OBJECT_HEADER, length) as whole:
@@ -388,3 +397,7 @@ class ResultSlices:
         counted[1] += nbytes
         note(RESULTS, form, reason, nbytes, f"{what}, inline")
         _warn(reason, f"{what} gets no slice ({err}); sending it inline")
+
+
+def _no_provenance() -> bytes:
+    return b""

@@ -20,7 +20,7 @@ Messages (§8.3)::
                      | :lane | {:element, id, sid, seq, checkpoint, slices} + element
                      | {:ack, id, sid, seq} | {:done, id, sid, count, checksum}
                      | {:cancel, id, sid} | {:abort, id, sid, message}
-    worker -> BEAM   {:ready, os_pid, {2, 3}} | {:object, ...} | {:object_dropped, id}
+    worker -> BEAM   {:ready, os_pid, {2, 4}} | {:object, ...} | {:object_dropped, id}
                      | {:ok, id, slices, released} + result
                      | {:error, id, error, released} | {:released, [slice]}
                      | {:fallbacks, [...]} (to a BEAM of 2.1) | {:log, stream, data}

@@ -4,6 +4,7 @@
   block runs in `mix run` with the placeholder interpreter and path filled in.
 * "Streams": the same, with a handler module of generators.
 * "Typed schemas": the same, with schema classes in the handler module.
+* "Provenance and inspection": the same, with a handler that adds to its call's meta.
 * "Data formats": the Elixir block runs as written (its pattern matches are the
   assertions).
 * "An arena from each side": the Elixir block runs in a real BEAM (its `#=> ...`
@@ -84,6 +85,12 @@ def test_readme_streams_example_runs(tmp_path: Path) -> None:
     [handler] = blocks("Streams", "python")
     [elixir] = blocks("Streams", "elixir")
     run_against_handler(handler, elixir, "readme_streams.exs", tmp_path)
+
+
+def test_readme_provenance_example_runs(tmp_path: Path) -> None:
+    [handler] = blocks("Provenance and inspection", "python")
+    [elixir] = blocks("Provenance and inspection", "elixir")
+    run_against_handler(handler, elixir, "readme_provenance.exs", tmp_path)
 
 
 def test_readme_data_formats_example_runs() -> None:

@@ -53,23 +53,20 @@ def test_pack_plain_header_is_build_then_pack(
     ) == pack_header(header, metadata)
 
 
-@given(st.binary(max_size=2000), st.binary(max_size=200), FORMATS, st.booleans(), U64)
+@given(
+    st.binary(max_size=2000),
+    st.binary(max_size=200),
+    FORMATS,
+    st.booleans(),
+    U64,
+    st.binary(max_size=300),
+)
 def test_write_frame_bytes_writes_what_write_frame_writes(
-    payload: bytes, metadata: bytes, fmt: Format, checksum: bool, generation: int
+    payload: bytes, metadata: bytes, fmt: Format, checksum: bool, generation: int, block: bytes
 ) -> None:
-    size = frame_length(len(payload), len(metadata)) + 64
+    size = frame_length(len(payload), len(metadata) + len(block)) + 64
     direct = bytearray(b"\xee" * size)
     general = bytearray(b"\xee" * size)
-    write_frame_bytes(
-        memoryview(direct),
-        memoryview(payload),
-        generation=generation,
-        metadata=metadata,
-        format=fmt,
-        schema_id=3,
-        schema_version=4,
-        checksum=checksum,
-    )
     frame = {
         "generation": generation,
         "metadata": metadata,
@@ -77,12 +74,24 @@ def test_write_frame_bytes_writes_what_write_frame_writes(
         "schema_id": 3,
         "schema_version": 4,
         "checksum": checksum,
+        "provenance": block,
+        "created_at": 1_796_000_000_000_000_000,
+        "frame_id": generation ^ 0x5A5A,
     }
+    write_frame_bytes(memoryview(direct), memoryview(payload), **frame)
     with write_frame(memoryview(general), len(payload), **frame) as area:
         area[:] = payload
     assert direct == general
-    _, got_metadata, got = decode_frame(direct[: frame_length(len(payload), len(metadata))])
+    header, got_metadata, got = decode_frame(
+        direct[: frame_length(len(payload), len(metadata) + len(block))]
+    )
     assert (bytes(got), got_metadata) == (payload, metadata)
+    assert (header.created_at, header.frame_id) == (frame["created_at"], frame["frame_id"])
+    start = 128 + len(metadata)
+    assert (header.provenance_length, bytes(direct[start : start + len(block)])) == (
+        len(block),
+        block,
+    )
 
 
 def test_write_frame_bytes_refuses_an_area_too_small() -> None:

@@ -13,6 +13,7 @@ import xxhash
 from beambridge.errors import ChecksumError, HeaderError
 from beambridge.frame import Frame
 from beambridge.header import Header, decode_frame
+from beambridge.provenance import Block, read_block
 from helpers import Slices
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,6 +34,10 @@ HEADER_FIELDS = [
     "payload_length",
     "decoded_length",
     "payload_checksum",
+    "created_at",
+    "frame_id",
+    "provenance_length",
+    "provenance_checksum",
     "header_checksum",
 ]
 #: The reasons of SPEC §6's checks 1-17: every one has a ``bad_`` vector.
@@ -54,6 +59,9 @@ SPEC_REASONS = {
     "decoded_too_large",
     "header_checksum_mismatch",
     "checksum_mismatch",
+    "provenance_out_of_bounds",
+    "provenance_checksum_mismatch",
+    "bad_provenance",
 }
 
 
@@ -75,6 +83,29 @@ def check_good(doc: dict[str, Any], header: Header, metadata: bytes, payload: by
         assert len(payload) > 256
 
 
+def check_provenance(doc: dict[str, Any], frame: bytes) -> None:
+    """The provenance block reads as the vector says (SPEC §5.4), or fails at its check."""
+    header, _, _ = decode_frame(frame)
+    if doc.get("stage") == "provenance":
+        with pytest.raises(HeaderError) as info:
+            block = read_block(header, frame)
+            assert block is not None
+            block.describe()
+        assert (info.value.reason, info.value.field) == (
+            doc["error"]["reason"],
+            doc["error"]["field"],
+        )
+        return
+    block = read_block(header, frame)
+    described = None if block is None else block.describe()
+    expected = doc.get("provenance")
+    if expected is None:
+        assert described is None or described == Block().describe()
+    else:
+        assert described is not None
+        assert {k: described[k] for k in expected} == expected
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_vector(name: str) -> None:
     frame, doc = load(name)
@@ -83,6 +114,9 @@ def test_vector(name: str) -> None:
     if name.startswith("good_"):
         header, metadata, payload = decode_frame(frame)
         check_good(doc, header, metadata, bytes(payload))
+        check_provenance(doc, frame)
+    elif doc.get("stage") == "provenance":
+        check_provenance(doc, frame)
     else:
         assert name.startswith("bad_")
         assert doc["valid"] is False
@@ -100,7 +134,9 @@ def test_vector(name: str) -> None:
 def test_vector_as_a_frame_in_private_memory(name: str) -> None:
     """`Frame.from_bytes` reads a vector as `decode_frame` does."""
     frame, doc = load(name)
-    if doc["valid"]:
+    if doc.get("stage") == "provenance":
+        assert Frame.from_bytes(frame).header.provenance_length > 0
+    elif doc["valid"]:
         f = Frame.from_bytes(frame)
         check_good(doc, f.header, f.metadata, bytes(f.payload))
         f.release()
@@ -129,9 +165,10 @@ def test_vector_in_a_slice(name: str, slices: Slices) -> None:
     frame, doc = load(name)
     s = slices.place(frame)
     try:
-        if doc["valid"]:
+        if doc["valid"] or doc.get("stage") == "provenance":
             with slices.read(s, length=len(frame)) as f:
-                check_good(doc, f.header, f.metadata, bytes(f.payload))
+                if doc["valid"]:
+                    check_good(doc, f.header, f.metadata, bytes(f.payload))
         else:
             with pytest.raises(HeaderError) as info:
                 slices.read(s, length=len(frame))

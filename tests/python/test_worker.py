@@ -26,7 +26,7 @@ def worker() -> Iterator[WorkerProcess]:
 
 
 def test_ready_handshake(worker: WorkerProcess) -> None:
-    assert worker.ready == control.Ready(worker.pid, (2, 3))
+    assert worker.ready == control.Ready(worker.pid, control.PROTOCOL_VERSION)
 
 
 def test_add(worker: WorkerProcess) -> None:
@@ -440,7 +440,7 @@ def test_a_beam_of_another_major_is_refused_naming_both_versions() -> None:
             w.recv()
         assert w.wait() == 1
         said = w.log_text("stderr")
-        assert b"the BEAM speaks protocol 3.0 and this worker speaks 2.3" in said
+        assert b"the BEAM speaks protocol 3.0 and this worker speaks 2.4" in said
         assert b"Traceback" not in said
     finally:
         w.cleanup()
@@ -451,7 +451,7 @@ def test_a_beam_of_another_minor_is_served(beam: str) -> None:
     """An older BEAM gets nothing newer than it knows; a newer one gets this worker's
     minor, and calls run."""
     with running(BEAMBRIDGE_PROTOCOL=beam) as w:
-        assert w.ready.version == (2, 3)
+        assert w.ready.version == control.PROTOCOL_VERSION
         assert w.ok("add", 2, 3) == 5
 
 

@@ -148,21 +148,15 @@ defmodule Bridge.Arena do
     with :ok <- check_opts(frame_opts),
          checksum = Keyword.get(frame_opts, :checksum, arena.checksum),
          :ok <- check_checksum(checksum),
-         {:ok, h} <- Header.build(payload, Keyword.put(frame_opts, :checksum, false)),
+         {:ok, h} <- Header.build(payload, stamped(frame_opts)),
          {:ok, slice} <- alloc(arena, h.payload_offset + h.payload_length) do
       flags = if checksum, do: h.flags ||| Header.flag_payload_checksum(), else: h.flags
 
       with {:ok, header} <- Header.pack(%{h | generation: slice.generation, flags: flags}),
+           metadata = Keyword.get(frame_opts, :metadata, ""),
            {:ok, _checksums} <-
-             nif(
-               NIF.slice_write_frame(
-                 slice.ref,
-                 header,
-                 Keyword.get(frame_opts, :metadata, ""),
-                 parts(payload),
-                 checksum
-               )
-             ) do
+             nif(NIF.slice_write_frame(slice.ref, header, metadata, parts(payload), checksum)),
+           :ok <- write_provenance(slice, metadata, Keyword.get(frame_opts, :provenance, "")) do
         {:ok, slice}
       else
         {:error, _} = error ->
@@ -177,6 +171,20 @@ defmodule Bridge.Arena do
       do: :ok,
       else: {:error, badarg(:opts, opts, "a keyword list")}
   end
+
+  # Every frame says when it was written and its id (SPEC §5.4).
+  defp stamped(frame_opts) do
+    frame_opts
+    |> Keyword.put(:checksum, false)
+    |> Keyword.put_new_lazy(:created_at, &Bridge.Provenance.now/0)
+    |> Keyword.put_new_lazy(:frame_id, &Bridge.Provenance.frame_id/0)
+  end
+
+  # The block goes after the metadata, into the padding the NIF zeroed.
+  defp write_provenance(_slice, _metadata, ""), do: :ok
+
+  defp write_provenance(slice, metadata, block),
+    do: nif(NIF.slice_write(slice.ref, 128 + byte_size(metadata), block))
 
   defp check_checksum(c) when is_boolean(c), do: :ok
   defp check_checksum(c), do: {:error, badarg(:checksum, c, "a boolean")}

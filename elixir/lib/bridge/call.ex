@@ -8,6 +8,7 @@ defmodule Bridge.Call do
   # of a long result (Bridge.Call.Pieces) meanwhile.
 
   alias Bridge.{Arena, CallerGC, Config, Control, Decoder, Encoder, Error, Worker}
+  alias Bridge.Provenance.Arguments
 
   @call_margin 5_000
 
@@ -39,7 +40,8 @@ defmodule Bridge.Call do
          {:ok, timeout} <- timeout(opts, config),
          {:ok, format} <- Bridge.Format.check_policy(Keyword.get(opts, :format, :auto)),
          {:ok, strings} <- strings(Keyword.get(opts, :strings, config.strings)),
-         {:ok, term, slices, streams} <- encode(args, config, format, pool) do
+         {:ok, provenance} <- Arguments.context(Keyword.get(opts, :meta)),
+         {:ok, term, slices, streams} <- encode(args, config, format, pool, provenance) do
       {:ok,
        %{
          pool: pool,
@@ -52,7 +54,7 @@ defmodule Bridge.Call do
          timeout: timeout,
          format: format,
          strings: strings,
-         opts: call_opts(format, strings)
+         opts: with_meta(call_opts(format, strings), Arguments.option(provenance))
        }}
     end
   end
@@ -73,6 +75,9 @@ defmodule Bridge.Call do
   defp call_opts(:auto, :bytes), do: %{}
   defp call_opts(format, :bytes), do: %{"format" => Atom.to_string(format)}
   defp call_opts(format, :str), do: Map.put(call_opts(format, :bytes), "strings", "str")
+
+  defp with_meta(opts, nil), do: opts
+  defp with_meta(opts, meta), do: Map.put(opts, "meta", meta)
 
   defp strings(s) when s in [:bytes, :str], do: {:ok, s}
 
@@ -121,8 +126,8 @@ defmodule Bridge.Call do
 
   # A caller that read the config just before the bridge stopped finds its arenas
   # closed: the same error as a call made after the stop.
-  defp encode(args, config, format, pool) do
-    opts = [format: format, streams: true]
+  defp encode(args, config, format, pool, provenance) do
+    opts = [format: format, streams: true, provenance: provenance]
 
     case Encoder.encode_call(args, config.arena, config.threshold, opts) do
       {:error, %Error{kind: :arena, reason: :closed}} -> {:error, no_pool(pool)}

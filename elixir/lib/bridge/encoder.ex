@@ -45,6 +45,7 @@ defmodule Bridge.Encoder do
   }
 
   alias Bridge.Encoder.Chunked
+  alias Bridge.Provenance.Arguments
   alias Bridge.Schema.Batch.Piece
   alias Bridge.Tensor.{Bundle, COO, Wire}
 
@@ -62,6 +63,7 @@ defmodule Bridge.Encoder do
           count: non_neg_integer(),
           inline: non_neg_integer(),
           policy: Format.policy(),
+          provenance: Arguments.t(),
           tally: map(),
           raw: non_neg_integer(),
           raw_bytes: non_neg_integer(),
@@ -102,6 +104,7 @@ defmodule Bridge.Encoder do
       count: 0,
       inline: 0,
       policy: Keyword.get(opts, :format, :auto),
+      provenance: Keyword.get_lazy(opts, :provenance, &Arguments.default/0),
       tally: %{},
       # inline binaries, the most frequent decision, counted apart (cheaper)
       raw: 0,
@@ -325,11 +328,12 @@ defmodule Bridge.Encoder do
   # slice could take the payload but a control frame can.
   defp slice(kind, payload, frame_opts, inline, ctx, {form, reason, what}) do
     size = IO.iodata_length(payload)
+    block = Arguments.block(ctx.provenance, payload)
     metadata = Keyword.get(frame_opts, :metadata, "")
-    frame_opts = Keyword.put(frame_opts, :checksum, ctx.arena.checksum)
+    frame_opts = [checksum: ctx.arena.checksum, provenance: block] ++ frame_opts
 
     result =
-      if Arena.fits?(ctx.arena.limit, size, byte_size(metadata)),
+      if Arena.fits?(ctx.arena.limit, size, byte_size(metadata) + byte_size(block)),
         do: Arena.put(ctx.arena, payload, frame_opts),
         else: {:error, Arena.too_large(ctx.arena, size)}
 

@@ -20,7 +20,7 @@ defmodule Bridge.Header do
   import Bitwise
 
   alias Bridge.{Error, Frame, NIF, Registry}
-  alias Bridge.Header.{Builder, Validator}
+  alias Bridge.Header.{Builder, Layout, Validator}
 
   @header_size 128
   @max_metadata 1_048_576
@@ -32,7 +32,7 @@ defmodule Bridge.Header do
 
   defstruct magic: "BBFH",
             version_major: 2,
-            version_minor: 0,
+            version_minor: 1,
             header_size: @header_size,
             format: 0,
             codec: 0,
@@ -45,6 +45,10 @@ defmodule Bridge.Header do
             payload_length: 0,
             decoded_length: 0,
             payload_checksum: 0,
+            created_at: 0,
+            frame_id: 0,
+            provenance_length: 0,
+            provenance_checksum: 0,
             header_checksum: 0
 
   @type t :: %__MODULE__{
@@ -63,6 +67,10 @@ defmodule Bridge.Header do
           payload_length: non_neg_integer(),
           decoded_length: non_neg_integer(),
           payload_checksum: non_neg_integer(),
+          created_at: non_neg_integer(),
+          frame_id: non_neg_integer(),
+          provenance_length: non_neg_integer(),
+          provenance_checksum: non_neg_integer(),
           header_checksum: non_neg_integer()
         }
 
@@ -74,25 +82,6 @@ defmodule Bridge.Header do
   @type codec ::
           non_neg_integer()
           | unquote(Registry.union_type(@codecs |> Enum.sort_by(&elem(&1, 1)) |> Keyword.keys()))
-
-  # {field, bit width} in header order, reserved bytes excluded.
-  @widths [
-    version_major: 16,
-    version_minor: 16,
-    header_size: 16,
-    format: 8,
-    codec: 8,
-    flags: 32,
-    generation: 64,
-    schema_id: 64,
-    schema_version: 32,
-    metadata_length: 32,
-    payload_offset: 64,
-    payload_length: 64,
-    decoded_length: 64,
-    payload_checksum: 64,
-    header_checksum: 64
-  ]
 
   @doc """
   The header size in bytes, 128.
@@ -178,6 +167,8 @@ defmodule Bridge.Header do
     * `:format` — code or name (default `:raw`)
     * `:codec` — code or name (default `:none`)
     * `:metadata` — metadata bytes (default `""`)
+    * `:provenance` — the provenance block that follows the metadata (SPEC §5.4,
+      `Bridge.Provenance`; default `""`), and `:created_at`, `:frame_id` (default `0`)
     * `:checksum` — compute the payload checksum and set `PAYLOAD_CHECKSUM` (default `true`)
     * `:flags` — extra flag bits (default `0`)
     * `:generation`, `:schema_id`, `:schema_version` — default `0`
@@ -217,8 +208,8 @@ defmodule Bridge.Header do
   """
   @spec encode(t(), binary()) :: {:ok, <<_::1024>>} | {:error, Error.t()}
   def encode(%__MODULE__{magic: <<_::binary-size(4)>>} = h, metadata) when is_binary(metadata) do
-    with :ok <- check_widths(h),
-         first = pack_fields(h),
+    with :ok <- Layout.check_widths(h),
+         first = Layout.pack_fields(h),
          {:ok, checksum} <- xxh3(first <> metadata) do
       {:ok, <<first::binary, checksum::little-64>>}
     end
@@ -235,15 +226,7 @@ defmodule Bridge.Header do
   # checked as in encode/2.
   @spec pack(t()) :: {:ok, <<_::1024>>} | {:error, Error.t()}
   def pack(%__MODULE__{magic: <<_::binary-size(4)>>} = h) do
-    with :ok <- check_widths(h), do: {:ok, <<pack_fields(h)::binary, 0::little-64>>}
-  end
-
-  defp pack_fields(h) do
-    <<h.magic::binary, h.version_major::little-16, h.version_minor::little-16,
-      h.header_size::little-16, h.format::8, h.codec::8, h.flags::little-32,
-      h.generation::little-64, h.schema_id::little-64, h.schema_version::little-32,
-      h.metadata_length::little-32, h.payload_offset::little-64, h.payload_length::little-64,
-      h.decoded_length::little-64, h.payload_checksum::little-64, 0::size(48)-unit(8)>>
+    with :ok <- Layout.check_widths(h), do: {:ok, <<Layout.pack_fields(h)::binary, 0::little-64>>}
   end
 
   @doc """
@@ -256,65 +239,6 @@ defmodule Bridge.Header do
   """
   @spec encode!(t(), binary()) :: <<_::1024>>
   def encode!(header, metadata), do: bang(encode(header, metadata))
-
-  # Every field in range: one guard, no walk over the fields (a frame is built
-  # on every call); the walk below only names the field that is not.
-  defguardp u(v, bits) when is_integer(v) and v >= 0 and v < 1 <<< bits
-
-  # The one expression, `u(h.version_major, 16) and ... and u(h.payload_checksum, 64)`,
-  # is made from @widths, so the fast check and the walk cannot disagree.
-  header = Macro.var(:h, nil)
-
-  in_range =
-    @widths
-    |> Enum.map(fn {field, bits} ->
-      quote(do: u(unquote(header).unquote(field), unquote(bits)))
-    end)
-    |> Enum.reduce(fn check, acc -> quote(do: unquote(acc) and unquote(check)) end)
-
-  defp check_widths(unquote(header)) do
-    if unquote(in_range), do: :ok, else: first_bad_width(unquote(header))
-  end
-
-  defp first_bad_width(h) do
-    Enum.reduce_while(@widths, :ok, fn {field, bits}, :ok ->
-      case Map.fetch!(h, field) do
-        v when is_integer(v) and v >= 0 and v < 1 <<< bits -> {:cont, :ok}
-        v -> {:halt, {:error, badarg(field, v, (1 <<< bits) - 1)}}
-      end
-    end)
-  end
-
-  @doc false
-  # The header of the 120 bytes before header_checksum, and that checksum
-  # (the inverse of the layout encode/2 writes; no field is checked).
-  @spec unpack(<<_::960>>, non_neg_integer()) :: t()
-  def unpack(first, header_checksum) do
-    <<magic::binary-size(4), version_major::little-16, version_minor::little-16,
-      header_size::little-16, format::8, codec::8, flags::little-32, generation::little-64,
-      schema_id::little-64, schema_version::little-32, metadata_length::little-32,
-      payload_offset::little-64, payload_length::little-64, decoded_length::little-64,
-      payload_checksum::little-64, _reserved::binary-size(48)>> = first
-
-    %__MODULE__{
-      magic: magic,
-      version_major: version_major,
-      version_minor: version_minor,
-      header_size: header_size,
-      format: format,
-      codec: codec,
-      flags: flags,
-      generation: generation,
-      schema_id: schema_id,
-      schema_version: schema_version,
-      metadata_length: metadata_length,
-      payload_offset: payload_offset,
-      payload_length: payload_length,
-      decoded_length: decoded_length,
-      payload_checksum: payload_checksum,
-      header_checksum: header_checksum
-    }
-  end
 
   @doc """
   Validates a header (SPEC §6, checks 1–16, in that order; the first failure

@@ -84,6 +84,7 @@ defmodule Bridge.NIF do
   def peer_lease(_peer, _offset, _length, _table, _ticket_generation), do: not_loaded()
   def peer_lease_read(_lease, _off, _len), do: not_loaded()
   def peer_lease_binary(_lease, _off, _len), do: not_loaded()
+  def peer_frame_of(_binary, _whole), do: not_loaded()
   def peer_lease_release(_lease), do: not_loaded()
   def fd_count, do: not_loaded()
   # A worker's lane (SPEC §8.5; Bridge.Lane):

@@ -34,7 +34,7 @@ from .layout import (
 
 __all__ = ["build_header", "encode_frame", "pack_plain_header"]
 
-_RESERVED = bytes(48)
+_ZERO4, _ZERO16 = bytes(4), bytes(16)
 _pack_checksum = struct.Struct("<Q").pack
 
 
@@ -47,11 +47,15 @@ def pack_plain_header(
     schema_id: int = 0,
     schema_version: int = 0,
     payload_checksum: int | None = None,
+    created_at: int = 0,
+    frame_id: int = 0,
+    provenance: bytes = b"",
 ) -> bytes:
     """The 128 header bytes of an uncompressed frame at the smallest payload offset, in
     one step: what `build_header` then `pack_header` give for these fields (a
-    ``payload_checksum`` sets the flag ``PAYLOAD_CHECKSUM``), for writers on the call
-    path. ``format`` is not checked; a field that does not fit raises ``struct.error``.
+    ``payload_checksum`` sets the flag ``PAYLOAD_CHECKSUM``; ``provenance`` is the block
+    that follows the metadata, §5.4), for writers on the call path. ``format`` is not
+    checked; a field that does not fit raises ``struct.error``.
 
     >>> from beambridge.header import decode_frame
     >>> head = pack_plain_header(3, b"", format=Format.RAW, generation=9)
@@ -72,11 +76,16 @@ def pack_plain_header(
         schema_id,
         schema_version,
         len(metadata),
-        payload_offset_for(len(metadata)),
+        payload_offset_for(len(metadata) + len(provenance)),
         payload_length,
         payload_length,
         payload_checksum or 0,
-        _RESERVED,
+        created_at,
+        frame_id,
+        len(provenance),
+        _ZERO4,
+        xxhash.xxh3_64_intdigest(provenance) if provenance else 0,
+        _ZERO16,
         0,
     )
     return draft[:CHECKSUMMED] + _pack_checksum(header_checksum(draft, metadata))
@@ -97,13 +106,19 @@ def build_header(
     version_minor: int = VERSION_MINOR,
     flags_extra: int = 0,
     payload_offset: int | None = None,
+    created_at: int = 0,
+    frame_id: int = 0,
+    provenance: bytes = b"",
 ) -> Header:
-    """A checked `Header` for a frame a writer is about to produce (no checksum yet)."""
+    """A checked `Header` for a frame a writer is about to produce (no checksum yet);
+    ``provenance`` is the block that will follow the metadata (§5.4)."""
     fmt = Format(format)
     cod = Codec(codec)
     if len(metadata) > MAX_METADATA:
         raise HeaderError("metadata_too_large", "metadata_length", len(metadata), MAX_METADATA)
-    minimum = payload_offset_for(len(metadata))
+    if provenance and version_minor == 0:
+        raise ValueError("a frame of version_minor 0 has no provenance block (SPEC §5.4)")
+    minimum = payload_offset_for(len(metadata) + len(provenance))
     offset = minimum if payload_offset is None else payload_offset
     if offset % PAYLOAD_ALIGN or offset < minimum:
         raise ValueError(
@@ -129,6 +144,8 @@ def build_header(
         ("schema_version", schema_version, 32),
         ("decoded_length", decoded_length, 64),
         ("version_minor", version_minor, 16),
+        ("created_at", created_at, 64),
+        ("frame_id", frame_id, 64),
     ):
         if not 0 <= value < 2**bits:
             raise ValueError(f"{name} {value} does not fit in u{bits}")
@@ -146,6 +163,10 @@ def build_header(
         decoded_length=decoded_length,
         payload_checksum=payload_checksum if checksum else 0,
         version_minor=version_minor,
+        created_at=created_at,
+        frame_id=frame_id,
+        provenance_length=len(provenance),
+        provenance_checksum=xxhash.xxh3_64_intdigest(provenance) if provenance else 0,
     )
 
 
@@ -163,11 +184,16 @@ def encode_frame(
     version_minor: int = VERSION_MINOR,
     flags_extra: int = 0,
     payload_offset: int | None = None,
+    created_at: int = 0,
+    frame_id: int = 0,
+    provenance: bytes = b"",
 ) -> bytes:
-    """A complete frame (header, metadata, zero padding, payload) as ``bytes``.
+    """A complete frame (header, metadata, provenance block, zero padding, payload) as
+    ``bytes``.
 
     ``payload`` is any bytes-like object. ``payload_offset`` defaults to
-    `payload_offset_for` ``(len(metadata))``; a larger multiple of 64 leaves extra room.
+    `payload_offset_for` ``(len(metadata) + len(provenance))``; a larger multiple of 64
+    leaves extra room.
 
     >>> frame = encode_frame(b"x" * 10, metadata=b"m", schema_id=7)
     >>> len(frame), frame[:4]
@@ -189,6 +215,9 @@ def encode_frame(
         version_minor=version_minor,
         flags_extra=flags_extra,
         payload_offset=payload_offset,
+        created_at=created_at,
+        frame_id=frame_id,
+        provenance=provenance,
     )
-    padding = header.payload_offset - HEADER_SIZE - len(metadata)
-    return b"".join((pack_header(header, metadata), metadata, bytes(padding), data))
+    padding = header.payload_offset - HEADER_SIZE - len(metadata) - len(provenance)
+    return b"".join((pack_header(header, metadata), metadata, provenance, bytes(padding), data))

@@ -9,7 +9,7 @@ the format and codec codes, and packing.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
@@ -43,7 +43,7 @@ __all__ = [
 
 MAGIC = b"BBFH"
 VERSION_MAJOR = 2
-VERSION_MINOR = 0
+VERSION_MINOR = 1
 HEADER_SIZE = 128
 MAX_METADATA = 1 << 20
 DEFAULT_MAX_DECODED_LENGTH = 2**32
@@ -56,9 +56,11 @@ OPTIONAL_FLAGS_MASK = 0xFFFF0000
 
 # magic, version_major, version_minor, header_size, format, codec, flags, generation,
 # schema_id, schema_version, metadata_length, payload_offset, payload_length,
-# decoded_length, payload_checksum, reserved, header_checksum
-LAYOUT = struct.Struct("<4sHHHBBIQQIIQQQQ48sQ")
+# decoded_length, payload_checksum, created_at, frame_id, provenance_length, reserved,
+# provenance_checksum, reserved, header_checksum
+LAYOUT = struct.Struct("<4sHHHBBIQQIIQQQQQQI4sQ16sQ")
 CHECKSUMMED = 120  # header bytes covered by header_checksum
+_ZERO4, _ZERO16 = bytes(4), bytes(16)
 assert LAYOUT.size == HEADER_SIZE
 
 
@@ -104,7 +106,10 @@ class Header:
     version_major: int = VERSION_MAJOR
     version_minor: int = VERSION_MINOR
     header_size: int = HEADER_SIZE
-    reserved: bytes = field(default=bytes(48), repr=False)
+    created_at: int = 0
+    frame_id: int = 0
+    provenance_length: int = 0
+    provenance_checksum: int = 0
 
 
 def payload_offset_for(metadata_length: int) -> int:
@@ -143,7 +148,12 @@ def pack_fields(header: Header, checksum: int) -> bytes:
         header.payload_length,
         header.decoded_length,
         header.payload_checksum,
-        header.reserved,
+        header.created_at,
+        header.frame_id,
+        header.provenance_length,
+        _ZERO4,
+        header.provenance_checksum,
+        _ZERO16,
         checksum,
     )
 
@@ -156,8 +166,6 @@ def pack_header(header: Header, metadata: bytes = b"") -> bytes:
     >>> len(raw), raw[:4]
     (128, b'BBFH')
     """
-    if len(header.reserved) != 48:
-        raise ValueError(f"reserved must be 48 bytes, got {len(header.reserved)}")
     draft = pack_fields(header, 0)
     return draft[:CHECKSUMMED] + struct.pack("<Q", header_checksum(draft, metadata))
 

@@ -52,9 +52,16 @@ def _unpack(raw: bytes) -> tuple[bytes, Header]:
         payload_length,
         decoded_length,
         payload_checksum,
-        reserved,
+        created_at,
+        frame_id,
+        provenance_length,
+        _,
+        provenance_checksum,
+        _,
         checksum,
     ) = LAYOUT.unpack(raw)
+    if version_minor == 0:  # bytes 72-119 were reserved in minor 0 (SPEC §5.1)
+        created_at = frame_id = provenance_length = provenance_checksum = 0
     header = object.__new__(Header)  # as Header(...) does, at a fifth of the cost
     header.__dict__.update(
         format=fmt,
@@ -72,7 +79,10 @@ def _unpack(raw: bytes) -> tuple[bytes, Header]:
         version_major=version_major,
         version_minor=version_minor,
         header_size=header_size,
-        reserved=reserved,
+        created_at=created_at,
+        frame_id=frame_id,
+        provenance_length=provenance_length,
+        provenance_checksum=provenance_checksum,
     )
     return magic, header
 

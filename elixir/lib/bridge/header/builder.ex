@@ -15,6 +15,7 @@ defmodule Bridge.Header.Builder do
 
   @header_size Header.size()
   @max_metadata Header.max_metadata()
+  @max_provenance 65_536
   @flag_payload_checksum Header.flag_payload_checksum()
   @known_required_flags @flag_payload_checksum
   @two64 1 <<< 64
@@ -59,7 +60,11 @@ defmodule Bridge.Header.Builder do
          {:ok, schema_id} <- opt_int(opts, :schema_id, 0, 64),
          {:ok, schema_version} <- opt_int(opts, :schema_version, 0, 32),
          {:ok, decoded_length} <- opt_int(opts, :decoded_length, size, 64),
-         default_offset = Header.payload_offset_for(byte_size(metadata)),
+         {:ok, created_at} <- opt_int(opts, :created_at, 0, 64),
+         {:ok, frame_id} <- opt_int(opts, :frame_id, 0, 64),
+         {:ok, provenance} <- opt_provenance(opts),
+         {:ok, provenance_checksum} <- block_checksum(provenance),
+         default_offset = Header.payload_offset_for(byte_size(metadata) + byte_size(provenance)),
          {:ok, payload_offset} <- opt_int(opts, :payload_offset, default_offset, 64),
          {:ok, payload_checksum} <- payload_checksum(payload, checksum?) do
       flags = if checksum?, do: extra_flags ||| @flag_payload_checksum, else: extra_flags
@@ -75,7 +80,11 @@ defmodule Bridge.Header.Builder do
         payload_offset: payload_offset,
         payload_length: size,
         decoded_length: decoded_length,
-        payload_checksum: payload_checksum
+        payload_checksum: payload_checksum,
+        created_at: created_at,
+        frame_id: frame_id,
+        provenance_length: byte_size(provenance),
+        provenance_checksum: provenance_checksum
       }
 
       check_writable(header)
@@ -100,6 +109,15 @@ defmodule Bridge.Header.Builder do
            @header_size + h.metadata_length
          )}
 
+      h.payload_offset < @header_size + h.metadata_length + h.provenance_length ->
+        {:error,
+         frame_error(
+           :provenance_out_of_bounds,
+           :provenance_length,
+           h.provenance_length,
+           h.payload_offset - @header_size - h.metadata_length
+         )}
+
       h.payload_offset + h.payload_length >= @two64 ->
         {:error, frame_error(:length_overflow, :payload_length, h.payload_length, @two64)}
 
@@ -115,6 +133,24 @@ defmodule Bridge.Header.Builder do
   defp payload_checksum(_payload, false), do: {:ok, 0}
   defp payload_checksum(payload, true) when is_binary(payload), do: xxh3(payload)
   defp payload_checksum(payload, true), do: xxh3(IO.iodata_to_binary(payload))
+
+  defp block_checksum(""), do: {:ok, 0}
+  defp block_checksum(block), do: xxh3(block)
+
+  # SPEC §5.4: the block that follows the metadata, at most @max_provenance bytes.
+  defp opt_provenance(opts) do
+    case Keyword.get(opts, :provenance, "") do
+      b when is_binary(b) and byte_size(b) <= @max_provenance ->
+        {:ok, b}
+
+      b when is_binary(b) ->
+        {:error,
+         frame_error(:provenance_out_of_bounds, :provenance_length, byte_size(b), @max_provenance)}
+
+      other ->
+        {:error, badarg(:provenance, other)}
+    end
+  end
 
   defp opt_metadata(opts) do
     case Keyword.get(opts, :metadata, "") do
@@ -157,9 +193,11 @@ defmodule Bridge.Header.Builder do
   def encode_frame(payload, opts) when is_binary(payload) and is_list(opts) do
     with {:ok, h} <- build(payload, opts),
          metadata = Keyword.get(opts, :metadata, ""),
+         block = Keyword.get(opts, :provenance, ""),
          {:ok, header} <- Header.encode(h, metadata) do
-      padding = h.payload_offset - @header_size - h.metadata_length
-      {:ok, IO.iodata_to_binary([header, metadata, :binary.copy(<<0>>, padding), payload])}
+      padding = h.payload_offset - @header_size - h.metadata_length - h.provenance_length
+      zeros = :binary.copy(<<0>>, padding)
+      {:ok, IO.iodata_to_binary([header, metadata, block, zeros, payload])}
     end
   end
 

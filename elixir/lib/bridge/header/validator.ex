@@ -56,7 +56,7 @@ defmodule Bridge.Header.Validator do
          frame_size,
          max_decoded
        ) do
-    h = Header.unpack(first, header_checksum)
+    h = Bridge.Header.Layout.unpack(first, header_checksum)
 
     case check(h, frame_size, max_decoded, byte_size(rest)) do
       :ok -> check_header_checksum(h, first, binary_part(rest, 0, h.metadata_length))
@@ -191,9 +191,18 @@ defmodule Bridge.Header.Validator do
          payload = binary_part(frame, h.payload_offset, h.payload_length),
          :ok <- if(verify?, do: verify_payload(h, payload), else: :ok) do
       metadata = binary_part(frame, @header_size, h.metadata_length)
-      {:ok, %Frame{header: h, metadata: metadata, payload: payload}}
+      {:ok, %Frame{header: h, metadata: metadata, payload: payload, provenance: block(frame, h)}}
     end
   end
 
   def decode_frame(frame, opts), do: {:error, badarg(:frame, {frame, opts})}
+
+  # The provenance block's bytes (SPEC §5.4), unchecked; "" when they would run
+  # past the payload offset (Bridge.Provenance.read/2 then says so).
+  defp block(frame, %Header{provenance_length: n} = h) when n > 0 do
+    start = @header_size + h.metadata_length
+    if start + n <= h.payload_offset, do: binary_part(frame, start, n), else: ""
+  end
+
+  defp block(_frame, _h), do: ""
 end

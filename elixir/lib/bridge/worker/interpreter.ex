@@ -141,7 +141,8 @@ defmodule Bridge.Worker.Interpreter do
       {"BEAMBRIDGE_UNTRUSTED", if(config.untrusted, do: "1", else: "0")},
       {"BEAMBRIDGE_SPIN_US", spin(config.spin_us)},
       {"BEAMBRIDGE_HEAP_KEEP", Integer.to_string(config.heap_keep)},
-      {"BEAMBRIDGE_PROTOCOL", Bridge.Control.protocol_version()}
+      {"BEAMBRIDGE_PROTOCOL", Bridge.Control.protocol_version()},
+      {"BEAMBRIDGE_NODE", Atom.to_string(node())}
     ]
     |> Kernel.++(huge_pages(config.huge_pages, System.get_env("GLIBC_TUNABLES")))
     |> Enum.map(fn
