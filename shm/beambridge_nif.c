@@ -302,10 +302,8 @@ static ERL_NIF_TERM nif_zstd_decompress(ErlNifEnv *env, int argc, const ERL_NIF_
 /* Load                                                                     */
 /* ------------------------------------------------------------------------ */
 
-static int load(ErlNifEnv *env, void **priv, ERL_NIF_TERM info)
+static int init(ErlNifEnv *env, void **priv)
 {
-    (void)priv;
-    (void)info;
     ATOM_OK = enif_make_atom(env, "ok");
     ATOM_ERROR = enif_make_atom(env, "error");
     ATOM_BADARG = enif_make_atom(env, "badarg");
@@ -320,13 +318,21 @@ static int load(ErlNifEnv *env, void **priv, ERL_NIF_TERM info)
     ATOM_TOO_LARGE = enif_make_atom(env, "too_large");
     ATOM_SIZE_MISMATCH = enif_make_atom(env, "size_mismatch");
     ATOM_BAD_COMPRESSED_DATA = enif_make_atom(env, "bad_compressed_data");
-    return arena_load(env) ? 0 : 1;
+    return arena_load(env, priv) ? 0 : 1;
+}
+
+static int load(ErlNifEnv *env, void **priv, ERL_NIF_TERM info)
+{
+    (void)info;
+    *priv = NULL;
+    return init(env, priv);
 }
 
 static int upgrade(ErlNifEnv *env, void **priv, void **old_priv, ERL_NIF_TERM info)
 {
-    (void)old_priv;
-    return load(env, priv, info);
+    (void)info;
+    *priv = *old_priv; /* state shared by every loaded copy of the library (peer.c) */
+    return init(env, priv);
 }
 
 static ErlNifFunc nif_funcs[] = {

@@ -33,7 +33,7 @@ ERL_NIF_TERM errno_error(ErlNifEnv *env, int err);
 int get_u64(ErlNifEnv *env, ERL_NIF_TERM t, uint64_t *out, ERL_NIF_TERM *err);
 
 /* objects.c: opens every resource type and makes every atom of the object files. */
-int arena_load(ErlNifEnv *env);
+int arena_load(ErlNifEnv *env, void **priv);
 
 #define ARENA_NIF_FUNCS                                                         \
     {"arena_set_new", 2, nif_arena_set_new, 0},                                 \

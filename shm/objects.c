@@ -131,13 +131,13 @@ void object_close(table_t *t)
     t->fd = -1;
 }
 
-int arena_load(ErlNifEnv *env)
+int arena_load(ErlNifEnv *env, void **priv)
 {
     ErlNifResourceFlags flags = ERL_NIF_RT_CREATE | ERL_NIF_RT_TAKEOVER;
     int ok = arena_set_load(env, flags);
     ok &= slices_load(env, flags);
     ok &= lease_table_load(env, flags);
-    ok &= peer_load(env, flags);
+    ok &= peer_load(env, flags, priv);
     ok &= lane_load(env, flags);
     return ok;
 }

@@ -120,7 +120,7 @@ int lease_table_load(ErlNifEnv *env, ErlNifResourceFlags flags);
 int get_table(ErlNifEnv *env, ERL_NIF_TERM t, table_t **table);
 
 /* peer.c */
-int peer_load(ErlNifEnv *env, ErlNifResourceFlags flags);
+int peer_load(ErlNifEnv *env, ErlNifResourceFlags flags, void **shared);
 
 /* lane.c */
 int lane_load(ErlNifEnv *env, ErlNifResourceFlags flags);

@@ -41,9 +41,16 @@ typedef struct plea {
     int seen;
 } plea_t;
 
+/* The leases that made binaries. One list per VM: a library loaded by a code
+ * upgrade takes the old one's over (priv_data), since its destructors run on
+ * the old library's leases (ERL_NIF_RT_TAKEOVER). */
+typedef struct {
+    ErlNifMutex *lock;
+    plea_t *head;
+} seen_t;
+
 static ErlNifResourceType *PEER_RT, *PLEASE_RT;
-static ErlNifMutex *SEEN_LOCK;
-static plea_t *SEEN;
+static seen_t *SEEN;
 static ERL_NIF_TERM ATOM_NOT_SEALED, ATOM_SLICE_OUT_OF_BOUNDS, ATOM_NIL;
 
 static void peer_unmap(peer_t *p)
@@ -204,31 +211,32 @@ static void plea_end(plea_t *l)
 
 static void seen_add(plea_t *l)
 {
-    enif_mutex_lock(SEEN_LOCK);
+    enif_mutex_lock(SEEN->lock);
     if (!l->seen) {
-        l->seen = 1;
         l->seen_prev = NULL;
-        l->seen_next = SEEN;
-        if (SEEN != NULL)
-            SEEN->seen_prev = l;
-        SEEN = l;
+        l->seen_next = SEEN->head;
+        if (SEEN->head != NULL)
+            SEEN->head->seen_prev = l;
+        SEEN->head = l;
+        __atomic_store_n(&l->seen, 1, __ATOMIC_SEQ_CST);
     }
-    enif_mutex_unlock(SEEN_LOCK);
+    enif_mutex_unlock(SEEN->lock);
 }
 
+/* From the destructor only: nothing else refers to `l` then but a scan holding the lock. */
 static void seen_remove(plea_t *l)
 {
-    enif_mutex_lock(SEEN_LOCK);
-    if (l->seen) {
-        if (l->seen_prev != NULL)
-            l->seen_prev->seen_next = l->seen_next;
-        else
-            SEEN = l->seen_next;
-        if (l->seen_next != NULL)
-            l->seen_next->seen_prev = l->seen_prev;
-        l->seen = 0;
-    }
-    enif_mutex_unlock(SEEN_LOCK);
+    if (!__atomic_load_n(&l->seen, __ATOMIC_SEQ_CST))
+        return;
+    enif_mutex_lock(SEEN->lock);
+    if (l->seen_prev != NULL)
+        l->seen_prev->seen_next = l->seen_next;
+    else
+        SEEN->head = l->seen_next;
+    if (l->seen_next != NULL)
+        l->seen_next->seen_prev = l->seen_prev;
+    l->seen = 0;
+    enif_mutex_unlock(SEEN->lock);
 }
 
 static void plea_dtor(ErlNifEnv *env, void *obj)
@@ -409,47 +417,57 @@ ERL_NIF_TERM nif_peer_lease_release(ErlNifEnv *env, int argc, const ERL_NIF_TERM
 static ERL_NIF_TERM frame_of_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
 {
     ErlNifBinary bin, head;
-    ERL_NIF_TERM out = enif_make_atom(env, "none");
+    plea_t *found = NULL;
+    uint8_t *start = NULL;
+    uint64_t want;
+    ERL_NIF_TERM out;
     int whole = enif_is_identical(argv[1], ATOM_TRUE);
     (void)argc;
     if (!enif_inspect_binary(env, argv[0], &bin))
         return error_tuple(env, ATOM_BADARG);
-    enif_mutex_lock(SEEN_LOCK);
-    for (plea_t *l = SEEN; l != NULL; l = l->seen_next) {
+    enif_mutex_lock(SEEN->lock);
+    for (plea_t *l = SEEN->head; l != NULL; l = l->seen_next) {
         uint8_t *addr = __atomic_load_n(&l->peer->addr, __ATOMIC_SEQ_CST);
-        uint8_t *start, *end;
-        uint64_t want;
+        uint8_t *end;
         if (addr == NULL)
             continue;
         start = addr + l->off;
         end = start + l->len;
         if (bin.data < start || bin.data > end || (bin.data == end && bin.size > 0))
             continue;
-        want = FRAME_HEADER;
-        if (whole && l->len >= FRAME_HEADER) {
-            uint64_t off = get64(start + 40), len = get64(start + 48);
-            want = off > l->len || len > l->len - off ? l->len : off + len;
-        } else if (l->len >= FRAME_HEADER) {
-            /* the peer may change these meanwhile: they only bound the copy */
-            uint64_t meta = get32(start + 36);
-            uint64_t prov = get16(start + 6) == 0 ? 0 : get32(start + 88);
-            want += (meta > MAX_METADATA ? MAX_METADATA : meta) +
-                    (prov > MAX_PROVENANCE ? MAX_PROVENANCE : prov);
-        }
-        if (want > l->len)
-            want = l->len;
-        if (!enif_alloc_binary((size_t)want, &head))
-            break;
-        memcpy(head.data, start, (size_t)want);
-        out = ok_tuple(
-            env, enif_make_tuple6(env, enif_make_binary(env, &head), enif_make_uint64(env, l->len),
-                                  enif_make_uint64(env, (uint64_t)(bin.data - start)),
-                                  enif_make_uint(env, l->peer->owner_pid),
-                                  enif_make_uint(env, l->peer->owner_fd),
-                                  enif_make_uint64(env, l->off)));
+        /* kept while it is copied from, outside the lock: its mapping stays */
+        enif_keep_resource(l);
+        found = l;
         break;
     }
-    enif_mutex_unlock(SEEN_LOCK);
+    enif_mutex_unlock(SEEN->lock);
+    if (found == NULL)
+        return enif_make_atom(env, "none");
+    want = FRAME_HEADER;
+    if (whole && found->len >= FRAME_HEADER) {
+        /* the peer may change these meanwhile: they only bound the copy */
+        uint64_t off = get64(start + 40), len = get64(start + 48);
+        want = off > found->len || len > found->len - off ? found->len : off + len;
+    } else if (found->len >= FRAME_HEADER) {
+        uint64_t meta = get32(start + 36);
+        uint64_t prov = get16(start + 6) == 0 ? 0 : get32(start + 88);
+        want += (meta > MAX_METADATA ? MAX_METADATA : meta) +
+                (prov > MAX_PROVENANCE ? MAX_PROVENANCE : prov);
+    }
+    if (want > found->len)
+        want = found->len;
+    if (!enif_alloc_binary((size_t)want, &head)) {
+        enif_release_resource(found);
+        return error_tuple(env, ATOM_ENOMEM);
+    }
+    memcpy(head.data, start, (size_t)want);
+    out = ok_tuple(env, enif_make_tuple6(env, enif_make_binary(env, &head),
+                                         enif_make_uint64(env, found->len),
+                                         enif_make_uint64(env, (uint64_t)(bin.data - start)),
+                                         enif_make_uint(env, found->peer->owner_pid),
+                                         enif_make_uint(env, found->peer->owner_fd),
+                                         enif_make_uint64(env, found->off)));
+    enif_release_resource(found);
     return out;
 }
 
@@ -461,10 +479,17 @@ ERL_NIF_TERM nif_peer_frame_of(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv
     return frame_of_impl(env, argc, argv);
 }
 
-int peer_load(ErlNifEnv *env, ErlNifResourceFlags flags)
+int peer_load(ErlNifEnv *env, ErlNifResourceFlags flags, void **shared)
 {
-    if (SEEN_LOCK == NULL && (SEEN_LOCK = enif_mutex_create("beambridge_seen_leases")) == NULL)
-        return 0;
+    if (*shared != NULL) {
+        SEEN = (seen_t *)*shared; /* a code upgrade: the old library's list */
+    } else {
+        SEEN = enif_alloc(sizeof *SEEN);
+        if (SEEN == NULL || (SEEN->lock = enif_mutex_create("beambridge_seen_leases")) == NULL)
+            return 0;
+        SEEN->head = NULL;
+        *shared = SEEN;
+    }
     PEER_RT = enif_open_resource_type(env, NULL, "beambridge_peer", peer_dtor, flags, NULL);
     PLEASE_RT =
         enif_open_resource_type(env, NULL, "beambridge_peer_lease", plea_dtor, flags, NULL);

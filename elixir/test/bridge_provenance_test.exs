@@ -133,6 +133,41 @@ defmodule Bridge.ProvenanceTest do
     assert Frame.describe!(again).meta == %{"round" => 2}
   end
 
+  test "a meta over 1 KiB is stored once per call and stream, and every frame resolves it" do
+    big = %{"config" => String.duplicate("abcdefgh", 1000), "round" => 3}
+
+    # 20 result frames: the first holds the meta, the others name it
+    {:ok, list} = call(:blobs, [20, 4096], meta: big)
+    [first | rest] = Enum.map(list, &Frame.describe!/1)
+    assert first.meta == big and first.meta_ref == nil
+    assert first.lengths.provenance > 8000
+    assert Enum.all?(rest, &(&1.meta == big and &1.meta_ref["found"] == true))
+    assert Enum.all?(rest, &(&1.lengths.provenance < 400))
+
+    # 5 argument frames the BEAM writes: the same, read by the worker
+    args = for _ <- 1..5, do: %Bridge.Buffer{data: :binary.copy("q", 5000)}
+    {:ok, seen} = call(:describe_args, args, meta: big)
+    assert Enum.all?(seen, &(&1["meta"] == big))
+    assert [nil | refs] = Enum.map(seen, & &1["meta_ref"])
+    assert Enum.all?(refs, &(&1["found"] == true and &1["length"] > 1024))
+    assert [holder | others] = Enum.map(seen, & &1["provenance"])
+    assert holder > 8000 and Enum.all?(others, &(&1 < 400))
+
+    # a result stream: its first element's frame holds it
+    elements =
+      Bridge.stream({:bbt_provenance, :chunks}, [3000, 6], pool: Prov, meta: big)
+      |> Enum.map(&Frame.describe!/1)
+
+    assert length(elements) == 6 and Enum.all?(elements, &(&1.meta == big))
+    assert Enum.count(elements, &(&1.meta_ref == nil)) == 1
+
+    # the description of a frame whose holder this node never read says so
+    {:ok, d} = Frame.describe(Bridge.Header.encode_frame!("x", provenance: ref_block()))
+    assert d.meta == %{} and d.meta_ref == %{"digest" => 77, "length" => 2000, "found" => false}
+  end
+
+  defp ref_block, do: <<5, 12::little-32, 77::little-64, 2000::little-32>>
+
   test "a meta: that is not plain data is a typed error and the pool keeps working" do
     assert {:error, %Bridge.Error{kind: :bad_call, reason: :badarg, field: :meta} = e} =
              call(:meta, [], meta: [round: 1])
@@ -141,6 +176,12 @@ defmodule Bridge.ProvenanceTest do
 
     assert {:error, %Bridge.Error{reason: :badarg, field: :meta}} =
              call(:meta, [], meta: %{"pid" => self()})
+
+    assert {:error, %Bridge.Error{reason: :badarg, field: :meta}} =
+             call(:meta, [], meta: %{"ids" => [1, 2 | 3]})
+
+    # an empty meta: none given, none inherited
+    assert call(:meta, [], meta: %{}) == {:ok, %{}}
 
     big = %{"blob" => :binary.copy("x", 70_000)}
 
@@ -184,6 +225,8 @@ defmodule Bridge.ProvenanceTest do
     # the live slice, by its handle, as an operator would name it
     {:ok, by_handle} = Frame.describe_file(live.handle)
     assert by_handle.frame_id == live.frame_id and by_handle.meta == %{"round" => 7}
+    assert {:ok, %{frame_id: id}} = Frame.describe(live.handle)
+    assert id == live.frame_id
 
     # a frame with a payload checksum, its payload then corrupted in the file
     fresh = Path.join(dir, "fresh.frame")
@@ -235,5 +278,28 @@ defmodule Bridge.ProvenanceTest do
 
     bytes = Bridge.Header.encode_frame!("abc", metadata: "m")
     assert {:ok, %{format: :raw, lengths: %{payload: 3, metadata: 1}}} = Frame.describe(bytes)
+  end
+
+  test "a block that does not read is the description's provenance_error; the rest stands" do
+    block =
+      Bridge.Provenance.encode!(%Bridge.Provenance{meta: :erlang.term_to_binary(%{"a" => 1})})
+
+    good = Bridge.Header.encode_frame!("abc", provenance: block, frame_id: 9)
+    {:ok, %{meta: %{"a" => 1}, provenance_error: nil}} = Frame.describe(good)
+
+    # a byte of the block changed: its checksum no longer matches
+    <<head::binary-size(130), byte, rest::binary>> = good
+    bad = <<head::binary, Bitwise.bxor(byte, 1), rest::binary>>
+    assert {:ok, d} = Frame.describe(bad)
+    assert %Bridge.Error{reason: :provenance_checksum_mismatch} = d.provenance_error
+    assert d.meta == %{} and d.frame_id == 9 and d.lengths.payload == 3
+    assert Description.to_json(d) =~ ~s("reason": "provenance_checksum_mismatch")
+
+    # a body that is not plain data (a pid): bad_provenance, never a crash
+    pid_meta = %Bridge.Provenance{meta: :erlang.term_to_binary(%{"p" => self()})}
+    framed = Bridge.Header.encode_frame!("x", provenance: Bridge.Provenance.encode!(pid_meta))
+
+    assert {:ok, %{provenance_error: %Bridge.Error{reason: :bad_provenance, field: :meta}}} =
+             Frame.describe(framed)
   end
 end

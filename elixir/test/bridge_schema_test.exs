@@ -330,7 +330,7 @@ defmodule Bridge.SchemaCallTest do
   end
 
   test "a call that ends while pieces come leaves nothing behind for the caller" do
-    {:ok, _} = call(:made_configs, [1_000_000])
+    {:ok, _} = call_within(:made_configs, [1_000_000], 60_000)
 
     # ended by its timeout while pieces come (or, on a fast day, done first)
     case Bridge.call({:bbt_schemas, :made_configs}, [1_000_000], pool: Schemas, timeout: 100) do

@@ -9,6 +9,7 @@ A good one's JSON has ``provenance``: the block as both readers describe it
 from __future__ import annotations
 
 import struct
+import zlib
 from typing import Any
 
 import xxhash
@@ -29,6 +30,12 @@ ENTRIES = [
     (8, CREATED_AT - 1000, {"handler": "fl.aggregate", "worker": "Bridge.1", "inputs": [31]}),
 ]  # fmt: skip
 SUMMARY = (40, CREATED_AT - 90_000, 0x0123456789ABCDEF)
+
+
+def zlib_term(value: Any) -> bytes:
+    """``value`` as a compressed ETF term (tag 80), as term_to_binary(_, [compressed])."""
+    plain = etf(value)[1:]
+    return b"\x83P" + struct.pack(">I", len(plain)) + zlib.compress(plain)
 
 
 def section(tag: int, body: bytes) -> bytes:
@@ -58,8 +65,18 @@ def reseal_block(f: bytes, new_block: bytes) -> bytes:
     return patch(out, provenance_checksum=xxhash.xxh3_64_intdigest(new_block))
 
 
+BIG_META = {"config": "abcdefgh" * 200, "round": 4}
+REF = struct.pack("<QI", 0x0F0E0D0C0B0A0908, 1801)  # a digest no vector's meta has
+
+
 def good_vectors() -> list[tuple[str, str, bytes]]:
     return [
+        ("good_provenance_holds_meta", "a meta of more than 1024 bytes first in the block: "
+         "flag HOLDS_META (bit 16) is set", frame(section(2, etf(BIG_META))
+                                                   + section(1, etf(PRODUCER)))),
+        ("good_provenance_meta_ref", "the meta named by meta_ref (digest and length), stored "
+         "in another frame this reader has not read: found false", frame(
+             section(1, etf(PRODUCER)) + section(5, REF))),
         ("good_provenance", "a provenance block with every section: producer, meta, a lineage "
          "of two entries (the older one with its frame) and a summary", frame(block())),
         ("good_provenance_unknown_section", "a block with a section of tag 9 (unknown: skipped) "
@@ -77,6 +94,11 @@ def bad_vectors() -> list[tuple[str, str, bytes, str, str]]:
     struct.pack_into("<I", truncated, 1, len(truncated))  # the producer claims the whole block
     twice = section(1, etf(PRODUCER)) + section(1, etf(PRODUCER))
     meta_list = section(2, etf([1, 2, 3]))
+    both = section(2, etf(META)) + section(5, REF)
+    list_body = entry(9, CREATED_AT, {})[:18] + etf([1, 2])
+    list_entry = struct.pack("<H", len(list_body)) + list_body[2:]
+    compressed = zlib_term(PRODUCER)
+    short_ref = section(5, REF[:11])
     return [
         ("bad_provenance_out_of_bounds", "provenance_length runs past payload_offset",
          patch(good, provenance_length=get(good, "payload_offset") - start + 1),
@@ -91,6 +113,14 @@ def bad_vectors() -> list[tuple[str, str, bytes, str, str]]:
          frame(twice), "bad_provenance", "producer"),
         ("bad_provenance_meta_not_a_map", "the meta section holds a list",
          frame(meta_list), "bad_provenance", "meta"),
+        ("bad_provenance_meta_and_ref", "a block with both meta and meta_ref",
+         frame(both), "bad_provenance", "meta_ref"),
+        ("bad_provenance_meta_ref_size", "a meta_ref of 11 bytes",
+         frame(short_ref), "bad_provenance", "meta_ref"),
+        ("bad_provenance_entry_not_a_map", "a lineage entry whose body is a list",
+         frame(section(3, list_entry)), "bad_provenance", "lineage"),
+        ("bad_provenance_compressed_term", "a producer body that is a compressed ETF term "
+         "(not a §8.2 tag)", frame(section(1, compressed)), "bad_provenance", "producer"),
     ] if size else []  # fmt: skip
 
 
@@ -99,7 +129,7 @@ def _described(prov: bytes) -> dict[str, Any]:
     b = read_block(header, prov)
     assert b is not None
     d = b.describe()
-    return {k: d[k] for k in ("producer", "meta", "lineage", "summary")}
+    return {k: d[k] for k in ("producer", "meta", "lineage", "summary", "meta_ref")}
 
 
 def describe_good_provenance(name: str, description: str, f: bytes) -> dict[str, Any]:

@@ -22,6 +22,7 @@ writes no frame pays for nothing but `begin`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from typing import Any
@@ -29,6 +30,7 @@ from typing import Any
 import xxhash
 
 from .errors import BridgeError
+from .header import FLAG_HOLDS_META
 from .provenance import (
     Block,
     as_text,
@@ -37,6 +39,7 @@ from .provenance import (
     next_call_id,
     parse_block,
     producer_body,
+    remember,
 )
 
 __all__ = ["CallRecord", "current_block", "meta"]
@@ -65,7 +68,7 @@ def current_block() -> bytes:
     record = _current
     if record is None:
         return Block.build(producer=producer_body("python")).encode()
-    return record.block()
+    return record.block(full=True)
 
 
 class CallRecord:
@@ -79,8 +82,10 @@ class CallRecord:
         self.handler = ""
         self._given: dict[str, Any] | None = None
         self._meta: dict[str, Any] | None = None
-        self._inputs: list[tuple[int, bytes]] = []
+        self._inputs: list[tuple[int, int, bytes]] = []
         self._block: bytes | None = None
+        self._ref_block: bytes | None = None
+        self._held = False
         self._written: dict[str, Any] | None = None
         self._parsed: list[tuple[int, Block]] | None = None
 
@@ -106,10 +111,11 @@ class CallRecord:
     def input(self, header: Any, block: bytes) -> None:
         """An argument frame the call reads: its header and provenance block (a copy,
         checked against the header's ``provenance_checksum`` when it is used)."""
-        if block and xxhash.xxh3_64_intdigest(block) != header.provenance_checksum:
-            _log.warning("an argument frame's provenance does not match its checksum")
-            block = b""
-        self._inputs.append((header.frame_id, block))
+        if block and header.flags & FLAG_HOLDS_META:  # the frames after it name its meta
+            with contextlib.suppress(BridgeError):
+                if xxhash.xxh3_64_intdigest(block) == header.provenance_checksum:
+                    remember(parse_block(block))
+        self._inputs.append((header.frame_id, header.provenance_checksum, block))
         self._block = None
         self._parsed = None
 
@@ -118,24 +124,28 @@ class CallRecord:
             if self._given is not None:
                 self._meta = dict(self._given)
             else:
-                inherited = next((b.meta for _, b in self._blocks() if b.meta), None)
-                self._meta = dict(inherited) if inherited else {}
+                self._meta = dict(self._inherited() or {})
         return self._meta
 
-    def block(self) -> bytes:
-        """The provenance block of the call's result frames."""
+    def block(self, full: bool = False) -> bytes:
+        """The provenance block of the call's next result frame: the first holds a meta
+        over `beambridge.provenance.INLINE_META` bytes, the others name it (SPEC §5.4);
+        ``full``: the one that holds it, whatever came before."""
         if self._block is None or (self._meta is not None and self._meta_changed()):
             blocks = self._blocks()
             chains = [b.chained(frame_id) for frame_id, b in blocks]
-            inputs = [frame_id for frame_id, _ in self._inputs]
+            inputs = [frame_id for frame_id, _, _ in self._inputs]
             lineage, summary = merge_chains(
                 chains, new_entry(self.call, self.handler, self.worker, inputs)
             )
             self._written = dict(self.meta())
             try:
-                self._block = Block.build(
+                built = Block.build(
                     producer=self.producer, meta=self._written, lineage=lineage, summary=summary
-                ).encode()
+                )
+                self._block = built.encode()
+                self._ref_block = built.referring().encode() if built.stored else None
+                self._held = False
             except (ValueError, TypeError) as err:  # a value ETF cannot hold
                 raise BridgeError(
                     "badarg",
@@ -144,7 +154,22 @@ class CallRecord:
                     None,
                     f"badarg: the call's meta cannot go in its result frames: {err}",
                 ) from None
+        if self._ref_block is None or full:
+            return self._block
+        if self._held:
+            return self._ref_block
+        self._held = True
         return self._block
+
+    def _inherited(self) -> dict[str, Any] | None:
+        """The metadata of the first argument frame that has one (SPEC §5.4)."""
+        for _, b in self._blocks():
+            try:
+                if b.meta:
+                    return b.meta
+            except BridgeError as err:  # an argument's provenance is not the call's
+                _log.warning("an argument frame's metadata is unreadable: %s", err)
+        return None
 
     def _meta_changed(self) -> bool:
         return self._written != self._meta
@@ -152,8 +177,11 @@ class CallRecord:
     def _blocks(self) -> list[tuple[int, Block]]:
         if self._parsed is None:
             self._parsed = []
-            for frame_id, raw in self._inputs:
+            for frame_id, checksum, raw in self._inputs:
                 if not raw:
+                    continue
+                if xxhash.xxh3_64_intdigest(raw) != checksum:
+                    _log.warning("an argument frame's provenance does not match its checksum")
                     continue
                 try:
                     self._parsed.append((frame_id, parse_block(raw)))

@@ -73,6 +73,7 @@ def build(
         "meta": prov["meta"],
         "lineage": prov["lineage"],
         "summary": prov["summary"],
+        "meta_ref": prov["meta_ref"],
         "provenance_error": None
         if error is None
         else {"reason": error.reason, "field": error.field},

@@ -23,6 +23,7 @@ protocol vector, a test), which holds no lease.
 
 from __future__ import annotations
 
+import functools
 import weakref
 from collections.abc import Callable
 from types import TracebackType
@@ -82,7 +83,7 @@ class Frame:
         self._origin = origin
         if origin is not None and array is not None:
             _ORIGINS[id(array)] = origin
-            weakref.finalize(array, _ORIGINS.pop, id(array), None)
+            end_lease = functools.partial(_ended, end_lease, id(array))
         # Exactly once: when `array` is collected (the last view made from the payload is
         # gone), or at interpreter exit; for an empty payload (no array) when the frame
         # is released or collected. `end_lease` tells the owner (the list of released
@@ -174,6 +175,12 @@ class Frame:
 
 def _nothing() -> None:
     return None
+
+
+def _ended(end_lease: Callable[[], None], key: int) -> None:
+    """A payload array is gone: its lease ends and it no longer names a frame."""
+    _ORIGINS.pop(key, None)
+    end_lease()
 
 
 #: The payload arrays of frames read from slices (by id, while they live), and how to see

@@ -19,6 +19,7 @@ import os
 import random
 import struct
 import time
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +31,7 @@ from .etf import decode as etf_decode
 from .etf import encode as etf_encode
 
 __all__ = [
+    "INLINE_META",
     "INPUTS_MAX",
     "LINEAGE_MAX",
     "MAX_META",
@@ -38,6 +40,7 @@ __all__ = [
     "Entry",
     "Summary",
     "as_text",
+    "holds_meta",
     "merge_chains",
     "new_entry",
     "next_call_id",
@@ -46,26 +49,37 @@ __all__ = [
     "parse_block",
     "producer_body",
     "read_block",
+    "remember",
 ]
 
 MAX_PROVENANCE = 65536
 #: The largest ``meta`` body a writer puts in a frame (SPEC §5.4).
-MAX_META = 16384
+MAX_META = 49152
 LINEAGE_MAX = 32
 INPUTS_MAX = 8
-TAG_PRODUCER, TAG_META, TAG_LINEAGE, TAG_SUMMARY = 1, 2, 3, 4
+TAG_PRODUCER, TAG_META, TAG_LINEAGE, TAG_SUMMARY, TAG_META_REF = 1, 2, 3, 4, 5
+#: A meta body larger than this is stored once per call or stream (SPEC §5.4).
+INLINE_META = 1024
+#: How many stored meta bodies a reader keeps, by digest.
+STORED_MAX = 64
 _SECTIONS = {
     TAG_PRODUCER: "producer",
     TAG_META: "meta",
     TAG_LINEAGE: "lineage",
     TAG_SUMMARY: "summary",
+    TAG_META_REF: "meta_ref",
 }
 _TOP = 1 << 63
+_U64_MAX = (1 << 64) - 1
 _LOW63 = _TOP - 1
 _section = struct.Struct("<BI")
 _entry_head = struct.Struct("<HQQ")  # length, call, at
 _summary = struct.Struct("<QQQ")  # count, first_at, digest
 _u64 = struct.Struct("<Q")
+_FLAG_HOLDS_META = 1 << 16  # beambridge.header.FLAG_HOLDS_META (the header imports this module)
+_meta_ref = struct.Struct("<QI")  # digest, length
+#: Stored meta bodies a reader has read (from frames with HOLDS_META), by (digest, length).
+_stored: OrderedDict[tuple[int, int], bytes] = OrderedDict()
 
 
 class _Ids:
@@ -135,14 +149,17 @@ class Entry:
     def stamped(self, frame_id: int) -> Entry:
         """This entry with ``frame`` set, unless it has one: the newest entry of a chain
         that leaves its frame for a new one (§5.4)."""
-        body = etf_decode(self.raw[_entry_head.size :])
-        if b"frame" in body:
+        try:
+            body = etf_decode(self.raw[_entry_head.size :])
+        except EtfError:  # passed on as it came: describing it says what is wrong
+            return self
+        if type(body) is not dict or b"frame" in body:
             return self
         body[b"frame"] = frame_id
         return Entry.make(self.call, self.at, body)
 
     def describe(self) -> dict[str, Any]:
-        return {"call": self.call, "at": self.at, **self.body()}
+        return {**self.body(), "call": self.call, "at": self.at}
 
 
 def new_entry(call: int, handler: str, worker: str, inputs: Iterable[int]) -> Entry:
@@ -161,14 +178,20 @@ class Summary:
 
     def dropping(self, entries: list[Entry]) -> Summary:
         digest = xxhash.xxh3_64_intdigest(_u64.pack(self.digest) + b"".join(e.raw for e in entries))
-        return Summary(self.count + len(entries), self.first_at, digest)
+        return Summary(min(self.count + len(entries), _U64_MAX), self.first_at, digest)
 
     def describe(self) -> dict[str, int]:
         return {"count": self.count, "first_at": self.first_at, "digest": self.digest}
 
     def joined(self, other: Summary) -> Summary:
-        digest = xxhash.xxh3_64_intdigest(_u64.pack(self.digest) + _u64.pack(other.digest))
-        return Summary(self.count + other.count, min(self.first_at, other.first_at), digest)
+        """The summary of two inputs' histories (SPEC §5.4): one history usually holds
+        the other (a value and what was made from it), so the larger count stands (a
+        lower bound when they are apart); the digest does not depend on the order."""
+        if other.digest == self.digest:
+            return self
+        low, high = sorted((self.digest, other.digest))
+        digest = xxhash.xxh3_64_intdigest(_u64.pack(low) + _u64.pack(high))
+        return Summary(max(self.count, other.count), min(self.first_at, other.first_at), digest)
 
 
 @dataclass(frozen=True)
@@ -181,6 +204,8 @@ class Block:
     lineage: tuple[Entry, ...] = ()
     summary: Summary | None = None
     _meta: Any = field(default=None, compare=False, repr=False)
+    #: ``(digest, length)`` of a meta stored in another frame (section ``meta_ref``).
+    meta_ref: tuple[int, int] | None = None
 
     @classmethod
     def build(
@@ -203,20 +228,36 @@ class Block:
             )
         return cls(producer, meta_bytes, tuple(lineage), summary, meta or None)
 
+    def referring(self) -> Block:
+        """This block with its meta named by ``meta_ref`` instead: what the frames of a
+        call after the first carry when the meta is over `INLINE_META` (SPEC §5.4)."""
+        ref = (xxhash.xxh3_64_intdigest(self.meta_bytes), len(self.meta_bytes))
+        return Block(self.producer, b"", self.lineage, self.summary, None, ref)
+
+    @property
+    def stored(self) -> bool:
+        """Whether the meta is over `INLINE_META`: stored once, named by the others."""
+        return len(self.meta_bytes) > INLINE_META
+
     @property
     def meta(self) -> dict[str, Any] | None:
         """The user metadata (binary keys and values read as ``str`` when UTF-8)."""
         if self._meta is None and self.meta_bytes:
             object.__setattr__(self, "_meta", _map_section("meta", self.meta_bytes))
+        elif self._meta is None and self.meta_ref is not None:
+            body = _stored.get(self.meta_ref)
+            if body is not None:
+                object.__setattr__(self, "_meta", _map_section("meta", body))
         meta: dict[str, Any] | None = self._meta
         return meta
 
     def encode(self) -> bytes:
+        """The block's bytes; its meta section first (a stored one must be, §5.4)."""
         parts = []
-        if self.producer:
-            parts += [_section.pack(TAG_PRODUCER, len(self.producer)), self.producer]
         if self.meta_bytes:
             parts += [_section.pack(TAG_META, len(self.meta_bytes)), self.meta_bytes]
+        if self.producer:
+            parts += [_section.pack(TAG_PRODUCER, len(self.producer)), self.producer]
         if self.lineage:
             entries = b"".join(e.raw for e in self.lineage)
             parts += [_section.pack(TAG_LINEAGE, len(entries)), entries]
@@ -226,6 +267,8 @@ class Block:
                 _section.pack(TAG_SUMMARY, _summary.size),
                 _summary.pack(s.count, s.first_at, s.digest),
             ]
+        if self.meta_ref is not None:
+            parts += [_section.pack(TAG_META_REF, _meta_ref.size), _meta_ref.pack(*self.meta_ref)]
         block = b"".join(parts)
         if len(block) > MAX_PROVENANCE:
             raise BridgeError(
@@ -254,6 +297,13 @@ class Block:
             "meta": self.meta or {},
             "lineage": [e.describe() for e in self.lineage],
             "summary": None if self.summary is None else self.summary.describe(),
+            "meta_ref": None
+            if self.meta_ref is None
+            else {
+                "digest": self.meta_ref[0],
+                "length": self.meta_ref[1],
+                "found": self.meta_ref in _stored,
+            },
         }
 
 
@@ -261,15 +311,19 @@ def merge_chains(
     chains: Iterable[tuple[tuple[Entry, ...], Summary | None]], newest: Entry | None = None
 ) -> tuple[tuple[Entry, ...], Summary | None]:
     """The chains of a frame's inputs joined in order (an entry whose call came already
-    is dropped), ``newest`` appended, the oldest past `LINEAGE_MAX` summarised (§5.4)."""
+    is dropped, and one older than the oldest entry of a chain with a summary: that
+    summary may count it), ``newest`` appended, the oldest past `LINEAGE_MAX`
+    summarised (§5.4)."""
+    chains = list(chains)
     seen: set[int] = set()
     entries: list[Entry] = []
     summary: Summary | None = None
+    cutoff = max((lineage[0].at for lineage, s in chains if s is not None and lineage), default=0)
     for lineage, s in chains:
         if s is not None:
             summary = s if summary is None else summary.joined(s)
         for e in lineage:
-            if e.call not in seen:
+            if e.call not in seen and e.at >= cutoff:
                 seen.add(e.call)
                 entries.append(e)
     if newest is not None:
@@ -314,16 +368,15 @@ def _sections(block: bytes) -> Iterator[tuple[int, bytes]]:
 
 
 def parse_block(block: bytes) -> Block:
-    """The sections of a provenance block (check P4); unknown tags are skipped."""
+    """The sections of a provenance block (check P4): their framing now, their ETF bodies
+    when described (a chain passed on is never decoded); unknown tags are skipped."""
     producer = meta = b""
     lineage: tuple[Entry, ...] = ()
-    summary = None
+    summary = ref = None
     for tag, body in _sections(block):
         if tag == TAG_PRODUCER:
-            _map_section("producer", body)
-            producer = body
+            producer = body  # bodies are read when described
         elif tag == TAG_META:
-            _map_section("meta", body)
             meta = body
         elif tag == TAG_LINEAGE:
             lineage = tuple(_entries(body))
@@ -331,7 +384,35 @@ def parse_block(block: bytes) -> Block:
             if len(body) != _summary.size:
                 raise _bad("summary", f"a summary of {len(body)} bytes, not 24", len(body))
             summary = Summary(*_summary.unpack(body))
-    return Block(producer, meta, lineage, summary)
+        elif tag == TAG_META_REF:
+            if len(body) != _meta_ref.size:
+                raise _bad("meta_ref", f"a meta_ref of {len(body)} bytes, not 12", len(body))
+            ref = _meta_ref.unpack(body)
+    if ref is not None and meta:
+        raise _bad("meta_ref", "a block with both meta and meta_ref")
+    return Block(producer, meta, lineage, summary, None, ref)
+
+
+def holds_meta(block: bytes) -> bool:
+    """Whether a block starts with a meta section over `INLINE_META` bytes: its frame
+    sets flag ``HOLDS_META`` (SPEC §5.2, §5.4)."""
+    return (
+        len(block) >= _section.size
+        and block[0] == TAG_META
+        and _section.unpack_from(block)[1] > INLINE_META
+    )
+
+
+def remember(block: Block) -> None:
+    """Keep the stored meta of a frame with ``HOLDS_META`` (its block read and checked),
+    for the frames that name it by ``meta_ref``; the oldest go past `STORED_MAX`."""
+    if not block.stored:
+        return
+    key = (xxhash.xxh3_64_intdigest(block.meta_bytes), len(block.meta_bytes))
+    _stored[key] = block.meta_bytes
+    _stored.move_to_end(key)
+    while len(_stored) > STORED_MAX:
+        _stored.popitem(last=False)
 
 
 def _entries(body: bytes) -> Iterator[Entry]:
@@ -349,7 +430,8 @@ def _entries(body: bytes) -> Iterator[Entry]:
 def read_block(header: Any, frame: Any) -> Block | None:
     """The provenance block of a frame whose ``header`` passed header validation, read
     from ``frame`` (bytes-like, the frame from offset 0), or None when it has none
-    (checks P1-P4 of §5.4)."""
+    (checks P1-P4 of §5.4). The stored meta of a frame with ``HOLDS_META`` is kept
+    (`remember`)."""
     length = getattr(header, "provenance_length", 0)
     if header.version_minor == 0 or length == 0:
         return None
@@ -375,7 +457,10 @@ def read_block(header: Any, frame: Any) -> Block | None:
             header.provenance_checksum,
             computed,
         )
-    return parse_block(block)
+    read = parse_block(block)
+    if header.flags & _FLAG_HOLDS_META:  # the frames after it name its meta (§5.4)
+        remember(read)
+    return read
 
 
 def _map_section(name: str, body: bytes) -> dict[str, Any]:

@@ -17,7 +17,12 @@
 {:ok, result} =
   Bridge.call({:bbt_provenance, :blob}, [20_000],
     pool: InspectPeer,
-    meta: %{"round" => 12, "client" => "c7", "é" => [1.5, "ü"]}
+    meta: %{
+      "round" => 12,
+      "client" => "c7\x7f\x01",
+      "é" => [1.5, "ü😀"],
+      "floats" => [1.0e-5, 1.0e16, 1.0e15, -0.0, 123.456, 5.0e-324, 0.1]
+    }
   )
 
 {:ok, again} = Bridge.call({:bbt_provenance, :same}, [result], pool: InspectPeer)

@@ -59,7 +59,12 @@ def test_both_inspect_commands_describe_every_frame_the_same(tmp_path: Path) -> 
 
     described = {p.stem: json.loads(to_json(read_file(str(p)))) for p in frames}
     result = described["elixir_result"]
-    assert result["meta"] == {"round": 12, "client": "c7", "é": [1.5, "ü"]}
+    assert result["meta"] == {
+        "round": 12,
+        "client": "c7\x7f\x01",
+        "é": [1.5, "ü😀"],
+        "floats": [1e-05, 1e16, 1e15, -0.0, 123.456, 5e-324, 0.1],
+    }
     assert [e["handler"] for e in result["lineage"]] == [
         "bbt_provenance.blob",
         "bbt_provenance.same",

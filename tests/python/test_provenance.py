@@ -15,24 +15,28 @@ from typing import Any
 import numpy as np
 import pytest
 import xxhash
-from beambridge import call_record, frame
+from beambridge import call_record, frame, provenance
 from beambridge.call_record import CallRecord, meta
 from beambridge.description import describe_bytes, read_file, to_json
 from beambridge.errors import BridgeError, HeaderError
+from beambridge.etf import encode as etf_encode
 from beambridge.frame import Frame
-from beambridge.header import decode_frame, encode_frame
+from beambridge.header import FLAG_HOLDS_META, decode_frame, encode_frame
 from beambridge.provenance import (
     LINEAGE_MAX,
     MAX_META,
+    STORED_MAX,
     Block,
     Entry,
     Summary,
+    holds_meta,
     merge_chains,
     new_entry,
     next_frame_id,
     parse_block,
     producer_body,
     read_block,
+    remember,
 )
 from helpers import Slices
 from hypothesis import given, settings
@@ -95,7 +99,7 @@ def test_any_bytes_are_a_block_or_a_typed_error(data: bytes) -> None:
         parse_block(data).describe()
     except HeaderError as err:
         assert err.reason == "bad_provenance"
-        assert err.field in ("section", "producer", "meta", "lineage", "summary")
+        assert err.field in ("section", "producer", "meta", "lineage", "summary", "meta_ref")
 
 
 def test_a_chain_stops_growing_and_summarises_what_it_drops() -> None:
@@ -126,8 +130,42 @@ def test_merging_drops_a_call_seen_twice_and_joins_summaries() -> None:
     s1, s2 = Summary(3, 100, 7), Summary(4, 50, 9)
     lineage, summary = merge_chains([((a, b), s1), ((a,), s2)], new_entry(3, "m.c", "w", []))
     assert [e.call for e in lineage] == [1, 2, 3]
-    assert summary is not None and (summary.count, summary.first_at) == (7, 50)
+    assert summary is not None and (summary.count, summary.first_at) == (4, 50)
     assert summary.digest == xxhash.xxh3_64_intdigest(struct.pack("<QQ", 7, 9))
+
+
+def test_a_history_two_arguments_share_is_summarised_once() -> None:
+    """state -> grads, then update(state, grads): the two arguments share their history;
+    its summary must not double at each step (it would overflow a u64 in 64 steps)."""
+    state: tuple[tuple[Entry, ...], Summary | None] = ((), None)
+    for step in range(200):
+        grads = merge_chains([state], new_entry(10_000 + 2 * step, "m.grad", "w", []))
+        state = merge_chains([state, grads], new_entry(10_001 + 2 * step, "m.update", "w", []))
+    lineage, summary = state
+    assert len(lineage) == LINEAGE_MAX
+    assert summary is not None and summary.count == 400 - LINEAGE_MAX  # every call once
+    Block(lineage=lineage, summary=summary).encode()  # and it still encodes
+
+
+def test_summary_counts_saturate_and_joins_do_not_depend_on_order() -> None:
+    big = Summary(2**64 - 2, 1, 5)
+    assert big.dropping([new_entry(1, "m.f", "w", [])] * 3).count == 2**64 - 1
+    other = Summary(10, 0, 6)
+    assert big.joined(other) == other.joined(big)
+    assert big.joined(other).count == 2**64 - 2 and big.joined(other).first_at == 0
+
+
+@given(st.binary(max_size=60))
+def test_any_entry_body_is_described_or_a_typed_error(body: bytes) -> None:
+    raw = struct.pack("<HQQ", 18 + len(body), 5, 6) + body
+    block = Block(lineage=(Entry(5, 6, raw),))
+    read = parse_block(block.encode())
+    try:
+        read.describe()
+    except HeaderError as err:
+        assert (err.reason, err.field) == ("bad_provenance", "lineage")
+    # passed on, it is kept as it came
+    assert read.chained(7)[0][0].raw in (raw, read.lineage[0].stamped(7).raw)
 
 
 def test_reading_a_block_checks_its_bounds_and_checksum() -> None:
@@ -159,7 +197,7 @@ def test_reading_a_block_checks_its_bounds_and_checksum() -> None:
 
 
 def test_a_meta_over_the_bound_is_refused() -> None:
-    with pytest.raises(BridgeError, match="over 16384") as info:
+    with pytest.raises(BridgeError, match=f"over {MAX_META}") as info:
         Block.build(meta={"x": "y" * MAX_META})
     assert (info.value.reason, info.value.field) == ("too_large", "meta")
 
@@ -311,3 +349,39 @@ def test_meta_outside_a_call_is_an_empty_dict_of_its_own() -> None:
     m = call_record.meta()
     m["x"] = 1
     assert call_record.meta() == {}
+
+
+def test_a_meta_over_1_kib_is_held_by_the_first_frame_and_named_by_the_others() -> None:
+    big = {b"config": b"x" * 3000, b"round": 1}
+    record = CallRecord("python", "w1")
+    record.begin("m", "f", big)
+    holder, second, third = record.block(), record.block(), record.block()
+    assert record.block(full=True) == holder
+    record.end()
+    assert holds_meta(holder) and not holds_meta(second) and second == third
+    assert len(second) < 300 < 3000 < len(holder)
+
+    held = encode_frame(b"a", provenance=holder, frame_id=next_frame_id())
+    named = encode_frame(b"b", provenance=second, frame_id=next_frame_id())
+    assert decode_frame(held)[0].flags & FLAG_HOLDS_META
+    assert not decode_frame(named)[0].flags & FLAG_HOLDS_META
+
+    provenance._stored.clear()  # a reader that has not read the holder: not found
+    d = describe_bytes(named)
+    assert d["meta"] == {} and d["meta_ref"]["found"] is False
+    describe_bytes(held)  # reading the holder keeps its meta
+    d = describe_bytes(named)
+    assert d["meta"] == {"config": "x" * 3000, "round": 1}
+    body = etf_encode({"config": "x" * 3000, "round": 1})
+    assert d["meta_ref"] == {
+        "digest": xxhash.xxh3_64_intdigest(body),
+        "length": len(body),
+        "found": True,
+    }
+
+
+def test_the_stored_metas_a_reader_keeps_are_bounded() -> None:
+    provenance._stored.clear()
+    for i in range(STORED_MAX + 10):
+        remember(Block.build(meta={"i": i, "pad": "p" * 2000}))
+    assert len(provenance._stored) == STORED_MAX

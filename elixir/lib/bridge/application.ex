@@ -3,7 +3,8 @@ defmodule Bridge.Application do
   # Starts :beambridge. At start it removes the shared-memory names earlier
   # versions left behind when their owner was killed (Bridge.Reaper; transport v2
   # names nothing) and logs what it removed. Bridge.FormatStats owns the table of
-  # format decisions (Bridge.format_stats/0) shared by every bridge.
+  # format decisions (Bridge.format_stats/0) shared by every bridge; the
+  # application's process owns the table of stored metas (Bridge.Provenance.Stored).
 
   use Application
 
@@ -22,6 +23,7 @@ defmodule Bridge.Application do
         )
     end
 
+    Bridge.Provenance.Stored.init()
     Supervisor.start_link([Bridge.FormatStats], strategy: :one_for_one, name: Bridge.Supervisor)
   end
 end

@@ -328,7 +328,8 @@ defmodule Bridge.Encoder do
   # slice could take the payload but a control frame can.
   defp slice(kind, payload, frame_opts, inline, ctx, {form, reason, what}) do
     size = IO.iodata_length(payload)
-    block = Arguments.block(ctx.provenance, payload)
+    {block, provenance} = Arguments.block(ctx.provenance, payload)
+    ctx = %{ctx | provenance: provenance}
     metadata = Keyword.get(frame_opts, :metadata, "")
     frame_opts = [checksum: ctx.arena.checksum, provenance: block] ++ frame_opts
 

@@ -1,6 +1,7 @@
 defmodule Bridge.ETF do
   @moduledoc false
-  # Why a control frame failed `binary_to_term(bin, [:safe])` (SPEC §8.2).
+  # Why a control frame failed `binary_to_term(bin, [:safe])` (SPEC §8.2), and
+  # plain_term/1 for terms read from shared memory.
   #
   # `[:safe]` refuses a frame that names an atom this VM does not have, so that a
   # peer cannot fill the atom table; it refuses malformed frames the same way. The
@@ -32,6 +33,23 @@ defmodule Bridge.ETF do
   end
 
   def classify(_), do: :malformed
+
+  @doc false
+  # A term a peer wrote into shared memory (a provenance section, SPEC §5.4),
+  # decoded only if it is made of §8.2 tags alone, fills the binary exactly and
+  # names no atom this VM lacks; :error otherwise (a compressed term, a pid, a
+  # fun, trailing bytes...).
+  @spec plain_term(binary()) :: {:ok, term()} | :error
+  def plain_term(<<131, rest::binary>> = bin) do
+    case term(rest, 0, []) do
+      {:ok, <<>>, []} -> {:ok, :erlang.binary_to_term(bin, [:safe])}
+      _ -> :error
+    end
+  catch
+    :malformed -> :error
+  end
+
+  def plain_term(_), do: :error
 
   # {:ok, Id, _}: a 3-tuple, the atom `ok` in any atom encoding, a small integer id.
   defp answer(<<104, 3, rest::binary>>) do

@@ -50,8 +50,9 @@ defmodule Bridge.Frame do
   @doc """
   Describes a frame without reading its payload: `value` is a result whose
   bytes lie in a worker's slice (a binary, `%Bridge.Tensor{}`,
-  `%Bridge.Buffer{}`, `%Bridge.Table{}`), a `%Bridge.Frame{}`, or a binary that
-  is a whole frame (a dump read into memory).
+  `%Bridge.Buffer{}`, `%Bridge.Table{}`), a `%Bridge.Frame{}`, a binary that
+  is a whole frame (a dump read into memory), or a live slice's handle
+  `"/proc/PID/fd/FD@OFFSET"` (a description's `handle`).
 
   Values rebuilt as terms (records, packed lists, typed schemas, custom
   types, anything that came inline) hold no frame: they give `:not_a_frame`.
@@ -86,10 +87,16 @@ defmodule Bridge.Frame do
         error
 
       :none ->
-        if frame_bytes?(value),
-          do:
-            with({:ok, frame} <- Header.decode_frame(value, verify: false), do: describe(frame)),
-          else: {:error, not_a_frame(value)}
+        cond do
+          frame_bytes?(value) ->
+            with {:ok, frame} <- Header.decode_frame(value, verify: false), do: describe(frame)
+
+          handle?(value) ->
+            describe_file(value)
+
+          true ->
+            {:error, not_a_frame(value)}
+        end
     end
   end
 
@@ -199,6 +206,8 @@ defmodule Bridge.Frame do
 
   defp frame_bytes?(<<"BBFH", _::binary>>), do: true
   defp frame_bytes?(_value), do: false
+
+  defp handle?(value), do: is_binary(value) and value =~ ~r"^/proc/\d+/fd/\d+@\d+$"
 
   defp not_a_frame(value) do
     Error.new(:bad_call, :not_a_frame,

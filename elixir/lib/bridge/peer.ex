@@ -15,7 +15,9 @@ defmodule Bridge.Peer do
   it may reuse the slice.
   """
 
-  alias Bridge.{Error, Frame, Header, NIF}
+  import Bitwise
+
+  alias Bridge.{Error, Frame, Header, NIF, Provenance}
 
   @kinds %{arena: 0, sealed: 1, lease_table: 2}
 
@@ -100,6 +102,7 @@ defmodule Bridge.Peer do
            {:ok, head} <- with_metadata(lease, head, length),
            {:ok, h} <- Header.parse(head, length),
            :ok <- check_generation(h, generation),
+           :ok <- stored_meta(lease, h, head),
            {:ok, payload} <- payload(lease, h, opts) do
         {:ok,
          %Frame{header: h, metadata: binary_part(head, 128, h.metadata_length), payload: payload}}
@@ -135,6 +138,25 @@ defmodule Bridge.Peer do
   end
 
   defp with_metadata(_lease, head, _length), do: {:ok, head}
+
+  # SPEC §5.4: a frame with HOLDS_META holds its call's meta for the frames
+  # after it; it is kept (Bridge.Provenance.Stored). A block that does not read
+  # keeps nothing and fails nothing: the payload is what was asked for.
+  @holds_meta 0x10000
+  defp stored_meta(lease, %Header{flags: flags, provenance_length: n} = h, head)
+       when (flags &&& @holds_meta) != 0 and n > 0 do
+    start = 128 + h.metadata_length
+
+    with true <- start + n <= h.payload_offset,
+         {:ok, block} <- copy(lease, start, n),
+         {:ok, %Provenance{}} <- Provenance.read(h, head <> block) do
+      :ok
+    end
+
+    :ok
+  end
+
+  defp stored_meta(_lease, _h, _head), do: :ok
 
   defp check_generation(%Header{generation: g}, g), do: :ok
 

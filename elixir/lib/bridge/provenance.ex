@@ -2,13 +2,15 @@ defmodule Bridge.Provenance do
   @moduledoc """
   The provenance block of a frame (protocol/SPEC.md §5.4): who wrote it
   (`producer`), the user metadata of its call (`meta`), the calls its value came
-  through (`lineage`, oldest first, at most #{32} entries) and what was dropped
+  through (`lineage`, oldest first, at most 32 entries) and what was dropped
   from the front of that chain (`summary`).
 
   Sections are kept as their bytes (`producer`, `meta`: ETF bodies; lineage
   entries: `{call, at, raw}`) and read when described (`describe/1`), so passing
   a chain from one frame to the next copies it: only its newest entry is
-  encoded again (`chained/2`).
+  encoded again (`chained/2`). Workers join the chains of several arguments and
+  summarise what falls off (`beambridge.provenance` in Python); the BEAM only
+  passes one chain on, from the result an argument's bytes were read from.
 
   `Bridge.Frame.describe/1` is where users meet this; the functions here build
   and read blocks.
@@ -17,7 +19,8 @@ defmodule Bridge.Provenance do
 
       iex> block = Bridge.Provenance.encode!(%Bridge.Provenance{meta: :erlang.term_to_binary(%{"round" => 12})})
       iex> {:ok, p} = Bridge.Provenance.parse(block)
-      iex> Bridge.Provenance.describe(p).meta
+      iex> {:ok, d} = Bridge.Provenance.describe(p)
+      iex> d.meta
       %{"round" => 12}
   """
 
@@ -26,13 +29,12 @@ defmodule Bridge.Provenance do
   alias Bridge.{Error, Header, NIF}
 
   @max 65_536
-  @lineage_max 32
-  @inputs_max 8
   @top 1 <<< 63
   @low63 (1 <<< 63) - 1
-  @tags %{1 => :producer, 2 => :meta, 3 => :lineage, 4 => :summary}
+  @tags %{1 => :producer, 2 => :meta, 3 => :lineage, 4 => :summary, 5 => :meta_ref}
+  @inline_meta 1024
 
-  defstruct producer: "", meta: "", lineage: [], summary: nil
+  defstruct producer: "", meta: "", lineage: [], summary: nil, meta_ref: nil
 
   @typedoc "A lineage entry: its call id, when its frame was written (ns), and its bytes."
   @type entry :: {non_neg_integer(), non_neg_integer(), binary()}
@@ -42,7 +44,8 @@ defmodule Bridge.Provenance do
           producer: binary(),
           meta: binary(),
           lineage: [entry()],
-          summary: summary() | nil
+          summary: summary() | nil,
+          meta_ref: {non_neg_integer(), non_neg_integer()} | nil
         }
 
   @doc "The largest provenance block, 65536 bytes."
@@ -77,12 +80,14 @@ defmodule Bridge.Provenance do
   """
   @spec encode(t()) :: {:ok, binary()} | {:error, Error.t()}
   def encode(%__MODULE__{} = p) do
+    # meta first: a stored one must be (SPEC §5.4)
     block =
       IO.iodata_to_binary([
-        section(1, p.producer),
         section(2, p.meta),
+        section(1, p.producer),
         section(3, Enum.map(p.lineage, &elem(&1, 2))),
-        summary_section(p.summary)
+        summary_section(p.summary),
+        ref_section(p.meta_ref)
       ])
 
     if byte_size(block) <= @max,
@@ -114,19 +119,28 @@ defmodule Bridge.Provenance do
   defp section(tag, body),
     do: [<<tag, IO.iodata_length(body)::little-32>>, body]
 
+  defp ref_section(nil), do: []
+
+  defp ref_section({digest, len}),
+    do: [<<5, 12::little-32>>, <<digest::little-64, len::little-32>>]
+
   defp summary_section(nil), do: []
 
   defp summary_section({count, first_at, digest}),
     do: [<<4, 24::little-32>>, <<count::little-64, first_at::little-64, digest::little-64>>]
 
   @doc """
-  Reads a block's sections (SPEC §5.4 check P4; unknown tags are skipped).
-  Lineage entry bodies are checked when described.
+  Reads a block's sections (SPEC §5.4 check P4; unknown tags are skipped): their
+  framing here, their ETF bodies when the block is described (`describe/1`), so
+  a chain passed on is never decoded.
   """
   @spec parse(binary()) :: {:ok, t()} | {:error, Error.t()}
   def parse(block) when is_binary(block), do: sections(block, %__MODULE__{}, [])
 
-  defp sections(<<>>, p, _seen), do: {:ok, %{p | lineage: p.lineage}}
+  defp sections(<<>>, %{meta_ref: {_, _}, meta: <<_, _::binary>>}, _seen),
+    do: bad(:meta_ref, "a block with both meta and meta_ref")
+
+  defp sections(<<>>, p, _seen), do: {:ok, p}
 
   defp sections(<<tag, len::little-32, rest::binary>>, p, seen) when byte_size(rest) >= len do
     name = Map.get(@tags, tag, :section)
@@ -146,11 +160,8 @@ defmodule Bridge.Provenance do
 
   defp sections(_short, _p, _seen), do: bad(:section, "a section header runs past the block")
 
-  defp put_section(1, body, p),
-    do: with({:ok, _} <- map_body(:producer, body), do: {:ok, %{p | producer: body}})
-
-  defp put_section(2, body, p),
-    do: with({:ok, _} <- map_body(:meta, body), do: {:ok, %{p | meta: body}})
+  defp put_section(1, body, p), do: {:ok, %{p | producer: body}}
+  defp put_section(2, body, p), do: {:ok, %{p | meta: body}}
 
   defp put_section(3, body, p),
     do: with({:ok, l} <- entries(body, []), do: {:ok, %{p | lineage: l}})
@@ -160,6 +171,12 @@ defmodule Bridge.Provenance do
 
   defp put_section(4, body, _p),
     do: bad(:summary, "a summary of #{byte_size(body)} bytes, not 24")
+
+  defp put_section(5, <<digest::little-64, len::little-32>>, p),
+    do: {:ok, %{p | meta_ref: {digest, len}}}
+
+  defp put_section(5, body, _p),
+    do: bad(:meta_ref, "a meta_ref of #{byte_size(body)} bytes, not 12")
 
   defp put_section(_tag, _body, p), do: {:ok, p}
 
@@ -173,10 +190,13 @@ defmodule Bridge.Provenance do
 
   defp entries(_bin, _acc), do: bad(:lineage, "an entry runs past the section")
 
+  # A section's body: a map of plain terms (SPEC §8.2), else the block's error.
+  defp map_body(_name, ""), do: {:ok, nil}
+
   defp map_body(name, body) do
-    case Bridge.Format.safe_term(body) do
+    case Bridge.ETF.plain_term(body) do
       {:ok, %{} = map} -> {:ok, map}
-      _ -> bad(name, "section #{name} is not an ETF map")
+      _ -> bad(name, "section #{name} is not an ETF map of plain terms")
     end
   end
 
@@ -188,7 +208,8 @@ defmodule Bridge.Provenance do
   @doc """
   The provenance block of a frame whose `header` passed header validation,
   read from `head` (the frame's bytes from offset 0, at least up to the end
-  of the block): `nil` when it has none (SPEC §5.4 checks P1–P4).
+  of the block): `nil` when it has none (SPEC §5.4 checks P1–P4). The stored
+  meta of a frame with flag `HOLDS_META` is kept for the frames that name it.
   """
   @spec read(Header.t(), binary()) :: {:ok, t() | nil} | {:error, Error.t()}
   def read(%Header{version_minor: 0}, _head), do: {:ok, nil}
@@ -210,7 +231,7 @@ defmodule Bridge.Provenance do
         {:ok, computed} = NIF.xxh3_64(block)
 
         if computed == h.provenance_checksum,
-          do: parse(block),
+          do: parse_and_keep(block, h),
           else:
             {:error,
              Error.new(:bad_frame, :provenance_checksum_mismatch,
@@ -218,6 +239,15 @@ defmodule Bridge.Provenance do
                value: h.provenance_checksum,
                limit: computed
              )}
+    end
+  end
+
+  # A frame with HOLDS_META holds its call's meta for the frames after it:
+  # kept (Bridge.Provenance.Stored).
+  defp parse_and_keep(block, %Header{flags: flags}) do
+    with {:ok, p} <- parse(block) do
+      if (flags &&& 0x10000) != 0, do: Bridge.Provenance.Stored.remember(p)
+      {:ok, p}
     end
   end
 
@@ -241,7 +271,7 @@ defmodule Bridge.Provenance do
     <<_::binary-size(18), body::binary>> = raw
 
     newest =
-      case Bridge.Format.safe_term(body) do
+      case Bridge.ETF.plain_term(body) do
         {:ok, %{"frame" => _}} -> {call, at, raw}
         {:ok, %{} = map} -> entry(call, at, Map.put(map, "frame", frame_id))
         _ -> {call, at, raw}
@@ -249,6 +279,36 @@ defmodule Bridge.Provenance do
 
     {older ++ [newest], p.summary}
   end
+
+  @doc false
+  # Whether the meta is over 1024 bytes: stored once per call, named by the
+  # others (SPEC §5.4).
+  @spec stored?(t()) :: boolean()
+  def stored?(%__MODULE__{meta: meta}), do: byte_size(meta) > @inline_meta
+
+  @doc false
+  # `p` with its meta named by meta_ref instead: what the frames of a call after
+  # the first carry when the meta is stored.
+  @spec referring(t()) :: t()
+  def referring(%__MODULE__{meta: meta} = p) do
+    {:ok, digest} = NIF.xxh3_64(meta)
+    %{p | meta: "", meta_ref: {digest, byte_size(meta)}}
+  end
+
+  @doc false
+  # Whether a block starts with a stored meta: its frame sets HOLDS_META.
+  @spec holds_meta?(binary()) :: boolean()
+  def holds_meta?(<<2, len::little-32, _::binary>>), do: len > @inline_meta
+  def holds_meta?(_block), do: false
+
+  @doc false
+  # The meta body of `p`, its own or the stored one its meta_ref names (when
+  # this node has read it), or "".
+  @spec meta_body(t()) :: binary()
+  def meta_body(%__MODULE__{meta: "", meta_ref: {digest, len}}),
+    do: Bridge.Provenance.Stored.lookup(digest, len) || ""
+
+  def meta_body(%__MODULE__{meta: meta}), do: meta
 
   @doc false
   # A lineage entry of the given body.
@@ -260,87 +320,57 @@ defmodule Bridge.Provenance do
      <<18 + byte_size(encoded)::little-16, call::little-64, at::little-64, encoded::binary>>}
   end
 
-  @doc false
-  # The chains of a frame's inputs joined in order (an entry whose call came
-  # already is dropped), `newest` appended, the oldest past 32 summarised.
-  @spec merge([{[entry()], summary() | nil}], entry() | nil) :: {[entry()], summary() | nil}
-  def merge(chains, newest \\ nil) do
-    {entries, summary, _seen} =
-      Enum.reduce(chains, {[], nil, MapSet.new()}, fn {lineage, s}, {acc, summary, seen} ->
-        summary = join(summary, s)
-
-        Enum.reduce(lineage, {acc, summary, seen}, fn {call, _, _} = e, {acc, summary, seen} ->
-          if MapSet.member?(seen, call),
-            do: {acc, summary, seen},
-            else: {[e | acc], summary, MapSet.put(seen, call)}
-        end)
-      end)
-
-    entries = Enum.reverse(if newest, do: [newest | entries], else: entries)
-    bound(entries, summary)
-  end
-
-  defp join(nil, s), do: s
-  defp join(s, nil), do: s
-
-  defp join({c1, f1, d1}, {c2, f2, d2}) do
-    {:ok, d} = NIF.xxh3_64(<<d1::little-64, d2::little-64>>)
-    {c1 + c2, min(f1, f2), d}
-  end
-
-  defp bound(entries, summary) when length(entries) <= @lineage_max, do: {entries, summary}
-
-  defp bound(entries, summary) do
-    {dropped, kept} = Enum.split(entries, length(entries) - @lineage_max)
-    {count, first_at, digest} = summary || {0, elem(hd(dropped), 1), 0}
-
-    {:ok, d} =
-      NIF.xxh3_64(IO.iodata_to_binary([<<digest::little-64>> | Enum.map(dropped, &elem(&1, 2))]))
-
-    {kept, {count + length(dropped), first_at, d}}
-  end
-
-  @doc false
-  # At most 8 input frame ids per entry (SPEC §5.4).
-  @spec inputs([non_neg_integer()]) :: [non_neg_integer()]
-  def inputs(ids), do: ids |> Enum.reject(&(&1 == 0)) |> Enum.take(@inputs_max)
-
   @doc """
   The block as plain data: `producer` (a map or `nil`), `meta` (a map),
   `lineage` (a list of maps, oldest first, each with `"call"`, `"at"`,
   `"handler"`, `"worker"`, `"inputs"` and, but for the newest, `"frame"`),
-  `summary` (`nil` or a map of `"count"`, `"first_at"`, `"digest"`).
-  Raises nothing: an entry whose body does not decode is described as
-  `%{"call" => id, "at" => ns, "unreadable" => true}`.
+  `summary` (`nil` or a map of `"count"`, `"first_at"`, `"digest"`) and
+  `meta_ref` (`nil`, or where a stored meta is and whether this node has it).
+  A body that is not a map of plain terms is the block's `bad_provenance`
+  (SPEC §5.4 check P4), naming its section.
   """
-  @spec describe(t() | nil) :: map()
-  def describe(nil), do: %{producer: nil, meta: %{}, lineage: [], summary: nil}
+  @spec describe(t() | nil) :: {:ok, map()} | {:error, Error.t()}
+  def describe(nil),
+    do: {:ok, %{producer: nil, meta: %{}, lineage: [], summary: nil, meta_ref: nil}}
 
   def describe(%__MODULE__{} = p) do
-    %{
-      producer: body_map(p.producer),
-      meta: body_map(p.meta) || %{},
-      lineage:
-        Enum.map(p.lineage, fn {call, at, <<_::binary-size(18), body::binary>>} ->
-          case Bridge.Format.safe_term(body) do
-            {:ok, %{} = map} -> Map.merge(map, %{"call" => call, "at" => at})
-            _ -> %{"call" => call, "at" => at, "unreadable" => true}
-          end
-        end),
-      summary:
-        case p.summary do
-          nil -> nil
-          {c, f, d} -> %{"count" => c, "first_at" => f, "digest" => d}
-        end
-    }
+    with {:ok, producer} <- map_body(:producer, p.producer),
+         {:ok, meta} <- map_body(:meta, meta_body(p)),
+         {:ok, lineage} <- described_entries(p.lineage) do
+      {:ok,
+       %{
+         producer: producer,
+         meta: meta || %{},
+         lineage: lineage,
+         summary:
+           case p.summary do
+             nil -> nil
+             {c, f, d} -> %{"count" => c, "first_at" => f, "digest" => d}
+           end,
+         meta_ref:
+           case p.meta_ref do
+             nil ->
+               nil
+
+             {digest, len} ->
+               found = Bridge.Provenance.Stored.lookup(digest, len) != nil
+               %{"digest" => digest, "length" => len, "found" => found}
+           end
+       }}
+    end
   end
 
-  defp body_map(""), do: nil
-
-  defp body_map(body) do
-    case Bridge.Format.safe_term(body) do
-      {:ok, %{} = map} -> map
-      _ -> nil
+  defp described_entries(entries) do
+    Enum.reduce_while(entries, {:ok, []}, fn {call, at, <<_::binary-size(18), body::binary>>},
+                                             {:ok, acc} ->
+      case map_body(:lineage, body) do
+        {:ok, %{} = map} -> {:cont, {:ok, [Map.merge(map, %{"call" => call, "at" => at}) | acc]}}
+        _ -> {:halt, bad(:lineage, "a lineage entry's body is not an ETF map of plain terms")}
+      end
+    end)
+    |> case do
+      {:ok, acc} -> {:ok, Enum.reverse(acc)}
+      error -> error
     end
   end
 end

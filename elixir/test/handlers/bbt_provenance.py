@@ -42,3 +42,24 @@ def describe_arg(data: Any) -> dict[str, Any]:
     """What the frame of an argument the BEAM wrote says (`beambridge.frame.describe`)."""
     d = beambridge.frame.describe(data)
     return {k: d[k] for k in ("format", "producer", "meta", "lineage", "frame_id")}
+
+
+def blobs(count: int, n: int) -> list[bytes]:
+    """``count`` results, each in a frame of its own."""
+    return [blob(n) for _ in range(count)]
+
+
+def describe_args(*args: Any) -> list[dict[str, Any]]:
+    """The meta and the provenance length each argument's frame says it has."""
+    out = []
+    for a in args:
+        d = beambridge.frame.describe(a)
+        out.append({"meta": d["meta"], "provenance": d["lengths"]["provenance"],
+                    "meta_ref": d["meta_ref"]})  # fmt: skip
+    return out
+
+
+def chunks(n: int, count: int) -> Any:
+    """A result stream of ``count`` frames (run with stream: true)."""
+    for _ in range(count):
+        yield blob(n)

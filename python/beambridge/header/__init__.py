@@ -17,6 +17,7 @@ from __future__ import annotations
 from .builder import build_header, encode_frame, pack_plain_header
 from .layout import (
     DEFAULT_MAX_DECODED_LENGTH,
+    FLAG_HOLDS_META,
     FLAG_PAYLOAD_CHECKSUM,
     HEADER_SIZE,
     MAGIC,
@@ -36,6 +37,7 @@ from .validator import decode_frame, validate_header, verify_payload
 
 __all__ = [
     "DEFAULT_MAX_DECODED_LENGTH",
+    "FLAG_HOLDS_META",
     "FLAG_PAYLOAD_CHECKSUM",
     "HEADER_SIZE",
     "MAGIC",

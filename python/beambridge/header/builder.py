@@ -13,8 +13,10 @@ import struct
 import xxhash
 
 from ..errors import HeaderError
+from ..provenance import holds_meta
 from .layout import (
     CHECKSUMMED,
+    FLAG_HOLDS_META,
     FLAG_PAYLOAD_CHECKSUM,
     HEADER_SIZE,
     LAYOUT,
@@ -71,7 +73,8 @@ def pack_plain_header(
         HEADER_SIZE,
         format,
         Codec.NONE,
-        0 if payload_checksum is None else FLAG_PAYLOAD_CHECKSUM,
+        (0 if payload_checksum is None else FLAG_PAYLOAD_CHECKSUM)
+        | (FLAG_HOLDS_META if holds_meta(provenance) else 0),
         generation,
         schema_id,
         schema_version,
@@ -150,6 +153,8 @@ def build_header(
         if not 0 <= value < 2**bits:
             raise ValueError(f"{name} {value} does not fit in u{bits}")
     flags = (FLAG_PAYLOAD_CHECKSUM if checksum else 0) | flags_extra
+    if holds_meta(provenance):
+        flags |= FLAG_HOLDS_META
     return Header(
         format=fmt,
         codec=cod,

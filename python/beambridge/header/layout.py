@@ -20,6 +20,7 @@ from .. import registry
 __all__ = [
     "CHECKSUMMED",
     "DEFAULT_MAX_DECODED_LENGTH",
+    "FLAG_HOLDS_META",
     "FLAG_PAYLOAD_CHECKSUM",
     "HEADER_SIZE",
     "KNOWN_REQUIRED_FLAGS",
@@ -49,6 +50,8 @@ MAX_METADATA = 1 << 20
 DEFAULT_MAX_DECODED_LENGTH = 2**32
 PAYLOAD_ALIGN = 64
 FLAG_PAYLOAD_CHECKSUM = 1 << 0
+#: Optional: the provenance block starts with a stored meta (SPEC §5.2, §5.4).
+FLAG_HOLDS_META = 1 << 16
 #: Flag bits 0-15 must be understood by a reader; this is the set this reader knows.
 KNOWN_REQUIRED_FLAGS = FLAG_PAYLOAD_CHECKSUM
 REQUIRED_FLAGS_MASK = 0x0000FFFF

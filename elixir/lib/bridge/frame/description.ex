@@ -20,6 +20,9 @@ defmodule Bridge.Frame.Description do
       `"call"`, `"at"`, `"handler"`, `"worker"`, `"inputs"` and (but for the
       newest) `"frame"`; `summary` — `nil`, or what was dropped from its front
       (`"count"`, `"first_at"`, `"digest"`);
+    * `meta_ref` — `nil`, or, when the call's meta was stored once in another
+      of its frames (over 1024 bytes), `"digest"`, `"length"` and `"found"`:
+      whether this node has read that frame, and `meta` is the stored body;
     * `provenance_error` — `nil`, or the `Bridge.Error` the block gave (the
       rest of the description stands);
     * `handle` — `"/proc/PID/fd/FD@OFFSET"` for a live slice, else `nil`.
@@ -50,6 +53,7 @@ defmodule Bridge.Frame.Description do
           meta: map(),
           lineage: [map()],
           summary: map() | nil,
+          meta_ref: map() | nil,
           provenance_error: Error.t() | nil,
           handle: String.t() | nil
         }
@@ -57,10 +61,21 @@ defmodule Bridge.Frame.Description do
   @doc false
   @spec build(map()) :: t()
   def build(%{header: h, metadata: metadata} = found) do
+    {:ok, none} = Provenance.describe(nil)
+
     {prov, error} =
       case found.provenance do
-        %Error{} = e -> {Provenance.describe(nil), e}
-        p -> {Provenance.describe(p), nil}
+        nil ->
+          {none, nil}
+
+        %Error{} = e ->
+          {none, e}
+
+        %Provenance{} = p ->
+          case Provenance.describe(p) do
+            {:ok, prov} -> {prov, nil}
+            {:error, e} -> {none, e}
+          end
       end
 
     descriptor = descriptor(metadata)
@@ -90,6 +105,7 @@ defmodule Bridge.Frame.Description do
       meta: prov.meta,
       lineage: prov.lineage,
       summary: prov.summary,
+      meta_ref: prov.meta_ref,
       provenance_error: error,
       handle: Map.get(found, :handle)
     }
@@ -102,7 +118,7 @@ defmodule Bridge.Frame.Description do
   defp descriptor(""), do: nil
 
   defp descriptor(<<131, _::binary>> = metadata) do
-    case Bridge.Format.safe_term(metadata) do
+    case Bridge.ETF.plain_term(metadata) do
       {:ok, term} -> term
       _ -> nil
     end
@@ -175,7 +191,7 @@ defmodule Bridge.Frame.Description do
   defp encode(true, _), do: "true"
   defp encode(false, _), do: "false"
   defp encode(n, _) when is_integer(n), do: Integer.to_string(n)
-  defp encode(f, _) when is_float(f), do: Float.to_string(f)
+  defp encode(f, _) when is_float(f), do: py_float(f)
   defp encode(s, _) when is_binary(s), do: [?", escape(s), ?"]
   defp encode([], _), do: "[]"
 
@@ -208,6 +224,66 @@ defmodule Bridge.Frame.Description do
 
   defp indent(depth), do: String.duplicate("  ", depth)
 
+  # A float as Python's repr writes it (and json.dumps): the shortest digits that
+  # read back the same, fixed notation for exponents -4..15 (`0.0001`,
+  # `1000000000000000.0`), else `1e-05`, `1.5e+16`.
+  defp py_float(f) do
+    {sign, digits, exp} = shortest(f)
+    point = exp + String.length(digits)
+
+    text =
+      cond do
+        point - 1 < -4 or point - 1 >= 16 ->
+          {first, rest} = String.split_at(digits, 1)
+          mantissa = if rest == "", do: first, else: first <> "." <> rest
+          e = point - 1
+          mantissa <> "e" <> if(e < 0, do: "-", else: "+") <> pad2(abs(e))
+
+        point <= 0 ->
+          "0." <> String.duplicate("0", -point) <> digits
+
+        point >= String.length(digits) ->
+          digits <> String.duplicate("0", point - String.length(digits)) <> ".0"
+
+        true ->
+          {a, b} = String.split_at(digits, point)
+          a <> "." <> b
+      end
+
+    sign <> text
+  end
+
+  defp pad2(n) when n < 10, do: "0#{n}"
+  defp pad2(n), do: "#{n}"
+
+  # {sign, significant digits without leading or trailing zeros, exponent}: f =
+  # digits * 10^exponent.
+  defp shortest(f) do
+    text = :erlang.float_to_binary(f, [:short])
+
+    {sign, text} =
+      if String.starts_with?(text, "-"), do: {"-", String.slice(text, 1..-1)}, else: {"", text}
+
+    {mantissa, exp} =
+      case String.split(text, "e") do
+        [m, e] -> {m, String.to_integer(e)}
+        [m] -> {m, 0}
+      end
+
+    {int, frac} =
+      case String.split(mantissa, ".") do
+        [i, f] -> {i, f}
+        [i] -> {i, ""}
+      end
+
+    all = int <> frac
+    exp = exp - String.length(frac)
+    trimmed = String.trim_trailing(all, "0")
+    exp = exp + (String.length(all) - String.length(trimmed))
+    digits = String.trim_leading(trimmed, "0")
+    if digits == "", do: {sign, "0", 0}, else: {sign, digits, exp}
+  end
+
   defp escape(s) do
     for <<c::utf8 <- s>>, into: "" do
       case c do
@@ -219,7 +295,7 @@ defmodule Bridge.Frame.Description do
         ?\b -> "\\b"
         ?\f -> "\\f"
         c when c < 0x20 -> escape_unicode(c)
-        c when c > 0x7F -> escape_unicode(c)
+        c when c > 0x7E -> escape_unicode(c)
         c -> <<c>>
       end
     end

@@ -10,6 +10,15 @@ defmodule Bridge.Frame.Dump do
 
   @doc false
   @spec frame_bytes(term()) :: {:ok, binary()} | {:error, Error.t()}
+  # A frame read from a slice holds no copy of its block: its slice has it.
+  def frame_bytes(%Frame{header: h, provenance: ""} = frame)
+      when h.provenance_length > 0 and is_binary(frame.payload) do
+    case held(frame.payload, 1) do
+      nil -> frame_bytes(%{frame | header: %{h | provenance_length: 0, provenance_checksum: 0}})
+      bytes -> {:ok, bytes}
+    end
+  end
+
   def frame_bytes(%Frame{header: h} = frame) do
     with {:ok, header} <- Header.encode(h, frame.metadata) do
       padding = h.payload_offset - 128 - h.metadata_length - byte_size(frame.provenance)
@@ -77,7 +86,7 @@ defmodule Bridge.Frame.Dump do
     with {:ok, {payload, opts}} <- payload(value) do
       opts =
         opts
-        |> Keyword.put(:provenance, Arguments.block(ctx, payload))
+        |> Keyword.put(:provenance, elem(Arguments.block(ctx, payload), 0))
         |> Keyword.put(:created_at, Provenance.now())
         |> Keyword.put(:frame_id, Provenance.frame_id())
 

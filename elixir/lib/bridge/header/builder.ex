@@ -16,6 +16,8 @@ defmodule Bridge.Header.Builder do
   @header_size Header.size()
   @max_metadata Header.max_metadata()
   @max_provenance 65_536
+  # SPEC §5.2: the block starts with a stored meta
+  @holds_meta 0x10000
   @flag_payload_checksum Header.flag_payload_checksum()
   @known_required_flags @flag_payload_checksum
   @two64 1 <<< 64
@@ -68,6 +70,8 @@ defmodule Bridge.Header.Builder do
          {:ok, payload_offset} <- opt_int(opts, :payload_offset, default_offset, 64),
          {:ok, payload_checksum} <- payload_checksum(payload, checksum?) do
       flags = if checksum?, do: extra_flags ||| @flag_payload_checksum, else: extra_flags
+
+      flags = if Bridge.Provenance.holds_meta?(provenance), do: flags ||| @holds_meta, else: flags
 
       header = %Header{
         format: format,

@@ -8,10 +8,16 @@ defmodule Bridge.Provenance.Arguments do
 
   alias Bridge.{Error, Provenance}
 
-  @type t :: %{producer: binary(), meta: binary(), given: boolean()}
+  @type t :: %{
+          producer: binary(),
+          meta: binary(),
+          given: boolean(),
+          held: non_neg_integer() | nil,
+          option: map() | nil
+        }
 
   # SPEC §5.4: the largest meta a writer puts in a frame (ETF bytes).
-  @max_meta 16_384
+  @max_meta 49_152
 
   @doc false
   # The call's context from its `meta:` option (nil: none given). A meta that
@@ -24,7 +30,7 @@ defmodule Bridge.Provenance.Arguments do
       {:ok, map} ->
         case encode_meta(map) do
           body when byte_size(body) <= @max_meta ->
-            {:ok, %{producer: producer(), meta: body, given: true}}
+            {:ok, %{producer: producer(), meta: body, given: true, held: nil, option: map}}
 
           body ->
             {:error,
@@ -66,13 +72,12 @@ defmodule Bridge.Provenance.Arguments do
   @doc false
   # The context of a call without meta: (and of stream elements).
   @spec default() :: t()
-  def default, do: %{producer: producer(), meta: "", given: false}
+  def default, do: %{producer: producer(), meta: "", given: false, held: nil, option: nil}
 
   @doc false
   # The meta map as the worker reads it (call option "meta", SPEC §8.3), or nil.
   @spec option(t()) :: map() | nil
-  def option(%{given: false}), do: nil
-  def option(%{meta: body}), do: :erlang.binary_to_term(body)
+  def option(%{option: map}), do: map
 
   defp encode_meta(map) when map_size(map) == 0, do: ""
   defp encode_meta(map), do: :erlang.term_to_binary(map)
@@ -96,26 +101,21 @@ defmodule Bridge.Provenance.Arguments do
   defp value(v) when is_map(v) and not is_struct(v), do: plain(v)
   defp value(v) when is_binary(v) or is_number(v) or is_atom(v), do: {:ok, v}
 
-  defp value(v) when is_list(v) do
-    Enum.reduce_while(v, {:ok, []}, fn x, {:ok, acc} ->
-      case value(x) do
-        {:ok, y} -> {:cont, {:ok, [y | acc]}}
-        error -> {:halt, error}
-      end
-    end)
-    |> case do
-      {:ok, acc} -> {:ok, Enum.reverse(acc)}
-      error -> error
-    end
-  rescue
-    ArgumentError -> {:error, v}
-  end
+  defp value(v) when is_list(v), do: list(v, [])
 
   defp value(v) when is_tuple(v) do
     with {:ok, list} <- value(Tuple.to_list(v)), do: {:ok, List.to_tuple(list)}
   end
 
   defp value(v), do: {:error, v}
+
+  defp list([], acc), do: {:ok, Enum.reverse(acc)}
+
+  defp list([h | t], acc) do
+    with {:ok, x} <- value(h), do: list(t, [x | acc])
+  end
+
+  defp list(improper_tail, _acc), do: {:error, improper_tail}
 
   # The producer section of this node (cached per node name: it may be started
   # after the first call).
@@ -143,8 +143,10 @@ defmodule Bridge.Provenance.Arguments do
   @doc false
   # The block of an argument frame whose payload is `payload` (a binary or
   # iodata): derived from the frame its bytes were read from, if they are a
-  # worker's result (Bridge.Frame.source/1).
-  @spec block(t(), iodata()) :: binary()
+  # worker's result (Bridge.Frame.source/1). A meta over 1024 bytes goes in the
+  # first such block of the call only; the others name it (SPEC §5.4): the
+  # context returned says which it was.
+  @spec block(t(), iodata()) :: {binary(), t()}
   def block(ctx, payload) do
     p =
       case first_binary(payload) do
@@ -159,14 +161,43 @@ defmodule Bridge.Provenance.Arguments do
 
         {frame_id, %Provenance{} = src} ->
           {lineage, summary} = Provenance.chained(src, frame_id)
-          meta = if ctx.given, do: ctx.meta, else: src.meta
-          %Provenance{producer: ctx.producer, meta: meta, lineage: lineage, summary: summary}
+
+          {meta, ref} =
+            cond do
+              ctx.given -> {ctx.meta, nil}
+              src.meta_ref == nil -> {src.meta, nil}
+              # a stored meta this node read goes on as the call's own
+              (body = Provenance.meta_body(src)) != "" -> {body, nil}
+              true -> {"", src.meta_ref}
+            end
+
+          %Provenance{
+            producer: ctx.producer,
+            meta: meta,
+            meta_ref: ref,
+            lineage: lineage,
+            summary: summary
+          }
       end
 
+    {block, ctx} = store_once(block, ctx)
+
     case Provenance.encode(block) do
-      {:ok, bin} -> bin
+      {:ok, bin} -> {bin, ctx}
       # the source's own chain and meta fit in its block: only ours can be too large
-      {:error, _} -> Provenance.encode!(%Provenance{producer: ctx.producer})
+      {:error, _} -> {Provenance.encode!(%Provenance{producer: ctx.producer}), ctx}
+    end
+  end
+
+  defp store_once(%Provenance{meta: meta} = p, ctx) do
+    if Provenance.stored?(p) do
+      {:ok, digest} = Bridge.NIF.xxh3_64(meta)
+
+      if ctx.held == digest,
+        do: {Provenance.referring(p), ctx},
+        else: {p, %{ctx | held: digest}}
+    else
+      {p, ctx}
     end
   end
 
