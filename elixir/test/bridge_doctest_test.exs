@@ -4,4 +4,7 @@ defmodule Bridge.DoctestTest do
   doctest Bridge
   doctest Bridge.Tensor
   doctest Bridge.Buffer
+  doctest Bridge.Frame
+  doctest Bridge.Provenance
+  doctest Bridge.Telemetry
 end

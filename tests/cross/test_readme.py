@@ -5,6 +5,7 @@
 * "Streams": the same, with a handler module of generators.
 * "Typed schemas": the same, with schema classes in the handler module.
 * "Provenance and inspection": the same, with a handler that adds to its call's meta.
+* "Telemetry": against the handler module of "Calling Python".
 * "Data formats": the Elixir block runs as written (its pattern matches are the
   assertions).
 * "An arena from each side": the Elixir block runs in a real BEAM (its `#=> ...`
@@ -91,6 +92,12 @@ def test_readme_provenance_example_runs(tmp_path: Path) -> None:
     [handler] = blocks("Provenance and inspection", "python")
     [elixir] = blocks("Provenance and inspection", "elixir")
     run_against_handler(handler, elixir, "readme_provenance.exs", tmp_path)
+
+
+def test_readme_telemetry_example_runs(tmp_path: Path) -> None:
+    [handler] = blocks("Calling Python", "python")
+    [elixir] = blocks("Telemetry", "elixir")
+    run_against_handler(handler, elixir, "readme_telemetry.exs", tmp_path)
 
 
 def test_readme_data_formats_example_runs() -> None:

@@ -7,7 +7,7 @@ defmodule Bridge.Call do
   # Bridge.Stream.Session, which also feeds argument streams and takes the pieces
   # of a long result (Bridge.Call.Pieces) meanwhile.
 
-  alias Bridge.{Arena, CallerGC, Config, Control, Decoder, Encoder, Error, Worker}
+  alias Bridge.{Arena, CallerGC, Config, Control, Decoder, Encoder, Error, Telemetry, Worker}
   alias Bridge.Provenance.Arguments
 
   @call_margin 5_000
@@ -15,6 +15,13 @@ defmodule Bridge.Call do
   @doc false
   @spec run(Bridge.function_ref(), list(), keyword()) :: {:ok, term()} | {:error, Error.t()}
   def run(function_ref, args, opts) do
+    if Telemetry.enabled?(),
+      do:
+        Bridge.Call.Events.span(function_ref, opts, fn -> timed_run(function_ref, args, opts) end),
+      else: do_run(function_ref, args, opts)
+  end
+
+  defp do_run(function_ref, args, opts) do
     with {:ok, prepared} <- prepare(function_ref, args, opts) do
       # The slices are this process's until the call is over, whatever happens.
       try do
@@ -22,6 +29,30 @@ defmodule Bridge.Call do
       after
         Enum.each(prepared.slices, &Arena.release/1)
       end
+    end
+  end
+
+  # As do_run/3, with the time each part took (native units; Bridge.Telemetry).
+  defp timed_run(function_ref, args, opts) do
+    t0 = System.monotonic_time()
+
+    case prepare(function_ref, args, opts) do
+      {:ok, prepared} ->
+        t1 = System.monotonic_time()
+        Process.put(:"$bb_decode_time", 0)
+
+        try do
+          result = Bridge.Stream.Session.call(prepared)
+          decode = Process.delete(:"$bb_decode_time")
+          wait = System.monotonic_time() - t1 - decode
+          {result, %{encode: t1 - t0, wait: wait, decode: decode}}
+        after
+          Process.delete(:"$bb_decode_time")
+          Enum.each(prepared.slices, &Arena.release/1)
+        end
+
+      error ->
+        {error, %{encode: System.monotonic_time() - t0, wait: 0, decode: 0}}
     end
   end
 

@@ -128,7 +128,16 @@ defmodule Bridge.Stream.Session do
     case {reply, Pieces.failure(pieces)} do
       {{:ok, {body, resolved, worker}}, nil} ->
         CallerGC.received(resolved)
-        Call.decode(body, resolved, worker, prepared.config, pieces)
+
+        # timed when Bridge.Call reports the call's timings (Bridge.Telemetry)
+        if Process.get(:"$bb_decode_time") do
+          t0 = System.monotonic_time()
+          result = Call.decode(body, resolved, worker, prepared.config, pieces)
+          Process.put(:"$bb_decode_time", System.monotonic_time() - t0)
+          result
+        else
+          Call.decode(body, resolved, worker, prepared.config, pieces)
+        end
 
       {_reply, %Error{} = error} ->
         {:error, error}
