@@ -13,7 +13,8 @@
 #     the default pool vs `untrusted: true`, and a worker that polls for the next call
 #     vs one that sleeps at once (`spin_us`)
 #   * a small call (two integers): Bridge.call p50 vs a raw Port round trip of a
-#     20-byte frame with no decoding at all (the floor)
+#     20-byte frame with no decoding at all (the floor), and with Bridge.Metrics
+#     recording (the default) vs not
 #   * a CPU-bound handler: throughput of a pool of 2 vs a pool of 1
 #   * 1M-row table Python -> Elixir as Arrow vs an ETF list of maps; 1 GiB vs 1 KiB
 #     tensor open; lists and rows as ETF vs packed/records (bench/formats.exs)
@@ -168,8 +169,32 @@ defmodule Bench do
         samples_us(n, ping)
       end)
 
+    # Bridge.Metrics on (the default) and off, alternating rounds of the same call:
+    # the median of each side's round p50s
+    sample_ns = fn k ->
+      for _ <- 1..k do
+        t = System.monotonic_time(:nanosecond)
+        call.()
+        System.monotonic_time(:nanosecond) - t
+      end
+    end
+
+    rounds =
+      for _ <- 1..6, on? <- [false, true] do
+        Bridge.Metrics.enable(on?)
+        {on?, percentile(sample_ns.(div(n, 2)), 50) / 1000}
+      end
+
+    Bridge.Metrics.enable(true)
+    side = fn on? -> rounds |> Enum.filter(&(elem(&1, 0) == on?)) |> Enum.map(&elem(&1, 1)) end
+    off_p50 = percentile(side.(false), 50)
+    on_p50 = percentile(side.(true), 50)
+
     %{
       "calls" => n,
+      "metrics_off_p50_us" => off_p50,
+      "metrics_on_p50_us" => on_p50,
+      "metrics_on_over_off_p50" => ratio(on_p50, off_p50),
       "bridge_p50_us" => percentile(bridge, 50),
       "bridge_p99_us" => percentile(bridge, 99),
       "raw_port_p50_us" => percentile(floor, 50),
@@ -468,6 +493,12 @@ defmodule Bench do
 
     target("small call p50 within 1.5x of the raw Port floor", small["bridge_over_raw_port_p50"],
       ok?: &(&1 <= 1.5)
+    )
+
+    target(
+      "small call p50 with Bridge.Metrics on within 1.03x of off",
+      small["metrics_on_over_off_p50"],
+      ok?: &(&1 <= 1.03)
     )
 
     target("CPU-bound handler: pool of 2 >= 1.6x pool of 1", tp["pool2_over_pool1"],

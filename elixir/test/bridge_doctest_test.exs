@@ -7,4 +7,5 @@ defmodule Bridge.DoctestTest do
   doctest Bridge.Frame
   doctest Bridge.Provenance
   doctest Bridge.Telemetry
+  doctest Bridge.Metrics.Histogram
 end

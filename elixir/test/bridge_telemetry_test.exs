@@ -119,9 +119,14 @@ defmodule Bridge.TelemetryTest do
     assert_receive {:telemetry, [:beambridge, :call, :stop], %{duration: _}, %{result: :ok}}
   end
 
-  test "with nobody listening, a call measures nothing" do
+  test "with nobody listening and metrics off, a call measures nothing" do
+    Bridge.Metrics.enable(false)
+    on_exit(fn -> Bridge.Metrics.enable(true) end)
     refute Telemetry.enabled?()
+    calls = fn -> get_in(Bridge.Metrics.snapshot(), [{Tel, "bbt_handlers.add"}, :calls]) end
+    before = calls.()
     assert {:ok, 3} = Bridge.call({:bbt_handlers, :add}, [1, 2], pool: Tel)
     assert Process.get(:"$bb_decode_time") == nil
+    assert calls.() == before
   end
 end

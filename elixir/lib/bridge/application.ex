@@ -4,7 +4,8 @@ defmodule Bridge.Application do
   # versions left behind when their owner was killed (Bridge.Reaper; transport v2
   # names nothing) and logs what it removed. Bridge.FormatStats owns the table of
   # format decisions (Bridge.format_stats/0) shared by every bridge; the
-  # application's process owns the table of stored metas (Bridge.Provenance.Stored).
+  # application's process owns the table of stored metas (Bridge.Provenance.Stored)
+  # and that of the calls' metrics (Bridge.Metrics).
 
   use Application
 
@@ -24,6 +25,7 @@ defmodule Bridge.Application do
     end
 
     Bridge.Provenance.Stored.init()
+    Bridge.Metrics.init()
     Supervisor.start_link([Bridge.FormatStats], strategy: :one_for_one, name: Bridge.Supervisor)
   end
 end

@@ -7,7 +7,8 @@ defmodule Bridge.Call do
   # Bridge.Stream.Session, which also feeds argument streams and takes the pieces
   # of a long result (Bridge.Call.Pieces) meanwhile.
 
-  alias Bridge.{Arena, CallerGC, Config, Control, Decoder, Encoder, Error, Telemetry, Worker}
+  alias Bridge.{Arena, CallerGC, Config, Control, Decoder, Encoder, Error, Metrics, Telemetry}
+  alias Bridge.Worker
   alias Bridge.Provenance.Arguments
 
   @call_margin 5_000
@@ -15,10 +16,29 @@ defmodule Bridge.Call do
   @doc false
   @spec run(Bridge.function_ref(), list(), keyword()) :: {:ok, term()} | {:error, Error.t()}
   def run(function_ref, args, opts) do
-    if Telemetry.enabled?(),
-      do:
-        Bridge.Call.Events.span(function_ref, opts, fn -> timed_run(function_ref, args, opts) end),
-      else: do_run(function_ref, args, opts)
+    cond do
+      Telemetry.enabled?() ->
+        Bridge.Call.Events.span(function_ref, opts, fn -> measured(function_ref, args, opts) end)
+
+      Metrics.enabled?() ->
+        function_ref |> measured(args, opts) |> elem(0)
+
+      true ->
+        do_run(function_ref, args, opts)
+    end
+  end
+
+  # The call, timed, and recorded in Bridge.Metrics.
+  defp measured(function_ref, args, opts) do
+    {result, timings} = timed_run(function_ref, args, opts)
+
+    with {module, function} <- function_ref,
+         true <- Metrics.enabled?() do
+      outcome = if match?({:ok, _}, result), do: :ok, else: :error
+      Metrics.record(Keyword.get(opts, :pool, Bridge), module, function, timings, outcome)
+    end
+
+    {result, timings}
   end
 
   defp do_run(function_ref, args, opts) do
@@ -44,15 +64,16 @@ defmodule Bridge.Call do
         try do
           result = Bridge.Stream.Session.call(prepared)
           decode = Process.delete(:"$bb_decode_time")
-          wait = System.monotonic_time() - t1 - decode
-          {result, %{encode: t1 - t0, wait: wait, decode: decode}}
+          t2 = System.monotonic_time()
+          {result, %{duration: t2 - t0, encode: t1 - t0, wait: t2 - t1 - decode, decode: decode}}
         after
           Process.delete(:"$bb_decode_time")
           Enum.each(prepared.slices, &Arena.release/1)
         end
 
       error ->
-        {error, %{encode: System.monotonic_time() - t0, wait: 0, decode: 0}}
+        encode = System.monotonic_time() - t0
+        {error, %{duration: encode, encode: encode, wait: 0, decode: 0}}
     end
   end
 

@@ -1,0 +1,81 @@
+defmodule Bridge.MetricsTest do
+  # Bridge.Metrics: histograms that merge, and what real calls record.
+  use ExUnit.Case, async: false
+
+  import Bridge.Test.BridgeCase
+
+  alias Bridge.Metrics
+  alias Bridge.Metrics.Histogram
+  alias Bridge.Test.Seed
+
+  @moduletag timeout: 120_000
+
+  setup_all do
+    {:ok, seed: Seed.run_seed(__MODULE__)}
+  end
+
+  setup %{seed: seed, test: test} do
+    Seed.seed_test(seed, test, 1)
+    :ok
+  end
+
+  defp values(n), do: for(_ <- 1..n, do: trunc(:math.pow(2, :rand.uniform() * 40)) - 1)
+
+  test "every value lies in its bucket, buckets are ordered and tight (within 25%)" do
+    for v <- [0, 1, 2, 3, 4, 5, 6, 7, 8, 9 | values(5000)] do
+      i = Histogram.bucket(v)
+      assert v <= Histogram.upper(i)
+      assert i == 0 or v > Histogram.upper(i - 1)
+      assert Histogram.upper(i) <= max(v * 5 / 4, v + 1)
+    end
+  end
+
+  test "histograms merge as the union of their values; quantiles are within a bucket" do
+    for _ <- 1..50 do
+      a = values(:rand.uniform(300))
+      b = values(:rand.uniform(300))
+      h = fn vs -> Enum.reduce(vs, Histogram.new(), &Histogram.add(&2, &1)) end
+      assert Histogram.merge(h.(a), h.(b)) == h.(a ++ b)
+
+      all = Enum.sort(a ++ b)
+
+      for q <- [0.5, 0.9, 0.99, 1.0] do
+        exact = Enum.at(all, max(ceil(q * length(all)) - 1, 0))
+        got = Histogram.quantile(h.(a ++ b), q)
+        assert got >= exact and got <= max(exact * 5 / 4, exact + 1)
+      end
+    end
+
+    assert Histogram.quantile(Histogram.new(), 0.5) == nil
+  end
+
+  test "calls are counted per pool and function, with their parts and errors" do
+    start_supervised!({Bridge, bridge_opts(Met, pool_size: 1, threshold: 1024)})
+    Metrics.reset()
+
+    for _ <- 1..20, do: {:ok, 3} = Bridge.call({:bbt_handlers, :add}, [1, 2], pool: Met)
+    big = :binary.copy("y", 200_000)
+    for _ <- 1..5, do: {:ok, ^big} = Bridge.call({:bbt_handlers, :identity}, [big], pool: Met)
+    for _ <- 1..3, do: {:error, _} = Bridge.call({:bbt_handlers, :fail}, ["no"], pool: Met)
+
+    snap = Metrics.snapshot()
+    add = snap[{Met, "bbt_handlers.add"}]
+    assert %{calls: 20, errors: 0} = add
+    assert add.duration.count == 20 and add.wait.count == 20
+    assert add.duration.sum >= add.wait.sum and add.wait.sum > 0
+    assert Histogram.quantile(add.duration, 0.5) > 0
+
+    identity = snap[{Met, "bbt_handlers.identity"}]
+    assert identity.calls == 5 and identity.encode.sum > 0 and identity.decode.sum >= 0
+    assert %{calls: 3, errors: 3} = snap[{Met, "bbt_handlers.fail"}]
+
+    # turned off, nothing more is recorded
+    Metrics.enable(false)
+    {:ok, 3} = Bridge.call({:bbt_handlers, :add}, [1, 2], pool: Met)
+    Metrics.enable(true)
+    assert Metrics.snapshot()[{Met, "bbt_handlers.add"}].calls == 20
+
+    Metrics.reset()
+    assert Metrics.snapshot() == %{}
+  end
+end
