@@ -8,4 +8,5 @@ defmodule Bridge.DoctestTest do
   doctest Bridge.Provenance
   doctest Bridge.Telemetry
   doctest Bridge.Metrics.Histogram
+  doctest Bridge.Metrics.Prometheus
 end

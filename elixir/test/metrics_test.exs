@@ -75,7 +75,68 @@ defmodule Bridge.MetricsTest do
     Metrics.enable(true)
     assert Metrics.snapshot()[{Met, "bbt_handlers.add"}].calls == 20
 
+    text = Bridge.Metrics.Prometheus.render(snap)
+    check_exposition(text)
+    assert text =~ ~s(beambridge_calls_total{pool="Met",function="bbt_handlers.add"} 20\n)
+    assert text =~ ~s(beambridge_call_errors_total{pool="Met",function="bbt_handlers.fail"} 3\n)
+
+    assert text =~
+             ~s(beambridge_call_microseconds_count{pool="Met",function="bbt_handlers.add",part="wait"} 20\n)
+
     Metrics.reset()
     assert Metrics.snapshot() == %{}
+  end
+
+  test "the exposition escapes label values and keeps every histogram whole" do
+    h = Enum.reduce(values(500), Histogram.new(), &Histogram.add(&2, &1))
+    snap = %{{:"Pool\"x", "m.we\"ird\\fn\nx"} => %{calls: 500, errors: 2, duration: h, wait: h}}
+    text = Bridge.Metrics.Prometheus.render(snap)
+    check_exposition(text)
+    assert text =~ ~s(function="m.we\\"ird\\\\fn\\nx")
+  end
+
+  # The text exposition format 0.0.4: comments, then samples `name{labels} value`;
+  # each histogram series' buckets cumulative, ending with le="+Inf" equal to its
+  # _count, with a _sum.
+  defp check_exposition(text) do
+    assert String.ends_with?(text, "\n")
+    label = ~S{[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\["\\n])*"}
+    sample = ~r/^([a-zA-Z_:][a-zA-Z0-9_:]*)\{(#{label}(?:,#{label})*)\} (-?\d+)$/
+
+    samples =
+      for line <- String.split(text, "\n", trim: true), not String.starts_with?(line, "#") do
+        assert [_, name, labels, value] = Regex.run(sample, line), "not a sample: #{line}"
+        {name, labels, String.to_integer(value)}
+      end
+
+    for line <- String.split(text, "\n", trim: true), String.starts_with?(line, "#") do
+      assert line =~ ~r/^# (HELP|TYPE) [a-zA-Z_:][a-zA-Z0-9_:]* \S/
+    end
+
+    buckets =
+      samples
+      |> Enum.filter(&(elem(&1, 0) == "beambridge_call_microseconds_bucket"))
+      |> Enum.group_by(fn {_, labels, _} -> String.replace(labels, ~r/,le="[^"]*"$/, "") end)
+
+    for {series, rows} <- buckets do
+      counts = Enum.map(rows, &elem(&1, 2))
+      assert counts == Enum.sort(counts), "buckets of #{series} are not cumulative"
+      assert List.last(rows) |> elem(1) =~ ~s(le="+Inf")
+
+      count =
+        Enum.find(
+          samples,
+          &(&1 |> elem(0) == "beambridge_call_microseconds_count" and elem(&1, 1) == series)
+        )
+
+      assert count && elem(count, 2) == List.last(counts)
+
+      assert Enum.any?(
+               samples,
+               &(elem(&1, 0) == "beambridge_call_microseconds_sum" and elem(&1, 1) == series)
+             )
+    end
+
+    assert map_size(buckets) > 0
   end
 end
