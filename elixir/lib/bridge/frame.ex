@@ -79,7 +79,7 @@ defmodule Bridge.Frame do
   def describe(%__MODULE__{} = frame), do: {:ok, Description.build(from_frame(frame))}
 
   def describe(value) do
-    case find_source(value, 64) do
+    case find_source(value) do
       {:ok, found} ->
         {:ok, Description.build(found)}
 
@@ -178,31 +178,42 @@ defmodule Bridge.Frame do
     }
   end
 
-  # The first binary inside `value` (at most `budget` looked at) that lies in a
-  # worker's slice.
-  defp find_source(bin, _budget) when is_binary(bin), do: source(bin)
-
-  defp find_source(%{__struct__: _} = s, budget),
-    do: find_source(Map.values(Map.from_struct(s)), budget)
-
-  defp find_source(%{} = m, budget), do: find_source(Map.values(m), budget)
-  defp find_source(t, budget) when is_tuple(t), do: find_source(Tuple.to_list(t), budget)
-
-  defp find_source(list, budget) when is_list(list) do
-    Enum.reduce_while(list, {:none, budget}, fn
-      _x, {:none, 0} ->
-        {:halt, {:none, 0}}
-
-      x, {:none, left} ->
-        case find_source(x, left - 1) do
-          :none -> {:cont, {:none, left - 1}}
-          found -> {:halt, {found, left}}
-        end
-    end)
-    |> elem(0)
+  # The first binary inside `value` that lies in a worker's slice.
+  defp find_source(value) do
+    first_binary(value, fn bin ->
+      case source(bin) do
+        :none -> nil
+        found -> found
+      end
+    end) || :none
   end
 
-  defp find_source(_other, _budget), do: :none
+  @doc false
+  # `fun` applied to the binaries inside `value` (a binary, or in structs, maps,
+  # tuples and lists; at most 64 looked at) until it returns something other
+  # than nil: that, or nil (Bridge.Frame.Dump looks for a value's frame too).
+  @spec first_binary(term(), (binary() -> term())) :: term()
+  def first_binary(value, fun), do: value |> first_binary(fun, 64) |> elem(0)
+
+  defp first_binary(_value, _fun, 0), do: {nil, 0}
+  defp first_binary(bin, fun, left) when is_binary(bin), do: {fun.(bin), left - 1}
+
+  defp first_binary(%{__struct__: _} = s, fun, left),
+    do: first_binary(Map.values(Map.from_struct(s)), fun, left)
+
+  defp first_binary(%{} = m, fun, left), do: first_binary(Map.values(m), fun, left)
+  defp first_binary(t, fun, left) when is_tuple(t), do: first_binary(Tuple.to_list(t), fun, left)
+
+  defp first_binary(list, fun, left) when is_list(list) do
+    Enum.reduce_while(list, {nil, left - 1}, fn x, {nil, left} ->
+      case first_binary(x, fun, left) do
+        {nil, left} when left > 0 -> {:cont, {nil, left}}
+        done -> {:halt, done}
+      end
+    end)
+  end
+
+  defp first_binary(_other, _fun, left), do: {nil, left - 1}
 
   defp frame_bytes?(<<"BBFH", _::binary>>), do: true
   defp frame_bytes?(_value), do: false

@@ -13,7 +13,7 @@ defmodule Bridge.Frame.Dump do
   # A frame read from a slice holds no copy of its block: its slice has it.
   def frame_bytes(%Frame{header: h, provenance: ""} = frame)
       when h.provenance_length > 0 and is_binary(frame.payload) do
-    case held(frame.payload, 1) do
+    case held(frame.payload) do
       nil -> frame_bytes(%{frame | header: %{h | provenance_length: 0, provenance_checksum: 0}})
       bytes -> {:ok, bytes}
     end
@@ -38,14 +38,16 @@ defmodule Bridge.Frame.Dump do
   end
 
   def frame_bytes(value) do
-    case held(value, 64) do
+    case held(value) do
       nil -> fresh(value)
       bytes -> {:ok, bytes}
     end
   end
 
   # The whole frame a binary inside `value` lies in (a worker's result).
-  defp held(bin, _budget) when is_binary(bin) do
+  defp held(value), do: Frame.first_binary(value, &held_bytes/1)
+
+  defp held_bytes(bin) do
     case NIF.peer_frame_of(bin, true) do
       {:ok, {copy, len, _at, _pid, _fd, _off}} ->
         case Header.parse(copy, len) do
@@ -60,25 +62,6 @@ defmodule Bridge.Frame.Dump do
         nil
     end
   end
-
-  defp held(%{__struct__: _} = s, budget), do: held(Map.values(Map.from_struct(s)), budget)
-  defp held(%{} = m, budget), do: held(Map.values(m), budget)
-  defp held(t, budget) when is_tuple(t), do: held(Tuple.to_list(t), budget)
-
-  defp held(list, budget) when is_list(list) and budget > 0 do
-    Enum.reduce_while(list, {nil, budget}, fn x, {nil, left} ->
-      if left <= 0,
-        do: {:halt, {nil, 0}},
-        else:
-          (case held(x, left - 1) do
-             nil -> {:cont, {nil, left - 1}}
-             bytes -> {:halt, {bytes, left}}
-           end)
-    end)
-    |> elem(0)
-  end
-
-  defp held(_other, _budget), do: nil
 
   defp fresh(value) do
     ctx = Arguments.default()
