@@ -134,6 +134,16 @@ defmodule Bridge.Header do
   def flag_payload_checksum, do: @flag_payload_checksum
 
   @doc """
+  The optional `HOLDS_META` flag bit (SPEC §5.2, §5.4): the frame's provenance
+  block holds its call's stored meta.
+
+      iex> Bridge.Header.flag_holds_meta()
+      65536
+  """
+  @spec flag_holds_meta() :: 65_536
+  def flag_holds_meta, do: 0x10000
+
+  @doc """
   The name of a format code, or `:unknown`.
 
   ## Examples

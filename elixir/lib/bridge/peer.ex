@@ -142,7 +142,7 @@ defmodule Bridge.Peer do
   # SPEC §5.4: a frame with HOLDS_META holds its call's meta for the frames
   # after it; it is kept (Bridge.Provenance.Stored). A block that does not read
   # keeps nothing and fails nothing: the payload is what was asked for.
-  @holds_meta 0x10000
+  @holds_meta Header.flag_holds_meta()
   defp stored_meta(lease, %Header{flags: flags, provenance_length: n} = h, head)
        when (flags &&& @holds_meta) != 0 and n > 0 do
     start = 128 + h.metadata_length

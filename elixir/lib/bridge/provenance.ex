@@ -246,7 +246,7 @@ defmodule Bridge.Provenance do
   # kept (Bridge.Provenance.Stored).
   defp parse_and_keep(block, %Header{flags: flags}) do
     with {:ok, p} <- parse(block) do
-      if (flags &&& 0x10000) != 0, do: Bridge.Provenance.Stored.remember(p)
+      if (flags &&& Header.flag_holds_meta()) != 0, do: Bridge.Provenance.Stored.remember(p)
       {:ok, p}
     end
   end

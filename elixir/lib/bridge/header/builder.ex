@@ -16,8 +16,7 @@ defmodule Bridge.Header.Builder do
   @header_size Header.size()
   @max_metadata Header.max_metadata()
   @max_provenance 65_536
-  # SPEC §5.2: the block starts with a stored meta
-  @holds_meta 0x10000
+  @holds_meta Header.flag_holds_meta()
   @flag_payload_checksum Header.flag_payload_checksum()
   @known_required_flags @flag_payload_checksum
   @two64 1 <<< 64
