@@ -169,32 +169,39 @@ defmodule Bench do
         samples_us(n, ping)
       end)
 
-    # Bridge.Metrics on (the default) and off, alternating rounds of the same call:
-    # the median of each side's round p50s
-    sample_ns = fn k ->
-      for _ <- 1..k do
+    # Bridge.Metrics on (the default) and off, call by call (the switch between
+    # two calls, outside the time measured): both sides see the same machine.
+    # Each side's p50, and the recording itself (a collector's, off the
+    # caller's path) per call
+    samples =
+      for i <- 1..(4 * n) do
+        on? = rem(i, 2) == 0
+        Bridge.Metrics.enable(on?)
         t = System.monotonic_time(:nanosecond)
         call.()
-        System.monotonic_time(:nanosecond) - t
-      end
-    end
-
-    rounds =
-      for _ <- 1..6, on? <- [false, true] do
-        Bridge.Metrics.enable(on?)
-        {on?, percentile(sample_ns.(div(n, 2)), 50) / 1000}
+        {on?, System.monotonic_time(:nanosecond) - t}
       end
 
     Bridge.Metrics.enable(true)
-    side = fn on? -> rounds |> Enum.filter(&(elem(&1, 0) == on?)) |> Enum.map(&elem(&1, 1)) end
+    side = fn on? -> for {^on?, ns} <- samples, do: ns / 1000 end
     off_p50 = percentile(side.(false), 50)
     on_p50 = percentile(side.(true), 50)
+
+    # what the collector spends recording one such call (CPU, not the caller's)
+    timings = {30_000, 2_000, 0, 25_000, 500, {3_000, 3, 1, 3}}
+
+    {record_us, _} =
+      :timer.tc(fn ->
+        for _ <- 1..20_000,
+            do: Bridge.Metrics.record_now(BenchRecord, :m, :f, timings, :ok, [])
+      end)
 
     %{
       "calls" => n,
       "metrics_off_p50_us" => off_p50,
       "metrics_on_p50_us" => on_p50,
       "metrics_on_over_off_p50" => ratio(on_p50, off_p50),
+      "metrics_record_us" => record_us / 20_000,
       "bridge_p50_us" => percentile(bridge, 50),
       "bridge_p99_us" => percentile(bridge, 99),
       "raw_port_p50_us" => percentile(floor, 50),

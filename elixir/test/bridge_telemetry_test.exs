@@ -42,6 +42,10 @@ defmodule Bridge.TelemetryTest do
     assert %{duration: d, monotonic_time: t1, encode: e, wait: w, decode: dec} = stop
     assert t1 - t0 == d and d > 0
     assert e > 0 and w > 0 and dec >= 0 and e + w + dec <= d
+    # the copy into shared memory, the worker's own parts, the bytes that crossed
+    assert %{copy: c, queue: q, transfer: tr, handler: h, bytes: 200_000} = stop
+    assert %{worker_decode: wd, worker_encode: we} = stop
+    assert c > 0 and e + c + w + dec <= d and q + tr + wd + h + we <= w
     assert %{result: :ok, error: nil, error_kind: nil, telemetry_span_context: ^ref} = stop_meta
 
     # an error comes back as a stop with the error

@@ -212,7 +212,7 @@ defmodule Bridge.GoldenVectorsTest do
           e
 
         # accepted by the worker's process; the caller refuses the body
-        {:ok, {body, {}, _worker}} ->
+        {:ok, {body, {}, _worker, _timing}} ->
           assert {:error, %Error{} = e} = Control.decode_body(body)
           e
       end
@@ -272,9 +272,17 @@ defmodule Bridge.GoldenVectorsTest do
     end
   end
 
+  # Since 2.5 an answer may end with the worker's timings: the caller gets them.
+  defp beam_accepts({tag, id, detail, released, {_, _, _} = timings}, bin)
+       when tag in [:ok, :error] do
+    beam_accepts({tag, id, detail, released}, bin)
+    {_state, reply} = run_worker(bin, :busy, id)
+    if tag == :ok, do: assert({:ok, {_, {}, _, {_sent, ^timings}}} = reply)
+  end
+
   defp beam_accepts({:ok, id, [], _released}, bin) do
     {state, reply} = run_worker(bin, :busy, id)
-    assert {:ok, {body, {}, _worker}} = reply
+    assert {:ok, {body, {}, _worker, {_sent, _timings}}} = reply
     assert {:ok, _} = Control.decode_body(body)
     assert state.phase == :ready
   end
@@ -338,7 +346,15 @@ defmodule Bridge.GoldenVectorsTest do
 
     call =
       if phase == :busy,
-        do: %{id: call_id, from: {self(), tag}, module: :m, function: :f, streams: streams}
+        do: %{
+          id: call_id,
+          from: {self(), tag},
+          module: :m,
+          function: :f,
+          streams: streams,
+          sent: System.monotonic_time(),
+          timings: nil
+        }
 
     state = %Bridge.Worker{
       config: %Bridge.Config{name: :"Bridge.GoldenVectorsTest.no_pool"},

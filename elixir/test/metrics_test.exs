@@ -65,9 +65,32 @@ defmodule Bridge.MetricsTest do
     assert add.duration.sum >= add.wait.sum and add.wait.sum > 0
     assert Histogram.quantile(add.duration, 0.5) > 0
 
+    # the worker's own timings split the wait: queue + transfer + its three
+    for part <- [:copy, :queue, :transfer, :worker_decode, :handler, :worker_encode] do
+      assert add[part].count == 20, "#{part}: #{inspect(add[part])}"
+    end
+
+    worker = add.queue.sum + add.transfer.sum + add.worker_decode.sum + add.handler.sum
+    # each part is rounded down to a microsecond on its own
+    assert (worker + add.worker_encode.sum) in (add.wait.sum - 5 * 20)..add.wait.sum
+    assert add.copy.sum == 0 and add.size.sum == 0
+    assert add.formats == %{etf: %{calls: 20, duration: add.duration}}
+    assert add.sizes == %{{:etf, 0} => %{calls: 20, duration_sum: add.duration.sum}}
+
     identity = snap[{Met, "bbt_handlers.identity"}]
-    assert identity.calls == 5 and identity.encode.sum > 0 and identity.decode.sum >= 0
-    assert %{calls: 3, errors: 3} = snap[{Met, "bbt_handlers.fail"}]
+    assert identity.calls == 5 and identity.encode.count == 5 and identity.decode.sum >= 0
+    assert identity.copy.count == 5 and identity.copy.sum > 0
+    assert identity.bytes.to_python == %{raw_slice: %{count: 5, bytes: 1_000_000}}
+    assert identity.bytes.from_python == %{raw_slice: %{count: 5, bytes: 1_000_000}}
+    assert identity.size.count == 5 and identity.size.sum == 2_000_000
+    # 400 KB a call: the 256 KiB class
+    assert %{{:raw_slice, 262_144} => %{calls: 5}} = identity.sizes
+    assert %{raw_slice: %{calls: 5}} = identity.formats
+
+    fail = snap[{Met, "bbt_handlers.fail"}]
+    assert %{calls: 3, errors: 3} = fail
+    # an error answer carries no worker timings to the caller
+    assert fail.handler.count == 0 and fail.duration.count == 3
 
     # turned off, nothing more is recorded
     Metrics.enable(false)
@@ -83,8 +106,40 @@ defmodule Bridge.MetricsTest do
     assert text =~
              ~s(beambridge_call_microseconds_count{pool="Met",function="bbt_handlers.add",part="wait"} 20\n)
 
+    assert text =~
+             ~s(beambridge_call_microseconds_count{pool="Met",function="bbt_handlers.add",part="handler"} 20\n)
+
+    assert text =~
+             ~s(beambridge_bytes_total{pool="Met",function="bbt_handlers.identity",direction="to_python",form="raw_slice"} 1000000\n)
+
+    assert text =~
+             ~s(beambridge_call_bytes_count{pool="Met",function="bbt_handlers.identity"} 5\n)
+
     Metrics.reset()
     assert Metrics.snapshot() == %{}
+  end
+
+  test "the handler's time is the worker's; values that could get no slice count as fallbacks" do
+    start_supervised!(
+      {Bridge,
+       bridge_opts(MetLimited, pool_size: 1, arena_limit: 2_097_152, min_arena: 1_048_576)}
+    )
+
+    Metrics.reset()
+    {:ok, :slept} = Bridge.call({:bbt_handlers, :sleep}, [0.05, :slept], pool: MetLimited)
+    sleep = Metrics.snapshot()[{MetLimited, "bbt_handlers.sleep"}]
+    assert sleep.handler.sum >= 50_000 and sleep.handler.sum < sleep.duration.sum
+    assert sleep.transfer.sum + sleep.queue.sum < 50_000
+
+    big = :binary.copy("L", 3_000_000)
+
+    ExUnit.CaptureLog.capture_log(fn ->
+      assert {:ok, ^big} = Bridge.call({:bbt_handlers, :identity}, [big], pool: MetLimited)
+    end)
+
+    identity = Metrics.snapshot()[{MetLimited, "bbt_handlers.identity"}]
+    assert identity.fallbacks == 1
+    assert %{raw: %{count: 1, bytes: 3_000_000}} = identity.bytes.to_python
   end
 
   test "the exposition escapes label values and keeps every histogram whole" do
@@ -115,10 +170,12 @@ defmodule Bridge.MetricsTest do
 
     buckets =
       samples
-      |> Enum.filter(&(elem(&1, 0) == "beambridge_call_microseconds_bucket"))
-      |> Enum.group_by(fn {_, labels, _} -> String.replace(labels, ~r/,le="[^"]*"$/, "") end)
+      |> Enum.filter(&String.ends_with?(elem(&1, 0), "_bucket"))
+      |> Enum.group_by(fn {name, labels, _} ->
+        {String.trim_trailing(name, "_bucket"), String.replace(labels, ~r/,le="[^"]*"$/, "")}
+      end)
 
-    for {series, rows} <- buckets do
+    for {{metric, series}, rows} <- buckets do
       counts = Enum.map(rows, &elem(&1, 2))
       assert counts == Enum.sort(counts), "buckets of #{series} are not cumulative"
       assert List.last(rows) |> elem(1) =~ ~s(le="+Inf")
@@ -126,14 +183,14 @@ defmodule Bridge.MetricsTest do
       count =
         Enum.find(
           samples,
-          &(&1 |> elem(0) == "beambridge_call_microseconds_count" and elem(&1, 1) == series)
+          &(&1 |> elem(0) == "#{metric}_count" and elem(&1, 1) == series)
         )
 
       assert count && elem(count, 2) == List.last(counts)
 
       assert Enum.any?(
                samples,
-               &(elem(&1, 0) == "beambridge_call_microseconds_sum" and elem(&1, 1) == series)
+               &(elem(&1, 0) == "#{metric}_sum" and elem(&1, 1) == series)
              )
     end
 

@@ -146,6 +146,9 @@ def control_vectors() -> list[ControlVector]:
                      (A("object_dropped"), 1)),
         good_control("good_worker_ok", "an answer without slices, releasing nothing",
                      "worker", (A("ok"), 7, [], []), (A("ok"), [1, 2.5], b"three")),
+        good_control("good_worker_ok_timed", "since 2.5: an answer with the worker's "
+                     "timings {decode, run, encode} in microseconds", "worker",
+                     (A("ok"), 7, [], [], (120, 45000, 30)), (A("ok"), [1, 2.5], b"three")),
         good_control("good_worker_ok_worker_slice",
                      "an answer naming a slice of a worker arena, lent under ticket 0; one "
                      "BEAM slice released", "worker",
@@ -172,6 +175,10 @@ def control_vectors() -> list[ControlVector]:
                       control.python_exception(b"ValueError", b"x must be positive",
                                                b"Traceback (most recent call last):\n"),
                       [])),
+        good_control("good_worker_error_timed", "since 2.5: the handler raised after "
+                     "running 2.5 s, with the worker's timings", "worker",
+                     (A("error"), 12, control.python_exception(b"KeyError", b"'x'", b""), [],
+                      (3, 2500000, 41))),
         good_control("good_worker_error_bad_call", "the call was wrong (no such function); "
                      "one BEAM slice released", "worker",
                      (A("error"), 13,
@@ -288,6 +295,19 @@ def control_vectors() -> list[ControlVector]:
                     raw_frame(encode((A("ok"), 7, [(A("worker"), 1, 64, 4096)], [])),
                               encode((SLICE, A("tensor"), 0))),
                     beam=beam_refuses("bad_slice", "slices")),
+        bad_control("bad_worker_ok_timings_negative", "since 2.5: timings {1, -2, 3}: "
+                    "microseconds are never negative", "worker",
+                    raw_frame(encode((A("ok"), 7, [], [], (1, -2, 3))), encode(1)),
+                    beam=unexpected),
+        bad_control("bad_worker_ok_timings_arity", "since 2.5: timings {1, 2}: three "
+                    "numbers or none", "worker",
+                    raw_frame(encode((A("ok"), 7, [], [], (1, 2))), encode(1)),
+                    beam=unexpected),
+        bad_control("bad_worker_error_timings_list", "since 2.5: an error whose timings are "
+                    "a list", "worker",
+                    raw_frame(encode((A("error"), 7,
+                                      control.bad_call("badarg", b"no"), [], [1, 2, 3]))),
+                    beam=unexpected),
         bad_control("bad_worker_ok_no_body", "an ok answer without its body", "worker",
                     raw_frame(ok_empty), beam=beam_refuses("bad_term")),
         bad_control("bad_worker_object_lane", "the worker announces a lane (only the BEAM "

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import control
+from .etf import encode_int
 from .result_slices import ResultSlices
 from .strings import to_str
 from .terms import POLICIES
@@ -56,6 +57,26 @@ class Reply:
     envelope: Any
     body: list[Any] | None
     head: bytes | None = None
+
+    def timed(self, decode_us: int, run_us: int, encode_us: int) -> None:
+        """Add the worker's timings to an ``{:ok, ...}`` or ``{:error, ...}`` answer
+        (since 2.5, to a BEAM of 2.5 or later, §8.3): ``{decode, run, encode}`` in
+        microseconds, the arguments read, the handler run, the result written.
+        Other answers (a stream's ``{:done, ...}``) stay as they are."""
+        envelope = self.envelope
+        if envelope[0] not in (control.A_OK, control.A_ERROR) or len(envelope) != 4:
+            return
+        timings = (decode_us, run_us, encode_us)
+        self.envelope = (*envelope, timings)
+        if self.head is not None and self.head[:3] != b"\x83h\x04":
+            self.head = None  # encoded from the envelope instead
+        if self.head is not None:
+            # {:ok, id, slices, released} becomes a 5-tuple: its arity byte, and the
+            # timings after its last element
+            tail: list[Any] = [b"h\x03"]
+            for value in timings:
+                encode_int(value, tail)
+            self.head = b"\x83h\x05" + self.head[3:] + b"".join(tail)
 
     def frame(self) -> list[Any]:
         """The parts of the answer's frame (`control.join`)."""

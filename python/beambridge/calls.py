@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import gc
 from collections.abc import Callable
+from time import perf_counter_ns
 from typing import Any
 
 from . import control, control_shortcuts
@@ -133,6 +134,9 @@ class CallPath:
         self.text = False
         #: Whether a long result list may go as pieces (§8.6): the BEAM reads them.
         self.pieces = False
+        #: Whether answers carry the worker's timings (§8.3): the BEAM reads them (2.5).
+        self.timings = False
+        self._prepared = self._ran = 0
         self.decoder.streams = self._feed
         #: The provenance of the call in flight's frames (SPEC §5.4).
         self.record = CallRecord("python")
@@ -191,11 +195,21 @@ class CallPath:
     def run(self, call: control.Call, body: memoryview | None) -> Reply:
         """Run ``call`` and build its answer."""
         self._call_id = call.call_id
+        start = self._prepared = self._ran = perf_counter_ns()
         try:
-            return self._run(call, body)
+            reply = self._run(call, body)
         finally:
             self.streams = None
             self.record.end()
+        if self.timings:
+            end = perf_counter_ns()
+            ran = max(self._ran, self._prepared)
+            reply.timed(
+                (self._prepared - start) // 1000,
+                (ran - self._prepared) // 1000,
+                (end - ran) // 1000,
+            )
+        return reply
 
     def _run(self, call: control.Call, body: memoryview | None) -> Reply:
         collecting = gc.isenabled()
@@ -206,6 +220,7 @@ class CallPath:
             self._frozen = collecting and _set_aside_new_objects()
             if collecting:
                 gc.enable()
+        self._prepared = perf_counter_ns()
         if isinstance(prepared, BadCall):
             return self._bad_call(call.call_id, prepared)
         fn, args, policy, spec = prepared
@@ -218,6 +233,7 @@ class CallPath:
                 result = fn(*args)
         except Exception as exc:
             failure = exception_detail(exc)
+        self._ran = perf_counter_ns()
         taken = [] if self.streams is None else self.streams.taken_slices
         if (spec is None or self.streams is None) and not self._leased(
             [*(call.slices or []), *taken]

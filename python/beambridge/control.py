@@ -11,8 +11,9 @@ sends one, ``:bad_frame``; a worker exits with status 3).
 
 >>> parts = join(ok(7, [worker_slice(3, 64, 128, 9, 0)], []), [b"\\x83a\\x01"])
 >>> envelope, body = split(b"".join(parts))
->>> from_worker(envelope, body is not None)
-Answer(call_id=7, ok=True, slices=[(Atom('worker'), 3, 64, 128, 9, 0)], error=None, released=[])
+>>> answer = from_worker(envelope, body is not None)
+>>> answer.call_id, answer.ok, answer.slices, answer.timings
+(7, True, [(Atom('worker'), 3, 64, 128, 9, 0)], None)
 >>> bytes(body)
 b'\\x83a\\x01'
 >>> from_beam((Atom("object_dropped"), 4), False)
@@ -82,7 +83,7 @@ __all__ = [
 #: Largest frame either side accepts (§8.1); a longer one ends the worker (status 3).
 MAX_CONTROL_FRAME = 64 * 1024 * 1024
 #: The version the worker announces in ``{:ready, os_pid, version}``.
-PROTOCOL_VERSION = (2, 4)
+PROTOCOL_VERSION = (2, 5)
 
 
 class OtherMajor(Exception):
@@ -321,13 +322,16 @@ class Ready:
 @dataclass(frozen=True)
 class Answer:
     """``{:ok, id, slices, released}`` + the result, or ``{:error, id, error,
-    released}``. ``slices`` entries: `worker_slice`, `sealed_slice`, `beam_slice`."""
+    released}``; since 2.5 either may end with the worker's ``timings``, ``{decode,
+    run, encode}`` in microseconds. ``slices`` entries: `worker_slice`, `sealed_slice`,
+    `beam_slice`."""
 
     call_id: int
     ok: bool
     slices: list[tuple[Any, ...]]
     error: Any
     released: list[tuple[int, int, int]]
+    timings: tuple[int, int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -355,6 +359,13 @@ class Log:
 
 def ready(os_pid: int) -> tuple[Any, ...]:
     return (A_READY, os_pid, PROTOCOL_VERSION)
+
+
+def _timings(term: Any) -> tuple[int, int, int] | None:
+    """An answer's ``{decode, run, encode}`` (§8.3), or None when it is not one."""
+    if type(term) is tuple and len(term) == 3 and all(_uint(t, 64) for t in term):
+        return term
+    return None
 
 
 def ok(call_id: int, slices: list[Any], released: list[Any]) -> tuple[Any, ...]:
@@ -479,12 +490,20 @@ def from_worker(envelope: Any, has_body: bool) -> WorkerMessage:
             return _announcement(envelope, ("arena", "sealed"))
         if tag == A_OBJECT_DROPPED and n == 2 and _uint(envelope[1], 32):
             return ObjectDropped(envelope[1])
-        if tag == A_OK and n == 4 and _uint(envelope[1]) and has_body:
+        timings = _timings(envelope[4]) if n == 5 and tag in (A_OK, A_ERROR) else None
+        if tag == A_OK and (n == 4 or timings) and _uint(envelope[1]) and has_body:
             slices = envelope[2]
             if type(slices) is list and all(map(_entry, slices)):
-                return Answer(envelope[1], True, slices, None, released_entries(envelope[3]))
-        if tag == A_ERROR and n == 4 and _uint(envelope[1]) and type(envelope[2]) is tuple:
-            return Answer(envelope[1], False, [], envelope[2], released_entries(envelope[3]))
+                released = released_entries(envelope[3])
+                return Answer(envelope[1], True, slices, None, released, timings)
+        if (
+            tag == A_ERROR
+            and (n == 4 or timings)
+            and _uint(envelope[1])
+            and type(envelope[2]) is tuple
+        ):
+            released = released_entries(envelope[3])
+            return Answer(envelope[1], False, [], envelope[2], released, timings)
         if tag == A_RELEASED and n == 2:
             return Released(released_entries(envelope[1]))
         if (

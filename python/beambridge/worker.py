@@ -172,6 +172,7 @@ class Worker:
             report_fallbacks=beam >= (2, 1),
         )
         self.path.pieces = beam >= (2, 3)  # long result lists go as pieces (§8.6)
+        self.path.timings = beam >= (2, 5)  # answers carry the worker's timings (§8.3)
         self.parent = parent  # the BEAM, or OTP's erl_child_setup that spawned us for it
         self.spin = Spin(spin_seconds(os.environ.get("BEAMBRIDGE_SPIN_US")))
         self.heap = keep_heap(_env_int("BEAMBRIDGE_HEAP_KEEP", 1 << 30))

@@ -14,6 +14,8 @@ import pytest
 from beambridge import Atom, control, cpus
 from beambridge.etf import encode
 from beambridge.spin import DEFAULT_SPIN_US, spin_seconds
+from hypothesis import given
+from hypothesis import strategies as st
 from test_etf import canon
 from worker_harness import BAD_CALL, MOD, WorkerProcess, running
 
@@ -440,7 +442,7 @@ def test_a_beam_of_another_major_is_refused_naming_both_versions() -> None:
             w.recv()
         assert w.wait() == 1
         said = w.log_text("stderr")
-        assert b"the BEAM speaks protocol 3.0 and this worker speaks 2.4" in said
+        assert b"the BEAM speaks protocol 3.0 and this worker speaks 2.5" in said
         assert b"Traceback" not in said
     finally:
         w.cleanup()
@@ -506,3 +508,41 @@ def test_the_working_directory_is_dropped_from_sys_path_before_handlers_import(
     assert sys.path == ["/handlers", "/site"]
     worker._safe_path()  # the next entry is not the working directory: kept
     assert sys.path == ["/handlers", "/site"]
+
+
+def test_answers_carry_the_workers_timings_to_a_beam_of_2_5() -> None:
+    """Since 2.5 ``{:ok, ...}`` and ``{:error, ...}`` end with ``{decode, run, encode}``
+    in microseconds (§8.3): the handler's time is the run's; an older BEAM gets
+    4-tuples."""
+    with running(BEAMBRIDGE_PROTOCOL="2.5") as w:
+        w.ok("nap", 0.05, b"x" * 300_000)
+        timings = w.answer.timings
+        assert timings is not None and 50_000 <= timings[1] < 5_000_000, timings
+        assert timings[0] >= 0 and timings[2] > 0  # a 300 KB result takes a slice
+        status, _ = w.call("fail", b"no")
+        assert status == "error" and w.answer.timings is not None
+        assert w.answer.timings[1] < 5_000_000
+    with running(BEAMBRIDGE_PROTOCOL="2.4") as w:
+        assert w.ok("add", 2, 3) == 5 and w.answer.timings is None
+
+
+_u64 = st.integers(0, 2**64 - 1)
+_release = st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 2**40), st.integers(0, 2**32 - 1))
+
+
+@given(_u64, _u64, _u64, st.lists(_release, max_size=3))
+def test_a_timed_answer_head_is_the_timed_envelopes_etf(
+    d: int, r: int, e: int, released: list[tuple[int, int, int]]
+) -> None:
+    from beambridge import control_shortcuts
+    from beambridge.call_parts import Reply
+
+    head = control_shortcuts.answer_head(7, [], released)
+    reply = Reply([], control.ok(7, [], released), [b"\x83a\x01"], head)
+    reply.timed(d, r, e)
+    assert reply.head == encode((*control.ok(7, [], released), (d, r, e)))
+    parsed = control.from_worker(reply.envelope, True)
+    assert isinstance(parsed, control.Answer) and parsed.timings == (d, r, e)
+    # out of range, or not a 3-tuple: not an answer
+    with pytest.raises(control.ProtocolError):
+        control.from_worker((*control.ok(7, [], released), (d, r, -1)), True)

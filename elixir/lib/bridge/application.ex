@@ -5,7 +5,8 @@ defmodule Bridge.Application do
   # names nothing) and logs what it removed. Bridge.FormatStats owns the table of
   # format decisions (Bridge.format_stats/0) shared by every bridge; the
   # application's process owns the table of stored metas (Bridge.Provenance.Stored)
-  # and that of the calls' metrics (Bridge.Metrics).
+  # and that of the calls' metrics (Bridge.Metrics), which collectors, one per
+  # scheduler, record calls into.
 
   use Application
 
@@ -26,6 +27,7 @@ defmodule Bridge.Application do
 
     Bridge.Provenance.Stored.init()
     Bridge.Metrics.init()
-    Supervisor.start_link([Bridge.FormatStats], strategy: :one_for_one, name: Bridge.Supervisor)
+    children = [Bridge.FormatStats | Bridge.Metrics.Collector.children()]
+    Supervisor.start_link(children, strategy: :one_for_one, name: Bridge.Supervisor)
   end
 end

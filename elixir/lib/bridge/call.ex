@@ -8,6 +8,7 @@ defmodule Bridge.Call do
   # of a long result (Bridge.Call.Pieces) meanwhile.
 
   alias Bridge.{Arena, CallerGC, Config, Control, Decoder, Encoder, Error, Metrics, Telemetry}
+  alias Bridge.Call.Timed
   alias Bridge.Worker
   alias Bridge.Provenance.Arguments
 
@@ -18,30 +19,23 @@ defmodule Bridge.Call do
   def run(function_ref, args, opts) do
     cond do
       Telemetry.enabled?() ->
-        Bridge.Call.Events.span(function_ref, opts, fn -> measured(function_ref, args, opts) end)
+        Bridge.Call.Events.span(function_ref, opts, fn ->
+          {result, timings, tallies} = Timed.run(function_ref, args, opts)
+          {result, Metrics.measurements(timings, tallies)}
+        end)
 
       Metrics.enabled?() ->
-        function_ref |> measured(args, opts) |> elem(0)
+        function_ref |> Timed.run(args, opts) |> elem(0)
 
       true ->
         do_run(function_ref, args, opts)
     end
   end
 
-  # The call, timed, and recorded in Bridge.Metrics.
-  defp measured(function_ref, args, opts) do
-    {result, timings} = timed_run(function_ref, args, opts)
-
-    with {module, function} <- function_ref,
-         true <- Metrics.enabled?() do
-      outcome = if match?({:ok, _}, result), do: :ok, else: :error
-      Metrics.record(Keyword.get(opts, :pool, Bridge), module, function, timings, outcome)
-    end
-
-    {result, timings}
-  end
-
-  defp do_run(function_ref, args, opts) do
+  @doc false
+  # The call: prepared, sent, its slices let go whatever happens.
+  @spec do_run(Bridge.function_ref(), list(), keyword()) :: {:ok, term()} | {:error, Error.t()}
+  def do_run(function_ref, args, opts) do
     with {:ok, prepared} <- prepare(function_ref, args, opts) do
       # The slices are this process's until the call is over, whatever happens.
       try do
@@ -49,31 +43,6 @@ defmodule Bridge.Call do
       after
         Enum.each(prepared.slices, &Arena.release/1)
       end
-    end
-  end
-
-  # As do_run/3, with the time each part took (native units; Bridge.Telemetry).
-  defp timed_run(function_ref, args, opts) do
-    t0 = System.monotonic_time()
-
-    case prepare(function_ref, args, opts) do
-      {:ok, prepared} ->
-        t1 = System.monotonic_time()
-        Process.put(:"$bb_decode_time", 0)
-
-        try do
-          result = Bridge.Stream.Session.call(prepared)
-          decode = Process.delete(:"$bb_decode_time")
-          t2 = System.monotonic_time()
-          {result, %{duration: t2 - t0, encode: t1 - t0, wait: t2 - t1 - decode, decode: decode}}
-        after
-          Process.delete(:"$bb_decode_time")
-          Enum.each(prepared.slices, &Arena.release/1)
-        end
-
-      error ->
-        encode = System.monotonic_time() - t0
-        {error, %{duration: encode, encode: encode, wait: 0, decode: 0}}
     end
   end
 

@@ -1,14 +1,37 @@
 defmodule Bridge.Metrics do
   @moduledoc """
   What the bridge's calls cost, kept in this node as they happen and read with
-  `snapshot/0`: per pool and function, the number of calls and of errors, and
-  log-bucketed histograms (`Bridge.Metrics.Histogram`) of each part of a call
-  in microseconds: `duration` (the whole call), `encode` (the arguments into
-  shared memory or the request), `wait` (from the request's send to its
-  answer: queue, transfer and the handler) and `decode` (the answer read).
+  `snapshot/0`. Per pool and function:
 
-  Recording costs an ETS lookup and ten atomic additions a call; `config
-  :beambridge, metrics: false` turns it off for the node (read at start).
+    * `calls`, `errors`, and `fallbacks` (argument values at or above the
+      threshold that went inline: no slice could be had);
+    * a log-bucketed histogram (`Bridge.Metrics.Histogram`) of each part of a
+      call, in microseconds: `duration` (the whole call), `encode` (the
+      arguments made ready, without `copy`), `copy` (their payloads written into
+      shared memory), `wait` (from the request's send to its answer), which is
+      `queue` (until a worker sent it on) + `transfer` (the pipe or lane both
+      ways, and the answer's resolution) + the worker's own `worker_decode`
+      (the arguments read in Python), `handler` (the handler run) and
+      `worker_encode` (its result written), and `decode` (the answer read
+      here). The worker reports its three with each answer (SPEC §8.3, from
+      protocol 2.5); a failed call has only `duration`, `encode`, `copy`,
+      `wait` and `decode`;
+    * `size`: a histogram of each call's bytes (arguments and result, as
+      counted by `Bridge.format_stats/0`);
+    * `bytes`: per direction (`:to_python`, `:from_python`) and form (those of
+      `Bridge.format_stats/0`), the values and their bytes;
+    * `formats`: per form — the one that carried most of a call's bytes
+      (`:etf` when only plain terms went) — the calls and their `duration`
+      histogram;
+    * `sizes`: per `{form, min_bytes}`, `min_bytes` the floor of the call's
+      size class (0, then 1 KiB, 4 KiB, 16 KiB, ... one per power of four), the
+      calls and the sum of their durations (microseconds).
+
+  A call is recorded by a collector process of the scheduler it ran on, not
+  by the caller: the caller sends it one message. Recording takes an ETS lookup
+  and about thirty atomic additions
+  (`make bench` measures it against metrics off); `config :beambridge,
+  metrics: false` turns it off for the node (read at start).
 
   ## Examples
 
@@ -17,30 +40,46 @@ defmodule Bridge.Metrics do
       Bridge.Metrics.Histogram.quantile(h, 0.99)   #=> microseconds
   """
 
-  alias Bridge.Metrics.Histogram
+  alias Bridge.Metrics.{Collector, Histogram, Row}
 
   @table __MODULE__
-  @ops [:duration, :encode, :wait, :decode]
-  # buckets 0..127: values from 2^32 µs (71 minutes) on share the last one
-  @buckets 128
-  # the counters of a function: calls, errors, then per part of a call (@ops
-  # order) its sum and its buckets (positions count from 1)
-  @width 1 + @buckets
-  @calls_pos 1
-  @errors_pos 2
-  @sum_pos 3
-  @size 2 + length(@ops) * @width
 
-  @typedoc "Per `{pool, \"module.function\"}`: counts and one histogram per part of a call."
-  @type snapshot :: %{
-          {atom(), String.t()} => %{
-            calls: non_neg_integer(),
-            errors: non_neg_integer(),
-            duration: Histogram.t(),
-            encode: Histogram.t(),
-            wait: Histogram.t(),
-            decode: Histogram.t()
-          }
+  @typedoc """
+  A call's timings as Bridge.Call.Timed takes them: `{duration, encode, copy,
+  wait, decode, worker}` in native time units, `worker` nil or `{queue,
+  worker_decode, handler, worker_encode}` (`queue` native, the other three the
+  microseconds the worker reported).
+  """
+  @type timings ::
+          {integer(), integer(), integer(), integer(), integer(),
+           nil | {integer(), non_neg_integer(), non_neg_integer(), non_neg_integer()}}
+
+  @typedoc "A histogram of microseconds (or, for `size`, bytes)."
+  @type histogram :: Histogram.t()
+
+  @typedoc """
+  Per `{pool, "module.function"}`: counts, a histogram per part of a call, the
+  bytes per direction and form, and the duration per form and size.
+  """
+  @type snapshot :: %{{atom(), String.t()} => entry()}
+
+  @type entry :: %{
+          required(:calls) => non_neg_integer(),
+          required(:errors) => non_neg_integer(),
+          required(:fallbacks) => non_neg_integer(),
+          required(:bytes) => %{
+            (:to_python | :from_python) => %{
+              atom() => %{count: non_neg_integer(), bytes: non_neg_integer()}
+            }
+          },
+          required(:formats) => %{atom() => %{calls: non_neg_integer(), duration: histogram()}},
+          required(:sizes) => %{
+            {atom(), non_neg_integer()} => %{
+              calls: non_neg_integer(),
+              duration_sum: non_neg_integer()
+            }
+          },
+          optional(atom()) => histogram()
         }
 
   @doc false
@@ -56,6 +95,8 @@ defmodule Bridge.Metrics do
           write_concurrency: true,
           read_concurrency: true
         ])
+
+    Row.init()
 
     :persistent_term.put(
       {__MODULE__, :on},
@@ -73,40 +114,94 @@ defmodule Bridge.Metrics do
   def enable(on?) when is_boolean(on?), do: :persistent_term.put({__MODULE__, :on}, on?)
 
   @doc false
-  # Records one call: `timings` in native time units (Bridge.Call). Each pool
-  # and function has an array of counters (:counters): the calls, the errors
-  # and, for each part of a call, its sum and its buckets; a call adds to ten
-  # of them, without a lock.
-  @spec record(atom(), atom() | binary(), atom() | binary(), map(), :ok | :error) :: :ok
-  def record(pool, module, function, %{duration: d, encode: e, wait: w, decode: x}, result) do
-    ref = counters({pool, module, function})
-    :counters.add(ref, @calls_pos, 1)
-    if result == :error, do: :counters.add(ref, @errors_pos, 1)
-    add(ref, 0, us(d))
-    add(ref, 1, us(e))
-    add(ref, 2, us(w))
-    add(ref, 3, us(x))
+  # Records one call: `timings` in native time units (Bridge.Call; a part that
+  # is absent was not measured), `tallies` its format decisions. Sent to this
+  # scheduler's collector (Bridge.Metrics.Collector), or recorded here when
+  # there is none.
+  @spec record(atom(), atom() | binary(), atom() | binary(), map(), :ok | :error, [map()]) ::
+          :ok
+  def record(pool, module, function, timings, result, tallies \\ []) do
+    record = {:record, pool, module, function, timings, result, tallies}
+
+    unless Collector.send_record(record),
+      do: record_now(pool, module, function, timings, result, tallies)
+
+    :ok
+  end
+
+  @doc false
+  # Records one call: its function's array of counters (Bridge.Metrics.Row)
+  # gets it, without a lock.
+  @spec record_now(atom(), atom() | binary(), atom() | binary(), map(), :ok | :error, [map()]) ::
+          :ok
+  def record_now(pool, module, function, timings, result, tallies) do
+    Row.add_call(counters({pool, module, function}), timings, result == :error, tallies)
   rescue
     ArgumentError -> :ok
   end
 
-  defp add(ref, k, us) do
-    at = @sum_pos + k * @width
-    :counters.add(ref, at, us)
-    :counters.add(ref, at + 1 + min(Histogram.bucket(us), @buckets - 1), 1)
+  @doc false
+  # A call's timings as the measurements of its [:beambridge, :call, :stop]
+  # event (Bridge.Telemetry): native time units, and its bytes.
+  @spec measurements(timings(), [map()]) :: map()
+  def measurements({duration, encode, copy, wait, decode, worker}, tallies) do
+    parts = %{
+      duration: duration,
+      encode: encode,
+      copy: copy,
+      wait: wait,
+      decode: decode,
+      bytes: bytes(tallies)
+    }
+
+    case worker do
+      nil ->
+        parts
+
+      {queue, d, r, e} ->
+        [d, r, e] = Enum.map([d, r, e], &System.convert_time_unit(&1, :microsecond, :native))
+
+        Map.merge(parts, %{
+          queue: queue,
+          transfer: max(wait - queue - d - r - e, 0),
+          worker_decode: d,
+          handler: r,
+          worker_encode: e
+        })
+    end
   end
 
-  defp us(native) when native > 0, do: :erlang.convert_time_unit(native, :native, :microsecond)
-  defp us(_native), do: 0
+  @doc false
+  # The bytes of a call's format decisions.
+  @spec bytes([map()]) :: non_neg_integer()
+  def bytes(tallies) do
+    Enum.reduce(tallies, 0, fn tally, acc ->
+      Enum.reduce(tally, acc, fn {_key, {_count, bytes}}, acc -> acc + bytes end)
+    end)
+  end
 
+  # A function's counters, found in the caller's process dictionary after its
+  # first call of the function (rows are never dropped: reset/0 zeroes them).
   defp counters(key) do
+    case Process.get({__MODULE__, key}) do
+      nil ->
+        ref = shared_counters(key)
+        Process.put({__MODULE__, key}, ref)
+        ref
+
+      ref ->
+        ref
+    end
+  end
+
+  defp shared_counters(key) do
     case :ets.lookup(@table, key) do
       [{_, ref}] ->
         ref
 
       [] ->
-        ref = :counters.new(@size, [])
-        if :ets.insert_new(@table, {key, ref}), do: ref, else: counters(key)
+        ref = Row.new()
+        if :ets.insert_new(@table, {key, ref}), do: ref, else: shared_counters(key)
     end
   end
 
@@ -116,41 +211,49 @@ defmodule Bridge.Metrics do
   """
   @spec snapshot() :: snapshot()
   def snapshot do
+    Collector.sync()
     rows = if :ets.whereis(@table) == :undefined, do: [], else: :ets.tab2list(@table)
 
     Enum.reduce(rows, %{}, fn {{pool, module, function}, ref}, acc ->
-      name = {pool, "#{module}.#{function}"}
-      calls = :counters.get(ref, @calls_pos)
+      case Row.read(ref) do
+        %{calls: 0} ->
+          acc
 
-      parts =
-        for {op, k} <- Enum.with_index(@ops), into: %{} do
-          {op, histogram(ref, calls, @sum_pos + k * @width)}
-        end
-
-      entry = Map.merge(parts, %{calls: calls, errors: :counters.get(ref, @errors_pos)})
-      Map.update(acc, name, entry, &merge_entry(&1, entry))
+        entry ->
+          Map.update(acc, {pool, "#{module}.#{function}"}, entry, &merge_entry(&1, entry))
+      end
     end)
   end
 
   # An atom and a binary naming the same function are one entry.
   defp merge_entry(a, b) do
-    parts = Map.new(@ops, &{&1, Histogram.merge(a[&1], b[&1])})
-    Map.merge(parts, %{calls: a.calls + b.calls, errors: a.errors + b.errors})
+    Map.new(a, fn
+      {k, v} when k in [:calls, :errors, :fallbacks] -> {k, v + b[k]}
+      {:bytes, v} -> {:bytes, Map.merge(v, b.bytes, fn _, x, y -> merge_counts(x, y) end)}
+      {:formats, v} -> {:formats, Map.merge(v, b.formats, fn _, x, y -> merge_format(x, y) end)}
+      {:sizes, v} -> {:sizes, Map.merge(v, b.sizes, fn _, x, y -> merge_size(x, y) end)}
+      {k, h} -> {k, Histogram.merge(h, b[k])}
+    end)
   end
+
+  defp merge_counts(x, y) do
+    Map.merge(x, y, fn _, p, q -> %{count: p.count + q.count, bytes: p.bytes + q.bytes} end)
+  end
+
+  defp merge_format(a, b),
+    do: %{calls: a.calls + b.calls, duration: Histogram.merge(a.duration, b.duration)}
+
+  defp merge_size(a, b),
+    do: %{calls: a.calls + b.calls, duration_sum: a.duration_sum + b.duration_sum}
 
   @doc "Forgets everything recorded."
   @spec reset() :: :ok
   def reset do
-    if :ets.whereis(@table) != :undefined, do: :ets.delete_all_objects(@table)
+    Collector.sync()
+
+    if :ets.whereis(@table) != :undefined,
+      do: :ets.foldl(fn {_key, ref}, :ok -> Row.zero(ref) end, :ok, @table)
+
     :ok
-  end
-
-  # The histogram whose count is at 0-based position `at` of `row`.
-  # The histogram whose sum is at position `at` of a function's counters.
-  defp histogram(ref, calls, at) do
-    buckets =
-      for i <- 0..(@buckets - 1), (n = :counters.get(ref, at + 1 + i)) > 0, into: %{}, do: {i, n}
-
-    %{count: calls, sum: :counters.get(ref, at), buckets: buckets}
   end
 end

@@ -219,6 +219,7 @@ defmodule Bridge.Registry do
               |> Enum.sort()
   @records_layouts @layouts |> Enum.map(&String.to_atom/1) |> Enum.sort()
   @stats_forms Map.new(handle_kinds, fn {kind, e} -> {kind, e.stats_form} end)
+  @counted_forms elixir_forms |> Map.keys() |> Enum.map(&String.to_atom/1) |> Enum.sort()
 
   @typedoc "An error reason of the registry (`reasons/0`)."
   @type reason :: atom()
@@ -314,6 +315,10 @@ defmodule Bridge.Registry do
   """
   @spec stats_forms() :: %{atom() => atom()}
   def stats_forms, do: @stats_forms
+
+  @doc "Every form the BEAM counts values in (`Bridge.format_stats/0`), sorted."
+  @spec counted_forms() :: [atom()]
+  def counted_forms, do: @counted_forms
 
   @doc """
   Every atom a worker may send (protocol/SPEC.md §8): its

@@ -15,9 +15,10 @@ defmodule Bridge.Telemetry do
     * `[:beambridge, :call, :start]` — measurements `%{monotonic_time,
       system_time}`; metadata `%{pool, module, function, telemetry_span_context}`.
     * `[:beambridge, :call, :stop]` — measurements `%{duration, monotonic_time,
-      encode, wait, decode}` (native time units: `encode` is the arguments
-      written into shared memory or the request, `wait` from the request's send
-      to its answer — queue, transfer and handler —, `decode` the answer read);
+      encode, copy, wait, decode, bytes}` and, when the worker answered with its
+      timings, `queue, transfer, worker_decode, handler, worker_encode` (native
+      time units; `Bridge.Metrics` says what each part is; `bytes` those of
+      the arguments and result, as `Bridge.format_stats/0` counts them);
       metadata the start's and `result` (`:ok` or `:error`), `error` (the
       `Bridge.Error` or `nil`) and `error_kind` (its kind or `nil`).
     * `[:beambridge, :call, :exception]` — a call that raised or exited

@@ -199,7 +199,9 @@ defmodule Bridge.Worker do
           from: from,
           module: request.module,
           function: request.function,
-          streams: streams
+          streams: streams,
+          sent: System.monotonic_time(),
+          timings: nil
         }
 
         state = %{state | phase: :busy, call: call, timer: timer, objects: objects}
@@ -429,6 +431,18 @@ defmodule Bridge.Worker do
     end
   end
 
+  # Since 2.5 an answer ends with the interpreter's timings (SPEC §8.3).
+  defp handle_message(
+         {tag, id, detail, released, {d, r, e} = timings},
+         body,
+         %{phase: :busy, call: %{id: id}} = state
+       )
+       when tag in [:ok, :error] and is_integer(d) and d >= 0 and is_integer(r) and r >= 0 and
+              is_integer(e) and e >= 0 do
+    state = %{state | call: %{state.call | timings: timings}}
+    handle_message({tag, id, detail, released}, body, state)
+  end
+
   defp handle_message(
          {:ok, id, entries, released},
          body,
@@ -527,7 +541,10 @@ defmodule Bridge.Worker do
     end
   end
 
-  defp answer(state, body, plan), do: Streams.answer(state.call, body, plan, state.port)
+  defp answer(%{call: call} = state, body, plan) do
+    timing = {call.sent, call.timings}
+    Streams.answer(call, body, plan, state.port, timing)
+  end
 
   defp timeout_error(state, where), do: Replies.timeout_error(state.id, where)
   defp died_error(state, status), do: Replies.died_error(state.id, status)

@@ -5,9 +5,16 @@ defmodule Bridge.Metrics.Prometheus do
 
     * `beambridge_calls_total{pool, function}` and
       `beambridge_call_errors_total{pool, function}` — counters;
+    * `beambridge_call_fallbacks_total{pool, function}` — argument values that
+      went inline because no slice could be had;
+    * `beambridge_values_total{pool, function, direction, form}` and
+      `beambridge_bytes_total{pool, function, direction, form}` — counters of
+      the values and bytes that crossed, per direction and form;
     * `beambridge_call_microseconds{pool, function, part}` — a histogram per
-      part of a call (`duration`, `encode`, `wait`, `decode`), its buckets'
-      `le` the upper bounds of `Bridge.Metrics.Histogram`'s buckets.
+      part of a call (those of `Bridge.Metrics`), its buckets' `le` the upper
+      bounds of `Bridge.Metrics.Histogram`'s buckets;
+    * `beambridge_call_bytes{pool, function}` — a histogram of each call's
+      bytes.
 
   ## Examples
 
@@ -21,7 +28,7 @@ defmodule Bridge.Metrics.Prometheus do
 
   alias Bridge.Metrics.Histogram
 
-  @parts [:duration, :encode, :wait, :decode]
+  @parts Bridge.Metrics.Row.parts()
 
   @doc "The snapshot as exposition text (every line ends with a newline)."
   @spec render(Bridge.Metrics.snapshot()) :: String.t()
@@ -38,30 +45,64 @@ defmodule Bridge.Metrics.Prometheus do
         {name, e} <- entries,
         do: sample("beambridge_call_errors_total", labels(name), e.errors)
       ),
+      counter(
+        "beambridge_call_fallbacks_total",
+        "Argument values at or above the threshold that went inline.",
+        for({name, e} <- entries, do: {labels(name), Map.get(e, :fallbacks, 0)})
+      ),
+      counter(
+        "beambridge_values_total",
+        "Values that crossed, per direction and form.",
+        for({labels, c} <- crossed(entries), do: {labels, c.count})
+      ),
+      counter(
+        "beambridge_bytes_total",
+        "Bytes of the values that crossed, per direction and form.",
+        for({labels, c} <- crossed(entries), do: {labels, c.bytes})
+      ),
       "# HELP beambridge_call_microseconds The parts of Bridge.call/3 calls, in microseconds.\n",
       "# TYPE beambridge_call_microseconds histogram\n",
-      for {name, e} <- entries, part <- @parts, h = Map.get(e, part), h != nil do
-        histogram(labels(name) ++ [{"part", Atom.to_string(part)}], h)
+      for {name, e} <- entries, part <- @parts, h = Map.get(e, part), h != nil, h.count > 0 do
+        histogram("beambridge_call_microseconds", labels(name) ++ [{"part", "#{part}"}], h)
+      end,
+      "# HELP beambridge_call_bytes The bytes of each Bridge.call/3 call.\n",
+      "# TYPE beambridge_call_bytes histogram\n",
+      for {name, e} <- entries, h = Map.get(e, :size), h != nil do
+        histogram("beambridge_call_bytes", labels(name), h)
       end
     ])
   end
 
-  defp histogram(labels, %{count: count, sum: sum, buckets: buckets}) do
+  defp counter(metric, help, samples) do
+    [
+      "# HELP #{metric} #{help}\n",
+      "# TYPE #{metric} counter\n",
+      for({labels, value} <- samples, do: sample(metric, labels, value))
+    ]
+  end
+
+  defp crossed(entries) do
+    for {name, e} <- entries,
+        {direction, forms} <- Enum.sort(Map.get(e, :bytes, %{})),
+        {form, c} <- Enum.sort(forms),
+        do: {labels(name) ++ [{"direction", "#{direction}"}, {"form", "#{form}"}], c}
+  end
+
+  defp histogram(metric, labels, %{count: count, sum: sum, buckets: buckets}) do
     {lines, _} =
       buckets
       |> Enum.sort()
       |> Enum.map_reduce(0, fn {i, n}, seen ->
         le = Integer.to_string(Histogram.upper(i))
 
-        {sample("beambridge_call_microseconds_bucket", labels ++ [{"le", le}], seen + n),
-         seen + n}
+        {sample("#{metric}_bucket", labels ++ [{"le", le}], seen + n), seen + n}
       end)
 
     [
       lines,
-      sample("beambridge_call_microseconds_bucket", labels ++ [{"le", "+Inf"}], count),
-      sample("beambridge_call_microseconds_sum", labels, sum),
-      sample("beambridge_call_microseconds_count", labels, count)
+      sample("#{metric}_bucket", labels ++ [{"le", "+Inf"}], count),
+      sample("#{metric}_sum", labels, sum),
+      sample("#{metric}_count", labels, count)
     ]
   end
 

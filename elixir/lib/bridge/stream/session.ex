@@ -59,9 +59,18 @@ defmodule Bridge.Stream.Session do
   # A call without argument streams waits in await/3, whose every message
   # names the call's alias: the VM then looks only at messages that came after
   # the request, however long the caller's mailbox.
+  #
+  # `timed?`: an answer that came is returned as {:timed, result, decoded_from,
+  # timing}, with the native time its decoding began and the worker's timing
+  # (Bridge.Worker.Replies.timing/0), for Bridge.Call.Timed.
   @doc false
-  @spec call(map()) :: {:ok, term()} | {:error, Error.t()}
-  def call(%{streams: []} = prepared) do
+  @spec call(map(), boolean()) ::
+          {:ok, term()}
+          | {:error, Error.t()}
+          | {:timed, {:ok, term()} | {:error, Error.t()}, integer(), tuple()}
+  def call(prepared, timed? \\ false)
+
+  def call(%{streams: []} = prepared, timed?) do
     with {:ok, request} <- Call.build_request(prepared, %{}),
          {:ok, pool} <- pool(prepared) do
       tag = :erlang.monitor(:process, pool, alias: :demonitor)
@@ -69,14 +78,14 @@ defmodule Bridge.Stream.Session do
 
       try do
         {reply, pieces} = await(tag, %Pieces{}, prepared)
-        answer(reply, pieces, %{}, prepared)
+        answer(reply, pieces, %{}, prepared, timed?)
       after
         Pieces.finish()
       end
     end
   end
 
-  def call(prepared) do
+  def call(prepared, timed?) do
     session = %__MODULE__{prepared: prepared, feeds: Feeds.new(prepared.streams)}
 
     case send_request(session, %{}) do
@@ -84,7 +93,7 @@ defmodule Bridge.Stream.Session do
         try do
           session = await_reply(session)
           Feeds.close(session.feeds)
-          answer(session.reply, session.pieces, session.feeds, prepared)
+          answer(session.reply, session.pieces, session.feeds, prepared, timed?)
         after
           Pieces.finish()
         end
@@ -124,17 +133,14 @@ defmodule Bridge.Stream.Session do
     end
   end
 
-  defp answer(reply, pieces, feeds, prepared) do
+  defp answer(reply, pieces, feeds, prepared, timed?) do
     case {reply, Pieces.failure(pieces)} do
-      {{:ok, {body, resolved, worker}}, nil} ->
+      {{:ok, {body, resolved, worker, timing}}, nil} ->
         CallerGC.received(resolved)
 
-        # timed when Bridge.Call reports the call's timings (Bridge.Telemetry)
-        if Process.get(:"$bb_decode_time") do
+        if timed? do
           t0 = System.monotonic_time()
-          result = Call.decode(body, resolved, worker, prepared.config, pieces)
-          Process.put(:"$bb_decode_time", System.monotonic_time() - t0)
-          result
+          {:timed, Call.decode(body, resolved, worker, prepared.config, pieces), t0, timing}
         else
           Call.decode(body, resolved, worker, prepared.config, pieces)
         end

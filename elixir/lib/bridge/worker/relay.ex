@@ -69,8 +69,8 @@ defmodule Bridge.Worker.Relay do
       :orphaned ->
         relay |> orphaned() |> loop()
 
-      {:answer, from, body, plan, port} ->
-        answer(relay, from, body, plan, port)
+      {:answer, from, body, plan, port, timing} ->
+        answer(relay, from, body, plan, port, timing)
 
       {:reply, from, reply} ->
         GenServer.reply(from, if(relay.failed, do: {:error, relay.failed}, else: reply))
@@ -186,7 +186,7 @@ defmodule Bridge.Worker.Relay do
     end
   end
 
-  defp answer(relay, from, body, plan, port) do
+  defp answer(relay, from, body, plan, port, timing) do
     reply =
       with nil <- relay.failed,
            :ok <- all_done(relay.chunks),
@@ -197,7 +197,7 @@ defmodule Bridge.Worker.Relay do
               into: %{},
               do: {sid, joined(e.parts)}
 
-        {:ok, {body, Tuple.append(resolved, {:chunks, joined}), relay.worker}}
+        {:ok, {body, Tuple.append(resolved, {:chunks, joined}), relay.worker, timing}}
       else
         %Error{} = error -> {:error, error}
         {:error, %Error{} = error} -> {:error, error}

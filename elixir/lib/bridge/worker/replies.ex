@@ -7,21 +7,31 @@ defmodule Bridge.Worker.Replies do
   alias Bridge.Error
   alias Bridge.Worker.Objects
 
+  @typedoc """
+  When the worker process sent the call on (native monotonic time), and the
+  interpreter's own `{decode, run, encode}` microseconds (SPEC §8.3, from 2.5;
+  nil from an older worker).
+  """
+  @type timing ::
+          {integer(), {non_neg_integer(), non_neg_integer(), non_neg_integer()} | nil}
+
   @doc false
   # The answer goes to the caller with its body and its slices resolved. Leases
   # and binaries over slices are made by a process of their own, which ends right
   # after replying: no long-lived heap keeps them (and the memory under them).
-  @spec answer(GenServer.from(), binary(), [tuple()], port() | reference()) :: :ok | pid()
-  def answer(from, body, [], _port), do: GenServer.reply(from, {:ok, {body, {}, self()}})
+  @spec answer(GenServer.from(), binary(), [tuple()], port() | reference(), timing()) ::
+          :ok | pid()
+  def answer(from, body, [], _port, timing),
+    do: GenServer.reply(from, {:ok, {body, {}, self(), timing}})
 
-  def answer(from, body, plan, port) do
+  def answer(from, body, plan, port, timing) do
     worker = self()
 
     spawn(fn ->
       case Objects.resolve(plan) do
         {:ok, resolved, sealed} ->
           if sealed != [], do: GenServer.cast(worker, {:sealed_mapped, port, sealed})
-          GenServer.reply(from, {:ok, {body, resolved, worker}})
+          GenServer.reply(from, {:ok, {body, resolved, worker, timing}})
 
         {:error, error} ->
           GenServer.reply(from, {:error, error})

@@ -140,11 +140,13 @@ defmodule Bridge.Worker.Streams do
   @doc false
   # The answer {:ok, ...} of a call: through the relay when there is one (it
   # joins the chunked binaries), else resolved as any answer is.
-  @spec answer(map(), binary(), [tuple()], port() | reference()) :: term()
-  def answer(%{streams: %{relay: relay}, from: from}, body, plan, port) when is_pid(relay),
-    do: send(relay, {:answer, from, body, plan, port})
+  @spec answer(map(), binary(), [tuple()], port() | reference(), Replies.timing()) :: term()
+  def answer(%{streams: %{relay: relay}, from: from}, body, plan, port, timing)
+      when is_pid(relay),
+      do: send(relay, {:answer, from, body, plan, port, timing})
 
-  def answer(%{from: from}, body, plan, port), do: Replies.answer(from, body, plan, port)
+  def answer(%{from: from}, body, plan, port, timing),
+    do: Replies.answer(from, body, plan, port, timing)
 
   @doc false
   # The call is over.

@@ -1,0 +1,63 @@
+defmodule Bridge.Call.Timed do
+  @moduledoc false
+  # A Bridge.call/3 timed part by part for Bridge.Metrics and the telemetry
+  # events: Bridge.Call.do_run/3 with clocks. What happens deep in the encoder
+  # (the copy into shared memory, the format decisions counted) is added to
+  # {copy, tallies} under :"$bb_measure" in the caller's process dictionary
+  # (Bridge.Encoder, Bridge.FormatStats); the answer's decoding and the
+  # worker's timing come back from the session. The call is then sent to
+  # Bridge.Metrics, which a collector records.
+
+  alias Bridge.{Arena, Call, Metrics}
+
+  @doc false
+  # {result, timings, tallies}: `timings` as Bridge.Metrics.timings/0 says.
+  @spec run(Bridge.function_ref(), list(), keyword()) :: {term(), Metrics.timings(), [map()]}
+  def run(function_ref, args, opts) do
+    Process.put(:"$bb_measure", {0, []})
+
+    {result, timings, tallies} =
+      try do
+        t0 = System.monotonic_time()
+        prepared = Call.prepare(function_ref, args, opts)
+        t1 = System.monotonic_time()
+        {copy, tallies} = Process.get(:"$bb_measure")
+
+        case prepared do
+          {:ok, prepared} -> sent(prepared, t0, t1, copy)
+          error -> {error, {t1 - t0, t1 - t0 - copy, copy, 0, 0, nil}, tallies}
+        end
+      after
+        Process.delete(:"$bb_measure")
+      end
+
+    with {module, function} <- function_ref do
+      outcome = if match?({:ok, _}, result), do: :ok, else: :error
+      pool = Keyword.get(opts, :pool, Bridge)
+      Metrics.record(pool, module, function, timings, outcome, tallies)
+    end
+
+    {result, timings, tallies}
+  end
+
+  defp sent(prepared, t0, t1, copy) do
+    {result, decode_start, timing} =
+      case Bridge.Stream.Session.call(prepared, true) do
+        {:timed, result, decode_start, timing} -> {result, decode_start, timing}
+        result -> {result, nil, nil}
+      end
+
+    t2 = System.monotonic_time()
+    {_, tallies} = Process.get(:"$bb_measure")
+    decode = if decode_start, do: t2 - decode_start, else: 0
+    wait = t2 - t1 - decode
+    {result, {t2 - t0, t1 - t0 - copy, copy, wait, decode, worker(timing, t1)}, tallies}
+  after
+    Enum.each(prepared.slices, &Arena.release/1)
+  end
+
+  # When the worker process sent the call on, and the interpreter's own
+  # microseconds (Bridge.Worker.Replies.timing/0).
+  defp worker({sent, {d, r, e}}, t1), do: {max(sent - t1, 0), d, r, e}
+  defp worker(_timing, _t1), do: nil
+end
