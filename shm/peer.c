@@ -27,6 +27,7 @@ typedef struct {
     int kind;
     int leases;     /* atomic: live leases on its slices */
     int closed;     /* atomic: peer_close was called */
+    uint64_t leased; /* atomic: bytes of the slices under those leases */
 } peer_t;
 
 typedef struct plea {
@@ -166,6 +167,7 @@ ERL_NIF_TERM nif_peer_open(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
     p->kind = (int)kind;
     p->leases = 0;
     p->closed = 0;
+    p->leased = 0;
     term = enif_make_resource(env, p);
     enif_release_resource(p);
     return ok_tuple(env, term);
@@ -189,20 +191,25 @@ ERL_NIF_TERM nif_peer_close(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
     return ATOM_OK;
 }
 
-/* peer_info(Peer) -> {ok, {Id, Kind, Size}} */
+/* peer_info(Peer) -> {ok, {Id, Kind, Size, Leases, LeasedBytes}}: the leases live on
+ * its slices now, and their bytes (Bridge.Metrics' memory) */
 ERL_NIF_TERM nif_peer_info(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
 {
     peer_t *p;
     (void)argc;
     if (!enif_get_resource(env, argv[0], PEER_RT, (void **)&p))
         return error_tuple(env, ATOM_BADARG);
-    return ok_tuple(env, enif_make_tuple3(env, enif_make_uint(env, p->id),
-                                          enif_make_int(env, p->kind),
-                                          enif_make_uint64(env, p->size)));
+    return ok_tuple(
+        env, enif_make_tuple5(env, enif_make_uint(env, p->id), enif_make_int(env, p->kind),
+                              enif_make_uint64(env, p->size),
+                              enif_make_int(env, __atomic_load_n(&p->leases, __ATOMIC_SEQ_CST)),
+                              enif_make_uint64(env, __atomic_load_n(&p->leased, __ATOMIC_SEQ_CST))));
 }
 
+/* Once per lease, as it goes from active or has-binary to ended. */
 static void plea_end(plea_t *l)
 {
+    __atomic_sub_fetch(&l->peer->leased, l->len, __ATOMIC_SEQ_CST);
     if (l->table != NULL) {
         uint64_t *word = (uint64_t *)(l->table->addr + OBJ_HEADER + (uint64_t)l->ticket * 8);
         __atomic_store_n(word, l->gen, __ATOMIC_SEQ_CST);
@@ -306,6 +313,7 @@ ERL_NIF_TERM nif_peer_lease(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
     l->table = t;
     l->off = off;
     l->len = len;
+    __atomic_add_fetch(&p->leased, len, __ATOMIC_SEQ_CST);
     l->gen = gen;
     l->ticket = ticket;
     l->state = LEASE_ACTIVE;

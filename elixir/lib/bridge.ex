@@ -370,7 +370,9 @@ defmodule Bridge do
   The workers of a bridge: id, Erlang pid, the interpreter's OS pid and phase
   (`:starting`, `:ready`, `:busy`, `:killing`, `:down`), how many of the
   bridge's slices it holds (`lent_slices`), how many of its arenas are mapped
-  here (`worker_arenas`), whether its interpreter has a lane (`lane`: calls and
+  here (`worker_arenas`) and their bytes (`worker_arena_bytes`), how many of
+  its result slices callers still hold (`held_slices`, `held_bytes`: a result
+  binary keeps its slice until it is garbage collected), whether its interpreter has a lane (`lane`: calls and
   answers pass through shared memory while both sides poll, protocol/SPEC.md
   §8.5), how many calls went that way since the worker started (`lane_calls`)
   and for how many of those the answer took longer than `:spin_us`, so the BEAM

@@ -64,7 +64,7 @@ defmodule Bridge.ArenaTest do
     {:ok, lease} = Peer.lease(peer, s.offset, s.length, nil, nil)
     assert {:error, %{reason: :stale_generation}} = Peer.read_frame(lease, s.length, 12_345)
 
-    {:ok, {_id, _kind, size}} = NIF.peer_info(peer)
+    {:ok, {_id, _kind, size, _leases, _leased}} = NIF.peer_info(peer)
     assert {:error, %{reason: :slice_out_of_bounds}} = Peer.lease(peer, size - 64, 128, nil, nil)
     assert {:error, %{reason: :slice_out_of_bounds}} = Peer.lease(peer, 0, 128, nil, nil)
     assert {:error, %{reason: :slice_out_of_bounds}} = Peer.lease(peer, 96, 128, nil, nil)

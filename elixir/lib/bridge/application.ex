@@ -27,7 +27,7 @@ defmodule Bridge.Application do
 
     Bridge.Provenance.Stored.init()
     Bridge.Metrics.init()
-    children = [Bridge.FormatStats | Bridge.Metrics.Collector.children()]
+    children = [Bridge.FormatStats, Bridge.Metrics.Monitor | Bridge.Metrics.Collector.children()]
     Supervisor.start_link(children, strategy: :one_for_one, name: Bridge.Supervisor)
   end
 end

@@ -23,7 +23,7 @@ defmodule Bridge.CallerGC do
       bytes when bytes >= div(arena_limit, 4) ->
         Process.delete(@key)
         :erlang.garbage_collect()
-        :ok
+        Bridge.Metrics.Memory.caller_gc()
 
       _ ->
         :ok

@@ -104,11 +104,27 @@ defmodule Bridge.FormatStats do
   def add(counts) do
     Enum.each(counts, fn {key, {count, bytes}} ->
       :ets.update_counter(@table, key, [{2, count}, {3, bytes}], {key, 0, 0})
+      fallback_event(key, count, bytes)
     end)
   rescue
     # The application is not running (no table): decisions are not counted.
     ArgumentError -> :ok
   end
+
+  # A value due a slice that went inline is a [:beambridge, :memory, :fallback]
+  # event (Bridge.Telemetry).
+  defp fallback_event({direction, form, reason}, count, bytes)
+       when reason in [:too_large, :arena_full, :no_space, :no_tickets] do
+    if Bridge.Telemetry.enabled?() do
+      Bridge.Telemetry.execute(
+        [:beambridge, :memory, :fallback],
+        %{count: count, bytes: bytes},
+        %{direction: direction, form: form, reason: reason}
+      )
+    end
+  end
+
+  defp fallback_event(_key, _count, _bytes), do: :ok
 
   # What a worker may report in {:fallbacks, [{form, reason, count, bytes}]} (SPEC
   # §8.3): the inline forms of values due a slice, and why none could be had.

@@ -97,6 +97,8 @@ defmodule Bridge.Metrics do
         ])
 
     Row.init()
+    Bridge.Metrics.Memory.init()
+    Bridge.Metrics.Streams.init()
 
     :persistent_term.put(
       {__MODULE__, :on},
@@ -246,10 +248,63 @@ defmodule Bridge.Metrics do
   defp merge_size(a, b),
     do: %{calls: a.calls + b.calls, duration_sum: a.duration_sum + b.duration_sum}
 
+  @doc """
+  The shared memory in use now, for capacity planning
+  (`Bridge.Metrics.Memory` says what each figure is), with per pool the peaks
+  sampled since the node started: `peak_worker_arena_bytes`,
+  `peak_held_bytes`, `peak_held_slices`.
+
+      %{headroom: _, fallbacks: %{arena_full: 0}, pools: %{Bridge => %{arena_bytes: _}}} =
+        Bridge.Metrics.memory()
+  """
+  @spec memory() :: map()
+  def memory do
+    memory = Bridge.Metrics.Memory.snapshot()
+    peaks = Bridge.Metrics.Monitor.peaks()
+
+    pools =
+      Map.new(memory.pools, fn {pool, p} ->
+        seen = Map.get(peaks, pool, %{})
+
+        {pool,
+         Map.merge(p, %{
+           peak_worker_arena_bytes:
+             max(Map.get(seen, :worker_arena_bytes, 0), p.worker_arena_bytes),
+           peak_held_bytes: max(Map.get(seen, :held_bytes, 0), p.held_bytes),
+           peak_held_slices: max(Map.get(seen, :held_slices, 0), p.held_slices)
+         })}
+      end)
+
+    %{memory | pools: pools}
+  end
+
+  @doc """
+  The memory samples kept (the last 360, one every `config :beambridge,
+  monitor_interval:` milliseconds, default 5,000), oldest first: `at` (system
+  time in milliseconds), `headroom`, and per pool `arena_bytes`, `used_bytes`,
+  `live_slices`, `arena_limit`, `worker_arena_bytes`, `held_slices`,
+  `held_bytes`.
+  """
+  @spec history() :: [map()]
+  def history, do: Bridge.Metrics.Monitor.history()
+
+  @doc """
+  The result streams of `Bridge.stream/3` per `{pool, "module.function"}`,
+  counted as each ends: `streams`, `errors`, `cancelled` (closed before
+  their end), `elements`, `bytes`, `microseconds` (from open to end),
+  `elements_per_second` and `bytes_per_second` over that time, and
+  `mean_in_flight`: how many more elements had arrived, on average, when the
+  consumer took one (near the stream's `:window`: the consumer is the slower
+  side; near 0: the worker is).
+  """
+  @spec streams() :: map()
+  def streams, do: Bridge.Metrics.Streams.snapshot()
+
   @doc "Forgets everything recorded."
   @spec reset() :: :ok
   def reset do
     Collector.sync()
+    Bridge.Metrics.Streams.reset()
 
     if :ets.whereis(@table) != :undefined,
       do: :ets.foldl(fn {_key, ref}, :ok -> Row.zero(ref) end, :ok, @table)

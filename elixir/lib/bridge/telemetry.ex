@@ -26,6 +26,23 @@ defmodule Bridge.Telemetry do
       `%{duration, monotonic_time}`; metadata the start's and `kind`, `reason`,
       `stacktrace`.
 
+    * `[:beambridge, :stream, :start]` — a `Bridge.stream/3` opened:
+      measurements `%{monotonic_time, system_time}`; metadata `%{pool, module,
+      function, telemetry_span_context}`.
+    * `[:beambridge, :stream, :element]` — the consumer took an element:
+      measurements `%{bytes, in_flight, window}` (`in_flight`: how many more had
+      arrived; `window`: the stream's `:window`); metadata the start's.
+    * `[:beambridge, :stream, :stop]` — the stream ended: measurements
+      `%{duration, elements, bytes}`; metadata the start's and `result`
+      (`:ok`, `:cancelled` when closed before its end, or `:error`) and `error`.
+    * `[:beambridge, :memory, :sample]` — every few seconds per pool
+      (`Bridge.Metrics.history/0`): measurements `%{arena_bytes, used_bytes,
+      live_slices, arena_limit, worker_arena_bytes, held_slices, held_bytes,
+      headroom}`; metadata `%{pool}`.
+    * `[:beambridge, :memory, :fallback]` — values due a slice went inline:
+      measurements `%{count, bytes}`; metadata `%{direction, form, reason}`
+      (the reasons of `Bridge.format_stats/0`).
+
   ## Examples
 
       iex> Bridge.Telemetry.attach("doc", [:beambridge, :doc], fn e, m, _md, pid -> send(pid, {e, m}) end, self())

@@ -365,12 +365,16 @@ defmodule Bridge.Worker do
       phase: state.phase,
       lent_slices: map_size(state.objects.lent),
       worker_arenas: map_size(state.objects.peers),
+      # the worker's arenas mapped here, and its result slices callers still hold
+      worker_arena_bytes: 0,
+      held_slices: 0,
+      held_bytes: 0,
       lane: state.lane != nil,
       lane_calls: state.lane_calls,
       lane_parked: state.lane_parked
     }
 
-    {:reply, info, state}
+    {:reply, Map.merge(info, Objects.usage(state.objects)), state}
   end
 
   # One frame from the worker, from the pipe or the lane.

@@ -51,7 +51,9 @@ defmodule Bridge.Stream.Session do
     leased: 0,
     largest: 0,
     stream?: false,
-    cancelled?: false
+    cancelled?: false,
+    # Bridge.Stream.Events' span of a result stream, nil once it ended
+    span: nil
   ]
 
   ## Bridge.call/3
@@ -179,7 +181,8 @@ defmodule Bridge.Stream.Session do
         max_resumes: max,
         resume: resume,
         stream?: true,
-        checkpoint: start_point(resume)
+        checkpoint: start_point(resume),
+        span: Bridge.Stream.Events.start(prepared)
       }
 
       session = %{session | taken: session.checkpoint.taken, chain: session.checkpoint.checksum}
@@ -190,6 +193,7 @@ defmodule Bridge.Stream.Session do
 
         {:error, error} ->
           Enum.each(prepared.slices, &Arena.release/1)
+          Bridge.Stream.Events.stop(session.span, error)
           raise error
       end
     else
@@ -243,7 +247,10 @@ defmodule Bridge.Stream.Session do
       {:ok, value} ->
         GenServer.cast(worker, {:stream, session.id, {:ack, seq}})
         checkpoint = Checkpoint.took(session.checkpoint, seq, point, chain)
-        session = %{session | taken: seq, chain: chain, checkpoint: checkpoint}
+        bytes = byte_size(body) + leased_bytes(resolved)
+        in_flight = :queue.len(session.queue)
+        span = Bridge.Stream.Events.element(session.span, bytes, in_flight, session.window)
+        session = %{session | taken: seq, chain: chain, checkpoint: checkpoint, span: span}
         {[value], collect(session, resolved)}
 
       {:error, error} ->
@@ -254,6 +261,7 @@ defmodule Bridge.Stream.Session do
   # Ends the stream and raises: Stream.resource/3 then calls close/1 with the
   # state it last saw, which must do nothing more.
   defp fail(session, error) do
+    session = %{session | span: Bridge.Stream.Events.stop(session.span, error)}
     close(session)
     Process.put({__MODULE__, session.key}, :closed)
     raise %{error | checkpoint: session.checkpoint}
@@ -261,8 +269,7 @@ defmodule Bridge.Stream.Session do
 
   # Elements over shared memory stay until this process collects: count them.
   defp collect(session, resolved) do
-    bytes =
-      for {:lease, _, length, _} <- Tuple.to_list(resolved), reduce: 0, do: (n -> n + length)
+    bytes = leased_bytes(resolved)
 
     leased = session.leased + bytes
     largest = max(session.largest, bytes)
@@ -275,9 +282,12 @@ defmodule Bridge.Stream.Session do
     end
   end
 
+  defp leased_bytes(resolved),
+    do: for({:lease, _, length, _} <- Tuple.to_list(resolved), reduce: 0, do: (n -> n + length))
+
   defp the_end(%{reply: {:ok, {:stream_done, count, checksum}}} = session) do
     if {count, checksum} == {session.taken, session.chain} do
-      {:halt, finished(session)}
+      {:halt, %{finished(session) | span: Bridge.Stream.Events.stop(session.span, :ok)}}
     else
       error =
         Error.new(:bad_frame, :stream_broken,
@@ -320,6 +330,7 @@ defmodule Bridge.Stream.Session do
   @spec close(%__MODULE__{}) :: :ok
   def close(session) do
     if Process.delete({__MODULE__, session.key}) != :closed do
+      Bridge.Stream.Events.stop(session.span, :cancelled)
       session = if session.reply == nil, do: stop(session), else: session
       finished(session)
       Enum.each(session.prepared.slices, &Arena.release/1)

@@ -121,6 +121,34 @@ defmodule Bridge.Worker.Objects do
   end
 
   @doc false
+  # What the worker's arenas take here: their bytes, and the leases live on
+  # their slices (results callers still hold) with those slices' bytes.
+  @spec usage(t()) :: %{
+          worker_arena_bytes: non_neg_integer(),
+          held_slices: non_neg_integer(),
+          held_bytes: non_neg_integer()
+        }
+  def usage(objects) do
+    Enum.reduce(
+      objects.peers,
+      %{worker_arena_bytes: 0, held_slices: 0, held_bytes: 0},
+      fn {_id, peer}, acc ->
+        case Bridge.NIF.peer_info(peer) do
+          {:ok, {_id, _kind, size, leases, leased}} ->
+            %{
+              worker_arena_bytes: acc.worker_arena_bytes + size,
+              held_slices: acc.held_slices + leases,
+              held_bytes: acc.held_bytes + leased
+            }
+
+          _ ->
+            acc
+        end
+      end
+    )
+  end
+
+  @doc false
   # {:object, kind, owner_pid, fd, id, size, nonce} from the worker. Arenas are
   # mapped now and kept; a sealed object is mapped by the process that answers
   # the call naming it (resolve/2), so its mapping lives exactly as long as the

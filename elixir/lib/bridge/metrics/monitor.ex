@@ -1,0 +1,116 @@
+defmodule Bridge.Metrics.Monitor do
+  @moduledoc false
+  # Samples the node's shared memory (Bridge.Metrics.Memory) every
+  # `config :beambridge, monitor_interval:` milliseconds (default 5,000): keeps
+  # the last @keep samples for the dashboard (history/0), the peaks of what only
+  # sampling sees (the workers' arenas and the results held), and emits a
+  # [:beambridge, :memory, :sample] event per pool. Started by
+  # Bridge.Application.
+
+  use GenServer
+
+  alias Bridge.Metrics.Memory
+
+  @keep 360
+  @default_interval 5_000
+
+  @doc false
+  def start_link(_arg), do: GenServer.start_link(__MODULE__, nil, name: __MODULE__)
+
+  @doc false
+  # Samples now (and returns the sample).
+  @spec sample_now() :: map()
+  def sample_now, do: GenServer.call(__MODULE__, :sample, 30_000)
+
+  @doc false
+  # The samples kept, oldest first: `at` (system time, ms), and per pool its
+  # arena, held and worker bytes.
+  @spec history() :: [map()]
+  def history do
+    GenServer.call(__MODULE__, :history, 30_000)
+  catch
+    :exit, _ -> []
+  end
+
+  @doc false
+  # Per pool, the largest sampled values: %{pool => %{worker_arena_bytes, held_bytes, held_slices}}.
+  @spec peaks() :: map()
+  def peaks do
+    GenServer.call(__MODULE__, :peaks, 30_000)
+  catch
+    :exit, _ -> %{}
+  end
+
+  @impl true
+  def init(nil) do
+    interval = Application.get_env(:beambridge, :monitor_interval, @default_interval)
+    state = %{interval: interval, samples: :queue.new(), count: 0, peaks: %{}}
+    {:ok, schedule(state)}
+  end
+
+  defp schedule(%{interval: i} = state) when is_integer(i) and i > 0 do
+    Process.send_after(self(), :tick, i)
+    state
+  end
+
+  defp schedule(state), do: state
+
+  @impl true
+  def handle_call(:sample, _from, state) do
+    {sample, state} = sample(state)
+    {:reply, sample, state}
+  end
+
+  def handle_call(:history, _from, state), do: {:reply, :queue.to_list(state.samples), state}
+  def handle_call(:peaks, _from, state), do: {:reply, state.peaks, state}
+
+  @impl true
+  def handle_info(:tick, state) do
+    {_sample, state} = sample(state)
+    {:noreply, schedule(state)}
+  end
+
+  def handle_info(_other, state), do: {:noreply, state}
+
+  defp sample(state) do
+    memory = Memory.snapshot()
+    at = System.system_time(:millisecond)
+
+    pools =
+      Map.new(memory.pools, fn {pool, p} ->
+        {pool,
+         Map.take(p, [
+           :arena_bytes,
+           :used_bytes,
+           :live_slices,
+           :arena_limit,
+           :worker_arena_bytes,
+           :held_slices,
+           :held_bytes
+         ])}
+      end)
+
+    Enum.each(pools, fn {pool, m} ->
+      Bridge.Telemetry.execute(
+        [:beambridge, :memory, :sample],
+        Map.put(m, :headroom, memory.headroom),
+        %{pool: pool}
+      )
+    end)
+
+    sample = %{at: at, headroom: memory.headroom, pools: pools}
+    {samples, count} = push(state.samples, state.count, sample)
+    peaks = Enum.reduce(pools, state.peaks, &peak/2)
+    {Map.put(memory, :sample, sample), %{state | samples: samples, count: count, peaks: peaks}}
+  end
+
+  defp push(samples, count, sample) when count >= @keep,
+    do: {:queue.in(sample, :queue.drop(samples)), count}
+
+  defp push(samples, count, sample), do: {:queue.in(sample, samples), count + 1}
+
+  defp peak({pool, m}, peaks) do
+    now = Map.take(m, [:worker_arena_bytes, :held_bytes, :held_slices])
+    Map.update(peaks, pool, now, &Map.merge(&1, now, fn _k, a, b -> max(a, b) end))
+  end
+end
