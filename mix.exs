@@ -113,7 +113,7 @@ defmodule Beambridge.MixProject do
   def application do
     [
       mod: {Bridge.Application, []},
-      extra_applications: [:logger, :crypto],
+      extra_applications: [:logger, :crypto, :inets],
       # where `mix beambridge.python` puts the application's Python: the build
       # directory of the project being built (ours, or the app that depends on us)
       env: [python_venv: Path.join(Path.dirname(Mix.Project.build_path()), "beambridge_python")]

@@ -99,6 +99,10 @@ defmodule Bridge do
       moving binary payloads is what the bridge is for: under `:str` a payload
       that is not text cannot cross as a plain binary, and a large one is
       decoded (copied) once more. Per call: the `:strings` option of `call/3`.
+    * `:dashboard` — `[port: p]` serves a web page of the node's metrics and a
+      Prometheus `/metrics` endpoint with this pool (`Bridge.Dashboard`;
+      `port: 0` picks a free port, `Bridge.Dashboard.url/1` says which); bound
+      to 127.0.0.1 unless `bind:` says otherwise. Default: none.
     * `:pool_size` — number of workers (default `System.schedulers_online()`).
     * `:max_queue` — callers that may wait for a worker (default `1_000`);
       beyond that a call returns `:overloaded` at once.
@@ -249,7 +253,8 @@ defmodule Bridge do
       }
     ]
 
-    Supervisor.init(children, strategy: :rest_for_one)
+    dashboard = if config.dashboard, do: [{Bridge.Dashboard, config}], else: []
+    Supervisor.init(children ++ dashboard, strategy: :rest_for_one)
   end
 
   @doc """
@@ -365,6 +370,34 @@ defmodule Bridge do
       {:error, error} -> raise error
     end
   end
+
+  @doc """
+  Concrete advice from what this node's calls and memory show: a list of maps
+  with `rule`, `pool`, `function`, `evidence`, `suggestion` and
+  `estimated_gain` (`Bridge.Metrics.Advice` lists the rules).
+
+  ## Examples
+
+      iex> is_list(Bridge.recommendations())
+      true
+  """
+  @spec recommendations() :: [map()]
+  def recommendations do
+    Bridge.Metrics.Advice.from(
+      Bridge.Metrics.snapshot(),
+      Bridge.Metrics.memory(),
+      Bridge.Metrics.Advice.thresholds()
+    )
+  end
+
+  @doc """
+  The alerts raised lately, newest first (the last 50): `rule`, `pool`,
+  `function`, `form`, `evidence`, `suggestion`, `at` (`Bridge.Metrics.Alerts`
+  lists the rules). Each was also logged as a warning and sent as a
+  `[:beambridge, :alert]` event.
+  """
+  @spec alerts() :: [map()]
+  def alerts, do: Bridge.Metrics.Monitor.alerts()
 
   @doc """
   The workers of a bridge: id, Erlang pid, the interpreter's OS pid and phase

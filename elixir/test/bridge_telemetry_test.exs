@@ -17,12 +17,7 @@ defmodule Bridge.TelemetryTest do
     :ok
   end
 
-  defp listen(id, events) do
-    me = self()
-
-    :ok =
-      Telemetry.attach_many(id, events, fn e, m, md, _ -> send(me, {:event, e, m, md}) end, nil)
-  end
+  defp listen(id, events), do: listen_telemetry(id, events)
 
   test "a call emits start and stop with its timings and its result" do
     listen("calls", [[:beambridge, :call, :start], [:beambridge, :call, :stop]])

@@ -15,12 +15,7 @@ defmodule Bridge.MetricsMemoryTest do
     :ok
   end
 
-  defp listen(id, events) do
-    me = self()
-
-    :ok =
-      Telemetry.attach_many(id, events, fn e, m, md, _ -> send(me, {:event, e, m, md}) end, nil)
-  end
+  defp listen(id, events), do: listen_telemetry(id, events)
 
   test "held results show as held slices and bytes of the worker, and go when dropped" do
     start_supervised!({Bridge, bridge_opts(Mem, pool_size: 1, threshold: 1024)})

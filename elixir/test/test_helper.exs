@@ -6,6 +6,9 @@
 shm_before = MapSet.new(File.ls!("/dev/shm"))
 # Bridge tests start Python workers (OS processes below this BEAM) and Ports
 # (fds); both must be back where they started after the suite.
+# The VM's resolver program (inet_gethost, below erl_child_setup) starts at the
+# first native name lookup and stays: started now, its pipes are no leak.
+_ = :inet_gethost_native.gethostbyname(~c"localhost")
 procs_before = Enum.sort(Bridge.Test.BridgeCase.descendants())
 fds_before = Bridge.Test.BridgeCase.open_fds()
 own_pid = System.pid()

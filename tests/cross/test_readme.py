@@ -5,7 +5,8 @@
 * "Streams": the same, with a handler module of generators.
 * "Typed schemas": the same, with schema classes in the handler module.
 * "Provenance and inspection": the same, with a handler that adds to its call's meta.
-* "Telemetry": against the handler module of "Calling Python".
+* "Telemetry" and "Metrics, advice, alerts and a dashboard": against the handler
+  module of "Calling Python".
 * "Data formats": the Elixir block runs as written (its pattern matches are the
   assertions).
 * "An arena from each side": the Elixir block runs in a real BEAM (its `#=> ...`
@@ -98,6 +99,12 @@ def test_readme_telemetry_example_runs(tmp_path: Path) -> None:
     [handler] = blocks("Calling Python", "python")
     [elixir] = blocks("Telemetry", "elixir")
     run_against_handler(handler, elixir, "readme_telemetry.exs", tmp_path)
+
+
+def test_readme_metrics_and_dashboard_example_runs(tmp_path: Path) -> None:
+    [handler] = blocks("Calling Python", "python")
+    [elixir] = blocks("Metrics, advice, alerts and a dashboard", "elixir")
+    run_against_handler(handler, elixir, "readme_metrics.exs", tmp_path)
 
 
 def test_readme_data_formats_example_runs() -> None:

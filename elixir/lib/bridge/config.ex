@@ -27,6 +27,7 @@ defmodule Bridge.Config do
             start_timeout: 10_000,
             verify: false,
             strings: :bytes,
+            dashboard: nil,
             arena: nil
 
   @type t :: %__MODULE__{}
@@ -47,7 +48,8 @@ defmodule Bridge.Config do
     :spin_us,
     :start_timeout,
     :verify,
-    :strings
+    :strings,
+    :dashboard
   ]
 
   @spec new(keyword()) :: {:ok, t()} | {:error, Error.t()}
@@ -104,6 +106,13 @@ defmodule Bridge.Config do
   defp check(:start_timeout, v) when is_integer(v) and v > 0, do: :ok
   defp check(:verify, v) when is_boolean(v), do: :ok
   defp check(:strings, v) when v in [:bytes, :str], do: :ok
+  defp check(:dashboard, nil), do: :ok
+
+  defp check(:dashboard, v) do
+    if dashboard?(v),
+      do: :ok,
+      else: {:error, bad(:dashboard, v, "nil or [port: 0..65535, bind: an IP address string]")}
+  end
 
   defp check(key, v) when key in @keys, do: {:error, bad(key, v)}
   defp check(key, v), do: {:error, bad(key, v, "one of #{inspect(@keys)}")}
@@ -147,6 +156,17 @@ defmodule Bridge.Config do
   end
 
   defp resolve_paths([path | rest], acc), do: resolve_paths(rest, [path | acc])
+
+  defp dashboard?(v) when is_list(v) do
+    port = Keyword.get(v, :port, 0)
+    bind = Keyword.get(v, :bind, "127.0.0.1")
+
+    Keyword.keyword?(v) and Keyword.keys(v) -- [:port, :bind] == [] and is_integer(port) and
+      port in 0..65_535 and is_binary(bind) and
+      match?({:ok, _}, :inet.parse_address(String.to_charlist(bind)))
+  end
+
+  defp dashboard?(_v), do: false
 
   defp bad(field, value, expected \\ nil) do
     expected = expected || expectation(field)

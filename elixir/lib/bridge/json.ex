@@ -2,7 +2,8 @@ defmodule Bridge.JSON do
   @moduledoc false
   # A small strict JSON decoder (RFC 8259) for the files of protocol/: the
   # registry (read at compile time by Bridge.Registry) and the golden vector
-  # descriptions (tests). hex is unreachable and OTP 25 has no :json module.
+  # descriptions (tests); and encode/1, for the dashboard's data
+  # (Bridge.Dashboard). hex is unreachable and OTP 25 has no :json module.
   #
   # Objects become maps with string keys, arrays lists, integers stay exact
   # (u64 values), numbers with a fraction or an exponent become floats, null is
@@ -54,6 +55,47 @@ defmodule Bridge.JSON do
       {:error, error} -> raise error
     end
   end
+
+  @doc false
+  # `value` as JSON text: maps (atom or string keys), lists and tuples, strings
+  # (other binaries as Latin-1 text), integers, floats, atoms as strings, nil
+  # as null.
+  @spec encode(term()) :: String.t()
+  def encode(value), do: value |> enc() |> IO.iodata_to_binary()
+
+  defp enc(nil), do: "null"
+  defp enc(true), do: "true"
+  defp enc(false), do: "false"
+  defp enc(n) when is_integer(n), do: Integer.to_string(n)
+  defp enc(f) when is_float(f), do: :erlang.float_to_binary(f, [:short])
+
+  defp enc(a) when is_atom(a),
+    do: a |> Atom.to_string() |> String.trim_leading("Elixir.") |> enc()
+
+  defp enc(t) when is_tuple(t), do: t |> Tuple.to_list() |> enc()
+  defp enc(l) when is_list(l), do: [?[, Enum.map_intersperse(l, ?,, &enc/1), ?]]
+
+  defp enc(%{} = m) when not is_struct(m) do
+    pairs = Enum.map_intersperse(m, ?,, fn {k, v} -> [enc(key(k)), ?:, enc(v)] end)
+    [?{, pairs, ?}]
+  end
+
+  defp enc(s) when is_binary(s) do
+    s = if String.valid?(s), do: s, else: :unicode.characters_to_binary(s, :latin1)
+    [?", for(<<c::utf8 <- s>>, do: char(c)), ?"]
+  end
+
+  defp enc(other), do: enc(inspect(other))
+
+  defp key(k) when is_binary(k), do: k
+  defp key(k) when is_atom(k), do: k |> Atom.to_string() |> String.trim_leading("Elixir.")
+  defp key(k), do: inspect(k)
+
+  defp char(?"), do: "\\\""
+  defp char(?\\), do: "\\\\"
+  defp char(c) when c < 0x20, do: :io_lib.format("\\u~4.16.0b", [c])
+  defp char(?<), do: "\\u003c"
+  defp char(c), do: <<c::utf8>>
 
   defp fail(rest, reason), do: throw({__MODULE__, rest, reason})
 

@@ -150,4 +150,13 @@ defmodule Bridge.Test.BridgeCase do
     assert mapping =~ "/memfd:beambridge", "binary at #{address} is in #{inspect(mapping)}"
     mapping
   end
+
+  # Sends {:event, event, measurements, metadata} to this process for each of
+  # `events` (Bridge.Telemetry), under handler `id`; detached when the test ends.
+  def listen_telemetry(id, events) do
+    me = self()
+    fun = fn e, m, md, _ -> send(me, {:event, e, m, md}) end
+    :ok = Bridge.Telemetry.attach_many(id, events, fun, nil)
+    ExUnit.Callbacks.on_exit(fn -> Bridge.Telemetry.detach(id) end)
+  end
 end

@@ -46,6 +46,23 @@ defmodule Bridge.Metrics.Histogram do
   end
 
   @doc """
+  `a` less `b`, where `a` was taken after `b` from the same counters (the
+  values recorded in between).
+  """
+  @spec subtract(t(), t()) :: t()
+  def subtract(a, b) do
+    buckets =
+      Enum.reduce(b.buckets, a.buckets, fn {i, n}, acc ->
+        case Map.get(acc, i, 0) - n do
+          left when left > 0 -> Map.put(acc, i, left)
+          _ -> Map.delete(acc, i)
+        end
+      end)
+
+    %{count: max(a.count - b.count, 0), sum: max(a.sum - b.sum, 0), buckets: buckets}
+  end
+
+  @doc """
   The bucket of `v`: 0 for 0; values 1..3 have buckets of their own; from 4 on,
   four per power of two.
 

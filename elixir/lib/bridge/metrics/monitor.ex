@@ -4,12 +4,18 @@ defmodule Bridge.Metrics.Monitor do
   # `config :beambridge, monitor_interval:` milliseconds (default 5,000): keeps
   # the last @keep samples for the dashboard (history/0), the peaks of what only
   # sampling sees (the workers' arenas and the results held), and emits a
-  # [:beambridge, :memory, :sample] event per pool. Started by
-  # Bridge.Application.
+  # [:beambridge, :memory, :sample] event per pool; and evaluates the alerts
+  # (Bridge.Metrics.Alerts) on the calls since the last sample, logging and
+  # emitting those not fired lately, keeping the last @keep_alerts for
+  # Bridge.alerts/0. Started by Bridge.Application.
 
   use GenServer
 
-  alias Bridge.Metrics.Memory
+  require Logger
+
+  alias Bridge.Metrics.{Alerts, Memory}
+
+  @keep_alerts 50
 
   @keep 360
   @default_interval 5_000
@@ -41,10 +47,28 @@ defmodule Bridge.Metrics.Monitor do
     :exit, _ -> %{}
   end
 
+  @doc false
+  # The alerts kept, newest first.
+  @spec alerts() :: [map()]
+  def alerts do
+    GenServer.call(__MODULE__, :alerts, 30_000)
+  catch
+    :exit, _ -> []
+  end
+
   @impl true
   def init(nil) do
     interval = Application.get_env(:beambridge, :monitor_interval, @default_interval)
-    state = %{interval: interval, samples: :queue.new(), count: 0, peaks: %{}}
+
+    state = %{
+      interval: interval,
+      samples: :queue.new(),
+      count: 0,
+      peaks: %{},
+      alerts: Alerts.new(),
+      recent: []
+    }
+
     {:ok, schedule(state)}
   end
 
@@ -63,6 +87,7 @@ defmodule Bridge.Metrics.Monitor do
 
   def handle_call(:history, _from, state), do: {:reply, :queue.to_list(state.samples), state}
   def handle_call(:peaks, _from, state), do: {:reply, state.peaks, state}
+  def handle_call(:alerts, _from, state), do: {:reply, state.recent, state}
 
   @impl true
   def handle_info(:tick, state) do
@@ -101,7 +126,32 @@ defmodule Bridge.Metrics.Monitor do
     sample = %{at: at, headroom: memory.headroom, pools: pools}
     {samples, count} = push(state.samples, state.count, sample)
     peaks = Enum.reduce(pools, state.peaks, &peak/2)
-    {Map.put(memory, :sample, sample), %{state | samples: samples, count: count, peaks: peaks}}
+    state = %{state | samples: samples, count: count, peaks: peaks}
+    {fired, state} = alert(state, memory, at)
+    {Map.merge(memory, %{sample: sample, alerts: fired}), state}
+  end
+
+  defp alert(state, memory, now) do
+    factor = Application.get_env(:beambridge, :alert_factor, 3)
+    interval = Application.get_env(:beambridge, :alert_interval, 60_000)
+
+    {raised, alerts} =
+      Alerts.evaluate(state.alerts, Bridge.Metrics.snapshot(), memory, factor: factor)
+
+    {fired, alerts} = Alerts.limit(alerts, raised, now, interval)
+
+    Enum.each(fired, fn a ->
+      Logger.warning("beambridge alert: #{a.suggestion}")
+
+      Bridge.Telemetry.execute(
+        [:beambridge, :alert],
+        %{value: a.value, baseline: a.baseline},
+        Map.drop(a, [:value, :baseline])
+      )
+    end)
+
+    recent = Enum.take(Enum.reverse(fired) ++ state.recent, @keep_alerts)
+    {fired, %{state | alerts: alerts, recent: recent}}
   end
 
   defp push(samples, count, sample) when count >= @keep,
