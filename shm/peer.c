@@ -27,6 +27,7 @@ typedef struct {
     int kind;
     int leases;     /* atomic: live leases on its slices */
     int closed;     /* atomic: peer_close was called */
+    int live;        /* atomic: leases not ended yet (a result still held) */
     uint64_t leased; /* atomic: bytes of the slices under those leases */
 } peer_t;
 
@@ -167,6 +168,7 @@ ERL_NIF_TERM nif_peer_open(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
     p->kind = (int)kind;
     p->leases = 0;
     p->closed = 0;
+    p->live = 0;
     p->leased = 0;
     term = enif_make_resource(env, p);
     enif_release_resource(p);
@@ -191,8 +193,8 @@ ERL_NIF_TERM nif_peer_close(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
     return ATOM_OK;
 }
 
-/* peer_info(Peer) -> {ok, {Id, Kind, Size, Leases, LeasedBytes}}: the leases live on
- * its slices now, and their bytes (Bridge.Metrics' memory) */
+/* peer_info(Peer) -> {ok, {Id, Kind, Size, Leases, LeasedBytes}}: the leases on its
+ * slices not ended yet (results still held), and their bytes (Bridge.Metrics' memory) */
 ERL_NIF_TERM nif_peer_info(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
 {
     peer_t *p;
@@ -202,13 +204,14 @@ ERL_NIF_TERM nif_peer_info(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
     return ok_tuple(
         env, enif_make_tuple5(env, enif_make_uint(env, p->id), enif_make_int(env, p->kind),
                               enif_make_uint64(env, p->size),
-                              enif_make_int(env, __atomic_load_n(&p->leases, __ATOMIC_SEQ_CST)),
+                              enif_make_int(env, __atomic_load_n(&p->live, __ATOMIC_SEQ_CST)),
                               enif_make_uint64(env, __atomic_load_n(&p->leased, __ATOMIC_SEQ_CST))));
 }
 
 /* Once per lease, as it goes from active or has-binary to ended. */
 static void plea_end(plea_t *l)
 {
+    __atomic_sub_fetch(&l->peer->live, 1, __ATOMIC_SEQ_CST);
     __atomic_sub_fetch(&l->peer->leased, l->len, __ATOMIC_SEQ_CST);
     if (l->table != NULL) {
         uint64_t *word = (uint64_t *)(l->table->addr + OBJ_HEADER + (uint64_t)l->ticket * 8);
@@ -313,6 +316,7 @@ ERL_NIF_TERM nif_peer_lease(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
     l->table = t;
     l->off = off;
     l->len = len;
+    __atomic_add_fetch(&p->live, 1, __ATOMIC_SEQ_CST);
     __atomic_add_fetch(&p->leased, len, __ATOMIC_SEQ_CST);
     l->gen = gen;
     l->ticket = ticket;

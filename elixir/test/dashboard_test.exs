@@ -11,7 +11,7 @@ defmodule Bridge.DashboardTest do
 
   # A plain HTTP/1.1 request (Connection: close) over a socket to the address in `url` (:httpc
   # would start the VM's resolver program, which outlives the test).
-  defp get(url, method \\ "GET") do
+  defp get(url, method \\ "GET", host_header \\ nil) do
     %URI{host: host, port: port, path: path, query: query} = URI.parse(url)
     {:ok, ip} = :inet.parse_address(String.to_charlist(host))
     target = if query, do: "#{path}?#{query}", else: path
@@ -21,7 +21,7 @@ defmodule Bridge.DashboardTest do
         :ok =
           :gen_tcp.send(
             socket,
-            "#{method} #{target} HTTP/1.1\r\nHost: #{host}\r\nContent-Length: 0\r\n" <>
+            "#{method} #{target} HTTP/1.1\r\nHost: #{host_header || host}\r\nContent-Length: 0\r\n" <>
               "Connection: close\r\n\r\n"
           )
 
@@ -77,6 +77,11 @@ defmodule Bridge.DashboardTest do
     {404, _, missing} = get(url <> "nope")
     assert missing =~ "try /, /metrics, /data.json"
     assert {405, _, _} = get(url <> "metrics", "POST")
+    assert {200, "text/plain" <> _, ""} = get(url <> "metrics", "HEAD")
+
+    # a page of another site, through a name it points at 127.0.0.1, is refused
+    assert {421, _, _} = get(url <> "data.json", "GET", "evil.example:80")
+    assert {200, _, _} = get(url <> "data.json", "GET", "localhost")
 
     # bound to the loopback address only: another address of this machine is refused
     port = url |> URI.parse() |> Map.fetch!(:port)
@@ -91,6 +96,34 @@ defmodule Bridge.DashboardTest do
     stop_supervised!(Dash)
     assert Bridge.Dashboard.url(Dash) == nil
     assert {:error, _} = get(url)
+  end
+
+  test "a dashboard killed is restarted on its port by the pool" do
+    {:ok, listen} = :gen_tcp.listen(0, ip: {127, 0, 0, 1})
+    {:ok, port} = :inet.port(listen)
+    :gen_tcp.close(listen)
+
+    sup =
+      start_supervised!({Bridge, bridge_opts(DashKill, pool_size: 1, dashboard: [port: port])})
+
+    url = Bridge.Dashboard.url(DashKill)
+    assert url == "http://127.0.0.1:#{port}/"
+
+    [dashboard] = for {Bridge.Dashboard, pid, _, _} <- Supervisor.which_children(sup), do: pid
+    ref = Process.monitor(dashboard)
+    Process.exit(dashboard, :kill)
+    assert_receive {:DOWN, ^ref, :process, _, :killed}
+
+    wait = fn wait, n ->
+      case List.keyfind(Supervisor.which_children(sup), Bridge.Dashboard, 0) do
+        {_, pid, _, _} when is_pid(pid) and pid != dashboard -> pid
+        _ when n > 0 -> Process.sleep(20) && wait.(wait, n - 1)
+      end
+    end
+
+    wait.(wait, 100)
+    assert Bridge.Dashboard.url(DashKill) == url
+    assert {200, _, _} = get(url <> "metrics")
   end
 
   test "bad dashboard options are refused with what is expected; a taken port is a clear error" do

@@ -142,6 +142,54 @@ defmodule Bridge.MetricsTest do
     assert %{raw: %{count: 1, bytes: 3_000_000}} = identity.bytes.to_python
   end
 
+  test "a call made inside a measured call (an argument stream that calls) leaves both whole" do
+    start_supervised!({Bridge, bridge_opts(MetNested, pool_size: 2)})
+    Metrics.reset()
+
+    calling =
+      Stream.map(1..5, fn i ->
+        {:ok, v} = Bridge.call({:bbt_handlers, :add}, [i, 1], pool: MetNested)
+        v
+      end)
+
+    assert {:ok, 20} =
+             Bridge.call({:bbt_streams, :total}, [Bridge.Stream.from(calling)], pool: MetNested)
+
+    snap = Metrics.snapshot()
+    assert snap[{MetNested, "bbt_handlers.add"}].calls == 5
+    assert snap[{MetNested, "bbt_streams.total"}].calls == 1
+    assert Process.get(:"$bb_measure") == nil
+  end
+
+  test "calls refused before they are sent are not recorded; metrics: false holds with listeners" do
+    start_supervised!({Bridge, bridge_opts(MetRefused, pool_size: 1)})
+    Metrics.reset()
+
+    assert {:error, %Bridge.Error{reason: :badarg}} =
+             Bridge.call({%{a: 1}, :f}, [], pool: MetRefused)
+
+    assert {:error, %Bridge.Error{reason: :no_pool}} = Bridge.call({:m, :f}, [], pool: NoSuchPool)
+    assert Metrics.snapshot() == %{}
+
+    :ok =
+      Bridge.Telemetry.attach(
+        "met-off",
+        [:beambridge, :call, :stop],
+        fn _, _, _, _ -> :ok end,
+        nil
+      )
+
+    Metrics.enable(false)
+
+    try do
+      {:ok, 3} = Bridge.call({:bbt_handlers, :add}, [1, 2], pool: MetRefused)
+      assert Metrics.snapshot() == %{}
+    after
+      Metrics.enable(true)
+      Bridge.Telemetry.detach("met-off")
+    end
+  end
+
   test "the exposition escapes label values and keeps every histogram whole" do
     h = Enum.reduce(values(500), Histogram.new(), &Histogram.add(&2, &1))
     snap = %{{:"Pool\"x", "m.we\"ird\\fn\nx"} => %{calls: 500, errors: 2, duration: h, wait: h}}

@@ -56,6 +56,9 @@ from .streams import Stream, StreamError, producer
 from .strings import to_str
 from .terms import DEFAULT_THRESHOLD, TAG_PIECE
 
+# what the worker's timings add to an answer's envelope at most (`Reply.timed`):
+_TIMINGS_ROOM = 40  # h\x03 and three integers of at most 11 bytes each
+
 __all__ = ["CallPath", "Reply"]
 
 _MIB = 1 << 20
@@ -386,7 +389,7 @@ class CallPath:
         released = self.take_released()
         entries = self.slices.entries
         head = control_shortcuts.answer_head(call_id, entries, released)
-        size = 4 + len(head) + body_size
+        size = 4 + len(head) + body_size + (_TIMINGS_ROOM if self.timings else 0)
         if size > control.MAX_CONTROL_FRAME:
             del parts
             fallbacks = self.slices.fallbacks

@@ -43,10 +43,17 @@ defmodule Bridge.Dashboard do
     opts = config.dashboard
     bind = Keyword.get(opts, :bind, "127.0.0.1")
     {:ok, address} = :inet.parse_address(String.to_charlist(bind))
-    root = Path.join(System.tmp_dir!(), "beambridge-dashboard")
-    File.mkdir_p!(root)
+    # httpd wants a server root; nothing is read from it (Handler answers all)
+    root =
+      Path.join(
+        System.tmp_dir!(),
+        "beambridge-dashboard-#{System.pid()}-#{System.unique_integer([:positive])}"
+      )
+
+    :ok = File.mkdir_p(root)
 
     with {:ok, _} <- Application.ensure_all_started(:inets),
+         :ok <- stop_left(config.name),
          {:ok, pid} <-
            :inets.start(:httpd,
              port: Keyword.get(opts, :port, 0),
@@ -61,10 +68,13 @@ defmodule Bridge.Dashboard do
       host = if tuple_size(address) == 8, do: "[#{bind}]", else: bind
       url = "http://#{host}:#{port}/"
       :persistent_term.put({__MODULE__, config.name}, url)
+      :persistent_term.put({__MODULE__, config.name, :httpd}, pid)
       Logger.info("beambridge dashboard of #{inspect(config.name)}: #{url}")
-      {:ok, %{pid: pid, pool: config.name}}
+      {:ok, %{pid: pid, pool: config.name, root: root}}
     else
       {:error, reason} ->
+        File.rm_rf(root)
+
         {:stop,
          Bridge.Error.new(:start_failed, :dashboard_unavailable,
            field: :dashboard,
@@ -77,10 +87,23 @@ defmodule Bridge.Dashboard do
     end
   end
 
+  # The server a dashboard of this pool left running when it was killed (no
+  # terminate/2 ran): stopped, so that its port is free again.
+  defp stop_left(pool) do
+    case :persistent_term.get({__MODULE__, pool, :httpd}, nil) do
+      nil -> :ok
+      pid -> _ = :inets.stop(:httpd, pid)
+    end
+
+    :ok
+  end
+
   @impl true
   def terminate(_reason, state) do
     :persistent_term.erase({__MODULE__, state.pool})
+    :persistent_term.erase({__MODULE__, state.pool, :httpd})
     :inets.stop(:httpd, state.pid)
+    File.rm_rf(state.root)
     :ok
   end
 end

@@ -40,6 +40,8 @@ defmodule Bridge.Metrics do
       Bridge.Metrics.Histogram.quantile(h, 0.99)   #=> microseconds
   """
 
+  require Logger
+
   alias Bridge.Metrics.{Collector, Histogram, Row}
 
   @table __MODULE__
@@ -139,7 +141,15 @@ defmodule Bridge.Metrics do
   def record_now(pool, module, function, timings, result, tallies) do
     Row.add_call(counters({pool, module, function}), timings, result == :error, tallies)
   rescue
-    ArgumentError -> :ok
+    # metrics never fail a call nor their collector; a row that cannot take
+    # this call is reported once
+    e ->
+      if :persistent_term.get({__MODULE__, :failed}, nil) == nil do
+        :persistent_term.put({__MODULE__, :failed}, true)
+        Logger.error("beambridge metrics: a call could not be recorded: #{Exception.message(e)}")
+      end
+
+      :ok
   end
 
   @doc false
@@ -222,10 +232,15 @@ defmodule Bridge.Metrics do
           acc
 
         entry ->
-          Map.update(acc, {pool, "#{module}.#{function}"}, entry, &merge_entry(&1, entry))
+          Map.update(acc, {pool, name(module, function)}, entry, &merge_entry(&1, entry))
       end
     end)
   end
+
+  defp name(module, function), do: "#{text(module)}.#{text(function)}"
+
+  defp text(n) when is_atom(n) or is_binary(n), do: to_string(n)
+  defp text(n), do: inspect(n)
 
   # An atom and a binary naming the same function are one entry.
   defp merge_entry(a, b) do

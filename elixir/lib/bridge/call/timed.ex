@@ -13,25 +13,34 @@ defmodule Bridge.Call.Timed do
   @doc false
   # {result, timings, tallies}: `timings` as Bridge.Metrics.timings/0 says.
   @spec run(Bridge.function_ref(), list(), keyword()) :: {term(), Metrics.timings(), [map()]}
+  #
+  # A call made while another is being measured in the same process (from a
+  # custom serializer, an argument stream, a telemetry handler) measures its
+  # own and leaves the outer one's as it was. Only calls that were sent are
+  # recorded: one refused before (a bad name, no such pool) names no function.
   def run(function_ref, args, opts) do
-    Process.put(:"$bb_measure", {0, []})
+    outer = Process.put(:"$bb_measure", {0, []})
 
-    {result, timings, tallies} =
+    {result, timings, tallies, sent?} =
       try do
         t0 = System.monotonic_time()
         prepared = Call.prepare(function_ref, args, opts)
         t1 = System.monotonic_time()
-        {copy, tallies} = Process.get(:"$bb_measure")
+        {copy, tallies} = measure()
 
         case prepared do
-          {:ok, prepared} -> sent(prepared, t0, t1, copy)
-          error -> {error, {t1 - t0, t1 - t0 - copy, copy, 0, 0, nil}, tallies}
+          {:ok, prepared} ->
+            Tuple.append(sent(prepared, t0, t1, copy), true)
+
+          error ->
+            {error, {t1 - t0, t1 - t0 - copy, copy, 0, 0, nil}, tallies, false}
         end
       after
-        Process.delete(:"$bb_measure")
+        if outer, do: Process.put(:"$bb_measure", outer), else: Process.delete(:"$bb_measure")
       end
 
-    with {module, function} <- function_ref do
+    with true <- sent? and Metrics.enabled?(),
+         {module, function} <- function_ref do
       outcome = if match?({:ok, _}, result), do: :ok, else: :error
       pool = Keyword.get(opts, :pool, Bridge)
       Metrics.record(pool, module, function, timings, outcome, tallies)
@@ -39,6 +48,8 @@ defmodule Bridge.Call.Timed do
 
     {result, timings, tallies}
   end
+
+  defp measure, do: Process.get(:"$bb_measure") || {0, []}
 
   defp sent(prepared, t0, t1, copy) do
     {result, decode_start, timing} =
@@ -48,7 +59,7 @@ defmodule Bridge.Call.Timed do
       end
 
     t2 = System.monotonic_time()
-    {_, tallies} = Process.get(:"$bb_measure")
+    {_, tallies} = measure()
     decode = if decode_start, do: t2 - decode_start, else: 0
     wait = t2 - t1 - decode
     {result, {t2 - t0, t1 - t0 - copy, copy, wait, decode, worker(timing, t1)}, tallies}

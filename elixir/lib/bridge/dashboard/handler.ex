@@ -1,7 +1,10 @@
 defmodule Bridge.Dashboard.Handler do
   @moduledoc false
   # The :httpd module (its `do/1` callback) of Bridge.Dashboard: GET /, /data.json
-  # and /metrics; 404 for anything else, 405 for other methods.
+  # and /metrics; 404 for anything else, 405 for other methods. On a loopback
+  # address a request must name a loopback host (Host:), so that a web page of
+  # another site cannot read the dashboard through a name it points at
+  # 127.0.0.1 (DNS rebinding): 421 otherwise.
 
   require Record
 
@@ -12,7 +15,13 @@ defmodule Bridge.Dashboard.Handler do
   def unquote(:do)(request) do
     method = mod(request, :method)
     path = request |> mod(:request_uri) |> to_string() |> String.split("?") |> hd()
-    {status, type, body} = respond(method, path)
+
+    {status, type, body} =
+      if host_ok?(request),
+        do: respond(method, path),
+        else: {421, "text/plain; charset=utf-8", "this dashboard answers to 127.0.0.1 only\n"}
+
+    body = if method == ~c"HEAD", do: "", else: body
 
     head = [
       code: status,
@@ -26,6 +35,26 @@ defmodule Bridge.Dashboard.Handler do
     e ->
       text = "dashboard error: " <> Exception.message(e)
       {:proceed, [{:response, {500, String.to_charlist(text)}}]}
+  end
+
+  defp host_ok?(request) do
+    loopback? =
+      case :inet.sockname(mod(request, :socket)) do
+        {:ok, {{127, _, _, _}, _}} -> true
+        {:ok, {{0, 0, 0, 0, 0, 0, 0, 1}, _}} -> true
+        _ -> false
+      end
+
+    host =
+      request
+      |> mod(:parsed_header)
+      |> List.keyfind(~c"host", 0)
+      |> case do
+        {_, value} -> value |> to_string() |> String.downcase()
+        nil -> ""
+      end
+
+    not loopback? or Regex.match?(~r/\A(127\.\d+\.\d+\.\d+|localhost|\[::1\])(:\d+)?\z/, host)
   end
 
   defp respond(m, path) when m in [~c"GET", ~c"HEAD"] do

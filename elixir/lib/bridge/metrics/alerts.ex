@@ -10,11 +10,12 @@ defmodule Bridge.Metrics.Alerts do
   alert_interval:` milliseconds (default 60,000).
 
   Each function's calls since the last sample form a window once it has 20
-  of them (counting from the first sample that saw the function); the last 12
-  windows are its rolling baseline. The rules:
+  of them (counting from the first sample that saw the function, or from
+  `Bridge.Metrics.reset/0`); the last 12 windows are its rolling baseline. The rules:
 
     * `:latency` — a form's p99 in the window is above k times the baseline's
-      (`config :beambridge, alert_factor:`, default 3); the suggestion names
+      (`config :beambridge, alert_factor:`, default 3; the baseline's p90 while
+      it holds fewer than 500 calls, whose p99 is their slowest); the suggestion names
       the part of a call whose mean grew most (the handler, the queue for a
       worker, the transfer, encoding or decoding);
     * `:errors` — the window's error rate is 5% or more and at least twice
@@ -50,6 +51,9 @@ defmodule Bridge.Metrics.Alerts do
         {more ++ alerts, state}
       end)
 
+    # functions no longer in the metrics (reset) are forgotten
+    keys = Map.keys(snapshot)
+    state = %{state | prev: Map.take(state.prev, keys), windows: Map.take(state.windows, keys)}
     {fallbacks, state} = fallbacks(state, memory)
     {alerts ++ fallbacks ++ memory(memory), state}
   end
@@ -78,9 +82,14 @@ defmodule Bridge.Metrics.Alerts do
     now = cumulative(entry)
 
     case Map.fetch(state.prev, key) do
-      # first seen: what came before is no window
-      :error -> {[], %{state | prev: Map.put(state.prev, key, now)}}
-      {:ok, prev} -> window(state, key, now, prev, k)
+      # first seen, or counted afresh (Bridge.Metrics.reset/0): what came
+      # before is no window
+      {:ok, prev} when now.calls >= prev.calls ->
+        window(state, key, now, prev, k)
+
+      _ ->
+        windows = Map.delete(state.windows, key)
+        {[], %{state | prev: Map.put(state.prev, key, now), windows: windows}}
     end
   end
 
@@ -148,7 +157,7 @@ defmodule Bridge.Metrics.Alerts do
           base = Map.get(baseline.formats, form),
           base != nil and base.count >= @min_baseline,
           p99 = Histogram.quantile(h, 0.99),
-          was = Histogram.quantile(base, 0.99),
+          was = Histogram.quantile(base, baseline_q(base.count)),
           p99 > k * max(was, 1) do
         latency(key, form, p99, was, window, baseline)
       end
@@ -178,6 +187,11 @@ defmodule Bridge.Metrics.Alerts do
 
     latency ++ errors
   end
+
+  # A baseline's p99 is its largest value until it holds some hundreds of
+  # calls: one outlier would hide any slowdown. Until then its p90 stands in.
+  defp baseline_q(count) when count >= 500, do: 0.99
+  defp baseline_q(_count), do: 0.9
 
   defp latency({pool, function}, form, p99, was, window, baseline) do
     grown =
@@ -272,8 +286,9 @@ defmodule Bridge.Metrics.Alerts do
           )
         end
 
+      # only a pool that uses shared memory is short of it
       low =
-        if limit > 0 and headroom < limit,
+        if limit > 0 and headroom < limit and p.arena_bytes + p.worker_arena_bytes > 0,
           do: [
             memory_alert(
               pool,

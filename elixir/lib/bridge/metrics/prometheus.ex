@@ -11,8 +11,9 @@ defmodule Bridge.Metrics.Prometheus do
       `beambridge_bytes_total{pool, function, direction, form}` — counters of
       the values and bytes that crossed, per direction and form;
     * `beambridge_call_microseconds{pool, function, part}` — a histogram per
-      part of a call (those of `Bridge.Metrics`), its buckets' `le` the upper
-      bounds of `Bridge.Metrics.Histogram`'s buckets;
+      part of a call (those of `Bridge.Metrics`), with the same `le` ladder
+      for every series: 0, then 2^k - 1 up to 2^32 - 1 (bounds of
+      `Bridge.Metrics.Histogram`'s buckets), then +Inf;
     * `beambridge_call_bytes{pool, function}` — a histogram of each call's
       bytes.
 
@@ -20,7 +21,7 @@ defmodule Bridge.Metrics.Prometheus do
 
       iex> h = Bridge.Metrics.Histogram.add(Bridge.Metrics.Histogram.new(), 5)
       iex> text = Bridge.Metrics.Prometheus.render(%{{Bridge, "m.f"} => %{calls: 1, errors: 0, duration: h}})
-      iex> text =~ ~s(beambridge_call_microseconds_bucket{pool="Bridge",function="m.f",part="duration",le="5"} 1)
+      iex> text =~ ~s(beambridge_call_microseconds_bucket{pool="Bridge",function="m.f",part="duration",le="7"} 1)
       true
       iex> text =~ ~s(beambridge_calls_total{pool="Bridge",function="m.f"} 1)
       true
@@ -88,14 +89,21 @@ defmodule Bridge.Metrics.Prometheus do
         do: {labels(name) ++ [{"direction", "#{direction}"}, {"form", "#{form}"}], c}
   end
 
-  defp histogram(metric, labels, %{count: count, sum: sum, buckets: buckets}) do
-    {lines, _} =
-      buckets
-      |> Enum.sort()
-      |> Enum.map_reduce(0, fn {i, n}, seen ->
-        le = Integer.to_string(Histogram.upper(i))
+  # The same ladder of `le` bounds for every series, whatever it holds (a
+  # scrape never sees a bound appear): 0, then 2^k - 1 up to 2^32 - 1, bounds
+  # of Bridge.Metrics.Histogram's buckets; larger values count only in +Inf.
+  @ladder [0 | for(k <- 1..32, do: Bitwise.bsl(1, k) - 1)]
 
-        {sample("#{metric}_bucket", labels ++ [{"le", le}], seen + n), seen + n}
+  defp histogram(metric, labels, %{count: count, sum: sum, buckets: buckets}) do
+    sorted = buckets |> Enum.map(fn {i, n} -> {Histogram.upper(i), n} end) |> Enum.sort()
+
+    {lines, _} =
+      Enum.map_reduce(@ladder, {sorted, 0}, fn le, {rest, seen} ->
+        {inside, rest} = Enum.split_while(rest, fn {upper, _} -> upper <= le end)
+        seen = seen + Enum.reduce(inside, 0, fn {_, n}, acc -> acc + n end)
+
+        {sample("#{metric}_bucket", labels ++ [{"le", Integer.to_string(le)}], seen),
+         {rest, seen}}
       end)
 
     [
@@ -118,9 +126,12 @@ defmodule Bridge.Metrics.Prometheus do
     [metric, ?{, pairs, "} ", Integer.to_string(value), ?\n]
   end
 
+  # label values are UTF-8: other bytes (a binary function name) as Latin-1
   defp escape(v) do
+    v = to_string(v)
+    v = if String.valid?(v), do: v, else: :unicode.characters_to_binary(v, :latin1)
+
     v
-    |> to_string()
     |> String.replace("\\", "\\\\")
     |> String.replace("\"", "\\\"")
     |> String.replace("\n", "\\n")

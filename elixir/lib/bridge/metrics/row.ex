@@ -35,6 +35,7 @@ defmodule Bridge.Metrics.Row do
   @forms Bridge.Registry.counted_forms()
   @form_index @forms |> Enum.with_index() |> Map.new()
   @nforms length(@forms)
+  @etf_index Map.fetch!(@form_index, :etf)
 
   @calls 1
   @errors 2
@@ -83,7 +84,7 @@ defmodule Bridge.Metrics.Row do
     add_worker(ref, worker, div(wait, per_us), per_us)
     {size, form, _most} = Enum.reduce(tallies, {0, :etf, -1}, &add_tally(ref, &1, &2))
     add_value(ref, @hist_at + length(@parts) * @width, size)
-    f = Map.fetch!(@form_index, form)
+    f = Map.get(@form_index, form, @etf_index)
     add_value(ref, @form_hist_at + f * @width, duration)
     cell = @cell_at + 2 * (f * @classes + size_class(size))
     :atomics.add(ref, cell, 1)
@@ -138,7 +139,7 @@ defmodule Bridge.Metrics.Row do
   end
 
   # A zero is not added: bucket 0 is what the histogram's count leaves (read/1).
-  defp add_value(_ref, _at, 0), do: :ok
+  defp add_value(_ref, _at, v) when v <= 0, do: :ok
 
   defp add_value(ref, at, v) do
     :atomics.add(ref, at, v)
