@@ -323,20 +323,6 @@ defmodule Bridge.Encoder do
 
   defp enc_list(tail, ctx, _acc), do: bad_arg(tail, ctx, "a proper list")
 
-  # The payload into a slice; timed when the call is (Bridge.Call, Bridge.Metrics).
-  defp put(arena, payload, frame_opts) do
-    case Process.get(:"$bb_measure") do
-      nil ->
-        Arena.put(arena, payload, frame_opts)
-
-      {spent, tallies} ->
-        t0 = System.monotonic_time()
-        result = Arena.put(arena, payload, frame_opts)
-        Process.put(:"$bb_measure", {spent + System.monotonic_time() - t0, tallies})
-        result
-    end
-  end
-
   # `{form, reason, what}`: the decision to count — in a slice (the stats form
   # of handle kind `kind`, reason), or inline (form, :too_large | :arena_full) when no
   # slice could take the payload but a control frame can.
@@ -349,7 +335,7 @@ defmodule Bridge.Encoder do
 
     result =
       if Arena.fits?(ctx.arena.limit, size, byte_size(metadata) + byte_size(block)),
-        do: put(ctx.arena, payload, frame_opts),
+        do: Bridge.Call.Timed.put(ctx.arena, payload, frame_opts),
         else: {:error, Arena.too_large(ctx.arena, size)}
 
     case result do

@@ -61,12 +61,7 @@ defmodule Bridge.FormatStats do
   def flush(tally) do
     if log?(), do: log_small(tally)
 
-    # a call timed for Bridge.Metrics keeps its tallies (Bridge.Call.timed_run)
-    case Process.get(:"$bb_measure") do
-      {copy, tallies} -> Process.put(:"$bb_measure", {copy, [tally | tallies]})
-      nil -> :ok
-    end
-
+    Bridge.Call.Timed.tally(tally)
     add(tally)
   end
 

@@ -3,8 +3,9 @@ defmodule Bridge.Call.Timed do
   # A Bridge.call/3 timed part by part for Bridge.Metrics and the telemetry
   # events: Bridge.Call.do_run/3 with clocks. What happens deep in the encoder
   # (the copy into shared memory, the format decisions counted) is added to
-  # {copy, tallies} under :"$bb_measure" in the caller's process dictionary
-  # (Bridge.Encoder, Bridge.FormatStats); the answer's decoding and the
+  # {copy, tallies} under :"$bb_measure" in the caller's process dictionary,
+  # by put/3 and tally/1 (called by Bridge.Encoder and Bridge.FormatStats), the
+  # one place that knows that key; the answer's decoding and the
   # worker's timing come back from the session. The call is then sent to
   # Bridge.Metrics, which a collector records.
 
@@ -50,6 +51,36 @@ defmodule Bridge.Call.Timed do
   end
 
   defp measure, do: Process.get(:"$bb_measure") || {0, []}
+
+  @doc false
+  # A payload into a slice (Bridge.Encoder): Bridge.Arena.put/3, its time
+  # added to the copy of the call being measured, if any.
+  @spec put(Bridge.Arena.t(), iodata(), keyword()) :: {:ok, term()} | {:error, Bridge.Error.t()}
+  def put(arena, payload, frame_opts) do
+    case Process.get(:"$bb_measure") do
+      nil ->
+        Arena.put(arena, payload, frame_opts)
+
+      {spent, tallies} ->
+        t0 = System.monotonic_time()
+        result = Arena.put(arena, payload, frame_opts)
+        Process.put(:"$bb_measure", {spent + System.monotonic_time() - t0, tallies})
+        result
+    end
+  end
+
+  @doc false
+  # A call's format decisions (Bridge.FormatStats.flush/1), kept when the
+  # call is being measured.
+  @spec tally(map()) :: :ok
+  def tally(tally) do
+    case Process.get(:"$bb_measure") do
+      {copy, tallies} -> Process.put(:"$bb_measure", {copy, [tally | tallies]})
+      nil -> nil
+    end
+
+    :ok
+  end
 
   defp sent(prepared, t0, t1, copy) do
     {result, decode_start, timing} =
