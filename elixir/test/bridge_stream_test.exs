@@ -187,7 +187,9 @@ defmodule Bridge.StreamTest do
     {all, log} =
       with_log(fn -> stream(:die_at, [10, 4, marker], resume: :auto) |> Enum.to_list() end)
 
-    assert log =~ "exited with status 137"
+    # killed (SIGKILL): its exit status, or EPIPE when an ack was written to it
+    # first (then no status follows; Bridge.Worker)
+    assert log =~ ~r/exited with status (137|\{:port_closed, :epipe\})/
     assert length(all) == 10
     assert digest(all) == digest(stream(:die_at, [10, 100, marker]) |> Enum.to_list())
 
