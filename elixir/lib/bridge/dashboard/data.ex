@@ -82,21 +82,5 @@ defmodule Bridge.Dashboard.Data do
     end
   end
 
-  defp now(memory) do
-    pools =
-      Map.new(memory.pools, fn {pool, p} ->
-        {pool,
-         Map.take(p, [
-           :arena_bytes,
-           :used_bytes,
-           :live_slices,
-           :arena_limit,
-           :worker_arena_bytes,
-           :held_slices,
-           :held_bytes
-         ])}
-      end)
-
-    %{at: System.system_time(:millisecond), headroom: memory.headroom, pools: pools}
-  end
+  defp now(memory), do: Bridge.Metrics.Memory.sample(memory)
 end

@@ -71,6 +71,28 @@ defmodule Bridge.Metrics.Memory do
     }
   end
 
+  @doc false
+  # A snapshot as one point of history (Bridge.Metrics.history/0): the time
+  # (system, ms), the headroom and per pool the figures that change over time.
+  @spec sample(map()) :: map()
+  def sample(memory) do
+    pools =
+      Map.new(memory.pools, fn {pool, p} ->
+        {pool,
+         Map.take(p, [
+           :arena_bytes,
+           :used_bytes,
+           :live_slices,
+           :arena_limit,
+           :worker_arena_bytes,
+           :held_slices,
+           :held_bytes
+         ])}
+      end)
+
+    %{at: System.system_time(:millisecond), headroom: memory.headroom, pools: pools}
+  end
+
   defp caller_gcs do
     case :persistent_term.get({__MODULE__, :caller_gcs}, nil) do
       nil -> 0

@@ -99,21 +99,7 @@ defmodule Bridge.Metrics.Monitor do
 
   defp sample(state) do
     memory = Memory.snapshot()
-    at = System.system_time(:millisecond)
-
-    pools =
-      Map.new(memory.pools, fn {pool, p} ->
-        {pool,
-         Map.take(p, [
-           :arena_bytes,
-           :used_bytes,
-           :live_slices,
-           :arena_limit,
-           :worker_arena_bytes,
-           :held_slices,
-           :held_bytes
-         ])}
-      end)
+    %{at: at, pools: pools} = sample = Memory.sample(memory)
 
     Enum.each(pools, fn {pool, m} ->
       Bridge.Telemetry.execute(
@@ -123,7 +109,6 @@ defmodule Bridge.Metrics.Monitor do
       )
     end)
 
-    sample = %{at: at, headroom: memory.headroom, pools: pools}
     {samples, count} = push(state.samples, state.count, sample)
     peaks = Enum.reduce(pools, state.peaks, &peak/2)
     state = %{state | samples: samples, count: count, peaks: peaks}
