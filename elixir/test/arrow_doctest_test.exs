@@ -3,6 +3,7 @@ defmodule Bridge.ArrowDoctestTest do
 
   doctest Bridge.Arrow
   doctest Bridge.Arrow.Array
+  doctest Bridge.Arrow.Decimal
   doctest Bridge.Arrow.Field
   doctest Bridge.Arrow.Schema
   doctest Bridge.Arrow.Type

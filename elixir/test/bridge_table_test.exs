@@ -210,11 +210,20 @@ defmodule Bridge.TableBridgeTest do
       assert [%{os_pid: ^os_pid}] = Bridge.workers(BTabInl)
     end
 
-    test "a table with a column Bridge.Arrow cannot read fails in the worker, with the cast to use" do
+    test "a decimal column arrives as exact decimals" do
+      assert {:ok, %Table{} = t} = call(BTabInl, :decimal_table, [])
+      assert Table.column!(t, "d") == [Bridge.Arrow.Decimal.new(150, 2)]
+      assert hd(Table.schema(t).fields).type == {:decimal, 128, 5, 2}
+    end
+
+    test "a table with a column Bridge.Arrow cannot read fails in the worker, with what to do" do
       [%{os_pid: os_pid}] = Bridge.workers(BTabInl)
-      assert {:error, %Bridge.Error{kind: :bad_call} = e} = call(BTabInl, :decimal_table, [])
-      assert e.message =~ "column 'd' of type decimal128(5, 2)"
-      assert e.message =~ "pa.float64()"
+
+      assert {:error, %Bridge.Error{kind: :bad_call} = e} =
+               call(BTabInl, :nested_dictionary_table, [])
+
+      assert e.message =~ "column 'd' of type dictionary<values=dictionary"
+      assert e.message =~ "decode the inner dictionary first"
       assert {:ok, %Table{}} = call(BTabInl, :make_table, [2])
       assert [%{os_pid: ^os_pid}] = Bridge.workers(BTabInl)
     end

@@ -8,7 +8,11 @@
 #   * turn the table into terms (to_columns, temporal: :integer) and back
 #     (from_columns with the decoded schema) and encode that into
 #     DIR/out/NAME.terms.arrows (the values as Elixir sees them);
+#   * write the table as an IPC file too, into DIR/out/NAME.file.arrow, or
+#     "REASON\nMESSAGE" into DIR/out/NAME.file.error when it has none;
 #   * or, when decoding fails, write "REASON\nMESSAGE" into DIR/out/NAME.error.
+# Every DIR/in/NAME.arrow (an IPC file pyarrow wrote) is decoded the same way and
+# written back as a file, DIR/out/NAME.arrow.
 # Then write the Elixir-originated tables of `cases/0` into DIR/elixir/CASE.arrows.
 # Prints "DONE <count>" at the end; any crash is a non-zero exit.
 defmodule ArrowPeer do
@@ -19,6 +23,7 @@ defmodule ArrowPeer do
     out = Path.join(dir, "out")
     File.mkdir_p!(out)
     inputs = dir |> Path.join("in/*.arrows") |> Path.wildcard() |> Enum.sort()
+    files = dir |> Path.join("in/*.arrow") |> Path.wildcard() |> Enum.sort()
 
     for path <- inputs do
       name = Path.basename(path, ".arrows")
@@ -27,10 +32,16 @@ defmodule ArrowPeer do
         {:ok, table} ->
           File.write!(Path.join(out, name <> ".arrows"), Arrow.encode(table))
           File.write!(Path.join(out, name <> ".terms.arrows"), Arrow.encode(via_terms(table)))
+          write_file(Path.join(out, name <> ".file"), table)
 
         {:error, e} ->
           File.write!(Path.join(out, name <> ".error"), "#{e.reason}\n#{e.message}")
       end
+    end
+
+    for path <- files do
+      table = Arrow.decode!(File.read!(path))
+      File.write!(Path.join(out, Path.basename(path)), Arrow.encode(table, format: :file))
     end
 
     elixir = Path.join(dir, "elixir")
@@ -40,7 +51,13 @@ defmodule ArrowPeer do
       File.write!(Path.join(elixir, "#{name}.arrows"), Arrow.encode(table))
     end
 
-    IO.puts("DONE #{length(inputs)}")
+    IO.puts("DONE #{length(inputs) + length(files)}")
+  end
+
+  defp write_file(base, table) do
+    File.write!(base <> ".arrow", Arrow.encode(table, format: :file))
+  rescue
+    e in Bridge.Error -> File.write!(base <> ".error", "#{e.reason}\n#{e.message}")
   end
 
   defp via_terms(table) do

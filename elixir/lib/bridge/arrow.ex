@@ -1,21 +1,27 @@
 defmodule Bridge.Arrow do
   @moduledoc """
-  An Arrow IPC *stream* reader and writer in Elixir (protocol/formats/arrow.md): a Schema
-  message, dictionary batches, record batches and the end-of-stream marker,
-  each message framed as `0xFFFFFFFF`, a 32-bit metadata length, the Message
-  flatbuffer and the body.
+  An Arrow IPC reader and writer in Elixir (protocol/formats/arrow.md), for
+  the *stream* format (a Schema message, dictionary batches, record batches
+  and the end-of-stream marker, each message framed as `0xFFFFFFFF`, a 32-bit
+  metadata length, the Message flatbuffer and the body) and the *file* format
+  (the same messages between the `ARROW1` magic and a footer that indexes
+  them). Every type of the columnar format is read and written, nested at any
+  depth: decimals, times, durations, intervals, fixed-size binaries and lists,
+  structs, maps, unions, run-end encoded, views and list views, dictionaries
+  of any value type.
 
-  `encode/2` writes every message at a 64-byte-aligned stream offset and every
+  `encode/2` writes every message at a 64-byte-aligned offset and every
   buffer at a 64-byte-aligned body offset, so a stream placed in a slice's
   payload (itself 64-byte aligned) has all its buffers 64-byte aligned in
-  memory. `decode/2` reads any stream of the supported types written by
-  Arrow ≥ 0.15 (and the older framing without the continuation marker); it
-  checks every length and offset against the input before use and returns a
-  typed error for anything malformed or unsupported. Bodies compressed with
-  LZ4_FRAME are decompressed in Elixir, bodies compressed with ZSTD by
-  libzstd in the NIF (`Bridge.NIF.zstd_decompress/2`). Decoded fixed-width
-  buffers are sub-binaries of the input: no copy is made until values are
-  asked for (`Bridge.Table.to_rows/2`).
+  memory. `decode/2` reads what any Arrow ≥ 0.15 implementation writes (and
+  the older framing without the continuation marker); it checks every length,
+  offset, view, type code and run end against the input before use and
+  returns a typed error for anything malformed or unsupported (a big-endian
+  stream, a dictionary of dictionaries). Bodies compressed with LZ4_FRAME are
+  decompressed in Elixir, bodies compressed with ZSTD by libzstd in the NIF
+  (`Bridge.NIF.zstd_decompress/2`). Decoded buffers are sub-binaries of the
+  input: no copy is made until values are asked for
+  (`Bridge.Table.to_rows/2`), and nested values are made only then.
 
   Types are listed in `Bridge.Arrow.Type`.
 
@@ -31,110 +37,46 @@ defmodule Bridge.Arrow do
       {:arrow, :truncated}
   """
 
-  import Bitwise
-
-  alias Bridge.Arrow.{Array, Builder, Errors, Field, Metadata, RecordBatch, Schema, Values}
+  alias Bridge.Arrow.{Errors, IPCReader, IPCWriter}
   alias Bridge.{Error, Table}
 
-  @continuation <<0xFFFFFFFF::32>>
-  @eos <<0xFFFFFFFF::32, 0::32>>
-
   @doc """
-  Encodes a table as an Arrow IPC stream: one record batch per chunk of the
-  table's columns (a table built from terms has one), preceded by the
-  dictionaries of dictionary-typed columns whenever they change.
+  Encodes a table as an Arrow IPC stream (the default) or file: one record
+  batch per chunk of the table's columns (a table built from terms has one),
+  preceded by the dictionaries of dictionary-typed columns whenever they change.
 
-  Raises `Bridge.Error` (kind `:bad_call`) only for a hand-built
-  `%Bridge.Table{}` whose columns do not agree with its schema.
+  Options:
+
+    * `:format` — `:stream` (default: what frames of format `arrow_stream`
+      carry, `pa.ipc.open_stream`) or `:file` (the IPC file format: `ARROW1`,
+      the messages and a footer that indexes them, `pa.ipc.open_file`). A file
+      holds one dictionary per field: a column whose dictionary changes between
+      batches is refused there (`:dictionary_replacement`).
+
+  Raises `Bridge.Error` (kind `:bad_call`) for a hand-built `%Bridge.Table{}`
+  whose columns do not agree with its schema, and for the file case above.
 
   ## Examples
 
-      iex> stream = Bridge.Arrow.encode(Bridge.Table.from_columns!(x: [true]))
+      iex> table = Bridge.Table.from_columns!(x: [true])
+      iex> stream = Bridge.Arrow.encode(table)
       iex> binary_part(stream, byte_size(stream) - 8, 8)
       <<255, 255, 255, 255, 0, 0, 0, 0>>
+      iex> file = Bridge.Arrow.encode(table, format: :file)
+      iex> {binary_part(file, 0, 6), binary_part(file, byte_size(file) - 6, 6)}
+      {"ARROW1", "ARROW1"}
+      iex> Bridge.Table.to_columns(Bridge.Arrow.decode!(file))
+      %{"x" => [true]}
   """
-  @spec encode(Table.t()) :: binary()
-  def encode(%Table{} = table) do
-    check_table!(table)
-    {schema_io, pos} = frame(Metadata.schema_message(table.schema), [], 0, 0)
+  @spec encode(Table.t(), keyword()) :: binary()
+  def encode(%Table{} = table, opts \\ []) do
+    case Keyword.get(opts, :format, :stream) do
+      format when format in [:stream, :file] ->
+        IPCWriter.write(table, format)
 
-    {batches_io, _pos, _dicts} =
-      table
-      |> batches()
-      |> Enum.reduce({[], pos, %{}}, fn {length, arrays}, {io, pos, dicts} ->
-        {dict_io, pos, dicts} = dictionary_messages(arrays, pos, dicts)
-        {nodes, buffers} = RecordBatch.unload(arrays)
-        {body, body_len, spans} = RecordBatch.layout_body(buffers)
-        meta = Metadata.record_batch_message(length, nodes, spans, body_len)
-        {batch_io, pos} = frame(meta, body, body_len, pos)
-        {[io, dict_io, batch_io], pos, dicts}
-      end)
-
-    IO.iodata_to_binary([schema_io, batches_io, @eos])
-  end
-
-  defp batches(%Table{columns: [], num_rows: 0}), do: []
-  defp batches(%Table{columns: [], num_rows: n}), do: [{n, []}]
-
-  defp batches(%Table{columns: columns}) do
-    columns
-    |> Enum.zip()
-    |> Enum.map(fn chunk -> {hd(Tuple.to_list(chunk)).length, Tuple.to_list(chunk)} end)
-  end
-
-  defp check_table!(%Table{schema: %Schema{fields: fields}, columns: columns, num_rows: n}) do
-    chunk_lengths = Enum.map(columns, fn chunks -> Enum.map(chunks, & &1.length) end)
-
-    ok =
-      length(fields) == length(columns) and
-        Enum.all?(Enum.zip(fields, columns), fn {f, chunks} ->
-          Enum.all?(chunks, &(&1.type == f.type))
-        end) and
-        Enum.uniq(chunk_lengths) |> length() <= 1 and
-        (columns == [] or Enum.sum(hd(chunk_lengths)) == n)
-
-    unless ok do
-      raise Errors.value(:bad_table,
-              field: :columns,
-              value: chunk_lengths,
-              hint: "build tables with Bridge.Table.from_rows/2 or from_columns/2"
-            )
+      other ->
+        raise Errors.value(:bad_option, field: :format, value: other, limit: ":stream or :file")
     end
-  end
-
-  # Dictionary batches for the dictionary arrays among `arrays` (pre-order, as
-  # Metadata numbers them), emitted when an id's dictionary differs from the
-  # last one written.
-  defp dictionary_messages(arrays, pos, dicts) do
-    {dict_arrays, _} = collect_dictionaries(arrays, {[], 0})
-
-    Enum.reduce(Enum.reverse(dict_arrays), {[], pos, dicts}, fn {id, dict}, {io, pos, dicts} ->
-      if Map.get(dicts, id) == dict do
-        {io, pos, dicts}
-      else
-        {nodes, buffers} = RecordBatch.unload([dict])
-        {body, body_len, spans} = RecordBatch.layout_body(buffers)
-        meta = Metadata.dictionary_batch_message(id, dict.length, nodes, spans, false, body_len)
-        {msg_io, pos} = frame(meta, body, body_len, pos)
-        {[io, msg_io], pos, Map.put(dicts, id, dict)}
-      end
-    end)
-  end
-
-  defp collect_dictionaries(arrays, acc) do
-    Enum.reduce(arrays, acc, fn
-      %Array{dictionary: %Array{} = d}, {found, id} -> {[{id, d} | found], id + 1}
-      %Array{children: children}, acc -> collect_dictionaries(children, acc)
-    end)
-  end
-
-  # One framed message starting at stream offset `pos`, padded so that the
-  # body (and so the next message) starts 64-byte aligned.
-  defp frame(meta, body, body_len, pos) do
-    meta_len = (pos + 8 + byte_size(meta) + 63 &&& bnot(63)) - pos - 8
-    padding = <<0::size((meta_len - byte_size(meta)) * 8)>>
-    io = [@continuation, <<meta_len::little-32>>, meta, padding, body]
-    {io, pos + 8 + meta_len + body_len}
   end
 
   @doc false
@@ -163,9 +105,12 @@ defmodule Bridge.Arrow do
   end
 
   @doc """
-  Decodes an Arrow IPC stream into a `Bridge.Table`.
+  Decodes an Arrow IPC stream, or an IPC file (it starts with `ARROW1`), into
+  a `Bridge.Table`.
 
-  The stream ends at the end-of-stream marker; bytes after it are ignored.
+  A stream ends at the end-of-stream marker; bytes after it are ignored. Of a
+  file, the schema, dictionaries and record batches its footer points at are
+  read, in the footer's order.
 
   Options:
 
@@ -193,24 +138,7 @@ defmodule Bridge.Arrow do
   def decode(stream, opts \\ [])
 
   def decode(stream, opts) when is_binary(stream) and is_list(opts) do
-    Errors.catching(fn ->
-      state = %{
-        schema: nil,
-        dict_ids: [],
-        dict_fields: %{},
-        dictionaries: %{},
-        batches: [],
-        rows: 0,
-        opts: opts
-      }
-
-      state = read_messages(stream, 0, state)
-
-      case state.schema do
-        nil -> Errors.fail(:missing_schema, field: :stream, value: byte_size(stream))
-        schema -> {:ok, table(schema, Enum.reverse(state.batches), state.rows)}
-      end
-    end)
+    Errors.catching(fn -> {:ok, IPCReader.read(stream, opts)} end)
   end
 
   def decode(stream, _opts) do
@@ -224,162 +152,5 @@ defmodule Bridge.Arrow do
       {:ok, table} -> table
       {:error, error} -> raise error
     end
-  end
-
-  defp table(%Schema{fields: fields} = schema, batches, rows) do
-    columns =
-      case batches do
-        [] -> Enum.map(fields, fn _ -> [] end)
-        _ -> batches |> Enum.zip() |> Enum.map(&Tuple.to_list/1)
-      end
-
-    columns = if fields == [], do: [], else: columns
-    %Table{schema: schema, columns: columns, num_rows: rows}
-  end
-
-  defp read_messages(stream, pos, state) do
-    case stream do
-      <<_::binary-size(pos)>> ->
-        if Keyword.get(state.opts, :require_eos, true),
-          do:
-            Errors.fail(:truncated,
-              field: :end_of_stream,
-              value: pos,
-              hint: "the stream ends without its end-of-stream marker; it was cut short"
-            ),
-          else: state
-
-      <<_::binary-size(pos), @eos, _::binary>> ->
-        state
-
-      <<_::binary-size(pos), @continuation, len::little-signed-32, _::binary>> ->
-        read_message(stream, pos + 8, len, state)
-
-      <<_::binary-size(pos), @continuation, _::binary>> ->
-        Errors.fail(:truncated, field: :message_length, value: byte_size(stream) - pos, limit: 8)
-
-      # Arrow < 0.15 framing: the length without the continuation marker.
-      <<_::binary-size(pos), 0::32, _::binary>> ->
-        state
-
-      <<_::binary-size(pos), len::little-signed-32, _::binary>> ->
-        read_message(stream, pos + 4, len, state)
-
-      _ ->
-        Errors.fail(:truncated, field: :message_length, value: byte_size(stream) - pos, limit: 4)
-    end
-  end
-
-  defp read_message(stream, start, len, state) do
-    size = byte_size(stream)
-    if len < 0, do: Errors.fail(:bad_length, field: :metadata_length, value: len, limit: ">= 0")
-
-    if start + len > size,
-      do: Errors.fail(:truncated, field: :metadata_length, value: len, limit: size - start)
-
-    {message, body_len} = Metadata.read_message(binary_part(stream, start, len), state.opts)
-    body_start = start + len
-
-    if body_start + body_len > size,
-      do: Errors.fail(:truncated, field: :body_length, value: body_len, limit: size - body_start)
-
-    body = binary_part(stream, body_start, body_len)
-    state = handle(message, body, state)
-    read_messages(stream, body_start + body_len, state)
-  end
-
-  defp handle({:schema, schema, dict_ids}, _body, %{schema: nil} = state) do
-    dict_fields = dictionary_fields(schema.fields, dict_ids)
-    %{state | schema: schema, dict_ids: dict_ids, dict_fields: dict_fields}
-  end
-
-  defp handle({:schema, _, _}, _body, _state) do
-    Errors.fail(:unexpected_message, field: :header_type, value: :schema, limit: "one Schema")
-  end
-
-  defp handle(_message, _body, %{schema: nil}) do
-    Errors.fail(:missing_schema, field: :header_type, value: :batch, limit: "Schema first")
-  end
-
-  defp handle({:record_batch, batch}, body, state) do
-    rows = state.rows + batch.length
-    max = Keyword.get(state.opts, :max_rows, 1 <<< 32)
-
-    if rows > max,
-      do:
-        Errors.fail(:too_many_rows,
-          field: :length,
-          value: rows,
-          limit: max,
-          hint: "raise the :max_rows option if this size is expected"
-        )
-
-    arrays =
-      RecordBatch.load(
-        state.schema.fields,
-        state.dict_ids,
-        batch,
-        body,
-        state.dictionaries,
-        state.opts
-      )
-
-    %{state | batches: [arrays | state.batches], rows: rows}
-  end
-
-  defp handle({:dictionary_batch, id, batch, delta}, body, state) do
-    field =
-      case state.dict_fields do
-        %{^id => field} -> field
-        _ -> Errors.fail(:unknown_dictionary, field: :dictionary_id, value: id)
-      end
-
-    [dict] = RecordBatch.load([field], [], batch, body, %{}, state.opts)
-
-    dict =
-      case state.dictionaries do
-        %{^id => old} when delta -> concat(old, dict, field)
-        _ -> dict
-      end
-
-    %{state | dictionaries: Map.put(state.dictionaries, id, dict)}
-  end
-
-  # id => a field of the dictionary's value type. `ids` are the dictionary
-  # ids in pre-order, as Metadata reads and writes them; fields may share an id
-  # only if they share the value type.
-  defp dictionary_fields(fields, ids) do
-    fields
-    |> dictionary_values([])
-    |> Enum.reverse()
-    |> Enum.zip(ids)
-    |> Enum.reduce(%{}, fn {field, id}, acc ->
-      case acc do
-        %{^id => %Field{type: type}} when type != field.type ->
-          Errors.fail(:bad_dictionary, field: :dictionary_id, value: id, limit: "one value type")
-
-        _ ->
-          Map.put(acc, id, field)
-      end
-    end)
-  end
-
-  defp dictionary_values(fields, acc) do
-    Enum.reduce(fields, acc, fn
-      %Field{type: {:dictionary, _index, value, _}}, acc ->
-        [Field.new("", value) | acc]
-
-      %Field{type: {kind, child}}, acc when kind in [:list, :large_list] ->
-        dictionary_values([child], acc)
-
-      _, acc ->
-        acc
-    end)
-  end
-
-  # A delta dictionary batch appends to the dictionary: rebuild the values.
-  defp concat(old, new, field) do
-    values = Values.to_list(old, temporal: :integer) ++ Values.to_list(new, temporal: :integer)
-    Builder.build(values, %{field | nullable: true}, "dictionary")
   end
 end

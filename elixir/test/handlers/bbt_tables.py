@@ -70,10 +70,16 @@ def forged_arrow(data):
 
 
 def decimal_table():
-    """A table with a column type Bridge.Arrow does not read."""
+    """A table with a decimal column: Elixir gets exact decimals."""
     import decimal
 
     return pa.table({"d": pa.array([decimal.Decimal("1.50")], type=pa.decimal128(5, 2))})
+
+
+def nested_dictionary_table():
+    """A dictionary whose values are a dictionary: the one shape Bridge.Arrow refuses."""
+    inner = pa.array(["a", "b"]).dictionary_encode()
+    return pa.table({"d": pa.DictionaryArray.from_arrays(pa.array([0, 1, 0]), inner)})
 
 
 def collect():

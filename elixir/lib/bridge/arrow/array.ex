@@ -6,12 +6,18 @@ defmodule Bridge.Arrow.Array do
     * `validity` — the validity bitmap (bit `i` of byte `div(i, 8)`, least
       significant first, set when slot `i` holds a value), or `nil` when there
       are no nulls
-    * `offsets` — for variable-size and list types, `length + 1` little-endian
-      offsets (32- or 64-bit)
+    * `offsets` — for variable-size, list and map types, `length + 1`
+      little-endian offsets (32- or 64-bit); for a list view, `length`
+      offsets; for a dense union, `length` 32-bit offsets into its children
     * `data` — the values: fixed-width values, a bit-packed bitmap for `:bool`,
-      the bytes of all strings for variable-size types, the indices for a
-      dictionary; `nil` for `:null` and list types
-    * `children` — the element array of a list type
+      the bytes of all strings for variable-size types, the 16-byte views of a
+      view type, the 8-bit type codes of a union, the indices for a
+      dictionary; `nil` for `:null` and nested types
+    * `sizes` — a list view's sizes (its `offsets` are the start of each list)
+    * `variadic` — the data buffers a view type's views point into
+    * `children` — the element array of a list type, the field arrays of a
+      struct or union, the entries of a map, `[run_ends, values]` of a
+      run-end encoded array
     * `dictionary` — the values array of a dictionary type
 
   Arrays decoded by `Bridge.Arrow.decode/2` keep their buffers as sub-binaries
@@ -35,6 +41,8 @@ defmodule Bridge.Arrow.Array do
     validity: nil,
     offsets: nil,
     data: nil,
+    sizes: nil,
+    variadic: [],
     children: [],
     dictionary: nil
   ]
@@ -46,6 +54,8 @@ defmodule Bridge.Arrow.Array do
           validity: binary() | nil,
           offsets: binary() | nil,
           data: binary() | nil,
+          sizes: binary() | nil,
+          variadic: [binary()],
           children: [t()],
           dictionary: t() | nil
         }

@@ -11,13 +11,19 @@ defmodule Bridge.Arrow.Builder do
   import Bitwise
   import Bridge.Arrow.Errors, only: [fail_value: 2]
 
-  alias Bridge.Arrow.{Array, Field, Type}
+  alias Bridge.Arrow.{Array, Decimal, Field, Type}
+  alias Bridge.Arrow.Builder.Nested
 
   @doc false
   @spec build([term()], Field.t(), String.t()) :: Array.t()
   def build(values, %Field{type: type, nullable: nullable}, at) do
     length = length(values)
     nulls = Enum.count(values, &is_nil/1)
+
+    # A non-nullable dictionary column may still hold nulls among its values
+    # (Arrow allows it): a nil there is indexed like any value.
+    in_values = nulls > 0 and not nullable and match?({:dictionary, _, _, _}, type)
+    nulls = if in_values, do: 0, else: nulls
 
     if nulls > 0 and not nullable,
       do:
@@ -32,6 +38,19 @@ defmodule Bridge.Arrow.Builder do
     array = %Array{type: type, length: length, null_count: nulls, validity: validity}
     fill(array, values, at)
   end
+
+  defp fill(%Array{type: type} = a, values, at)
+       when (is_tuple(type) and
+               elem(type, 0) in [
+                 :struct,
+                 :map,
+                 :fixed_size_list,
+                 :list_view,
+                 :large_list_view,
+                 :union,
+                 :run_end_encoded
+               ]) or type in [:utf8_view, :binary_view],
+       do: Nested.fill(a, values, at)
 
   defp fill(%Array{type: :null, length: n} = a, values, at) do
     check_all(values, at, &is_nil/1, "nil (a :null column holds only nils)")
@@ -118,7 +137,8 @@ defmodule Bridge.Arrow.Builder do
   end
 
   defp fill(%Array{type: {:dictionary, {s, w} = index, value_type, _}} = a, values, at) do
-    dict_values = values |> Enum.reject(&is_nil/1) |> Enum.uniq()
+    dict_values = if a.null_count > 0, do: Enum.reject(values, &is_nil/1), else: values
+    dict_values = Enum.uniq(dict_values)
     positions = dict_values |> Enum.with_index() |> Map.new()
     max = if s == :s, do: (1 <<< (w - 1)) - 1, else: (1 <<< w) - 1
 
@@ -130,7 +150,87 @@ defmodule Bridge.Arrow.Builder do
     %{a | data: data, dictionary: dictionary}
   end
 
-  defp offsets(values, size_fun, w, type, at) do
+  defp fill(%Array{type: {:decimal, bits, precision, scale}} = a, values, at) do
+    limit = Decimal.pow10(precision)
+
+    data =
+      for {v, i} <- Enum.with_index(values), into: <<>> do
+        c = decimal(v, scale, at, i)
+
+        if abs(c) >= limit,
+          do:
+            fail_value(:decimal_overflow,
+              field: :value,
+              value: v,
+              limit: "#{precision} digits",
+              at: row(at, i),
+              hint: "declare a larger precision"
+            )
+
+        <<c::little-signed-size(bits)>>
+      end
+
+    %{a | data: data}
+  end
+
+  defp fill(%Array{type: {:fixed_size_binary, w}} = a, values, at) do
+    data =
+      for {v, i} <- Enum.with_index(values), into: <<>> do
+        case v do
+          nil -> <<0::size(w * 8)>>
+          <<_::binary-size(w)>> -> v
+          _ -> wrong(v, "a binary of #{w} bytes", at, i)
+        end
+      end
+
+    %{a | data: data}
+  end
+
+  defp fill(%Array{type: {time, unit} = t} = a, values, at) when time in [:time32, :time64] do
+    w = Type.byte_width(t) * 8
+    per = %{s: 1, ms: 1000, us: 1_000_000, ns: 1_000_000_000}[unit]
+
+    data =
+      for {v, i} <- Enum.with_index(values), into: <<>> do
+        <<time_of_day(v, per, at, i)::little-signed-size(w)>>
+      end
+
+    %{a | data: data}
+  end
+
+  defp fill(%Array{type: {:duration, _}} = a, values, at),
+    do: %{a | data: ints(values, 64, at, "an integer (a count of the column's unit)")}
+
+  defp fill(%Array{type: {:interval, :year_month}} = a, values, at),
+    do: %{a | data: ints(values, 32, at, "an integer number of months")}
+
+  defp fill(%Array{type: {:interval, unit}} = a, values, at) do
+    {widths, expected} =
+      case unit do
+        :day_time -> {[32, 32], "{days, milliseconds}"}
+        :month_day_nano -> {[32, 32, 64], "{months, days, nanoseconds}"}
+      end
+
+    data =
+      for {v, i} <- Enum.with_index(values), into: <<>> do
+        parts = if v == nil, do: Enum.map(widths, fn _ -> 0 end), else: tuple_parts(v, widths)
+
+        if parts == nil or
+             not Enum.all?(Enum.zip(parts, widths), fn {x, w} -> fits?(x, w) end),
+           do: wrong(v, expected <> " of 32-bit (nanoseconds 64-bit) integers", at, i)
+
+        for {x, w} <- Enum.zip(parts, widths), into: <<>>, do: <<x::little-signed-size(w)>>
+      end
+
+    %{a | data: data}
+  end
+
+  @doc false
+  # The offsets of variable-size values (nil for a null slot), `size_fun`
+  # giving each value's size: {offsets binary, the last offset}.
+  @spec offsets([term()], (term() -> non_neg_integer()), 32 | 64, Type.t(), String.t()) ::
+          {binary(), non_neg_integer()}
+  def offsets(values, size_fun, w, type, at) do
     {offs, last} =
       Enum.map_reduce(values, 0, fn
         nil, acc -> {<<acc::little-size(w)>>, acc}
@@ -259,6 +359,84 @@ defmodule Bridge.Arrow.Builder do
         )
   end
 
+  defp ints(values, w, at, expected) do
+    for {v, i} <- Enum.with_index(values), into: <<>> do
+      cond do
+        v == nil -> <<0::size(w)>>
+        fits?(v, w) -> <<v::little-signed-size(w)>>
+        is_integer(v) -> int_overflow(v, {:s, w}, at, i)
+        true -> wrong(v, expected, at, i)
+      end
+    end
+  end
+
+  defp fits?(v, w), do: is_integer(v) and v >= -(1 <<< (w - 1)) and v < 1 <<< (w - 1)
+
+  defp tuple_parts(v, widths) when is_tuple(v) and tuple_size(v) == length(widths),
+    do: Tuple.to_list(v)
+
+  defp tuple_parts(_v, _widths), do: nil
+
+  defp decimal(nil, _scale, _at, _i), do: 0
+  defp decimal(v, scale, at, i) when is_integer(v), do: decimal(Decimal.new(v, 0), scale, at, i)
+
+  defp decimal(%{__struct__: name, sign: sign, coef: coef, exp: exp} = v, scale, at, i)
+       when name == Elixir.Decimal and is_integer(coef) and is_integer(exp) do
+    decimal_in(Decimal.new(sign * coef, -exp), v, scale, at, i)
+  end
+
+  defp decimal(%Decimal{} = d, scale, at, i), do: decimal_in(d, d, scale, at, i)
+
+  defp decimal(v, _scale, at, i),
+    do: wrong(v, "a Bridge.Arrow.Decimal, a Decimal or an integer", at, i)
+
+  defp decimal_in(d, v, scale, at, i) do
+    case Decimal.rescale(d, scale) do
+      {:ok, %Decimal{coefficient: c}} ->
+        c
+
+      :error ->
+        fail_value(:inexact_decimal,
+          field: :value,
+          value: v,
+          limit: "scale #{scale}",
+          at: row(at, i),
+          hint: "round the value to the column's scale, or declare a larger scale"
+        )
+    end
+  end
+
+  defp time_of_day(nil, _per, _at, _i), do: 0
+
+  defp time_of_day(v, per, at, i) when is_integer(v) do
+    if v >= 0 and v < 86_400 * per,
+      do: v,
+      else: wrong(v, "a time of day (0 <= v < 86400 s in the column's unit)", at, i)
+  end
+
+  defp time_of_day(%Time{calendar: Calendar.ISO} = t, per, at, i) do
+    {seconds, us} = Time.to_seconds_after_midnight(t)
+    total_us = seconds * 1_000_000 + us
+
+    cond do
+      per >= 1_000_000 ->
+        total_us * div(per, 1_000_000)
+
+      rem(total_us, div(1_000_000, per)) == 0 ->
+        div(total_us, div(1_000_000, per))
+
+      true ->
+        fail_value(:inexact_temporal,
+          field: :value,
+          value: t,
+          at: row(at, i),
+          hint: "the value is finer than the column's unit; truncate it or use a finer unit"
+        )
+    end
+  end
+
+  defp time_of_day(v, _per, at, i), do: wrong(v, "a Time or an integer", at, i)
+
   # -------------------------------------------------------------------- errors
 
   defp check_all(values, at, ok?, expected) do
@@ -268,14 +446,17 @@ defmodule Bridge.Arrow.Builder do
     end
   end
 
-  defp row(at, nil), do: at
-  defp row(at, i), do: "#{at} row #{i}"
+  @doc false
+  def row(at, nil), do: at
+  def row(at, i), do: "#{at} row #{i}"
 
-  defp wrong(v, expected, at, i) do
+  @doc false
+  def wrong(v, expected, at, i) do
     fail_value(:wrong_type, field: :value, value: v, limit: expected, at: row(at, i))
   end
 
-  defp not_utf8(v, at, i) do
+  @doc false
+  def not_utf8(v, at, i) do
     fail_value(:invalid_utf8,
       field: :value,
       value: v,
@@ -284,7 +465,8 @@ defmodule Bridge.Arrow.Builder do
     )
   end
 
-  defp int_overflow(v, type, at, i) do
+  @doc false
+  def int_overflow(v, type, at, i) do
     fail_value(:integer_overflow,
       field: :value,
       value: v,

@@ -9,6 +9,7 @@ defmodule Bridge.Arrow.Metadata do
   import Bridge.Arrow.Errors, only: [fail: 2]
 
   alias Bridge.Arrow.{Field, Schema, Type}
+  alias Bridge.Arrow.Metadata.Types
   alias Bridge.Arrow.FlatBuffer.{Reader, Writer}
 
   @v4 3
@@ -19,44 +20,17 @@ defmodule Bridge.Arrow.Metadata do
   @h_dictionary_batch 2
   @h_record_batch 3
 
-  # Type union
-  @type_names %{
-    1 => :null,
-    2 => :int,
-    3 => :floating_point,
-    4 => :binary,
-    5 => :utf8,
-    6 => :bool,
-    7 => :decimal,
-    8 => :date,
-    9 => :time,
-    10 => :timestamp,
-    11 => :interval,
-    12 => :list,
-    13 => :struct,
-    14 => :union,
-    15 => :fixed_size_binary,
-    16 => :fixed_size_list,
-    17 => :map,
-    18 => :duration,
-    19 => :large_binary,
-    20 => :large_utf8,
-    21 => :large_list,
-    22 => :run_end_encoded,
-    23 => :binary_view,
-    24 => :utf8_view,
-    25 => :list_view,
-    26 => :large_list_view
-  }
-
   @max_depth 64
 
   @type record_batch :: %{
           length: integer(),
           nodes: binary(),
           buffers: binary(),
-          compression: nil | :lz4_frame | :zstd
+          compression: nil | :lz4_frame | :zstd,
+          variadic: [integer()],
+          version: integer()
         }
+  @type block :: {integer(), integer(), integer()}
   @type message ::
           {:schema, Schema.t(), [integer()]}
           | {:record_batch, record_batch()}
@@ -90,7 +64,7 @@ defmodule Bridge.Arrow.Metadata do
           read_schema(header, opts)
 
         @h_record_batch ->
-          {:record_batch, read_record_batch(header)}
+          {:record_batch, read_record_batch(header, version)}
 
         @h_dictionary_batch ->
           id = Reader.scalar(header, 0, :i64, 0, :dictionary_id)
@@ -100,7 +74,7 @@ defmodule Bridge.Arrow.Metadata do
               fail(:bad_flatbuffer, field: :dictionary_data, value: nil, limit: "a table")
 
           delta = Reader.scalar(header, 2, :bool, false, :is_delta)
-          {:dictionary_batch, id, read_record_batch(data), delta}
+          {:dictionary_batch, id, read_record_batch(data, version), delta}
 
         other ->
           fail(:unsupported_message,
@@ -132,7 +106,7 @@ defmodule Bridge.Arrow.Metadata do
     if depth > @max_depth, do: fail(:too_deep, field: :children, value: depth, limit: @max_depth)
     if budget <= 0, do: fail(:too_many_fields, field: :fields, value: :exceeded, limit: 0)
 
-    name = utf8!(Reader.string(t, 0, :field_name) || "", :field_name)
+    name = Types.utf8!(Reader.string(t, 0, :field_name) || "", :field_name)
     nullable = Reader.scalar(t, 1, :bool, false, :nullable)
     type_id = Reader.scalar(t, 2, :u8, 0, :type_type)
     type_table = Reader.table(t, 3, :type)
@@ -141,7 +115,7 @@ defmodule Bridge.Arrow.Metadata do
     {children, {budget, ids}} =
       Enum.map_reduce(children, {budget - 1, ids}, &read_field(&1, depth + 1, &2))
 
-    type = read_type(type_id, type_table, children)
+    type = Types.read(type_id, type_table, children)
 
     {type, ids} =
       case Reader.table(t, 4, :dictionary) do
@@ -149,15 +123,20 @@ defmodule Bridge.Arrow.Metadata do
           {type, ids}
 
         dict ->
-          if match?({:dictionary, _, _, _}, type) or not dictionary_value?(type),
-            do: fail(:unsupported_type, field: :dictionary, value: type, limit: "plain values")
+          if Type.dictionary?(type),
+            do:
+              fail(:unsupported_type,
+                field: :dictionary,
+                value: type,
+                limit: "values without dictionaries"
+              )
 
           id = Reader.scalar(dict, 0, :i64, 0, :dictionary_id)
 
           index =
             case Reader.table(dict, 1, :index_type) do
               nil -> {:s, 32}
-              int -> read_int(int)
+              int -> Types.int(int)
             end
 
           ordered = Reader.scalar(dict, 2, :bool, false, :is_ordered)
@@ -168,88 +147,6 @@ defmodule Bridge.Arrow.Metadata do
     {field, {budget, ids}}
   end
 
-  # A dictionary's values may be any supported type without dictionaries inside.
-  defp dictionary_value?({kind, %Field{type: t}}) when kind in [:list, :large_list],
-    do: dictionary_value?(t)
-
-  defp dictionary_value?({:dictionary, _, _, _}), do: false
-  defp dictionary_value?(_), do: true
-
-  defp read_type(type_id, table, children) do
-    name = Map.get(@type_names, type_id, {:unknown, type_id})
-    if table == nil and type_id != 0, do: need_table(name)
-
-    type =
-      case name do
-        :null -> :null
-        :bool -> :bool
-        :int -> read_int(table)
-        :floating_point -> read_float(table)
-        :utf8 -> :utf8
-        :large_utf8 -> :large_utf8
-        :binary -> :binary
-        :large_binary -> :large_binary
-        :date -> read_date(table)
-        :timestamp -> read_timestamp(table)
-        :list -> {:list, only_child(children)}
-        :large_list -> {:large_list, only_child(children)}
-        _ -> fail(:unsupported_type, field: :type, value: name)
-      end
-
-    if name not in [:list, :large_list] and children != [],
-      do: fail(:bad_children, field: :children, value: length(children), limit: 0)
-
-    type
-  end
-
-  defp need_table(name), do: fail(:bad_flatbuffer, field: :type, value: name, limit: "a table")
-
-  defp only_child([child]), do: child
-  defp only_child(l), do: fail(:bad_children, field: :children, value: length(l), limit: 1)
-
-  defp read_int(t) do
-    width = Reader.scalar(t, 0, :i32, 0, :bit_width)
-    signed = Reader.scalar(t, 1, :bool, false, :is_signed)
-
-    if width not in [8, 16, 32, 64],
-      do: fail(:unsupported_type, field: :bit_width, value: width, limit: "8, 16, 32 or 64")
-
-    {if(signed, do: :s, else: :u), width}
-  end
-
-  defp read_float(t) do
-    case Reader.scalar(t, 0, :i16, 0, :precision) do
-      0 -> {:f, 16}
-      1 -> {:f, 32}
-      2 -> {:f, 64}
-      p -> fail(:unsupported_type, field: :precision, value: p, limit: "0, 1 or 2")
-    end
-  end
-
-  defp read_date(t) do
-    case Reader.scalar(t, 0, :i16, 1, :date_unit) do
-      0 -> :date32
-      1 -> :date64
-      u -> fail(:unsupported_type, field: :date_unit, value: u, limit: "0 or 1")
-    end
-  end
-
-  defp read_timestamp(t) do
-    unit =
-      case Reader.scalar(t, 0, :i16, 0, :time_unit) do
-        u when u in 0..3 -> Enum.at(Type.units(), u)
-        u -> fail(:unsupported_type, field: :time_unit, value: u, limit: "0..3")
-      end
-
-    tz =
-      case Reader.string(t, 1, :timezone) do
-        nil -> nil
-        tz -> :binary.copy(utf8!(tz, :timezone))
-      end
-
-    {:timestamp, unit, tz}
-  end
-
   defp read_key_values(t, slot) do
     for kv <- Reader.tables(t, slot, :custom_metadata) do
       key = Reader.string(kv, 0, :metadata_key) || ""
@@ -258,7 +155,7 @@ defmodule Bridge.Arrow.Metadata do
     end
   end
 
-  defp read_record_batch(t) do
+  defp read_record_batch(t, version) do
     length = Reader.scalar(t, 0, :i64, 0, :length)
     if length < 0, do: fail(:bad_length, field: :length, value: length, limit: ">= 0")
 
@@ -278,19 +175,18 @@ defmodule Bridge.Arrow.Metadata do
           end
       end
 
-    if Reader.vector_bytes(t, 4, 8, :variadic_buffer_counts) not in [nil, ""],
-      do: fail(:unsupported_type, field: :variadic_buffer_counts, value: :view_types)
+    variadic =
+      for <<n::little-signed-64 <- Reader.vector_bytes(t, 4, 8, :variadic_buffer_counts) || "">>,
+        do: n
 
     %{
       length: length,
       nodes: Reader.vector_bytes(t, 1, 16, :nodes) || "",
       buffers: Reader.vector_bytes(t, 2, 16, :buffers) || "",
-      compression: compression
+      compression: compression,
+      variadic: variadic,
+      version: version
     }
-  end
-
-  defp utf8!(bin, field) do
-    if String.valid?(bin), do: bin, else: fail(:bad_utf8, field: field, value: bin)
   end
 
   # ------------------------------------------------------------------ writing
@@ -298,11 +194,61 @@ defmodule Bridge.Arrow.Metadata do
   @doc false
   # The Message flatbuffer for a schema; dictionary ids are given in pre-order.
   @spec schema_message(Schema.t()) :: binary()
-  def schema_message(%Schema{fields: fields, metadata: metadata}) do
-    {fields, _next_id} = Enum.map_reduce(fields, 0, &write_field/2)
+  def schema_message(%Schema{} = schema), do: message(@h_schema, schema_table(schema), 0)
 
-    schema = [{0, :i16, 0}, {1, :tables, fields}] ++ key_values(2, metadata)
-    message(@h_schema, schema, 0)
+  defp schema_table(%Schema{fields: fields, metadata: metadata}) do
+    {fields, _next_id} = Enum.map_reduce(fields, 0, &write_field/2)
+    [{0, :i16, 0}, {1, :tables, fields}] ++ key_values(2, metadata)
+  end
+
+  @doc false
+  # The Footer flatbuffer of an IPC file: the schema, then the Blocks
+  # ({offset, metadata length with its prefix, body length}) of the
+  # dictionary batches and of the record batches.
+  @spec footer(Schema.t(), [block()], [block()]) :: binary()
+  def footer(%Schema{} = schema, dictionaries, batches) do
+    Writer.build([
+      {0, :i16, @v5},
+      {1, :table, schema_table(schema)},
+      {2, :structs, blocks(dictionaries)},
+      {3, :structs, blocks(batches)}
+    ])
+  end
+
+  defp blocks(list) do
+    bytes =
+      for {off, meta, body} <- list,
+          into: <<>>,
+          do: <<off::little-64, meta::little-32, 0::32, body::little-64>>
+
+    {bytes, length(list)}
+  end
+
+  @doc false
+  # A Footer: {schema, dictionary ids, dictionary blocks, record batch blocks}.
+  @spec read_footer(binary(), keyword()) :: {Schema.t(), [integer()], [block()], [block()]}
+  def read_footer(bytes, opts) do
+    footer = Reader.root(bytes, :footer)
+    version = Reader.scalar(footer, 0, :i16, 0, :version)
+
+    if version < @v4 or version > @v5,
+      do: fail(:unsupported_version, field: :version, value: version, limit: "V4 or V5")
+
+    schema =
+      Reader.table(footer, 1, :schema) ||
+        fail(:missing_schema, field: :footer, value: nil, limit: "a Schema")
+
+    {:schema, schema, dict_ids} = read_schema(schema, opts)
+
+    {schema, dict_ids, read_blocks(footer, 2, :dictionaries),
+     read_blocks(footer, 3, :record_batches)}
+  end
+
+  defp read_blocks(footer, slot, field) do
+    bytes = Reader.vector_bytes(footer, slot, 24, field) || ""
+
+    for <<off::little-signed-64, meta::little-signed-32, _::32, body::little-signed-64 <- bytes>>,
+      do: {off, meta, body}
   end
 
   @doc false
@@ -310,18 +256,27 @@ defmodule Bridge.Arrow.Metadata do
           integer(),
           [{integer(), integer()}],
           [{integer(), integer()}],
-          integer()
+          integer(),
+          [integer()]
         ) ::
           binary()
-  def record_batch_message(length, nodes, buffers, body_length) do
-    message(@h_record_batch, record_batch(length, nodes, buffers), body_length)
+  def record_batch_message(length, nodes, buffers, body_length, variadic) do
+    message(@h_record_batch, record_batch(length, nodes, buffers, variadic), body_length)
   end
 
   @doc false
-  @spec dictionary_batch_message(integer(), integer(), list(), list(), boolean(), integer()) ::
-          binary()
-  def dictionary_batch_message(id, length, nodes, buffers, delta, body_length) do
-    batch = [{0, :i64, id}, {1, :table, record_batch(length, nodes, buffers)}, {2, :bool, delta}]
+  @spec dictionary_batch_message(
+          integer(),
+          integer(),
+          list(),
+          list(),
+          [integer()],
+          boolean(),
+          integer()
+        ) :: binary()
+  def dictionary_batch_message(id, length, nodes, buffers, variadic, delta, body_length) do
+    data = record_batch(length, nodes, buffers, variadic)
+    batch = [{0, :i64, id}, {1, :table, data}, {2, :bool, delta}]
     message(@h_dictionary_batch, batch, body_length)
   end
 
@@ -334,11 +289,19 @@ defmodule Bridge.Arrow.Metadata do
     ])
   end
 
-  defp record_batch(length, nodes, buffers) do
+  defp record_batch(length, nodes, buffers, variadic) do
+    counts =
+      if variadic == [],
+        do: [],
+        else: [
+          {4, :structs, {for(n <- variadic, into: <<>>, do: <<n::little-64>>), length(variadic)}}
+        ]
+
     [
       {0, :i64, length},
       {1, :structs, {for({a, b} <- nodes, into: <<>>, do: pair(a, b)), length(nodes)}},
       {2, :structs, {for({a, b} <- buffers, into: <<>>, do: pair(a, b)), length(buffers)}}
+      | counts
     ]
   end
 
@@ -348,14 +311,14 @@ defmodule Bridge.Arrow.Metadata do
     {value_type, dictionary, next_id} =
       case type do
         {:dictionary, index, value, ordered} ->
-          dict = [{0, :i64, next_id}, {1, :table, int_table(index)}, {2, :bool, ordered}]
+          dict = [{0, :i64, next_id}, {1, :table, Types.int_table(index)}, {2, :bool, ordered}]
           {value, [{4, :table, dict}], next_id + 1}
 
         _ ->
           {type, [], next_id}
       end
 
-    {type_id, type_table, children} = type_union(value_type)
+    {type_id, type_table, children} = Types.write(value_type)
     {children, next_id} = Enum.map_reduce(children, next_id, &write_field/2)
 
     fields =
@@ -375,26 +338,4 @@ defmodule Bridge.Arrow.Metadata do
   defp key_values(slot, pairs) do
     [{slot, :tables, for({k, v} <- pairs, do: [{0, :string, k}, {1, :string, v}])}]
   end
-
-  defp int_table({s, w}), do: [{0, :i32, w}, {1, :bool, s == :s}]
-
-  defp type_union(:null), do: {1, [], []}
-  defp type_union({s, _} = t) when s in [:s, :u], do: {2, int_table(t), []}
-  defp type_union({:f, w}), do: {3, [{0, :i16, %{16 => 0, 32 => 1, 64 => 2}[w]}], []}
-  defp type_union(:binary), do: {4, [], []}
-  defp type_union(:utf8), do: {5, [], []}
-  defp type_union(:bool), do: {6, [], []}
-  defp type_union(:date32), do: {8, [{0, :i16, 0}], []}
-  defp type_union(:date64), do: {8, [{0, :i16, 1}], []}
-
-  defp type_union({:timestamp, unit, tz}) do
-    unit_code = Enum.find_index(Type.units(), &(&1 == unit))
-    tz = if tz == nil, do: [], else: [{1, :string, tz}]
-    {10, [{0, :i16, unit_code} | tz], []}
-  end
-
-  defp type_union({:list, child}), do: {12, [], [child]}
-  defp type_union(:large_binary), do: {19, [], []}
-  defp type_union(:large_utf8), do: {20, [], []}
-  defp type_union({:large_list, child}), do: {21, [], [child]}
 end

@@ -2,33 +2,38 @@ defmodule Bridge.Arrow.RecordBatch do
   @moduledoc false
   # Turns a record batch's field nodes and buffers into arrays (load) and back
   # (unload), in the pre-order of the schema's fields (Arrow columnar format,
-  # "Buffer listing for each layout"; Null has no buffers since V5).
+  # "Buffer listing for each layout"; Null has no buffers since V5, unions no
+  # validity bitmap).
   #
-  # Load checks everything before it is used: node lengths and null counts,
-  # every buffer against the body, buffer sizes against lengths, offsets
-  # (non-negative, non-decreasing, within the data or the child), and
-  # dictionary indices against the dictionary. Buffers stay sub-binaries of the
-  # body.
+  # Load checks everything before it is used (Bridge.Arrow.Checks): node
+  # lengths and null counts, every buffer against the body, buffer sizes
+  # against lengths, offsets, views, union codes, run ends, children long
+  # enough for their parent, and dictionary indices against the dictionary.
+  # Buffers stay sub-binaries of the body.
 
   import Bitwise
   import Bridge.Arrow.Errors, only: [fail: 2]
 
-  alias Bridge.Arrow.{Array, Compression, Field, Type}
+  alias Bridge.Arrow.{Array, Checks, Compression, Field, Type}
 
   @type dictionaries :: %{integer() => Array.t()}
+
+  @v4 3
 
   # ------------------------------------------------------------------- loading
 
   @doc false
   # Loads the arrays of `fields` from a record batch. `dict_ids` lists the
   # dictionary ids of the dictionary fields in pre-order; `dictionaries` maps
-  # ids to the current dictionary arrays (nil while loading a dictionary batch).
-  @spec load([Field.t()], [integer()], map(), binary(), dictionaries() | nil, keyword()) ::
+  # ids to the current dictionary arrays.
+  @spec load([Field.t()], [integer()], map(), binary(), dictionaries(), keyword()) ::
           [Array.t()]
   def load(fields, dict_ids, batch, body, dictionaries, opts) do
     state = %{
       nodes: structs(batch.nodes),
       buffers: structs(batch.buffers),
+      variadic: Map.get(batch, :variadic, []),
+      version: Map.get(batch, :version, 4),
       body: body,
       compression: batch.compression,
       dict_ids: dict_ids,
@@ -46,11 +51,9 @@ defmodule Bridge.Arrow.RecordBatch do
         {array, state}
       end)
 
-    if state.nodes != [],
-      do: fail(:extra_nodes, field: :nodes, value: length(state.nodes), limit: 0)
-
-    if state.buffers != [],
-      do: fail(:extra_buffers, field: :buffers, value: length(state.buffers), limit: 0)
+    for key <- [:nodes, :buffers, :variadic], state[key] != [] do
+      fail(:"extra_#{key}", field: key, value: length(state[key]), limit: 0)
+    end
 
     arrays
   end
@@ -82,48 +85,144 @@ defmodule Bridge.Arrow.RecordBatch do
       do: fail(:bad_null_count, field: :null_count, value: nulls, limit: length, at: at)
 
     array = %Array{type: type, length: length, null_count: nulls}
+    load_layout(Type.layout(type), array, at, state)
+  end
 
-    case Type.layout(type) do
-      :null ->
-        {%{array | null_count: length}, state}
+  defp load_layout(:null, array, _at, state), do: {%{array | null_count: array.length}, state}
 
-      :bitmap ->
-        {validity, state} = validity(state, length, nulls, at)
-        {data, state} = buffer(state, ceil8(length), :data, at)
-        {%{array | validity: validity, data: data}, state}
+  defp load_layout(:bitmap, array, at, state) do
+    {validity, state} = validity(state, array, at)
+    {data, state} = buffer(state, ceil8(array.length), :data, at)
+    {%{array | validity: validity, data: data}, state}
+  end
 
-      :fixed ->
-        {validity, state} = validity(state, length, nulls, at)
-        {data, state} = buffer(state, length * Type.byte_width(type), :data, at)
-        {%{array | validity: validity, data: data}, state}
+  defp load_layout(:fixed, array, at, state) do
+    {validity, state} = validity(state, array, at)
+    {data, state} = buffer(state, array.length * Type.byte_width(array.type), :data, at)
+    {%{array | validity: validity, data: data}, state}
+  end
 
-      :var ->
-        {validity, state} = validity(state, length, nulls, at)
-        w = Type.offset_width(type)
-        {offsets, state} = offsets(state, length, w, at)
-        {data, state} = pop_buffer(state)
-        last = check_offsets(offsets, w, byte_size(data), at)
-        data = binary_part(data, 0, last)
-        if type in [:utf8, :large_utf8], do: check_utf8(offsets, w, data, state.opts, at)
-        {%{array | validity: validity, offsets: offsets, data: data}, state}
+  defp load_layout(:var, %Array{type: type} = array, at, state) do
+    {validity, state} = validity(state, array, at)
+    w = Type.offset_width(type)
+    {offsets, state} = offsets(state, array.length, w, at)
+    {data, state} = pop_buffer(state)
+    last = Checks.offsets(offsets, w, byte_size(data), at)
+    data = binary_part(data, 0, last)
+    if Type.utf8?(type) and utf8?(state), do: Checks.utf8(offsets, w, data, at)
+    {%{array | validity: validity, offsets: offsets, data: data}, state}
+  end
 
-      :list ->
-        {validity, state} = validity(state, length, nulls, at)
-        w = Type.offset_width(type)
-        {offsets, state} = offsets(state, length, w, at)
-        {child, state} = load_array(Type.child(type), state)
-        check_offsets(offsets, w, child.length, at)
-        {%{array | validity: validity, offsets: offsets, children: [child]}, state}
+  defp load_layout(:view, array, at, state) do
+    {validity, state} = validity(state, array, at)
+    {views, state} = buffer(state, array.length * 16, :views, at)
+    {count, state} = pop(state, :variadic)
 
-      :dictionary ->
-        {validity, state} = validity(state, length, nulls, at)
-        {data, state} = buffer(state, length * Type.byte_width(type), :data, at)
-        {id, state} = pop(state, :dict_ids)
-        dictionary = dictionary(state, id, at)
-        array = %{array | validity: validity, data: data, dictionary: dictionary}
-        check_indices(array, at)
-        {array, state}
-    end
+    if count < 0 or count > length(state.buffers),
+      do:
+        fail(:bad_length,
+          field: :variadic_buffer_counts,
+          value: count,
+          limit: "0..#{length(state.buffers)} (the buffers left)",
+          at: at
+        )
+
+    {buffers, state} =
+      Enum.map_reduce(List.duplicate(nil, count), state, fn _, s -> pop_buffer(s) end)
+
+    array = %{array | validity: validity, data: views, variadic: buffers}
+    Checks.views(array, Type.utf8?(array.type) and utf8?(state), at)
+    {array, state}
+  end
+
+  defp load_layout(:list, array, at, state) do
+    {validity, state} = validity(state, array, at)
+    w = Type.offset_width(array.type)
+    {offsets, state} = offsets(state, array.length, w, at)
+    {child, state} = load_array(Type.child(array.type), state)
+    Checks.offsets(offsets, w, child.length, at)
+    {%{array | validity: validity, offsets: offsets, children: [child]}, state}
+  end
+
+  defp load_layout(:list_view, array, at, state) do
+    {validity, state} = validity(state, array, at)
+    w = Type.offset_width(array.type)
+    {offsets, state} = buffer(state, array.length * w, :offsets, at)
+    {sizes, state} = buffer(state, array.length * w, :sizes, at)
+    {child, state} = load_array(Type.child(array.type), state)
+    Checks.list_view(offsets, sizes, w, child.length, at)
+    array = %{array | validity: validity, offsets: offsets, sizes: sizes, children: [child]}
+    {array, state}
+  end
+
+  defp load_layout(:fixed_list, %Array{type: {_, _, size}} = array, at, state) do
+    {validity, state} = validity(state, array, at)
+    {children, state} = children(array, state, array.length * size, at)
+    {%{array | validity: validity, children: children}, state}
+  end
+
+  defp load_layout(:struct, array, at, state) do
+    {validity, state} = validity(state, array, at)
+    {children, state} = children(array, state, array.length, at)
+    {%{array | validity: validity, children: children}, state}
+  end
+
+  defp load_layout(:union, %Array{type: {:union, mode, _, _}} = array, at, state) do
+    state =
+      cond do
+        state.version > @v4 -> state
+        array.null_count == 0 -> elem(pop_buffer(state), 1)
+        true -> fail(:unsupported_type, field: :union_validity, value: :v4_nulls, at: at)
+      end
+
+    {types, state} = buffer(state, array.length, :type_ids, at)
+
+    {offsets, state} =
+      if mode == :dense, do: buffer(state, array.length * 4, :offsets, at), else: {nil, state}
+
+    need = if mode == :sparse, do: array.length, else: 0
+    {children, state} = children(array, state, need, at)
+    array = %{array | null_count: 0, data: types, offsets: offsets, children: children}
+    Checks.union(array, Enum.map(children, & &1.length), at)
+    {array, state}
+  end
+
+  defp load_layout(:run_end_encoded, array, at, state) do
+    if array.null_count != 0,
+      do: fail(:bad_null_count, field: :null_count, value: array.null_count, limit: 0, at: at)
+
+    {[run_ends, values] = children, state} = children(array, state, 0, at)
+
+    if values.length < run_ends.length,
+      do: fail(:bad_length, field: :values, value: values.length, limit: run_ends.length, at: at)
+
+    if run_ends.length == 0 and array.length > 0,
+      do: fail(:bad_run_ends, field: :run_ends, value: 0, limit: ">= 1", at: at)
+
+    Checks.run_ends(run_ends, array.length, at)
+    {%{array | children: children}, state}
+  end
+
+  defp load_layout(:dictionary, array, at, state) do
+    {validity, state} = validity(state, array, at)
+    {data, state} = buffer(state, array.length * Type.byte_width(array.type), :data, at)
+    {id, state} = pop(state, :dict_ids)
+    dictionary = dictionary(state, id, at)
+    array = %{array | validity: validity, data: data, dictionary: dictionary}
+    Checks.indices(array, at)
+    {array, state}
+  end
+
+  # The child arrays of a nested array, each at least `need` long.
+  defp children(%Array{type: type}, state, need, at) do
+    Enum.map_reduce(Type.children(type), state, fn field, state ->
+      {child, state} = load_array(field, state)
+
+      if child.length < need,
+        do: fail(:bad_length, field: :child_length, value: child.length, limit: need, at: at)
+
+      {child, state}
+    end)
   end
 
   defp dictionary(%{dictionaries: dicts}, id, at) do
@@ -132,6 +231,8 @@ defmodule Bridge.Arrow.RecordBatch do
       _ -> fail(:missing_dictionary, field: :dictionary_id, value: id, at: at)
     end
   end
+
+  defp utf8?(state), do: Keyword.get(state.opts, :validate_utf8, true)
 
   defp pop(state, key) do
     case Map.fetch!(state, key) do
@@ -142,12 +243,13 @@ defmodule Bridge.Arrow.RecordBatch do
 
   defp ceil8(n), do: (n + 7) >>> 3
 
-  defp validity(state, _length, 0, _at) do
+  defp validity(state, %Array{null_count: 0}, _at) do
     {_ignored, state} = pop_buffer(state)
     {nil, state}
   end
 
-  defp validity(state, length, _nulls, at), do: buffer(state, ceil8(length), :validity, at)
+  defp validity(state, %Array{length: length}, at),
+    do: buffer(state, ceil8(length), :validity, at)
 
   # A buffer that must hold at least `need` bytes, trimmed to them.
   defp buffer(state, need, field, at) do
@@ -196,102 +298,37 @@ defmodule Bridge.Arrow.RecordBatch do
     end
   end
 
-  # Offsets are non-negative and non-decreasing and the last is at most `limit`;
-  # returns the last.
-  defp check_offsets(offsets, w, limit, at) do
-    bits = w * 8
-    <<first::little-signed-size(bits), rest::binary>> = offsets
-    if first < 0, do: fail(:bad_offsets, field: :offsets, value: first, limit: ">= 0", at: at)
-    last = monotonic(rest, bits, first, at)
-    if last > limit, do: fail(:bad_offsets, field: :offsets, value: last, limit: limit, at: at)
-    last
-  end
-
-  defp monotonic(<<>>, _bits, prev, _at), do: prev
-
-  defp monotonic(bin, bits, prev, at) do
-    <<next::little-signed-size(bits), rest::binary>> = bin
-
-    if next < prev,
-      do: fail(:bad_offsets, field: :offsets, value: next, limit: ">= #{prev}", at: at)
-
-    monotonic(rest, bits, next, at)
-  end
-
-  # Strings must be UTF-8: the whole data range at once (fast, in C), and
-  # every string boundary must fall between characters.
-  defp check_utf8(offsets, w, data, opts, at) do
-    if Keyword.get(opts, :validate_utf8, true) do
-      bits = w * 8
-
-      case offsets do
-        <<first::little-size(bits), _::binary>> ->
-          used = binary_part(data, first, byte_size(data) - first)
-
-          unless match?(b when is_binary(b), :unicode.characters_to_binary(used)) and
-                   boundaries_ok?(offsets, bits, data),
-                 do: fail(:bad_utf8, field: :data, value: :invalid_utf8, at: at)
-
-        _ ->
-          :ok
-      end
-    end
-  end
-
-  # A boundary at byte b is inside a character when byte b is a continuation
-  # byte (0b10xxxxxx).
-  defp boundaries_ok?(<<>>, _bits, _data), do: true
-
-  defp boundaries_ok?(offsets, bits, data) do
-    <<o::little-size(bits), rest::binary>> = offsets
-
-    o == byte_size(data) or
-      (Bitwise.band(:binary.at(data, o), 0xC0) != 0x80 and boundaries_ok?(rest, bits, data))
-  end
-
-  defp check_indices(%Array{dictionary: dict, data: data, validity: validity} = a, at) do
-    {s, w} = index_type(a.type)
-    max = dict.length
-
-    indices =
-      case s do
-        :s -> for <<i::little-signed-size(w) <- data>>, do: i
-        :u -> for <<i::little-size(w) <- data>>, do: i
-      end
-
-    valid = if validity, do: Array.bits(validity, a.length), else: nil
-
-    bad =
-      if valid,
-        do: Enum.zip(indices, valid) |> Enum.find(fn {i, v} -> v and (i < 0 or i >= max) end),
-        else: Enum.find(indices, &(&1 < 0 or &1 >= max))
-
-    if bad != nil,
-      do: fail(:bad_dictionary_index, field: :indices, value: bad, limit: max, at: at)
-  end
-
-  defp index_type({:dictionary, index, _, _}), do: index
-
   # ----------------------------------------------------------------- unloading
 
   @doc false
-  # The field nodes and buffers of arrays, in pre-order: {nodes, buffers}.
-  @spec unload([Array.t()]) :: {[{integer(), integer()}], [binary()]}
+  # The field nodes, buffers and variadic buffer counts of arrays, in
+  # pre-order: {nodes, buffers, counts}.
+  @spec unload([Array.t()]) :: {[{integer(), integer()}], [binary()], [non_neg_integer()]}
   def unload(arrays) do
-    {nodes, buffers} = Enum.reduce(arrays, {[], []}, &unload_array/2)
-    {Enum.reverse(nodes), Enum.reverse(buffers)}
+    {nodes, buffers, counts} = Enum.reduce(arrays, {[], [], []}, &unload_array/2)
+    {Enum.reverse(nodes), Enum.reverse(buffers), Enum.reverse(counts)}
   end
 
-  defp unload_array(%Array{} = a, {nodes, buffers}) do
+  defp unload_array(%Array{} = a, {nodes, buffers, counts}) do
     nodes = [{a.length, a.null_count} | nodes]
     validity = if a.null_count == 0, do: "", else: a.validity || ""
 
-    case Type.layout(a.type) do
-      :null -> {nodes, buffers}
-      :list -> Enum.reduce(a.children, {nodes, [a.offsets, validity | buffers]}, &unload_array/2)
-      :var -> {nodes, [a.data, a.offsets, validity | buffers]}
-      _fixed -> {nodes, [a.data, validity | buffers]}
-    end
+    own =
+      case Type.layout(a.type) do
+        :null -> []
+        :var -> [validity, a.offsets, a.data]
+        :view -> [validity, a.data | a.variadic]
+        :list -> [validity, a.offsets]
+        :list_view -> [validity, a.offsets, a.sizes]
+        layout when layout in [:fixed_list, :struct] -> [validity]
+        :union -> if a.offsets, do: [a.data, a.offsets], else: [a.data]
+        :run_end_encoded -> []
+        _fixed -> [validity, a.data]
+      end
+
+    counts = if Type.layout(a.type) == :view, do: [length(a.variadic) | counts], else: counts
+    acc = {nodes, Enum.reverse(own, buffers), counts}
+    Enum.reduce(a.children, acc, &unload_array/2)
   end
 
   @doc false

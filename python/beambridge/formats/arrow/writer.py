@@ -194,65 +194,47 @@ def write_arrow(
     return s
 
 
-#: What to cast a column to, for types the Elixir Arrow reader does not read.
-_CAST_ADVICE = (
-    (pa.types.is_decimal, "pa.float64() (or pa.string() to keep every digit)"),
-    (pa.types.is_time, "pa.int64() (the time of day as a count of its unit) or pa.string()"),
-    (pa.types.is_duration, "pa.int64()"),
-    (pa.types.is_interval, "pa.string()"),
-    (pa.types.is_fixed_size_binary, "pa.binary()"),
-    (pa.types.is_fixed_size_list, "pa.list_(<its value type>)"),
-)
-
-#: The types ``Bridge.Arrow`` reads as they are (protocol/formats/arrow.md "Types").
-_ELIXIR_SCALARS = (
-    pa.types.is_null,
-    pa.types.is_boolean,
-    pa.types.is_integer,
-    pa.types.is_floating,
-    pa.types.is_string,
-    pa.types.is_large_string,
-    pa.types.is_binary,
-    pa.types.is_large_binary,
-    pa.types.is_date,
-    pa.types.is_timestamp,
-)
+def _children(kind: pa.DataType) -> list[pa.DataType]:
+    """The types nested directly in ``kind`` (a dictionary's value type included)."""
+    if pa.types.is_dictionary(kind):
+        return [kind.value_type]
+    if isinstance(kind, pa.ExtensionType):
+        return [kind.storage_type]
+    return [kind.field(i).type for i in range(kind.num_fields)]
 
 
-def _elixir_readable(kind: pa.DataType) -> bool:
-    """Whether ``Bridge.Arrow`` reads ``kind`` (protocol/formats/arrow.md "Types")."""
-    t = pa.types
-    if any(test(kind) for test in _ELIXIR_SCALARS):
-        return True
-    if t.is_list(kind) or t.is_large_list(kind):
-        return _elixir_readable(kind.value_type)
-    if t.is_dictionary(kind):
-        return t.is_integer(kind.index_type) and _elixir_readable(kind.value_type)
-    return False
+def _holds_dictionary(kind: pa.DataType) -> bool:
+    return pa.types.is_dictionary(kind) or any(_holds_dictionary(c) for c in _children(kind))
+
+
+def _elixir_unreadable(kind: pa.DataType) -> pa.DataType | None:
+    """The part of ``kind`` ``Bridge.Arrow`` does not read, or None: it reads every
+    Arrow type at any depth except a dictionary whose values hold a dictionary
+    (protocol/formats/arrow.md "Types")."""
+    if pa.types.is_dictionary(kind) and _holds_dictionary(kind.value_type):
+        return kind
+    return next((bad for c in _children(kind) if (bad := _elixir_unreadable(c))), None)
 
 
 def check_elixir_readable(schema: pa.Schema) -> None:
     """Raise ``TypeError`` naming the first column whose type the Elixir side cannot
-    read (``Bridge.Arrow``: ints, floats, bool, utf8, binary, dates, timestamps, null,
-    lists and dictionaries of those), with the cast that would make it readable. A
-    result is checked before it is written, so the call fails with that advice instead
-    of the BEAM refusing the stream.
+    read: ``Bridge.Arrow`` reads every Arrow type, nested at any depth, except a
+    dictionary whose values are themselves dictionary-encoded. A result is checked
+    before it is written, so the call fails with that advice instead of the BEAM
+    refusing the stream.
 
-    >>> check_elixir_readable(pa.schema([("d", pa.decimal128(5, 2))]))
+    >>> inner = pa.dictionary(pa.int8(), pa.string())
+    >>> check_elixir_readable(pa.schema([("d", pa.dictionary(pa.int32(), inner))]))
     Traceback (most recent call last):
     ...
-    TypeError: cannot send column 'd' of type decimal128(5, 2) to Elixir: ...
+    TypeError: cannot send column 'd' of type dictionary<...> to Elixir: ...
     """
     for field in schema:
-        if not _elixir_readable(field.type):
-            advice = next((a for test, a in _CAST_ADVICE if test(field.type)), None)
-            fix = (
-                f"cast it first, e.g. table.cast(...) with {field.name!r} as {advice}"
-                if advice
-                else "cast or flatten it to one of those types first"
-            )
+        bad = _elixir_unreadable(field.type)
+        if bad is not None:
             raise TypeError(
                 f"cannot send column {field.name!r} of type {field.type} to Elixir: "
-                "Bridge.Arrow reads ints, floats, bool, utf8, binary, dates, timestamps, "
-                f"null, and lists and dictionaries of those; {fix}"
+                f"Bridge.Arrow does not read a dictionary whose values are dictionaries "
+                f"({bad}); decode the inner dictionary first, e.g. with "
+                "pc.cast(column, <the outer dictionary over the plain value type>)"
             )
