@@ -41,6 +41,10 @@ def ratios(run: dict[str, Any]) -> Iterator[tuple[str, float, bool]]:
     if tables:
         yield "Arrow table vs ETF list of maps", tables["speedup"], True
         yield "Arrow table + to_rows vs ETF list of maps", tables["speedup_with_to_rows"], True
+    nested = run.get("nested")
+    if nested:
+        yield "nested Arrow decode vs ETF list of maps", nested["speedup"], True
+        yield "nested Arrow + values vs ETF list of maps", nested["speedup_with_values"], True
     tensor = run.get("tensor_open")
     if tensor:
         yield "tensor open, 1 GiB over 1 KiB", tensor["large_over_small"], False

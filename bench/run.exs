@@ -17,6 +17,8 @@
 #     recording (the default) vs not
 #   * a CPU-bound handler: throughput of a pool of 2 vs a pool of 1
 #   * 1M-row table Python -> Elixir as Arrow vs an ETF list of maps; 1 GiB vs 1 KiB
+#   * 1M rows of list<struct> + fixed_size_list<float32, 768> decoded by Bridge.Arrow vs
+#     the same data as an ETF list of maps (bench/nested.exs)
 #     tensor open; lists and rows as ETF vs packed/records (bench/formats.exs)
 #   * typed schemas: 1M PerformanceMetrics and 1M ModelConfig values each way as SSZ
 #     lists against an ETF list of maps (bench/schemas.exs)
@@ -74,6 +76,8 @@ defmodule Bench do
     echo_rows = BenchEcho.rows(sizes, memcpy, BenchBridge, @python)
     small = small_call()
     tables = table_transfer(if(quick?, do: 100_000, else: 1_000_000))
+    info("Nested Arrow table into Elixir (3 GiB: about a minute)")
+    nested = BenchNested.run(@python, quick?)
     formats = BenchFormats.run(BenchBridge, quick?)
     info("Typed schemas in batches (1M values each way)")
     schemas = BenchSchemas.run(BenchBridge, quick?)
@@ -108,6 +112,7 @@ defmodule Bench do
       "spin" => spin,
       "tensor_open" => tensor_open,
       "tables" => tables,
+      "nested" => nested,
       "formats" => formats,
       "schemas" => schemas,
       "streams" => streams
@@ -119,6 +124,7 @@ defmodule Bench do
     print_spin(spin)
     print_tensor_open(tensor_open)
     print_tables(tables)
+    BenchNested.print(nested)
     BenchFormats.print(formats)
     BenchSchemas.print(schemas)
     BenchStreams.print(streams)
@@ -537,4 +543,6 @@ Process.put(:bench_streams_as_lib, true)
 Code.require_file("streams.exs", __DIR__)
 Process.put(:bench_schemas_as_lib, true)
 Code.require_file("schemas.exs", __DIR__)
+Process.put(:bench_nested_as_lib, true)
+Code.require_file("nested.exs", __DIR__)
 Bench.main(System.argv())

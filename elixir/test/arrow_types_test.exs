@@ -67,6 +67,54 @@ defmodule Bridge.ArrowTypesTest do
     assert Table.column!(t, "e") == emb
   end
 
+  test "a fixed-size list column of numbers is a tensor over the column's buffer" do
+    item = Field.new("item", {:f, 32})
+    rows = for i <- 1..100, do: [i * 1.0, -i * 1.0, 0.5]
+
+    table =
+      Table.from_columns!([e: rows, n: Enum.to_list(1..100)],
+        schema: [e: {:fixed_size_list, item, 3}]
+      )
+
+    stream = Arrow.encode(table)
+    {:ok, t} = Arrow.decode(stream)
+
+    assert {:ok, %Bridge.Tensor{dtype: {:f, 32}, shape: {100, 3}} = tensor} =
+             Table.to_tensor(t, "e")
+
+    assert :binary.referenced_byte_size(tensor.data) == byte_size(stream)
+    assert Bridge.Tensor.to_list(tensor) == List.flatten(rows)
+    assert {:ok, %Bridge.Tensor{dtype: {:s, 64}, shape: {100}}} = Table.to_tensor(t, :n)
+
+    # nested fixed-size lists are more dimensions; several chunks are concatenated
+    inner = {:fixed_size_list, Field.new("item", {:s, 16}), 2}
+
+    cube =
+      Table.from_columns!([c: [[[1, 2], [3, 4], [5, 6]]]],
+        schema: [c: {:fixed_size_list, Field.new("item", inner), 3}]
+      )
+
+    two = %Table{cube | columns: [hd(cube.columns) ++ hd(cube.columns)], num_rows: 2}
+    assert {:ok, %Bridge.Tensor{shape: {2, 3, 2}} = c} = Table.to_tensor(round_trip(two), "c")
+    assert Bridge.Tensor.to_list(c) == List.flatten(List.duplicate([[1, 2], [3, 4], [5, 6]], 2))
+  end
+
+  test "columns that are not tensors say why" do
+    item = Field.new("item", {:f, 32})
+    schema = [e: {:fixed_size_list, item, 2}, f: {:fixed_size_list, item, 2}]
+
+    t =
+      Table.from_columns!([e: [[1.0, 2.0], nil], f: [[1.0, nil], [2.0, 3.0]], s: ["a", "b"]],
+        schema: schema
+      )
+
+    assert {:error, %Error{reason: :has_nulls}} = Table.to_tensor(t, "e")
+    assert {:error, %Error{reason: :has_nulls}} = Table.to_tensor(t, "f")
+    assert {:error, %Error{reason: :not_a_tensor} = e} = Table.to_tensor(t, "s")
+    assert e.message =~ "column/3"
+    assert {:error, %Error{reason: :unknown_column}} = Table.to_tensor(t, "nope")
+  end
+
   test "union values may be tagged by a member's name; maps may be given as Elixir maps" do
     schema = [
       {"u", {:union, :dense, [Field.new("i", {:s, 8}), Field.new("s", :utf8)], [5, 6]}},
@@ -79,6 +127,55 @@ defmodule Bridge.ArrowTypesTest do
              "u" => [{6, "x"}, {5, 1}],
              "m" => [[{"k", true}], nil]
            }
+  end
+
+  test "from_rows infers struct and list-of-struct columns from nested maps" do
+    rows = [
+      %{
+        id: 1,
+        user: %{name: "ada", tags: ["x"]},
+        items: [%{sku: "a-1", qty: 2}, %{sku: "b", qty: nil}]
+      },
+      %{id: 2, user: nil, items: []},
+      %{id: 3, user: %{name: nil, tags: []}, items: nil}
+    ]
+
+    t = Table.from_rows!(rows)
+    types = Map.new(t.schema.fields, &{&1.name, Type.describe(&1.type)})
+    assert types["user"] == "struct<name: string, tags: list<item: string>>"
+    assert types["items"] == "list<item: struct<qty: int64, sku: string>>"
+
+    assert Table.to_rows(round_trip(t)) == [
+             %{
+               "id" => 1,
+               "user" => %{"name" => "ada", "tags" => ["x"]},
+               "items" => [%{"sku" => "a-1", "qty" => 2}, %{"sku" => "b", "qty" => nil}]
+             },
+             %{"id" => 2, "user" => nil, "items" => []},
+             %{"id" => 3, "user" => %{"name" => nil, "tags" => []}, "items" => nil}
+           ]
+  end
+
+  test "maps that would make an ambiguous struct column are refused with what to do" do
+    assert {:error, %Error{reason: :inconsistent_keys} = e} =
+             Table.from_rows([%{u: %{a: 1}}, %{u: %{b: 1}}])
+
+    assert e.message =~ "put nil where a value is missing"
+
+    assert {:error, %Error{reason: :inconsistent_keys}} =
+             Table.from_columns(l: [[%{a: 1}], [%{a: 1, b: 2}]])
+
+    assert {:error, %Error{reason: :unsupported_value} = e} = Table.from_rows([%{u: %{1 => 1}}])
+    assert e.message =~ "Bridge.Arrow.Type.map"
+
+    assert {:error, %Error{reason: :unsupported_value} = e} =
+             Table.from_columns(u: [%{:a => 1, "a" => 2}])
+
+    assert e.message =~ "as an atom and as a string"
+
+    # declared, a map column takes any keys
+    t = Table.from_columns!([m: [%{1 => "one"}]], schema: [m: Type.map({:s, 64}, :utf8)])
+    assert Table.column!(round_trip(t), "m") == [[{1, "one"}]]
   end
 
   test "values that do not fit their type are typed errors naming the column and row" do

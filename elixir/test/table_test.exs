@@ -103,7 +103,7 @@ defmodule Bridge.TableTest do
       assert error(fn -> Table.from_columns(x: [:nan]) end).message =~ "{:f, 64}"
       assert error(fn -> Table.from_columns(x: [:ok]) end).message =~ "Atom.to_string"
       assert error(fn -> Table.from_columns(x: [{1, 2}]) end).reason == :unsupported_value
-      assert error(fn -> Table.from_columns(x: [%{a: 1}]) end).reason == :unsupported_value
+      assert error(fn -> Table.from_columns(x: [%{1 => 1}]) end).reason == :unsupported_value
       assert error(fn -> Table.from_columns(x: [~T[10:00:00]]) end).reason == :unsupported_value
       assert error(fn -> Table.from_columns(x: [self()]) end).reason == :unsupported_value
 

@@ -113,6 +113,25 @@ defmodule ArrowPeer do
             Field.new("dict", {:dictionary, {:s, 32}, :utf8, false}, nullable: false)
           ]
         ),
+      nested:
+        Table.from_rows!(
+          [
+            %{
+              id: 1,
+              user: %{name: "ada", tags: ["x"]},
+              items: [%{sku: "a-1", qty: 2}],
+              price: Bridge.Arrow.Decimal.new(1999, 2),
+              emb: [0.5, -1.0],
+              attrs: [{"a", 1}, {"a", 2}]
+            },
+            %{id: 2, user: nil, items: [], price: nil, emb: nil, attrs: []}
+          ],
+          schema: [
+            {"price", {:decimal, 128, 10, 2}},
+            {"emb", {:fixed_size_list, Field.new("item", {:f, 32}), 2}},
+            {"attrs", Bridge.Arrow.Type.map(:utf8, {:s, 64})}
+          ]
+        ),
       empty: Table.from_columns!([a: [], b: []], schema: [a: {:s, 32}, b: :utf8]),
       no_columns: Table.from_rows!([])
     ]

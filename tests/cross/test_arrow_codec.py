@@ -14,6 +14,7 @@ Set BB_HYPOTHESIS_SEED to replay a run; the seed is printed.
 
 from __future__ import annotations
 
+import decimal
 import math
 import os
 import random
@@ -408,6 +409,22 @@ ELIXIR_CASES: dict[str, pa.Table] = {
                 pa.field("dict", DICTIONARY, nullable=False),
             ]
         ),
+    ),
+    "nested": pa.table(
+        {
+            "price": pa.array([decimal.Decimal("19.99"), None], pa.decimal128(10, 2)),
+            "emb": pa.array([[0.5, -1.0], None], pa.list_(pa.float32(), 2)),
+            "attrs": pa.array([[("a", 1), ("a", 2)], []], pa.map_(pa.string(), pa.int64())),
+            "id": pa.array([1, 2], pa.int64()),
+            "items": pa.array(
+                [[{"qty": 2, "sku": "a-1"}], []],
+                pa.list_(pa.struct([("qty", pa.int64()), ("sku", pa.string())])),
+            ),
+            "user": pa.array(
+                [{"name": "ada", "tags": ["x"]}, None],
+                pa.struct([("name", pa.string()), ("tags", pa.list_(pa.string()))]),
+            ),
+        }
     ),
     "empty": pa.table({"a": pa.array([], pa.int32()), "b": pa.array([], pa.string())}),
     "no_columns": pa.table({}),

@@ -107,12 +107,21 @@ def test_readme_metrics_and_dashboard_example_runs(tmp_path: Path) -> None:
     run_against_handler(handler, elixir, "readme_metrics.exs", tmp_path)
 
 
-def test_readme_data_formats_example_runs() -> None:
-    [elixir] = blocks("Data formats", "elixir")
-    proc = mix_run(elixir + '\nIO.puts("README OK")\n', "readme_formats.exs")
+def run_elixir_block(title: str, name: str) -> None:
+    """Run the one Elixir block of section ``title`` on its own; it must finish."""
+    [elixir] = blocks(title, "elixir")
+    proc = mix_run(elixir + '\nIO.puts("README OK")\n', name)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, out + err
     assert "README OK" in out
+
+
+def test_readme_data_formats_example_runs() -> None:
+    run_elixir_block("Data formats", "readme_formats.exs")
+
+
+def test_readme_arrow_types_example_runs() -> None:
+    run_elixir_block("Arrow types and values", "readme_arrow_types.exs")
 
 
 def test_readme_arena_example_runs() -> None:

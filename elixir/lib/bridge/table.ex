@@ -24,18 +24,23 @@ defmodule Bridge.Table do
   | `NaiveDateTime` | `{:timestamp, :us, nil}` |
   | `DateTime` | `{:timestamp, :us, zone}`; `"Etc/UTC"` is written `"UTC"` |
   | lists | `{:list, item}`, the item type inferred from all elements |
+  | maps with the same atom or string keys | `{:struct, fields}`, a field per key (in key order), each inferred; a list of such maps is `{:list, struct}` |
   | only `nil` | `:null` |
 
   `nil` is a null in any column. Input that would lose or guess at a value is
   an error that says what to do instead: integers outside int64, integers mixed
   with floats, two kinds of value in one column, `DateTime`s in different time
   zones, atoms (`:nan`, `:infinity`, `:neg_infinity` included: declare a float
-  type for them), tuples, maps and other structs. Declared types (the
+  type for them), tuples, maps with other keys or with different keys in one
+  column (declare a struct or `Bridge.Arrow.Type.map/3` type), and structs.
+  Struct values come back as maps with string keys. Declared types (the
   `:schema` option) accept: integers in range for integer types; floats,
   exactly representable integers and `:nan`/`:infinity`/`:neg_infinity` for
   float types (rounded to 16 or 32 bits when declared so); `Date` or integer
   days/milliseconds for dates; `NaiveDateTime` (no zone), `DateTime` (with a
-  zone) or integers in the unit for timestamps, exact in the unit.
+  zone) or integers in the unit for timestamps, exact in the unit; every other type
+  (decimals, times, structs, maps, unions…) takes the values the README's
+  "Arrow types and values" table gives for it.
 
   ## Examples
 
@@ -381,6 +386,33 @@ defmodule Bridge.Table do
   @doc "Like `column/3`, raising `Bridge.Error`."
   @spec column!(t(), name(), keyword()) :: list()
   def column!(table, name, opts \\ []), do: unwrap(column(table, name, opts))
+
+  @doc """
+  A numeric column, or a fixed-size list column of numbers (nested ones make
+  more dimensions), as one `Bridge.Tensor` of shape `{rows, size, ...}`:
+  an embedding column `fixed_size_list<float32, 768>` of n rows is an
+  `{n, 768}` `{:f, 32}` tensor, ready for `Nx.from_binary/2`. The tensor's data
+  is a sub-binary of the column's buffer when the column has one chunk (no
+  copy); chunks are concatenated otherwise. Columns with nulls are refused
+  (`:has_nulls`), other types too (`:not_a_tensor`).
+
+  ## Examples
+
+      iex> item = Bridge.Arrow.Field.new("item", {:f, 32})
+      iex> t = Bridge.Table.from_columns!([e: [[1.0, 2.0], [3.0, 4.0]]], schema: [e: {:fixed_size_list, item, 2}])
+      iex> {:ok, tensor} = Bridge.Table.to_tensor(t, "e")
+      iex> {tensor.dtype, tensor.shape, Bridge.Tensor.to_list(tensor)}
+      {{:f, 32}, {2, 2}, [1.0, 2.0, 3.0, 4.0]}
+  """
+  @spec to_tensor(t(), name()) :: {:ok, Bridge.Tensor.t()} | {:error, Error.t()}
+  def to_tensor(%__MODULE__{} = table, name) do
+    with {:ok, chunks} <- fetch(table, name) do
+      %Field{type: type, name: column} =
+        Enum.find(table.schema.fields, &(&1.name == to_string(name)))
+
+      Bridge.Arrow.Tensors.to_tensor(chunks, type, column)
+    end
+  end
 
   @doc """
   The arrays (one per record batch) of one column, without converting values.

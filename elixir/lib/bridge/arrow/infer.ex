@@ -8,11 +8,12 @@ defmodule Bridge.Arrow.Infer do
   #   Date -> :date32           NaiveDateTime -> {:timestamp, :us, nil}
   #   DateTime -> {:timestamp, :us, zone} ("Etc/UTC" is written "UTC")
   #   lists -> {:list, item}    all nil (or empty) -> :null
+  #   maps with the same atom or string keys -> {:struct, fields} (sorted by key)
   #
   # Anything ambiguous or lossy is an error that says what to declare instead:
   # integers beyond int64, integers mixed with floats, different kinds in one
   # column, DateTimes in different zones, atoms (:nan included), tuples, maps
-  # and structs without an Arrow type.
+  # with other keys or differing key sets, and structs without an Arrow type.
 
   import Bitwise
   import Bridge.Arrow.Errors, only: [fail_value: 2]
@@ -61,6 +62,19 @@ defmodule Bridge.Arrow.Infer do
 
       [{:datetime, zone}] ->
         {:timestamp, :us, arrow_zone(zone)}
+
+      [{:struct, keys}] ->
+        maps = Enum.reject(values, &is_nil/1)
+
+        {:struct,
+         for k <- keys do
+           name = to_string(k)
+
+           Field.new(
+             name,
+             infer(Enum.map(maps, &Map.fetch!(&1, k)), at <> " (field #{inspect(name)})")
+           )
+         end}
 
       [:list] ->
         {:list,
@@ -115,8 +129,28 @@ defmodule Bridge.Arrow.Infer do
     do:
       unsupported(v, at, "#{inspect(s)} has no Arrow type here; convert it to a supported value")
 
-  defp kind(v, at) when is_map(v),
-    do: unsupported(v, at, "maps (struct columns) are not supported; split them into columns")
+  defp kind(v, at) when is_map(v) do
+    keys = v |> Map.keys() |> Enum.sort()
+
+    unless Enum.all?(
+             keys,
+             &(is_binary(&1) or (is_atom(&1) and not is_boolean(&1) and &1 != nil))
+           ),
+           do:
+             unsupported(
+               v,
+               at,
+               "maps become struct columns only with atom or string keys; for other keys declare " <>
+                 "a map column, e.g. schema: [x: Bridge.Arrow.Type.map({:s, 64}, :utf8)]"
+             )
+
+    names = Enum.map(keys, &to_string/1)
+
+    if length(Enum.uniq(names)) != length(names),
+      do: unsupported(v, at, "the map has a key as an atom and as a string; keep one of them")
+
+    {:struct, keys}
+  end
 
   defp kind(v, at), do: unsupported(v, at, "convert it to a supported value")
 
@@ -147,11 +181,18 @@ defmodule Bridge.Arrow.Infer do
         Enum.all?(ks, &match?({:datetime, _}, &1)) ->
           "DateTimes in one column share a time zone; shift them with DateTime.shift_zone/2"
 
+        Enum.all?(ks, &match?({:struct, _}, &1)) ->
+          "maps in one column need the same keys (they become a struct column): put nil " <>
+            "where a value is missing, or declare the column's type"
+
         true ->
           "a column holds one kind of value; convert the values or split the column"
       end
 
-    fail_value(:mixed_types,
+    reason =
+      if Enum.all?(ks, &match?({:struct, _}, &1)), do: :inconsistent_keys, else: :mixed_types
+
+    fail_value(reason,
       field: :value,
       value: Enum.map(ks, &Map.fetch!(examples, &1)),
       at: at,
