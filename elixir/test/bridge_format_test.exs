@@ -182,6 +182,52 @@ defmodule Bridge.FormatBridgeTest do
     end
   end
 
+  test "arguments: maps and lists of maps in a column reach Python as the dicts ETF gives" do
+    for pool <- [@inl, @reg] do
+      value =
+        for i <- 1..300 do
+          %{
+            id: i,
+            user: if(rem(i, 4) == 0, do: nil, else: %{"name" => "u#{i}", "w" => i * 0.5}),
+            items: if(rem(i, 3) == 0, do: nil, else: [%{sku: "s#{i}", qty: i}, nil]),
+            empty: []
+          }
+        end
+
+      {:ok, etf} = call(pool, :received, [value], :etf)
+      assert {:ok, ^etf} = call(pool, :received, [value], :arrow)
+      assert {:ok, ^etf} = call(pool, :received, [value], :auto)
+      assert stat(:to_python, region(pool, :records), :forced) == 1
+      assert stat(:to_python, region(pool, :records), :auto) == 1
+      Bridge.reset_format_stats()
+    end
+  end
+
+  test "arguments: a worker older than protocol 2.6 gets struct and list columns as ETF" do
+    value = for i <- 1..300, do: %{id: i, user: %{name: "u#{i}"}}
+    ref = Bridge.Config.get(@inl).peer_minor
+    assert :atomics.get(ref, 1) == 6
+    {:ok, etf} = call(@inl, :received, [value], :etf)
+
+    try do
+      :atomics.put(ref, 1, 5)
+      assert {:ok, ^etf} = call(@inl, :received, [value], :auto)
+      assert stat(:to_python, :records, :auto) == 0
+
+      assert {:error, %Error{reason: :format_unsuitable, value: :nested_value} = e} =
+               call(@inl, :received, [value], :arrow)
+
+      assert e.message =~ "older than 2.6"
+      # flat records still go as records
+      flat = for i <- 1..300, do: %{id: i, name: "u#{i}"}
+      assert {:ok, _} = call(@inl, :received, [flat], :auto)
+      assert stat(:to_python, :records, :auto) == 1
+    after
+      :atomics.put(ref, 1, 6)
+      Bridge.reset_format_stats()
+    end
+  end
+
   test "arguments: a forced format refuses what it cannot send, before calling Python" do
     [before] = worker_os_pids(@inl)
 

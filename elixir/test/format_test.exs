@@ -250,6 +250,51 @@ defmodule Bridge.FormatTest do
     assert {:ok, ^expected, _} = Format.decode_records(:rows, stream)
   end
 
+  test "maps and lists of maps in a column go as struct and list<struct> columns, keys kept" do
+    rows =
+      for i <- 1..100 do
+        %{
+          id: i,
+          user: if(rem(i, 7) == 0, do: nil, else: %{"name" => "u#{i}", "score" => i * 0.5}),
+          items: if(rem(i, 5) == 0, do: nil, else: [%{sku: "s#{i}", qty: i, tags: []}, nil]),
+          empty: [],
+          none: %{}
+        }
+      end
+
+    assert {:records, :auto, :rows, stream, 100, 5} = Format.select_list(rows, :auto)
+    assert {:ok, table} = Arrow.decode(stream)
+    fields = Map.new(table.schema.fields, &{&1.name, &1})
+    assert fields["user"].metadata == [{"beambridge.keys", "binary"}]
+    {:list, item} = fields["items"].type
+    assert item.metadata == [{"beambridge.keys", "atom"}]
+    assert {:ok, ^rows, _} = Format.decode_records(:rows, stream)
+
+    columns = %{"a" => [[%{x: 1}], nil, []], "b" => [%{}, nil, %{}]}
+    assert {:records, :forced, :columns, stream, 3, 2} = Format.select_map(columns, :arrow)
+    assert {:ok, ^columns, _} = Format.decode_records(:columns, stream)
+  end
+
+  test "a records stream with a struct column that does not say how to rebuild its keys is refused" do
+    no_keys =
+      Table.from_columns!([s: [%{"a" => 1}]], schema: [s: {:struct, [Field.new("a", {:s, 64})]}])
+
+    stream =
+      Arrow.encode(%{
+        no_keys
+        | schema: %{no_keys.schema | metadata: [{"beambridge.keys", "atom"}]}
+      })
+
+    assert {:error, %Error{reason: :unsupported_type}} = Format.decode_records(:rows, stream)
+
+    name = "no_such_atom_#{System.unique_integer([:positive])}"
+    struct = {:struct, [Field.new(name, {:s, 64})]}
+    unknown = Field.new("s", struct, metadata: [{"beambridge.keys", "atom"}])
+    t = Table.from_columns!([s: [%{name => 1}]], schema: [unknown])
+    t = %{t | schema: %{t.schema | metadata: [{"beambridge.keys", "atom"}]}}
+    assert {:error, %Error{reason: :unknown_atom}} = Format.decode_records(:rows, Arrow.encode(t))
+  end
+
   test ":auto sends column maps of at least 256 cells as records" do
     small = %{"a" => Enum.to_list(1..127), "b" => List.duplicate("x", 127)}
     assert {:etf, :below_min, :column_map, 254} = Format.select_map(small, :auto)
@@ -269,7 +314,11 @@ defmodule Bridge.FormatTest do
       {[%{a: "x"}, %{a: true}], :mixed_kinds, "binaries and booleans"},
       {[%{a: 1 <<< 63}], :integer_range, "beyond int64"},
       {[%{a: [1]}], :nested_value, "nested"},
-      {[%{a: %{b: 1}}], :nested_value, "nested"},
+      {[%{a: %{b: 1}}, %{a: %{c: 1}}], :different_keys, "column :a row 1 holds a map"},
+      {[%{a: [%{b: 1}]}, %{a: [%{b: "x"}]}], :mixed_kinds, "integers and binaries"},
+      {[%{a: [%{b: 1}, 2]}], :nested_value, "not a list of maps"},
+      {[%{a: %{1 => 2}}], :bad_keys, "holds a map whose"},
+      {[%{a: %{b: {1}}}], :nested_value, "nested"},
       {[%{a: {1}}], :nested_value, "nested"},
       {[%{a: :atom}], :unsupported_value, ":atom"},
       {[%{:a => 1, "b" => 2}], :bad_keys, "atoms"},

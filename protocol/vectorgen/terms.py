@@ -76,6 +76,45 @@ def records(value: Any) -> bytes:
     return data
 
 
+def nested_records() -> bytes:
+    """NESTED_ROWS as records, the stream written by pyarrow: a struct column with binary
+    keys and a list<struct> column with atom keys, each saying so in its field's
+    ``beambridge.keys``."""
+    import pyarrow as pa
+
+    keys = b"beambridge.keys"
+    user = pa.struct([("name", pa.binary()), ("w", pa.float64())])
+    item = pa.struct([("qty", pa.int64()), ("sku", pa.binary())])
+    schema = pa.schema(
+        [
+            pa.field("id", pa.int64()),
+            pa.field("user", user, metadata={keys: b"binary"}),
+            pa.field("items", pa.list_(pa.field("item", item, metadata={keys: b"atom"}))),
+        ],
+        metadata={keys: b"atom"},
+    )
+    table = pa.Table.from_pylist(
+        [
+            {"id": 1, "user": {"name": b"a", "w": 0.5}, "items": [{"qty": 2, "sku": b"x"}, None]},
+            {"id": 2, "user": None, "items": None},
+            {"id": None, "user": {"name": None, "w": None}, "items": []},
+        ],
+        schema=schema,
+    )
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, schema) as writer:
+        writer.write_table(table)
+    return encode((A("$bb_records"), A("rows"), sink.getvalue().to_pybytes()))
+
+
+NESTED_ROWS = [
+    {A("id"): 1, A("user"): {b"name": b"a", b"w": 0.5},
+     A("items"): [{A("qty"): 2, A("sku"): b"x"}, None]},
+    {A("id"): 2, A("user"): None, A("items"): None},
+    {A("id"): None, A("user"): {b"name": None, b"w": None}, A("items"): []},
+]  # fmt: skip
+
+
 def tensor(dtype: str, shape: list[int], order: str | None, data: bytes) -> bytes:
     desc: dict[bytes, Any] = {b"dtype": dtype.encode(), b"shape": shape}
     if order is not None:
@@ -192,6 +231,9 @@ def term_vectors() -> list[TermVector]:
                   records(ATOM_ROWS), ATOM_ROWS),
         good_term("good_records_columns_no_rows", "a column map of empty columns",
                   records({b"a": [], b"b": []}), {b"a": [], b"b": []}),
+        good_term("good_records_nested", "a record list with a struct column (binary keys) "
+                  "and a list<struct> column (atom keys), nulls at every level",
+                  nested_records(), NESTED_ROWS),
         good_term("good_tensor_i4_c", "a 2x3 int32 tensor, C order",
                   tensor("<i4", [2, 3], "C", np.arange(6, dtype="<i4").tobytes()),
                   TensorOf("<i4", (2, 3), "C", np.arange(6, dtype="<i4").tobytes())),

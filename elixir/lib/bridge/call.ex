@@ -148,7 +148,12 @@ defmodule Bridge.Call do
   # A caller that read the config just before the bridge stopped finds its arenas
   # closed: the same error as a call made after the stop.
   defp encode(args, config, format, pool, provenance) do
-    opts = [format: format, streams: true, provenance: provenance]
+    opts = [
+      format: format,
+      streams: true,
+      provenance: provenance,
+      nested_records: Config.peer_minor(config) >= 6
+    ]
 
     case Encoder.encode_call(args, config.arena, config.threshold, opts) do
       {:error, %Error{kind: :arena, reason: :closed}} -> {:error, no_pool(pool)}

@@ -28,7 +28,8 @@ defmodule Bridge.Config do
             verify: false,
             strings: :bytes,
             dashboard: nil,
-            arena: nil
+            arena: nil,
+            peer_minor: nil
 
   @type t :: %__MODULE__{}
 
@@ -77,6 +78,22 @@ defmodule Bridge.Config do
 
   @spec put(t()) :: :ok
   def put(%__MODULE__{name: name} = config), do: :persistent_term.put({__MODULE__, name}, config)
+
+  @doc false
+  # The protocol minor the pool's workers announced (0 until one is ready):
+  # what the BEAM may send them (SPEC §8.4). The pool makes the counter.
+  @spec peer_minor(t()) :: non_neg_integer()
+  def peer_minor(%__MODULE__{peer_minor: nil}), do: 0
+  def peer_minor(%__MODULE__{peer_minor: ref}), do: :atomics.get(ref, 1)
+
+  @doc false
+  @spec note_peer_minor(atom(), non_neg_integer()) :: :ok
+  def note_peer_minor(name, minor) do
+    case get(name) do
+      %__MODULE__{peer_minor: ref} when ref != nil -> :atomics.put(ref, 1, minor)
+      _ -> :ok
+    end
+  end
 
   @spec get(atom()) :: t() | nil
   def get(name), do: :persistent_term.get({__MODULE__, name}, nil)

@@ -63,6 +63,7 @@ defmodule Bridge.Encoder do
           count: non_neg_integer(),
           inline: non_neg_integer(),
           policy: Format.policy(),
+          nested: boolean(),
           provenance: Arguments.t(),
           tally: map(),
           raw: non_neg_integer(),
@@ -104,6 +105,8 @@ defmodule Bridge.Encoder do
       count: 0,
       inline: 0,
       policy: Keyword.get(opts, :format, :auto),
+      # struct and list columns in the records form: protocol 2.6 (Bridge.Format)
+      nested: Keyword.get(opts, :nested_records, true),
       provenance: Keyword.get_lazy(opts, :provenance, &Arguments.default/0),
       tally: %{},
       # inline binaries, the most frequent decision, counted apart (cheaper)
@@ -235,7 +238,7 @@ defmodule Bridge.Encoder do
 
   # Maps: a column map may go as records (SPEC §10.1).
   defp enc(%{} = map, ctx) do
-    case Format.select_map(map, ctx.policy) do
+    case Format.select_map(map, ctx.policy, nested: ctx.nested) do
       :none ->
         enc_map(map, ctx)
 
@@ -419,7 +422,7 @@ defmodule Bridge.Encoder do
 
   # Lists: number lists may go packed, record lists as records (SPEC §10.1).
   defp enc_list_value(term, ctx) do
-    case Format.select_list(term, ctx.policy) do
+    case Format.select_list(term, ctx.policy, nested: ctx.nested) do
       :none ->
         enc_list(term, ctx, [])
 

@@ -127,8 +127,10 @@ defmodule Bridge.Format do
 
   @doc false
   # The decision for a list argument (or a list inside one).
-  @spec select_list(list(), policy()) :: decision()
-  def select_list(list, policy) do
+  # `nested: false` (a worker older than protocol 2.6) keeps struct and list
+  # columns out of the records form.
+  @spec select_list(list(), policy(), keyword()) :: decision()
+  def select_list(list, policy, opts \\ []) do
     case Packed.scan(list) do
       # Integers mixed with floats, or out of range: not a number list, ETF
       # under every policy (SPEC §10.1 makes only lists of maps and maps of lists
@@ -137,7 +139,7 @@ defmodule Bridge.Format do
         :none
 
       :no ->
-        select_rows(list, policy)
+        select_rows(list, policy, opts)
 
       scan ->
         n = elem(scan, 1)
@@ -156,8 +158,9 @@ defmodule Bridge.Format do
     {:packed, reason, dtype, data, n}
   end
 
-  defp select_rows([first | _] = rows, policy) when is_map(first) and not is_struct(first) do
-    case Records.scan_rows(rows) do
+  defp select_rows([first | _] = rows, policy, opts)
+       when is_map(first) and not is_struct(first) do
+    case rows |> Records.scan_rows() |> nesting(opts) do
       {:ok, shape} ->
         records(policy, :rows, shape, fn -> Records.row_columns(rows, shape) end)
 
@@ -171,13 +174,27 @@ defmodule Bridge.Format do
     end
   end
 
-  defp select_rows(_list, _policy), do: :none
+  defp select_rows(_list, _policy, _opts), do: :none
+
+  # Struct and list columns are protocol 2.6 (SPEC §10.1): not for older workers.
+  defp nesting({:ok, %{kinds: kinds}} = scan, opts) do
+    if Keyword.get(opts, :nested, true) or not Enum.any?(kinds, &is_tuple/1),
+      do: scan,
+      else:
+        {:unsuitable, :nested_value,
+         "a column holds maps or lists of maps, and the worker speaks a protocol older " <>
+           "than 2.6, which reads them only as ETF"}
+  end
+
+  defp nesting(scan, _opts), do: scan
 
   @doc false
   # The decision for a map argument (or a map inside one).
-  @spec select_map(map(), policy()) :: decision()
-  def select_map(map, policy) when map_size(map) > 0 and not is_struct(map) do
-    case Records.scan_columns(map) do
+  @spec select_map(map(), policy(), keyword()) :: decision()
+  def select_map(map, policy, opts \\ [])
+
+  def select_map(map, policy, opts) when map_size(map) > 0 and not is_struct(map) do
+    case map |> Records.scan_columns() |> nesting(opts) do
       {:ok, shape} ->
         records(policy, :columns, shape, fn -> Records.map_columns(map, shape) end)
 
@@ -191,7 +208,7 @@ defmodule Bridge.Format do
     end
   end
 
-  def select_map(_map, _policy), do: :none
+  def select_map(_map, _policy, _opts), do: :none
 
   defp records(policy, layout, %{keys: keys, rows: n} = shape, columns) do
     cells = n * length(keys)

@@ -46,7 +46,7 @@ defmodule Bridge.Pool do
     {:ok, arena} =
       Arena.new(limit: config.arena_limit, min_arena: config.min_arena, checksum: config.verify)
 
-    Config.put(%{config | arena: arena})
+    Config.put(%{config | arena: arena, peer_minor: :atomics.new(1, signed: false)})
     Process.send_after(self(), :trim, @trim_every)
 
     {:ok,

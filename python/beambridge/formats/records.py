@@ -374,12 +374,74 @@ def _key(kind: bytes, name: str) -> Any:
     return Atom(name)
 
 
+def _records_field(field: pa.Field, allowed: set[pa.DataType]) -> bool:
+    """Whether ``field`` is a records column (§10.1): a scalar one, a struct whose field
+    metadata says how its keys are rebuilt (of records fields, names unique), or a list
+    of such structs (or of nulls)."""
+    import pyarrow as pa
+
+    t = field.type
+    if t in allowed:
+        return True
+    if pa.types.is_struct(t):
+        kind = (field.metadata or {}).get(KEYS_METADATA)
+        names = [t.field(i).name for i in range(t.num_fields)]
+        return (
+            kind in (b"atom", b"binary", b"string")
+            and len(set(names)) == len(names)
+            and all(_records_field(t.field(i), allowed) for i in range(t.num_fields))
+        )
+    if pa.types.is_list(t):
+        item = t.value_field
+        return item.type == pa.null() or (
+            pa.types.is_struct(item.type) and _records_field(item, allowed)
+        )
+    return False
+
+
+def _not_finite(column: Any, t: pa.DataType) -> bool:
+    """Whether a float64 anywhere in ``column`` (of type ``t``) is NaN or infinite."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if t == pa.float64():
+        return pc.all(pc.is_finite(column)).as_py() is False
+    if pa.types.is_struct(t):
+        return any(
+            _not_finite(pc.struct_field(column, [i]), t.field(i).type) for i in range(t.num_fields)
+        )
+    if pa.types.is_list(t):
+        return _not_finite(pc.list_flatten(column), t.value_type)
+    return False
+
+
+def _rekeyed(values: list[Any], field: pa.Field) -> list[Any]:
+    """The values of a struct or list-of-struct column with each struct's keys rebuilt
+    as its field's ``beambridge.keys`` says (pyarrow gives ``str`` keys)."""
+    import pyarrow as pa
+
+    t = field.type
+    if pa.types.is_list(t):
+        item = t.value_field
+        return [None if v is None else _rekeyed(v, item) for v in values]
+    if not pa.types.is_struct(t):
+        return values
+    kind = (field.metadata or {})[KEYS_METADATA]
+    subfields = [t.field(i) for i in range(t.num_fields)]
+    keys = [(f.name, _key(kind, f.name), f) for f in subfields]
+    out: list[Any] = []
+    for value in values:
+        if value is None:
+            out.append(None)
+            continue
+        out.append({key: _rekeyed([value[name]], f)[0] for name, key, f in keys})
+    return out
+
+
 def rebuild(table: pa.Table, layout: str) -> list[Any] | dict[Any, Any]:
     """The value ETF would give for the records ``table``: a list of dicts (``rows``)
     or a dict of lists (``columns``). `EtfError` ``bad_term`` for a missing or unknown
     ``beambridge.keys``, duplicate names, or a column type outside the six."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
 
     if layout not in ("rows", "columns"):
         raise _bad("layout", layout, f"records layout {layout!r} is not rows or columns")
@@ -397,26 +459,29 @@ def rebuild(table: pa.Table, layout: str) -> list[Any] | dict[Any, Any]:
         raise _bad("names", names, f"a records stream has duplicate column names: {names!r:.200}")
     allowed = set(_arrow_types().values())
     for field in schema:
-        if field.type not in allowed:
+        if not _records_field(field, allowed):
             raise _bad(
                 "type",
                 str(field.type),
                 f"records column {field.name!r} has the "
                 f"Arrow type {field.type}, not int64, double, bool, binary, string "
-                "or null",
+                "or null, a struct of those (with beambridge.keys) or a list of such structs",
             )
     keys = [_key(kind, name) for name in names]
     columns: list[list[Any]] = []
     for i, field in enumerate(schema):
         column = table.column(i)
-        if field.type == pa.float64() and pc.all(pc.is_finite(column)).as_py() is False:
+        if _not_finite(column, field.type):
             raise _bad(
                 "data",
                 field.name,
                 f"records column {field.name!r} holds NaN or an "
                 "infinity, which Erlang floats (and ETF) cannot be",
             )
-        columns.append(column.to_pylist())
+        values = column.to_pylist()
+        if field.type not in allowed:
+            values = _rekeyed(values, field)
+        columns.append(values)
     if layout == "columns":
         return dict(zip(keys, columns, strict=True))
     if not columns:

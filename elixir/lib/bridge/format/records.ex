@@ -3,22 +3,23 @@ defmodule Bridge.Format.Records do
   # The records form (protocol/SPEC.md §10.1): a record list (a non-empty list
   # of maps with the same keys) or a column map (a map of lists of one length)
   # as an Arrow stream, one column per key in key order, each int64, float64,
-  # bool, binary or null, with the keys' type in the schema metadata
-  # ("beambridge.keys" => "atom" | "binary"). scan_rows/1 and scan_columns/1
-  # say whether a value qualifies and what its columns hold; build/2 writes the
-  # stream; decode/2 rebuilds the value from a stream the worker sent.
+  # bool, binary or null, or (since 2.6) a struct of maps with one key set or a
+  # list of such structs, with the keys' type in the schema metadata and in each
+  # struct's field ("beambridge.keys" => "atom" | "binary"). scan_rows/1 and
+  # scan_columns/1 say whether a value qualifies and what its columns hold;
+  # build/2 writes the stream; decode/2 (Records.Rebuild) rebuilds the value
+  # from a stream the worker sent.
   # Bridge.Format decides when a value goes as records; this module only knows
   # how.
 
   import Bitwise
 
   alias Bridge.{Arrow, Error, Table}
-  alias Bridge.Arrow.{Builder, Field, Schema, Values}
+  alias Bridge.Arrow.{Builder, Field, Schema}
 
   @i64_min bsl(-1, 63)
   @i64_max (1 <<< 63) - 1
   @keys_meta "beambridge.keys"
-  @layouts Bridge.Registry.records_layouts()
 
   @typedoc """
   What a scan found: the keys in order, whether they are atoms or binaries,
@@ -27,9 +28,24 @@ defmodule Bridge.Format.Records do
   @type shape :: %{
           keys: [atom() | binary()],
           key_type: :atom | :binary,
-          kinds: [:int | :float | :bool | :binary | :null],
+          kinds: [kind()],
           rows: non_neg_integer()
         }
+
+  @typedoc """
+  A column's kind: a scalar kind, `{:struct, key_type, keys, kinds}` for maps with
+  the same keys (keys sorted, each with its own kind) or `{:list, kind}` for lists
+  whose elements are such maps (`kind` a struct kind, or `:null` while every list
+  seen is empty or holds only nils).
+  """
+  @type kind ::
+          :int
+          | :float
+          | :bool
+          | :binary
+          | :null
+          | {:struct, :atom | :binary, [atom() | binary()], [kind()]}
+          | {:list, kind()}
 
   @typedoc "A scan's answer: the shape, the first unsuitable code with its detail, or no."
   @type scan :: {:ok, shape()} | {:unsuitable, atom(), String.t()} | :no
@@ -154,6 +170,22 @@ defmodule Bridge.Format.Records do
   defp merge(:bool, v, _k, _i) when is_boolean(v), do: :bool
   defp merge(:binary, v, _k, _i) when is_binary(v), do: :binary
 
+  defp merge({:struct, kt, keys, kinds}, v, k, i) when is_map(v) and not is_struct(v) do
+    if map_size(v) != length(keys), do: nested_keys(keys, v, k, i)
+
+    kinds =
+      Enum.zip_with(keys, kinds, fn key, kind ->
+        case v do
+          %{^key => x} -> merge(kind, x, {k, key}, i)
+          _ -> nested_keys(keys, v, k, i)
+        end
+      end)
+
+    {:struct, kt, keys, kinds}
+  end
+
+  defp merge({:list, kind}, v, k, i) when is_list(v), do: {:list, items_kind(v, kind, k, i)}
+
   defp merge(kind, v, k, i) do
     case kind_of(v, k, i) do
       new when kind == :null ->
@@ -181,7 +213,15 @@ defmodule Bridge.Format.Records do
   defp kind_of(v, _k, _i) when is_boolean(v), do: :bool
   defp kind_of(v, _k, _i) when is_binary(v), do: :binary
 
-  defp kind_of(v, k, i) when is_list(v) or is_map(v) or is_tuple(v),
+  defp kind_of(v, k, i) when is_map(v) and not is_struct(v) do
+    keys = v |> Map.keys() |> Enum.sort()
+    key_type = nested_key_type(keys, k, i)
+    merge({:struct, key_type, keys, Enum.map(keys, fn _ -> :null end)}, v, k, i)
+  end
+
+  defp kind_of(v, k, i) when is_list(v), do: {:list, items_kind(v, :null, k, i)}
+
+  defp kind_of(v, k, i) when is_map(v) or is_tuple(v),
     do:
       unsuitable!(
         :nested_value,
@@ -196,6 +236,39 @@ defmodule Bridge.Format.Records do
           "a float, a boolean, a binary or nil"
       )
 
+  # The kind of a list's elements: maps of one key set (or nils). A list of
+  # anything else (numbers, binaries, lists) is not a records column: ETF keeps
+  # it exact, Arrow would have to guess (a charlist, a list of one type or not).
+  defp items_kind([x | xs], kind, k, i) when (is_map(x) and not is_struct(x)) or x == nil,
+    do: items_kind(xs, merge(kind, x, k, i), k, i)
+
+  defp items_kind([], kind, _k, _i), do: kind
+
+  defp items_kind(other, _kind, k, i) do
+    unsuitable!(
+      :nested_value,
+      "column #{inspect(k)} row #{i} holds a list that is not a list of maps " <>
+        "(#{inspect(other, limit: 5)})"
+    )
+  end
+
+  defp nested_keys(keys, v, k, i) do
+    unsuitable!(
+      :different_keys,
+      "column #{inspect(k)} row #{i} holds a map with the keys " <>
+        "#{inspect(Map.keys(v) |> Enum.sort(), limit: 8)} where another has #{inspect(keys, limit: 8)}"
+    )
+  end
+
+  defp nested_key_type(keys, k, i) do
+    key_type(keys)
+  catch
+    {:bb_unsuitable, :bad_keys, detail} ->
+      unsuitable!(:bad_keys, "column #{inspect(k)} row #{i} holds a map whose #{detail}")
+  end
+
+  defp kind_text({:struct, _, _, _}), do: "maps"
+  defp kind_text({:list, _}), do: "lists of maps"
   defp kind_text(:int), do: "integers"
   defp kind_text(:float), do: "floats"
   defp kind_text(:bool), do: "booleans"
@@ -218,10 +291,13 @@ defmodule Bridge.Format.Records do
     end
   end
 
-  defp atom_key?(k) when is_atom(k) and k not in [nil, true, false],
+  @doc false
+  # Whether an atom may be a records key: not nil, true, false or $bb_-reserved.
+  @spec atom_key?(term()) :: boolean()
+  def atom_key?(k) when is_atom(k) and k not in [nil, true, false],
     do: not String.starts_with?(Atom.to_string(k), "$bb_")
 
-  defp atom_key?(_k), do: false
+  def atom_key?(_k), do: false
 
   defp unsuitable!(reason, detail), do: throw({:bb_unsuitable, reason, detail})
 
@@ -229,8 +305,7 @@ defmodule Bridge.Format.Records do
   # The Arrow stream of the records form of a scanned value and its columns.
   @spec build(shape(), [list()]) :: binary()
   def build(%{keys: keys, key_type: key_type, kinds: kinds, rows: n}, columns) do
-    fields =
-      Enum.zip_with(keys, kinds, fn k, kind -> Field.new(key_name(k), arrow_type(kind)) end)
+    fields = Enum.zip_with(keys, kinds, &field(key_name(&1), &2))
 
     arrays =
       Enum.zip_with(fields, columns, fn field, values ->
@@ -244,6 +319,16 @@ defmodule Bridge.Format.Records do
   defp key_name(k) when is_atom(k), do: Atom.to_string(k)
   defp key_name(k) when is_binary(k), do: k
 
+  # A column's field: a struct kind's field says how its keys are rebuilt, as
+  # the schema does for the top-level keys; a list's item field too.
+  defp field(name, {:struct, kt, keys, kinds}) do
+    fields = Enum.zip_with(keys, kinds, &field(key_name(&1), &2))
+    Field.new(name, {:struct, fields}, metadata: [{@keys_meta, Atom.to_string(kt)}])
+  end
+
+  defp field(name, {:list, kind}), do: Field.new(name, {:list, field("item", kind)})
+  defp field(name, kind), do: Field.new(name, arrow_type(kind))
+
   defp arrow_type(:int), do: {:s, 64}
   defp arrow_type(:float), do: {:f, 64}
   defp arrow_type(:bool), do: :bool
@@ -254,140 +339,5 @@ defmodule Bridge.Format.Records do
   # Rebuilds the value of a records form from its stream (see
   # Bridge.Format.decode_records/2).
   @spec decode(atom(), binary()) :: {:ok, term(), Table.t()} | {:error, Error.t()}
-  def decode(layout, stream) when layout in @layouts and is_binary(stream) do
-    with {:ok, table} <- arrow(Arrow.decode(stream)),
-         {:ok, keys} <- record_keys(table),
-         {:ok, columns} <- record_columns(table) do
-      value =
-        case layout do
-          :columns ->
-            keys |> Enum.zip(columns) |> Map.new()
-
-          :rows when columns == [] ->
-            List.duplicate(%{}, table.num_rows)
-
-          :rows ->
-            Enum.zip_with(columns, fn values -> :maps.from_list(:lists.zip(keys, values)) end)
-        end
-
-      {:ok, value, table}
-    end
-  end
-
-  defp arrow({:ok, table}), do: {:ok, table}
-
-  defp arrow({:error, %Error{} = e}) do
-    {:error,
-     Error.new(:bad_call, e.reason,
-       field: :result,
-       value: e.value,
-       limit: e.limit,
-       message:
-         "bad call: #{e.reason}: the worker's records stream does not decode: " <>
-           Exception.message(e)
-     )}
-  end
-
-  defp record_keys(%Table{schema: schema}) do
-    names = Schema.names(schema)
-
-    with :ok <- unique(names) do
-      case List.keyfind(schema.metadata, @keys_meta, 0) do
-        {_, "atom"} ->
-          atoms(names)
-
-        {_, kind} when kind in ["binary", "string"] ->
-          {:ok, names}
-
-        other ->
-          records_error(:bad_metadata, other, ~s(#{@keys_meta} => "atom", "binary" or "string"))
-      end
-    end
-  end
-
-  defp unique(names) do
-    case names -- Enum.uniq(names) do
-      [] -> :ok
-      [dup | _] -> records_error(:duplicate_column, dup, "unique column names")
-    end
-  end
-
-  defp atoms(names) do
-    {atoms, unknown} =
-      Enum.reduce(names, {[], []}, fn name, {atoms, unknown} ->
-        try do
-          {[String.to_existing_atom(name) | atoms], unknown}
-        rescue
-          ArgumentError -> {atoms, [name | unknown]}
-        end
-      end)
-
-    reserved = Enum.find(atoms, &(&1 not in [nil, true, false] and not atom_key?(&1)))
-
-    cond do
-      unknown != [] ->
-        shown = unknown |> Enum.reverse() |> Enum.map_join(", ", &(":" <> &1))
-
-        {:error,
-         Error.new(:bad_call, :unknown_atom,
-           field: :result,
-           value: Enum.reverse(unknown),
-           message:
-             "bad call: unknown_atom: the result's records have atom keys that do not exist in " <>
-               "this VM (#{shown}); return str keys (they arrive as binaries), or make sure the " <>
-               "atoms exist on the BEAM before the call (the bridge never creates atoms for a peer)"
-         )}
-
-      reserved != nil ->
-        records_error(:bad_term, reserved, "keys not starting with $bb_")
-
-      true ->
-        {:ok, Enum.reverse(atoms)}
-    end
-  end
-
-  @types [{:s, 64}, {:f, 64}, :bool, :binary, :utf8, :null]
-
-  defp record_columns(%Table{schema: schema, columns: columns}) do
-    Enum.zip(schema.fields, columns)
-    |> Enum.reduce_while({:ok, []}, fn {field, chunks}, {:ok, acc} ->
-      if field.type in @types do
-        values = Enum.flat_map(chunks, &Values.to_list(&1, []))
-
-        if field.type == {:f, 64} and
-             Enum.any?(values, &(&1 in [:nan, :infinity, :neg_infinity])),
-           do:
-             {:halt,
-              records_error(
-                :unsupported_value,
-                field.name,
-                "finite floats (NaN and infinities cannot cross)"
-              )},
-           else: {:cont, {:ok, [values | acc]}}
-      else
-        {:halt,
-         records_error(
-           :unsupported_type,
-           {field.name, Arrow.Type.describe(field.type)},
-           "int64, double, bool, binary, string or null columns"
-         )}
-      end
-    end)
-    |> case do
-      {:ok, acc} -> {:ok, Enum.reverse(acc)}
-      error -> error
-    end
-  end
-
-  defp records_error(reason, value, expected) do
-    {:error,
-     Error.new(:bad_call, reason,
-       field: :result,
-       value: value,
-       limit: expected,
-       message:
-         "bad call: #{reason}: the worker's records result has #{inspect(value, limit: 8)}, " <>
-           "expected #{expected}"
-     )}
-  end
+  defdelegate decode(layout, stream), to: Bridge.Format.Records.Rebuild
 end

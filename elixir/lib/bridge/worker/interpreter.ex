@@ -176,6 +176,7 @@ defmodule Bridge.Worker.Interpreter do
   @spec ready(struct(), pos_integer(), non_neg_integer()) :: struct()
   def ready(state, os_pid, minor) do
     cancel(state.timer)
+    Bridge.Config.note_peer_minor(state.config.name, minor)
 
     %{
       state
