@@ -99,6 +99,29 @@ defmodule Bridge.ArrowTypesTest do
     assert Bridge.Tensor.to_list(c) == List.flatten(List.duplicate([[1, 2], [3, 4], [5, 6]], 2))
   end
 
+  test "nulls past the rows a fixed-size list uses do not stop a tensor" do
+    item = Field.new("item", {:f, 32})
+
+    child = %Array{
+      type: {:f, 32},
+      length: 3,
+      null_count: 1,
+      validity: <<0b011>>,
+      data: <<1.0::float-32-little, 2.0::float-32-little, 0::32>>
+    }
+
+    type = {:fixed_size_list, item, 2}
+
+    t = %Table{
+      schema: Bridge.Arrow.Schema.new([Field.new("e", type)]),
+      num_rows: 1,
+      columns: [[%Array{type: type, length: 1, children: [child]}]]
+    }
+
+    assert {:ok, %Bridge.Tensor{shape: {1, 2}} = tensor} = Table.to_tensor(round_trip(t), "e")
+    assert Bridge.Tensor.to_list(tensor) == [1.0, 2.0]
+  end
+
   test "columns that are not tensors say why" do
     item = Field.new("item", {:f, 32})
     schema = [e: {:fixed_size_list, item, 2}, f: {:fixed_size_list, item, 2}]
@@ -208,6 +231,66 @@ defmodule Bridge.ArrowTypesTest do
       assert e.reason == reason, inspect({columns, e})
       assert e.message =~ "column"
     end
+  end
+
+  test "what to_rows gives, from_rows takes back: unions and run-end values under null parents" do
+    sparse = {:union, :sparse, [Field.new("i", {:s, 8}, nullable: false)], [0]}
+    dense = {:union, :dense, [Field.new("i", {:s, 8}, nullable: false)], [0]}
+    ree = {:run_end_encoded, Field.new("e", {:s, 16}), Field.new("v", :utf8, nullable: false)}
+
+    schema = [
+      s: {:struct, [Field.new("u", sparse)]},
+      l: {:fixed_size_list, Field.new("item", dense), 1},
+      r: {:struct, [Field.new("x", ree)]}
+    ]
+
+    t =
+      Table.from_columns!(
+        [s: [%{"u" => {0, 1}}, nil], l: [[{0, 2}], nil], r: [%{"x" => "a"}, nil]],
+        schema: schema
+      )
+
+    back = round_trip(t)
+    columns = Table.to_columns(back)
+    again = Table.from_columns!(Enum.map(~w(s l r), &{&1, columns[&1]}), schema: schema)
+    assert Table.to_columns(round_trip(again)) == columns
+    assert columns["s"] == [%{"u" => {0, 1}}, nil]
+  end
+
+  test "map keys may be dictionary-encoded; decimal scales may be far from zero" do
+    schema = [
+      m: Type.map({:dictionary, {:s, 8}, :utf8, false}, {:s, 64}),
+      d: {:decimal, 128, 5, -2000}
+    ]
+
+    t =
+      Table.from_columns!([m: [[{"a", 1}, {"a", 2}]], d: [Decimal.new(12_345, -2000)]],
+        schema: schema
+      )
+
+    assert Table.to_columns(round_trip(t)) == %{
+             "m" => [[{"a", 1}, {"a", 2}]],
+             "d" => [Decimal.new(12_345, -2000)]
+           }
+
+    # a value 77 digits or more from the column's scale is refused without computing 10^n
+    e = build_error([d: [Decimal.new(1, -1_000_000_000)]], d: {:decimal, 128, 5, 0})
+    assert e.reason == :decimal_overflow
+  end
+
+  test "stored temporal values that would wrap around are refused" do
+    assert build_error([d: [1 <<< 40]], d: :date32).reason == :temporal_out_of_range
+    too_far = ~N[2300-01-01 00:00:00]
+    e = build_error([t: [too_far]], t: {:timestamp, :ns, nil})
+    assert e.reason == :temporal_out_of_range and e.message =~ "coarser unit"
+    assert %Table{} = Table.from_columns!([t: [too_far]], schema: [t: {:timestamp, :us, nil}])
+  end
+
+  test "map keys that are not UTF-8 do not make a struct column" do
+    assert {:error, %Error{reason: :unsupported_value} = e} =
+             Table.from_rows([%{"x" => %{<<255>> => 1}}])
+
+    assert e.message =~ "UTF-8"
   end
 
   test "values with no exact Elixir term raise typed errors that say what to do" do

@@ -18,7 +18,9 @@ defmodule Bridge.Arrow.Array do
     * `children` — the element array of a list type, the field arrays of a
       struct or union, the entries of a map, `[run_ends, values]` of a
       run-end encoded array
-    * `dictionary` — the values array of a dictionary type
+    * `dictionary` — the values array of a dictionary type; its `deltas` are
+      the arrays delta dictionary batches appended to it, in order (indices
+      count through the dictionary and then each delta)
 
   Arrays decoded by `Bridge.Arrow.decode/2` keep their buffers as sub-binaries
   of the input (zero-copy), trimmed to the bytes the array uses.
@@ -44,7 +46,8 @@ defmodule Bridge.Arrow.Array do
     sizes: nil,
     variadic: [],
     children: [],
-    dictionary: nil
+    dictionary: nil,
+    deltas: []
   ]
 
   @type t :: %__MODULE__{
@@ -57,7 +60,8 @@ defmodule Bridge.Arrow.Array do
           sizes: binary() | nil,
           variadic: [binary()],
           children: [t()],
-          dictionary: t() | nil
+          dictionary: t() | nil,
+          deltas: [t()]
         }
 
   @doc """

@@ -101,7 +101,11 @@ defmodule Bridge.Arrow.Builder do
     %{
       a
       | data:
-          for({v, i} <- Enum.with_index(values), into: <<>>, do: <<date(v, at, i)::little-32>>)
+          for(
+            {v, i} <- Enum.with_index(values),
+            into: <<>>,
+            do: <<stored(date(v, at, i), 32, v, at, i)::little-32>>
+          )
     }
   end
 
@@ -109,7 +113,7 @@ defmodule Bridge.Arrow.Builder do
     data =
       for {v, i} <- Enum.with_index(values), into: <<>> do
         ms = if is_integer(v), do: v, else: date(v, at, i) * 86_400_000
-        <<ms::little-64>>
+        <<stored(ms, 64, v, at, i)::little-64>>
       end
 
     %{a | data: data}
@@ -118,7 +122,7 @@ defmodule Bridge.Arrow.Builder do
   defp fill(%Array{type: {:timestamp, unit, tz}} = a, values, at) do
     data =
       for {v, i} <- Enum.with_index(values), into: <<>> do
-        <<timestamp(v, unit, tz, at, i)::little-64>>
+        <<stored(timestamp(v, unit, tz, at, i), 64, v, at, i)::little-64>>
       end
 
     %{a | data: data}
@@ -390,6 +394,20 @@ defmodule Bridge.Arrow.Builder do
   defp decimal(v, _scale, at, i),
     do: wrong(v, "a Bridge.Arrow.Decimal, a Decimal or an integer", at, i)
 
+  # No 256-bit decimal has 77 digits: a value 77 or more scale steps away is
+  # refused before 10^difference is computed (it is 0, overflows or is inexact).
+  defp decimal_in(%Decimal{coefficient: 0}, _v, _scale, _at, _i), do: 0
+
+  defp decimal_in(%Decimal{scale: s}, v, scale, at, i) when abs(scale - s) > 76 do
+    fail_value(:decimal_overflow,
+      field: :value,
+      value: v,
+      limit: "scale #{scale}",
+      at: row(at, i),
+      hint: "the value is 77 or more digits away from the column's scale"
+    )
+  end
+
   defp decimal_in(d, v, scale, at, i) do
     case Decimal.rescale(d, scale) do
       {:ok, %Decimal{coefficient: c}} ->
@@ -404,6 +422,21 @@ defmodule Bridge.Arrow.Builder do
           hint: "round the value to the column's scale, or declare a larger scale"
         )
     end
+  end
+
+  # A temporal value's stored integer, which must fit the column's width (it
+  # would wrap around otherwise).
+  defp stored(x, w, v, at, i) do
+    if x >= -(1 <<< (w - 1)) and x < 1 <<< (w - 1),
+      do: x,
+      else:
+        fail_value(:temporal_out_of_range,
+          field: :value,
+          value: v,
+          limit: "#{w}-bit",
+          at: row(at, i),
+          hint: "the value is beyond what the column's unit can store; use a coarser unit"
+        )
   end
 
   defp time_of_day(nil, _per, _at, _i), do: 0

@@ -71,7 +71,7 @@ defmodule Bridge.Arrow.Checks do
   # The indices of valid slots lie inside the dictionary.
   @spec indices(Array.t(), String.t()) :: :ok
   def indices(%Array{type: {:dictionary, {s, w}, _, _}, dictionary: dict} = a, at) do
-    max = dict.length
+    max = dict.length + Enum.sum(Enum.map(dict.deltas, & &1.length))
 
     indices =
       case s do

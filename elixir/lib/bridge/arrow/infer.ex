@@ -134,13 +134,14 @@ defmodule Bridge.Arrow.Infer do
 
     unless Enum.all?(
              keys,
-             &(is_binary(&1) or (is_atom(&1) and not is_boolean(&1) and &1 != nil))
+             &((is_binary(&1) and String.valid?(&1)) or
+                 (is_atom(&1) and not is_boolean(&1) and &1 != nil))
            ),
            do:
              unsupported(
                v,
                at,
-               "maps become struct columns only with atom or string keys; for other keys declare " <>
+               "maps become struct columns only with atom or UTF-8 string keys; for other keys declare " <>
                  "a map column, e.g. schema: [x: Bridge.Arrow.Type.map({:s, 64}, :utf8)]"
              )
 

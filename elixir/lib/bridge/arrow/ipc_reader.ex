@@ -8,7 +8,7 @@ defmodule Bridge.Arrow.IPCReader do
 
   import Bitwise
 
-  alias Bridge.Arrow.{Builder, Errors, Field, Metadata, RecordBatch, Schema, Values}
+  alias Bridge.Arrow.{Array, Errors, Field, Metadata, RecordBatch, Schema}
   alias Bridge.Table
 
   @continuation <<0xFFFFFFFF::32>>
@@ -25,12 +25,13 @@ defmodule Bridge.Arrow.IPCReader do
       dictionaries: %{},
       batches: [],
       rows: 0,
+      file?: false,
       opts: opts
     }
 
     state =
       case bin do
-        <<@magic, _::binary>> -> read_file(bin, state)
+        <<@magic, _::binary>> -> read_file(bin, %{state | file?: true})
         _ -> read_messages(bin, 0, state)
       end
 
@@ -219,13 +220,38 @@ defmodule Bridge.Arrow.IPCReader do
 
     [dict] = RecordBatch.load([field], [], batch, body, %{}, state.opts)
 
-    dict =
+    entry =
       case state.dictionaries do
-        %{^id => old} when delta -> concat(old, dict, field)
-        _ -> dict
+        # A delta appends: kept as a chunk of its own (Array.deltas), never rebuilt.
+        %{^id => %Array{} = old} when delta ->
+          total = old.length + Enum.sum(Enum.map(old.deltas, & &1.length)) + dict.length
+          max = Keyword.get(state.opts, :max_rows, 1 <<< 32)
+
+          if total > max,
+            do:
+              Errors.fail(:too_many_rows,
+                field: :dictionary_length,
+                value: total,
+                limit: max,
+                hint: "raise the :max_rows option if a dictionary this long is expected"
+              )
+
+          %{old | deltas: old.deltas ++ [dict]}
+
+        %{^id => _} when state.file? ->
+          Errors.fail(:bad_dictionary,
+            field: :dictionary_id,
+            value: id,
+            hint:
+              "an IPC file has one dictionary per field (deltas aside); this one replaces it, " <>
+                "which only the stream format allows"
+          )
+
+        _ ->
+          dict
       end
 
-    %{state | dictionaries: Map.put(state.dictionaries, id, dict)}
+    %{state | dictionaries: Map.put(state.dictionaries, id, entry)}
   end
 
   # id => a field of the dictionary's value type. `ids` are the dictionary
@@ -255,11 +281,5 @@ defmodule Bridge.Arrow.IPCReader do
       %Field{type: type}, acc ->
         dictionary_values(Bridge.Arrow.Type.children(type), acc)
     end)
-  end
-
-  # A delta dictionary batch appends to the dictionary: rebuild the values.
-  defp concat(old, new, field) do
-    values = Values.to_list(old, temporal: :integer) ++ Values.to_list(new, temporal: :integer)
-    Builder.build(values, %{field | nullable: true}, "dictionary")
   end
 end

@@ -94,48 +94,71 @@ defmodule Bridge.Arrow.IPCWriter do
   end
 
   # Dictionary batches for the dictionary arrays among `arrays` (pre-order, as
-  # Metadata numbers them), emitted when an id's dictionary differs from the
-  # last one written. The file format has no replacements: a dictionary that
-  # changes is refused there.
+  # Metadata numbers them): a dictionary, then its deltas (Array.deltas) as
+  # delta batches. What was written for an id is not written again: when only
+  # deltas were added, only they are; when the dictionary itself changed, it is
+  # written whole (a replacement), which the file format does not have.
   defp dictionary_messages(arrays, pos, dicts, blocks, format) do
     {dict_arrays, _} = collect_dictionaries(arrays, {[], 0})
     acc = {[], pos, dicts, blocks}
 
     Enum.reduce(Enum.reverse(dict_arrays), acc, fn {id, dict}, {io, pos, dicts, blocks} ->
-      case dicts do
-        %{^id => ^dict} ->
-          {io, pos, dicts, blocks}
+      base = %{dict | deltas: []}
 
-        %{^id => _other} when format == :file ->
-          raise Errors.value(:dictionary_replacement,
-                  field: :dictionary_id,
-                  value: id,
-                  hint:
-                    "the IPC file format has one dictionary per field; write the stream format, " <>
-                      "or give every batch of the column the same dictionary"
-                )
+      {messages, replaced?} =
+        case dicts do
+          %{^id => {^base, done}} ->
+            if Enum.take(dict.deltas, length(done)) == done,
+              do: {Enum.map(Enum.drop(dict.deltas, length(done)), &{&1, true}), false},
+              else: {[{base, false} | Enum.map(dict.deltas, &{&1, true})], true}
 
-        _ ->
-          {nodes, buffers, variadic} = RecordBatch.unload([dict])
-          {body, body_len, spans} = RecordBatch.layout_body(buffers)
+          %{^id => _} ->
+            {[{base, false} | Enum.map(dict.deltas, &{&1, true})], true}
 
-          meta =
-            Metadata.dictionary_batch_message(
-              id,
-              dict.length,
-              nodes,
-              spans,
-              variadic,
-              false,
-              body_len
+          _ ->
+            {[{base, false} | Enum.map(dict.deltas, &{&1, true})], false}
+        end
+
+      if replaced? and format == :file,
+        do:
+          raise(
+            Errors.value(:dictionary_replacement,
+              field: :dictionary_id,
+              value: id,
+              hint:
+                "the IPC file format has one dictionary per field (deltas aside); write the " <>
+                  "stream format, or give every batch of the column the same dictionary"
             )
+          )
 
-          {msg_io, next} = frame(meta, body, body_len, pos)
+      {io, pos, blocks} =
+        Enum.reduce(messages, {io, pos, blocks}, fn {array, delta?}, {io, pos, blocks} ->
+          {msg_io, next, body_len} = dictionary_message(id, array, delta?, pos)
           {dict_blocks, batch_blocks} = blocks
-          blocks = {[block(pos, next, body_len) | dict_blocks], batch_blocks}
-          {[io, msg_io], next, Map.put(dicts, id, dict), blocks}
-      end
+          {[io, msg_io], next, {[block(pos, next, body_len) | dict_blocks], batch_blocks}}
+        end)
+
+      {io, pos, Map.put(dicts, id, {base, dict.deltas}), blocks}
     end)
+  end
+
+  defp dictionary_message(id, array, delta?, pos) do
+    {nodes, buffers, variadic} = RecordBatch.unload([array])
+    {body, body_len, spans} = RecordBatch.layout_body(buffers)
+
+    meta =
+      Metadata.dictionary_batch_message(
+        id,
+        array.length,
+        nodes,
+        spans,
+        variadic,
+        delta?,
+        body_len
+      )
+
+    {msg_io, next} = frame(meta, body, body_len, pos)
+    {msg_io, next, body_len}
   end
 
   defp collect_dictionaries(arrays, acc) do

@@ -44,19 +44,28 @@ defmodule Bridge.Arrow.Tensors do
     )
   end
 
-  # The bytes of the first `length` rows of an array, `per_row` bytes each.
-  defp values(%Array{null_count: nulls} = a, _per_row, name) when nulls > 0, do: nulls!(a, name)
+  # The bytes of the first `rows` rows of an array, `per_row` bytes each; none
+  # of those rows may be null (a child longer than its parent may have nulls
+  # past what the parent uses).
+  defp values(%Array{length: n} = a, per_row, name), do: values(a, n, per_row, name)
 
-  defp values(
-         %Array{type: {:fixed_size_list, _, size}, length: n, children: [child]},
-         per_row,
-         name
-       ) do
-    child |> values(div(per_row, max(size, 1)), name) |> binary_part(0, n * per_row)
+  defp values(a, rows, per_row, name) do
+    if nulls_in?(a, rows), do: nulls!(a, name)
+
+    case a do
+      %Array{type: {:fixed_size_list, _, size}, children: [child]} ->
+        child
+        |> values(rows * size, div(per_row, max(size, 1)), name)
+        |> binary_part(0, rows * per_row)
+
+      %Array{data: data} ->
+        binary_part(data, 0, rows * per_row)
+    end
   end
 
-  defp values(%Array{data: data, length: n}, per_row, _name),
-    do: binary_part(data, 0, n * per_row)
+  defp nulls_in?(%Array{null_count: 0}, _rows), do: false
+  defp nulls_in?(%Array{validity: nil}, _rows), do: false
+  defp nulls_in?(%Array{validity: v}, rows), do: false in Array.bits(v, rows)
 
   defp nulls!(%Array{null_count: nulls}, name) do
     Errors.fail_value(:has_nulls,

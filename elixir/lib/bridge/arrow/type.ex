@@ -148,7 +148,7 @@ defmodule Bridge.Arrow.Type do
 
   def valid?({:decimal, bits, p, s})
       when bits in [32, 64, 128, 256] and is_integer(p) and is_integer(s),
-      do: p >= 1 and p <= @max_precision[bits] and abs(s) <= 1000
+      do: p >= 1 and p <= @max_precision[bits] and s >= -(1 <<< 31) and s < 1 <<< 31
 
   def valid?({kind, f}) when kind in @lists, do: field?(f)
 
@@ -159,7 +159,7 @@ defmodule Bridge.Arrow.Type do
 
   def valid?({:map, %Field{type: {:struct, [key, value]}} = entries, sorted})
       when is_boolean(sorted),
-      do: field?(entries) and field?(key) and not dictionary?(key.type) and field?(value)
+      do: field?(entries) and field?(key) and field?(value)
 
   def valid?({:union, mode, fields, codes})
       when mode in [:sparse, :dense] and is_list(fields) and is_list(codes) do

@@ -163,11 +163,16 @@ defmodule Bridge.Arrow.Values do
           )
         )
 
-    columns = Enum.map(children, &(&1 |> to_list(opts) |> Enum.take(n)))
+    # (Children may be longer than the struct: only its rows are read.)
+    columns =
+      Enum.map(children, fn c ->
+        values = to_list(c, opts)
+        if c.length > n, do: Enum.take(values, n), else: values
+      end)
 
     case columns do
       [] -> List.duplicate(%{}, n)
-      _ -> columns |> Enum.zip() |> Enum.map(&(names |> Enum.zip(Tuple.to_list(&1)) |> Map.new()))
+      _ -> Enum.zip_with(columns, &:maps.from_list(:lists.zip(names, &1)))
     end
   end
 
@@ -204,7 +209,7 @@ defmodule Bridge.Arrow.Values do
   end
 
   defp values(%Array{type: {:dictionary, {s, w}, _, _}, data: d, dictionary: dict}, opts) do
-    lookup = dict |> to_list(opts) |> List.to_tuple()
+    lookup = [dict | dict.deltas] |> Enum.flat_map(&to_list(&1, opts)) |> List.to_tuple()
     size = tuple_size(lookup)
 
     indices =
@@ -228,9 +233,12 @@ defmodule Bridge.Arrow.Values do
 
   defp split(offsets, w, prev, items) do
     <<next::little-size(w), rest::binary>> = offsets
-    {list, items} = Enum.split(items, next - prev)
+    {list, items} = take(items, next - prev, [])
     [list | split(rest, w, next, items)]
   end
+
+  defp take(items, 0, acc), do: {:lists.reverse(acc), items}
+  defp take([item | items], n, acc), do: take(items, n - 1, [item | acc])
 
   defp ints(bin, w), do: for(<<x::little-signed-size(w) <- bin>>, do: x)
 

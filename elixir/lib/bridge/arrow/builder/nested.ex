@@ -127,7 +127,7 @@ defmodule Bridge.Arrow.Builder.Nested do
           children =
             for {f, j} <- Enum.with_index(fields) do
               column = for {{_, v}, ^j} <- Enum.zip(tagged, slots), do: v
-              Builder.build(column, f, member.(f))
+              Builder.build(column, %{f | nullable: true}, member.(f))
             end
 
           {children, IO.iodata_to_binary(offs)}
@@ -150,7 +150,14 @@ defmodule Bridge.Arrow.Builder.Nested do
       data: for(e <- ends, into: <<>>, do: <<e::little-signed-size(w)>>)
     }
 
-    run_values = Builder.build(Enum.map(runs, &elem(&1, 0)), values_field, at <> " (run values)")
+    # (nil runs come from null parents too: the values are nullable here)
+    run_values =
+      Builder.build(
+        Enum.map(runs, &elem(&1, 0)),
+        %{values_field | nullable: true},
+        at <> " (run values)"
+      )
+
     %{a | null_count: 0, validity: nil, children: [ends_array, run_values]}
   end
 
@@ -266,6 +273,10 @@ defmodule Bridge.Arrow.Builder.Nested do
     names = Enum.map(pairs, &elem(&1, 0))
     pairs |> Enum.filter(fn {n, _} -> Enum.count(names, &(&1 == n)) == 1 end) |> Map.new()
   end
+
+  # A null slot (a union under a null parent, or a nil given for one): a null
+  # of the first member.
+  defp tag(nil, [c | _], _by_name, _at, _i), do: {c, nil}
 
   defp tag({c, v}, codes, _by_name, at, i) when is_integer(c) do
     if c in codes, do: {c, v}, else: bad_tag({c, v}, codes, at, i)
