@@ -444,6 +444,22 @@ defmodule Bridge.ArrowTypesTest do
     assert {:bridge_arrow, %Error{reason: :bad_length, field: :variadic_buffer_counts}} = e
   end
 
+  test "list views that repeat their child past :max_rows are refused" do
+    # 100 slots, each the whole 100-element child: 10,000 values from 100
+    lv = {:list_view, Field.new("item", {:s, 8})}
+    n = 100
+    offsets = :binary.copy(<<0::little-32>>, n)
+    sizes = :binary.copy(<<n::little-32>>, n)
+    child = %Array{type: {:s, 8}, length: n, data: :binary.copy(<<1>>, n)}
+    t = forged(lv, %Array{type: lv, length: n, offsets: offsets, sizes: sizes, children: [child]})
+    stream = Arrow.encode(t)
+    assert {:ok, _} = Arrow.decode(stream)
+    assert {:ok, _} = Arrow.decode(stream, max_rows: 10_000)
+
+    assert {:error, %Error{reason: :too_many_rows, field: :list_view_sizes}} =
+             Arrow.decode(stream, max_rows: 9_999)
+  end
+
   test "a dictionary whose values hold a dictionary is refused; big-endian streams too" do
     inner = {:dictionary, {:s, 8}, :utf8, false}
     refute Type.valid?({:dictionary, {:s, 8}, inner, false})

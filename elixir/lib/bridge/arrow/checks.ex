@@ -149,19 +149,38 @@ defmodule Bridge.Arrow.Checks do
 
   @doc false
   # Every slot of a list view, null or not: 0 <= offset and
-  # 0 <= offset + size <= the child's length, size >= 0.
-  @spec list_view(binary(), binary(), 4 | 8, non_neg_integer(), String.t()) :: :ok
-  def list_view(offsets, sizes, w, limit, at) do
+  # 0 <= offset + size <= the child's length, size >= 0. List views may
+  # overlap, so their values may be many more than the child's: the sizes
+  # together are at most `max` (:max_rows), as any array's length is.
+  @spec list_view(binary(), binary(), 4 | 8, non_neg_integer(), non_neg_integer(), String.t()) ::
+          :ok
+  def list_view(offsets, sizes, w, limit, max, at) do
     bits = w * 8
 
-    Enum.zip(
-      for(<<o::little-signed-size(bits) <- offsets>>, do: o),
-      for(<<s::little-signed-size(bits) <- sizes>>, do: s)
-    )
-    |> Enum.each(fn {o, s} ->
-      if o < 0 or s < 0 or o + s > limit,
-        do: fail(:bad_offsets, field: :list_view, value: {o, s}, limit: limit, at: at)
-    end)
+    total =
+      Enum.zip(
+        for(<<o::little-signed-size(bits) <- offsets>>, do: o),
+        for(<<s::little-signed-size(bits) <- sizes>>, do: s)
+      )
+      |> Enum.reduce(0, fn {o, s}, total ->
+        if o < 0 or s < 0 or o + s > limit,
+          do: fail(:bad_offsets, field: :list_view, value: {o, s}, limit: limit, at: at)
+
+        total + s
+      end)
+
+    if total > max,
+      do:
+        fail(:too_many_rows,
+          field: :list_view_sizes,
+          value: total,
+          limit: max,
+          at: at,
+          hint:
+            "the list views repeat their child's values that often; raise :max_rows if expected"
+        )
+
+    :ok
   end
 
   @doc false

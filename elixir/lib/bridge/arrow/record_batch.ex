@@ -150,7 +150,8 @@ defmodule Bridge.Arrow.RecordBatch do
     {offsets, state} = buffer(state, array.length * w, :offsets, at)
     {sizes, state} = buffer(state, array.length * w, :sizes, at)
     {child, state} = load_array(Type.child(array.type), state)
-    Checks.list_view(offsets, sizes, w, child.length, at)
+    max = Keyword.get(state.opts, :max_rows, 1 <<< 32)
+    Checks.list_view(offsets, sizes, w, child.length, max, at)
     array = %{array | validity: validity, offsets: offsets, sizes: sizes, children: [child]}
     {array, state}
   end
