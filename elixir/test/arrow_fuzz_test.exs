@@ -194,7 +194,7 @@ defmodule Bridge.ArrowFuzzTest do
 
           assert rows_or_duplicates(back) == rows
 
-          assert length(rows) == t.num_rows
+          assert rows == :duplicate_field or length(rows) == t.num_rows
 
           # Native terms either come out or raise the documented typed error.
           try do
