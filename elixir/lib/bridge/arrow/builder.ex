@@ -12,7 +12,7 @@ defmodule Bridge.Arrow.Builder do
   import Bridge.Arrow.Errors, only: [fail_value: 2]
 
   alias Bridge.Arrow.{Array, Decimal, Field, Type}
-  alias Bridge.Arrow.Builder.Nested
+  alias Bridge.Arrow.Builder.{Nested, Temporal}
 
   @doc false
   @spec build([term()], Field.t(), String.t()) :: Array.t()
@@ -104,7 +104,7 @@ defmodule Bridge.Arrow.Builder do
           for(
             {v, i} <- Enum.with_index(values),
             into: <<>>,
-            do: <<stored(date(v, at, i), 32, v, at, i)::little-32>>
+            do: <<Temporal.stored(Temporal.date(v, at, i), 32, v, at, i)::little-32>>
           )
     }
   end
@@ -112,8 +112,8 @@ defmodule Bridge.Arrow.Builder do
   defp fill(%Array{type: :date64} = a, values, at) do
     data =
       for {v, i} <- Enum.with_index(values), into: <<>> do
-        ms = if is_integer(v), do: v, else: date(v, at, i) * 86_400_000
-        <<stored(ms, 64, v, at, i)::little-64>>
+        ms = if is_integer(v), do: v, else: Temporal.date(v, at, i) * 86_400_000
+        <<Temporal.stored(ms, 64, v, at, i)::little-64>>
       end
 
     %{a | data: data}
@@ -122,7 +122,7 @@ defmodule Bridge.Arrow.Builder do
   defp fill(%Array{type: {:timestamp, unit, tz}} = a, values, at) do
     data =
       for {v, i} <- Enum.with_index(values), into: <<>> do
-        <<stored(timestamp(v, unit, tz, at, i), 64, v, at, i)::little-64>>
+        <<Temporal.stored(Temporal.timestamp(v, unit, tz, at, i), 64, v, at, i)::little-64>>
       end
 
     %{a | data: data}
@@ -196,7 +196,7 @@ defmodule Bridge.Arrow.Builder do
 
     data =
       for {v, i} <- Enum.with_index(values), into: <<>> do
-        <<time_of_day(v, per, at, i)::little-signed-size(w)>>
+        <<Temporal.time_of_day(v, per, at, i)::little-signed-size(w)>>
       end
 
     %{a | data: data}
@@ -315,54 +315,6 @@ defmodule Bridge.Arrow.Builder do
 
   defp float_bits(v, _w, at, i), do: wrong(v, "a float, :nan, :infinity or :neg_infinity", at, i)
 
-  # ------------------------------------------------------------------ temporal
-
-  defp date(nil, _at, _i), do: 0
-  defp date(v, _at, _i) when is_integer(v), do: v
-  defp date(%Date{calendar: Calendar.ISO} = d, _at, _i), do: Date.to_gregorian_days(d) - 719_528
-  defp date(v, at, i), do: wrong(v, "a Date (or days since 1970-01-01)", at, i)
-
-  @per_us %{s: 1_000_000, ms: 1000, us: 1}
-
-  defp timestamp(nil, _unit, _tz, _at, _i), do: 0
-  defp timestamp(v, _unit, _tz, _at, _i) when is_integer(v), do: v
-
-  defp timestamp(%NaiveDateTime{} = v, unit, nil, at, i) do
-    v
-    |> DateTime.from_naive!("Etc/UTC")
-    |> DateTime.to_unix(:microsecond)
-    |> to_unit(unit, v, at, i)
-  end
-
-  defp timestamp(%DateTime{} = v, unit, tz, at, i) when is_binary(tz) do
-    v |> DateTime.to_unix(:microsecond) |> to_unit(unit, v, at, i)
-  end
-
-  defp timestamp(%NaiveDateTime{} = v, _unit, _tz, at, i),
-    do: wrong(v, "a DateTime (the column has a time zone)", at, i)
-
-  defp timestamp(%DateTime{} = v, _unit, nil, at, i),
-    do: wrong(v, "a NaiveDateTime (the column has no time zone)", at, i)
-
-  defp timestamp(v, _unit, _tz, at, i), do: wrong(v, "a DateTime or NaiveDateTime", at, i)
-
-  defp to_unit(us, :ns, _v, _at, _i), do: us * 1000
-
-  defp to_unit(us, unit, v, at, i) do
-    per = @per_us[unit]
-
-    if rem(us, per) == 0,
-      do: div(us, per),
-      else:
-        fail_value(:inexact_temporal,
-          field: :value,
-          value: v,
-          at: row(at, i),
-          hint:
-            "the value is finer than the column's unit #{inspect(unit)}; truncate it or use a finer unit"
-        )
-  end
-
   defp ints(values, w, at, expected) do
     for {v, i} <- Enum.with_index(values), into: <<>> do
       cond do
@@ -374,7 +326,8 @@ defmodule Bridge.Arrow.Builder do
     end
   end
 
-  defp fits?(v, w), do: is_integer(v) and v >= -(1 <<< (w - 1)) and v < 1 <<< (w - 1)
+  @doc false
+  def fits?(v, w), do: is_integer(v) and v >= -(1 <<< (w - 1)) and v < 1 <<< (w - 1)
 
   defp tuple_parts(v, widths) when is_tuple(v) and tuple_size(v) == length(widths),
     do: Tuple.to_list(v)
@@ -423,52 +376,6 @@ defmodule Bridge.Arrow.Builder do
         )
     end
   end
-
-  # A temporal value's stored integer, which must fit the column's width (it
-  # would wrap around otherwise).
-  defp stored(x, w, v, at, i) do
-    if x >= -(1 <<< (w - 1)) and x < 1 <<< (w - 1),
-      do: x,
-      else:
-        fail_value(:temporal_out_of_range,
-          field: :value,
-          value: v,
-          limit: "#{w}-bit",
-          at: row(at, i),
-          hint: "the value is beyond what the column's unit can store; use a coarser unit"
-        )
-  end
-
-  defp time_of_day(nil, _per, _at, _i), do: 0
-
-  defp time_of_day(v, per, at, i) when is_integer(v) do
-    if v >= 0 and v < 86_400 * per,
-      do: v,
-      else: wrong(v, "a time of day (0 <= v < 86400 s in the column's unit)", at, i)
-  end
-
-  defp time_of_day(%Time{calendar: Calendar.ISO} = t, per, at, i) do
-    {seconds, us} = Time.to_seconds_after_midnight(t)
-    total_us = seconds * 1_000_000 + us
-
-    cond do
-      per >= 1_000_000 ->
-        total_us * div(per, 1_000_000)
-
-      rem(total_us, div(1_000_000, per)) == 0 ->
-        div(total_us, div(1_000_000, per))
-
-      true ->
-        fail_value(:inexact_temporal,
-          field: :value,
-          value: t,
-          at: row(at, i),
-          hint: "the value is finer than the column's unit; truncate it or use a finer unit"
-        )
-    end
-  end
-
-  defp time_of_day(v, _per, at, i), do: wrong(v, "a Time or an integer", at, i)
 
   # -------------------------------------------------------------------- errors
 

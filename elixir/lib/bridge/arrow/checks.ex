@@ -11,6 +11,27 @@ defmodule Bridge.Arrow.Checks do
   alias Bridge.Arrow.Array
 
   @doc false
+  # `:max_rows` (default 2^32) bounds every count of values a stream makes:
+  # the batches' rows together, an array's length, a dictionary with its
+  # deltas, the sizes of a list view.
+  @spec rows!(integer(), keyword(), atom(), String.t() | nil) :: :ok
+  def rows!(count, opts, field, at \\ nil) do
+    max = Keyword.get(opts, :max_rows, 1 <<< 32)
+
+    if count > max,
+      do:
+        fail(:too_many_rows,
+          field: field,
+          value: count,
+          limit: max,
+          at: at,
+          hint: "raise the :max_rows option if this size is expected"
+        )
+
+    :ok
+  end
+
+  @doc false
   # Offsets are non-negative and non-decreasing and the last is at most
   # `limit`; returns the last.
   @spec offsets(binary(), 4 | 8, non_neg_integer(), String.t()) :: non_neg_integer()
@@ -151,10 +172,9 @@ defmodule Bridge.Arrow.Checks do
   # Every slot of a list view, null or not: 0 <= offset and
   # 0 <= offset + size <= the child's length, size >= 0. List views may
   # overlap, so their values may be many more than the child's: the sizes
-  # together are at most `max` (:max_rows), as any array's length is.
-  @spec list_view(binary(), binary(), 4 | 8, non_neg_integer(), non_neg_integer(), String.t()) ::
-          :ok
-  def list_view(offsets, sizes, w, limit, max, at) do
+  # together count against :max_rows, as any array's length does.
+  @spec list_view(binary(), binary(), 4 | 8, non_neg_integer(), keyword(), String.t()) :: :ok
+  def list_view(offsets, sizes, w, limit, opts, at) do
     bits = w * 8
 
     total =
@@ -169,18 +189,7 @@ defmodule Bridge.Arrow.Checks do
         total + s
       end)
 
-    if total > max,
-      do:
-        fail(:too_many_rows,
-          field: :list_view_sizes,
-          value: total,
-          limit: max,
-          at: at,
-          hint:
-            "the list views repeat their child's values that often; raise :max_rows if expected"
-        )
-
-    :ok
+    rows!(total, opts, :list_view_sizes, at)
   end
 
   @doc false

@@ -6,9 +6,7 @@ defmodule Bridge.Arrow.IPCReader do
   # the record batches in the Footer's order). Errors are thrown
   # (Bridge.Arrow.Errors) and caught by Bridge.Arrow.decode/2.
 
-  import Bitwise
-
-  alias Bridge.Arrow.{Array, Errors, Field, Metadata, RecordBatch, Schema}
+  alias Bridge.Arrow.{Array, Checks, Errors, Field, Metadata, RecordBatch, Schema}
   alias Bridge.Table
 
   @continuation <<0xFFFFFFFF::32>>
@@ -187,16 +185,7 @@ defmodule Bridge.Arrow.IPCReader do
 
   defp handle({:record_batch, batch}, body, state) do
     rows = state.rows + batch.length
-    max = Keyword.get(state.opts, :max_rows, 1 <<< 32)
-
-    if rows > max,
-      do:
-        Errors.fail(:too_many_rows,
-          field: :length,
-          value: rows,
-          limit: max,
-          hint: "raise the :max_rows option if this size is expected"
-        )
+    Checks.rows!(rows, state.opts, :length)
 
     arrays =
       RecordBatch.load(
@@ -225,16 +214,7 @@ defmodule Bridge.Arrow.IPCReader do
         # A delta appends: kept as a chunk of its own (Array.deltas), never rebuilt.
         %{^id => %Array{} = old} when delta ->
           total = old.length + Enum.sum(Enum.map(old.deltas, & &1.length)) + dict.length
-          max = Keyword.get(state.opts, :max_rows, 1 <<< 32)
-
-          if total > max,
-            do:
-              Errors.fail(:too_many_rows,
-                field: :dictionary_length,
-                value: total,
-                limit: max,
-                hint: "raise the :max_rows option if a dictionary this long is expected"
-              )
+          Checks.rows!(total, state.opts, :dictionary_length)
 
           %{old | deltas: old.deltas ++ [dict]}
 

@@ -69,17 +69,7 @@ defmodule Bridge.Arrow.RecordBatch do
 
     # Null arrays have no buffers to bound their length, and nested arrays are
     # not bounded by the batch length.
-    max = Keyword.get(state.opts, :max_rows, 1 <<< 32)
-
-    if length > max,
-      do:
-        fail(:too_many_rows,
-          field: :node_length,
-          value: length,
-          limit: max,
-          at: at,
-          hint: "raise the :max_rows option if this size is expected"
-        )
+    Checks.rows!(length, state.opts, :node_length, at)
 
     if nulls < 0 or nulls > length,
       do: fail(:bad_null_count, field: :null_count, value: nulls, limit: length, at: at)
@@ -150,8 +140,7 @@ defmodule Bridge.Arrow.RecordBatch do
     {offsets, state} = buffer(state, array.length * w, :offsets, at)
     {sizes, state} = buffer(state, array.length * w, :sizes, at)
     {child, state} = load_array(Type.child(array.type), state)
-    max = Keyword.get(state.opts, :max_rows, 1 <<< 32)
-    Checks.list_view(offsets, sizes, w, child.length, max, at)
+    Checks.list_view(offsets, sizes, w, child.length, state.opts, at)
     array = %{array | validity: validity, offsets: offsets, sizes: sizes, children: [child]}
     {array, state}
   end
