@@ -63,6 +63,8 @@ defmodule Mix.Tasks.Compile.BridgeNif do
   @build_packages [
     {~r/xxhash\.h: No such file|cannot find -lxxhash/, "libxxhash-dev"},
     {~r/zstd\.h: No such file|cannot find -lzstd/, "libzstd-dev"},
+    {~r/lz4frame\.h: No such file|cannot find -llz4/, "liblz4-dev"},
+    {~r/zlib\.h: No such file|cannot find -lz\b/, "zlib1g-dev"},
     {~r/erl_nif\.h: No such file/, "erlang-dev"},
     {~r/make: command not found|cc: (command )?not found|cc: No such file or directory/,
      "build-essential"}
@@ -72,8 +74,9 @@ defmodule Mix.Tasks.Compile.BridgeNif do
   def missing_packages(output) do
     case for({pattern, package} <- @build_packages, output =~ pattern, do: package) do
       [] ->
-        "\nThe NIF needs a C compiler, make, and the headers of libxxhash and libzstd " <>
-          "(Debian: apt install build-essential libxxhash-dev libzstd-dev)."
+        "\nThe NIF needs a C compiler, make, and the headers of libxxhash, libzstd, liblz4 " <>
+          "and zlib (Debian: apt install build-essential libxxhash-dev libzstd-dev " <>
+          "liblz4-dev zlib1g-dev)."
 
       packages ->
         "\nMissing build packages; on Debian or Ubuntu: apt install #{Enum.join(packages, " ")}"

@@ -34,7 +34,14 @@ sys.path.insert(0, str(HERE))  # for vectorgen: runpy.run_path does not add it
 
 from vectorgen import provenance  # noqa: E402
 from vectorgen.control import check_control, control_vectors  # noqa: E402
-from vectorgen.frames import bad_vectors, describe_bad, describe_good, good_vectors  # noqa: E402
+from vectorgen.frames import (  # noqa: E402
+    bad_vectors,
+    compressed_bad_vectors,
+    describe_bad,
+    describe_compressed_bad,
+    describe_good,
+    good_vectors,
+)
 from vectorgen.ssz import check_ssz, ssz_vectors  # noqa: E402
 from vectorgen.terms import check_term, term_vectors  # noqa: E402
 
@@ -49,6 +56,8 @@ def frame_files() -> dict[str, bytes]:
         made[name] = (frame, describe_good(name, description, frame))
     for name, description, frame, reason, field in bad_vectors():
         made[name] = (frame, describe_bad(name, description, frame, reason, field))
+    for name, description, frame, reason, field in compressed_bad_vectors():
+        made[name] = (frame, describe_compressed_bad(name, description, frame, reason, field))
     for name, description, frame in provenance.good_vectors():
         made[name] = (frame, provenance.describe_good_provenance(name, description, frame))
     for name, description, frame, reason, field in provenance.bad_vectors():

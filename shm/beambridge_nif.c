@@ -4,8 +4,9 @@
  * decompression of Arrow body buffers (bounded by the size the stream declares,
  * invariant 5), and the function table. Shared memory (arenas, slices, leases,
  * peers) is in objects.c, arena_set.c, slices.c, lease_table.c and peer.c
- * (objects.h); header parsing and policy live in Elixir (Bridge.Header,
- * Bridge.Arena, Bridge.Peer); see protocol/SPEC.md.
+ * (objects.h), payload compression (lz4_frame, zstd, gzip) in codecs.c; header
+ * parsing and policy live in Elixir (Bridge.Header, Bridge.Arena, Bridge.Peer,
+ * Bridge.Codec); see protocol/SPEC.md.
  *
  * Safety rules kept throughout:
  *   - every argument is checked; user-reachable input never raises badarg and
@@ -318,6 +319,7 @@ static int init(ErlNifEnv *env, void **priv)
     ATOM_TOO_LARGE = enif_make_atom(env, "too_large");
     ATOM_SIZE_MISMATCH = enif_make_atom(env, "size_mismatch");
     ATOM_BAD_COMPRESSED_DATA = enif_make_atom(env, "bad_compressed_data");
+    codecs_load(env);
     return arena_load(env, priv) ? 0 : 1;
 }
 
@@ -342,6 +344,7 @@ static ErlNifFunc nif_funcs[] = {
     {"binary_address", 1, nif_binary_address, 0},
     {"xxh3_64", 1, nif_xxh3_64, 0},
     {"zstd_decompress", 2, nif_zstd_decompress, 0},
+    CODEC_NIF_FUNCS,
     ARENA_NIF_FUNCS,
 };
 

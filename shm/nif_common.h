@@ -2,8 +2,8 @@
  * nif_common.h — what the NIF's C files share: the result helpers, argument
  * readers and the entry points of the transport v2 object files (objects.c,
  * arena_set.c, slices.c, lease_table.c, peer.c, lane.c; see protocol/SPEC.md), whose
- * internals they share through objects.h. Everything here has hidden
- * visibility; only nif_init is exported.
+ * internals they share through objects.h, and of the payload codecs (codecs.c).
+ * Everything here has hidden visibility; only nif_init is exported.
  */
 #ifndef BEAMBRIDGE_NIF_COMMON_H
 #define BEAMBRIDGE_NIF_COMMON_H
@@ -72,6 +72,13 @@ int arena_load(ErlNifEnv *env, void **priv);
         {"lane_wait", 3, nif_lane_wait, 0},                                     \
         {"lane_take", 2, nif_lane_take, 0}
 
+/* codecs.c: makes its atoms. */
+void codecs_load(ErlNifEnv *env);
+
+#define CODEC_NIF_FUNCS                           \
+    {"codec_compress", 3, nif_codec_compress, 0}, \
+        {"codec_decompress", 3, nif_codec_decompress, 0}
+
 #define DECLARE_NIF(name) ERL_NIF_TERM name(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
 DECLARE_NIF(nif_arena_set_new);
 DECLARE_NIF(nif_arena_set_close);
@@ -108,5 +115,7 @@ DECLARE_NIF(nif_lane_layout);
 DECLARE_NIF(nif_lane_send);
 DECLARE_NIF(nif_lane_wait);
 DECLARE_NIF(nif_lane_take);
+DECLARE_NIF(nif_codec_compress);
+DECLARE_NIF(nif_codec_decompress);
 
 #endif

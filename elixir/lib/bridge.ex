@@ -152,6 +152,15 @@ defmodule Bridge do
       a side waits; `0` turns polling and the lane off.
     * `:start_timeout` — ms a worker may take to become ready (default
       `10_000`).
+    * `:compress` — the default `:compress` of calls made on this node
+      (`:auto`, `:none`, `:lz4`, `:zstd`, `:gzip`; default `:auto`): across
+      nodes `:auto` compresses large binaries when that is estimated to be
+      faster than sending them as they are; through shared memory it never does
+      (README "Across nodes, and compression").
+    * `:spill` — a call this pool refuses as `:overloaded` goes to another
+      node's pool of the same name when one answers (default `true`).
+    * `:node_timeout` — ms another node may stay silent before the calls
+      waiting on it fail with `:node_down` (default `5_000`).
     * `:verify` — checksum slice payloads (xxh3) when writing them and verify
       them on read, on both sides: results here, arguments in the
       worker (default `false`; SPEC §6 check 17). Headers are always validated
@@ -268,6 +277,17 @@ defmodule Bridge do
   map of lists that cannot go as records is a `:bad_call` error, reason
   `:format_unsuitable`.
 
+  Other nodes (protocol/SPEC.md §15; README "Across nodes, and compression"):
+  a call goes to the local pool when there is one, else to a node of the
+  cluster that runs a pool of that name; `:node` sends it to that node.
+  `:compress` (`:auto`, `:none`, `:lz4`, `:zstd` or `:gzip`; default the
+  pool's, else `:auto`) says how its large binaries travel; `:node_timeout`
+  (ms, default the pool's, else 5,000) is how long a node may stay silent
+  before the call fails with `:node_down`; `:retry` (default 0) sends a call
+  that failed with `:node_down` to up to that many other nodes: only for calls
+  that may run twice. `result: :handle` keeps the result on the node that ran
+  the call and returns a `Bridge.Handle` instead.
+
   ## Examples
 
       iex> {:error, e} = Bridge.call({:arith, :add}, [1, 2], pool: NoSuchBridge)
@@ -302,13 +322,8 @@ defmodule Bridge do
       ** (Bridge.Error) bad call: no_pool: no bridge named NoSuchBridge is running
   """
   @spec stream(function_ref(), list(), keyword()) :: Enumerable.t()
-  def stream(function_ref, args, opts \\ []) do
-    Stream.resource(
-      fn -> Bridge.Stream.Session.open(function_ref, args, opts) end,
-      &Bridge.Stream.Session.next/1,
-      &Bridge.Stream.Session.close/1
-    )
-  end
+  def stream(function_ref, args, opts \\ []),
+    do: Bridge.Remote.Stream.new(function_ref, args, opts)
 
   @doc """
   The format decisions made so far on this node, by every bridge: one map per

@@ -7,7 +7,7 @@ defmodule Bridge.Call.PiecesTest do
   alias Bridge.Call.Pieces
   alias Bridge.Decoder
 
-  @config %{verify: false}
+  @config %{verify: false, arena_limit: 1_073_741_824}
 
   defp piece(count, list), do: {:"$bb_piece", count, list}
 

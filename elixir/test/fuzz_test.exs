@@ -70,7 +70,7 @@ defmodule Bridge.FuzzTest do
         {vmaj != 2, :unsupported_version},
         {hs != 128, :bad_header_size},
         {format > @max_format, :unknown_format},
-        {codec > 2, :unknown_codec},
+        {codec > 3, :unknown_codec},
         {(flags &&& 0xFFFE) != 0, :unknown_flags},
         {ml > 1_048_576, :metadata_too_large},
         {128 + ml > fs, :metadata_out_of_bounds},
@@ -88,7 +88,7 @@ defmodule Bridge.FuzzTest do
 
   defp valid_frame do
     payload = :crypto.strong_rand_bytes(:rand.uniform(600) - 1)
-    codec = Enum.random([:none, :none, :lz4_frame, :zstd])
+    codec = Enum.random([:none, :none, :lz4_frame, :zstd, :gzip])
 
     Header.encode_frame!(payload,
       metadata: :crypto.strong_rand_bytes(:rand.uniform(300) - 1),

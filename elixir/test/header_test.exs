@@ -65,7 +65,7 @@ defmodule Bridge.HeaderTest do
     assert reason(with_fields(f, version_minor: 9)) == :ok
     assert reason(with_fields(f, header_size: 256)) == {:bad_header_size, :header_size}
     assert reason(with_fields(f, format: 200)) == {:unknown_format, :format}
-    assert reason(with_fields(f, codec: 3)) == {:unknown_codec, :codec}
+    assert reason(with_fields(f, codec: 4)) == {:unknown_codec, :codec}
     assert reason(with_fields(f, flags: 2)) == {:unknown_flags, :flags}
     assert reason(with_fields(f, flags: 1 ||| 1 <<< 16)) == :ok
 
@@ -128,7 +128,7 @@ defmodule Bridge.HeaderTest do
   end
 
   test "build refuses what a reader would refuse" do
-    assert {:error, %Error{reason: :unknown_codec}} = Header.build("x", codec: 3)
+    assert {:error, %Error{reason: :unknown_codec}} = Header.build("x", codec: 4)
     assert {:error, %Error{reason: :unknown_flags}} = Header.build("x", flags: 4)
     assert {:error, %Error{reason: :bad_decoded_length}} = Header.build("x", decoded_length: 5)
 

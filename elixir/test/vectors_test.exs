@@ -32,7 +32,7 @@ defmodule Bridge.VectorsTest do
                      unknown_format unknown_codec unknown_flags metadata_too_large
                      metadata_out_of_bounds misaligned_payload payload_overlaps_metadata
                      length_overflow payload_out_of_bounds bad_decoded_length
-                     decoded_too_large header_checksum_mismatch checksum_mismatch
+                     decoded_too_large bad_compressed_data header_checksum_mismatch checksum_mismatch
                      provenance_out_of_bounds provenance_checksum_mismatch bad_provenance) do
       assert reason in reasons, "no bad_ vector for #{reason}"
     end
@@ -51,6 +51,7 @@ defmodule Bridge.VectorsTest do
 
       cond do
         v["stage"] == "provenance" -> check_provenance(v, bin)
+        v["stage"] == "decompress" -> check_decompress(v, bin)
         v["valid"] -> check_good(v, bin) && check_provenance(v, bin)
         true -> check_bad(v, bin)
       end
@@ -101,6 +102,12 @@ defmodule Bridge.VectorsTest do
       assert frame.payload == Base.decode16!(hex, case: :mixed)
     end
 
+    if decoded = v["decoded_xxh3"] do
+      codec = Header.codec_name(frame.header.codec)
+      {:ok, bin} = Bridge.Codec.decompress(codec, frame.payload, frame.header.decoded_length)
+      assert {:ok, decoded} == NIF.xxh3_64(bin)
+    end
+
     # Header validation alone, and our encoder reproduces the header bytes
     # (all of them when the reserved bytes are 0, as this version writes them;
     # a newer minor may use them, and readers ignore them).
@@ -119,6 +126,16 @@ defmodule Bridge.VectorsTest do
     assert region_frame.header == frame.header
     assert region_frame.metadata == frame.metadata
     assert region_frame.payload == frame.payload
+  end
+
+  # A good header over a compressed payload that does not decompress.
+  defp check_decompress(v, bin) do
+    reason = String.to_atom(v["error"]["reason"])
+    field = String.to_atom(v["error"]["field"])
+    assert {:ok, %{header: h, payload: payload}} = Header.decode_frame(bin)
+
+    assert {:error, %Bridge.Error{kind: :bad_frame, reason: ^reason, field: ^field}} =
+             Bridge.Codec.decompress(Header.codec_name(h.codec), payload, h.decoded_length)
   end
 
   defp check_bad(v, bin) do

@@ -8,6 +8,7 @@ from typing import Any
 
 import lz4.frame
 import xxhash
+from beambridge.codecs import compress, decompress
 from beambridge.errors import HeaderError
 from beambridge.header import Codec, Format, decode_frame, encode_frame
 
@@ -80,6 +81,11 @@ LZ4_PAYLOAD = lz4.frame.compress(
     block_linked=True,
     store_size=True,
 )
+#: Payloads of the codecs beambridge writes (SPEC §15.3): content size and checksum kept.
+CODEC_SOURCE = b"beambridge codec vector: the same words again and again. " * 30
+ZSTD_PAYLOAD = compress(Codec.ZSTD, CODEC_SOURCE)
+GZIP_PAYLOAD = compress(Codec.GZIP, CODEC_SOURCE)
+LZ4_CHECKED = compress(Codec.LZ4_FRAME, CODEC_SOURCE)
 TENSOR_META = b'{"dtype":"<f4","shape":[4,8],"order":"C"}'
 CUSTOM_META = b'{"type":"MyApp.Point","version":3}'
 
@@ -122,6 +128,16 @@ def good_vectors() -> list[tuple[str, str, bytes]]:
             "lz4_frame codec: a real LZ4 frame; decoded_length > payload_length",
             encode_frame(LZ4_PAYLOAD, codec=Codec.LZ4_FRAME, decoded_length=len(LZ4_SOURCE),
                          generation=6),
+        ),
+        (
+            "good_zstd",
+            "zstd codec: one Zstandard frame with its content size and checksum",
+            encode_frame(ZSTD_PAYLOAD, codec=Codec.ZSTD, decoded_length=len(CODEC_SOURCE)),
+        ),
+        (
+            "good_gzip",
+            "gzip codec (since 2.7): one gzip member, level 1",
+            encode_frame(GZIP_PAYLOAD, codec=Codec.GZIP, decoded_length=len(CODEC_SOURCE)),
         ),
         (
             "good_no_checksum",
@@ -195,8 +211,8 @@ def bad_vectors() -> list[tuple[str, str, bytes, str, str]]:
          patch(BASE, header_size=64), "bad_header_size", "header_size"),
         ("bad_unknown_format", "format 200",
          patch(BASE, format=200), "unknown_format", "format"),
-        ("bad_unknown_codec", "codec 3",
-         patch(BASE, codec=3), "unknown_codec", "codec"),
+        ("bad_unknown_codec", "codec 200",
+         patch(BASE, codec=200), "unknown_codec", "codec"),
         ("bad_unknown_flags", "required flag bit 1 set",
          patch(BASE, flags=0b11), "unknown_flags", "flags"),
         ("bad_metadata_too_large", "metadata_length 1048577",
@@ -230,6 +246,45 @@ def bad_vectors() -> list[tuple[str, str, bytes, str, str]]:
     ]  # fmt: skip
 
 
+def compressed_bad_vectors() -> list[tuple[str, str, bytes, str, str]]:
+    """Frames whose headers are valid and whose compressed payloads are not: each fails
+    when decompressed (stage ``decompress``), with ``bad_compressed_data``."""
+    flipped = bytearray(LZ4_CHECKED)
+    flipped[len(flipped) // 2] ^= 0x08
+    n = len(CODEC_SOURCE)
+    return [
+        ("bad_compressed_bit_flip", "lz4_frame payload with one bit flipped (content checksum)",
+         encode_frame(bytes(flipped), codec=Codec.LZ4_FRAME, decoded_length=n, checksum=False),
+         "bad_compressed_data", "payload"),
+        ("bad_compressed_truncated", "gzip payload cut 10 bytes short",
+         encode_frame(GZIP_PAYLOAD[:-10], codec=Codec.GZIP, decoded_length=n, checksum=False),
+         "bad_compressed_data", "payload"),
+        ("bad_compressed_lying_length", "zstd payload whose header says one byte more",
+         encode_frame(ZSTD_PAYLOAD, codec=Codec.ZSTD, decoded_length=n + 1, checksum=False),
+         "bad_compressed_data", "payload"),
+    ]  # fmt: skip
+
+
+def describe_compressed_bad(
+    name: str, description: str, frame: bytes, reason: str, field: str
+) -> dict[str, Any]:
+    header, _, payload = decode_frame(frame)  # the header is good
+    try:
+        decompress(header.codec, payload, header.decoded_length)
+    except HeaderError as exc:
+        assert (exc.reason, exc.field) == (reason, field), f"{name}: {exc}"
+    else:
+        raise AssertionError(f"{name}: decompresses, meant to fail with {reason}")
+    return {
+        "name": name,
+        "description": description,
+        "valid": False,
+        "stage": "decompress",
+        "frame_size": len(frame),
+        "error": {"reason": reason, "field": field},
+    }  # fmt: skip
+
+
 def _read(frame: bytes, field: str) -> Any:
     """A header field as a reader reports it."""
     if field in MINOR1_FIELDS and get(frame, "version_minor") == 0:
@@ -251,6 +306,10 @@ def describe_good(name: str, description: str, frame: bytes) -> dict[str, Any]:
     }
     if len(raw) <= 256:
         out["payload_hex"] = raw.hex()
+    if header.codec != Codec.NONE:  # what the payload decompresses to
+        out["decoded_xxh3"] = xxhash.xxh3_64_intdigest(
+            decompress(header.codec, raw, header.decoded_length)
+        )
     assert out["header"]["payload_length"] == header.payload_length
     return out
 

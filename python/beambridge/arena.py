@@ -273,13 +273,15 @@ class ArenaSet:
         metadata: bytes = b"",
         format: Format | int = Format.RAW,
         codec: Codec | int = Codec.NONE,
+        decoded_length: int | None = None,
         schema_id: int = 0,
         schema_version: int = 0,
         checksum: bool | None = None,
         provenance: bytes = b"",
     ) -> Slice:
         """A new slice holding one frame of ``payload`` (any C-contiguous buffer) and
-        the provenance block ``provenance`` (SPEC §5.4)."""
+        the provenance block ``provenance`` (SPEC §5.4); a payload already compressed
+        with ``codec`` says its ``decoded_length``."""
         with memoryview(payload) as view, view.cast("B") as data:  # type: ignore[arg-type]
             if codec != Codec.NONE:
                 into = self.put_into(
@@ -287,6 +289,7 @@ class ArenaSet:
                     metadata=metadata,
                     format=format,
                     codec=codec,
+                    decoded_length=decoded_length,
                     schema_id=schema_id,
                     schema_version=schema_version,
                     checksum=checksum,
@@ -323,6 +326,7 @@ class ArenaSet:
         metadata: bytes = b"",
         format: Format | int = Format.RAW,
         codec: Codec | int = Codec.NONE,
+        decoded_length: int | None = None,
         schema_id: int = 0,
         schema_version: int = 0,
         checksum: bool | None = None,
@@ -343,6 +347,7 @@ class ArenaSet:
                     metadata=metadata,
                     format=format,
                     codec=codec,
+                    decoded_length=decoded_length,
                     schema_id=schema_id,
                     schema_version=schema_version,
                     checksum=checksum,

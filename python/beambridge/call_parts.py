@@ -19,6 +19,7 @@ from typing import Any
 
 from . import control
 from .etf import encode_int
+from .registry import CODECS
 from .result_slices import ResultSlices
 from .strings import to_str
 from .terms import POLICIES
@@ -156,6 +157,18 @@ def strings_option(opts: Any) -> bool:
     if value not in (b"bytes", b"str"):
         raise Refused("bad_term", f"call option strings is {value!r:.100}, not bytes or str")
     return bool(value == b"str")
+
+
+def codec_option(opts: dict[Any, Any]) -> int:
+    """The codec the call's result slices are written in (``opts["compress"]``, since
+    2.7, SPEC §15.3): a code of the registry's ``codecs``, 0 (none) by default."""
+    value = opts.get(b"compress", b"none")
+    code = CODECS.get(value.decode("ascii", "replace")) if type(value) is bytes else None
+    if code is None:
+        raise Refused(
+            "bad_term", f"call option compress is {value!r:.100}, not one of {', '.join(CODECS)}"
+        )
+    return code
 
 
 def meta_option(opts: dict[Any, Any]) -> dict[Any, Any] | None:

@@ -30,6 +30,7 @@ from .call_parts import (
     BadCall,
     Refused,
     Reply,
+    codec_option,
     exception_detail,
     flush_handler_output,
     meta_option,
@@ -263,6 +264,7 @@ class CallPath:
         spec: StreamSpec | None = None
         try:
             policy = policy_option(call.opts)
+            self.slices.codec = codec_option(call.opts)
             self.record.begin(call.module, call.function, meta_option(call.opts))
             text = self.text = strings_option(call.opts)
             try:

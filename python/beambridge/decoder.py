@@ -31,6 +31,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import registry, serializers
+from .codecs import decompress
 from .control import slice_refs
 from .errors import EtfError, FormatError, HeaderError, LeaseError
 from .etf import Atom, decode
@@ -38,7 +39,7 @@ from .formats import packed as packed_format
 from .formats import records as records_format
 from .formats import tensor as tensor_format
 from .frame import Frame
-from .header import Codec, Header
+from .header import FLAG_PAYLOAD_CHECKSUM, Codec, Header, with_fields
 from .leases import Key, LeaseBook, PeerObjects
 from .stats import ARGUMENTS, note
 from .terms import (
@@ -278,6 +279,9 @@ class Decoder:
             header, data = self.leases.copy_frame(
                 self.peers, object_id, offset, length, generation, verify=self.verify
             )
+            if header.codec != Codec.NONE:
+                data = decompress(header.codec, data, header.decoded_length)
+                header = _as_decoded(header)
             _check(kind, header, f"slice {index}")
             self._tell(object_id, offset, length, header)
             return data
@@ -285,6 +289,8 @@ class Decoder:
             self.peers, object_id, offset, length, generation, verify=self.verify
         )
         self._tell(object_id, offset, length, frame.header)
+        if frame.header.codec != Codec.NONE:
+            frame = _decoded(frame)
         done = False
         try:
             value = _read(kind, frame, f"slice {index}")
@@ -301,6 +307,28 @@ class Decoder:
         if self.on_frame is not None:
             block = self.peers.get(object_id).provenance_block(offset, length, header)
             self.on_frame(header, block)
+
+
+def _as_decoded(header: Header) -> Header:
+    """``header`` as it reads once its payload is decompressed."""
+    return with_fields(
+        header,
+        codec=Codec.NONE,
+        payload_length=header.decoded_length,
+        flags=header.flags & ~FLAG_PAYLOAD_CHECKSUM,  # the stored payload's, checked
+    )
+
+
+def _decoded(frame: Frame) -> Frame:
+    """A compressed frame's payload, decompressed into private memory (SPEC §5.1
+    ``codec``): the shared slice is let go at once, the frame read is that copy."""
+    header = frame.header
+    try:
+        data = decompress(header.codec, frame.payload, header.decoded_length)
+    finally:
+        with contextlib.suppress(LeaseError):
+            frame.release()
+    return Frame.from_decoded(_as_decoded(header), frame.metadata, data)
 
 
 def _layout(layout: Any) -> str:

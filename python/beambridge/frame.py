@@ -114,6 +114,12 @@ class Frame:
         whole = memoryview(data).cast("B")  # type: ignore[arg-type]
         return cls(_nothing, header, metadata, None, payload, lambda: whole)
 
+    @classmethod
+    def from_decoded(cls, header: Header, metadata: bytes, data: bytes) -> Frame:
+        """The frame of a payload decompressed into the private bytes ``data`` (its
+        ``header`` says so: codec none); it holds no lease."""
+        return cls(_nothing, header, metadata, None, memoryview(data))
+
     @property
     def payload(self) -> memoryview:
         """The payload bytes as stored: read-only, pointing into shared memory.

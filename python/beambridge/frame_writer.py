@@ -92,6 +92,7 @@ def write_frame(
     metadata: bytes = b"",
     format: Format | int = Format.RAW,
     codec: Codec | int = Codec.NONE,
+    decoded_length: int | None = None,
     schema_id: int = 0,
     schema_version: int = 0,
     checksum: bool = False,
@@ -102,7 +103,8 @@ def write_frame(
     """Lay one frame out at the start of the writable area ``whole``: the metadata, the
     provenance block ``provenance`` (SPEC §5.4) and their padding now, then yield the
     payload area for a producer to fill, then the header (with the payload's checksum
-    when ``checksum``; ``created_at`` and ``frame_id`` now and a new id unless given).
+    when ``checksum``; ``created_at`` and ``frame_id`` now and a new id unless given). A
+    payload compressed with ``codec`` says its ``decoded_length``.
     ``whole`` must hold `frame_length` bytes. The views made here are released when the
     block ends; a view made from the payload area that is still alive then is
     `LeaseError` ``leased``, and no header is written."""
@@ -113,6 +115,7 @@ def write_frame(
         metadata=metadata,
         format=format,
         codec=codec,
+        decoded_length=decoded_length,
         schema_id=schema_id,
         schema_version=schema_version,
         generation=generation,

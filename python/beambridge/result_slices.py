@@ -28,6 +28,7 @@ from typing import Any
 
 from . import control
 from .arena import ArenaSet, Slice
+from .codecs import compress
 from .errors import ArenaError, os_failure
 from .frame_writer import frame_length, write_frame, write_frame_bytes
 from .header import HEADER_SIZE, Format
@@ -140,6 +141,8 @@ class ResultSlices:
         self._new_sealed: list[SharedObject] = []
         self._pinned: list[Key] = []
         self._inline = 0  # bytes of this result's values due a slice that went inline
+        #: The codec the call in flight's slices are written in (SPEC §15.3), 0: none.
+        self.codec = 0
         #: The provenance block of the call in flight's frames (SPEC §5.4), made when
         #: its first frame is written.
         self.provenance: Callable[[], bytes] = _no_provenance
@@ -187,17 +190,24 @@ class ResultSlices:
         over `beambridge.control.MAX_CONTROL_FRAME`."""
         size = fill.nbytes if isinstance(fill, memoryview) else nbytes
         assert size is not None
+        frame: dict[str, Any] = {}
+        raw = size  # what a fallback carries: the value as it is
+        if self.codec:
+            fill, frame = _compressed(self.codec, fill, size)
+            size = fill.nbytes
         try:
             if self.sealed:
-                entry = self._sealed(fill, size, metadata, format, schema_id, schema_version)
+                entry = self._sealed(fill, size, metadata, format, schema_id, schema_version, frame)
             else:
-                entry = self._in_arena(fill, size, metadata, format, schema_id, schema_version)
+                entry = self._in_arena(
+                    fill, size, metadata, format, schema_id, schema_version, frame
+                )
         except ArenaError as err:
-            self._fallback(err, kind, size, what)
+            self._fallback(err, kind, raw, what)
             return None
         except OSError as exc:  # memfd_create, mmap: no descriptor or memory left
             self._fallback(
-                os_failure(exc, "object", None, "cannot make a shared object"), kind, size, what
+                os_failure(exc, "object", None, "cannot make a shared object"), kind, raw, what
             )
             return None
         self.entries.append(entry)
@@ -284,6 +294,7 @@ class ResultSlices:
         format: Format | int,
         schema_id: int,
         schema_version: int,
+        frame: dict[str, Any],
     ) -> tuple[Any, ...]:
         arenas = self.arenas
         if arenas is None:
@@ -297,6 +308,7 @@ class ResultSlices:
                 schema_version=schema_version,
                 checksum=self.checksum,
                 provenance=self.provenance(),
+                **frame,
             )
         else:
             with arenas.put_into(
@@ -325,6 +337,7 @@ class ResultSlices:
         format: Format | int,
         schema_id: int,
         schema_version: int,
+        compressed: dict[str, Any],
     ) -> tuple[Any, ...]:
         provenance = self.provenance()
         length = round_up(
@@ -364,7 +377,11 @@ class ResultSlices:
         }
         try:
             with obj.area(OBJECT_HEADER, length) as whole:
-                if isinstance(fill, memoryview):
+                if compressed:  # write_frame_bytes writes uncompressed frames
+                    assert isinstance(fill, memoryview)
+                    with write_frame(whole, nbytes, **frame, **compressed) as area:
+                        area[:] = fill
+                elif isinstance(fill, memoryview):
                     write_frame_bytes(whole, fill, **frame)
                 else:
                     with write_frame(whole, nbytes, **frame) as area:
@@ -397,6 +414,19 @@ class ResultSlices:
         counted[1] += nbytes
         note(RESULTS, form, reason, nbytes, f"{what}, inline")
         _warn(reason, f"{what} gets no slice ({err}); sending it inline")
+
+
+def _compressed(codec: int, fill: Fill, size: int) -> tuple[memoryview, dict[str, Any]]:
+    """The payload ``fill`` makes, compressed with ``codec``, and the frame fields that
+    say so. A producer that writes in place (NumPy, pyarrow) writes into private memory
+    first: a compressed frame is written once its size is known."""
+    if isinstance(fill, memoryview):
+        data = fill
+    else:
+        data = memoryview(bytearray(size))
+        fill(data)
+    packed = compress(codec, data)
+    return memoryview(packed), {"codec": codec, "decoded_length": size}
 
 
 def _no_provenance() -> bytes:

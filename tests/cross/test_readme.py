@@ -89,6 +89,12 @@ def test_readme_streams_example_runs(tmp_path: Path) -> None:
     run_against_handler(handler, elixir, "readme_streams.exs", tmp_path)
 
 
+def test_readme_nodes_example_runs(tmp_path: Path) -> None:
+    [handler] = blocks("Across nodes, and compression", "python")
+    [elixir] = blocks("Across nodes, and compression", "elixir")
+    run_against_handler(handler, elixir, "readme_nodes.exs", tmp_path)
+
+
 def test_readme_provenance_example_runs(tmp_path: Path) -> None:
     [handler] = blocks("Provenance and inspection", "python")
     [elixir] = blocks("Provenance and inspection", "elixir")

@@ -20,6 +20,7 @@ MODULES = [
     "beambridge.header.validator",
     "beambridge.frame",
     "beambridge.frame_writer",
+    "beambridge.codecs",
     "beambridge.provenance",
     "beambridge.call_record",
     "beambridge.description",

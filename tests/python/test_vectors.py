@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import xxhash
+from beambridge.codecs import decompress
 from beambridge.errors import ChecksumError, HeaderError
 from beambridge.frame import Frame
 from beambridge.header import Header, decode_frame
@@ -57,6 +58,7 @@ SPEC_REASONS = {
     "payload_out_of_bounds",
     "bad_decoded_length",
     "decoded_too_large",
+    "bad_compressed_data",
     "header_checksum_mismatch",
     "checksum_mismatch",
     "provenance_out_of_bounds",
@@ -81,6 +83,9 @@ def check_good(doc: dict[str, Any], header: Header, metadata: bytes, payload: by
         assert payload.hex() == doc["payload_hex"]
     else:
         assert len(payload) > 256
+    if "decoded_xxh3" in doc:
+        decoded = decompress(header.codec, payload, header.decoded_length)
+        assert xxhash.xxh3_64_intdigest(decoded) == doc["decoded_xxh3"]
 
 
 def check_provenance(doc: dict[str, Any], frame: bytes) -> None:
@@ -117,6 +122,14 @@ def test_vector(name: str) -> None:
         check_provenance(doc, frame)
     elif doc.get("stage") == "provenance":
         check_provenance(doc, frame)
+    elif doc.get("stage") == "decompress":
+        header, _, payload = decode_frame(frame)
+        with pytest.raises(HeaderError) as info:
+            decompress(header.codec, payload, header.decoded_length)
+        assert (info.value.reason, info.value.field) == (
+            doc["error"]["reason"],
+            doc["error"]["field"],
+        )
     else:
         assert name.startswith("bad_")
         assert doc["valid"] is False
@@ -136,6 +149,8 @@ def test_vector_as_a_frame_in_private_memory(name: str) -> None:
     frame, doc = load(name)
     if doc.get("stage") == "provenance":
         assert Frame.from_bytes(frame).header.provenance_length > 0
+    elif doc.get("stage") == "decompress":  # the header is good
+        assert Frame.from_bytes(frame).header.codec != 0
     elif doc["valid"]:
         f = Frame.from_bytes(frame)
         check_good(doc, f.header, f.metadata, bytes(f.payload))
@@ -165,7 +180,7 @@ def test_vector_in_a_slice(name: str, slices: Slices) -> None:
     frame, doc = load(name)
     s = slices.place(frame)
     try:
-        if doc["valid"] or doc.get("stage") == "provenance":
+        if doc["valid"] or doc.get("stage") in ("provenance", "decompress"):
             with slices.read(s, length=len(frame)) as f:
                 if doc["valid"]:
                     check_good(doc, f.header, f.metadata, bytes(f.payload))

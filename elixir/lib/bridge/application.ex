@@ -27,7 +27,11 @@ defmodule Bridge.Application do
 
     Bridge.Provenance.Stored.init()
     Bridge.Metrics.init()
-    children = [Bridge.FormatStats, Bridge.Metrics.Monitor | Bridge.Metrics.Collector.children()]
+
+    children =
+      [Bridge.FormatStats, Bridge.Metrics.Monitor | Bridge.Metrics.Collector.children()] ++
+        [Bridge.Handle | Bridge.Cluster.children()]
+
     Supervisor.start_link(children, strategy: :one_for_one, name: Bridge.Supervisor)
   end
 end

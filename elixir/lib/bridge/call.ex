@@ -17,6 +17,47 @@ defmodule Bridge.Call do
   @doc false
   @spec run(Bridge.function_ref(), list(), keyword()) :: {:ok, term()} | {:error, Error.t()}
   def run(function_ref, args, opts) do
+    with :ok <- check_result(Keyword.get(opts, :result, :value)) do
+      case Bridge.Remote.route(opts) do
+        :local -> run_local(function_ref, args, opts)
+        {:remote, node} -> Bridge.Remote.call(node, function_ref, args, opts)
+        {:error, _} = error -> error
+      end
+    end
+  end
+
+  defp check_result(r) when r in [:value, :handle], do: :ok
+
+  defp check_result(r),
+    do:
+      {:error,
+       Error.new(:bad_call, :badarg, field: :result, value: r, limit: ":value or :handle")}
+
+  # result: :handle keeps the value here, for the caller (SPEC §15.5).
+  defp kept({:ok, value}, opts) do
+    if Keyword.get(opts, :result) == :handle,
+      do: {:ok, Bridge.Handle.hold(value, self())},
+      else: {:ok, value}
+  end
+
+  defp kept(error, _opts), do: error
+
+  # A local pool that is overloaded hands the call to another node's pool of
+  # the same name, when it allows (:spill) and one answers (SPEC §15).
+  defp run_local(function_ref, args, opts) do
+    case function_ref |> run_here(args, opts) |> kept(opts) do
+      {:error, %Error{kind: :overloaded}} = overloaded ->
+        case Bridge.Remote.spill(opts, Config.get(Keyword.get(opts, :pool, Bridge))) do
+          nil -> overloaded
+          node -> Bridge.Remote.call(node, function_ref, args, opts)
+        end
+
+      result ->
+        result
+    end
+  end
+
+  defp run_here(function_ref, args, opts) do
     cond do
       Telemetry.enabled?() ->
         Bridge.Call.Events.span(function_ref, opts, fn ->
@@ -58,11 +99,13 @@ defmodule Bridge.Call do
          :ok <- check_name(:function, function),
          {:ok, config} <- config(pool),
          :ok <- CallerGC.before_call(config.arena_limit),
-         {:ok, timeout} <- timeout(opts, config),
+         {:ok, timeout} <- timeout(opts, config.timeout),
          {:ok, format} <- Bridge.Format.check_policy(Keyword.get(opts, :format, :auto)),
          {:ok, strings} <- strings(Keyword.get(opts, :strings, config.strings)),
          {:ok, provenance} <- Arguments.context(Keyword.get(opts, :meta)),
-         {:ok, term, slices, streams} <- encode(args, config, format, pool, provenance) do
+         {:ok, compress} <- local_codec(opts, config),
+         {:ok, term, slices, streams} <-
+           encode(args, config, format, pool, {provenance, compress}) do
       {:ok,
        %{
          pool: pool,
@@ -75,7 +118,11 @@ defmodule Bridge.Call do
          timeout: timeout,
          format: format,
          strings: strings,
-         opts: with_meta(call_opts(format, strings), Arguments.option(provenance))
+         opts:
+           format
+           |> call_opts(strings)
+           |> with_meta(Arguments.option(provenance))
+           |> with_codec(compress)
        }}
     end
   end
@@ -99,6 +146,21 @@ defmodule Bridge.Call do
 
   defp with_meta(opts, nil), do: opts
   defp with_meta(opts, meta), do: Map.put(opts, "meta", meta)
+
+  # The worker compresses its result slices with the call's codec (SPEC §15.3).
+  defp with_codec(opts, nil), do: opts
+  defp with_codec(opts, codec), do: Map.put(opts, "compress", Atom.to_string(codec))
+
+  # Through shared memory :auto never compresses: its model (Bridge.Codec.Choice)
+  # puts a codec ahead only when decompressing is faster than the path, and no
+  # codec here decompresses faster than a memcpy. A codec asked for by name is
+  # used with workers of protocol 2.7 or later (SPEC §5.3).
+  defp local_codec(opts, config) do
+    with {:ok, setting} <- Bridge.Remote.compress(opts, config) do
+      codec = if setting == :auto, do: :none, else: Bridge.Codec.of_setting(setting)
+      {:ok, if(codec != :none and Config.peer_minor(config) >= 7, do: codec)}
+    end
+  end
 
   defp strings(s) when s in [:bytes, :str], do: {:ok, s}
 
@@ -147,11 +209,12 @@ defmodule Bridge.Call do
 
   # A caller that read the config just before the bridge stopped finds its arenas
   # closed: the same error as a call made after the stop.
-  defp encode(args, config, format, pool, provenance) do
+  defp encode(args, config, format, pool, {provenance, compress}) do
     opts = [
       format: format,
       streams: true,
       provenance: provenance,
+      compress: compress,
       nested_records: Config.peer_minor(config) >= 6
     ]
 
@@ -189,10 +252,17 @@ defmodule Bridge.Call do
           {:ok, term()} | {:error, Error.t()}
   def decode(body, resolved, worker, config, pieces \\ %{}) do
     with {:ok, term} <- Control.decode_body(body),
-         {:ok, value} <- Decoder.decode_result(term, resolved, config.verify, pieces) do
+         {:ok, value} <- Decoder.decode_result(term, resolved, checks(config), pieces) do
       {:ok, value}
     else
       {:error, %Error{kind: :bad_call}} = error ->
+        error
+
+      # a payload that does not decompress, or to more than the call may take,
+      # is lost data, not a broken protocol: the call fails, the worker stays
+      # (SPEC §15.3)
+      {:error, %Error{reason: reason}} = error
+      when reason in [:bad_compressed_data, :decoded_too_large] ->
         error
 
       {:error, error} ->
@@ -200,6 +270,13 @@ defmodule Bridge.Call do
         {:error, error}
     end
   end
+
+  @doc false
+  # What a result's slices are checked against: its payloads decompress to at
+  # most the bytes the worker's arenas may hold (SPEC §15.3).
+  @spec checks(Config.t()) :: keyword()
+  def checks(config),
+    do: [verify: config.verify, max_decoded: max(config.arena_limit, 67_108_864)]
 
   defp check_name(_field, name) when is_atom(name) and name not in [nil, true, false], do: :ok
   defp check_name(_field, name) when is_binary(name) and name != "", do: :ok
@@ -216,9 +293,13 @@ defmodule Bridge.Call do
     end
   end
 
-  defp timeout(opts, config) do
-    case Keyword.get(opts, :timeout, config.timeout) do
-      t when (is_integer(t) and t > 0) or t == :infinity ->
+  @doc false
+  # The call's :timeout, `default` when it gives none; nil only when `default`
+  # is (a caller that leaves it to another node's pool, Bridge.Remote).
+  @spec timeout(keyword(), timeout() | nil) :: {:ok, timeout() | nil} | {:error, Error.t()}
+  def timeout(opts, default) do
+    case Keyword.get(opts, :timeout, default) do
+      t when (is_integer(t) and t > 0) or t == :infinity or (t == nil and default == nil) ->
         {:ok, t}
 
       t ->

@@ -28,6 +28,9 @@ defmodule Bridge.Config do
             verify: false,
             strings: :bytes,
             dashboard: nil,
+            compress: :auto,
+            spill: true,
+            node_timeout: 5_000,
             arena: nil,
             peer_minor: nil
 
@@ -50,7 +53,10 @@ defmodule Bridge.Config do
     :start_timeout,
     :verify,
     :strings,
-    :dashboard
+    :dashboard,
+    :compress,
+    :spill,
+    :node_timeout
   ]
 
   @spec new(keyword()) :: {:ok, t()} | {:error, Error.t()}
@@ -124,6 +130,9 @@ defmodule Bridge.Config do
   defp check(:verify, v) when is_boolean(v), do: :ok
   defp check(:strings, v) when v in [:bytes, :str], do: :ok
   defp check(:dashboard, nil), do: :ok
+  defp check(:compress, v) when v in [:auto, :none, :lz4, :zstd, :gzip], do: :ok
+  defp check(:spill, v) when is_boolean(v), do: :ok
+  defp check(:node_timeout, v) when is_integer(v) and v > 0, do: :ok
 
   defp check(:dashboard, v) do
     if dashboard?(v),
@@ -202,5 +211,8 @@ defmodule Bridge.Config do
   defp expectation(:strings), do: ":bytes or :str"
   defp expectation(:pool_size), do: "a positive integer"
   defp expectation(:start_timeout), do: "a positive integer (milliseconds)"
+  defp expectation(:node_timeout), do: "a positive integer (milliseconds)"
+  defp expectation(:spill), do: "a boolean"
+  defp expectation(:compress), do: ":auto, :none, :lz4, :zstd or :gzip"
   defp expectation(_), do: "a non-negative integer"
 end

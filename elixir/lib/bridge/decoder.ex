@@ -21,8 +21,11 @@ defmodule Bridge.Decoder do
   # copied out of the frame and the records layouts are the tables of
   # protocol/registry.json (Bridge.Registry).
 
-  alias Bridge.{Arrow, Error, Format, FormatStats, Peer, Registry, Serializer, Table}
+  alias Bridge.{Arrow, Error, Format, FormatStats, Header, Peer, Registry, Serializer, Table}
   alias Bridge.Tensor.Wire
+
+  # what a result's compressed slices may decompress to in all, by default (2^32)
+  @max_decoded 4_294_967_296
 
   @type decode_ctx :: %{resolved: tuple(), verify: boolean(), tally: map(), pieces: map()}
 
@@ -37,10 +40,26 @@ defmodule Bridge.Decoder do
   @doc false
   # `resolved` holds one entry per slice of the answer (see the moduledoc);
   # `pieces` the lists that came in pieces before it (Bridge.Call.Pieces).
-  @spec decode_result(term(), tuple(), boolean(), Bridge.Call.Pieces.t()) ::
+  # `checks`: whether payload checksums are verified, or [verify: boolean,
+  # max_decoded: bytes], the most its compressed slices may decompress to in
+  # all (default @max_decoded: a worker's arenas hold compressed bytes, so
+  # without it a few kilobytes could ask for terabytes).
+  @spec decode_result(term(), tuple(), boolean() | keyword(), Bridge.Call.Pieces.t()) ::
           {:ok, term()} | {:error, Error.t()}
-  def decode_result(term, resolved, verify, pieces \\ %{}) do
-    ctx = %{resolved: resolved, verify: verify, tally: %{}, pieces: pieces}
+  def decode_result(term, resolved, checks, pieces \\ %{}) do
+    {verify, max_decoded} =
+      if is_boolean(checks),
+        do: {checks, @max_decoded},
+        else:
+          {Keyword.get(checks, :verify, false), Keyword.get(checks, :max_decoded, @max_decoded)}
+
+    ctx = %{
+      resolved: resolved,
+      verify: verify,
+      tally: %{},
+      pieces: pieces,
+      decoded_left: max_decoded
+    }
 
     try do
       {value, ctx} = dec(term, ctx)
@@ -217,6 +236,7 @@ defmodule Bridge.Decoder do
     case Peer.read_frame(lease, length, generation, verify: ctx.verify, copy: copy?) do
       {:ok, %{header: %{format: code}} = frame} ->
         ctx = received(ctx, Map.fetch!(@stats_forms, kind), frame.header.payload_length)
+        {frame, ctx} = decompressed(frame, ctx)
         format = Map.fetch!(@kinds, kind)
 
         if code == Map.fetch!(@format_codes, format),
@@ -231,6 +251,25 @@ defmodule Bridge.Decoder do
 
       {:error, %Error{} = e} ->
         throw({:bad_result, e, ctx})
+    end
+  end
+
+  # A compressed payload (SPEC §5.1 `codec`, §15.3) is decompressed before its
+  # format reads it; the header validation bounded decoded_length already.
+  # A result decompresses to at most ctx.decoded_left bytes in all.
+  defp decompressed(%{header: %{codec: 0}} = frame, ctx), do: {frame, ctx}
+
+  defp decompressed(%{header: h} = frame, ctx) do
+    codec = Header.codec_name(h.codec)
+
+    case Bridge.Codec.decompress(codec, frame.payload, h.decoded_length, ctx.decoded_left) do
+      {:ok, bin} ->
+        header = %{h | codec: 0, payload_length: byte_size(bin)}
+        left = ctx.decoded_left - byte_size(bin)
+        {%{frame | payload: bin, header: header}, %{ctx | decoded_left: left}}
+
+      {:error, error} ->
+        throw({:bad_result, error, ctx})
     end
   end
 

@@ -107,6 +107,8 @@ defmodule Bridge.Encoder do
       policy: Keyword.get(opts, :format, :auto),
       # struct and list columns in the records form: protocol 2.6 (Bridge.Format)
       nested: Keyword.get(opts, :nested_records, true),
+      # a codec for slice payloads, when the call asks for one (SPEC §15.3)
+      compress: Keyword.get(opts, :compress),
       provenance: Keyword.get_lazy(opts, :provenance, &Arguments.default/0),
       tally: %{},
       # inline binaries, the most frequent decision, counted apart (cheaper)
@@ -230,6 +232,15 @@ defmodule Bridge.Encoder do
 
   # Structs of registered custom types: protocol/formats/custom.md. Other
   # structs, and those whose encode fails, go as their plain map (ETF).
+  # A result handle stands for the value it keeps (SPEC §15.5): read where it is
+  # kept when that is here, else fetched from its node, never through the caller.
+  defp enc(%Bridge.Handle{} = handle, ctx) do
+    case Bridge.Handle.fetch(handle) do
+      {:ok, value} -> enc(value, ctx)
+      {:error, error} -> throw({:bad_arg, error, ctx})
+    end
+  end
+
   defp enc(%struct{} = value, ctx) when struct not in @builtin do
     if function_exported?(struct, :__bb_encode__, 2),
       do: schema_value(struct, value, ctx),
@@ -330,7 +341,9 @@ defmodule Bridge.Encoder do
   # of handle kind `kind`, reason), or inline (form, :too_large | :arena_full) when no
   # slice could take the payload but a control frame can.
   defp slice(kind, payload, frame_opts, inline, ctx, {form, reason, what}) do
-    size = IO.iodata_length(payload)
+    # the slice may hold it compressed (SPEC §15.3); every fallback takes it as it is
+    {stored, frame_opts} = Bridge.Codec.frame_payload(ctx.compress, payload, frame_opts)
+    size = IO.iodata_length(stored)
     {block, provenance} = Arguments.block(ctx.provenance, payload)
     ctx = %{ctx | provenance: provenance}
     metadata = Keyword.get(frame_opts, :metadata, "")
@@ -338,7 +351,7 @@ defmodule Bridge.Encoder do
 
     result =
       if Arena.fits?(ctx.arena.limit, size, byte_size(metadata) + byte_size(block)),
-        do: Bridge.Call.Timed.put(ctx.arena, payload, frame_opts),
+        do: Bridge.Call.Timed.put(ctx.arena, stored, frame_opts),
         else: {:error, Arena.too_large(ctx.arena, size)}
 
     case result do
@@ -349,9 +362,11 @@ defmodule Bridge.Encoder do
 
       {:error, %Error{reason: cause} = error}
       when cause in [:too_large, :arena_full, :no_space] ->
-        if Chunked.chunks?(kind, inline, size, ctx),
+        raw = IO.iodata_length(payload)
+
+        if Chunked.chunks?(kind, inline, raw, ctx),
           do: chunked(kind, payload, inline, ctx, {form, what}, error),
-          else: inline_instead(inline, size, ctx, {form, what}, error)
+          else: inline_instead(inline, raw, ctx, {form, what}, error)
 
       {:error, %Error{} = error} ->
         throw({:bad_arg, error, ctx})

@@ -10,7 +10,8 @@ defmodule Bridge.Error do
       outside shared objects, `from_nif/2`), `:lease` (leases, SPEC §4) or `:arena` (shared
       objects: limits, sealing, opening a peer's object); for `Bridge.call/3`
       also `:python_exception` (the handler raised), `:timeout`, `:worker_died`,
-      `:overloaded` (the pool's queue is full), `:bad_call` (the call itself was
+      `:overloaded` (the pool's queue is full), `:node_down` (the node a call
+      went to died or stopped answering, SPEC §15), `:bad_call` (the call itself was
       wrong: unknown module or function, arguments that cannot cross) and
       `:start_failed` (the interpreter could not start a worker).
     * `reason` — an atom, the same word the Python side uses (`:bad_magic`,
@@ -36,6 +37,7 @@ defmodule Bridge.Error do
           | :timeout
           | :worker_died
           | :overloaded
+          | :node_down
           | :bad_call
           | :start_failed
           | :arrow
@@ -184,6 +186,7 @@ defmodule Bridge.Error do
   defp kind_text(:timeout), do: "timeout"
   defp kind_text(:worker_died), do: "worker died"
   defp kind_text(:overloaded), do: "overloaded"
+  defp kind_text(:node_down), do: "node down"
   defp kind_text(:bad_call), do: "bad call"
   defp kind_text(:start_failed), do: "worker start failed"
   defp kind_text(:arena), do: "arena error"

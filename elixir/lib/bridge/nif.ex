@@ -21,7 +21,12 @@ defmodule Bridge.NIF do
   end
 
   # Runtime libraries the NIF links, by the Debian packages that provide them.
-  @runtime_packages [{"libxxhash", "libxxhash0"}, {"libzstd", "libzstd1"}]
+  @runtime_packages [
+    {"libxxhash", "libxxhash0"},
+    {"libzstd", "libzstd1"},
+    {"liblz4", "liblz4-1"},
+    {"libz.so", "zlib1g"}
+  ]
 
   @doc false
   # What to do about a NIF that did not load.
@@ -30,8 +35,8 @@ defmodule Bridge.NIF do
     hint =
       case for({lib, package} <- @runtime_packages, text =~ lib, do: package) do
         [] ->
-          "rebuild it with `mix deps.compile beambridge --force`; it links libxxhash and " <>
-            "libzstd (Debian: apt install libxxhash0 libzstd1)"
+          "rebuild it with `mix deps.compile beambridge --force`; it links libxxhash, " <>
+            "libzstd, liblz4 and zlib (Debian: apt install libxxhash0 libzstd1 liblz4-1 zlib1g)"
 
         packages ->
           "install the runtime libraries it links; on Debian or Ubuntu: apt install " <>
@@ -54,6 +59,15 @@ defmodule Bridge.NIF do
   # frame's declared content size is checked before allocating. Errors: :badarg,
   # :too_large, :size_mismatch, :bad_compressed_data, :enomem.
   def zstd_decompress(_frame, _expected_size), do: not_loaded()
+  # Payload codecs (codecs.c; Bridge.Codec). One frame of :lz4_frame, :zstd or :gzip
+  # from a binary, of exactly the compressed size; level 0 is the codec's fast
+  # default. Errors: :badarg (unknown codec, level out of range), :enomem.
+  def codec_compress(_codec, _binary, _level), do: not_loaded()
+  # One frame that is the whole binary into exactly decoded_length bytes (<= 2^32).
+  # What the data declares (LZ4 and zstd content size, gzip ISIZE) is checked
+  # before allocating. Errors: :badarg, :too_large, :size_mismatch,
+  # :bad_compressed_data (corrupt, truncated, trailing bytes, another length), :enomem.
+  def codec_decompress(_codec, _binary, _decoded_length), do: not_loaded()
 
   # Shared objects (protocol/SPEC.md §1-§4). Owned arenas and slices:
   def arena_set_new(_limit, _min_arena), do: not_loaded()

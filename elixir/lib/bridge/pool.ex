@@ -47,6 +47,8 @@ defmodule Bridge.Pool do
       Arena.new(limit: config.arena_limit, min_arena: config.min_arena, checksum: config.verify)
 
     Config.put(%{config | arena: arena, peer_minor: :atomics.new(1, signed: false)})
+    # other nodes' callers find this pool through its :pg group (SPEC §15)
+    Bridge.Cluster.join(config.name, self())
     Process.send_after(self(), :trim, @trim_every)
 
     {:ok,

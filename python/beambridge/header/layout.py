@@ -84,6 +84,7 @@ class Codec(IntEnum):
     NONE = registry.CODECS["none"]
     LZ4_FRAME = registry.CODECS["lz4_frame"]
     ZSTD = registry.CODECS["zstd"]
+    GZIP = registry.CODECS["gzip"]
 
 
 @dataclass(frozen=True)

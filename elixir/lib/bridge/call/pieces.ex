@@ -54,7 +54,7 @@ defmodule Bridge.Call.Pieces do
   defp read(pieces, worker, {sid, seq}, {:"$bb_piece", count, part}, resolved, config)
        when is_integer(count) and count >= 0 and
               (not is_map_key(pieces.counts, sid) or :erlang.map_get(sid, pieces.counts) == count) do
-    case Decoder.decode_result(part, resolved, config.verify) do
+    case Decoder.decode_result(part, resolved, Bridge.Call.checks(config)) do
       {:ok, list} when is_list(list) ->
         {n, lists} = Map.get(pieces.lists, sid, {0, []})
         pieces = if lists == [], do: reserve(pieces, count, list, part, resolved), else: pieces
