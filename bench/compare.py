@@ -45,6 +45,11 @@ def ratios(run: dict[str, Any]) -> Iterator[tuple[str, float, bool]]:
     if nested:
         yield "nested Arrow decode vs ETF list of maps", nested["speedup"], True
         yield "nested Arrow + values vs ETF list of maps", nested["speedup_with_values"], True
+    cluster = run.get("cluster")
+    if cluster:
+        for row in cluster["rows"]:
+            yield f"cross-node 64 MiB {row['data']}: auto over best", row["auto_vs_best"], False
+            yield f"cross-node 64 MiB {row['data']}: auto over none", row["auto_vs_none"], False
     tensor = run.get("tensor_open")
     if tensor:
         yield "tensor open, 1 GiB over 1 KiB", tensor["large_over_small"], False

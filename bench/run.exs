@@ -22,6 +22,8 @@
 #     tensor open; lists and rows as ETF vs packed/records (bench/formats.exs)
 #   * typed schemas: 1M PerformanceMetrics and 1M ModelConfig values each way as SSZ
 #     lists against an ETF list of maps (bench/schemas.exs)
+#   * a 64 MiB call to another node (a :peer on localhost) with each :compress
+#     setting, on compressible and incompressible data (bench/cluster.exs)
 #   * streams of 4 MiB elements, 1 GiB and 16 GiB each way, against memcpy, with peak
 #     RSS of both processes and peak shared memory (bench/streams.exs)
 #   * each ratio against the same ratio of transport 1 (bench/results/v1.json, a full
@@ -81,6 +83,8 @@ defmodule Bench do
     formats = BenchFormats.run(BenchBridge, quick?)
     info("Typed schemas in batches (1M values each way)")
     schemas = BenchSchemas.run(BenchBridge, quick?)
+    info("A 64 MiB call to another node, each :compress setting (about three minutes)")
+    cluster = BenchCluster.run(@python, quick?)
     info("Streams (16 GiB each way: about a minute)")
     streams = BenchStreams.run(BenchBridge, @python, quick?)
     Supervisor.stop(sup)
@@ -115,7 +119,8 @@ defmodule Bench do
       "nested" => nested,
       "formats" => formats,
       "schemas" => schemas,
-      "streams" => streams
+      "streams" => streams,
+      "cluster" => cluster
     }
 
     print_table(echo_rows, small, throughput)
@@ -128,6 +133,7 @@ defmodule Bench do
     BenchFormats.print(formats)
     BenchSchemas.print(schemas)
     BenchStreams.print(streams)
+    BenchCluster.print(cluster)
     print_targets(echo_rows, small, throughput, sweep)
     BenchStreams.print_targets(streams)
     File.mkdir_p!("bench/results")
@@ -545,4 +551,6 @@ Process.put(:bench_schemas_as_lib, true)
 Code.require_file("schemas.exs", __DIR__)
 Process.put(:bench_nested_as_lib, true)
 Code.require_file("nested.exs", __DIR__)
+Process.put(:bench_cluster_as_lib, true)
+Code.require_file("cluster.exs", __DIR__)
 Bench.main(System.argv())
