@@ -34,7 +34,6 @@ defmodule Bridge.Encoder do
     Arena,
     Arrow,
     Buffer,
-    Control,
     Error,
     Format,
     FormatStats,
@@ -325,7 +324,10 @@ defmodule Bridge.Encoder do
     end
   end
 
-  defp note(ctx, form, reason, bytes, what),
+  @doc false
+  # The encoding `ctx` with one more decision counted (Bridge.format_stats/0).
+  @spec note(map(), atom(), atom(), non_neg_integer(), term()) :: map()
+  def note(ctx, form, reason, bytes, what),
     do: %{ctx | tally: FormatStats.decided(ctx.tally, :to_python, form, reason, bytes, what)}
 
   defp enc_list([], ctx, acc), do: {Enum.reverse(acc), ctx}
@@ -365,43 +367,11 @@ defmodule Bridge.Encoder do
         raw = IO.iodata_length(payload)
 
         if Chunked.chunks?(kind, inline, raw, ctx),
-          do: chunked(kind, payload, inline, ctx, {form, what}, error),
-          else: inline_instead(inline, raw, ctx, {form, what}, error)
+          do: Chunked.send_chunks(kind, payload, inline, ctx, {form, what}, error),
+          else: Chunked.send_inline(inline, raw, ctx, {form, what}, error)
 
       {:error, %Error{} = error} ->
         throw({:bad_arg, error, ctx})
-    end
-  end
-
-  # A binary no slice can take and no control frame can carry goes as a stream
-  # of chunks, if the call can have streams (Bridge.Encoder.Chunked).
-  defp chunked(kind, payload, inline, ctx, {form, what}, %Error{reason: cause} = error) do
-    {bin, term} = Chunked.split(kind, payload, inline)
-    size = byte_size(bin)
-    sid = length(ctx.streams) + 1
-    stream = Bridge.Stream.from(Bridge.Stream.chunks(bin), window: 2)
-
-    FormatStats.warn({:to_python, :chunked, cause}, fn ->
-      "beambridge: a #{size}-byte argument went as a stream of chunks (#{cause}): " <>
-        Exception.message(error)
-    end)
-
-    ctx = %{note(ctx, form, :chunked, size, what) | streams: [{sid, stream} | ctx.streams]}
-    {term.(sid), ctx}
-  end
-
-  # A value no slice could take goes inline when a control frame can carry it.
-  defp inline_instead(inline, size, ctx, {form, what}, %Error{reason: cause} = error) do
-    if ctx.inline + size > Control.max_frame() - 65_536 do
-      message = String.replace_prefix(error.message, "arena error", "bad call")
-      throw({:bad_arg, %{error | kind: :bad_call, message: message}, ctx})
-    else
-      FormatStats.warn({:to_python, cause}, fn ->
-        "beambridge: a #{size}-byte argument went inline over the Port, not through " <>
-          "shared memory (#{cause}): " <> Exception.message(error)
-      end)
-
-      {inline, %{note(ctx, form, cause, size, what) | inline: ctx.inline + size}}
     end
   end
 
