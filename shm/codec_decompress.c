@@ -73,11 +73,12 @@ static int get_decompress_args(ErlNifEnv *env, const ERL_NIF_TERM argv[], codec_
         return *expected <= zstd_max_decoded(in->size);
     }
     case CODEC_GZIP: {
-        const unsigned char *t = in->data + in->size - 4;
+        const unsigned char *t;
         uint32_t isize;
         if (in->size < GZIP_MIN_SIZE || in->data[0] != 0x1f || in->data[1] != 0x8b ||
             in->data[2] != Z_DEFLATED)
             return 0;
+        t = in->data + in->size - 4; /* the ISIZE trailer, now that there is one */
         isize = (uint32_t)t[0] | (uint32_t)t[1] << 8 | (uint32_t)t[2] << 16 | (uint32_t)t[3] << 24;
         if (isize != (uint32_t)*expected) {
             *err = error_tuple(env, ATOM_SIZE_MISMATCH);

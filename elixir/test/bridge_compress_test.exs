@@ -145,6 +145,27 @@ defmodule Bridge.CompressTest do
              )
   end
 
+  test "an untrusted pool's sealed results come compressed too" do
+    start_supervised!({Bridge, bridge_opts(BbtCompressSealed, pool_size: 1, untrusted: true)},
+      id: :sealed
+    )
+
+    for setting <- [:lz4, :zstd, :gzip] do
+      Bridge.reset_format_stats()
+
+      assert {:ok, made} =
+               Bridge.call({:bbt_handlers, :make_bytes}, [2_000_000, 9],
+                 pool: BbtCompressSealed,
+                 compress: setting
+               )
+
+      assert made == :binary.copy(<<9>>, 2_000_000)
+
+      assert Enum.sum(for %{direction: :from_python, bytes: b} <- Bridge.format_stats(), do: b) <
+               200_000
+    end
+  end
+
   test "a stream's elements are compressed one by one" do
     Bridge.reset_format_stats()
 

@@ -10,6 +10,9 @@ defmodule Bridge.ClusterTest do
   alias Bridge.Test.Peers
 
   @moduletag timeout: 600_000
+
+  doctest Bridge.Cluster
+  doctest Bridge.Handle
   @pool BbtCluster
   @spill BbtSpill
 

@@ -6,6 +6,7 @@ defmodule Bridge.CodecTest do
   alias Bridge.{Codec, Error, NIF}
 
   doctest Bridge.Codec
+  doctest Bridge.Codec.Choice
 
   @codecs [:lz4_frame, :zstd, :gzip]
   @four_gib 1 <<< 32

@@ -116,6 +116,9 @@ def decompress(
         return bytes(view)
     if decoded_length > max_decoded:
         raise HeaderError("decoded_too_large", "decoded_length", decoded_length, max_decoded)
+    most = _MAX_EXPANSION[code](len(view))
+    if decoded_length > most:  # before any library allocates the output
+        raise _bad(code, view, decoded_length, None, f"could decode to {most} bytes at most")
     lib = zlib if code == _GZIP else _library(code)
     reader = {_LZ4: _lz4, _ZSTD: _zstd, _GZIP: _gzip}[code]
     try:
@@ -124,6 +127,17 @@ def decompress(
         raise
     except Exception as exc:
         raise _bad(code, view, decoded_length, None, f"is refused by its decoder ({exc})") from None
+
+
+#: The most bytes a payload of n bytes can decode to: an LZ4 sequence's length bytes add
+#: 255 each, deflate makes at most 258 bytes of 2 bits (1032 a byte), a Zstandard block
+#: of at least 3 bytes at most 128 KiB. A length above that lies, whatever the payload
+#: declares, and is refused before anything is allocated (as the NIF does).
+_MAX_EXPANSION = {
+    _LZ4: lambda n: 255 * n,
+    _ZSTD: lambda n: (n // 3 + 1) * 131072,
+    _GZIP: lambda n: 1032 * n,
+}
 
 
 def _lz4(lib: Any, view: memoryview, n: int) -> bytes:

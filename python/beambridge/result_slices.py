@@ -194,7 +194,7 @@ class ResultSlices:
         raw = size  # what a fallback carries: the value as it is
         if self.codec:
             fill, frame = _compressed(self.codec, fill, size)
-            size = fill.nbytes
+            size = fill.nbytes if isinstance(fill, memoryview) else size
         try:
             if self.sealed:
                 entry = self._sealed(fill, size, metadata, format, schema_id, schema_version, frame)
@@ -416,16 +416,21 @@ class ResultSlices:
         _warn(reason, f"{what} gets no slice ({err}); sending it inline")
 
 
-def _compressed(codec: int, fill: Fill, size: int) -> tuple[memoryview, dict[str, Any]]:
+def _compressed(codec: int, fill: Fill, size: int) -> tuple[Fill, dict[str, Any]]:
     """The payload ``fill`` makes, compressed with ``codec``, and the frame fields that
     say so. A producer that writes in place (NumPy, pyarrow) writes into private memory
-    first: a compressed frame is written once its size is known."""
+    first: a compressed frame is written once its size is known. A payload that does not
+    compress (no memory for it, a codec's error) is written as it is: compression never
+    fails a result."""
     if isinstance(fill, memoryview):
         data = fill
     else:
         data = memoryview(bytearray(size))
         fill(data)
-    packed = compress(codec, data)
+    try:
+        packed = compress(codec, data)
+    except Exception:  # MemoryError, a library's own
+        return data, {}
     return memoryview(packed), {"codec": codec, "decoded_length": size}
 
 

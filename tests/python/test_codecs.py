@@ -317,9 +317,27 @@ def test_the_gzip_header_and_trailer() -> None:
     assert_bad(GZIP, b"\x1f\x8b" + bytes(15), 0)  # 17 bytes: too short to be a member
     assert_bad(GZIP, b"\x1f\x9b" + packed[2:], len(TEXT))
     assert assert_bad(GZIP, packed, len(TEXT) + 1).value == len(TEXT)
-    # the trailer holds the length modulo 2^32: a lie of 2^32 more is found by decoding
+    # the trailer holds the length modulo 2^32: a lie of 2^32 more is refused, since
+    # 99 bytes of deflate cannot make that many
     err = assert_bad(GZIP, packed, len(TEXT) + 2**32, max_decoded=2**40)
-    assert err.value == len(TEXT)
+    assert err.value is None and "at most" in str(err)
+
+
+@pytest.mark.parametrize("codec", COMPRESSED)
+def test_a_length_no_payload_of_its_size_could_reach_is_refused_before_allocating(
+    codec: int,
+) -> None:
+    # header and payload agree on 4 GiB, from a payload of a few hundred bytes: the
+    # libraries would allocate the whole output first; this refuses it unread
+    forged = FORGERS[codec](2**32, TEXT)
+    assert len(forged) < 4096
+    tracemalloc.start()
+    try:
+        err = assert_bad(codec, forged, 2**32)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert "at most" in str(err) and peak < 1 << 20
 
 
 @pytest.mark.parametrize(("codec", "module"), [(LZ4, "lz4.frame"), (ZSTD, "zstandard")])

@@ -42,7 +42,12 @@ defmodule Bridge.Cluster do
   @doc false
   # The pool process `pid` of the bridge `name` joins its group.
   @spec join(atom(), pid()) :: :ok
-  def join(name, pid), do: :pg.join(@scope, {Bridge, name}, pid)
+  def join(name, pid) do
+    :pg.join(@scope, {Bridge, name}, pid)
+  catch
+    # the application's scope is not running (the pool still works locally)
+    :exit, _ -> :ok
+  end
 
   @doc """
   The other nodes that run a pool named `name`, sorted; silent ones included.
@@ -89,11 +94,18 @@ defmodule Bridge.Cluster do
         false
 
       true ->
-        case :ets.lookup(@table, node) do
-          [{^node, seen}] -> now() - seen <= bound
-          [] -> true
-        end
+        seen?(node, bound)
     end
+  end
+
+  defp seen?(node, bound) do
+    case :ets.lookup(@table, node) do
+      [{^node, seen}] -> now() - seen <= bound
+      [] -> true
+    end
+  catch
+    # this process is restarting: no news is not bad news
+    :error, :badarg -> true
   end
 
   defp members(name) do
@@ -157,8 +169,9 @@ defmodule Bridge.Cluster do
             _ -> 0
           end
 
-        if bytes > Map.get(state.received, n, bytes), do: :ets.insert(@table, {n, now()})
-        {n, bytes}
+        # a new connection (another port) starts its count afresh
+        if bytes > Map.get(state.received, {n, port}, bytes), do: :ets.insert(@table, {n, now()})
+        {{n, port}, bytes}
       end
 
     %{state | received: received}

@@ -41,7 +41,7 @@ defmodule Bridge.Handle do
   @enforce_keys [:node, :id]
   defstruct [:node, :id]
 
-  @type t :: %__MODULE__{node: node(), id: pos_integer()}
+  @type t :: %__MODULE__{node: node(), id: reference()}
 
   @table __MODULE__
   @fetch_timeout 60_000
@@ -58,7 +58,8 @@ defmodule Bridge.Handle do
   """
   @spec hold(term(), pid(), term()) :: t()
   def hold(value, owner, tag \\ nil) when is_pid(owner) do
-    id = :erlang.unique_integer([:positive, :monotonic])
+    # a reference: unique across restarts of the node, unlike a counter
+    id = make_ref()
     :ets.insert(@table, {id, value, owner, tag})
 
     # a request its caller gave up on keeps nothing (abandon/2 may come first)
@@ -74,7 +75,8 @@ defmodule Bridge.Handle do
   # what it kept on `node`, or will keep, goes.
   @spec abandon(node(), term()) :: :ok
   def abandon(node, tag) do
-    :erlang.send({__MODULE__, node}, {:"$gen_cast", {:abandon, tag}}, [:noconnect])
+    # sent from a process of its own: it may wait for the connection to come back
+    spawn(fn -> send({__MODULE__, node}, {:"$gen_cast", {:abandon, tag}}) end)
     :ok
   end
 
@@ -86,7 +88,9 @@ defmodule Bridge.Handle do
   @spec fetch(t(), keyword()) :: {:ok, term()} | {:error, Error.t()}
   def fetch(handle, opts \\ [])
 
-  def fetch(%__MODULE__{node: node, id: id} = handle, _opts) when node == node() do
+  # (a handle made before this node was distributed names :nonode@nohost)
+  def fetch(%__MODULE__{node: node, id: id} = handle, _opts)
+      when node == node() or node == :nonode@nohost do
     case :ets.lookup(@table, id) do
       [{^id, value, _owner, _tag}] -> {:ok, value}
       [] -> {:error, released(handle)}
@@ -136,8 +140,14 @@ defmodule Bridge.Handle do
 
   @doc "Lets the value of `handle` go (nothing happens if it was already)."
   @spec release(t()) :: :ok
-  def release(%__MODULE__{node: node, id: id}) when node == node() do
-    GenServer.cast(__MODULE__, {:release, id})
+  def release(%__MODULE__{node: node, id: id}) when node == node() or node == :nonode@nohost do
+    # gone at once for whoever reads it next; the owner's watch ends after
+    case :ets.take(@table, id) do
+      [{^id, _value, owner, _tag}] -> GenServer.cast(__MODULE__, {:unwatch, id, owner})
+      [] -> :ok
+    end
+
+    :ok
   end
 
   def release(%__MODULE__{node: node, id: id}) do
@@ -185,6 +195,7 @@ defmodule Bridge.Handle do
   end
 
   def handle_cast({:release, id}, state), do: {:noreply, drop(id, state)}
+  def handle_cast({:unwatch, id, owner}, state), do: {:noreply, unwatch(id, owner, state)}
 
   def handle_cast({:abandon, tag}, state) do
     :ets.insert(@table, {{:abandoned, tag}, now() + @abandoned_for})
@@ -212,20 +223,21 @@ defmodule Bridge.Handle do
   # A value let go: its row, and its owner's watch when it was the last.
   defp drop(id, state) do
     case :ets.take(@table, id) do
-      [{^id, _value, owner, _tag}] ->
-        case state.owners do
-          %{^owner => {ref, [^id]}} ->
-            Process.demonitor(ref, [:flush])
-            %{state | owners: Map.delete(state.owners, owner), refs: Map.delete(state.refs, ref)}
+      [{^id, _value, owner, _tag}] -> unwatch(id, owner, state)
+      [] -> state
+    end
+  end
 
-          %{^owner => {ref, ids}} ->
-            %{state | owners: Map.put(state.owners, owner, {ref, List.delete(ids, id)})}
+  defp unwatch(id, owner, state) do
+    case state.owners do
+      %{^owner => {ref, [^id]}} ->
+        Process.demonitor(ref, [:flush])
+        %{state | owners: Map.delete(state.owners, owner), refs: Map.delete(state.refs, ref)}
 
-          _ ->
-            state
-        end
+      %{^owner => {ref, ids}} ->
+        %{state | owners: Map.put(state.owners, owner, {ref, List.delete(ids, id)})}
 
-      [] ->
+      _ ->
         state
     end
   end

@@ -264,7 +264,7 @@ defmodule Bridge.Remote do
     end
   catch
     :error, {:erpc, :noconnection} -> {:node_down, :noconnection}
-    class, reason -> {:failed, {class, reason}}
+    class, reason -> abandon(request, {:failed, {class, reason}})
   end
 
   # A request given up: its late reply, if any comes, is dropped.

@@ -36,19 +36,23 @@ defmodule Bridge.Remote.Stream do
     window = Keyword.get(opts, :window, 4)
 
     with {:ok, s} <- Remote.settings(opts, Bridge.Config.get(pool)),
-         {:ok, packed, _bytes} <- Wire.pack(args, s.compress, Remote.speed(node)),
-         key = :erlang.alias(),
-         remote_opts = Keyword.put(s.opts, :node, node),
-         {:ok, relay} <-
-           start_relay(node, [
-             self(),
-             key,
-             function_ref,
-             packed,
-             remote_opts,
-             {s.compress, window}
-           ]) do
-      %{node: node, relay: relay, monitor: Process.monitor(relay), key: key, settings: s}
+         {:ok, packed, _bytes} <- Wire.pack(args, s.compress, Remote.speed(node)) do
+      key = :erlang.alias()
+      remote_opts = Keyword.put(s.opts, :node, node)
+      relay_args = [self(), key, function_ref, packed, remote_opts, {s.compress, window}]
+
+      case start_relay(node, relay_args) do
+        {:ok, relay} ->
+          monitor = Process.monitor(relay)
+          # the relay opens the stream only now: one this side gave up on never does
+          send(relay, {:bb_go, key})
+          %{node: node, relay: relay, monitor: monitor, key: key, settings: s}
+
+        {:error, error} ->
+          :erlang.unalias(key)
+          flush(key)
+          raise error
+      end
     else
       {:error, %Error{} = error} -> raise error
     end
@@ -57,8 +61,21 @@ defmodule Bridge.Remote.Stream do
   defp start_relay(node, args) do
     {:ok, :erpc.call(node, __MODULE__, :relay_start, args, @start_wait)}
   catch
-    :error, {:erpc, :noconnection} -> {:error, Remote.node_down(node, :noconnection, @start_wait)}
-    :error, {:erpc, :timeout} -> {:error, Remote.node_down(node, :silent, @start_wait)}
+    :error, {:erpc, :noconnection} ->
+      {:error, Remote.node_down(node, :noconnection, @start_wait)}
+
+    :error, {:erpc, :timeout} ->
+      {:error, Remote.node_down(node, :silent, @start_wait)}
+
+    class, reason ->
+      {:error,
+       Error.new(:bad_call, :no_pool,
+         field: :node,
+         value: node,
+         message:
+           "bad call: no_pool: #{node} could not start the stream " <>
+             "(#{inspect({class, reason}, limit: 5)}); does it run this beambridge?"
+       )}
   end
 
   defp next({:local, session}) do
@@ -167,7 +184,15 @@ defmodule Bridge.Remote.Stream do
     spawn(fn ->
       monitor = Process.monitor(consumer)
       relay = %{consumer: consumer, key: key, monitor: monitor, compress: compress}
-      start(relay, function_ref, packed, opts, window)
+
+      # the consumer says go once it watches this process; a consumer that gave
+      # up on the start never does, and nothing is opened for it
+      receive do
+        {:bb_go, ^key} -> start(relay, function_ref, packed, opts, window)
+        {:DOWN, ^monitor, :process, _, _} -> :ok
+      after
+        @start_wait -> :ok
+      end
     end)
   end
 
@@ -188,18 +213,18 @@ defmodule Bridge.Remote.Stream do
   end
 
   # `credit`: elements the consumer has room for.
-  defp relay_loop(relay, cont, 0) do
+  defp relay_loop(%{monitor: monitor} = relay, cont, 0) do
     receive do
       {:bb_credit, _} -> relay_loop(relay, cont, 1)
       {:bb_stop, _} -> halt(cont)
-      {:DOWN, _, :process, _, _} -> halt(cont)
+      {:DOWN, ^monitor, :process, _, _} -> halt(cont)
     end
   end
 
-  defp relay_loop(relay, cont, credit) do
+  defp relay_loop(%{monitor: monitor} = relay, cont, credit) do
     receive do
       {:bb_stop, _} -> halt(cont)
-      {:DOWN, _, :process, _, _} -> halt(cont)
+      {:DOWN, ^monitor, :process, _, _} -> halt(cont)
       {:bb_credit, _} -> relay_loop(relay, cont, credit + 1)
     after
       0 ->
