@@ -87,6 +87,25 @@ int get_u64(ErlNifEnv *env, ERL_NIF_TERM t, uint64_t *out, ERL_NIF_TERM *err)
     return 0;
 }
 
+int get_output_size(ErlNifEnv *env, ERL_NIF_TERM t, uint64_t max, uint64_t *out,
+                    ERL_NIF_TERM *err)
+{
+    ErlNifUInt64 v;
+    if (!enif_get_uint64(env, t, &v)) {
+        /* Not an integer, or a negative one: badarg. A positive bignum: too_large. */
+        int positive = enif_term_type(env, t) == ERL_NIF_TERM_TYPE_INTEGER &&
+                       enif_compare(t, enif_make_int(env, 0)) > 0;
+        *err = error_tuple(env, positive ? ATOM_TOO_LARGE : ATOM_BADARG);
+        return 0;
+    }
+    if ((uint64_t)v > max || (uint64_t)v > (uint64_t)SIZE_MAX) {
+        *err = error_tuple(env, ATOM_TOO_LARGE);
+        return 0;
+    }
+    *out = (uint64_t)v;
+    return 1;
+}
+
 /* The name nif_unlink takes: "/" then 1..254 bytes without "/" or NUL, not "." or ".."
  * (badarg when not a binary, bad_name otherwise). */
 static int get_name(ErlNifEnv *env, ERL_NIF_TERM t, char *buf, ERL_NIF_TERM *err)
@@ -211,25 +230,14 @@ static ERL_NIF_TERM nif_xxh3_64(ErlNifEnv *env, int argc, const ERL_NIF_TERM arg
 static int get_zstd_args(ErlNifEnv *env, const ERL_NIF_TERM argv[], ErlNifBinary *in,
                          uint64_t *expected, ERL_NIF_TERM *err)
 {
-    ErlNifUInt64 v;
     unsigned long long declared;
     size_t first;
     if (!enif_inspect_binary(env, argv[0], in)) {
         *err = error_tuple(env, ATOM_BADARG);
         return 0;
     }
-    if (!enif_get_uint64(env, argv[1], &v)) {
-        /* Not an integer, or a negative one: badarg. A positive bignum: too_large. */
-        int positive = enif_term_type(env, argv[1]) == ERL_NIF_TERM_TYPE_INTEGER &&
-                       enif_compare(argv[1], enif_make_int(env, 0)) > 0;
-        *err = error_tuple(env, positive ? ATOM_TOO_LARGE : ATOM_BADARG);
+    if (!get_output_size(env, argv[1], MAX_DECOMPRESSED, expected, err))
         return 0;
-    }
-    if ((uint64_t)v > MAX_DECOMPRESSED || (uint64_t)v > (uint64_t)SIZE_MAX) {
-        *err = error_tuple(env, ATOM_TOO_LARGE);
-        return 0;
-    }
-    *expected = (uint64_t)v;
     declared = ZSTD_getFrameContentSize(in->data, in->size);
     if (declared == ZSTD_CONTENTSIZE_ERROR) {
         *err = error_tuple(env, ATOM_BAD_COMPRESSED_DATA);

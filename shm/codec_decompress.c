@@ -32,23 +32,12 @@ static uint64_t zstd_max_decoded(size_t in_size)
 static int get_decompress_args(ErlNifEnv *env, const ERL_NIF_TERM argv[], codec_t *codec,
                                ErlNifBinary *in, uint64_t *expected, ERL_NIF_TERM *err)
 {
-    ErlNifUInt64 v;
     if (!get_codec(argv[0], codec) || !enif_inspect_binary(env, argv[1], in)) {
         *err = error_tuple(env, ATOM_BADARG);
         return 0;
     }
-    if (!enif_get_uint64(env, argv[2], &v)) {
-        /* Not an integer, or a negative one: badarg. A positive bignum: too_large. */
-        int positive = enif_term_type(env, argv[2]) == ERL_NIF_TERM_TYPE_INTEGER &&
-                       enif_compare(argv[2], enif_make_int(env, 0)) > 0;
-        *err = error_tuple(env, positive ? ATOM_TOO_LARGE : ATOM_BADARG);
+    if (!get_output_size(env, argv[2], MAX_DECODED, expected, err))
         return 0;
-    }
-    if ((uint64_t)v > MAX_DECODED || (uint64_t)v > (uint64_t)SIZE_MAX) {
-        *err = error_tuple(env, ATOM_TOO_LARGE);
-        return 0;
-    }
-    *expected = (uint64_t)v;
     *err = error_tuple(env, ATOM_BAD_COMPRESSED_DATA_CODEC);
     switch (*codec) {
     case CODEC_LZ4:

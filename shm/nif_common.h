@@ -31,6 +31,10 @@ ERL_NIF_TERM ok_tuple(ErlNifEnv *env, ERL_NIF_TERM value);
 ERL_NIF_TERM errno_error(ErlNifEnv *env, int err);
 /* A non-negative integer below 2^64: badarg when not an integer, out_of_bounds otherwise. */
 int get_u64(ErlNifEnv *env, ERL_NIF_TERM t, uint64_t *out, ERL_NIF_TERM *err);
+/* The size of an output to allocate, at most `max` (and SIZE_MAX): badarg when not an
+ * integer or negative, too_large when above (a positive bignum included). */
+int get_output_size(ErlNifEnv *env, ERL_NIF_TERM t, uint64_t max, uint64_t *out,
+                    ERL_NIF_TERM *err);
 
 /* objects.c: opens every resource type and makes every atom of the object files. */
 int arena_load(ErlNifEnv *env, void **priv);
