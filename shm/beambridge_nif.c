@@ -175,6 +175,8 @@ static ERL_NIF_TERM nif_kill(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]
         sig = SIGTERM;
     else if (strcmp(sig_name, "kill") == 0)
         sig = SIGKILL;
+    else if (strcmp(sig_name, "usr1") == 0)
+        sig = SIGUSR1; /* cancel the call in flight (SPEC §8.7) */
     else
         return error_tuple(env, ATOM_BADARG);
     if (kill((pid_t)pid, sig) != 0)

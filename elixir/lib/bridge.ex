@@ -107,9 +107,16 @@ defmodule Bridge do
     * `:max_queue` — callers that may wait for a worker (default `1_000`);
       beyond that a call returns `:overloaded` at once.
     * `:timeout` — default per-call timeout in ms, queueing included (default
-      `5_000`). A call that runs out of time returns `:timeout`; its worker's
-      interpreter is killed and replaced, so no late answer reaches anyone.
-      `:infinity` is accepted when given explicitly.
+      `5_000`). A call that runs out of time returns `:timeout` at once, and
+      its handler is interrupted in the worker (`CallCancelled`, a
+      `KeyboardInterrupt`, raised in it; an `async def` handler's task is
+      cancelled): the worker keeps its interpreter, and everything its modules
+      loaded, when the handler unwinds within `:cancel_grace`. No late answer
+      reaches anyone. `:infinity` is accepted when given explicitly.
+    * `:cancel_grace` — ms a timed-out handler has to unwind before its
+      interpreter is killed and replaced (default `1_000`; `0` kills at once).
+      A handler stuck in C code that holds the GIL, or one that catches the
+      interrupt and carries on, takes that path.
     * `:threshold` — bytes; binaries, buffers and tensors at or above it travel
       through shared memory (default `65_536`, chosen by measurement: see README).
     * `:arena_limit` — bytes of shared memory the bridge may hold for arguments,

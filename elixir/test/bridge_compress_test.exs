@@ -181,7 +181,8 @@ defmodule Bridge.CompressTest do
   test "a worker older than protocol 2.7 gets its arguments uncompressed" do
     data = :binary.copy("older worker ", 100_000)
     ref = Bridge.Config.get(@pool).peer_minor
-    assert :atomics.get(ref, 1) == 7
+    minor = :atomics.get(ref, 1)
+    assert minor >= 7
 
     try do
       :atomics.put(ref, 1, 6)
@@ -189,7 +190,7 @@ defmodule Bridge.CompressTest do
       assert digest == sha(data)
       assert slice_bytes(:to_python, :raw_slice) == byte_size(data)
     after
-      :atomics.put(ref, 1, 7)
+      :atomics.put(ref, 1, minor)
     end
   end
 

@@ -206,7 +206,8 @@ defmodule Bridge.FormatBridgeTest do
   test "arguments: a worker older than protocol 2.6 gets struct and list columns as ETF" do
     value = for i <- 1..300, do: %{id: i, user: %{name: "u#{i}"}}
     ref = Bridge.Config.get(@inl).peer_minor
-    assert :atomics.get(ref, 1) == 7
+    minor = :atomics.get(ref, 1)
+    assert minor >= 7
     {:ok, etf} = call(@inl, :received, [value], :etf)
 
     try do
@@ -223,7 +224,7 @@ defmodule Bridge.FormatBridgeTest do
       assert {:ok, _} = call(@inl, :received, [flat], :auto)
       assert stat(:to_python, :records, :auto) == 1
     after
-      :atomics.put(ref, 1, 7)
+      :atomics.put(ref, 1, minor)
       Bridge.reset_format_stats()
     end
   end

@@ -115,8 +115,8 @@ defmodule Bridge.PoolTest do
     assert {:ok, 3} = Bridge.call({"bbt_handlers", "add"}, [1, 2], pool: Pool2)
   end
 
-  test "a timeout kills and replaces the worker; the late answer reaches nobody" do
-    start_supervised!({Bridge, bridge_opts(Solo, pool_size: 1)}, id: :solo)
+  test "a timeout with cancel_grace 0 kills and replaces the worker; the late answer reaches nobody" do
+    start_supervised!({Bridge, bridge_opts(Solo, pool_size: 1, cancel_grace: 0)}, id: :solo)
     [before] = worker_os_pids(Solo)
 
     log =

@@ -382,6 +382,16 @@ defmodule Bridge.RegistryTest do
     assert Enum.sort(accepted) == Enum.sort(Map.keys(Registry.object_kinds()) -- [:lane])
   end
 
+  test "the signals the BEAM sends a worker: each one Bridge.NIF.kill/2 can send" do
+    assert Registry.signals() == %{cancel: :usr1}
+
+    # sent to this very BEAM's pid would be fatal; a pid that cannot exist tells
+    # an unknown signal name (badarg) from a known one (esrch)
+    for {_name, signal} <- Registry.signals() do
+      assert Bridge.NIF.kill(2_147_483_000, signal) == {:error, :esrch}
+    end
+  end
+
   ## Format statistics
 
   test "the format statistics count only registered directions, forms and reasons" do

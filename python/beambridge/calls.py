@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import gc
 from collections.abc import Callable
+from functools import partial
 from time import perf_counter_ns
 from typing import Any
 
@@ -42,6 +43,7 @@ from .call_parts import (
     too_large,
 )
 from .call_record import CallRecord
+from .cancel import CallCancelled, Canceller
 from .decoder import Decoder
 from .encoder import ResultEncoder
 from .encoder_formats import Pieces
@@ -126,6 +128,8 @@ class CallPath:
         self.encoder = ResultEncoder(self.slices, threshold)
         self.lease_table: PeerObject | None = None
         self.handlers = Handlers()
+        #: Cancelling the call in flight (§8.7): the worker installs its signal handler.
+        self.cancel = Canceller()
         #: The worker, for streams (§8.6); without it a stream call is refused.
         self.link: Link | None = None
         #: The streams of the call in flight, made when it first needs one.
@@ -199,10 +203,12 @@ class CallPath:
     def run(self, call: control.Call, body: memoryview | None) -> Reply:
         """Run ``call`` and build its answer."""
         self._call_id = call.call_id
+        self.cancel.begin(call.call_id)
         start = self._prepared = self._ran = perf_counter_ns()
         try:
             reply = self._run(call, body)
         finally:
+            self.cancel.end()
             self.streams = None
             self.record.end()
         if self.timings:
@@ -230,12 +236,11 @@ class CallPath:
         fn, args, policy, spec = prepared
         del prepared  # `args` alone holds the argument values now
         failure: Any = None
+        if spec is not None and spec.resume:
+            fn = partial(fn, checkpoint=spec.checkpoint)
         try:
-            if spec is not None and spec.resume:
-                result = fn(*args, checkpoint=spec.checkpoint)
-            else:
-                result = fn(*args)
-        except Exception as exc:
+            result = self.cancel.run(fn, args)
+        except (Exception, CallCancelled) as exc:
             failure = exception_detail(exc)
         self._ran = perf_counter_ns()
         taken = [] if self.streams is None else self.streams.taken_slices
@@ -323,7 +328,7 @@ class CallPath:
         build the answer that ends it: ``{:done, id, 0, count, checksum}``, or the
         error that ended it (after the elements sent)."""
         try:
-            source = producer(result)
+            source = producer(result, self.cancel)
         except StreamError as err:
             return self._bad_call(call_id, BadCall(err.reason, err.message))
         del result
@@ -334,7 +339,7 @@ class CallPath:
             count, digest = self._streams().produce(source, spec, self._element)
         except _ElementRefused as refused:
             failure = control.bad_call(refused.bad.reason, text(refused.bad.message))
-        except Exception as exc:
+        except (Exception, CallCancelled) as exc:
             failure = exception_detail(exc)
         finally:
             self.slices.checksum = checksum

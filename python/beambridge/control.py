@@ -83,7 +83,7 @@ __all__ = [
 #: Largest frame either side accepts (§8.1); a longer one ends the worker (status 3).
 MAX_CONTROL_FRAME = 64 * 1024 * 1024
 #: The version the worker announces in ``{:ready, os_pid, version}``.
-PROTOCOL_VERSION = (2, 7)
+PROTOCOL_VERSION = (2, 8)
 
 
 class OtherMajor(Exception):

@@ -266,6 +266,15 @@ LANE: Mapping[str, int] = MappingProxyType(
 )
 """Byte offsets and sizes of a lane object (SPEC §8.5): name -> bytes."""
 
+SIGNALS: Mapping[str, str] = MappingProxyType(
+    {
+        k: _str(v, f"signals.{k}")
+        for k, v in _obj(_DATA.get("signals"), "signals").items()
+        if k != "meaning"
+    }
+)
+"""The signals the BEAM sends a worker (SPEC §8.7): name -> POSIX name (``SIGUSR1``)."""
+
 REASONS: frozenset[str] = frozenset(_REASONS)
 """Every error reason either side may produce or send."""
 WIRE_REASONS: frozenset[str] = frozenset(n for n, e in _REASONS.items() if e["wire"])

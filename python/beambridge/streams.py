@@ -37,6 +37,7 @@ import inspect
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
+from .cancel import Canceller
 from .errors import BridgeError
 
 __all__ = ["Cancelled", "Checkpoint", "Producer", "Stream", "StreamError", "checkpoint", "producer"]
@@ -101,12 +102,14 @@ class Stream:
 
 
 class Producer:
-    """What a stream handler returned, as ``next()`` (StopIteration at the end) and
+    """What a stream handler returned, as ``next()`` (StopIteration at the end; each
+    element made as handler code the cancel signal interrupts, `beambridge.cancel`) and
     ``close()`` (a generator's ``finally`` runs)."""
 
-    def __init__(self, iterator: Iterator[Any]) -> None:
+    def __init__(self, iterator: Iterator[Any], cancel: Canceller | None = None) -> None:
         self._iterator = iterator
-        self.next: Callable[[], Any] = iterator.__next__
+        step = iterator.__next__
+        self.next: Callable[[], Any] = step if cancel is None else (lambda: cancel.step(step))
 
     def close(self) -> None:
         close = getattr(self._iterator, "close", None)
@@ -115,42 +118,40 @@ class Producer:
 
 
 class _AsyncProducer(Producer):
-    """An async generator, driven one element at a time by an event loop of its own."""
+    """An async generator, driven one element at a time on the worker's event loop (a
+    cancel cancels the element's task)."""
 
-    def __init__(self, iterator: AsyncIterator[Any]) -> None:
-        import asyncio  # not at module level: most workers never need it
-
+    def __init__(self, iterator: AsyncIterator[Any], cancel: Canceller) -> None:
         self._agen = iterator
-        self._loop = asyncio.new_event_loop()
+        self._cancel = cancel
         self.next = self._next
 
     def _next(self) -> Any:
         try:
-            return self._loop.run_until_complete(self._agen.__anext__())
+            return self._cancel.run_coroutine(self._agen.__anext__())
         except StopAsyncIteration:
             raise StopIteration from None
 
     def close(self) -> None:
-        try:
-            aclose = getattr(self._agen, "aclose", None)
-            if aclose is not None:
-                self._loop.run_until_complete(aclose())
-        finally:
-            self._loop.close()
+        aclose = getattr(self._agen, "aclose", None)
+        if aclose is not None:
+            self._cancel.loop().run_until_complete(aclose())
 
 
 _NOT_STREAMS = (bytes, bytearray, memoryview, str, dict)
 
 
-def producer(result: Any) -> Producer:
-    """The `Producer` of a stream handler's result (`StreamError` ``not_a_stream``)."""
+def producer(result: Any, cancel: Canceller | None = None) -> Producer:
+    """The `Producer` of a stream handler's result (`StreamError` ``not_a_stream``),
+    its elements made under ``cancel`` (a new `Canceller` when None)."""
+    cancel = Canceller() if cancel is None else cancel
     if inspect.isasyncgen(result) or (
         hasattr(result, "__anext__") and hasattr(result, "__aiter__")
     ):
-        return _AsyncProducer(result)
+        return _AsyncProducer(result, cancel)
     module = type(result).__module__ or ""
     if module.startswith("pyarrow") and hasattr(result, "to_batches"):
-        return Producer(iter(result.to_batches()))  # a Table: its record batches
+        return Producer(iter(result.to_batches()), cancel)  # a Table: its record batches
     if module.startswith("numpy") or isinstance(result, _NOT_STREAMS):
         raise StreamError(
             "not_a_stream",
@@ -166,5 +167,5 @@ def producer(result: Any) -> Producer:
             "a generator, an iterator, a list or a pyarrow Table",
         ) from None
     if iterator is result:
-        return Producer(result)
-    return Producer(iterator)
+        return Producer(result, cancel)
+    return Producer(iterator, cancel)

@@ -30,6 +30,10 @@ Messages (§8.3)::
 While a call runs, the worker reads the frames of its streams (§8.6) as the handler
 asks for elements and as the result stream waits for acknowledgements (`pump`).
 
+The cancel signal (``SIGUSR1``, §8.7) interrupts the handler of the call in flight
+(`beambridge.cancel`); the worker's own threads block it, and frames are read and
+written shielded from it.
+
 Before it blocks on fd 3 the worker reports the BEAM slices let go since its last
 answer (``{:released, ...}``). When no frame arrives for `IDLE_AFTER` seconds it takes
 back the slices whose leases the BEAM ended, reports releases, and drops arenas that
@@ -72,6 +76,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 # .calls) comes after fds 1 and 2 point at the log pipes, so even its import-time
 # warnings reach the BEAM's Logger.
 from . import control, control_shortcuts
+from .cancel import Canceller, block_in_this_thread
 from .channel import LOG_CHUNK as _LOG_CHUNK
 from .channel import Channel
 from .control import MAX_CONTROL_FRAME, ProtocolError
@@ -205,7 +210,7 @@ class Worker:
     def send(self, envelope: Any, body: list[Any] | None = None) -> None:
         """Write one frame (logs pending on the pipes go first)."""
         parts = control.join(envelope, body)
-        with self.lock:
+        with self.path.cancel.shielded(), self.lock:
             self._drain_locked()
             self._write(parts)
 
@@ -232,7 +237,7 @@ class Worker:
     def send_frames(self, messages: list[tuple[Any, list[Any] | None]]) -> None:
         """Write several frames in one go (an element and the notices it needs)."""
         joined = [control.join(envelope, body) for envelope, body in messages]
-        with self.lock:
+        with self.path.cancel.shielded(), self.lock:
             self._drain_locked()
             for parts in joined:
                 self._write(parts)
@@ -268,6 +273,7 @@ class Worker:
 
     def forward_logs(self) -> None:
         """Thread body: forward what handlers write to fds 1 and 2 as it comes."""
+        block_in_this_thread()
         poller = select.poll()
         for fd in self.log_fds:
             poller.register(fd, select.POLLIN)
@@ -301,6 +307,7 @@ class Worker:
 
     def watchdog(self) -> None:
         """Thread body: every 100 ms, has the parent (the BEAM's spawner) died?"""
+        block_in_this_thread()  # the cancel signal is the main thread's
         while True:
             time.sleep(_WATCHDOG_PERIOD)
             if os.getppid() != self.parent:
@@ -357,7 +364,13 @@ class Worker:
     def pump(self, block: bool) -> bool:
         """Read one frame from the BEAM while a call runs, and handle it (its stream
         messages go to the call's streams); waits for one when ``block``. False when
-        nothing was read."""
+        nothing was read. Called from handler code (a stream it iterates), the frame
+        is read shielded from the cancel signal, which is raised after it (§8.7)."""
+        cancel = self.path.cancel
+        with cancel.shielded():
+            return self._pump(block, cancel)
+
+    def _pump(self, block: bool, cancel: Canceller) -> bool:
         while True:
             try:
                 frame = self.channel.read(IDLE_AFTER if block else 0.0, self.spin.current)
@@ -366,6 +379,8 @@ class Worker:
             except ProtocolError as err:
                 self.violation(str(err))
             if frame is None and block:
+                if cancel.requested:
+                    return False  # cancelled while it waited: raised on the way out
                 continue
             if frame is None or isinstance(frame, type):  # a ring: no call waits now
                 return frame is not None
@@ -495,6 +510,7 @@ def main() -> NoReturn:
             os.write(out_fd, len(data).to_bytes(4, "big") + data)
         os._exit(1)
     signal.signal(signal.SIGTERM, worker.on_sigterm)
+    worker.path.cancel.install()
     threading.Thread(target=worker.watchdog, name="beambridge-watchdog", daemon=True).start()
     threading.Thread(target=worker.forward_logs, name="beambridge-logs", daemon=True).start()
     try:

@@ -3,6 +3,7 @@
 * "Calling Python": the Python block becomes the handler module it names, the Elixir
   block runs in `mix run` with the placeholder interpreter and path filled in.
 * "Streams": the same, with a handler module of generators.
+* "Timeouts keep the worker": the same, with a handler that sleeps past its timeout.
 * "Typed schemas": the same, with schema classes in the handler module.
 * "Provenance and inspection": the same, with a handler that adds to its call's meta.
 * "Telemetry" and "Metrics, advice, alerts and a dashboard": against the handler
@@ -87,6 +88,12 @@ def test_readme_streams_example_runs(tmp_path: Path) -> None:
     [handler] = blocks("Streams", "python")
     [elixir] = blocks("Streams", "elixir")
     run_against_handler(handler, elixir, "readme_streams.exs", tmp_path)
+
+
+def test_readme_timeouts_example_runs(tmp_path: Path) -> None:
+    [handler] = blocks("Timeouts keep the worker", "python")
+    [elixir] = blocks("Timeouts keep the worker", "elixir")
+    run_against_handler(handler, elixir, "readme_timeouts.exs", tmp_path)
 
 
 def test_readme_nodes_example_runs(tmp_path: Path) -> None:

@@ -42,6 +42,7 @@ MODULES = [
     "beambridge.encoder_formats",
     "beambridge.result_slices",
     "beambridge.calls",
+    "beambridge.cancel",
     "beambridge.call_parts",
     "beambridge.handlers",
     "beambridge.cpus",

@@ -18,7 +18,7 @@ from beambridge.header import (
     payload_offset_for,
     validate_header,
 )
-from beambridge.registry import FORMATS
+from beambridge.registry import CODECS, FORMATS
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -128,7 +128,7 @@ def reference_reason(frame: bytes, max_decoded: int = 2**32) -> tuple[str, str] 
         (f["version_major"] != 2, "unsupported_version", "version_major"),
         (f["header_size"] != 128, "bad_header_size", "header_size"),
         (f["format"] > max(FORMATS.values()), "unknown_format", "format"),
-        (f["codec"] > 2, "unknown_codec", "codec"),
+        (f["codec"] not in CODECS.values(), "unknown_codec", "codec"),
         (f["flags"] & 0xFFFE != 0, "unknown_flags", "flags"),
         (ml > 1048576, "metadata_too_large", "metadata_length"),
         (128 + ml > n, "metadata_out_of_bounds", "metadata_length"),
@@ -182,7 +182,8 @@ def raw_frames(draw: st.DrawFn) -> bytes:
             st.one_of(near(pl_valid), near(U64 - po), st.integers(0, U64 - 1)),
         )
     )
-    codec = draw(mostly(st.integers(0, 2), st.integers(3, 255)))
+    known = max(CODECS.values())  # the registry's codes are 0..known
+    codec = draw(mostly(st.integers(0, known), st.integers(known + 1, 255)))
     dl = draw(
         mostly(
             st.just(pl) if codec == 0 else st.integers(0, 2**32),

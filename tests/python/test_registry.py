@@ -87,6 +87,7 @@ def test_every_entry_is_well_formed() -> None:
         "tensor_schemas",
         "object_kinds",
         "lane",
+        "signals",
         "slice_sources",
         "formats",
         "codecs",
@@ -446,3 +447,11 @@ def test_results_sent_inline_are_counted_under_known_keys() -> None:
     unlisted = {("form", f) for f in forms - stats.FORMS}
     unlisted |= {("reason", r) for r in INLINE_REASONS - stats.REASONS}
     assert unlisted == set(), "statistics keys the registry lacks for the Python side"
+
+
+def test_signals_name_posix_signals() -> None:
+    import signal
+
+    assert dict(registry.SIGNALS) == {"cancel": "SIGUSR1"}
+    for name in registry.SIGNALS.values():
+        assert isinstance(signal.Signals[name], signal.Signals)

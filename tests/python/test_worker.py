@@ -442,7 +442,7 @@ def test_a_beam_of_another_major_is_refused_naming_both_versions() -> None:
             w.recv()
         assert w.wait() == 1
         said = w.log_text("stderr")
-        assert b"the BEAM speaks protocol 3.0 and this worker speaks 2.7" in said
+        assert b"the BEAM speaks protocol 3.0 and this worker speaks 2.8" in said
         assert b"Traceback" not in said
     finally:
         w.cleanup()

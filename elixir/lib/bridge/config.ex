@@ -31,6 +31,7 @@ defmodule Bridge.Config do
             compress: :auto,
             spill: true,
             node_timeout: 5_000,
+            cancel_grace: 1_000,
             arena: nil,
             peer_minor: nil
 
@@ -56,7 +57,8 @@ defmodule Bridge.Config do
     :dashboard,
     :compress,
     :spill,
-    :node_timeout
+    :node_timeout,
+    :cancel_grace
   ]
 
   @spec new(keyword()) :: {:ok, t()} | {:error, Error.t()}
@@ -133,6 +135,7 @@ defmodule Bridge.Config do
   defp check(:compress, v) when v in [:auto, :none, :lz4, :zstd, :gzip], do: :ok
   defp check(:spill, v) when is_boolean(v), do: :ok
   defp check(:node_timeout, v) when is_integer(v) and v > 0, do: :ok
+  defp check(:cancel_grace, v) when is_integer(v) and v >= 0 and v <= 3_600_000, do: :ok
 
   defp check(:dashboard, v) do
     if dashboard?(v),
@@ -212,6 +215,7 @@ defmodule Bridge.Config do
   defp expectation(:pool_size), do: "a positive integer"
   defp expectation(:start_timeout), do: "a positive integer (milliseconds)"
   defp expectation(:node_timeout), do: "a positive integer (milliseconds)"
+  defp expectation(:cancel_grace), do: "an integer from 0 to 3_600_000 (milliseconds)"
   defp expectation(:spill), do: "a boolean"
   defp expectation(:compress), do: ":auto, :none, :lz4, :zstd or :gzip"
   defp expectation(_), do: "a non-negative integer"

@@ -16,7 +16,7 @@ defmodule Bridge.Control do
   @max_frame 64 * 1024 * 1024
   # The control protocol this side implements; workers learn it from
   # BEAMBRIDGE_PROTOCOL (SPEC §8.4) and send nothing newer.
-  @protocol_version "2.7"
+  @protocol_version "2.8"
 
   @doc false
   @spec protocol_version() :: String.t()

@@ -179,6 +179,15 @@ defmodule Bridge.Registry do
                 do: {k, v},
                 else: Load.bad!(@path, "lane." <> k, "bytes")
               )
+  @signals for {k, v} <- fetch!.(data, "signals", "", object?, "an object"),
+               k != "meaning",
+               do:
+                 if(is_binary(v) and String.starts_with?(v, "SIG"),
+                   do:
+                     {String.to_atom(k),
+                      v |> String.trim_leading("SIG") |> String.downcase() |> String.to_atom()},
+                   else: Load.bad!(@path, "signals." <> k, "a POSIX signal name")
+                 )
   @policies names.("policies")
   @packed_dtypes packed_dtypes
   # {name, who sends it (nil for tags: whoever sends the data term)}
@@ -296,6 +305,13 @@ defmodule Bridge.Registry do
   @doc "Byte offsets and sizes of a lane object (SPEC §8.5): name => bytes."
   @spec lane() :: %{String.t() => non_neg_integer()}
   def lane, do: Map.new(@lane)
+
+  @doc """
+  The signals the BEAM sends a worker (SPEC §8.7): name => the signal as
+  `Bridge.NIF.kill/2` names it (`SIGUSR1` is `:usr1`).
+  """
+  @spec signals() :: %{atom() => atom()}
+  def signals, do: Map.new(@signals)
 
   @doc "The format policies of the `format:` call option (SPEC §10.1), the default first."
   @spec policies() :: [atom()]

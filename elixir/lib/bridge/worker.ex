@@ -11,7 +11,9 @@ defmodule Bridge.Worker do
   # It only routes: callers encode their arguments into the bridge's arenas and
   # build the call frame (Bridge.call/3), and decode the answer's body; this
   # process lends the call's slices, sends the frame, reads the answer's envelope
-  # and hands the body to the caller. This module is the call state machine and
+  # and hands the body to the caller. A call past its deadline is answered
+  # :timeout and its handler interrupted (Bridge.Worker.Cancel, SPEC §8.7); the
+  # interpreter is killed only when it does not stop within `cancel_grace`. This module is the call state machine and
   # the pool's view of the worker; the interpreter's life (port, readiness,
   # kill, restart, backoff, shutdown) is Bridge.Worker.Interpreter, the shared
   # objects Bridge.Worker.Objects, answers Bridge.Worker.Replies, the streams of
@@ -26,7 +28,7 @@ defmodule Bridge.Worker do
   require Logger
 
   alias Bridge.{Config, Control, Error, FormatStats, Lane, Registry}
-  alias Bridge.Worker.{Interpreter, LaneCalls, Objects, Replies, Streams}
+  alias Bridge.Worker.{Cancel, Interpreter, LaneCalls, Objects, Replies, Streams}
 
   defstruct [
     :config,
@@ -201,7 +203,8 @@ defmodule Bridge.Worker do
           function: request.function,
           streams: streams,
           sent: System.monotonic_time(),
-          timings: nil
+          timings: nil,
+          cancelled: false
         }
 
         state = %{state | phase: :busy, call: call, timer: timer, objects: objects}
@@ -254,6 +257,8 @@ defmodule Bridge.Worker do
 
   # A result stream's timeout applies to each element: it restarts as one comes
   # or the consumer takes one.
+  defp rearm(%{call: %{cancelled: true}} = state), do: state
+
   defp rearm(%{call: %{id: id, streams: s}} = state) do
     case Streams.element_timeout(s) do
       t when is_integer(t) ->
@@ -308,15 +313,27 @@ defmodule Bridge.Worker do
     {:noreply, exited(state, {:port_closed, reason})}
   end
 
-  def handle_info({:call_timeout, id}, %{phase: :busy, call: %{id: id, streams: s}} = state)
+  def handle_info(
+        {:call_timeout, id},
+        %{phase: :busy, call: %{id: id, streams: s, cancelled: false}} = state
+      )
       when s != nil and s.result != nil and s.result.cancelled == false do
     if Streams.waiting_for_consumer?(s),
       do: {:noreply, rearm(state)},
       else: {:noreply, call_timed_out(state)}
   end
 
-  def handle_info({:call_timeout, id}, %{phase: :busy, call: %{id: id}} = state),
-    do: {:noreply, call_timed_out(state)}
+  def handle_info(
+        {:call_timeout, id},
+        %{phase: :busy, call: %{id: id, cancelled: false}} = state
+      ),
+      do: {:noreply, call_timed_out(state)}
+
+  def handle_info({:cancel_grace, id}, %{phase: :busy, call: %{id: id, cancelled: true}} = state) do
+    Cancel.gave_up(state)
+    Streams.close(state.call.streams)
+    {:noreply, kill(%{state | call: nil, timer: nil}, :restart_now)}
+  end
 
   # The caller of a call with streams exited: stop them (the answer goes nowhere).
   def handle_info({:DOWN, ref, :process, _, _}, %{call: %{streams: %{ref: ref} = s}} = state) do
@@ -345,6 +362,15 @@ defmodule Bridge.Worker do
   def handle_info(_other, state), do: {:noreply, state}
 
   defp call_timed_out(state) do
+    cancel(state.timer)
+
+    case Cancel.start(state) do
+      {:ok, state} -> state
+      :kill -> call_killed(state)
+    end
+  end
+
+  defp call_killed(state) do
     Streams.reply(state.call, {:error, timeout_error(state, :running)})
 
     Logger.warning(

@@ -19,7 +19,9 @@ defmodule Bridge.Worker.Relay do
   #     up drops them), so the caller waits for them as for the reply; it decodes
   #     and acknowledges each (Bridge.Call.Pieces). When the caller is gone
   #     (`:orphaned`), the relay acknowledges them;
-  #   * the reply goes to the caller after everything before it.
+  #   * the reply goes to the caller after everything before it;
+  #   * a call that timed out (`{:cancel, from, reply}`, SPEC §8.7): its caller
+  #     gets that reply, and what comes for the call after it is let go.
   #
   # It ends after the reply, or with the worker.
 
@@ -49,7 +51,8 @@ defmodule Bridge.Worker.Relay do
         ref: ref,
         chunks: %{},
         failed: nil,
-        orphaned: false
+        orphaned: false,
+        cancelled: false
       })
     end)
   end
@@ -69,8 +72,20 @@ defmodule Bridge.Worker.Relay do
       :orphaned ->
         relay |> orphaned() |> loop()
 
+      # the call timed out (SPEC §8.7): its caller hears that now, nothing later
+      {:cancel, from, reply} ->
+        GenServer.reply(from, reply)
+        loop(%{relay | cancelled: true})
+
+      {:answer, _from, _body, plan, port, _timing} when relay.cancelled ->
+        _ = resolve(relay, plan, port)
+        :ok
+
       {:answer, from, body, plan, port, timing} ->
         answer(relay, from, body, plan, port, timing)
+
+      {:reply, _from, _reply} when relay.cancelled ->
+        :ok
 
       {:reply, from, reply} ->
         GenServer.reply(from, if(relay.failed, do: {:error, relay.failed}, else: reply))
@@ -78,6 +93,11 @@ defmodule Bridge.Worker.Relay do
       {:DOWN, ref, :process, _, _} when ref == relay.ref ->
         :ok
     end
+  end
+
+  defp element(%{cancelled: true} = relay, _element, plan, port) do
+    _ = resolve(relay, plan, port)
+    :erlang.garbage_collect()
   end
 
   defp element(relay, {id, seq, point, body}, plan, port) do

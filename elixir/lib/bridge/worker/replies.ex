@@ -41,6 +41,26 @@ defmodule Bridge.Worker.Replies do
   end
 
   @doc false
+  # The answer to a call whose caller was already told :timeout (SPEC §8.7): its
+  # slices are resolved, and let go, by a process of their own; nobody hears of it.
+  @spec discard([tuple()], port() | reference()) :: :ok | pid()
+  def discard([], _port), do: :ok
+
+  def discard(plan, port) do
+    worker = self()
+
+    spawn(fn ->
+      case Objects.resolve(plan) do
+        {:ok, _resolved, [_ | _] = sealed} ->
+          GenServer.cast(worker, {:sealed_mapped, port, sealed})
+
+        _ ->
+          :ok
+      end
+    end)
+  end
+
+  @doc false
   # The reply to an {:error, id, error, released} answer, or :unexpected when
   # `error` is no error of §8.3.
   @spec error(map(), term()) :: {:ok, {:error, Error.t()}} | :unexpected
@@ -60,15 +80,17 @@ defmodule Bridge.Worker.Replies do
   def error(_call, _other), do: :unexpected
 
   @doc false
-  @spec timeout_error(String.t(), :queued | :running) :: Error.t()
+  @spec timeout_error(String.t(), :queued | :running | :cancelled) :: Error.t()
   def timeout_error(worker_id, where) do
     Error.new(:timeout, :timeout,
       field: :timeout,
-      message:
-        "timeout: the call did not finish within its timeout " <>
-          "(#{if where == :queued, do: "while queued", else: "worker #{worker_id} was restarted"})"
+      message: "timeout: the call did not finish within its timeout (#{where(worker_id, where)})"
     )
   end
+
+  defp where(_worker_id, :queued), do: "while queued"
+  defp where(worker_id, :running), do: "worker #{worker_id} was restarted"
+  defp where(worker_id, :cancelled), do: "its handler in worker #{worker_id} was interrupted"
 
   @doc false
   @spec died_error(String.t(), term()) :: Error.t()

@@ -129,13 +129,30 @@ defmodule Bridge.Worker.Streams do
 
   @doc false
   # The call's reply: through the relay when there is one (after the elements).
+  # A cancelled call's caller had its reply (cancel/2): nothing more goes to it.
   @spec reply(map(), term()) :: :ok
   def reply(%{streams: %{relay: relay}, from: from}, reply) when is_pid(relay) do
     send(relay, {:reply, from, reply})
     :ok
   end
 
+  def reply(%{cancelled: true}, _reply), do: :ok
   def reply(%{from: from}, reply), do: GenServer.reply(from, reply)
+
+  @doc false
+  # The call timed out and its handler is being interrupted (SPEC §8.7): the
+  # caller gets `reply` now, after the elements already on their way to it; what
+  # the interpreter sends for the call from now on is let go, never delivered.
+  @spec cancel(map(), term()) :: map()
+  def cancel(%{streams: %{relay: relay}, from: from} = call, reply) when is_pid(relay) do
+    send(relay, {:cancel, from, reply})
+    %{call | cancelled: true}
+  end
+
+  def cancel(%{from: from} = call, reply) do
+    GenServer.reply(from, reply)
+    %{call | cancelled: true}
+  end
 
   @doc false
   # The answer {:ok, ...} of a call: through the relay when there is one (it
@@ -144,6 +161,8 @@ defmodule Bridge.Worker.Streams do
   def answer(%{streams: %{relay: relay}, from: from}, body, plan, port, timing)
       when is_pid(relay),
       do: send(relay, {:answer, from, body, plan, port, timing})
+
+  def answer(%{cancelled: true}, _body, plan, port, _timing), do: Replies.discard(plan, port)
 
   def answer(%{from: from}, body, plan, port, timing),
     do: Replies.answer(from, body, plan, port, timing)
@@ -259,11 +278,17 @@ defmodule Bridge.Worker.Streams do
   # The interpreter took elements of argument stream `sid` up to `seq`.
   @spec ack(t(), pos_integer(), term(), term()) :: :ok | {:error, Error.t()}
   def ack(streams, id, sid, seq) when is_integer(sid) and is_integer(seq) do
-    if sid in streams.feeds do
-      send(streams.consumer, {:bridge_stream, self(), id, {:ack, sid, seq}})
-      :ok
-    else
-      {:error, broken("an ack of stream #{sid}, which call #{id} does not feed")}
+    cond do
+      sid in streams.feeds ->
+        send(streams.consumer, {:bridge_stream, self(), id, {:ack, sid, seq}})
+        :ok
+
+      # the feeds were aborted (caller_down/3): an ack may cross the abort
+      streams.orphaned ->
+        :ok
+
+      true ->
+        {:error, broken("an ack of stream #{sid}, which call #{id} does not feed")}
     end
   end
 
