@@ -223,7 +223,49 @@ defmodule Bridge.ArrowCodecTest do
   # The same table with use_legacy_format=True (no continuation marker, no end marker).
   @legacy "pAAAABAAAAAAAAoADAAGAAUACAAKAAAAAAEEAAwAAAAIAAgAAAAEAAgAAAAEAAAAAgAAAEAAAAAEAAAA2P///wAAAQUQAAAAGAAAAAQAAAAAAAAAAQAAAHMAAAAEAAQABAAAABAAFAAIAAYABwAMAAAAEAAQAAAAAAABAhAAAAAcAAAABAAAAAAAAAABAAAAeAAAAAgADAAIAAcACAAAAAAAAAEQAAAAzAAAABQAAAAAAAAADAAWAAYABQAIAAwADAAAAAADBAAYAAAAKAAAAAAAAAAAAAoAGAAMAAQACAAKAAAAbAAAABAAAAADAAAAAAAAAAAAAAAFAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAABgAAAAAAAAAIAAAAAAAAAAEAAAAAAAAAEAAAAAAAAAAQAAAAAAAAACAAAAAAAAAAAgAAAAAAAAAAAAAAAgAAAAMAAAAAAAAAAAAAAAAAAAADAAAAAAAAAAEAAAAAAAAAAAAAAAEAAgADAAAABQAAAAAAAAAAAAAAAQAAAAEAAAACAAAAcHIAAAAAAAAAAAAA"
 
+  # pyarrow 26, one batch of three rows: a field may be non-nullable and still hold
+  # nulls its type keeps as values (a run-end encoded array's null run values, a null
+  # among a dictionary's values), and a non-nullable child holds a null under a null
+  # parent slot.
+  #   r: run_end_encoded<int32, string> not null   ["a", "a", None]
+  #   s: struct<k: dictionary<int8, string> not null (dictionary ["x", None]),
+  #             n: int64 not null (null under the null slot)>
+  #                                                [{"k": "x", "n": 1}, None, {"k": None, "n": 3}]
+  #   l: list<item: run_end_encoded<int32, int64> not null> not null   [[1, None], [], []]
+  @nulls_as_values "/////1ACAAAQAAAAAAAKAAwABgAFAAgACgAAAAABBAAEAAAAoP7//wQAAAADAAAAdAEAAMQAAAAEAAAAMP7//wAAAAwUAAAAGAAAAAQAAAABAAAAEAAAAAEAAABsAAAAXP7//1j+//8AAAAWGAAAACAAAAAEAAAAAgAAAEgAAAAUAAAABAAAAGl0ZW0AAAAAjP7//8T+//8AAAECEAAAABgAAAAEAAAAAAAAAAYAAAB2YWx1ZXMAAHT+//8AAAABQAAAALj+//8AAAACEAAAABwAAAAEAAAAAAAAAAgAAABydW5fZW5kcwAAAACo/v//AAAAASAAAAAo////AAABDRgAAAAcAAAABAAAAAIAAABQAAAAEAAAAAEAAABzAAAAHP///xj///8AAAACEAAAABQAAAAEAAAAAAAAAAEAAABuAAAAAP///wAAAAFAAAAAEAAYAAgAAAAHAAwAEAAUABAAAAAAAAAFFAAAADQAAAAcAAAABAAAAAAAAAABAAAAawAAAAgACAAAAAQACAAAAAQAAABQ////AAAAAQgAAACc////mP///wAAABYYAAAAHAAAAAQAAAACAAAAYAAAACAAAAABAAAAcgAAAMj///8QABQACAAGAAcADAAAABAAEAAAAAAAAQUQAAAAHAAAAAQAAAAAAAAABgAAAHZhbHVlcwAABAAEAAQAAAAQABQACAAAAAcADAAAABAAEAAAAAAAAAIQAAAAJAAAAAQAAAAAAAAACAAAAHJ1bl9lbmRzAAAAAAgADAAIAAcACAAAAAAAAAEgAAAA/////6gAAAAUAAAAAAAAAAwAFAAGAAUACAAMAAwAAAAAAgQAFAAAACAAAAAAAAAACAAKAAAABAAIAAAAEAAAAAAACgAYAAwABAAIAAoAAABMAAAAEAAAAAIAAAAAAAAAAAAAAAMAAAAAAAAAAAAAAAEAAAAAAAAACAAAAAAAAAAMAAAAAAAAABgAAAAAAAAAAQAAAAAAAAAAAAAAAQAAAAIAAAAAAAAAAQAAAAAAAAABAAAAAAAAAAAAAAABAAAAAQAAAAAAAAB4AAAAAAAAAP/////4AQAAFAAAAAAAAAAMABYABgAFAAgADAAMAAAAAAMEABgAAACIAAAAAAAAAAAACgAYAAwABAAIAAoAAAAcAQAAEAAAAAMAAAAAAAAAAAAAABAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAIAAAAAAAAAAgAAAAAAAAAAQAAAAAAAAAQAAAAAAAAAAwAAAAAAAAAIAAAAAAAAAABAAAAAAAAACgAAAAAAAAAAQAAAAAAAAAwAAAAAAAAAAAAAAAAAAAAMAAAAAAAAAADAAAAAAAAADgAAAAAAAAAAQAAAAAAAABAAAAAAAAAABgAAAAAAAAAWAAAAAAAAAAAAAAAAAAAAFgAAAAAAAAAEAAAAAAAAABoAAAAAAAAAAAAAAAAAAAAaAAAAAAAAAAIAAAAAAAAAHAAAAAAAAAAAQAAAAAAAAB4AAAAAAAAABAAAAAAAAAAAAAAAAoAAAADAAAAAAAAAAAAAAAAAAAAAgAAAAAAAAAAAAAAAAAAAAIAAAAAAAAAAQAAAAAAAAADAAAAAAAAAAEAAAAAAAAAAwAAAAAAAAAAAAAAAAAAAAMAAAAAAAAAAQAAAAAAAAADAAAAAAAAAAAAAAAAAAAAAgAAAAAAAAAAAAAAAAAAAAIAAAAAAAAAAAAAAAAAAAACAAAAAAAAAAEAAAAAAAAAAgAAAAMAAAABAAAAAAAAAAAAAAABAAAAAQAAAAAAAABhAAAAAAAAAAUAAAAAAAAAAAABAAAAAAAFAAAAAAAAAAEAAAAAAAAAAAAAAAAAAAADAAAAAAAAAAAAAAACAAAAAgAAAAIAAAABAAAAAgAAAAEAAAAAAAAAAQAAAAAAAAAAAAAAAAAAAP////8AAAAA"
+
   describe "streams written by pyarrow" do
+    test "nulls a non-nullable field keeps as values come back through to_columns/from_columns" do
+      {:ok, t} = Arrow.decode(Base.decode64!(@nulls_as_values))
+      columns = Table.to_columns(t)
+
+      assert columns == %{
+               "r" => ["a", "a", nil],
+               "s" => [%{"k" => "x", "n" => 1}, nil, %{"k" => nil, "n" => 3}],
+               "l" => [[1, nil], [], []]
+             }
+
+      ordered = for name <- Table.column_names(t), do: {name, columns[name]}
+      again = Table.from_columns!(ordered, schema: Table.schema(t))
+      assert again.schema == t.schema
+      assert Table.to_columns(round_trip(again)) == columns
+
+      # A nil that would be a null slot of a non-nullable field is still refused: at
+      # the top level, in a child of a valid parent, as a run value of non-nullable
+      # values.
+      n = Field.new("n", {:s, 64}, nullable: false)
+      strict = {:run_end_encoded, Field.new("e", {:s, 32}, nullable: false), %{n | name: "v"}}
+
+      for {columns, field} <- [
+            {[n: [1, nil]], n},
+            {[s: [%{"n" => 1}, %{"n" => nil}]], Field.new("s", {:struct, [n]})},
+            {[r: [1, nil]], Field.new("r", strict, nullable: false)}
+          ] do
+        assert {:error, %Error{kind: :bad_call, reason: :null_in_non_nullable}} =
+                 Table.from_columns(columns, schema: [field])
+      end
+    end
+
     test "delta dictionary batches append to the dictionary" do
       {:ok, t} = Arrow.decode(Base.decode64!(@delta))
       assert Table.column!(t, "d") == ["a", "b", "c", nil, "a"]

@@ -20,9 +20,9 @@ defmodule Bridge.Arrow.Builder do
     length = length(values)
     nulls = Enum.count(values, &is_nil/1)
 
-    # A non-nullable dictionary column may still hold nulls among its values
-    # (Arrow allows it): a nil there is indexed like any value.
-    in_values = nulls > 0 and not nullable and match?({:dictionary, _, _, _}, type)
+    # A nil that the field's type keeps as a value (see null_value?/1) is
+    # not a null slot of a non-nullable field.
+    in_values = nulls > 0 and not nullable and null_value?(type)
     nulls = if in_values, do: 0, else: nulls
 
     if nulls > 0 and not nullable,
@@ -38,6 +38,17 @@ defmodule Bridge.Arrow.Builder do
     array = %Array{type: type, length: length, null_count: nulls, validity: validity}
     fill(array, values, at)
   end
+
+  @doc false
+  # Whether a column of `type` holds a nil as a value rather than as a null
+  # slot of its own: a dictionary as a null among its dictionary's values (it
+  # is indexed like any value), a run-end encoded array as a null run value
+  # when its values field is nullable (it has no validity of its own). Arrow
+  # allows both in a non-nullable field, and pyarrow writes them.
+  @spec null_value?(Type.t()) :: boolean()
+  def null_value?({:dictionary, _, _, _}), do: true
+  def null_value?({:run_end_encoded, _, %Field{nullable: nullable}}), do: nullable
+  def null_value?(_type), do: false
 
   defp fill(%Array{type: type} = a, values, at)
        when (is_tuple(type) and

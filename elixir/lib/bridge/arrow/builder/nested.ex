@@ -7,7 +7,8 @@ defmodule Bridge.Arrow.Builder.Nested do
   # values, and the view layouts of strings and binaries. A child whose
   # parent slot is null holds a null there (or, in a non-nullable child, a
   # null no reader looks at); a nil the caller put in a non-nullable child is
-  # an error.
+  # an error, unless the child's type keeps it as a value (a dictionary, a
+  # run-end encoded array: Builder.null_value?/1).
 
   import Bitwise
   import Bridge.Arrow.Errors, only: [fail_value: 2]
@@ -205,9 +206,10 @@ defmodule Bridge.Arrow.Builder.Nested do
   # ----------------------------------------------------------------- helpers
 
   # A child array of a struct or fixed-size list: `column` holds nil where the
-  # parent (in `parents`) is nil; nils elsewhere must be allowed by the field.
-  defp child(column, parents, %Field{nullable: nullable} = f, at) do
-    unless nullable do
+  # parent (in `parents`) is nil; nils elsewhere must be allowed by the field,
+  # or kept as values by its type (Builder.null_value?/1).
+  defp child(column, parents, %Field{nullable: nullable, type: type} = f, at) do
+    unless nullable or Builder.null_value?(type) do
       bad = Enum.zip(column, parents) |> Enum.find_index(fn {c, p} -> c == nil and p != nil end)
 
       if bad != nil,
