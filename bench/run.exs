@@ -26,6 +26,9 @@
 #     setting, on compressible and incompressible data (bench/cluster.exs)
 #   * streams of 4 MiB elements, 1 GiB and 16 GiB each way, against memcpy, with peak
 #     RSS of both processes and peak shared memory (bench/streams.exs)
+#   * callbacks into Elixir: a small call with one callback vs without, 1,000
+#     callbacks in a call, 64 MiB each way through a callback vs an echo call
+#     (bench/callbacks.exs)
 #   * each ratio against the same ratio of transport 1 (bench/results/v1.json, a full
 #     run of the last transport-1 commit on this kind of machine)
 #
@@ -71,7 +74,9 @@ defmodule Bench do
         # protocol/: the seed's typed schemas (vectorgen/ssz.py) for bench/schemas.exs
         python_path: [@handlers, Path.expand("protocol")],
         pool_size: 1,
-        timeout: 120_000
+        timeout: 120_000,
+        # the functions bench/callbacks.exs's handlers call back
+        callbacks: BenchCallbacks.allowed()
       )
 
     info("Echo round trips (interleaved with ETF over a Port)")
@@ -87,6 +92,8 @@ defmodule Bench do
     cluster = BenchCluster.run(@python, quick?)
     info("Streams (16 GiB each way: about a minute)")
     streams = BenchStreams.run(BenchBridge, @python, quick?)
+    info("Callbacks into Elixir")
+    callbacks = BenchCallbacks.run(BenchBridge, quick?)
     Supervisor.stop(sup)
 
     throughput = pool_throughput(if(quick?, do: 8, else: 24))
@@ -120,7 +127,8 @@ defmodule Bench do
       "formats" => formats,
       "schemas" => schemas,
       "streams" => streams,
-      "cluster" => cluster
+      "cluster" => cluster,
+      "callbacks" => callbacks
     }
 
     print_table(echo_rows, small, throughput)
@@ -134,6 +142,7 @@ defmodule Bench do
     BenchSchemas.print(schemas)
     BenchStreams.print(streams)
     BenchCluster.print(cluster)
+    BenchCallbacks.print(callbacks)
     print_targets(echo_rows, small, throughput, sweep)
     BenchStreams.print_targets(streams)
     File.mkdir_p!("bench/results")
@@ -553,4 +562,6 @@ Process.put(:bench_nested_as_lib, true)
 Code.require_file("nested.exs", __DIR__)
 Process.put(:bench_cluster_as_lib, true)
 Code.require_file("cluster.exs", __DIR__)
+Process.put(:bench_callbacks_as_lib, true)
+Code.require_file("callbacks.exs", __DIR__)
 Bench.main(System.argv())

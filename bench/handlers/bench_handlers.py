@@ -188,3 +188,31 @@ def schema_codec_seconds(kind: bytes, n: int) -> list[float]:
             del made  # freed after the timing, as the worker frees arguments after answering
         out.append(sorted(samples)[1])
     return out
+
+
+def callback_add(a: int, b: int) -> int:
+    """One callback into Elixir (BenchCallbacks.add/2): a small call's round trip
+    plus one callback's."""
+    from beambridge import elixir
+
+    result: int = elixir.call("BenchCallbacks", "add", [a, b])
+    return result
+
+
+def callback_loop(n: int) -> int:
+    """n callbacks in one call: the cost of a callback without the call around it."""
+    from beambridge import elixir
+
+    total = 0
+    for i in range(n):
+        total += elixir.call("BenchCallbacks", "add", [i, 1])
+    return total
+
+
+def callback_bytes(data: bytes) -> int:
+    """`data` to Elixir in a callback and `len(data)` bytes back: both ways through
+    shared memory, as echo(data) is for a call."""
+    from beambridge import elixir
+
+    back = elixir.call("BenchCallbacks", "same_size", [data])
+    return len(back)

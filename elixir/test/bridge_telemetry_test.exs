@@ -49,7 +49,7 @@ defmodule Bridge.TelemetryTest do
     assert %{error_kind: :python_exception, error: %Bridge.Error{python_type: "ValueError"}} = md
 
     # so does a call refused before it is sent
-    assert {:error, _} = Bridge.call({:bbt_handlers, :identity}, [self()], pool: Tel)
+    assert {:error, _} = Bridge.call({:bbt_handlers, :identity}, [make_ref()], pool: Tel)
     assert_receive {:event, [:beambridge, :call, :stop], %{wait: 0}, %{error_kind: :bad_call}}
   end
 

@@ -8,8 +8,11 @@ tensors and sparse arrays), `register` / `unregister` (custom types, see
 element of a stream handler, `Stream` is an argument the BEAM feeds, `StreamError`;
 see `beambridge.streams`), typed schemas (`schema` declares a class of
 `beambridge.types` fields, `to_ssz` and `from_ssz` give and read its SSZ bytes; see
-`beambridge.ssz`), `meta` (the user metadata of the call in flight, which its result
-frames carry; see `beambridge.call_record`), and the error classes. The protocol's machinery
+`beambridge.ssz`), `keep` (a result object that stays in the worker for the session,
+see `beambridge.kept`), `Pid` (an Elixir process; `beambridge.elixir` calls and sends
+into Elixir), `CallCancelled` (raised in a handler whose call timed out), `meta` (the
+user metadata of the call in flight, which its result frames carry; see
+`beambridge.call_record`), and the error classes. The protocol's machinery
 (frames, shared objects, the control channel) stays in its own modules.
 
 >>> import beambridge
@@ -30,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 # it takes fds 1 and 2, and NumPy's import-time warnings must reach the BEAM's Logger.
 from . import serializers as serializers
 from .call_record import meta
+from .cancel import CallCancelled
 from .errors import (
     ArenaError,
     BridgeError,
@@ -42,6 +46,8 @@ from .errors import (
     UnsupportedDtypeError,
 )
 from .etf import Atom
+from .kept import keep
+from .pid import Pid
 from .serializers import (
     SerializerError,
     SerializerFailedError,
@@ -64,11 +70,13 @@ __all__ = [
     "Atom",
     "BridgeError",
     "Bundle",
+    "CallCancelled",
     "ChecksumError",
     "EtfError",
     "FormatError",
     "FormatUnsuitableError",
     "HeaderError",
+    "Pid",
     "SchemaError",
     "SerializerError",
     "SerializerFailedError",
@@ -82,6 +90,7 @@ __all__ = [
     "checkpoint",
     "format_stats",
     "from_ssz",
+    "keep",
     "meta",
     "register",
     "reset_format_stats",

@@ -43,6 +43,7 @@ from .call_parts import (
     too_large,
 )
 from .call_record import CallRecord
+from .callbacks import Callbacks
 from .cancel import CallCancelled, Canceller
 from .decoder import Decoder
 from .encoder import ResultEncoder
@@ -50,6 +51,7 @@ from .encoder_formats import Pieces
 from .errors import BridgeError, EtfError
 from .etf import decode, encode_parts
 from .handlers import Handlers
+from .kept import RefStore
 from .leases import Key, LeaseBook, PeerObjects
 from .objects import PeerObject
 from .result_slices import ResultSlices, WorkerArenas
@@ -130,6 +132,10 @@ class CallPath:
         self.handlers = Handlers()
         #: Cancelling the call in flight (§8.7): the worker installs its signal handler.
         self.cancel = Canceller()
+        #: Callbacks into Elixir from the call in flight (§8.8).
+        self.callbacks = Callbacks(self)
+        #: Objects kept for sessions (§8.9).
+        self.refs = RefStore()
         #: The worker, for streams (§8.6); without it a stream call is refused.
         self.link: Link | None = None
         #: The streams of the call in flight, made when it first needs one.
@@ -322,6 +328,16 @@ class CallPath:
     def _element_value(self, term: Any, slices: Any) -> Any:
         value = self.decoder.decode(term, slices)
         return to_str([value])[0] if self.text else value
+
+    def read_value(self, term: Any, slices: Any) -> Any:
+        """A term the BEAM sent while the call runs (a callback's result), read as the
+        call's arguments are."""
+        return self._element_value(term, slices)
+
+    def encode_value(self, value: Any) -> tuple[list[Any], int] | BadCall:
+        """A value the handler sends while the call runs (a callback's arguments),
+        written as a result is (see `_encode`)."""
+        return self._encode(value)
 
     def _stream(self, call_id: int, result: Any, spec: StreamSpec, policy: str) -> Reply:
         """Send ``result`` (a stream handler's return value) as the result stream, and

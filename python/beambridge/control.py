@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import registry
+from .callback_control import CallbackMessage
+from .callback_control import parse as parse_callback
 from .errors import BridgeError, EtfError
 from .etf import Atom, decode, encode
 from .stream_control import Abort, Cancel, StreamMessage
@@ -260,7 +262,14 @@ def _announcement(term: tuple[Any, ...], kinds: tuple[str, ...]) -> ObjectAnnoun
 
 
 BeamMessage = (
-    ObjectAnnouncement | ObjectDropped | Call | SealedMapped | Shutdown | LaneRing | StreamMessage
+    ObjectAnnouncement
+    | ObjectDropped
+    | Call
+    | SealedMapped
+    | Shutdown
+    | LaneRing
+    | StreamMessage
+    | CallbackMessage
 )
 
 
@@ -270,6 +279,9 @@ def from_beam(envelope: Any, has_body: bool) -> BeamMessage:
     stream = parse_stream(envelope, has_body)
     if stream is not None:
         return stream
+    callback = parse_callback(envelope, has_body)
+    if callback is not None:
+        return callback
     if envelope == A_SHUTDOWN and not has_body:
         return Shutdown()
     if envelope == A_LANE and not has_body:

@@ -41,6 +41,7 @@ from .formats import tensor as tensor_format
 from .frame import Frame
 from .header import FLAG_PAYLOAD_CHECKSUM, Codec, Header, with_fields
 from .leases import Key, LeaseBook, PeerObjects
+from .pid import Pid
 from .stats import ARGUMENTS, note
 from .terms import (
     COPIED_KINDS,
@@ -61,8 +62,10 @@ from .terms import (
     TAG_CHUNKED,
     TAG_CUSTOM,
     TAG_PACKED,
+    TAG_PID,
     TAG_PIECES,
     TAG_RECORDS,
+    TAG_REF,
     TAG_SCHEMA,
     TAG_SCHEMA_LIST,
     TAG_SLICE,
@@ -121,6 +124,8 @@ class Decoder:
         #: Makes the iterator of an argument stream ``{:"$bb_stream", sid}`` (§8.6); None:
         #: such a term is refused.
         self.streams: Callable[[int], Any] | None = None
+        #: ``{:"$bb_ref", session, ref}`` -> the kept object (`CallPath`, §8.9).
+        self.refs: Callable[[Any, Any], Any] | None = None
         #: Told the header and the provenance block of every slice frame read
         #: (SPEC §5.4); None: not told.
         self.on_frame: Callable[[Header, bytes], None] | None = None
@@ -226,6 +231,10 @@ class Decoder:
             return self._chunked(term[1], term[2], term[3])
         if tag == TAG_PIECES and n == 3 and self.streams is not None:
             return self._pieces(term[1], term[2])
+        if tag == TAG_PID and n == 3 and type(term[1]) is bytes and type(term[2]) is bytes:
+            return Pid(term[1], term[2])
+        if tag == TAG_REF and n == 3 and self.refs is not None:
+            return self.refs(term[1], term[2])
         raise _bad("tag", tag, f"malformed or unknown tagged term {_short(term)} (§9)")
 
     def _chunked(self, kind: Any, sid: Any, size: Any) -> Any:

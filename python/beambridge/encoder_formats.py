@@ -26,11 +26,13 @@ from typing import Any
 import numpy as np
 
 from . import serializers
-from .errors import ArenaError
+from .errors import ArenaError, BridgeError
 from .etf import Atom, Encoder, encode_binary, encode_int
 from .etf import encode as etf_encode
 from .formats import tensor as tensor_format
 from .header import Format
+from .kept import Kept
+from .pid import Pid
 from .result_slices import Fill, ResultSlices
 from .stats import RESULTS, note
 from .terms import (
@@ -45,6 +47,7 @@ from .terms import (
     TAG_ARROW,
     TAG_CHUNKED,
     TAG_CUSTOM,
+    TAG_PID,
     TAG_PIECES,
     TAG_SCHEMA,
     TAG_SCHEMA_LIST,
@@ -100,6 +103,9 @@ class FormatEncoder(Encoder):
         self.list_first = 0
         #: The size of the last SSZ list written (a piece's, to size the next).
         self.list_bytes = 0
+        #: Keeps an object for the call's session and returns its ref term (SPEC
+        #: §8.9); None outside a session (`beambridge.keep` is then refused).
+        self.keep: Callable[[Any], Any] | None = None
 
     # ---- slices ------------------------------------------------------------------------
 
@@ -313,6 +319,18 @@ class FormatEncoder(Encoder):
             return None
 
     def other(self, v: Any, parts: list[Any], depth: int) -> None:
+        if type(v) is Pid:  # a pid the BEAM gave: back as it came (SPEC §9)
+            self.encode_into((TAG_PID, v.etf, v.mac), parts, depth)
+            return
+        if type(v) is Kept:  # beambridge.keep: a ref of the call's session (SPEC §8.9)
+            if self.keep is None:
+                raise BridgeError(
+                    "no_session",
+                    message="no_session: beambridge.keep works in a call of a session "
+                    "(Bridge.session/3): outside one nothing could give the object back",
+                )
+            self.encode_into(self.keep(v.obj), parts, depth)
+            return
         declared = getattr(type(v), "__bb_schema__", None)
         if declared is not None:  # a typed schema: {:"$bb_schema", name, version, ssz}
             from .ssz import to_ssz

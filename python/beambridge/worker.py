@@ -75,7 +75,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 # Only what the fd juggling in main() needs is imported up front; NumPy (through
 # .calls) comes after fds 1 and 2 point at the log pipes, so even its import-time
 # warnings reach the BEAM's Logger.
-from . import control, control_shortcuts
+from . import control, control_shortcuts, elixir
+from .callback_control import CallbackReply, RefsDropped, SessionEnd
 from .cancel import Canceller, block_in_this_thread
 from .channel import LOG_CHUNK as _LOG_CHUNK
 from .channel import Channel
@@ -107,6 +108,9 @@ TRIM_AFTER = 2.0
 
 _IN_FD, _OUT_FD = 3, 4
 _WATCHDOG_PERIOD = 0.1
+#: Seconds a handler waiting on the BEAM (a stream, a callback) blocks at a time: the
+#: cancel signal interrupts the wait but not the read, so it is seen within this.
+_PUMP_WAIT = 0.05
 _PR_SET_PDEATHSIG = 1
 _MIB = 1 << 20
 
@@ -185,6 +189,7 @@ class Worker:
         self.written = 0  # frames written on fd 4
         self.exiting = False
         self.path.link = self  # streams read and write frames while a call runs
+        elixir.attach(self.path.callbacks)  # beambridge.elixir.call / send
 
     # ---- output ------------------------------------------------------------------------
 
@@ -373,7 +378,7 @@ class Worker:
     def _pump(self, block: bool, cancel: Canceller) -> bool:
         while True:
             try:
-                frame = self.channel.read(IDLE_AFTER if block else 0.0, self.spin.current)
+                frame = self.channel.read(_PUMP_WAIT if block else 0.0, self.spin.current)
             except EOFError:
                 self.exit(0)
             except ProtocolError as err:
@@ -408,6 +413,12 @@ class Worker:
     def dispatch(self, message: control.BeamMessage, body: memoryview | None, seq: int = 0) -> None:
         if isinstance(message, StreamMessage):
             self.on_stream(message, body)
+        elif isinstance(message, CallbackReply):
+            self.path.callbacks.on_reply(message, body)
+        elif isinstance(message, RefsDropped):
+            self.path.refs.drop(message.session, message.refs)
+        elif isinstance(message, SessionEnd):
+            self.path.refs.end(message.session)
         elif isinstance(message, control.Call):
             self.spin.call_came()
             written = self.written

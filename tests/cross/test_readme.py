@@ -4,6 +4,7 @@
   block runs in `mix run` with the placeholder interpreter and path filled in.
 * "Streams": the same, with a handler module of generators.
 * "Timeouts keep the worker": the same, with a handler that sleeps past its timeout.
+* "Callbacks into Elixir": the same, with a handler that calls back and sends.
 * "Typed schemas": the same, with schema classes in the handler module.
 * "Provenance and inspection": the same, with a handler that adds to its call's meta.
 * "Telemetry" and "Metrics, advice, alerts and a dashboard": against the handler
@@ -94,6 +95,12 @@ def test_readme_timeouts_example_runs(tmp_path: Path) -> None:
     [handler] = blocks("Timeouts keep the worker", "python")
     [elixir] = blocks("Timeouts keep the worker", "elixir")
     run_against_handler(handler, elixir, "readme_timeouts.exs", tmp_path)
+
+
+def test_readme_callbacks_example_runs(tmp_path: Path) -> None:
+    [handler] = blocks("Callbacks into Elixir", "python")
+    [elixir] = blocks("Callbacks into Elixir", "elixir")
+    run_against_handler(handler, elixir, "readme_callbacks.exs", tmp_path)
 
 
 def test_readme_nodes_example_runs(tmp_path: Path) -> None:

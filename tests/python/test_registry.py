@@ -23,7 +23,16 @@ from typing import Any
 
 import numpy as np
 import pytest
-from beambridge import control, objects, registry, result_slices, stats, stream_control, terms
+from beambridge import (
+    callback_control,
+    control,
+    objects,
+    registry,
+    result_slices,
+    stats,
+    stream_control,
+    terms,
+)
 from beambridge.encoder import ResultEncoder
 from beambridge.errors import BridgeError
 from beambridge.etf import Atom, encode
@@ -324,7 +333,7 @@ def test_tags_layouts_and_messages() -> None:
     assert (str(terms.LAYOUT_ROWS), str(terms.LAYOUT_COLUMNS)) == registry.RECORDS_LAYOUTS
     atoms = {
         str(v)
-        for module in (control, stream_control)
+        for module in (control, stream_control, callback_control)
         for n, v in vars(module).items()
         if n.startswith("A_")
     }

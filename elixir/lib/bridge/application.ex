@@ -25,6 +25,7 @@ defmodule Bridge.Application do
         )
     end
 
+    Bridge.Pids.init()
     Bridge.Provenance.Stored.init()
     Bridge.Metrics.init()
 

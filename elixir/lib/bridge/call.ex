@@ -184,7 +184,9 @@ defmodule Bridge.Call do
       frame: frame,
       slices: prepared.slices,
       module: prepared.module,
-      function: prepared.function
+      function: prepared.function,
+      # made from a callback of this pool: never waits in its queue (SPEC §8.8)
+      nested: Bridge.Call.Callbacks.nested?(prepared.pool)
     }
 
     with :ok <- check_frame(frame), do: {:ok, Map.merge(request, extra)}

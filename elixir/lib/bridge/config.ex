@@ -32,6 +32,7 @@ defmodule Bridge.Config do
             spill: true,
             node_timeout: 5_000,
             cancel_grace: 1_000,
+            callbacks: [],
             arena: nil,
             peer_minor: nil
 
@@ -58,7 +59,8 @@ defmodule Bridge.Config do
     :compress,
     :spill,
     :node_timeout,
-    :cancel_grace
+    :cancel_grace,
+    :callbacks
   ]
 
   @spec new(keyword()) :: {:ok, t()} | {:error, Error.t()}
@@ -136,6 +138,12 @@ defmodule Bridge.Config do
   defp check(:spill, v) when is_boolean(v), do: :ok
   defp check(:node_timeout, v) when is_integer(v) and v > 0, do: :ok
   defp check(:cancel_grace, v) when is_integer(v) and v >= 0 and v <= 3_600_000, do: :ok
+
+  defp check(:callbacks, v) do
+    if Bridge.Worker.Callbacks.check(v) == :ok,
+      do: :ok,
+      else: {:error, bad(:callbacks, v, expectation(:callbacks))}
+  end
 
   defp check(:dashboard, v) do
     if dashboard?(v),
@@ -216,6 +224,10 @@ defmodule Bridge.Config do
   defp expectation(:start_timeout), do: "a positive integer (milliseconds)"
   defp expectation(:node_timeout), do: "a positive integer (milliseconds)"
   defp expectation(:cancel_grace), do: "an integer from 0 to 3_600_000 (milliseconds)"
+
+  defp expectation(:callbacks),
+    do: "a list of {module, function, arity} and {:send, registered_name} entries"
+
   defp expectation(:spill), do: "a boolean"
   defp expectation(:compress), do: ":auto, :none, :lz4, :zstd or :gzip"
   defp expectation(_), do: "a non-negative integer"

@@ -188,6 +188,14 @@ defmodule Bridge.Decoder do
     custom_result(name, version, data, ctx)
   end
 
+  # A pid this node gave out (SPEC §9): its MAC must be this node's.
+  defp dec({:"$bb_pid", etf, mac} = term, ctx) do
+    case Bridge.Pids.from_wire(etf, mac) do
+      {:ok, pid} -> {pid, ctx}
+      :error -> bad_result(:bad_term, term, ctx, "a pid this node gave out, with its MAC")
+    end
+  end
+
   defp dec(term, ctx) when is_tuple(term) do
     if tuple_size(term) > 0 and is_atom(elem(term, 0)) and reserved?(elem(term, 0)) do
       bad_result(:bad_term, term, ctx)

@@ -260,6 +260,9 @@ defmodule Bridge.Encoder do
     end
   end
 
+  # A pid goes with this node's MAC: Python can send to it, not forge one.
+  defp enc(pid, ctx) when is_pid(pid), do: {Bridge.Pids.wire(pid), ctx}
+
   defp enc(term, ctx), do: bad_arg(term, ctx, "plain data (see Bridge's type mapping)")
 
   # Works for structs too (their plain map, __struct__ included).

@@ -75,8 +75,21 @@ defmodule Bridge.Pool do
   end
 
   @impl true
+  # A call from a callback of this pool (SPEC §8.8): an idle worker now, or
+  # :nested_call; never the queue, where it could wait for its own caller.
+  def handle_call({:call, %{nested: true} = request, timeout}, from, state) do
+    case state.idle do
+      [worker | idle] ->
+        Worker.run(worker, request, from, deadline(timeout))
+        {:noreply, %{state | idle: idle}}
+
+      [] ->
+        {:reply, {:error, nested(state)}, state}
+    end
+  end
+
   def handle_call({:call, request, timeout}, from, state) do
-    deadline = if timeout == :infinity, do: :infinity, else: now() + timeout
+    deadline = deadline(timeout)
 
     case state.idle do
       [worker | idle] when map_size(state.waiting) == 0 ->
@@ -241,6 +254,20 @@ defmodule Bridge.Pool do
           "#{state.max_queue}); retry later or raise :max_queue / :pool_size"
     )
   end
+
+  defp nested(state) do
+    Error.new(:overloaded, :nested_call,
+      field: :pool_size,
+      value: map_size(state.workers),
+      message:
+        "overloaded: nested_call: a callback called #{inspect(state.name)}, whose workers " <>
+          "are all busy, one of them waiting for that callback: the call would wait, " <>
+          "perhaps for itself; raise :pool_size, or do the work in the callback's caller"
+    )
+  end
+
+  defp deadline(:infinity), do: :infinity
+  defp deadline(timeout), do: now() + timeout
 
   defp stopped,
     do:

@@ -28,7 +28,7 @@ defmodule Bridge.Worker do
   require Logger
 
   alias Bridge.{Config, Control, Error, FormatStats, Lane, Registry}
-  alias Bridge.Worker.{Cancel, Interpreter, LaneCalls, Objects, Replies, Streams}
+  alias Bridge.Worker.{Callbacks, Cancel, Interpreter, LaneCalls, Objects, Replies, Streams}
 
   defstruct [
     :config,
@@ -190,6 +190,10 @@ defmodule Bridge.Worker do
 
   def handle_cast({:stream, _id, _message}, state), do: {:noreply, state}
 
+  # The answer to a callback or send of the call in flight (Bridge.Worker.Callbacks).
+  def handle_cast({:callback_reply, cid, reply}, state),
+    do: {:noreply, Callbacks.reply(state, cid, reply)}
+
   defp start_call(state, %{id: id, frame: frame, slices: slices} = request, from, deadline) do
     case Objects.lend(state.objects, state.config.arena, slices) do
       {:ok, objects, announcements} ->
@@ -204,7 +208,8 @@ defmodule Bridge.Worker do
           streams: streams,
           sent: System.monotonic_time(),
           timings: nil,
-          cancelled: false
+          cancelled: false,
+          callbacks: %{}
         }
 
         state = %{state | phase: :busy, call: call, timer: timer, objects: objects}
@@ -406,7 +411,8 @@ defmodule Bridge.Worker do
   # One frame from the worker, from the pipe or the lane.
   defp handle_frame(bin, state) do
     case Control.split(bin) do
-      {:ok, envelope, body} when body != "" and elem(envelope, 0) not in [:ok, :element] ->
+      {:ok, envelope, body}
+      when body != "" and elem(envelope, 0) not in [:ok, :element, :callback, :send] ->
         unexpected(state, {envelope, {:body, byte_size(body)}})
 
       {:ok, {:log, stream, data} = log, _}
@@ -508,6 +514,16 @@ defmodule Bridge.Worker do
       {:reply, reply} -> finish_call(state, reply)
       {:error, error} -> violation(state, error)
       :unexpected -> unexpected(state, envelope)
+    end
+  end
+
+  # A callback into Elixir, or a message to send, from the handler (SPEC §8.8).
+  defp handle_message(envelope, body, %{phase: :busy, call: %{id: id}} = state)
+       when elem(envelope, 0) in [:callback, :send] and elem(envelope, 1) == id and
+              is_integer(elem(envelope, 2)) and elem(envelope, 2) > 0 do
+    case Callbacks.frame(state, envelope, body) do
+      {:ok, state} -> state
+      {:error, error} -> violation(state, error)
     end
   end
 

@@ -18,7 +18,7 @@ defmodule Bridge.Stream.Session do
   # `resume: :auto` starts the stream again after the checkpoint.
 
   alias Bridge.{Arena, Call, CallerGC, Error}
-  alias Bridge.Call.Pieces
+  alias Bridge.Call.{Callbacks, Pieces}
   alias Bridge.Stream.{Checkpoint, Feeds}
 
   # The consumer collects its garbage once the elements it took over the
@@ -83,6 +83,7 @@ defmodule Bridge.Stream.Session do
         answer(reply, pieces, %{}, prepared, timed?)
       after
         Pieces.finish()
+        Callbacks.finish()
       end
     end
   end
@@ -98,6 +99,7 @@ defmodule Bridge.Stream.Session do
           answer(session.reply, session.pieces, session.feeds, prepared, timed?)
         after
           Pieces.finish()
+          Callbacks.finish()
         end
 
       error ->
@@ -113,6 +115,10 @@ defmodule Bridge.Stream.Session do
 
       {:bridge_piece, ^tag, worker, id, piece} ->
         await(tag, Pieces.take(pieces, worker, id, piece, prepared.config), prepared)
+
+      {:bridge_callback, ^tag, worker, cid, fun, body, resolved} ->
+        Callbacks.run(worker, cid, fun, body, resolved, prepared)
+        await(tag, pieces, prepared)
 
       {:DOWN, ^tag, :process, _, reason} ->
         flush(tag)
@@ -130,6 +136,7 @@ defmodule Bridge.Stream.Session do
     receive do
       {[:alias | ^tag], _} -> flush(tag)
       {:bridge_piece, ^tag, _, _, _} -> flush(tag)
+      {:bridge_callback, ^tag, _, _, _, _, _} -> flush(tag)
     after
       0 -> :ok
     end
@@ -396,6 +403,10 @@ defmodule Bridge.Stream.Session do
 
       {:bridge_piece, ^tag, worker, id, piece} ->
         on_piece(session, worker, id, piece)
+
+      {:bridge_callback, ^tag, worker, cid, fun, body, resolved} ->
+        Callbacks.run(worker, cid, fun, body, resolved, session.prepared)
+        session
 
       {:DOWN, ^tag, :process, _, reason} ->
         flush(tag)

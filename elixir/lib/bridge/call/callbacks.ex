@@ -1,0 +1,124 @@
+defmodule Bridge.Call.Callbacks do
+  @moduledoc false
+  # Callbacks into Elixir, in the caller's process (protocol/SPEC.md §8.8).
+  # While a call waits for its answer (Bridge.Stream.Session), a callback of its
+  # handler comes as {:bridge_callback, tag, worker, cid, {module, function},
+  # body, resolved}, already checked against the pool's list by the worker
+  # (Bridge.Worker.Callbacks). It runs here, in the process that made the call:
+  # the arguments decoded as a result is (values over the worker's shared
+  # memory read in place), the function applied, its result encoded as call
+  # arguments are (into the bridge's arenas) and handed back to the worker.
+  #
+  # The slices of a result are this process's until the worker has lent them to
+  # the interpreter: they are let go when the next callback comes (by then the
+  # worker has handled the reply that names them, its messages being in order)
+  # or when the call ends (finish/0).
+  #
+  # A call made from inside a callback to the pool whose worker waits for that
+  # callback never waits in the pool's queue (nested?/1): with no idle worker it
+  # fails at once (`:nested_call`) rather than wait, perhaps for itself.
+
+  alias Bridge.{Arena, Call, Control, Encoder}
+
+  @held {__MODULE__, :held}
+  @nested {__MODULE__, :pools}
+  @max_message 2_000
+
+  @doc false
+  # Runs callback `cid` and sends its reply to `worker`.
+  @spec run(pid(), pos_integer(), {atom(), atom()}, binary(), tuple(), map()) :: :ok
+  def run(worker, cid, {module, function}, body, resolved, prepared) do
+    release_held()
+
+    reply =
+      case Call.decode(body, resolved, worker, prepared.config) do
+        {:ok, args} when is_list(args) ->
+          args |> invoke(module, function, prepared.pool) |> encode(prepared)
+
+        {:ok, other} ->
+          error(
+            :bad_callback_value,
+            "",
+            "the arguments are a list, got #{inspect(other, limit: 5)}"
+          )
+
+        {:error, error} ->
+          error(:bad_callback_value, "", Exception.message(error))
+      end
+
+    GenServer.cast(worker, {:callback_reply, cid, reply})
+  end
+
+  @doc false
+  # The call is over: the slices of its callbacks' results go.
+  @spec finish() :: :ok
+  def finish, do: release_held()
+
+  @doc false
+  # Whether a call to `pool` is made from inside a callback of that pool.
+  @spec nested?(atom()) :: boolean()
+  def nested?(pool), do: pool in Process.get(@nested, [])
+
+  defp invoke(args, module, function, pool) do
+    pools = Process.get(@nested, [])
+    Process.put(@nested, [pool | pools])
+
+    try do
+      {:ok, apply(module, function, args)}
+    rescue
+      e -> error(:callback_raised, inspect(e.__struct__), Exception.message(e))
+    catch
+      kind, reason -> error(:callback_raised, Atom.to_string(kind), inspect(reason, limit: 20))
+    after
+      Process.put(@nested, pools)
+    end
+  end
+
+  defp encode({:ok, value}, prepared) do
+    config = prepared.config
+    opts = [format: prepared.format, nested_records: Bridge.Config.peer_minor(config) >= 6]
+
+    case Encoder.encode_call([value], config.arena, config.threshold, opts) do
+      {:ok, term, slices, []} ->
+        body = :erlang.term_to_binary(term)
+
+        if byte_size(body) + 1_024 > Control.max_frame() do
+          Enum.each(slices, &Arena.release/1)
+
+          error(
+            :bad_callback_value,
+            "",
+            "the result encodes to #{byte_size(body)} bytes inline, over the control frame limit"
+          )
+        else
+          Process.put(@held, slices ++ Process.get(@held, []))
+          {:ok, Encoder.entries(slices), body, slices}
+        end
+
+      {:ok, _term, slices, _streams} ->
+        Enum.each(slices, &Arena.release/1)
+        error(:bad_callback_value, "", "a callback cannot return a Bridge.Stream")
+
+      {:error, error} ->
+        error(:bad_callback_value, "", Exception.message(error))
+    end
+  end
+
+  defp encode(error, _prepared), do: error
+
+  defp error(reason, type, message) do
+    message =
+      if byte_size(message) > @max_message,
+        do: binary_part(message, 0, @max_message) <> "…",
+        else: message
+
+    {:error, reason, type, message}
+  end
+
+  defp release_held do
+    case Process.delete(@held) do
+      nil -> :ok
+      slices -> Enum.each(slices, &Arena.release/1)
+    end
+  end
+end
