@@ -330,6 +330,8 @@ static int init(ErlNifEnv *env, void **priv)
     ATOM_SIZE_MISMATCH = enif_make_atom(env, "size_mismatch");
     ATOM_BAD_COMPRESSED_DATA = enif_make_atom(env, "bad_compressed_data");
     codecs_load(env);
+    if (!watch_load(env, ERL_NIF_RT_CREATE | ERL_NIF_RT_TAKEOVER))
+        return 1;
     return arena_load(env, priv) ? 0 : 1;
 }
 
@@ -354,6 +356,7 @@ static ErlNifFunc nif_funcs[] = {
     {"binary_address", 1, nif_binary_address, 0},
     {"xxh3_64", 1, nif_xxh3_64, 0},
     {"zstd_decompress", 2, nif_zstd_decompress, 0},
+    {"watch_new", 3, nif_watch_new, 0},
     CODEC_NIF_FUNCS,
     ARENA_NIF_FUNCS,
 };

@@ -76,6 +76,10 @@ int arena_load(ErlNifEnv *env, void **priv);
         {"lane_wait", 3, nif_lane_wait, 0},                                     \
         {"lane_take", 2, nif_lane_take, 0}
 
+/* watch.c: a resource that tells a process when it is garbage-collected. */
+int watch_load(ErlNifEnv *env, ErlNifResourceFlags flags);
+ERL_NIF_TERM nif_watch_new(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]);
+
 /* codecs.c: makes its atoms. */
 void codecs_load(ErlNifEnv *env);
 

@@ -422,6 +422,32 @@ defmodule Bridge do
   def alerts, do: Bridge.Metrics.Monitor.alerts()
 
   @doc """
+  Runs `fun` with one worker of `pool` to itself (`Bridge.Session`, protocol/SPEC.md
+  §8.9) and returns what `fun` returns.
+
+  Every call given `session: session` runs on that worker, one at a time, so what a
+  handler leaves in its module is there for the next; no other call of the pool runs
+  there meanwhile. A handler may return `beambridge.keep(obj)`: Elixir gets a
+  `%Bridge.Ref{}`, and a call of the session that passes it gets `obj` back. Kept
+  objects go when their ref is garbage-collected or the session ends; the session
+  ends when `fun` returns or raises, or when the process running it exits.
+
+  Options: `:timeout` (ms to wait for a free worker, default the pool's `:timeout`).
+
+  ## Examples
+
+      iex> Bridge.session(NoSuchBridge, fn _session -> :unreached end)
+      {:error, Bridge.Error.new(:bad_call, :no_pool,
+         field: :pool,
+         value: NoSuchBridge,
+         message: "bad call: no_pool: no bridge named NoSuchBridge is running"
+       )}
+  """
+  @spec session(atom(), (Bridge.Session.t() -> result), keyword()) :: result | {:error, Error.t()}
+        when result: term()
+  def session(pool \\ Bridge, fun, opts \\ []), do: Bridge.Session.run(pool, fun, opts)
+
+  @doc """
   The workers of a bridge: id, Erlang pid, the interpreter's OS pid and phase
   (`:starting`, `:ready`, `:busy`, `:killing`, `:down`), how many of the
   bridge's slices it holds (`lent_slices`), how many of its arenas are mapped

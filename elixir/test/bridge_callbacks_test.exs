@@ -23,6 +23,12 @@ defmodule Bridge.CallbacksTest do
       :binary.copy(<<7>>, byte_size(data))
     end
 
+    def die_now, do: Process.exit(self(), :kill)
+
+    def in_session do
+      Bridge.call!({:bbt_callbacks, :add}, [1, 2], session: Process.get(:test_session))
+    end
+
     def nested(depth) do
       pool = Process.get(:test_pool)
       Bridge.call!({:bbt_callbacks, :nested}, [depth], pool: pool, timeout: 30_000)
@@ -38,6 +44,8 @@ defmodule Bridge.CallbacksTest do
     {Fns, :sleep, 1},
     {Fns, :big, 1},
     {Fns, :nested, 1},
+    {Fns, :in_session, 0},
+    {Fns, :die_now, 0},
     {:lists, :reverse, 1},
     {:send, :bbt_listener}
   ]
@@ -153,6 +161,61 @@ defmodule Bridge.CallbacksTest do
     assert {:ok, ["error", "callback_raised", "Bridge.Error", message]} = result
     assert message =~ "nested_call"
     assert div(ms, 1000) < 5_000
+    assert {:ok, 3} = call(:add, [1, 2])
+  end
+
+  test "a callback calling the session its call belongs to is refused at once" do
+    Bridge.session(Cb, fn s ->
+      Process.put(:test_session, s)
+
+      assert {:ok, ["error", "callback_raised", "Bridge.Error", message]} =
+               call(:outcome, ["Bridge.CallbacksTest.Fns", "in_session", []], session: s)
+
+      assert message =~ "nested_call"
+      assert {:ok, 3} = call(:add, [1, 2], session: s)
+    end)
+  end
+
+  test "forged pids: a short MAC is refused, as a destination and in a result" do
+    assert {:ok, ["refused", message]} = call(:short_mac, [self()])
+    assert message =~ "MAC"
+
+    capture_log(fn ->
+      assert {:error, %Bridge.Error{kind: :bad_frame, reason: :bad_term}} =
+               call(:short_mac_result, [self()])
+    end)
+
+    all_ready(Cb)
+    assert {:ok, 3} = call(:add, [1, 2])
+  end
+
+  test "a callback frame whose arguments outnumber its arity is refused, not applied" do
+    assert {:ok, ["error", "bad_callback_value", message]} = call(:wrong_arity, [])
+    assert message =~ "not a list of 1"
+    assert {:ok, 3} = call(:add, [1, 2])
+  end
+
+  test "a callback frame with an impossible arity is a protocol violation: the worker is replaced" do
+    log =
+      capture_log(fn ->
+        assert {:error, %Bridge.Error{kind: :bad_frame}} = call(:huge_arity, [])
+        all_ready(Cb)
+      end)
+
+    assert log =~ "killing it"
+    assert {:ok, 3} = call(:add, [1, 2])
+  end
+
+  test "a caller that dies inside its callback: the handler is told, the worker freed" do
+    capture_log(fn ->
+      spawn(fn ->
+        call(:outcome, ["Bridge.CallbacksTest.Fns", "die_now", []], timeout: :infinity)
+      end)
+
+      Process.sleep(300)
+      eventually(fn -> Enum.all?(Bridge.workers(Cb), &(&1.phase == :ready)) end)
+    end)
+
     assert {:ok, 3} = call(:add, [1, 2])
   end
 

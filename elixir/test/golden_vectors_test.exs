@@ -346,15 +346,12 @@ defmodule Bridge.GoldenVectorsTest do
 
     call =
       if phase == :busy,
-        do: %{
-          id: call_id,
-          from: {self(), tag},
-          module: :m,
-          function: :f,
-          streams: streams,
-          sent: System.monotonic_time(),
-          timings: nil
-        }
+        do:
+          Bridge.Worker.call_state(
+            %{id: call_id, module: :m, function: :f},
+            {self(), tag},
+            streams
+          )
 
     state = %Bridge.Worker{
       config: %Bridge.Config{name: :"Bridge.GoldenVectorsTest.no_pool"},

@@ -171,6 +171,14 @@ def codec_option(opts: dict[Any, Any]) -> int:
     return code
 
 
+def session_option(opts: dict[Any, Any]) -> int | None:
+    """The call's session (``opts["session"]``, since 2.8, SPEC §8.9), or None."""
+    value = opts.get(b"session") if type(opts) is dict else None  # else policy_option says
+    if value is not None and (type(value) is not int or value < 1):
+        raise Refused("bad_term", f"call option session is {value!r:.100}, not a positive integer")
+    return value
+
+
 def meta_option(opts: dict[Any, Any]) -> dict[Any, Any] | None:
     """The call's user metadata (``opts["meta"]``, since 2.4, SPEC §5.4), or None."""
     value = opts.get(b"meta")

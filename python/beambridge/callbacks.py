@@ -91,7 +91,12 @@ class Callbacks:
 
     def _write(self, envelope: Any, value: Any) -> None:
         """Encode ``value`` as a result is (the result being written set aside) and send
-        ``envelope(slices)`` with it as the body."""
+        ``envelope(slices)`` with it as the body, shielded from the cancel signal: slices
+        placed and not announced would never come back (§8.7)."""
+        with self.path.cancel.shielded():
+            self._write_shielded(envelope, value)
+
+    def _write_shielded(self, envelope: Any, value: Any) -> None:
         path = self.path
         aside = path.slices.suspend()
         try:
@@ -126,9 +131,10 @@ class Callbacks:
                     # the call timed out while Elixir ran the callback (unarmed code:
                     # a generator's clean-up, say): leave as the handler would
                     raise CallCancelled(f"call {path.cancel.call_id} was cancelled")
+            answer = self._answers.pop(cid)
         finally:
             self._waiting.discard(cid)
-        answer = self._answers.pop(cid)
+            self._answers.pop(cid, None)  # one that came as the cancel did: let go
         if isinstance(answer, BaseException):
             raise answer
         return answer

@@ -37,6 +37,7 @@ from .call_parts import (
     meta_option,
     policy_option,
     same,
+    session_option,
     strings_option,
     text,
     token_str,
@@ -215,6 +216,8 @@ class CallPath:
             reply = self._run(call, body)
         finally:
             self.cancel.end()
+            if self.streams is not None:
+                self.streams.drop_queued(self.let_go)
             self.streams = None
             self.record.end()
         if self.timings:
@@ -241,6 +244,7 @@ class CallPath:
             return self._bad_call(call.call_id, prepared)
         fn, args, policy, spec = prepared
         del prepared  # `args` alone holds the argument values now
+        self.encoder.policy = policy  # the result's, and callbacks' arguments' (§8.8)
         failure: Any = None
         if spec is not None and spec.resume:
             fn = partial(fn, checkpoint=spec.checkpoint)
@@ -274,6 +278,7 @@ class CallPath:
         text = False
         spec: StreamSpec | None = None
         try:
+            self._session(session_option(call.opts))
             policy = policy_option(call.opts)
             self.slices.codec = codec_option(call.opts)
             self.record.begin(call.module, call.function, meta_option(call.opts))
@@ -311,6 +316,11 @@ class CallPath:
                 problem = BadCall(err.reason, err.message.removeprefix(f"{err.reason}: "))
         return (fn, args, policy, spec) if problem is None else problem
 
+    def _session(self, session: int | None) -> None:
+        """The call's session (§8.9): results may keep objects for it, arguments name
+        them; outside one, neither."""
+        self.encoder.keep, self.decoder.refs = self.refs.hooks(session)
+
     # ---- streams (§8.6) ----------------------------------------------------------------
 
     def _streams(self) -> CallStreams:
@@ -326,7 +336,8 @@ class CallPath:
         return self._streams().feed(sid)
 
     def _element_value(self, term: Any, slices: Any) -> Any:
-        value = self.decoder.decode(term, slices)
+        with self.cancel.shielded():  # leases are taken here (§8.7)
+            value = self.decoder.decode(term, slices)
         return to_str([value])[0] if self.text else value
 
     def read_value(self, term: Any, slices: Any) -> Any:

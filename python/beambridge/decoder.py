@@ -33,7 +33,7 @@ from typing import Any
 from . import registry, serializers
 from .codecs import decompress
 from .control import slice_refs
-from .errors import EtfError, FormatError, HeaderError, LeaseError
+from .errors import BridgeError, EtfError, FormatError, HeaderError, LeaseError
 from .etf import Atom, decode
 from .formats import packed as packed_format
 from .formats import records as records_format
@@ -233,7 +233,11 @@ class Decoder:
             return self._pieces(term[1], term[2])
         if tag == TAG_PID and n == 3 and type(term[1]) is bytes and type(term[2]) is bytes:
             return Pid(term[1], term[2])
-        if tag == TAG_REF and n == 3 and self.refs is not None:
+        if tag == TAG_REF and n == 3:
+            if self.refs is None:
+                raise BridgeError(
+                    "no_session", message="no_session: a kept object's ref in a call of no session"
+                )
             return self.refs(term[1], term[2])
         raise _bad("tag", tag, f"malformed or unknown tagged term {_short(term)} (§9)")
 

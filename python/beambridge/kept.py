@@ -24,6 +24,7 @@ from __future__ import annotations
 from typing import Any
 
 from .errors import BridgeError
+from .terms import TAG_REF
 
 __all__ = ["Kept", "RefStore", "keep"]
 
@@ -82,6 +83,26 @@ class RefStore:
 
     def end(self, session: int) -> None:
         self._sessions.pop(session, None)
+
+    def hooks(self, session: int | None) -> tuple[Any, Any]:
+        """For a call of ``session``: how its result keeps an object (the ref term to
+        send) and how its arguments read a ref; (None, None) outside a session."""
+        if session is None:
+            return None, None
+
+        def keep(obj: Any) -> tuple[Any, ...]:
+            return (TAG_REF, session, self.put(session, obj))
+
+        def read(of: Any, ref: Any) -> Any:
+            if of != session or type(ref) is not int:
+                raise BridgeError(
+                    "no_session",
+                    message=f"no_session: a ref of session {of!r:.40} in a call of session "
+                    f"{session}",
+                )
+            return self.get(session, ref)
+
+        return keep, read
 
     def count(self, session: int | None = None) -> int:
         """Objects kept (for ``session``, or in all)."""

@@ -153,6 +153,14 @@ class CallStreams:
             self.link.send_pending()
         return value
 
+    def drop_queued(self, let_go: Callable[[Any], None]) -> None:
+        """The call is over: the slices of elements that came and were never taken (a
+        handler that stopped early, or was cancelled) are let go."""
+        for feed in self.feeds.values():
+            while feed.queue:
+                element, _ = feed.queue.popleft()
+                let_go(element.slices)
+
     # ---- messages from the BEAM --------------------------------------------------------
 
     def on_message(self, message: sc.StreamMessage, body: memoryview | None) -> str | None:

@@ -5,6 +5,7 @@
 * "Streams": the same, with a handler module of generators.
 * "Timeouts keep the worker": the same, with a handler that sleeps past its timeout.
 * "Callbacks into Elixir": the same, with a handler that calls back and sends.
+* "Sessions and kept objects": the same, with a handler that keeps an object.
 * "Typed schemas": the same, with schema classes in the handler module.
 * "Provenance and inspection": the same, with a handler that adds to its call's meta.
 * "Telemetry" and "Metrics, advice, alerts and a dashboard": against the handler
@@ -101,6 +102,12 @@ def test_readme_callbacks_example_runs(tmp_path: Path) -> None:
     [handler] = blocks("Callbacks into Elixir", "python")
     [elixir] = blocks("Callbacks into Elixir", "elixir")
     run_against_handler(handler, elixir, "readme_callbacks.exs", tmp_path)
+
+
+def test_readme_sessions_example_runs(tmp_path: Path) -> None:
+    [handler] = blocks("Sessions and kept objects", "python")
+    [elixir] = blocks("Sessions and kept objects", "elixir")
+    run_against_handler(handler, elixir, "readme_sessions.exs", tmp_path)
 
 
 def test_readme_nodes_example_runs(tmp_path: Path) -> None:

@@ -17,8 +17,11 @@ defmodule Bridge.Call do
   @doc false
   @spec run(Bridge.function_ref(), list(), keyword()) :: {:ok, term()} | {:error, Error.t()}
   def run(function_ref, args, opts) do
-    with :ok <- check_result(Keyword.get(opts, :result, :value)) do
-      case Bridge.Remote.route(opts) do
+    with :ok <- check_result(Keyword.get(opts, :result, :value)),
+         {:ok, opts, session} <- Bridge.Session.options(opts) do
+      case if(session, do: :session, else: Bridge.Remote.route(opts)) do
+        # a session's calls run on its worker, here: no other node, no spill
+        :session -> function_ref |> run_here(args, opts) |> kept(opts)
         :local -> run_local(function_ref, args, opts)
         {:remote, node} -> Bridge.Remote.call(node, function_ref, args, opts)
         {:error, _} = error -> error
@@ -93,37 +96,8 @@ defmodule Bridge.Call do
   # handles, returned in `streams`).
   @spec prepare(Bridge.function_ref(), list(), keyword()) :: {:ok, map()} | {:error, Error.t()}
   def prepare({module, function}, args, opts) when is_list(args) and is_list(opts) do
-    pool = Keyword.get(opts, :pool, Bridge)
-
-    with :ok <- check_name(:module, module),
-         :ok <- check_name(:function, function),
-         {:ok, config} <- config(pool),
-         :ok <- CallerGC.before_call(config.arena_limit),
-         {:ok, timeout} <- timeout(opts, config.timeout),
-         {:ok, format} <- Bridge.Format.check_policy(Keyword.get(opts, :format, :auto)),
-         {:ok, strings} <- strings(Keyword.get(opts, :strings, config.strings)),
-         {:ok, provenance} <- Arguments.context(Keyword.get(opts, :meta)),
-         {:ok, compress} <- local_codec(opts, config),
-         {:ok, term, slices, streams} <-
-           encode(args, config, format, pool, {provenance, compress}) do
-      {:ok,
-       %{
-         pool: pool,
-         config: config,
-         module: module,
-         function: function,
-         term: term,
-         slices: slices,
-         streams: streams,
-         timeout: timeout,
-         format: format,
-         strings: strings,
-         opts:
-           format
-           |> call_opts(strings)
-           |> with_meta(Arguments.option(provenance))
-           |> with_codec(compress)
-       }}
+    with {:ok, opts, session} <- Bridge.Session.options(opts) do
+      prepare(module, function, args, opts, session)
     end
   end
 
@@ -138,6 +112,46 @@ defmodule Bridge.Call do
      )}
   end
 
+  defp prepare(module, function, args, opts, session) do
+    pool = Keyword.get(opts, :pool, Bridge)
+
+    with :ok <- check_name(:module, module),
+         :ok <- check_name(:function, function),
+         {:ok, config} <- config(pool),
+         :ok <- CallerGC.before_call(config.arena_limit),
+         {:ok, timeout} <- timeout(opts, config.timeout),
+         {:ok, format} <- Bridge.Format.check_policy(Keyword.get(opts, :format, :auto)),
+         {:ok, strings} <- strings(Keyword.get(opts, :strings, config.strings)),
+         {:ok, provenance} <- Arguments.context(Keyword.get(opts, :meta)),
+         {:ok, compress} <- local_codec(opts, config),
+         {:ok, term, slices, streams} <-
+           encode(args, config, format, pool, {provenance, compress, session}) do
+      {:ok,
+       %{
+         pool: pool,
+         config: config,
+         module: module,
+         function: function,
+         term: term,
+         slices: slices,
+         streams: streams,
+         timeout: timeout,
+         format: format,
+         strings: strings,
+         session: session,
+         # held until the call is over: a %Bridge.Ref{} among them must not be
+         # collected (and its object released) before the worker reads it
+         args: args,
+         opts:
+           format
+           |> call_opts(strings)
+           |> with_meta(Arguments.option(provenance))
+           |> with_codec(compress)
+           |> with_session(session)
+       }}
+    end
+  end
+
   # The call's options as the worker reads them (SPEC §8.3): only what differs
   # from the defaults, so most calls carry an empty map.
   defp call_opts(:auto, :bytes), do: %{}
@@ -148,6 +162,10 @@ defmodule Bridge.Call do
   defp with_meta(opts, meta), do: Map.put(opts, "meta", meta)
 
   # The worker compresses its result slices with the call's codec (SPEC §15.3).
+  # The call's session (SPEC §8.9): the worker keeps objects for it.
+  defp with_session(opts, nil), do: opts
+  defp with_session(opts, id), do: Map.put(opts, "session", id)
+
   defp with_codec(opts, nil), do: opts
   defp with_codec(opts, codec), do: Map.put(opts, "compress", Atom.to_string(codec))
 
@@ -186,7 +204,8 @@ defmodule Bridge.Call do
       module: prepared.module,
       function: prepared.function,
       # made from a callback of this pool: never waits in its queue (SPEC §8.8)
-      nested: Bridge.Call.Callbacks.nested?(prepared.pool)
+      nested: Bridge.Call.Callbacks.nested?(prepared.pool),
+      session: Map.get(prepared, :session)
     }
 
     with :ok <- check_frame(frame), do: {:ok, Map.merge(request, extra)}
@@ -211,13 +230,14 @@ defmodule Bridge.Call do
 
   # A caller that read the config just before the bridge stopped finds its arenas
   # closed: the same error as a call made after the stop.
-  defp encode(args, config, format, pool, {provenance, compress}) do
+  defp encode(args, config, format, pool, {provenance, compress, session}) do
     opts = [
       format: format,
       streams: true,
       provenance: provenance,
       compress: compress,
-      nested_records: Config.peer_minor(config) >= 6
+      nested_records: Config.peer_minor(config) >= 6,
+      session: session
     ]
 
     case Encoder.encode_call(args, config.arena, config.threshold, opts) do
@@ -250,11 +270,18 @@ defmodule Bridge.Call do
   # rebuilt here (unknown atoms, custom types without a serializer) is the call's.
   # `pieces`: the lists that came in pieces before the answer.
   @doc false
-  @spec decode(binary(), tuple(), pid(), Config.t(), Bridge.Call.Pieces.t()) ::
+  # `session`: the call's, the only one whose refs its result may hold.
+  @spec decode(binary(), tuple(), pid(), Config.t(), Bridge.Call.Pieces.t(), pos_integer() | nil) ::
           {:ok, term()} | {:error, Error.t()}
-  def decode(body, resolved, worker, config, pieces \\ %{}) do
+  def decode(body, resolved, worker, config, pieces \\ %{}, session \\ nil) do
     with {:ok, term} <- Control.decode_body(body),
-         {:ok, value} <- Decoder.decode_result(term, resolved, checks(config), pieces) do
+         {:ok, value} <-
+           Decoder.decode_result(
+             term,
+             resolved,
+             [worker: worker, session: session] ++ checks(config),
+             pieces
+           ) do
       {:ok, value}
     else
       {:error, %Error{kind: :bad_call}} = error ->

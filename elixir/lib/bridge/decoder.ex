@@ -26,6 +26,7 @@ defmodule Bridge.Decoder do
 
   # what a result's compressed slices may decompress to in all, by default (2^32)
   @max_decoded 4_294_967_296
+  @u64 18_446_744_073_709_551_616
 
   @type decode_ctx :: %{resolved: tuple(), verify: boolean(), tally: map(), pieces: map()}
 
@@ -41,9 +42,10 @@ defmodule Bridge.Decoder do
   # `resolved` holds one entry per slice of the answer (see the moduledoc);
   # `pieces` the lists that came in pieces before it (Bridge.Call.Pieces).
   # `checks`: whether payload checksums are verified, or [verify: boolean,
-  # max_decoded: bytes], the most its compressed slices may decompress to in
-  # all (default @max_decoded: a worker's arenas hold compressed bytes, so
-  # without it a few kilobytes could ask for terabytes).
+  # max_decoded: bytes, worker: pid], the most its compressed slices may
+  # decompress to in all (default @max_decoded: a worker's arenas hold
+  # compressed bytes, so without it a few kilobytes could ask for terabytes),
+  # and the worker told when a %Bridge.Ref{} read here is garbage-collected.
   @spec decode_result(term(), tuple(), boolean() | keyword(), Bridge.Call.Pieces.t()) ::
           {:ok, term()} | {:error, Error.t()}
   def decode_result(term, resolved, checks, pieces \\ %{}) do
@@ -58,7 +60,11 @@ defmodule Bridge.Decoder do
       verify: verify,
       tally: %{},
       pieces: pieces,
-      decoded_left: max_decoded
+      decoded_left: max_decoded,
+      # the worker that keeps the objects of refs in the result, and the
+      # call's session: the only one they may name (SPEC §8.9)
+      worker: if(is_list(checks), do: Keyword.get(checks, :worker)),
+      session: if(is_list(checks), do: Keyword.get(checks, :session))
     }
 
     try do
@@ -187,6 +193,14 @@ defmodule Bridge.Decoder do
     ctx = received(ctx, :custom, byte_size(data))
     custom_result(name, version, data, ctx)
   end
+
+  # An object the worker keeps for a session (SPEC §8.9).
+  defp dec({:"$bb_ref", session, ref}, %{session: session} = ctx)
+       when is_integer(session) and is_integer(ref) and ref > 0 and ref < @u64,
+       do: {Bridge.Ref.new(session, ref, ctx.worker), ctx}
+
+  defp dec({:"$bb_ref", _, _} = term, ctx),
+    do: bad_result(:bad_term, term, ctx, "a ref of the call's own session")
 
   # A pid this node gave out (SPEC §9): its MAC must be this node's.
   defp dec({:"$bb_pid", etf, mac} = term, ctx) do

@@ -108,6 +108,8 @@ defmodule Bridge.Encoder do
       nested: Keyword.get(opts, :nested_records, true),
       # a codec for slice payloads, when the call asks for one (SPEC §15.3)
       compress: Keyword.get(opts, :compress),
+      # the call's session: its refs may be passed (SPEC §8.9)
+      session: Keyword.get(opts, :session),
       provenance: Keyword.get_lazy(opts, :provenance, &Arguments.default/0),
       tally: %{},
       # inline binaries, the most frequent decision, counted apart (cheaper)
@@ -228,6 +230,24 @@ defmodule Bridge.Encoder do
   end
 
   defp enc(%Buffer{} = b, ctx), do: bad_arg(b, ctx, "a %Bridge.Buffer{} holding a binary")
+
+  # An object the worker keeps, for a call of its session only (SPEC §8.9).
+  defp enc(%Bridge.Ref{session: session, id: id}, %{session: session} = ctx),
+    do: {{:"$bb_ref", session, id}, ctx}
+
+  defp enc(%Bridge.Ref{} = ref, ctx) do
+    error =
+      Error.new(:bad_call, :no_session,
+        field: :args,
+        value: ref,
+        message:
+          "bad call: no_session: #{inspect(ref)} names an object kept for session " <>
+            "#{ref.session}; pass it only to calls of that session (session: the " <>
+            "%Bridge.Session{}), while it lasts"
+      )
+
+    throw({:bad_arg, error, ctx})
+  end
 
   # Structs of registered custom types: protocol/formats/custom.md. Other
   # structs, and those whose encode fails, go as their plain map (ETF).

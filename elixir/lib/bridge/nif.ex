@@ -52,6 +52,9 @@ defmodule Bridge.NIF do
   def unlink(_name), do: not_loaded()
   def euid, do: not_loaded()
   def kill(_os_pid, _signal), do: not_loaded()
+  # A resource that sends {:bridge_ref_gone, session, ref} to the pid when it is
+  # garbage-collected (a %Bridge.Ref{}'s watch, SPEC §8.9).
+  def watch_new(_pid, _session, _ref), do: not_loaded()
   # Where a binary's bytes live (tests check zero-copy binaries with it).
   def binary_address(_binary), do: not_loaded()
   def xxh3_64(_binary), do: not_loaded()

@@ -30,7 +30,7 @@ defmodule Bridge.Pids do
   # The pid of a wire form, or :error when its MAC is not this node's or it
   # holds no pid.
   @spec from_wire(binary(), binary()) :: {:ok, pid()} | :error
-  def from_wire(etf, tag) when is_binary(etf) and is_binary(tag) do
+  def from_wire(etf, tag) when is_binary(etf) and byte_size(tag) == 32 do
     with true <- :crypto.hash_equals(mac(etf), tag),
          pid when is_pid(pid) <- safe(etf) do
       {:ok, pid}

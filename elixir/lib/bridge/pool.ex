@@ -19,6 +19,7 @@ defmodule Bridge.Pool do
   use GenServer
 
   alias Bridge.{Arena, Config, Error, Worker}
+  alias Bridge.Pool.Sessions
 
   @trim_every 1_000
   @trim_idle 2_000
@@ -30,7 +31,9 @@ defmodule Bridge.Pool do
             waiting: %{},
             max_queue: 0,
             arena: nil,
-            keep: 0
+            keep: 0,
+            sessions: %{},
+            reserved: %{}
 
   @spec start_link(Config.t()) :: GenServer.on_start()
   def start_link(%Config{name: name} = config),
@@ -75,6 +78,26 @@ defmodule Bridge.Pool do
   end
 
   @impl true
+  # A call of a session (SPEC §8.9): on the session's worker, in turn.
+  def handle_call({:call, %{session: id} = request, timeout}, from, state)
+      when is_integer(id) do
+    case Sessions.call(state, id, request) do
+      {:run, worker, state} ->
+        Worker.run(worker, request, from, deadline(timeout))
+        {:noreply, state}
+
+      {:queue, state} when map_size(state.waiting) >= state.max_queue ->
+        {:reply, {:error, overloaded(state)}, state}
+
+      {:queue, state} ->
+        state = enqueue(state, request, from, deadline(timeout), :rear, id)
+        {:noreply, state}
+
+      {:error, error} ->
+        {:reply, {:error, error}, state}
+    end
+  end
+
   # A call from a callback of this pool (SPEC §8.8): an idle worker now, or
   # :nested_call; never the queue, where it could wait for its own caller.
   def handle_call({:call, %{nested: true} = request, timeout}, from, state) do
@@ -107,13 +130,47 @@ defmodule Bridge.Pool do
 
   def handle_call(:workers, _from, state), do: {:reply, Map.keys(state.workers), state}
 
+  # Bridge.session/3: a worker of its own for `owner`, now or when one is free.
+  def handle_call({:checkout, owner, timeout, nested}, from, state) do
+    request = %{checkout: owner}
+
+    case state.idle do
+      [worker | idle] when map_size(state.waiting) == 0 or nested ->
+        {session, state} = Sessions.reserve(%{state | idle: idle}, worker, owner)
+        {:reply, {:ok, session}, state}
+
+      [] when nested ->
+        {:reply, {:error, nested(state)}, state}
+
+      _ ->
+        if map_size(state.waiting) >= state.max_queue,
+          do: {:reply, {:error, overloaded(state)}, state},
+          else:
+            {:noreply, state |> enqueue(request, from, deadline(timeout), :rear) |> dispatch()}
+    end
+  end
+
+  def handle_call({:checkin, id}, _from, state), do: {:reply, :ok, end_session(state, id)}
+
   @impl true
+  def handle_cast({:available, worker}, state) when is_map_key(state.reserved, worker) do
+    case Sessions.available(state, worker) do
+      {:run, mref, state} ->
+        {{from, request, deadline}, state} = take(state, mref)
+        Worker.run(worker, request, from, deadline)
+        {:noreply, state}
+
+      {:idle, state} ->
+        {:noreply, state}
+    end
+  end
+
   def handle_cast({:available, worker}, state) do
     state = watch(state, worker)
 
     case dequeue(state) do
       {{from, request, deadline}, state} ->
-        Worker.run(worker, request, from, deadline)
+        state = start(state, worker, from, request, deadline)
         {:noreply, %{state | idle: List.delete(state.idle, worker)}}
 
       {nil, state} ->
@@ -124,8 +181,27 @@ defmodule Bridge.Pool do
     end
   end
 
+  def handle_cast({:unavailable, worker}, state) when is_map_key(state.reserved, worker),
+    do: {:noreply, Sessions.unavailable(state, worker)}
+
   def handle_cast({:unavailable, worker}, state),
     do: {:noreply, %{state | idle: List.delete(state.idle, worker)}}
+
+  def handle_cast({:requeue, %{session: id} = request, from, deadline}, state)
+      when is_integer(id) do
+    if is_map_key(state.sessions, id) do
+      {:noreply, enqueue(state, request, from, deadline, :front, id)}
+    else
+      GenServer.reply(from, {:error, Sessions.ended(id)})
+      {:noreply, state}
+    end
+  end
+
+  # A nested call never waits (SPEC §8.8): its worker was not ready after all.
+  def handle_cast({:requeue, %{nested: true}, from, _deadline}, state) do
+    GenServer.reply(from, {:error, nested(state)})
+    {:noreply, state}
+  end
 
   def handle_cast({:requeue, request, {pid, _} = from, deadline}, state) do
     if Process.alive?(pid) do
@@ -167,32 +243,36 @@ defmodule Bridge.Pool do
   end
 
   def handle_info({:DOWN, mref, :process, pid, _reason}, state) do
-    case Map.pop(state.workers, pid) do
-      {^mref, workers} ->
-        {:noreply, %{state | workers: workers, idle: List.delete(state.idle, pid)}}
+    cond do
+      Map.get(state.workers, pid) == mref ->
+        state = %{state | workers: Map.delete(state.workers, pid)}
+        lost = Sessions.lost(pid)
+        state = if id = state.reserved[pid], do: end_session(state, id, lost), else: state
+        {:noreply, %{state | idle: List.delete(state.idle, pid)}}
 
-      _ ->
-        # A queued caller died: drop its request (the queue skips missing refs).
-        case Map.pop(state.waiting, mref) do
-          {{_from, req, _deadline, timer}, waiting} ->
-            cancel(timer)
-            drop(req)
-            {:noreply, %{state | waiting: waiting}}
+      # A queued caller died: drop its request (the queues skip missing refs).
+      Map.has_key?(state.waiting, mref) ->
+        {{_from, req, _deadline}, state} = take(state, mref)
+        drop(req)
+        {:noreply, state}
 
-          {nil, _} ->
-            {:noreply, state}
-        end
+      # A session's owner exited: the session ends.
+      id = Sessions.of_owner(state, mref) ->
+        {:noreply, end_session(state, id)}
+
+      true ->
+        {:noreply, state}
     end
   end
 
   def handle_info(_other, state), do: {:noreply, state}
 
-  # Hands queued calls to idle workers while there are both.
+  # Hands queued calls (and checkouts) to idle workers while there are both.
   defp dispatch(%{idle: [worker | idle]} = state) do
     case dequeue(state) do
       {{from, request, deadline}, state} ->
-        Worker.run(worker, request, from, deadline)
-        dispatch(%{state | idle: idle})
+        state = start(%{state | idle: idle}, worker, from, request, deadline)
+        dispatch(state)
 
       {nil, state} ->
         state
@@ -207,7 +287,62 @@ defmodule Bridge.Pool do
       else: %{state | workers: Map.put(state.workers, worker, Process.monitor(worker))}
   end
 
-  defp enqueue(state, request, {pid, _} = from, deadline, where) do
+  # A checkout reserves the worker; a call runs on it.
+  defp start(state, worker, from, %{checkout: owner}, _deadline) do
+    {session, state} = Sessions.reserve(state, worker, owner)
+    GenServer.reply(from, {:ok, session})
+    state
+  end
+
+  defp start(state, worker, from, request, deadline) do
+    Worker.run(worker, request, from, deadline)
+    state
+  end
+
+  # Session `id` ends: its queued callers are told, its worker told and (idle)
+  # back among the pool's.
+  defp end_session(state, id, error \\ nil) do
+    {worker, queued, idle?, state} = Sessions.finish(state, id)
+    error = error || Sessions.ended(id)
+
+    state =
+      Enum.reduce(queued, state, fn mref, state ->
+        if Map.has_key?(state.waiting, mref) do
+          {{from, _request, _deadline}, state} = take(state, mref)
+          GenServer.reply(from, {:error, error})
+          state
+        else
+          state
+        end
+      end)
+
+    if idle? and worker != nil and Map.has_key?(state.workers, worker),
+      do: handle_available(state, worker),
+      else: state
+  end
+
+  defp handle_available(state, worker) do
+    {:noreply, state} = handle_cast({:available, worker}, state)
+    state
+  end
+
+  # Queued behind session `id` (its own queue holds the caller's monitor ref).
+  defp enqueue(state, request, from, deadline, where, id) do
+    {mref, state} = wait(state, request, from, deadline)
+    Sessions.enqueue(state, id, mref, where)
+  end
+
+  defp enqueue(state, request, from, deadline, where) do
+    {mref, state} = wait(state, request, from, deadline)
+
+    queue =
+      if where == :front, do: :queue.in_r(mref, state.queue), else: :queue.in(mref, state.queue)
+
+    %{state | queue: queue}
+  end
+
+  # A waiting caller: monitored, with its deadline's timer.
+  defp wait(state, request, {pid, _} = from, deadline) do
     mref = Process.monitor(pid)
 
     timer =
@@ -215,29 +350,24 @@ defmodule Bridge.Pool do
         do: nil,
         else: Process.send_after(self(), {:expired, mref}, max(deadline - now(), 0))
 
-    queue =
-      if where == :front, do: :queue.in_r(mref, state.queue), else: :queue.in(mref, state.queue)
+    {mref, %{state | waiting: Map.put(state.waiting, mref, {from, request, deadline, timer})}}
+  end
 
-    %{
-      state
-      | queue: queue,
-        waiting: Map.put(state.waiting, mref, {from, request, deadline, timer})
-    }
+  # The waiting entry of `mref`, taken out.
+  defp take(state, mref) do
+    {{from, request, deadline, timer}, waiting} = Map.pop(state.waiting, mref)
+    cancel(timer)
+    Process.demonitor(mref, [:flush])
+    {{from, request, deadline}, %{state | waiting: waiting}}
   end
 
   # The oldest live entry; refs of dropped entries (expired, caller died) are skipped.
   defp dequeue(state) do
     case :queue.out(state.queue) do
       {{:value, mref}, queue} ->
-        case Map.pop(state.waiting, mref) do
-          {{from, request, deadline, timer}, waiting} ->
-            cancel(timer)
-            Process.demonitor(mref, [:flush])
-            {{from, request, deadline}, %{state | queue: queue, waiting: waiting}}
-
-          {nil, _} ->
-            dequeue(%{state | queue: queue})
-        end
+        if Map.has_key?(state.waiting, mref),
+          do: take(%{state | queue: queue}, mref),
+          else: dequeue(%{state | queue: queue})
 
       {:empty, _} ->
         {nil, state}

@@ -34,6 +34,11 @@ defmodule Bridge.Remote do
   # `node:` names this node), else a node that runs the pool.
   @spec route(keyword()) :: route()
   def route(opts) do
+    # a session's calls run on its worker, on this node (SPEC §8.9)
+    if Keyword.has_key?(opts, :session), do: :local, else: route_pool(opts)
+  end
+
+  defp route_pool(opts) do
     pool = Keyword.get(opts, :pool, Bridge)
 
     with {:ok, node_timeout} <- node_timeout(opts, Config.get(pool)) do

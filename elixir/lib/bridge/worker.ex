@@ -28,7 +28,17 @@ defmodule Bridge.Worker do
   require Logger
 
   alias Bridge.{Config, Control, Error, FormatStats, Lane, Registry}
-  alias Bridge.Worker.{Callbacks, Cancel, Interpreter, LaneCalls, Objects, Replies, Streams}
+
+  alias Bridge.Worker.{
+    Callbacks,
+    Cancel,
+    Interpreter,
+    LaneCalls,
+    Objects,
+    Replies,
+    Session,
+    Streams
+  }
 
   defstruct [
     :config,
@@ -41,6 +51,9 @@ defmodule Bridge.Worker do
     :after_exit,
     :lane,
     :lane_seq,
+    # {session id, the interpreter's os pid when it was reserved} (SPEC §8.9)
+    :session,
+    dropped_refs: [],
     lane_calls: 0,
     lane_parked: 0,
     lane_sent_at: 0,
@@ -92,6 +105,11 @@ defmodule Bridge.Worker do
   @spec arenas_dropped(pid(), [pos_integer()]) :: :ok
   def arenas_dropped(worker, ids), do: GenServer.cast(worker, {:arenas_dropped, ids})
 
+  @doc false
+  # The pool reserved this worker for session `id`, or (nil) the session ended.
+  @spec session(pid(), pos_integer() | nil) :: :ok
+  def session(worker, id), do: GenServer.cast(worker, {:session, id})
+
   @spec info(pid()) :: map()
   def info(worker), do: GenServer.call(worker, :info)
 
@@ -142,12 +160,12 @@ defmodule Bridge.Worker do
         GenServer.reply(from, {:error, timeout_error(state, :queued)})
         {:noreply, become_ready(state)}
 
-      error = Streams.unspoken(request, state.minor) ->
+      error = Streams.unspoken(request, state.minor) || Session.check(state, request) ->
         GenServer.reply(from, {:error, error})
         {:noreply, become_ready(state)}
 
       true ->
-        {:noreply, start_call(state, request, from, deadline)}
+        {:noreply, state |> Session.bind(request) |> start_call(request, from, deadline)}
     end
   end
 
@@ -190,9 +208,11 @@ defmodule Bridge.Worker do
 
   def handle_cast({:stream, _id, _message}, state), do: {:noreply, state}
 
+  def handle_cast({:session, id}, state), do: {:noreply, Session.set(state, id)}
+
   # The answer to a callback or send of the call in flight (Bridge.Worker.Callbacks).
-  def handle_cast({:callback_reply, cid, reply}, state),
-    do: {:noreply, Callbacks.reply(state, cid, reply)}
+  def handle_cast({:callback_reply, id, cid, reply}, state),
+    do: {:noreply, Callbacks.reply(state, id, cid, reply)}
 
   defp start_call(state, %{id: id, frame: frame, slices: slices} = request, from, deadline) do
     case Objects.lend(state.objects, state.config.arena, slices) do
@@ -200,17 +220,7 @@ defmodule Bridge.Worker do
         timer = if deadline == :infinity, do: nil, else: call_timer(id, deadline)
         streams = Streams.open(request, from)
 
-        call = %{
-          id: id,
-          from: from,
-          module: request.module,
-          function: request.function,
-          streams: streams,
-          sent: System.monotonic_time(),
-          timings: nil,
-          cancelled: false,
-          callbacks: %{}
-        }
+        call = call_state(request, from, streams)
 
         state = %{state | phase: :busy, call: call, timer: timer, objects: objects}
 
@@ -228,6 +238,25 @@ defmodule Bridge.Worker do
         GenServer.reply(from, {:error, error})
         become_ready(state)
     end
+  end
+
+  @doc false
+  # What the worker keeps of the call in flight.
+  @spec call_state(map(), GenServer.from(), Streams.t() | nil) :: map()
+  def call_state(request, from, streams) do
+    %{
+      id: request.id,
+      from: from,
+      module: request.module,
+      function: request.function,
+      streams: streams,
+      sent: System.monotonic_time(),
+      timings: nil,
+      cancelled: false,
+      # callbacks waiting for their answer, and the caller's monitor meanwhile
+      callbacks: %{},
+      watch: nil
+    }
   end
 
   # The call's frames go through the lane when it can take them (LaneCalls), else
@@ -282,8 +311,10 @@ defmodule Bridge.Worker do
 
   defp done(state) do
     cancel(state.timer)
+    if state.call.watch, do: Process.demonitor(state.call.watch, [:flush])
     Streams.close(state.call.streams)
-    become_ready(%{state | call: nil, timer: nil})
+    state = Session.after_call(%{state | call: nil, timer: nil})
+    become_ready(state)
   end
 
   # The call in flight, if any, fails with `error`.
@@ -292,6 +323,7 @@ defmodule Bridge.Worker do
   defp fail_call(state, error) do
     Streams.reply(state.call, {:error, error})
     Streams.close(state.call.streams)
+    if state.call.watch, do: Process.demonitor(state.call.watch, [:flush])
     %{state | call: nil}
   end
 
@@ -340,6 +372,10 @@ defmodule Bridge.Worker do
     {:noreply, kill(%{state | call: nil, timer: nil}, :restart_now)}
   end
 
+  # The caller exited while a callback waited for it (Bridge.Worker.Callbacks).
+  def handle_info({:DOWN, ref, :process, _, _}, %{call: %{watch: ref}} = state),
+    do: {:noreply, Callbacks.caller_down(state)}
+
   # The caller of a call with streams exited: stop them (the answer goes nowhere).
   def handle_info({:DOWN, ref, :process, _, _}, %{call: %{streams: %{ref: ref} = s}} = state) do
     streams = Streams.caller_down(state, s, state.call.id)
@@ -363,6 +399,12 @@ defmodule Bridge.Worker do
   end
 
   def handle_info(:restart, %{phase: :down} = state), do: {:noreply, Interpreter.restart(state)}
+
+  # A %Bridge.Ref{} of the session was garbage-collected (its NIF watch).
+  def handle_info({:bridge_ref_gone, id, ref}, state),
+    do: {:noreply, Session.ref_gone(state, id, ref)}
+
+  def handle_info(:flush_refs, state), do: {:noreply, Session.flush(state)}
 
   def handle_info(_other, state), do: {:noreply, state}
 
@@ -519,8 +561,10 @@ defmodule Bridge.Worker do
 
   # A callback into Elixir, or a message to send, from the handler (SPEC §8.8).
   defp handle_message(envelope, body, %{phase: :busy, call: %{id: id}} = state)
-       when elem(envelope, 0) in [:callback, :send] and elem(envelope, 1) == id and
-              is_integer(elem(envelope, 2)) and elem(envelope, 2) > 0 do
+       when (tuple_size(envelope) == 7 and elem(envelope, 0) == :callback and
+               elem(envelope, 1) == id) or
+              (tuple_size(envelope) == 5 and elem(envelope, 0) == :send and
+                 elem(envelope, 1) == id) do
     case Callbacks.frame(state, envelope, body) do
       {:ok, state} -> state
       {:error, error} -> violation(state, error)

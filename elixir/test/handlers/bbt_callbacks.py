@@ -78,3 +78,37 @@ def wait_in_elixir(ms):
 def stream_with_callbacks(n):
     for i in range(n):
         yield elixir.call(FNS, "double", [i])
+
+
+def short_mac(pid):
+    """A pid whose MAC is too short to be the node's: refused, nothing crashes."""
+    return send_to(beambridge.Pid(pid.etf, b"x"), "short")
+
+
+def short_mac_result(pid):
+    return beambridge.Pid(pid.etf, b"x")
+
+
+def wrong_arity():
+    """A callback frame whose argument list is longer than the arity it names."""
+    from beambridge import callback_control as cc
+
+    cb = elixir._callbacks
+    call_id = cb.path.cancel.call_id
+    cid = cb._cid()
+    cb._write(lambda e: cc.callback(call_id, cid, FNS.encode(), b"double", 1, e), [1, 2, 3])
+    try:
+        return ["ok", cb._await(cid)]
+    except elixir.ElixirError as err:
+        return ["error", err.reason, err.message]
+
+
+def huge_arity():
+    """A callback frame with an arity no function has: a protocol violation."""
+    from beambridge import callback_control as cc
+
+    cb = elixir._callbacks
+    call_id = cb.path.cancel.call_id
+    cid = cb._cid()
+    cb._write(lambda e: cc.callback(call_id, cid, FNS.encode(), b"double", 10**300, e), [1])
+    return cb._await(cid)

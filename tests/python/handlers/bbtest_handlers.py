@@ -288,3 +288,14 @@ def attack(view: Any) -> Any:
 def loaded(prefix: bytes) -> list[str]:
     """The modules of this process whose name starts with ``prefix``."""
     return sorted(m for m in sys.modules if m.startswith(prefix.decode()))
+
+
+def keep_it(value: Any) -> Any:
+    """A kept object (a session's, SPEC §8.9) next to a plain value."""
+    import beambridge
+
+    return [beambridge.keep({"held": value}), value]
+
+
+def kept_value(obj: Any) -> Any:
+    return obj["held"]

@@ -10,9 +10,11 @@ defmodule Bridge.Call.Callbacks do
   # arguments are (into the bridge's arenas) and handed back to the worker.
   #
   # The slices of a result are this process's until the worker has lent them to
-  # the interpreter: they are let go when the next callback comes (by then the
-  # worker has handled the reply that names them, its messages being in order)
-  # or when the call ends (finish/0).
+  # the interpreter: they are let go when the call's next callback comes (by
+  # then the worker has handled the reply that names them, its messages being
+  # in order) or when the call ends (finish/1), kept per call (its reply tag).
+  # The arguments must be as many as the allowed entry's arity: the worker
+  # checked its name, this the count.
   #
   # A call made from inside a callback to the pool whose worker waits for that
   # callback never waits in the pool's queue (nested?/1): with no idle worker it
@@ -25,34 +27,40 @@ defmodule Bridge.Call.Callbacks do
   @max_message 2_000
 
   @doc false
-  # Runs callback `cid` and sends its reply to `worker`.
-  @spec run(pid(), pos_integer(), {atom(), atom()}, binary(), tuple(), map()) :: :ok
-  def run(worker, cid, {module, function}, body, resolved, prepared) do
-    release_held()
+  # Runs callback `cid` of call `id` (a call this process waits for under
+  # `tag`) and sends its reply to `worker`.
+  @spec run(
+          pid(),
+          {pos_integer(), pos_integer()},
+          {atom(), atom(), arity()},
+          binary(),
+          tuple(),
+          map(),
+          term()
+        ) ::
+          :ok
+  def run(worker, {id, cid}, {module, function, arity}, body, resolved, prepared, tag) do
+    release_held(tag)
 
     reply =
-      case Call.decode(body, resolved, worker, prepared.config) do
-        {:ok, args} when is_list(args) ->
-          args |> invoke(module, function, prepared.pool) |> encode(prepared)
+      case Call.decode(body, resolved, worker, prepared.config, %{}, prepared[:session]) do
+        {:ok, args} when is_list(args) and length(args) == arity ->
+          args |> invoke(module, function, prepared.pool) |> encode(prepared, tag)
 
-        {:ok, other} ->
-          error(
-            :bad_callback_value,
-            "",
-            "the arguments are a list, got #{inspect(other, limit: 5)}"
-          )
+        {:ok, _other} ->
+          error(:bad_callback_value, "", "the arguments are not a list of #{arity}")
 
         {:error, error} ->
           error(:bad_callback_value, "", Exception.message(error))
       end
 
-    GenServer.cast(worker, {:callback_reply, cid, reply})
+    GenServer.cast(worker, {:callback_reply, id, cid, reply})
   end
 
   @doc false
-  # The call is over: the slices of its callbacks' results go.
-  @spec finish() :: :ok
-  def finish, do: release_held()
+  # The call waited for under `tag` is over: the slices of its callbacks' results go.
+  @spec finish(term()) :: :ok
+  def finish(tag), do: release_held(tag)
 
   @doc false
   # Whether a call to `pool` is made from inside a callback of that pool.
@@ -74,9 +82,14 @@ defmodule Bridge.Call.Callbacks do
     end
   end
 
-  defp encode({:ok, value}, prepared) do
+  defp encode({:ok, value}, prepared, tag) do
     config = prepared.config
-    opts = [format: prepared.format, nested_records: Bridge.Config.peer_minor(config) >= 6]
+
+    opts = [
+      format: prepared.format,
+      nested_records: Bridge.Config.peer_minor(config) >= 6,
+      session: Map.get(prepared, :session)
+    ]
 
     case Encoder.encode_call([value], config.arena, config.threshold, opts) do
       {:ok, term, slices, []} ->
@@ -91,7 +104,7 @@ defmodule Bridge.Call.Callbacks do
             "the result encodes to #{byte_size(body)} bytes inline, over the control frame limit"
           )
         else
-          Process.put(@held, slices ++ Process.get(@held, []))
+          Process.put({@held, tag}, slices ++ Process.get({@held, tag}, []))
           {:ok, Encoder.entries(slices), body, slices}
         end
 
@@ -104,7 +117,7 @@ defmodule Bridge.Call.Callbacks do
     end
   end
 
-  defp encode(error, _prepared), do: error
+  defp encode(error, _prepared, _tag), do: error
 
   defp error(reason, type, message) do
     message =
@@ -115,8 +128,8 @@ defmodule Bridge.Call.Callbacks do
     {:error, reason, type, message}
   end
 
-  defp release_held do
-    case Process.delete(@held) do
+  defp release_held(tag) do
+    case Process.delete({@held, tag}) do
       nil -> :ok
       slices -> Enum.each(slices, &Arena.release/1)
     end

@@ -83,7 +83,7 @@ defmodule Bridge.Stream.Session do
         answer(reply, pieces, %{}, prepared, timed?)
       after
         Pieces.finish()
-        Callbacks.finish()
+        Callbacks.finish(tag)
       end
     end
   end
@@ -99,7 +99,7 @@ defmodule Bridge.Stream.Session do
           answer(session.reply, session.pieces, session.feeds, prepared, timed?)
         after
           Pieces.finish()
-          Callbacks.finish()
+          Callbacks.finish(session.tag)
         end
 
       error ->
@@ -116,8 +116,8 @@ defmodule Bridge.Stream.Session do
       {:bridge_piece, ^tag, worker, id, piece} ->
         await(tag, Pieces.take(pieces, worker, id, piece, prepared.config), prepared)
 
-      {:bridge_callback, ^tag, worker, cid, fun, body, resolved} ->
-        Callbacks.run(worker, cid, fun, body, resolved, prepared)
+      {:bridge_callback, ^tag, worker, key, fun, body, resolved} ->
+        Callbacks.run(worker, key, fun, body, resolved, prepared, tag)
         await(tag, pieces, prepared)
 
       {:DOWN, ^tag, :process, _, reason} ->
@@ -149,9 +149,12 @@ defmodule Bridge.Stream.Session do
 
         if timed? do
           t0 = System.monotonic_time()
-          {:timed, Call.decode(body, resolved, worker, prepared.config, pieces), t0, timing}
+
+          {:timed,
+           Call.decode(body, resolved, worker, prepared.config, pieces, prepared[:session]), t0,
+           timing}
         else
-          Call.decode(body, resolved, worker, prepared.config, pieces)
+          Call.decode(body, resolved, worker, prepared.config, pieces, prepared[:session])
         end
 
       {_reply, %Error{} = error} ->
@@ -250,7 +253,7 @@ defmodule Bridge.Stream.Session do
     p = session.prepared
     chain = Bridge.Stream.chain(session.chain, seq, body)
 
-    case Call.decode(body, resolved, worker, %{p.config | verify: true}) do
+    case Call.decode(body, resolved, worker, %{p.config | verify: true}, %{}, p[:session]) do
       {:ok, value} ->
         GenServer.cast(worker, {:stream, session.id, {:ack, seq}})
         checkpoint = Checkpoint.took(session.checkpoint, seq, point, chain)
@@ -328,6 +331,7 @@ defmodule Bridge.Stream.Session do
 
   defp finished(session) do
     Feeds.close(session.feeds)
+    Callbacks.finish(session.tag)
     %{session | feeds: %{}}
   end
 
@@ -404,8 +408,8 @@ defmodule Bridge.Stream.Session do
       {:bridge_piece, ^tag, worker, id, piece} ->
         on_piece(session, worker, id, piece)
 
-      {:bridge_callback, ^tag, worker, cid, fun, body, resolved} ->
-        Callbacks.run(worker, cid, fun, body, resolved, session.prepared)
+      {:bridge_callback, ^tag, worker, key, fun, body, resolved} ->
+        Callbacks.run(worker, key, fun, body, resolved, session.prepared, tag)
         session
 
       {:DOWN, ^tag, :process, _, reason} ->

@@ -21,11 +21,17 @@ defmodule Bridge.Worker.Callbacks do
   alias Bridge.Worker.{Interpreter, Objects, Replies}
 
   @max_message 2_000
+  @max_arity 255
 
   @doc false
-  # A callback or send frame of the call in flight: the state after it.
+  # A callback or send frame of the call in flight: the state after it, or a
+  # protocol violation (a frame of the wrong shape: nothing of it is looked at
+  # further, not even to write an error message).
   @spec frame(map(), tuple(), binary()) :: {:ok, map()} | {:error, Error.t()}
-  def frame(state, {:callback, _id, cid, module, function, arity, entries}, body) do
+  def frame(state, {:callback, _id, cid, module, function, arity, entries}, body)
+      when is_integer(cid) and cid > 0 and is_binary(module) and byte_size(module) <= 255 and
+             is_binary(function) and byte_size(function) <= 255 and is_integer(arity) and
+             arity >= 0 and arity <= @max_arity do
     with {:ok, plan, state} <- plan(state, entries) do
       case allowed(state.config.callbacks, module, function, arity) do
         _ when state.call.cancelled ->
@@ -40,7 +46,10 @@ defmodule Bridge.Worker.Callbacks do
     end
   end
 
-  def frame(state, {:send, _id, cid, dest, entries}, body) do
+  def frame(state, {:send, _id, cid, dest, entries}, body)
+      when is_integer(cid) and cid > 0 and
+             ((is_binary(dest) and byte_size(dest) <= 255) or
+                (is_tuple(dest) and tuple_size(dest) == 3 and elem(dest, 0) == :"$bb_pid")) do
     with {:ok, plan, state} <- plan(state, entries) do
       case target(state.config.callbacks, dest) do
         _ when state.call.cancelled ->
@@ -55,11 +64,19 @@ defmodule Bridge.Worker.Callbacks do
     end
   end
 
+  def frame(_state, envelope, _body),
+    do: {:error, violation(envelope, "a callback or send of SPEC §8.8")}
+
   @doc false
-  # The answer to callback `cid` (from the caller, or the process that sent a
-  # message): to the interpreter when the call still waits for it.
-  @spec reply(map(), pos_integer(), tuple()) :: map()
-  def reply(%{phase: :busy, call: %{cancelled: false, callbacks: pending} = call} = state, cid, r)
+  # The answer to callback `cid` of call `id` (from the caller, or the process
+  # that sent a message): to the interpreter when that call still waits for it.
+  @spec reply(map(), pos_integer(), pos_integer(), tuple()) :: map()
+  def reply(
+        %{phase: :busy, call: %{id: id, cancelled: false, callbacks: pending} = call} = state,
+        id,
+        cid,
+        r
+      )
       when is_map_key(pending, cid) do
     state = %{state | call: %{call | callbacks: Map.delete(pending, cid)}}
 
@@ -82,7 +99,18 @@ defmodule Bridge.Worker.Callbacks do
     end
   end
 
-  def reply(state, _cid, _reply), do: state
+  def reply(state, _id, _cid, _reply), do: state
+
+  @doc false
+  # The caller of the call in flight exited while callbacks waited for it: each
+  # is answered :no_caller, so the handler is not left waiting for ever.
+  @spec caller_down(map()) :: map()
+  def caller_down(%{call: %{callbacks: pending} = call} = state) do
+    for {cid, _} <- pending,
+        do: send_error(state, cid, :no_caller, "the caller exited: nobody runs the callback")
+
+    %{state | call: %{call | callbacks: %{}, watch: nil}}
+  end
 
   ## The list
 
@@ -104,8 +132,11 @@ defmodule Bridge.Worker.Callbacks do
   defp allowed(list, module, function, arity)
        when is_binary(module) and is_binary(function) and is_integer(arity) do
     Enum.find_value(list, :error, fn
-      {m, f, ^arity} -> if module in names(m) and Atom.to_string(f) == function, do: {:ok, {m, f}}
-      _ -> nil
+      {m, f, ^arity} ->
+        if module in names(m) and Atom.to_string(f) == function, do: {:ok, {m, f, arity}}
+
+      _ ->
+        nil
     end)
   end
 
@@ -127,12 +158,11 @@ defmodule Bridge.Worker.Callbacks do
     end)
   end
 
-  defp target(_list, dest),
-    do: {:error, "a destination is a pid or a name, got #{inspect(dest, limit: 5)}"}
+  defp target(_list, _dest), do: {:error, "a destination is a pid or a name"}
 
   defp not_allowed(module, function, arity) do
-    "#{text(module)}.#{text(function)}/#{inspect(arity)} is not in the pool's callbacks " <>
-      "(add {#{text(module)}, :#{text(function)}, #{inspect(arity)}} to allow it)"
+    "#{module}.#{function}/#{arity} is not in the pool's callbacks " <>
+      "(add {#{module}, :#{function}, #{arity}} to allow it)"
   end
 
   ## Forwarding
@@ -153,7 +183,7 @@ defmodule Bridge.Worker.Callbacks do
   # No slices to resolve (small arguments): straight to the caller.
   defp forward(state, cid, fun, body, []) do
     {to, tag} = reply_address(state.call.from)
-    send(to, {:bridge_callback, tag, self(), cid, fun, body, {}})
+    send(to, {:bridge_callback, tag, self(), {state.call.id, cid}, fun, body, {}})
     {:ok, pending(state, cid)}
   end
 
@@ -161,12 +191,13 @@ defmodule Bridge.Worker.Callbacks do
     {to, tag} = reply_address(state.call.from)
     worker = self()
     port = state.port
+    key = {state.call.id, cid}
 
     spawn(fn ->
       case Objects.resolve(plan) do
         {:ok, resolved, sealed} ->
           if sealed != [], do: GenServer.cast(worker, {:sealed_mapped, port, sealed})
-          send(to, {:bridge_callback, tag, worker, cid, fun, body, resolved})
+          send(to, {:bridge_callback, tag, worker, key, fun, body, resolved})
 
         {:error, error} ->
           Bridge.Worker.bad_answer(worker, error)
@@ -180,22 +211,25 @@ defmodule Bridge.Worker.Callbacks do
     worker = self()
     port = state.port
     config = state.config
+    id = state.call.id
 
     spawn(fn ->
+      # whatever happens here, the handler gets an answer
       reply =
-        with {:ok, resolved, sealed} <- Objects.resolve(plan),
-             _ = if(sealed != [], do: GenServer.cast(worker, {:sealed_mapped, port, sealed})),
-             {:ok, [message]} <- Call.decode(body, resolved, worker, config) do
-          send_to(target, message)
-        else
-          {:ok, other} ->
-            {:error, :bad_callback_value, "", "a message is a list of one: #{inspect(other)}"}
-
-          {:error, error} ->
-            {:error, :bad_callback_value, "", Exception.message(error)}
+        try do
+          with {:ok, resolved, sealed} <- Objects.resolve(plan),
+               _ = if(sealed != [], do: GenServer.cast(worker, {:sealed_mapped, port, sealed})),
+               {:ok, [message]} <- Call.decode(body, resolved, worker, config) do
+            send_to(target, message)
+          else
+            {:ok, _other} -> {:error, :bad_callback_value, "", "a message is a list of one"}
+            {:error, error} -> {:error, :bad_callback_value, "", Exception.message(error)}
+          end
+        rescue
+          e -> {:error, :bad_callback_value, "", Exception.message(e)}
         end
 
-      GenServer.cast(worker, {:callback_reply, cid, reply})
+      GenServer.cast(worker, {:callback_reply, id, cid, reply})
     end)
 
     {:ok, pending(state, cid)}
@@ -210,8 +244,12 @@ defmodule Bridge.Worker.Callbacks do
        "no process is registered as #{inspect(target)}"}
   end
 
-  defp pending(%{call: call} = state, cid),
-    do: %{state | call: %{call | callbacks: Map.put(call.callbacks, cid, true)}}
+  # The callback waits for its answer; the caller is watched meanwhile (one
+  # that exits cannot answer: caller_down/1).
+  defp pending(%{call: call} = state, cid) do
+    watch = call.watch || Process.monitor(elem(call.from, 0))
+    %{state | call: %{call | callbacks: Map.put(call.callbacks, cid, true), watch: watch}}
+  end
 
   # Where a call's caller waits (Bridge.Stream.Session): its reply alias, so a
   # caller that gave up on the call never gets them.
@@ -228,6 +266,13 @@ defmodule Bridge.Worker.Callbacks do
 
   defp truncate(message), do: message
 
-  defp text(name) when is_binary(name), do: name
-  defp text(other), do: inspect(other, limit: 5)
+  defp violation(envelope, expected) do
+    Error.new(:bad_frame, :unexpected_message,
+      field: :control_frame,
+      value: elem(envelope, 0),
+      limit: expected,
+      message:
+        "bad frame: unexpected_message: a #{elem(envelope, 0)} frame that is not #{expected}"
+    )
+  end
 end
