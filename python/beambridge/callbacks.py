@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any
 from . import callback_control as cc
 from . import control
 from .call_parts import BadCall
-from .cancel import CallCancelled
 from .elixir import CallbackRefused, ElixirError
 from .errors import BridgeError
 from .etf import Atom, decode
@@ -130,7 +129,7 @@ class Callbacks:
                 if not path.link.pump(True) and path.cancel.requested:
                     # the call timed out while Elixir ran the callback (unarmed code:
                     # a generator's clean-up, say): leave as the handler would
-                    raise CallCancelled(f"call {path.cancel.call_id} was cancelled")
+                    raise path.cancel.cancelled()
             answer = self._answers.pop(cid)
         finally:
             self._waiting.discard(cid)

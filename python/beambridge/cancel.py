@@ -99,7 +99,11 @@ class Canceller:
         """Raise `CallCancelled` when a cancel came (handler code runs again)."""
         if self.requested and self.armed:
             self.armed = False  # once: the handler's own clean-up runs undisturbed
-            raise CallCancelled(f"call {self.call_id} was cancelled: its timeout passed")
+            raise self.cancelled()
+
+    def cancelled(self) -> CallCancelled:
+        """The exception a cancelled handler gets."""
+        return CallCancelled(f"call {self.call_id} was cancelled: its timeout passed")
 
     def run(self, fn: Callable[..., Any], args: list[Any]) -> Any:
         """``fn(*args)`` as handler code: interruptible by the cancel signal; an
@@ -133,7 +137,7 @@ class Canceller:
             close = getattr(coro, "close", None)
             if close is not None:
                 close()
-            raise CallCancelled(f"call {self.call_id} was cancelled: its timeout passed")
+            raise self.cancelled()
         loop = self.loop()
         task = asyncio.ensure_future(coro, loop=loop)
         self.task = task
@@ -141,9 +145,7 @@ class Canceller:
             return loop.run_until_complete(task)
         except asyncio.CancelledError:
             if self.requested:
-                raise CallCancelled(
-                    f"call {self.call_id} was cancelled: its timeout passed"
-                ) from None
+                raise self.cancelled() from None
             raise
         finally:
             self.task = None

@@ -24,6 +24,8 @@ import re
 import subprocess
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = ROOT / ".venv" / "bin" / "python"
 EXAMPLE = re.compile(
@@ -74,52 +76,27 @@ def run_against_handler(handler: str, elixir: str, name: str, tmp_path: Path) ->
     assert "README OK" in out
 
 
-def test_readme_calling_python_example_runs(tmp_path: Path) -> None:
-    [handler] = blocks("Calling Python", "python")
-    [elixir] = blocks("Calling Python", "elixir")
-    run_against_handler(handler, elixir, "readme_calling.exs", tmp_path)
+#: Sections whose one Python block is a handler module and whose one Elixir block runs
+#: against it: (title, the script's name under _build/).
+HANDLER_SECTIONS = [
+    ("Calling Python", "readme_calling.exs"),
+    ("Typed schemas", "readme_schemas.exs"),
+    ("Streams", "readme_streams.exs"),
+    ("Timeouts keep the worker", "readme_timeouts.exs"),
+    ("Callbacks into Elixir", "readme_callbacks.exs"),
+    ("Sessions and kept objects", "readme_sessions.exs"),
+    ("Across nodes, and compression", "readme_nodes.exs"),
+    ("Provenance and inspection", "readme_provenance.exs"),
+]
 
 
-def test_readme_typed_schemas_example_runs(tmp_path: Path) -> None:
-    [handler] = blocks("Typed schemas", "python")
-    [elixir] = blocks("Typed schemas", "elixir")
-    run_against_handler(handler, elixir, "readme_schemas.exs", tmp_path)
-
-
-def test_readme_streams_example_runs(tmp_path: Path) -> None:
-    [handler] = blocks("Streams", "python")
-    [elixir] = blocks("Streams", "elixir")
-    run_against_handler(handler, elixir, "readme_streams.exs", tmp_path)
-
-
-def test_readme_timeouts_example_runs(tmp_path: Path) -> None:
-    [handler] = blocks("Timeouts keep the worker", "python")
-    [elixir] = blocks("Timeouts keep the worker", "elixir")
-    run_against_handler(handler, elixir, "readme_timeouts.exs", tmp_path)
-
-
-def test_readme_callbacks_example_runs(tmp_path: Path) -> None:
-    [handler] = blocks("Callbacks into Elixir", "python")
-    [elixir] = blocks("Callbacks into Elixir", "elixir")
-    run_against_handler(handler, elixir, "readme_callbacks.exs", tmp_path)
-
-
-def test_readme_sessions_example_runs(tmp_path: Path) -> None:
-    [handler] = blocks("Sessions and kept objects", "python")
-    [elixir] = blocks("Sessions and kept objects", "elixir")
-    run_against_handler(handler, elixir, "readme_sessions.exs", tmp_path)
-
-
-def test_readme_nodes_example_runs(tmp_path: Path) -> None:
-    [handler] = blocks("Across nodes, and compression", "python")
-    [elixir] = blocks("Across nodes, and compression", "elixir")
-    run_against_handler(handler, elixir, "readme_nodes.exs", tmp_path)
-
-
-def test_readme_provenance_example_runs(tmp_path: Path) -> None:
-    [handler] = blocks("Provenance and inspection", "python")
-    [elixir] = blocks("Provenance and inspection", "elixir")
-    run_against_handler(handler, elixir, "readme_provenance.exs", tmp_path)
+@pytest.mark.parametrize(
+    ("title", "script"), HANDLER_SECTIONS, ids=[t for t, _ in HANDLER_SECTIONS]
+)
+def test_readme_section_with_a_handler_runs(title: str, script: str, tmp_path: Path) -> None:
+    [handler] = blocks(title, "python")
+    [elixir] = blocks(title, "elixir")
+    run_against_handler(handler, elixir, script, tmp_path)
 
 
 def test_readme_telemetry_example_runs(tmp_path: Path) -> None:

@@ -315,7 +315,10 @@ defmodule Bridge.Call do
      Error.new(:bad_call, :badarg, field: field, value: name, limit: "an atom or a binary")}
   end
 
-  defp config(pool) do
+  @doc false
+  # The running pool's config, or :no_pool.
+  @spec config(atom()) :: {:ok, Config.t()} | {:error, Error.t()}
+  def config(pool) do
     case Config.get(pool) do
       %Config{} = config -> {:ok, config}
       nil -> {:error, no_pool(pool)}

@@ -34,7 +34,7 @@ defmodule Bridge.Session do
   @spec run(atom(), (t() -> result), keyword()) :: result | {:error, Error.t()}
         when result: term()
   def run(pool, fun, opts) when is_function(fun, 1) and is_list(opts) do
-    with {:ok, config} <- config(pool),
+    with {:ok, config} <- Bridge.Call.config(pool),
          {:ok, timeout} <- Bridge.Call.timeout(opts, config.timeout),
          {:ok, session} <- checkout(pool, timeout) do
       try do
@@ -66,21 +66,6 @@ defmodule Bridge.Session do
     GenServer.call(pool, {:checkin, id})
   catch
     :exit, _ -> :ok
-  end
-
-  defp config(pool) do
-    case Bridge.Config.get(pool) do
-      nil ->
-        {:error,
-         Error.new(:bad_call, :no_pool,
-           field: :pool,
-           value: pool,
-           message: "bad call: no_pool: no bridge named #{inspect(pool)} is running"
-         )}
-
-      config ->
-        {:ok, config}
-    end
   end
 
   @doc false

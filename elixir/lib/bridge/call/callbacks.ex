@@ -24,7 +24,6 @@ defmodule Bridge.Call.Callbacks do
 
   @held {__MODULE__, :held}
   @nested {__MODULE__, :pools}
-  @max_message 2_000
 
   @doc false
   # Runs callback `cid` of call `id` (a call this process waits for under
@@ -119,14 +118,8 @@ defmodule Bridge.Call.Callbacks do
 
   defp encode(error, _prepared, _tag), do: error
 
-  defp error(reason, type, message) do
-    message =
-      if byte_size(message) > @max_message,
-        do: binary_part(message, 0, @max_message) <> "…",
-        else: message
-
-    {:error, reason, type, message}
-  end
+  # (the worker cuts a long message down as it sends it)
+  defp error(reason, type, message), do: {:error, reason, type, message}
 
   defp release_held(tag) do
     case Process.delete({@held, tag}) do
